@@ -1,0 +1,153 @@
+-- bemi-rs tracking, installed by `bemi migrate` / bemi_core::migration::up().
+--
+-- A statement-level BEFORE trigger on every table reads the client's query text and, when it ends
+-- with a /*Bemi {json} Bemi*/ comment, emits ONE transactional logical-decoding message with
+-- prefix '_bemi' before the statement's rows. A statement without a comment that follows one with
+-- a context in the same transaction emits '{}', so that its rows do not inherit that context.
+-- Running this script twice is harmless.
+
+-- The trigger. It must never fail the user's statement, so it only calls functions that cannot
+-- fail on any text. All names are schema-qualified: no search_path lookups on the hot path.
+CREATE OR REPLACE FUNCTION _bemi_statement_trigger_func() RETURNS trigger
+LANGUAGE plpgsql
+AS $bemi$
+DECLARE
+  query text := pg_catalog.current_query();
+  emitted text := pg_catalog.current_setting('bemi.emitted_context', true);
+  context text;
+  context_hash text;
+  opening int;
+BEGIN
+  IF query IS NOT NULL AND pg_catalog.strpos(query, ' Bemi*/') > 0 THEN
+    query := pg_catalog.rtrim(query, E' \t\r\n;');
+    IF pg_catalog.right(query, 7) = ' Bemi*/' THEN
+      -- The last '/*Bemi ' opens the trailing comment: the JSON of the comment never contains '*'.
+      opening := pg_catalog.strpos(pg_catalog.reverse(query), ' imeB*/');
+      IF opening > 8 THEN
+        context := pg_catalog.substr(query, pg_catalog.length(query) - opening + 2, opening - 8);
+      END IF;
+    END IF;
+  END IF;
+
+  IF context IS NOT NULL THEN
+    context_hash := pg_catalog.md5(context);
+    IF emitted IS DISTINCT FROM context_hash THEN
+      PERFORM pg_catalog.pg_logical_emit_message(true, '_bemi', context);
+      PERFORM pg_catalog.set_config('bemi.emitted_context', context_hash, true);
+    END IF;
+  ELSIF emitted <> '' THEN
+    PERFORM pg_catalog.pg_logical_emit_message(true, '_bemi', '{}');
+    PERFORM pg_catalog.set_config('bemi.emitted_context', '', true);
+  END IF;
+  RETURN NULL;
+END;
+$bemi$;
+
+-- Tables that are never tracked: system and temporary schemas, unlogged and temporary tables,
+-- tables owned by extensions, and the capture worker's own tables (`_bemi*`, and a `changes`
+-- table with the columns of Bemi's audit table).
+CREATE OR REPLACE FUNCTION _bemi_is_trackable(relation oid) RETURNS boolean
+LANGUAGE sql STABLE
+AS $bemi$
+  SELECT c.relkind IN ('r', 'p')
+     AND c.relpersistence = 'p'
+     AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+     AND n.nspname NOT LIKE 'pg\_%'
+     AND c.relname NOT LIKE '\_bemi%'
+     AND NOT (
+       c.relname = 'changes'
+       AND (SELECT pg_catalog.count(*) FROM pg_catalog.pg_attribute a
+             WHERE a.attrelid = c.oid AND NOT a.attisdropped
+               AND a.attname IN ('primary_key', 'before', 'after', 'context', 'operation',
+                                 'committed_at', 'transaction_id', 'position')) = 8
+     )
+     AND NOT EXISTS (
+       SELECT 1 FROM pg_catalog.pg_depend d
+        WHERE d.classid = 'pg_catalog.pg_class'::pg_catalog.regclass
+          AND d.objid = c.oid AND d.deptype = 'e'
+     )
+  FROM pg_catalog.pg_class c
+  JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+  WHERE c.oid = relation
+$bemi$;
+
+-- Installs the trigger on one table (if missing) and, when asked, sets REPLICA IDENTITY FULL,
+-- which gives the capture worker full before-images of updated and deleted rows.
+CREATE OR REPLACE FUNCTION _bemi_track_table(relation oid, replica_identity_full boolean)
+RETURNS void
+LANGUAGE plpgsql
+SET search_path FROM CURRENT
+AS $bemi$
+BEGIN
+  IF NOT coalesce(_bemi_is_trackable(relation), false) THEN
+    RETURN;
+  END IF;
+  IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_trigger
+                  WHERE tgrelid = relation AND tgname = '_bemi_statement_trigger') THEN
+    EXECUTE pg_catalog.format(
+      'CREATE TRIGGER _bemi_statement_trigger BEFORE INSERT OR UPDATE OR DELETE OR TRUNCATE ON %s '
+      'FOR EACH STATEMENT EXECUTE FUNCTION _bemi_statement_trigger_func()',
+      relation::pg_catalog.regclass);
+  END IF;
+  IF replica_identity_full AND (SELECT relreplident FROM pg_catalog.pg_class WHERE oid = relation) <> 'f' THEN
+    EXECUTE pg_catalog.format('ALTER TABLE %s REPLICA IDENTITY FULL', relation::pg_catalog.regclass);
+  END IF;
+END;
+$bemi$;
+
+-- Tracks every ordinary and partitioned table of every non-system schema. Call it again after
+-- creating tables if the event trigger below could not be installed.
+CREATE OR REPLACE PROCEDURE _bemi_create_triggers(replica_identity_full boolean DEFAULT {{REPLICA_IDENTITY_FULL}})
+LANGUAGE plpgsql
+SET search_path FROM CURRENT
+AS $bemi$
+DECLARE
+  relation oid;
+BEGIN
+  FOR relation IN
+    SELECT c.oid FROM pg_catalog.pg_class c
+     WHERE c.relkind IN ('r', 'p') AND _bemi_is_trackable(c.oid)
+     ORDER BY c.oid
+  LOOP
+    PERFORM _bemi_track_table(relation, replica_identity_full);
+  END LOOP;
+END;
+$bemi$;
+
+-- Tracks tables created later. A failure here (e.g. missing privileges) must not fail the user's
+-- CREATE TABLE: it becomes a warning that says what to run instead.
+CREATE OR REPLACE FUNCTION _bemi_create_table_trigger_func() RETURNS event_trigger
+LANGUAGE plpgsql
+SET search_path FROM CURRENT
+AS $bemi$
+DECLARE
+  created record;
+BEGIN
+  FOR created IN
+    SELECT objid FROM pg_catalog.pg_event_trigger_ddl_commands()
+     WHERE classid = 'pg_catalog.pg_class'::pg_catalog.regclass AND object_type = 'table'
+  LOOP
+    BEGIN
+      PERFORM _bemi_track_table(created.objid, {{REPLICA_IDENTITY_FULL}});
+    EXCEPTION WHEN OTHERS THEN
+      RAISE WARNING 'bemi: could not track new table %: % (%). Run CALL _bemi_create_triggers(); as the table owner.',
+        created.objid::pg_catalog.regclass, SQLERRM, SQLSTATE;
+    END;
+  END LOOP;
+END;
+$bemi$;
+
+CALL _bemi_create_triggers();
+
+-- Event triggers need superuser (or rds_superuser and the like); without it, tracking still works
+-- for existing tables and new ones need CALL _bemi_create_triggers();
+DO $bemi$
+BEGIN
+  DROP EVENT TRIGGER IF EXISTS _bemi_create_table_trigger;
+  CREATE EVENT TRIGGER _bemi_create_table_trigger ON ddl_command_end
+    WHEN TAG IN ('CREATE TABLE', 'CREATE TABLE AS', 'SELECT INTO')
+    EXECUTE FUNCTION _bemi_create_table_trigger_func();
+EXCEPTION WHEN insufficient_privilege THEN
+  RAISE WARNING 'bemi: tables created from now on are not tracked automatically: creating an event trigger needs superuser (%). Run CALL _bemi_create_triggers(); after creating tables, or run this migration as a superuser.', SQLERRM;
+END;
+$bemi$;

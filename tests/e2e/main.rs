@@ -1,0 +1,87 @@
+//! End-to-end tests of bemi-rs against a real PostgreSQL (see `bemi_tests` for the set-up).
+//!
+//! One binary with a custom main (libtest-mimic): the shared cluster starts on first use and is
+//! stopped and deleted when every test is done. Each test runs on its own tokio runtime with a
+//! deadline, and gets its own database.
+
+mod adapters;
+mod context_isolation;
+mod hostile;
+mod launcher;
+mod migration;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bemi_tests::{TestCluster, TestResult};
+use libtest_mimic::{Arguments, Failed, Trial};
+
+/// Every test must finish within this time.
+const TEST_TIMEOUT: Duration = Duration::from_secs(600);
+
+type TestFuture = Pin<Box<dyn Future<Output = TestResult> + Send>>;
+type TestFn = fn(Arc<TestCluster>) -> TestFuture;
+
+macro_rules! tests {
+    ($($path:path),* $(,)?) => {
+        vec![$(
+            (stringify!($path).replace(' ', ""), (|cluster| Box::pin($path(cluster))) as TestFn)
+        ),*]
+    };
+}
+
+fn all_tests() -> Vec<(String, TestFn)> {
+    tests![
+        adapters::sqlx_pool_write_emits_one_message_before_the_row,
+        adapters::sqlx_transaction_and_connection_writes_carry_the_context,
+        adapters::tokio_postgres_client_and_transaction_writes_carry_the_context,
+        adapters::large_update_and_truncate_emit_one_message_each,
+        adapters::transaction_with_contexts_a_b_none_emits_a_b_reset,
+        adapters::writes_without_context_emit_no_message,
+        adapters::annotated_writes_do_not_fill_the_statement_cache,
+        adapters::simple_protocol_queries_stay_simple,
+        adapters::pre_prepared_tokio_postgres_statements_carry_no_context,
+        context_isolation::concurrent_tasks_keep_their_own_context_through_the_wal,
+        hostile::hostile_contexts_never_change_what_a_statement_does,
+        launcher::ephemeral_cluster_is_logical_unprivileged_and_removed_on_drop,
+        migration::up_tracks_every_schema_and_new_tables,
+        migration::up_twice_is_harmless_and_down_removes_everything,
+        migration::replica_identity_full_is_switchable,
+        migration::worker_tables_and_unlogged_tables_are_not_tracked,
+    ]
+}
+
+fn main() {
+    let mut args = Arguments::from_args();
+    // Most tests wait on PostgreSQL, not on the CPU.
+    args.test_threads.get_or_insert(4);
+    let cluster = Arc::new(TestCluster::new());
+    let trials = all_tests()
+        .into_iter()
+        .map(|(name, test)| {
+            let cluster = Arc::clone(&cluster);
+            Trial::test(name, move || run(test, cluster))
+        })
+        .collect();
+    let conclusion = libtest_mimic::run(&args, trials);
+    cluster.cleanup();
+    drop(cluster);
+    conclusion.exit();
+}
+
+fn run(test: TestFn, cluster: Arc<TestCluster>) -> Result<(), Failed> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| Failed::from(format!("tokio runtime: {e}")))?;
+    let outcome =
+        runtime.block_on(async { tokio::time::timeout(TEST_TIMEOUT, test(cluster)).await });
+    match outcome {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(error)) => Err(format!("{error:?}").into()),
+        Err(_) => Err(format!("timed out after {TEST_TIMEOUT:?}").into()),
+    }
+}

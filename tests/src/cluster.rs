@@ -1,0 +1,164 @@
+//! The shared test cluster and the per-test databases.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Mutex, OnceLock};
+
+use anyhow::Context as _;
+use bemi_worker::launcher::EphemeralPostgres;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{ConnectOptions, PgPool};
+
+/// `url` with its database replaced by `database` (query parameters kept).
+pub fn with_database(url: &str, database: &str) -> String {
+    let (base, query) = url
+        .split_once('?')
+        .map_or((url, None), |(b, q)| (b, Some(q)));
+    let authority_start = base.find("://").map_or(0, |i| i + 3);
+    let path_start = base[authority_start..]
+        .find('/')
+        .map_or(base.len(), |i| authority_start + i);
+    let mut result = format!("{}/{database}", &base[..path_start]);
+    if let Some(query) = query {
+        result.push('?');
+        result.push_str(query);
+    }
+    result
+}
+
+/// Where the test databases live: started on first use, shared by every test of the run.
+#[derive(Debug, Default)]
+pub struct TestCluster {
+    server: OnceLock<Server>,
+    counter: AtomicUsize,
+    start_lock: Mutex<()>,
+}
+
+#[derive(Debug)]
+enum Server {
+    Ephemeral(EphemeralPostgres),
+    External(String),
+}
+
+impl Server {
+    fn admin_url(&self) -> String {
+        match self {
+            Server::Ephemeral(pg) => pg.url(),
+            Server::External(url) => url.clone(),
+        }
+    }
+}
+
+/// One fresh database for one test.
+#[derive(Debug, Clone)]
+pub struct TestDb {
+    /// Its name.
+    pub name: String,
+    /// A superuser URL.
+    pub url: String,
+    /// A small pool of superuser connections.
+    pub pool: PgPool,
+}
+
+impl TestCluster {
+    /// A cluster that starts on first use.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn server(&self) -> anyhow::Result<&Server> {
+        if let Some(server) = self.server.get() {
+            return Ok(server);
+        }
+        let _guard = self.start_lock.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(server) = self.server.get() {
+            return Ok(server);
+        }
+        let server = match std::env::var("BEMI_TEST_DATABASE_URL") {
+            Ok(url) if !url.trim().is_empty() => Server::External(url),
+            _ => Server::Ephemeral(EphemeralPostgres::start()?),
+        };
+        Ok(self.server.get_or_init(|| server))
+    }
+
+    /// The prefix of every database this run creates.
+    fn prefix() -> String {
+        format!("bemi_t{}_", std::process::id())
+    }
+
+    /// Creates a fresh database named after `hint`.
+    pub async fn database(&self, hint: &str) -> anyhow::Result<TestDb> {
+        let server = tokio::task::block_in_place(|| self.server())?;
+        let admin_url = server.admin_url();
+        let n = self.counter.fetch_add(1, Ordering::Relaxed);
+        let hint: String = hint
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() {
+                    c.to_ascii_lowercase()
+                } else {
+                    '_'
+                }
+            })
+            .take(30)
+            .collect();
+        let name = format!("{}{n}_{hint}", Self::prefix());
+        let mut admin = admin_options(&admin_url)?.connect().await?;
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE \"{name}\"")))
+            .execute(&mut admin)
+            .await
+            .with_context(|| format!("creating database {name}"))?;
+        let options = admin_options(&admin_url)?.database(&name);
+        let url = with_database(&admin_url, &name);
+        let pool = PgPoolOptions::new()
+            .max_connections(8)
+            .connect_with(options)
+            .await?;
+        Ok(TestDb { name, url, pool })
+    }
+
+    /// Drops what this run created on an external server (databases and their slots). An
+    /// ephemeral cluster is simply deleted when it is dropped.
+    pub fn cleanup(&self) {
+        let Some(Server::External(url)) = self.server.get() else {
+            return;
+        };
+        let url = url.clone();
+        let result = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(anyhow::Error::from)
+            .and_then(|rt| rt.block_on(drop_databases(&url, &Self::prefix())));
+        if let Err(error) = result {
+            eprintln!("warning: could not drop the test databases: {error:#}");
+        }
+    }
+}
+
+async fn drop_databases(admin_url: &str, prefix: &str) -> anyhow::Result<()> {
+    let mut admin = admin_options(admin_url)?.connect().await?;
+    let like = format!("{prefix}%");
+    sqlx::query(
+        "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots \
+         WHERE database LIKE $1 AND NOT active",
+    )
+    .bind(&like)
+    .execute(&mut admin)
+    .await?;
+    let names: Vec<String> =
+        sqlx::query_scalar("SELECT datname FROM pg_database WHERE datname LIKE $1")
+            .bind(&like)
+            .fetch_all(&mut admin)
+            .await?;
+    for name in names {
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"
+        )))
+        .execute(&mut admin)
+        .await?;
+    }
+    Ok(())
+}
+
+fn admin_options(url: &str) -> anyhow::Result<PgConnectOptions> {
+    Ok(url.parse::<PgConnectOptions>()?.disable_statement_logging())
+}

@@ -1,0 +1,145 @@
+//! Reading the WAL back through a `test_decoding` logical replication slot.
+
+use anyhow::Context as _;
+use sqlx::PgPool;
+
+/// A `test_decoding` slot on a test database; [`WalSlot::read`] consumes what it decoded.
+#[derive(Debug)]
+pub struct WalSlot {
+    name: String,
+    pool: PgPool,
+}
+
+/// One line of `test_decoding` output.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WalEntry {
+    /// `BEGIN`
+    Begin,
+    /// `COMMIT`
+    Commit,
+    /// A logical-decoding message.
+    Message {
+        /// Emitted with `transactional = true`.
+        transactional: bool,
+        /// Its prefix, e.g. `_bemi`.
+        prefix: String,
+        /// Its content.
+        content: String,
+    },
+    /// A row change (or a TRUNCATE).
+    Change {
+        /// `schema.table`
+        table: String,
+        /// `INSERT`, `UPDATE`, `DELETE` or `TRUNCATE`
+        operation: String,
+        /// The column data as test_decoding prints it.
+        data: String,
+    },
+}
+
+impl WalSlot {
+    /// Creates a slot named after the database. Changes made from now on are read back.
+    pub async fn create(pool: &PgPool, database: &str) -> anyhow::Result<Self> {
+        let name = format!("wal_{database}");
+        sqlx::query("SELECT pg_create_logical_replication_slot($1, 'test_decoding')")
+            .bind(&name)
+            .execute(pool)
+            .await
+            .context("creating a test_decoding slot")?;
+        Ok(Self {
+            name,
+            pool: pool.clone(),
+        })
+    }
+
+    /// Consumes and parses everything decoded since the last read (committed transactions
+    /// only), leaving out transactions without rows or messages (e.g. DDL).
+    pub async fn read(&self) -> anyhow::Result<Vec<WalEntry>> {
+        // Not test_decoding's skip-empty-xacts: with it, a message is printed before its BEGIN.
+        let lines: Vec<String> = sqlx::query_scalar(
+            "SELECT data FROM pg_logical_slot_get_changes($1, NULL, NULL, 'include-xids', '0')",
+        )
+        .bind(&self.name)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut entries = Vec::with_capacity(lines.len());
+        for line in &lines {
+            let entry = parse(line)?;
+            if entry == WalEntry::Commit && entries.last() == Some(&WalEntry::Begin) {
+                entries.pop();
+            } else {
+                entries.push(entry);
+            }
+        }
+        Ok(entries)
+    }
+
+    /// Drops the slot.
+    pub async fn drop_slot(self) -> anyhow::Result<()> {
+        sqlx::query("SELECT pg_drop_replication_slot($1)")
+            .bind(&self.name)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+}
+
+/// The contents of the `_bemi` messages among `entries`, in order.
+pub fn bemi_messages(entries: &[WalEntry]) -> Vec<String> {
+    entries
+        .iter()
+        .filter_map(|entry| match entry {
+            WalEntry::Message {
+                prefix, content, ..
+            } if prefix == "_bemi" => Some(content.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The `_bemi` messages among `entries`, decoded as JSON.
+pub fn bemi_contexts(entries: &[WalEntry]) -> anyhow::Result<Vec<serde_json::Value>> {
+    bemi_messages(entries)
+        .iter()
+        .map(|text| serde_json::from_str(text).with_context(|| format!("message {text:?}")))
+        .collect()
+}
+
+/// The row changes among `entries`.
+pub fn changes(entries: &[WalEntry]) -> Vec<&WalEntry> {
+    entries
+        .iter()
+        .filter(|entry| matches!(entry, WalEntry::Change { .. }))
+        .collect()
+}
+
+fn parse(line: &str) -> anyhow::Result<WalEntry> {
+    if line == "BEGIN" {
+        return Ok(WalEntry::Begin);
+    }
+    if line == "COMMIT" {
+        return Ok(WalEntry::Commit);
+    }
+    if let Some(rest) = line.strip_prefix("message: transactional: ") {
+        // "message: transactional: 1 prefix: _bemi, sz: 12 content:{...}"
+        let (flag, rest) = rest.split_once(" prefix: ").context("message prefix")?;
+        let (prefix, rest) = rest.split_once(", sz: ").context("message size")?;
+        let (_, content) = rest.split_once(" content:").context("message content")?;
+        return Ok(WalEntry::Message {
+            transactional: flag == "1",
+            prefix: prefix.to_owned(),
+            content: content.to_owned(),
+        });
+    }
+    if let Some(rest) = line.strip_prefix("table ") {
+        // "table public.t: INSERT: id[integer]:1"
+        let (table, rest) = rest.split_once(": ").context("table name")?;
+        let (operation, data) = rest.split_once(':').context("operation")?;
+        return Ok(WalEntry::Change {
+            table: table.to_owned(),
+            operation: operation.to_owned(),
+            data: data.trim().to_owned(),
+        });
+    }
+    anyhow::bail!("unexpected test_decoding line: {line}")
+}
