@@ -1,0 +1,5 @@
+//! The todo queries, once per database driver. Writes go through bemi's adapters, so each one
+//! carries the context in scope.
+
+pub mod postgres;
+pub mod sqlx;

@@ -1,0 +1,157 @@
+//! Support for the framework tests: the todo apps served on 127.0.0.1 over real TCP, an HTTP
+//! client, and the WAL grouped by transaction.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use bemi_core::tokio_postgres::BemiClient;
+use bemi_tests::{TODO_TABLE, TestCluster, TestDb, WalEntry};
+use serde_json::Value;
+
+/// A test database with the todo table and bemi's triggers.
+pub async fn todo_db(cluster: &TestCluster, hint: &str) -> anyhow::Result<TestDb> {
+    let db = cluster.database(hint).await?;
+    db.exec(TODO_TABLE).await?;
+    db.migrate().await?;
+    Ok(db)
+}
+
+/// An app listening on 127.0.0.1; stopped by [`Served::stop`] (or, less gracefully, on drop).
+pub struct Served {
+    /// `http://127.0.0.1:PORT`
+    pub base: String,
+    stop: Stop,
+}
+
+enum Stop {
+    Axum(tokio::task::JoinHandle<std::io::Result<()>>),
+    Actix(actix_web::dev::ServerHandle),
+}
+
+impl Served {
+    /// `base` + `path`.
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// Stops the server.
+    pub async fn stop(self) {
+        match &self.stop {
+            Stop::Axum(task) => task.abort(),
+            Stop::Actix(handle) => handle.stop(false).await,
+        }
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        match &self.stop {
+            Stop::Axum(task) => task.abort(),
+            // The stop command is sent when `stop` is called; the future only waits for it.
+            Stop::Actix(handle) => drop(handle.stop(false)),
+        }
+    }
+}
+
+async fn loopback_listener() -> anyhow::Result<(tokio::net::TcpListener, SocketAddr)> {
+    let listener = tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await?;
+    let addr = listener.local_addr()?;
+    Ok((listener, addr))
+}
+
+/// Serves an axum router on 127.0.0.1 (a free port).
+pub async fn axum(router: axum::Router) -> anyhow::Result<Served> {
+    let (listener, addr) = loopback_listener().await?;
+    let task = tokio::spawn(async move { axum::serve(listener, router).await });
+    Ok(Served {
+        base: format!("http://{addr}"),
+        stop: Stop::Axum(task),
+    })
+}
+
+/// Serves the actix todo app (its real middleware and routes) on 127.0.0.1 (a free port).
+pub async fn actix_todo(client: BemiClient) -> anyhow::Result<Served> {
+    let (listener, addr) = loopback_listener().await?;
+    let server = bemi_examples::actix_app::server(client, listener.into_std()?, 2)?;
+    actix(server, addr)
+}
+
+/// Serves an actix server whose listener is bound to `addr`.
+pub fn actix(server: actix_web::dev::Server, addr: SocketAddr) -> anyhow::Result<Served> {
+    let handle = server.handle();
+    tokio::spawn(server);
+    Ok(Served {
+        base: format!("http://{addr}"),
+        stop: Stop::Actix(handle),
+    })
+}
+
+/// An HTTP client with a deadline for every request.
+pub fn client() -> anyhow::Result<reqwest::Client> {
+    Ok(reqwest::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .build()?)
+}
+
+/// One committed transaction of the WAL: its `_bemi` messages (decoded) and its row changes
+/// (operation, data), in order.
+#[derive(Debug, Default)]
+pub struct Txn {
+    /// The decoded `_bemi` messages.
+    pub messages: Vec<Value>,
+    /// The rows: (`INSERT` | `UPDATE` | `DELETE` | `TRUNCATE`, test_decoding's data).
+    pub rows: Vec<(String, String)>,
+}
+
+/// The entries grouped by transaction; every row must be preceded by BEGIN.
+pub fn transactions(entries: &[WalEntry]) -> anyhow::Result<Vec<Txn>> {
+    let mut txns = Vec::new();
+    let mut open: Option<Txn> = None;
+    for entry in entries {
+        match entry {
+            WalEntry::Begin => open = Some(Txn::default()),
+            WalEntry::Commit => txns.push(open.take().context("COMMIT without BEGIN")?),
+            WalEntry::Message {
+                prefix, content, ..
+            } if prefix == "_bemi" => open
+                .as_mut()
+                .context("message outside a transaction")?
+                .messages
+                .push(serde_json::from_str(content).with_context(|| content.clone())?),
+            WalEntry::Message { .. } => {}
+            WalEntry::Change {
+                operation, data, ..
+            } => open
+                .as_mut()
+                .context("row outside a transaction")?
+                .rows
+                .push((operation.clone(), data.clone())),
+        }
+    }
+    anyhow::ensure!(open.is_none(), "unterminated transaction");
+    Ok(txns)
+}
+
+/// The `task` column of a test_decoding row of `todo`.
+pub fn task_of(data: &str) -> anyhow::Result<String> {
+    let (_, rest) = data
+        .split_once("task[text]:'")
+        .with_context(|| format!("no task in {data}"))?;
+    // test_decoding doubles quotes inside text values.
+    let mut task = String::new();
+    let mut chars = rest.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '\'' {
+            if chars.peek() == Some(&'\'') {
+                chars.next();
+                task.push('\'');
+            } else {
+                return Ok(task);
+            }
+        } else {
+            task.push(c);
+        }
+    }
+    anyhow::bail!("unterminated task in {data}")
+}

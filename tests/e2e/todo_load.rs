@@ -1,0 +1,102 @@
+//! 1 000 concurrent requests with distinct `x-user-id` through the axum and the actix todo apps:
+//! every write's message carries its own request's user id; none crossed, none missing.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context as _, ensure};
+use bemi_core::tokio_postgres::BemiClient;
+use bemi_examples::todo;
+use bemi_tests::{TestCluster, TestResult};
+use reqwest::StatusCode;
+use serde_json::json;
+
+use crate::serve::{self, Served};
+
+/// How many requests; each is its own user.
+const REQUESTS: i64 = 1000;
+/// The whole burst must be answered within this time.
+const BURST_DEADLINE: Duration = Duration::from_secs(180);
+
+/// Sends all requests at once (`POST /todo {"task": "load-N"}` as user N) and waits, with a
+/// deadline, until every one is answered with 201.
+async fn burst(server: &Served) -> anyhow::Result<()> {
+    let http = serve::client()?;
+    let mut requests = tokio::task::JoinSet::new();
+    for user in 1..=REQUESTS {
+        let request = http
+            .post(server.url("/todo"))
+            .header("x-user-id", user.to_string())
+            .json(&json!({"task": format!("load-{user}")}));
+        requests.spawn(async move { (user, request.send().await) });
+    }
+    tokio::time::timeout(BURST_DEADLINE, async {
+        while let Some(joined) = requests.join_next().await {
+            let (user, response) = joined?;
+            let response = response.with_context(|| format!("request of user {user}"))?;
+            ensure!(
+                response.status() == StatusCode::CREATED,
+                "user {user}: {response:?}"
+            );
+        }
+        anyhow::Ok(())
+    })
+    .await
+    .with_context(|| format!("{REQUESTS} requests not answered within {BURST_DEADLINE:?}"))?
+}
+
+/// Every row `load-N` is alone in its transaction after exactly one message whose `user_id` is
+/// N; all N are there, once.
+async fn assert_each_write_has_its_own_user(slot: &bemi_tests::WalSlot) -> TestResult {
+    let txns = serve::transactions(&slot.read().await?)?;
+    let mut users = BTreeSet::new();
+    for txn in &txns {
+        ensure!(txn.rows.len() == 1, "one row per request: {txn:?}");
+        let task = serve::task_of(&txn.rows[0].1)?;
+        let user: i64 = task
+            .strip_prefix("load-")
+            .and_then(|n| n.parse().ok())
+            .with_context(|| format!("task {task}"))?;
+        ensure!(
+            txn.messages
+                == [json!({
+                    "user_id": user,
+                    "endpoint": "/todo",
+                    "method": "POST",
+                    "SQL": todo::INSERT,
+                })],
+            "the row of user {user} got {:?}",
+            txn.messages
+        );
+        ensure!(users.insert(user), "user {user} wrote twice");
+    }
+    ensure!(
+        users.len() as i64 == REQUESTS,
+        "{} of {REQUESTS} writes",
+        users.len()
+    );
+    Ok(())
+}
+
+pub async fn axum_todo_app_keeps_1000_concurrent_contexts_apart(
+    cluster: Arc<TestCluster>,
+) -> TestResult {
+    let db = serve::todo_db(&cluster, "axum_load").await?;
+    let slot = db.wal_slot().await?;
+    let server = serve::axum(bemi_examples::axum_app::router(db.bemi_pool())).await?;
+    burst(&server).await?;
+    server.stop().await;
+    assert_each_write_has_its_own_user(&slot).await
+}
+
+pub async fn actix_todo_app_keeps_1000_concurrent_contexts_apart(
+    cluster: Arc<TestCluster>,
+) -> TestResult {
+    let db = serve::todo_db(&cluster, "actix_load").await?;
+    let slot = db.wal_slot().await?;
+    let server = serve::actix_todo(BemiClient::new(db.tokio_postgres().await?)).await?;
+    burst(&server).await?;
+    server.stop().await;
+    assert_each_write_has_its_own_user(&slot).await
+}
