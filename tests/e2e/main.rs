@@ -9,6 +9,12 @@ mod context_isolation;
 mod hostile;
 mod launcher;
 mod migration;
+mod serve;
+mod spawned_tasks;
+mod todo_apps;
+mod todo_hostile;
+mod todo_load;
+mod worker_capture;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -50,10 +56,30 @@ fn all_tests() -> Vec<(String, TestFn)> {
         migration::up_twice_is_harmless_and_down_removes_everything,
         migration::replica_identity_full_is_switchable,
         migration::worker_tables_and_unlogged_tables_are_not_tracked,
+        worker_capture::direct_sql_and_statements_are_stitched_to_their_own_context,
+        worker_capture::composite_keys_toast_and_every_type_are_stored_as_typed_json,
+        worker_capture::malformed_and_per_row_messages_are_stitched_not_fatal,
+        worker_capture::the_workers_own_tables_are_never_captured,
+        todo_apps::axum_todo_app_seed_requests_carry_their_context,
+        todo_apps::actix_todo_app_seed_requests_carry_their_context,
+        todo_apps::graphql_todo_app_seed_operations_carry_their_context,
+        todo_load::axum_todo_app_keeps_1000_concurrent_contexts_apart,
+        todo_load::actix_todo_app_keeps_1000_concurrent_contexts_apart,
+        todo_hostile::hostile_request_through_the_axum_app_changes_nothing_but_its_row,
+        todo_hostile::hostile_request_through_the_actix_app_changes_nothing_but_its_row,
+        todo_hostile::hostile_graphql_variables_change_nothing_but_their_row,
+        spawned_tasks::axum_spawned_tasks_keep_the_context_only_with_the_helpers,
+        spawned_tasks::actix_spawned_tasks_and_web_block_keep_the_context_only_with_the_helpers,
     ]
 }
 
 fn main() {
+    if std::env::var_os("RUST_LOG").is_some() {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_writer(std::io::stderr)
+            .init();
+    }
     let mut args = Arguments::from_args();
     // Most tests wait on PostgreSQL, not on the CPU.
     args.test_threads.get_or_insert(4);

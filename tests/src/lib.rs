@@ -14,6 +14,7 @@ pub struct ReadmeDoctests;
 pub mod cluster;
 pub mod poll;
 pub mod wal;
+pub mod worker;
 
 pub use cluster::{TestCluster, TestDb};
 pub use poll::wait_until;

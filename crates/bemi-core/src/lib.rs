@@ -6,7 +6,8 @@
 //! - [`context`]: the request context, a JSON object in a tokio task-local;
 //! - [`sql`]: annotating writes with ` /*Bemi {json} Bemi*/`;
 //! - [`migration`]: the SQL that installs the statement-level triggers;
-//! - driver adapters behind the features `sqlx` and `tokio-postgres`.
+//! - driver adapters behind the features `sqlx` and `tokio-postgres`;
+//! - `graphql`: the async-graphql 7 extension, behind the feature `async-graphql`.
 //!
 //! ```
 //! use bemi_core::{context, sql};
@@ -26,3 +27,6 @@ pub mod sqlx;
 
 #[cfg(feature = "tokio-postgres")]
 pub mod tokio_postgres;
+
+#[cfg(feature = "async-graphql")]
+pub mod graphql;

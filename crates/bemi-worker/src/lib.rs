@@ -1,8 +1,28 @@
 //! # bemi-worker
 //!
-//! The capture worker of bemi-rs and its tools:
+//! The capture worker of bemi-rs: it reads the source database's WAL through logical
+//! replication (pgoutput), stitches every row change to the context of the statement that made
+//! it, and writes the `changes` table exactly once.
 //!
+//! - [`worker`]: the capture loop ([`worker::Worker`]);
+//! - [`config`]: what to capture and where to write;
+//! - [`source`], [`pgoutput`], [`catalog`], [`json_value`], [`rows`], [`assembler`]: from the
+//!   replication stream to rows;
+//! - [`destination`]: the `changes` table and the worker's position, written together;
+//! - [`setup`]: checks, publication and slot; [`metrics`]: Prometheus metrics;
 //! - [`launcher`]: an ephemeral PostgreSQL cluster (`wal_level=logical`) for development, the
 //!   demo and tests.
 
+pub mod assembler;
+pub mod catalog;
+pub mod config;
+pub mod destination;
+pub mod error;
+pub mod json_value;
 pub mod launcher;
+pub mod metrics;
+pub mod pgoutput;
+pub mod rows;
+pub mod setup;
+pub mod source;
+pub mod worker;

@@ -1,0 +1,199 @@
+//! What the worker needs to know about a relation beyond its Relation message: the primary key
+//! (from the catalog: with REPLICA IDENTITY FULL every column is flagged as key), how each
+//! column's type becomes JSON, and whether the table is captured at all.
+//!
+//! A Relation message arrives before a relation's first change on each connection and again
+//! after every schema change, so [`Catalog::describe`] runs then and its result is kept until the
+//! next one.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use sqlx::PgPool;
+
+use crate::config::WorkerConfig;
+use crate::json_value::TypeKind;
+use crate::pgoutput::Relation;
+
+/// A relation, ready to turn rows into JSON.
+#[derive(Debug, Clone)]
+pub struct RelationInfo {
+    /// Its schema.
+    pub schema: Arc<str>,
+    /// Its name.
+    pub table: Arc<str>,
+    /// Its columns, in the order of the tuples.
+    pub columns: Vec<ColumnInfo>,
+    /// Indexes into `columns` of the primary key (empty when the table has none).
+    pub primary_key: Vec<usize>,
+    /// Whether its changes are stored (the table filter, and never the worker's own tables).
+    pub captured: bool,
+}
+
+/// A column of a [`RelationInfo`].
+#[derive(Debug, Clone)]
+pub struct ColumnInfo {
+    /// `"name":`, rendered once.
+    pub json_key: String,
+    /// How its values become JSON.
+    pub kind: TypeKind,
+    /// Whether its values are replaced by the redaction marker.
+    pub redacted: bool,
+}
+
+/// Whether a relation is one of the worker's own tables: `_bemi*`, or a `changes` table with the
+/// columns of Bemi's audit table. They are never captured.
+///
+/// ```
+/// use bemi_worker::catalog::is_worker_table;
+///
+/// assert!(is_worker_table("_bemi_worker_state", &[]));
+/// assert!(is_worker_table("changes", &["position", "transaction_id", "primary_key", "context"]));
+/// assert!(!is_worker_table("changes", &["id", "amount"]));
+/// ```
+pub fn is_worker_table(name: &str, columns: &[&str]) -> bool {
+    name.starts_with("_bemi")
+        || (name == "changes"
+            && ["position", "transaction_id", "primary_key", "context"]
+                .iter()
+                .all(|c| columns.contains(c)))
+}
+
+/// Catalog lookups on the source database, with a cache of type kinds.
+#[derive(Debug)]
+pub struct Catalog {
+    pool: PgPool,
+    types: HashMap<u32, TypeKind>,
+}
+
+impl Catalog {
+    /// A catalog reader over the source pool.
+    ///
+    /// ```no_run
+    /// # fn run(pool: sqlx::PgPool) {
+    /// let catalog = bemi_worker::catalog::Catalog::new(pool);
+    /// # }
+    /// ```
+    pub fn new(pool: PgPool) -> Self {
+        Self {
+            pool,
+            types: HashMap::new(),
+        }
+    }
+
+    /// Describes `relation` for the worker with `config`.
+    ///
+    /// ```no_run
+    /// # async fn run(catalog: &mut bemi_worker::catalog::Catalog, relation: bemi_worker::pgoutput::Relation) -> Result<(), sqlx::Error> {
+    /// let config = bemi_worker::config::WorkerConfig::new("postgres://localhost/app");
+    /// let info = catalog.describe(&relation, &config).await?;
+    /// println!("{}.{} primary key columns: {:?}", info.schema, info.table, info.primary_key);
+    /// # Ok(()) }
+    /// ```
+    pub async fn describe(
+        &mut self,
+        relation: &Relation,
+        config: &WorkerConfig,
+    ) -> Result<RelationInfo, sqlx::Error> {
+        let column_names: Vec<&str> = relation.columns.iter().map(|c| c.name.as_str()).collect();
+        let captured = !is_worker_table(&relation.name, &column_names)
+            && config.filter.includes(&relation.namespace, &relation.name);
+        let mut columns = Vec::with_capacity(relation.columns.len());
+        for column in &relation.columns {
+            let mut json_key = String::with_capacity(column.name.len() + 3);
+            crate::json_value::write_string(&mut json_key, &column.name);
+            json_key.push(':');
+            columns.push(ColumnInfo {
+                json_key,
+                kind: self.type_kind(column.type_oid).await?,
+                redacted: config.redactions.is_redacted(
+                    &relation.namespace,
+                    &relation.name,
+                    &column.name,
+                ),
+            });
+        }
+        Ok(RelationInfo {
+            schema: relation.namespace.as_str().into(),
+            table: relation.name.as_str().into(),
+            primary_key: self.primary_key(relation).await?,
+            columns,
+            captured,
+        })
+    }
+
+    /// The primary key's column positions: from the catalog's primary key, else the replica
+    /// identity index, else (for a dropped table) the key flags of the Relation message unless
+    /// every column is flagged (REPLICA IDENTITY FULL), else none.
+    async fn primary_key(&self, relation: &Relation) -> Result<Vec<usize>, sqlx::Error> {
+        let names: Vec<String> = sqlx::query_scalar(
+            "SELECT a.attname::text \
+               FROM pg_catalog.pg_index i \
+               CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord) \
+               JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum \
+              WHERE i.indrelid = $1::oid \
+                AND i.indexrelid = coalesce( \
+                      (SELECT indexrelid FROM pg_catalog.pg_index WHERE indrelid = $1::oid AND indisprimary LIMIT 1), \
+                      (SELECT indexrelid FROM pg_catalog.pg_index WHERE indrelid = $1::oid AND indisreplident LIMIT 1)) \
+              ORDER BY k.ord",
+        )
+        .bind(i64::from(relation.oid))
+        .fetch_all(&self.pool)
+        .await?;
+        let position = |name: &String| relation.columns.iter().position(|c| &c.name == name);
+        let from_catalog: Option<Vec<usize>> = names.iter().map(position).collect();
+        match from_catalog {
+            Some(key) if !key.is_empty() => Ok(key),
+            _ => {
+                let flagged: Vec<usize> = (0..relation.columns.len())
+                    .filter(|&i| relation.columns[i].is_key)
+                    .collect();
+                let all_flagged = flagged.len() == relation.columns.len();
+                Ok(if all_flagged { Vec::new() } else { flagged })
+            }
+        }
+    }
+
+    /// How values of the type `oid` become JSON; non-builtin types are looked up once.
+    async fn type_kind(&mut self, oid: u32) -> Result<TypeKind, sqlx::Error> {
+        if let Some(kind) = TypeKind::builtin(oid) {
+            return Ok(kind);
+        }
+        if let Some(kind) = self.types.get(&oid) {
+            return Ok(kind.clone());
+        }
+        // Follow domains to their base type and arrays to their element type, iteratively.
+        let mut wrappers = 0usize;
+        let mut current = oid;
+        let kind = loop {
+            if let Some(kind) =
+                TypeKind::builtin(current).or_else(|| self.types.get(&current).cloned())
+            {
+                break kind;
+            }
+            let row: Option<(String, String, i64, i64)> = sqlx::query_as(
+                "SELECT typtype::text, typcategory::text, typelem::bigint, typbasetype::bigint \
+                   FROM pg_catalog.pg_type WHERE oid = $1::oid",
+            )
+            .bind(i64::from(current))
+            .fetch_optional(&self.pool)
+            .await?;
+            match row {
+                Some((typtype, _, _, base)) if typtype == "d" && base != 0 => current = base as u32,
+                // Arrays of non-builtin types (enums, domains, composites): array literals.
+                Some((_, category, elem, _)) if category == "A" && elem != 0 && wrappers < 8 => {
+                    wrappers += 1;
+                    current = elem as u32;
+                }
+                _ => break TypeKind::Text,
+            }
+        };
+        let mut kind = kind;
+        // Re-apply the array wrappers we unwrapped (domains need none).
+        for _ in 0..wrappers {
+            kind = TypeKind::Array(Box::new(kind));
+        }
+        self.types.insert(oid, kind.clone());
+        Ok(kind)
+    }
+}

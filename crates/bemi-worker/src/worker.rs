@@ -1,0 +1,390 @@
+//! The capture loop: stream the WAL, stitch, write, confirm — and reconnect with backoff.
+//!
+//! One session is two tasks. The **stream** task reads the replication connection, decodes
+//! pgoutput, stitches rows to their contexts ([`Assembler`]) and hands [`Piece`]s to the
+//! **writer** task over a bounded channel (backpressure: a slow destination slows the reading,
+//! memory stays bounded). The writer takes whatever is waiting (up to `max_batch_rows`), writes it
+//! with the new position in one destination transaction, and reports the position back; only then
+//! does the stream task confirm it to the slot. When nothing is pending, keepalives and
+//! heartbeats move the confirmed position along with the server, so an idle database does not
+//! hold back WAL.
+//!
+//! Any failure ends the session; the worker reconnects with exponential backoff (0.5 s to 30 s)
+//! and resumes from the position the destination recorded. Misconfiguration (see
+//! [`WorkerError::is_retryable`]) stops it with an error that names the fix.
+//!
+//! ```no_run
+//! use bemi_worker::{config::WorkerConfig, worker::Worker};
+//! use tokio_util::sync::CancellationToken;
+//!
+//! # async fn run() -> Result<(), bemi_worker::error::WorkerError> {
+//! let worker = Worker::new(WorkerConfig::new("postgres://bemi:secret@127.0.0.1/app"));
+//! let shutdown = CancellationToken::new();
+//! // e.g. cancel on SIGTERM: shutdown.cancel();
+//! worker.run(shutdown).await?;
+//! # Ok(()) }
+//! ```
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use sqlx::PgPool;
+use sqlx::postgres::PgPoolOptions;
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+
+use crate::assembler::{Assembler, Piece, ResumePoint};
+use crate::catalog::Catalog;
+use crate::config::WorkerConfig;
+use crate::destination::Destination;
+use crate::error::WorkerError;
+use crate::metrics::{self, WorkerMetrics};
+use crate::pgoutput::{self, PgOutput};
+use crate::setup;
+use crate::source::{PgWireSource, ReplicationSource, SourceConnection, SourceEvent};
+
+/// The prefix of context messages.
+const CONTEXT_PREFIX: &str = bemi_core::migration::MESSAGE_PREFIX;
+const PIECE_CHANNEL_CAPACITY: usize = 8;
+const MIN_BACKOFF: Duration = Duration::from_millis(500);
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+/// A capture worker.
+#[derive(Debug)]
+pub struct Worker {
+    config: WorkerConfig,
+    metrics: Arc<WorkerMetrics>,
+}
+
+impl Worker {
+    /// A worker for `config`; nothing happens until [`run`](Self::run).
+    ///
+    /// ```
+    /// let worker = bemi_worker::worker::Worker::new(bemi_worker::config::WorkerConfig::new("postgres://localhost/app"));
+    /// assert_eq!(worker.metrics().changes_written(), 0);
+    /// ```
+    pub fn new(config: WorkerConfig) -> Self {
+        Self {
+            config,
+            metrics: Arc::new(WorkerMetrics::default()),
+        }
+    }
+
+    /// The worker's metrics.
+    ///
+    /// ```
+    /// let worker = bemi_worker::worker::Worker::new(bemi_worker::config::WorkerConfig::new("postgres://localhost/app"));
+    /// println!("{}", worker.metrics().render());
+    /// ```
+    pub fn metrics(&self) -> Arc<WorkerMetrics> {
+        Arc::clone(&self.metrics)
+    }
+
+    /// Captures changes until `shutdown` is cancelled (then returns `Ok` after writing and
+    /// confirming what it has), or until an error that retrying cannot fix.
+    ///
+    /// ```no_run
+    /// # async fn run(worker: bemi_worker::worker::Worker) -> Result<(), bemi_worker::error::WorkerError> {
+    /// let shutdown = tokio_util::sync::CancellationToken::new();
+    /// tokio::spawn({
+    ///     let shutdown = shutdown.clone();
+    ///     async move {
+    ///         let _ = tokio::signal::ctrl_c().await;
+    ///         shutdown.cancel();
+    ///     }
+    /// });
+    /// worker.run(shutdown).await
+    /// # }
+    /// ```
+    pub async fn run(&self, shutdown: CancellationToken) -> Result<(), WorkerError> {
+        if let Some(addr) = self.config.metrics_addr {
+            let listener = metrics::bind(addr).await?;
+            tracing::info!(%addr, "serving metrics");
+            tokio::spawn(metrics::serve(
+                listener,
+                self.metrics(),
+                shutdown.child_token(),
+            ));
+        }
+        let mut backoff = MIN_BACKOFF;
+        loop {
+            let started = Instant::now();
+            let result = self.session(&shutdown).await;
+            self.metrics.set_connected(false);
+            let error = match result {
+                Ok(()) => return Ok(()),
+                Err(error) if !error.is_retryable() => return Err(error),
+                Err(error) => error,
+            };
+            self.metrics.record_error();
+            if started.elapsed() > MAX_BACKOFF {
+                backoff = MIN_BACKOFF;
+            }
+            let delay = jitter(backoff);
+            tracing::warn!(error = %error, retry_in = ?delay, "capture interrupted; reconnecting");
+            tokio::select! {
+                () = tokio::time::sleep(delay) => {}
+                () = shutdown.cancelled() => return Ok(()),
+            }
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+        }
+    }
+
+    async fn session(&self, shutdown: &CancellationToken) -> Result<(), WorkerError> {
+        let config = &self.config;
+        let source = SourceConnection::from_url(&config.source_url)?;
+        let pool = PgPoolOptions::new()
+            .max_connections(2)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect(&config.source_url)
+            .await
+            .map_err(WorkerError::Source)?;
+        setup::check_source(&pool, &config.slot).await?;
+        setup::sync_publication(&pool, config).await?;
+        setup::ensure_slot(&pool, &config.slot).await?;
+        let slot = setup::check_source(&pool, &config.slot).await?;
+
+        let destination =
+            Destination::open(config.destination_url(), source.database(), &config.slot)
+                .await
+                .map_err(WorkerError::Destination)?;
+        let resume = destination.resume_point();
+        let start_lsn = resume.last_lsn.max(slot.confirmed_flush.unwrap_or(0));
+        let stream =
+            PgWireSource::start(&source, &config.slot, &config.publication, start_lsn).await?;
+        self.metrics.set_connected(true);
+        self.metrics.record_confirmed(start_lsn);
+        tracing::info!(
+            slot = %config.slot,
+            start = %crate::destination::format_lsn(start_lsn),
+            "streaming changes"
+        );
+
+        let (pieces, piece_rx) = mpsc::channel(PIECE_CHANNEL_CAPACITY);
+        let (applied_tx, applied) = watch::channel(resume);
+        let writer = tokio::spawn(write_loop(
+            destination,
+            piece_rx,
+            applied_tx,
+            self.metrics(),
+            config.max_batch_rows,
+        ));
+        let mut session = StreamSession {
+            config,
+            pool,
+            stream,
+            assembler: Assembler::new(resume, config.chunk_rows),
+            catalog: None,
+            pieces: Some(pieces),
+            applied,
+            last_sent_end: resume.last_lsn,
+            metrics: &self.metrics,
+        };
+        let streamed = session.stream(shutdown).await;
+
+        // Let the writer finish what it was given, then confirm its final position.
+        drop(session.pieces.take());
+        let written = match writer.await {
+            Ok(result) => result,
+            Err(join_error) => Err(WorkerError::InvalidConfig(format!(
+                "the destination writer crashed: {join_error}"
+            ))),
+        };
+        let final_position = session.applied.borrow().last_lsn;
+        session.stream.confirm(final_position);
+        session.stream.shutdown(Duration::from_secs(5)).await;
+        streamed.and(written)
+    }
+}
+
+struct StreamSession<'a> {
+    config: &'a WorkerConfig,
+    pool: PgPool,
+    stream: PgWireSource,
+    assembler: Assembler,
+    catalog: Option<Catalog>,
+    pieces: Option<mpsc::Sender<Piece>>,
+    applied: watch::Receiver<ResumePoint>,
+    last_sent_end: u64,
+    metrics: &'a WorkerMetrics,
+}
+
+impl StreamSession<'_> {
+    /// Streams until shutdown (`Ok`) or an error.
+    async fn stream(&mut self, shutdown: &CancellationToken) -> Result<(), WorkerError> {
+        let mut tick = tokio::time::interval(self.config.heartbeat_interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await;
+        let mut active = false;
+        loop {
+            tokio::select! {
+                biased;
+                () = shutdown.cancelled() => return Ok(()),
+                changed = self.applied.changed() => {
+                    if changed.is_err() {
+                        // The writer stopped: its error is reported when it is joined.
+                        return Ok(());
+                    }
+                    let position = self.applied.borrow_and_update().last_lsn;
+                    self.stream.confirm(position);
+                }
+                _ = tick.tick() => {
+                    self.on_tick(active).await?;
+                    active = false;
+                }
+                event = self.stream.recv() => {
+                    active = true;
+                    match event? {
+                        Some(event) => self.on_event(event).await?,
+                        None => return Err(WorkerError::StreamEnded),
+                    }
+                }
+            }
+        }
+    }
+
+    async fn on_event(&mut self, event: SourceEvent) -> Result<(), WorkerError> {
+        tracing::trace!(?event, "replication event");
+        match event {
+            SourceEvent::Begin {
+                commit_lsn,
+                xid,
+                commit_time,
+            } => self.assembler.begin(commit_lsn, xid, commit_time),
+            SourceEvent::Data {
+                position,
+                sent_at,
+                data,
+            } => match pgoutput::decode(&data)? {
+                PgOutput::Relation(relation) => {
+                    let catalog = self
+                        .catalog
+                        .get_or_insert_with(|| Catalog::new(self.pool.clone()));
+                    let info = catalog
+                        .describe(&relation, self.config)
+                        .await
+                        .map_err(WorkerError::Source)?;
+                    self.assembler.relation(relation.oid, info);
+                }
+                change => {
+                    if let Some(piece) = self.assembler.change(change, position, sent_at)? {
+                        self.send(piece).await?;
+                    }
+                }
+            },
+            SourceEvent::Message {
+                transactional: true,
+                prefix,
+                content,
+                ..
+            } if prefix == CONTEXT_PREFIX => self.assembler.context_message(&content),
+            SourceEvent::Message {
+                transactional: false,
+                lsn,
+                ..
+            } => self.confirm_if_idle(lsn),
+            SourceEvent::Message { .. } => {}
+            SourceEvent::Commit {
+                commit_lsn,
+                end_lsn,
+            } => {
+                let piece = self.assembler.commit(commit_lsn, end_lsn)?;
+                self.last_sent_end = end_lsn;
+                self.metrics.record_received(end_lsn);
+                self.send(piece).await?;
+            }
+            SourceEvent::KeepAlive { wal_end } => {
+                self.metrics.record_server_position(wal_end);
+                self.confirm_if_idle(wal_end);
+            }
+        }
+        Ok(())
+    }
+
+    /// With nothing open or pending, everything the server sent before `lsn` is applied: the
+    /// slot may move there (this is what keeps an idle database's slot advancing).
+    fn confirm_if_idle(&self, lsn: u64) {
+        let applied = self.applied.borrow().last_lsn;
+        if !self.assembler.in_transaction() && applied >= self.last_sent_end {
+            self.stream.confirm(lsn);
+            self.metrics.record_confirmed(lsn);
+        }
+    }
+
+    async fn send(&mut self, piece: Piece) -> Result<(), WorkerError> {
+        let Some(pieces) = &self.pieces else {
+            return Ok(());
+        };
+        if pieces.send(piece).await.is_err() {
+            // The writer stopped; the session ends and reports its error.
+            self.pieces = None;
+            return Err(WorkerError::StreamEnded);
+        }
+        Ok(())
+    }
+
+    async fn on_tick(&mut self, active: bool) -> Result<(), WorkerError> {
+        match setup::sync_publication(&self.pool, self.config).await {
+            Ok(added) if !added.is_empty() => tracing::warn!(
+                tables = ?added,
+                "added tables to the publication that the migration's event trigger had not \
+                 added; their changes before now were not captured (install tracking as a \
+                 superuser so new tables are published as they are created)"
+            ),
+            Ok(_) => {}
+            Err(error) => tracing::warn!(%error, "could not check the publication"),
+        }
+        if !active {
+            setup::heartbeat(&self.pool).await?;
+        }
+        Ok(())
+    }
+}
+
+/// The writer task: batches pieces into destination transactions and reports each committed
+/// position.
+async fn write_loop(
+    mut destination: Destination,
+    mut pieces: mpsc::Receiver<Piece>,
+    applied: watch::Sender<ResumePoint>,
+    metrics: Arc<WorkerMetrics>,
+    max_batch_rows: usize,
+) -> Result<(), WorkerError> {
+    let mut batch: Vec<Piece> = Vec::new();
+    while let Some(piece) = pieces.recv().await {
+        let mut rows = piece.rows.len();
+        batch.push(piece);
+        while rows < max_batch_rows {
+            match pieces.try_recv() {
+                Ok(piece) => {
+                    rows += piece.rows.len();
+                    batch.push(piece);
+                }
+                Err(_) => break,
+            }
+        }
+        let resume = destination
+            .write(&batch)
+            .await
+            .map_err(WorkerError::Destination)?;
+        let transactions = batch.iter().filter(|p| p.end_lsn.is_some()).count() as u64;
+        let last_commit = batch
+            .iter()
+            .rev()
+            .find_map(|p| p.rows.last())
+            .map_or(0, |row| row.committed_at);
+        metrics.record_write(rows as u64, transactions, resume.last_lsn, last_commit);
+        applied.send_replace(resume);
+        batch.clear();
+    }
+    Ok(())
+}
+
+/// ±25 % so that many workers do not reconnect in lockstep.
+fn jitter(delay: Duration) -> Duration {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let factor = 0.75 + f64::from(nanos % 1000) / 2000.0;
+    delay.mul_f64(factor)
+}

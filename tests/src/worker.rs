@@ -1,0 +1,163 @@
+//! Running a capture worker inside a test and reading what it wrote.
+
+use std::time::Duration;
+
+use anyhow::Context as _;
+use bemi_worker::config::WorkerConfig;
+use bemi_worker::error::WorkerError;
+use bemi_worker::metrics::WorkerMetrics;
+use bemi_worker::worker::Worker;
+use serde_json::Value;
+use std::sync::Arc;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::{TestDb, wait_until};
+
+/// A worker running in a task of the test's runtime.
+#[derive(Debug)]
+pub struct RunningWorker {
+    /// Its metrics.
+    pub metrics: Arc<WorkerMetrics>,
+    shutdown: CancellationToken,
+    handle: JoinHandle<Result<(), WorkerError>>,
+}
+
+impl RunningWorker {
+    /// Starts a worker and waits until it streams (its slot exists from then on).
+    pub async fn start(config: WorkerConfig) -> anyhow::Result<Self> {
+        let worker = Worker::new(config);
+        let metrics = worker.metrics();
+        let shutdown = CancellationToken::new();
+        let handle = tokio::spawn({
+            let shutdown = shutdown.clone();
+            async move { worker.run(shutdown).await }
+        });
+        let running = Self {
+            metrics,
+            shutdown,
+            handle,
+        };
+        wait_until("the worker to stream", Duration::from_secs(60), || async {
+            if running.handle.is_finished() {
+                anyhow::bail!("the worker stopped while starting");
+            }
+            Ok(running.metrics.is_connected().then_some(()))
+        })
+        .await?;
+        Ok(running)
+    }
+
+    /// Asks the worker to stop and waits for it.
+    pub async fn stop(self) -> anyhow::Result<()> {
+        self.shutdown.cancel();
+        tokio::time::timeout(Duration::from_secs(60), self.handle)
+            .await
+            .context("the worker did not stop within 60 s")???;
+        Ok(())
+    }
+}
+
+/// The test's worker configuration: slot and publication named after the database, a short
+/// heartbeat.
+pub fn worker_config(db: &TestDb) -> WorkerConfig {
+    let mut config = WorkerConfig::new(db.url.clone());
+    config.slot = format!("bemi_{}", db.name);
+    config.publication = "bemi".to_owned();
+    config.heartbeat_interval = Duration::from_millis(500);
+    config
+}
+
+/// A row of the `changes` table, as JSON values.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredChange {
+    /// `primary_key`
+    pub primary_key: Option<String>,
+    /// `before`
+    pub before: Value,
+    /// `after`
+    pub after: Value,
+    /// `context`
+    pub context: Value,
+    /// `database`
+    pub database: String,
+    /// `schema`
+    pub schema: String,
+    /// `table`
+    pub table: String,
+    /// `operation`
+    pub operation: String,
+    /// `transaction_id`
+    pub transaction_id: i64,
+    /// `position`
+    pub position: i64,
+    /// `committed_at` as ISO text
+    pub committed_at: String,
+}
+
+/// Every stored change, in WAL order.
+pub async fn stored_changes(db: &TestDb) -> anyhow::Result<Vec<StoredChange>> {
+    stored_changes_in(&db.pool).await
+}
+
+/// Every stored change of the `changes` table reachable through `pool`, in WAL order.
+pub async fn stored_changes_in(pool: &sqlx::PgPool) -> anyhow::Result<Vec<StoredChange>> {
+    type Row = (
+        Option<String>,
+        Value,
+        Value,
+        Value,
+        String,
+        String,
+        String,
+        String,
+        i64,
+        i64,
+        String,
+    );
+    let rows: Vec<Row> = sqlx::query_as(
+        "SELECT primary_key, before, after, context, database, schema, \"table\", operation, \
+                transaction_id, position, to_char(committed_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"') \
+           FROM changes ORDER BY position, \"table\"",
+    )
+    .fetch_all(pool)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|r| StoredChange {
+            primary_key: r.0,
+            before: r.1,
+            after: r.2,
+            context: r.3,
+            database: r.4,
+            schema: r.5,
+            table: r.6,
+            operation: r.7,
+            transaction_id: r.8,
+            position: r.9,
+            committed_at: r.10,
+        })
+        .collect())
+}
+
+/// Waits until the `changes` table holds at least `count` rows, then returns them all.
+pub async fn wait_for_changes(db: &TestDb, count: usize) -> anyhow::Result<Vec<StoredChange>> {
+    wait_until(
+        &format!("{count} rows in changes"),
+        Duration::from_secs(60),
+        || async {
+            let exists: bool = sqlx::query_scalar("SELECT to_regclass('changes') IS NOT NULL")
+                .fetch_one(&db.pool)
+                .await?;
+            if !exists {
+                return Ok(None);
+            }
+            let n: i64 = sqlx::query_scalar("SELECT count(*) FROM changes")
+                .fetch_one(&db.pool)
+                .await?;
+            Ok((n as usize >= count).then_some(()))
+        },
+    )
+    .await?;
+    stored_changes(db).await
+}
