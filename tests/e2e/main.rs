@@ -15,6 +15,7 @@ mod todo_apps;
 mod todo_hostile;
 mod todo_load;
 mod worker_capture;
+mod worker_hazards;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -60,6 +61,13 @@ fn all_tests() -> Vec<(String, TestFn)> {
         worker_capture::composite_keys_toast_and_every_type_are_stored_as_typed_json,
         worker_capture::malformed_and_per_row_messages_are_stitched_not_fatal,
         worker_capture::the_workers_own_tables_are_never_captured,
+        worker_hazards::wal_level_replica_fails_fast_naming_the_fix,
+        worker_hazards::a_role_without_replication_fails_fast_naming_the_fix,
+        worker_hazards::a_lost_slot_fails_fast_naming_the_fix,
+        worker_hazards::an_idle_database_keeps_its_slot_advancing,
+        worker_hazards::tables_created_while_running_are_captured_from_their_first_row,
+        worker_hazards::a_large_transaction_is_written_in_chunks_exactly_once_across_a_stop,
+        worker_hazards::a_postgres_restart_while_streaming_loses_nothing,
         todo_apps::axum_todo_app_seed_requests_carry_their_context,
         todo_apps::actix_todo_app_seed_requests_carry_their_context,
         todo_apps::graphql_todo_app_seed_operations_carry_their_context,

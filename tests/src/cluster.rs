@@ -162,3 +162,28 @@ async fn drop_databases(admin_url: &str, prefix: &str) -> anyhow::Result<()> {
 fn admin_options(url: &str) -> anyhow::Result<PgConnectOptions> {
     Ok(url.parse::<PgConnectOptions>()?.disable_statement_logging())
 }
+
+/// A cluster of the test's own, for tests that restart or misconfigure the server.
+pub async fn private_cluster(
+    options: bemi_worker::launcher::LaunchOptions,
+) -> anyhow::Result<EphemeralPostgres> {
+    Ok(tokio::task::spawn_blocking(move || EphemeralPostgres::start_with(options)).await??)
+}
+
+/// A database on a private cluster, as a [`TestDb`].
+pub async fn private_database(pg: &EphemeralPostgres, name: &str) -> anyhow::Result<TestDb> {
+    let mut admin = admin_options(&pg.url())?.connect().await?;
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE \"{name}\"")))
+        .execute(&mut admin)
+        .await?;
+    let url = pg.url_for(name);
+    let pool = PgPoolOptions::new()
+        .max_connections(8)
+        .connect_with(admin_options(&url)?)
+        .await?;
+    Ok(TestDb {
+        name: name.to_owned(),
+        url,
+        pool,
+    })
+}

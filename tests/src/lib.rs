@@ -16,7 +16,7 @@ pub mod poll;
 pub mod wal;
 pub mod worker;
 
-pub use cluster::{TestCluster, TestDb};
+pub use cluster::{TestCluster, TestDb, private_cluster, private_database};
 pub use poll::wait_until;
 pub use wal::{WalEntry, WalSlot};
 

@@ -71,13 +71,17 @@ AS $bemi$
   WHERE c.oid = relation
 $bemi$;
 
--- Installs the trigger on one table (if missing) and, when asked, sets REPLICA IDENTITY FULL,
--- which gives the capture worker full before-images of updated and deleted rows.
+-- Installs the trigger on one table (if missing); when asked, sets REPLICA IDENTITY FULL, which
+-- gives the capture worker full before-images of updated and deleted rows; and adds the table to
+-- the capture worker's publications (those it marked with the comment 'bemi-rs'), so that its
+-- changes are streamed from its creation on. Partitions are published through their root.
 CREATE OR REPLACE FUNCTION _bemi_track_table(relation oid, replica_identity_full boolean)
 RETURNS void
 LANGUAGE plpgsql
 SET search_path FROM CURRENT
 AS $bemi$
+DECLARE
+  publication name;
 BEGIN
   IF NOT coalesce(_bemi_is_trackable(relation), false) THEN
     RETURN;
@@ -91,6 +95,24 @@ BEGIN
   END IF;
   IF replica_identity_full AND (SELECT relreplident FROM pg_catalog.pg_class WHERE oid = relation) <> 'f' THEN
     EXECUTE pg_catalog.format('ALTER TABLE %s REPLICA IDENTITY FULL', relation::pg_catalog.regclass);
+  END IF;
+  IF NOT (SELECT relispartition FROM pg_catalog.pg_class WHERE oid = relation) THEN
+    FOR publication IN
+      SELECT p.pubname FROM pg_catalog.pg_publication p
+       WHERE NOT p.puballtables
+         AND pg_catalog.obj_description(p.oid, 'pg_publication') = 'bemi-rs'
+         AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_publication_rel r
+                          WHERE r.prpubid = p.oid AND r.prrelid = relation)
+    LOOP
+      BEGIN
+        EXECUTE pg_catalog.format('ALTER PUBLICATION %I ADD TABLE %s',
+                                  publication, relation::pg_catalog.regclass);
+      EXCEPTION WHEN insufficient_privilege THEN
+        RAISE WARNING 'bemi: could not add % to publication %: %. The capture worker adds it '
+          'at its next check; changes made before then are not captured.',
+          relation::pg_catalog.regclass, publication, SQLERRM;
+      END;
+    END LOOP;
   END IF;
 END;
 $bemi$;
@@ -114,10 +136,12 @@ BEGIN
 END;
 $bemi$;
 
--- Tracks tables created later. A failure here (e.g. missing privileges) must not fail the user's
--- CREATE TABLE: it becomes a warning that says what to run instead.
+-- Tracks tables created later. It runs with the rights of its owner (the superuser who installed
+-- the event trigger), so that tables created by any role get the trigger and are published. A
+-- failure here must not fail the user's CREATE TABLE: it becomes a warning that says what to do.
 CREATE OR REPLACE FUNCTION _bemi_create_table_trigger_func() RETURNS event_trigger
 LANGUAGE plpgsql
+SECURITY DEFINER
 SET search_path FROM CURRENT
 AS $bemi$
 DECLARE

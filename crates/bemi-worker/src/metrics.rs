@@ -131,6 +131,15 @@ impl WorkerMetrics {
         self.connected.load(Ordering::Relaxed)
     }
 
+    /// Errors that made the worker reconnect, so far.
+    ///
+    /// ```
+    /// assert_eq!(bemi_worker::metrics::WorkerMetrics::default().errors(), 0);
+    /// ```
+    pub fn errors(&self) -> u64 {
+        self.errors.load(Ordering::Relaxed)
+    }
+
     /// Rows written so far.
     ///
     /// ```

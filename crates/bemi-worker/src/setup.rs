@@ -6,8 +6,8 @@
 //! to `changes` are not streamed back to it. Partitioned tables are published through their root
 //! (`publish_via_partition_root`), which also covers partitions created later. Tables created
 //! after the worker started are added by the migration's event trigger in the same transaction
-//! (the publication is registered in `_bemi_publications` for it), and by the worker's periodic
-//! check as a fallback.
+//! (the worker marks its publication with the comment `bemi-rs` for that), and by the worker's
+//! periodic check as a fallback.
 
 use std::collections::BTreeSet;
 
@@ -25,6 +25,10 @@ type SlotRow = (
     Option<String>,
     String,
 );
+
+/// The comment that marks a publication as kept in sync by the worker (the migration's event
+/// trigger adds new tables to such publications).
+pub const PUBLICATION_MARK: &str = "bemi-rs";
 
 /// What the checks learned about the slot.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -173,13 +177,6 @@ pub async fn sync_publication(
         .execute(&mut *tx)
         .await
         .map_err(WorkerError::Source)?;
-    sqlx::raw_sql(
-        "CREATE TABLE IF NOT EXISTS _bemi_publications (name text PRIMARY KEY, \
-           created_at timestamptz NOT NULL DEFAULT now())",
-    )
-    .execute(&mut *tx)
-    .await
-    .map_err(wrap)?;
     let all_tables: Option<bool> =
         sqlx::query_scalar("SELECT puballtables FROM pg_catalog.pg_publication WHERE pubname = $1")
             .bind(publication)
@@ -208,11 +205,25 @@ pub async fn sync_publication(
         }
         Some(false) => {}
     }
-    sqlx::query("INSERT INTO _bemi_publications (name) VALUES ($1) ON CONFLICT DO NOTHING")
-        .bind(publication)
+    // The migration's event trigger publishes new tables through publications marked so.
+    let marked: bool = sqlx::query_scalar(
+        "SELECT coalesce(obj_description(oid, 'pg_publication') = $2, false) \
+           FROM pg_catalog.pg_publication WHERE pubname = $1",
+    )
+    .bind(publication)
+    .bind(PUBLICATION_MARK)
+    .fetch_one(&mut *tx)
+    .await
+    .map_err(WorkerError::Source)?;
+    if !marked {
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "COMMENT ON PUBLICATION {} IS '{PUBLICATION_MARK}'",
+            quote_ident(publication)
+        )))
         .execute(&mut *tx)
         .await
         .map_err(wrap)?;
+    }
 
     let candidates: Vec<(String, String)> = sqlx::query_as(CANDIDATE_TABLES_SQL)
         .fetch_all(&mut *tx)
