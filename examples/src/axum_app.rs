@@ -48,7 +48,7 @@ pub fn router(pool: BemiPool) -> Router {
 ///
 /// # fn run(pool: sqlx::PgPool) {
 /// let app = bemi_examples::axum_app::routes(bemi_core::sqlx::BemiPool::new(pool))
-///     .layer(BemiLayer::new(|req: &http::Request<Body>| json!({"path": req.uri().path()})));
+///     .layer(BemiLayer::new(|req: &axum::http::Request<Body>| json!({"path": req.uri().path()})));
 /// # }
 /// ```
 pub fn routes(pool: BemiPool) -> Router {

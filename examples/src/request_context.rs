@@ -5,7 +5,7 @@
 //! use bemi_examples::request_context;
 //! use serde_json::json;
 //!
-//! let request = http::Request::post("/todo").header("x-user-id", "187234").body(()).unwrap();
+//! let request = axum::http::Request::post("/todo").header("x-user-id", "187234").body(()).unwrap();
 //! assert_eq!(
 //!     request_context::for_http(&request),
 //!     json!({"user_id": 187234, "endpoint": "/todo", "method": "POST"})
@@ -48,11 +48,11 @@ pub fn from_parts(path: &str, method: &str, user: Option<&str>) -> Value {
 /// The context of an `http` request: the closure of the axum and GraphQL apps' `BemiLayer`.
 ///
 /// ```
-/// let request = http::Request::get("/todo").body(()).unwrap();
+/// let request = axum::http::Request::get("/todo").body(()).unwrap();
 /// let ctx = bemi_examples::request_context::for_http(&request);
 /// assert_eq!(ctx["method"], "GET");
 /// ```
-pub fn for_http<B>(request: &http::Request<B>) -> Value {
+pub fn for_http<B>(request: &axum::http::Request<B>) -> Value {
     let user = request
         .headers()
         .get(USER_HEADER)

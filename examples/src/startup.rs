@@ -1,22 +1,202 @@
-//! What the example binaries do before serving: read `--addr`, find or start the database,
-//! create the todo table, install bemi's triggers, and wait for Ctrl-C at the end.
+//! The scaffold of the example binaries: read `--addr`, find or start the database, create the
+//! todo table, install bemi's triggers, serve the app until Ctrl-C. Each binary is one call:
 //!
 //! ```no_run
-//! use bemi_examples::startup::{self, Database};
+//! use bemi_examples::startup::{self, App, Example};
+//!
+//! fn main() -> std::process::ExitCode {
+//!     startup::main(&Example {
+//!         name: "todo-axum",
+//!         path: "/todo",
+//!         app: App::Axum(bemi_examples::axum_app::router),
+//!     })
+//! }
+//! ```
+//!
+//! The steps are public too, to serve an example from a test or another program:
+//!
+//! ```no_run
+//! use bemi_examples::startup::{self, App, Database, Example};
 //!
 //! # async fn run() -> Result<(), startup::StartupError> {
+//! let example = Example { name: "todo-axum", path: "/todo", app: App::Axum(bemi_examples::axum_app::router) };
 //! let database = Database::from_env().await?; // DATABASE_URL, or an embedded PostgreSQL
-//! let pool = startup::prepare_database(&database.url()).await?;
+//! let listener = startup::listen("127.0.0.1:3000".parse().unwrap()).await?;
+//! startup::serve(&example, &database.url(), listener, startup::ctrl_c()).await?;
 //! # Ok(()) }
 //! ```
 
+use std::future::Future;
 use std::net::SocketAddr;
+use std::process::ExitCode;
 
+use bemi_core::sqlx::BemiPool;
 use bemi_core::tokio_postgres::BemiClient;
 use bemi_worker::launcher::{DevDatabase, LaunchError};
+use clap::Parser as _;
 use sqlx::{Connection as _, PgPool};
 
 use crate::todo;
+
+/// How many connections the listening socket queues before they are accepted, for bursts of
+/// connections.
+///
+/// ```
+/// assert_eq!(bemi_examples::startup::BACKLOG, 1024);
+/// ```
+pub const BACKLOG: u32 = 1024;
+
+/// An example binary: its name (in messages), the path its requests go to (in the start-up
+/// log) and its app.
+///
+/// ```
+/// use bemi_examples::startup::{App, Example};
+///
+/// let example = Example {
+///     name: "todo-graphql",
+///     path: "/graphql",
+///     app: App::Axum(bemi_examples::graphql_app::router),
+/// };
+/// assert_eq!(example.name, "todo-graphql");
+/// ```
+#[derive(Debug, Clone, Copy)]
+pub struct Example {
+    /// The binary's name, e.g. `todo-axum`.
+    pub name: &'static str,
+    /// The path of its API, e.g. `/todo`.
+    pub path: &'static str,
+    /// The app.
+    pub app: App,
+}
+
+/// The app of an example.
+///
+/// ```
+/// use bemi_examples::startup::App;
+///
+/// let axum = App::Axum(bemi_examples::axum_app::router);
+/// let actix = App::Actix(bemi_examples::actix_app::server);
+/// # let _ = (axum, actix);
+/// ```
+#[derive(Debug, Clone, Copy)]
+pub enum App {
+    /// An axum app on the sqlx adapter, made from the pool.
+    Axum(fn(BemiPool) -> axum::Router),
+    /// An actix-web server on the tokio-postgres adapter, made from the client, the listener
+    /// and the number of worker threads (e.g. [`crate::actix_app::server`]).
+    Actix(fn(BemiClient, std::net::TcpListener, usize) -> std::io::Result<actix_web::dev::Server>),
+}
+
+/// The whole of an example binary: logs, `--addr`, the database, serving until Ctrl-C. Errors
+/// are printed as `NAME: error`, with a failing exit code.
+///
+/// ```no_run
+/// use bemi_examples::startup::{self, App, Example};
+///
+/// fn main() -> std::process::ExitCode {
+///     startup::main(&Example { name: "todo-actix", path: "/todo", app: App::Actix(bemi_examples::actix_app::server) })
+/// }
+/// ```
+pub fn main(example: &Example) -> ExitCode {
+    init_logging();
+    let args = Args::parse();
+    let outcome = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(StartupError::Runtime)
+        .and_then(|runtime| runtime.block_on(run(example, args)));
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("{}: {error}", example.name);
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Finds or starts the database, listens on `--addr` and [`serve`]s until Ctrl-C.
+///
+/// ```no_run
+/// use bemi_examples::startup::{self, App, Args, Example};
+/// use clap::Parser as _;
+///
+/// # async fn run() -> Result<(), startup::StartupError> {
+/// let example = Example { name: "todo-axum", path: "/todo", app: App::Axum(bemi_examples::axum_app::router) };
+/// startup::run(&example, Args::parse()).await
+/// # }
+/// ```
+pub async fn run(example: &Example, args: Args) -> Result<(), StartupError> {
+    let database = Database::from_env().await?;
+    tracing::info!(
+        "{}: database {}",
+        example.name,
+        if database.is_embedded() {
+            "embedded (removed when the app stops)"
+        } else {
+            "from DATABASE_URL"
+        }
+    );
+    let listener = listen(args.addr).await?;
+    serve(example, &database.url(), listener, ctrl_c()).await
+}
+
+/// Prepares the database of `url` ([`prepare_database`]), then serves the example's app on
+/// `listener` until `shutdown` resolves (in-flight requests are finished first).
+///
+/// ```no_run
+/// use bemi_examples::startup::{self, App, Example};
+///
+/// # async fn run(url: &str) -> Result<(), startup::StartupError> {
+/// let example = Example { name: "todo-axum", path: "/todo", app: App::Axum(bemi_examples::axum_app::router) };
+/// let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+/// startup::serve(&example, url, listener, startup::ctrl_c()).await
+/// # }
+/// ```
+pub async fn serve(
+    example: &Example,
+    url: &str,
+    listener: tokio::net::TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), StartupError> {
+    let pool = prepare_database(url).await?;
+    let addr = listener.local_addr().map_err(StartupError::Serve)?;
+    let listening = || {
+        tracing::info!(
+            "{} listening on http://{addr}{}",
+            example.name,
+            example.path
+        );
+    };
+    match example.app {
+        App::Axum(router) => {
+            let app = router(BemiPool::new(pool));
+            listening();
+            axum::serve(listener, app)
+                .with_graceful_shutdown(shutdown)
+                .await
+                .map_err(StartupError::Serve)
+        }
+        App::Actix(server) => {
+            // The table and the triggers went through sqlx; requests use tokio-postgres.
+            pool.close().await;
+            let client = connect_tokio_postgres(url).await?;
+            let listener = listener.into_std().map_err(StartupError::Serve)?;
+            let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
+            let server = server(client, listener, workers).map_err(StartupError::Serve)?;
+            let handle = server.handle();
+            listening();
+            let mut server = std::pin::pin!(server);
+            tokio::select! {
+                result = &mut server => result.map_err(StartupError::Serve),
+                () = shutdown => {
+                    // The server future carries out the stop: poll both.
+                    let (result, ()) = tokio::join!(server, handle.stop(true));
+                    result.map_err(StartupError::Serve)
+                }
+            }
+        }
+    }
+}
 
 /// The command line of the example binaries.
 ///
@@ -80,6 +260,12 @@ pub enum StartupError {
         /// Why.
         source: std::io::Error,
     },
+    /// The server failed while serving.
+    #[error("the server failed: {0}; see the log above, then start the app again")]
+    Serve(#[source] std::io::Error),
+    /// The async runtime could not be started.
+    #[error("could not start the async runtime: {0}; check the process's thread and file limits")]
+    Runtime(#[source] std::io::Error),
 }
 
 /// The database of an example: the server of `DATABASE_URL`, or an embedded PostgreSQL that
@@ -194,25 +380,18 @@ fn connect_error(url: &str, error: impl std::error::Error + Send + Sync + 'stati
     }
 }
 
-/// `url` with the password of its user info replaced by `***`.
+/// `url` with the password of its user info replaced by `***`; text that does not parse as a
+/// URL is not shown at all (it could be a password).
 fn without_password(url: &str) -> String {
-    let Some(scheme_end) = url.find("://").map(|i| i + 3) else {
-        return url.to_owned();
-    };
-    let authority_end = url[scheme_end..]
-        .find(['/', '?'])
-        .map_or(url.len(), |i| scheme_end + i);
-    let authority = &url[scheme_end..authority_end];
-    match authority.rsplit_once('@') {
-        Some((user_info, host)) => match user_info.split_once(':') {
-            Some((user, _)) => format!(
-                "{}{user}:***@{host}{}",
-                &url[..scheme_end],
-                &url[authority_end..]
-            ),
-            None => url.to_owned(),
-        },
-        None => url.to_owned(),
+    match url::Url::parse(url) {
+        Ok(mut parsed) => {
+            if parsed.password().is_some() {
+                // Only fails for URLs that cannot have a password, and this one has one.
+                let _ = parsed.set_password(Some("***"));
+            }
+            parsed.into()
+        }
+        Err(error) => format!("the database URL (not shown: it does not parse: {error})"),
     }
 }
 
@@ -252,17 +431,28 @@ pub async fn ctrl_c() {
     }
 }
 
-/// Binds `addr` (with a backlog of 1024, for bursts of connections).
+/// Binds `addr` with a backlog of [`BACKLOG`] connections, for bursts of connections.
 ///
-/// ```no_run
-/// # async fn run() -> Result<(), bemi_examples::startup::StartupError> {
-/// let listener = bemi_examples::startup::listen("127.0.0.1:3000".parse().unwrap()).await?;
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), bemi_examples::startup::StartupError> {
+/// let listener = bemi_examples::startup::listen("127.0.0.1:0".parse().unwrap()).await?;
+/// assert!(listener.local_addr().unwrap().ip().is_loopback());
 /// # Ok(()) }
 /// ```
 pub async fn listen(addr: SocketAddr) -> Result<tokio::net::TcpListener, StartupError> {
-    tokio::net::TcpListener::bind(addr)
-        .await
-        .map_err(|source| StartupError::Listen { addr, source })
+    let bind = || {
+        let socket = if addr.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        // As `TcpListener::bind` does: a restarted app can listen again at once.
+        #[cfg(unix)]
+        socket.set_reuseaddr(true)?;
+        socket.bind(addr)?;
+        socket.listen(BACKLOG)
+    };
+    bind().map_err(|source| StartupError::Listen { addr, source })
 }
 
 #[cfg(test)]
@@ -280,5 +470,11 @@ mod tests {
             "postgres://bemi@localhost/app"
         );
         assert_eq!(without_password("postgres:///app"), "postgres:///app");
+        assert_eq!(
+            without_password("postgres://bemi:p%40ss:w@[::1]/app"),
+            "postgres://bemi:***@[::1]/app"
+        );
+        let unparsable = without_password("host=db password=secret");
+        assert!(!unparsable.contains("secret"), "{unparsable}");
     }
 }

@@ -6,8 +6,8 @@ use std::sync::Arc;
 
 use anyhow::{Context as _, ensure};
 use bemi_core::context;
-use bemi_tests::{TestCluster, TestResult, WalEntry, ctx};
-use serde_json::{Value, json};
+use bemi_tests::{TestCluster, TestResult, ctx};
+use serde_json::json;
 
 const TASKS: i32 = 1000;
 
@@ -37,30 +37,28 @@ pub async fn concurrent_tasks_keep_their_own_context_through_the_wal(
         result??;
     }
 
-    // Pair each row with the message before it in its transaction.
-    let entries = slot.read().await?;
+    // Each write is its own transaction: its one message, then its one row.
     let mut seen = BTreeMap::new();
-    let mut pending: Option<Value> = None;
-    for entry in &entries {
-        match entry {
-            WalEntry::Begin => pending = None,
-            WalEntry::Message { content, .. } => pending = Some(serde_json::from_str(content)?),
-            WalEntry::Change { data, .. } => {
-                let n: i64 = data
-                    .split_once("n[integer]:")
-                    .and_then(|(_, n)| n.trim().parse().ok())
-                    .with_context(|| format!("row {data}"))?;
-                let context = pending
-                    .take()
-                    .with_context(|| format!("row {n} has no message"))?;
-                ensure!(
-                    context["task"] == json!(n),
-                    "row {n} got the context {context}"
-                );
-                ensure!(seen.insert(n, ()).is_none(), "row {n} twice");
-            }
-            WalEntry::Commit => {}
-        }
+    for txn in slot.read_transactions().await? {
+        let [(_, data)] = txn.rows.as_slice() else {
+            anyhow::bail!("one row per transaction expected: {txn:?}");
+        };
+        let n: i64 = data
+            .split_once("n[integer]:")
+            .and_then(|(_, n)| n.trim().parse().ok())
+            .with_context(|| format!("row {data}"))?;
+        let [context] = txn.messages.as_slice() else {
+            anyhow::bail!(
+                "row {n} has {} messages: {:?}",
+                txn.messages.len(),
+                txn.messages
+            );
+        };
+        ensure!(
+            context["task"] == json!(n),
+            "row {n} got the context {context}"
+        );
+        ensure!(seen.insert(n, ()).is_none(), "row {n} twice");
     }
     ensure!(seen.len() == TASKS as usize, "{} rows", seen.len());
     Ok(())

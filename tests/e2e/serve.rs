@@ -1,13 +1,12 @@
 //! Support for the framework tests: the todo apps served on 127.0.0.1 over real TCP, an HTTP
-//! client, and the WAL grouped by transaction.
+//! client, and the task of a todo row in the WAL (grouped by `bemi_tests::wal::transactions`).
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 use anyhow::Context as _;
 use bemi_core::tokio_postgres::BemiClient;
-use bemi_tests::{TODO_TABLE, TestCluster, TestDb, WalEntry};
-use serde_json::Value;
+use bemi_tests::{TODO_TABLE, TestCluster, TestDb};
 
 /// A test database with the todo table and bemi's triggers.
 pub async fn todo_db(cluster: &TestCluster, hint: &str) -> anyhow::Result<TestDb> {
@@ -60,10 +59,12 @@ async fn loopback_listener() -> anyhow::Result<(tokio::net::TcpListener, SocketA
     Ok((listener, addr))
 }
 
-/// Serves an axum router on 127.0.0.1 (a free port).
+/// Serves an axum router on 127.0.0.1 (a free port). Handlers may extract the client's address
+/// (`ConnectInfo<SocketAddr>`).
 pub async fn axum(router: axum::Router) -> anyhow::Result<Served> {
     let (listener, addr) = loopback_listener().await?;
-    let task = tokio::spawn(async move { axum::serve(listener, router).await });
+    let service = router.into_make_service_with_connect_info::<SocketAddr>();
+    let task = tokio::spawn(async move { axum::serve(listener, service).await });
     Ok(Served {
         base: format!("http://{addr}"),
         stop: Stop::Axum(task),
@@ -92,45 +93,6 @@ pub fn client() -> anyhow::Result<reqwest::Client> {
     Ok(reqwest::Client::builder()
         .timeout(Duration::from_secs(60))
         .build()?)
-}
-
-/// One committed transaction of the WAL: its `_bemi` messages (decoded) and its row changes
-/// (operation, data), in order.
-#[derive(Debug, Default)]
-pub struct Txn {
-    /// The decoded `_bemi` messages.
-    pub messages: Vec<Value>,
-    /// The rows: (`INSERT` | `UPDATE` | `DELETE` | `TRUNCATE`, test_decoding's data).
-    pub rows: Vec<(String, String)>,
-}
-
-/// The entries grouped by transaction; every row must be preceded by BEGIN.
-pub fn transactions(entries: &[WalEntry]) -> anyhow::Result<Vec<Txn>> {
-    let mut txns = Vec::new();
-    let mut open: Option<Txn> = None;
-    for entry in entries {
-        match entry {
-            WalEntry::Begin => open = Some(Txn::default()),
-            WalEntry::Commit => txns.push(open.take().context("COMMIT without BEGIN")?),
-            WalEntry::Message {
-                prefix, content, ..
-            } if prefix == "_bemi" => open
-                .as_mut()
-                .context("message outside a transaction")?
-                .messages
-                .push(serde_json::from_str(content).with_context(|| content.clone())?),
-            WalEntry::Message { .. } => {}
-            WalEntry::Change {
-                operation, data, ..
-            } => open
-                .as_mut()
-                .context("row outside a transaction")?
-                .rows
-                .push((operation.clone(), data.clone())),
-        }
-    }
-    anyhow::ensure!(open.is_none(), "unterminated transaction");
-    Ok(txns)
 }
 
 /// The `task` column of a test_decoding row of `todo`.

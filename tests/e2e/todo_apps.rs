@@ -8,11 +8,12 @@ use std::sync::Arc;
 use anyhow::{Context as _, ensure};
 use bemi_core::tokio_postgres::BemiClient;
 use bemi_examples::todo;
+use bemi_tests::wal::Txn;
 use bemi_tests::{TestCluster, TestResult};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use crate::serve::{self, Served, Txn};
+use crate::serve::{self, Served};
 
 const USER: &str = "187234";
 
@@ -127,7 +128,7 @@ pub async fn axum_todo_app_seed_requests_carry_their_context(
     let server = serve::axum(bemi_examples::axum_app::router(db.bemi_pool())).await?;
     let writes = rest_seed(&server).await?;
     server.stop().await;
-    assert_one_message_per_write(&serve::transactions(&slot.read().await?)?, &writes)
+    assert_one_message_per_write(&slot.read_transactions().await?, &writes)
 }
 
 pub async fn actix_todo_app_seed_requests_carry_their_context(
@@ -138,7 +139,7 @@ pub async fn actix_todo_app_seed_requests_carry_their_context(
     let server = serve::actix_todo(BemiClient::new(db.tokio_postgres().await?)).await?;
     let writes = rest_seed(&server).await?;
     server.stop().await;
-    assert_one_message_per_write(&serve::transactions(&slot.read().await?)?, &writes)
+    assert_one_message_per_write(&slot.read_transactions().await?, &writes)
 }
 
 /// Runs one GraphQL operation as user 187234 and returns its `data`.
@@ -243,5 +244,5 @@ pub async fn graphql_todo_app_seed_operations_carry_their_context(
     );
 
     server.stop().await;
-    assert_one_message_per_write(&serve::transactions(&slot.read().await?)?, &writes)
+    assert_one_message_per_write(&slot.read_transactions().await?, &writes)
 }

@@ -25,7 +25,7 @@ async fn assert_survived(db: &TestDb, slot: &WalSlot) -> anyhow::Result<Value> {
         .fetch_all(&db.pool)
         .await?;
     ensure!(tasks == [HOSTILE], "rows: {tasks:?}");
-    let txns = serve::transactions(&slot.read().await?)?;
+    let txns = slot.read_transactions().await?;
     ensure!(txns.len() == 1, "one write expected: {txns:#?}");
     ensure!(
         txns[0].rows.len() == 1 && serve::task_of(&txns[0].rows[0].1)? == HOSTILE,

@@ -12,16 +12,21 @@ use bemi_tests::{TestCluster, TestResult};
 use reqwest::StatusCode;
 use serde_json::json;
 
+use crate::open_files;
 use crate::serve::{self, Served};
 
 /// How many requests; each is its own user.
 const REQUESTS: i64 = 1000;
 /// The whole burst must be answered within this time.
 const BURST_DEADLINE: Duration = Duration::from_secs(180);
+/// Open files a burst needs: both ends of every connection, plus room for the database
+/// connections, the cluster and the tests that run at the same time.
+const OPEN_FILES: libc::rlim_t = 2 * REQUESTS as libc::rlim_t + 512;
 
 /// Sends all requests at once (`POST /todo {"task": "load-N"}` as user N) and waits, with a
 /// deadline, until every one is answered with 201.
 async fn burst(server: &Served) -> anyhow::Result<()> {
+    open_files::ensure_at_least(OPEN_FILES, "the burst of 1 000 concurrent requests")?;
     let http = serve::client()?;
     let mut requests = tokio::task::JoinSet::new();
     for user in 1..=REQUESTS {
@@ -49,7 +54,7 @@ async fn burst(server: &Served) -> anyhow::Result<()> {
 /// Every row `load-N` is alone in its transaction after exactly one message whose `user_id` is
 /// N; all N are there, once.
 async fn assert_each_write_has_its_own_user(slot: &bemi_tests::WalSlot) -> TestResult {
-    let txns = serve::transactions(&slot.read().await?)?;
+    let txns = slot.read_transactions().await?;
     let mut users = BTreeSet::new();
     for txn in &txns {
         ensure!(txn.rows.len() == 1, "one row per request: {txn:?}");

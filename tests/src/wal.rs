@@ -74,6 +74,11 @@ impl WalSlot {
         Ok(entries)
     }
 
+    /// [`WalSlot::read`], grouped by transaction ([`transactions`]).
+    pub async fn read_transactions(&self) -> anyhow::Result<Vec<Txn>> {
+        transactions(&self.read().await?)
+    }
+
     /// Drops the slot.
     pub async fn drop_slot(self) -> anyhow::Result<()> {
         sqlx::query("SELECT pg_drop_replication_slot($1)")
@@ -111,6 +116,76 @@ pub fn changes(entries: &[WalEntry]) -> Vec<&WalEntry> {
         .iter()
         .filter(|entry| matches!(entry, WalEntry::Change { .. }))
         .collect()
+}
+
+/// One committed transaction of the WAL: its `_bemi` messages (decoded) and its row changes,
+/// in order.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Txn {
+    /// The decoded `_bemi` messages.
+    pub messages: Vec<serde_json::Value>,
+    /// The rows: (`INSERT` | `UPDATE` | `DELETE` | `TRUNCATE`, test_decoding's data).
+    pub rows: Vec<(String, String)>,
+}
+
+/// `entries` grouped by transaction. Every message and row must be inside BEGIN … COMMIT;
+/// messages with other prefixes are left out.
+///
+/// ```
+/// use bemi_tests::wal::{Txn, WalEntry, transactions};
+///
+/// let entries = [
+///     WalEntry::Begin,
+///     WalEntry::Message {
+///         transactional: true,
+///         prefix: "_bemi".into(),
+///         content: r#"{"user_id":1}"#.into(),
+///     },
+///     WalEntry::Change {
+///         table: "public.todo".into(),
+///         operation: "INSERT".into(),
+///         data: "id[bigint]:1".into(),
+///     },
+///     WalEntry::Commit,
+/// ];
+/// let txns = transactions(&entries).unwrap();
+/// assert_eq!(
+///     txns,
+///     [Txn {
+///         messages: vec![serde_json::json!({"user_id": 1})],
+///         rows: vec![("INSERT".into(), "id[bigint]:1".into())],
+///     }]
+/// );
+/// ```
+pub fn transactions(entries: &[WalEntry]) -> anyhow::Result<Vec<Txn>> {
+    let mut txns = Vec::new();
+    let mut open: Option<Txn> = None;
+    for entry in entries {
+        match entry {
+            WalEntry::Begin => {
+                anyhow::ensure!(open.is_none(), "BEGIN inside a transaction");
+                open = Some(Txn::default());
+            }
+            WalEntry::Commit => txns.push(open.take().context("COMMIT without BEGIN")?),
+            WalEntry::Message {
+                prefix, content, ..
+            } if prefix == "_bemi" => open
+                .as_mut()
+                .context("message outside a transaction")?
+                .messages
+                .push(serde_json::from_str(content).with_context(|| content.clone())?),
+            WalEntry::Message { .. } => {}
+            WalEntry::Change {
+                operation, data, ..
+            } => open
+                .as_mut()
+                .context("row outside a transaction")?
+                .rows
+                .push((operation.clone(), data.clone())),
+        }
+    }
+    anyhow::ensure!(open.is_none(), "unterminated transaction");
+    Ok(txns)
 }
 
 fn parse(line: &str) -> anyhow::Result<WalEntry> {

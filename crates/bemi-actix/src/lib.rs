@@ -94,6 +94,27 @@
 //! # });
 //! ```
 
+//!
+//! # Streaming response bodies
+//!
+//! A body given to `HttpResponse::streaming` is polled by the server after the middleware's
+//! future has finished, outside the request's context. Wrap the stream in the handler with
+//! [`bemi_core::context::StreamContextExt::in_current_context`] to carry a copy of it:
+//!
+//! ```
+//! use actix_web::{HttpResponse, web::Bytes};
+//! use bemi_core::context::StreamContextExt as _;
+//!
+//! /// `rows` produces the body (and may write while doing so).
+//! fn export<S>(rows: S) -> HttpResponse
+//! where
+//!     S: futures_core::Stream<Item = Result<Bytes, actix_web::Error>> + 'static,
+//! {
+//!     // Writes made while the body is produced carry the request's context.
+//!     HttpResponse::Ok().streaming(rows.in_current_context())
+//! }
+//! ```
+
 pub mod middleware;
 
 pub use middleware::{Bemi, BemiMiddleware, ResponseFuture};

@@ -27,13 +27,11 @@
 //! ```
 
 use std::fmt;
-use std::future::{Future, Ready, ready};
-use std::pin::Pin;
+use std::future::{Ready, ready};
 use std::sync::Arc;
-use std::task::{Context as TaskContext, Poll};
 
 use actix_web::dev::{Service, ServiceRequest, Transform};
-use bemi_core::context::{self, MaybeScoped, SharedContext};
+use bemi_core::context::{RequestFuture, RequestScope};
 use serde_json::Value;
 
 /// actix-web middleware that runs each request inside the context returned by its closure.
@@ -150,86 +148,48 @@ where
     actix_web::dev::forward_ready!(service);
 
     fn call(&self, request: ServiceRequest) -> Self::Future {
-        let inner = match request_context((self.make_context)(&request)) {
-            Some(shared) => {
-                // The same shared context for `call` and the future: a `merge` made in either
-                // is seen by the other.
-                let future = shared.sync_scope(|| self.service.call(request));
-                MaybeScoped::Scoped {
-                    future: shared.scope(future),
-                }
-            }
-            None => MaybeScoped::Bare {
-                future: self.service.call(request),
-            },
-        };
-        ResponseFuture { inner }
+        // The same shared context for `call` and the future: a `merge` made in either is seen by
+        // the other.
+        RequestScope::new((self.make_context)(&request), "bemi_actix::Bemi")
+            .call(|| self.service.call(request))
     }
 }
 
-/// The context for a request from what the closure returned; `None` (with a warning for a
-/// non-object) when there is none.
-fn request_context(value: Value) -> Option<SharedContext> {
-    match context::into_context(value) {
-        Ok(context) => context.map(SharedContext::new),
-        Err(error) => {
-            tracing::warn!(
-                kind = error.kind,
-                "the bemi_actix::Bemi closure returned a JSON {}, not an object: this request \
-                 runs without a bemi context; return serde_json::json!({{...}}), or null for none",
-                error.kind
-            );
-            None
-        }
-    }
-}
-
-pin_project_lite::pin_project! {
-    /// The response future of [`BemiMiddleware`]: the inner service's future, polled inside the
-    /// request's context. A named type; nothing is boxed.
-    ///
-    /// ```
-    /// use actix_web::dev::{Service, ServiceRequest};
-    /// use actix_web::{App, HttpResponse, test, web};
-    /// use serde_json::json;
-    ///
-    /// # actix_web::rt::System::new().block_on(async {
-    /// let app = test::init_service(
-    ///     App::new()
-    ///         .wrap(bemi_actix::Bemi::new(|_: &ServiceRequest| json!({"job": "x"})))
-    ///         .route("/", web::get().to(HttpResponse::Ok)),
-    /// )
-    /// .await;
-    /// // Somewhere inside this future, a `bemi_actix::ResponseFuture` enters the context.
-    /// let response = app.call(test::TestRequest::get().to_request()).await.unwrap();
-    /// assert!(response.status().is_success());
-    /// # });
-    /// ```
-    pub struct ResponseFuture<F> {
-        #[pin]
-        inner: MaybeScoped<F>,
-    }
-}
-
-impl<F: Future> Future for ResponseFuture<F> {
-    type Output = F::Output;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Self::Output> {
-        self.project().inner.poll(cx)
-    }
-}
-
-impl<F> fmt::Debug for ResponseFuture<F> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ResponseFuture").finish_non_exhaustive()
-    }
-}
+/// The response future of [`BemiMiddleware`]: the inner service's future, polled inside the
+/// request's context. A named type; nothing is boxed. (It is bemi-core's
+/// [`RequestFuture`], shared by every framework crate.)
+///
+/// ```
+/// use actix_web::dev::{Service, ServiceRequest};
+/// use actix_web::{App, HttpResponse, test, web};
+/// use serde_json::json;
+///
+/// # actix_web::rt::System::new().block_on(async {
+/// let app = test::init_service(
+///     App::new()
+///         .wrap(bemi_actix::Bemi::new(|_: &ServiceRequest| json!({"job": "x"})))
+///         .route("/", web::get().to(HttpResponse::Ok)),
+/// )
+/// .await;
+/// // Somewhere inside this future, a `bemi_actix::ResponseFuture` enters the context.
+/// let response = app.call(test::TestRequest::get().to_request()).await.unwrap();
+/// assert!(response.status().is_success());
+/// # });
+/// ```
+pub type ResponseFuture<F> = RequestFuture<F>;
 
 #[cfg(test)]
 mod tests {
+    use std::convert::Infallible;
+    use std::future::Future;
+    use std::panic::AssertUnwindSafe;
+    use std::pin::Pin;
+    use std::task::{Context as TaskContext, Poll};
+
+    use actix_web::web::Bytes;
     use actix_web::{App, HttpResponse, test, web};
-    use bemi_core::context;
-    use serde_json::json;
+    use bemi_core::context::{self, StreamContextExt as _};
+    use serde_json::{Value, json};
 
     use super::*;
 
@@ -274,6 +234,108 @@ mod tests {
             ] {
                 let seen = seen_with(move |_: &ServiceRequest| value.clone()).await;
                 assert_eq!(seen, Value::Null);
+            }
+        });
+    }
+
+    /// Polls `future` to completion, catching a panic of any poll.
+    async fn catch_unwind<F: Future>(future: F) -> std::thread::Result<F::Output> {
+        let mut future = std::pin::pin!(future);
+        std::future::poll_fn(move |cx| {
+            match std::panic::catch_unwind(AssertUnwindSafe(|| future.as_mut().poll(cx))) {
+                Ok(Poll::Ready(output)) => Poll::Ready(Ok(output)),
+                Ok(Poll::Pending) => Poll::Pending,
+                Err(panic) => Poll::Ready(Err(panic)),
+            }
+        })
+        .await
+    }
+
+    #[test]
+    fn a_panicking_handler_leaves_no_context_behind() {
+        actix_web::rt::System::new().block_on(async {
+            let app = test::init_service(
+                App::new()
+                    .wrap(Bemi::new(
+                        |req: &ServiceRequest| json!({"endpoint": req.path()}),
+                    ))
+                    .route(
+                        "/panic",
+                        web::get().to(|| async {
+                            let _ =
+                                context::merge(json!({"leak": true}).as_object().unwrap().clone());
+                            actix_web::rt::task::yield_now().await;
+                            panic!("the handler panicked");
+                            #[allow(unreachable_code)]
+                            HttpResponse::Ok().finish()
+                        }),
+                    )
+                    .route("/probe/{n}", web::get().to(probe)),
+            )
+            .await;
+            let request = test::TestRequest::get().uri("/panic").to_request();
+            assert!(catch_unwind(app.call(request)).await.is_err());
+            // Nothing is left in scope on this thread...
+            assert_eq!(context::current(), None);
+            // ...and the next request on the same app sees only its own context.
+            let request = test::TestRequest::get().uri("/probe/2").to_request();
+            let seen: Value = test::call_and_read_body_json(&app, request).await;
+            assert_eq!(seen, json!({"endpoint": "/probe/2", "step": "handler"}));
+        });
+    }
+
+    /// A body stream that yields, once, the context it is polled in (or `none`).
+    struct ContextBody {
+        done: bool,
+    }
+
+    impl futures_core::Stream for ContextBody {
+        type Item = Result<Bytes, Infallible>;
+
+        fn poll_next(
+            mut self: Pin<&mut Self>,
+            _: &mut TaskContext<'_>,
+        ) -> Poll<Option<Self::Item>> {
+            if std::mem::replace(&mut self.done, true) {
+                return Poll::Ready(None);
+            }
+            let seen =
+                context::current().map_or("none".to_owned(), |c| Value::Object(c).to_string());
+            Poll::Ready(Some(Ok(seen.into())))
+        }
+    }
+
+    #[test]
+    fn streaming_bodies_need_the_stream_helper() {
+        actix_web::rt::System::new().block_on(async {
+            let app = test::init_service(
+                App::new()
+                    .wrap(Bemi::new(
+                        |req: &ServiceRequest| json!({"endpoint": req.path()}),
+                    ))
+                    .route(
+                        "/lost",
+                        web::get().to(|| async {
+                            HttpResponse::Ok().streaming(ContextBody { done: false })
+                        }),
+                    )
+                    .route(
+                        "/carried",
+                        web::get().to(|| async {
+                            HttpResponse::Ok()
+                                .streaming(ContextBody { done: false }.in_current_context())
+                        }),
+                    ),
+            )
+            .await;
+            for (path, expected) in [
+                ("/lost", "none"),
+                ("/carried", r#"{"endpoint":"/carried"}"#),
+            ] {
+                let request = test::TestRequest::get().uri(path).to_request();
+                // The body is read after the response future has finished, as the server does.
+                let body = test::call_and_read_body(&app, request).await;
+                assert_eq!(body, expected, "{path}");
             }
         });
     }

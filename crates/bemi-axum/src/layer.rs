@@ -63,12 +63,10 @@
 //! [`bemi_core::context::current`] and use [`bemi_core::context::sync_scope`] in the closure.
 
 use std::fmt;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context as TaskContext, Poll};
 
-use bemi_core::context::{self, MaybeScoped, SharedContext};
+use bemi_core::context::{RequestFuture, RequestScope};
 use http::Request;
 use serde_json::Value;
 use tower_layer::Layer;
@@ -242,79 +240,37 @@ where
     }
 
     fn call(&mut self, request: Request<B>) -> Self::Future {
-        let inner = match request_context((self.make_context)(&request)) {
-            Some(shared) => {
-                // The same shared context for `call` and the future: a `merge` made in either
-                // is seen by the other.
-                let future = shared.sync_scope(|| self.inner.call(request));
-                MaybeScoped::Scoped {
-                    future: shared.scope(future),
-                }
-            }
-            None => MaybeScoped::Bare {
-                future: self.inner.call(request),
-            },
-        };
-        ResponseFuture { inner }
+        // The same shared context for `call` and the future: a `merge` made in either is seen by
+        // the other.
+        RequestScope::new((self.make_context)(&request), "BemiLayer")
+            .call(|| self.inner.call(request))
     }
 }
 
-/// The context for a request from what the closure returned; `None` (with a warning for a
-/// non-object) when there is none.
-fn request_context(value: Value) -> Option<SharedContext> {
-    match context::into_context(value) {
-        Ok(context) => context.map(SharedContext::new),
-        Err(error) => {
-            tracing::warn!(
-                kind = error.kind,
-                "the BemiLayer closure returned a JSON {}, not an object: this request runs \
-                 without a bemi context; return serde_json::json!({{...}}), or null for none",
-                error.kind
-            );
-            None
-        }
-    }
-}
-
-pin_project_lite::pin_project! {
-    /// The response future of [`Bemi`]: the inner service's future, polled inside the
-    /// request's context. A named type; nothing is boxed.
-    ///
-    /// ```
-    /// use bemi_axum::{Bemi, ResponseFuture};
-    /// use tower::Service as _;
-    ///
-    /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() {
-    /// let inner = tower::service_fn(|_req: http::Request<()>| async { Ok::<_, std::convert::Infallible>(7) });
-    /// let mut service = Bemi::new(inner, |_: &http::Request<()>| serde_json::json!({}));
-    /// let future: ResponseFuture<_> = service.call(http::Request::new(()));
-    /// assert_eq!(future.await.unwrap(), 7);
-    /// # }
-    /// ```
-    pub struct ResponseFuture<F> {
-        #[pin]
-        inner: MaybeScoped<F>,
-    }
-}
-
-impl<F: Future> Future for ResponseFuture<F> {
-    type Output = F::Output;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Self::Output> {
-        self.project().inner.poll(cx)
-    }
-}
-
-impl<F> fmt::Debug for ResponseFuture<F> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ResponseFuture").finish_non_exhaustive()
-    }
-}
+/// The response future of [`Bemi`]: the inner service's future, polled inside the request's
+/// context. A named type; nothing is boxed. (It is bemi-core's
+/// [`RequestFuture`], shared by every framework crate.)
+///
+/// ```
+/// use bemi_axum::{Bemi, ResponseFuture};
+/// use tower::Service as _;
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let inner = tower::service_fn(|_req: http::Request<()>| async { Ok::<_, std::convert::Infallible>(7) });
+/// let mut service = Bemi::new(inner, |_: &http::Request<()>| serde_json::json!({}));
+/// let future: ResponseFuture<_> = service.call(http::Request::new(()));
+/// assert_eq!(future.await.unwrap(), 7);
+/// # }
+/// ```
+pub type ResponseFuture<F> = RequestFuture<F>;
 
 #[cfg(test)]
 mod tests {
     use std::convert::Infallible;
+    use std::future::Future;
+    use std::panic::AssertUnwindSafe;
+    use std::pin::Pin;
 
     use bemi_core::context::{self, Context};
     use serde_json::json;
@@ -434,6 +390,90 @@ mod tests {
                 .unwrap();
             assert_eq!(body, expected, "{path}");
         }
+    }
+
+    /// Polls `future` to completion, catching a panic of any poll.
+    async fn catch_unwind<F: Future>(future: F) -> std::thread::Result<F::Output> {
+        let mut future = std::pin::pin!(future);
+        std::future::poll_fn(move |cx| {
+            match std::panic::catch_unwind(AssertUnwindSafe(|| future.as_mut().poll(cx))) {
+                Ok(Poll::Ready(output)) => Poll::Ready(Ok(output)),
+                Ok(Poll::Pending) => Poll::Pending,
+                Err(panic) => Poll::Ready(Err(panic)),
+            }
+        })
+        .await
+    }
+
+    /// A service that panics in its future (after an await point) for `/panic-in-future`, in
+    /// its synchronous `call` for `/panic-in-call`, and otherwise reports its context.
+    #[derive(Clone)]
+    struct Panicky;
+
+    impl Service<Request<()>> for Panicky {
+        type Response = Option<Context>;
+        type Error = Infallible;
+        type Future = Pin<Box<dyn Future<Output = Result<Option<Context>, Infallible>> + Send>>;
+
+        fn poll_ready(&mut self, _: &mut TaskContext<'_>) -> Poll<Result<(), Infallible>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn call(&mut self, request: Request<()>) -> Self::Future {
+            match request.uri().path() {
+                "/panic-in-call" => panic!("the inner service's call panicked"),
+                "/panic-in-future" => Box::pin(async {
+                    let _ = context::merge(json!({"leak": true}).as_object().unwrap().clone());
+                    tokio::task::yield_now().await;
+                    panic!("the inner service's future panicked")
+                }),
+                _ => Box::pin(async {
+                    tokio::task::yield_now().await;
+                    Ok(context::current())
+                }),
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_panicking_request_leaves_no_context_behind() {
+        let service = Bemi::new(
+            Panicky,
+            |req: &Request<()>| json!({"path": req.uri().path()}),
+        );
+        for path in ["/panic-in-future", "/panic-in-call"] {
+            let request = Request::get(path).body(()).unwrap();
+            let mut panicking = service.clone();
+            let outcome = catch_unwind(async move {
+                // The synchronous `call` runs inside the poll, so a panic there is caught too.
+                panicking.call(request).await
+            })
+            .await;
+            assert!(outcome.is_err(), "{path} should have panicked");
+            // Nothing is left in scope on this task (and thread)...
+            assert_eq!(context::current(), None, "after {path}");
+            // ...and the next request sees only its own context.
+            let request = Request::get("/next").body(()).unwrap();
+            let seen = service.clone().oneshot(request).await.unwrap();
+            assert_eq!(
+                seen,
+                Some(json!({"path": "/next"}).as_object().unwrap().clone())
+            );
+        }
+
+        // Inside an outer scope, the outer context is back after the panic.
+        let outer = json!({"job": "outer"}).as_object().unwrap().clone();
+        let after = context::scope(outer.clone(), async {
+            let request = Request::get("/panic-in-future").body(()).unwrap();
+            assert!(
+                catch_unwind(service.clone().oneshot(request))
+                    .await
+                    .is_err()
+            );
+            context::current()
+        })
+        .await;
+        assert_eq!(after, Some(outer));
     }
 
     #[tokio::test]

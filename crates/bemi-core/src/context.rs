@@ -11,6 +11,8 @@
 //!   nothing.
 //! - [`ContextExt::in_current_context`] carries the current context into a task started with
 //!   `tokio::spawn`, in the spirit of tracing's `Instrument::in_current_span`.
+//! - [`RequestScope`] / [`RequestFuture`] are what the framework integrations share: a request's
+//!   context from their closure's value, entered for the inner service's `call` and every poll.
 //!
 //! # Tasks do not inherit the context
 //!
@@ -159,6 +161,44 @@ impl SharedContext {
     /// ```
     pub fn sync_scope<R>(&self, f: impl FnOnce() -> R) -> R {
         CURRENT.sync_scope(self.clone(), f)
+    }
+
+    /// Runs every poll of `stream` with this context as the current one (like
+    /// [`StreamContextExt`], but sharing this context instead of copying one).
+    ///
+    /// ```
+    /// use bemi_core::context::{self, SharedContext};
+    /// use futures_core::Stream;
+    /// use serde_json::json;
+    /// use std::pin::pin;
+    /// use std::task::Poll;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let shared = SharedContext::new(json!({"subscription": 1}).as_object().unwrap().clone());
+    /// let mut polls = 0;
+    /// let ticks = std::iter::from_fn(move || {
+    ///     polls += 1;
+    ///     (polls <= 2).then(context::current)
+    /// });
+    /// let mut stream = pin!(shared.scope_stream(Iter(ticks)));
+    /// while let Some(seen) = std::future::poll_fn(|cx| stream.as_mut().poll_next(cx)).await {
+    ///     assert_eq!(seen.unwrap()["subscription"], 1);
+    /// }
+    /// assert_eq!(context::current(), None);
+    /// # }
+    /// # struct Iter<I>(I);
+    /// # impl<I: Iterator + Unpin> Stream for Iter<I> {
+    /// #     type Item = I::Item;
+    /// #     fn poll_next(mut self: std::pin::Pin<&mut Self>, _: &mut std::task::Context<'_>) -> Poll<Option<I::Item>> {
+    /// #         Poll::Ready(self.0.next())
+    /// #     }
+    /// # }
+    /// ```
+    pub fn scope_stream<S: Stream>(&self, stream: S) -> ScopedStream<S> {
+        ScopedStream {
+            stream,
+            context: Some(self.clone()),
+        }
     }
 
     /// A copy of the context as it is now.
@@ -449,3 +489,136 @@ pub trait StreamContextExt: Stream + Sized {
 }
 
 impl<S: Stream> StreamContextExt for S {}
+
+/// What a framework integration (a Tower layer, an actix-web middleware, ...) does with one
+/// request: it turns the JSON value its user closure returned for the request into the request's
+/// context, and runs the inner service inside it with [`RequestScope::call`].
+///
+/// The closure may return:
+///
+/// - a JSON **object**: the request's context;
+/// - `null`: no context for this request (a context set by an outer scope, if any, stays);
+/// - anything else (an array, a string, a number, a boolean): treated like `null`, and a
+///   `tracing` warning names the integration and the kind that was returned. Never a panic.
+///
+/// ```
+/// use bemi_core::context::{self, RequestScope};
+/// use serde_json::json;
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// let scope = RequestScope::new(json!({"endpoint": "/todo"}), "MyLayer");
+/// let seen = scope.call(|| async { context::current() }).await;
+/// assert_eq!(seen.unwrap()["endpoint"], "/todo");
+///
+/// // Not an object: no context, and a warning instead of a panic.
+/// let scope = RequestScope::new(json!(["not", "an", "object"]), "MyLayer");
+/// assert!(scope.context().is_none());
+/// assert_eq!(scope.call(|| async { context::current() }).await, None);
+/// # }
+/// ```
+#[derive(Debug, Clone, Default)]
+pub struct RequestScope {
+    context: Option<SharedContext>,
+}
+
+impl RequestScope {
+    /// The scope of a request whose closure returned `value`; `integration` names the layer or
+    /// middleware in the warning logged for a non-object.
+    ///
+    /// ```
+    /// let scope = bemi_core::context::RequestScope::new(serde_json::Value::Null, "MyLayer");
+    /// assert!(scope.context().is_none());
+    /// ```
+    pub fn new(value: Value, integration: &'static str) -> Self {
+        let context = match into_context(value) {
+            Ok(context) => context.map(SharedContext::new),
+            Err(error) => {
+                tracing::warn!(
+                    integration,
+                    kind = error.kind,
+                    "the {integration} closure returned a JSON {}, not an object: this request \
+                     runs without a bemi context; return serde_json::json!({{...}}), or null for \
+                     none",
+                    error.kind
+                );
+                None
+            }
+        };
+        Self { context }
+    }
+
+    /// The request's context, if it has one.
+    ///
+    /// ```
+    /// use serde_json::json;
+    ///
+    /// let scope = bemi_core::context::RequestScope::new(json!({"user_id": 1}), "MyLayer");
+    /// assert_eq!(scope.context().unwrap().snapshot()["user_id"], 1);
+    /// ```
+    pub fn context(&self) -> Option<&SharedContext> {
+        self.context.as_ref()
+    }
+
+    /// Runs `call` (the inner service's synchronous `call`) inside the request's context, and
+    /// returns its future wrapped so that every poll runs inside the same context: a [`merge`]
+    /// made in either is seen by the other. Without a context, both run as they are.
+    ///
+    /// ```
+    /// use bemi_core::context::{self, RequestScope};
+    /// use serde_json::json;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let scope = RequestScope::new(json!({"endpoint": "/todo"}), "MyLayer");
+    /// let future = scope.call(|| {
+    ///     context::merge(json!({"in_call": true}).as_object().unwrap().clone()).unwrap();
+    ///     async { context::current().unwrap() }
+    /// });
+    /// assert_eq!(future.await["in_call"], true);
+    /// # }
+    /// ```
+    pub fn call<F: Future>(self, call: impl FnOnce() -> F) -> RequestFuture<F> {
+        let inner = match self.context {
+            Some(shared) => {
+                let future = shared.sync_scope(call);
+                MaybeScoped::Scoped {
+                    future: shared.scope(future),
+                }
+            }
+            None => MaybeScoped::Bare { future: call() },
+        };
+        RequestFuture { inner }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The future of [`RequestScope::call`]: the inner service's future, polled inside the
+    /// request's context. A named type; nothing is boxed. The framework crates name it as their
+    /// `ResponseFuture`.
+    ///
+    /// ```
+    /// use bemi_core::context::{RequestFuture, RequestScope};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let future: RequestFuture<_> = RequestScope::default().call(|| async { 7 });
+    /// assert_eq!(future.await, 7);
+    /// # }
+    /// ```
+    pub struct RequestFuture<F> {
+        #[pin]
+        inner: MaybeScoped<F>,
+    }
+}
+
+impl<F: Future> Future for RequestFuture<F> {
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<Self::Output> {
+        self.project().inner.poll(cx)
+    }
+}
+
+impl<F> fmt::Debug for RequestFuture<F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RequestFuture").finish_non_exhaustive()
+    }
+}

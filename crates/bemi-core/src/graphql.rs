@@ -63,7 +63,12 @@
 //! 1. a copy of the context in scope where the schema executes it (the HTTP-level context), or an
 //!    empty object when there is none;
 //! 2. plus `operationName` (the name of the operation that runs, when it has one) and
-//!    `variables` (the request's variables, a JSON object);
+//!    `variables` (the request's variables, a JSON object). Variables bigger than
+//!    [`MAX_VARIABLES_BYTES`] of JSON (see [`BemiExtension::max_variables_bytes`]) are replaced by
+//!    a small marker, `{"_bemi_dropped": {"reason": "too large", "bytes": N, "limit_bytes": L}}`,
+//!    and a `tracing` warning is logged: a context over the 1 MB bound
+//!    ([`MAX_CONTEXT_BYTES`](crate::sql::MAX_CONTEXT_BYTES)) would be dropped as a whole, losing
+//!    `user_id` and the rest with it;
 //! 3. plus, shallow-merged last, the fields returned by your closure if you gave one
 //!    ([`BemiExtension::with_context`]): it can add fields or replace any of the above (e.g.
 //!    `"variables": null` to keep secrets out of the audit trail). It may return `null` for
@@ -72,25 +77,94 @@
 //! A [`merge`](crate::context::merge) made by a resolver changes the operation's context (later
 //! writes of the operation see it), not the HTTP-level one.
 //!
+//! # Subscriptions
+//!
+//! A subscription (`Schema::execute_stream`) gets the same context: the copy of the outer context
+//! is taken when `execute_stream` is called, and every poll of the subscription's stream — its
+//! resolvers included — runs inside the operation's context, for as long as the subscription
+//! lives. Over a WebSocket the HTTP layer's context is usually not in scope where the connection
+//! runs; add what you need with [`BemiExtension::with_context`] (e.g. from the connection's data).
+//!
+//! ```
+//! use async_graphql::futures_util::{Stream, StreamExt as _, stream};
+//! use async_graphql::{EmptyMutation, Object, Schema, Subscription};
+//! use bemi_core::{context, graphql::BemiExtension};
+//! use serde_json::{Value, json};
+//!
+//! struct Query;
+//! #[Object]
+//! impl Query {
+//!     async fn version(&self) -> &str { "1" }
+//! }
+//!
+//! struct Subscription;
+//! #[Subscription]
+//! impl Subscription {
+//!     /// Each event reports the context a write made for it would carry.
+//!     async fn events(&self) -> impl Stream<Item = String> {
+//!         stream::iter(0..2).map(|_| Value::Object(context::current().unwrap_or_default()).to_string())
+//!     }
+//! }
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() {
+//! let schema = Schema::build(Query, EmptyMutation, Subscription)
+//!     .extension(BemiExtension::new())
+//!     .finish();
+//! let http = json!({"user_id": 187234}).as_object().unwrap().clone();
+//! let events = context::sync_scope(http, || schema.execute_stream("subscription Watch { events }"));
+//! let events: Vec<_> = events.collect().await;
+//! for event in events {
+//!     let data = event.data.into_json().unwrap();
+//!     let seen: Value = serde_json::from_str(data["events"].as_str().unwrap()).unwrap();
+//!     assert_eq!(seen, json!({"user_id": 187234, "operationName": "Watch", "variables": {}}));
+//! }
+//! # }
+//! ```
+//!
 //! # Resolvers that leave the operation's task
 //!
-//! Every resolver is polled inside the context, but work handed to `tokio::spawn` (a
-//! `DataLoader` built with `tokio::spawn` as its spawner, for instance) runs without it: wrap
-//! that future with [`ContextExt::in_current_context`](crate::context::ContextExt). Subscriptions
-//! are not scoped by this extension.
+//! Every resolver is polled inside the context, nested and async ones included, but work handed
+//! to `tokio::spawn` runs without it: wrap that future with
+//! [`ContextExt::in_current_context`](crate::context::ContextExt). A `DataLoader` calls its
+//! spawner from whichever resolver starts a batch, so a loader shared by several requests (built
+//! once, in the schema's data) would stamp every key of a batch with the context of the first
+//! caller; a loader that writes must be created per request (put it into `Request::data`) and
+//! spawn with `|fut| tokio::spawn(fut.in_current_context())`.
 
 use std::any::Any;
 use std::fmt;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::io;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use async_graphql::extensions::{
-    Extension, ExtensionContext, ExtensionFactory, NextExecute, NextParseQuery,
+    Extension, ExtensionContext, ExtensionFactory, NextExecute, NextParseQuery, NextPrepareRequest,
+    NextSubscribe,
 };
-use async_graphql::parser::types::ExecutableDocument;
-use async_graphql::{Response, ServerResult, Variables};
-use serde_json::Value;
+use async_graphql::futures_util::stream::BoxStream;
+use async_graphql::parser::types::{DocumentOperations, ExecutableDocument};
+use async_graphql::{Request, Response, ServerResult, Variables};
+use serde_json::{Value, json};
 
 use crate::context::{self, Context, SharedContext};
+
+/// The default bound on the `variables` the extension copies into an operation's context:
+/// 100 000 bytes of JSON, a tenth of the whole context's bound
+/// ([`MAX_CONTEXT_BYTES`](crate::sql::MAX_CONTEXT_BYTES)), which leaves room for the HTTP
+/// context and the `SQL` key. Change it with [`BemiExtension::max_variables_bytes`].
+///
+/// ```
+/// assert!(bemi_core::graphql::MAX_VARIABLES_BYTES < bemi_core::sql::MAX_CONTEXT_BYTES);
+/// ```
+pub const MAX_VARIABLES_BYTES: usize = 100_000;
+
+/// The key of the marker object that replaces `variables` bigger than the bound:
+/// `{"_bemi_dropped": {"reason": "too large", "bytes": N, "limit_bytes": L}}`.
+///
+/// ```
+/// assert_eq!(bemi_core::graphql::VARIABLES_DROPPED_KEY, "_bemi_dropped");
+/// ```
+pub const VARIABLES_DROPPED_KEY: &str = "_bemi_dropped";
 
 /// The closure of [`BemiExtension::with_context`].
 type MakeContext = dyn Fn(&Operation<'_>) -> Value + Send + Sync;
@@ -113,9 +187,19 @@ type MakeContext = dyn Fn(&Operation<'_>) -> Value + Send + Sync;
 ///     .finish();
 /// # let _ = schema;
 /// ```
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct BemiExtension {
     make_context: Option<Arc<MakeContext>>,
+    max_variables_bytes: usize,
+}
+
+impl Default for BemiExtension {
+    fn default() -> Self {
+        Self {
+            make_context: None,
+            max_variables_bytes: MAX_VARIABLES_BYTES,
+        }
+    }
 }
 
 impl BemiExtension {
@@ -153,7 +237,21 @@ impl BemiExtension {
     {
         Self {
             make_context: Some(Arc::new(make_context)),
+            ..Self::default()
         }
+    }
+
+    /// Bounds the `variables` copied into the context to `bytes` of JSON (default:
+    /// [`MAX_VARIABLES_BYTES`]); bigger variables are replaced by a marker that says how big
+    /// they were, with a `tracing` warning. The other keys of the context are kept.
+    ///
+    /// ```
+    /// let extension = bemi_core::graphql::BemiExtension::new().max_variables_bytes(10_000);
+    /// # let _ = extension;
+    /// ```
+    pub fn max_variables_bytes(mut self, bytes: usize) -> Self {
+        self.max_variables_bytes = bytes;
+        self
     }
 }
 
@@ -161,6 +259,7 @@ impl fmt::Debug for BemiExtension {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("BemiExtension")
             .field("with_context", &self.make_context.is_some())
+            .field("max_variables_bytes", &self.max_variables_bytes)
             .finish()
     }
 }
@@ -169,7 +268,9 @@ impl ExtensionFactory for BemiExtension {
     fn create(&self) -> Arc<dyn Extension> {
         Arc::new(PerRequest {
             make_context: self.make_context.clone(),
+            max_variables_bytes: self.max_variables_bytes,
             variables: Mutex::new(None),
+            stream: Mutex::new(None),
         })
     }
 }
@@ -241,41 +342,75 @@ impl fmt::Debug for Operation<'_> {
 /// The extension instance of one GraphQL request.
 struct PerRequest {
     make_context: Option<Arc<MakeContext>>,
-    /// The request's variables as JSON, recorded when its query is parsed.
+    max_variables_bytes: usize,
+    /// The request's variables as JSON, recorded when its query is parsed and taken when the
+    /// operation's context is made.
     variables: Mutex<Option<Value>>,
+    /// Set when the request runs as a stream (`execute_stream`, subscriptions): the context that
+    /// every poll of the stream enters.
+    stream: Mutex<Option<StreamState>>,
+}
+
+/// The context of a request that runs as a stream.
+struct StreamState {
+    /// Entered by every poll of the stream: the outer context's copy until the query is parsed,
+    /// the operation's context after that.
+    context: SharedContext,
+    /// The operation name the request asked for, recorded by `prepare_request`.
+    requested_name: Option<String>,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl PerRequest {
-    fn operation_context(&self, ctx: &ExtensionContext<'_>, name: Option<&str>) -> Context {
-        let variables = self
-            .variables
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
-            .unwrap_or_else(|| Value::Object(Context::new()));
-        let mut context = context::current().unwrap_or_default();
-        if let Some(name) = name {
-            context.insert("operationName".to_owned(), Value::from(name));
-        }
-        context.insert("variables".to_owned(), variables.clone());
-        if let Some(make_context) = &self.make_context {
+    /// `base` (a copy of the outer context) plus `operationName`, the (bounded) `variables` and
+    /// the closure's fields.
+    fn operation_context(
+        &self,
+        ctx: &ExtensionContext<'_>,
+        mut base: Context,
+        name: Option<&str>,
+        variables: Value,
+    ) -> Context {
+        let fields = self.make_context.as_ref().and_then(|make_context| {
             let operation = Operation {
                 name,
                 variables: &variables,
                 extension_context: ctx,
             };
             match context::into_context(make_context(&operation)) {
-                Ok(Some(fields)) => context.extend(fields),
-                Ok(None) => {}
-                Err(error) => tracing::warn!(
-                    kind = error.kind,
-                    "the BemiExtension closure returned a JSON {}, not an object: its fields \
-                     are ignored; return serde_json::json!({{...}}), or null for none",
-                    error.kind
-                ),
+                Ok(fields) => fields,
+                Err(error) => {
+                    tracing::warn!(
+                        kind = error.kind,
+                        "the BemiExtension closure returned a JSON {}, not an object: its \
+                         fields are ignored; return serde_json::json!({{...}}), or null for none",
+                        error.kind
+                    );
+                    None
+                }
             }
+        });
+        if let Some(name) = name {
+            base.insert("operationName".to_owned(), Value::from(name));
         }
-        context
+        // Variables the closure replaces are neither measured nor copied.
+        if !fields.as_ref().is_some_and(|f| f.contains_key("variables")) {
+            let variables = bounded_variables(variables, self.max_variables_bytes);
+            base.insert("variables".to_owned(), variables);
+        }
+        if let Some(fields) = fields {
+            base.extend(fields);
+        }
+        base
+    }
+
+    fn take_variables(&self) -> Value {
+        lock(&self.variables)
+            .take()
+            .unwrap_or_else(|| Value::Object(Context::new()))
     }
 }
 
@@ -283,8 +418,86 @@ fn variables_json(variables: &Variables) -> Value {
     serde_json::to_value(variables).unwrap_or_else(|_| Value::Object(Context::new()))
 }
 
+/// `variables`, or the marker of [`VARIABLES_DROPPED_KEY`] when their JSON is bigger than
+/// `limit` bytes.
+fn bounded_variables(variables: Value, limit: usize) -> Value {
+    let bytes = json_len(&variables);
+    if bytes <= limit {
+        return variables;
+    }
+    tracing::warn!(
+        bytes,
+        limit_bytes = limit,
+        "the GraphQL variables are {bytes} bytes of JSON, more than the {limit} bytes bemi copies \
+         into the audit context: the context holds a marker instead (its other keys are kept); \
+         raise BemiExtension::max_variables_bytes, or pick the variables you need with \
+         BemiExtension::with_context"
+    );
+    json!({VARIABLES_DROPPED_KEY: {"reason": "too large", "bytes": bytes, "limit_bytes": limit}})
+}
+
+/// The length of `value` as JSON text, without building the text.
+fn json_len(value: &Value) -> usize {
+    struct Count(usize);
+    impl io::Write for Count {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.0 += buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut count = Count(0);
+    // Writing a `Value` into a counter cannot fail.
+    let _ = serde_json::to_writer(&mut count, value);
+    count.0
+}
+
+/// The name of the operation that runs, chosen as async-graphql chooses it: the requested one,
+/// else the only operation of the document.
+fn operation_name(requested: Option<String>, document: &ExecutableDocument) -> Option<String> {
+    if requested.is_some() {
+        return requested;
+    }
+    match &document.operations {
+        DocumentOperations::Multiple(operations) if operations.len() == 1 => {
+            operations.keys().next().map(ToString::to_string)
+        }
+        DocumentOperations::Single(_) | DocumentOperations::Multiple(_) => None,
+    }
+}
+
 #[async_graphql::async_trait::async_trait]
 impl Extension for PerRequest {
+    fn subscribe<'s>(
+        &self,
+        ctx: &ExtensionContext<'_>,
+        stream: BoxStream<'s, Response>,
+        next: NextSubscribe<'_>,
+    ) -> BoxStream<'s, Response> {
+        // Called where `execute_stream` is called: copy the outer context now. The GraphQL keys
+        // are added once the query is parsed, inside the stream's first poll.
+        let context = SharedContext::new(context::current().unwrap_or_default());
+        *lock(&self.stream) = Some(StreamState {
+            context: context.clone(),
+            requested_name: None,
+        });
+        Box::pin(context.scope_stream(next.run(ctx, stream)))
+    }
+
+    async fn prepare_request(
+        &self,
+        ctx: &ExtensionContext<'_>,
+        request: Request,
+        next: NextPrepareRequest<'_>,
+    ) -> ServerResult<Request> {
+        if let Some(stream) = lock(&self.stream).as_mut() {
+            stream.requested_name.clone_from(&request.operation_name);
+        }
+        next.run(ctx, request).await
+    }
+
     async fn parse_query(
         &self,
         ctx: &ExtensionContext<'_>,
@@ -292,11 +505,28 @@ impl Extension for PerRequest {
         variables: &Variables,
         next: NextParseQuery<'_>,
     ) -> ServerResult<ExecutableDocument> {
-        *self
-            .variables
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner) = Some(variables_json(variables));
-        next.run(ctx, query, variables).await
+        let variables_value = variables_json(variables);
+        let document = next.run(ctx, query, variables).await?;
+        let stream = lock(&self.stream)
+            .as_mut()
+            .map(|stream| (stream.context.clone(), stream.requested_name.take()));
+        match stream {
+            // A stream has no `execute` for subscriptions: its context becomes the operation's
+            // now, before any resolver runs.
+            Some((shared, requested)) => {
+                let name = operation_name(requested, &document);
+                let operation = self.operation_context(
+                    ctx,
+                    shared.snapshot(),
+                    name.as_deref(),
+                    variables_value,
+                );
+                // Cannot fail: `set` runs inside the scope it replaces.
+                let _ = shared.sync_scope(|| context::set(operation));
+            }
+            None => *lock(&self.variables) = Some(variables_value),
+        }
+        Ok(document)
     }
 
     async fn execute(
@@ -305,7 +535,13 @@ impl Extension for PerRequest {
         operation_name: Option<&str>,
         next: NextExecute<'_>,
     ) -> Response {
-        let context = self.operation_context(ctx, operation_name);
+        if lock(&self.stream).is_some() {
+            // A query or mutation sent as a stream: every poll already runs inside the
+            // operation's context.
+            return next.run(ctx, operation_name).await;
+        }
+        let base = context::current().unwrap_or_default();
+        let context = self.operation_context(ctx, base, operation_name, self.take_variables());
         SharedContext::new(context)
             .scope(next.run(ctx, operation_name))
             .await
@@ -314,10 +550,15 @@ impl Extension for PerRequest {
 
 #[cfg(test)]
 mod tests {
-    use async_graphql::{BatchRequest, EmptySubscription, Object, Request, Schema};
+    use async_graphql::futures_util::{Stream, StreamExt as _, stream};
+    use async_graphql::{BatchRequest, Object, Request, Schema, Subscription};
     use serde_json::json;
 
     use super::*;
+
+    fn current_json() -> String {
+        Value::Object(context::current().unwrap_or_default()).to_string()
+    }
 
     /// Resolvers that report the context they run in, as JSON text.
     struct Query;
@@ -325,7 +566,45 @@ mod tests {
     #[Object]
     impl Query {
         async fn context(&self) -> String {
-            Value::Object(context::current().unwrap_or_default()).to_string()
+            current_json()
+        }
+
+        /// An object whose own resolver is async.
+        async fn outer(&self) -> Outer {
+            tokio::task::yield_now().await;
+            Outer
+        }
+
+        /// What a write made here would be annotated with.
+        async fn annotated(&self) -> String {
+            crate::sql::annotate_current("INSERT INTO todo (task) VALUES ($1)").unwrap_or_default()
+        }
+    }
+
+    struct Outer;
+
+    #[Object]
+    impl Outer {
+        async fn nested(&self) -> String {
+            tokio::task::yield_now().await;
+            current_json()
+        }
+    }
+
+    /// Streams that report, in each event, the context they are polled in.
+    struct Subscription;
+
+    #[Subscription]
+    impl Subscription {
+        /// `count` events, each produced after an await point.
+        async fn contexts(&self, count: i32) -> impl Stream<Item = String> + use<> {
+            stream::unfold(0, move |n| async move {
+                if n >= count {
+                    return None;
+                }
+                tokio::task::yield_now().await;
+                Some((current_json(), n + 1))
+            })
         }
     }
 
@@ -341,8 +620,8 @@ mod tests {
         }
     }
 
-    fn schema(extension: BemiExtension) -> Schema<Query, Mutation, EmptySubscription> {
-        Schema::build(Query, Mutation, EmptySubscription)
+    fn schema(extension: BemiExtension) -> Schema<Query, Mutation, Subscription> {
+        Schema::build(Query, Mutation, Subscription)
             .extension(extension)
             .finish()
     }
@@ -445,6 +724,143 @@ mod tests {
         assert_eq!(
             outer.snapshot(),
             *json!({"user_id": 1}).as_object().unwrap()
+        );
+    }
+
+    fn user(user_id: i64) -> Context {
+        json!({"user_id": user_id, "endpoint": "/graphql", "method": "POST"})
+            .as_object()
+            .unwrap()
+            .clone()
+    }
+
+    #[tokio::test]
+    async fn nested_async_resolvers_see_the_operation_context() {
+        let request =
+            Request::new("query Nested { outer { nested } }").variables(vars(json!({"n": 1})));
+        let response = context::scope(user(7), schema(BemiExtension::new()).execute(request)).await;
+        assert!(response.errors.is_empty(), "{:?}", response.errors);
+        let data = response.data.into_json().unwrap();
+        let seen: Value = serde_json::from_str(data["outer"]["nested"].as_str().unwrap()).unwrap();
+        assert_eq!(
+            seen,
+            json!({
+                "user_id": 7,
+                "endpoint": "/graphql",
+                "method": "POST",
+                "operationName": "Nested",
+                "variables": {"n": 1},
+            })
+        );
+    }
+
+    #[tokio::test]
+    async fn every_poll_of_a_subscription_runs_in_the_operation_context() {
+        struct Tenant(&'static str);
+        let extension = BemiExtension::with_context(
+            |op: &Operation<'_>| json!({"tenant": op.data::<Tenant>().map(|tenant| tenant.0)}),
+        );
+        let schema = schema(extension);
+        let request = Request::new("subscription Watch($count: Int!) { contexts(count: $count) }")
+            .variables(vars(json!({"count": 3})))
+            .data(Tenant("acme"));
+        // The outer context is copied where the stream is made (a handler, say)...
+        let mut events = context::sync_scope(user(187234), || schema.execute_stream(request));
+        // ...and the stream is polled elsewhere, without it.
+        let expected = json!({
+            "user_id": 187234,
+            "endpoint": "/graphql",
+            "method": "POST",
+            "operationName": "Watch",
+            "variables": {"count": 3},
+            "tenant": "acme",
+        });
+        let mut count = 0;
+        while let Some(event) = events.next().await {
+            assert_eq!(seen(&event, "contexts"), expected);
+            assert_eq!(context::current(), None, "nothing leaks out of a poll");
+            count += 1;
+        }
+        assert_eq!(count, 3);
+    }
+
+    #[tokio::test]
+    async fn a_query_sent_as_a_stream_has_its_context_once() {
+        let request = Request::new("query A { context } query B { context }").operation_name("B");
+        let events: Vec<_> = context::sync_scope(user(1), || {
+            schema(BemiExtension::new()).execute_stream(request)
+        })
+        .collect()
+        .await;
+        assert_eq!(events.len(), 1);
+        assert_eq!(
+            seen(&events[0], "context"),
+            json!({
+                "user_id": 1,
+                "endpoint": "/graphql",
+                "method": "POST",
+                "operationName": "B",
+                "variables": {},
+            })
+        );
+    }
+
+    #[tokio::test]
+    async fn oversized_variables_become_a_marker_and_the_other_keys_stay() {
+        let big = "x".repeat(crate::sql::MAX_CONTEXT_BYTES + 1);
+        let request =
+            Request::new("query Big { context annotated }").variables(vars(json!({"big": big})));
+        let response =
+            context::scope(user(187234), schema(BemiExtension::new()).execute(request)).await;
+        let bytes = json_len(&json!({"big": big}));
+        assert_eq!(
+            seen(&response, "context"),
+            json!({
+                "user_id": 187234,
+                "endpoint": "/graphql",
+                "method": "POST",
+                "operationName": "Big",
+                "variables": {"_bemi_dropped": {
+                    "reason": "too large",
+                    "bytes": bytes,
+                    "limit_bytes": MAX_VARIABLES_BYTES,
+                }},
+            })
+        );
+        // A write keeps its context: not the whole-context marker of the 1 MB bound.
+        let data = response.data.into_json().unwrap();
+        let annotated = data["annotated"].as_str().unwrap();
+        assert!(annotated.contains(r#""user_id":187234"#), "{annotated}");
+        assert!(!annotated.contains(crate::sql::DROPPED_KEY), "{annotated}");
+    }
+
+    #[tokio::test]
+    async fn the_variables_bound_is_configurable_and_skipped_when_replaced() {
+        let request =
+            || Request::new("query Q { context }").variables(vars(json!({"task": "Sleep well"})));
+        let small = BemiExtension::new().max_variables_bytes(10);
+        let response = schema(small).execute(request()).await;
+        assert_eq!(
+            seen(&response, "context")["variables"],
+            json!({"_bemi_dropped": {"reason": "too large", "bytes": 21, "limit_bytes": 10}})
+        );
+
+        let exact = BemiExtension::new().max_variables_bytes(21);
+        let response = schema(exact).execute(request()).await;
+        assert_eq!(
+            seen(&response, "context")["variables"],
+            json!({"task": "Sleep well"})
+        );
+
+        // The closure sees the whole variables; what it puts under `variables` is kept as is.
+        let picked = BemiExtension::with_context(
+            |op: &Operation<'_>| json!({"variables": {"task": op.variables()["task"]}}),
+        )
+        .max_variables_bytes(10);
+        let response = schema(picked).execute(request()).await;
+        assert_eq!(
+            seen(&response, "context")["variables"],
+            json!({"task": "Sleep well"})
         );
     }
 }
