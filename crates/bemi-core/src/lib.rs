@@ -7,6 +7,7 @@
 //! - [`sql`]: annotating writes with ` /*Bemi {json} Bemi*/`;
 //! - [`migration`]: the SQL that installs the statement-level triggers;
 //! - driver adapters behind the features `sqlx` and `tokio-postgres`;
+//! - `audit`: the captured changes and queries over them, behind the feature `sqlx`;
 //! - `graphql`: the async-graphql 7 extension, behind the feature `async-graphql`.
 //!
 //! ```
@@ -24,6 +25,9 @@ pub mod sql;
 
 #[cfg(feature = "sqlx")]
 pub mod sqlx;
+
+#[cfg(feature = "sqlx")]
+pub mod audit;
 
 #[cfg(feature = "tokio-postgres")]
 pub mod tokio_postgres;

@@ -1,0 +1,235 @@
+//! One row of the `changes` table, and the position of a row in the audit trail's order.
+
+use std::fmt;
+use std::str::FromStr;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use sqlx::postgres::PgRow;
+use sqlx::{FromRow, Row};
+use uuid::Uuid;
+
+/// One captured change: a row of the `changes` table.
+///
+/// Serializes with the column names, timestamps as RFC 3339 text:
+///
+/// ```
+/// use bemi_core::audit::{Change, Operation};
+/// use serde_json::json;
+///
+/// let change: Change = serde_json::from_value(json!({
+///     "id": "9b2e6a4e-3c1f-4c7e-9d64-0d4f8f2b7a11",
+///     "primary_key": "26",
+///     "before": {},
+///     "after": {"id": 26, "task": "Sleep", "is_completed": false},
+///     "context": {"user_id": 187234, "endpoint": "/todo", "method": "POST"},
+///     "database": "app",
+///     "schema": "public",
+///     "table": "todo",
+///     "operation": "CREATE",
+///     "committed_at": "2023-12-11T17:09:09Z",
+///     "queued_at": "2023-12-11T17:09:09.1Z",
+///     "created_at": "2023-12-11T17:09:10Z",
+///     "transaction_id": 768,
+///     "position": 30606328,
+/// }))?;
+/// assert_eq!(change.operation, Operation::Create);
+/// assert_eq!(change.context["user_id"], 187234);
+/// # Ok::<(), serde_json::Error>(())
+/// ```
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Change {
+    /// The change's id.
+    pub id: Uuid,
+    /// The primary key of the changed row: the text of a one-column key, a JSON array for a
+    /// composite key, `None` for a TRUNCATE or a table without a key.
+    pub primary_key: Option<String>,
+    /// The row before the change (`{}` for CREATE and TRUNCATE).
+    pub before: Value,
+    /// The row after the change (`{}` for DELETE and TRUNCATE).
+    pub after: Value,
+    /// The context of the statement that made the change (`{}` when it had none).
+    pub context: Value,
+    /// The source database.
+    pub database: String,
+    /// The table's schema.
+    pub schema: String,
+    /// The table.
+    pub table: String,
+    /// What happened.
+    pub operation: Operation,
+    /// When the source transaction committed.
+    pub committed_at: DateTime<Utc>,
+    /// When the change left the source's WAL sender.
+    pub queued_at: DateTime<Utc>,
+    /// When the worker stored the change.
+    pub created_at: DateTime<Utc>,
+    /// The source transaction's id.
+    pub transaction_id: i64,
+    /// The LSN of the change's WAL record.
+    pub position: i64,
+}
+
+impl Change {
+    /// Where this change is in the audit trail's order: pass it to
+    /// [`ChangeQuery::after`](super::ChangeQuery::after) for the next page.
+    ///
+    /// ```
+    /// # fn run(change: &bemi_core::audit::Change) {
+    /// let cursor = change.cursor();
+    /// assert_eq!(cursor.committed_at, change.committed_at);
+    /// assert_eq!(cursor.position, change.position);
+    /// # }
+    /// ```
+    pub fn cursor(&self) -> Cursor {
+        Cursor {
+            committed_at: self.committed_at,
+            position: self.position,
+            id: self.id,
+        }
+    }
+}
+
+impl<'r> FromRow<'r, PgRow> for Change {
+    fn from_row(row: &'r PgRow) -> Result<Self, sqlx::Error> {
+        let operation: String = row.try_get("operation")?;
+        Ok(Self {
+            id: row.try_get("id")?,
+            primary_key: row.try_get("primary_key")?,
+            before: row.try_get("before")?,
+            after: row.try_get("after")?,
+            context: row.try_get("context")?,
+            database: row.try_get("database")?,
+            schema: row.try_get("schema")?,
+            table: row.try_get("table")?,
+            operation: operation
+                .parse()
+                .map_err(|error| sqlx::Error::ColumnDecode {
+                    index: "operation".to_owned(),
+                    source: Box::new(error),
+                })?,
+            committed_at: row.try_get("committed_at")?,
+            queued_at: row.try_get("queued_at")?,
+            created_at: row.try_get("created_at")?,
+            transaction_id: row.try_get("transaction_id")?,
+            position: row.try_get("position")?,
+        })
+    }
+}
+
+/// The position of a change in the audit trail's order: `(committed_at, position)`, with the
+/// id as the last tie-breaker (the rows of a TRUNCATE of several tables share a position).
+///
+/// ```
+/// # fn run(page: Vec<bemi_core::audit::Change>) {
+/// let next_page_starts_after = page.last().map(|change| change.cursor());
+/// # }
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Cursor {
+    /// The change's commit time.
+    pub committed_at: DateTime<Utc>,
+    /// The change's LSN.
+    pub position: i64,
+    /// The change's id.
+    pub id: Uuid,
+}
+
+/// What a change did: the `operation` column.
+///
+/// ```
+/// use bemi_core::audit::Operation;
+///
+/// assert_eq!("update".parse::<Operation>(), Ok(Operation::Update));
+/// assert_eq!("INSERT".parse::<Operation>(), Ok(Operation::Create));
+/// assert_eq!(Operation::Truncate.to_string(), "TRUNCATE");
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum Operation {
+    /// A row was inserted.
+    Create,
+    /// A row was updated.
+    Update,
+    /// A row was deleted.
+    Delete,
+    /// A table was truncated (one change per table).
+    Truncate,
+}
+
+impl Operation {
+    /// Every operation, in the order above.
+    ///
+    /// ```
+    /// assert_eq!(bemi_core::audit::Operation::ALL.len(), 4);
+    /// ```
+    pub const ALL: [Operation; 4] = [
+        Operation::Create,
+        Operation::Update,
+        Operation::Delete,
+        Operation::Truncate,
+    ];
+
+    /// The stored name: `CREATE`, `UPDATE`, `DELETE` or `TRUNCATE`.
+    ///
+    /// ```
+    /// assert_eq!(bemi_core::audit::Operation::Delete.as_str(), "DELETE");
+    /// ```
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Operation::Create => "CREATE",
+            Operation::Update => "UPDATE",
+            Operation::Delete => "DELETE",
+            Operation::Truncate => "TRUNCATE",
+        }
+    }
+}
+
+impl fmt::Display for Operation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Operation {
+    type Err = ParseOperationError;
+
+    /// Case-insensitive; `INSERT` is accepted for `CREATE`.
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let upper = text.trim().to_ascii_uppercase();
+        if upper == "INSERT" {
+            return Ok(Operation::Create);
+        }
+        Operation::ALL
+            .into_iter()
+            .find(|operation| operation.as_str() == upper)
+            .ok_or_else(|| ParseOperationError(text.to_owned()))
+    }
+}
+
+/// A text that is not an operation.
+///
+/// ```
+/// let error = "UPSERT".parse::<bemi_core::audit::Operation>().unwrap_err();
+/// assert!(error.to_string().contains("CREATE, UPDATE, DELETE or TRUNCATE"));
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown operation {0:?}: expected CREATE, UPDATE, DELETE or TRUNCATE (or INSERT)")]
+pub struct ParseOperationError(pub String);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn operations_round_trip_through_text_and_serde() {
+        for operation in Operation::ALL {
+            assert_eq!(operation.as_str().parse::<Operation>(), Ok(operation));
+            let json = serde_json::to_value(operation).unwrap();
+            assert_eq!(json, operation.as_str());
+        }
+        assert!(" delete ".parse::<Operation>().is_ok());
+        assert!("".parse::<Operation>().is_err());
+    }
+}

@@ -1,0 +1,373 @@
+//! `bemi changes`: the audit trail as a table, as JSON lines, or followed as it grows.
+
+use std::io::{self, Write};
+use std::time::Duration;
+
+use anyhow::{Context as _, anyhow};
+use bemi_core::audit::{Change, ChangeQuery, Cursor, Operation, parse_context_pair};
+use chrono::{DateTime, Utc};
+use futures_util::TryStreamExt as _;
+use sqlx::PgPool;
+
+use super::table::{self, Layout};
+use super::time::{parse_duration, parse_instant};
+use super::{SourceArgs, boolish, connect, shutdown};
+
+/// Changes fetched per poll of `--follow`.
+const FOLLOW_PAGE_ROWS: u64 = 1_000;
+
+/// `bemi changes`
+#[derive(Debug, clap::Args)]
+pub(crate) struct ChangesArgs {
+    /// The database with the `changes` table (default: DATABASE_URL).
+    #[arg(
+        long,
+        env = "BEMI_DESTINATION_URL",
+        value_name = "URL",
+        hide_env_values = true
+    )]
+    destination_url: Option<String>,
+    #[command(flatten)]
+    source: SourceArgs,
+    /// Only changes of this table (`todo`, or `schema.todo`).
+    #[arg(long, env = "BEMI_CHANGES_TABLE", value_name = "[SCHEMA.]TABLE")]
+    table: Option<String>,
+    /// Only changes of the row with this primary key (a composite key as a JSON array:
+    /// '["x",1]').
+    #[arg(long, env = "BEMI_CHANGES_PK", value_name = "KEY")]
+    pk: Option<String>,
+    /// Only CREATE, UPDATE, DELETE or TRUNCATE changes (any case; INSERT means CREATE).
+    #[arg(long, env = "BEMI_CHANGES_OPERATION", value_name = "OP", value_parser = operation)]
+    operation: Option<Operation>,
+    /// Only changes whose context has KEY equal to VALUE (JSON if it parses: user_id=187234 is
+    /// a number, endpoint=/todo a string). Several must all match.
+    #[arg(
+        long,
+        env = "BEMI_CHANGES_CONTEXT",
+        value_name = "KEY=VALUE",
+        value_delimiter = ',',
+        num_args = 1..
+    )]
+    context: Vec<String>,
+    /// Only changes committed at or after T: an RFC 3339 timestamp, or how long ago (15m, 2h, 7d).
+    #[arg(long, env = "BEMI_CHANGES_SINCE", value_name = "T")]
+    since: Option<String>,
+    /// Only changes committed before T (as --since).
+    #[arg(long, env = "BEMI_CHANGES_UNTIL", value_name = "T")]
+    until: Option<String>,
+    /// At most N changes, the newest; with --follow, how many recent ones to show first.
+    #[arg(
+        long,
+        env = "BEMI_CHANGES_LIMIT",
+        value_name = "N",
+        default_value_t = 100
+    )]
+    limit: u64,
+    /// Print each change as one line of JSON, with every column and nothing cut.
+    #[arg(long, env = "BEMI_CHANGES_JSON", value_parser = boolish())]
+    json: bool,
+    /// Keep printing new changes as they are captured (oldest first), until Ctrl-C.
+    #[arg(long, env = "BEMI_CHANGES_FOLLOW", value_parser = boolish())]
+    follow: bool,
+    /// With --follow, how often to look for new changes.
+    #[arg(
+        long,
+        env = "BEMI_CHANGES_POLL_INTERVAL",
+        value_name = "DURATION",
+        default_value = "1s",
+        value_parser = parse_duration
+    )]
+    poll_interval: Duration,
+}
+
+fn operation(text: &str) -> Result<Operation, String> {
+    text.parse()
+        .map_err(|error: bemi_core::audit::ParseOperationError| error.to_string())
+}
+
+impl ChangesArgs {
+    /// The query of the filters, with relative times counted back from `now`.
+    fn query(&self, now: DateTime<Utc>) -> anyhow::Result<ChangeQuery> {
+        let mut query = ChangeQuery::new();
+        if let Some(table) = &self.table {
+            query = query.table(table.trim());
+        }
+        if let Some(pk) = &self.pk {
+            query = query.primary_key(pk.clone());
+        }
+        if let Some(operation) = self.operation {
+            query = query.operation(operation);
+        }
+        for pair in context_pairs(&self.context) {
+            let (key, value) = parse_context_pair(&pair)?;
+            query = query.context(key, value);
+        }
+        if let Some(since) = &self.since {
+            let since = parse_instant(since, now).map_err(|e| anyhow!("--since {e}"))?;
+            query = query.since(since);
+        }
+        if let Some(until) = &self.until {
+            let until = parse_instant(until, now).map_err(|e| anyhow!("--until {e}"))?;
+            query = query.until(until);
+        }
+        Ok(query)
+    }
+
+    fn url(&self) -> anyhow::Result<&str> {
+        match self.destination_url.as_deref() {
+            Some(url) if !url.trim().is_empty() => Ok(url),
+            _ => self.source.url().map_err(|_| {
+                anyhow!(
+                    "no database to read changes from: set BEMI_DESTINATION_URL (or \
+                     DATABASE_URL when the worker writes into the source database), or pass \
+                     --destination-url postgres://USER:PASSWORD@HOST/DATABASE"
+                )
+            }),
+        }
+    }
+}
+
+/// `KEY=VALUE` pairs from the flag's values. Lists are split at commas (for the environment
+/// variable), so a piece without `=` is glued back to the pair before it: `tags=["a","b"]`
+/// stays one pair.
+///
+/// ```
+/// let pieces = ["user_id=1", r#"tags=["a""#, r#""b"]"#].map(String::from);
+/// assert_eq!(
+///     bemi_worker::cli::changes::context_pairs(&pieces),
+///     ["user_id=1", r#"tags=["a","b"]"#]
+/// );
+/// ```
+pub fn context_pairs(pieces: &[String]) -> Vec<String> {
+    let mut pairs: Vec<String> = Vec::new();
+    for piece in pieces {
+        match pairs.last_mut() {
+            Some(last) if !piece.contains('=') => {
+                last.push(',');
+                last.push_str(piece);
+            }
+            _ => pairs.push(piece.clone()),
+        }
+    }
+    pairs
+}
+
+/// Runs `bemi changes`.
+pub(super) async fn run(args: ChangesArgs) -> anyhow::Result<()> {
+    let query = args.query(Utc::now())?;
+    let pool = connect(args.url()?).await?;
+    let exists: bool = sqlx::query_scalar("SELECT to_regclass('changes') IS NOT NULL")
+        .fetch_one(&pool)
+        .await
+        .context("could not look for the changes table")?;
+    if !exists {
+        return Err(anyhow!(
+            "this database has no `changes` table yet: start `bemi worker` (it creates the \
+             table), or point --destination-url (BEMI_DESTINATION_URL) at the worker's \
+             destination database"
+        ));
+    }
+    let mut output = Output::new(args.json);
+    let result = if args.follow {
+        follow(&pool, &query, &args, &mut output).await
+    } else if args.json {
+        let mut changes = query.limit(args.limit).stream(&pool);
+        let mut result = Ok(());
+        while let Some(change) = changes.try_next().await? {
+            result = output.json_line(&change);
+            if result.is_err() {
+                break;
+            }
+        }
+        result
+    } else {
+        let changes = query.limit(args.limit).fetch(&pool).await?;
+        output.write(&table::render(&changes))
+    };
+    pool.close().await;
+    match result {
+        // The reader went away (`bemi changes | head`): not an error.
+        Err(error) if error.kind() == io::ErrorKind::BrokenPipe => Ok(()),
+        other => other.context("writing to stdout"),
+    }
+}
+
+/// Prints the latest `--limit` changes oldest first, then polls for newer ones until a signal.
+async fn follow(
+    pool: &PgPool,
+    query: &ChangeQuery,
+    args: &ChangesArgs,
+    output: &mut Output,
+) -> io::Result<()> {
+    let shutdown = shutdown::on_signals()?;
+    // At least one row, to know where "new" starts even when none is shown.
+    let mut latest = query
+        .clone()
+        .limit(args.limit.max(1))
+        .fetch(pool)
+        .await
+        .map_err(io::Error::other)?;
+    let mut cursor: Option<Cursor> = latest.first().map(Change::cursor);
+    latest.truncate(usize::try_from(args.limit).unwrap_or(usize::MAX));
+    latest.reverse();
+    output.start_follow(&latest)?;
+    output.changes(&latest)?;
+    let mut wait = true;
+    loop {
+        if wait {
+            tokio::select! {
+                () = shutdown.cancelled() => return Ok(()),
+                () = tokio::time::sleep(args.poll_interval) => {}
+            }
+        } else if shutdown.is_cancelled() {
+            return Ok(());
+        }
+        let mut next = query.clone().oldest_first().limit(FOLLOW_PAGE_ROWS);
+        if let Some(cursor) = cursor {
+            next = next.after(cursor);
+        }
+        let batch = match next.fetch(pool).await {
+            Ok(batch) => batch,
+            Err(error) => {
+                tracing::warn!(%error, "could not read new changes; trying again");
+                wait = true;
+                continue;
+            }
+        };
+        if let Some(last) = batch.last() {
+            cursor = Some(last.cursor());
+        }
+        // A full page: more is waiting, read it at once.
+        wait = (batch.len() as u64) < FOLLOW_PAGE_ROWS;
+        output.changes(&batch)?;
+    }
+}
+
+/// Where changes are printed: a table or JSON lines on stdout.
+struct Output {
+    json: bool,
+    layout: Option<Layout>,
+    stdout: io::Stdout,
+}
+
+impl Output {
+    fn new(json: bool) -> Self {
+        Self {
+            json,
+            layout: None,
+            stdout: io::stdout(),
+        }
+    }
+
+    fn write(&mut self, text: &str) -> io::Result<()> {
+        let mut stdout = self.stdout.lock();
+        stdout.write_all(text.as_bytes())?;
+        stdout.flush()
+    }
+
+    fn json_line(&mut self, change: &Change) -> io::Result<()> {
+        let mut line = serde_json::to_string(change).map_err(io::Error::other)?;
+        line.push('\n');
+        self.write(&line)
+    }
+
+    /// For a followed table: the header, with columns wide enough for the first rows and for
+    /// typical later ones.
+    fn start_follow(&mut self, first: &[Change]) -> io::Result<()> {
+        if self.json {
+            return Ok(());
+        }
+        let rows: Vec<[String; 7]> = first.iter().map(table::cells).collect();
+        let layout = Layout::fit(&rows).max(&Layout::roomy());
+        let mut header = layout.header();
+        header.push('\n');
+        self.layout = Some(layout);
+        self.write(&header)
+    }
+
+    fn changes(&mut self, changes: &[Change]) -> io::Result<()> {
+        if changes.is_empty() {
+            return Ok(());
+        }
+        let mut text = String::new();
+        for change in changes {
+            match &self.layout {
+                Some(layout) if !self.json => text.push_str(&layout.row(&table::cells(change))),
+                _ => text.push_str(&serde_json::to_string(change).map_err(io::Error::other)?),
+            }
+            text.push('\n');
+        }
+        self.write(&text)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser as _;
+
+    #[derive(Debug, clap::Parser)]
+    struct Harness {
+        #[command(flatten)]
+        args: ChangesArgs,
+    }
+
+    #[test]
+    fn filters_become_the_query() {
+        let now = DateTime::parse_from_rfc3339("2024-05-08T12:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        let harness = Harness::try_parse_from([
+            "bemi",
+            "--table",
+            "public.todo",
+            "--pk",
+            "26",
+            "--operation",
+            "insert",
+            "--context",
+            "user_id=187234",
+            "endpoint=/todo",
+            "--since",
+            "2h",
+            "--until",
+            "2024-05-08T11:00:00Z",
+        ])
+        .unwrap();
+        let query = harness.args.query(now).unwrap();
+        let expected = ChangeQuery::new()
+            .table("public.todo")
+            .primary_key("26")
+            .operation(Operation::Create)
+            .context("user_id", 187234)
+            .context("endpoint", "/todo")
+            .since(now - chrono::Duration::hours(2))
+            .until(now - chrono::Duration::hours(1));
+        assert_eq!(query, expected);
+        assert_eq!(harness.args.limit, 100);
+    }
+
+    #[test]
+    fn bad_filters_say_what_to_write() {
+        let error = Harness::try_parse_from(["bemi", "--operation", "upsert"]).unwrap_err();
+        assert!(error.to_string().contains("CREATE, UPDATE"), "{error}");
+        let harness = Harness::try_parse_from(["bemi", "--since", "last tuesday"]).unwrap();
+        let error = harness.args.query(Utc::now()).unwrap_err().to_string();
+        assert!(
+            error.starts_with("--since") && error.contains("RFC 3339"),
+            "{error}"
+        );
+        let harness = Harness::try_parse_from(["bemi", "--context", "user_id"]).unwrap();
+        let error = harness.args.query(Utc::now()).unwrap_err().to_string();
+        assert!(error.contains("KEY=VALUE"), "{error}");
+    }
+
+    #[test]
+    fn comma_split_context_values_are_glued_back() {
+        let pieces = ["a=1", "b={\"x\":1", "\"y\":2}", "c=3"].map(String::from);
+        assert_eq!(
+            context_pairs(&pieces),
+            ["a=1", "b={\"x\":1,\"y\":2}", "c=3"]
+        );
+    }
+}

@@ -1,0 +1,426 @@
+//! `bemi changes` as a process, on changes captured by a real worker: every filter, the table
+//! and JSON-lines outputs, and `--follow`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::ensure;
+use bemi_core::audit::{Change, Operation};
+use bemi_core::context;
+use bemi_tests::worker::{RunningWorker, wait_for_changes, worker_config};
+use bemi_tests::{TODO_TABLE, TestCluster, TestDb, TestResult, ctx};
+use serde_json::json;
+
+use crate::cli_support::{Background, bemi};
+
+/// `bemi changes --json args…` against `db`, parsed.
+async fn json_changes(db: &TestDb, args: &[&str]) -> anyhow::Result<Vec<Change>> {
+    json_changes_with(db, args, &[]).await
+}
+
+async fn json_changes_with(
+    db: &TestDb,
+    args: &[&str],
+    envs: &[(&str, &str)],
+) -> anyhow::Result<Vec<Change>> {
+    let mut all_args = vec!["changes", "--json"];
+    all_args.extend_from_slice(args);
+    let mut all_envs = vec![("DATABASE_URL", db.url.as_str())];
+    all_envs.extend_from_slice(envs);
+    let output = bemi(&all_args, &all_envs).await?.success()?;
+    output
+        .stdout
+        .lines()
+        .map(|line| Ok(serde_json::from_str(line)?))
+        .collect()
+}
+
+/// (table, primary key, operation) of a change.
+type Summary = (String, String, Operation);
+
+/// The [`Summary`] of each change.
+fn summary(changes: &[Change]) -> Vec<Summary> {
+    changes
+        .iter()
+        .map(|c| {
+            (
+                c.table.clone(),
+                c.primary_key.clone().unwrap_or_default(),
+                c.operation,
+            )
+        })
+        .collect()
+}
+
+fn s(table: &str, pk: &str, operation: Operation) -> Summary {
+    (table.to_owned(), pk.to_owned(), operation)
+}
+
+pub async fn changes_filters_in_table_and_json_output(cluster: Arc<TestCluster>) -> TestResult {
+    use Operation::{Create, Delete, Update};
+
+    let db = cluster.database("cli_changes").await?;
+    db.exec(&format!(
+        "{TODO_TABLE}; CREATE TABLE note (id int PRIMARY KEY, body text)"
+    ))
+    .await?;
+    db.migrate().await?;
+    let worker = RunningWorker::start(worker_config(&db)).await?;
+    let pool = db.bemi_pool();
+    let todo = |user: i64| ctx(json!({"user_id": user, "endpoint": "/todo"}));
+    context::scope(
+        todo(1),
+        sqlx::query("INSERT INTO todo (task) VALUES ('one')").execute(&pool),
+    )
+    .await?;
+    context::scope(
+        todo(2),
+        sqlx::query("INSERT INTO todo (task) VALUES ('two')").execute(&pool),
+    )
+    .await?;
+    context::scope(
+        todo(1),
+        sqlx::query("UPDATE todo SET is_completed = true WHERE id = 1").execute(&pool),
+    )
+    .await?;
+    db.exec("DELETE FROM todo WHERE id = 2").await?;
+    context::scope(
+        ctx(json!({"user_id": 1, "endpoint": "/note"})),
+        sqlx::query("INSERT INTO note VALUES (1, repeat('x', 200))").execute(&pool),
+    )
+    .await?;
+    wait_for_changes(&db, 5).await?;
+    worker.stop().await?;
+    // The note was written three days ago, as far as the audit trail knows.
+    db.exec("UPDATE changes SET committed_at = committed_at - interval '3 days' WHERE \"table\" = 'note'")
+        .await?;
+
+    let everything = json_changes(&db, &[]).await?;
+    ensure!(
+        summary(&everything)
+            == [
+                s("todo", "2", Delete),
+                s("todo", "1", Update),
+                s("todo", "2", Create),
+                s("todo", "1", Create),
+                s("note", "1", Create),
+            ],
+        "{everything:#?}"
+    );
+    let update = &everything[1];
+    ensure!(update.before == json!({"id": 1, "task": "one", "is_completed": false}));
+    ensure!(update.after == json!({"id": 1, "task": "one", "is_completed": true}));
+    ensure!(update.context["user_id"] == 1 && update.context["endpoint"] == "/todo");
+    ensure!(everything[0].context == json!({}));
+    ensure!(
+        everything
+            .iter()
+            .all(|c| c.database == db.name && c.schema == "public")
+    );
+
+    let cases: Vec<(Vec<&str>, Vec<Summary>)> = vec![
+        (
+            vec!["--table", "todo"],
+            vec![
+                s("todo", "2", Delete),
+                s("todo", "1", Update),
+                s("todo", "2", Create),
+                s("todo", "1", Create),
+            ],
+        ),
+        (vec!["--table", "public.note"], vec![s("note", "1", Create)]),
+        (vec!["--table", "other.todo"], vec![]),
+        (
+            vec!["--table", "todo", "--pk", "1"],
+            vec![s("todo", "1", Update), s("todo", "1", Create)],
+        ),
+        (
+            vec!["--pk", "1"],
+            vec![
+                s("todo", "1", Update),
+                s("todo", "1", Create),
+                s("note", "1", Create),
+            ],
+        ),
+        (vec!["--operation", "update"], vec![s("todo", "1", Update)]),
+        (
+            vec!["--operation", "INSERT", "--table", "todo"],
+            vec![s("todo", "2", Create), s("todo", "1", Create)],
+        ),
+        (
+            vec!["--context", "user_id=1"],
+            vec![
+                s("todo", "1", Update),
+                s("todo", "1", Create),
+                s("note", "1", Create),
+            ],
+        ),
+        // A number is not its string.
+        (vec!["--context", "user_id=\"1\""], vec![]),
+        (
+            vec!["--context", "user_id=1", "endpoint=/note"],
+            vec![s("note", "1", Create)],
+        ),
+        (
+            vec!["--since", "1d"],
+            vec![
+                s("todo", "2", Delete),
+                s("todo", "1", Update),
+                s("todo", "2", Create),
+                s("todo", "1", Create),
+            ],
+        ),
+        (vec!["--until", "1d"], vec![s("note", "1", Create)]),
+        (
+            vec!["--limit", "2"],
+            vec![s("todo", "2", Delete), s("todo", "1", Update)],
+        ),
+        (
+            vec!["--limit", "1", "--context", "user_id=1"],
+            vec![s("todo", "1", Update)],
+        ),
+    ];
+    for (args, expected) in cases {
+        let found = json_changes(&db, &args).await?;
+        ensure!(summary(&found) == expected, "{args:?}: {found:#?}");
+    }
+    // An absolute --since, as `bemi changes` prints timestamps.
+    let since = everything[2]
+        .committed_at
+        .format("%Y-%m-%d %H:%M:%S%.6f+00")
+        .to_string();
+    let recent = json_changes(&db, &["--since", &since]).await?;
+    ensure!(
+        summary(&recent)
+            == [
+                s("todo", "2", Delete),
+                s("todo", "1", Update),
+                s("todo", "2", Create)
+            ],
+        "{recent:#?}"
+    );
+
+    // Filters from the environment (lists comma-separated), and the destination URL winning
+    // over DATABASE_URL.
+    let from_env = json_changes_with(
+        &db,
+        &[],
+        &[
+            ("BEMI_CHANGES_CONTEXT", "user_id=1,endpoint=/todo"),
+            ("BEMI_CHANGES_OPERATION", "CREATE"),
+        ],
+    )
+    .await?;
+    ensure!(
+        summary(&from_env) == [s("todo", "1", Create)],
+        "{from_env:#?}"
+    );
+    let elsewhere = bemi(
+        &["changes", "--json", "--table", "note"],
+        &[
+            ("DATABASE_URL", "postgres://nobody:x@127.0.0.1:1/nothing"),
+            ("BEMI_DESTINATION_URL", db.url.as_str()),
+        ],
+    )
+    .await?
+    .success()?;
+    ensure!(elsewhere.stdout.lines().count() == 1, "{elsewhere:#?}");
+
+    // The table.
+    let table = bemi(&["changes"], &[("DATABASE_URL", db.url.as_str())])
+        .await?
+        .success()?;
+    let lines: Vec<&str> = table.stdout.lines().collect();
+    ensure!(lines.len() == 8, "{}", table.stdout);
+    let headers: Vec<&str> = lines[0].split('|').map(str::trim).collect();
+    ensure!(
+        headers
+            == [
+                "primary_key",
+                "table",
+                "operation",
+                "before",
+                "after",
+                "context",
+                "committed_at"
+            ],
+        "{}",
+        lines[0]
+    );
+    ensure!(
+        lines[1].starts_with("-------------+-------+-----------+"),
+        "{}",
+        lines[1]
+    );
+    ensure!(lines[7] == "(5 rows)", "{}", table.stdout);
+    let cells = |line: &str| -> Vec<String> {
+        line.split(" | ")
+            .map(|cell| cell.trim().to_owned())
+            .collect()
+    };
+    let delete = cells(lines[2]);
+    ensure!(
+        delete[..4]
+            == [
+                "2",
+                "todo",
+                "DELETE",
+                r#"{"id": 2, "task": "two", "is_completed": false}"#
+            ],
+        "{delete:?}"
+    );
+    ensure!(delete[4] == "{}" && delete[5] == "{}", "{delete:?}");
+    let committed = everything[0]
+        .committed_at
+        .format("%Y-%m-%d %H:%M:%S")
+        .to_string();
+    ensure!(
+        delete[6].starts_with(&committed) && delete[6].ends_with("+00"),
+        "{delete:?}"
+    );
+    let update_row = cells(lines[3]);
+    ensure!(
+        update_row[5].starts_with(r#"{"SQL": "UPDATE todo SET is_completed = true WHERE id = 1""#),
+        "{update_row:?}"
+    );
+    let note = cells(lines[6]);
+    ensure!(note[1] == "note", "{note:?}");
+    // A 200-character body is cut to fit, with an ellipsis.
+    ensure!(
+        note[4].starts_with(r#"{"id": 1, "body": "xxxx"#)
+            && note[4].ends_with('…')
+            && note[4].chars().count() == 60,
+        "{note:?}"
+    );
+
+    let one = bemi(
+        &["changes", "--table", "todo", "--operation", "update"],
+        &[("DATABASE_URL", db.url.as_str())],
+    )
+    .await?
+    .success()?;
+    ensure!(one.stdout.ends_with("(1 row)\n"), "{}", one.stdout);
+
+    let bad_since = bemi(
+        &["changes", "--since", "yesterday"],
+        &[("DATABASE_URL", db.url.as_str())],
+    )
+    .await?;
+    ensure!(bad_since.status.code() == Some(1), "{bad_since:#?}");
+    ensure!(
+        bad_since.stderr.contains("RFC 3339"),
+        "{}",
+        bad_since.stderr
+    );
+
+    let empty = cluster.database("cli_changes_none").await?;
+    let no_table = bemi(&["changes"], &[("DATABASE_URL", empty.url.as_str())]).await?;
+    ensure!(no_table.status.code() == Some(1), "{no_table:#?}");
+    ensure!(
+        no_table.stderr.contains("no `changes` table") && no_table.stderr.contains("bemi worker"),
+        "{}",
+        no_table.stderr
+    );
+    Ok(())
+}
+
+pub async fn changes_follow_prints_changes_made_after_it_started(
+    cluster: Arc<TestCluster>,
+) -> TestResult {
+    let db = cluster.database("cli_follow").await?;
+    db.exec(TODO_TABLE).await?;
+    db.migrate().await?;
+    let worker = RunningWorker::start(worker_config(&db)).await?;
+    db.exec("INSERT INTO todo (task) VALUES ('before')").await?;
+    wait_for_changes(&db, 1).await?;
+
+    let env = [("DATABASE_URL", db.url.as_str())];
+    let mut json = Background::start(
+        &[
+            "changes",
+            "--follow",
+            "--json",
+            "--table",
+            "todo",
+            "--poll-interval",
+            "100ms",
+        ],
+        &env,
+    )?;
+    let mut pretty = Background::start(
+        &[
+            "changes",
+            "--follow",
+            "--limit",
+            "0",
+            "--poll-interval",
+            "100ms",
+        ],
+        &env,
+    )?;
+    let timeout = Duration::from_secs(60);
+    // The JSON follower first shows the change that was already there.
+    let first = json
+        .line_where("the existing change", timeout, |_| true)
+        .await?;
+    let first: Change = serde_json::from_str(&first)?;
+    ensure!(first.after["task"] == "before", "{first:#?}");
+    // The table follower shows its header, and nothing from before it started.
+    pretty
+        .line_where("the header rule", timeout, |line| line.starts_with("----"))
+        .await?;
+
+    let pool = db.bemi_pool();
+    context::scope(
+        ctx(json!({"user_id": 187234})),
+        sqlx::query("INSERT INTO todo (task) VALUES ('after')").execute(&pool),
+    )
+    .await?;
+    db.exec("UPDATE todo SET is_completed = true WHERE task = 'after'")
+        .await?;
+
+    let created = json
+        .line_where("the new change", timeout, |line| line.contains("CREATE"))
+        .await?;
+    let created: Change = serde_json::from_str(&created)?;
+    ensure!(created.after["task"] == "after", "{created:#?}");
+    ensure!(created.context["user_id"] == 187234, "{created:#?}");
+    let updated = json
+        .line_where("the update", timeout, |line| line.contains("UPDATE"))
+        .await?;
+    let updated: Change = serde_json::from_str(&updated)?;
+    ensure!(updated.primary_key == created.primary_key, "{updated:#?}");
+    ensure!(
+        json.lines.len() == 3,
+        "each change once, in order: {:#?}",
+        json.lines
+    );
+
+    let row = pretty
+        .line_where("the new row", timeout, |line| line.contains("UPDATE"))
+        .await?;
+    ensure!(row.contains("| todo"), "{row}");
+    ensure!(pretty.lines.len() == 4, "{:#?}", pretty.lines);
+    ensure!(
+        pretty.lines[2].contains("CREATE") && pretty.lines[2].contains(r#""task": "after""#),
+        "{:#?}",
+        pretty.lines
+    );
+    ensure!(
+        !pretty
+            .lines
+            .iter()
+            .any(|line| line.contains(r#""task": "before""#)),
+        "--limit 0 showed an old change: {:#?}",
+        pretty.lines
+    );
+
+    // Ctrl-C stops a follower cleanly.
+    for follower in [&mut json, &mut pretty] {
+        follower.signal(libc::SIGINT)?;
+        let status = follower.wait(Duration::from_secs(30)).await?;
+        ensure!(status.code() == Some(0), "{status}: {}", follower.stderr());
+    }
+    worker.stop().await?;
+    Ok(())
+}
