@@ -5,12 +5,22 @@
 //! deadline, and gets its own database.
 
 mod adapters;
+mod audit_query;
+mod cli_changes;
+mod cli_dev;
+mod cli_migration;
+mod cli_support;
+mod cli_worker;
 mod context_isolation;
+mod enrichment;
 mod hostile;
+mod keep_alive;
 mod launcher;
 mod migration;
+mod open_files;
 mod serve;
 mod spawned_tasks;
+mod startup;
 mod todo_apps;
 mod todo_hostile;
 mod todo_load;
@@ -78,6 +88,22 @@ fn all_tests() -> Vec<(String, TestFn)> {
         todo_hostile::hostile_graphql_variables_change_nothing_but_their_row,
         spawned_tasks::axum_spawned_tasks_keep_the_context_only_with_the_helpers,
         spawned_tasks::actix_spawned_tasks_and_web_block_keep_the_context_only_with_the_helpers,
+        open_files::the_soft_open_files_limit_is_raised_to_the_hard_limit,
+        startup::example_startup_prepares_a_fresh_database_twice_and_serves,
+        startup::example_startup_serves_the_actix_app_and_stops,
+        keep_alive::axum_keep_alive_requests_keep_their_own_context,
+        keep_alive::actix_keep_alive_requests_keep_their_own_context,
+        enrichment::axum_handler_enrichment_reaches_the_wal,
+        audit_query::change_query_pages_and_streams_every_match_once,
+        cli_migration::migration_sql_prints_the_up_and_down_migrations,
+        cli_migration::migration_create_writes_a_pair_that_sqlx_migrate_applies_and_reverts,
+        cli_migration::migration_create_never_overwrites,
+        cli_migration::migrate_installs_tracking_idempotently,
+        cli_worker::worker_binary_captures_serves_metrics_and_exits_0_on_sigterm,
+        cli_worker::worker_binary_without_replication_privilege_names_alter_role,
+        cli_changes::changes_filters_in_table_and_json_output,
+        cli_changes::changes_follow_prints_changes_made_after_it_started,
+        cli_dev::dev_captures_into_a_throwaway_database_removed_on_ctrl_c,
     ]
 }
 
@@ -88,6 +114,8 @@ fn main() {
             .with_writer(std::io::stderr)
             .init();
     }
+    // The load tests hold more sockets than the common soft limit of 1 024 open files.
+    open_files::raise_to_hard_limit();
     let mut args = Arguments::from_args();
     // Most tests wait on PostgreSQL, not on the CPU.
     args.test_threads.get_or_insert(4);

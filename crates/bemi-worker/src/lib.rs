@@ -12,12 +12,15 @@
 //! - [`setup`]: checks, publication and slot; [`metrics`]: Prometheus metrics;
 //! - [`launcher`]: an ephemeral PostgreSQL cluster (`wal_level=logical`) for development, the
 //!   demo and tests.
+//! - [`cli`]: the `bemi` command-line tool (`migration`, `migrate`, `worker`, `changes`, `dev`).
 
 pub mod assembler;
 pub mod catalog;
+pub mod cli;
 pub mod config;
 pub mod destination;
 pub mod error;
+pub mod handoff;
 pub mod json_value;
 pub mod launcher;
 pub mod metrics;

@@ -8,6 +8,8 @@
 //! | `bemi_replication_lag_bytes` | gauge | WAL the server has sent or holds beyond the last confirmed position |
 //! | `bemi_replication_lag_seconds` | gauge | age of the last applied commit while more is pending, else 0 |
 //! | `bemi_last_confirmed_lsn` | gauge | the last position confirmed to the slot |
+//! | `bemi_stream_seconds_total` | counter | time spent decoding, converting and stitching |
+//! | `bemi_write_seconds_total` | counter | time spent writing batches to the destination |
 //! | `bemi_connected` | gauge | whether the stream is up (1) or not (0) |
 //!
 //! ```
@@ -41,6 +43,18 @@ pub struct WorkerMetrics {
     server_wal_end: AtomicU64,
     last_applied_commit_micros: AtomicI64,
     connected: AtomicBool,
+    stream_nanos: AtomicU64,
+    write_nanos: AtomicU64,
+}
+
+/// Where the worker's time went, in seconds.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Timing {
+    /// In the stream task: decoding pgoutput, building JSON, stitching (not waiting for data
+    /// or for the writer).
+    pub decode_seconds: f64,
+    /// In the writer task: encoding COPY data, writing it and the position, committing.
+    pub write_seconds: f64,
 }
 
 impl WorkerMetrics {
@@ -120,6 +134,42 @@ impl WorkerMetrics {
     /// ```
     pub fn set_connected(&self, connected: bool) {
         self.connected.store(connected, Ordering::Relaxed);
+    }
+
+    /// Adds time the stream task spent working on events.
+    ///
+    /// ```
+    /// let metrics = bemi_worker::metrics::WorkerMetrics::default();
+    /// metrics.add_stream_time(std::time::Duration::from_millis(5));
+    /// assert!(metrics.timing().decode_seconds > 0.004);
+    /// ```
+    pub fn add_stream_time(&self, elapsed: std::time::Duration) {
+        self.stream_nanos
+            .fetch_add(elapsed.as_nanos() as u64, Ordering::Relaxed);
+    }
+
+    /// Adds time the writer spent writing to the destination.
+    ///
+    /// ```
+    /// let metrics = bemi_worker::metrics::WorkerMetrics::default();
+    /// metrics.add_write_time(std::time::Duration::from_millis(5));
+    /// assert!(metrics.timing().write_seconds > 0.004);
+    /// ```
+    pub fn add_write_time(&self, elapsed: std::time::Duration) {
+        self.write_nanos
+            .fetch_add(elapsed.as_nanos() as u64, Ordering::Relaxed);
+    }
+
+    /// Where the time went so far.
+    ///
+    /// ```
+    /// assert_eq!(bemi_worker::metrics::WorkerMetrics::default().timing().write_seconds, 0.0);
+    /// ```
+    pub fn timing(&self) -> Timing {
+        Timing {
+            decode_seconds: self.stream_nanos.load(Ordering::Relaxed) as f64 / 1e9,
+            write_seconds: self.write_nanos.load(Ordering::Relaxed) as f64 / 1e9,
+        }
     }
 
     /// Whether the replication stream is up.
@@ -223,6 +273,19 @@ impl WorkerMetrics {
             "gauge",
             "The last WAL position confirmed to the replication slot.",
             confirmed.to_string(),
+        );
+        let timing = self.timing();
+        metric(
+            "bemi_stream_seconds_total",
+            "counter",
+            "Time the stream task spent decoding, converting and stitching changes.",
+            format!("{:.6}", timing.decode_seconds),
+        );
+        metric(
+            "bemi_write_seconds_total",
+            "counter",
+            "Time the writer spent writing batches to the destination.",
+            format!("{:.6}", timing.write_seconds),
         );
         metric(
             "bemi_connected",

@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 
 use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::assembler::{Assembler, Piece, ResumePoint};
@@ -38,6 +38,7 @@ use crate::catalog::Catalog;
 use crate::config::WorkerConfig;
 use crate::destination::Destination;
 use crate::error::WorkerError;
+use crate::handoff::{self, PieceReceiver, PieceSender};
 use crate::metrics::{self, WorkerMetrics};
 use crate::pgoutput::{self, PgOutput};
 use crate::setup;
@@ -45,7 +46,6 @@ use crate::source::{PgWireSource, ReplicationSource, SourceConnection, SourceEve
 
 /// The prefix of context messages.
 const CONTEXT_PREFIX: &str = bemi_core::migration::MESSAGE_PREFIX;
-const PIECE_CHANNEL_CAPACITY: usize = 8;
 const MIN_BACKOFF: Duration = Duration::from_millis(500);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
@@ -160,7 +160,8 @@ impl Worker {
             "streaming changes"
         );
 
-        let (pieces, piece_rx) = mpsc::channel(PIECE_CHANNEL_CAPACITY);
+        // Rows that may wait for the writer: two full batches.
+        let (pieces, piece_rx) = handoff::channel(config.max_batch_rows.saturating_mul(2));
         let (applied_tx, applied) = watch::channel(resume);
         let writer = tokio::spawn(write_loop(
             destination,
@@ -179,6 +180,7 @@ impl Worker {
             applied,
             last_sent_end: resume.last_lsn,
             metrics: &self.metrics,
+            send_wait: Duration::ZERO,
         };
         let streamed = session.stream(shutdown).await;
 
@@ -203,10 +205,12 @@ struct StreamSession<'a> {
     stream: PgWireSource,
     assembler: Assembler,
     catalog: Option<Catalog>,
-    pieces: Option<mpsc::Sender<Piece>>,
+    pieces: Option<PieceSender>,
     applied: watch::Receiver<ResumePoint>,
     last_sent_end: u64,
     metrics: &'a WorkerMetrics,
+    /// Time the current event spent waiting for the writer (backpressure), not working.
+    send_wait: Duration,
 }
 
 impl StreamSession<'_> {
@@ -245,6 +249,15 @@ impl StreamSession<'_> {
 
     async fn on_event(&mut self, event: SourceEvent) -> Result<(), WorkerError> {
         tracing::trace!(?event, "replication event");
+        let started = Instant::now();
+        self.send_wait = Duration::ZERO;
+        let result = self.handle(event).await;
+        self.metrics
+            .add_stream_time(started.elapsed().saturating_sub(self.send_wait));
+        result
+    }
+
+    async fn handle(&mut self, event: SourceEvent) -> Result<(), WorkerError> {
         match event {
             SourceEvent::Begin {
                 commit_lsn,
@@ -315,7 +328,10 @@ impl StreamSession<'_> {
         let Some(pieces) = &self.pieces else {
             return Ok(());
         };
-        if pieces.send(piece).await.is_err() {
+        let started = Instant::now();
+        let sent = pieces.send(piece).await;
+        self.send_wait += started.elapsed();
+        if sent.is_err() {
             // The writer stopped; the session ends and reports its error.
             self.pieces = None;
             return Err(WorkerError::StreamEnded);
@@ -345,37 +361,39 @@ impl StreamSession<'_> {
 /// position.
 async fn write_loop(
     mut destination: Destination,
-    mut pieces: mpsc::Receiver<Piece>,
+    mut pieces: PieceReceiver,
     applied: watch::Sender<ResumePoint>,
     metrics: Arc<WorkerMetrics>,
     max_batch_rows: usize,
 ) -> Result<(), WorkerError> {
-    let mut batch: Vec<Piece> = Vec::new();
-    while let Some(piece) = pieces.recv().await {
-        let mut rows = piece.rows.len();
-        batch.push(piece);
-        while rows < max_batch_rows {
-            match pieces.try_recv() {
-                Ok(piece) => {
-                    rows += piece.rows.len();
-                    batch.push(piece);
-                }
-                Err(_) => break,
-            }
-        }
+    while let Some(batch) = pieces.recv_batch(max_batch_rows).await {
+        let started = Instant::now();
         let resume = destination
-            .write(&batch)
+            .write(&batch.pieces)
             .await
             .map_err(WorkerError::Destination)?;
-        let transactions = batch.iter().filter(|p| p.end_lsn.is_some()).count() as u64;
+        metrics.add_write_time(started.elapsed());
+        tracing::debug!(
+            rows = batch.rows,
+            pieces = batch.pieces.len(),
+            elapsed = ?started.elapsed(),
+            "wrote a batch"
+        );
+        pieces.release(&batch);
+        let transactions = batch.pieces.iter().filter(|p| p.end_lsn.is_some()).count() as u64;
         let last_commit = batch
+            .pieces
             .iter()
             .rev()
             .find_map(|p| p.rows.last())
             .map_or(0, |row| row.committed_at);
-        metrics.record_write(rows as u64, transactions, resume.last_lsn, last_commit);
+        metrics.record_write(
+            batch.rows as u64,
+            transactions,
+            resume.last_lsn,
+            last_commit,
+        );
         applied.send_replace(resume);
-        batch.clear();
     }
     Ok(())
 }
