@@ -25,6 +25,7 @@
 
 pub mod actix_app;
 pub mod axum_app;
+pub mod demo;
 pub mod graphql_app;
 pub mod request_context;
 pub mod startup;

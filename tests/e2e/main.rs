@@ -12,6 +12,7 @@ mod cli_migration;
 mod cli_support;
 mod cli_worker;
 mod context_isolation;
+mod demo;
 mod enrichment;
 mod hostile;
 mod keep_alive;
@@ -25,6 +26,7 @@ mod todo_apps;
 mod todo_hostile;
 mod todo_load;
 mod worker_capture;
+mod worker_crash;
 mod worker_hazards;
 
 use std::future::Future;
@@ -67,6 +69,8 @@ fn all_tests() -> Vec<(String, TestFn)> {
         migration::up_twice_is_harmless_and_down_removes_everything,
         migration::replica_identity_full_is_switchable,
         migration::worker_tables_and_unlogged_tables_are_not_tracked,
+        demo::requests_through_the_axum_app_become_the_seeds_changes_table,
+        worker_crash::kill_9_at_random_moments_loses_and_duplicates_nothing,
         worker_capture::direct_sql_and_statements_are_stitched_to_their_own_context,
         worker_capture::composite_keys_toast_and_every_type_are_stored_as_typed_json,
         worker_capture::malformed_and_per_row_messages_are_stitched_not_fatal,

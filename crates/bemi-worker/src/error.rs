@@ -139,8 +139,9 @@ fn sql_is_retryable(error: &sqlx::Error) -> bool {
         sqlx::Error::Configuration(_) | sqlx::Error::Tls(_) => false,
         sqlx::Error::Database(db) => {
             let code = db.code().unwrap_or_default();
-            // 28: invalid authorization; 42501: insufficient privilege; 3D000: no such database.
-            !(code.starts_with("28") || code == "42501" || code == "3D000")
+            // 28: invalid authorization; 42501: insufficient privilege; 3D000: no such database;
+            // 42602: an invalid name (e.g. of the slot).
+            !(code.starts_with("28") || code == "42501" || code == "3D000" || code == "42602")
         }
         _ => true,
     }

@@ -12,34 +12,8 @@ use crate::config::Redactions;
 use crate::json_value::{write_json, write_string};
 use crate::pgoutput::{OldRow, Value};
 
-/// The `operation` column.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Operation {
-    /// An INSERT.
-    Create,
-    /// An UPDATE.
-    Update,
-    /// A DELETE.
-    Delete,
-    /// A TRUNCATE (one row per truncated table).
-    Truncate,
-}
-
-impl Operation {
-    /// The stored name: `CREATE`, `UPDATE`, `DELETE` or `TRUNCATE`.
-    ///
-    /// ```
-    /// assert_eq!(bemi_worker::rows::Operation::Create.as_str(), "CREATE");
-    /// ```
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Operation::Create => "CREATE",
-            Operation::Update => "UPDATE",
-            Operation::Delete => "DELETE",
-            Operation::Truncate => "TRUNCATE",
-        }
-    }
-}
+/// The `operation` column (shared with the query side).
+pub use bemi_core::audit::Operation;
 
 /// One row of the `changes` table, before it is written.
 #[derive(Debug, Clone, PartialEq, Eq)]

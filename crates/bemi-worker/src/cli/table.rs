@@ -61,7 +61,7 @@ pub fn cells(change: &Change) -> [String; 7] {
         change.operation.as_str().to_owned(),
         cut(&jsonb_text(&change.before), MAX_JSON_WIDTH),
         cut(&jsonb_text(&change.after), MAX_JSON_WIDTH),
-        cut(&jsonb_text(&change.context), MAX_JSON_WIDTH),
+        cut(&context_text(&change.context), MAX_JSON_WIDTH),
         timestamp_text(change.committed_at),
     ]
 }
@@ -187,6 +187,31 @@ pub fn render(changes: &[Change]) -> String {
     let noun = if rows.len() == 1 { "row" } else { "rows" };
     let _ = writeln!(text, "({} {noun})", rows.len());
     text
+}
+
+/// A context in jsonb's style, but with the library's long `SQL` key last, so that the app's own
+/// keys (`user_id`, `endpoint`, …) show before a cell is cut.
+///
+/// ```
+/// use serde_json::json;
+///
+/// let text = bemi_worker::cli::table::context_text(&json!({"SQL": "DELETE FROM todo", "user_id": 1}));
+/// assert_eq!(text, r#"{"user_id": 1, "SQL": "DELETE FROM todo"}"#);
+/// ```
+pub fn context_text(context: &Value) -> String {
+    let Some(sql) = context.get(bemi_core::sql::SQL_KEY) else {
+        return jsonb_text(context);
+    };
+    let mut others = context.clone();
+    if let Some(map) = others.as_object_mut() {
+        map.remove(bemi_core::sql::SQL_KEY);
+    }
+    let rest = jsonb_text(&others);
+    let sql = format!("\"{}\": {}", bemi_core::sql::SQL_KEY, jsonb_text(sql));
+    match rest.strip_suffix('}') {
+        Some(open) if open.len() > 1 => format!("{open}, {sql}}}"),
+        _ => format!("{{{sql}}}"),
+    }
 }
 
 /// JSON as PostgreSQL prints jsonb: `{"id": 26, "task": "Sleep"}`, object keys shortest first.

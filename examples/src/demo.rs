@@ -1,0 +1,205 @@
+//! The one-command demo: `cargo run -p bemi-examples --bin demo`.
+//!
+//! It starts an embedded PostgreSQL (or uses `DATABASE_URL`), creates the todo table and installs
+//! tracking, runs the capture worker in-process, serves the axum todo app on a free port of
+//! 127.0.0.1, replays the five requests of Bemi's example — create Sleep, Eat and Repeat as user
+//! 187234, complete Sleep, delete Eat — over real HTTP, waits until the worker has stored their
+//! changes, and returns them for printing.
+//!
+//! ```no_run
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let changes = bemi_examples::demo::replay("postgres://localhost/app", "bemi_demo").await?;
+//! assert_eq!(changes.len(), 5);
+//! # Ok(()) }
+//! ```
+
+use std::time::{Duration, Instant};
+
+use bemi_core::audit::{Change, ChangeQuery, Order};
+use bemi_core::sqlx::BemiPool;
+use bemi_worker::config::WorkerConfig;
+use bemi_worker::worker::Worker;
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+
+use crate::{axum_app, startup};
+
+/// The user of Bemi's example requests.
+pub const USER_ID: &str = "187234";
+
+/// How long the demo waits for the worker to start and to store the changes.
+const PATIENCE: Duration = Duration::from_secs(60);
+
+/// What can go wrong in the demo.
+#[derive(Debug, thiserror::Error)]
+pub enum DemoError {
+    /// The database could not be prepared.
+    #[error(transparent)]
+    Startup(#[from] startup::StartupError),
+    /// The worker failed.
+    #[error("the capture worker failed: {0}")]
+    Worker(#[from] bemi_worker::error::WorkerError),
+    /// A request failed.
+    #[error("request {what} failed: {detail}")]
+    Request {
+        /// The request.
+        what: String,
+        /// Why.
+        detail: String,
+    },
+    /// A query of the demo failed.
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    /// The worker did not store the changes in time.
+    #[error("{0}")]
+    Timeout(String),
+}
+
+/// Replays the five requests against `url` with a worker on `slot`, and returns the changes
+/// they made, oldest first.
+///
+/// ```no_run
+/// # async fn run() -> Result<(), bemi_examples::demo::DemoError> {
+/// for change in bemi_examples::demo::replay("postgres://localhost/app", "bemi_demo").await? {
+///     println!("{} {}", change.operation, change.after);
+/// }
+/// # Ok(()) }
+/// ```
+pub async fn replay(url: &str, slot: &str) -> Result<Vec<Change>, DemoError> {
+    let pool = startup::prepare_database(url).await?;
+    let started_at: chrono::DateTime<chrono::Utc> =
+        sqlx::query_scalar("SELECT now()").fetch_one(&pool).await?;
+
+    let mut config = WorkerConfig::new(url);
+    config.slot = slot.to_owned();
+    let worker = Worker::new(config);
+    let metrics = worker.metrics();
+    let shutdown = CancellationToken::new();
+    let worker_task = tokio::spawn({
+        let shutdown = shutdown.clone();
+        async move { worker.run(shutdown).await }
+    });
+    let deadline = Instant::now() + PATIENCE;
+    while !metrics.is_connected() {
+        if worker_task.is_finished() || Instant::now() > deadline {
+            shutdown.cancel();
+            worker_task
+                .await
+                .map_err(|e| DemoError::Timeout(e.to_string()))??;
+            return Err(DemoError::Timeout(format!(
+                "the worker did not start streaming within {PATIENCE:?}"
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .map_err(|e| DemoError::Request {
+            what: "bind 127.0.0.1:0".into(),
+            detail: e.to_string(),
+        })?;
+    let addr = listener.local_addr().map_err(|e| DemoError::Request {
+        what: "local address".into(),
+        detail: e.to_string(),
+    })?;
+    let server = tokio::spawn(
+        axum::serve(listener, axum_app::router(BemiPool::new(pool.clone()))).into_future(),
+    );
+    let result = send_requests(&format!("http://{addr}")).await;
+    server.abort();
+    result?;
+
+    let query = ChangeQuery::new()
+        .table("todo")
+        .context("user_id", json!(187234))
+        .since(started_at)
+        .order(Order::OldestFirst)
+        .limit(100);
+    let changes = loop {
+        let changes = query.fetch(&pool).await?;
+        if changes.len() >= 5 {
+            break changes;
+        }
+        if Instant::now() > deadline {
+            return Err(DemoError::Timeout(format!(
+                "only {} of the 5 changes arrived within {PATIENCE:?}",
+                changes.len()
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    shutdown.cancel();
+    worker_task
+        .await
+        .map_err(|e| DemoError::Timeout(e.to_string()))??;
+    Ok(changes)
+}
+
+/// The five requests of Bemi's example, as user 187234.
+async fn send_requests(base: &str) -> Result<(), DemoError> {
+    let client = reqwest::Client::new();
+    let send = |method: reqwest::Method, path: String, body: Option<Value>| {
+        let client = client.clone();
+        let url = format!("{base}{path}");
+        async move {
+            let what = format!("{method} {path}");
+            let mut request = client.request(method, &url).header("x-user-id", USER_ID);
+            if let Some(body) = &body {
+                request = request.json(body);
+            }
+            let response = request.send().await.map_err(|e| DemoError::Request {
+                what: what.clone(),
+                detail: e.to_string(),
+            })?;
+            let status = response.status();
+            let text = response.text().await.unwrap_or_default();
+            println!("{what:<28} → {status} {text}");
+            if !status.is_success() {
+                return Err(DemoError::Request {
+                    what,
+                    detail: format!("{status} {text}"),
+                });
+            }
+            Ok(serde_json::from_str::<Value>(&text).unwrap_or(Value::Null))
+        }
+    };
+    let mut ids = Vec::new();
+    for task in ["Sleep", "Eat", "Repeat"] {
+        let created = send(
+            reqwest::Method::POST,
+            "/todo".into(),
+            Some(json!({"task": task})),
+        )
+        .await?;
+        ids.push(created["id"].as_i64().unwrap_or_default());
+    }
+    send(
+        reqwest::Method::PUT,
+        format!("/todo/{}/complete", ids[0]),
+        None,
+    )
+    .await?;
+    send(reqwest::Method::DELETE, format!("/todo/{}", ids[1]), None).await?;
+    Ok(())
+}
+
+/// Drops the demo's replication slot (if it exists), so that it retains no WAL.
+///
+/// ```no_run
+/// # async fn run() -> Result<(), sqlx::Error> {
+/// bemi_examples::demo::drop_slot("postgres://localhost/app", "bemi_demo").await?;
+/// # Ok(()) }
+/// ```
+pub async fn drop_slot(url: &str, slot: &str) -> Result<(), sqlx::Error> {
+    let pool = sqlx::PgPool::connect(url).await?;
+    sqlx::query(
+        "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots \
+          WHERE slot_name = $1 AND NOT active",
+    )
+    .bind(slot)
+    .execute(&pool)
+    .await?;
+    pool.close().await;
+    Ok(())
+}

@@ -1,0 +1,64 @@
+//! The demo end to end: Bemi's five requests through the axum app over HTTP, the worker, and
+//! the `changes` rows they produce — the shape of Bemi's example table.
+
+use std::sync::Arc;
+
+use anyhow::ensure;
+use bemi_core::audit::Operation;
+use bemi_tests::{TestCluster, TestResult};
+use serde_json::json;
+
+pub async fn requests_through_the_axum_app_become_the_seeds_changes_table(
+    cluster: Arc<TestCluster>,
+) -> TestResult {
+    let db = cluster.database("demo").await?;
+    let slot = format!("demo_{}", db.name);
+    let changes = bemi_examples::demo::replay(&db.url, &slot).await?;
+    let shape: Vec<(Operation, Option<&str>)> = changes
+        .iter()
+        .map(|c| (c.operation, c.primary_key.as_deref()))
+        .collect();
+    ensure!(
+        shape
+            == [
+                (Operation::Create, Some("1")),
+                (Operation::Create, Some("2")),
+                (Operation::Create, Some("3")),
+                (Operation::Update, Some("1")),
+                (Operation::Delete, Some("2")),
+            ],
+        "{shape:?}"
+    );
+    let row =
+        |id: i64, task: &str, done: bool| json!({"id": id, "task": task, "is_completed": done});
+    ensure!(changes[0].before == json!({}) && changes[0].after == row(1, "Sleep", false));
+    ensure!(changes[2].after == row(3, "Repeat", false));
+    ensure!(
+        changes[3].before == row(1, "Sleep", false) && changes[3].after == row(1, "Sleep", true)
+    );
+    ensure!(changes[4].before == row(2, "Eat", false) && changes[4].after == json!({}));
+    let endpoints = ["/todo", "/todo", "/todo", "/todo/1/complete", "/todo/2"];
+    let methods = ["POST", "POST", "POST", "PUT", "DELETE"];
+    for ((change, endpoint), method) in changes.iter().zip(endpoints).zip(methods) {
+        let context = &change.context;
+        ensure!(context["user_id"] == 187234, "{context}");
+        ensure!(
+            context["endpoint"] == endpoint && context["method"] == method,
+            "{context}"
+        );
+        ensure!(
+            context["SQL"].as_str().is_some_and(|sql| !sql.is_empty()),
+            "{context}"
+        );
+        ensure!(change.table == "todo" && change.schema == "public" && change.database == db.name);
+        ensure!(change.committed_at <= change.created_at);
+    }
+    ensure!(
+        changes
+            .windows(2)
+            .all(|w| w[0].committed_at <= w[1].committed_at),
+        "committed_at out of order"
+    );
+    bemi_examples::demo::drop_slot(&db.url, &slot).await?;
+    Ok(())
+}
