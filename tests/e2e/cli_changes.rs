@@ -279,8 +279,9 @@ pub async fn changes_filters_in_table_and_json_output(cluster: Arc<TestCluster>)
         "{delete:?}"
     );
     let update_row = cells(lines[3]);
+    // The app's keys first, the library's long SQL key last.
     ensure!(
-        update_row[5].starts_with(r#"{"SQL": "UPDATE todo SET is_completed = true WHERE id = 1""#),
+        update_row[5].starts_with(r#"{"user_id": 1, "endpoint": "/todo", "SQL": "UPDATE todo SET"#),
         "{update_row:?}"
     );
     let note = cells(lines[6]);
