@@ -157,10 +157,24 @@ pub async fn tables_created_while_running_are_captured_from_their_first_row(
          COMMIT;",
     )
     .await?;
-    let changes = wait_for_changes(&db, 2).await?;
+    // The stream can deliver a transaction a moment before other sessions see it committed: the
+    // worker's catalog lookups of a table and a type created in it must wait for them.
+    let rounds = 150;
+    for i in 0..rounds {
+        db.exec(&format!(
+            "BEGIN; \
+             CREATE TYPE mood_{i} AS ENUM ('happy', 'sad'); \
+             CREATE TABLE born_{i} (id int PRIMARY KEY, moods mood_{i}[]); \
+             INSERT INTO born_{i} VALUES ({i}, '{{happy,sad}}'); \
+             COMMIT;"
+        ))
+        .await?;
+    }
+    let changes = wait_for_changes(&db, 2 + rounds).await?;
     worker.stop().await?;
     let tables: Vec<(&str, Option<&str>)> = changes
         .iter()
+        .take(2)
         .map(|c| (c.table.as_str(), c.primary_key.as_deref()))
         .collect();
     ensure!(
@@ -171,6 +185,14 @@ pub async fn tables_created_while_running_are_captured_from_their_first_row(
             ],
         "{tables:?}"
     );
+    for (i, change) in changes.iter().skip(2).enumerate() {
+        ensure!(change.table == format!("born_{i}"), "{change:?}");
+        ensure!(change.primary_key == Some(i.to_string()), "{change:?}");
+        ensure!(
+            change.after["moods"] == serde_json::json!(["happy", "sad"]),
+            "{change:?}"
+        );
+    }
     Ok(())
 }
 

@@ -5,15 +5,40 @@
 //! A Relation message arrives before a relation's first change on each connection and again
 //! after every schema change, so [`Catalog::describe`] runs then and its result is kept until the
 //! next one.
+//!
+//! **A race to know about:** the server streams a transaction as soon as its commit record is
+//! flushed, a moment *before* other sessions see it as committed. A table (or type) created in
+//! that very transaction can therefore still be invisible to our catalog query. Lookups of
+//! objects that are not there yet are retried for up to a second before falling back.
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use sqlx::PgPool;
 
 use crate::config::WorkerConfig;
 use crate::json_value::TypeKind;
 use crate::pgoutput::Relation;
+
+/// How long a lookup waits for an object created by the decoded transaction to become visible.
+const VISIBILITY_WAIT: Duration = Duration::from_secs(1);
+const RELATION_EXISTS: &str =
+    "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_class WHERE oid = $1::oid)";
+const TYPE_EXISTS: &str = "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_type WHERE oid = $1::oid)";
+
+/// The key columns flagged in a Relation message, unless every column is flagged (REPLICA
+/// IDENTITY FULL says nothing about the key).
+fn key_flags(relation: &Relation) -> Vec<usize> {
+    let flagged: Vec<usize> = (0..relation.columns.len())
+        .filter(|&i| relation.columns[i].is_key)
+        .collect();
+    if flagged.len() == relation.columns.len() {
+        Vec::new()
+    } else {
+        flagged
+    }
+}
 
 /// A relation, ready to turn rows into JSON.
 #[derive(Debug, Clone)]
@@ -113,13 +138,44 @@ impl Catalog {
                 ),
             });
         }
+        let primary_key = if self
+            .wait_until_visible(RELATION_EXISTS, relation.oid)
+            .await?
+        {
+            self.primary_key(relation).await?
+        } else {
+            // Dropped since: only the Relation message's key flags are left.
+            key_flags(relation)
+        };
         Ok(RelationInfo {
             schema: relation.namespace.as_str().into(),
             table: relation.name.as_str().into(),
-            primary_key: self.primary_key(relation).await?,
+            primary_key,
             columns,
             captured,
         })
+    }
+
+    /// Whether the catalog object `oid` exists, waiting up to [`VISIBILITY_WAIT`] for the
+    /// transaction that created it to become visible (see the module docs).
+    async fn wait_until_visible(
+        &self,
+        exists_sql: &'static str,
+        oid: u32,
+    ) -> Result<bool, sqlx::Error> {
+        let deadline = Instant::now() + VISIBILITY_WAIT;
+        let mut pause = Duration::from_millis(1);
+        loop {
+            let exists: bool = sqlx::query_scalar(exists_sql)
+                .bind(i64::from(oid))
+                .fetch_one(&self.pool)
+                .await?;
+            if exists || Instant::now() >= deadline {
+                return Ok(exists);
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(100));
+        }
     }
 
     /// The primary key's column positions: from the catalog's primary key, else the replica
@@ -144,17 +200,12 @@ impl Catalog {
         let from_catalog: Option<Vec<usize>> = names.iter().map(position).collect();
         match from_catalog {
             Some(key) if !key.is_empty() => Ok(key),
-            _ => {
-                let flagged: Vec<usize> = (0..relation.columns.len())
-                    .filter(|&i| relation.columns[i].is_key)
-                    .collect();
-                let all_flagged = flagged.len() == relation.columns.len();
-                Ok(if all_flagged { Vec::new() } else { flagged })
-            }
+            _ => Ok(key_flags(relation)),
         }
     }
 
-    /// How values of the type `oid` become JSON; non-builtin types are looked up once.
+    /// How values of the type `oid` become JSON; non-builtin types are looked up once (a type
+    /// created in the transaction being decoded may need a moment to become visible).
     async fn type_kind(&mut self, oid: u32) -> Result<TypeKind, sqlx::Error> {
         if let Some(kind) = TypeKind::builtin(oid) {
             return Ok(kind);
@@ -163,6 +214,7 @@ impl Catalog {
             return Ok(kind.clone());
         }
         // Follow domains to their base type and arrays to their element type, iteratively.
+        self.wait_until_visible(TYPE_EXISTS, oid).await?;
         let mut wrappers = 0usize;
         let mut current = oid;
         let kind = loop {
