@@ -157,6 +157,11 @@ impl Background {
         }
     }
 
+    /// The process id (while it runs).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
     /// Sends `signal` (e.g. `libc::SIGTERM`).
     pub fn signal(&self, signal: libc::c_int) -> anyhow::Result<()> {
         let pid = self

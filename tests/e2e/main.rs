@@ -28,6 +28,7 @@ mod todo_load;
 mod worker_capture;
 mod worker_crash;
 mod worker_hazards;
+mod worker_large;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -111,6 +112,11 @@ fn all_tests() -> Vec<(String, TestFn)> {
     ]
 }
 
+/// Too slow for every run: `cargo test --release -p bemi-tests --test e2e -- --ignored <name>`.
+fn ignored_tests() -> Vec<(String, TestFn)> {
+    tests![worker_large::a_million_row_transaction_in_bounded_memory]
+}
+
 fn main() {
     if std::env::var_os("RUST_LOG").is_some() {
         tracing_subscriber::fmt()
@@ -124,11 +130,14 @@ fn main() {
     // Most tests wait on PostgreSQL, not on the CPU.
     args.test_threads.get_or_insert(4);
     let cluster = Arc::new(TestCluster::new());
+    let ignored = ignored_tests().into_iter().map(|test| (test, true));
     let trials = all_tests()
         .into_iter()
-        .map(|(name, test)| {
+        .map(|test| (test, false))
+        .chain(ignored)
+        .map(|((name, test), ignored)| {
             let cluster = Arc::clone(&cluster);
-            Trial::test(name, move || run(test, cluster))
+            Trial::test(name, move || run(test, cluster)).with_ignored_flag(ignored)
         })
         .collect();
     let conclusion = libtest_mimic::run(&args, trials);
