@@ -315,10 +315,21 @@ pub async fn simple_protocol_queries_stay_simple(cluster: Arc<TestCluster>) -> T
     let batch = "INSERT INTO todo (task) VALUES ('one'); INSERT INTO todo (task) VALUES ('two')";
     let request = json!({"user_id": 5});
     context::scope(ctx(request.clone()), pool.execute(batch)).await?;
-    assert_message_then_rows(
-        &slot.read().await?,
-        &[(with_sql(&request, batch), 2, "INSERT")],
-    )
+    // One implicit transaction; each statement's rows follow its own message.
+    let entries = slot.read().await?;
+    let shape: Vec<&str> = entries
+        .iter()
+        .map(|e| match e {
+            WalEntry::Begin => "begin",
+            WalEntry::Message { .. } => "message",
+            WalEntry::Change { .. } => "row",
+            WalEntry::Commit => "commit",
+        })
+        .collect();
+    ensure!(shape == ["begin", "message", "row", "message", "row", "commit"], "{entries:#?}");
+    let expected = with_sql(&request, batch);
+    ensure!(bemi_contexts(&entries)? == [expected.clone(), expected], "{entries:#?}");
+    Ok(())
 }
 
 pub async fn pre_prepared_tokio_postgres_statements_carry_no_context(
@@ -340,6 +351,37 @@ pub async fn pre_prepared_tokio_postgres_statements_carry_no_context(
     ensure!(
         bemi_contexts(&entries)?.is_empty(),
         "documented: no context, got {entries:#?}"
+    );
+    Ok(())
+}
+
+pub async fn comments_placed_by_other_bemi_libraries_are_understood(
+    cluster: Arc<TestCluster>,
+) -> TestResult {
+    let db = todo_db(&cluster, "other_libraries").await?;
+    let slot = db.wal_slot().await?;
+    // Direct SQL as Bemi's other libraries write it: before a trailing semicolon (Django), with
+    // '*' in the JSON (TypeORM does not escape), after SQL that mentions '/*Bemi ' in a string,
+    // followed by whitespace.
+    for sql in [
+        r#"INSERT INTO todo (task) VALUES ('a') /*Bemi {"n": 1} Bemi*/;"#,
+        r#"INSERT INTO todo (task) VALUES ('b') /*Bemi {"path": "a*b", "n": 2} Bemi*/"#,
+        r#"INSERT INTO todo (task) VALUES ('/*Bemi not a comment') /*Bemi {"n": 3} Bemi*/"#,
+        "INSERT INTO todo (task) VALUES ('d') /*Bemi {\"n\": 4} Bemi*/ \n ",
+        r#"INSERT INTO todo (task) VALUES ('e') /*Bemi  Bemi*/"#,
+    ] {
+        db.exec(sql).await?;
+    }
+    let contexts = bemi_contexts(&slot.read().await?)?;
+    ensure!(
+        contexts
+            == [
+                json!({"n": 1}),
+                json!({"path": "a*b", "n": 2}),
+                json!({"n": 3}),
+                json!({"n": 4})
+            ],
+        "{contexts:?}"
     );
     Ok(())
 }

@@ -63,6 +63,7 @@ fn all_tests() -> Vec<(String, TestFn)> {
         adapters::annotated_writes_do_not_fill_the_statement_cache,
         adapters::simple_protocol_queries_stay_simple,
         adapters::pre_prepared_tokio_postgres_statements_carry_no_context,
+        adapters::comments_placed_by_other_bemi_libraries_are_understood,
         context_isolation::concurrent_tasks_keep_their_own_context_through_the_wal,
         hostile::hostile_contexts_never_change_what_a_statement_does,
         launcher::ephemeral_cluster_is_logical_unprivileged_and_removed_on_drop,

@@ -7,10 +7,10 @@
 //!
 //! - `_bemi_statement_trigger_func()`: the trigger. Once per statement and table it reads
 //!   `current_query()`, takes the JSON of a trailing Bemi comment and emits it with
-//!   `pg_logical_emit_message(true, '_bemi', json)`. It skips a message identical to the one the
-//!   transaction emitted last (so a statement touching several tables emits one), and emits `{}`
-//!   for a statement without a comment after one with a context, so that its rows do not inherit
-//!   it.
+//!   `pg_logical_emit_message(true, '_bemi', json)`; for a statement without a comment after one
+//!   with a context in the same transaction it emits `{}`, so that its rows do not inherit it.
+//!   Its fast path (the comment at the very end, JSON without `*`, as the adapters write it) costs
+//!   about as much as an empty trigger; other placements go through `_bemi_trailing_context()`.
 //! - `_bemi_create_triggers()`: installs the trigger `_bemi_statement_trigger` (BEFORE INSERT OR
 //!   UPDATE OR DELETE OR TRUNCATE, FOR EACH STATEMENT) on every ordinary and partitioned table of
 //!   every non-system schema, except unlogged, temporary and extension-owned tables and the

@@ -2,42 +2,57 @@
 --
 -- A statement-level BEFORE trigger on every table reads the client's query text and, when it ends
 -- with a /*Bemi {json} Bemi*/ comment, emits ONE transactional logical-decoding message with
--- prefix '_bemi' before the statement's rows. A statement without a comment that follows one with
+-- prefix '_bemi' before the statement's rows (one per table the statement writes). A statement without a comment that follows one with
 -- a context in the same transaction emits '{}', so that its rows do not inherit that context.
 -- Running this script twice is harmless.
 
+-- The context of a query that ends with a Bemi comment, found the careful way: the last
+-- '/*Bemi ' opens the trailing comment (whitespace and semicolons may follow it). NULL otherwise.
+-- The trigger calls it only when its fast path cannot decide.
+CREATE OR REPLACE FUNCTION _bemi_trailing_context(query text) RETURNS text
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+AS $bemi$
+  SELECT CASE
+    WHEN pg_catalog.right(trimmed, 7) = ' Bemi*/' AND opening > 8
+      THEN NULLIF(pg_catalog.substr(trimmed, pg_catalog.length(trimmed) - opening + 2, opening - 8), '')
+  END
+  FROM (SELECT trimmed, pg_catalog.strpos(pg_catalog.reverse(trimmed), ' imeB*/') AS opening
+          FROM (SELECT pg_catalog.rtrim(query, E' \t\r\n;') AS trimmed) AS t) AS o
+$bemi$;
+
 -- The trigger. It must never fail the user's statement, so it only calls functions that cannot
 -- fail on any text. All names are schema-qualified: no search_path lookups on the hot path.
+-- The fast path handles what the adapters write: the comment at the very end, and JSON without
+-- '*' (escaped as \u002a). Anything else (comments of other Bemi libraries, '/*Bemi ' earlier in
+-- the SQL, trailing whitespace or ';') takes _bemi_trailing_context().
+-- A transaction-local flag remembers that a context was emitted, so that a later statement
+-- without one emits '{}' (its rows must not inherit the context).
 CREATE OR REPLACE FUNCTION _bemi_statement_trigger_func() RETURNS trigger
 LANGUAGE plpgsql
 AS $bemi$
 DECLARE
   query text := pg_catalog.current_query();
-  emitted text := pg_catalog.current_setting('bemi.emitted_context', true);
   context text;
-  context_hash text;
   opening int;
 BEGIN
-  IF query IS NOT NULL AND pg_catalog.strpos(query, ' Bemi*/') > 0 THEN
-    query := pg_catalog.rtrim(query, E' \t\r\n;');
-    IF pg_catalog.right(query, 7) = ' Bemi*/' THEN
-      -- The last '/*Bemi ' opens the trailing comment: the JSON of the comment never contains '*'.
-      opening := pg_catalog.strpos(pg_catalog.reverse(query), ' imeB*/');
-      IF opening > 8 THEN
-        context := pg_catalog.substr(query, pg_catalog.length(query) - opening + 2, opening - 8);
-      END IF;
+  IF pg_catalog.right(query, 7) = ' Bemi*/' THEN
+    opening := pg_catalog.strpos(query, '/*Bemi ');
+    context := pg_catalog.substr(query, opening + 7, pg_catalog.length(query) - opening - 13);
+    IF opening = 0 OR context = '' OR pg_catalog.strpos(context, '*') > 0 THEN
+      context := _bemi_trailing_context(query);
     END IF;
+  ELSIF pg_catalog.strpos(query, ' Bemi*/') > 0 THEN
+    context := _bemi_trailing_context(query);
   END IF;
 
   IF context IS NOT NULL THEN
-    context_hash := pg_catalog.md5(context);
-    IF emitted IS DISTINCT FROM context_hash THEN
-      PERFORM pg_catalog.pg_logical_emit_message(true, '_bemi', context);
-      PERFORM pg_catalog.set_config('bemi.emitted_context', context_hash, true);
+    PERFORM pg_catalog.pg_logical_emit_message(true, '_bemi', context);
+    IF pg_catalog.current_setting('bemi.context_emitted', true) IS DISTINCT FROM 't' THEN
+      PERFORM pg_catalog.set_config('bemi.context_emitted', 't', true);
     END IF;
-  ELSIF emitted <> '' THEN
+  ELSIF pg_catalog.current_setting('bemi.context_emitted', true) = 't' THEN
     PERFORM pg_catalog.pg_logical_emit_message(true, '_bemi', '{}');
-    PERFORM pg_catalog.set_config('bemi.emitted_context', '', true);
+    PERFORM pg_catalog.set_config('bemi.context_emitted', 'f', true);
   END IF;
   RETURN NULL;
 END;

@@ -7,3 +7,4 @@ DROP FUNCTION IF EXISTS _bemi_track_table(oid, boolean);
 DROP FUNCTION IF EXISTS _bemi_is_trackable(oid);
 -- CASCADE drops the _bemi_statement_trigger of every table.
 DROP FUNCTION IF EXISTS _bemi_statement_trigger_func() CASCADE;
+DROP FUNCTION IF EXISTS _bemi_trailing_context(text);
