@@ -115,7 +115,7 @@ async fn run(options: &Options) -> anyhow::Result<()> {
     }
     if wanted("P2") {
         eprintln!("P2: single-row inserts");
-        rows.push(tracking_cost::p2_inserts(&env, &sizes).await?);
+        rows.extend(tracking_cost::p2_inserts(&env, &sizes).await?);
     }
     if wanted("P3") {
         eprintln!("P3: a large UPDATE");

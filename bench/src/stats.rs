@@ -71,6 +71,23 @@ where
     Ok((base, with))
 }
 
+/// A variant of a comparison: one measurement per call.
+pub type Variant<'a> = Box<
+    dyn FnMut() -> std::pin::Pin<Box<dyn Future<Output = anyhow::Result<f64>> + Send + 'a>> + 'a,
+>;
+
+/// Runs `rounds` rounds of every variant, rotating which goes first; one [`Samples`] per variant.
+pub async fn rotated(rounds: usize, variants: &mut [Variant<'_>]) -> anyhow::Result<Vec<Samples>> {
+    let mut samples = vec![Samples::default(); variants.len()];
+    for round in 0..rounds {
+        for step in 0..variants.len() {
+            let index = (round + step) % variants.len();
+            samples[index].0.push((variants[index])().await?);
+        }
+    }
+    Ok(samples)
+}
+
 /// The `p`-th percentile (0..=100) of `values`.
 pub fn percentile(values: &mut [f64], p: f64) -> f64 {
     if values.is_empty() {

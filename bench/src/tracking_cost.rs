@@ -19,7 +19,7 @@ use tokio::net::{TcpListener, TcpStream};
 
 use crate::env::{Env, Sizes};
 use crate::report::{Goal, Row};
-use crate::stats::{human, interleaved};
+use crate::stats::{Variant, human, interleaved, rotated};
 
 /// The most requests or inserts one round may make, whatever the time.
 const MAX_OPERATIONS_PER_ROUND: u64 = 5_000_000;
@@ -113,7 +113,7 @@ const TODO_COLUMNS: &str =
 /// P2: single-row INSERTs per second through the sqlx adapter, each in its own request context,
 /// with the trigger ÷ raw sqlx into a table without trigger; 4 concurrent writers,
 /// `synchronous_commit=off` so that CPU costs show.
-pub async fn p2_inserts(env: &Env, sizes: &Sizes) -> anyhow::Result<Row> {
+pub async fn p2_inserts(env: &Env, sizes: &Sizes) -> anyhow::Result<Vec<Row>> {
     let db = env.database("bench_p2").await?;
     db.exec(&format!(
         "ALTER DATABASE bench_p2 SET synchronous_commit = off; \
@@ -129,59 +129,85 @@ pub async fn p2_inserts(env: &Env, sizes: &Sizes) -> anyhow::Result<Row> {
         .connect(&db.url)
         .await?;
     let bemi = BemiPool::new(pool.clone());
-    let (base, with) = interleaved(
-        sizes.rounds,
-        || {
-            inserts(sizes.round_time, {
-                let pool = pool.clone();
-                move |_| {
-                    let pool = pool.clone();
-                    async move {
-                        sqlx::query("INSERT INTO plain (task) VALUES ($1)")
-                            .bind("Sleep")
-                            .execute(&pool)
-                            .await
-                    }
-                }
+    let raw = |persistent: bool| {
+        let pool = pool.clone();
+        move |_| {
+            let pool = pool.clone();
+            async move {
+                sqlx::query("INSERT INTO plain (task) VALUES ($1)")
+                    .bind("Sleep")
+                    .persistent(persistent)
+                    .execute(&pool)
+                    .await
+            }
+        }
+    };
+    let annotated = |table: &'static str| {
+        let bemi = bemi.clone();
+        move |n: u64| {
+            let bemi = bemi.clone();
+            let ctx = json!({"user_id": n, "endpoint": "/todo", "method": "POST"});
+            let ctx = ctx.as_object().cloned().unwrap_or_default();
+            let sql = if table == "plain" {
+                "INSERT INTO plain (task) VALUES ($1)"
+            } else {
+                "INSERT INTO tracked (task) VALUES ($1)"
+            };
+            context::scope(ctx, async move {
+                sqlx::query(sql).bind("Sleep").execute(&bemi).await
             })
-        },
-        || {
-            inserts(sizes.round_time, {
-                let bemi = bemi.clone();
-                move |n| {
-                    let bemi = bemi.clone();
-                    let ctx = json!({"user_id": n, "endpoint": "/todo", "method": "POST"});
-                    let ctx = ctx.as_object().cloned().unwrap_or_default();
-                    context::scope(ctx, async move {
-                        sqlx::query("INSERT INTO tracked (task) VALUES ($1)")
-                            .bind("Sleep")
-                            .execute(&bemi)
-                            .await
-                    })
-                }
-            })
-        },
-    )
-    .await?;
+        }
+    };
+    let time = sizes.round_time;
+    let mut variants: Vec<Variant<'_>> = vec![
+        Box::new(move || Box::pin(inserts(time, raw(true)))),
+        Box::new(move || Box::pin(inserts(time, raw(false)))),
+        Box::new(move || Box::pin(inserts(time, annotated("plain")))),
+        Box::new(move || Box::pin(inserts(time, annotated("tracked")))),
+    ];
+    let samples = rotated(sizes.rounds, &mut variants).await?;
+    let [base, unprepared, comment, with] = [0, 1, 2, 3].map(|i| samples[i].clone());
     let messages: i64 = sqlx::query_scalar("SELECT count(*) FROM tracked")
         .fetch_one(&pool)
         .await?;
     anyhow::ensure!(messages > 0, "the tracked variant inserted nothing");
-    Ok(Row::ratio(
-        "P2",
-        "single-row INSERT/s, 4 writers: sqlx adapter with context + trigger ÷ raw sqlx, no trigger",
-        base.show("rows/s"),
-        with.show("rows/s"),
-        with.median() / base.median(),
-        Goal::AtLeast(0.90),
-    ))
+    let reference = |what: &str, samples: &crate::stats::Samples| {
+        Row::ratio(
+            "P2-ref",
+            what,
+            base.show("rows/s"),
+            samples.show("rows/s"),
+            samples.median() / base.median(),
+            Goal::None,
+        )
+    };
+    Ok(vec![
+        Row::ratio(
+            "P2",
+            "single-row INSERT/s, 4 writers: sqlx adapter with context + trigger ÷ raw sqlx, no trigger",
+            base.show("rows/s"),
+            with.show("rows/s"),
+            with.median() / base.median(),
+            Goal::AtLeast(0.90),
+        ),
+        reference(
+            "… raw sqlx without its statement cache (`.persistent(false)`) ÷ raw sqlx",
+            &unprepared,
+        ),
+        reference(
+            "… sqlx adapter with context, table without trigger ÷ raw sqlx",
+            &comment,
+        ),
+    ])
 }
 
 /// Inserts per second of 4 concurrent writers running `insert` for `duration`.
 async fn inserts<F, Fut>(duration: Duration, insert: F) -> anyhow::Result<f64>
 where
     F: Fn(u64) -> Fut + Clone + Send + 'static,
-    Fut: std::future::Future<Output = Result<sqlx::postgres::PgQueryResult, sqlx::Error>> + Send,
+    Fut: std::future::Future<Output = Result<sqlx::postgres::PgQueryResult, sqlx::Error>>
+        + Send
+        + 'static,
 {
     let done = Arc::new(AtomicU64::new(0));
     let deadline = Instant::now() + duration;

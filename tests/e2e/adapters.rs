@@ -326,9 +326,15 @@ pub async fn simple_protocol_queries_stay_simple(cluster: Arc<TestCluster>) -> T
             WalEntry::Commit => "commit",
         })
         .collect();
-    ensure!(shape == ["begin", "message", "row", "message", "row", "commit"], "{entries:#?}");
+    ensure!(
+        shape == ["begin", "message", "row", "message", "row", "commit"],
+        "{entries:#?}"
+    );
     let expected = with_sql(&request, batch);
-    ensure!(bemi_contexts(&entries)? == [expected.clone(), expected], "{entries:#?}");
+    ensure!(
+        bemi_contexts(&entries)? == [expected.clone(), expected],
+        "{entries:#?}"
+    );
     Ok(())
 }
 

@@ -15,7 +15,10 @@ use crate::cli_support::{Background, free_port, with_user};
 /// Waits until the worker reports, on its metrics endpoint, that it streams. (The slot's
 /// `active` flag is no sign: it is also set while the slot is being created, before changes are
 /// decoded.)
-async fn wait_until_streaming(metrics_addr: &str, worker: &mut Background) -> TestResult {
+pub(crate) async fn wait_until_streaming(
+    metrics_addr: &str,
+    worker: &mut Background,
+) -> TestResult {
     wait_until("the worker to stream", Duration::from_secs(60), || {
         let exited = worker
             .has_exited()

@@ -5,7 +5,9 @@
 //! deadline, and gets its own database.
 
 mod adapters;
+mod audit_filters;
 mod audit_query;
+mod cli_audit;
 mod cli_changes;
 mod cli_dev;
 mod cli_migration;
@@ -19,9 +21,12 @@ mod keep_alive;
 mod launcher;
 mod migration;
 mod open_files;
+mod retention;
+mod revert;
 mod serve;
 mod spawned_tasks;
 mod startup;
+mod time_travel;
 mod todo_apps;
 mod todo_hostile;
 mod todo_load;
@@ -110,6 +115,15 @@ fn all_tests() -> Vec<(String, TestFn)> {
         cli_changes::changes_filters_in_table_and_json_output,
         cli_changes::changes_follow_prints_changes_made_after_it_started,
         cli_dev::dev_captures_into_a_throwaway_database_removed_on_ctrl_c,
+        audit_filters::query_filters_return_exactly_the_modelled_rows_of_10_700_captured_changes,
+        time_travel::row_and_table_as_of_each_instant_match_plain_sql_snapshots,
+        revert::reverting_a_request_restores_both_tables_byte_for_byte,
+        revert::uncaptured_redacted_and_truncated_changes_are_refused_clearly,
+        retention::prune_removes_only_older_changes_while_the_table_stays_usable,
+        retention::monthly_partitions_are_made_ahead_and_old_months_dropped_whole,
+        cli_audit::history_at_and_the_new_changes_filters_from_the_command_line,
+        cli_audit::revert_refuses_a_conflict_naming_the_row_and_force_proceeds,
+        cli_audit::worker_partitions_by_month_and_prune_detaches_old_months,
     ]
 }
 

@@ -67,21 +67,44 @@ pub struct ColumnInfo {
 }
 
 /// Whether a relation is one of the worker's own tables: `_bemi*`, or a `changes` table with the
-/// columns of Bemi's audit table. They are never captured.
+/// columns of Bemi's audit table, or one of its partitions (`changes_default`,
+/// `changes_y2026m05`). They are never captured.
 ///
 /// ```
 /// use bemi_worker::catalog::is_worker_table;
 ///
+/// let columns = ["position", "transaction_id", "primary_key", "context"];
 /// assert!(is_worker_table("_bemi_worker_state", &[]));
-/// assert!(is_worker_table("changes", &["position", "transaction_id", "primary_key", "context"]));
+/// assert!(is_worker_table("changes", &columns));
+/// assert!(is_worker_table("changes_y2026m05", &columns));
 /// assert!(!is_worker_table("changes", &["id", "amount"]));
+/// assert!(!is_worker_table("changes_y2026", &columns));
 /// ```
 pub fn is_worker_table(name: &str, columns: &[&str]) -> bool {
     name.starts_with("_bemi")
-        || (name == "changes"
+        || (is_changes_name(name)
             && ["position", "transaction_id", "primary_key", "context"]
                 .iter()
                 .all(|c| columns.contains(c)))
+}
+
+/// `changes`, `changes_default`, or a monthly partition `changes_yYYYYmMM`.
+fn is_changes_name(name: &str) -> bool {
+    let month = |rest: &str| {
+        let bytes = rest.as_bytes();
+        bytes.len() == 8
+            && bytes[0] == b'y'
+            && bytes[5] == b'm'
+            && bytes[1..5]
+                .iter()
+                .chain(&bytes[6..])
+                .all(u8::is_ascii_digit)
+    };
+    match name.strip_prefix("changes") {
+        Some("") | Some("_default") => true,
+        Some(rest) => rest.strip_prefix('_').is_some_and(month),
+        None => false,
+    }
 }
 
 /// Catalog lookups on the source database, with a cache of type kinds.

@@ -208,7 +208,8 @@ pub struct Redactions {
 
 impl Redactions {
     /// The JSON value stored instead of a redacted column's value.
-    pub const MARKER: &'static str = "[REDACTED]";
+    /// It is [`bemi_core::audit::REDACTED`], which a revert refuses to write back.
+    pub const MARKER: &'static str = bemi_core::audit::REDACTED;
 
     /// Parses `table.column` and `schema.table.column` entries; other entries are ignored.
     ///

@@ -19,41 +19,8 @@ use sqlx::{Connection, Executor, PgConnection};
 use crate::assembler::{Partial, Piece, ResumePoint};
 use crate::rows::ChangeRow;
 
-/// The `changes` table, its indexes, and the worker's state table. Idempotent.
-pub const SCHEMA_SQL: &str = r#"
-CREATE TABLE IF NOT EXISTS changes (
-  id uuid PRIMARY KEY DEFAULT gen_random_uuid(),
-  primary_key text,
-  before jsonb NOT NULL DEFAULT '{}',
-  after jsonb NOT NULL DEFAULT '{}',
-  context jsonb NOT NULL DEFAULT '{}',
-  database text NOT NULL,
-  schema text NOT NULL,
-  "table" text NOT NULL,
-  operation text NOT NULL CHECK (operation IN ('CREATE', 'UPDATE', 'DELETE', 'TRUNCATE')),
-  committed_at timestamptz NOT NULL,
-  queued_at timestamptz NOT NULL,
-  created_at timestamptz NOT NULL DEFAULT now(),
-  transaction_id bigint NOT NULL,
-  position bigint NOT NULL,
-  CONSTRAINT changes_position_key UNIQUE (position, "table", schema, database, operation)
-);
-CREATE INDEX IF NOT EXISTS changes_committed_at_idx ON changes (committed_at);
-CREATE INDEX IF NOT EXISTS changes_table_primary_key_idx ON changes ("table", primary_key, committed_at);
-CREATE INDEX IF NOT EXISTS changes_context_idx ON changes USING gin (context jsonb_path_ops);
-CREATE INDEX IF NOT EXISTS changes_before_idx ON changes USING gin (before jsonb_path_ops);
-CREATE INDEX IF NOT EXISTS changes_after_idx ON changes USING gin (after jsonb_path_ops);
-
-CREATE TABLE IF NOT EXISTS _bemi_worker_state (
-  database text NOT NULL,
-  slot text NOT NULL,
-  last_lsn pg_lsn NOT NULL DEFAULT '0/0',
-  partial_commit_lsn pg_lsn,
-  partial_position pg_lsn,
-  updated_at timestamptz NOT NULL DEFAULT now(),
-  PRIMARY KEY (database, slot)
-);
-"#;
+/// The `changes` table, its indexes, and the worker's state table: see [`crate::schema`].
+pub use crate::schema::SCHEMA_SQL;
 
 /// Inserts a batch (one array parameter per column) and records the new position, atomically.
 /// Returns how many rows were new.
@@ -110,7 +77,7 @@ impl Destination {
         sqlx::query("SELECT pg_advisory_xact_lock(hashtext('bemi-rs destination schema'))")
             .execute(&mut *tx)
             .await?;
-        sqlx::raw_sql(SCHEMA_SQL).execute(&mut *tx).await?;
+        crate::schema::prepare(&mut tx).await?;
         tx.commit().await?;
         let resume = read_resume_point(&mut conn, database, slot).await?;
         Ok(Self {

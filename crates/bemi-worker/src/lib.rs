@@ -9,10 +9,13 @@
 //! - [`source`], [`pgoutput`], [`catalog`], [`json_value`], [`rows`], [`assembler`]: from the
 //!   replication stream to rows;
 //! - [`destination`]: the `changes` table and the worker's position, written together;
+//! - [`schema`]: the `changes` table's layout (plain or partitioned by month) and indexes;
+//!   [`retention`]: pruning old changes;
 //! - [`setup`]: checks, publication and slot; [`metrics`]: Prometheus metrics;
 //! - [`launcher`]: an ephemeral PostgreSQL cluster (`wal_level=logical`) for development, the
 //!   demo and tests.
-//! - [`cli`]: the `bemi` command-line tool (`migration`, `migrate`, `worker`, `changes`, `dev`).
+//! - [`cli`]: the `bemi` command-line tool (`migration`, `migrate`, `worker`, `changes`,
+//!   `history`, `at`, `revert`, `prune`, `dev`).
 
 pub mod assembler;
 pub mod catalog;
@@ -25,7 +28,9 @@ pub mod json_value;
 pub mod launcher;
 pub mod metrics;
 pub mod pgoutput;
+pub mod retention;
 pub mod rows;
+pub mod schema;
 pub mod setup;
 pub mod source;
 pub mod worker;

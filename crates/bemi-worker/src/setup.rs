@@ -144,7 +144,7 @@ SELECT n.nspname::text, c.relname::text
    AND n.nspname NOT IN ('pg_catalog', 'information_schema')
    AND n.nspname NOT LIKE 'pg\\_%'
    AND c.relname NOT LIKE '\\_bemi%'
-   AND NOT (c.relname = 'changes' AND (
+   AND NOT (c.relname ~ '^changes(_default|_y[0-9]{4}m[0-9]{2})?$' AND (
          SELECT count(*) FROM pg_catalog.pg_attribute a
           WHERE a.attrelid = c.oid AND NOT a.attisdropped
             AND a.attname IN ('position', 'transaction_id', 'primary_key', 'context')) = 4)

@@ -1,5 +1,6 @@
 //! One row of the `changes` table, and the position of a row in the audit trail's order.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::str::FromStr;
 
@@ -88,6 +89,51 @@ impl Change {
             position: self.position,
             id: self.id,
         }
+    }
+}
+
+impl Change {
+    /// The fields that differ between the before- and the after-image: field → (before,
+    /// after). A field missing from one image counts as `null` there, so a CREATE lists every
+    /// non-null field of the new row, a DELETE every non-null field of the old one, and a
+    /// TRUNCATE nothing.
+    ///
+    /// Numbers compare as `serde_json` holds them (`f64` beyond 64-bit integers); the audit
+    /// trail itself keeps every digit, and [`ChangeQuery::changed`](super::ChangeQuery::changed)
+    /// compares there.
+    ///
+    /// ```
+    /// use bemi_core::audit::Change;
+    /// use serde_json::json;
+    ///
+    /// let change: Change = serde_json::from_value(json!({
+    ///     "id": "9b2e6a4e-3c1f-4c7e-9d64-0d4f8f2b7a11", "primary_key": "1",
+    ///     "before": {"id": 1, "task": "Sleep", "is_completed": false},
+    ///     "after": {"id": 1, "task": "Sleep", "is_completed": true},
+    ///     "context": {}, "database": "app", "schema": "public", "table": "todo",
+    ///     "operation": "UPDATE", "committed_at": "2023-12-11T17:09:09Z",
+    ///     "queued_at": "2023-12-11T17:09:09Z", "created_at": "2023-12-11T17:09:09Z",
+    ///     "transaction_id": 1, "position": 1,
+    /// }))?;
+    /// let diff = change.diff();
+    /// assert_eq!(diff.len(), 1);
+    /// assert_eq!(diff["is_completed"], (json!(false), json!(true)));
+    /// # Ok::<(), serde_json::Error>(())
+    /// ```
+    pub fn diff(&self) -> BTreeMap<String, (Value, Value)> {
+        let empty = serde_json::Map::new();
+        let before = self.before.as_object().unwrap_or(&empty);
+        let after = self.after.as_object().unwrap_or(&empty);
+        let null = Value::Null;
+        before
+            .keys()
+            .chain(after.keys())
+            .filter_map(|field| {
+                let old = before.get(field).unwrap_or(&null);
+                let new = after.get(field).unwrap_or(&null);
+                (old != new).then(|| (field.clone(), (old.clone(), new.clone())))
+            })
+            .collect()
     }
 }
 
@@ -221,6 +267,50 @@ pub struct ParseOperationError(pub String);
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn change(operation: Operation, before: Value, after: Value) -> Change {
+        let now = Utc::now();
+        Change {
+            id: Uuid::nil(),
+            primary_key: Some("1".into()),
+            before,
+            after,
+            context: Value::Object(Default::default()),
+            database: "app".into(),
+            schema: "public".into(),
+            table: "todo".into(),
+            operation,
+            committed_at: now,
+            queued_at: now,
+            created_at: now,
+            transaction_id: 1,
+            position: 1,
+        }
+    }
+
+    #[test]
+    fn diff_lists_fields_that_differ_with_missing_as_null() {
+        use serde_json::json;
+
+        let update = change(
+            Operation::Update,
+            json!({"id": 1, "task": "a", "tags": [1], "gone": 1, "n": null}),
+            json!({"id": 1, "task": "b", "tags": [1], "new": {"x": 1}, "n": null}),
+        );
+        let diff = update.diff();
+        assert_eq!(
+            diff.into_iter().collect::<Vec<_>>(),
+            [
+                ("gone".to_owned(), (json!(1), json!(null))),
+                ("new".to_owned(), (json!(null), json!({"x": 1}))),
+                ("task".to_owned(), (json!("a"), json!("b"))),
+            ]
+        );
+        let create = change(Operation::Create, json!({}), json!({"id": 1, "n": null}));
+        assert_eq!(create.diff().keys().collect::<Vec<_>>(), ["id"]);
+        let truncate = change(Operation::Truncate, json!({}), json!({}));
+        assert!(truncate.diff().is_empty());
+    }
 
     #[test]
     fn operations_round_trip_through_text_and_serde() {

@@ -1,5 +1,7 @@
 //! The audit trail (feature `sqlx`): the rows of the `changes` table the capture worker writes
-//! ([`Change`]), and a query builder over them ([`ChangeQuery`]).
+//! ([`Change`]), a query builder over them ([`ChangeQuery`]), time travel ([`TimeTravel`]: a
+//! row or a whole table as it was at an instant, a row's history) and [`Revert`] (undo a
+//! change, a transaction or a whole request in the source database).
 //!
 //! Every filter is a bound parameter; results come newest first by default and are paged with a
 //! keyset cursor (never `OFFSET`), so the next page costs the same as the first however deep
@@ -33,7 +35,15 @@
 //! ```
 
 mod change;
+mod ident;
 mod query;
+mod revert;
+mod time_travel;
 
 pub use change::{Change, Cursor, Operation, ParseOperationError};
 pub use query::{ChangeQuery, ContextPairError, Order, parse_context_pair};
+pub use revert::{
+    Conflict, ConflictReason, DEFAULT_MAX_CHANGES, REDACTED, REVERT_OF_KEY, Revert, RevertError,
+    RevertPlan, RevertReport, RevertStatement, RevertTarget,
+};
+pub use time_travel::{RowState, TimeTravel};

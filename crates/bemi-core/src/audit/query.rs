@@ -6,10 +6,11 @@ use chrono::{DateTime, Utc};
 use futures_util::stream::{self, BoxStream, StreamExt as _};
 use serde_json::{Map, Value};
 use sqlx::{Executor, PgPool, Postgres, QueryBuilder};
+use uuid::Uuid;
 
 use super::change::{Change, Cursor, Operation};
 
-const SELECT: &str = "SELECT id, primary_key, before, after, context, database, schema, \"table\", \
+pub(crate) const SELECT: &str = "SELECT id, primary_key, before, after, context, database, schema, \"table\", \
                       operation, committed_at, queued_at, created_at, transaction_id, position \
                       FROM changes";
 
@@ -65,11 +66,17 @@ impl Order {
 /// ```
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct ChangeQuery {
+    id: Option<Uuid>,
     schema: Option<String>,
     table: Option<String>,
+    database: Option<String>,
     primary_key: Option<String>,
     operation: Option<Operation>,
+    transaction_id: Option<i64>,
     context: Map<String, Value>,
+    before: Map<String, Value>,
+    after_image: Map<String, Value>,
+    changed: Vec<String>,
     since: Option<DateTime<Utc>>,
     until: Option<DateTime<Utc>>,
     after: Option<Cursor>,
@@ -149,6 +156,84 @@ impl ChangeQuery {
     /// ```
     pub fn context(mut self, key: impl Into<String>, value: impl Into<Value>) -> Self {
         self.context.insert(key.into(), value.into());
+        self
+    }
+
+    /// The change with this id (the primary key of `changes`).
+    ///
+    /// ```
+    /// let sql = bemi_core::audit::ChangeQuery::new().id(uuid::Uuid::nil()).sql();
+    /// assert!(sql.contains("WHERE id = $1"));
+    /// ```
+    pub fn id(mut self, id: Uuid) -> Self {
+        self.id = Some(id);
+        self
+    }
+
+    /// Changes of one source database (the `database` column), for a `changes` table that
+    /// several databases write into. A refinement: combine it with an indexed filter.
+    ///
+    /// ```
+    /// let sql = bemi_core::audit::ChangeQuery::new().database("app").sql();
+    /// assert!(sql.contains("WHERE database = $1"));
+    /// ```
+    pub fn database(mut self, name: impl Into<String>) -> Self {
+        self.database = Some(name.into());
+        self
+    }
+
+    /// Changes of one source transaction (served by the index on `transaction_id`). The id is
+    /// PostgreSQL's 32-bit transaction id, which wraps around after about four billion
+    /// transactions: add [`since`](Self::since) / [`until`](Self::until) on a table that keeps
+    /// changes that long.
+    ///
+    /// ```
+    /// let sql = bemi_core::audit::ChangeQuery::new().transaction_id(768).sql();
+    /// assert!(sql.contains("WHERE transaction_id = $1"));
+    /// ```
+    pub fn transaction_id(mut self, id: i64) -> Self {
+        self.transaction_id = Some(id);
+        self
+    }
+
+    /// Changes whose before-image has `key` with this value (`before @> {"key": value}`,
+    /// served by the GIN index on `before`). Calls add up, like [`context`](Self::context).
+    ///
+    /// ```
+    /// let sql = bemi_core::audit::ChangeQuery::new().before_contains("is_completed", false).sql();
+    /// assert!(sql.contains("WHERE before @> $1"));
+    /// ```
+    pub fn before_contains(mut self, key: impl Into<String>, value: impl Into<Value>) -> Self {
+        self.before.insert(key.into(), value.into());
+        self
+    }
+
+    /// Changes whose after-image has `key` with this value (`after @> {"key": value}`, served
+    /// by the GIN index on `after`). Calls add up.
+    ///
+    /// ```
+    /// let sql = bemi_core::audit::ChangeQuery::new().after_contains("task", "Sleep").sql();
+    /// assert!(sql.contains("WHERE after @> $1"));
+    /// ```
+    pub fn after_contains(mut self, key: impl Into<String>, value: impl Into<Value>) -> Self {
+        self.after_image.insert(key.into(), value.into());
+        self
+    }
+
+    /// Changes in which `field` differs between the before- and the after-image
+    /// (`before -> 'field' IS DISTINCT FROM after -> 'field'`). A CREATE or DELETE that has the
+    /// field counts too; add `.operation(Operation::Update)` for updates only. Calls add up:
+    /// every field must have changed.
+    ///
+    /// No index can serve this condition by itself: it refines the others (a table, a row, a
+    /// context, a time range), which is how to use it on a large table.
+    ///
+    /// ```
+    /// let sql = bemi_core::audit::ChangeQuery::new().table("todo").changed("is_completed").sql();
+    /// assert!(sql.contains(r#"WHERE "table" = $1 AND before -> $2 IS DISTINCT FROM after -> $3"#));
+    /// ```
+    pub fn changed(mut self, field: impl Into<String>) -> Self {
+        self.changed.push(field.into());
         self
     }
 
@@ -238,7 +323,12 @@ impl ChangeQuery {
     /// let query = builder.build_query_as::<bemi_core::audit::Change>();
     /// ```
     pub fn query_builder(&self) -> QueryBuilder<Postgres> {
-        let mut builder = QueryBuilder::new(SELECT);
+        self.build(SELECT)
+    }
+
+    /// The query with another select list (`select` ends with `FROM changes`).
+    pub(crate) fn build(&self, select: &str) -> QueryBuilder<Postgres> {
+        let mut builder = QueryBuilder::new(select);
         self.push_conditions(&mut Conditions::new(&mut builder));
         let direction = self.order.sql();
         builder.push(format_args!(
@@ -277,6 +367,24 @@ impl ChangeQuery {
         builder.build_query_as::<Change>().fetch_all(executor).await
     }
 
+    /// The plan PostgreSQL picks for the query (the lines of `EXPLAIN`), e.g. to check that an
+    /// index serves a filter on your data.
+    ///
+    /// ```no_run
+    /// # async fn run(pool: sqlx::PgPool) -> Result<(), sqlx::Error> {
+    /// let plan = bemi_core::audit::ChangeQuery::new().transaction_id(768).explain(&pool).await?;
+    /// assert!(plan.contains("changes_transaction_id_idx"));
+    /// # Ok(()) }
+    /// ```
+    pub async fn explain<'c, E>(&self, executor: E) -> Result<String, sqlx::Error>
+    where
+        E: Executor<'c, Database = Postgres>,
+    {
+        let mut builder = self.build(&format!("EXPLAIN {SELECT}"));
+        let lines: Vec<String> = builder.build_query_scalar().fetch_all(executor).await?;
+        Ok(lines.join("\n"))
+    }
+
     /// Streams the results, fetching them in pages of 1 000 rows with the keyset cursor: memory
     /// stays bounded however many changes match, and no connection is held between pages.
     ///
@@ -305,11 +413,17 @@ impl ChangeQuery {
     }
 
     fn push_conditions(&self, conditions: &mut Conditions<'_>) {
+        if let Some(id) = self.id {
+            conditions.and("id = ").push_bind(id);
+        }
         if let Some(table) = &self.table {
             conditions.and("\"table\" = ").push_bind(table.as_str());
         }
         if let Some(schema) = &self.schema {
             conditions.and("schema = ").push_bind(schema.as_str());
+        }
+        if let Some(database) = &self.database {
+            conditions.and("database = ").push_bind(database.as_str());
         }
         if let Some(key) = &self.primary_key {
             conditions.and("primary_key = ").push_bind(key.as_str());
@@ -317,10 +431,27 @@ impl ChangeQuery {
         if let Some(operation) = self.operation {
             conditions.and("operation = ").push_bind(operation.as_str());
         }
-        if !self.context.is_empty() {
+        if let Some(transaction_id) = self.transaction_id {
             conditions
-                .and("context @> ")
-                .push_bind(Value::Object(self.context.clone()));
+                .and("transaction_id = ")
+                .push_bind(transaction_id);
+        }
+        let containments = [
+            ("context @> ", &self.context),
+            ("before @> ", &self.before),
+            ("after @> ", &self.after_image),
+        ];
+        for (sql, map) in containments {
+            if !map.is_empty() {
+                conditions.and(sql).push_bind(Value::Object(map.clone()));
+            }
+        }
+        for field in &self.changed {
+            conditions
+                .and("before -> ")
+                .push_bind(field.as_str())
+                .push(" IS DISTINCT FROM after -> ")
+                .push_bind(field.as_str());
         }
         if let Some(since) = self.since {
             conditions.and("committed_at >= ").push_bind(since);
@@ -509,6 +640,45 @@ mod tests {
         for value in ["sales", "order", "187234", "UPDATE", "2026", "99", "50"] {
             assert!(!conditions.contains(value), "{value} in {sql}");
         }
+    }
+
+    #[test]
+    fn image_transaction_and_changed_field_filters_are_parameters_too() {
+        let sql = ChangeQuery::new()
+            .changed("task")
+            .after_contains("task", "Sleep")
+            .before_contains("is_completed", false)
+            .before_contains("id", 1)
+            .context("user_id", 1)
+            .transaction_id(768)
+            .database("app")
+            .table("todo")
+            .id(Uuid::nil())
+            .changed("is_completed")
+            .sql();
+        let conditions = sql
+            .strip_prefix(SELECT)
+            .unwrap()
+            .split(" ORDER BY ")
+            .next()
+            .unwrap();
+        assert_eq!(
+            conditions,
+            " WHERE id = $1 AND \"table\" = $2 AND database = $3 AND transaction_id = $4 \
+             AND context @> $5 AND before @> $6 AND after @> $7 \
+             AND before -> $8 IS DISTINCT FROM after -> $9 \
+             AND before -> $10 IS DISTINCT FROM after -> $11"
+        );
+        for value in ["task", "Sleep", "768", "app", "todo", "is_completed"] {
+            assert!(!conditions.contains(value), "{value} in {sql}");
+        }
+        let query = ChangeQuery::new()
+            .before_contains("is_completed", false)
+            .before_contains("id", 1);
+        assert_eq!(
+            Value::Object(query.before.clone()),
+            json!({"is_completed": false, "id": 1})
+        );
     }
 
     #[test]

@@ -3,15 +3,17 @@
 use std::io::{self, Write};
 use std::time::Duration;
 
-use anyhow::{Context as _, anyhow};
+use anyhow::anyhow;
 use bemi_core::audit::{Change, ChangeQuery, Cursor, Operation, parse_context_pair};
 use chrono::{DateTime, Utc};
 use futures_util::TryStreamExt as _;
 use sqlx::PgPool;
+use uuid::Uuid;
 
+use super::audit_db::{AuditArgs, finish_output};
 use super::table::{self, Layout};
 use super::time::{parse_duration, parse_instant};
-use super::{SourceArgs, boolish, connect, shutdown};
+use super::{boolish, shutdown};
 
 /// Changes fetched per poll of `--follow`.
 const FOLLOW_PAGE_ROWS: u64 = 1_000;
@@ -19,16 +21,11 @@ const FOLLOW_PAGE_ROWS: u64 = 1_000;
 /// `bemi changes`
 #[derive(Debug, clap::Args)]
 pub(crate) struct ChangesArgs {
-    /// The database with the `changes` table (default: DATABASE_URL).
-    #[arg(
-        long,
-        env = "BEMI_DESTINATION_URL",
-        value_name = "URL",
-        hide_env_values = true
-    )]
-    destination_url: Option<String>,
     #[command(flatten)]
-    source: SourceArgs,
+    db: AuditArgs,
+    /// Only the change with this id.
+    #[arg(long, env = "BEMI_CHANGES_ID", value_name = "ID")]
+    id: Option<Uuid>,
     /// Only changes of this table (`todo`, or `schema.todo`).
     #[arg(long, env = "BEMI_CHANGES_TABLE", value_name = "[SCHEMA.]TABLE")]
     table: Option<String>,
@@ -49,6 +46,42 @@ pub(crate) struct ChangesArgs {
         num_args = 1..
     )]
     context: Vec<String>,
+    /// Only changes whose before-image has KEY equal to VALUE (as --context). Several must all
+    /// match.
+    #[arg(
+        long,
+        env = "BEMI_CHANGES_BEFORE",
+        value_name = "KEY=VALUE",
+        value_delimiter = ',',
+        num_args = 1..
+    )]
+    before: Vec<String>,
+    /// Only changes whose after-image has KEY equal to VALUE (as --context). Several must all
+    /// match.
+    #[arg(
+        long,
+        env = "BEMI_CHANGES_AFTER",
+        value_name = "KEY=VALUE",
+        value_delimiter = ',',
+        num_args = 1..
+    )]
+    after: Vec<String>,
+    /// Only changes in which FIELD differs between before and after (CREATE and DELETE count;
+    /// add --operation update for updates only). Several must all have changed.
+    #[arg(
+        long,
+        env = "BEMI_CHANGES_CHANGED",
+        value_name = "FIELD",
+        value_delimiter = ',',
+        num_args = 1..
+    )]
+    changed: Vec<String>,
+    /// Only changes of this source transaction (its id, as in the transaction_id column).
+    #[arg(long, env = "BEMI_CHANGES_TRANSACTION", value_name = "TXID")]
+    transaction: Option<i64>,
+    /// Only changes of this source database (when several write into one changes table).
+    #[arg(long, env = "BEMI_CHANGES_DATABASE", value_name = "NAME")]
+    database: Option<String>,
     /// Only changes committed at or after T: an RFC 3339 timestamp, or how long ago (15m, 2h, 7d).
     #[arg(long, env = "BEMI_CHANGES_SINCE", value_name = "T")]
     since: Option<String>,
@@ -89,6 +122,26 @@ impl ChangesArgs {
     /// The query of the filters, with relative times counted back from `now`.
     fn query(&self, now: DateTime<Utc>) -> anyhow::Result<ChangeQuery> {
         let mut query = ChangeQuery::new();
+        if let Some(id) = self.id {
+            query = query.id(id);
+        }
+        if let Some(database) = &self.database {
+            query = query.database(database.trim());
+        }
+        if let Some(transaction) = self.transaction {
+            query = query.transaction_id(transaction);
+        }
+        for pair in context_pairs(&self.before) {
+            let (key, value) = parse_context_pair(&pair).map_err(|e| anyhow!("--before {e}"))?;
+            query = query.before_contains(key, value);
+        }
+        for pair in context_pairs(&self.after) {
+            let (key, value) = parse_context_pair(&pair).map_err(|e| anyhow!("--after {e}"))?;
+            query = query.after_contains(key, value);
+        }
+        for field in &self.changed {
+            query = query.changed(field.trim());
+        }
         if let Some(table) = &self.table {
             query = query.table(table.trim());
         }
@@ -111,19 +164,6 @@ impl ChangesArgs {
             query = query.until(until);
         }
         Ok(query)
-    }
-
-    fn url(&self) -> anyhow::Result<&str> {
-        match self.destination_url.as_deref() {
-            Some(url) if !url.trim().is_empty() => Ok(url),
-            _ => self.source.url().map_err(|_| {
-                anyhow!(
-                    "no database to read changes from: set BEMI_DESTINATION_URL (or \
-                     DATABASE_URL when the worker writes into the source database), or pass \
-                     --destination-url postgres://USER:PASSWORD@HOST/DATABASE"
-                )
-            }),
-        }
     }
 }
 
@@ -155,18 +195,7 @@ pub fn context_pairs(pieces: &[String]) -> Vec<String> {
 /// Runs `bemi changes`.
 pub(super) async fn run(args: ChangesArgs) -> anyhow::Result<()> {
     let query = args.query(Utc::now())?;
-    let pool = connect(args.url()?).await?;
-    let exists: bool = sqlx::query_scalar("SELECT to_regclass('changes') IS NOT NULL")
-        .fetch_one(&pool)
-        .await
-        .context("could not look for the changes table")?;
-    if !exists {
-        return Err(anyhow!(
-            "this database has no `changes` table yet: start `bemi worker` (it creates the \
-             table), or point --destination-url (BEMI_DESTINATION_URL) at the worker's \
-             destination database"
-        ));
-    }
+    let pool = args.db.connect().await?;
     let mut output = Output::new(args.json);
     let result = if args.follow {
         follow(&pool, &query, &args, &mut output).await
@@ -185,11 +214,7 @@ pub(super) async fn run(args: ChangesArgs) -> anyhow::Result<()> {
         output.write(&table::render(&changes))
     };
     pool.close().await;
-    match result {
-        // The reader went away (`bemi changes | head`): not an error.
-        Err(error) if error.kind() == io::ErrorKind::BrokenPipe => Ok(()),
-        other => other.context("writing to stdout"),
-    }
+    finish_output(result)
 }
 
 /// Prints the latest `--limit` changes oldest first, then polls for newer ones until a signal.
@@ -345,6 +370,44 @@ mod tests {
             .until(now - chrono::Duration::hours(1));
         assert_eq!(query, expected);
         assert_eq!(harness.args.limit, 100);
+    }
+
+    #[test]
+    fn image_transaction_and_changed_filters_become_the_query() {
+        let harness = Harness::try_parse_from([
+            "bemi",
+            "--before",
+            "is_completed=false",
+            "--after",
+            "is_completed=true",
+            "task=Sleep",
+            "--changed",
+            "is_completed,task",
+            "--transaction",
+            "768",
+            "--database",
+            "app",
+            "--id",
+            "9b2e6a4e-3c1f-4c7e-9d64-0d4f8f2b7a11",
+        ])
+        .unwrap();
+        let query = harness.args.query(Utc::now()).unwrap();
+        let expected = ChangeQuery::new()
+            .id("9b2e6a4e-3c1f-4c7e-9d64-0d4f8f2b7a11".parse().unwrap())
+            .database("app")
+            .transaction_id(768)
+            .before_contains("is_completed", false)
+            .after_contains("is_completed", true)
+            .after_contains("task", "Sleep")
+            .changed("is_completed")
+            .changed("task");
+        assert_eq!(query, expected);
+        let harness = Harness::try_parse_from(["bemi", "--after", "oops"]).unwrap();
+        let error = harness.args.query(Utc::now()).unwrap_err().to_string();
+        assert!(
+            error.starts_with("--after") && error.contains("KEY=VALUE"),
+            "{error}"
+        );
     }
 
     #[test]

@@ -8,6 +8,10 @@
 //! | `bemi migrate` | applies it to `DATABASE_URL` (idempotent) |
 //! | `bemi worker` | captures changes into the `changes` table until SIGINT/SIGTERM |
 //! | `bemi changes` | prints captured changes: a table, `--json` lines, `--follow` |
+//! | `bemi history TABLE PK` | everything that happened to one row, oldest first |
+//! | `bemi at TABLE [PK] TIME` | a row, or the whole table, as it was at an instant |
+//! | `bemi revert` | undoes a change, a transaction or a request (`--context`), `--dry-run`, `--force` |
+//! | `bemi prune --older-than 90d` | removes old changes in short batches (drops old partitions) |
 //! | `bemi dev` | an ephemeral PostgreSQL with tracking and a worker, until Ctrl-C |
 //!
 //! Every flag can also be set with an environment variable (`DATABASE_URL`,
@@ -21,9 +25,15 @@
 //! }
 //! ```
 
+mod at;
+mod audit_db;
 pub mod changes;
 mod dev;
+mod history;
 pub mod migration;
+mod prune;
+mod revert;
+pub mod rows_table;
 pub mod shutdown;
 pub mod table;
 pub mod time;
@@ -74,6 +84,14 @@ enum Command {
     Worker(worker::WorkerArgs),
     /// Print captured changes, newest first.
     Changes(changes::ChangesArgs),
+    /// Print everything that happened to one row, oldest first.
+    History(history::HistoryArgs),
+    /// Print a row, or a whole table, as it was at an instant: `bemi at TABLE [PK] TIME`.
+    At(at::AtArgs),
+    /// Undo a change, a transaction, or every change of a request, in DATABASE_URL.
+    Revert(revert::RevertArgs),
+    /// Remove changes older than a bound, in short batches (drops old monthly partitions).
+    Prune(prune::PruneArgs),
     /// Start a throwaway PostgreSQL with tracking and a worker; Ctrl-C stops it and removes it.
     Dev(dev::DevArgs),
 }
@@ -140,6 +158,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Migrate(args) => migration::run_migrate(args).await,
         Command::Worker(args) => worker::run(args).await,
         Command::Changes(args) => changes::run(args).await,
+        Command::History(args) => history::run(args).await,
+        Command::At(args) => at::run(args).await,
+        Command::Revert(args) => revert::run(args).await,
+        Command::Prune(args) => prune::run(args).await,
         Command::Dev(args) => dev::run(args).await,
     }
 }

@@ -279,12 +279,12 @@ pub fn timestamp_text(instant: DateTime<Utc>) -> String {
 }
 
 /// Display width in characters (control characters are shown escaped by [`cut`]).
-fn width(text: &str) -> usize {
+pub(crate) fn width(text: &str) -> usize {
     text.chars().count()
 }
 
 /// One line of at most `max` characters: control characters escaped, `…` where it was cut.
-fn cut(text: &str, max: usize) -> String {
+pub(crate) fn cut(text: &str, max: usize) -> String {
     let escaped: String = text
         .chars()
         .flat_map(|c| {

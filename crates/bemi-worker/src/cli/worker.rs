@@ -4,9 +4,12 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::anyhow;
+use sqlx::postgres::PgPoolOptions;
+use sqlx::{Connection as _, PgConnection};
 
 use super::{SourceArgs, shutdown, time::parse_duration};
 use crate::config::{Redactions, WorkerConfig};
+use crate::schema::{self, Layout};
 use crate::worker::Worker;
 
 /// `bemi worker`
@@ -24,6 +27,21 @@ pub(crate) struct WorkerArgs {
     destination_url: Option<String>,
     #[command(flatten)]
     capture: CaptureArgs,
+    /// Create the `changes` table partitioned by month on committed_at (`month`), or as one
+    /// table (`none`). Applies when the table is created; the worker keeps the partitions of
+    /// the current and next month created either way.
+    #[arg(
+        long,
+        env = "BEMI_PARTITION_BY",
+        value_name = "none|month",
+        default_value = "none",
+        value_parser = partitioning
+    )]
+    partition_by: Layout,
+}
+
+fn partitioning(text: &str) -> Result<Layout, String> {
+    text.parse()
 }
 
 /// What to capture and how: the flags `bemi worker` and `bemi dev` share.
@@ -125,6 +143,28 @@ pub(super) async fn run(args: WorkerArgs) -> anyhow::Result<()> {
         .capture
         .config(args.source.url()?, args.destination_url.clone())?;
     let shutdown = shutdown::on_signals()?;
+    if args.partition_by == Layout::Monthly {
+        let mut conn = PgConnection::connect(config.destination_url())
+            .await
+            .map_err(|error| {
+                anyhow!(
+                    "could not connect to the destination {} to create the partitioned changes \
+                     table: {error}",
+                    super::without_password(config.destination_url())
+                )
+            })?;
+        schema::create(&mut conn, Layout::Monthly).await?;
+        tracing::info!("the changes table is partitioned by month");
+    }
+    // Creates the next months' partitions ahead of time (when the table is partitioned).
+    let destination = PgPoolOptions::new()
+        .max_connections(1)
+        .connect_lazy(config.destination_url())?;
+    tokio::spawn(schema::maintain_partitions(
+        destination,
+        schema::PARTITION_CHECK_INTERVAL,
+        shutdown.child_token(),
+    ));
     tracing::info!(
         source = %super::without_password(&config.source_url),
         destination = %super::without_password(config.destination_url()),

@@ -1,0 +1,54 @@
+//! `bemi history TABLE PK`: everything that happened to one row, oldest first.
+
+use std::io::{self, Write as _};
+
+use bemi_core::audit::{Change, TimeTravel};
+use futures_util::TryStreamExt as _;
+
+use super::audit_db::{AuditArgs, finish_output};
+use super::{boolish, table};
+
+/// `bemi history`
+#[derive(Debug, clap::Args)]
+pub(crate) struct HistoryArgs {
+    #[command(flatten)]
+    db: AuditArgs,
+    /// The table (`todo`, or `schema.todo`).
+    #[arg(env = "BEMI_HISTORY_TABLE", value_name = "[SCHEMA.]TABLE")]
+    table: String,
+    /// The row's primary key as stored (`26`; a composite key as JSON: '["x",1]').
+    #[arg(env = "BEMI_HISTORY_PK", value_name = "PK")]
+    pk: String,
+    /// Print each change as one line of JSON, with every column and nothing cut.
+    #[arg(long, env = "BEMI_HISTORY_JSON", value_parser = boolish())]
+    json: bool,
+}
+
+/// Runs `bemi history`.
+pub(super) async fn run(args: HistoryArgs) -> anyhow::Result<()> {
+    let pool = args.db.connect().await?;
+    let travel = TimeTravel::table(args.table.trim());
+    let mut changes = travel.history(&pool, args.pk.trim());
+    let result = if args.json {
+        let mut stdout = io::stdout().lock();
+        let mut result = Ok(());
+        while let Some(change) = changes.try_next().await? {
+            result = serde_json::to_string(&change)
+                .map_err(io::Error::other)
+                .and_then(|line| writeln!(stdout, "{line}"));
+            if result.is_err() {
+                break;
+            }
+        }
+        drop(changes);
+        result.and_then(|()| stdout.flush())
+    } else {
+        let all: Vec<Change> = changes.try_collect().await?;
+        let mut stdout = io::stdout().lock();
+        stdout
+            .write_all(table::render(&all).as_bytes())
+            .and_then(|()| stdout.flush())
+    };
+    pool.close().await;
+    finish_output(result)
+}

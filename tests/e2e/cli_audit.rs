@@ -1,0 +1,513 @@
+//! `bemi history`, `bemi at`, `bemi revert`, `bemi prune`, the new `bemi changes` filters and
+//! `bemi worker --partition-by month`, as processes, on changes captured by a real worker.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context as _, ensure};
+use bemi_core::audit::{Change, Operation};
+use bemi_core::context;
+use bemi_tests::worker::{RunningWorker, wait_for_changes, worker_config};
+use bemi_tests::{TODO_TABLE, TestCluster, TestDb, TestResult, ctx};
+use chrono::{DateTime, Utc};
+use serde_json::{Value, json};
+
+use crate::cli_support::{Background, Output, bemi, free_port};
+use crate::cli_worker::wait_until_streaming;
+
+/// `bemi args…` against `db` (as DATABASE_URL) with more environment variables.
+async fn run(db: &TestDb, args: &[&str], envs: &[(&str, &str)]) -> anyhow::Result<Output> {
+    let mut all = vec![("DATABASE_URL", db.url.as_str())];
+    all.extend_from_slice(envs);
+    bemi(args, &all).await
+}
+
+/// The JSON lines of a successful `bemi args…`.
+async fn json_lines(
+    db: &TestDb,
+    args: &[&str],
+    envs: &[(&str, &str)],
+) -> anyhow::Result<Vec<Value>> {
+    let output = run(db, args, envs).await?.success()?;
+    output
+        .stdout
+        .lines()
+        .map(|line| serde_json::from_str(line).with_context(|| format!("line {line:?}")))
+        .collect()
+}
+
+/// The changes printed by a successful `bemi args… --json`.
+async fn json_changes(
+    db: &TestDb,
+    args: &[&str],
+    envs: &[(&str, &str)],
+) -> anyhow::Result<Vec<Change>> {
+    json_lines(db, args, envs)
+        .await?
+        .into_iter()
+        .map(|value| Ok(serde_json::from_value::<Change>(value)?))
+        .collect()
+}
+
+fn operations(changes: &[Change]) -> Vec<Operation> {
+    changes.iter().map(|c| c.operation).collect()
+}
+
+async fn now(db: &TestDb) -> anyhow::Result<String> {
+    let now: DateTime<Utc> = sqlx::query_scalar("SELECT now()")
+        .fetch_one(&db.pool)
+        .await?;
+    Ok(now.to_rfc3339())
+}
+
+pub async fn history_at_and_the_new_changes_filters_from_the_command_line(
+    cluster: Arc<TestCluster>,
+) -> TestResult {
+    use Operation::{Create, Delete, Update};
+
+    let db = cluster.database("cli_audit").await?;
+    db.exec(TODO_TABLE).await?;
+    db.migrate().await?;
+    let worker = RunningWorker::start(worker_config(&db)).await?;
+    let pool = db.bemi_pool();
+    let t0 = now(&db).await?;
+    context::scope(
+        ctx(json!({"user_id": 1})),
+        sqlx::query("INSERT INTO todo (task) VALUES ('Sleep')").execute(&pool),
+    )
+    .await?;
+    let t1 = now(&db).await?;
+    let mut tx = pool.begin().await?;
+    let xid: i64 = sqlx::query_scalar("SELECT (txid_current() % 4294967296)::int8")
+        .fetch_one(&mut tx)
+        .await?;
+    context::scope(
+        ctx(json!({"user_id": 2})),
+        sqlx::query("UPDATE todo SET is_completed = true WHERE id = 1").execute(&mut tx),
+    )
+    .await?;
+    tx.commit().await?;
+    let t2 = now(&db).await?;
+    db.exec("INSERT INTO todo (task) VALUES ('Eat'); DELETE FROM todo WHERE id = 1")
+        .await?;
+    let t3 = now(&db).await?;
+    wait_for_changes(&db, 4).await?;
+    worker.stop().await?;
+
+    // bemi history
+    let history: Vec<Change> = json_changes(&db, &["history", "todo", "1", "--json"], &[]).await?;
+    ensure!(
+        operations(&history) == [Create, Update, Delete],
+        "{history:#?}"
+    );
+    ensure!(history[1].context["user_id"] == 2);
+    let table = run(&db, &["history", "public.todo", "1"], &[])
+        .await?
+        .success()?;
+    ensure!(
+        table.stdout.contains("| CREATE    |") && table.stdout.ends_with("(3 rows)\n"),
+        "{}",
+        table.stdout
+    );
+    let from_env: Vec<Change> = json_changes(
+        &db,
+        &["history"],
+        &[
+            ("BEMI_HISTORY_TABLE", "todo"),
+            ("BEMI_HISTORY_PK", "2"),
+            ("BEMI_HISTORY_JSON", "1"),
+        ],
+    )
+    .await?;
+    ensure!(operations(&from_env) == [Create], "{from_env:#?}");
+
+    // bemi at TABLE PK TIME
+    let sleep = |done: bool| json!({"id": 1, "task": "Sleep", "is_completed": done});
+    let at: Vec<Value> = json_lines(&db, &["at", "todo", "1", &t1, "--json"], &[]).await?;
+    ensure!(at == [sleep(false)], "{at:?}");
+    let at: Vec<Value> = json_lines(&db, &["at", "todo", "1", &t0, "--json"], &[]).await?;
+    ensure!(at.is_empty(), "{at:?}");
+    let pretty = run(&db, &["at", "todo", "1", &t2], &[]).await?.success()?;
+    ensure!(
+        pretty.stdout
+            == " id | task  | is_completed\n----+-------+--------------\n 1  | Sleep | true\n(1 row)\n",
+        "{}",
+        pretty.stdout
+    );
+    let gone = run(&db, &["at", "todo", "1", &t3], &[]).await?.success()?;
+    ensure!(gone.stdout == "(0 rows)\n", "{}", gone.stdout);
+
+    // bemi at TABLE TIME: the whole table.
+    let eat = json!({"id": 2, "task": "Eat", "is_completed": false});
+    let whole: Vec<Value> = json_lines(&db, &["at", "todo", &t2, "--json"], &[]).await?;
+    ensure!(whole == [sleep(true)], "{whole:?}");
+    let whole: Vec<Value> = json_lines(&db, &["at", "todo", &t3, "--json"], &[]).await?;
+    ensure!(whole == [eat.clone()], "{whole:?}");
+    // "0s" ago: now.
+    let whole: Vec<Value> =
+        json_lines(&db, &["at", "todo", "0s"], &[("BEMI_AT_JSON", "true")]).await?;
+    ensure!(whole == [eat], "{whole:?}");
+    let bad = run(&db, &["at", "todo", "yesterday"], &[]).await?;
+    ensure!(
+        bad.status.code() == Some(1) && bad.stderr.contains("RFC 3339"),
+        "{bad:#?}"
+    );
+
+    // bemi changes: the new filters.
+    let xid = xid.to_string();
+    /// (arguments, environment, expected (key, operation) newest first)
+    type Case<'a> = (
+        Vec<&'a str>,
+        Vec<(&'a str, &'a str)>,
+        Vec<(&'a str, Operation)>,
+    );
+    let cases: Vec<Case> = vec![
+        (
+            vec!["--after", "is_completed=true"],
+            vec![],
+            vec![("1", Update)],
+        ),
+        (
+            vec!["--before", "is_completed=true"],
+            vec![],
+            vec![("1", Delete)],
+        ),
+        (
+            vec!["--before", "task=Sleep", "is_completed=false"],
+            vec![],
+            vec![("1", Update)],
+        ),
+        (
+            vec!["--operation", "update"],
+            vec![("BEMI_CHANGES_CHANGED", "is_completed")],
+            vec![("1", Update)],
+        ),
+        (
+            vec!["--changed", "task"],
+            vec![],
+            vec![("1", Delete), ("2", Create), ("1", Create)],
+        ),
+        (vec!["--transaction", &xid], vec![], vec![("1", Update)]),
+        (vec!["--database", "elsewhere"], vec![], vec![]),
+    ];
+    for (args, envs, expected) in cases {
+        let mut all = vec!["changes", "--json"];
+        all.extend_from_slice(&args);
+        let found: Vec<Change> = json_changes(&db, &all, &envs).await?;
+        let summary: Vec<(&str, Operation)> = found
+            .iter()
+            .map(|c| (c.primary_key.as_deref().unwrap_or_default(), c.operation))
+            .collect();
+        ensure!(summary == expected, "{args:?} {envs:?}: {found:#?}");
+    }
+
+    // bemi prune: only what is older than the bound.
+    db.exec("UPDATE changes SET committed_at = committed_at - interval '100 days' WHERE operation = 'CREATE'")
+        .await?;
+    let pruned = run(&db, &["prune", "--older-than", "90d"], &[])
+        .await?
+        .success()?;
+    ensure!(
+        pruned
+            .stdout
+            .starts_with("deleted 2 changes committed before"),
+        "{}",
+        pruned.stdout
+    );
+    let left: Vec<Change> = json_changes(&db, &["changes", "--json"], &[]).await?;
+    ensure!(operations(&left) == [Delete, Update], "{left:#?}");
+    Ok(())
+}
+
+pub async fn revert_refuses_a_conflict_naming_the_row_and_force_proceeds(
+    cluster: Arc<TestCluster>,
+) -> TestResult {
+    let db = cluster.database("cli_revert").await?;
+    db.exec(TODO_TABLE).await?;
+    db.migrate().await?;
+    let worker = RunningWorker::start(worker_config(&db)).await?;
+    let pool = db.bemi_pool();
+    context::scope(ctx(json!({"request_id": "r1", "user_id": 1})), async {
+        sqlx::query("INSERT INTO todo (task) VALUES ('a')")
+            .execute(&pool)
+            .await?;
+        sqlx::query("INSERT INTO todo (task) VALUES ('b')")
+            .execute(&pool)
+            .await
+    })
+    .await?;
+    context::scope(
+        ctx(json!({"request_id": "r2", "user_id": 2})),
+        sqlx::query("UPDATE todo SET task = 'b2' WHERE id = 2").execute(&pool),
+    )
+    .await?;
+    wait_for_changes(&db, 3).await?;
+    let rows = || async {
+        let rows: Vec<(i64, String)> = sqlx::query_as("SELECT id, task FROM todo ORDER BY id")
+            .fetch_all(&db.pool)
+            .await?;
+        anyhow::Ok(rows)
+    };
+    let before = rows().await?;
+
+    // Refused: row 2 changed after request r1 created it. The error names the row and the
+    // later change's context.
+    let refused = run(&db, &["revert", "--context", "request_id=r1"], &[]).await?;
+    ensure!(refused.status.code() == Some(1), "{refused:#?}");
+    ensure!(
+        refused.stderr.contains("not reverted: 1 row changed")
+            && refused
+                .stderr
+                .contains("public.todo 2: changed again by change")
+            && refused.stderr.contains("\"request_id\":\"r2\"")
+            && refused.stderr.contains("--force"),
+        "{}",
+        refused.stderr
+    );
+    ensure!(rows().await? == before, "the refused revert wrote");
+
+    // The dry run prints the SQL and the conflict, and writes nothing.
+    let dry = run(
+        &db,
+        &["revert", "--context", "request_id=r1", "--dry-run"],
+        &[],
+    )
+    .await?
+    .success()?;
+    ensure!(
+        dry.stdout
+            .matches("DELETE FROM \"public\".\"todo\"")
+            .count()
+            == 2
+            && dry.stdout.contains("BEGIN;")
+            && dry.stdout.contains("-- 1 row changed afterwards")
+            && dry.stdout.contains("public.todo 2")
+            && dry
+                .stdout
+                .contains("$1 = {\"id\": 2, \"task\": \"b\", \"is_completed\": false}"),
+        "{}",
+        dry.stdout
+    );
+    ensure!(rows().await? == before, "the dry run wrote");
+
+    // --force (from the environment) proceeds: both rows of request r1 are gone.
+    let forced = run(
+        &db,
+        &["revert", "--context", "request_id=r1"],
+        &[("BEMI_REVERT_FORCE", "true")],
+    )
+    .await?
+    .success()?;
+    ensure!(
+        forced
+            .stdout
+            .starts_with("reverted 2 changes with 2 statements (2 rows written)"),
+        "{}",
+        forced.stdout
+    );
+    ensure!(rows().await?.is_empty());
+    let changes = wait_for_changes(&db, 5).await?;
+    let reverts: Vec<_> = changes
+        .iter()
+        .filter(|c| c.context["revert_of"] == json!({"context": {"request_id": "r1"}}))
+        .collect();
+    ensure!(
+        reverts.len() == 2 && reverts.iter().all(|c| c.operation == "DELETE"),
+        "{changes:#?}"
+    );
+
+    // The forced revert is one transaction: reverting it (by id, from the environment) brings
+    // both rows back as they were.
+    let transaction = reverts[0].transaction_id.to_string();
+    let undone = run(
+        &db,
+        &["revert"],
+        &[("BEMI_REVERT_TRANSACTION", &transaction)],
+    )
+    .await?
+    .success()?;
+    ensure!(
+        undone.stdout.starts_with("reverted 2 changes"),
+        "{}",
+        undone.stdout
+    );
+    ensure!(rows().await? == before);
+    // One change by id: the newest creation of row 1 (by that last revert).
+    wait_for_changes(&db, 7).await?;
+    let newest = json_changes(
+        &db,
+        &[
+            "changes",
+            "--json",
+            "--table",
+            "todo",
+            "--pk",
+            "1",
+            "--operation",
+            "create",
+            "--limit",
+            "1",
+        ],
+        &[],
+    )
+    .await?;
+    let [create] = newest.as_slice() else {
+        anyhow::bail!("{newest:#?}");
+    };
+    ensure!(create.context["revert_of"]["transaction_id"].to_string() == transaction);
+    let one = run(&db, &["revert", "--change", &create.id.to_string()], &[])
+        .await?
+        .success()?;
+    ensure!(
+        one.stdout.starts_with("reverted 1 change with 1 statement"),
+        "{}",
+        one.stdout
+    );
+    ensure!(rows().await? == [(2, "b2".to_owned())]);
+    worker.stop().await?;
+    Ok(())
+}
+
+pub async fn worker_partitions_by_month_and_prune_detaches_old_months(
+    cluster: Arc<TestCluster>,
+) -> TestResult {
+    let db = cluster.database("cli_partitions").await?;
+    db.exec(TODO_TABLE).await?;
+    db.migrate().await?;
+    let slot = format!("bemi_{}", db.name);
+    let metrics_addr = format!("127.0.0.1:{}", free_port()?);
+    let envs = [
+        ("DATABASE_URL", db.url.as_str()),
+        ("BEMI_SLOT", slot.as_str()),
+        ("BEMI_METRICS_ADDR", metrics_addr.as_str()),
+        ("BEMI_HEARTBEAT_INTERVAL", "500ms"),
+    ];
+
+    // A plain changes table is not converted: the error says how to move it aside.
+    db.exec(bemi_worker::schema::SCHEMA_SQL).await?;
+    let refused = bemi(&["worker", "--partition-by", "month"], &envs).await?;
+    ensure!(
+        refused.status.code() == Some(1)
+            && refused.stderr.contains("ALTER TABLE changes SET SCHEMA"),
+        "{refused:#?}"
+    );
+    db.exec(
+        "CREATE SCHEMA IF NOT EXISTS bemi_archive; ALTER TABLE changes SET SCHEMA bemi_archive",
+    )
+    .await?;
+
+    let mut worker = Background::start(
+        &["worker"],
+        &[envs.as_slice(), &[("BEMI_PARTITION_BY", "month")]].concat(),
+    )?;
+    wait_until_streaming(&metrics_addr, &mut worker).await?;
+    let pool = db.bemi_pool();
+    for task in ["a", "b", "c"] {
+        sqlx::query("INSERT INTO todo (task) VALUES ($1)")
+            .bind(task)
+            .execute(&pool)
+            .await?;
+    }
+    wait_for_changes(&db, 3).await?;
+    let now: DateTime<Utc> = sqlx::query_scalar("SELECT now()")
+        .fetch_one(&db.pool)
+        .await?;
+    let month = |offset| {
+        bemi_worker::schema::partition_name(bemi_worker::schema::month_bounds(now, offset).0)
+    };
+    let homes: Vec<String> =
+        sqlx::query_scalar("SELECT DISTINCT tableoid::regclass::text FROM changes")
+            .fetch_all(&db.pool)
+            .await?;
+    ensure!(homes == [month(0)], "captured into {homes:?}");
+    let mut conn = db.pool.acquire().await?;
+    let partitions: Vec<String> = bemi_worker::schema::partitions(&mut conn)
+        .await?
+        .into_iter()
+        .map(|p| p.name)
+        .collect();
+    ensure!(
+        partitions == ["changes_default".to_owned(), month(0), month(1)],
+        "{partitions:?}"
+    );
+
+    // Months of an older deployment, then prune with --detach.
+    bemi_worker::schema::ensure_partitions(&mut conn, now - chrono::Duration::days(150), 5).await?;
+    db.exec(
+        "INSERT INTO changes (primary_key, database, schema, \"table\", operation, committed_at, \
+                              queued_at, transaction_id, position) \
+         SELECT i::text, 'old', 'public', 'todo', 'CREATE', now() - i * interval '1 day', now(), 0, -i \
+           FROM generate_series(1, 150) i",
+    )
+    .await?;
+    drop(conn);
+    let bound = now - chrono::Duration::days(60);
+    let pruned = run(
+        &db,
+        &[
+            "prune",
+            "--older-than",
+            "60d",
+            "--detach",
+            "--batch-rows",
+            "7",
+        ],
+        &[],
+    )
+    .await?
+    .success()?;
+    ensure!(
+        pruned.stdout.contains("; detached partitions "),
+        "{}",
+        pruned.stdout
+    );
+    let old_left: i64 = sqlx::query_scalar("SELECT count(*) FROM changes WHERE committed_at < $1")
+        .bind(bound)
+        .fetch_one(&db.pool)
+        .await?;
+    ensure!(old_left == 0, "{old_left} old changes left");
+    let kept: i64 = sqlx::query_scalar("SELECT count(*) FROM changes WHERE database = $1")
+        .bind(&db.name)
+        .fetch_one(&db.pool)
+        .await?;
+    ensure!(kept == 3, "{kept} captured changes kept");
+    // Detached months are tables of their own now, with their rows.
+    let detached: Vec<String> = sqlx::query_scalar(
+        "SELECT relname::text FROM pg_class \
+          WHERE relname LIKE 'changes\\_y%' AND relkind = 'r' AND NOT relispartition \
+          ORDER BY 1",
+    )
+    .fetch_all(&db.pool)
+    .await?;
+    ensure!(detached.len() >= 2, "{detached:?}");
+    for name in &detached {
+        let rows: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "SELECT count(*) FROM \"{name}\""
+        )))
+        .fetch_one(&db.pool)
+        .await?;
+        ensure!(rows > 0, "{name} is empty");
+        ensure!(pruned.stdout.contains(name.as_str()), "{}", pruned.stdout);
+    }
+    // Neither the partitions nor the detached months are ever published (the worker would
+    // capture its own writes): a publication sync adds none of them.
+    let added = bemi_worker::setup::sync_publication(&db.pool, &worker_config(&db)).await?;
+    ensure!(added.is_empty(), "{added:?}");
+    let published: Vec<String> = sqlx::query_scalar(
+        "SELECT tablename::text FROM pg_publication_tables WHERE pubname = 'bemi' ORDER BY 1",
+    )
+    .fetch_all(&db.pool)
+    .await?;
+    ensure!(published == ["todo"], "{published:?}");
+    let own: i64 = sqlx::query_scalar("SELECT count(*) FROM changes WHERE \"table\" <> 'todo'")
+        .fetch_one(&db.pool)
+        .await?;
+    ensure!(
+        own == 0,
+        "the worker captured {own} changes of other tables"
+    );
+    worker.signal(libc::SIGTERM)?;
+    let status = worker.wait(Duration::from_secs(60)).await?;
+    ensure!(status.code() == Some(0), "{status}: {}", worker.stderr());
+    Ok(())
+}
