@@ -60,7 +60,7 @@ $bemi$;
 
 -- Tables that are never tracked: system and temporary schemas, unlogged and temporary tables,
 -- tables owned by extensions, and the capture worker's own tables (`_bemi*`, and a `changes`
--- table with the columns of Bemi's audit table).
+-- table with the columns of Bemi's audit table, or one of its monthly/default partitions).
 CREATE OR REPLACE FUNCTION _bemi_is_trackable(relation oid) RETURNS boolean
 LANGUAGE sql STABLE
 AS $bemi$
@@ -70,7 +70,7 @@ AS $bemi$
      AND n.nspname NOT LIKE 'pg\_%'
      AND c.relname NOT LIKE '\_bemi%'
      AND NOT (
-       c.relname = 'changes'
+       c.relname OPERATOR(pg_catalog.~) '^changes(_default|_y[0-9]{4}m[0-9]{2})?$'
        AND (SELECT pg_catalog.count(*) FROM pg_catalog.pg_attribute a
              WHERE a.attrelid = c.oid AND NOT a.attisdropped
                AND a.attname IN ('primary_key', 'before', 'after', 'context', 'operation',

@@ -106,6 +106,17 @@ impl Worker {
                 shutdown.child_token(),
             ));
         }
+        // Creates the next months' partitions of `changes` ahead of time (when it is
+        // partitioned; a no-op otherwise).
+        let destination = PgPoolOptions::new()
+            .max_connections(1)
+            .connect_lazy(self.config.destination_url())
+            .map_err(|e| WorkerError::InvalidConfig(format!("destination URL: {e}")))?;
+        tokio::spawn(crate::schema::maintain_partitions(
+            destination,
+            crate::schema::PARTITION_CHECK_INTERVAL,
+            shutdown.child_token(),
+        ));
         let mut backoff = MIN_BACKOFF;
         loop {
             let started = Instant::now();

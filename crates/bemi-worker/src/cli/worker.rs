@@ -4,7 +4,6 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::anyhow;
-use sqlx::postgres::PgPoolOptions;
 use sqlx::{Connection as _, PgConnection};
 
 use super::{SourceArgs, shutdown, time::parse_duration};
@@ -156,15 +155,6 @@ pub(super) async fn run(args: WorkerArgs) -> anyhow::Result<()> {
         schema::create(&mut conn, Layout::Monthly).await?;
         tracing::info!("the changes table is partitioned by month");
     }
-    // Creates the next months' partitions ahead of time (when the table is partitioned).
-    let destination = PgPoolOptions::new()
-        .max_connections(1)
-        .connect_lazy(config.destination_url())?;
-    tokio::spawn(schema::maintain_partitions(
-        destination,
-        schema::PARTITION_CHECK_INTERVAL,
-        shutdown.child_token(),
-    ));
     tracing::info!(
         source = %super::without_password(&config.source_url),
         destination = %super::without_password(config.destination_url()),
