@@ -41,6 +41,8 @@ pub struct WorkerConfig {
     /// Rows of one source transaction buffered before they are handed to the writer: a large
     /// transaction is written in chunks of this size, so memory stays bounded.
     pub chunk_rows: usize,
+    /// Destination connections writing batches at once (their commits stay in stream order).
+    pub writer_connections: usize,
 }
 
 impl WorkerConfig {
@@ -64,6 +66,7 @@ impl WorkerConfig {
             heartbeat_interval: Duration::from_secs(10),
             max_batch_rows: 10_000,
             chunk_rows: 2_000,
+            writer_connections: 2,
         }
     }
 

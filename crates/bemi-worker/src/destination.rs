@@ -1,20 +1,28 @@
 //! The destination: the `changes` table and the worker's position, written together.
 //!
-//! Every write is **one statement** — atomic on its own, one round trip — that inserts a batch of
-//! rows into `changes` **and** records, in `_bemi_worker_state`, how far the batch got: the end
-//! LSN of the last source transaction written whole, and — when the batch ends inside a large
-//! transaction — that transaction's commit LSN and the position of its last written row. The
-//! worker confirms an LSN to the replication slot only after this statement committed, and on
-//! restart resumes from the recorded position, so a crash at any moment neither loses nor
-//! duplicates a change. The unique key `(position, table, schema, database, operation)` with
-//! `ON CONFLICT DO NOTHING` is the last line of defence: a re-delivered change is a no-op.
+//! Each batch of rows is written in one transaction that also records, in `_bemi_worker_state`,
+//! how far the batch got: the end LSN of the last source transaction written whole, and — when
+//! the batch ends inside a large transaction — that transaction's commit LSN and the position of
+//! its last written row. The worker confirms an LSN to the replication slot only after that
+//! transaction committed, and on restart resumes from the recorded position, so a crash at any
+//! moment neither loses nor duplicates a change. The unique key `(position, table, schema,
+//! database, operation)` with `ON CONFLICT DO NOTHING` is the last line of defence: a
+//! re-delivered change is a no-op.
+//!
+//! Inserting into `changes` (its GIN and btree indexes) is the expensive part, so batches are
+//! written by several connections ([`BatchWriter`]s) at once — but each one commits only after
+//! the batch before it committed, and gives up if that one failed: the recorded position always
+//! covers a gap-free prefix of the stream.
 //!
 //! (The rows travel as arrays of one bound parameter per column, unnested by the server. COPY
 //! would need several flushes per batch, which on a connection without `TCP_NODELAY` — sqlx does
 //! not set it — waits for delayed ACKs: about 40 ms per batch.)
 
+use std::sync::Arc;
+
 use chrono::{DateTime, Utc};
 use sqlx::{Connection, Executor, PgConnection};
+use tokio::sync::oneshot;
 
 use crate::assembler::{Partial, Piece, ResumePoint};
 use crate::rows::ChangeRow;
@@ -22,70 +30,77 @@ use crate::rows::ChangeRow;
 /// The `changes` table, its indexes, and the worker's state table: see [`crate::schema`].
 pub use crate::schema::SCHEMA_SQL;
 
-/// Inserts a batch (one array parameter per column) and records the new position, atomically.
-/// Returns how many rows were new.
-const WRITE_SQL: &str = r#"
+/// Inserts a batch (one array parameter per column); returns how many rows were new.
+const INSERT_SQL: &str = r#"
 WITH written AS (
   INSERT INTO changes (primary_key, before, after, context, database, schema, "table", operation,
                        committed_at, queued_at, transaction_id, position)
   SELECT primary_key, before::jsonb, after::jsonb, context::jsonb, $1, schema, "table", operation,
          committed_at, queued_at, transaction_id, position
-    FROM unnest($4::text[], $5::text[], $6::text[], $7::text[], $8::text[], $9::text[], $10::text[],
-                $11::timestamptz[], $12::timestamptz[], $13::int8[], $14::int8[])
+    FROM unnest($2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[],
+                $9::timestamptz[], $10::timestamptz[], $11::int8[], $12::int8[])
       AS batch(primary_key, before, after, context, schema, "table", operation,
                committed_at, queued_at, transaction_id, position)
   ON CONFLICT ON CONSTRAINT changes_position_key DO NOTHING
   RETURNING 1
-), state AS (
-  INSERT INTO _bemi_worker_state AS s
-         (database, slot, last_lsn, partial_commit_lsn, partial_position, updated_at)
-  VALUES ($1, $2, $3::text::pg_lsn, $15::text::pg_lsn, $16::text::pg_lsn, now())
-  ON CONFLICT (database, slot) DO UPDATE SET
-    last_lsn = GREATEST(s.last_lsn, EXCLUDED.last_lsn),
-    partial_commit_lsn = EXCLUDED.partial_commit_lsn,
-    partial_position = EXCLUDED.partial_position,
-    updated_at = now()
-  RETURNING 1
 )
-SELECT (SELECT count(*) FROM written), (SELECT count(*) FROM state)
+SELECT count(*) FROM written
 "#;
 
-/// The connection to the destination database.
+/// Records the position a batch reached.
+const STATE_SQL: &str = "INSERT INTO _bemi_worker_state AS s \
+       (database, slot, last_lsn, partial_commit_lsn, partial_position, updated_at) \
+     VALUES ($1, $2, $3::text::pg_lsn, $4::text::pg_lsn, $5::text::pg_lsn, now()) \
+     ON CONFLICT (database, slot) DO UPDATE SET \
+       last_lsn = GREATEST(s.last_lsn, EXCLUDED.last_lsn), \
+       partial_commit_lsn = EXCLUDED.partial_commit_lsn, \
+       partial_position = EXCLUDED.partial_position, \
+       updated_at = now()";
+
+/// The destination database: its connections and where the last committed write left off.
 #[derive(Debug)]
 pub struct Destination {
-    conn: PgConnection,
-    database: String,
-    slot: String,
+    writers: Vec<BatchWriter>,
     resume: ResumePoint,
 }
 
 impl Destination {
-    /// Connects, creates the tables if missing, and reads where the worker of `slot` on the
-    /// source `database` left off.
+    /// Opens `connections` connections (at least one), creates the tables if missing, and reads
+    /// where the worker of `slot` on the source `database` left off.
     ///
     /// ```no_run
     /// # async fn run() -> Result<(), sqlx::Error> {
-    /// let destination = bemi_worker::destination::Destination::open("postgres://localhost/app", "app", "bemi").await?;
+    /// let destination = bemi_worker::destination::Destination::open("postgres://localhost/app", "app", "bemi", 2).await?;
     /// println!("resuming after {:?}", destination.resume_point());
     /// # Ok(()) }
     /// ```
-    pub async fn open(url: &str, database: &str, slot: &str) -> Result<Self, sqlx::Error> {
-        let mut conn = PgConnection::connect(url).await?;
-        // Confirming a position to the slot is only safe once the rows are durable.
-        conn.execute("SET synchronous_commit = on").await?;
+    pub async fn open(
+        url: &str,
+        database: &str,
+        slot: &str,
+        connections: usize,
+    ) -> Result<Self, sqlx::Error> {
+        let (database, slot): (Arc<str>, Arc<str>) = (database.into(), slot.into());
+        let mut writers = Vec::with_capacity(connections.max(1));
+        for _ in 0..connections.max(1) {
+            let mut conn = PgConnection::connect(url).await?;
+            // Confirming a position to the slot is only safe once the rows are durable.
+            conn.execute("SET synchronous_commit = on").await?;
+            writers.push(BatchWriter {
+                conn,
+                database: Arc::clone(&database),
+                slot: Arc::clone(&slot),
+            });
+        }
+        let conn = &mut writers[0].conn;
         let mut tx = conn.begin().await?;
         sqlx::query("SELECT pg_advisory_xact_lock(hashtext('bemi-rs destination schema'))")
             .execute(&mut *tx)
             .await?;
         crate::schema::prepare(&mut tx).await?;
         tx.commit().await?;
-        let resume = read_resume_point(&mut conn, database, slot).await?;
-        Ok(Self {
-            conn,
-            database: database.to_owned(),
-            slot: slot.to_owned(),
-            resume,
-        })
+        let resume = read_resume_point(conn, &database, &slot).await?;
+        Ok(Self { writers, resume })
     }
 
     /// Where the last committed write left off.
@@ -99,38 +114,108 @@ impl Destination {
         self.resume
     }
 
-    /// Writes `pieces` (in stream order) and the new position in one statement; returns the
-    /// new position once it committed.
+    /// The connections, to write batches with.
     ///
     /// ```no_run
-    /// # async fn run(destination: &mut bemi_worker::destination::Destination, pieces: Vec<bemi_worker::assembler::Piece>) -> Result<(), sqlx::Error> {
-    /// let resume = destination.write(&pieces).await?;
+    /// # fn run(destination: bemi_worker::destination::Destination) {
+    /// let writers = destination.into_writers();
+    /// assert!(!writers.is_empty());
+    /// # }
+    /// ```
+    pub fn into_writers(self) -> Vec<BatchWriter> {
+        self.writers
+    }
+}
+
+/// One destination connection that writes batches.
+#[derive(Debug)]
+pub struct BatchWriter {
+    conn: PgConnection,
+    database: Arc<str>,
+    slot: Arc<str>,
+}
+
+/// The commit of the batch before this one: `true` once it committed, `false` (or dropped) when
+/// it failed.
+pub type PreviousCommit = oneshot::Receiver<bool>;
+
+impl BatchWriter {
+    /// Writes the rows of `pieces` and the position `resume` (see [`advance`]) in one
+    /// transaction. The rows are inserted at once; the commit waits for `previous`, and if that
+    /// batch failed this one is rolled back. `committed` tells the next batch how this one
+    /// ended. Returns the writer (for the next batch) and how many rows were new.
+    ///
+    /// ```no_run
+    /// # async fn run(writer: bemi_worker::destination::BatchWriter, pieces: Vec<bemi_worker::assembler::Piece>) -> Result<(), sqlx::Error> {
+    /// use bemi_worker::destination::advance;
+    ///
+    /// let resume = advance(Default::default(), &pieces);
+    /// let (done, _next) = tokio::sync::oneshot::channel();
+    /// let (writer, written) = writer.write(&pieces, resume, None, done).await;
+    /// println!("{} new rows", written?);
     /// # Ok(()) }
     /// ```
-    pub async fn write(&mut self, pieces: &[Piece]) -> Result<ResumePoint, sqlx::Error> {
-        let resume = advance(self.resume, pieces);
+    pub async fn write(
+        mut self,
+        pieces: &[Piece],
+        resume: ResumePoint,
+        previous: Option<PreviousCommit>,
+        committed: oneshot::Sender<bool>,
+    ) -> (Self, Result<u64, sqlx::Error>) {
+        let result = self.try_write(pieces, resume, previous).await;
+        if result.is_err() {
+            // Best effort: a broken connection is replaced when the session restarts.
+            let _ = self.conn.execute("ROLLBACK").await;
+        }
+        let _ = committed.send(result.is_ok());
+        (self, result)
+    }
+
+    async fn try_write(
+        &mut self,
+        pieces: &[Piece],
+        resume: ResumePoint,
+        previous: Option<PreviousCommit>,
+    ) -> Result<u64, sqlx::Error> {
+        self.conn.execute("BEGIN").await?;
         let columns = Columns::of(pieces.iter().flat_map(|piece| piece.rows.iter()));
         let sent = columns.position.len() as i64;
+        let written: i64 = if sent == 0 {
+            0
+        } else {
+            sqlx::query_scalar(INSERT_SQL)
+                .bind(&*self.database)
+                .bind(columns.primary_key)
+                .bind(columns.before)
+                .bind(columns.after)
+                .bind(columns.context)
+                .bind(columns.schema)
+                .bind(columns.table)
+                .bind(columns.operation)
+                .bind(columns.committed_at)
+                .bind(columns.queued_at)
+                .bind(columns.transaction_id)
+                .bind(columns.position)
+                .fetch_one(&mut self.conn)
+                .await?
+        };
+        if let Some(previous) = previous
+            && !previous.await.unwrap_or(false)
+        {
+            return Err(sqlx::Error::Protocol(
+                "an earlier batch was not written; this one is rolled back".to_owned(),
+            ));
+        }
         let partial = resume.partial;
-        let (written, _): (i64, i64) = sqlx::query_as(WRITE_SQL)
-            .bind(&self.database)
-            .bind(&self.slot)
+        sqlx::query(STATE_SQL)
+            .bind(&*self.database)
+            .bind(&*self.slot)
             .bind(format_lsn(resume.last_lsn))
-            .bind(columns.primary_key)
-            .bind(columns.before)
-            .bind(columns.after)
-            .bind(columns.context)
-            .bind(columns.schema)
-            .bind(columns.table)
-            .bind(columns.operation)
-            .bind(columns.committed_at)
-            .bind(columns.queued_at)
-            .bind(columns.transaction_id)
-            .bind(columns.position)
             .bind(partial.map(|p| format_lsn(p.commit_lsn)))
             .bind(partial.map(|p| format_lsn(p.position)))
-            .fetch_one(&mut self.conn)
+            .execute(&mut self.conn)
             .await?;
+        self.conn.execute("COMMIT").await?;
         if written < sent {
             tracing::warn!(
                 sent,
@@ -138,8 +223,7 @@ impl Destination {
                 "some changes of this batch were already stored; they were skipped"
             );
         }
-        self.resume = resume;
-        Ok(resume)
+        Ok(written as u64)
     }
 }
 
@@ -180,7 +264,14 @@ impl<'a> Columns<'a> {
 }
 
 /// The position after writing `pieces` on top of `resume`.
-fn advance(mut resume: ResumePoint, pieces: &[Piece]) -> ResumePoint {
+///
+/// ```
+/// use bemi_worker::{assembler::{Piece, ResumePoint}, destination::advance};
+///
+/// let done = advance(ResumePoint::default(), &[Piece { commit_lsn: 5, rows: vec![], end_lsn: Some(9) }]);
+/// assert_eq!(done.last_lsn, 9);
+/// ```
+pub fn advance(mut resume: ResumePoint, pieces: &[Piece]) -> ResumePoint {
     for piece in pieces {
         match piece.end_lsn {
             Some(end_lsn) => {

@@ -25,18 +25,19 @@
 //! # Ok(()) }
 //! ```
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
-use tokio::sync::watch;
+use tokio::sync::{oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::assembler::{Assembler, Piece, ResumePoint};
 use crate::catalog::Catalog;
 use crate::config::WorkerConfig;
-use crate::destination::Destination;
+use crate::destination::{BatchWriter, Destination, PreviousCommit, advance};
 use crate::error::WorkerError;
 use crate::handoff::{self, PieceReceiver, PieceSender};
 use crate::metrics::{self, WorkerMetrics};
@@ -155,10 +156,14 @@ impl Worker {
         setup::ensure_slot(&pool, &config.slot).await?;
         let slot = setup::check_source(&pool, &config.slot).await?;
 
-        let destination =
-            Destination::open(config.destination_url(), source.database(), &config.slot)
-                .await
-                .map_err(WorkerError::Destination)?;
+        let destination = Destination::open(
+            config.destination_url(),
+            source.database(),
+            &config.slot,
+            config.writer_connections,
+        )
+        .await
+        .map_err(WorkerError::Destination)?;
         let resume = destination.resume_point();
         let start_lsn = resume.last_lsn.max(slot.confirmed_flush.unwrap_or(0));
         let stream =
@@ -171,8 +176,11 @@ impl Worker {
             "streaming changes"
         );
 
-        // Rows that may wait for the writer: two full batches.
-        let (pieces, piece_rx) = handoff::channel(config.max_batch_rows.saturating_mul(2));
+        // Rows that may wait for the writer: two full batches per connection.
+        let in_flight_rows = config
+            .max_batch_rows
+            .saturating_mul(2 * config.writer_connections.max(1));
+        let (pieces, piece_rx) = handoff::channel(in_flight_rows);
         let (applied_tx, applied) = watch::channel(resume);
         let writer = tokio::spawn(write_loop(
             destination,
@@ -368,45 +376,81 @@ impl StreamSession<'_> {
     }
 }
 
-/// The writer task: batches pieces into destination transactions and reports each committed
-/// position.
+/// The writer task: takes batches of pieces and writes each with an idle [`BatchWriter`] — several
+/// at once when the stream is ahead — reporting each position once its batch committed, in
+/// stream order (each batch's commit waits for the one before).
 async fn write_loop(
-    mut destination: Destination,
+    destination: Destination,
     mut pieces: PieceReceiver,
     applied: watch::Sender<ResumePoint>,
     metrics: Arc<WorkerMetrics>,
     max_batch_rows: usize,
 ) -> Result<(), WorkerError> {
-    while let Some(batch) = pieces.recv_batch(max_batch_rows).await {
-        let started = Instant::now();
-        let resume = destination
-            .write(&batch.pieces)
-            .await
-            .map_err(WorkerError::Destination)?;
-        metrics.add_write_time(started.elapsed());
-        tracing::debug!(
-            rows = batch.rows,
-            pieces = batch.pieces.len(),
-            elapsed = ?started.elapsed(),
-            "wrote a batch"
-        );
-        pieces.release(&batch);
-        let transactions = batch.pieces.iter().filter(|p| p.end_lsn.is_some()).count() as u64;
-        let last_commit = batch
-            .pieces
-            .iter()
-            .rev()
-            .find_map(|p| p.rows.last())
-            .map_or(0, |row| row.committed_at);
-        metrics.record_write(
-            batch.rows as u64,
-            transactions,
-            resume.last_lsn,
-            last_commit,
-        );
-        applied.send_replace(resume);
+    let mut resume = destination.resume_point();
+    let mut idle = destination.into_writers();
+    let mut in_flight: VecDeque<InFlight> = VecDeque::new();
+    let mut previous: Option<PreviousCommit> = None;
+    let mut open = true;
+    while open || !in_flight.is_empty() {
+        tokio::select! {
+            batch = pieces.recv_batch(max_batch_rows), if open && !idle.is_empty() => {
+                let Some(batch) = batch else {
+                    open = false;
+                    continue;
+                };
+                let writer = idle.pop().expect("an idle writer");
+                resume = advance(resume, &batch.pieces);
+                let (committed, next) = oneshot::channel();
+                let started = Instant::now();
+                let task = tokio::spawn({
+                    let previous = previous.replace(next);
+                    async move {
+                        let (writer, written) =
+                            writer.write(&batch.pieces, resume, previous, committed).await;
+                        (writer, written, batch)
+                    }
+                });
+                in_flight.push_back(InFlight { task, resume, started });
+            }
+            done = async { (&mut in_flight.front_mut().expect("a batch in flight").task).await },
+                if !in_flight.is_empty() =>
+            {
+                let InFlight { resume, started, .. } =
+                    in_flight.pop_front().expect("a batch in flight");
+                let (writer, written, batch) = done.map_err(|e| {
+                    WorkerError::InvalidConfig(format!("a destination writer crashed: {e}"))
+                })?;
+                written.map_err(WorkerError::Destination)?;
+                idle.push(writer);
+                metrics.add_write_time(started.elapsed());
+                tracing::debug!(
+                    rows = batch.rows,
+                    pieces = batch.pieces.len(),
+                    elapsed = ?started.elapsed(),
+                    "wrote a batch"
+                );
+                pieces.release(&batch);
+                let transactions =
+                    batch.pieces.iter().filter(|p| p.end_lsn.is_some()).count() as u64;
+                let last_commit = batch
+                    .pieces
+                    .iter()
+                    .rev()
+                    .find_map(|p| p.rows.last())
+                    .map_or(0, |row| row.committed_at);
+                metrics.record_write(batch.rows as u64, transactions, resume.last_lsn, last_commit);
+                applied.send_replace(resume);
+            }
+        }
     }
     Ok(())
+}
+
+/// A batch being written.
+struct InFlight {
+    task: tokio::task::JoinHandle<(BatchWriter, Result<u64, sqlx::Error>, handoff::Batch)>,
+    resume: ResumePoint,
+    started: Instant,
 }
 
 /// ±25 % so that many workers do not reconnect in lockstep.

@@ -91,6 +91,16 @@ pub(crate) struct CaptureArgs {
         value_parser = parse_duration
     )]
     heartbeat_interval: Duration,
+    /// Destination connections writing batches at once (commits stay in stream order); more
+    /// use more cores of the destination server.
+    #[arg(
+        long,
+        env = "BEMI_WRITER_CONNECTIONS",
+        value_name = "N",
+        default_value_t = 2,
+        value_parser = clap::value_parser!(u16).range(1..=16)
+    )]
+    writer_connections: u16,
 }
 
 impl CaptureArgs {
@@ -115,6 +125,7 @@ impl CaptureArgs {
         config.publication = self.publication.clone();
         config.metrics_addr = self.metrics_addr;
         config.heartbeat_interval = self.heartbeat_interval;
+        config.writer_connections = usize::from(self.writer_connections);
         Ok(config)
     }
 }
