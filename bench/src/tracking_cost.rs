@@ -129,16 +129,25 @@ pub async fn p2_inserts(env: &Env, sizes: &Sizes) -> anyhow::Result<Vec<Row>> {
         .connect(&db.url)
         .await?;
     let bemi = BemiPool::new(pool.clone());
-    let raw = |persistent: bool| {
+    let raw = |unique_text: bool| {
         let pool = pool.clone();
-        move |_| {
+        move |n: u64| {
             let pool = pool.clone();
             async move {
-                sqlx::query("INSERT INTO plain (task) VALUES ($1)")
-                    .bind("Sleep")
-                    .persistent(persistent)
-                    .execute(&pool)
-                    .await
+                if unique_text {
+                    // A text of its own, as every annotated write has: no statement cache.
+                    let sql = format!("INSERT INTO plain (task) VALUES ($1) /* {n} */");
+                    sqlx::query(sqlx::AssertSqlSafe(sql))
+                        .bind("Sleep")
+                        .persistent(false)
+                        .execute(&pool)
+                        .await
+                } else {
+                    sqlx::query("INSERT INTO plain (task) VALUES ($1)")
+                        .bind("Sleep")
+                        .execute(&pool)
+                        .await
+                }
             }
         }
     };
@@ -160,8 +169,8 @@ pub async fn p2_inserts(env: &Env, sizes: &Sizes) -> anyhow::Result<Vec<Row>> {
     };
     let time = sizes.round_time;
     let mut variants: Vec<Variant<'_>> = vec![
-        Box::new(move || Box::pin(inserts(time, raw(true)))),
         Box::new(move || Box::pin(inserts(time, raw(false)))),
+        Box::new(move || Box::pin(inserts(time, raw(true)))),
         Box::new(move || Box::pin(inserts(time, annotated("plain")))),
         Box::new(move || Box::pin(inserts(time, annotated("tracked")))),
     ];
@@ -191,7 +200,7 @@ pub async fn p2_inserts(env: &Env, sizes: &Sizes) -> anyhow::Result<Vec<Row>> {
             Goal::AtLeast(0.90),
         ),
         reference(
-            "… raw sqlx without its statement cache (`.persistent(false)`) ÷ raw sqlx",
+            "… raw sqlx, a new statement text each time (parsed, not cached) ÷ raw sqlx",
             &unprepared,
         ),
         reference(
