@@ -521,16 +521,29 @@ fn is_root() -> bool {
 /// `BEMI_PG_BIN`, then the directory of `initdb` on PATH, then the newest
 /// `/usr/lib/postgresql/<version>/bin`.
 fn find_bin_dir() -> Result<PathBuf, LaunchError> {
+    find_bin_dir_in(
+        std::env::var_os("BEMI_PG_BIN").map(PathBuf::from),
+        std::env::var_os("PATH"),
+        Path::new("/usr/lib/postgresql"),
+    )
+}
+
+/// [`find_bin_dir`] with its inputs given: the override directory, `PATH`, and the directory of
+/// versioned installations.
+fn find_bin_dir_in(
+    explicit: Option<PathBuf>,
+    path: Option<std::ffi::OsString>,
+    versions_dir: &Path,
+) -> Result<PathBuf, LaunchError> {
     let has_server = |dir: &Path| dir.join("initdb").is_file() && dir.join("postgres").is_file();
-    if let Some(dir) = std::env::var_os("BEMI_PG_BIN") {
-        let dir = PathBuf::from(dir);
+    if let Some(dir) = explicit {
         return if has_server(&dir) {
             Ok(dir)
         } else {
             Err(LaunchError::BinariesNotFound)
         };
     }
-    let on_path = std::env::var_os("PATH")
+    let on_path = path
         .into_iter()
         .flat_map(|paths| std::env::split_paths(&paths).collect::<Vec<_>>())
         .map(|dir| dir.join("initdb"))
@@ -542,7 +555,7 @@ fn find_bin_dir() -> Result<PathBuf, LaunchError> {
     if let Some(dir) = on_path {
         return Ok(dir);
     }
-    let mut versioned: Vec<(u32, PathBuf)> = fs::read_dir("/usr/lib/postgresql")
+    let mut versioned: Vec<(u32, PathBuf)> = fs::read_dir(versions_dir)
         .into_iter()
         .flatten()
         .flatten()
@@ -679,5 +692,46 @@ impl DevDatabase {
             Self::External(url) => url.clone(),
             Self::Ephemeral(pg) => pg.url(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fake_install(dir: &Path) {
+        fs::create_dir_all(dir).unwrap();
+        for binary in ["initdb", "postgres"] {
+            fs::write(dir.join(binary), "").unwrap();
+        }
+    }
+
+    #[test]
+    fn no_binaries_is_an_error_that_names_the_package() {
+        let empty = tempfile::tempdir().unwrap();
+        let error = find_bin_dir_in(None, Some(empty.path().into()), empty.path()).unwrap_err();
+        assert!(matches!(error, LaunchError::BinariesNotFound));
+        let message = error.to_string();
+        assert!(message.contains("apt-get install postgresql"), "{message}");
+        assert!(message.contains("DATABASE_URL"), "{message}");
+        // An override that does not hold the binaries is an error too, not a fallback.
+        let error = find_bin_dir_in(Some(empty.path().into()), None, empty.path()).unwrap_err();
+        assert!(matches!(error, LaunchError::BinariesNotFound));
+    }
+
+    #[test]
+    fn the_newest_versioned_installation_wins_after_path() {
+        let root = tempfile::tempdir().unwrap();
+        let versions = root.path().join("postgresql");
+        for version in ["14", "16", "9"] {
+            fake_install(&versions.join(version).join("bin"));
+        }
+        let found = find_bin_dir_in(None, None, &versions).unwrap();
+        assert_eq!(found, versions.join("16").join("bin"));
+
+        let on_path = root.path().join("custom").join("bin");
+        fake_install(&on_path);
+        let found = find_bin_dir_in(None, Some(on_path.clone().into()), &versions).unwrap();
+        assert_eq!(found, fs::canonicalize(&on_path).unwrap());
     }
 }
