@@ -10,7 +10,8 @@ use serde_json::Value;
 
 use super::audit_db::{AuditArgs, finish_output};
 use super::boolish;
-use super::rows_table::{RowsLayout, footer};
+use super::rows_table::RowsLayout;
+use super::table::footer;
 use super::time::parse_instant;
 
 /// Rows read before the columns' widths are fixed (later rows are cut to them).

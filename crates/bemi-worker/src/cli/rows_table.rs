@@ -8,11 +8,10 @@
 //! (1 row)
 //! ```
 
-use std::fmt::Write as _;
-
 use serde_json::Value;
 
-use super::table::{MAX_JSON_WIDTH, cut, jsonb_text, width};
+pub use super::table::footer;
+use super::table::{MAX_JSON_WIDTH, cut, header_lines, jsonb_key_order, jsonb_text, line, width};
 
 /// Column names and widths.
 ///
@@ -49,7 +48,7 @@ impl RowsLayout {
                 }
             }
         }
-        columns.sort_by(|a, b| a.len().cmp(&b.len()).then_with(|| a.cmp(b)));
+        columns.sort_by(|a, b| jsonb_key_order(a, b));
         let mut widths: Vec<usize> = columns.iter().map(|c| width(c)).collect();
         for row in rows {
             for (w, column) in widths.iter_mut().zip(&columns) {
@@ -66,11 +65,7 @@ impl RowsLayout {
     /// assert_eq!(layout.header(), "\n");
     /// ```
     pub fn header(&self) -> String {
-        let mut text = self.line(self.columns.iter().map(String::as_str), true);
-        text.push('\n');
-        let rule: Vec<String> = self.widths.iter().map(|w| "-".repeat(w + 2)).collect();
-        text.push_str(&rule.join("+"));
-        text
+        header_lines(self.columns.iter().map(String::as_str), &self.widths)
     }
 
     /// One row; cells wider than their column are cut, fields that are not columns left out.
@@ -83,26 +78,7 @@ impl RowsLayout {
     /// ```
     pub fn row(&self, row: &Value) -> String {
         let cells: Vec<String> = self.columns.iter().map(|c| cell(row.get(c))).collect();
-        self.line(cells.iter().map(String::as_str), false)
-    }
-
-    fn line<'a>(&self, cells: impl Iterator<Item = &'a str>, center: bool) -> String {
-        let mut text = String::new();
-        for (i, (cell, &w)) in cells.zip(&self.widths).enumerate() {
-            if i > 0 {
-                text.push('|');
-            }
-            let cell = cut(cell, w);
-            let pad = w - width(&cell);
-            let left = if center { pad / 2 } else { 0 };
-            let _ = write!(
-                text,
-                " {}{cell}{} ",
-                " ".repeat(left),
-                " ".repeat(pad - left)
-            );
-        }
-        text.trim_end().to_owned()
+        line(cells.iter().map(String::as_str), &self.widths, false)
     }
 }
 
@@ -124,14 +100,4 @@ pub fn cell(value: Option<&Value>) -> String {
         Some(other) => jsonb_text(other),
     };
     cut(&text, MAX_JSON_WIDTH)
-}
-
-/// psql's footer: `(1 row)`, `(3 rows)`.
-///
-/// ```
-/// assert_eq!(bemi_worker::cli::rows_table::footer(1), "(1 row)");
-/// assert_eq!(bemi_worker::cli::rows_table::footer(0), "(0 rows)");
-/// ```
-pub fn footer(rows: u64) -> String {
-    format!("({rows} {})", if rows == 1 { "row" } else { "rows" })
 }

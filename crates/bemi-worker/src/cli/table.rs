@@ -7,6 +7,7 @@
 //!  26          | todo  | CREATE    | {}     | {"id": 26, "task": "Sleep", "is_completed": false} | {"method": "POST", "user_id": 187234, "endpoint": "/todo", "SQL": "INSE… | 2023-12-11 17:09:09+00
 //! ```
 
+use std::cmp::Ordering;
 use std::fmt::Write as _;
 
 use bemi_core::audit::Change;
@@ -130,12 +131,7 @@ impl Layout {
     /// assert!(header.contains("\n-------------+-------+"));
     /// ```
     pub fn header(&self) -> String {
-        let titles = HEADERS.map(str::to_owned);
-        let mut text = self.line(&titles, true);
-        text.push('\n');
-        let rule: Vec<String> = self.widths.iter().map(|w| "-".repeat(w + 2)).collect();
-        text.push_str(&rule.join("+"));
-        text
+        header_lines(HEADERS, &self.widths)
     }
 
     /// One row; a cell wider than its column is cut to fit.
@@ -146,27 +142,45 @@ impl Layout {
     /// assert!(layout.row(&cells).starts_with(" 1           | todo  | CREATE    | {}     |"));
     /// ```
     pub fn row(&self, cells: &[String; 7]) -> String {
-        self.line(cells, false)
+        line(cells.iter().map(String::as_str), &self.widths, false)
     }
+}
 
-    fn line(&self, cells: &[String; 7], center: bool) -> String {
-        let mut text = String::new();
-        for (i, (cell, &w)) in cells.iter().zip(&self.widths).enumerate() {
-            if i > 0 {
-                text.push('|');
-            }
-            let cell = cut(cell, w);
-            let pad = w - width(&cell);
-            let left = if center { pad / 2 } else { 0 };
-            let _ = write!(
-                text,
-                " {}{cell}{} ",
-                " ".repeat(left),
-                " ".repeat(pad - left)
-            );
+/// The header line of a table with columns `widths` wide, and the rule under it.
+pub(crate) fn header_lines<'a>(
+    titles: impl IntoIterator<Item = &'a str>,
+    widths: &[usize],
+) -> String {
+    let mut text = line(titles, widths, true);
+    text.push('\n');
+    let rule: Vec<String> = widths.iter().map(|w| "-".repeat(w + 2)).collect();
+    text.push_str(&rule.join("+"));
+    text
+}
+
+/// One line of a table as psql aligns it: each cell cut to its column's width and padded
+/// (centered in the header), `|` between columns, no trailing spaces.
+pub(crate) fn line<'a>(
+    cells: impl IntoIterator<Item = &'a str>,
+    widths: &[usize],
+    center: bool,
+) -> String {
+    let mut text = String::new();
+    for (i, (cell, &w)) in cells.into_iter().zip(widths).enumerate() {
+        if i > 0 {
+            text.push('|');
         }
-        text.trim_end().to_owned()
+        let cell = cut(cell, w);
+        let pad = w - width(&cell);
+        let left = if center { pad / 2 } else { 0 };
+        let _ = write!(
+            text,
+            " {}{cell}{} ",
+            " ".repeat(left),
+            " ".repeat(pad - left)
+        );
     }
+    text.trim_end().to_owned()
 }
 
 /// The whole table of `changes` with psql's `(N rows)` footer.
@@ -184,9 +198,19 @@ pub fn render(changes: &[Change]) -> String {
         text.push_str(&layout.row(row));
         text.push('\n');
     }
-    let noun = if rows.len() == 1 { "row" } else { "rows" };
-    let _ = writeln!(text, "({} {noun})", rows.len());
+    text.push_str(&footer(rows.len() as u64));
+    text.push('\n');
     text
+}
+
+/// psql's footer: `(1 row)`, `(3 rows)`.
+///
+/// ```
+/// assert_eq!(bemi_worker::cli::table::footer(1), "(1 row)");
+/// assert_eq!(bemi_worker::cli::table::footer(0), "(0 rows)");
+/// ```
+pub fn footer(rows: u64) -> String {
+    format!("({rows} {})", if rows == 1 { "row" } else { "rows" })
 }
 
 /// A context in jsonb's style, but with the library's long `SQL` key last, so that the app's own
@@ -232,7 +256,7 @@ fn write_jsonb(text: &mut String, value: &Value) {
     match value {
         Value::Object(map) => {
             let mut entries: Vec<(&String, &Value)> = map.iter().collect();
-            entries.sort_by(|(a, _), (b, _)| a.len().cmp(&b.len()).then_with(|| a.cmp(b)));
+            entries.sort_by(|(a, _), (b, _)| jsonb_key_order(a, b));
             text.push('{');
             for (i, (key, value)) in entries.into_iter().enumerate() {
                 if i > 0 {
@@ -256,6 +280,11 @@ fn write_jsonb(text: &mut String, value: &Value) {
         }
         scalar => text.push_str(&scalar.to_string()),
     }
+}
+
+/// The order in which jsonb keeps an object's keys: shorter first, then bytewise.
+pub(crate) fn jsonb_key_order(a: &str, b: &str) -> Ordering {
+    a.len().cmp(&b.len()).then_with(|| a.cmp(b))
 }
 
 /// A timestamp as psql prints a `timestamptz` in UTC: `2023-12-11 17:09:09.5+00`.
