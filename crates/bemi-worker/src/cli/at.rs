@@ -1,6 +1,6 @@
 //! `bemi at TABLE [PK] TIME`: a row, or a whole table, as it was at an instant.
 
-use std::io::{self, Write as _};
+use std::io;
 
 use anyhow::anyhow;
 use bemi_core::audit::TimeTravel;
@@ -9,10 +9,10 @@ use futures_util::TryStreamExt as _;
 use serde_json::Value;
 
 use super::audit_db::{AuditArgs, finish_output};
-use super::boolish;
 use super::rows_table::RowsLayout;
 use super::table::footer;
 use super::time::parse_instant;
+use super::{boolish, write_stdout};
 
 /// Rows read before the columns' widths are fixed (later rows are cut to them).
 const FIT_ROWS: usize = 1_000;
@@ -108,19 +108,13 @@ impl Output {
             text.push('\n');
         }
         self.count += rows.len() as u64;
-        write(&text)
+        write_stdout(&text)
     }
 
     fn finish(&mut self) -> io::Result<()> {
         if self.json {
             return Ok(());
         }
-        write(&format!("{}\n", footer(self.count)))
+        write_stdout(&format!("{}\n", footer(self.count)))
     }
-}
-
-fn write(text: &str) -> io::Result<()> {
-    let mut stdout = io::stdout().lock();
-    stdout.write_all(text.as_bytes())?;
-    stdout.flush()
 }

@@ -2,9 +2,12 @@
 //! default `DATABASE_URL`), shared by the commands that read or prune it.
 
 use anyhow::{Context as _, anyhow};
+use bemi_core::audit::Change;
+use futures_util::TryStreamExt as _;
+use futures_util::stream::BoxStream;
 use sqlx::PgPool;
 
-use super::{SourceArgs, connect};
+use super::{SourceArgs, connect, write_stdout};
 
 /// `--destination-url` and `--database-url`.
 #[derive(Debug, Clone, clap::Args)]
@@ -62,4 +65,21 @@ pub(crate) fn finish_output(result: std::io::Result<()>) -> anyhow::Result<()> {
         Err(error) if error.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
         other => other.context("writing to stdout"),
     }
+}
+
+/// Prints each change of `changes` as one line of JSON (`--json`), until the stream ends or a
+/// write fails. A query error is returned as such; a failed write as the inner result, for
+/// [`finish_output`].
+pub(crate) async fn print_json_lines(
+    mut changes: BoxStream<'_, Result<Change, sqlx::Error>>,
+) -> Result<std::io::Result<()>, sqlx::Error> {
+    while let Some(change) = changes.try_next().await? {
+        let written = serde_json::to_string(&change)
+            .map_err(std::io::Error::other)
+            .and_then(|line| write_stdout(&format!("{line}\n")));
+        if written.is_err() {
+            return Ok(written);
+        }
+    }
+    Ok(Ok(()))
 }

@@ -1,19 +1,18 @@
 //! `bemi changes`: the audit trail as a table, as JSON lines, or followed as it grows.
 
-use std::io::{self, Write};
+use std::io;
 use std::time::Duration;
 
 use anyhow::anyhow;
 use bemi_core::audit::{Change, ChangeQuery, Cursor, Operation, parse_context_pair};
 use chrono::{DateTime, Utc};
-use futures_util::TryStreamExt as _;
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use super::audit_db::{AuditArgs, finish_output};
+use super::audit_db::{AuditArgs, finish_output, print_json_lines};
 use super::table::{self, Layout};
 use super::time::{parse_duration, parse_instant};
-use super::{boolish, shutdown};
+use super::{boolish, shutdown, write_stdout};
 
 /// Changes fetched per poll of `--follow`.
 const FOLLOW_PAGE_ROWS: u64 = 1_000;
@@ -196,34 +195,20 @@ pub fn context_pairs(pieces: &[String]) -> Vec<String> {
 pub(super) async fn run(args: ChangesArgs) -> anyhow::Result<()> {
     let query = args.query(Utc::now())?;
     let pool = args.db.connect().await?;
-    let mut output = Output::new(args.json);
     let result = if args.follow {
-        follow(&pool, &query, &args, &mut output).await
+        follow(&pool, &query, &args).await
     } else if args.json {
-        let mut changes = query.limit(args.limit).stream(&pool);
-        let mut result = Ok(());
-        while let Some(change) = changes.try_next().await? {
-            result = output.json_line(&change);
-            if result.is_err() {
-                break;
-            }
-        }
-        result
+        print_json_lines(query.limit(args.limit).stream(&pool)).await?
     } else {
         let changes = query.limit(args.limit).fetch(&pool).await?;
-        output.write(&table::render(&changes))
+        write_stdout(&table::render(&changes))
     };
     pool.close().await;
     finish_output(result)
 }
 
 /// Prints the latest `--limit` changes oldest first, then polls for newer ones until a signal.
-async fn follow(
-    pool: &PgPool,
-    query: &ChangeQuery,
-    args: &ChangesArgs,
-    output: &mut Output,
-) -> io::Result<()> {
+async fn follow(pool: &PgPool, query: &ChangeQuery, args: &ChangesArgs) -> io::Result<()> {
     let shutdown = shutdown::on_signals()?;
     // At least one row, to know where "new" starts even when none is shown.
     let mut latest = query
@@ -235,6 +220,7 @@ async fn follow(
     let mut cursor: Option<Cursor> = latest.first().map(Change::cursor);
     latest.truncate(usize::try_from(args.limit).unwrap_or(usize::MAX));
     latest.reverse();
+    let mut output = Output::new(args.json);
     output.start_follow(&latest)?;
     output.changes(&latest)?;
     let mut wait = true;
@@ -268,32 +254,15 @@ async fn follow(
     }
 }
 
-/// Where changes are printed: a table or JSON lines on stdout.
+/// Where followed changes are printed: a table or JSON lines on stdout.
 struct Output {
     json: bool,
     layout: Option<Layout>,
-    stdout: io::Stdout,
 }
 
 impl Output {
     fn new(json: bool) -> Self {
-        Self {
-            json,
-            layout: None,
-            stdout: io::stdout(),
-        }
-    }
-
-    fn write(&mut self, text: &str) -> io::Result<()> {
-        let mut stdout = self.stdout.lock();
-        stdout.write_all(text.as_bytes())?;
-        stdout.flush()
-    }
-
-    fn json_line(&mut self, change: &Change) -> io::Result<()> {
-        let mut line = serde_json::to_string(change).map_err(io::Error::other)?;
-        line.push('\n');
-        self.write(&line)
+        Self { json, layout: None }
     }
 
     /// For a followed table: the header, with columns wide enough for the first rows and for
@@ -307,7 +276,7 @@ impl Output {
         let mut header = layout.header();
         header.push('\n');
         self.layout = Some(layout);
-        self.write(&header)
+        write_stdout(&header)
     }
 
     fn changes(&mut self, changes: &[Change]) -> io::Result<()> {
@@ -322,7 +291,7 @@ impl Output {
             }
             text.push('\n');
         }
-        self.write(&text)
+        write_stdout(&text)
     }
 }
 

@@ -1,12 +1,10 @@
 //! `bemi history TABLE PK`: everything that happened to one row, oldest first.
 
-use std::io::{self, Write as _};
-
 use bemi_core::audit::{Change, TimeTravel};
 use futures_util::TryStreamExt as _;
 
-use super::audit_db::{AuditArgs, finish_output};
-use super::{boolish, table};
+use super::audit_db::{AuditArgs, finish_output, print_json_lines};
+use super::{boolish, table, write_stdout};
 
 /// `bemi history`
 #[derive(Debug, clap::Args)]
@@ -28,26 +26,12 @@ pub(crate) struct HistoryArgs {
 pub(super) async fn run(args: HistoryArgs) -> anyhow::Result<()> {
     let pool = args.db.connect().await?;
     let travel = TimeTravel::table(args.table.trim());
-    let mut changes = travel.history(&pool, args.pk.trim());
+    let changes = travel.history(&pool, args.pk.trim());
     let result = if args.json {
-        let mut stdout = io::stdout().lock();
-        let mut result = Ok(());
-        while let Some(change) = changes.try_next().await? {
-            result = serde_json::to_string(&change)
-                .map_err(io::Error::other)
-                .and_then(|line| writeln!(stdout, "{line}"));
-            if result.is_err() {
-                break;
-            }
-        }
-        drop(changes);
-        result.and_then(|()| stdout.flush())
+        print_json_lines(changes).await?
     } else {
         let all: Vec<Change> = changes.try_collect().await?;
-        let mut stdout = io::stdout().lock();
-        stdout
-            .write_all(table::render(&all).as_bytes())
-            .and_then(|()| stdout.flush())
+        write_stdout(&table::render(&all))
     };
     pool.close().await;
     finish_output(result)

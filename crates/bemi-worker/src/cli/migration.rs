@@ -9,7 +9,7 @@ use anyhow::{Context as _, anyhow};
 use bemi_core::migration::{self, MigrationOptions};
 use chrono::Utc;
 
-use super::{SourceArgs, boolish, connect};
+use super::{SourceArgs, boolish, connect, write_stdout};
 
 /// `bemi migration …`
 #[derive(Debug, clap::Subcommand)]
@@ -75,11 +75,7 @@ pub(super) fn run_migration(command: MigrationCommand) -> anyhow::Result<()> {
             } else {
                 args.flags.options().up()
             };
-            let mut stdout = std::io::stdout().lock();
-            match stdout
-                .write_all(sql.as_bytes())
-                .and_then(|()| stdout.flush())
-            {
+            match write_stdout(&sql) {
                 Err(error) if error.kind() != std::io::ErrorKind::BrokenPipe => {
                     Err(error).context("writing the migration to stdout")
                 }

@@ -255,6 +255,13 @@ pub fn without_password(url: &str) -> String {
     }
 }
 
+/// Writes `text` to stdout and flushes it.
+fn write_stdout(text: &str) -> std::io::Result<()> {
+    let mut stdout = std::io::stdout().lock();
+    stdout.write_all(text.as_bytes())?;
+    stdout.flush()
+}
+
 /// clap's parser for boolean flags set from the environment: `1`/`0`, `true`/`false`,
 /// `yes`/`no`, `on`/`off`.
 fn boolish() -> clap::builder::BoolishValueParser {

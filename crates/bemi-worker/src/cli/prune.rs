@@ -1,15 +1,13 @@
 //! `bemi prune --older-than 90d`: remove old changes in short batches (or drop whole months of
 //! a partitioned table).
 
-use std::io::{self, Write as _};
-
 use anyhow::anyhow;
 use chrono::Utc;
 
 use super::audit_db::{AuditArgs, finish_output};
 use super::table::timestamp_text;
 use super::time::parse_instant;
-use super::{boolish, shutdown};
+use super::{boolish, shutdown, write_stdout};
 use crate::retention::{OldPartitions, PruneProgress, Pruner};
 
 /// `bemi prune`
@@ -87,10 +85,5 @@ pub(super) async fn run(args: PruneArgs) -> anyhow::Result<()> {
         text.push_str("; interrupted (what was deleted stays deleted; run it again to finish)");
     }
     text.push('\n');
-    let mut stdout = io::stdout().lock();
-    finish_output(
-        stdout
-            .write_all(text.as_bytes())
-            .and_then(|()| stdout.flush()),
-    )
+    finish_output(write_stdout(&text))
 }

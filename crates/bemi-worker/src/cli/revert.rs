@@ -1,8 +1,6 @@
 //! `bemi revert`: undo one change, one transaction, or every change of a request, in the
 //! source database (`DATABASE_URL`), from the audit trail.
 
-use std::io::{self, Write as _};
-
 use anyhow::anyhow;
 use bemi_core::audit::{DEFAULT_MAX_CHANGES, Revert, parse_context_pair};
 use chrono::Utc;
@@ -12,7 +10,7 @@ use uuid::Uuid;
 use super::audit_db::{AuditArgs, finish_output};
 use super::changes::context_pairs;
 use super::time::parse_instant;
-use super::{boolish, connect};
+use super::{boolish, connect, write_stdout};
 
 /// `bemi revert`
 #[derive(Debug, clap::Args)]
@@ -114,12 +112,7 @@ pub(super) async fn run(args: RevertArgs) -> anyhow::Result<()> {
     audit.close().await;
     source.close().await;
     let text = outcome.map_err(|error| anyhow!(error))?;
-    let mut stdout = io::stdout().lock();
-    finish_output(
-        stdout
-            .write_all(text.as_bytes())
-            .and_then(|()| stdout.flush()),
-    )
+    finish_output(write_stdout(&text))
 }
 
 fn plural(n: u64) -> &'static str {
