@@ -380,17 +380,12 @@ fn connect_error(url: &str, error: impl std::error::Error + Send + Sync + 'stati
     }
 }
 
-/// `url` with the password of its user info replaced by `***`; text that does not parse as a
+/// `url` with the password of its user info replaced by `***` (the `bemi` CLI's
+/// [`without_password`](bemi_worker::cli::without_password)); text that does not parse as a
 /// URL is not shown at all (it could be a password).
 fn without_password(url: &str) -> String {
     match url::Url::parse(url) {
-        Ok(mut parsed) => {
-            if parsed.password().is_some() {
-                // Only fails for URLs that cannot have a password, and this one has one.
-                let _ = parsed.set_password(Some("***"));
-            }
-            parsed.into()
-        }
+        Ok(_) => bemi_worker::cli::without_password(url),
         Err(error) => format!("the database URL (not shown: it does not parse: {error})"),
     }
 }
