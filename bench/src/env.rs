@@ -102,26 +102,12 @@ impl Env {
             .execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
             .await?;
         admin.close().await;
-        let url = with_database(&self.server.url(), name);
+        let url = self.server.url_for(name);
         let pool = PgPoolOptions::new()
             .max_connections(8)
             .connect(&url)
             .await?;
         Ok(Database { url, pool })
-    }
-}
-
-fn with_database(url: &str, database: &str) -> String {
-    let (base, query) = url
-        .split_once('?')
-        .map_or((url, None), |(b, q)| (b, Some(q)));
-    let authority = base.find("://").map_or(0, |i| i + 3);
-    let path = base[authority..]
-        .find('/')
-        .map_or(base.len(), |i| authority + i);
-    match query {
-        Some(query) => format!("{}/{database}?{query}", &base[..path]),
-        None => format!("{}/{database}", &base[..path]),
     }
 }
 

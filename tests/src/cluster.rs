@@ -4,48 +4,16 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, OnceLock};
 
 use anyhow::Context as _;
-use bemi_worker::launcher::EphemeralPostgres;
+use bemi_worker::launcher::{DevDatabase, EphemeralPostgres};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{ConnectOptions, PgPool};
-
-/// `url` with its database replaced by `database` (query parameters kept).
-pub fn with_database(url: &str, database: &str) -> String {
-    let (base, query) = url
-        .split_once('?')
-        .map_or((url, None), |(b, q)| (b, Some(q)));
-    let authority_start = base.find("://").map_or(0, |i| i + 3);
-    let path_start = base[authority_start..]
-        .find('/')
-        .map_or(base.len(), |i| authority_start + i);
-    let mut result = format!("{}/{database}", &base[..path_start]);
-    if let Some(query) = query {
-        result.push('?');
-        result.push_str(query);
-    }
-    result
-}
 
 /// Where the test databases live: started on first use, shared by every test of the run.
 #[derive(Debug, Default)]
 pub struct TestCluster {
-    server: OnceLock<Server>,
+    server: OnceLock<DevDatabase>,
     counter: AtomicUsize,
     start_lock: Mutex<()>,
-}
-
-#[derive(Debug)]
-enum Server {
-    Ephemeral(EphemeralPostgres),
-    External(String),
-}
-
-impl Server {
-    fn admin_url(&self) -> String {
-        match self {
-            Server::Ephemeral(pg) => pg.url(),
-            Server::External(url) => url.clone(),
-        }
-    }
 }
 
 /// One fresh database for one test.
@@ -65,7 +33,7 @@ impl TestCluster {
         Self::default()
     }
 
-    fn server(&self) -> anyhow::Result<&Server> {
+    fn server(&self) -> anyhow::Result<&DevDatabase> {
         if let Some(server) = self.server.get() {
             return Ok(server);
         }
@@ -73,10 +41,7 @@ impl TestCluster {
         if let Some(server) = self.server.get() {
             return Ok(server);
         }
-        let server = match std::env::var("BEMI_TEST_DATABASE_URL") {
-            Ok(url) if !url.trim().is_empty() => Server::External(url),
-            _ => Server::Ephemeral(EphemeralPostgres::start()?),
-        };
+        let server = DevDatabase::from_var("BEMI_TEST_DATABASE_URL")?;
         Ok(self.server.get_or_init(|| server))
     }
 
@@ -88,7 +53,7 @@ impl TestCluster {
     /// Creates a fresh database named after `hint`.
     pub async fn database(&self, hint: &str) -> anyhow::Result<TestDb> {
         let server = tokio::task::block_in_place(|| self.server())?;
-        let admin_url = server.admin_url();
+        let admin_url = server.url();
         let n = self.counter.fetch_add(1, Ordering::Relaxed);
         let hint: String = hint
             .chars()
@@ -108,7 +73,7 @@ impl TestCluster {
             .await
             .with_context(|| format!("creating database {name}"))?;
         let options = admin_options(&admin_url)?.database(&name);
-        let url = with_database(&admin_url, &name);
+        let url = server.url_for(&name);
         let pool = PgPoolOptions::new()
             .max_connections(8)
             .connect_with(options)
@@ -119,7 +84,7 @@ impl TestCluster {
     /// Drops what this run created on an external server (databases and their slots). An
     /// ephemeral cluster is simply deleted when it is dropped.
     pub fn cleanup(&self) {
-        let Some(Server::External(url)) = self.server.get() else {
+        let Some(DevDatabase::External(url)) = self.server.get() else {
             return;
         };
         let url = url.clone();

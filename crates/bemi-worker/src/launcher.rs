@@ -693,6 +693,41 @@ impl DevDatabase {
             Self::Ephemeral(pg) => pg.url(),
         }
     }
+
+    /// The connection URL of another database on the same server: [`url`](Self::url) with its
+    /// database replaced (query parameters kept).
+    ///
+    /// ```
+    /// use bemi_worker::launcher::DevDatabase;
+    ///
+    /// let db = DevDatabase::External("postgres://bemi:pw@db:5432/postgres?sslmode=disable".into());
+    /// assert_eq!(db.url_for("app"), "postgres://bemi:pw@db:5432/app?sslmode=disable");
+    /// let db = DevDatabase::External("postgres://bemi@db".into());
+    /// assert_eq!(db.url_for("app"), "postgres://bemi@db/app");
+    /// ```
+    pub fn url_for(&self, database: &str) -> String {
+        match self {
+            Self::External(url) => with_database(url, database),
+            Self::Ephemeral(pg) => pg.url_for(database),
+        }
+    }
+}
+
+/// `url` with its database replaced by `database` (query parameters kept).
+fn with_database(url: &str, database: &str) -> String {
+    let (base, query) = url
+        .split_once('?')
+        .map_or((url, None), |(b, q)| (b, Some(q)));
+    let authority_start = base.find("://").map_or(0, |i| i + 3);
+    let path_start = base[authority_start..]
+        .find('/')
+        .map_or(base.len(), |i| authority_start + i);
+    let mut result = format!("{}/{database}", &base[..path_start]);
+    if let Some(query) = query {
+        result.push('?');
+        result.push_str(query);
+    }
+    result
 }
 
 #[cfg(test)]
