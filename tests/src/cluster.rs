@@ -53,7 +53,6 @@ impl TestCluster {
     /// Creates a fresh database named after `hint`.
     pub async fn database(&self, hint: &str) -> anyhow::Result<TestDb> {
         let server = tokio::task::block_in_place(|| self.server())?;
-        let admin_url = server.url();
         let n = self.counter.fetch_add(1, Ordering::Relaxed);
         let hint: String = hint
             .chars()
@@ -67,18 +66,8 @@ impl TestCluster {
             .take(30)
             .collect();
         let name = format!("{}{n}_{hint}", Self::prefix());
-        let mut admin = admin_options(&admin_url)?.connect().await?;
-        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE \"{name}\"")))
-            .execute(&mut admin)
-            .await
-            .with_context(|| format!("creating database {name}"))?;
-        let options = admin_options(&admin_url)?.database(&name);
         let url = server.url_for(&name);
-        let pool = PgPoolOptions::new()
-            .max_connections(8)
-            .connect_with(options)
-            .await?;
-        Ok(TestDb { name, url, pool })
+        create_database(&server.url(), name, url).await
     }
 
     /// Drops what this run created on an external server (databases and their slots). An
@@ -137,18 +126,19 @@ pub async fn private_cluster(
 
 /// A database on a private cluster, as a [`TestDb`].
 pub async fn private_database(pg: &EphemeralPostgres, name: &str) -> anyhow::Result<TestDb> {
-    let mut admin = admin_options(&pg.url())?.connect().await?;
+    create_database(&pg.url(), name.to_owned(), pg.url_for(name)).await
+}
+
+/// Creates the database `name` as the superuser of `admin_url`; `url` is its URL.
+async fn create_database(admin_url: &str, name: String, url: String) -> anyhow::Result<TestDb> {
+    let mut admin = admin_options(admin_url)?.connect().await?;
     sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE \"{name}\"")))
         .execute(&mut admin)
-        .await?;
-    let url = pg.url_for(name);
+        .await
+        .with_context(|| format!("creating database {name}"))?;
     let pool = PgPoolOptions::new()
         .max_connections(8)
         .connect_with(admin_options(&url)?)
         .await?;
-    Ok(TestDb {
-        name: name.to_owned(),
-        url,
-        pool,
-    })
+    Ok(TestDb { name, url, pool })
 }
