@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::ensure;
 use bemi_core::context;
-use bemi_tests::worker::worker_config;
+use bemi_tests::worker::{stored_count, wait_until_slot_streams, worker_config};
 use bemi_tests::{TestCluster, TestResult, ctx, wait_until};
 use serde_json::json;
 
@@ -95,18 +95,6 @@ async fn write(pool: bemi_core::sqlx::BemiPool, writer: i64, truth: Truth) -> an
     Ok(())
 }
 
-async fn stored_count(db: &bemi_tests::TestDb) -> anyhow::Result<i64> {
-    let exists: bool = sqlx::query_scalar("SELECT to_regclass('changes') IS NOT NULL")
-        .fetch_one(&db.pool)
-        .await?;
-    if !exists {
-        return Ok(0);
-    }
-    Ok(sqlx::query_scalar("SELECT count(*) FROM changes")
-        .fetch_one(&db.pool)
-        .await?)
-}
-
 fn start_worker(envs: &[(&str, &str)]) -> anyhow::Result<Background> {
     Background::start(&["worker"], envs)
 }
@@ -126,22 +114,7 @@ pub async fn kill_9_at_random_moments_loses_and_duplicates_nothing(
     ];
     let mut worker = start_worker(&envs)?;
     // The slot exists once the worker streams; writes before that would not be captured.
-    wait_until(
-        "the first worker to stream",
-        Duration::from_secs(60),
-        || async {
-            let streaming: bool = sqlx::query_scalar(
-                "SELECT EXISTS (SELECT 1 FROM pg_replication_slots s \
-                              JOIN pg_stat_replication r ON r.pid = s.active_pid \
-                             WHERE s.slot_name = $1)",
-            )
-            .bind(&config.slot)
-            .fetch_one(&db.pool)
-            .await?;
-            Ok(streaming.then_some(()))
-        },
-    )
-    .await?;
+    wait_until_slot_streams(&db, &config.slot).await?;
     // A slow destination: every batch takes 20 ms more, so the worker lags behind the writers —
     // a position confirmed before its rows are stored would be lost at the next kill.
     db.exec(
@@ -173,13 +146,13 @@ pub async fn kill_9_at_random_moments_loses_and_duplicates_nothing(
             "only {kills} kills in 300 s"
         );
         // A random amount of progress, then SIGKILL: mid-batch, mid-chunk, mid-confirmation.
-        let target = stored_count(&db).await? + 200 + random.below(2_500) as i64;
+        let target = stored_count(&db).await?.unwrap_or(0) + 200 + random.below(2_500) as i64;
         let writing = !writers.is_empty();
         wait_until(
             "progress before the next kill",
             Duration::from_secs(120),
             || async {
-                let progressed = stored_count(&db).await? >= target;
+                let progressed = stored_count(&db).await?.unwrap_or(0) >= target;
                 Ok((progressed || (!writing && kills > 0)).then_some(()))
             },
         )
@@ -204,7 +177,9 @@ pub async fn kill_9_at_random_moments_loses_and_duplicates_nothing(
     wait_until(
         "every change to be stored",
         Duration::from_secs(180),
-        || async { Ok((stored_count(&db).await? >= expected.len() as i64).then_some(())) },
+        || async {
+            Ok((stored_count(&db).await?.unwrap_or(0) >= expected.len() as i64).then_some(()))
+        },
     )
     .await?;
     worker.signal(libc::SIGTERM)?;

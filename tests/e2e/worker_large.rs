@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::ensure;
-use bemi_tests::worker::worker_config;
+use bemi_tests::worker::{wait_until_slot_streams, worker_config};
 use bemi_tests::{TestCluster, TestResult, wait_until};
 
 use crate::cli_support::Background;
@@ -33,18 +33,7 @@ pub async fn a_million_row_transaction_in_bounded_memory(cluster: Arc<TestCluste
         ("BEMI_SLOT", config.slot.as_str()),
     ];
     let mut worker = Background::start(&["worker"], &envs)?;
-    wait_until("the worker to stream", Duration::from_secs(60), || async {
-        let streaming: bool = sqlx::query_scalar(
-            "SELECT EXISTS (SELECT 1 FROM pg_replication_slots s \
-                              JOIN pg_stat_replication r ON r.pid = s.active_pid \
-                             WHERE s.slot_name = $1)",
-        )
-        .bind(&config.slot)
-        .fetch_one(&db.pool)
-        .await?;
-        Ok(streaming.then_some(()))
-    })
-    .await?;
+    wait_until_slot_streams(&db, &config.slot).await?;
     db.exec(&format!(
         "INSERT INTO big SELECT i, md5(i::text) || md5((i + 1)::text) FROM generate_series(1, {ROWS}) i"
     ))

@@ -1,4 +1,5 @@
-//! Running a capture worker inside a test and reading what it wrote.
+//! Running a capture worker inside a test (or waiting for one in another process) and reading
+//! what it wrote.
 
 use std::time::Duration;
 
@@ -140,24 +141,62 @@ pub async fn stored_changes_in(pool: &sqlx::PgPool) -> anyhow::Result<Vec<Stored
         .collect())
 }
 
+/// How many rows the `changes` table holds; `None` until the worker has created it.
+///
+/// ```no_run
+/// # async fn run(db: &bemi_tests::TestDb) -> anyhow::Result<()> {
+/// let stored = bemi_tests::worker::stored_count(db).await?.unwrap_or(0);
+/// # Ok(()) }
+/// ```
+pub async fn stored_count(db: &TestDb) -> anyhow::Result<Option<i64>> {
+    let exists: bool = sqlx::query_scalar("SELECT to_regclass('changes') IS NOT NULL")
+        .fetch_one(&db.pool)
+        .await?;
+    if !exists {
+        return Ok(None);
+    }
+    Ok(Some(
+        sqlx::query_scalar("SELECT count(*) FROM changes")
+            .fetch_one(&db.pool)
+            .await?,
+    ))
+}
+
 /// Waits until the `changes` table holds at least `count` rows, then returns them all.
 pub async fn wait_for_changes(db: &TestDb, count: usize) -> anyhow::Result<Vec<StoredChange>> {
     wait_until(
         &format!("{count} rows in changes"),
         Duration::from_secs(60),
         || async {
-            let exists: bool = sqlx::query_scalar("SELECT to_regclass('changes') IS NOT NULL")
-                .fetch_one(&db.pool)
-                .await?;
-            if !exists {
-                return Ok(None);
-            }
-            let n: i64 = sqlx::query_scalar("SELECT count(*) FROM changes")
-                .fetch_one(&db.pool)
-                .await?;
-            Ok((n as usize >= count).then_some(()))
+            let stored = stored_count(db).await?;
+            Ok(stored.is_some_and(|n| n as usize >= count).then_some(()))
         },
     )
     .await?;
     stored_changes(db).await
+}
+
+/// Waits until a worker in another process streams from `slot` (a WAL sender holds it): from
+/// then on, writes are captured. ([`RunningWorker::start`] waits for its worker itself.)
+///
+/// ```no_run
+/// # async fn run(db: &bemi_tests::TestDb) -> anyhow::Result<()> {
+/// let slot = bemi_tests::worker::worker_config(db).slot;
+/// // … start `bemi worker` with BEMI_SLOT=slot in another process …
+/// bemi_tests::worker::wait_until_slot_streams(db, &slot).await?;
+/// # Ok(()) }
+/// ```
+pub async fn wait_until_slot_streams(db: &TestDb, slot: &str) -> anyhow::Result<()> {
+    wait_until("the worker to stream", Duration::from_secs(60), || async {
+        let streaming: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM pg_replication_slots s \
+                              JOIN pg_stat_replication r ON r.pid = s.active_pid \
+                             WHERE s.slot_name = $1)",
+        )
+        .bind(slot)
+        .fetch_one(&db.pool)
+        .await?;
+        Ok(streaming.then_some(()))
+    })
+    .await
 }
