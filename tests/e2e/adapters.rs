@@ -8,16 +8,9 @@ use bemi_core::context;
 use bemi_core::sqlx::BemiPool;
 use bemi_core::tokio_postgres::BemiClient;
 use bemi_tests::wal::{bemi_contexts, changes};
-use bemi_tests::{TODO_TABLE, TestCluster, TestDb, TestResult, WalEntry, ctx};
+use bemi_tests::{TestCluster, TestResult, WalEntry, ctx, todo_db};
 use serde_json::{Value, json};
 use sqlx::Executor as _;
-
-async fn todo_db(cluster: &TestCluster, hint: &str) -> anyhow::Result<TestDb> {
-    let db = cluster.database(hint).await?;
-    db.exec(TODO_TABLE).await?;
-    db.migrate().await?;
-    Ok(db)
-}
 
 /// `expected` plus the `SQL` key the library adds.
 fn with_sql(expected: &Value, sql: &str) -> Value {

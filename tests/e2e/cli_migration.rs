@@ -18,15 +18,6 @@ async fn triggers_on(db: &TestDb, table: &str) -> anyhow::Result<i64> {
     .await?)
 }
 
-async fn replica_identity(db: &TestDb, table: &str) -> anyhow::Result<String> {
-    Ok(
-        sqlx::query_scalar("SELECT relreplident::text FROM pg_class WHERE oid = $1::regclass")
-            .bind(table)
-            .fetch_one(&db.pool)
-            .await?,
-    )
-}
-
 pub async fn migration_sql_prints_the_up_and_down_migrations(
     _cluster: Arc<TestCluster>,
 ) -> TestResult {
@@ -96,7 +87,7 @@ pub async fn migration_create_writes_a_pair_that_sqlx_migrate_applies_and_revert
     let migrator = sqlx::migrate::Migrator::new(migrations.as_path()).await?;
     migrator.run(&db.pool).await?;
     ensure!(triggers_on(&db, "todo").await? == 1);
-    ensure!(replica_identity(&db, "todo").await? == "f");
+    ensure!(db.replica_identity("todo").await? == "f");
     let applied: Vec<String> =
         sqlx::query_scalar("SELECT description FROM _sqlx_migrations WHERE success")
             .fetch_all(&db.pool)
@@ -157,7 +148,7 @@ pub async fn migrate_installs_tracking_idempotently(cluster: Arc<TestCluster>) -
         "{}",
         first.stdout
     );
-    ensure!(replica_identity(&db, "todo").await? == "d");
+    ensure!(db.replica_identity("todo").await? == "d");
 
     for _ in 0..2 {
         let again = bemi(&["migrate"], &env).await?.success()?;
@@ -169,7 +160,7 @@ pub async fn migrate_installs_tracking_idempotently(cluster: Arc<TestCluster>) -
     }
     ensure!(triggers_on(&db, "todo").await? == 1);
     ensure!(triggers_on(&db, "note").await? == 1);
-    ensure!(replica_identity(&db, "note").await? == "f");
+    ensure!(db.replica_identity("note").await? == "f");
 
     let no_url = bemi(&["migrate"], &[]).await?;
     ensure!(no_url.status.code() == Some(1), "{no_url:#?}");

@@ -44,7 +44,7 @@ async fn handler(State(pool): State<BemiPool>) -> Result<StatusCode, String> {
 }
 
 pub async fn axum_handler_enrichment_reaches_the_wal(cluster: Arc<TestCluster>) -> TestResult {
-    let db = serve::todo_db(&cluster, "enrichment").await?;
+    let db = bemi_tests::todo_db(&cluster, "enrichment").await?;
     let slot = db.wal_slot().await?;
     let app = axum::Router::new()
         .route("/todo", post(handler))

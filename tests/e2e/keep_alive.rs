@@ -218,7 +218,7 @@ async fn assert_own_contexts(slot: &WalSlot) -> anyhow::Result<()> {
 pub async fn axum_keep_alive_requests_keep_their_own_context(
     cluster: Arc<TestCluster>,
 ) -> TestResult {
-    let db = serve::todo_db(&cluster, "axum_keep_alive").await?;
+    let db = bemi_tests::todo_db(&cluster, "axum_keep_alive").await?;
     let slot = db.wal_slot().await?;
     let app = axum::Router::new()
         .route("/todo", post(axum_create))
@@ -235,7 +235,7 @@ pub async fn axum_keep_alive_requests_keep_their_own_context(
 pub async fn actix_keep_alive_requests_keep_their_own_context(
     cluster: Arc<TestCluster>,
 ) -> TestResult {
-    let db = serve::todo_db(&cluster, "actix_keep_alive").await?;
+    let db = bemi_tests::todo_db(&cluster, "actix_keep_alive").await?;
     let slot = db.wal_slot().await?;
     let client = actix_web::web::Data::new(BemiClient::new(db.tokio_postgres().await?));
     let listener = std::net::TcpListener::bind("127.0.0.1:0")?;

@@ -19,15 +19,6 @@ async fn tracked_tables(db: &TestDb) -> anyhow::Result<Vec<String>> {
     .await?)
 }
 
-async fn replica_identity(db: &TestDb, table: &str) -> anyhow::Result<String> {
-    Ok(
-        sqlx::query_scalar("SELECT relreplident::text FROM pg_class WHERE oid = $1::regclass")
-            .bind(table)
-            .fetch_one(&db.pool)
-            .await?,
-    )
-}
-
 async fn bemi_objects(db: &TestDb) -> anyhow::Result<Vec<String>> {
     Ok(sqlx::query_scalar(
         "SELECT 'function ' || proname FROM pg_proc WHERE proname LIKE '\\_bemi%' \
@@ -67,7 +58,7 @@ pub async fn up_tracks_every_schema_and_new_tables(cluster: Arc<TestCluster>) ->
     ensure!(tables == expected, "tracked: {tables:?}");
     for table in expected {
         ensure!(
-            replica_identity(&db, table).await? == "f",
+            db.replica_identity(table).await? == "f",
             "{table} is not REPLICA IDENTITY FULL"
         );
     }
@@ -127,8 +118,8 @@ pub async fn replica_identity_full_is_switchable(cluster: Arc<TestCluster>) -> T
     migration::migrate(&db.pool, options).await?;
     db.exec("CREATE TABLE later (id int PRIMARY KEY)").await?;
     ensure!(tracked_tables(&db).await? == ["later", "todo"]);
-    ensure!(replica_identity(&db, "todo").await? == "d");
-    ensure!(replica_identity(&db, "later").await? == "d");
+    ensure!(db.replica_identity("todo").await? == "d");
+    ensure!(db.replica_identity("later").await? == "d");
     Ok(())
 }
 
@@ -153,6 +144,6 @@ pub async fn worker_tables_and_unlogged_tables_are_not_tracked(
         .await?;
     let tables = tracked_tables(&db).await?;
     ensure!(tables == ["todo"], "tracked: {tables:?}");
-    ensure!(replica_identity(&db, "changes").await? == "d");
+    ensure!(db.replica_identity("changes").await? == "d");
     Ok(())
 }

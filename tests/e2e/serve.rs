@@ -6,15 +6,6 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use bemi_core::tokio_postgres::BemiClient;
-use bemi_tests::{TODO_TABLE, TestCluster, TestDb};
-
-/// A test database with the todo table and bemi's triggers.
-pub async fn todo_db(cluster: &TestCluster, hint: &str) -> anyhow::Result<TestDb> {
-    let db = cluster.database(hint).await?;
-    db.exec(TODO_TABLE).await?;
-    db.migrate().await?;
-    Ok(db)
-}
 
 /// An app listening on 127.0.0.1; stopped by [`Served::stop`] (or, less gracefully, on drop).
 pub struct Served {

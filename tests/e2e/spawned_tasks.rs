@@ -100,7 +100,7 @@ async fn axum_spawning_handler(State(pool): State<BemiPool>) -> Result<StatusCod
 pub async fn axum_spawned_tasks_keep_the_context_only_with_the_helpers(
     cluster: Arc<TestCluster>,
 ) -> TestResult {
-    let db = serve::todo_db(&cluster, "axum_spawn").await?;
+    let db = bemi_tests::todo_db(&cluster, "axum_spawn").await?;
     let slot = db.wal_slot().await?;
     let app = axum::Router::new()
         .route("/spawn", post(axum_spawning_handler))
@@ -184,7 +184,7 @@ async fn actix_spawning_handler(
 pub async fn actix_spawned_tasks_and_web_block_keep_the_context_only_with_the_helpers(
     cluster: Arc<TestCluster>,
 ) -> TestResult {
-    let db = serve::todo_db(&cluster, "actix_spawn").await?;
+    let db = bemi_tests::todo_db(&cluster, "actix_spawn").await?;
     let slot = db.wal_slot().await?;
     let client = actix_web::web::Data::new(BemiClient::new(db.tokio_postgres().await?));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;

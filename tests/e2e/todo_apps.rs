@@ -123,7 +123,7 @@ async fn rest_seed(server: &Served) -> anyhow::Result<Vec<Write>> {
 pub async fn axum_todo_app_seed_requests_carry_their_context(
     cluster: Arc<TestCluster>,
 ) -> TestResult {
-    let db = serve::todo_db(&cluster, "axum_seed").await?;
+    let db = bemi_tests::todo_db(&cluster, "axum_seed").await?;
     let slot = db.wal_slot().await?;
     let server = serve::axum(bemi_examples::axum_app::router(db.bemi_pool())).await?;
     let writes = rest_seed(&server).await?;
@@ -134,7 +134,7 @@ pub async fn axum_todo_app_seed_requests_carry_their_context(
 pub async fn actix_todo_app_seed_requests_carry_their_context(
     cluster: Arc<TestCluster>,
 ) -> TestResult {
-    let db = serve::todo_db(&cluster, "actix_seed").await?;
+    let db = bemi_tests::todo_db(&cluster, "actix_seed").await?;
     let slot = db.wal_slot().await?;
     let server = serve::actix_todo(BemiClient::new(db.tokio_postgres().await?)).await?;
     let writes = rest_seed(&server).await?;
@@ -182,7 +182,7 @@ fn graphql_write(operation: &str, variables: Value, sql: &str, row: &'static str
 pub async fn graphql_todo_app_seed_operations_carry_their_context(
     cluster: Arc<TestCluster>,
 ) -> TestResult {
-    let db = serve::todo_db(&cluster, "graphql_seed").await?;
+    let db = bemi_tests::todo_db(&cluster, "graphql_seed").await?;
     let slot = db.wal_slot().await?;
     let server = serve::axum(bemi_examples::graphql_app::router(db.bemi_pool())).await?;
     let http = serve::client()?;

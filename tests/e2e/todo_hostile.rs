@@ -55,7 +55,7 @@ async fn post_hostile(server: &Served) -> anyhow::Result<()> {
 pub async fn hostile_request_through_the_axum_app_changes_nothing_but_its_row(
     cluster: Arc<TestCluster>,
 ) -> TestResult {
-    let db = serve::todo_db(&cluster, "axum_hostile").await?;
+    let db = bemi_tests::todo_db(&cluster, "axum_hostile").await?;
     let slot = db.wal_slot().await?;
     let server = serve::axum(bemi_examples::axum_app::router(db.bemi_pool())).await?;
     post_hostile(&server).await?;
@@ -67,7 +67,7 @@ pub async fn hostile_request_through_the_axum_app_changes_nothing_but_its_row(
 pub async fn hostile_request_through_the_actix_app_changes_nothing_but_its_row(
     cluster: Arc<TestCluster>,
 ) -> TestResult {
-    let db = serve::todo_db(&cluster, "actix_hostile").await?;
+    let db = bemi_tests::todo_db(&cluster, "actix_hostile").await?;
     let slot = db.wal_slot().await?;
     let server = serve::actix_todo(BemiClient::new(db.tokio_postgres().await?)).await?;
     post_hostile(&server).await?;
@@ -79,7 +79,7 @@ pub async fn hostile_request_through_the_actix_app_changes_nothing_but_its_row(
 pub async fn hostile_graphql_variables_change_nothing_but_their_row(
     cluster: Arc<TestCluster>,
 ) -> TestResult {
-    let db = serve::todo_db(&cluster, "graphql_hostile").await?;
+    let db = bemi_tests::todo_db(&cluster, "graphql_hostile").await?;
     let slot = db.wal_slot().await?;
     let server = serve::axum(bemi_examples::graphql_app::router(db.bemi_pool())).await?;
     let response = serve::client()?

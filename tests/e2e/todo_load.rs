@@ -87,7 +87,7 @@ async fn assert_each_write_has_its_own_user(slot: &bemi_tests::WalSlot) -> TestR
 pub async fn axum_todo_app_keeps_1000_concurrent_contexts_apart(
     cluster: Arc<TestCluster>,
 ) -> TestResult {
-    let db = serve::todo_db(&cluster, "axum_load").await?;
+    let db = bemi_tests::todo_db(&cluster, "axum_load").await?;
     let slot = db.wal_slot().await?;
     let server = serve::axum(bemi_examples::axum_app::router(db.bemi_pool())).await?;
     burst(&server).await?;
@@ -98,7 +98,7 @@ pub async fn axum_todo_app_keeps_1000_concurrent_contexts_apart(
 pub async fn actix_todo_app_keeps_1000_concurrent_contexts_apart(
     cluster: Arc<TestCluster>,
 ) -> TestResult {
-    let db = serve::todo_db(&cluster, "actix_load").await?;
+    let db = bemi_tests::todo_db(&cluster, "actix_load").await?;
     let slot = db.wal_slot().await?;
     let server = serve::actix_todo(BemiClient::new(db.tokio_postgres().await?)).await?;
     burst(&server).await?;

@@ -40,6 +40,21 @@ pub fn ctx(value: serde_json::Value) -> bemi_core::context::Context {
 pub const TODO_TABLE: &str = "CREATE TABLE todo (id bigserial PRIMARY KEY, task text NOT NULL, \
                               is_completed boolean NOT NULL DEFAULT false)";
 
+/// A fresh database with the [`TODO_TABLE`] and bemi's triggers.
+///
+/// ```no_run
+/// # async fn run(cluster: &bemi_tests::TestCluster) -> anyhow::Result<()> {
+/// let db = bemi_tests::todo_db(cluster, "my_test").await?;
+/// db.exec("INSERT INTO todo (task) VALUES ('Sleep')").await?;
+/// # Ok(()) }
+/// ```
+pub async fn todo_db(cluster: &TestCluster, hint: &str) -> anyhow::Result<TestDb> {
+    let db = cluster.database(hint).await?;
+    db.exec(TODO_TABLE).await?;
+    db.migrate().await?;
+    Ok(db)
+}
+
 impl TestDb {
     /// Runs `sql` (several statements allowed) without any annotation.
     pub async fn exec(&self, sql: &str) -> anyhow::Result<()> {
@@ -70,6 +85,22 @@ impl TestDb {
             }
         });
         Ok(client)
+    }
+
+    /// The replica identity of `table` as `pg_class.relreplident`: `d` (default), `f` (full).
+    ///
+    /// ```no_run
+    /// # async fn run(db: &bemi_tests::TestDb) -> anyhow::Result<()> {
+    /// assert_eq!(db.replica_identity("todo").await?, "f");
+    /// # Ok(()) }
+    /// ```
+    pub async fn replica_identity(&self, table: &str) -> anyhow::Result<String> {
+        Ok(
+            sqlx::query_scalar("SELECT relreplident::text FROM pg_class WHERE oid = $1::regclass")
+                .bind(table)
+                .fetch_one(&self.pool)
+                .await?,
+        )
     }
 
     /// A `test_decoding` slot of this database.
