@@ -139,7 +139,6 @@ impl Change {
 
 impl<'r> FromRow<'r, PgRow> for Change {
     fn from_row(row: &'r PgRow) -> Result<Self, sqlx::Error> {
-        let operation: String = row.try_get("operation")?;
         Ok(Self {
             id: row.try_get("id")?,
             primary_key: row.try_get("primary_key")?,
@@ -149,12 +148,7 @@ impl<'r> FromRow<'r, PgRow> for Change {
             database: row.try_get("database")?,
             schema: row.try_get("schema")?,
             table: row.try_get("table")?,
-            operation: operation
-                .parse()
-                .map_err(|error| sqlx::Error::ColumnDecode {
-                    index: "operation".to_owned(),
-                    source: Box::new(error),
-                })?,
+            operation: Operation::from_column(row)?,
             committed_at: row.try_get("committed_at")?,
             queued_at: row.try_get("queued_at")?,
             created_at: row.try_get("created_at")?,
@@ -229,6 +223,17 @@ impl Operation {
             Operation::Delete => "DELETE",
             Operation::Truncate => "TRUNCATE",
         }
+    }
+
+    /// The `operation` column of a row of `changes`.
+    pub(crate) fn from_column(row: &PgRow) -> Result<Self, sqlx::Error> {
+        let operation: String = row.try_get("operation")?;
+        operation
+            .parse()
+            .map_err(|error| sqlx::Error::ColumnDecode {
+                index: "operation".to_owned(),
+                source: Box::new(error),
+            })
     }
 }
 

@@ -66,18 +66,12 @@ fn fields(text: &str) -> Map<String, Value> {
 
 impl<'r> FromRow<'r, PgRow> for Selected {
     fn from_row(row: &'r PgRow) -> Result<Self, sqlx::Error> {
-        let operation: String = row.try_get("operation")?;
         Ok(Self {
             id: row.try_get("id")?,
             primary_key: row.try_get("primary_key")?,
             schema: row.try_get("schema")?,
             table: row.try_get("table")?,
-            operation: operation
-                .parse()
-                .map_err(|error| sqlx::Error::ColumnDecode {
-                    index: "operation".to_owned(),
-                    source: Box::new(error),
-                })?,
+            operation: Operation::from_column(row)?,
             committed_at: row.try_get("committed_at")?,
             position: row.try_get("position")?,
             before: row.try_get("before_text")?,
