@@ -291,6 +291,28 @@ impl<'a> Statement<'a> {
     }
 }
 
+/// `name` as a quoted SQL identifier: `"todo"`, `"say ""hi"""`. For the names of schemas,
+/// tables, columns and publications, which a statement cannot take as bound parameters.
+///
+/// ```
+/// use bemi_core::sql::quote_ident;
+///
+/// assert_eq!(quote_ident("todo"), r#""todo""#);
+/// assert_eq!(quote_ident("my \"table\""), "\"my \"\"table\"\"\"");
+/// ```
+pub fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// `schema.table`, both quoted with [`quote_ident`].
+///
+/// ```
+/// assert_eq!(bemi_core::sql::quote_table("Sales", "order"), r#""Sales"."order""#);
+/// ```
+pub fn quote_table(schema: &str, table: &str) -> String {
+    format!("{}.{}", quote_ident(schema), quote_ident(table))
+}
+
 fn is_write_keyword(word: &str) -> bool {
     ["INSERT", "UPDATE", "DELETE", "MERGE", "TRUNCATE"]
         .iter()
@@ -304,6 +326,17 @@ mod tests {
 
     fn ctx(value: Value) -> Context {
         value.as_object().unwrap().clone()
+    }
+
+    #[test]
+    fn identifier_quotes_are_doubled_and_everything_else_kept() {
+        assert_eq!(quote_ident("todo"), r#""todo""#);
+        assert_eq!(quote_ident(r#"a"b"#), r#""a""b""#);
+        assert_eq!(
+            quote_ident("x\"; DROP TABLE t; --"),
+            r#""x""; DROP TABLE t; --""#
+        );
+        assert_eq!(quote_table("Sales", "order"), r#""Sales"."order""#);
     }
 
     #[test]

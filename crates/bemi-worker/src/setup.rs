@@ -13,6 +13,10 @@ use std::collections::BTreeSet;
 
 use sqlx::PgPool;
 
+/// Quotes an SQL identifier: [`bemi_core::sql::quote_ident`].
+pub use bemi_core::sql::quote_ident;
+use bemi_core::sql::quote_table;
+
 use crate::config::WorkerConfig;
 use crate::destination::parse_lsn;
 use crate::error::WorkerError;
@@ -232,7 +236,7 @@ pub async fn sync_publication(
     let wanted: BTreeSet<String> = candidates
         .iter()
         .filter(|(schema, table)| config.filter.includes(schema, table))
-        .map(|(schema, table)| qualified(schema, table))
+        .map(|(schema, table)| quote_table(schema, table))
         .collect();
     let published: Vec<(String, String)> = sqlx::query_as(
         "SELECT n.nspname::text, c.relname::text FROM pg_catalog.pg_publication_rel pr \
@@ -247,7 +251,7 @@ pub async fn sync_publication(
     .map_err(WorkerError::Source)?;
     let published: BTreeSet<String> = published
         .iter()
-        .map(|(schema, table)| qualified(schema, table))
+        .map(|(schema, table)| quote_table(schema, table))
         .collect();
 
     let to_add: Vec<String> = wanted.difference(&published).cloned().collect();
@@ -267,19 +271,6 @@ pub async fn sync_publication(
     }
     tx.commit().await.map_err(WorkerError::Source)?;
     Ok(to_add)
-}
-
-fn qualified(schema: &str, table: &str) -> String {
-    format!("{}.{}", quote_ident(schema), quote_ident(table))
-}
-
-/// Quotes an SQL identifier.
-///
-/// ```
-/// assert_eq!(bemi_worker::setup::quote_ident("my \"table\""), "\"my \"\"table\"\"\"");
-/// ```
-pub fn quote_ident(name: &str) -> String {
-    format!("\"{}\"", name.replace('"', "\"\""))
 }
 
 /// Emits a non-transactional heartbeat message on the source: it gives the stream a position to

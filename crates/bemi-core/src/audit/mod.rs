@@ -35,7 +35,6 @@
 //! ```
 
 mod change;
-mod ident;
 mod query;
 mod revert;
 mod time_travel;

@@ -20,7 +20,7 @@ use super::error::{Conflict, ConflictReason};
 use super::selection::Selected;
 use super::statement::key_match;
 use crate::audit::change::{Change, Operation};
-use crate::audit::ident::{quote_ident, quote_table};
+use crate::sql::{quote_ident, quote_table};
 
 /// For each row (unnested arrays), its first change after the earliest change being reverted
 /// that is not being reverted. Served by the index `("table", primary_key, committed_at)`.

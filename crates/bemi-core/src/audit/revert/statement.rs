@@ -14,7 +14,7 @@ use super::catalog::Table;
 use super::error::RevertError;
 use super::selection::Selected;
 use crate::audit::change::Operation;
-use crate::audit::ident::{quote_ident, quote_table};
+use crate::sql::{quote_ident, quote_table};
 
 /// One statement of a revert.
 ///
