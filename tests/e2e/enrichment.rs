@@ -60,12 +60,7 @@ pub async fn axum_handler_enrichment_reaches_the_wal(cluster: Arc<TestCluster>) 
         .header("authorization", "Bearer alice")
         .send()
         .await?;
-    let status = response.status();
-    ensure!(
-        status == reqwest::StatusCode::NO_CONTENT,
-        "{status}: {}",
-        response.text().await?
-    );
+    serve::ensure_status(response, reqwest::StatusCode::NO_CONTENT).await?;
     server.stop().await;
 
     let base = json!({
@@ -79,16 +74,5 @@ pub async fn axum_handler_enrichment_reaches_the_wal(cluster: Arc<TestCluster>) 
     enriched["role"] = json!("admin");
     let txns = slot.read_transactions().await?;
     ensure!(txns.len() == 2, "two writes expected: {txns:#?}");
-    for (txn, (task, expected)) in txns.iter().zip([("before", base), ("after", enriched)]) {
-        ensure!(
-            txn.rows.len() == 1 && serve::task_of(&txn.rows[0].1)? == task,
-            "expected the row {task}: {txn:?}"
-        );
-        ensure!(
-            txn.messages == [expected.clone()],
-            "{task}: expected {expected}, got {:?}",
-            txn.messages
-        );
-    }
-    Ok(())
+    serve::ensure_task_and_context_each(&txns, [("before", base), ("after", enriched)])
 }

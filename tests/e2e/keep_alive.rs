@@ -201,18 +201,7 @@ async fn assert_own_contexts(slot: &WalSlot) -> anyhow::Result<()> {
         "{} writes: {txns:#?}",
         txns.len()
     );
-    for (txn, (task, context)) in txns.iter().zip(expected) {
-        ensure!(
-            txn.rows.len() == 1 && serve::task_of(&txn.rows[0].1)? == task,
-            "expected the row {task}: {txn:?}"
-        );
-        ensure!(
-            txn.messages == [context.clone()],
-            "{task}: expected {context}, got {:?}",
-            txn.messages
-        );
-    }
-    Ok(())
+    serve::ensure_task_and_context_each(&txns, expected)
 }
 
 pub async fn axum_keep_alive_requests_keep_their_own_context(

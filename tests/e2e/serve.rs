@@ -4,8 +4,10 @@
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
-use anyhow::Context as _;
+use anyhow::{Context as _, ensure};
 use bemi_core::tokio_postgres::BemiClient;
+use bemi_tests::wal::Txn;
+use serde_json::Value;
 
 /// An app listening on 127.0.0.1; stopped by [`Served::stop`] (or, less gracefully, on drop).
 pub struct Served {
@@ -84,6 +86,36 @@ pub fn client() -> anyhow::Result<reqwest::Client> {
     Ok(reqwest::Client::builder()
         .timeout(Duration::from_secs(60))
         .build()?)
+}
+
+/// Fails, with the status and the body, unless `response` has the status `expected`.
+pub async fn ensure_status(
+    response: reqwest::Response,
+    expected: reqwest::StatusCode,
+) -> anyhow::Result<()> {
+    let status = response.status();
+    ensure!(status == expected, "{status}: {}", response.text().await?);
+    Ok(())
+}
+
+/// Each transaction holds one `todo` row with the expected task and exactly the expected
+/// `_bemi` message, in order (`txns` beyond `expected` are not looked at).
+pub fn ensure_task_and_context_each(
+    txns: &[Txn],
+    expected: impl IntoIterator<Item = (&'static str, Value)>,
+) -> anyhow::Result<()> {
+    for (txn, (task, context)) in txns.iter().zip(expected) {
+        ensure!(
+            txn.rows.len() == 1 && task_of(&txn.rows[0].1)? == task,
+            "expected the row {task}: {txn:?}"
+        );
+        ensure!(
+            txn.messages == [context.clone()],
+            "{task}: expected {context}, got {:?}",
+            txn.messages
+        );
+    }
+    Ok(())
 }
 
 /// The `task` column of a test_decoding row of `todo`.

@@ -114,12 +114,7 @@ pub async fn axum_spawned_tasks_keep_the_context_only_with_the_helpers(
         .header("x-user-id", "187234")
         .send()
         .await?;
-    let status = response.status();
-    ensure!(
-        status == reqwest::StatusCode::NO_CONTENT,
-        "{status}: {}",
-        response.text().await?
-    );
+    serve::ensure_status(response, reqwest::StatusCode::NO_CONTENT).await?;
     server.stop().await;
     assert_carried_and_lost(
         &slot,
@@ -207,12 +202,7 @@ pub async fn actix_spawned_tasks_and_web_block_keep_the_context_only_with_the_he
         .header("x-user-id", "187234")
         .send()
         .await?;
-    let status = response.status();
-    ensure!(
-        status == reqwest::StatusCode::NO_CONTENT,
-        "{status}: {}",
-        response.text().await?
-    );
+    serve::ensure_status(response, reqwest::StatusCode::NO_CONTENT).await?;
     server.stop().await;
     assert_carried_and_lost(&slot, "/spawn", &["carried spawn", "lost spawn"]).await
 }
