@@ -38,6 +38,12 @@ type Truth = Arc<Mutex<BTreeSet<(String, String)>>>;
 
 async fn write(pool: bemi_core::sqlx::BemiPool, writer: i64, truth: Truth) -> anyhow::Result<()> {
     let base = writer * 1_000_000;
+    let record = |operation: &str, id: i64| {
+        truth
+            .lock()
+            .unwrap()
+            .insert((operation.to_owned(), id.to_string()));
+    };
     for n in 0..ROWS_PER_WRITER {
         let id = base + n;
         let request = ctx(json!({"writer": writer, "n": n}));
@@ -49,20 +55,14 @@ async fn write(pool: bemi_core::sqlx::BemiPool, writer: i64, truth: Truth) -> an
                 .await
         })
         .await?;
-        truth
-            .lock()
-            .unwrap()
-            .insert(("CREATE".into(), id.to_string()));
+        record("CREATE", id);
         if n % 10 == 5 {
             let old = id - 5;
             sqlx::query("UPDATE events SET note = 'updated' WHERE id = $1")
                 .bind(old)
                 .execute(&pool)
                 .await?;
-            truth
-                .lock()
-                .unwrap()
-                .insert(("UPDATE".into(), old.to_string()));
+            record("UPDATE", old);
         }
         if n % 10 == 9 {
             let old = id - 8;
@@ -70,10 +70,7 @@ async fn write(pool: bemi_core::sqlx::BemiPool, writer: i64, truth: Truth) -> an
                 .bind(old)
                 .execute(&pool)
                 .await?;
-            truth
-                .lock()
-                .unwrap()
-                .insert(("DELETE".into(), old.to_string()));
+            record("DELETE", old);
         }
     }
     for big in 0..BIG_TRANSACTIONS_PER_WRITER {
