@@ -181,7 +181,6 @@ pub type ResponseFuture<F> = RequestFuture<F>;
 #[cfg(test)]
 mod tests {
     use std::convert::Infallible;
-    use std::future::Future;
     use std::panic::AssertUnwindSafe;
     use std::pin::Pin;
     use std::task::{Context as TaskContext, Poll};
@@ -189,6 +188,7 @@ mod tests {
     use actix_web::web::Bytes;
     use actix_web::{App, HttpResponse, test, web};
     use bemi_core::context::{self, StreamContextExt as _};
+    use futures_util::FutureExt as _;
     use serde_json::{Value, json};
 
     use super::*;
@@ -238,19 +238,6 @@ mod tests {
         });
     }
 
-    /// Polls `future` to completion, catching a panic of any poll.
-    async fn catch_unwind<F: Future>(future: F) -> std::thread::Result<F::Output> {
-        let mut future = std::pin::pin!(future);
-        std::future::poll_fn(move |cx| {
-            match std::panic::catch_unwind(AssertUnwindSafe(|| future.as_mut().poll(cx))) {
-                Ok(Poll::Ready(output)) => Poll::Ready(Ok(output)),
-                Ok(Poll::Pending) => Poll::Pending,
-                Err(panic) => Poll::Ready(Err(panic)),
-            }
-        })
-        .await
-    }
-
     #[test]
     fn a_panicking_handler_leaves_no_context_behind() {
         actix_web::rt::System::new().block_on(async {
@@ -274,7 +261,12 @@ mod tests {
             )
             .await;
             let request = test::TestRequest::get().uri("/panic").to_request();
-            assert!(catch_unwind(app.call(request)).await.is_err());
+            assert!(
+                AssertUnwindSafe(app.call(request))
+                    .catch_unwind()
+                    .await
+                    .is_err()
+            );
             // Nothing is left in scope on this thread...
             assert_eq!(context::current(), None);
             // ...and the next request on the same app sees only its own context.

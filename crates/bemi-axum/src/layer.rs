@@ -273,6 +273,7 @@ mod tests {
     use std::pin::Pin;
 
     use bemi_core::context::{self, Context};
+    use futures_util::FutureExt as _;
     use serde_json::json;
     use tower::{ServiceExt as _, service_fn};
 
@@ -392,19 +393,6 @@ mod tests {
         }
     }
 
-    /// Polls `future` to completion, catching a panic of any poll.
-    async fn catch_unwind<F: Future>(future: F) -> std::thread::Result<F::Output> {
-        let mut future = std::pin::pin!(future);
-        std::future::poll_fn(move |cx| {
-            match std::panic::catch_unwind(AssertUnwindSafe(|| future.as_mut().poll(cx))) {
-                Ok(Poll::Ready(output)) => Poll::Ready(Ok(output)),
-                Ok(Poll::Pending) => Poll::Pending,
-                Err(panic) => Poll::Ready(Err(panic)),
-            }
-        })
-        .await
-    }
-
     /// A service that panics in its future (after an await point) for `/panic-in-future`, in
     /// its synchronous `call` for `/panic-in-call`, and otherwise reports its context.
     #[derive(Clone)]
@@ -444,10 +432,11 @@ mod tests {
         for path in ["/panic-in-future", "/panic-in-call"] {
             let request = Request::get(path).body(()).unwrap();
             let mut panicking = service.clone();
-            let outcome = catch_unwind(async move {
+            let outcome = AssertUnwindSafe(async move {
                 // The synchronous `call` runs inside the poll, so a panic there is caught too.
                 panicking.call(request).await
             })
+            .catch_unwind()
             .await;
             assert!(outcome.is_err(), "{path} should have panicked");
             // Nothing is left in scope on this task (and thread)...
@@ -466,7 +455,8 @@ mod tests {
         let after = context::scope(outer.clone(), async {
             let request = Request::get("/panic-in-future").body(()).unwrap();
             assert!(
-                catch_unwind(service.clone().oneshot(request))
+                AssertUnwindSafe(service.clone().oneshot(request))
+                    .catch_unwind()
                     .await
                     .is_err()
             );
