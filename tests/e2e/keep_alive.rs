@@ -6,7 +6,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use actix_web::dev::ServiceRequest;
 use anyhow::{Context as _, ensure};
 use axum::body::Body;
 use axum::extract::{ConnectInfo, State};
@@ -226,22 +225,8 @@ pub async fn actix_keep_alive_requests_keep_their_own_context(
 ) -> TestResult {
     let db = bemi_tests::todo_db(&cluster, "actix_keep_alive").await?;
     let slot = db.wal_slot().await?;
-    let client = actix_web::web::Data::new(BemiClient::new(db.tokio_postgres().await?));
-    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
-    let addr = listener.local_addr()?;
-    let server = actix_web::HttpServer::new(move || {
-        actix_web::App::new()
-            .app_data(client.clone())
-            .wrap(bemi_actix::Bemi::new(|req: &ServiceRequest| {
-                bemi_examples::request_context::for_actix(req)
-            }))
-            .route("/todo", actix_web::web::post().to(actix_create))
-    })
-    .workers(1)
-    .disable_signals()
-    .listen(listener)?
-    .run();
-    let server = serve::actix(server, addr)?;
+    let client = BemiClient::new(db.tokio_postgres().await?);
+    let server = serve::actix_post(client, "/todo", actix_create).await?;
     three_requests_over_one_connection(&server).await?;
     server.stop().await;
     assert_own_contexts(&slot).await

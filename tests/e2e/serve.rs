@@ -1,9 +1,11 @@
-//! Support for the framework tests: the todo apps served on 127.0.0.1 over real TCP, an HTTP
-//! client, and the task of a todo row in the WAL (grouped by `bemi_tests::wal::transactions`).
+//! Support for the framework tests: the todo apps (and the tests' own apps) served on 127.0.0.1
+//! over real TCP, an HTTP client, a status check, and the task of a todo row in the WAL (grouped
+//! by `bemi_tests::wal::transactions`).
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
+use actix_web::dev::ServiceRequest;
 use anyhow::{Context as _, ensure};
 use bemi_core::tokio_postgres::BemiClient;
 use bemi_tests::wal::Txn;
@@ -68,6 +70,36 @@ pub async fn axum(router: axum::Router) -> anyhow::Result<Served> {
 pub async fn actix_todo(client: BemiClient) -> anyhow::Result<Served> {
     let (listener, addr) = loopback_listener().await?;
     let server = bemi_examples::actix_app::server(client, listener.into_std()?, 2)?;
+    actix(server, addr)
+}
+
+/// Serves an actix app of one `POST path` route on 127.0.0.1 (a free port), with one worker:
+/// bemi's middleware with the examples' request context, and `client` as app data
+/// (`web::Data<BemiClient>`).
+pub async fn actix_post<F, Args>(
+    client: BemiClient,
+    path: &'static str,
+    handler: F,
+) -> anyhow::Result<Served>
+where
+    F: actix_web::Handler<Args> + Send,
+    Args: actix_web::FromRequest + 'static,
+    F::Output: actix_web::Responder + 'static,
+{
+    let client = actix_web::web::Data::new(client);
+    let (listener, addr) = loopback_listener().await?;
+    let server = actix_web::HttpServer::new(move || {
+        actix_web::App::new()
+            .app_data(client.clone())
+            .wrap(bemi_actix::Bemi::new(|req: &ServiceRequest| {
+                bemi_examples::request_context::for_actix(req)
+            }))
+            .route(path, actix_web::web::post().to(handler.clone()))
+    })
+    .workers(1)
+    .disable_signals()
+    .listen(listener.into_std()?)?
+    .run();
     actix(server, addr)
 }
 

@@ -7,7 +7,6 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use actix_web::dev::ServiceRequest;
 use anyhow::{Context as _, ensure};
 use axum::body::Body;
 use axum::extract::State;
@@ -181,22 +180,8 @@ pub async fn actix_spawned_tasks_and_web_block_keep_the_context_only_with_the_he
 ) -> TestResult {
     let db = bemi_tests::todo_db(&cluster, "actix_spawn").await?;
     let slot = db.wal_slot().await?;
-    let client = actix_web::web::Data::new(BemiClient::new(db.tokio_postgres().await?));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?;
-    let server = actix_web::HttpServer::new(move || {
-        actix_web::App::new()
-            .app_data(client.clone())
-            .wrap(bemi_actix::Bemi::new(|req: &ServiceRequest| {
-                bemi_examples::request_context::for_actix(req)
-            }))
-            .route("/spawn", actix_web::web::post().to(actix_spawning_handler))
-    })
-    .workers(1)
-    .disable_signals()
-    .listen(listener.into_std()?)?
-    .run();
-    let server = serve::actix(server, addr)?;
+    let client = BemiClient::new(db.tokio_postgres().await?);
+    let server = serve::actix_post(client, "/spawn", actix_spawning_handler).await?;
     let response = serve::client()?
         .post(server.url("/spawn"))
         .header("x-user-id", "187234")
