@@ -9,6 +9,7 @@ use bemi_core::audit::{Change, Operation};
 use bemi_core::context;
 use bemi_tests::worker::{RunningWorker, wait_for_changes, worker_config};
 use bemi_tests::{TODO_TABLE, TestCluster, TestDb, TestResult, ctx};
+use bemi_worker::schema::{self, Layout};
 use serde_json::json;
 
 use crate::cli_support::{Background, bemi};
@@ -423,5 +424,87 @@ pub async fn changes_follow_prints_changes_made_after_it_started(
         ensure!(status.code() == Some(0), "{status}: {}", follower.stderr());
     }
     worker.stop().await?;
+    Ok(())
+}
+
+/// Writes a change into `changes` as the worker would: of table `todo`, committed `ago` before
+/// now, at `position`.
+async fn store_change(db: &TestDb, task: &str, ago: &str, position: i64) -> anyhow::Result<()> {
+    sqlx::query(
+        "INSERT INTO changes (primary_key, after, database, schema, \"table\", operation, \
+                              committed_at, queued_at, transaction_id, position) \
+         VALUES ($1, jsonb_build_object('task', $1::text), current_database(), 'public', 'todo', \
+                 'CREATE', now() - $2::interval, now(), $3, $3)",
+    )
+    .bind(task)
+    .bind(ago)
+    .bind(position)
+    .execute(&db.pool)
+    .await?;
+    Ok(())
+}
+
+/// Two transactions committing at once can reach the WAL, and so the worker, in the opposite
+/// order of their commit times: the follower still prints the one with the earlier time, once.
+pub async fn changes_follow_prints_a_change_that_arrives_after_a_later_one(
+    cluster: Arc<TestCluster>,
+) -> TestResult {
+    let db = cluster.database("cli_follow_order").await?;
+    let mut conn = db.pool.acquire().await?;
+    schema::create(&mut conn, Layout::Plain).await?;
+    drop(conn);
+    store_change(&db, "existing", "10 seconds", 1).await?;
+
+    let env = [("DATABASE_URL", db.url.as_str())];
+    let mut json = Background::start(
+        &[
+            "changes",
+            "--follow",
+            "--json",
+            "--limit",
+            "1",
+            "--poll-interval",
+            "100ms",
+        ],
+        &env,
+    )?;
+    let timeout = Duration::from_secs(60);
+    let task = |line: &str| -> anyhow::Result<String> {
+        let change: Change = serde_json::from_str(line)?;
+        Ok(change.after["task"].as_str().unwrap_or_default().to_owned())
+    };
+
+    // Once it shows the newest change, it is following.
+    json.line_where("the existing change", timeout, |line| {
+        line.contains("existing")
+    })
+    .await?;
+    store_change(&db, "later", "0 seconds", 30).await?;
+    let line = json
+        .line_where("the later change", timeout, |line| line.contains("later"))
+        .await?;
+    ensure!(task(&line)? == "later");
+    // Committed a second before the one printed, but stored after it.
+    store_change(&db, "earlier", "1 second", 20).await?;
+    json.line_where("the earlier change", timeout, |line| {
+        line.contains("earlier")
+    })
+    .await?;
+    store_change(&db, "last", "0 seconds", 40).await?;
+    json.line_where("the last change", timeout, |line| line.contains("last"))
+        .await?;
+
+    let tasks = json
+        .lines
+        .iter()
+        .map(|line| task(line))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    ensure!(
+        tasks == ["existing", "later", "earlier", "last"],
+        "each change once: {tasks:?}"
+    );
+    json.signal(libc::SIGINT)?;
+    let status = json.wait(Duration::from_secs(30)).await?;
+    ensure!(status.code() == Some(0), "{status}: {}", json.stderr());
     Ok(())
 }

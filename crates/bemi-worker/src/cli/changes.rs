@@ -6,11 +6,12 @@ use std::time::Duration;
 use anyhow::anyhow;
 use bemi_core::audit::{Change, ChangeQuery, Cursor, Operation, parse_context_pair};
 use chrono::{DateTime, Utc};
-use sqlx::PgPool;
+use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
 use super::audit_db::{AuditArgs, finish_output, print_json_lines};
 use super::table::{self, Layout};
+use super::tail::Tail;
 use super::time::{parse_duration, parse_instant};
 use super::{boolish, shutdown, write_stdout};
 
@@ -208,49 +209,88 @@ pub(super) async fn run(args: ChangesArgs) -> anyhow::Result<()> {
 }
 
 /// Prints the latest `--limit` changes oldest first, then polls for newer ones until a signal.
+/// Each poll reads again the [`Tail::LOOKBACK`] window before the newest change seen, so a
+/// change that reaches the audit trail after one committed later is still printed, once.
 async fn follow(pool: &PgPool, query: &ChangeQuery, args: &ChangesArgs) -> io::Result<()> {
     let shutdown = shutdown::on_signals()?;
-    // At least one row, to know where "new" starts even when none is shown.
-    let mut latest = query
-        .clone()
-        .limit(args.limit.max(1))
-        .fetch(pool)
+    let (mut tail, latest) = start_tail(pool, query, args.limit)
         .await
         .map_err(io::Error::other)?;
-    let mut cursor: Option<Cursor> = latest.first().map(Change::cursor);
-    latest.truncate(usize::try_from(args.limit).unwrap_or(usize::MAX));
-    latest.reverse();
     let mut output = Output::new(args.json);
     output.start_follow(&latest)?;
     output.changes(&latest)?;
-    let mut wait = true;
     loop {
-        if wait {
-            tokio::select! {
-                () = shutdown.cancelled() => return Ok(()),
-                () = tokio::time::sleep(args.poll_interval) => {}
-            }
-        } else if shutdown.is_cancelled() {
-            return Ok(());
+        tokio::select! {
+            () = shutdown.cancelled() => return Ok(()),
+            () = tokio::time::sleep(args.poll_interval) => {}
         }
-        let mut next = query.clone().oldest_first().limit(FOLLOW_PAGE_ROWS);
-        if let Some(cursor) = cursor {
-            next = next.after(cursor);
-        }
-        let batch = match next.fetch(pool).await {
-            Ok(batch) => batch,
+        let window = match pool.acquire().await {
+            Ok(mut conn) => read_window(&mut conn, query, &tail).await,
+            Err(error) => Err(error),
+        };
+        let window = match window {
+            Ok(window) => window,
             Err(error) => {
                 tracing::warn!(%error, "could not read new changes; trying again");
-                wait = true;
                 continue;
             }
         };
-        if let Some(last) = batch.last() {
-            cursor = Some(last.cursor());
+        let new: Vec<Change> = window
+            .into_iter()
+            .filter(|change| tail.admit(change))
+            .collect();
+        output.changes(&new)?;
+    }
+}
+
+/// The latest `limit` changes (oldest first), and a tail that has seen every change there is
+/// now, shown or not — both read in one snapshot, so that nothing committed in between is
+/// taken as seen.
+async fn start_tail(
+    pool: &PgPool,
+    query: &ChangeQuery,
+    limit: u64,
+) -> Result<(Tail, Vec<Change>), sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    sqlx::raw_sql("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        .execute(&mut *tx)
+        .await?;
+    // At least one change, to know where the window starts even when none is shown.
+    let mut latest = query.clone().limit(limit.max(1)).fetch(&mut *tx).await?;
+    let mut tail = Tail::default();
+    if let Some(newest) = latest.first() {
+        tail.admit(newest);
+        for change in read_window(&mut tx, query, &tail).await? {
+            tail.admit(&change);
         }
-        // A full page: more is waiting, read it at once.
-        wait = (batch.len() as u64) < FOLLOW_PAGE_ROWS;
-        output.changes(&batch)?;
+    }
+    tx.commit().await?;
+    latest.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
+    latest.reverse();
+    Ok((tail, latest))
+}
+
+/// The changes from the tail's look-back window on (all of them when it has seen none), oldest
+/// first, read in pages.
+async fn read_window(
+    conn: &mut PgConnection,
+    query: &ChangeQuery,
+    tail: &Tail,
+) -> Result<Vec<Change>, sqlx::Error> {
+    let mut window = Vec::new();
+    let mut after: Option<Cursor> = tail.read_from();
+    loop {
+        let mut page = query.clone().oldest_first().limit(FOLLOW_PAGE_ROWS);
+        if let Some(cursor) = after {
+            page = page.after(cursor);
+        }
+        let rows = page.fetch(&mut *conn).await?;
+        let full = rows.len() as u64 == FOLLOW_PAGE_ROWS;
+        after = rows.last().map(Change::cursor).or(after);
+        window.extend(rows);
+        if !full {
+            return Ok(window);
+        }
     }
 }
 

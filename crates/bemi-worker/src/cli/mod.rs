@@ -36,6 +36,7 @@ mod revert;
 pub mod rows_table;
 pub mod shutdown;
 pub mod table;
+pub mod tail;
 pub mod time;
 mod worker;
 
