@@ -14,7 +14,7 @@ use bemi_worker::worker::Worker;
 use tokio_util::sync::CancellationToken;
 
 /// Runs a worker that is expected to give up, and returns its error.
-async fn fatal_error(config: bemi_worker::config::WorkerConfig) -> anyhow::Result<WorkerError> {
+pub async fn fatal_error(config: bemi_worker::config::WorkerConfig) -> anyhow::Result<WorkerError> {
     let worker = Worker::new(config);
     match tokio::time::timeout(
         Duration::from_secs(30),

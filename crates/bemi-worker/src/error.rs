@@ -77,13 +77,13 @@ pub enum WorkerError {
         source: sqlx::Error,
     },
     /// An error talking to the source database.
-    #[error("source database: {0}")]
+    #[error("source database: {0}{hint}", hint = tls_hint(&.0.to_string()))]
     Source(#[source] sqlx::Error),
     /// An error talking to the destination database.
-    #[error("destination database: {0}")]
+    #[error("destination database: {0}{hint}", hint = tls_hint(&.0.to_string()))]
     Destination(#[source] sqlx::Error),
     /// The replication connection failed.
-    #[error("replication connection: {0}")]
+    #[error("replication connection: {0}{hint}", hint = tls_hint(&.0.to_string()))]
     Replication(#[source] PgWireError),
     /// The replication stream ended although nobody asked it to.
     #[error("the replication stream ended unexpectedly")]
@@ -132,11 +132,45 @@ impl WorkerError {
     }
 }
 
+/// Whether an I/O error is TLS refusing the connection (rustls reports through `io::Error`).
+fn is_tls_refusal(error: &std::io::Error) -> bool {
+    error
+        .get_ref()
+        .is_some_and(|inner| inner.downcast_ref::<rustls::Error>().is_some())
+}
+
+/// What to change in the URL when a connection failed over TLS, or without it at a server that
+/// only takes TLS; nothing for other errors.
+///
+/// ```
+/// # use bemi_worker::error::tls_hint;
+/// assert!(tls_hint("no pg_hba.conf entry for host \"127.0.0.1\", user \"bemi\", database \"app\", no encryption").contains("sslmode=verify-full"));
+/// assert!(tls_hint("error with TLS: invalid peer certificate: UnknownIssuer").contains("sslrootcert"));
+/// assert_eq!(tls_hint("connection refused"), "");
+/// ```
+pub fn tls_hint(message: &str) -> &'static str {
+    let message = message.to_lowercase();
+    if message.contains("no pg_hba.conf entry") && message.contains("no encryption") {
+        " (the server accepts only TLS connections from here: add sslmode=verify-full, or \
+         sslmode=require, to the URL)"
+    } else if message.contains("tls") || message.contains("certificate") {
+        " (check the URL's TLS settings: sslmode=verify-full checks the server's certificate \
+         against sslrootcert — the PEM file of the CA that signed it, Mozilla's roots without \
+         it — and its host name; verify-ca skips the name, require encrypts without checking, \
+         disable turns TLS off)"
+    } else {
+        ""
+    }
+}
+
 /// Connection trouble, shutdowns, and transient server states are worth retrying; errors that
 /// say the configuration or the privileges are wrong are not.
 fn sql_is_retryable(error: &sqlx::Error) -> bool {
     match error {
         sqlx::Error::Configuration(_) | sqlx::Error::Tls(_) => false,
+        // A certificate that does not verify (or another TLS refusal) stays so until the URL
+        // or the server changes.
+        sqlx::Error::Io(io) if is_tls_refusal(io) => false,
         sqlx::Error::Database(db) => {
             let code = db.code().unwrap_or_default();
             // 28: invalid authorization; 42501: insufficient privilege; 3D000: no such database;

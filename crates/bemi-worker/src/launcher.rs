@@ -100,6 +100,24 @@ pub enum LaunchError {
 pub struct LaunchOptions {
     /// Server settings passed with `-c name=value`; later entries win.
     pub settings: Vec<(String, String)>,
+    /// A certificate to serve TLS with, and TCP connections only over TLS
+    /// ([`tls_only`](Self::tls_only)).
+    pub tls: Option<ServerTls>,
+}
+
+/// The server's certificate chain and private key, both PEM.
+#[derive(Clone)]
+pub struct ServerTls {
+    /// The certificate (and any intermediates), PEM.
+    pub cert_pem: String,
+    /// Its private key, PEM.
+    pub key_pem: String,
+}
+
+impl std::fmt::Debug for ServerTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerTls").finish_non_exhaustive()
+    }
 }
 
 impl Default for LaunchOptions {
@@ -120,6 +138,7 @@ impl Default for LaunchOptions {
                 .into_iter()
                 .map(|(k, v)| (k.to_owned(), v.to_owned()))
                 .collect(),
+            tls: None,
         }
     }
 }
@@ -134,6 +153,23 @@ impl LaunchOptions {
     pub fn setting(mut self, name: &str, value: &str) -> Self {
         self.settings.push((name.to_owned(), value.to_owned()));
         self
+    }
+
+    /// Serves TLS with this certificate and key (PEM) and refuses TCP connections without it
+    /// (`hostssl` lines in `pg_hba.conf`), like a managed database that requires TLS. For
+    /// testing clients' TLS settings.
+    ///
+    /// ```
+    /// let options = bemi_worker::launcher::LaunchOptions::default()
+    ///     .tls_only("-----BEGIN CERTIFICATE-----…", "-----BEGIN PRIVATE KEY-----…");
+    /// assert!(options.tls.is_some());
+    /// ```
+    pub fn tls_only(mut self, cert_pem: impl Into<String>, key_pem: impl Into<String>) -> Self {
+        self.tls = Some(ServerTls {
+            cert_pem: cert_pem.into(),
+            key_pem: key_pem.into(),
+        });
+        self.setting("ssl", "on")
     }
 }
 
@@ -326,6 +362,34 @@ impl EphemeralPostgres {
             .args(["--encoding", "UTF8", "--locale", "C", "--no-sync"]);
         run(initdb)?;
         fs::remove_file(pwfile)?;
+        if let Some(tls) = &self.options.tls {
+            self.install_tls(tls)?;
+        }
+        Ok(())
+    }
+
+    /// Writes the certificate and key where `ssl = on` looks for them (`server.crt` and
+    /// `server.key` in the data directory, the key private to the server's user), and turns the
+    /// TCP lines of `pg_hba.conf` into TLS-only ones.
+    fn install_tls(&self, tls: &ServerTls) -> Result<(), LaunchError> {
+        let data = self.data_dir();
+        for (name, contents) in [("server.crt", &tls.cert_pem), ("server.key", &tls.key_pem)] {
+            let path = data.join(name);
+            fs::write(&path, contents)?;
+            fs::set_permissions(&path, fs::Permissions::from_mode(0o600))?;
+            if let Some(owner) = &self.owner {
+                owner.chown(&path)?;
+            }
+        }
+        let hba_path = data.join("pg_hba.conf");
+        let hba: String = fs::read_to_string(&hba_path)?
+            .lines()
+            .map(|line| match line.strip_prefix("host ") {
+                Some(rest) => format!("hostssl {rest}\n"),
+                None => format!("{line}\n"),
+            })
+            .collect();
+        fs::write(&hba_path, hba)?;
         Ok(())
     }
 

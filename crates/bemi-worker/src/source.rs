@@ -10,7 +10,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use pgwire_replication::{Lsn, PgWireError, ReplicationClient, ReplicationConfig, TlsConfig};
+use pgwire_replication::{
+    Lsn, PgWireError, ReplicationClient, ReplicationConfig, SslMode, TlsConfig,
+};
 use sqlx::postgres::{PgConnectOptions, PgSslMode};
 
 use crate::error::WorkerError;
@@ -85,7 +87,7 @@ pub struct SourceConnection {
     user: String,
     password: String,
     database: String,
-    ssl_mode: PgSslMode,
+    tls: TlsConfig,
 }
 
 impl std::fmt::Debug for SourceConnection {
@@ -95,6 +97,7 @@ impl std::fmt::Debug for SourceConnection {
             .field("port", &self.port)
             .field("user", &self.user)
             .field("database", &self.database)
+            .field("tls", &self.tls)
             .finish_non_exhaustive()
     }
 }
@@ -102,6 +105,13 @@ impl std::fmt::Debug for SourceConnection {
 impl SourceConnection {
     /// Parses a `postgres://user:password@host:port/database?sslmode=…` URL (the password may
     /// also come from `PGPASSWORD`).
+    ///
+    /// TLS follows the URL as the worker's other (sqlx) connections do: `sslmode` (`disable`,
+    /// `prefer` — the default, also from `PGSSLMODE` —, `require`, `verify-ca`, `verify-full`),
+    /// `sslrootcert` (a PEM file of CA certificates; without it, Mozilla's root certificates),
+    /// and `sslcert` + `sslkey` for a client certificate; each also from `PGSSLROOTCERT`,
+    /// `PGSSLCERT`, `PGSSLKEY`. `verify-full` needs a host name, not an IP address, since the
+    /// certificate is checked against it.
     ///
     /// ```
     /// let source = bemi_worker::source::SourceConnection::from_url("postgres://bemi:s%40cret@db:6543/app").unwrap();
@@ -128,13 +138,21 @@ impl SourceConnection {
                     .to_owned(),
             ));
         }
+        let tls = tls_config(options.get_ssl_mode(), |name| {
+            parsed
+                .query_pairs()
+                .find(|(key, _)| key == name)
+                .map(|(_, value)| value.into_owned())
+                .or_else(|| std::env::var(format!("PG{}", name.to_uppercase())).ok())
+                .filter(|value| !value.is_empty())
+        })?;
         Ok(Self {
             host: options.get_host().to_owned(),
             port: options.get_port(),
             user: options.get_username().to_owned(),
             password,
             database,
-            ssl_mode: options.get_ssl_mode(),
+            tls,
         })
     }
 
@@ -148,16 +166,51 @@ impl SourceConnection {
         &self.database
     }
 
-    fn tls(&self) -> Result<TlsConfig, WorkerError> {
-        match self.ssl_mode {
-            PgSslMode::Disable | PgSslMode::Allow | PgSslMode::Prefer => Ok(TlsConfig::disabled()),
-            mode => Err(WorkerError::InvalidConfig(format!(
-                "the source URL asks for TLS (sslmode={mode:?}) but this build of bemi-worker \
-                 has no TLS support for the replication connection; connect over a private \
-                 network with sslmode=disable, or through a TLS-terminating tunnel"
-            ))),
+    /// How the replication connection uses TLS.
+    ///
+    /// ```
+    /// use bemi_worker::source::SourceConnection;
+    ///
+    /// let source = SourceConnection::from_url("postgres://u@db.internal/app?sslmode=verify-full").unwrap();
+    /// assert!(source.tls().mode.verifies_hostname());
+    /// ```
+    pub fn tls(&self) -> &TlsConfig {
+        &self.tls
+    }
+}
+
+/// The replication connection's TLS for `mode`, with the certificate files `setting` finds
+/// (`sslrootcert`, `sslcert`, `sslkey`).
+fn tls_config(
+    mode: PgSslMode,
+    setting: impl Fn(&str) -> Option<String>,
+) -> Result<TlsConfig, WorkerError> {
+    let root = setting("sslrootcert")
+        // libpq's "the system's roots": Mozilla's list is what this build has.
+        .filter(|path| path != "system")
+        .map(std::path::PathBuf::from);
+    let mut tls = match mode {
+        PgSslMode::Disable | PgSslMode::Allow => return Ok(TlsConfig::disabled()),
+        PgSslMode::Prefer => TlsConfig {
+            mode: SslMode::Prefer,
+            ..TlsConfig::default()
+        },
+        PgSslMode::Require => TlsConfig::require(),
+        PgSslMode::VerifyCa => TlsConfig::verify_ca(root),
+        PgSslMode::VerifyFull => TlsConfig::verify_full(root),
+    };
+    match (setting("sslcert"), setting("sslkey")) {
+        (Some(cert), Some(key)) => tls = tls.with_client_cert(cert, key),
+        (None, None) => {}
+        _ => {
+            return Err(WorkerError::InvalidConfig(
+                "a client certificate needs both sslcert and sslkey in the source URL (or \
+                 PGSSLCERT and PGSSLKEY)"
+                    .to_owned(),
+            ));
         }
     }
+    Ok(tls)
 }
 
 fn percent_decode(text: &str) -> String {
@@ -207,7 +260,7 @@ impl PgWireSource {
             publication,
         )
         .with_port(source.port)
-        .with_tls(source.tls()?)
+        .with_tls(source.tls.clone())
         .with_start_lsn(Lsn(start_lsn))
         .with_status_interval(Duration::from_secs(1))
         .with_wakeup_interval(Duration::from_secs(5))
@@ -318,5 +371,52 @@ pub(crate) fn is_retryable(error: &PgWireError) -> bool {
             !(message.contains("SQLSTATE 28") || message.contains("SQLSTATE 42501"))
         }
         _ => true,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tls_of(url: &str) -> Result<TlsConfig, WorkerError> {
+        SourceConnection::from_url(url).map(|source| source.tls().clone())
+    }
+
+    #[test]
+    fn the_url_sslmode_chooses_the_replication_connections_tls() {
+        let cases = [
+            ("disable", SslMode::Disable),
+            ("allow", SslMode::Disable),
+            ("prefer", SslMode::Prefer),
+            ("require", SslMode::Require),
+            ("verify-ca", SslMode::VerifyCa),
+            ("verify-full", SslMode::VerifyFull),
+        ];
+        for (sslmode, expected) in cases {
+            let tls = tls_of(&format!("postgres://u@db/app?sslmode={sslmode}")).unwrap();
+            assert_eq!(tls.mode, expected, "sslmode={sslmode}");
+        }
+    }
+
+    #[test]
+    fn certificate_files_come_from_the_url() {
+        let tls = tls_of(
+            "postgres://u@db/app?sslmode=verify-full&sslrootcert=/etc/ca.pem\
+             &sslcert=/etc/client.pem&sslkey=/etc/client.key",
+        )
+        .unwrap();
+        assert_eq!(tls.ca_pem_path, Some("/etc/ca.pem".into()));
+        assert_eq!(tls.client_cert_pem_path, Some("/etc/client.pem".into()));
+        assert_eq!(tls.client_key_pem_path, Some("/etc/client.key".into()));
+        let system = tls_of("postgres://u@db/app?sslmode=verify-ca&sslrootcert=system").unwrap();
+        assert_eq!(system.ca_pem_path, None);
+    }
+
+    #[test]
+    fn a_client_certificate_without_its_key_is_refused() {
+        let error = tls_of("postgres://u@db/app?sslmode=require&sslcert=/etc/client.pem")
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("sslcert and sslkey"), "{error}");
     }
 }
