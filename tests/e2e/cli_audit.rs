@@ -111,15 +111,34 @@ pub async fn history_at_and_the_new_changes_filters_from_the_command_line(
     );
     let from_env: Vec<Change> = json_changes(
         &db,
-        &["history"],
-        &[
-            ("BEMI_HISTORY_TABLE", "todo"),
-            ("BEMI_HISTORY_PK", "2"),
-            ("BEMI_HISTORY_JSON", "1"),
-        ],
+        &["history", "todo", "2"],
+        &[("BEMI_HISTORY_JSON", "1")],
     )
     .await?;
     ensure!(operations(&from_env) == [Create], "{from_env:#?}");
+    // The table and the key are arguments only: an environment variable never shifts them.
+    let shifted = run(&db, &["history", "2"], &[("BEMI_HISTORY_TABLE", "todo")]).await?;
+    ensure!(
+        shifted.status.code() == Some(2) && shifted.stderr.contains("<PK>"),
+        "{shifted:#?}"
+    );
+    let shifted = run(
+        &db,
+        &["at", r#"["x",1]"#, "1s"],
+        &[("BEMI_AT_TABLE", "todo")],
+    )
+    .await?;
+    ensure!(
+        shifted.status.code() == Some(1)
+            && shifted.stdout.is_empty()
+            && shifted.stderr.contains(r#"no change of table "[\"x\",1]""#),
+        "{shifted:#?}"
+    );
+    let misspelt = run(&db, &["history", "tood", "1"], &[]).await?;
+    ensure!(
+        misspelt.status.code() == Some(1) && misspelt.stderr.contains("check the name"),
+        "{misspelt:#?}"
+    );
 
     // bemi at TABLE PK TIME
     let sleep = |done: bool| json!({"id": 1, "task": "Sleep", "is_completed": done});
@@ -216,6 +235,38 @@ pub async fn history_at_and_the_new_changes_filters_from_the_command_line(
     );
     let left: Vec<Change> = json_changes(&db, &["changes", "--json"], &[]).await?;
     ensure!(operations(&left) == [Delete, Update], "{left:#?}");
+
+    // --destination-url alone (no DATABASE_URL) is where they read the audit trail, and it is
+    // the URL flag their help and usage name.
+    let destination = ["--destination-url", db.url.as_str()];
+    for args in [
+        &["history", "todo", "1", "--json"][..],
+        &["at", "todo", "1", &t2, "--json"],
+        &["changes", "--json"],
+        &["prune", "--older-than", "1000d"],
+    ] {
+        let output = bemi(&[args, &destination[..]].concat(), &[])
+            .await?
+            .success()?;
+        ensure!(!output.stdout.is_empty(), "{args:?}: {output:#?}");
+    }
+    for command in ["history", "at", "prune", "changes"] {
+        let help = bemi(&[command, "--help"], &[]).await?.success()?;
+        ensure!(
+            help.stdout.contains("--destination-url <URL>")
+                && !help.stdout.contains("--database-url"),
+            "{command}: {}",
+            help.stdout
+        );
+    }
+    // A usage error's usage line names what was given, never a flag that is not read.
+    let usage = run(&db, &["history", "todo"], &[]).await?;
+    ensure!(
+        usage.status.code() == Some(2)
+            && usage.stderr.contains(" history <[SCHEMA.]TABLE> <PK>")
+            && !usage.stderr.contains("--database-url"),
+        "{usage:#?}"
+    );
     Ok(())
 }
 

@@ -8,7 +8,7 @@ use chrono::Utc;
 use futures_util::TryStreamExt as _;
 use serde_json::Value;
 
-use super::audit_db::{AuditArgs, finish_output};
+use super::audit_db::{AuditArgs, ensure_known_table, finish_output};
 use super::rows_table::RowsLayout;
 use super::table::footer;
 use super::time::parse_instant;
@@ -23,7 +23,7 @@ pub(crate) struct AtArgs {
     #[command(flatten)]
     db: AuditArgs,
     /// The table (`todo`, or `schema.todo`).
-    #[arg(env = "BEMI_AT_TABLE", value_name = "[SCHEMA.]TABLE")]
+    #[arg(value_name = "[SCHEMA.]TABLE")]
     table: String,
     /// The row's primary key as stored (`26`; a composite key as JSON: '["x",1]'), then the
     /// instant: an RFC 3339 timestamp (2026-05-01T12:00:00Z, or as `bemi changes` prints it)
@@ -44,6 +44,7 @@ pub(super) async fn run(args: AtArgs) -> anyhow::Result<()> {
     };
     let at = parse_instant(time, Utc::now()).map_err(|e| anyhow!("TIME {e}"))?;
     let pool = args.db.connect().await?;
+    ensure_known_table(&pool, args.table.trim()).await?;
     let travel = TimeTravel::table(args.table.trim());
     let mut output = Output::new(args.json);
     let result = match pk {

@@ -2,17 +2,20 @@
 //! default `DATABASE_URL`), shared by the commands that read or prune it.
 
 use anyhow::{Context as _, anyhow};
-use bemi_core::audit::Change;
+use bemi_core::audit::{Change, ChangeQuery};
 use futures_util::TryStreamExt as _;
 use futures_util::stream::BoxStream;
 use sqlx::PgPool;
 
-use super::{SourceArgs, connect, write_stdout};
+use super::{connect, write_stdout};
 
-/// `--destination-url` and `--database-url`.
+/// `--destination-url`: the database with the `changes` table. Without it, the commands that
+/// only read the audit trail (or prune it) use `DATABASE_URL`, and `bemi revert` its source
+/// database. There is no `--database-url` here, so that help and usage name the one flag that
+/// says where the audit trail is.
 #[derive(Debug, Clone, clap::Args)]
 pub(crate) struct AuditArgs {
-    /// The database with the `changes` table (default: DATABASE_URL).
+    /// The database with the `changes` table (default: the source database, DATABASE_URL).
     #[arg(
         long,
         env = "BEMI_DESTINATION_URL",
@@ -20,29 +23,36 @@ pub(crate) struct AuditArgs {
         hide_env_values = true
     )]
     destination_url: Option<String>,
-    #[command(flatten)]
-    pub source: SourceArgs,
 }
 
 impl AuditArgs {
-    /// The URL of the database with the `changes` table.
-    pub fn url(&self) -> anyhow::Result<&str> {
-        match self.destination_url.as_deref() {
-            Some(url) if !url.trim().is_empty() => Ok(url),
-            _ => self.source.url().map_err(|_| {
+    /// The URL of the database with the `changes` table: `--destination-url`, else `source`
+    /// (the source database's URL, if there is one).
+    pub fn url_or<'a>(&'a self, source: Option<&'a str>) -> anyhow::Result<&'a str> {
+        [self.destination_url.as_deref(), source]
+            .into_iter()
+            .flatten()
+            .find(|url| !url.trim().is_empty())
+            .ok_or_else(|| {
                 anyhow!(
                     "no database to read changes from: set BEMI_DESTINATION_URL (or \
                      DATABASE_URL when the worker writes into the source database), or pass \
                      --destination-url postgres://USER:PASSWORD@HOST/DATABASE"
                 )
-            }),
-        }
+            })
     }
 
-    /// A pool of the database with the `changes` table; fails, saying what to do, when the
-    /// table is not there.
+    /// A pool of the database with the `changes` table, `DATABASE_URL` without
+    /// `--destination-url`; fails, saying what to do, when the table is not there.
     pub async fn connect(&self) -> anyhow::Result<PgPool> {
-        let pool = connect(self.url()?).await?;
+        let source = std::env::var("DATABASE_URL").ok();
+        self.connect_or(source.as_deref()).await
+    }
+
+    /// A pool of the database with the `changes` table, `source` without `--destination-url`
+    /// (see [`AuditArgs::url_or`]); fails, saying what to do, when the table is not there.
+    pub async fn connect_or(&self, source: Option<&str>) -> anyhow::Result<PgPool> {
+        let pool = connect(self.url_or(source)?).await?;
         let exists: bool = sqlx::query_scalar("SELECT to_regclass('changes') IS NOT NULL")
             .fetch_one(&pool)
             .await
@@ -56,6 +66,21 @@ impl AuditArgs {
         }
         Ok(pool)
     }
+}
+
+/// Fails, saying what to check, when the audit trail has no change of `table` at all (`todo`
+/// in any schema, or `schema.todo`): a misspelt or misplaced table name would otherwise read as
+/// a row or a table that did not exist.
+pub(crate) async fn ensure_known_table(pool: &PgPool, table: &str) -> anyhow::Result<()> {
+    let any = ChangeQuery::new().table(table).limit(1).fetch(pool).await?;
+    if any.is_empty() {
+        return Err(anyhow!(
+            "the audit trail has no change of table {table:?}: check the name (`todo`, or \
+             `schema.todo`), that it is the first argument, and that the worker captures that \
+             table (`bemi changes --table TABLE --limit 1`)"
+        ));
+    }
+    Ok(())
 }
 
 /// Whether a write to stdout failed because the reader went away (`bemi … | head`): not an

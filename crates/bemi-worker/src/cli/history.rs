@@ -3,7 +3,7 @@
 use bemi_core::audit::{Change, TimeTravel};
 use futures_util::TryStreamExt as _;
 
-use super::audit_db::{AuditArgs, finish_output, print_json_lines};
+use super::audit_db::{AuditArgs, ensure_known_table, finish_output, print_json_lines};
 use super::{boolish, table, write_stdout};
 
 /// `bemi history`
@@ -12,10 +12,10 @@ pub(crate) struct HistoryArgs {
     #[command(flatten)]
     db: AuditArgs,
     /// The table (`todo`, or `schema.todo`).
-    #[arg(env = "BEMI_HISTORY_TABLE", value_name = "[SCHEMA.]TABLE")]
+    #[arg(value_name = "[SCHEMA.]TABLE")]
     table: String,
     /// The row's primary key as stored (`26`; a composite key as JSON: '["x",1]').
-    #[arg(env = "BEMI_HISTORY_PK", value_name = "PK")]
+    #[arg(value_name = "PK")]
     pk: String,
     /// Print each change as one line of JSON, with every column and nothing cut.
     #[arg(long, env = "BEMI_HISTORY_JSON", value_parser = boolish())]
@@ -25,6 +25,7 @@ pub(crate) struct HistoryArgs {
 /// Runs `bemi history`.
 pub(super) async fn run(args: HistoryArgs) -> anyhow::Result<()> {
     let pool = args.db.connect().await?;
+    ensure_known_table(&pool, args.table.trim()).await?;
     let travel = TimeTravel::table(args.table.trim());
     let changes = travel.history(&pool, args.pk.trim());
     let result = if args.json {

@@ -268,3 +268,51 @@ fn write_stdout(text: &str) -> std::io::Result<()> {
 fn boolish() -> clap::builder::BoolishValueParser {
     clap::builder::BoolishValueParser::new()
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory as _;
+
+    use super::Cli;
+
+    /// The help of `bemi COMMAND`.
+    fn help(command: &str) -> String {
+        let mut bemi = Cli::command();
+        bemi.build();
+        let sub = bemi.find_subcommand_mut(command).unwrap();
+        format!("{}\n{}", sub.render_usage(), sub.render_help())
+    }
+
+    #[test]
+    fn audit_commands_name_the_destination_url_they_read() {
+        for command in ["changes", "history", "at", "prune"] {
+            let help = help(command);
+            assert!(
+                help.contains("--destination-url <URL>") && help.contains("BEMI_DESTINATION_URL"),
+                "{command}: {help}"
+            );
+            // They read DATABASE_URL only as the default of --destination-url.
+            assert!(!help.contains("--database-url"), "{command}: {help}");
+            assert!(help.contains("default: the source database, DATABASE_URL"));
+        }
+        // `bemi revert` writes into the source and reads the audit trail: both.
+        let revert = help("revert");
+        assert!(
+            revert.contains("--database-url <URL>") && revert.contains("--destination-url <URL>"),
+            "{revert}"
+        );
+    }
+
+    #[test]
+    fn positional_arguments_are_not_read_from_the_environment() {
+        for command in ["history", "at"] {
+            let help = help(command);
+            let arguments = help
+                .split("Options:")
+                .next()
+                .and_then(|head| head.split("Arguments:").nth(1))
+                .unwrap();
+            assert!(!arguments.contains("env:"), "{command}: {arguments}");
+        }
+    }
+}

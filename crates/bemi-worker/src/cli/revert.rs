@@ -10,7 +10,7 @@ use uuid::Uuid;
 use super::audit_db::{AuditArgs, finish_output};
 use super::changes::context_pairs;
 use super::time::parse_instant;
-use super::{boolish, connect, write_stdout};
+use super::{SourceArgs, boolish, connect, write_stdout};
 
 /// `bemi revert`
 #[derive(Debug, clap::Args)]
@@ -20,6 +20,10 @@ use super::{boolish, connect, write_stdout};
         .args(["change", "transaction", "context"])
 ))]
 pub(crate) struct RevertArgs {
+    /// The database the changes are reverted in.
+    #[command(flatten)]
+    source: SourceArgs,
+    /// The audit trail the changes are read from (default: the source).
     #[command(flatten)]
     db: AuditArgs,
     /// Revert the change with this id.
@@ -88,8 +92,9 @@ impl RevertArgs {
 /// Runs `bemi revert`.
 pub(super) async fn run(args: RevertArgs) -> anyhow::Result<()> {
     let revert = args.revert()?;
-    let audit = args.db.connect().await?;
-    let source = connect(args.db.source.url()?).await?;
+    let source_url = args.source.url()?;
+    let audit = args.db.connect_or(Some(source_url)).await?;
+    let source = connect(source_url).await?;
     let outcome = if args.dry_run {
         revert.plan(&audit, &source).await.map(|plan| plan.script())
     } else {
