@@ -166,11 +166,21 @@ pub async fn history_at_and_the_new_changes_filters_from_the_command_line(
     let whole: Vec<Value> =
         json_lines(&db, &["at", "todo", "0s"], &[("BEMI_AT_JSON", "true")]).await?;
     ensure!(whole == [eat], "{whole:?}");
-    let bad = run(&db, &["at", "todo", "yesterday"], &[]).await?;
-    ensure!(
-        bad.status.code() == Some(1) && bad.stderr.contains("RFC 3339"),
-        "{bad:#?}"
-    );
+    // A bad instant is a usage error (exit code 2), before any connection.
+    for args in [
+        &["at", "todo", "yesterday"][..],
+        &["at", "todo", "1", "yesterday"],
+        &["changes", "--since", "yesterday"],
+        &["changes", "--until", "noon"],
+        &["revert", "--context", "a=1", "--since", "last week"],
+        &["prune", "--older-than", "ages"],
+    ] {
+        let bad = run(&db, args, &[]).await?;
+        ensure!(
+            bad.status.code() == Some(2) && bad.stderr.contains("RFC 3339"),
+            "{args:?}: {bad:#?}"
+        );
+    }
 
     // bemi changes: the new filters.
     let xid = xid.to_string();

@@ -308,7 +308,7 @@ pub async fn changes_filters_in_table_and_json_output(cluster: Arc<TestCluster>)
         &[("DATABASE_URL", db.url.as_str())],
     )
     .await?;
-    ensure!(bad_since.status.code() == Some(1), "{bad_since:#?}");
+    ensure!(bad_since.status.code() == Some(2), "{bad_since:#?}");
     ensure!(
         bad_since.stderr.contains("RFC 3339"),
         "{}",

@@ -11,7 +11,7 @@ use serde_json::Value;
 use super::audit_db::{AuditArgs, ensure_known_table, finish_output};
 use super::rows_table::RowsLayout;
 use super::table::footer;
-use super::time::parse_instant;
+use super::time::PointInTime;
 use super::{boolish, write_stdout};
 
 /// Rows read before the columns' widths are fixed (later rows are cut to them).
@@ -25,24 +25,97 @@ pub(crate) struct AtArgs {
     /// The table (`todo`, or `schema.todo`).
     #[arg(value_name = "[SCHEMA.]TABLE")]
     table: String,
-    /// The row's primary key as stored (`26`; a composite key as JSON: '["x",1]'), then the
-    /// instant: an RFC 3339 timestamp (2026-05-01T12:00:00Z, or as `bemi changes` prints it)
-    /// or how long ago (15m, 2h, 7d). Without a key: the whole table.
-    #[arg(value_name = "[PK] TIME", num_args = 1..=2, required = true)]
-    key_and_time: Vec<String>,
+    #[command(flatten)]
+    key_and_time: KeyAndTime,
     /// Print each row as one line of JSON, nothing cut.
     #[arg(long, env = "BEMI_AT_JSON", value_parser = boolish())]
     json: bool,
 }
 
+/// `[PK] TIME`: the row's key (none for the whole table) and the instant. The instant is the
+/// last value, so clap cannot check it with a value parser of its own: it is checked here,
+/// while the arguments are parsed, so that a bad one is a usage error too (exit code 2).
+#[derive(Debug, Clone, PartialEq)]
+struct KeyAndTime {
+    pk: Option<String>,
+    time: PointInTime,
+}
+
+impl KeyAndTime {
+    const ID: &'static str = "key_and_time";
+}
+
+impl clap::FromArgMatches for KeyAndTime {
+    fn from_arg_matches(matches: &clap::ArgMatches) -> Result<Self, clap::Error> {
+        Self::from_arg_matches_mut(&mut matches.clone())
+    }
+
+    fn from_arg_matches_mut(matches: &mut clap::ArgMatches) -> Result<Self, clap::Error> {
+        let values: Vec<String> = matches
+            .remove_many::<String>(Self::ID)
+            .map(Iterator::collect)
+            .unwrap_or_default();
+        let (pk, time) = match values.as_slice() {
+            [time] => (None, time),
+            [pk, time] => (Some(pk.clone()), time),
+            _ => {
+                return Err(usage_error(
+                    clap::error::ErrorKind::WrongNumberOfValues,
+                    "`bemi at` takes a table, an optional primary key and an instant",
+                ));
+            }
+        };
+        let time = PointInTime::parse_arg(time).map_err(|error| {
+            usage_error(
+                clap::error::ErrorKind::ValueValidation,
+                format!("invalid value {time:?} for TIME: {error}"),
+            )
+        })?;
+        Ok(Self { pk, time })
+    }
+
+    fn update_from_arg_matches(&mut self, matches: &clap::ArgMatches) -> Result<(), clap::Error> {
+        *self = Self::from_arg_matches(matches)?;
+        Ok(())
+    }
+}
+
+/// A usage error of `bemi at`, with its usage line.
+fn usage_error(kind: clap::error::ErrorKind, message: impl std::fmt::Display) -> clap::Error {
+    let mut bemi = <super::Cli as clap::CommandFactory>::command();
+    bemi.build();
+    match bemi.find_subcommand_mut("at") {
+        Some(at) => at.error(kind, message),
+        None => clap::Error::raw(kind, format!("{message}\n")),
+    }
+}
+
+impl clap::Args for KeyAndTime {
+    fn augment_args(command: clap::Command) -> clap::Command {
+        command.arg(
+            clap::Arg::new(Self::ID)
+                .value_name("[PK] TIME")
+                .num_args(1..=2)
+                .required(true)
+                .help(
+                    "The row's primary key as stored (`26`; a composite key as JSON: \
+                     '[\"x\",1]'), then the instant: an RFC 3339 timestamp \
+                     (2026-05-01T12:00:00Z, or as `bemi changes` prints it) or how long ago \
+                     (15m, 2h, 7d). Without a key: the whole table",
+                ),
+        )
+    }
+
+    fn augment_args_for_update(command: clap::Command) -> clap::Command {
+        Self::augment_args(command)
+    }
+}
+
 /// Runs `bemi at`.
 pub(super) async fn run(args: AtArgs) -> anyhow::Result<()> {
-    let (pk, time) = match args.key_and_time.as_slice() {
-        [time] => (None, time),
-        [pk, time] => (Some(pk.trim()), time),
-        _ => return Err(anyhow!("expected `bemi at TABLE [PK] TIME`")),
-    };
-    let at = parse_instant(time, Utc::now()).map_err(|e| anyhow!("TIME {e}"))?;
+    let KeyAndTime { pk, time } = &args.key_and_time;
+    let pk = pk.as_deref().map(str::trim);
+    let at = time.resolve(Utc::now()).map_err(|e| anyhow!("TIME {e}"))?;
     let pool = args.db.connect().await?;
     ensure_known_table(&pool, args.table.trim()).await?;
     let travel = TimeTravel::table(args.table.trim());
@@ -117,5 +190,58 @@ impl Output {
             return Ok(());
         }
         write_stdout(&format!("{}\n", footer(self.count)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser as _;
+
+    #[derive(Debug, clap::Parser)]
+    struct Harness {
+        #[command(flatten)]
+        args: AtArgs,
+    }
+
+    #[test]
+    fn an_optional_key_then_the_instant() {
+        let whole = Harness::try_parse_from(["bemi", "todo", "15m"]).unwrap();
+        assert_eq!(whole.args.table, "todo");
+        assert_eq!(
+            whole.args.key_and_time,
+            KeyAndTime {
+                pk: None,
+                time: PointInTime::Ago(std::time::Duration::from_secs(900))
+            }
+        );
+        let row = Harness::try_parse_from(["bemi", "todo", r#"["x",1]"#, "2024-05-08T09:30:00Z"])
+            .unwrap();
+        assert_eq!(row.args.key_and_time.pk.as_deref(), Some(r#"["x",1]"#));
+        assert!(matches!(row.args.key_and_time.time, PointInTime::At(_)));
+    }
+
+    #[test]
+    fn a_bad_instant_or_too_many_values_is_a_usage_error() {
+        for args in [
+            &["bemi", "todo", "yesterday"][..],
+            &["bemi", "todo", "1", "yesterday"],
+        ] {
+            let error = Harness::try_parse_from(args).unwrap_err();
+            assert_eq!(error.kind(), clap::error::ErrorKind::ValueValidation);
+            assert!(error.use_stderr());
+            let text = error.to_string();
+            assert!(
+                text.contains("\"yesterday\"") && text.contains("RFC 3339"),
+                "{text}"
+            );
+        }
+        let error = Harness::try_parse_from(["bemi", "todo", "1", "15m", "extra"]).unwrap_err();
+        assert!(error.use_stderr(), "{error}");
+        let error = Harness::try_parse_from(["bemi", "todo"]).unwrap_err();
+        assert_eq!(
+            error.kind(),
+            clap::error::ErrorKind::MissingRequiredArgument
+        );
     }
 }

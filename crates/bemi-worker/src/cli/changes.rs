@@ -12,7 +12,7 @@ use uuid::Uuid;
 use super::audit_db::{AuditArgs, finish_output, print_json_lines};
 use super::table::{self, Layout};
 use super::tail::Tail;
-use super::time::{parse_duration, parse_instant};
+use super::time::{PointInTime, parse_duration};
 use super::{boolish, shutdown, write_stdout};
 
 /// Changes fetched per poll of `--follow`.
@@ -83,11 +83,21 @@ pub(crate) struct ChangesArgs {
     #[arg(long, env = "BEMI_CHANGES_DATABASE", value_name = "NAME")]
     database: Option<String>,
     /// Only changes committed at or after T: an RFC 3339 timestamp, or how long ago (15m, 2h, 7d).
-    #[arg(long, env = "BEMI_CHANGES_SINCE", value_name = "T")]
-    since: Option<String>,
+    #[arg(
+        long,
+        env = "BEMI_CHANGES_SINCE",
+        value_name = "T",
+        value_parser = PointInTime::parse_arg
+    )]
+    since: Option<PointInTime>,
     /// Only changes committed before T (as --since).
-    #[arg(long, env = "BEMI_CHANGES_UNTIL", value_name = "T")]
-    until: Option<String>,
+    #[arg(
+        long,
+        env = "BEMI_CHANGES_UNTIL",
+        value_name = "T",
+        value_parser = PointInTime::parse_arg
+    )]
+    until: Option<PointInTime>,
     /// At most N changes, the newest; with --follow, how many recent ones to show first.
     #[arg(
         long,
@@ -155,13 +165,11 @@ impl ChangesArgs {
             let (key, value) = parse_context_pair(&pair)?;
             query = query.context(key, value);
         }
-        if let Some(since) = &self.since {
-            let since = parse_instant(since, now).map_err(|e| anyhow!("--since {e}"))?;
-            query = query.since(since);
+        if let Some(since) = self.since {
+            query = query.since(since.resolve(now).map_err(|e| anyhow!("--since {e}"))?);
         }
-        if let Some(until) = &self.until {
-            let until = parse_instant(until, now).map_err(|e| anyhow!("--until {e}"))?;
-            query = query.until(until);
+        if let Some(until) = self.until {
+            query = query.until(until.resolve(now).map_err(|e| anyhow!("--until {e}"))?);
         }
         Ok(query)
     }
@@ -423,12 +431,17 @@ mod tests {
     fn bad_filters_say_what_to_write() {
         let error = Harness::try_parse_from(["bemi", "--operation", "upsert"]).unwrap_err();
         assert!(error.to_string().contains("CREATE, UPDATE"), "{error}");
-        let harness = Harness::try_parse_from(["bemi", "--since", "last tuesday"]).unwrap();
-        let error = harness.args.query(Utc::now()).unwrap_err().to_string();
-        assert!(
-            error.starts_with("--since") && error.contains("RFC 3339"),
-            "{error}"
-        );
+        for flag in ["--since", "--until"] {
+            // A usage error (exit code 2) that names the flag and what to write.
+            let error = Harness::try_parse_from(["bemi", flag, "last tuesday"]).unwrap_err();
+            assert_eq!(error.kind(), clap::error::ErrorKind::ValueValidation);
+            assert!(error.use_stderr());
+            let text = error.to_string();
+            assert!(
+                text.contains(flag) && text.contains("RFC 3339") && text.contains("15m"),
+                "{text}"
+            );
+        }
         let harness = Harness::try_parse_from(["bemi", "--context", "user_id"]).unwrap();
         let error = harness.args.query(Utc::now()).unwrap_err().to_string();
         assert!(error.contains("KEY=VALUE"), "{error}");

@@ -6,7 +6,7 @@ use chrono::Utc;
 
 use super::audit_db::{AuditArgs, finish_output};
 use super::table::timestamp_text;
-use super::time::parse_instant;
+use super::time::PointInTime;
 use super::{boolish, shutdown, write_stdout};
 use crate::retention::{OldPartitions, PruneProgress, Pruner};
 
@@ -16,14 +16,20 @@ pub(crate) struct PruneArgs {
     #[command(flatten)]
     db: AuditArgs,
     /// Remove changes committed before T: how long ago (90d, 12w) or a timestamp.
-    #[arg(long, env = "BEMI_PRUNE_OLDER_THAN", value_name = "T")]
-    older_than: String,
+    #[arg(
+        long,
+        env = "BEMI_PRUNE_OLDER_THAN",
+        value_name = "T",
+        value_parser = PointInTime::parse_arg
+    )]
+    older_than: PointInTime,
     /// Rows deleted per transaction.
     #[arg(
         long,
         env = "BEMI_PRUNE_BATCH_ROWS",
         value_name = "N",
-        default_value_t = 5_000
+        default_value_t = 5_000,
+        value_parser = clap::value_parser!(u32).range(1..)
     )]
     batch_rows: u32,
     /// On a partitioned table, detach the old months (kept as tables of their own, to archive)
@@ -34,11 +40,10 @@ pub(crate) struct PruneArgs {
 
 /// Runs `bemi prune`.
 pub(super) async fn run(args: PruneArgs) -> anyhow::Result<()> {
-    let bound =
-        parse_instant(&args.older_than, Utc::now()).map_err(|e| anyhow!("--older-than {e}"))?;
-    if args.batch_rows == 0 {
-        return Err(anyhow!("--batch-rows must be at least 1, e.g. 5000"));
-    }
+    let bound = args
+        .older_than
+        .resolve(Utc::now())
+        .map_err(|e| anyhow!("--older-than {e}"))?;
     let pool = args.db.connect().await?;
     let shutdown = shutdown::on_signals()?;
     let pruner = Pruner::new(bound)

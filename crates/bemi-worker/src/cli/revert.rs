@@ -9,7 +9,7 @@ use uuid::Uuid;
 
 use super::audit_db::{AuditArgs, finish_output};
 use super::changes::context_pairs;
-use super::time::parse_instant;
+use super::time::PointInTime;
 use super::{SourceArgs, boolish, connect, write_stdout};
 
 /// `bemi revert`
@@ -43,11 +43,21 @@ pub(crate) struct RevertArgs {
     )]
     context: Vec<String>,
     /// Only changes committed at or after T (a timestamp, or how long ago: 15m, 2h, 7d).
-    #[arg(long, env = "BEMI_REVERT_SINCE", value_name = "T")]
-    since: Option<String>,
+    #[arg(
+        long,
+        env = "BEMI_REVERT_SINCE",
+        value_name = "T",
+        value_parser = PointInTime::parse_arg
+    )]
+    since: Option<PointInTime>,
     /// Only changes committed before T.
-    #[arg(long, env = "BEMI_REVERT_UNTIL", value_name = "T")]
-    until: Option<String>,
+    #[arg(
+        long,
+        env = "BEMI_REVERT_UNTIL",
+        value_name = "T",
+        value_parser = PointInTime::parse_arg
+    )]
+    until: Option<PointInTime>,
     /// Print the SQL the revert would run (and any conflicts), and write nothing.
     #[arg(long, env = "BEMI_REVERT_DRY_RUN", value_parser = boolish())]
     dry_run: bool,
@@ -79,11 +89,11 @@ impl RevertArgs {
             }
             Revert::context(filter)
         };
-        if let Some(since) = &self.since {
-            revert = revert.since(parse_instant(since, now).map_err(|e| anyhow!("--since {e}"))?);
+        if let Some(since) = self.since {
+            revert = revert.since(since.resolve(now).map_err(|e| anyhow!("--since {e}"))?);
         }
-        if let Some(until) = &self.until {
-            revert = revert.until(parse_instant(until, now).map_err(|e| anyhow!("--until {e}"))?);
+        if let Some(until) = self.until {
+            revert = revert.until(until.resolve(now).map_err(|e| anyhow!("--until {e}"))?);
         }
         Ok(revert.force(self.force).max_changes(self.max_changes))
     }
@@ -166,5 +176,8 @@ mod tests {
         );
         let harness = Harness::try_parse_from(["bemi", "--change", "not-a-uuid"]);
         assert!(harness.is_err());
+        let error = Harness::try_parse_from(["bemi", "--context", "a=1", "--since", "yesterday"])
+            .unwrap_err();
+        assert_eq!(error.kind(), clap::error::ErrorKind::ValueValidation);
     }
 }

@@ -43,9 +43,86 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         .ok_or_else(invalid)
 }
 
+/// An instant as given on the command line: a timestamp, or how long before "now" — kept
+/// unresolved, so that the arguments are checked while they are parsed (a bad one is a usage
+/// error, exit code 2) and "now" is taken when the command runs.
+///
+/// ```
+/// use bemi_worker::cli::time::PointInTime;
+/// use chrono::{TimeZone, Utc};
+///
+/// let now = Utc.with_ymd_and_hms(2024, 5, 8, 12, 0, 0).unwrap();
+/// let week_ago: PointInTime = "7d".parse().unwrap();
+/// assert_eq!(week_ago.resolve(now), Ok(Utc.with_ymd_and_hms(2024, 5, 1, 12, 0, 0).unwrap()));
+/// assert!("yesterday".parse::<PointInTime>().unwrap_err().contains("RFC 3339"));
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PointInTime {
+    /// This long before now.
+    Ago(Duration),
+    /// This instant.
+    At(DateTime<Utc>),
+}
+
+impl PointInTime {
+    /// The instant, with a duration counted back from `now`; fails when that reaches before
+    /// the earliest time chrono represents.
+    pub fn resolve(self, now: DateTime<Utc>) -> Result<DateTime<Utc>, String> {
+        match self {
+            Self::At(instant) => Ok(instant),
+            Self::Ago(ago) => chrono::Duration::from_std(ago)
+                .ok()
+                .and_then(|ago| now.checked_sub_signed(ago))
+                .ok_or_else(|| format!("{ago:?} ago reaches before the earliest supported time")),
+        }
+    }
+
+    /// clap's value parser: [`FromStr`](std::str::FromStr), and a duration must also resolve
+    /// against the current time.
+    ///
+    /// ```
+    /// use bemi_worker::cli::time::PointInTime;
+    ///
+    /// assert!(PointInTime::parse_arg("15m").is_ok());
+    /// assert!(PointInTime::parse_arg("999999999d").is_err()); // before the year -262 143
+    /// ```
+    pub fn parse_arg(text: &str) -> Result<Self, String> {
+        let point: Self = text.parse()?;
+        point
+            .resolve(Utc::now())
+            .map_err(|error| format!("{text:?}: {error}"))?;
+        Ok(point)
+    }
+}
+
+impl std::str::FromStr for PointInTime {
+    type Err = String;
+
+    /// An RFC 3339 timestamp (`2024-05-01T12:00:00Z`), a timestamp as `bemi changes` and psql
+    /// print it (`2024-05-01 12:00:00.5+00`), or a duration (`15m`, `2h`, `7d`).
+    fn from_str(text: &str) -> Result<Self, String> {
+        let trimmed = text.trim();
+        if let Ok(ago) = parse_duration(trimmed) {
+            return Ok(Self::Ago(ago));
+        }
+        DateTime::parse_from_rfc3339(trimmed)
+            .or_else(|_| {
+                DateTime::<FixedOffset>::parse_from_str(trimmed, "%Y-%m-%d %H:%M:%S%.f%#z")
+            })
+            .map(|instant| Self::At(instant.with_timezone(&Utc)))
+            .map_err(|_| {
+                format!(
+                    "{text:?} is neither a timestamp nor a duration: write an RFC 3339 \
+                     timestamp (2024-05-01T12:00:00Z, or as `bemi changes` prints it: \
+                     2024-05-01 12:00:00+00) or how long ago (30s, 15m, 2h, 7d)"
+                )
+            })
+    }
+}
+
 /// An instant: an RFC 3339 timestamp (`2024-05-01T12:00:00Z`), a timestamp as `bemi changes`
 /// and psql print it (`2024-05-01 12:00:00.5+00`), or a duration meaning that long before `now`
-/// (`15m`, `2h`, `7d`).
+/// (`15m`, `2h`, `7d`); see [`PointInTime`].
 ///
 /// ```
 /// use bemi_worker::cli::time::parse_instant;
@@ -60,22 +137,9 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 /// assert!(parse_instant("yesterday", now).is_err());
 /// ```
 pub fn parse_instant(text: &str, now: DateTime<Utc>) -> Result<DateTime<Utc>, String> {
-    let trimmed = text.trim();
-    if let Ok(ago) = parse_duration(trimmed) {
-        let ago = chrono::Duration::from_std(ago).map_err(|e| format!("{text:?}: {e}"))?;
-        return now
-            .checked_sub_signed(ago)
-            .ok_or_else(|| format!("{text:?} reaches before the earliest supported time"));
-    }
-    DateTime::parse_from_rfc3339(trimmed)
-        .or_else(|_| DateTime::<FixedOffset>::parse_from_str(trimmed, "%Y-%m-%d %H:%M:%S%.f%#z"))
-        .map(|instant| instant.with_timezone(&Utc))
-        .map_err(|_| {
-            format!(
-                "{text:?} is neither a timestamp nor a duration: write an RFC 3339 timestamp \
-                 (2024-05-01T12:00:00Z) or how long ago (30s, 15m, 2h, 7d)"
-            )
-        })
+    text.parse::<PointInTime>()?
+        .resolve(now)
+        .map_err(|error| format!("{text:?}: {error}"))
 }
 
 #[cfg(test)]
@@ -135,6 +199,27 @@ mod tests {
         for bad in ["", "2024-05-08", "tomorrow", "12:00"] {
             let error = parse_instant(bad, now).unwrap_err();
             assert!(error.contains("RFC 3339"), "{bad}: {error}");
+            let error = PointInTime::parse_arg(bad).unwrap_err();
+            assert!(error.contains("RFC 3339"), "{bad}: {error}");
         }
+    }
+
+    #[test]
+    fn points_in_time_resolve_when_the_command_runs() {
+        let now = Utc.with_ymd_and_hms(2024, 5, 8, 12, 0, 0).unwrap();
+        let ago = PointInTime::parse_arg("90m").unwrap();
+        assert_eq!(ago, PointInTime::Ago(Duration::from_secs(5_400)));
+        assert_eq!(
+            ago.resolve(now),
+            Ok(Utc.with_ymd_and_hms(2024, 5, 8, 10, 30, 0).unwrap())
+        );
+        let at = PointInTime::parse_arg("2024-05-08 09:30:00+00").unwrap();
+        assert_eq!(
+            at,
+            PointInTime::At(Utc.with_ymd_and_hms(2024, 5, 8, 9, 30, 0).unwrap())
+        );
+        // Parses as a duration, but reaches before the earliest time there is.
+        let error = PointInTime::parse_arg("999999999d").unwrap_err();
+        assert!(error.contains("earliest"), "{error}");
     }
 }
