@@ -390,22 +390,39 @@ fn without_password(url: &str) -> String {
     }
 }
 
-/// Logs to the terminal at level INFO (bemi's warnings included; PostgreSQL's notices only from
-/// level WARN).
+/// Logs to stderr at level INFO (bemi's warnings included; PostgreSQL's notices only from level
+/// WARN), in colour only when stderr is a terminal.
 ///
 /// ```no_run
 /// bemi_examples::startup::init_logging();
 /// ```
 pub fn init_logging() {
+    init_logging_at(tracing::Level::INFO);
+}
+
+/// Logs to stderr from `level` on (PostgreSQL's notices only from level WARN), in colour only
+/// when stderr is a terminal: stdout stays the program's own output, and a log file or a pipe
+/// gets no escape codes. Does nothing if the program already installed a subscriber.
+///
+/// ```no_run
+/// // The demo: only warnings and errors, between its printed output.
+/// bemi_examples::startup::init_logging_at(tracing::Level::WARN);
+/// ```
+pub fn init_logging_at(level: tracing::Level) {
+    use std::io::IsTerminal as _;
     use tracing::Level;
     use tracing_subscriber::filter::Targets;
     use tracing_subscriber::prelude::*;
 
     let filter = Targets::new()
-        .with_default(Level::INFO)
-        .with_target("sqlx::postgres::notice", Level::WARN);
+        .with_default(level)
+        .with_target("sqlx::postgres::notice", Level::WARN.min(level));
     let _ = tracing_subscriber::registry()
-        .with(tracing_subscriber::fmt::layer())
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_ansi(std::io::stderr().is_terminal()),
+        )
         .with(filter)
         .try_init();
 }

@@ -3,7 +3,8 @@
 //! Without `DATABASE_URL` it starts an embedded PostgreSQL (removed at exit); with it, it uses
 //! that server (which needs `wal_level=logical`) and drops the demo's replication slot at the end.
 //! It migrates, runs the capture worker in-process, serves the axum todo app, replays Bemi's five
-//! example requests and prints the resulting `changes` table.
+//! example requests and prints the resulting `changes` table. Logs go to stderr, warnings and
+//! errors only: stdout is the demo's own output.
 
 use std::process::ExitCode;
 
@@ -14,7 +15,7 @@ const SLOT: &str = "bemi_demo";
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    startup::init_logging();
+    startup::init_logging_at(tracing::Level::WARN);
     match run().await {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
