@@ -69,30 +69,31 @@ pub async fn replay(url: &str, slot: &str) -> Result<Vec<Change>, DemoError> {
     let pool = startup::prepare_database(url).await?;
     let started_at: chrono::DateTime<chrono::Utc> =
         sqlx::query_scalar("SELECT now()").fetch_one(&pool).await?;
-
-    let mut config = WorkerConfig::new(url);
-    config.slot = slot.to_owned();
-    let worker = Worker::new(config);
-    let metrics = worker.metrics();
-    let shutdown = CancellationToken::new();
-    let worker_task = tokio::spawn({
-        let shutdown = shutdown.clone();
-        async move { worker.run(shutdown).await }
-    });
     let deadline = Instant::now() + PATIENCE;
-    while !metrics.is_connected() {
-        if worker_task.is_finished() || Instant::now() > deadline {
-            shutdown.cancel();
-            worker_task
-                .await
-                .map_err(|e| DemoError::Timeout(e.to_string()))??;
-            return Err(DemoError::Timeout(format!(
-                "the worker did not start streaming within {PATIENCE:?}"
-            )));
+    let worker = match running_worker(&pool, slot).await? {
+        Some(running) => {
+            // A second worker would store the same changes again (skipped, with a warning).
+            println!(
+                "(A capture worker already streams this database, on slot `{running}`: it \
+                 captures the demo's changes.)\n"
+            );
+            None
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        None => Some(DemoWorker::start(url, slot, deadline).await?),
+    };
+    let result = requests_and_changes(&pool, started_at, deadline).await;
+    if let Some(worker) = worker {
+        worker.stop().await?;
     }
+    result
+}
 
+/// Serves the axum app, sends the requests, and waits until their five changes are stored.
+async fn requests_and_changes(
+    pool: &sqlx::PgPool,
+    started_at: chrono::DateTime<chrono::Utc>,
+    deadline: Instant,
+) -> Result<Vec<Change>, DemoError> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .map_err(|e| DemoError::Request {
@@ -116,10 +117,10 @@ pub async fn replay(url: &str, slot: &str) -> Result<Vec<Change>, DemoError> {
         .since(started_at)
         .order(Order::OldestFirst)
         .limit(100);
-    let changes = loop {
-        let changes = query.fetch(&pool).await?;
+    loop {
+        let changes = query.fetch(pool).await?;
         if changes.len() >= 5 {
-            break changes;
+            return Ok(changes);
         }
         if Instant::now() > deadline {
             return Err(DemoError::Timeout(format!(
@@ -128,12 +129,69 @@ pub async fn replay(url: &str, slot: &str) -> Result<Vec<Change>, DemoError> {
             )));
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
-    };
-    shutdown.cancel();
-    worker_task
-        .await
-        .map_err(|e| DemoError::Timeout(e.to_string()))??;
-    Ok(changes)
+    }
+}
+
+/// The slot of a bemi worker other than the demo's that is streaming this database into its
+/// own `changes` table (as `bemi dev` does), if there is one.
+async fn running_worker(pool: &sqlx::PgPool, slot: &str) -> Result<Option<String>, sqlx::Error> {
+    let has_state: bool =
+        sqlx::query_scalar("SELECT to_regclass('_bemi_worker_state') IS NOT NULL")
+            .fetch_one(pool)
+            .await?;
+    if !has_state {
+        return Ok(None);
+    }
+    sqlx::query_scalar(
+        "SELECT s.slot_name::text FROM pg_replication_slots s \
+           JOIN _bemi_worker_state w ON w.slot = s.slot_name AND w.database = s.database \
+          WHERE s.active AND s.database = current_database() AND s.slot_name <> $1 \
+          ORDER BY 1 LIMIT 1",
+    )
+    .bind(slot)
+    .fetch_optional(pool)
+    .await
+}
+
+/// The demo's in-process capture worker.
+struct DemoWorker {
+    shutdown: CancellationToken,
+    task: tokio::task::JoinHandle<Result<(), bemi_worker::error::WorkerError>>,
+}
+
+impl DemoWorker {
+    /// Starts a worker on `slot` and waits (until `deadline`) for it to stream.
+    async fn start(url: &str, slot: &str, deadline: Instant) -> Result<Self, DemoError> {
+        let mut config = WorkerConfig::new(url);
+        config.slot = slot.to_owned();
+        let worker = Worker::new(config);
+        let metrics = worker.metrics();
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn({
+            let shutdown = shutdown.clone();
+            async move { worker.run(shutdown).await }
+        });
+        let worker = Self { shutdown, task };
+        while !metrics.is_connected() {
+            if worker.task.is_finished() || Instant::now() > deadline {
+                worker.stop().await?;
+                return Err(DemoError::Timeout(format!(
+                    "the worker did not start streaming within {PATIENCE:?}"
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Ok(worker)
+    }
+
+    /// Stops the worker; its error, if it failed.
+    async fn stop(self) -> Result<(), DemoError> {
+        self.shutdown.cancel();
+        self.task
+            .await
+            .map_err(|e| DemoError::Timeout(e.to_string()))??;
+        Ok(())
+    }
 }
 
 /// The five requests of Bemi's example, as user 187234.
@@ -182,6 +240,39 @@ async fn send_requests(base: &str) -> Result<(), DemoError> {
     .await?;
     send(reqwest::Method::DELETE, format!("/todo/{}", ids[1]), None).await?;
     Ok(())
+}
+
+/// What the demo prints after the `changes` table: how to query it, or, for an embedded
+/// database (removed when the demo exits), how to run the demo on a database that stays.
+///
+/// ```
+/// use bemi_examples::demo::closing_hint;
+///
+/// assert!(closing_hint(true).contains("removed"));
+/// assert!(closing_hint(true).contains("bemi -- dev"));
+/// assert!(closing_hint(false).contains("bemi -- changes --table todo"));
+/// ```
+pub fn closing_hint(embedded: bool) -> String {
+    const CHANGES: &str = "cargo run -p bemi-worker --bin bemi -- changes --table todo";
+    const PSQL: &str = r#"psql "$DATABASE_URL" -c 'SELECT * FROM changes'"#;
+    if embedded {
+        format!(
+            "The embedded PostgreSQL is removed as the demo exits, and this `changes` table with \
+             it. To keep a database to query, run the demo against one that stays:\n\
+             \n  cargo run -p bemi-worker --bin bemi -- dev    # in another terminal; prints \
+             DATABASE_URL=… and runs until Ctrl-C\
+             \n  export DATABASE_URL=…                         # the URL it printed\
+             \n  cargo run -p bemi-examples --bin demo\
+             \n  {CHANGES}\
+             \n  {PSQL}\n"
+        )
+    } else {
+        format!(
+            "The `changes` table stays in the DATABASE_URL database. Query it yourself:\n\
+             \n  {CHANGES}    # or `bemi changes --table todo`\
+             \n  {PSQL}\n"
+        )
+    }
 }
 
 /// Drops the demo's replication slot (if it exists), so that it retains no WAL.

@@ -127,15 +127,7 @@ pub fn main(example: &Example) -> ExitCode {
 /// ```
 pub async fn run(example: &Example, args: Args) -> Result<(), StartupError> {
     let database = Database::from_env().await?;
-    tracing::info!(
-        "{}: database {}",
-        example.name,
-        if database.is_embedded() {
-            "embedded (removed when the app stops)"
-        } else {
-            "from DATABASE_URL"
-        }
-    );
+    database.log_url(example.name);
     let listener = listen(args.addr).await?;
     serve(example, &database.url(), listener, ctrl_c()).await
 }
@@ -318,6 +310,55 @@ impl Database {
     /// ```
     pub fn is_embedded(&self) -> bool {
         matches!(self.dev, DevDatabase::Ephemeral(_))
+    }
+
+    /// What to log about the database when `app` starts: an embedded database's whole URL
+    /// (a throwaway cluster on 127.0.0.1 whose password is random, so that its changes can be
+    /// captured and read while the app runs), or the `DATABASE_URL` server without the
+    /// password.
+    ///
+    /// ```no_run
+    /// # async fn run() -> Result<(), bemi_examples::startup::StartupError> {
+    /// let database = bemi_examples::startup::Database::from_env().await?;
+    /// for line in database.describe("todo-axum") {
+    ///     eprintln!("{line}");
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub fn describe(&self, app: &str) -> Vec<String> {
+        let url = self.url();
+        if self.is_embedded() {
+            vec![
+                format!(
+                    "{app}: embedded PostgreSQL (wal_level=logical), removed when the app stops: \
+                     DATABASE_URL={url}"
+                ),
+                format!(
+                    "{app}: no capture worker runs in the app: with that DATABASE_URL, \
+                     `bemi worker` (in another terminal) captures the changes into the `changes` \
+                     table, and `bemi changes --table todo` prints them"
+                ),
+            ]
+        } else {
+            vec![format!(
+                "{app}: database from DATABASE_URL ({}); a `bemi worker` on it (`bemi dev` runs \
+                 one) captures the changes into the `changes` table",
+                without_password(&url)
+            )]
+        }
+    }
+
+    /// Logs [`Database::describe`] at level INFO.
+    ///
+    /// ```no_run
+    /// # async fn run() -> Result<(), bemi_examples::startup::StartupError> {
+    /// bemi_examples::startup::Database::from_env().await?.log_url("todo-axum");
+    /// # Ok(()) }
+    /// ```
+    pub fn log_url(&self, app: &str) {
+        for line in self.describe(app) {
+            tracing::info!("{line}");
+        }
     }
 }
 

@@ -1,8 +1,10 @@
-//! The demo as a process, with stdout and stderr piped (not terminals): logs go to stderr without
-//! colour codes, stdout is the program's own output.
+//! The demo and an example app as processes, with stdout and stderr piped (not terminals): logs
+//! go to stderr without colour codes, stdout is the program's own output, and an example on an
+//! embedded PostgreSQL logs a URL that connects to it.
 
-use std::io::Read as _;
+use std::io::{BufRead as _, BufReader, Read as _};
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 /// How long a binary may take to start PostgreSQL and serve, or to finish.
@@ -62,4 +64,79 @@ fn the_demo_prints_its_table_on_stdout_and_logs_nothing_there() {
         "{stdout}"
     );
     assert!(!stderr.contains('\u{1b}'), "{stderr}");
+    // The embedded database is gone: the hint says so, and how to keep one.
+    assert!(
+        stdout.contains("removed as the demo exits") && stdout.contains("bemi -- dev"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn an_example_on_an_embedded_database_logs_a_url_that_connects_to_it() {
+    let mut child = command(env!("CARGO_BIN_EXE_todo-axum"))
+        .args(["--addr", "127.0.0.1:0"])
+        .spawn()
+        .expect("start todo-axum");
+    let mut stdout = child.stdout.take().unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (lines, received) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            if lines.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let deadline = Instant::now() + PATIENCE;
+    let mut log = Vec::new();
+    while !log
+        .iter()
+        .any(|line: &String| line.contains("listening on"))
+    {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match received.recv_timeout(left) {
+            Ok(line) => log.push(line),
+            Err(error) => {
+                let _ = child.kill();
+                panic!("todo-axum did not start serving ({error}); stderr: {log:#?}");
+            }
+        }
+    }
+    let url = log
+        .iter()
+        .find_map(|line| line.split("DATABASE_URL=").nth(1))
+        .map(|rest| {
+            rest.split_whitespace()
+                .next()
+                .unwrap_or_default()
+                .to_owned()
+        })
+        .unwrap_or_else(|| panic!("no DATABASE_URL in the log: {log:#?}"));
+    assert!(!log.iter().any(|line| line.contains('\u{1b}')), "{log:#?}");
+
+    // The URL is whole (password included) and reaches a server ready for `bemi worker`.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let wal_level: Result<String, sqlx::Error> = runtime.block_on(async {
+        let pool = sqlx::PgPool::connect(&url).await?;
+        let level = sqlx::query_scalar("SHOW wal_level")
+            .fetch_one(&pool)
+            .await?;
+        pool.close().await;
+        Ok(level)
+    });
+
+    // Ctrl-C: the app stops and removes the embedded database.
+    let pid = child.id().to_string();
+    let signalled = Command::new("kill").args(["-INT", &pid]).status();
+    let status = wait(&mut child);
+    assert_eq!(wal_level.unwrap(), "logical", "{url}");
+    assert!(signalled.unwrap().success());
+    assert!(status.success(), "{status}; stderr: {log:#?}");
+    let mut printed = String::new();
+    stdout.read_to_string(&mut printed).unwrap();
+    assert!(printed.is_empty(), "stdout: {printed}");
 }

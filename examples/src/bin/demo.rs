@@ -3,8 +3,9 @@
 //! Without `DATABASE_URL` it starts an embedded PostgreSQL (removed at exit); with it, it uses
 //! that server (which needs `wal_level=logical`) and drops the demo's replication slot at the end.
 //! It migrates, runs the capture worker in-process, serves the axum todo app, replays Bemi's five
-//! example requests and prints the resulting `changes` table. Logs go to stderr, warnings and
-//! errors only: stdout is the demo's own output.
+//! example requests and prints the resulting `changes` table, then how to query it (or, for the
+//! embedded database, how to keep one to query). Logs go to stderr, warnings and errors only:
+//! stdout is the demo's own output.
 
 use std::process::ExitCode;
 
@@ -48,6 +49,6 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
     let changes = result?;
     println!("\nThe `changes` table the worker wrote:\n");
     println!("{}", bemi_worker::cli::table::render(&changes));
-    println!("Query it yourself: `bemi changes --table todo` or SELECT * FROM changes;");
+    print!("{}", demo::closing_hint(database.is_embedded()));
     Ok(())
 }
