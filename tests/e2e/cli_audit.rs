@@ -572,3 +572,51 @@ pub async fn worker_partitions_by_month_and_prune_detaches_old_months(
     ensure!(status.code() == Some(0), "{status}: {}", worker.stderr());
     Ok(())
 }
+
+/// Numbers a double cannot hold — a long `numeric`, a `bigint` near its limit, a decimal
+/// fraction with no binary form — come out of `bemi changes`, `history` and `at` digit for
+/// digit, as the audit trail stores them.
+pub async fn numbers_keep_every_digit_in_the_cli_output(cluster: Arc<TestCluster>) -> TestResult {
+    const LONG: &str = "12345678901234567890.123456789012345678";
+    const FRACTION: &str = "0.1000000000000000055511151231257827";
+    const BIG: &str = "9223372036854775807";
+    let db = cluster.database("cli_digits").await?;
+    db.exec("CREATE TABLE ledger (id bigint PRIMARY KEY, amount numeric NOT NULL, big bigint)")
+        .await?;
+    db.migrate().await?;
+    let worker = RunningWorker::start(worker_config(&db)).await?;
+    db.exec(&format!(
+        "INSERT INTO ledger VALUES (1, {LONG}, {BIG}); \
+         UPDATE ledger SET amount = {FRACTION} WHERE id = 1"
+    ))
+    .await?;
+    wait_for_changes(&db, 2).await?;
+    let at = now(&db).await?;
+
+    let changes = run(&db, &["changes", "--json", "--table", "ledger"], &[])
+        .await?
+        .success()?
+        .stdout;
+    let history = run(&db, &["history", "ledger", "1", "--json"], &[])
+        .await?
+        .success()?
+        .stdout;
+    for (command, output) in [("changes", &changes), ("history", &history)] {
+        for number in [LONG, FRACTION, BIG] {
+            ensure!(
+                output.contains(&format!(":{number}")),
+                "bemi {command} lost digits of {number}: {output}"
+            );
+        }
+    }
+    let row = run(&db, &["at", "ledger", "1", &at, "--json"], &[])
+        .await?
+        .success()?
+        .stdout;
+    ensure!(
+        row.contains(&format!(":{FRACTION}")) && row.contains(&format!(":{BIG}")),
+        "bemi at lost digits: {row}"
+    );
+    worker.stop().await?;
+    Ok(())
+}

@@ -126,6 +126,7 @@ fn all_tests() -> Vec<(String, TestFn)> {
         retention::monthly_partitions_are_made_ahead_and_old_months_dropped_whole,
         cli_audit::history_at_and_the_new_changes_filters_from_the_command_line,
         cli_audit::revert_refuses_a_conflict_naming_the_row_and_force_proceeds,
+        cli_audit::numbers_keep_every_digit_in_the_cli_output,
         cli_audit::worker_partitions_by_month_and_prune_detaches_old_months,
     ]
 }

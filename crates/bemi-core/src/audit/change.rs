@@ -98,8 +98,9 @@ impl Change {
     /// non-null field of the new row, a DELETE every non-null field of the old one, and a
     /// TRUNCATE nothing.
     ///
-    /// Numbers compare as `serde_json` holds them (`f64` beyond 64-bit integers); the audit
-    /// trail itself keeps every digit, and [`ChangeQuery::changed`](super::ChangeQuery::changed)
+    /// Numbers compare as `serde_json` holds them: `f64` beyond 64-bit integers, unless its
+    /// `arbitrary_precision` feature is on (the `bemi` CLI turns it on); the audit trail itself
+    /// keeps every digit, and [`ChangeQuery::changed`](super::ChangeQuery::changed)
     /// compares there.
     ///
     /// ```
