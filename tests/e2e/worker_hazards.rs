@@ -321,3 +321,90 @@ pub async fn a_postgres_restart_while_streaming_loses_nothing(
     tokio::task::spawn_blocking(move || drop(pg)).await?;
     Ok(())
 }
+
+/// With a synchronous standby, a transaction is streamed once flushed but becomes visible only
+/// when the standby confirms it. A primary key added in that transaction must still be the key
+/// of its rows and of every later row: the worker waits for the transaction to be visible
+/// before reading the catalog, instead of caching "no primary key".
+pub async fn a_primary_key_added_while_a_synchronous_standby_holds_the_commit_is_used(
+    _cluster: Arc<TestCluster>,
+) -> TestResult {
+    let pg = private_cluster(LaunchOptions::default()).await?;
+    let db = private_database(&pg, "sync_standby").await?;
+    db.exec("CREATE TABLE accounts (id int NOT NULL, name text)")
+        .await?;
+    db.migrate().await?;
+    // Sessions opened from now on (the worker's) commit locally; the writer below waits for
+    // the standby.
+    db.exec(&format!(
+        "ALTER DATABASE \"{}\" SET synchronous_commit = local",
+        db.name
+    ))
+    .await?;
+    let worker = RunningWorker::start(worker_config(&db)).await?;
+    db.exec("INSERT INTO accounts VALUES (1, 'before the key')")
+        .await?;
+    wait_for_changes(&db, 1).await?;
+
+    // A synchronous standby that never confirms: commits that wait for it hang.
+    db.exec("ALTER SYSTEM SET synchronous_standby_names = 'ghost_standby'")
+        .await?;
+    db.exec("SELECT pg_reload_conf()").await?;
+    wait_until("the reload", Duration::from_secs(30), || async {
+        let names: String = sqlx::query_scalar("SHOW synchronous_standby_names")
+            .fetch_one(&db.pool)
+            .await?;
+        Ok((names == "ghost_standby").then_some(()))
+    })
+    .await?;
+    let writer_pool = db.pool.clone();
+    let held = tokio::spawn(async move {
+        sqlx::raw_sql(
+            "BEGIN; \
+             SET LOCAL synchronous_commit = on; \
+             ALTER TABLE accounts ADD PRIMARY KEY (id); \
+             INSERT INTO accounts VALUES (2, 'with the key'); \
+             COMMIT;",
+        )
+        .execute(&writer_pool)
+        .await
+    });
+    // The worker has the transaction: it waits for it to become visible (or, without that
+    // wait, it has described the table already and its write of the rows waits for the standby
+    // too: `changes` is written with synchronous_commit = on).
+    wait_until(
+        "the worker to take up the held transaction",
+        Duration::from_secs(60),
+        || async {
+            let (waiting, sync_waits): (Option<bool>, i64) = sqlx::query_as(
+                "SELECT bool_or(application_name = 'bemi-worker' \
+                                AND backend_type = 'client backend' \
+                                AND query LIKE '%pg_visible_in_snapshot%'), \
+                        count(*) FILTER (WHERE wait_event = 'SyncRep') \
+                   FROM pg_stat_activity",
+            )
+            .fetch_one(&db.pool)
+            .await?;
+            Ok((waiting == Some(true) || sync_waits >= 2).then_some(()))
+        },
+    )
+    .await?;
+    ensure!(
+        !held.is_finished(),
+        "the commit did not wait for the standby"
+    );
+    db.exec("ALTER SYSTEM RESET synchronous_standby_names")
+        .await?;
+    db.exec("SELECT pg_reload_conf()").await?;
+    tokio::time::timeout(Duration::from_secs(60), held).await???;
+    db.exec("INSERT INTO accounts VALUES (3, 'after the key')")
+        .await?;
+
+    let changes = wait_for_changes(&db, 3).await?;
+    worker.stop().await?;
+    let keys: Vec<Option<&str>> = changes.iter().map(|c| c.primary_key.as_deref()).collect();
+    ensure!(keys == [None, Some("2"), Some("3")], "{keys:?}");
+    db.pool.close().await;
+    tokio::task::spawn_blocking(move || drop(pg)).await?;
+    Ok(())
+}

@@ -144,6 +144,18 @@ impl Assembler {
         self.open.is_some()
     }
 
+    /// The id of the transaction being assembled, if one is open.
+    ///
+    /// ```
+    /// let mut assembler = bemi_worker::assembler::Assembler::new(Default::default(), 10);
+    /// assert_eq!(assembler.open_xid(), None);
+    /// assembler.begin(100, 7, 0);
+    /// assert_eq!(assembler.open_xid(), Some(7));
+    /// ```
+    pub fn open_xid(&self) -> Option<u32> {
+        self.open.as_ref().map(|open| open.xid)
+    }
+
     /// Starts a transaction (a Begin message; `commit_time` in µs since the PostgreSQL epoch).
     ///
     /// ```

@@ -7,9 +7,13 @@
 //! next one.
 //!
 //! **A race to know about:** the server streams a transaction as soon as its commit record is
-//! flushed, a moment *before* other sessions see it as committed. A table (or type) created in
-//! that very transaction can therefore still be invisible to our catalog query. Lookups of
-//! objects that are not there yet are retried for up to a second before falling back.
+//! flushed, *before* other sessions see it as committed — a moment later, or, with a synchronous
+//! standby, only once the standby confirms. A table created, or a primary key added, in that
+//! very transaction can therefore still be invisible to our catalog query, and a stale answer
+//! would stay cached until the relation's next schema change. So before describing a relation,
+//! [`Catalog::wait_for_transaction`] waits until the transaction being decoded is visible to
+//! new snapshots; lookups of objects that are still not there are retried for up to a second
+//! before falling back.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -23,6 +27,19 @@ use crate::pgoutput::Relation;
 
 /// How long a lookup waits for an object created by the decoded transaction to become visible.
 const VISIBILITY_WAIT: Duration = Duration::from_secs(1);
+/// How long [`Catalog::wait_for_transaction`] waits before giving up (the worker then
+/// reconnects and decodes the transaction again).
+pub const TRANSACTION_VISIBILITY_WAIT: Duration = Duration::from_secs(30);
+/// Whether the transaction with the 32-bit id `$1` (recent: within 2^31 of the next id) is
+/// visible to a new snapshot. The epoch comes from the snapshot's `xmax`, one less when the id
+/// is above `xmax`'s low 32 bits (it was assigned before the counter wrapped).
+const TRANSACTION_VISIBLE: &str = "\
+SELECT pg_visible_in_snapshot(
+         ((((x.xmax >> 32) - (CASE WHEN $1 > (x.xmax & 4294967295) THEN 1 ELSE 0 END)) << 32) | $1)
+           ::text::xid8,
+         x.snap)
+  FROM (SELECT s AS snap, pg_snapshot_xmax(s)::text::bigint AS xmax
+          FROM pg_current_snapshot() AS s) AS x";
 const RELATION_EXISTS: &str =
     "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_class WHERE oid = $1::oid)";
 const TYPE_EXISTS: &str = "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_type WHERE oid = $1::oid)";
@@ -177,6 +194,45 @@ impl Catalog {
             columns,
             captured,
         })
+    }
+
+    /// Waits until the transaction `xid` — the one being decoded — is visible to new snapshots,
+    /// so that catalog lookups see the schema it committed; `false` if it is not within
+    /// [`TRANSACTION_VISIBILITY_WAIT`].
+    ///
+    /// ```no_run
+    /// # async fn run(catalog: &bemi_worker::catalog::Catalog) -> Result<(), sqlx::Error> {
+    /// if catalog.wait_for_transaction(731).await? {
+    ///     // describe its relations
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub async fn wait_for_transaction(&self, xid: u32) -> Result<bool, sqlx::Error> {
+        let started = Instant::now();
+        let mut pause = Duration::from_millis(1);
+        let mut told = false;
+        loop {
+            let visible: bool = sqlx::query_scalar(TRANSACTION_VISIBLE)
+                .bind(i64::from(xid))
+                .fetch_one(&self.pool)
+                .await?;
+            if visible {
+                return Ok(true);
+            }
+            if started.elapsed() >= TRANSACTION_VISIBILITY_WAIT {
+                return Ok(false);
+            }
+            if !told && started.elapsed() >= Duration::from_secs(1) {
+                told = true;
+                tracing::info!(
+                    xid,
+                    "waiting for the decoded transaction to become visible (a synchronous \
+                     standby that has not confirmed it yet?)"
+                );
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(100));
+        }
     }
 
     /// Whether the catalog object `oid` exists, waiting up to [`VISIBILITY_WAIT`] for the

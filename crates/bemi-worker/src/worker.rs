@@ -30,12 +30,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use sqlx::PgPool;
-use sqlx::postgres::PgPoolOptions;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use tokio::sync::{oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::assembler::{Assembler, Piece, ResumePoint};
-use crate::catalog::Catalog;
+use crate::catalog::{Catalog, TRANSACTION_VISIBILITY_WAIT};
 use crate::config::WorkerConfig;
 use crate::destination::{BatchWriter, Destination, PreviousCommit, advance};
 use crate::error::WorkerError;
@@ -145,10 +145,18 @@ impl Worker {
     async fn session(&self, shutdown: &CancellationToken) -> Result<(), WorkerError> {
         let config = &self.config;
         let source = SourceConnection::from_url(&config.source_url)?;
+        let mut options: PgConnectOptions = config
+            .source_url
+            .parse()
+            .map_err(|e| WorkerError::InvalidConfig(format!("source URL: {e}")))?;
+        if options.get_application_name().is_none() {
+            // Named in pg_stat_activity, like the replication connection.
+            options = options.application_name("bemi-worker");
+        }
         let pool = PgPoolOptions::new()
             .max_connections(2)
             .acquire_timeout(Duration::from_secs(10))
-            .connect(&config.source_url)
+            .connect_with(options)
             .await
             .map_err(WorkerError::Source)?;
         setup::check_source(&pool, &config.slot).await?;
@@ -292,6 +300,18 @@ impl StreamSession<'_> {
                     let catalog = self
                         .catalog
                         .get_or_insert_with(|| Catalog::new(self.pool.clone()));
+                    // Its schema may have changed in this very transaction (see catalog.rs).
+                    if let Some(xid) = self.assembler.open_xid()
+                        && !catalog
+                            .wait_for_transaction(xid)
+                            .await
+                            .map_err(WorkerError::Source)?
+                    {
+                        return Err(WorkerError::TransactionNotVisible {
+                            xid,
+                            waited: TRANSACTION_VISIBILITY_WAIT,
+                        });
+                    }
                     let info = catalog
                         .describe(&relation, self.config)
                         .await
