@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::ensure;
+use anyhow::{Context as _, ensure};
 use bemi_core::audit::{Change, Operation};
 use bemi_core::context;
 use bemi_tests::worker::{RunningWorker, wait_for_changes, worker_config};
@@ -502,6 +502,110 @@ pub async fn changes_follow_prints_a_change_that_arrives_after_a_later_one(
     ensure!(
         tasks == ["existing", "later", "earlier", "last"],
         "each change once: {tasks:?}"
+    );
+    json.signal(libc::SIGINT)?;
+    let status = json.wait(Duration::from_secs(30)).await?;
+    ensure!(status.code() == Some(0), "{status}: {}", json.stderr());
+    Ok(())
+}
+
+/// After a large transaction (20 000 changes with one `committed_at`, each with a 4 kB
+/// after-image), a follower keeps printing new changes — a later one and one that arrives
+/// late — each once, and never an old one again; it reads the large transaction by cursor
+/// only, so its memory stays far below the 80 MB of those changes.
+pub async fn changes_follow_after_a_large_transaction_prints_only_new_changes(
+    cluster: Arc<TestCluster>,
+) -> TestResult {
+    const LARGE: i64 = 20_000;
+
+    let db = cluster.database("cli_follow_large").await?;
+    let mut conn = db.pool.acquire().await?;
+    schema::create(&mut conn, Layout::Plain).await?;
+    drop(conn);
+    sqlx::query(
+        "INSERT INTO changes (primary_key, after, database, schema, \"table\", operation, \
+                              committed_at, queued_at, transaction_id, position) \
+         SELECT g::text, jsonb_build_object('task', 'large ' || g, 'notes', repeat('x', 4000)), \
+                current_database(), 'public', 'todo', 'CREATE', now() - interval '2 seconds', \
+                now(), 7, g \
+         FROM generate_series(1, $1::bigint) AS g",
+    )
+    .bind(LARGE)
+    .execute(&db.pool)
+    .await?;
+
+    let env = [("DATABASE_URL", db.url.as_str())];
+    let mut json = Background::start(
+        &[
+            "changes",
+            "--follow",
+            "--json",
+            "--limit",
+            "1",
+            "--poll-interval",
+            "100ms",
+        ],
+        &env,
+    )?;
+    let timeout = Duration::from_secs(60);
+    let task = |line: &str| -> anyhow::Result<String> {
+        let change: Change = serde_json::from_str(line)?;
+        Ok(change.after["task"].as_str().unwrap_or_default().to_owned())
+    };
+    // The newest change of the large transaction (the last in the audit trail's order).
+    json.line_where("the newest existing change", timeout, |_| true)
+        .await?;
+    // A new change, then one committed a second before it (after the large transaction) that
+    // reaches the audit trail after it, then another new one: each after the previous one
+    // was printed, with many polls over the large transaction's window in between.
+    store_change(&db, "new", "0 seconds", LARGE + 20).await?;
+    json.line_where("the new change", timeout, |line| line.contains("\"new\""))
+        .await?;
+    sqlx::query(
+        "INSERT INTO changes (primary_key, after, database, schema, \"table\", operation, \
+                              committed_at, queued_at, transaction_id, position) \
+         SELECT 'late', jsonb_build_object('task', 'late'), database, schema, \"table\", \
+                'CREATE', committed_at - interval '1 second', now(), 8, $1 \
+         FROM changes WHERE primary_key = 'new'",
+    )
+    .bind(LARGE + 10)
+    .execute(&db.pool)
+    .await?;
+    json.line_where("the late change", timeout, |line| line.contains("\"late\""))
+        .await?;
+    store_change(&db, "newer", "0 seconds", LARGE + 30).await?;
+    json.line_where("the newer change", timeout, |line| {
+        line.contains("\"newer\"")
+    })
+    .await?;
+
+    let tasks = json
+        .lines
+        .iter()
+        .map(|line| task(line))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    ensure!(
+        tasks
+            == [
+                format!("large {LARGE}"),
+                "new".into(),
+                "late".into(),
+                "newer".into()
+            ],
+        "each new change once, no old one again: {tasks:?}"
+    );
+    // Peak memory: a follower that read the large transaction's 80 MB in full, at start or at
+    // a poll, would be far above this.
+    let pid = json.pid().context("the follower exited")?;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let peak_kb: u64 = status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmHWM:"))
+        .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
+        .context("no VmHWM in /proc/PID/status")?;
+    ensure!(
+        peak_kb < 40 * 1024,
+        "the follower's peak memory is {peak_kb} kB"
     );
     json.signal(libc::SIGINT)?;
     let status = json.wait(Duration::from_secs(30)).await?;

@@ -118,6 +118,7 @@ fn all_tests() -> Vec<(String, TestFn)> {
         cli_changes::changes_filters_in_table_and_json_output,
         cli_changes::changes_follow_prints_changes_made_after_it_started,
         cli_changes::changes_follow_prints_a_change_that_arrives_after_a_later_one,
+        cli_changes::changes_follow_after_a_large_transaction_prints_only_new_changes,
         cli_dev::dev_captures_into_a_throwaway_database_removed_on_ctrl_c,
         audit_filters::query_filters_return_exactly_the_modelled_rows_of_10_700_captured_changes,
         time_travel::row_and_table_as_of_each_instant_match_plain_sql_snapshots,

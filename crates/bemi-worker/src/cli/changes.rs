@@ -6,7 +6,8 @@ use std::time::Duration;
 use anyhow::anyhow;
 use bemi_core::audit::{Change, ChangeQuery, Cursor, Operation, parse_context_pair};
 use chrono::{DateTime, Utc};
-use sqlx::{PgConnection, PgPool};
+use futures_util::TryStreamExt as _;
+use sqlx::{Execute as _, PgConnection, PgPool, Postgres, QueryBuilder};
 use uuid::Uuid;
 
 use super::audit_db::{AuditArgs, finish_output, print_json_lines};
@@ -217,8 +218,8 @@ pub(super) async fn run(args: ChangesArgs) -> anyhow::Result<()> {
 }
 
 /// Prints the latest `--limit` changes oldest first, then polls for newer ones until a signal.
-/// Each poll reads again the [`Tail::LOOKBACK`] window before the newest change seen, so a
-/// change that reaches the audit trail after one committed later is still printed, once.
+/// Each poll prints the changes that reached the audit trail behind the newest one seen
+/// (within [`Tail::LOOKBACK`]; see [`late_changes`]), then the changes after it.
 async fn follow(pool: &PgPool, query: &ChangeQuery, args: &ChangesArgs) -> io::Result<()> {
     let shutdown = shutdown::on_signals()?;
     let (mut tail, latest) = start_tail(pool, query, args.limit)
@@ -232,23 +233,70 @@ async fn follow(pool: &PgPool, query: &ChangeQuery, args: &ChangesArgs) -> io::R
             () = shutdown.cancelled() => return Ok(()),
             () = tokio::time::sleep(args.poll_interval) => {}
         }
-        let window = match pool.acquire().await {
-            Ok(mut conn) => read_window(&mut conn, query, &tail).await,
-            Err(error) => Err(error),
-        };
-        let window = match window {
-            Ok(window) => window,
-            Err(error) => {
+        match poll(pool, query, &mut tail, &mut output).await {
+            Ok(()) => {}
+            Err(PollError::Write(error)) => return Err(error),
+            Err(PollError::Read(error)) => {
                 tracing::warn!(%error, "could not read new changes; trying again");
-                continue;
             }
-        };
-        let new: Vec<Change> = window
-            .into_iter()
-            .filter(|change| tail.admit(change))
-            .collect();
-        output.changes(&new)?;
+        }
     }
+}
+
+/// Why a poll of `--follow` stopped: reading the audit trail failed (tried again at the next
+/// poll), or printing did (the end).
+enum PollError {
+    Read(sqlx::Error),
+    Write(io::Error),
+}
+
+impl From<sqlx::Error> for PollError {
+    fn from(error: sqlx::Error) -> Self {
+        Self::Read(error)
+    }
+}
+
+impl From<io::Error> for PollError {
+    fn from(error: io::Error) -> Self {
+        Self::Write(error)
+    }
+}
+
+/// One poll of `--follow`: prints the late changes of the look-back window, then the changes
+/// after the newest one seen; both read in pages of [`FOLLOW_PAGE_ROWS`], printed page by
+/// page.
+async fn poll(
+    pool: &PgPool,
+    query: &ChangeQuery,
+    tail: &mut Tail,
+    output: &mut Output,
+) -> Result<(), PollError> {
+    let mut conn = pool.acquire().await?;
+    let late = late_cursors(&mut conn, query, tail).await?;
+    for chunk in late.chunks(FOLLOW_PAGE_ROWS as usize) {
+        let ids: Vec<Uuid> = chunk.iter().map(|cursor| cursor.id).collect();
+        let rows = fetch_by_id(&mut conn, query, ids).await?;
+        output.changes(&admitted(tail, rows))?;
+    }
+    loop {
+        let mut page = query.clone().oldest_first().limit(FOLLOW_PAGE_ROWS);
+        if let Some(last) = tail.last() {
+            page = page.after(last);
+        }
+        let rows = page.fetch(&mut *conn).await?;
+        let full = rows.len() as u64 == FOLLOW_PAGE_ROWS;
+        output.changes(&admitted(tail, rows))?;
+        if !full {
+            return Ok(());
+        }
+    }
+}
+
+/// The changes of `rows` that `tail` sees for the first time.
+fn admitted(tail: &mut Tail, rows: Vec<Change>) -> Vec<Change> {
+    rows.into_iter()
+        .filter(|change| tail.admit(change.cursor()))
+        .collect()
 }
 
 /// The latest `limit` changes (oldest first), and a tail that has seen every change there is
@@ -267,9 +315,15 @@ async fn start_tail(
     let mut latest = query.clone().limit(limit.max(1)).fetch(&mut *tx).await?;
     let mut tail = Tail::default();
     if let Some(newest) = latest.first() {
-        tail.admit(newest);
-        for change in read_window(&mut tx, query, &tail).await? {
-            tail.admit(&change);
+        tail.admit(newest.cursor());
+    }
+    if let (Some(horizon), Some(last)) = (tail.horizon(), tail.last()) {
+        let mut builder = window_cursors(query, horizon, last)?;
+        let mut cursors = builder
+            .build_query_as::<(Uuid, DateTime<Utc>, i64)>()
+            .fetch(&mut *tx);
+        while let Some(row) = cursors.try_next().await? {
+            tail.admit(cursor(row));
         }
     }
     tx.commit().await?;
@@ -278,27 +332,109 @@ async fn start_tail(
     Ok((tail, latest))
 }
 
-/// The changes from the tail's look-back window on (all of them when it has seen none), oldest
-/// first, read in pages.
-async fn read_window(
+/// The cursors of the changes of the tail's look-back window that it has not seen, oldest
+/// first: changes that reached the audit trail after a change committed later. The window is
+/// read by cursor only (and the unseen changes alone in full, by [`fetch_by_id`]), so an idle
+/// follower after a large transaction (thousands of changes with one `committed_at`) reads
+/// little each poll.
+async fn late_cursors(
     conn: &mut PgConnection,
     query: &ChangeQuery,
     tail: &Tail,
+) -> Result<Vec<Cursor>, sqlx::Error> {
+    let (Some(horizon), Some(last)) = (tail.horizon(), tail.last()) else {
+        return Ok(Vec::new());
+    };
+    let mut builder = window_cursors(query, horizon, last)?;
+    let mut cursors = builder
+        .build_query_as::<(Uuid, DateTime<Utc>, i64)>()
+        .fetch(&mut *conn);
+    let mut unseen = Vec::new();
+    while let Some(row) = cursors.try_next().await? {
+        let cursor = cursor(row);
+        if !tail.has_seen(&cursor) {
+            unseen.push(cursor);
+        }
+    }
+    unseen.sort_by_key(|c| (c.committed_at, c.position, c.id));
+    Ok(unseen)
+}
+
+/// The changes of `query` with these ids, oldest first.
+async fn fetch_by_id(
+    conn: &mut PgConnection,
+    query: &ChangeQuery,
+    ids: Vec<Uuid>,
 ) -> Result<Vec<Change>, sqlx::Error> {
-    let mut window = Vec::new();
-    let mut after: Option<Cursor> = tail.read_from();
-    loop {
-        let mut page = query.clone().oldest_first().limit(FOLLOW_PAGE_ROWS);
-        if let Some(cursor) = after {
-            page = page.after(cursor);
-        }
-        let rows = page.fetch(&mut *conn).await?;
-        let full = rows.len() as u64 == FOLLOW_PAGE_ROWS;
-        after = rows.last().map(Change::cursor).or(after);
-        window.extend(rows);
-        if !full {
-            return Ok(window);
-        }
+    let mut builder = matching(query, "*")?;
+    builder
+        .push(" WHERE id = ANY(")
+        .push_bind(ids)
+        .push(") ORDER BY committed_at, position, id");
+    builder.build_query_as::<Change>().fetch_all(conn).await
+}
+
+/// `(id, committed_at, position)` of the changes of `query` from `horizon` up to and including
+/// `last`: the look-back window, by cursor only.
+fn window_cursors(
+    query: &ChangeQuery,
+    horizon: DateTime<Utc>,
+    last: Cursor,
+) -> Result<QueryBuilder<Postgres>, sqlx::Error> {
+    let mut builder = matching(query, "id, committed_at, position")?;
+    builder
+        .push(" WHERE committed_at >= ")
+        .push_bind(horizon)
+        .push(" AND committed_at <= ")
+        .push_bind(last.committed_at)
+        .push(" AND (committed_at, position, id) <= (")
+        .push_bind(last.committed_at)
+        .push(", ")
+        .push_bind(last.position)
+        .push(", ")
+        .push_bind(last.id)
+        .push(")");
+    Ok(builder)
+}
+
+/// `SELECT columns FROM (query) AS matching`, with the query's values bound, for more
+/// conditions to follow. `query` has no limit: PostgreSQL then pushes those conditions down
+/// into it, so that its indexes serve them, and computes none of the columns left out.
+fn matching(query: &ChangeQuery, columns: &str) -> Result<QueryBuilder<Postgres>, sqlx::Error> {
+    let mut inner = query.query_builder();
+    let arguments = inner
+        .build()
+        .take_arguments()
+        .map_err(sqlx::Error::Encode)?
+        .unwrap_or_default();
+    Ok(QueryBuilder::with_arguments(
+        format!(
+            "SELECT {columns} FROM ({}) AS matching",
+            unordered_sql(query)
+        ),
+        arguments,
+    ))
+}
+
+/// The SQL of `query` (without a limit) without its `ORDER BY`, which would sort every change
+/// of a large window in vain. Every value of a [`ChangeQuery`] is a parameter, so its text
+/// ends with the same `ORDER BY` as that of the query without filters; should that ever
+/// change, the order stays, which costs time but not correctness.
+fn unordered_sql(query: &ChangeQuery) -> String {
+    let sql = query.sql();
+    let plain = ChangeQuery::new().sql();
+    let order = plain.find(" ORDER BY ").map(|at| &plain[at..]);
+    match order.and_then(|order| sql.strip_suffix(order)) {
+        Some(unordered) => unordered.to_owned(),
+        None => sql,
+    }
+}
+
+fn cursor((id, committed_at, position): (Uuid, DateTime<Utc>, i64)) -> Cursor {
+    Cursor {
+        committed_at,
+        position,
+        id,
     }
 }
 
@@ -445,6 +581,37 @@ mod tests {
         let harness = Harness::try_parse_from(["bemi", "--context", "user_id"]).unwrap();
         let error = harness.args.query(Utc::now()).unwrap_err().to_string();
         assert!(error.contains("KEY=VALUE"), "{error}");
+    }
+
+    #[test]
+    fn the_window_is_read_by_cursor_with_the_filters_and_no_sort() {
+        let last = Cursor {
+            committed_at: Utc::now(),
+            position: 7,
+            id: Uuid::nil(),
+        };
+        let query = ChangeQuery::new().table("todo").context("user_id", 1);
+        let sql = window_cursors(&query, last.committed_at - Tail::LOOKBACK, last)
+            .unwrap()
+            .into_string();
+        let inner = query.sql();
+        let inner = inner.split(" ORDER BY ").next().unwrap();
+        assert_eq!(
+            sql,
+            format!(
+                "SELECT id, committed_at, position FROM ({inner}) AS matching \
+                 WHERE committed_at >= $3 AND committed_at <= $4 \
+                 AND (committed_at, position, id) <= ($5, $6, $7)"
+            )
+        );
+        assert!(
+            inner.ends_with(r#"WHERE "table" = $1 AND context @> $2"#),
+            "{inner}"
+        );
+        assert_eq!(
+            unordered_sql(&ChangeQuery::new()),
+            ChangeQuery::new().sql().split(" ORDER BY ").next().unwrap()
+        );
     }
 
     #[test]
