@@ -133,7 +133,13 @@ async fn requests_and_changes(
 }
 
 /// The slot of a bemi worker other than the demo's that is streaming this database into its
-/// own `changes` table (as `bemi dev` does), if there is one.
+/// own `changes` table (as `bemi dev` does) and captures `public.todo`, if there is one.
+///
+/// A worker may leave the table out (`--tables`, `--exclude-tables`): it captures `todo` only
+/// if `todo` is in the publication it streams. A slot does not record that publication; the
+/// walsender's `START_REPLICATION` command in `pg_stat_activity` names it (visible to the
+/// worker's own role, a superuser or `pg_read_all_stats`). Without it, the demo runs its own
+/// worker: at worst both store the changes, and the second copy is skipped.
 async fn running_worker(pool: &sqlx::PgPool, slot: &str) -> Result<Option<String>, sqlx::Error> {
     let has_state: bool =
         sqlx::query_scalar("SELECT to_regclass('_bemi_worker_state') IS NOT NULL")
@@ -142,15 +148,102 @@ async fn running_worker(pool: &sqlx::PgPool, slot: &str) -> Result<Option<String
     if !has_state {
         return Ok(None);
     }
-    sqlx::query_scalar(
-        "SELECT s.slot_name::text FROM pg_replication_slots s \
+    let workers: Vec<(String, Option<String>)> = sqlx::query_as(
+        "SELECT s.slot_name::text, a.query FROM pg_replication_slots s \
            JOIN _bemi_worker_state w ON w.slot = s.slot_name AND w.database = s.database \
+           LEFT JOIN pg_stat_activity a ON a.pid = s.active_pid \
           WHERE s.active AND s.database = current_database() AND s.slot_name <> $1 \
-          ORDER BY 1 LIMIT 1",
+          ORDER BY 1",
     )
     .bind(slot)
-    .fetch_optional(pool)
-    .await
+    .fetch_all(pool)
+    .await?;
+    for (worker_slot, command) in workers {
+        let Some(publications) = command.as_deref().and_then(streamed_publications) else {
+            continue;
+        };
+        let captures_todo: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM pg_publication_tables \
+                             WHERE pubname = ANY($1) AND schemaname = 'public' \
+                               AND tablename = 'todo')",
+        )
+        .bind(publications)
+        .fetch_one(pool)
+        .await?;
+        if captures_todo {
+            return Ok(Some(worker_slot));
+        }
+    }
+    Ok(None)
+}
+
+/// The publications that a walsender streams, from its command as `pg_stat_activity` shows it
+/// (`START_REPLICATION SLOT … LOGICAL … (proto_version '1', publication_names 'bemi', …)`),
+/// read as pgoutput reads them: comma-separated identifiers, unquoted ones in lower case.
+/// `None` for another command, or one that does not parse.
+///
+/// ```
+/// use bemi_examples::demo::streamed_publications;
+///
+/// let command = "START_REPLICATION SLOT bemi LOGICAL 0/0 \
+///                (proto_version '1', publication_names 'bemi', messages 'true')";
+/// assert_eq!(streamed_publications(command), Some(vec!["bemi".to_owned()]));
+/// assert_eq!(streamed_publications("<insufficient privilege>"), None);
+/// ```
+pub fn streamed_publications(command: &str) -> Option<Vec<String>> {
+    const OPTION: &str = "publication_names";
+    let at = command.find(OPTION)?;
+    let rest = command[at + OPTION.len()..]
+        .trim_start_matches('"')
+        .trim_start();
+    let mut chars = rest.strip_prefix('\'')?.chars().peekable();
+    // The option's string literal ('' is a quote).
+    let mut value = String::new();
+    loop {
+        match chars.next()? {
+            '\'' if chars.peek() == Some(&'\'') => {
+                chars.next();
+                value.push('\'');
+            }
+            '\'' => break,
+            c => value.push(c),
+        }
+    }
+    split_identifiers(&value)
+}
+
+/// A comma-separated list of identifiers, as PostgreSQL's `SplitIdentifierString` reads it:
+/// `"quoted"` ones as written (`""` is a quote), the others in lower case.
+fn split_identifiers(list: &str) -> Option<Vec<String>> {
+    let mut names = Vec::new();
+    let mut chars = list.chars().peekable();
+    loop {
+        while chars.next_if(|c| c.is_whitespace()).is_some() {}
+        let mut name = String::new();
+        if chars.next_if_eq(&'"').is_some() {
+            loop {
+                match chars.next()? {
+                    '"' if chars.next_if_eq(&'"').is_some() => name.push('"'),
+                    '"' => break,
+                    c => name.push(c),
+                }
+            }
+        } else {
+            while let Some(c) = chars.next_if(|c| *c != ',' && !c.is_whitespace()) {
+                name.push(c.to_ascii_lowercase());
+            }
+        }
+        if name.is_empty() {
+            return None;
+        }
+        names.push(name);
+        while chars.next_if(|c| c.is_whitespace()).is_some() {}
+        match chars.next() {
+            None => return Some(names),
+            Some(',') => {}
+            Some(_) => return None,
+        }
+    }
 }
 
 /// The demo's in-process capture worker.
@@ -160,10 +253,13 @@ struct DemoWorker {
 }
 
 impl DemoWorker {
-    /// Starts a worker on `slot` and waits (until `deadline`) for it to stream.
+    /// Starts a worker on `slot`, with a publication of the same name, and waits (until
+    /// `deadline`) for it to stream. Its own publication: another worker's (`bemi`) may leave
+    /// `todo` out, and the two workers would each set its table list their way.
     async fn start(url: &str, slot: &str, deadline: Instant) -> Result<Self, DemoError> {
         let mut config = WorkerConfig::new(url);
         config.slot = slot.to_owned();
+        config.publication = slot.to_owned();
         let worker = Worker::new(config);
         let metrics = worker.metrics();
         let shutdown = CancellationToken::new();
@@ -275,7 +371,8 @@ pub fn closing_hint(embedded: bool) -> String {
     }
 }
 
-/// Drops the demo's replication slot (if it exists), so that it retains no WAL.
+/// Drops the demo's replication slot (if it exists and no worker streams it), so that it
+/// retains no WAL, and the publication of the same name that the demo's worker made.
 ///
 /// ```no_run
 /// # async fn run() -> Result<(), sqlx::Error> {
@@ -284,13 +381,83 @@ pub fn closing_hint(embedded: bool) -> String {
 /// ```
 pub async fn drop_slot(url: &str, slot: &str) -> Result<(), sqlx::Error> {
     let pool = sqlx::PgPool::connect(url).await?;
-    sqlx::query(
-        "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots \
-          WHERE slot_name = $1 AND NOT active",
-    )
-    .bind(slot)
-    .execute(&pool)
-    .await?;
+    let active: Option<bool> =
+        sqlx::query_scalar("SELECT active FROM pg_replication_slots WHERE slot_name = $1")
+            .bind(slot)
+            .fetch_optional(&pool)
+            .await?;
+    if active != Some(true) {
+        sqlx::query(
+            "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots \
+              WHERE slot_name = $1 AND NOT active",
+        )
+        .bind(slot)
+        .execute(&pool)
+        .await?;
+        // Only a publication that a bemi worker made (and marked so).
+        let ours: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_publication \
+                             WHERE pubname = $1 AND obj_description(oid, 'pg_publication') = $2)",
+        )
+        .bind(slot)
+        .bind(bemi_worker::setup::PUBLICATION_MARK)
+        .fetch_one(&pool)
+        .await?;
+        if ours {
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "DROP PUBLICATION IF EXISTS {}",
+                bemi_core::sql::quote_ident(slot)
+            )))
+            .execute(&pool)
+            .await?;
+        }
+    }
     pool.close().await;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::streamed_publications;
+
+    fn names(list: &[&str]) -> Option<Vec<String>> {
+        Some(list.iter().map(|name| (*name).to_owned()).collect())
+    }
+
+    #[test]
+    fn the_publications_of_a_start_replication_command() {
+        let command = |option: &str| {
+            format!(
+                "START_REPLICATION SLOT \"bemi\" LOGICAL 0/1A2B3C \
+                 (proto_version '1', {option}, messages 'true')"
+            )
+        };
+        let cases = [
+            ("publication_names 'bemi'", names(&["bemi"])),
+            ("publication_names 'Bemi, other'", names(&["bemi", "other"])),
+            (
+                r#"publication_names '"Mixed Case","a,b" , plain'"#,
+                names(&["Mixed Case", "a,b", "plain"]),
+            ),
+            (r#""publication_names" 'x'"#, names(&["x"])),
+            ("publication_names 'it''s'", names(&["it's"])),
+            ("publication_names ''", None),
+            ("publication_names 'a,,b'", None),
+            ("publication_names 'a b'", None),
+            (r#"publication_names '"open'"#, None),
+        ];
+        for (option, expected) in cases {
+            assert_eq!(
+                streamed_publications(&command(option)),
+                expected,
+                "{option}"
+            );
+        }
+        assert_eq!(streamed_publications("<insufficient privilege>"), None);
+        assert_eq!(streamed_publications("IDENTIFY_SYSTEM"), None);
+        assert_eq!(
+            streamed_publications("START_REPLICATION … (publication_names 'bemi"),
+            None
+        );
+    }
 }
