@@ -99,6 +99,8 @@ pub enum App {
 /// ```
 pub fn main(example: &Example) -> ExitCode {
     init_logging();
+    // The app's sqlx connections may ask for sslmode=verify-ca (see bemi_worker::tls).
+    bemi_worker::tls::install_crypto_provider();
     let args = Args::parse();
     let outcome = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -9,8 +9,10 @@ use bemi_tests::worker::{RunningWorker, wait_for_changes, worker_config};
 use bemi_tests::{TODO_TABLE, TestCluster, TestResult, private_cluster, private_database};
 use bemi_worker::error::WorkerError;
 use bemi_worker::launcher::LaunchOptions;
+use bemi_worker::source::{PgWireSource, SourceConnection};
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
 
+use crate::cli_support::bemi;
 use crate::worker_hazards::fatal_error;
 
 /// A certificate authority, as its certificate (PEM) and the issuer that signs with it.
@@ -97,6 +99,41 @@ pub async fn the_worker_streams_over_verified_tls_and_names_the_fix_when_tls_fai
         matches!(error, WorkerError::Source(_)) && message.contains("sslrootcert"),
         "{message}"
     );
+
+    // The replication connection on its own checks the certificate too.
+    let source = SourceConnection::from_url(&url_with(&format!(
+        "sslmode=verify-full&sslrootcert={}",
+        stranger_path.display()
+    )))?;
+    let slot = worker_config(&db).slot;
+    match PgWireSource::start(&source, &slot, "bemi", 0).await {
+        Ok(_) => anyhow::bail!("the replication connection trusted an unknown CA"),
+        Err(error) => ensure!(
+            !error.is_retryable() && error.to_string().contains("certificate"),
+            "{error}"
+        ),
+    }
+
+    // verify-ca: the worker refuses it (its replication connection cannot skip the name), and
+    // names the mode to use; the CLI's connections take it (once, this panicked in rustls).
+    let verify_ca = url_with(&format!(
+        "sslmode=verify-ca&sslrootcert={}",
+        ca_path.display()
+    ));
+    let mut config = worker_config(&db);
+    config.source_url = verify_ca.clone();
+    let message = fatal_error(config).await?.to_string();
+    ensure!(message.contains("sslmode=verify-full"), "{message}");
+    let output = bemi(&["changes", "--json", "--destination-url", &verify_ca], &[])
+        .await?
+        .success()?;
+    ensure!(output.stdout.contains("over TLS"), "{output:#?}");
+
+    // A certificate file that is not there stops the worker at once, naming the setting.
+    let mut config = worker_config(&db);
+    config.source_url = url_with("sslmode=verify-full&sslrootcert=/nowhere/ca.pem");
+    let message = fatal_error(config).await?.to_string();
+    ensure!(message.contains("sslrootcert=/nowhere/ca.pem"), "{message}");
 
     db.pool.close().await;
     tokio::task::spawn_blocking(move || drop(pg)).await?;

@@ -357,6 +357,9 @@ pub async fn a_primary_key_added_while_a_synchronous_standby_holds_the_commit_is
         Ok((names == "ghost_standby").then_some(()))
     })
     .await?;
+    let started: chrono::DateTime<chrono::Utc> = sqlx::query_scalar("SELECT clock_timestamp()")
+        .fetch_one(&db.pool)
+        .await?;
     let writer_pool = db.pool.clone();
     let held = tokio::spawn(async move {
         sqlx::raw_sql(
@@ -369,23 +372,37 @@ pub async fn a_primary_key_added_while_a_synchronous_standby_holds_the_commit_is
         .execute(&writer_pool)
         .await
     });
+    wait_until(
+        "the commit to wait for the standby",
+        Duration::from_secs(60),
+        || async {
+            let held: bool = sqlx::query_scalar(
+                "SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE wait_event = 'SyncRep')",
+            )
+            .fetch_one(&db.pool)
+            .await?;
+            Ok(held.then_some(()))
+        },
+    )
+    .await?;
     // The worker has the transaction: it waits for it to become visible (or, without that
-    // wait, it has described the table already and its write of the rows waits for the standby
-    // too: `changes` is written with synchronous_commit = on).
+    // wait, it has stored its row already, with the catalog's answer of the moment).
     wait_until(
         "the worker to take up the held transaction",
         Duration::from_secs(60),
         || async {
-            let (waiting, sync_waits): (Option<bool>, i64) = sqlx::query_as(
-                "SELECT bool_or(application_name = 'bemi-worker' \
-                                AND backend_type = 'client backend' \
-                                AND query LIKE '%pg_visible_in_snapshot%'), \
-                        count(*) FILTER (WHERE wait_event = 'SyncRep') \
-                   FROM pg_stat_activity",
+            let waiting: bool = sqlx::query_scalar(
+                "SELECT EXISTS (SELECT 1 FROM pg_stat_activity \
+                                 WHERE application_name = 'bemi-worker' \
+                                   AND backend_type = 'client backend' \
+                                   AND query LIKE '%pg_visible_in_snapshot%' \
+                                   AND state_change > $1)",
             )
+            .bind(started)
             .fetch_one(&db.pool)
             .await?;
-            Ok((waiting == Some(true) || sync_waits >= 2).then_some(()))
+            let stored = stored_changes(&db).await?.len();
+            Ok((waiting || stored >= 2).then_some(()))
         },
     )
     .await?;
@@ -404,6 +421,63 @@ pub async fn a_primary_key_added_while_a_synchronous_standby_holds_the_commit_is
     worker.stop().await?;
     let keys: Vec<Option<&str>> = changes.iter().map(|c| c.primary_key.as_deref()).collect();
     ensure!(keys == [None, Some("2"), Some("3")], "{keys:?}");
+    db.pool.close().await;
+    tokio::task::spawn_blocking(move || drop(pg)).await?;
+    Ok(())
+}
+
+/// `synchronous_standby_names = '*'` makes the worker's own replication connection a
+/// synchronous standby: every commit waits for the worker to confirm it. The worker must not
+/// wait for itself — neither for the transaction to become visible nor in its own writes to
+/// `changes` — so commits go through and are captured.
+pub async fn a_worker_that_is_itself_a_synchronous_standby_does_not_wait_for_itself(
+    _cluster: Arc<TestCluster>,
+) -> TestResult {
+    let pg = private_cluster(LaunchOptions::default()).await?;
+    let db = private_database(&pg, "self_standby").await?;
+    db.exec("CREATE TABLE accounts (id int PRIMARY KEY, name text)")
+        .await?;
+    db.migrate().await?;
+    let config = worker_config(&db);
+    let slot = config.slot.clone();
+    let worker = RunningWorker::start(config).await?;
+    // Any standby, the worker's connection included (the only one here), is synchronous.
+    db.exec("ALTER SYSTEM SET synchronous_standby_names = '*'")
+        .await?;
+    db.exec("SELECT pg_reload_conf()").await?;
+    wait_until(
+        "the worker's connection to be a synchronous standby",
+        Duration::from_secs(60),
+        || async {
+            let state: Option<String> = sqlx::query_scalar(
+                "SELECT r.sync_state FROM pg_stat_replication r \
+                   JOIN pg_replication_slots s ON s.active_pid = r.pid WHERE s.slot_name = $1",
+            )
+            .bind(&slot)
+            .fetch_optional(&db.pool)
+            .await?;
+            Ok((state.as_deref() == Some("sync")).then_some(()))
+        },
+    )
+    .await?;
+    // A new table (its Relation message comes with this very transaction) and a write to it;
+    // the commit waits for the worker's confirmation.
+    tokio::time::timeout(
+        Duration::from_secs(60),
+        db.exec(
+            "BEGIN; \
+             CREATE TABLE later (id int PRIMARY KEY); \
+             INSERT INTO later VALUES (1); \
+             INSERT INTO accounts VALUES (1, 'a'); \
+             COMMIT",
+        ),
+    )
+    .await
+    .context("the commit waited for ever for the worker")??;
+    let changes = wait_for_changes(&db, 2).await?;
+    let tables: Vec<&str> = changes.iter().map(|c| c.table.as_str()).collect();
+    ensure!(tables == ["later", "accounts"], "{changes:#?}");
+    worker.stop().await?;
     db.pool.close().await;
     tokio::task::spawn_blocking(move || drop(pg)).await?;
     Ok(())

@@ -20,6 +20,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
 
 use crate::config::WorkerConfig;
 use crate::json_value::TypeKind;
@@ -27,17 +28,21 @@ use crate::pgoutput::Relation;
 
 /// How long a lookup waits for an object created by the decoded transaction to become visible.
 const VISIBILITY_WAIT: Duration = Duration::from_secs(1);
-/// How long [`Catalog::wait_for_transaction`] waits before giving up (the worker then
-/// reconnects and decodes the transaction again).
+/// How long [`Catalog::wait_for_transaction`] waits before reading the catalog anyway.
 pub const TRANSACTION_VISIBILITY_WAIT: Duration = Duration::from_secs(30);
 /// Whether the transaction with the 32-bit id `$1` (recent: within 2^31 of the next id) is
 /// visible to a new snapshot. The epoch comes from the snapshot's `xmax`, one less when the id
 /// is above `xmax`'s low 32 bits (it was assigned before the counter wrapped).
+/// Also whether the connection streaming slot `$2` is a synchronous standby: then the
+/// transaction waits for this worker, and cannot become visible before the worker confirms it.
 const TRANSACTION_VISIBLE: &str = "\
 SELECT pg_visible_in_snapshot(
          ((((x.xmax >> 32) - (CASE WHEN $1 > (x.xmax & 4294967295) THEN 1 ELSE 0 END)) << 32) | $1)
            ::text::xid8,
-         x.snap)
+         x.snap),
+       EXISTS (SELECT 1 FROM pg_catalog.pg_stat_replication r
+                 JOIN pg_catalog.pg_replication_slots s ON s.active_pid = r.pid
+                WHERE s.slot_name = $2 AND r.sync_state IN ('sync', 'quorum'))
   FROM (SELECT s AS snap, pg_snapshot_xmax(s)::text::bigint AS xmax
           FROM pg_current_snapshot() AS s) AS x";
 const RELATION_EXISTS: &str =
@@ -129,6 +134,7 @@ fn is_changes_name(name: &str) -> bool {
 pub struct Catalog {
     pool: PgPool,
     types: HashMap<u32, TypeKind>,
+    warned_synchronous_standby: bool,
 }
 
 impl Catalog {
@@ -143,6 +149,7 @@ impl Catalog {
         Self {
             pool,
             types: HashMap::new(),
+            warned_synchronous_standby: false,
         }
     }
 
@@ -197,29 +204,58 @@ impl Catalog {
     }
 
     /// Waits until the transaction `xid` — the one being decoded — is visible to new snapshots,
-    /// so that catalog lookups see the schema it committed; `false` if it is not within
-    /// [`TRANSACTION_VISIBILITY_WAIT`].
+    /// so that catalog lookups see the schema it committed. Returns `false`, with a warning,
+    /// when it is not after [`TRANSACTION_VISIBILITY_WAIT`], when the connection streaming
+    /// `slot` is a synchronous standby (the transaction then waits for this very worker), or
+    /// on shutdown; the catalog is read anyway then.
     ///
     /// ```no_run
-    /// # async fn run(catalog: &bemi_worker::catalog::Catalog) -> Result<(), sqlx::Error> {
-    /// if catalog.wait_for_transaction(731).await? {
-    ///     // describe its relations
+    /// # async fn run(catalog: &mut bemi_worker::catalog::Catalog) -> Result<(), sqlx::Error> {
+    /// let shutdown = tokio_util::sync::CancellationToken::new();
+    /// if catalog.wait_for_transaction(731, "bemi", &shutdown).await? {
+    ///     // the catalog shows what transaction 731 committed
     /// }
     /// # Ok(()) }
     /// ```
-    pub async fn wait_for_transaction(&self, xid: u32) -> Result<bool, sqlx::Error> {
+    pub async fn wait_for_transaction(
+        &mut self,
+        xid: u32,
+        slot: &str,
+        shutdown: &CancellationToken,
+    ) -> Result<bool, sqlx::Error> {
         let started = Instant::now();
         let mut pause = Duration::from_millis(1);
         let mut told = false;
         loop {
-            let visible: bool = sqlx::query_scalar(TRANSACTION_VISIBLE)
+            let (visible, synchronous_standby): (bool, bool) = sqlx::query_as(TRANSACTION_VISIBLE)
                 .bind(i64::from(xid))
+                .bind(slot)
                 .fetch_one(&self.pool)
                 .await?;
             if visible {
                 return Ok(true);
             }
+            if synchronous_standby {
+                if !self.warned_synchronous_standby {
+                    self.warned_synchronous_standby = true;
+                    tracing::warn!(
+                        slot,
+                        "the worker's replication connection is a synchronous standby, so every \
+                         commit waits for the worker, and a table's schema is read before the \
+                         transaction that changed it is visible: leave the worker out of \
+                         synchronous_standby_names (e.g. list the standbys by name instead of *)"
+                    );
+                }
+                return Ok(false);
+            }
             if started.elapsed() >= TRANSACTION_VISIBILITY_WAIT {
+                tracing::warn!(
+                    xid,
+                    waited = ?TRANSACTION_VISIBILITY_WAIT,
+                    "the decoded transaction is still not visible; reading the catalog anyway \
+                     (a primary key or type it changed may be missed until the table's next \
+                     schema change)"
+                );
                 return Ok(false);
             }
             if !told && started.elapsed() >= Duration::from_secs(1) {
@@ -230,7 +266,10 @@ impl Catalog {
                      standby that has not confirmed it yet?)"
                 );
             }
-            tokio::time::sleep(pause).await;
+            tokio::select! {
+                () = shutdown.cancelled() => return Ok(false),
+                () = tokio::time::sleep(pause) => {}
+            }
             pause = (pause * 2).min(Duration::from_millis(100));
         }
     }

@@ -84,8 +84,10 @@ impl Destination {
         let mut writers = Vec::with_capacity(connections.max(1));
         for _ in 0..connections.max(1) {
             let mut conn = PgConnection::connect(url).await?;
-            // Confirming a position to the slot is only safe once the rows are durable.
-            conn.execute("SET synchronous_commit = on").await?;
+            // Confirming a position to the slot is only safe once the rows are durable here
+            // (flushed); not waiting for synchronous standbys keeps a worker that is one itself
+            // (synchronous_standby_names = '*') from waiting for its own confirmation.
+            conn.execute("SET synchronous_commit = local").await?;
             writers.push(BatchWriter {
                 conn,
                 database: Arc::clone(&database),

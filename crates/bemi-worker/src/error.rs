@@ -85,19 +85,6 @@ pub enum WorkerError {
     /// The replication connection failed.
     #[error("replication connection: {0}{hint}", hint = tls_hint(&.0.to_string()))]
     Replication(#[source] PgWireError),
-    /// The transaction being decoded did not become visible to other sessions in time, so its
-    /// schema could not be read.
-    #[error(
-        "transaction {xid} was streamed but is still not visible to other sessions after \
-         {waited:?} (a synchronous standby that does not confirm it?); reconnecting to decode it \
-         again"
-    )]
-    TransactionNotVisible {
-        /// Its id.
-        xid: u32,
-        /// How long the worker waited.
-        waited: std::time::Duration,
-    },
     /// The replication stream ended although nobody asked it to.
     #[error("the replication stream ended unexpectedly")]
     StreamEnded,
@@ -140,10 +127,7 @@ impl WorkerError {
             WorkerError::Publication { source, .. } => sql_is_retryable(source),
             WorkerError::Source(error) | WorkerError::Destination(error) => sql_is_retryable(error),
             WorkerError::Replication(error) => crate::source::is_retryable(error),
-            WorkerError::StreamEnded
-            | WorkerError::TransactionNotVisible { .. }
-            | WorkerError::Stream(_)
-            | WorkerError::Decode(_) => true,
+            WorkerError::StreamEnded | WorkerError::Stream(_) | WorkerError::Decode(_) => true,
         }
     }
 }

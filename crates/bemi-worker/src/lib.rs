@@ -11,7 +11,8 @@
 //! - [`destination`]: the `changes` table and the worker's position, written together;
 //! - [`schema`]: the `changes` table's layout (plain or partitioned by month) and indexes;
 //!   [`retention`]: pruning old changes;
-//! - [`setup`]: checks, publication and slot; [`metrics`]: Prometheus metrics;
+//! - [`setup`]: checks, publication and slot; [`metrics`]: Prometheus metrics; [`tls`]: the
+//!   URL's TLS settings for every connection;
 //! - [`launcher`]: an ephemeral PostgreSQL cluster (`wal_level=logical`) for development, the
 //!   demo and tests.
 //! - [`cli`]: the `bemi` command-line tool (`migration`, `migrate`, `worker`, `changes`,
@@ -33,4 +34,5 @@ pub mod rows;
 pub mod schema;
 pub mod setup;
 pub mod source;
+pub mod tls;
 pub mod worker;

@@ -10,12 +10,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use pgwire_replication::{
-    Lsn, PgWireError, ReplicationClient, ReplicationConfig, SslMode, TlsConfig,
-};
-use sqlx::postgres::{PgConnectOptions, PgSslMode};
+use pgwire_replication::{Lsn, PgWireError, ReplicationClient, ReplicationConfig, TlsConfig};
+use sqlx::postgres::PgConnectOptions;
 
 use crate::error::WorkerError;
+use crate::tls::TlsSettings;
 
 /// One event of the replication stream.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -106,12 +105,8 @@ impl SourceConnection {
     /// Parses a `postgres://user:password@host:port/database?sslmode=…` URL (the password may
     /// also come from `PGPASSWORD`).
     ///
-    /// TLS follows the URL as the worker's other (sqlx) connections do: `sslmode` (`disable`,
-    /// `prefer` — the default, also from `PGSSLMODE` —, `require`, `verify-ca`, `verify-full`),
-    /// `sslrootcert` (a PEM file of CA certificates; without it, Mozilla's root certificates),
-    /// and `sslcert` + `sslkey` for a client certificate; each also from `PGSSLROOTCERT`,
-    /// `PGSSLCERT`, `PGSSLKEY`. `verify-full` needs a host name, not an IP address, since the
-    /// certificate is checked against it.
+    /// TLS follows the URL's `sslmode`, `sslrootcert`, `sslcert` and `sslkey`, as the worker's
+    /// other connections do (see [`crate::tls`]).
     ///
     /// ```
     /// let source = bemi_worker::source::SourceConnection::from_url("postgres://bemi:s%40cret@db:6543/app").unwrap();
@@ -125,7 +120,12 @@ impl SourceConnection {
             .map_err(|e| WorkerError::InvalidConfig(format!("source URL: {e}")))?;
         let password = match parsed.password() {
             Some(password) => percent_decode(password),
-            None => std::env::var("PGPASSWORD").unwrap_or_default(),
+            None => parsed
+                .query_pairs()
+                .find(|(key, _)| key == "password")
+                .map(|(_, value)| value.into_owned())
+                .or_else(|| std::env::var("PGPASSWORD").ok())
+                .unwrap_or_default(),
         };
         let database = options
             .get_database()
@@ -138,14 +138,7 @@ impl SourceConnection {
                     .to_owned(),
             ));
         }
-        let tls = tls_config(options.get_ssl_mode(), |name| {
-            parsed
-                .query_pairs()
-                .find(|(key, _)| key == name)
-                .map(|(_, value)| value.into_owned())
-                .or_else(|| std::env::var(format!("PG{}", name.to_uppercase())).ok())
-                .filter(|value| !value.is_empty())
-        })?;
+        let tls = TlsSettings::from_url(url)?.replication()?;
         Ok(Self {
             host: options.get_host().to_owned(),
             port: options.get_port(),
@@ -177,40 +170,6 @@ impl SourceConnection {
     pub fn tls(&self) -> &TlsConfig {
         &self.tls
     }
-}
-
-/// The replication connection's TLS for `mode`, with the certificate files `setting` finds
-/// (`sslrootcert`, `sslcert`, `sslkey`).
-fn tls_config(
-    mode: PgSslMode,
-    setting: impl Fn(&str) -> Option<String>,
-) -> Result<TlsConfig, WorkerError> {
-    let root = setting("sslrootcert")
-        // libpq's "the system's roots": Mozilla's list is what this build has.
-        .filter(|path| path != "system")
-        .map(std::path::PathBuf::from);
-    let mut tls = match mode {
-        PgSslMode::Disable | PgSslMode::Allow => return Ok(TlsConfig::disabled()),
-        PgSslMode::Prefer => TlsConfig {
-            mode: SslMode::Prefer,
-            ..TlsConfig::default()
-        },
-        PgSslMode::Require => TlsConfig::require(),
-        PgSslMode::VerifyCa => TlsConfig::verify_ca(root),
-        PgSslMode::VerifyFull => TlsConfig::verify_full(root),
-    };
-    match (setting("sslcert"), setting("sslkey")) {
-        (Some(cert), Some(key)) => tls = tls.with_client_cert(cert, key),
-        (None, None) => {}
-        _ => {
-            return Err(WorkerError::InvalidConfig(
-                "a client certificate needs both sslcert and sslkey in the source URL (or \
-                 PGSSLCERT and PGSSLKEY)"
-                    .to_owned(),
-            ));
-        }
-    }
-    Ok(tls)
 }
 
 fn percent_decode(text: &str) -> String {
@@ -366,57 +325,15 @@ impl ReplicationSource for PgWireSource {
 /// still held by a previous connection) rather than a configuration problem.
 pub(crate) fn is_retryable(error: &PgWireError) -> bool {
     match error {
-        PgWireError::Auth(_) | PgWireError::Tls(_) => false,
+        PgWireError::Auth(_) => false,
+        // A certificate that does not verify, TLS settings that cannot work, or a server
+        // without TLS stay so; a handshake cut short (e.g. by a restart) is worth retrying.
+        PgWireError::Tls(message) => !["certificate", "config error", "does not support TLS"]
+            .iter()
+            .any(|cause| message.contains(cause)),
         PgWireError::Server(message) => {
             !(message.contains("SQLSTATE 28") || message.contains("SQLSTATE 42501"))
         }
         _ => true,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn tls_of(url: &str) -> Result<TlsConfig, WorkerError> {
-        SourceConnection::from_url(url).map(|source| source.tls().clone())
-    }
-
-    #[test]
-    fn the_url_sslmode_chooses_the_replication_connections_tls() {
-        let cases = [
-            ("disable", SslMode::Disable),
-            ("allow", SslMode::Disable),
-            ("prefer", SslMode::Prefer),
-            ("require", SslMode::Require),
-            ("verify-ca", SslMode::VerifyCa),
-            ("verify-full", SslMode::VerifyFull),
-        ];
-        for (sslmode, expected) in cases {
-            let tls = tls_of(&format!("postgres://u@db/app?sslmode={sslmode}")).unwrap();
-            assert_eq!(tls.mode, expected, "sslmode={sslmode}");
-        }
-    }
-
-    #[test]
-    fn certificate_files_come_from_the_url() {
-        let tls = tls_of(
-            "postgres://u@db/app?sslmode=verify-full&sslrootcert=/etc/ca.pem\
-             &sslcert=/etc/client.pem&sslkey=/etc/client.key",
-        )
-        .unwrap();
-        assert_eq!(tls.ca_pem_path, Some("/etc/ca.pem".into()));
-        assert_eq!(tls.client_cert_pem_path, Some("/etc/client.pem".into()));
-        assert_eq!(tls.client_key_pem_path, Some("/etc/client.key".into()));
-        let system = tls_of("postgres://u@db/app?sslmode=verify-ca&sslrootcert=system").unwrap();
-        assert_eq!(system.ca_pem_path, None);
-    }
-
-    #[test]
-    fn a_client_certificate_without_its_key_is_refused() {
-        let error = tls_of("postgres://u@db/app?sslmode=require&sslcert=/etc/client.pem")
-            .unwrap_err()
-            .to_string();
-        assert!(error.contains("sslcert and sslkey"), "{error}");
     }
 }

@@ -35,7 +35,7 @@ use tokio::sync::{oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::assembler::{Assembler, Piece, ResumePoint};
-use crate::catalog::{Catalog, TRANSACTION_VISIBILITY_WAIT};
+use crate::catalog::Catalog;
 use crate::config::WorkerConfig;
 use crate::destination::{BatchWriter, Destination, PreviousCommit, advance};
 use crate::error::WorkerError;
@@ -98,6 +98,11 @@ impl Worker {
     /// # }
     /// ```
     pub async fn run(&self, shutdown: CancellationToken) -> Result<(), WorkerError> {
+        crate::tls::install_crypto_provider();
+        // TLS settings that cannot work stop the worker now, not at every reconnect.
+        if let Some(destination) = &self.config.destination_url {
+            crate::tls::TlsSettings::from_url(destination)?;
+        }
         if let Some(addr) = self.config.metrics_addr {
             let listener = metrics::bind(addr).await?;
             tracing::info!(%addr, "serving metrics");
@@ -153,6 +158,9 @@ impl Worker {
             // Named in pg_stat_activity, like the replication connection.
             options = options.application_name("bemi-worker");
         }
+        // Its commits (publication, slot) must not wait for synchronous standbys: the worker
+        // may be one itself.
+        options = options.options([("synchronous_commit", "local")]);
         let pool = PgPoolOptions::new()
             .max_connections(2)
             .acquire_timeout(Duration::from_secs(10))
@@ -208,6 +216,7 @@ impl Worker {
             last_sent_end: resume.last_lsn,
             metrics: &self.metrics,
             send_wait: Duration::ZERO,
+            shutdown: shutdown.clone(),
         };
         let streamed = session.stream(shutdown).await;
 
@@ -238,6 +247,8 @@ struct StreamSession<'a> {
     metrics: &'a WorkerMetrics,
     /// Time the current event spent waiting for the writer (backpressure), not working.
     send_wait: Duration,
+    /// Cuts short waits inside an event (see [`Catalog::wait_for_transaction`]).
+    shutdown: CancellationToken,
 }
 
 impl StreamSession<'_> {
@@ -301,16 +312,11 @@ impl StreamSession<'_> {
                         .catalog
                         .get_or_insert_with(|| Catalog::new(self.pool.clone()));
                     // Its schema may have changed in this very transaction (see catalog.rs).
-                    if let Some(xid) = self.assembler.open_xid()
-                        && !catalog
-                            .wait_for_transaction(xid)
+                    if let Some(xid) = self.assembler.open_xid() {
+                        catalog
+                            .wait_for_transaction(xid, &self.config.slot, &self.shutdown)
                             .await
-                            .map_err(WorkerError::Source)?
-                    {
-                        return Err(WorkerError::TransactionNotVisible {
-                            xid,
-                            waited: TRANSACTION_VISIBILITY_WAIT,
-                        });
+                            .map_err(WorkerError::Source)?;
                     }
                     let info = catalog
                         .describe(&relation, self.config)

@@ -107,6 +107,7 @@ enum Command {
 /// }
 /// ```
 pub fn main() -> ExitCode {
+    crate::tls::install_crypto_provider();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(error) => {
