@@ -15,11 +15,12 @@
 //!   URL's TLS settings for every connection;
 //! - [`launcher`]: an ephemeral PostgreSQL cluster (`wal_level=logical`) for development, the
 //!   demo and tests.
-//! - [`cli`]: the `bemi` command-line tool (`migration`, `migrate`, `worker`, `changes`,
-//!   `history`, `at`, `revert`, `prune`, `dev`).
+//! - [`cli`] (feature `cli`, on by default): the `bemi` command-line tool (`migration`,
+//!   `migrate`, `worker`, `changes`, `history`, `at`, `revert`, `prune`, `dev`).
 
 pub mod assembler;
 pub mod catalog;
+#[cfg(feature = "cli")]
 pub mod cli;
 pub mod config;
 pub mod destination;
