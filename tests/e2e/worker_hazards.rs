@@ -429,16 +429,30 @@ pub async fn a_primary_key_added_while_a_synchronous_standby_holds_the_commit_is
 /// `synchronous_standby_names = '*'` makes the worker's own replication connection a
 /// synchronous standby: every commit waits for the worker to confirm it. The worker must not
 /// wait for itself — neither for the transaction to become visible nor in its own writes to
-/// `changes` — so commits go through and are captured.
+/// `changes` — so commits go through (well before the 30 s visibility fallback) and are
+/// captured. The worker runs as the README's role (REPLICATION, no superuser), which may not
+/// even see that its connection is a synchronous standby.
 pub async fn a_worker_that_is_itself_a_synchronous_standby_does_not_wait_for_itself(
     _cluster: Arc<TestCluster>,
 ) -> TestResult {
     let pg = private_cluster(LaunchOptions::default()).await?;
     let db = private_database(&pg, "self_standby").await?;
-    db.exec("CREATE TABLE accounts (id int PRIMARY KEY, name text)")
-        .await?;
+    let worker_role = "self_standby_worker";
+    db.exec(&format!(
+        "CREATE ROLE app_owner NOLOGIN; \
+         CREATE TABLE accounts (id int PRIMARY KEY, name text); \
+         ALTER TABLE accounts OWNER TO app_owner; \
+         CREATE ROLE {worker_role} WITH LOGIN REPLICATION PASSWORD 'worker-secret'; \
+         GRANT CREATE ON DATABASE \"{}\" TO {worker_role}; \
+         GRANT CREATE ON SCHEMA public TO {worker_role}; \
+         GRANT app_owner TO {worker_role}",
+        db.name
+    ))
+    .await?;
     db.migrate().await?;
-    let config = worker_config(&db);
+    let mut config = worker_config(&db);
+    let (_, host_and_database) = db.url.split_once('@').context("url")?;
+    config.source_url = format!("postgres://{worker_role}:worker-secret@{host_and_database}");
     let slot = config.slot.clone();
     let worker = RunningWorker::start(config).await?;
     // Any standby, the worker's connection included (the only one here), is synchronous.
@@ -462,8 +476,10 @@ pub async fn a_worker_that_is_itself_a_synchronous_standby_does_not_wait_for_its
     .await?;
     // A new table (its Relation message comes with this very transaction) and a write to it;
     // the commit waits for the worker's confirmation.
+    // A deadline well below the 30 s fallback: the worker gives up waiting for the transaction
+    // after 2 s when it cannot see its own sync_state.
     tokio::time::timeout(
-        Duration::from_secs(60),
+        Duration::from_secs(15),
         db.exec(
             "BEGIN; \
              CREATE TABLE later (id int PRIMARY KEY); \
@@ -473,7 +489,7 @@ pub async fn a_worker_that_is_itself_a_synchronous_standby_does_not_wait_for_its
         ),
     )
     .await
-    .context("the commit waited for ever for the worker")??;
+    .context("the commit waited for the worker's 30 s visibility fallback, or for ever")??;
     let changes = wait_for_changes(&db, 2).await?;
     let tables: Vec<&str> = changes.iter().map(|c| c.table.as_str()).collect();
     ensure!(tables == ["later", "accounts"], "{changes:#?}");

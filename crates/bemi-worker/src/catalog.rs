@@ -33,18 +33,26 @@ pub const TRANSACTION_VISIBILITY_WAIT: Duration = Duration::from_secs(30);
 /// Whether the transaction with the 32-bit id `$1` (recent: within 2^31 of the next id) is
 /// visible to a new snapshot. The epoch comes from the snapshot's `xmax`, one less when the id
 /// is above `xmax`'s low 32 bits (it was assigned before the counter wrapped).
-/// Also whether the connection streaming slot `$2` is a synchronous standby: then the
-/// transaction waits for this worker, and cannot become visible before the worker confirms it.
+/// Also the `sync_state` of the connection streaming slot `$2` (`sync`: the transaction waits
+/// for this very worker and cannot become visible before the worker confirms it), or, when the
+/// role may not see it (NULL without `pg_read_all_stats`), `unknown` if
+/// `synchronous_standby_names` could name the worker (`*` or its application name).
 const TRANSACTION_VISIBLE: &str = "\
 SELECT pg_visible_in_snapshot(
          ((((x.xmax >> 32) - (CASE WHEN $1 > (x.xmax & 4294967295) THEN 1 ELSE 0 END)) << 32) | $1)
            ::text::xid8,
          x.snap),
-       EXISTS (SELECT 1 FROM pg_catalog.pg_stat_replication r
-                 JOIN pg_catalog.pg_replication_slots s ON s.active_pid = r.pid
-                WHERE s.slot_name = $2 AND r.sync_state IN ('sync', 'quorum'))
+       coalesce(
+         (SELECT r.sync_state FROM pg_catalog.pg_stat_replication r
+            JOIN pg_catalog.pg_replication_slots s ON s.active_pid = r.pid
+           WHERE s.slot_name = $2),
+         CASE WHEN current_setting('synchronous_standby_names') ~ '[*]|bemi-worker'
+              THEN 'unknown' ELSE 'async' END)
   FROM (SELECT s AS snap, pg_snapshot_xmax(s)::text::bigint AS xmax
           FROM pg_current_snapshot() AS s) AS x";
+/// How long the wait lasts when the worker may be one of the standbys the transaction waits for
+/// (quorum commit, or a role that cannot see its own `sync_state`).
+const MAYBE_OWN_STANDBY_WAIT: Duration = Duration::from_secs(2);
 const RELATION_EXISTS: &str =
     "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_class WHERE oid = $1::oid)";
 const TYPE_EXISTS: &str = "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_type WHERE oid = $1::oid)";
@@ -205,9 +213,11 @@ impl Catalog {
 
     /// Waits until the transaction `xid` — the one being decoded — is visible to new snapshots,
     /// so that catalog lookups see the schema it committed. Returns `false`, with a warning,
-    /// when it is not after [`TRANSACTION_VISIBILITY_WAIT`], when the connection streaming
-    /// `slot` is a synchronous standby (the transaction then waits for this very worker), or
-    /// on shutdown; the catalog is read anyway then.
+    /// when it is not after [`TRANSACTION_VISIBILITY_WAIT`], at once when the connection
+    /// streaming `slot` is a synchronous standby (the transaction then waits for this very
+    /// worker), after two seconds when it may be one (quorum commit, or a role that may not
+    /// see `pg_stat_replication.sync_state` while `synchronous_standby_names` could name the
+    /// worker), or on shutdown; the catalog is read anyway then.
     ///
     /// ```no_run
     /// # async fn run(catalog: &mut bemi_worker::catalog::Catalog) -> Result<(), sqlx::Error> {
@@ -227,7 +237,7 @@ impl Catalog {
         let mut pause = Duration::from_millis(1);
         let mut told = false;
         loop {
-            let (visible, synchronous_standby): (bool, bool) = sqlx::query_as(TRANSACTION_VISIBLE)
+            let (visible, sync_state): (bool, String) = sqlx::query_as(TRANSACTION_VISIBLE)
                 .bind(i64::from(xid))
                 .bind(slot)
                 .fetch_one(&self.pool)
@@ -235,12 +245,17 @@ impl Catalog {
             if visible {
                 return Ok(true);
             }
-            if synchronous_standby {
+            let maybe_own_standby = matches!(sync_state.as_str(), "quorum" | "unknown");
+            if sync_state == "sync"
+                || (maybe_own_standby && started.elapsed() >= MAYBE_OWN_STANDBY_WAIT)
+            {
                 if !self.warned_synchronous_standby {
                     self.warned_synchronous_standby = true;
                     tracing::warn!(
                         slot,
-                        "the worker's replication connection is a synchronous standby, so every \
+                        sync_state,
+                        "the worker's replication connection is (or may be) a synchronous \
+                         standby, so every \
                          commit waits for the worker, and a table's schema is read before the \
                          transaction that changed it is visible: leave the worker out of \
                          synchronous_standby_names (e.g. list the standbys by name instead of *)"

@@ -57,6 +57,45 @@ const STATE_SQL: &str = "INSERT INTO _bemi_worker_state AS s \
        partial_position = EXCLUDED.partial_position, \
        updated_at = now()";
 
+/// How durable a destination commit is before the worker confirms its position to the slot.
+///
+/// ```
+/// use bemi_worker::destination::Durability;
+///
+/// assert_eq!(Durability::for_destination(true), Durability::Local);
+/// assert_eq!(Durability::for_destination(false), Durability::Standbys);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// Flushed on the destination and on its synchronous standbys (`synchronous_commit = on`):
+    /// a failover of the destination loses nothing the slot has moved past.
+    Standbys,
+    /// Flushed on the destination server only (`synchronous_commit = local`). For a destination
+    /// on the source's own server: a failover there loses the slot too (PostgreSQL 15 does not
+    /// carry slots over), and the worker may itself be one of the synchronous standbys, which
+    /// must not wait for its own confirmation.
+    Local,
+}
+
+impl Durability {
+    /// [`Local`](Self::Local) for a destination on the source's server, else
+    /// [`Standbys`](Self::Standbys).
+    pub fn for_destination(on_source_server: bool) -> Self {
+        if on_source_server {
+            Self::Local
+        } else {
+            Self::Standbys
+        }
+    }
+
+    fn setting(self) -> &'static str {
+        match self {
+            Self::Standbys => "SET synchronous_commit = on",
+            Self::Local => "SET synchronous_commit = local",
+        }
+    }
+}
+
 /// The destination database: its connections and where the last committed write left off.
 #[derive(Debug)]
 pub struct Destination {
@@ -65,12 +104,15 @@ pub struct Destination {
 }
 
 impl Destination {
-    /// Opens `connections` connections (at least one), creates the tables if missing, and reads
-    /// where the worker of `slot` on the source `database` left off.
+    /// Opens `connections` connections (at least one) whose commits are as durable as
+    /// `durability` says, creates the tables if missing, and reads where the worker of `slot`
+    /// on the source `database` left off.
     ///
     /// ```no_run
     /// # async fn run() -> Result<(), sqlx::Error> {
-    /// let destination = bemi_worker::destination::Destination::open("postgres://localhost/app", "app", "bemi", 2).await?;
+    /// let destination = bemi_worker::destination::Destination::open(
+    ///     "postgres://localhost/app", "app", "bemi", 2, bemi_worker::destination::Durability::Local,
+    /// ).await?;
     /// println!("resuming after {:?}", destination.resume_point());
     /// # Ok(()) }
     /// ```
@@ -79,15 +121,14 @@ impl Destination {
         database: &str,
         slot: &str,
         connections: usize,
+        durability: Durability,
     ) -> Result<Self, sqlx::Error> {
         let (database, slot): (Arc<str>, Arc<str>) = (database.into(), slot.into());
         let mut writers = Vec::with_capacity(connections.max(1));
         for _ in 0..connections.max(1) {
             let mut conn = PgConnection::connect(url).await?;
-            // Confirming a position to the slot is only safe once the rows are durable here
-            // (flushed); not waiting for synchronous standbys keeps a worker that is one itself
-            // (synchronous_standby_names = '*') from waiting for its own confirmation.
-            conn.execute("SET synchronous_commit = local").await?;
+            // Confirming a position to the slot is only safe once the rows are durable.
+            conn.execute(durability.setting()).await?;
             writers.push(BatchWriter {
                 conn,
                 database: Arc::clone(&database),

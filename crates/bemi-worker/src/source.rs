@@ -118,15 +118,15 @@ impl SourceConnection {
             .map_err(|e| WorkerError::InvalidConfig(format!("source URL: {e}")))?;
         let parsed = url::Url::parse(url)
             .map_err(|e| WorkerError::InvalidConfig(format!("source URL: {e}")))?;
-        let password = match parsed.password() {
-            Some(password) => percent_decode(password),
-            None => parsed
-                .query_pairs()
-                .find(|(key, _)| key == "password")
-                .map(|(_, value)| value.into_owned())
-                .or_else(|| std::env::var("PGPASSWORD").ok())
-                .unwrap_or_default(),
-        };
+        // As sqlx reads it (so both kinds of connection log in alike): the `password` query
+        // parameter, else the URL's user part, else PGPASSWORD.
+        let password = parsed
+            .query_pairs()
+            .find(|(key, _)| key == "password")
+            .map(|(_, value)| value.into_owned())
+            .or_else(|| parsed.password().map(percent_decode))
+            .or_else(|| std::env::var("PGPASSWORD").ok())
+            .unwrap_or_default();
         let database = options
             .get_database()
             .unwrap_or(options.get_username())
@@ -328,9 +328,18 @@ pub(crate) fn is_retryable(error: &PgWireError) -> bool {
         PgWireError::Auth(_) => false,
         // A certificate that does not verify, TLS settings that cannot work, or a server
         // without TLS stay so; a handshake cut short (e.g. by a restart) is worth retrying.
-        PgWireError::Tls(message) => !["certificate", "config error", "does not support TLS"]
+        PgWireError::Tls(message) => {
+            let message = message.to_lowercase();
+            ![
+                "certificate",
+                "config error",
+                "does not support tls",
+                "received fatal alert",
+                "unknownca",
+            ]
             .iter()
-            .any(|cause| message.contains(cause)),
+            .any(|cause| message.contains(cause))
+        }
         PgWireError::Server(message) => {
             !(message.contains("SQLSTATE 28") || message.contains("SQLSTATE 42501"))
         }

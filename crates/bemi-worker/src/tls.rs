@@ -124,6 +124,23 @@ impl TlsSettings {
         })
     }
 
+    /// Whether the URL names a root certificate that its `sslmode` will not check against
+    /// (`prefer` or `require`: libpq would verify the chain with `require`, these clients do
+    /// not). Worth a warning: the URL reads as verifying and does not.
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let ca = dir.path().join("ca.pem");
+    /// # std::fs::write(&ca, "PEM").unwrap();
+    /// use bemi_worker::tls::TlsSettings;
+    ///
+    /// let url = format!("postgres://u@db/app?sslmode=require&sslrootcert={}", ca.display());
+    /// assert!(TlsSettings::from_url(&url).unwrap().ignores_root_cert());
+    /// ```
+    pub fn ignores_root_cert(&self) -> bool {
+        self.root_cert.is_some() && matches!(self.mode, PgSslMode::Prefer | PgSslMode::Require)
+    }
+
     /// The replication connection's TLS configuration.
     ///
     /// ```

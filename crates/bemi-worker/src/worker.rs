@@ -37,7 +37,7 @@ use tokio_util::sync::CancellationToken;
 use crate::assembler::{Assembler, Piece, ResumePoint};
 use crate::catalog::Catalog;
 use crate::config::WorkerConfig;
-use crate::destination::{BatchWriter, Destination, PreviousCommit, advance};
+use crate::destination::{BatchWriter, Destination, Durability, PreviousCommit, advance};
 use crate::error::WorkerError;
 use crate::handoff::{self, PieceReceiver, PieceSender};
 use crate::metrics::{self, WorkerMetrics};
@@ -100,8 +100,19 @@ impl Worker {
     pub async fn run(&self, shutdown: CancellationToken) -> Result<(), WorkerError> {
         crate::tls::install_crypto_provider();
         // TLS settings that cannot work stop the worker now, not at every reconnect.
-        if let Some(destination) = &self.config.destination_url {
-            crate::tls::TlsSettings::from_url(destination)?;
+        for (which, url) in [
+            ("source", Some(&self.config.source_url)),
+            ("destination", self.config.destination_url.as_ref()),
+        ] {
+            let Some(url) = url else { continue };
+            if crate::tls::TlsSettings::from_url(url)?.ignores_root_cert() {
+                tracing::warn!(
+                    which,
+                    "the {which} URL names sslrootcert but its sslmode does not verify the \
+                     server's certificate (libpq would with require; this client does not): use \
+                     sslmode=verify-full"
+                );
+            }
         }
         if let Some(addr) = self.config.metrics_addr {
             let listener = metrics::bind(addr).await?;
@@ -177,6 +188,7 @@ impl Worker {
             source.database(),
             &config.slot,
             config.writer_connections,
+            Durability::for_destination(same_server(&config.source_url, config.destination_url())),
         )
         .await
         .map_err(WorkerError::Destination)?;
@@ -486,4 +498,35 @@ fn jitter(delay: Duration) -> Duration {
         .map_or(0, |d| d.subsec_nanos());
     let factor = 0.75 + f64::from(nanos % 1000) / 2000.0;
     delay.mul_f64(factor)
+}
+
+/// Whether two database URLs name the same server (host and port; databases may differ).
+fn same_server(a: &str, b: &str) -> bool {
+    let server = |url: &str| {
+        url.parse::<PgConnectOptions>()
+            .ok()
+            .map(|o| (o.get_host().to_owned(), o.get_port()))
+    };
+    server(a).is_some() && server(a) == server(b)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn same_server_compares_host_and_port_not_the_database() {
+        assert!(same_server(
+            "postgres://u@db:5432/app",
+            "postgres://w@db/audit"
+        ));
+        assert!(!same_server(
+            "postgres://u@db/app",
+            "postgres://u@db:6543/app"
+        ));
+        assert!(!same_server(
+            "postgres://u@db/app",
+            "postgres://u@other/app"
+        ));
+    }
 }

@@ -246,16 +246,15 @@ pub fn without_password(url: &str) -> String {
     let Some(scheme_end) = url.find("://").map(|i| i + 3) else {
         return url.to_owned();
     };
-    let (before_query, query) = match url[scheme_end..].find('?') {
-        Some(i) => url.split_at(scheme_end + i),
+    // The user info ends at the last `@` of the URL, so that a password with an unencoded `/`,
+    // `#`, `?` or `@` is masked whole (an `@` in a query value masks more, never less).
+    let user_info_end = url[scheme_end..].rfind('@').map(|i| scheme_end + i);
+    let host_start = user_info_end.unwrap_or(scheme_end);
+    let (before_query, query) = match url[host_start..].find('?') {
+        Some(i) => url.split_at(host_start + i),
         None => (url, ""),
     };
     let mut masked = String::with_capacity(url.len() + 8);
-    // The user info ends at the last `@` before the query, so that a password with an
-    // unencoded `/`, `#` or `@` is masked whole.
-    let user_info_end = before_query[scheme_end..]
-        .rfind('@')
-        .map(|i| scheme_end + i);
     let colon = user_info_end.and_then(|end| url[scheme_end..end].find(':'));
     match (user_info_end, colon) {
         (Some(end), Some(colon)) => {
@@ -273,6 +272,7 @@ pub fn without_password(url: &str) -> String {
         None => (query, None),
     };
     masked.push('?');
+    let mut hid_one = false;
     for (i, parameter) in query.split('&').enumerate() {
         if i > 0 {
             masked.push('&');
@@ -281,13 +281,15 @@ pub fn without_password(url: &str) -> String {
             Some((name, _)) if is_password_parameter(name) => {
                 masked.push_str(name);
                 masked.push_str("=***");
+                hid_one = true;
             }
             _ => masked.push_str(parameter),
         }
     }
     if let Some(fragment) = fragment {
         masked.push('#');
-        masked.push_str(fragment);
+        // An unencoded `#` in a password value starts a "fragment" that is the rest of it.
+        masked.push_str(if hid_one { "***" } else { fragment });
     }
     masked
 }
@@ -347,9 +349,15 @@ mod tests {
             ),
             // A password with unencoded `/`, `#` or `@` is hidden whole.
             ("postgres://u:se/cr#e@t@h/db", "postgres://u:***@h/db"),
+            // … and `?`; a `#` in a password value starts the "fragment": hidden too.
+            ("postgres://u:Se?cret1@h/db", "postgres://u:***@h/db"),
             (
                 "postgres://h/db?password=SECRET#frag",
-                "postgres://h/db?password=***#frag",
+                "postgres://h/db?password=***#***",
+            ),
+            (
+                "postgres://h/db?sslmode=require#frag",
+                "postgres://h/db?sslmode=require#frag",
             ),
             // Nothing to hide: unchanged.
             ("postgres://u@h/db", "postgres://u@h/db"),
