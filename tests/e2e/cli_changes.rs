@@ -427,6 +427,28 @@ pub async fn changes_follow_prints_changes_made_after_it_started(
     Ok(())
 }
 
+/// `bemi changes --follow --json --limit 1`, polling every 100 ms, against `db`.
+fn follow_json(db: &TestDb) -> anyhow::Result<Background> {
+    Background::start(
+        &[
+            "changes",
+            "--follow",
+            "--json",
+            "--limit",
+            "1",
+            "--poll-interval",
+            "100ms",
+        ],
+        &[("DATABASE_URL", db.url.as_str())],
+    )
+}
+
+/// The `task` of the after-image of a printed JSON change.
+fn task_of(line: &str) -> anyhow::Result<String> {
+    let change: Change = serde_json::from_str(line)?;
+    Ok(change.after["task"].as_str().unwrap_or_default().to_owned())
+}
+
 /// Writes a change into `changes` as the worker would: of table `todo`, committed `ago` before
 /// now, at `position`.
 async fn store_change(db: &TestDb, task: &str, ago: &str, position: i64) -> anyhow::Result<()> {
@@ -455,24 +477,8 @@ pub async fn changes_follow_prints_a_change_that_arrives_after_a_later_one(
     drop(conn);
     store_change(&db, "existing", "10 seconds", 1).await?;
 
-    let env = [("DATABASE_URL", db.url.as_str())];
-    let mut json = Background::start(
-        &[
-            "changes",
-            "--follow",
-            "--json",
-            "--limit",
-            "1",
-            "--poll-interval",
-            "100ms",
-        ],
-        &env,
-    )?;
+    let mut json = follow_json(&db)?;
     let timeout = Duration::from_secs(60);
-    let task = |line: &str| -> anyhow::Result<String> {
-        let change: Change = serde_json::from_str(line)?;
-        Ok(change.after["task"].as_str().unwrap_or_default().to_owned())
-    };
 
     // Once it shows the newest change, it is following.
     json.line_where("the existing change", timeout, |line| {
@@ -483,7 +489,7 @@ pub async fn changes_follow_prints_a_change_that_arrives_after_a_later_one(
     let line = json
         .line_where("the later change", timeout, |line| line.contains("later"))
         .await?;
-    ensure!(task(&line)? == "later");
+    ensure!(task_of(&line)? == "later");
     // Committed a second before the one printed, but stored after it.
     store_change(&db, "earlier", "1 second", 20).await?;
     json.line_where("the earlier change", timeout, |line| {
@@ -497,7 +503,7 @@ pub async fn changes_follow_prints_a_change_that_arrives_after_a_later_one(
     let tasks = json
         .lines
         .iter()
-        .map(|line| task(line))
+        .map(|line| task_of(line))
         .collect::<anyhow::Result<Vec<_>>>()?;
     ensure!(
         tasks == ["existing", "later", "earlier", "last"],
@@ -534,24 +540,8 @@ pub async fn changes_follow_after_a_large_transaction_prints_only_new_changes(
     .execute(&db.pool)
     .await?;
 
-    let env = [("DATABASE_URL", db.url.as_str())];
-    let mut json = Background::start(
-        &[
-            "changes",
-            "--follow",
-            "--json",
-            "--limit",
-            "1",
-            "--poll-interval",
-            "100ms",
-        ],
-        &env,
-    )?;
+    let mut json = follow_json(&db)?;
     let timeout = Duration::from_secs(60);
-    let task = |line: &str| -> anyhow::Result<String> {
-        let change: Change = serde_json::from_str(line)?;
-        Ok(change.after["task"].as_str().unwrap_or_default().to_owned())
-    };
     // The newest change of the large transaction (the last in the audit trail's order).
     json.line_where("the newest existing change", timeout, |_| true)
         .await?;
@@ -582,7 +572,7 @@ pub async fn changes_follow_after_a_large_transaction_prints_only_new_changes(
     let tasks = json
         .lines
         .iter()
-        .map(|line| task(line))
+        .map(|line| task_of(line))
         .collect::<anyhow::Result<Vec<_>>>()?;
     ensure!(
         tasks
