@@ -301,6 +301,7 @@ impl Assembler {
 /// use bemi_worker::assembler::parse_context;
 ///
 /// assert_eq!(&*parse_context(br#"{"user_id": 1}"#), r#"{"user_id": 1}"#);
+/// assert_eq!(&*parse_context(br#"{"big": 1e400}"#), r#"{"big": 1e400}"#);
 /// let marker: serde_json::Value = serde_json::from_str(&parse_context(b"{oops")).unwrap();
 /// assert_eq!(marker["_bemi_invalid_context"]["text"], "{oops");
 /// ```
@@ -314,12 +315,17 @@ pub fn parse_context(content: &[u8]) -> Arc<str> {
     let Ok(text) = std::str::from_utf8(content) else {
         return invalid("not valid UTF-8".to_owned());
     };
-    match serde_json::from_str::<serde_json::Value>(text) {
-        Ok(serde_json::Value::Object(_)) => match crate::json_value::sanitize_json(text) {
+    if !text.trim_start().starts_with('{') {
+        let start: String = text.trim_start().chars().take(40).collect();
+        return invalid(format!("expected a JSON object, got {start}"));
+    }
+    // Checked without building values, so that every valid number passes (1e400 is valid JSON
+    // and a valid jsonb number, but no f64).
+    match serde_json::from_str::<serde::de::IgnoredAny>(text) {
+        Ok(_) => match crate::json_value::sanitize_json(text) {
             Some(fixed) => Arc::from(fixed),
             None => Arc::from(text.trim()),
         },
-        Ok(other) => invalid(format!("expected a JSON object, got {other}")),
         Err(error) => invalid(error.to_string()),
     }
 }
@@ -330,6 +336,19 @@ mod tests {
     use crate::catalog::ColumnInfo;
     use crate::json_value::TypeKind;
     use crate::pgoutput::Value;
+
+    #[test]
+    fn a_context_with_a_number_beyond_f64_is_kept_as_written() {
+        // Valid JSON and a valid jsonb number; serde_json's values (without
+        // `arbitrary_precision`) could not hold it.
+        let text = r#"{"amount": 1e400, "id": 123456789012345678901234567890}"#;
+        assert_eq!(&*parse_context(text.as_bytes()), text);
+        let not_an_object = parse_context(b"[1e400]");
+        assert!(
+            not_an_object.contains(INVALID_CONTEXT_KEY),
+            "{not_an_object}"
+        );
+    }
 
     fn assembler(chunk_rows: usize, resume: ResumePoint) -> Assembler {
         let mut assembler = Assembler::new(resume, chunk_rows);
