@@ -148,11 +148,13 @@ async fn running_worker(pool: &sqlx::PgPool, slot: &str) -> Result<Option<String
     if !has_state {
         return Ok(None);
     }
+    // Workers that wrote here, or that have just started (nothing written yet).
     let workers: Vec<(String, Option<String>)> = sqlx::query_as(
         "SELECT s.slot_name::text, a.query FROM pg_replication_slots s \
-           JOIN _bemi_worker_state w ON w.slot = s.slot_name AND w.database = s.database \
+           LEFT JOIN _bemi_worker_state w ON w.slot = s.slot_name AND w.database = s.database \
            LEFT JOIN pg_stat_activity a ON a.pid = s.active_pid \
           WHERE s.active AND s.database = current_database() AND s.slot_name <> $1 \
+            AND (w.slot IS NOT NULL OR a.application_name = 'bemi-worker') \
           ORDER BY 1",
     )
     .bind(slot)

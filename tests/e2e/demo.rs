@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use anyhow::ensure;
 use bemi_core::audit::Operation;
+use bemi_tests::worker::{RunningWorker, worker_config};
 use bemi_tests::{TestCluster, TestResult};
 use serde_json::json;
 
@@ -60,5 +61,33 @@ pub async fn requests_through_the_axum_app_become_the_seeds_changes_table(
         "committed_at out of order"
     );
     bemi_examples::demo::drop_slot(&db.url, &slot).await?;
+    Ok(())
+}
+
+/// With a bemi worker already streaming the database (just started: nothing written yet), the
+/// demo lets it capture the changes instead of running a second worker, and each of the five
+/// changes is stored once.
+pub async fn the_demo_relies_on_a_running_worker_that_captures_todo(
+    cluster: Arc<TestCluster>,
+) -> TestResult {
+    let db = cluster.database("demo_shared").await?;
+    db.exec("CREATE TABLE notes (id int PRIMARY KEY)").await?;
+    db.migrate().await?;
+    let worker = RunningWorker::start(worker_config(&db)).await?;
+    let slot = format!("demo_{}", db.name);
+    let changes = bemi_examples::demo::replay(&db.url, &slot).await?;
+    ensure!(changes.len() == 5, "{changes:#?}");
+    let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM changes WHERE \"table\" = 'todo'")
+        .fetch_one(&db.pool)
+        .await?;
+    ensure!(stored == 5, "{stored} todo changes stored");
+    let demo_slot: bool = sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = $1)",
+    )
+    .bind(&slot)
+    .fetch_one(&db.pool)
+    .await?;
+    ensure!(!demo_slot, "the demo ran a worker of its own");
+    worker.stop().await?;
     Ok(())
 }

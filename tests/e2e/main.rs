@@ -78,6 +78,7 @@ fn all_tests() -> Vec<(String, TestFn)> {
         migration::replica_identity_full_is_switchable,
         migration::worker_tables_and_unlogged_tables_are_not_tracked,
         demo::requests_through_the_axum_app_become_the_seeds_changes_table,
+        demo::the_demo_relies_on_a_running_worker_that_captures_todo,
         worker_crash::kill_9_at_random_moments_loses_and_duplicates_nothing,
         worker_capture::direct_sql_and_statements_are_stitched_to_their_own_context,
         worker_capture::composite_keys_toast_and_every_type_are_stored_as_typed_json,
