@@ -93,6 +93,7 @@ fn all_tests() -> Vec<(String, TestFn)> {
         worker_hazards::a_postgres_restart_while_streaming_loses_nothing,
         worker_hazards::a_primary_key_added_while_a_synchronous_standby_holds_the_commit_is_used,
         worker_hazards::a_worker_that_is_itself_a_synchronous_standby_does_not_wait_for_itself,
+        worker_hazards::two_workers_storing_the_same_changes_do_not_deadlock,
         tls::the_worker_streams_over_verified_tls_and_names_the_fix_when_tls_fails,
         todo_apps::axum_todo_app_seed_requests_carry_their_context,
         todo_apps::actix_todo_app_seed_requests_carry_their_context,

@@ -498,3 +498,52 @@ pub async fn a_worker_that_is_itself_a_synchronous_standby_does_not_wait_for_its
     tokio::task::spawn_blocking(move || drop(pg)).await?;
     Ok(())
 }
+
+/// Two workers (two slots) storing the same database's changes into one `changes` table — an
+/// overlapping deploy, or a second worker started by mistake. Each chains its writer
+/// connections' commits, so waiting on the other's uncommitted rows could close a cycle that
+/// PostgreSQL cannot see; the writers give up such a wait after a while, and both workers go
+/// on. Every change is stored exactly once.
+pub async fn two_workers_storing_the_same_changes_do_not_deadlock(
+    cluster: Arc<TestCluster>,
+) -> TestResult {
+    const WRITES: usize = 400;
+    let db = cluster.database("two_workers").await?;
+    db.exec("CREATE TABLE items (id int PRIMARY KEY, n int NOT NULL)")
+        .await?;
+    db.migrate().await?;
+    let first = RunningWorker::start(worker_config(&db)).await?;
+    let mut second_config = worker_config(&db);
+    second_config.slot = format!("{}_second", second_config.slot);
+    second_config.publication = "bemi_second".to_owned();
+    let second = RunningWorker::start(second_config).await?;
+    // Concurrent writers: many small transactions, so that the workers' batches interleave.
+    let mut writers = Vec::new();
+    for writer in 0..4 {
+        let pool = db.pool.clone();
+        writers.push(tokio::spawn(async move {
+            for i in 0..WRITES / 4 {
+                let id = i32::try_from(writer * WRITES + i)?;
+                sqlx::query("INSERT INTO items VALUES ($1, 0)")
+                    .bind(id)
+                    .execute(&pool)
+                    .await?;
+            }
+            anyhow::Ok(())
+        }));
+    }
+    for writer in writers {
+        writer.await??;
+    }
+    let changes = wait_for_changes(&db, WRITES).await?;
+    let distinct: BTreeSet<i64> = changes.iter().map(|c| c.position).collect();
+    ensure!(
+        changes.len() == WRITES && distinct.len() == WRITES,
+        "{} changes, {} distinct",
+        changes.len(),
+        distinct.len()
+    );
+    first.stop().await?;
+    second.stop().await?;
+    Ok(())
+}

@@ -96,6 +96,10 @@ impl Durability {
     }
 }
 
+/// How long a destination writer waits for a lock (another worker's uncommitted rows with the
+/// same unique key) before its batch fails; see [`Destination::open`].
+const WRITER_LOCK_TIMEOUT: &str = "SET lock_timeout = '5s'";
+
 /// The destination database: its connections and where the last committed write left off.
 #[derive(Debug)]
 pub struct Destination {
@@ -142,6 +146,15 @@ impl Destination {
             .await?;
         crate::schema::prepare(&mut tx).await?;
         tx.commit().await?;
+        for writer in &mut writers {
+            // A writer waits for the one before it to commit, in this process, while holding
+            // its own uncommitted rows; another worker storing the same changes (a second slot)
+            // can then close a cycle of waits that PostgreSQL's deadlock detector cannot see.
+            // Giving up a row lock wait breaks it: the batch fails, the worker reconnects and
+            // finds those changes stored.
+            writer.conn.execute(WRITER_LOCK_TIMEOUT).await?;
+        }
+        let conn = &mut writers[0].conn;
         let resume = read_resume_point(conn, &database, &slot).await?;
         Ok(Self { writers, resume })
     }
