@@ -507,7 +507,8 @@ fn same_server(a: &str, b: &str) -> bool {
             .ok()
             .map(|o| (o.get_host().to_owned(), o.get_port()))
     };
-    server(a).is_some() && server(a) == server(b)
+    let server_a = server(a);
+    server_a.is_some() && server_a == server(b)
 }
 
 #[cfg(test)]

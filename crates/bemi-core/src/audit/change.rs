@@ -161,13 +161,15 @@ impl<'r> FromRow<'r, PgRow> for Change {
 
 /// The position of a change in the audit trail's order: `(committed_at, position)`, with the
 /// id as the last tie-breaker (the rows of a TRUNCATE of several tables share a position).
+/// Cursors compare in that order, as PostgreSQL compares `(committed_at, position, id)` (a
+/// uuid's order is that of its bytes in both).
 ///
 /// ```
 /// # fn run(page: Vec<bemi_core::audit::Change>) {
 /// let next_page_starts_after = page.last().map(|change| change.cursor());
 /// # }
 /// ```
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct Cursor {
     /// The change's commit time.
     pub committed_at: DateTime<Utc>,

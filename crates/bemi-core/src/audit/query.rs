@@ -342,6 +342,33 @@ impl ChangeQuery {
         builder
     }
 
+    /// `SELECT {columns} FROM changes WHERE …` with this query's filters (its cursor too), but
+    /// neither order nor limit, ending in a condition so that more can follow as ` AND …`: to
+    /// read other columns of the same changes, or a part of them, with the indexes the filters
+    /// use.
+    ///
+    /// ```
+    /// use bemi_core::audit::ChangeQuery;
+    ///
+    /// let mut builder = ChangeQuery::new().table("todo").filter_builder("id");
+    /// builder.push(" AND committed_at >= now() - interval '5 seconds'");
+    /// assert_eq!(
+    ///     builder.into_string(),
+    ///     r#"SELECT id FROM changes WHERE "table" = $1 AND committed_at >= now() - interval '5 seconds'"#
+    /// );
+    /// let everything = ChangeQuery::new().filter_builder("id");
+    /// assert_eq!(everything.into_string(), "SELECT id FROM changes WHERE true");
+    /// ```
+    pub fn filter_builder(&self, columns: &str) -> QueryBuilder<Postgres> {
+        let mut builder = QueryBuilder::new(format!("SELECT {columns} FROM changes"));
+        let mut conditions = Conditions::new(&mut builder);
+        self.push_conditions(&mut conditions);
+        if !conditions.any {
+            conditions.and("true");
+        }
+        builder
+    }
+
     /// The SQL text (values are `$n` parameters).
     ///
     /// ```

@@ -56,7 +56,7 @@ impl Tail {
         if !self.seen.insert((cursor.committed_at, cursor.id)) {
             return false;
         }
-        if self.last.is_none_or(|last| key(&cursor) > key(&last)) {
+        if self.last.is_none_or(|last| cursor > last) {
             self.last = Some(cursor);
             self.forget_before_horizon();
         }
@@ -93,12 +93,6 @@ impl Tail {
             self.seen.pop_first();
         }
     }
-}
-
-/// A cursor's place in the audit trail's order, as PostgreSQL compares `(committed_at,
-/// position, id)`: a uuid's order is that of its bytes in both.
-fn key(cursor: &Cursor) -> (DateTime<Utc>, i64, Uuid) {
-    (cursor.committed_at, cursor.position, cursor.id)
 }
 
 #[cfg(test)]
