@@ -3,13 +3,13 @@
 
 use std::time::Duration;
 
-use bemi_worker::launcher::{DevDatabase, LaunchOptions};
+use bemi_dev::{DevDatabase, LaunchOptions};
 use sqlx::postgres::PgPoolOptions;
 use sqlx::{Executor as _, PgPool};
 
 /// Workload sizes: the full run, or `--quick` for a smoke test that only checks everything works.
 #[derive(Debug, Clone, Copy)]
-pub struct Sizes {
+pub(crate) struct Sizes {
     /// Alternating rounds per comparison.
     pub rounds: usize,
     /// How long a throughput round runs.
@@ -28,7 +28,7 @@ pub struct Sizes {
 
 impl Sizes {
     /// The sizes of the goals.
-    pub fn full() -> Self {
+    pub(crate) fn full() -> Self {
         Self {
             rounds: 5,
             round_time: Duration::from_secs(3),
@@ -41,7 +41,7 @@ impl Sizes {
     }
 
     /// Tiny sizes, one round: checks that every benchmark still runs.
-    pub fn quick() -> Self {
+    pub(crate) fn quick() -> Self {
         Self {
             rounds: 1,
             round_time: Duration::from_millis(300),
@@ -55,12 +55,12 @@ impl Sizes {
 }
 
 /// The server every comparison runs on.
-pub struct Env {
+pub(crate) struct Env {
     server: DevDatabase,
 }
 
 /// A database of one comparison.
-pub struct Database {
+pub(crate) struct Database {
     /// Its URL.
     pub url: String,
     /// A pool of up to 8 connections.
@@ -70,10 +70,10 @@ pub struct Database {
 impl Env {
     /// Starts an ephemeral cluster, or uses `DATABASE_URL` (a superuser of a server with
     /// `wal_level=logical`).
-    pub async fn start() -> anyhow::Result<Self> {
+    pub(crate) async fn start() -> anyhow::Result<Self> {
         let server = tokio::task::spawn_blocking(|| match std::env::var("DATABASE_URL") {
             Ok(url) if !url.is_empty() => Ok(DevDatabase::External(url)),
-            _ => bemi_worker::launcher::EphemeralPostgres::start_with(
+            _ => bemi_dev::EphemeralPostgres::start_with(
                 LaunchOptions::default().setting("max_wal_size", "4GB"),
             )
             .map(DevDatabase::Ephemeral),
@@ -83,7 +83,7 @@ impl Env {
     }
 
     /// The directory of the server binaries (for `pg_recvlogical`), when the cluster is ours.
-    pub fn bin_dir(&self) -> Option<std::path::PathBuf> {
+    pub(crate) fn bin_dir(&self) -> Option<std::path::PathBuf> {
         match &self.server {
             DevDatabase::Ephemeral(pg) => Some(pg.bin_dir().to_owned()),
             DevDatabase::External(_) => None,
@@ -91,7 +91,7 @@ impl Env {
     }
 
     /// A fresh database named `name` (dropped first if a previous run left it).
-    pub async fn database(&self, name: &str) -> anyhow::Result<Database> {
+    pub(crate) async fn database(&self, name: &str) -> anyhow::Result<Database> {
         let admin = PgPool::connect(&self.server.url()).await?;
         admin
             .execute(sqlx::AssertSqlSafe(format!(
@@ -113,7 +113,7 @@ impl Env {
 
 impl Database {
     /// Runs SQL (several statements allowed), unannotated.
-    pub async fn exec(&self, sql: &str) -> anyhow::Result<()> {
+    pub(crate) async fn exec(&self, sql: &str) -> anyhow::Result<()> {
         sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_owned()))
             .execute(&self.pool)
             .await?;
@@ -121,7 +121,7 @@ impl Database {
     }
 
     /// The current WAL insert position, in bytes.
-    pub async fn wal_position(&self) -> anyhow::Result<i64> {
+    pub(crate) async fn wal_position(&self) -> anyhow::Result<i64> {
         Ok(
             sqlx::query_scalar("SELECT (pg_current_wal_insert_lsn() - '0/0')::bigint")
                 .fetch_one(&self.pool)

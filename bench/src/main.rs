@@ -159,8 +159,10 @@ fn machine_description() -> String {
     let model = cpuinfo
         .lines()
         .find_map(|l| l.strip_prefix("model name"))
-        .map(|l| l.trim_start_matches([' ', '\t', ':']).to_owned())
-        .unwrap_or_else(|| "unknown CPU".to_owned());
+        .map_or_else(
+            || "unknown CPU".to_owned(),
+            |l| l.trim_start_matches([' ', '\t', ':']).to_owned(),
+        );
     let cores = std::thread::available_parallelism().map_or(0, usize::from);
     let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
     let memory_gib = meminfo

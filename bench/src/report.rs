@@ -4,7 +4,7 @@ use std::fmt::Write as _;
 
 /// Which way a ratio should go.
 #[derive(Debug, Clone, Copy)]
-pub enum Goal {
+pub(crate) enum Goal {
     /// At least this ratio (throughputs).
     AtLeast(f64),
     /// At most this ratio (times, bytes).
@@ -17,7 +17,7 @@ pub enum Goal {
 
 /// One row of the table.
 #[derive(Debug, Clone)]
-pub struct Row {
+pub(crate) struct Row {
     /// `P1`…`P6`, with a suffix for extra rows.
     pub id: String,
     /// What is compared.
@@ -36,7 +36,7 @@ pub struct Row {
 
 impl Row {
     /// A ratio row; whether the goal is met follows from the ratio.
-    pub fn ratio(
+    pub(crate) fn ratio(
         id: &str,
         what: &str,
         baseline: String,
@@ -62,7 +62,7 @@ impl Row {
 }
 
 /// The Markdown table of `rows`.
-pub fn markdown(rows: &[Row]) -> String {
+pub(crate) fn markdown(rows: &[Row]) -> String {
     let mut out = String::from(
         "| id | comparison | baseline | tracked | ratio | goal | met |\n|---|---|---|---|---|---|---|\n",
     );

@@ -5,11 +5,11 @@ use std::future::Future;
 
 /// Measurements of one variant.
 #[derive(Debug, Clone, Default)]
-pub struct Samples(pub Vec<f64>);
+pub(crate) struct Samples(pub Vec<f64>);
 
 impl Samples {
     /// The median.
-    pub fn median(&self) -> f64 {
+    pub(crate) fn median(&self) -> f64 {
         let mut sorted = self.0.clone();
         sorted.sort_by(f64::total_cmp);
         match sorted.len() {
@@ -20,14 +20,14 @@ impl Samples {
     }
 
     /// Half the distance between the smallest and the largest sample, relative to the median.
-    pub fn spread(&self) -> f64 {
+    pub(crate) fn spread(&self) -> f64 {
         let min = self.0.iter().copied().fold(f64::INFINITY, f64::min);
         let max = self.0.iter().copied().fold(f64::NEG_INFINITY, f64::max);
         (max - min) / 2.0 / self.median().abs().max(f64::MIN_POSITIVE)
     }
 
     /// `median ± spread%`, with `unit` after the median.
-    pub fn show(&self, unit: &str) -> String {
+    pub(crate) fn show(&self, unit: &str) -> String {
         format!(
             "{} {unit} ± {:.0}%",
             human(self.median()),
@@ -37,7 +37,7 @@ impl Samples {
 }
 
 /// A number with a sensible precision.
-pub fn human(value: f64) -> String {
+pub(crate) fn human(value: f64) -> String {
     match value.abs() {
         v if v >= 100.0 => format!("{value:.0}"),
         v if v >= 10.0 => format!("{value:.1}"),
@@ -47,7 +47,7 @@ pub fn human(value: f64) -> String {
 
 /// Runs `rounds` alternating rounds of `baseline` and `tracked` (starting with the baseline in
 /// odd rounds and the tracked variant in even ones, so neither always goes first).
-pub async fn interleaved<B, T, FB, FT>(
+pub(crate) async fn interleaved<B, T, FB, FT>(
     rounds: usize,
     mut baseline: B,
     mut tracked: T,
@@ -72,12 +72,15 @@ where
 }
 
 /// A variant of a comparison: one measurement per call.
-pub type Variant<'a> = Box<
+pub(crate) type Variant<'a> = Box<
     dyn FnMut() -> std::pin::Pin<Box<dyn Future<Output = anyhow::Result<f64>> + Send + 'a>> + 'a,
 >;
 
 /// Runs `rounds` rounds of every variant, rotating which goes first; one [`Samples`] per variant.
-pub async fn rotated(rounds: usize, variants: &mut [Variant<'_>]) -> anyhow::Result<Vec<Samples>> {
+pub(crate) async fn rotated(
+    rounds: usize,
+    variants: &mut [Variant<'_>],
+) -> anyhow::Result<Vec<Samples>> {
     let mut samples = vec![Samples::default(); variants.len()];
     for round in 0..rounds {
         for step in 0..variants.len() {
@@ -89,7 +92,7 @@ pub async fn rotated(rounds: usize, variants: &mut [Variant<'_>]) -> anyhow::Res
 }
 
 /// The `p`-th percentile (0..=100) of `values`.
-pub fn percentile(values: &mut [f64], p: f64) -> f64 {
+pub(crate) fn percentile(values: &mut [f64], p: f64) -> f64 {
     if values.is_empty() {
         return f64::NAN;
     }

@@ -36,7 +36,7 @@ fn request_context(request: &http::Request<Body>) -> serde_json::Value {
 
 /// P1: requests/s of a write-free handler with `BemiLayer` ÷ without, same in-process HTTP/1
 /// load generator over real TCP (16 keep-alive connections).
-pub async fn p1_layer(sizes: &Sizes) -> anyhow::Result<Row> {
+pub(crate) async fn p1_layer(sizes: &Sizes) -> anyhow::Result<Row> {
     let plain = serve(Router::new().route("/hello", get(|| async { "hello" }))).await?;
     let tracked = serve(
         Router::new()
@@ -113,7 +113,7 @@ const TODO_COLUMNS: &str =
 /// P2: single-row INSERTs per second through the sqlx adapter, each in its own request context,
 /// with the trigger ÷ raw sqlx into a table without trigger; 4 concurrent writers,
 /// `synchronous_commit=off` so that CPU costs show.
-pub async fn p2_inserts(env: &Env, sizes: &Sizes) -> anyhow::Result<Vec<Row>> {
+pub(crate) async fn p2_inserts(env: &Env, sizes: &Sizes) -> anyhow::Result<Vec<Row>> {
     let db = env.database("bench_p2").await?;
     db.exec(&format!(
         "ALTER DATABASE bench_p2 SET synchronous_commit = off; \
@@ -214,9 +214,7 @@ pub async fn p2_inserts(env: &Env, sizes: &Sizes) -> anyhow::Result<Vec<Row>> {
 async fn inserts<F, Fut>(duration: Duration, insert: F) -> anyhow::Result<f64>
 where
     F: Fn(u64) -> Fut + Clone + Send + 'static,
-    Fut: std::future::Future<Output = Result<sqlx::postgres::PgQueryResult, sqlx::Error>>
-        + Send
-        + 'static,
+    Fut: Future<Output = Result<sqlx::postgres::PgQueryResult, sqlx::Error>> + Send + 'static,
 {
     let done = Arc::new(AtomicU64::new(0));
     let deadline = Instant::now() + duration;
@@ -243,7 +241,7 @@ where
 /// P3: a 50 000-row UPDATE with context and our statement trigger ÷ without trigger — time and
 /// WAL bytes — and, as a reference, a per-row trigger emitting one message per row (the design
 /// of Bemi's other libraries). All three tables are REPLICA IDENTITY FULL.
-pub async fn p3_update(env: &Env, sizes: &Sizes) -> anyhow::Result<Vec<Row>> {
+pub(crate) async fn p3_update(env: &Env, sizes: &Sizes) -> anyhow::Result<Vec<Row>> {
     let db = env.database("bench_p3").await?;
     let rows = sizes.update_rows;
     let table = "(id int PRIMARY KEY, n int NOT NULL, pad text NOT NULL)";

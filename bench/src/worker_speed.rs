@@ -7,10 +7,9 @@ use std::time::{Duration, Instant};
 
 use bemi_core::context;
 use bemi_core::sqlx::BemiPool;
-use bemi_worker::config::WorkerConfig;
-use bemi_worker::metrics::WorkerMetrics;
-use bemi_worker::setup;
-use bemi_worker::worker::Worker;
+use bemi_worker::Worker;
+use bemi_worker::WorkerConfig;
+use bemi_worker::WorkerMetrics;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
@@ -21,7 +20,7 @@ use crate::stats::{Samples, human, percentile};
 const EVENTS_TABLE: &str = "CREATE TABLE events (id bigserial PRIMARY KEY, kind text NOT NULL, \
      payload jsonb NOT NULL, amount numeric NOT NULL, at timestamptz NOT NULL DEFAULT now())";
 
-fn request(n: u64) -> bemi_core::context::Context {
+fn request(n: u64) -> context::Context {
     json!({"user_id": n % 1000, "endpoint": "/events", "method": "POST"})
         .as_object()
         .cloned()
@@ -45,7 +44,7 @@ async fn insert_event(pool: &BemiPool, n: u64) -> Result<(), sqlx::Error> {
 struct InProcessWorker {
     metrics: Arc<WorkerMetrics>,
     shutdown: CancellationToken,
-    task: tokio::task::JoinHandle<Result<(), bemi_worker::error::WorkerError>>,
+    task: tokio::task::JoinHandle<Result<(), bemi_worker::WorkerError>>,
 }
 
 impl InProcessWorker {
@@ -93,7 +92,7 @@ fn config(db: &Database, slot: &str) -> WorkerConfig {
 
 /// P4: changes per second written into `changes` ÷ the rate at which `pg_recvlogical` merely
 /// receives the same slot workload (many small transactions and one large one).
-pub async fn p4_throughput(env: &Env, sizes: &Sizes) -> anyhow::Result<Vec<Row>> {
+pub(crate) async fn p4_throughput(env: &Env, sizes: &Sizes) -> anyhow::Result<Vec<Row>> {
     let db = env.database("bench_p4").await?;
     db.exec(EVENTS_TABLE).await?;
     bemi_core::migration::migrate(&db.pool, Default::default()).await?;
@@ -120,10 +119,8 @@ pub async fn p4_throughput(env: &Env, sizes: &Sizes) -> anyhow::Result<Vec<Row>>
         let mut config_elsewhere = config.clone();
         config_elsewhere.slot = elsewhere_slot.clone();
         config_elsewhere.destination_url = Some(elsewhere.url.clone());
-        setup::sync_publication(&db.pool, &config).await?;
-        for slot in [&worker_slot, &elsewhere_slot] {
-            setup::ensure_slot(&db.pool, slot).await?;
-        }
+        Worker::new(config.clone()).prepare().await?;
+        Worker::new(config_elsewhere.clone()).prepare().await?;
         sqlx::query("SELECT pg_create_logical_replication_slot($1, 'pgoutput')")
             .bind(&raw_slot)
             .execute(&db.pool)
@@ -247,7 +244,7 @@ pub async fn p4_throughput(env: &Env, sizes: &Sizes) -> anyhow::Result<Vec<Row>>
 /// P5: commit → row visible in `changes` at a steady 1 000 writes/s: p50 and p99 of
 /// `created_at - committed_at` (both from the server's clock; `created_at` is the start of the
 /// worker's write transaction).
-pub async fn p5_latency(env: &Env, sizes: &Sizes) -> anyhow::Result<Vec<Row>> {
+pub(crate) async fn p5_latency(env: &Env, sizes: &Sizes) -> anyhow::Result<Vec<Row>> {
     let db = env.database("bench_p5").await?;
     db.exec(EVENTS_TABLE).await?;
     bemi_core::migration::migrate(&db.pool, Default::default()).await?;
@@ -321,14 +318,13 @@ pub async fn p5_latency(env: &Env, sizes: &Sizes) -> anyhow::Result<Vec<Row>> {
 
 /// P6: peak RSS of a `bemi` worker process while it ingests one transaction of
 /// `sizes.memory_rows` rows.
-pub async fn p6_memory(env: &Env, sizes: &Sizes) -> anyhow::Result<Row> {
+pub(crate) async fn p6_memory(env: &Env, sizes: &Sizes) -> anyhow::Result<Row> {
     let db = env.database("bench_p6").await?;
     db.exec("CREATE TABLE big (id int PRIMARY KEY, pad text NOT NULL)")
         .await?;
     let slot = "bench_memory";
     let config = config(&db, slot);
-    setup::sync_publication(&db.pool, &config).await?;
-    setup::ensure_slot(&db.pool, slot).await?;
+    Worker::new(config.clone()).prepare().await?;
     db.exec(&format!(
         "INSERT INTO big SELECT i, md5(i::text) || md5((i + 1)::text) FROM generate_series(1, {}) i",
         sizes.memory_rows
@@ -392,7 +388,7 @@ fn peak_rss_kib(pid: u32) -> Option<u64> {
 }
 
 /// The worker child of P6: captures `slot` of `url` until it is killed.
-pub async fn worker_child(url: String, slot: String) -> anyhow::Result<()> {
+pub(crate) async fn worker_child(url: String, slot: String) -> anyhow::Result<()> {
     let mut config = WorkerConfig::new(url);
     config.slot = slot;
     Worker::new(config).run(CancellationToken::new()).await?;

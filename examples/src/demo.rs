@@ -15,10 +15,10 @@
 
 use std::time::{Duration, Instant};
 
-use bemi_core::audit::{Change, ChangeQuery, Order};
+use bemi_audit::{Change, ChangeQuery, Order};
 use bemi_core::sqlx::BemiPool;
-use bemi_worker::config::WorkerConfig;
-use bemi_worker::worker::Worker;
+use bemi_worker::Worker;
+use bemi_worker::WorkerConfig;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
@@ -38,7 +38,7 @@ pub enum DemoError {
     Startup(#[from] startup::StartupError),
     /// The worker failed.
     #[error("the capture worker failed: {0}")]
-    Worker(#[from] bemi_worker::error::WorkerError),
+    Worker(#[from] bemi_worker::WorkerError),
     /// A request failed.
     #[error("request {what} failed: {detail}")]
     Request {
@@ -251,7 +251,7 @@ fn split_identifiers(list: &str) -> Option<Vec<String>> {
 /// The demo's in-process capture worker.
 struct DemoWorker {
     shutdown: CancellationToken,
-    task: tokio::task::JoinHandle<Result<(), bemi_worker::error::WorkerError>>,
+    task: tokio::task::JoinHandle<Result<(), bemi_worker::WorkerError>>,
 }
 
 impl DemoWorker {
@@ -402,7 +402,7 @@ pub async fn drop_slot(url: &str, slot: &str) -> Result<(), sqlx::Error> {
                              WHERE pubname = $1 AND obj_description(oid, 'pg_publication') = $2)",
         )
         .bind(slot)
-        .bind(bemi_worker::setup::PUBLICATION_MARK)
+        .bind(bemi_core::protocol::PUBLICATION_MARK)
         .fetch_one(&pool)
         .await?;
         if ours {

@@ -29,8 +29,8 @@ use axum::body::Body;
 use axum::extract::State;
 use axum::routing::post;
 use axum::{Json, Router};
+use bemi_async_graphql::BemiExtension;
 use bemi_axum::BemiLayer;
-use bemi_core::graphql::BemiExtension;
 use bemi_core::sqlx::BemiPool;
 
 use crate::request_context;

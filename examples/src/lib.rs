@@ -1,13 +1,16 @@
 //! # bemi-examples
 //!
-//! The todo app of bemi-rs in three flavours, each a library function that builds the app from a
-//! database handle (so tests and the demo can serve it on any port) and a binary that runs it:
+//! The todo app of bemi-rs in several flavours, each a library function that builds the app from
+//! a database handle (so tests and the demo can serve it on any port) and a binary that runs it:
 //!
-//! | binary | app | database access |
-//! |---|---|---|
-//! | `todo-axum` | [`axum_app::router`] | sqlx ([`bemi_core::sqlx::BemiPool`]) |
-//! | `todo-actix` | [`actix_app::app`] | tokio-postgres ([`bemi_core::tokio_postgres::BemiClient`]) |
-//! | `todo-graphql` | [`graphql_app::router`] | sqlx, through async-graphql |
+//! | binary | feature | app | database access |
+//! |---|---|---|---|
+//! | `todo-axum` | — | `axum_app::router` | sqlx (`bemi_core::sqlx::BemiPool`) |
+//! | `todo-actix` | `actix` | `actix_app::app` | tokio-postgres (`bemi_core::tokio_postgres::BemiClient`) |
+//! | `todo-graphql` | `graphql` | `graphql_app::router` | sqlx, through async-graphql |
+//!
+//! The demo (`cargo run -p bemi-examples --bin demo`) needs no feature, so it compiles none of
+//! the other frameworks.
 //!
 //! The HTTP API of the REST apps: `POST /todo {"task":"Sleep"}` → 201 with the row,
 //! `PUT /todo/{id}/complete` → 200 with the row, `DELETE /todo/{id}` → 204, `GET /todo` → 200 with
@@ -23,9 +26,11 @@
 //! # Ok(()) }
 //! ```
 
+#[cfg(feature = "actix")]
 pub mod actix_app;
 pub mod axum_app;
 pub mod demo;
+#[cfg(feature = "graphql")]
 pub mod graphql_app;
 pub mod request_context;
 pub mod startup;

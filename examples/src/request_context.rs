@@ -12,7 +12,6 @@
 //! );
 //! ```
 
-use actix_web::dev::ServiceRequest;
 use serde_json::{Map, Value};
 
 /// The header that names the user.
@@ -71,7 +70,8 @@ pub fn for_http<B>(request: &axum::http::Request<B>) -> Value {
 /// assert_eq!(ctx["user_id"], 7);
 /// assert_eq!(ctx["endpoint"], "/todo/1/complete");
 /// ```
-pub fn for_actix(request: &ServiceRequest) -> Value {
+#[cfg(feature = "actix")]
+pub fn for_actix(request: &actix_web::dev::ServiceRequest) -> Value {
     let user = request
         .headers()
         .get(USER_HEADER)

@@ -31,8 +31,9 @@ use std::net::SocketAddr;
 use std::process::ExitCode;
 
 use bemi_core::sqlx::BemiPool;
+#[cfg(feature = "actix")]
 use bemi_core::tokio_postgres::BemiClient;
-use bemi_worker::launcher::{DevDatabase, LaunchError};
+use bemi_dev::{DevDatabase, LaunchError};
 use clap::Parser as _;
 use sqlx::{Connection as _, PgPool};
 
@@ -49,16 +50,6 @@ pub const BACKLOG: u32 = 1024;
 /// An example binary: its name (in messages), the path its requests go to (in the start-up
 /// log) and its app.
 ///
-/// ```
-/// use bemi_examples::startup::{App, Example};
-///
-/// let example = Example {
-///     name: "todo-graphql",
-///     path: "/graphql",
-///     app: App::Axum(bemi_examples::graphql_app::router),
-/// };
-/// assert_eq!(example.name, "todo-graphql");
-/// ```
 #[derive(Debug, Clone, Copy)]
 pub struct Example {
     /// The binary's name, e.g. `todo-axum`.
@@ -75,15 +66,15 @@ pub struct Example {
 /// use bemi_examples::startup::App;
 ///
 /// let axum = App::Axum(bemi_examples::axum_app::router);
-/// let actix = App::Actix(bemi_examples::actix_app::server);
-/// # let _ = (axum, actix);
+/// # let _ = axum;
 /// ```
 #[derive(Debug, Clone, Copy)]
 pub enum App {
     /// An axum app on the sqlx adapter, made from the pool.
     Axum(fn(BemiPool) -> axum::Router),
     /// An actix-web server on the tokio-postgres adapter, made from the client, the listener
-    /// and the number of worker threads (e.g. [`crate::actix_app::server`]).
+    /// and the number of worker threads (e.g. `crate::actix_app::server`).
+    #[cfg(feature = "actix")]
     Actix(fn(BemiClient, std::net::TcpListener, usize) -> std::io::Result<actix_web::dev::Server>),
 }
 
@@ -94,13 +85,13 @@ pub enum App {
 /// use bemi_examples::startup::{self, App, Example};
 ///
 /// fn main() -> std::process::ExitCode {
-///     startup::main(&Example { name: "todo-actix", path: "/todo", app: App::Actix(bemi_examples::actix_app::server) })
+///     startup::main(&Example { name: "todo-axum", path: "/todo", app: App::Axum(bemi_examples::axum_app::router) })
 /// }
 /// ```
 pub fn main(example: &Example) -> ExitCode {
     init_logging();
-    // The app's sqlx connections may ask for sslmode=verify-ca (see bemi_worker::tls).
-    bemi_worker::tls::install_crypto_provider();
+    // The app's sqlx connections may ask for sslmode=verify-ca (see bemi_worker::install_crypto_provider).
+    bemi_worker::install_crypto_provider();
     let args = Args::parse();
     let outcome = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -170,12 +161,13 @@ pub async fn serve(
                 .await
                 .map_err(StartupError::Serve)
         }
+        #[cfg(feature = "actix")]
         App::Actix(server) => {
             // The table and the triggers went through sqlx; requests use tokio-postgres.
             pool.close().await;
             let client = connect_tokio_postgres(url).await?;
             let listener = listener.into_std().map_err(StartupError::Serve)?;
-            let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
+            let workers = std::thread::available_parallelism().map_or(2, std::num::NonZero::get);
             let server = server(client, listener, workers).map_err(StartupError::Serve)?;
             let handle = server.handle();
             listening();
@@ -399,11 +391,7 @@ pub async fn prepare_database(url: &str) -> Result<PgPool, StartupError> {
 /// A tokio-postgres client of `url` wrapped by bemi's adapter; its connection runs in a task
 /// of the current runtime.
 ///
-/// ```no_run
-/// # async fn run() -> Result<(), bemi_examples::startup::StartupError> {
-/// let client = bemi_examples::startup::connect_tokio_postgres("postgres://localhost/app").await?;
-/// # Ok(()) }
-/// ```
+#[cfg(feature = "actix")]
 pub async fn connect_tokio_postgres(url: &str) -> Result<BemiClient, StartupError> {
     let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
         .await
@@ -424,11 +412,11 @@ fn connect_error(url: &str, error: impl std::error::Error + Send + Sync + 'stati
 }
 
 /// `url` with the password of its user info replaced by `***` (the `bemi` CLI's
-/// [`without_password`](bemi_worker::cli::without_password)); text that does not parse as a
+/// [`without_password`](bemi_worker::without_password)); text that does not parse as a
 /// URL is not shown at all (it could be a password).
 fn without_password(url: &str) -> String {
     match url::Url::parse(url) {
-        Ok(_) => bemi_worker::cli::without_password(url),
+        Ok(_) => bemi_worker::without_password(url),
         Err(error) => format!("the database URL (not shown: it does not parse: {error})"),
     }
 }

@@ -106,13 +106,15 @@ fn an_example_on_an_embedded_database_logs_a_url_that_connects_to_it() {
     let url = log
         .iter()
         .find_map(|line| line.split("DATABASE_URL=").nth(1))
-        .map(|rest| {
-            rest.split_whitespace()
-                .next()
-                .unwrap_or_default()
-                .to_owned()
-        })
-        .unwrap_or_else(|| panic!("no DATABASE_URL in the log: {log:#?}"));
+        .map_or_else(
+            || panic!("no DATABASE_URL in the log: {log:#?}"),
+            |rest| {
+                rest.split_whitespace()
+                    .next()
+                    .unwrap_or_default()
+                    .to_owned()
+            },
+        );
     assert!(!log.iter().any(|line| line.contains('\u{1b}')), "{log:#?}");
 
     // The URL is whole (password included) and reaches a server ready for `bemi worker`.

@@ -61,7 +61,7 @@ fn assert_message_then_rows(
     Ok(())
 }
 
-pub async fn sqlx_pool_write_emits_one_message_before_the_row(
+pub(crate) async fn sqlx_pool_write_emits_one_message_before_the_row(
     cluster: Arc<TestCluster>,
 ) -> TestResult {
     let db = todo_db(&cluster, "sqlx_pool").await?;
@@ -84,7 +84,7 @@ pub async fn sqlx_pool_write_emits_one_message_before_the_row(
     Ok(())
 }
 
-pub async fn sqlx_transaction_and_connection_writes_carry_the_context(
+pub(crate) async fn sqlx_transaction_and_connection_writes_carry_the_context(
     cluster: Arc<TestCluster>,
 ) -> TestResult {
     let db = todo_db(&cluster, "sqlx_tx").await?;
@@ -116,7 +116,7 @@ pub async fn sqlx_transaction_and_connection_writes_carry_the_context(
     )
 }
 
-pub async fn tokio_postgres_client_and_transaction_writes_carry_the_context(
+pub(crate) async fn tokio_postgres_client_and_transaction_writes_carry_the_context(
     cluster: Arc<TestCluster>,
 ) -> TestResult {
     let db = todo_db(&cluster, "tokio_pg").await?;
@@ -155,7 +155,7 @@ pub async fn tokio_postgres_client_and_transaction_writes_carry_the_context(
     assert_message_then_rows(&slot.read().await?, &expected)
 }
 
-pub async fn large_update_and_truncate_emit_one_message_each(
+pub(crate) async fn large_update_and_truncate_emit_one_message_each(
     cluster: Arc<TestCluster>,
 ) -> TestResult {
     let db = todo_db(&cluster, "large_update").await?;
@@ -179,7 +179,7 @@ pub async fn large_update_and_truncate_emit_one_message_each(
     )
 }
 
-pub async fn transaction_with_contexts_a_b_none_emits_a_b_reset(
+pub(crate) async fn transaction_with_contexts_a_b_none_emits_a_b_reset(
     cluster: Arc<TestCluster>,
 ) -> TestResult {
     let db = todo_db(&cluster, "a_b_none").await?;
@@ -223,7 +223,9 @@ pub async fn transaction_with_contexts_a_b_none_emits_a_b_reset(
     Ok(())
 }
 
-pub async fn writes_without_context_emit_no_message(cluster: Arc<TestCluster>) -> TestResult {
+pub(crate) async fn writes_without_context_emit_no_message(
+    cluster: Arc<TestCluster>,
+) -> TestResult {
     let db = todo_db(&cluster, "no_context").await?;
     let slot = db.wal_slot().await?;
     let pool = db.bemi_pool();
@@ -252,7 +254,7 @@ pub async fn writes_without_context_emit_no_message(cluster: Arc<TestCluster>) -
     Ok(())
 }
 
-pub async fn annotated_writes_do_not_fill_the_statement_cache(
+pub(crate) async fn annotated_writes_do_not_fill_the_statement_cache(
     cluster: Arc<TestCluster>,
 ) -> TestResult {
     let db = todo_db(&cluster, "stmt_cache").await?;
@@ -300,7 +302,7 @@ pub async fn annotated_writes_do_not_fill_the_statement_cache(
     Ok(())
 }
 
-pub async fn simple_protocol_queries_stay_simple(cluster: Arc<TestCluster>) -> TestResult {
+pub(crate) async fn simple_protocol_queries_stay_simple(cluster: Arc<TestCluster>) -> TestResult {
     let db = todo_db(&cluster, "simple_protocol").await?;
     let slot = db.wal_slot().await?;
     let pool: BemiPool = db.bemi_pool();
@@ -331,7 +333,7 @@ pub async fn simple_protocol_queries_stay_simple(cluster: Arc<TestCluster>) -> T
     Ok(())
 }
 
-pub async fn pre_prepared_tokio_postgres_statements_carry_no_context(
+pub(crate) async fn pre_prepared_tokio_postgres_statements_carry_no_context(
     cluster: Arc<TestCluster>,
 ) -> TestResult {
     let db = todo_db(&cluster, "prepared").await?;
@@ -354,7 +356,7 @@ pub async fn pre_prepared_tokio_postgres_statements_carry_no_context(
     Ok(())
 }
 
-pub async fn comments_placed_by_other_bemi_libraries_are_understood(
+pub(crate) async fn comments_placed_by_other_bemi_libraries_are_understood(
     cluster: Arc<TestCluster>,
 ) -> TestResult {
     let db = todo_db(&cluster, "other_libraries").await?;

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use anyhow::{Context as _, ensure};
-use bemi_core::audit::{Change, ChangeQuery, Operation, TimeTravel};
+use bemi_audit::{Change, ChangeQuery, Operation, TimeTravel};
 use bemi_core::context;
 use bemi_core::sqlx::BemiPool;
 use bemi_tests::worker::{RunningWorker, wait_for_changes, worker_config};
@@ -99,7 +99,7 @@ fn changed(e: &Expected, field: &str) -> bool {
     e.before.get(field) != e.after.get(field)
 }
 
-pub async fn query_filters_return_exactly_the_modelled_rows_of_10_700_captured_changes(
+pub(crate) async fn query_filters_return_exactly_the_modelled_rows_of_10_700_captured_changes(
     cluster: Arc<TestCluster>,
 ) -> TestResult {
     let db = cluster.database("audit_filters").await?;

@@ -1,4 +1,4 @@
-//! `bemi_core::audit::ChangeQuery` against a real `changes` table: rows decode whole, keyset
+//! `bemi_audit::ChangeQuery` against a real `changes` table: rows decode whole, keyset
 //! pages and the stream visit every match exactly once in order (ties included), and context
 //! values keep their JSON type.
 
@@ -6,7 +6,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use anyhow::ensure;
-use bemi_core::audit::{Change, ChangeQuery, Operation};
+use bemi_audit::{Change, ChangeQuery, Operation};
 use bemi_tests::{TestCluster, TestResult};
 use chrono::{TimeZone as _, Utc};
 use futures_util::TryStreamExt as _;
@@ -33,11 +33,11 @@ fn ids(changes: &[Change]) -> Vec<String> {
     changes.iter().map(|c| c.id.to_string()).collect()
 }
 
-pub async fn change_query_pages_and_streams_every_match_once(
+pub(crate) async fn change_query_pages_and_streams_every_match_once(
     cluster: Arc<TestCluster>,
 ) -> TestResult {
     let db = cluster.database("audit_query").await?;
-    db.exec(bemi_worker::destination::SCHEMA_SQL).await?;
+    db.exec(bemi_audit::schema::SCHEMA_SQL).await?;
     db.exec(FIXTURE).await?;
 
     // Every column decodes.

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context as _, ensure};
-use bemi_core::audit::{Change, Operation};
+use bemi_audit::{Change, Operation};
 use bemi_core::context;
 use bemi_tests::worker::{RunningWorker, wait_for_changes, worker_config};
 use bemi_tests::{TODO_TABLE, TestCluster, TestDb, TestResult, ctx};
@@ -60,7 +60,7 @@ async fn now(db: &TestDb) -> anyhow::Result<String> {
     Ok(now.to_rfc3339())
 }
 
-pub async fn history_at_and_the_new_changes_filters_from_the_command_line(
+pub(crate) async fn history_at_and_the_new_changes_filters_from_the_command_line(
     cluster: Arc<TestCluster>,
 ) -> TestResult {
     use Operation::{Create, Delete, Update};
@@ -190,7 +190,7 @@ pub async fn history_at_and_the_new_changes_filters_from_the_command_line(
         Vec<(&'a str, &'a str)>,
         Vec<(&'a str, Operation)>,
     );
-    let cases: Vec<Case> = vec![
+    let cases: Vec<Case<'_>> = vec![
         (
             vec!["--after", "is_completed=true"],
             vec![],
@@ -280,7 +280,7 @@ pub async fn history_at_and_the_new_changes_filters_from_the_command_line(
     Ok(())
 }
 
-pub async fn revert_refuses_a_conflict_naming_the_row_and_force_proceeds(
+pub(crate) async fn revert_refuses_a_conflict_naming_the_row_and_force_proceeds(
     cluster: Arc<TestCluster>,
 ) -> TestResult {
     let db = cluster.database("cli_revert").await?;
@@ -429,7 +429,7 @@ pub async fn revert_refuses_a_conflict_naming_the_row_and_force_proceeds(
     Ok(())
 }
 
-pub async fn worker_partitions_by_month_and_prune_detaches_old_months(
+pub(crate) async fn worker_partitions_by_month_and_prune_detaches_old_months(
     cluster: Arc<TestCluster>,
 ) -> TestResult {
     let db = cluster.database("cli_partitions").await?;
@@ -445,7 +445,7 @@ pub async fn worker_partitions_by_month_and_prune_detaches_old_months(
     ];
 
     // A plain changes table is not converted: the error says how to move it aside.
-    db.exec(bemi_worker::schema::SCHEMA_SQL).await?;
+    db.exec(bemi_audit::schema::SCHEMA_SQL).await?;
     let refused = bemi(&["worker", "--partition-by", "month"], &envs).await?;
     ensure!(
         refused.status.code() == Some(1)
@@ -474,7 +474,7 @@ pub async fn worker_partitions_by_month_and_prune_detaches_old_months(
         .fetch_one(&db.pool)
         .await?;
     let month = |offset| {
-        bemi_worker::schema::partition_name(bemi_worker::schema::month_bounds(now, offset).0)
+        bemi_audit::schema::partition_name(bemi_audit::schema::month_bounds(now, offset).0)
     };
     let homes: Vec<String> =
         sqlx::query_scalar("SELECT DISTINCT tableoid::regclass::text FROM changes")
@@ -482,7 +482,7 @@ pub async fn worker_partitions_by_month_and_prune_detaches_old_months(
             .await?;
     ensure!(homes == [month(0)], "captured into {homes:?}");
     let mut conn = db.pool.acquire().await?;
-    let partitions: Vec<String> = bemi_worker::schema::partitions(&mut conn)
+    let partitions: Vec<String> = bemi_audit::schema::partitions(&mut conn)
         .await?
         .into_iter()
         .map(|p| p.name)
@@ -493,7 +493,7 @@ pub async fn worker_partitions_by_month_and_prune_detaches_old_months(
     );
 
     // Months of an older deployment, then prune with --detach.
-    bemi_worker::schema::ensure_partitions(&mut conn, now - chrono::Duration::days(150), 5).await?;
+    bemi_audit::schema::ensure_partitions(&mut conn, now - chrono::Duration::days(150), 5).await?;
     db.exec(
         "INSERT INTO changes (primary_key, database, schema, \"table\", operation, committed_at, \
                               queued_at, transaction_id, position) \
@@ -552,8 +552,9 @@ pub async fn worker_partitions_by_month_and_prune_detaches_old_months(
     }
     // Neither the partitions nor the detached months are ever published (the worker would
     // capture its own writes): a publication sync adds none of them.
-    let added = bemi_worker::setup::sync_publication(&db.pool, &worker_config(&db)).await?;
-    ensure!(added.is_empty(), "{added:?}");
+    bemi_worker::Worker::new(worker_config(&db))
+        .prepare()
+        .await?;
     let published: Vec<String> = sqlx::query_scalar(
         "SELECT tablename::text FROM pg_publication_tables WHERE pubname = 'bemi' ORDER BY 1",
     )
@@ -576,7 +577,9 @@ pub async fn worker_partitions_by_month_and_prune_detaches_old_months(
 /// Numbers a double cannot hold — a long `numeric`, a `bigint` near its limit, a decimal
 /// fraction with no binary form — come out of `bemi changes`, `history` and `at` digit for
 /// digit, as the audit trail stores them.
-pub async fn numbers_keep_every_digit_in_the_cli_output(cluster: Arc<TestCluster>) -> TestResult {
+pub(crate) async fn numbers_keep_every_digit_in_the_cli_output(
+    cluster: Arc<TestCluster>,
+) -> TestResult {
     const LONG: &str = "12345678901234567890.123456789012345678";
     const FRACTION: &str = "0.1000000000000000055511151231257827";
     const BIG: &str = "9223372036854775807";

@@ -5,11 +5,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context as _, ensure};
-use bemi_core::audit::{Change, Operation};
+use bemi_audit::schema::{self, Layout};
+use bemi_audit::{Change, Operation};
 use bemi_core::context;
 use bemi_tests::worker::{RunningWorker, wait_for_changes, worker_config};
 use bemi_tests::{TODO_TABLE, TestCluster, TestDb, TestResult, ctx};
-use bemi_worker::schema::{self, Layout};
 use serde_json::json;
 
 use crate::cli_support::{Background, bemi};
@@ -57,7 +57,9 @@ fn s(table: &str, pk: &str, operation: Operation) -> Summary {
     (table.to_owned(), pk.to_owned(), operation)
 }
 
-pub async fn changes_filters_in_table_and_json_output(cluster: Arc<TestCluster>) -> TestResult {
+pub(crate) async fn changes_filters_in_table_and_json_output(
+    cluster: Arc<TestCluster>,
+) -> TestResult {
     use Operation::{Create, Delete, Update};
 
     let db = cluster.database("cli_changes").await?;
@@ -326,7 +328,7 @@ pub async fn changes_filters_in_table_and_json_output(cluster: Arc<TestCluster>)
     Ok(())
 }
 
-pub async fn changes_follow_prints_changes_made_after_it_started(
+pub(crate) async fn changes_follow_prints_changes_made_after_it_started(
     cluster: Arc<TestCluster>,
 ) -> TestResult {
     let db = cluster.database("cli_follow").await?;
@@ -468,7 +470,7 @@ async fn store_change(db: &TestDb, task: &str, ago: &str, position: i64) -> anyh
 
 /// Two transactions committing at once can reach the WAL, and so the worker, in the opposite
 /// order of their commit times: the follower still prints the one with the earlier time, once.
-pub async fn changes_follow_prints_a_change_that_arrives_after_a_later_one(
+pub(crate) async fn changes_follow_prints_a_change_that_arrives_after_a_later_one(
     cluster: Arc<TestCluster>,
 ) -> TestResult {
     let db = cluster.database("cli_follow_order").await?;
@@ -519,7 +521,7 @@ pub async fn changes_follow_prints_a_change_that_arrives_after_a_later_one(
 /// after-image), a follower keeps printing new changes — a later one and one that arrives
 /// late — each once, and never an old one again; it reads the large transaction by cursor
 /// only, so its memory stays far below the 80 MB of those changes.
-pub async fn changes_follow_after_a_large_transaction_prints_only_new_changes(
+pub(crate) async fn changes_follow_after_a_large_transaction_prints_only_new_changes(
     cluster: Arc<TestCluster>,
 ) -> TestResult {
     const LARGE: i64 = 20_000;

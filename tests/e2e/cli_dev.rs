@@ -12,7 +12,7 @@ use sqlx::postgres::PgPoolOptions;
 
 use crate::cli_support::Background;
 
-pub async fn dev_captures_into_a_throwaway_database_removed_on_ctrl_c(
+pub(crate) async fn dev_captures_into_a_throwaway_database_removed_on_ctrl_c(
     _cluster: Arc<TestCluster>,
 ) -> TestResult {
     let mut dev = Background::start(&["dev", "--heartbeat-interval", "500ms"], &[])?;

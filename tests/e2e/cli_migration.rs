@@ -18,7 +18,7 @@ async fn triggers_on(db: &TestDb, table: &str) -> anyhow::Result<i64> {
     .await?)
 }
 
-pub async fn migration_sql_prints_the_up_and_down_migrations(
+pub(crate) async fn migration_sql_prints_the_up_and_down_migrations(
     _cluster: Arc<TestCluster>,
 ) -> TestResult {
     let up = bemi(&["migration", "sql"], &[]).await?.success()?;
@@ -48,7 +48,7 @@ pub async fn migration_sql_prints_the_up_and_down_migrations(
     Ok(())
 }
 
-pub async fn migration_create_writes_a_pair_that_sqlx_migrate_applies_and_reverts(
+pub(crate) async fn migration_create_writes_a_pair_that_sqlx_migrate_applies_and_reverts(
     cluster: Arc<TestCluster>,
 ) -> TestResult {
     let db = cluster.database("cli_migration_create").await?;
@@ -106,7 +106,7 @@ pub async fn migration_create_writes_a_pair_that_sqlx_migrate_applies_and_revert
     Ok(())
 }
 
-pub async fn migration_create_never_overwrites(_cluster: Arc<TestCluster>) -> TestResult {
+pub(crate) async fn migration_create_never_overwrites(_cluster: Arc<TestCluster>) -> TestResult {
     let dir = tempfile::tempdir()?;
     // Occupy every version the command could pick in the next seconds.
     let now = chrono::Utc::now();
@@ -132,7 +132,9 @@ pub async fn migration_create_never_overwrites(_cluster: Arc<TestCluster>) -> Te
     Ok(())
 }
 
-pub async fn migrate_installs_tracking_idempotently(cluster: Arc<TestCluster>) -> TestResult {
+pub(crate) async fn migrate_installs_tracking_idempotently(
+    cluster: Arc<TestCluster>,
+) -> TestResult {
     let db = cluster.database("cli_migrate").await?;
     db.exec(&format!(
         "{TODO_TABLE}; CREATE TABLE note (id int PRIMARY KEY)"

@@ -10,14 +10,14 @@ use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, BufReader, Lines};
 use tokio::process::{ChildStdout, Command};
 
 /// The CLI binary of the tests' package.
-pub const BEMI: &str = env!("CARGO_BIN_EXE_bemi-e2e");
+pub(crate) const BEMI: &str = env!("CARGO_BIN_EXE_bemi-e2e");
 
 /// How long a command that should finish may take.
 const RUN_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// What a finished command printed.
 #[derive(Debug)]
-pub struct Output {
+pub(crate) struct Output {
     /// Its exit status.
     pub status: ExitStatus,
     /// Its stdout.
@@ -28,7 +28,7 @@ pub struct Output {
 
 impl Output {
     /// Fails with the output unless the command exited with 0.
-    pub fn success(self) -> anyhow::Result<Self> {
+    pub(crate) fn success(self) -> anyhow::Result<Self> {
         if !self.status.success() {
             bail!("bemi failed ({}): {self:#?}", self.status);
         }
@@ -57,7 +57,7 @@ fn command(args: &[&str], envs: &[(&str, &str)]) -> Command {
 }
 
 /// Runs `bemi args…` to completion (at most two minutes).
-pub async fn bemi(args: &[&str], envs: &[(&str, &str)]) -> anyhow::Result<Output> {
+pub(crate) async fn bemi(args: &[&str], envs: &[(&str, &str)]) -> anyhow::Result<Output> {
     let child = command(args, envs)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -74,7 +74,7 @@ pub async fn bemi(args: &[&str], envs: &[(&str, &str)]) -> anyhow::Result<Output
 }
 
 /// A `bemi` process running in the background; killed when dropped.
-pub struct Background {
+pub(crate) struct Background {
     child: tokio::process::Child,
     stdout: Lines<BufReader<ChildStdout>>,
     stderr: Arc<Mutex<String>>,
@@ -85,7 +85,7 @@ pub struct Background {
 
 impl Background {
     /// Starts `bemi args…`.
-    pub fn start(args: &[&str], envs: &[(&str, &str)]) -> anyhow::Result<Self> {
+    pub(crate) fn start(args: &[&str], envs: &[(&str, &str)]) -> anyhow::Result<Self> {
         let mut child = command(args, envs)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -102,7 +102,7 @@ impl Background {
                     let text = String::from_utf8_lossy(&buffer[..n]).into_owned();
                     stderr
                         .lock()
-                        .unwrap_or_else(|e| e.into_inner())
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
                         .push_str(&text);
                 }
             }
@@ -117,16 +117,16 @@ impl Background {
     }
 
     /// What it printed on stderr so far.
-    pub fn stderr(&self) -> String {
+    pub(crate) fn stderr(&self) -> String {
         self.stderr
             .lock()
-            .unwrap_or_else(|e| e.into_inner())
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .clone()
     }
 
     /// Reads stdout until a line satisfies `wanted` (returned), failing after `timeout` or at
     /// the end of stdout.
-    pub async fn line_where(
+    pub(crate) async fn line_where(
         &mut self,
         what: &str,
         timeout: Duration,
@@ -158,12 +158,12 @@ impl Background {
     }
 
     /// The process id (while it runs).
-    pub fn pid(&self) -> Option<u32> {
+    pub(crate) fn pid(&self) -> Option<u32> {
         self.child.id()
     }
 
     /// Sends `signal` (e.g. `libc::SIGTERM`).
-    pub fn signal(&self, signal: libc::c_int) -> anyhow::Result<()> {
+    pub(crate) fn signal(&self, signal: libc::c_int) -> anyhow::Result<()> {
         let pid = self
             .child
             .id()
@@ -176,7 +176,7 @@ impl Background {
     }
 
     /// Waits for the process to exit (at most `timeout`) and for the rest of its stderr.
-    pub async fn wait(&mut self, timeout: Duration) -> anyhow::Result<ExitStatus> {
+    pub(crate) async fn wait(&mut self, timeout: Duration) -> anyhow::Result<ExitStatus> {
         let status = match tokio::time::timeout(timeout, self.child.wait()).await {
             Ok(status) => status?,
             Err(_) => bail!(
@@ -193,20 +193,20 @@ impl Background {
     }
 
     /// Whether it has exited (without waiting).
-    pub fn has_exited(&mut self) -> anyhow::Result<bool> {
+    pub(crate) fn has_exited(&mut self) -> anyhow::Result<bool> {
         Ok(self.child.try_wait()?.is_some())
     }
 }
 
 /// `url` with another user and password.
-pub fn with_user(url: &str, user: &str, password: &str) -> anyhow::Result<String> {
+pub(crate) fn with_user(url: &str, user: &str, password: &str) -> anyhow::Result<String> {
     let start = url.find("://").context("not a URL")? + 3;
     let at = url[start..].find('@').context("the URL has no user")? + start;
     Ok(format!("{}{user}:{password}{}", &url[..start], &url[at..]))
 }
 
 /// A port of 127.0.0.1 that was free a moment ago.
-pub fn free_port() -> anyhow::Result<u16> {
+pub(crate) fn free_port() -> anyhow::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port())

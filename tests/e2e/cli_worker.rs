@@ -38,7 +38,7 @@ pub(crate) async fn wait_until_streaming(
     .await
 }
 
-pub async fn worker_binary_captures_serves_metrics_and_exits_0_on_sigterm(
+pub(crate) async fn worker_binary_captures_serves_metrics_and_exits_0_on_sigterm(
     cluster: Arc<TestCluster>,
 ) -> TestResult {
     let db = cluster.database("cli_worker").await?;
@@ -134,7 +134,7 @@ pub async fn worker_binary_captures_serves_metrics_and_exits_0_on_sigterm(
     Ok(())
 }
 
-pub async fn worker_binary_without_replication_privilege_names_alter_role(
+pub(crate) async fn worker_binary_without_replication_privilege_names_alter_role(
     cluster: Arc<TestCluster>,
 ) -> TestResult {
     let db = cluster.database("cli_norepl").await?;

@@ -11,7 +11,7 @@ use serde_json::json;
 
 const TASKS: i32 = 1000;
 
-pub async fn concurrent_tasks_keep_their_own_context_through_the_wal(
+pub(crate) async fn concurrent_tasks_keep_their_own_context_through_the_wal(
     cluster: Arc<TestCluster>,
 ) -> TestResult {
     let db = cluster.database("isolation").await?;

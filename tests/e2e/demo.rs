@@ -4,12 +4,12 @@
 use std::sync::Arc;
 
 use anyhow::ensure;
-use bemi_core::audit::Operation;
+use bemi_audit::Operation;
 use bemi_tests::worker::{RunningWorker, worker_config};
 use bemi_tests::{TestCluster, TestResult};
 use serde_json::json;
 
-pub async fn requests_through_the_axum_app_become_the_seeds_changes_table(
+pub(crate) async fn requests_through_the_axum_app_become_the_seeds_changes_table(
     cluster: Arc<TestCluster>,
 ) -> TestResult {
     let db = cluster.database("demo").await?;
@@ -67,7 +67,7 @@ pub async fn requests_through_the_axum_app_become_the_seeds_changes_table(
 /// With a bemi worker already streaming the database (just started: nothing written yet), the
 /// demo lets it capture the changes instead of running a second worker, and each of the five
 /// changes is stored once.
-pub async fn the_demo_relies_on_a_running_worker_that_captures_todo(
+pub(crate) async fn the_demo_relies_on_a_running_worker_that_captures_todo(
     cluster: Arc<TestCluster>,
 ) -> TestResult {
     let db = cluster.database("demo_shared").await?;

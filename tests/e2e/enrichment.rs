@@ -43,7 +43,9 @@ async fn handler(State(pool): State<BemiPool>) -> Result<StatusCode, String> {
     Ok(StatusCode::NO_CONTENT)
 }
 
-pub async fn axum_handler_enrichment_reaches_the_wal(cluster: Arc<TestCluster>) -> TestResult {
+pub(crate) async fn axum_handler_enrichment_reaches_the_wal(
+    cluster: Arc<TestCluster>,
+) -> TestResult {
     let db = bemi_tests::todo_db(&cluster, "enrichment").await?;
     let slot = db.wal_slot().await?;
     let app = axum::Router::new()
@@ -60,7 +62,7 @@ pub async fn axum_handler_enrichment_reaches_the_wal(cluster: Arc<TestCluster>) 
         .header("authorization", "Bearer alice")
         .send()
         .await?;
-    serve::ensure_status(response, reqwest::StatusCode::NO_CONTENT).await?;
+    serve::ensure_status(response, StatusCode::NO_CONTENT).await?;
     server.stop().await;
 
     let base = json!({

@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use anyhow::ensure;
 use bemi_core::context;
-use bemi_core::sql::{DROPPED_KEY, MAX_CONTEXT_BYTES};
+use bemi_core::protocol::{DROPPED_KEY, MAX_CONTEXT_BYTES};
 use bemi_core::tokio_postgres::BemiClient;
 use bemi_tests::wal::bemi_contexts;
 use bemi_tests::{TestCluster, TestResult, ctx};
@@ -36,7 +36,7 @@ fn hostile_texts() -> Vec<String> {
 
 /// The same statements run on two identical tables, one inside the hostile context and one
 /// without any context; afterwards the tables must be identical, row for row.
-pub async fn hostile_contexts_never_change_what_a_statement_does(
+pub(crate) async fn hostile_contexts_never_change_what_a_statement_does(
     cluster: Arc<TestCluster>,
 ) -> TestResult {
     let db = cluster.database("hostile").await?;

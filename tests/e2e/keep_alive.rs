@@ -203,7 +203,7 @@ async fn assert_own_contexts(slot: &WalSlot) -> anyhow::Result<()> {
     serve::ensure_task_and_context_each(&txns, expected)
 }
 
-pub async fn axum_keep_alive_requests_keep_their_own_context(
+pub(crate) async fn axum_keep_alive_requests_keep_their_own_context(
     cluster: Arc<TestCluster>,
 ) -> TestResult {
     let db = bemi_tests::todo_db(&cluster, "axum_keep_alive").await?;
@@ -220,7 +220,7 @@ pub async fn axum_keep_alive_requests_keep_their_own_context(
     assert_own_contexts(&slot).await
 }
 
-pub async fn actix_keep_alive_requests_keep_their_own_context(
+pub(crate) async fn actix_keep_alive_requests_keep_their_own_context(
     cluster: Arc<TestCluster>,
 ) -> TestResult {
     let db = bemi_tests::todo_db(&cluster, "actix_keep_alive").await?;

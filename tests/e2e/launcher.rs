@@ -5,11 +5,11 @@ use std::net::TcpStream;
 use std::sync::Arc;
 
 use anyhow::ensure;
+use bemi_dev::EphemeralPostgres;
 use bemi_tests::{TestCluster, TestResult};
-use bemi_worker::launcher::EphemeralPostgres;
 use sqlx::Connection;
 
-pub async fn ephemeral_cluster_is_logical_unprivileged_and_removed_on_drop(
+pub(crate) async fn ephemeral_cluster_is_logical_unprivileged_and_removed_on_drop(
     _cluster: Arc<TestCluster>,
 ) -> TestResult {
     let pg = tokio::task::spawn_blocking(EphemeralPostgres::start).await??;

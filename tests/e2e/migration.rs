@@ -30,7 +30,7 @@ async fn bemi_objects(db: &TestDb) -> anyhow::Result<Vec<String>> {
     .await?)
 }
 
-pub async fn up_tracks_every_schema_and_new_tables(cluster: Arc<TestCluster>) -> TestResult {
+pub(crate) async fn up_tracks_every_schema_and_new_tables(cluster: Arc<TestCluster>) -> TestResult {
     let db = cluster.database("migration_schemas").await?;
     db.exec(
         "CREATE TABLE todo (id bigserial PRIMARY KEY, task text); \
@@ -80,7 +80,7 @@ pub async fn up_tracks_every_schema_and_new_tables(cluster: Arc<TestCluster>) ->
     Ok(())
 }
 
-pub async fn up_twice_is_harmless_and_down_removes_everything(
+pub(crate) async fn up_twice_is_harmless_and_down_removes_everything(
     cluster: Arc<TestCluster>,
 ) -> TestResult {
     let db = cluster.database("migration_idempotent").await?;
@@ -108,7 +108,7 @@ pub async fn up_twice_is_harmless_and_down_removes_everything(
     Ok(())
 }
 
-pub async fn replica_identity_full_is_switchable(cluster: Arc<TestCluster>) -> TestResult {
+pub(crate) async fn replica_identity_full_is_switchable(cluster: Arc<TestCluster>) -> TestResult {
     let db = cluster.database("migration_replica").await?;
     db.exec("CREATE TABLE todo (id bigserial PRIMARY KEY, task text)")
         .await?;
@@ -123,7 +123,7 @@ pub async fn replica_identity_full_is_switchable(cluster: Arc<TestCluster>) -> T
     Ok(())
 }
 
-pub async fn worker_tables_and_unlogged_tables_are_not_tracked(
+pub(crate) async fn worker_tables_and_unlogged_tables_are_not_tracked(
     cluster: Arc<TestCluster>,
 ) -> TestResult {
     let db = cluster.database("migration_excluded").await?;

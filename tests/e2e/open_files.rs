@@ -9,7 +9,7 @@ use anyhow::ensure;
 use bemi_tests::{TestCluster, TestResult};
 
 /// The (soft, hard) limits on open files of this process.
-pub fn limits() -> io::Result<(libc::rlim_t, libc::rlim_t)> {
+pub(crate) fn limits() -> io::Result<(libc::rlim_t, libc::rlim_t)> {
     let mut limit = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
@@ -24,7 +24,7 @@ pub fn limits() -> io::Result<(libc::rlim_t, libc::rlim_t)> {
 /// Raises the soft limit on open files to the hard limit (what a process may do without
 /// privileges). Failing, it says so on stderr and leaves the limit alone: only the tests that
 /// need many files are affected, and they say what to do.
-pub fn raise_to_hard_limit() {
+pub(crate) fn raise_to_hard_limit() {
     let outcome = limits().and_then(|(soft, hard)| {
         if soft >= hard {
             return Ok(());
@@ -45,7 +45,7 @@ pub fn raise_to_hard_limit() {
 }
 
 /// Fails, saying how to fix it, unless this process may open `needed` files.
-pub fn ensure_at_least(needed: libc::rlim_t, what: &str) -> anyhow::Result<()> {
+pub(crate) fn ensure_at_least(needed: libc::rlim_t, what: &str) -> anyhow::Result<()> {
     let (soft, hard) = limits()?;
     if soft >= needed {
         return Ok(());
@@ -66,7 +66,7 @@ pub fn ensure_at_least(needed: libc::rlim_t, what: &str) -> anyhow::Result<()> {
     )
 }
 
-pub async fn the_soft_open_files_limit_is_raised_to_the_hard_limit(
+pub(crate) async fn the_soft_open_files_limit_is_raised_to_the_hard_limit(
     _cluster: Arc<TestCluster>,
 ) -> TestResult {
     let (soft, hard) = limits()?;

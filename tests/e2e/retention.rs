@@ -8,10 +8,10 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, ensure};
-use bemi_core::audit::ChangeQuery;
+use bemi_audit::ChangeQuery;
+use bemi_audit::retention::{PruneProgress, Pruner};
+use bemi_audit::schema::{self, Layout};
 use bemi_tests::{TestCluster, TestResult, wait_until};
-use bemi_worker::retention::{PruneProgress, Pruner};
-use bemi_worker::schema::{self, Layout};
 use chrono::{DateTime, Utc};
 
 /// Changes spread over the last 200 days (`$1` rows), in the table `todo`.
@@ -34,7 +34,7 @@ async fn census(pool: &sqlx::PgPool, bound: DateTime<Utc>) -> anyhow::Result<(i6
     .await?)
 }
 
-pub async fn prune_removes_only_older_changes_while_the_table_stays_usable(
+pub(crate) async fn prune_removes_only_older_changes_while_the_table_stays_usable(
     cluster: Arc<TestCluster>,
 ) -> TestResult {
     let db = cluster.database("prune").await?;
@@ -142,7 +142,7 @@ pub async fn prune_removes_only_older_changes_while_the_table_stays_usable(
     Ok(())
 }
 
-pub async fn monthly_partitions_are_made_ahead_and_old_months_dropped_whole(
+pub(crate) async fn monthly_partitions_are_made_ahead_and_old_months_dropped_whole(
     cluster: Arc<TestCluster>,
 ) -> TestResult {
     let db = cluster.database("partitions").await?;

@@ -1,4 +1,4 @@
-//! `bemi_core::audit::Revert` against changes captured by a real worker: a whole request
+//! `bemi_audit::Revert` against changes captured by a real worker: a whole request
 //! (three writes to two tables, found by its context) is undone byte for byte, every type
 //! included, and the revert is itself audited with `revert_of`; the revert of that revert (by
 //! transaction) and of a single change (by id) work the same way. And the refusals: a change
@@ -7,9 +7,7 @@
 use std::sync::Arc;
 
 use anyhow::{Context as _, bail, ensure};
-use bemi_core::audit::{
-    ChangeQuery, ConflictReason, Operation, Revert, RevertError, parse_context_pair,
-};
+use bemi_audit::{ChangeQuery, ConflictReason, Operation, Revert, RevertError, parse_context_pair};
 use bemi_core::context;
 use bemi_tests::worker::{RunningWorker, wait_for_changes, worker_config};
 use bemi_tests::{TestCluster, TestDb, TestResult, ctx};
@@ -61,7 +59,7 @@ INSERT INTO entry (account_id, amount, note, at, score) VALUES
   (2, 3.14159265358979323846264338327950288, E'gift\nwith a line break', '2026-01-06 00:00:00', 1e-300);
 "#;
 
-pub async fn reverting_a_request_restores_both_tables_byte_for_byte(
+pub(crate) async fn reverting_a_request_restores_both_tables_byte_for_byte(
     cluster: Arc<TestCluster>,
 ) -> TestResult {
     let db = cluster.database("revert_request").await?;
@@ -187,7 +185,7 @@ pub async fn reverting_a_request_restores_both_tables_byte_for_byte(
     Ok(())
 }
 
-pub async fn uncaptured_redacted_and_truncated_changes_are_refused_clearly(
+pub(crate) async fn uncaptured_redacted_and_truncated_changes_are_refused_clearly(
     cluster: Arc<TestCluster>,
 ) -> TestResult {
     let db = cluster.database("revert_refusals").await?;
@@ -263,7 +261,7 @@ pub async fn uncaptured_redacted_and_truncated_changes_are_refused_clearly(
 
     // A DELETE whose before-image has a redacted value cannot be undone.
     let delete_2 = change("profile", "2", Operation::Delete).await?;
-    ensure!(delete_2.before["ssn"] == bemi_core::audit::REDACTED);
+    ensure!(delete_2.before["ssn"] == bemi_audit::REDACTED);
     match Revert::change(delete_2.id)
         .force(true)
         .run(&db.pool, &db.pool)

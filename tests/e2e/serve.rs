@@ -12,7 +12,7 @@ use bemi_tests::wal::Txn;
 use serde_json::Value;
 
 /// An app listening on 127.0.0.1; stopped by [`Served::stop`] (or, less gracefully, on drop).
-pub struct Served {
+pub(crate) struct Served {
     /// `http://127.0.0.1:PORT`
     pub base: String,
     stop: Stop,
@@ -25,12 +25,12 @@ enum Stop {
 
 impl Served {
     /// `base` + `path`.
-    pub fn url(&self, path: &str) -> String {
+    pub(crate) fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
     }
 
     /// Stops the server.
-    pub async fn stop(self) {
+    pub(crate) async fn stop(self) {
         match &self.stop {
             Stop::Axum(task) => task.abort(),
             Stop::Actix(handle) => handle.stop(false).await,
@@ -56,7 +56,7 @@ async fn loopback_listener() -> anyhow::Result<(tokio::net::TcpListener, SocketA
 
 /// Serves an axum router on 127.0.0.1 (a free port). Handlers may extract the client's address
 /// (`ConnectInfo<SocketAddr>`).
-pub async fn axum(router: axum::Router) -> anyhow::Result<Served> {
+pub(crate) async fn axum(router: axum::Router) -> anyhow::Result<Served> {
     let (listener, addr) = loopback_listener().await?;
     let service = router.into_make_service_with_connect_info::<SocketAddr>();
     let task = tokio::spawn(async move { axum::serve(listener, service).await });
@@ -67,7 +67,7 @@ pub async fn axum(router: axum::Router) -> anyhow::Result<Served> {
 }
 
 /// Serves the actix todo app (its real middleware and routes) on 127.0.0.1 (a free port).
-pub async fn actix_todo(client: BemiClient) -> anyhow::Result<Served> {
+pub(crate) async fn actix_todo(client: BemiClient) -> anyhow::Result<Served> {
     let (listener, addr) = loopback_listener().await?;
     let server = bemi_examples::actix_app::server(client, listener.into_std()?, 2)?;
     actix(server, addr)
@@ -76,7 +76,7 @@ pub async fn actix_todo(client: BemiClient) -> anyhow::Result<Served> {
 /// Serves an actix app of one `POST path` route on 127.0.0.1 (a free port), with one worker:
 /// bemi's middleware with the examples' request context, and `client` as app data
 /// (`web::Data<BemiClient>`).
-pub async fn actix_post<F, Args>(
+pub(crate) async fn actix_post<F, Args>(
     client: BemiClient,
     path: &'static str,
     handler: F,
@@ -104,7 +104,7 @@ where
 }
 
 /// Serves an actix server whose listener is bound to `addr`.
-pub fn actix(server: actix_web::dev::Server, addr: SocketAddr) -> anyhow::Result<Served> {
+pub(crate) fn actix(server: actix_web::dev::Server, addr: SocketAddr) -> anyhow::Result<Served> {
     let handle = server.handle();
     tokio::spawn(server);
     Ok(Served {
@@ -114,14 +114,14 @@ pub fn actix(server: actix_web::dev::Server, addr: SocketAddr) -> anyhow::Result
 }
 
 /// An HTTP client with a deadline for every request.
-pub fn client() -> anyhow::Result<reqwest::Client> {
+pub(crate) fn client() -> anyhow::Result<reqwest::Client> {
     Ok(reqwest::Client::builder()
         .timeout(Duration::from_secs(60))
         .build()?)
 }
 
 /// Fails, with the status and the body, unless `response` has the status `expected`.
-pub async fn ensure_status(
+pub(crate) async fn ensure_status(
     response: reqwest::Response,
     expected: reqwest::StatusCode,
 ) -> anyhow::Result<()> {
@@ -132,7 +132,7 @@ pub async fn ensure_status(
 
 /// Each transaction holds one `todo` row with the expected task and exactly the expected
 /// `_bemi` message, in order (`txns` beyond `expected` are not looked at).
-pub fn ensure_task_and_context_each(
+pub(crate) fn ensure_task_and_context_each(
     txns: &[Txn],
     expected: impl IntoIterator<Item = (&'static str, Value)>,
 ) -> anyhow::Result<()> {
@@ -151,7 +151,7 @@ pub fn ensure_task_and_context_each(
 }
 
 /// The `task` column of a test_decoding row of `todo`.
-pub fn task_of(data: &str) -> anyhow::Result<String> {
+pub(crate) fn task_of(data: &str) -> anyhow::Result<String> {
     let (_, rest) = data
         .split_once("task[text]:'")
         .with_context(|| format!("no task in {data}"))?;

@@ -96,7 +96,7 @@ async fn axum_spawning_handler(State(pool): State<BemiPool>) -> Result<StatusCod
     .map_err(|error| format!("{error:#}"))
 }
 
-pub async fn axum_spawned_tasks_keep_the_context_only_with_the_helpers(
+pub(crate) async fn axum_spawned_tasks_keep_the_context_only_with_the_helpers(
     cluster: Arc<TestCluster>,
 ) -> TestResult {
     let db = bemi_tests::todo_db(&cluster, "axum_spawn").await?;
@@ -113,7 +113,7 @@ pub async fn axum_spawned_tasks_keep_the_context_only_with_the_helpers(
         .header("x-user-id", "187234")
         .send()
         .await?;
-    serve::ensure_status(response, reqwest::StatusCode::NO_CONTENT).await?;
+    serve::ensure_status(response, StatusCode::NO_CONTENT).await?;
     server.stop().await;
     assert_carried_and_lost(
         &slot,
@@ -175,7 +175,7 @@ async fn actix_spawning_handler(
     }
 }
 
-pub async fn actix_spawned_tasks_and_web_block_keep_the_context_only_with_the_helpers(
+pub(crate) async fn actix_spawned_tasks_and_web_block_keep_the_context_only_with_the_helpers(
     cluster: Arc<TestCluster>,
 ) -> TestResult {
     let db = bemi_tests::todo_db(&cluster, "actix_spawn").await?;
@@ -187,7 +187,7 @@ pub async fn actix_spawned_tasks_and_web_block_keep_the_context_only_with_the_he
         .header("x-user-id", "187234")
         .send()
         .await?;
-    serve::ensure_status(response, reqwest::StatusCode::NO_CONTENT).await?;
+    serve::ensure_status(response, StatusCode::NO_CONTENT).await?;
     server.stop().await;
     assert_carried_and_lost(&slot, "/spawn", &["carried spawn", "lost spawn"]).await
 }

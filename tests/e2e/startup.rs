@@ -25,7 +25,7 @@ async fn todo_triggers(pool: &sqlx::PgPool) -> anyhow::Result<Vec<String>> {
     .await?)
 }
 
-pub async fn example_startup_prepares_a_fresh_database_twice_and_serves(
+pub(crate) async fn example_startup_prepares_a_fresh_database_twice_and_serves(
     cluster: Arc<TestCluster>,
 ) -> TestResult {
     let db = cluster.database("startup").await?;
@@ -53,7 +53,7 @@ pub async fn example_startup_prepares_a_fresh_database_twice_and_serves(
 }
 
 /// The actix example through the same start-up path: it serves, and it stops when told to.
-pub async fn example_startup_serves_the_actix_app_and_stops(
+pub(crate) async fn example_startup_serves_the_actix_app_and_stops(
     cluster: Arc<TestCluster>,
 ) -> TestResult {
     let db = cluster.database("startup_actix").await?;

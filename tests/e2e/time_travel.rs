@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use anyhow::{Context as _, ensure};
-use bemi_core::audit::{Change, Operation, TimeTravel};
+use bemi_audit::{Change, Operation, TimeTravel};
 use bemi_core::context;
 use bemi_tests::worker::{RunningWorker, wait_for_changes, worker_config};
 use bemi_tests::{TestCluster, TestDb, TestResult, ctx};
@@ -44,13 +44,13 @@ async fn table_at(
 ) -> anyhow::Result<Vec<Value>> {
     let rows: Vec<Value> = travel
         .table_at(&db.pool, at)
-        .map_ok(|state| state.into_row())
+        .map_ok(bemi_audit::RowState::into_row)
         .try_collect()
         .await?;
     Ok(rows)
 }
 
-pub async fn row_and_table_as_of_each_instant_match_plain_sql_snapshots(
+pub(crate) async fn row_and_table_as_of_each_instant_match_plain_sql_snapshots(
     cluster: Arc<TestCluster>,
 ) -> TestResult {
     let db = cluster.database("time_travel").await?;
@@ -102,7 +102,7 @@ pub async fn row_and_table_as_of_each_instant_match_plain_sql_snapshots(
                 let state = travel
                     .row_at(&db.pool, &id.to_string(), snapshot.at)
                     .await?;
-                let found = state.map(|s| s.into_row());
+                let found = state.map(bemi_audit::RowState::into_row);
                 ensure!(
                     found == expected,
                     "row {id} at {}: {found:?}, plain SQL saw {expected:?}",
@@ -150,7 +150,7 @@ pub async fn row_and_table_as_of_each_instant_match_plain_sql_snapshots(
     ensure!(history_3 == [Create], "{history_3:?}");
 
     // At a commit instant the change has happened; a microsecond before it has not.
-    let all: Vec<Change> = bemi_core::audit::ChangeQuery::new()
+    let all: Vec<Change> = bemi_audit::ChangeQuery::new()
         .oldest_first()
         .fetch(&db.pool)
         .await?;
@@ -174,7 +174,10 @@ pub async fn row_and_table_as_of_each_instant_match_plain_sql_snapshots(
                 table == expected.rows,
                 "table at {at} (change {i}): {table:#?}"
             );
-            let one = todo.row_at(&db.pool, "1", at).await?.map(|s| s.into_row());
+            let one = todo
+                .row_at(&db.pool, "1", at)
+                .await?
+                .map(bemi_audit::RowState::into_row);
             ensure!(
                 one == row(&expected.rows, 1),
                 "row 1 at {at} (change {i}): {one:?}"

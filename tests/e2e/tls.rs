@@ -5,11 +5,10 @@
 use std::sync::Arc;
 
 use anyhow::ensure;
+use bemi_dev::LaunchOptions;
 use bemi_tests::worker::{RunningWorker, wait_for_changes, worker_config};
 use bemi_tests::{TODO_TABLE, TestCluster, TestResult, private_cluster, private_database};
-use bemi_worker::error::WorkerError;
-use bemi_worker::launcher::LaunchOptions;
-use bemi_worker::source::{PgWireSource, SourceConnection};
+use bemi_worker::WorkerError;
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
 
 use crate::cli_support::bemi;
@@ -30,7 +29,7 @@ fn server_certificate(ca: &CertifiedIssuer<'_, KeyPair>) -> anyhow::Result<(Stri
     Ok((certificate.pem(), key.serialize_pem()))
 }
 
-pub async fn the_worker_streams_over_verified_tls_and_names_the_fix_when_tls_fails(
+pub(crate) async fn the_worker_streams_over_verified_tls_and_names_the_fix_when_tls_fails(
     _cluster: Arc<TestCluster>,
 ) -> TestResult {
     let ca = certificate_authority("bemi test CA")?;
@@ -99,20 +98,6 @@ pub async fn the_worker_streams_over_verified_tls_and_names_the_fix_when_tls_fai
         matches!(error, WorkerError::Source(_)) && message.contains("sslrootcert"),
         "{message}"
     );
-
-    // The replication connection on its own checks the certificate too.
-    let source = SourceConnection::from_url(&url_with(&format!(
-        "sslmode=verify-full&sslrootcert={}",
-        stranger_path.display()
-    )))?;
-    let slot = worker_config(&db).slot;
-    match PgWireSource::start(&source, &slot, "bemi", 0).await {
-        Ok(_) => anyhow::bail!("the replication connection trusted an unknown CA"),
-        Err(error) => ensure!(
-            !error.is_retryable() && error.to_string().contains("certificate"),
-            "{error}"
-        ),
-    }
 
     // verify-ca: the worker refuses it (its replication connection cannot skip the name), and
     // names the mode to use; the CLI's connections take it (once, this panicked in rustls).

@@ -120,7 +120,7 @@ async fn rest_seed(server: &Served) -> anyhow::Result<Vec<Write>> {
     Ok(writes)
 }
 
-pub async fn axum_todo_app_seed_requests_carry_their_context(
+pub(crate) async fn axum_todo_app_seed_requests_carry_their_context(
     cluster: Arc<TestCluster>,
 ) -> TestResult {
     let db = bemi_tests::todo_db(&cluster, "axum_seed").await?;
@@ -131,7 +131,7 @@ pub async fn axum_todo_app_seed_requests_carry_their_context(
     assert_one_message_per_write(&slot.read_transactions().await?, &writes)
 }
 
-pub async fn actix_todo_app_seed_requests_carry_their_context(
+pub(crate) async fn actix_todo_app_seed_requests_carry_their_context(
     cluster: Arc<TestCluster>,
 ) -> TestResult {
     let db = bemi_tests::todo_db(&cluster, "actix_seed").await?;
@@ -179,7 +179,7 @@ fn graphql_write(operation: &str, variables: Value, sql: &str, row: &'static str
     }
 }
 
-pub async fn graphql_todo_app_seed_operations_carry_their_context(
+pub(crate) async fn graphql_todo_app_seed_operations_carry_their_context(
     cluster: Arc<TestCluster>,
 ) -> TestResult {
     let db = bemi_tests::todo_db(&cluster, "graphql_seed").await?;

@@ -52,7 +52,7 @@ async fn post_hostile(server: &Served) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub async fn hostile_request_through_the_axum_app_changes_nothing_but_its_row(
+pub(crate) async fn hostile_request_through_the_axum_app_changes_nothing_but_its_row(
     cluster: Arc<TestCluster>,
 ) -> TestResult {
     let db = bemi_tests::todo_db(&cluster, "axum_hostile").await?;
@@ -64,7 +64,7 @@ pub async fn hostile_request_through_the_axum_app_changes_nothing_but_its_row(
     Ok(())
 }
 
-pub async fn hostile_request_through_the_actix_app_changes_nothing_but_its_row(
+pub(crate) async fn hostile_request_through_the_actix_app_changes_nothing_but_its_row(
     cluster: Arc<TestCluster>,
 ) -> TestResult {
     let db = bemi_tests::todo_db(&cluster, "actix_hostile").await?;
@@ -76,7 +76,7 @@ pub async fn hostile_request_through_the_actix_app_changes_nothing_but_its_row(
     Ok(())
 }
 
-pub async fn hostile_graphql_variables_change_nothing_but_their_row(
+pub(crate) async fn hostile_graphql_variables_change_nothing_but_their_row(
     cluster: Arc<TestCluster>,
 ) -> TestResult {
     let db = bemi_tests::todo_db(&cluster, "graphql_hostile").await?;

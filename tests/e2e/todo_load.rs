@@ -84,7 +84,7 @@ async fn assert_each_write_has_its_own_user(slot: &bemi_tests::WalSlot) -> TestR
     Ok(())
 }
 
-pub async fn axum_todo_app_keeps_1000_concurrent_contexts_apart(
+pub(crate) async fn axum_todo_app_keeps_1000_concurrent_contexts_apart(
     cluster: Arc<TestCluster>,
 ) -> TestResult {
     let db = bemi_tests::todo_db(&cluster, "axum_load").await?;
@@ -95,7 +95,7 @@ pub async fn axum_todo_app_keeps_1000_concurrent_contexts_apart(
     assert_each_write_has_its_own_user(&slot).await
 }
 
-pub async fn actix_todo_app_keeps_1000_concurrent_contexts_apart(
+pub(crate) async fn actix_todo_app_keeps_1000_concurrent_contexts_apart(
     cluster: Arc<TestCluster>,
 ) -> TestResult {
     let db = bemi_tests::todo_db(&cluster, "actix_load").await?;

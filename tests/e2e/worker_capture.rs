@@ -9,7 +9,7 @@ use bemi_tests::worker::{RunningWorker, wait_for_changes, worker_config};
 use bemi_tests::{TODO_TABLE, TestCluster, TestResult, ctx};
 use serde_json::{Value, json};
 
-pub async fn direct_sql_and_statements_are_stitched_to_their_own_context(
+pub(crate) async fn direct_sql_and_statements_are_stitched_to_their_own_context(
     cluster: Arc<TestCluster>,
 ) -> TestResult {
     let db = cluster.database("capture_stitch").await?;
@@ -88,7 +88,7 @@ pub async fn direct_sql_and_statements_are_stitched_to_their_own_context(
     Ok(())
 }
 
-pub async fn composite_keys_toast_and_every_type_are_stored_as_typed_json(
+pub(crate) async fn composite_keys_toast_and_every_type_are_stored_as_typed_json(
     cluster: Arc<TestCluster>,
 ) -> TestResult {
     let db = cluster.database("capture_types").await?;
@@ -184,7 +184,7 @@ pub async fn composite_keys_toast_and_every_type_are_stored_as_typed_json(
     Ok(())
 }
 
-pub async fn malformed_and_per_row_messages_are_stitched_not_fatal(
+pub(crate) async fn malformed_and_per_row_messages_are_stitched_not_fatal(
     cluster: Arc<TestCluster>,
 ) -> TestResult {
     let db = cluster.database("capture_messages").await?;
@@ -217,7 +217,9 @@ pub async fn malformed_and_per_row_messages_are_stitched_not_fatal(
     Ok(())
 }
 
-pub async fn the_workers_own_tables_are_never_captured(cluster: Arc<TestCluster>) -> TestResult {
+pub(crate) async fn the_workers_own_tables_are_never_captured(
+    cluster: Arc<TestCluster>,
+) -> TestResult {
     let db = cluster.database("capture_own_tables").await?;
     db.exec(TODO_TABLE).await?;
     db.migrate().await?;

@@ -96,7 +96,7 @@ fn start_worker(envs: &[(&str, &str)]) -> anyhow::Result<Background> {
     Background::start(&["worker"], envs)
 }
 
-pub async fn kill_9_at_random_moments_loses_and_duplicates_nothing(
+pub(crate) async fn kill_9_at_random_moments_loses_and_duplicates_nothing(
     cluster: Arc<TestCluster>,
 ) -> TestResult {
     let db = cluster.database("crash").await?;

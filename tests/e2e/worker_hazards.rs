@@ -6,15 +6,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context as _, ensure};
+use bemi_dev::LaunchOptions;
 use bemi_tests::worker::{RunningWorker, stored_changes, wait_for_changes, worker_config};
 use bemi_tests::{TestCluster, TestResult, private_cluster, private_database, wait_until};
-use bemi_worker::error::WorkerError;
-use bemi_worker::launcher::LaunchOptions;
-use bemi_worker::worker::Worker;
+use bemi_worker::Worker;
+use bemi_worker::WorkerError;
 use tokio_util::sync::CancellationToken;
 
 /// Runs a worker that is expected to give up, and returns its error.
-pub async fn fatal_error(config: bemi_worker::config::WorkerConfig) -> anyhow::Result<WorkerError> {
+pub(crate) async fn fatal_error(config: bemi_worker::WorkerConfig) -> anyhow::Result<WorkerError> {
     let worker = Worker::new(config);
     match tokio::time::timeout(
         Duration::from_secs(30),
@@ -28,7 +28,9 @@ pub async fn fatal_error(config: bemi_worker::config::WorkerConfig) -> anyhow::R
     }
 }
 
-pub async fn wal_level_replica_fails_fast_naming_the_fix(_cluster: Arc<TestCluster>) -> TestResult {
+pub(crate) async fn wal_level_replica_fails_fast_naming_the_fix(
+    _cluster: Arc<TestCluster>,
+) -> TestResult {
     let pg = private_cluster(LaunchOptions::default().setting("wal_level", "replica")).await?;
     let db = private_database(&pg, "replica_only").await?;
     let error = fatal_error(worker_config(&db)).await?;
@@ -43,7 +45,7 @@ pub async fn wal_level_replica_fails_fast_naming_the_fix(_cluster: Arc<TestClust
     Ok(())
 }
 
-pub async fn a_role_without_replication_fails_fast_naming_the_fix(
+pub(crate) async fn a_role_without_replication_fails_fast_naming_the_fix(
     cluster: Arc<TestCluster>,
 ) -> TestResult {
     let db = cluster.database("no_replication").await?;
@@ -70,7 +72,9 @@ pub async fn a_role_without_replication_fails_fast_naming_the_fix(
     Ok(())
 }
 
-pub async fn a_lost_slot_fails_fast_naming_the_fix(_cluster: Arc<TestCluster>) -> TestResult {
+pub(crate) async fn a_lost_slot_fails_fast_naming_the_fix(
+    _cluster: Arc<TestCluster>,
+) -> TestResult {
     let pg = private_cluster(
         LaunchOptions::default()
             .setting("max_slot_wal_keep_size", "1MB")
@@ -109,7 +113,9 @@ pub async fn a_lost_slot_fails_fast_naming_the_fix(_cluster: Arc<TestCluster>) -
     Ok(())
 }
 
-pub async fn an_idle_database_keeps_its_slot_advancing(cluster: Arc<TestCluster>) -> TestResult {
+pub(crate) async fn an_idle_database_keeps_its_slot_advancing(
+    cluster: Arc<TestCluster>,
+) -> TestResult {
     let idle = cluster.database("idle_source").await?;
     idle.exec("CREATE TABLE todo (id serial PRIMARY KEY)")
         .await?;
@@ -139,7 +145,7 @@ pub async fn an_idle_database_keeps_its_slot_advancing(cluster: Arc<TestCluster>
     Ok(())
 }
 
-pub async fn tables_created_while_running_are_captured_from_their_first_row(
+pub(crate) async fn tables_created_while_running_are_captured_from_their_first_row(
     cluster: Arc<TestCluster>,
 ) -> TestResult {
     let db = cluster.database("later_tables").await?;
@@ -196,7 +202,7 @@ pub async fn tables_created_while_running_are_captured_from_their_first_row(
     Ok(())
 }
 
-pub async fn a_large_transaction_is_written_in_chunks_exactly_once_across_a_stop(
+pub(crate) async fn a_large_transaction_is_written_in_chunks_exactly_once_across_a_stop(
     cluster: Arc<TestCluster>,
 ) -> TestResult {
     let db = cluster.database("chunks").await?;
@@ -248,7 +254,7 @@ pub async fn a_large_transaction_is_written_in_chunks_exactly_once_across_a_stop
     Ok(())
 }
 
-pub async fn a_postgres_restart_while_streaming_loses_nothing(
+pub(crate) async fn a_postgres_restart_while_streaming_loses_nothing(
     _cluster: Arc<TestCluster>,
 ) -> TestResult {
     let pg = private_cluster(LaunchOptions::default()).await?;
@@ -326,7 +332,7 @@ pub async fn a_postgres_restart_while_streaming_loses_nothing(
 /// when the standby confirms it. A primary key added in that transaction must still be the key
 /// of its rows and of every later row: the worker waits for the transaction to be visible
 /// before reading the catalog, instead of caching "no primary key".
-pub async fn a_primary_key_added_while_a_synchronous_standby_holds_the_commit_is_used(
+pub(crate) async fn a_primary_key_added_while_a_synchronous_standby_holds_the_commit_is_used(
     _cluster: Arc<TestCluster>,
 ) -> TestResult {
     let pg = private_cluster(LaunchOptions::default()).await?;
@@ -432,7 +438,7 @@ pub async fn a_primary_key_added_while_a_synchronous_standby_holds_the_commit_is
 /// `changes` — so commits go through (well before the 30 s visibility fallback) and are
 /// captured. The worker runs as the README's role (REPLICATION, no superuser), which may not
 /// even see that its connection is a synchronous standby.
-pub async fn a_worker_that_is_itself_a_synchronous_standby_does_not_wait_for_itself(
+pub(crate) async fn a_worker_that_is_itself_a_synchronous_standby_does_not_wait_for_itself(
     _cluster: Arc<TestCluster>,
 ) -> TestResult {
     let pg = private_cluster(LaunchOptions::default()).await?;
@@ -504,7 +510,7 @@ pub async fn a_worker_that_is_itself_a_synchronous_standby_does_not_wait_for_its
 /// connections' commits, so waiting on the other's uncommitted rows could close a cycle that
 /// PostgreSQL cannot see; the writers give up such a wait after a while, and both workers go
 /// on. Every change is stored exactly once.
-pub async fn two_workers_storing_the_same_changes_do_not_deadlock(
+pub(crate) async fn two_workers_storing_the_same_changes_do_not_deadlock(
     cluster: Arc<TestCluster>,
 ) -> TestResult {
     const WRITES: usize = 400;

@@ -22,7 +22,9 @@ fn peak_rss_kib(pid: u32) -> Option<u64> {
         .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
 }
 
-pub async fn a_million_row_transaction_in_bounded_memory(cluster: Arc<TestCluster>) -> TestResult {
+pub(crate) async fn a_million_row_transaction_in_bounded_memory(
+    cluster: Arc<TestCluster>,
+) -> TestResult {
     let db = cluster.database("million").await?;
     db.exec("CREATE TABLE big (id int PRIMARY KEY, pad text NOT NULL)")
         .await?;

@@ -4,7 +4,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, OnceLock};
 
 use anyhow::Context as _;
-use bemi_worker::launcher::{DevDatabase, EphemeralPostgres};
+use bemi_dev::{DevDatabase, EphemeralPostgres};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{ConnectOptions, PgPool};
 
@@ -37,7 +37,10 @@ impl TestCluster {
         if let Some(server) = self.server.get() {
             return Ok(server);
         }
-        let _guard = self.start_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let _guard = self
+            .start_lock
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         if let Some(server) = self.server.get() {
             return Ok(server);
         }
@@ -119,7 +122,7 @@ fn admin_options(url: &str) -> anyhow::Result<PgConnectOptions> {
 
 /// A cluster of the test's own, for tests that restart or misconfigure the server.
 pub async fn private_cluster(
-    options: bemi_worker::launcher::LaunchOptions,
+    options: bemi_dev::LaunchOptions,
 ) -> anyhow::Result<EphemeralPostgres> {
     Ok(tokio::task::spawn_blocking(move || EphemeralPostgres::start_with(options)).await??)
 }

@@ -2,7 +2,7 @@
 //! database per test, a reader of the WAL through a `test_decoding` slot, and polling with a
 //! deadline.
 //!
-//! The cluster is an [`bemi_worker::launcher::EphemeralPostgres`] unless
+//! The cluster is an [`bemi_dev::EphemeralPostgres`] unless
 //! `BEMI_TEST_DATABASE_URL` points at an existing server (a superuser URL; the server needs
 //! `wal_level=logical`). Each test gets its own database there, dropped when the run ends.
 

@@ -4,10 +4,10 @@
 use std::time::Duration;
 
 use anyhow::Context as _;
-use bemi_worker::config::WorkerConfig;
-use bemi_worker::error::WorkerError;
-use bemi_worker::metrics::WorkerMetrics;
-use bemi_worker::worker::Worker;
+use bemi_worker::Worker;
+use bemi_worker::WorkerConfig;
+use bemi_worker::WorkerError;
+use bemi_worker::WorkerMetrics;
 use serde_json::Value;
 use std::sync::Arc;
 use tokio::task::JoinHandle;

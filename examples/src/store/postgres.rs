@@ -5,7 +5,7 @@
 //! use bemi_examples::store;
 //!
 //! # async fn run(client: BemiClient) -> Result<(), tokio_postgres::Error> {
-//! let ctx = serde_json::json!({"user_id": 187234}).as_object().unwrap().clone();
+//! let ctx = serde_json::json!({"user_id": 187234});
 //! let todo = context::scope(ctx, store::postgres::create(&client, "Sleep")).await?;
 //! assert_eq!(todo.task, "Sleep");
 //! # Ok(()) }

@@ -5,7 +5,7 @@
 //! use bemi_examples::store;
 //!
 //! # async fn run(pool: BemiPool) -> Result<(), sqlx::Error> {
-//! let ctx = serde_json::json!({"user_id": 187234}).as_object().unwrap().clone();
+//! let ctx = serde_json::json!({"user_id": 187234});
 //! let todo = context::scope(ctx, store::sqlx::create(&pool, "Sleep")).await?;
 //! assert_eq!(todo.task, "Sleep");
 //! # Ok(()) }

@@ -2,5 +2,5 @@
 //! `env!("CARGO_BIN_EXE_bemi-e2e")` (cargo only provides the binaries of the tests' own package).
 
 fn main() -> std::process::ExitCode {
-    bemi_worker::cli::main()
+    bemi_cli::main()
 }

@@ -1,0 +1,84 @@
+//! `bemi dev`: a throwaway PostgreSQL (`wal_level=logical`) with tracking installed and a worker
+//! capturing into its `changes` table; Ctrl-C stops both and removes the cluster's data.
+
+use std::io::Write as _;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, anyhow};
+use tokio_util::sync::CancellationToken;
+
+use super::worker::CaptureArgs;
+use super::{connect, shutdown};
+use bemi_dev::EphemeralPostgres;
+use bemi_worker::Worker;
+
+/// How long the worker may take to start streaming.
+const READY_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// `bemi dev`
+#[derive(Debug, clap::Args)]
+pub(crate) struct DevArgs {
+    #[command(flatten)]
+    capture: CaptureArgs,
+}
+
+/// Runs `bemi dev`.
+pub(super) async fn run(args: DevArgs) -> anyhow::Result<()> {
+    let shutdown = shutdown::on_signals()?;
+    tracing::info!("starting an ephemeral PostgreSQL (wal_level=logical)");
+    let pg = tokio::task::spawn_blocking(EphemeralPostgres::start)
+        .await
+        .context("the PostgreSQL launcher panicked")?
+        .map_err(|error| anyhow!(error))?;
+    let result = serve(&pg.url(), &args, shutdown).await;
+    tracing::info!("stopping PostgreSQL and removing its data");
+    tokio::task::spawn_blocking(move || drop(pg))
+        .await
+        .context("stopping PostgreSQL panicked")?;
+    result
+}
+
+/// Migrates, runs the worker, prints `DATABASE_URL=…` once it streams, and waits for it to stop.
+async fn serve(url: &str, args: &DevArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let pool = connect(url).await?;
+    bemi_core::migration::migrate(&pool, Default::default())
+        .await
+        .context("could not install tracking")?;
+    pool.close().await;
+
+    let worker = Worker::new(args.capture.config(url, None)?);
+    let metrics = worker.metrics();
+    let mut running = tokio::spawn({
+        let shutdown = shutdown.clone();
+        async move { worker.run(shutdown).await }
+    });
+    let started = Instant::now();
+    let mut announced = false;
+    let outcome = loop {
+        tokio::select! {
+            outcome = &mut running => break outcome,
+            () = tokio::time::sleep(Duration::from_millis(50)), if !announced => {
+                if metrics.is_connected() {
+                    announced = true;
+                    let mut stdout = std::io::stdout().lock();
+                    writeln!(stdout, "DATABASE_URL={url}")?;
+                    stdout.flush()?;
+                    tracing::info!(
+                        "PostgreSQL is ready and changes are captured into its `changes` table; \
+                         Ctrl-C stops it and removes its data"
+                    );
+                } else if started.elapsed() > READY_TIMEOUT {
+                    shutdown.cancel();
+                    let _ = running.await;
+                    return Err(anyhow!(
+                        "the worker did not start streaming within {READY_TIMEOUT:?}; run with \
+                         RUST_LOG=bemi_worker=debug to see why"
+                    ));
+                }
+            }
+        }
+    };
+    outcome
+        .context("the capture worker panicked")?
+        .map_err(|error| anyhow!(error))
+}

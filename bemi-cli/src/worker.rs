@@ -1,0 +1,244 @@
+//! `bemi worker`: the capture worker until SIGINT or SIGTERM.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::anyhow;
+use sqlx::{Connection as _, PgConnection};
+
+use super::{SourceArgs, shutdown, time::parse_duration};
+use bemi_audit::schema::{self, Layout};
+use bemi_worker::Worker;
+use bemi_worker::{Redactions, WorkerConfig};
+
+/// `bemi worker`
+#[derive(Debug, clap::Args)]
+pub(crate) struct WorkerArgs {
+    #[command(flatten)]
+    source: SourceArgs,
+    /// Where the `changes` table lives (default: the source database).
+    #[arg(
+        long,
+        env = "BEMI_DESTINATION_URL",
+        value_name = "URL",
+        hide_env_values = true
+    )]
+    destination_url: Option<String>,
+    #[command(flatten)]
+    capture: CaptureArgs,
+    /// Create the `changes` table partitioned by month on committed_at (`month`), or as one
+    /// table (`none`). Applies when the table is created; the worker keeps the partitions of
+    /// the current and next month created either way.
+    #[arg(
+        long,
+        env = "BEMI_PARTITION_BY",
+        value_name = "none|month",
+        default_value = "none",
+        value_parser = partitioning
+    )]
+    partition_by: Layout,
+}
+
+fn partitioning(text: &str) -> Result<Layout, String> {
+    text.parse()
+}
+
+/// What to capture and how: the flags `bemi worker` and `bemi dev` share.
+#[derive(Debug, Clone, clap::Args)]
+pub(crate) struct CaptureArgs {
+    /// The logical replication slot (created if missing; lower-case letters, digits, `_`).
+    #[arg(long, env = "BEMI_SLOT", default_value = "bemi", value_parser = slot_name)]
+    slot: String,
+    /// The publication (created if missing and kept in sync with the captured tables).
+    #[arg(long, env = "BEMI_PUBLICATION", default_value = "bemi")]
+    publication: String,
+    /// Only capture these tables: globs of `table` or `schema.table` (`*`, `?`).
+    #[arg(
+        long,
+        env = "BEMI_TABLES",
+        value_name = "GLOB",
+        value_delimiter = ',',
+        num_args = 1..
+    )]
+    tables: Vec<String>,
+    /// Never capture these tables (globs, as --tables).
+    #[arg(
+        long,
+        env = "BEMI_EXCLUDE_TABLES",
+        value_name = "GLOB",
+        value_delimiter = ',',
+        num_args = 1..
+    )]
+    exclude_tables: Vec<String>,
+    /// Store "[REDACTED]" instead of these columns' values in before and after.
+    #[arg(
+        long,
+        env = "BEMI_REDACT",
+        value_name = "TABLE.COLUMN",
+        value_delimiter = ',',
+        num_args = 1..
+    )]
+    redact: Vec<String>,
+    /// Serve Prometheus metrics on this address, e.g. 127.0.0.1:9187 (path /metrics).
+    #[arg(long, env = "BEMI_METRICS_ADDR", value_name = "ADDR")]
+    metrics_addr: Option<SocketAddr>,
+    /// How often an idle source gets a heartbeat (and new tables are looked for).
+    #[arg(
+        long,
+        env = "BEMI_HEARTBEAT_INTERVAL",
+        value_name = "DURATION",
+        default_value = "10s",
+        value_parser = parse_duration
+    )]
+    heartbeat_interval: Duration,
+    /// Destination connections writing batches at once (commits stay in stream order); more
+    /// use more cores of the destination server.
+    #[arg(
+        long,
+        env = "BEMI_WRITER_CONNECTIONS",
+        value_name = "N",
+        default_value_t = 2,
+        value_parser = clap::value_parser!(u16).range(1..=16)
+    )]
+    writer_connections: u16,
+}
+
+impl CaptureArgs {
+    /// The worker's configuration for `source_url`.
+    pub(super) fn config(
+        &self,
+        source_url: &str,
+        destination_url: Option<String>,
+    ) -> anyhow::Result<WorkerConfig> {
+        let redactions = Redactions::parse_strict(&self.redact).map_err(|error| anyhow!(error))?;
+        if self.heartbeat_interval.is_zero() {
+            return Err(anyhow!(
+                "--heartbeat-interval must be longer than zero, e.g. 10s"
+            ));
+        }
+        let mut config = WorkerConfig::new(source_url)
+            .tables(self.tables.iter().map(|t| t.trim().to_owned()))
+            .exclude_tables(self.exclude_tables.iter().map(|t| t.trim().to_owned()));
+        config.redactions = redactions;
+        config.destination_url = destination_url.filter(|url| !url.trim().is_empty());
+        config.slot = self.slot.clone();
+        config.publication = self.publication.clone();
+        config.metrics_addr = self.metrics_addr;
+        config.heartbeat_interval = self.heartbeat_interval;
+        config.writer_connections = usize::from(self.writer_connections);
+        Ok(config)
+    }
+}
+
+/// PostgreSQL's rule for slot names, checked before the worker would retry a hopeless start.
+fn slot_name(name: &str) -> Result<String, String> {
+    let valid = !name.is_empty()
+        && name.len() <= 63
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+    if valid {
+        Ok(name.to_owned())
+    } else {
+        Err(format!(
+            "{name:?} is not a valid replication slot name: use 1 to 63 lower-case letters, \
+             digits and underscores, e.g. bemi_app"
+        ))
+    }
+}
+
+/// Runs `bemi worker`.
+pub(super) async fn run(args: WorkerArgs) -> anyhow::Result<()> {
+    let config = args
+        .capture
+        .config(args.source.url()?, args.destination_url.clone())?;
+    let shutdown = shutdown::on_signals()?;
+    if args.partition_by == Layout::Monthly {
+        let mut conn = PgConnection::connect(config.destination_url())
+            .await
+            .map_err(|error| {
+                anyhow!(
+                    "could not connect to the destination {} to create the partitioned changes \
+                     table: {error}",
+                    bemi_worker::without_password(config.destination_url())
+                )
+            })?;
+        schema::create(&mut conn, Layout::Monthly).await?;
+        tracing::info!("the changes table is partitioned by month");
+    }
+    tracing::info!(
+        source = %bemi_worker::without_password(&config.source_url),
+        destination = %bemi_worker::without_password(config.destination_url()),
+        slot = %config.slot,
+        publication = %config.publication,
+        "starting the capture worker"
+    );
+    Worker::new(config)
+        .run(shutdown)
+        .await
+        .map_err(|error| anyhow!(error))?;
+    tracing::info!("the capture worker stopped cleanly");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser as _;
+
+    #[derive(Debug, clap::Parser)]
+    struct Harness {
+        #[command(flatten)]
+        capture: CaptureArgs,
+    }
+
+    #[test]
+    fn flags_become_the_worker_configuration() {
+        let harness = Harness::try_parse_from([
+            "bemi",
+            "--slot",
+            "bemi_app",
+            "--tables",
+            "public.*,todo",
+            "--exclude-tables",
+            "public.sessions",
+            "--redact",
+            "users.password_hash",
+            "billing.card.number",
+            "--metrics-addr",
+            "127.0.0.1:9187",
+            "--heartbeat-interval",
+            "2s",
+        ])
+        .unwrap();
+        let config = harness
+            .capture
+            .config("postgres://a/app", Some("postgres://b/audit".into()))
+            .unwrap();
+        assert_eq!(config.slot, "bemi_app");
+        assert_eq!(config.publication, "bemi");
+        assert_eq!(config.filter.include, ["public.*", "todo"]);
+        assert!(!config.filter.includes("public", "sessions"));
+        assert!(
+            config
+                .redactions
+                .is_redacted("public", "users", "password_hash")
+        );
+        assert!(config.redactions.is_redacted("billing", "card", "number"));
+        assert_eq!(config.metrics_addr, Some("127.0.0.1:9187".parse().unwrap()));
+        assert_eq!(config.heartbeat_interval, Duration::from_secs(2));
+        assert_eq!(config.destination_url(), "postgres://b/audit");
+    }
+
+    #[test]
+    fn bad_values_are_refused_with_the_fix() {
+        let error = Harness::try_parse_from(["bemi", "--slot", "My-Slot"]).unwrap_err();
+        assert!(error.to_string().contains("lower-case letters"), "{error}");
+        let harness = Harness::try_parse_from(["bemi", "--redact", "password"]).unwrap();
+        let error = harness
+            .capture
+            .config("postgres://a/app", None)
+            .unwrap_err();
+        assert!(error.to_string().contains("TABLE.COLUMN"), "{error}");
+    }
+}

@@ -1,0 +1,36 @@
+//! # bemi-core
+//!
+//! Context-aware audit trails for PostgreSQL: the parts every integration shares.
+//!
+//! - [`context`]: the request context, a JSON object in a task-local, and [`ContextExt`] to
+//!   carry it into spawned tasks;
+//! - [`sql`]: annotating writes with ` /*Bemi {json} Bemi*/`;
+//! - [`migration`]: the SQL that installs the triggers;
+//! - [`protocol`]: the names and bounds of the wire format and of the `changes` table;
+//! - driver adapters behind the features `sqlx` (module `sqlx`) and `tokio-postgres` (module
+//!   `tokio_postgres`);
+//! - [`integration`]: what framework integrations (layers, middleware) are built from.
+//!
+//! ```
+//! use bemi_core::{context, sql};
+//! use serde_json::json;
+//!
+//! let annotated = context::sync_scope(json!({"user_id": 187234}), || {
+//!     sql::annotate_current("DELETE FROM todo WHERE id = $1")
+//! });
+//! assert!(annotated.unwrap().ends_with(r#""user_id":187234} Bemi*/"#));
+//! ```
+
+pub mod context;
+pub mod integration;
+pub mod migration;
+pub mod protocol;
+pub mod sql;
+
+#[cfg(feature = "sqlx")]
+pub mod sqlx;
+
+#[cfg(feature = "tokio-postgres")]
+pub mod tokio_postgres;
+
+pub use context::{Context, ContextExt, IntoContext};

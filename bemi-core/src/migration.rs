@@ -1,0 +1,129 @@
+//! The SQL that installs tracking: statement-level triggers that turn the ` /*Bemi {json} Bemi*/`
+//! comment of each write into one transactional `_bemi` logical-decoding message.
+//!
+//! [`up`] installs, [`down`] removes; both are plain SQL strings to put in your own migrations
+//! (`bemi migration create` writes a sqlx-migrate pair), or to run with [`migrate`] (feature
+//! `sqlx`). What `up` creates:
+//!
+//! - `_bemi_statement_trigger_func()`: the trigger. Once per statement and table it reads
+//!   `current_query()`, takes the JSON of a trailing Bemi comment and emits it with
+//!   `pg_logical_emit_message(true, '_bemi', json)`; for a statement without a comment after one
+//!   with a context in the same transaction it emits `{}`, so that its rows do not inherit it.
+//!   Its fast path (the comment at the very end, JSON without `*`, as the adapters write it) costs
+//!   about as much as an empty trigger; other placements go through `_bemi_trailing_context()`.
+//! - `_bemi_create_triggers()`: installs the trigger `_bemi_statement_trigger` (BEFORE INSERT OR
+//!   UPDATE OR DELETE OR TRUNCATE, FOR EACH STATEMENT) on every ordinary and partitioned table of
+//!   every non-system schema, except unlogged, temporary and extension-owned tables and the
+//!   capture worker's own tables (`changes`, `_bemi*`); sets REPLICA IDENTITY FULL when enabled.
+//! - the event trigger `_bemi_create_table_trigger`, which does the same for tables created
+//!   later. It needs superuser; without it the migration warns and new tables need
+//!   `CALL _bemi_create_triggers();`.
+//!
+//! ```
+//! use bemi_core::migration::{self, MigrationOptions};
+//!
+//! assert!(migration::up().contains("CREATE OR REPLACE FUNCTION _bemi_statement_trigger_func()"));
+//! let without_full = MigrationOptions { replica_identity_full: false }.up();
+//! assert!(without_full.contains("_bemi_track_table(created.objid, false)"));
+//! assert!(migration::down().contains("DROP EVENT TRIGGER IF EXISTS _bemi_create_table_trigger"));
+//! ```
+
+const UP_TEMPLATE: &str = include_str!("migration.sql");
+const DOWN: &str = include_str!("migration_down.sql");
+const REPLICA_IDENTITY_PLACEHOLDER: &str = "{{REPLICA_IDENTITY_FULL}}";
+
+/// The name of the trigger installed on every tracked table.
+pub const TRIGGER_NAME: &str = "_bemi_statement_trigger";
+
+/// Choices for the migration.
+///
+/// ```
+/// let options = bemi_core::migration::MigrationOptions::default();
+/// assert!(options.replica_identity_full);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MigrationOptions {
+    /// Set `REPLICA IDENTITY FULL` on every tracked table, now and for tables created later, so
+    /// that updates and deletes carry the whole before-image. Default: `true`.
+    pub replica_identity_full: bool,
+}
+
+impl Default for MigrationOptions {
+    fn default() -> Self {
+        Self {
+            replica_identity_full: true,
+        }
+    }
+}
+
+impl MigrationOptions {
+    /// The installing SQL for these options.
+    ///
+    /// ```
+    /// let sql = bemi_core::migration::MigrationOptions::default().up();
+    /// assert!(sql.contains("CALL _bemi_create_triggers();"));
+    /// ```
+    pub fn up(&self) -> String {
+        let flag = if self.replica_identity_full {
+            "true"
+        } else {
+            "false"
+        };
+        UP_TEMPLATE.replace(REPLICA_IDENTITY_PLACEHOLDER, flag)
+    }
+}
+
+/// The installing SQL with the default options (REPLICA IDENTITY FULL on). Idempotent.
+///
+/// ```
+/// assert!(bemi_core::migration::up().contains("pg_logical_emit_message(true, '_bemi'"));
+/// ```
+pub fn up() -> String {
+    MigrationOptions::default().up()
+}
+
+/// The SQL that removes every object [`up`] created (REPLICA IDENTITY settings stay).
+///
+/// ```
+/// assert!(bemi_core::migration::down().contains("DROP FUNCTION IF EXISTS _bemi_statement_trigger_func() CASCADE"));
+/// ```
+pub fn down() -> &'static str {
+    DOWN
+}
+
+/// Applies [`up`] with `options` in one transaction, serialized against concurrent runs (e.g.
+/// several app instances starting at once) by an advisory lock. Idempotent.
+///
+/// ```no_run
+/// # async fn run(pool: sqlx::PgPool) -> Result<(), sqlx::Error> {
+/// bemi_core::migration::migrate(&pool, Default::default()).await?;
+/// # Ok(()) }
+/// ```
+#[cfg(feature = "sqlx")]
+pub async fn migrate(pool: &sqlx::PgPool, options: MigrationOptions) -> Result<(), sqlx::Error> {
+    run_in_locked_transaction(pool, options.up()).await
+}
+
+/// Applies [`down`], serialized like [`migrate`].
+///
+/// ```no_run
+/// # async fn run(pool: sqlx::PgPool) -> Result<(), sqlx::Error> {
+/// bemi_core::migration::migrate_down(&pool).await?;
+/// # Ok(()) }
+/// ```
+#[cfg(feature = "sqlx")]
+pub async fn migrate_down(pool: &sqlx::PgPool) -> Result<(), sqlx::Error> {
+    run_in_locked_transaction(pool, DOWN.to_owned()).await
+}
+
+#[cfg(feature = "sqlx")]
+async fn run_in_locked_transaction(pool: &sqlx::PgPool, sql: String) -> Result<(), sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtext('bemi-rs migration'))")
+        .execute(&mut *tx)
+        .await?;
+    sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await
+}

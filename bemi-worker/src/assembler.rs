@@ -1,0 +1,450 @@
+//! Turns the decoded replication stream into `changes` rows, transaction by transaction, and
+//! stitches each row change to its context.
+//!
+//! **Stitching rule:** a row change takes the context of the most recent `_bemi` message that
+//! precedes it in the same transaction (`{}` when there is none). The statement-level trigger
+//! emits one message per statement, and `{}` for a statement without context after one with a
+//! context; per-row messages of Bemi's own triggers satisfy the same rule. A message that is not
+//! a JSON object is stored as a marker context (see [`parse_context`]), never dropped silently
+//! and never a crash.
+//!
+//! **Resuming:** transactions that committed at or before the last applied position are
+//! skipped, and so are the rows of a partly written (chunked) transaction up to the last row
+//! that was written.
+//!
+//! **Chunks:** a transaction's rows are handed over in [`Piece`]s of at most `chunk_rows` rows,
+//! so a transaction of a million rows never sits in memory whole.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use crate::catalog::RelationInfo;
+use crate::pgoutput::PgOutput;
+use crate::rows::{self, ChangeMeta, ChangeRow};
+
+/// Microseconds between the PostgreSQL epoch (2000-01-01) and the Unix epoch.
+pub(crate) const PG_EPOCH_OFFSET_MICROS: i64 = 946_684_800_000_000;
+
+/// The key of the marker context that replaces a malformed `_bemi` message.
+pub(crate) const INVALID_CONTEXT_KEY: &str = "_bemi_invalid_context";
+
+/// Where the destination left off.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct ResumePoint {
+    /// The end LSN of the last transaction written whole.
+    pub last_lsn: u64,
+    /// A transaction written in part: its commit LSN and the position of its last written row.
+    pub partial: Option<Partial>,
+}
+
+/// A transaction written in part.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Partial {
+    /// The transaction's commit LSN.
+    pub commit_lsn: u64,
+    /// The position (LSN) of the last row of it that was written.
+    pub position: u64,
+}
+
+/// Rows of one transaction, handed to the writer in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Piece {
+    /// The transaction's commit LSN.
+    pub commit_lsn: u64,
+    /// The rows (possibly none).
+    pub rows: Vec<ChangeRow>,
+    /// Set on the last piece of a transaction: the end LSN of its commit record.
+    pub end_lsn: Option<u64>,
+}
+
+/// A protocol violation in the stream.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StreamError {
+    /// A change outside a transaction.
+    #[error("replication stream: a change arrived outside of a transaction")]
+    NoTransaction,
+    /// A change for a relation that was never described.
+    #[error("replication stream: a change for relation {0} arrived before its Relation message")]
+    UnknownRelation(u32),
+}
+
+#[derive(Debug)]
+struct OpenTransaction {
+    xid: u32,
+    commit_lsn: u64,
+    committed_at: i64,
+    context: Arc<str>,
+    skip_all: bool,
+    skip_through: Option<u64>,
+    rows: Vec<ChangeRow>,
+}
+
+/// The per-connection state: relation descriptions and the open transaction.
+#[derive(Debug)]
+pub(crate) struct Assembler {
+    relations: HashMap<u32, RelationInfo>,
+    open: Option<OpenTransaction>,
+    resume: ResumePoint,
+    chunk_rows: usize,
+    empty_context: Arc<str>,
+}
+
+impl Assembler {
+    /// An assembler that resumes after `resume` and hands over at most `chunk_rows` rows at a
+    /// time.
+    pub(crate) fn new(resume: ResumePoint, chunk_rows: usize) -> Self {
+        Self {
+            relations: HashMap::new(),
+            open: None,
+            resume,
+            chunk_rows: chunk_rows.max(1),
+            empty_context: Arc::from("{}"),
+        }
+    }
+
+    /// Records a relation's description (from a Relation message).
+    pub(crate) fn relation(&mut self, oid: u32, info: RelationInfo) {
+        self.relations.insert(oid, info);
+    }
+
+    /// Whether a transaction is open.
+    pub(crate) fn in_transaction(&self) -> bool {
+        self.open.is_some()
+    }
+
+    /// The id of the transaction being assembled, if one is open.
+    pub(crate) fn open_xid(&self) -> Option<u32> {
+        self.open.as_ref().map(|open| open.xid)
+    }
+
+    /// Starts a transaction (a Begin message; `commit_time` in µs since the PostgreSQL epoch).
+    pub(crate) fn begin(&mut self, commit_lsn: u64, xid: u32, commit_time: i64) {
+        let skip_all = commit_lsn < self.resume.last_lsn;
+        let skip_through = self
+            .resume
+            .partial
+            .filter(|p| p.commit_lsn == commit_lsn)
+            .map(|p| p.position);
+        self.open = Some(OpenTransaction {
+            xid,
+            commit_lsn,
+            committed_at: commit_time + PG_EPOCH_OFFSET_MICROS,
+            context: Arc::clone(&self.empty_context),
+            skip_all,
+            skip_through,
+            rows: Vec::new(),
+        });
+    }
+
+    /// A transactional `_bemi` message: later rows of the transaction take this context.
+    pub(crate) fn context_message(&mut self, content: &[u8]) {
+        if let Some(open) = &mut self.open {
+            open.context = parse_context(content);
+        }
+    }
+
+    /// A row change or TRUNCATE at `position`, sent at `queued_at` (µs since the PostgreSQL
+    /// epoch). Returns a full chunk when the transaction has `chunk_rows` rows waiting.
+    pub(crate) fn change(
+        &mut self,
+        change: PgOutput<'_>,
+        position: u64,
+        queued_at: i64,
+    ) -> Result<Option<Piece>, StreamError> {
+        let relations = &self.relations;
+        let open = self.open.as_mut().ok_or(StreamError::NoTransaction)?;
+        if open.skip_all || open.skip_through.is_some_and(|through| position <= through) {
+            return Ok(None);
+        }
+        let meta = |open: &OpenTransaction| ChangeMeta {
+            context: Arc::clone(&open.context),
+            committed_at: open.committed_at,
+            queued_at: queued_at + PG_EPOCH_OFFSET_MICROS,
+            transaction_id: open.xid,
+            position,
+        };
+        let relation = |oid: u32| relations.get(&oid).ok_or(StreamError::UnknownRelation(oid));
+        match change {
+            PgOutput::Insert { relation: oid, new } => {
+                let info = relation(oid)?;
+                if info.captured {
+                    open.rows.push(rows::insert(info, &new, meta(open)));
+                }
+            }
+            PgOutput::Update {
+                relation: oid,
+                old,
+                new,
+            } => {
+                let info = relation(oid)?;
+                if info.captured {
+                    open.rows
+                        .push(rows::update(info, old.as_ref(), &new, meta(open)));
+                }
+            }
+            PgOutput::Delete { relation: oid, old } => {
+                let info = relation(oid)?;
+                if info.captured {
+                    open.rows.push(rows::delete(info, &old, meta(open)));
+                }
+            }
+            PgOutput::Truncate { relations, .. } => {
+                for oid in relations {
+                    let info = relation(oid)?;
+                    if info.captured {
+                        open.rows.push(rows::truncate(info, meta(open)));
+                    }
+                }
+            }
+            PgOutput::Relation(_) | PgOutput::Type { .. } | PgOutput::Origin { .. } => {}
+        }
+        if open.rows.len() >= self.chunk_rows {
+            return Ok(Some(Piece {
+                commit_lsn: open.commit_lsn,
+                rows: std::mem::take(&mut open.rows),
+                end_lsn: None,
+            }));
+        }
+        Ok(None)
+    }
+
+    /// Ends the transaction (a Commit message) and returns its last piece, which carries the
+    /// commit's end LSN even when it has no rows.
+    pub(crate) fn commit(&mut self, commit_lsn: u64, end_lsn: u64) -> Result<Piece, StreamError> {
+        let open = self.open.take().ok_or(StreamError::NoTransaction)?;
+        debug_assert_eq!(open.commit_lsn, commit_lsn);
+        Ok(Piece {
+            commit_lsn: open.commit_lsn,
+            rows: open.rows,
+            end_lsn: Some(end_lsn),
+        })
+    }
+}
+
+/// The context of a `_bemi` message as JSON object text.
+///
+/// A JSON object is kept as it is (a `\u0000`, which `jsonb` cannot store, becomes U+FFFD);
+/// anything else becomes a marker:
+/// `{"_bemi_invalid_context": {"error": "...", "text": "<the first 1000 bytes>"}}`.
+pub(crate) fn parse_context(content: &[u8]) -> Arc<str> {
+    let invalid = |error: String| -> Arc<str> {
+        let text =
+            String::from_utf8_lossy(&content[..content.len().min(1000)]).replace('\0', "\u{fffd}");
+        let marker = serde_json::json!({ INVALID_CONTEXT_KEY: { "error": error, "text": text } });
+        Arc::from(marker.to_string())
+    };
+    let Ok(text) = std::str::from_utf8(content) else {
+        return invalid("not valid UTF-8".to_owned());
+    };
+    if !text.trim_start().starts_with('{') {
+        let start: String = text.trim_start().chars().take(40).collect();
+        return invalid(format!("expected a JSON object, got {start}"));
+    }
+    // Checked without building values, so that every valid number passes (1e400 is valid JSON
+    // and a valid jsonb number, but no f64).
+    match serde_json::from_str::<serde::de::IgnoredAny>(text) {
+        Ok(_) => match crate::json_value::sanitize_json(text) {
+            Some(fixed) => Arc::from(fixed),
+            None => Arc::from(text.trim()),
+        },
+        Err(error) => invalid(error.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::catalog::ColumnInfo;
+    use crate::json_value::TypeKind;
+    use crate::pgoutput::Value;
+
+    #[test]
+    fn an_empty_transaction_is_a_piece_ending_at_its_end_lsn() {
+        use crate::assembler::{Assembler, ResumePoint};
+
+        let mut assembler = Assembler::new(ResumePoint::default(), 1000);
+        assembler.begin(100, 7, 0);
+        let piece = assembler.commit(100, 120).unwrap();
+        assert_eq!(piece.end_lsn, Some(120));
+    }
+
+    #[test]
+    fn the_open_transaction_id_is_known_between_begin_and_commit() {
+        let mut assembler = Assembler::new(Default::default(), 10);
+        assert_eq!(assembler.open_xid(), None);
+        assembler.begin(100, 7, 0);
+        assert_eq!(assembler.open_xid(), Some(7));
+    }
+
+    #[test]
+    fn a_row_takes_the_context_message_sent_before_it() {
+        use crate::{assembler::*, catalog::*, json_value::TypeKind, pgoutput::*};
+        let mut assembler = Assembler::new(ResumePoint::default(), 10);
+        assembler.relation(
+            42,
+            RelationInfo {
+                schema: "public".into(),
+                table: "t".into(),
+                primary_key: vec![0],
+                captured: true,
+                columns: vec![ColumnInfo {
+                    json_key: "\"id\":".into(),
+                    kind: TypeKind::Int,
+                    redacted: false,
+                }],
+            },
+        );
+        assembler.begin(100, 7, 0);
+        assembler.context_message(br#"{"user_id":1}"#);
+        let change = PgOutput::Insert {
+            relation: 42,
+            new: vec![Value::Text(b"1")],
+        };
+        assert!(assembler.change(change, 90, 0).unwrap().is_none());
+        let piece = assembler.commit(100, 120).unwrap();
+        assert_eq!(&*piece.rows[0].context, r#"{"user_id":1}"#);
+    }
+
+    #[test]
+    fn a_commit_without_a_begin_is_an_error() {
+        let mut assembler = Assembler::new(Default::default(), 10);
+        assert!(assembler.commit(1, 2).is_err());
+    }
+
+    #[test]
+    fn a_context_message_is_kept_as_written_or_marked_invalid() {
+        use crate::assembler::parse_context;
+
+        assert_eq!(&*parse_context(br#"{"user_id": 1}"#), r#"{"user_id": 1}"#);
+        assert_eq!(&*parse_context(br#"{"big": 1e400}"#), r#"{"big": 1e400}"#);
+        let marker: serde_json::Value = serde_json::from_str(&parse_context(b"{oops")).unwrap();
+        assert_eq!(marker["_bemi_invalid_context"]["text"], "{oops");
+    }
+
+    #[test]
+    fn a_context_with_a_number_beyond_f64_is_kept_as_written() {
+        // Valid JSON and a valid jsonb number; serde_json's values (without
+        // `arbitrary_precision`) could not hold it.
+        let text = r#"{"amount": 1e400, "id": 123456789012345678901234567890}"#;
+        assert_eq!(&*parse_context(text.as_bytes()), text);
+        let not_an_object = parse_context(b"[1e400]");
+        assert!(
+            not_an_object.contains(INVALID_CONTEXT_KEY),
+            "{not_an_object}"
+        );
+    }
+
+    fn assembler(chunk_rows: usize, resume: ResumePoint) -> Assembler {
+        let mut assembler = Assembler::new(resume, chunk_rows);
+        assembler.relation(
+            1,
+            RelationInfo {
+                schema: "public".into(),
+                table: "t".into(),
+                columns: vec![ColumnInfo {
+                    json_key: "\"id\":".into(),
+                    kind: TypeKind::Int,
+                    redacted: false,
+                }],
+                primary_key: vec![0],
+                captured: true,
+            },
+        );
+        assembler
+    }
+
+    fn insert(id: &'static [u8]) -> PgOutput<'static> {
+        PgOutput::Insert {
+            relation: 1,
+            new: vec![Value::Text(id)],
+        }
+    }
+
+    #[test]
+    fn rows_take_the_latest_message_and_a_reset_clears_it() {
+        let mut a = assembler(100, ResumePoint::default());
+        a.begin(50, 9, 0);
+        a.change(insert(b"0"), 10, 0).unwrap();
+        a.context_message(br#"{"ctx":"A"}"#);
+        a.change(insert(b"1"), 11, 0).unwrap();
+        a.context_message(br#"{"ctx":"B"}"#);
+        a.change(insert(b"2"), 12, 0).unwrap();
+        a.context_message(b"{}");
+        a.change(insert(b"3"), 13, 0).unwrap();
+        let piece = a.commit(50, 60).unwrap();
+        let contexts: Vec<&str> = piece.rows.iter().map(|r| &*r.context).collect();
+        assert_eq!(contexts, ["{}", r#"{"ctx":"A"}"#, r#"{"ctx":"B"}"#, "{}"]);
+        // The next transaction starts without context.
+        a.begin(70, 10, 0);
+        a.change(insert(b"4"), 65, 0).unwrap();
+        assert_eq!(&*a.commit(70, 80).unwrap().rows[0].context, "{}");
+    }
+
+    #[test]
+    fn large_transactions_come_out_in_chunks() {
+        let mut a = assembler(2, ResumePoint::default());
+        a.begin(50, 9, 0);
+        assert!(a.change(insert(b"1"), 1, 0).unwrap().is_none());
+        let chunk = a.change(insert(b"2"), 2, 0).unwrap().unwrap();
+        assert_eq!((chunk.rows.len(), chunk.end_lsn), (2, None));
+        a.change(insert(b"3"), 3, 0).unwrap();
+        let last = a.commit(50, 60).unwrap();
+        assert_eq!((last.rows.len(), last.end_lsn), (1, Some(60)));
+    }
+
+    #[test]
+    fn resuming_skips_applied_transactions_and_written_rows() {
+        let resume = ResumePoint {
+            last_lsn: 100,
+            partial: Some(Partial {
+                commit_lsn: 300,
+                position: 250,
+            }),
+        };
+        let mut a = assembler(100, resume);
+        a.begin(90, 1, 0);
+        a.change(insert(b"1"), 80, 0).unwrap();
+        assert!(a.commit(90, 100).unwrap().rows.is_empty());
+        a.begin(300, 2, 0);
+        for (id, position) in [(&b"2"[..], 240), (b"3", 250), (b"4", 260)] {
+            a.change(
+                PgOutput::Insert {
+                    relation: 1,
+                    new: vec![Value::Text(id)],
+                },
+                position,
+                0,
+            )
+            .unwrap();
+        }
+        let piece = a.commit(300, 310).unwrap();
+        assert_eq!(piece.rows.len(), 1);
+        assert_eq!(piece.rows[0].position, 260);
+    }
+
+    #[test]
+    fn malformed_messages_become_markers() {
+        for content in [&b"not json"[..], b"[1,2]", b"\xff\xfe", b"\"text\""] {
+            let parsed: serde_json::Value = serde_json::from_str(&parse_context(content)).unwrap();
+            assert!(parsed[INVALID_CONTEXT_KEY]["error"].is_string(), "{parsed}");
+        }
+    }
+
+    #[test]
+    fn changes_need_a_transaction_and_a_known_relation() {
+        let mut a = assembler(10, ResumePoint::default());
+        assert_eq!(
+            a.change(insert(b"1"), 1, 0),
+            Err(StreamError::NoTransaction)
+        );
+        a.begin(1, 1, 0);
+        let unknown = PgOutput::Insert {
+            relation: 2,
+            new: vec![],
+        };
+        assert_eq!(
+            a.change(unknown, 1, 0),
+            Err(StreamError::UnknownRelation(2))
+        );
+    }
+}

@@ -1,0 +1,307 @@
+//! What the worker captures and where it writes: [`WorkerConfig`], table filters and column
+//! redaction.
+//!
+//! ```
+//! use bemi_worker::WorkerConfig;
+//!
+//! let config = WorkerConfig::new("postgres://bemi@db/app")
+//!     .tables(["public.*"])
+//!     .exclude_tables(["public.sessions"])
+//!     .redact(["users.password_hash"]);
+//! assert!(config.filter.includes("public", "todo"));
+//! assert!(!config.filter.includes("public", "sessions"));
+//! assert!(config.redactions.is_redacted("public", "users", "password_hash"));
+//! ```
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// Everything the worker needs to run.
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    /// The database whose changes are captured (it needs `wal_level=logical`).
+    pub source_url: String,
+    /// Where the `changes` table lives; `None` means the source database.
+    pub destination_url: Option<String>,
+    /// The logical replication slot (created if missing).
+    pub slot: String,
+    /// The publication (created if missing, and kept in sync with the tables to capture).
+    pub publication: String,
+    /// Which tables to capture.
+    pub filter: TableFilter,
+    /// Columns whose values are replaced by [`REDACTED`](Redactions::MARKER).
+    pub redactions: Redactions,
+    /// Serve Prometheus metrics on this address.
+    pub metrics_addr: Option<SocketAddr>,
+    /// How often an idle source gets a heartbeat, so that the slot keeps advancing, and how
+    /// often the publication is checked for new tables.
+    pub heartbeat_interval: Duration,
+    /// The most rows written to the destination in one transaction.
+    pub max_batch_rows: usize,
+    /// Rows of one source transaction buffered before they are handed to the writer: a large
+    /// transaction is written in chunks of this size, so memory stays bounded.
+    pub chunk_rows: usize,
+    /// Destination connections writing batches at once (their commits stay in stream order).
+    pub writer_connections: usize,
+}
+
+impl WorkerConfig {
+    /// A configuration with the defaults: slot and publication `bemi`, every table, no
+    /// redaction, destination = source, a 10 s heartbeat.
+    ///
+    /// ```
+    /// let config = bemi_worker::WorkerConfig::new("postgres://localhost/app");
+    /// assert_eq!(config.slot, "bemi");
+    /// assert_eq!(config.destination_url(), "postgres://localhost/app");
+    /// ```
+    pub fn new(source_url: impl Into<String>) -> Self {
+        Self {
+            source_url: source_url.into(),
+            destination_url: None,
+            slot: "bemi".to_owned(),
+            publication: "bemi".to_owned(),
+            filter: TableFilter::default(),
+            redactions: Redactions::default(),
+            metrics_addr: None,
+            heartbeat_interval: Duration::from_secs(10),
+            max_batch_rows: 10_000,
+            chunk_rows: 2_000,
+            writer_connections: 2,
+        }
+    }
+
+    /// The destination's URL (the source's when none was given).
+    ///
+    /// ```
+    /// let config = bemi_worker::WorkerConfig::new("postgres://a/app");
+    /// assert_eq!(config.destination_url(), "postgres://a/app");
+    /// ```
+    pub fn destination_url(&self) -> &str {
+        self.destination_url.as_deref().unwrap_or(&self.source_url)
+    }
+
+    /// Only capture tables matching one of these globs (`schema.table`, or `table` in any
+    /// schema; `*` and `?` wildcards).
+    ///
+    /// ```
+    /// let config = bemi_worker::WorkerConfig::new("postgres://a/app").tables(["todo"]);
+    /// assert!(config.filter.includes("public", "todo"));
+    /// ```
+    pub fn tables<I: IntoIterator<Item = S>, S: Into<String>>(mut self, globs: I) -> Self {
+        self.filter.include = globs.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// Never capture tables matching one of these globs.
+    ///
+    /// ```
+    /// let config = bemi_worker::WorkerConfig::new("postgres://a/app").exclude_tables(["audit_*"]);
+    /// assert!(!config.filter.includes("public", "audit_log"));
+    /// ```
+    pub fn exclude_tables<I: IntoIterator<Item = S>, S: Into<String>>(mut self, globs: I) -> Self {
+        self.filter.exclude = globs.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// Store a fixed marker instead of these columns' values (`table.column` or
+    /// `schema.table.column`).
+    ///
+    /// ```
+    /// let config = bemi_worker::WorkerConfig::new("postgres://a/app").redact(["users.ssn"]);
+    /// assert!(config.redactions.is_redacted("public", "users", "ssn"));
+    /// ```
+    pub fn redact<I: IntoIterator<Item = S>, S: Into<String>>(mut self, columns: I) -> Self {
+        self.redactions = Redactions::new(columns);
+        self
+    }
+}
+
+/// Which tables are captured: those matching an include glob (all, when there is none) and no
+/// exclude glob.
+///
+/// ```
+/// let filter = bemi_worker::TableFilter {
+///     include: vec!["billing.*".into()],
+///     exclude: vec!["*.tmp_*".into()],
+/// };
+/// assert!(filter.includes("billing", "invoice"));
+/// assert!(!filter.includes("billing", "tmp_import"));
+/// assert!(!filter.includes("public", "todo"));
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TableFilter {
+    /// Globs of tables to capture; empty means every table.
+    pub include: Vec<String>,
+    /// Globs of tables never to capture.
+    pub exclude: Vec<String>,
+}
+
+impl TableFilter {
+    /// Whether `schema.table` is captured.
+    ///
+    /// ```
+    /// assert!(bemi_worker::TableFilter::default().includes("public", "todo"));
+    /// ```
+    pub fn includes(&self, schema: &str, table: &str) -> bool {
+        let matches = |glob: &String| table_glob_matches(glob, schema, table);
+        (self.include.is_empty() || self.include.iter().any(matches))
+            && !self.exclude.iter().any(matches)
+    }
+}
+
+/// `schema.table` globs match the qualified name; a glob without a dot matches the table name in
+/// any schema.
+fn table_glob_matches(glob: &str, schema: &str, table: &str) -> bool {
+    match glob.split_once('.') {
+        Some((schema_glob, table_glob)) => {
+            glob_matches(schema_glob, schema) && glob_matches(table_glob, table)
+        }
+        None => glob_matches(glob, table),
+    }
+}
+
+/// Shell-style glob: `*` matches any run of characters, `?` one character.
+pub(crate) fn glob_matches(glob: &str, text: &str) -> bool {
+    let (glob, text): (Vec<char>, Vec<char>) = (glob.chars().collect(), text.chars().collect());
+    let (mut g, mut t) = (0, 0);
+    let mut backtrack: Option<(usize, usize)> = None;
+    while t < text.len() {
+        match glob.get(g) {
+            Some('*') => {
+                backtrack = Some((g, t));
+                g += 1;
+            }
+            Some(&c) if c == '?' || c == text[t] => {
+                g += 1;
+                t += 1;
+            }
+            _ => match backtrack {
+                Some((star, matched)) => {
+                    g = star + 1;
+                    t = matched + 1;
+                    backtrack = Some((star, matched + 1));
+                }
+                None => return false,
+            },
+        }
+    }
+    glob[g..].iter().all(|&c| c == '*')
+}
+
+/// Columns whose values are never stored.
+///
+/// ```
+/// let redactions = bemi_worker::Redactions::new(["users.password_hash", "billing.card.number"]);
+/// assert!(redactions.is_redacted("public", "users", "password_hash"));
+/// assert!(redactions.is_redacted("billing", "card", "number"));
+/// assert!(!redactions.is_redacted("public", "card", "number"));
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Redactions {
+    columns: Vec<(Option<String>, String, String)>,
+}
+
+impl Redactions {
+    /// The JSON value stored instead of a redacted column's value.
+    /// It is [`bemi_audit::REDACTED`], which a revert refuses to write back.
+    pub const MARKER: &'static str = bemi_audit::REDACTED;
+
+    /// Parses `table.column` and `schema.table.column` entries; other entries are ignored.
+    ///
+    /// ```
+    /// let redactions = bemi_worker::Redactions::new(["users.email"]);
+    /// assert!(!redactions.is_empty());
+    /// ```
+    pub fn new<I: IntoIterator<Item = S>, S: Into<String>>(entries: I) -> Self {
+        let columns = entries
+            .into_iter()
+            .filter_map(|entry| {
+                let entry: String = entry.into();
+                let parts: Vec<&str> = entry.split('.').collect();
+                match parts.as_slice() {
+                    [table, column] => Some((None, (*table).to_owned(), (*column).to_owned())),
+                    [schema, table, column] => Some((
+                        Some((*schema).to_owned()),
+                        (*table).to_owned(),
+                        (*column).to_owned(),
+                    )),
+                    _ => None,
+                }
+            })
+            .collect();
+        Self { columns }
+    }
+
+    /// Whether there is nothing to redact.
+    ///
+    /// ```
+    /// assert!(bemi_worker::Redactions::default().is_empty());
+    /// ```
+    pub fn is_empty(&self) -> bool {
+        self.columns.is_empty()
+    }
+
+    /// Whether the column's values are redacted.
+    ///
+    /// ```
+    /// let redactions = bemi_worker::Redactions::new(["users.email"]);
+    /// assert!(redactions.is_redacted("app", "users", "email"));
+    /// ```
+    pub fn is_redacted(&self, schema: &str, table: &str, column: &str) -> bool {
+        self.columns
+            .iter()
+            .any(|(s, t, c)| s.as_deref().is_none_or(|s| s == schema) && t == table && c == column)
+    }
+
+    /// Validates entries, for the CLI: every entry must be `table.column` or
+    /// `schema.table.column`.
+    ///
+    /// ```
+    /// assert!(bemi_worker::Redactions::parse_strict(&["users".into()]).is_err());
+    /// ```
+    pub fn parse_strict(entries: &[String]) -> Result<Self, String> {
+        for entry in entries {
+            let dots = entry.matches('.').count();
+            if !(1..=2).contains(&dots) || entry.split('.').any(str::is_empty) {
+                return Err(format!(
+                    "--redact {entry:?}: expected TABLE.COLUMN or SCHEMA.TABLE.COLUMN"
+                ));
+            }
+        }
+        Ok(Self::new(entries.iter().cloned()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn globs_match_runs_and_single_characters() {
+        assert!(glob_matches("to*", "todo"));
+        assert!(glob_matches("t?do", "todo"));
+        assert!(!glob_matches("to", "todo"));
+    }
+
+    #[test]
+    fn globs() {
+        assert!(glob_matches("*", ""));
+        assert!(glob_matches("*_log", "audit_log"));
+        assert!(glob_matches("a*b*c", "aXXbYYc"));
+        assert!(!glob_matches("a*b*c", "aXXbYY"));
+        assert!(glob_matches("**", "x"));
+        assert!(!glob_matches("?", ""));
+    }
+
+    #[test]
+    fn qualified_and_unqualified_table_globs() {
+        let filter = TableFilter {
+            include: vec!["public.*".into(), "invoice".into()],
+            exclude: vec!["public.secret*".into()],
+        };
+        assert!(filter.includes("public", "todo"));
+        assert!(filter.includes("billing", "invoice"));
+        assert!(!filter.includes("billing", "payment"));
+        assert!(!filter.includes("public", "secrets"));
+    }
+}

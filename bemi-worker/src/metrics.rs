@@ -1,0 +1,357 @@
+//! The worker's metrics, in the Prometheus text format, served on `--metrics-addr`.
+//!
+//! | metric | type | meaning |
+//! |---|---|---|
+//! | `bemi_changes_written_total` | counter | rows written into `changes` |
+//! | `bemi_transactions_total` | counter | source transactions applied |
+//! | `bemi_errors_total` | counter | errors that made the worker reconnect |
+//! | `bemi_replication_lag_bytes` | gauge | WAL the server has sent or holds beyond the last confirmed position |
+//! | `bemi_replication_lag_seconds` | gauge | age of the last applied commit while more is pending, else 0 |
+//! | `bemi_last_confirmed_lsn` | gauge | the last position confirmed to the slot |
+//! | `bemi_stream_seconds_total` | counter | time spent decoding, converting and stitching |
+//! | `bemi_write_seconds_total` | counter | time spent writing batches to the destination |
+//! | `bemi_connected` | gauge | whether the stream is up (1) or not (0) |
+//!
+//! ```
+//! let metrics = bemi_worker::WorkerMetrics::default();
+//! metrics.record_write(3, 1, 0x1_0000_0000, 0);
+//! assert!(metrics.render().contains("bemi_changes_written_total 3"));
+//! ```
+
+use std::convert::Infallible;
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use http_body_util::Full;
+use hyper::body::Bytes;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+/// Counters and gauges of one worker, shared between its tasks.
+#[derive(Debug, Default)]
+pub struct WorkerMetrics {
+    changes_written: AtomicU64,
+    transactions: AtomicU64,
+    errors: AtomicU64,
+    confirmed_lsn: AtomicU64,
+    received_end_lsn: AtomicU64,
+    server_wal_end: AtomicU64,
+    last_applied_commit_micros: AtomicI64,
+    connected: AtomicBool,
+    stream_nanos: AtomicU64,
+    write_nanos: AtomicU64,
+}
+
+/// Where the worker's time went, in seconds.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Timing {
+    /// In the stream task: decoding pgoutput, building JSON, stitching (not waiting for data
+    /// or for the writer).
+    pub decode_seconds: f64,
+    /// In the writer task: encoding COPY data, writing it and the position, committing.
+    pub write_seconds: f64,
+}
+
+impl WorkerMetrics {
+    /// Records a committed destination write of `rows` rows and `transactions` whole source
+    /// transactions, up to `confirmed_lsn`, whose last commit happened at `commit_micros` (µs
+    /// since the Unix epoch; 0 when unknown).
+    ///
+    /// ```
+    /// let metrics = bemi_worker::WorkerMetrics::default();
+    /// metrics.record_write(10, 2, 42, 0);
+    /// assert_eq!(metrics.changes_written(), 10);
+    /// ```
+    pub fn record_write(
+        &self,
+        rows: u64,
+        transactions: u64,
+        confirmed_lsn: u64,
+        commit_micros: i64,
+    ) {
+        self.changes_written.fetch_add(rows, Ordering::Relaxed);
+        self.transactions.fetch_add(transactions, Ordering::Relaxed);
+        self.confirmed_lsn
+            .fetch_max(confirmed_lsn, Ordering::Relaxed);
+        if commit_micros > 0 {
+            self.last_applied_commit_micros
+                .fetch_max(commit_micros, Ordering::Relaxed);
+        }
+    }
+
+    /// Records a position confirmed without a write (an idle stream).
+    ///
+    /// ```
+    /// let metrics = bemi_worker::WorkerMetrics::default();
+    /// metrics.record_confirmed(7);
+    /// assert_eq!(metrics.confirmed_lsn(), 7);
+    /// ```
+    pub fn record_confirmed(&self, lsn: u64) {
+        self.confirmed_lsn.fetch_max(lsn, Ordering::Relaxed);
+        self.received_end_lsn.fetch_max(lsn, Ordering::Relaxed);
+    }
+
+    /// Records the end of a source transaction received from the stream.
+    ///
+    /// ```
+    /// bemi_worker::WorkerMetrics::default().record_received(5);
+    /// ```
+    pub fn record_received(&self, end_lsn: u64) {
+        self.received_end_lsn.fetch_max(end_lsn, Ordering::Relaxed);
+    }
+
+    /// Records the server's WAL position (from keepalives).
+    ///
+    /// ```
+    /// bemi_worker::WorkerMetrics::default().record_server_position(5);
+    /// ```
+    pub fn record_server_position(&self, wal_end: u64) {
+        self.server_wal_end.fetch_max(wal_end, Ordering::Relaxed);
+    }
+
+    /// Counts an error that made the worker reconnect.
+    ///
+    /// ```
+    /// let metrics = bemi_worker::WorkerMetrics::default();
+    /// metrics.record_error();
+    /// assert!(metrics.render().contains("bemi_errors_total 1"));
+    /// ```
+    pub fn record_error(&self) {
+        self.errors.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Marks the stream as up or down.
+    ///
+    /// ```
+    /// let metrics = bemi_worker::WorkerMetrics::default();
+    /// metrics.set_connected(true);
+    /// assert!(metrics.render().contains("bemi_connected 1"));
+    /// ```
+    pub fn set_connected(&self, connected: bool) {
+        self.connected.store(connected, Ordering::Relaxed);
+    }
+
+    /// Adds time the stream task spent working on events.
+    ///
+    /// ```
+    /// let metrics = bemi_worker::WorkerMetrics::default();
+    /// metrics.add_stream_time(std::time::Duration::from_millis(5));
+    /// assert!(metrics.timing().decode_seconds > 0.004);
+    /// ```
+    pub fn add_stream_time(&self, elapsed: std::time::Duration) {
+        self.stream_nanos
+            .fetch_add(elapsed.as_nanos() as u64, Ordering::Relaxed);
+    }
+
+    /// Adds time the writer spent writing to the destination.
+    ///
+    /// ```
+    /// let metrics = bemi_worker::WorkerMetrics::default();
+    /// metrics.add_write_time(std::time::Duration::from_millis(5));
+    /// assert!(metrics.timing().write_seconds > 0.004);
+    /// ```
+    pub fn add_write_time(&self, elapsed: std::time::Duration) {
+        self.write_nanos
+            .fetch_add(elapsed.as_nanos() as u64, Ordering::Relaxed);
+    }
+
+    /// Where the time went so far.
+    ///
+    /// ```
+    /// assert_eq!(bemi_worker::WorkerMetrics::default().timing().write_seconds, 0.0);
+    /// ```
+    pub fn timing(&self) -> Timing {
+        Timing {
+            decode_seconds: self.stream_nanos.load(Ordering::Relaxed) as f64 / 1e9,
+            write_seconds: self.write_nanos.load(Ordering::Relaxed) as f64 / 1e9,
+        }
+    }
+
+    /// Whether the replication stream is up.
+    ///
+    /// ```
+    /// assert!(!bemi_worker::WorkerMetrics::default().is_connected());
+    /// ```
+    pub fn is_connected(&self) -> bool {
+        self.connected.load(Ordering::Relaxed)
+    }
+
+    /// Errors that made the worker reconnect, so far.
+    ///
+    /// ```
+    /// assert_eq!(bemi_worker::WorkerMetrics::default().errors(), 0);
+    /// ```
+    pub fn errors(&self) -> u64 {
+        self.errors.load(Ordering::Relaxed)
+    }
+
+    /// Rows written so far.
+    ///
+    /// ```
+    /// assert_eq!(bemi_worker::WorkerMetrics::default().changes_written(), 0);
+    /// ```
+    pub fn changes_written(&self) -> u64 {
+        self.changes_written.load(Ordering::Relaxed)
+    }
+
+    /// The last confirmed position.
+    ///
+    /// ```
+    /// assert_eq!(bemi_worker::WorkerMetrics::default().confirmed_lsn(), 0);
+    /// ```
+    pub fn confirmed_lsn(&self) -> u64 {
+        self.confirmed_lsn.load(Ordering::Relaxed)
+    }
+
+    /// The metrics in the Prometheus text exposition format.
+    ///
+    /// ```
+    /// let text = bemi_worker::WorkerMetrics::default().render();
+    /// assert!(text.contains("# TYPE bemi_changes_written_total counter"));
+    /// ```
+    pub fn render(&self) -> String {
+        let confirmed = self.confirmed_lsn();
+        let received = self.received_end_lsn.load(Ordering::Relaxed);
+        let server = self.server_wal_end.load(Ordering::Relaxed).max(received);
+        let lag_seconds = if received > confirmed {
+            let last = self.last_applied_commit_micros.load(Ordering::Relaxed);
+            let now = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_micros() as i64);
+            if last > 0 {
+                (now - last).max(0) as f64 / 1e6
+            } else {
+                0.0
+            }
+        } else {
+            0.0
+        };
+        let mut out = String::with_capacity(1024);
+        let mut metric = |name: &str, kind: &str, help: &str, value: String| {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
+            );
+        };
+        metric(
+            "bemi_changes_written_total",
+            "counter",
+            "Rows written into the changes table.",
+            self.changes_written().to_string(),
+        );
+        metric(
+            "bemi_transactions_total",
+            "counter",
+            "Source transactions applied.",
+            self.transactions.load(Ordering::Relaxed).to_string(),
+        );
+        metric(
+            "bemi_errors_total",
+            "counter",
+            "Errors that made the worker reconnect.",
+            self.errors.load(Ordering::Relaxed).to_string(),
+        );
+        metric(
+            "bemi_replication_lag_bytes",
+            "gauge",
+            "WAL bytes sent or known by the server beyond the last confirmed position.",
+            server.saturating_sub(confirmed).to_string(),
+        );
+        metric(
+            "bemi_replication_lag_seconds",
+            "gauge",
+            "Age of the last applied commit while more changes are pending, else 0.",
+            format!("{lag_seconds:.3}"),
+        );
+        metric(
+            "bemi_last_confirmed_lsn",
+            "gauge",
+            "The last WAL position confirmed to the replication slot.",
+            confirmed.to_string(),
+        );
+        let timing = self.timing();
+        metric(
+            "bemi_stream_seconds_total",
+            "counter",
+            "Time the stream task spent decoding, converting and stitching changes.",
+            format!("{:.6}", timing.decode_seconds),
+        );
+        metric(
+            "bemi_write_seconds_total",
+            "counter",
+            "Time the writer spent writing batches to the destination.",
+            format!("{:.6}", timing.write_seconds),
+        );
+        metric(
+            "bemi_connected",
+            "gauge",
+            "Whether the replication stream is up (1) or not (0).",
+            u8::from(self.connected.load(Ordering::Relaxed)).to_string(),
+        );
+        out
+    }
+}
+
+/// Serves `GET /metrics` (any path, in fact) on `addr` until `shutdown`.
+pub(crate) async fn serve(
+    listener: TcpListener,
+    metrics: Arc<WorkerMetrics>,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let (stream, _) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    tracing::warn!(%error, "metrics endpoint: accept failed");
+                    continue;
+                }
+            },
+            () = shutdown.cancelled() => return,
+        };
+        let metrics = Arc::clone(&metrics);
+        tokio::spawn(async move {
+            let service =
+                hyper::service::service_fn(move |request: Request<hyper::body::Incoming>| {
+                    let metrics = Arc::clone(&metrics);
+                    async move { Ok::<_, Infallible>(respond(&request, &metrics)) }
+                });
+            if let Err(error) = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await
+            {
+                tracing::debug!(%error, "metrics endpoint: connection ended with an error");
+            }
+        });
+    }
+}
+
+fn respond(
+    request: &Request<hyper::body::Incoming>,
+    metrics: &WorkerMetrics,
+) -> Response<Full<Bytes>> {
+    let mut response = if request.method() == hyper::Method::GET {
+        Response::new(Full::new(Bytes::from(metrics.render())))
+    } else {
+        let mut response = Response::new(Full::new(Bytes::from_static(b"GET only\n")));
+        *response.status_mut() = StatusCode::METHOD_NOT_ALLOWED;
+        response
+    };
+    response.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("text/plain; version=0.0.4"),
+    );
+    response
+}
+
+/// Binds the metrics address, with an error that names it.
+pub(crate) async fn bind(addr: SocketAddr) -> Result<TcpListener, crate::error::WorkerError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| crate::error::WorkerError::Metrics { addr, source })
+}

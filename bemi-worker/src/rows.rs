@@ -1,0 +1,460 @@
+//! Row changes as the `changes` table stores them: before and after images as typed JSON text,
+//! the primary key, and the context the change was stitched to.
+//!
+//! TOASTed values that an UPDATE did not touch arrive as "unchanged" without their value; they
+//! are filled from the before-image (REPLICA IDENTITY FULL) and, when there is none, left out of
+//! the after-image rather than stored as `null`.
+
+use std::sync::Arc;
+
+use crate::catalog::RelationInfo;
+use crate::config::Redactions;
+use crate::json_value::{write_json, write_string};
+use crate::pgoutput::{OldRow, Value};
+
+use bemi_audit::store::NewChange;
+use bemi_core::protocol::Operation;
+use chrono::{DateTime, Utc};
+
+/// One row of the `changes` table, before it is written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ChangeRow {
+    /// The primary key value: the text of a single-column key, a JSON array for a composite key,
+    /// `None` without a key (or for a TRUNCATE).
+    pub primary_key: Option<String>,
+    /// The row before the change, as a JSON object (`{}` for CREATE and TRUNCATE).
+    pub before: String,
+    /// The row after the change, as a JSON object (`{}` for DELETE and TRUNCATE).
+    pub after: String,
+    /// The context, as a JSON object (`{}` when the change had none).
+    pub context: Arc<str>,
+    /// The table's schema.
+    pub schema: Arc<str>,
+    /// The table.
+    pub table: Arc<str>,
+    /// What happened.
+    pub operation: Operation,
+    /// When the transaction committed, in microseconds since the Unix epoch.
+    pub committed_at: i64,
+    /// When the change left the WAL sender, in microseconds since the Unix epoch.
+    pub queued_at: i64,
+    /// The source transaction's id.
+    pub transaction_id: u32,
+    /// The LSN of the change's WAL record.
+    pub position: u64,
+}
+
+impl ChangeRow {
+    /// The row as the audit trail's batch insert takes it.
+    pub(crate) fn as_new_change(&self) -> NewChange<'_> {
+        NewChange {
+            primary_key: self.primary_key.as_deref(),
+            before: &self.before,
+            after: &self.after,
+            context: &self.context,
+            schema: &self.schema,
+            table: &self.table,
+            operation: self.operation,
+            committed_at: timestamp(self.committed_at),
+            queued_at: timestamp(self.queued_at),
+            transaction_id: i64::from(self.transaction_id),
+            // An LSN below 2^63 (8 EiB of WAL): the column is a bigint.
+            position: i64::try_from(self.position).unwrap_or(i64::MAX),
+        }
+    }
+}
+
+/// µs since the Unix epoch → a timestamp.
+fn timestamp(unix_micros: i64) -> DateTime<Utc> {
+    DateTime::from_timestamp_micros(unix_micros).unwrap_or_default()
+}
+
+/// Where and when a change happened: the parts of a [`ChangeRow`] that do not come from the row.
+#[derive(Debug, Clone)]
+pub(crate) struct ChangeMeta {
+    /// The context to stitch to.
+    pub context: Arc<str>,
+    /// Commit time, µs since the Unix epoch.
+    pub committed_at: i64,
+    /// Send time, µs since the Unix epoch.
+    pub queued_at: i64,
+    /// Transaction id.
+    pub transaction_id: u32,
+    /// LSN of the change.
+    pub position: u64,
+}
+
+/// Builds the row of an INSERT.
+pub(crate) fn insert(info: &RelationInfo, new: &[Value<'_>], meta: ChangeMeta) -> ChangeRow {
+    ChangeRow {
+        primary_key: primary_key(info, new),
+        before: "{}".to_owned(),
+        after: row_json(info, new, None, true),
+        ..base(info, Operation::Create, meta)
+    }
+}
+
+/// Builds the row of an UPDATE; `old` is the before-image (whole row or key) when the server sent
+/// one.
+pub(crate) fn update(
+    info: &RelationInfo,
+    old: Option<&OldRow<'_>>,
+    new: &[Value<'_>],
+    meta: ChangeMeta,
+) -> ChangeRow {
+    let full_old = old.filter(|o| o.full).map(|o| o.values.as_slice());
+    ChangeRow {
+        primary_key: primary_key(info, new),
+        before: old.map_or_else(
+            || "{}".to_owned(),
+            |o| row_json(info, &o.values, None, o.full),
+        ),
+        after: row_json(info, new, full_old, true),
+        ..base(info, Operation::Update, meta)
+    }
+}
+
+/// Builds the row of a DELETE.
+pub(crate) fn delete(info: &RelationInfo, old: &OldRow<'_>, meta: ChangeMeta) -> ChangeRow {
+    ChangeRow {
+        primary_key: primary_key(info, &old.values),
+        before: row_json(info, &old.values, None, old.full),
+        after: "{}".to_owned(),
+        ..base(info, Operation::Delete, meta)
+    }
+}
+
+/// Builds the row of a TRUNCATE of one table.
+pub(crate) fn truncate(info: &RelationInfo, meta: ChangeMeta) -> ChangeRow {
+    base(info, Operation::Truncate, meta)
+}
+
+fn base(info: &RelationInfo, operation: Operation, meta: ChangeMeta) -> ChangeRow {
+    ChangeRow {
+        primary_key: None,
+        before: "{}".to_owned(),
+        after: "{}".to_owned(),
+        context: meta.context,
+        schema: Arc::clone(&info.schema),
+        table: Arc::clone(&info.table),
+        operation,
+        committed_at: meta.committed_at,
+        queued_at: meta.queued_at,
+        transaction_id: meta.transaction_id,
+        position: meta.position,
+    }
+}
+
+/// The JSON object of a row. Unchanged TOAST values are taken from `fill` (the full old row) or
+/// left out; with `complete == false` (a key-only old row), NULLs are unknown values and left out.
+fn row_json(
+    info: &RelationInfo,
+    values: &[Value<'_>],
+    fill: Option<&[Value<'_>]>,
+    complete: bool,
+) -> String {
+    let mut out = String::with_capacity(64 + values.len() * 16);
+    out.push('{');
+    let mut first = true;
+    for (i, (column, value)) in info.columns.iter().zip(values).enumerate() {
+        let value = match value {
+            Value::UnchangedToast => match fill.and_then(|f| f.get(i)) {
+                Some(filled @ (Value::Text(_) | Value::Binary(_) | Value::Null)) => *filled,
+                _ => continue,
+            },
+            Value::Null if !complete => continue,
+            other => *other,
+        };
+        if !first {
+            out.push(',');
+        }
+        first = false;
+        out.push_str(&column.json_key);
+        match value {
+            Value::Null => out.push_str("null"),
+            _ if column.redacted => write_string(&mut out, Redactions::MARKER),
+            Value::Text(bytes) | Value::Binary(bytes) => {
+                write_json(&mut out, &column.kind, &String::from_utf8_lossy(bytes));
+            }
+            Value::UnchangedToast => out.push_str("null"),
+        }
+    }
+    out.push('}');
+    out
+}
+
+/// The primary key of a row: the text of a one-column key, a JSON array of a composite key;
+/// `None` without a key or when a key column's value is missing.
+fn primary_key(info: &RelationInfo, values: &[Value<'_>]) -> Option<String> {
+    let texts: Option<Vec<&[u8]>> = info
+        .primary_key
+        .iter()
+        .map(|&i| match values.get(i) {
+            Some(Value::Text(bytes) | Value::Binary(bytes)) => Some(*bytes),
+            _ => None,
+        })
+        .collect();
+    match texts?.as_slice() {
+        [] => None,
+        [single] => Some(String::from_utf8_lossy(single).into_owned()),
+        several => {
+            let mut out = String::from("[");
+            for (n, (&i, bytes)) in info.primary_key.iter().zip(several).enumerate() {
+                if n > 0 {
+                    out.push(',');
+                }
+                write_json(
+                    &mut out,
+                    &info.columns[i].kind,
+                    &String::from_utf8_lossy(bytes),
+                );
+            }
+            out.push(']');
+            Some(out)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::catalog::ColumnInfo;
+    use crate::json_value::TypeKind;
+
+    #[test]
+    fn an_insert_has_an_after_image_and_its_key() {
+        use crate::{catalog::*, json_value::TypeKind, pgoutput::Value, rows::*};
+
+        let info = RelationInfo {
+            schema: "public".into(),
+            table: "todo".into(),
+            columns: vec![
+                ColumnInfo {
+                    json_key: "\"id\":".into(),
+                    kind: TypeKind::Int,
+                    redacted: false,
+                },
+                ColumnInfo {
+                    json_key: "\"task\":".into(),
+                    kind: TypeKind::Text,
+                    redacted: false,
+                },
+            ],
+            primary_key: vec![0],
+            captured: true,
+        };
+        let meta = ChangeMeta {
+            context: "{}".into(),
+            committed_at: 0,
+            queued_at: 0,
+            transaction_id: 1,
+            position: 2,
+        };
+        let row = insert(&info, &[Value::Text(b"26"), Value::Text(b"Sleep")], meta);
+        assert_eq!(row.after, r#"{"id":26,"task":"Sleep"}"#);
+        assert_eq!(row.primary_key.as_deref(), Some("26"));
+    }
+
+    #[test]
+    fn an_unchanged_toast_value_comes_from_the_before_image() {
+        use crate::{
+            catalog::*,
+            json_value::TypeKind,
+            pgoutput::{OldRow, Value},
+            rows::*,
+        };
+        let info = RelationInfo {
+            schema: "public".into(),
+            table: "todo".into(),
+            columns: vec![
+                ColumnInfo {
+                    json_key: "\"id\":".into(),
+                    kind: TypeKind::Int,
+                    redacted: false,
+                },
+                ColumnInfo {
+                    json_key: "\"notes\":".into(),
+                    kind: TypeKind::Text,
+                    redacted: false,
+                },
+            ],
+            primary_key: vec![0],
+            captured: true,
+        };
+        let meta = ChangeMeta {
+            context: "{}".into(),
+            committed_at: 0,
+            queued_at: 0,
+            transaction_id: 1,
+            position: 2,
+        };
+        let old = OldRow {
+            full: true,
+            values: vec![Value::Text(b"1"), Value::Text(b"long text")],
+        };
+        // The TOASTed column was not touched: its value comes from the before-image.
+        let row = update(
+            &info,
+            Some(&old),
+            &[Value::Text(b"2"), Value::UnchangedToast],
+            meta,
+        );
+        assert_eq!(row.before, r#"{"id":1,"notes":"long text"}"#);
+        assert_eq!(row.after, r#"{"id":2,"notes":"long text"}"#);
+    }
+
+    #[test]
+    fn a_delete_has_a_before_image() {
+        use crate::{
+            catalog::*,
+            json_value::TypeKind,
+            pgoutput::{OldRow, Value},
+            rows::*,
+        };
+        let info = RelationInfo {
+            schema: "public".into(),
+            table: "todo".into(),
+            columns: vec![ColumnInfo {
+                json_key: "\"id\":".into(),
+                kind: TypeKind::Int,
+                redacted: false,
+            }],
+            primary_key: vec![0],
+            captured: true,
+        };
+        let meta = ChangeMeta {
+            context: "{}".into(),
+            committed_at: 0,
+            queued_at: 0,
+            transaction_id: 1,
+            position: 2,
+        };
+        let row = delete(
+            &info,
+            &OldRow {
+                full: true,
+                values: vec![Value::Text(b"27")],
+            },
+            meta,
+        );
+        assert_eq!(
+            (row.before.as_str(), row.after.as_str()),
+            (r#"{"id":27}"#, "{}")
+        );
+    }
+
+    #[test]
+    fn a_truncate_has_no_images() {
+        use crate::{catalog::*, rows::*};
+        let info = RelationInfo {
+            schema: "public".into(),
+            table: "todo".into(),
+            columns: vec![],
+            primary_key: vec![],
+            captured: true,
+        };
+        let meta = ChangeMeta {
+            context: "{}".into(),
+            committed_at: 0,
+            queued_at: 0,
+            transaction_id: 1,
+            position: 2,
+        };
+        assert_eq!(truncate(&info, meta).operation, Operation::Truncate);
+    }
+
+    fn info(columns: &[(&str, TypeKind, bool)], primary_key: Vec<usize>) -> RelationInfo {
+        RelationInfo {
+            schema: "public".into(),
+            table: "t".into(),
+            columns: columns
+                .iter()
+                .map(|(name, kind, redacted)| ColumnInfo {
+                    json_key: format!("\"{name}\":"),
+                    kind: kind.clone(),
+                    redacted: *redacted,
+                })
+                .collect(),
+            primary_key,
+            captured: true,
+        }
+    }
+
+    fn meta() -> ChangeMeta {
+        ChangeMeta {
+            context: r#"{"user_id":1}"#.into(),
+            committed_at: 1,
+            queued_at: 2,
+            transaction_id: 3,
+            position: 4,
+        }
+    }
+
+    #[test]
+    fn composite_keys_are_json_arrays() {
+        let info = info(
+            &[("a", TypeKind::Int, false), ("b", TypeKind::Text, false)],
+            vec![1, 0],
+        );
+        let row = insert(&info, &[Value::Text(b"7"), Value::Text(b"x")], meta());
+        assert_eq!(row.primary_key.as_deref(), Some(r#"["x",7]"#));
+    }
+
+    #[test]
+    fn redacted_columns_hold_the_marker_in_before_and_after() {
+        let info = info(
+            &[
+                ("id", TypeKind::Int, false),
+                ("secret", TypeKind::Text, true),
+            ],
+            vec![0],
+        );
+        let old = OldRow {
+            full: true,
+            values: vec![Value::Text(b"1"), Value::Text(b"hunter2")],
+        };
+        let row = update(
+            &info,
+            Some(&old),
+            &[Value::Text(b"1"), Value::Text(b"hunter3")],
+            meta(),
+        );
+        assert_eq!(row.before, r#"{"id":1,"secret":"[REDACTED]"}"#);
+        assert_eq!(row.after, r#"{"id":1,"secret":"[REDACTED]"}"#);
+        assert!(!row.before.contains("hunter"));
+    }
+
+    #[test]
+    fn unchanged_toast_without_before_image_is_left_out_not_null() {
+        let info = info(
+            &[("id", TypeKind::Int, false), ("big", TypeKind::Text, false)],
+            vec![0],
+        );
+        let row = update(
+            &info,
+            None,
+            &[Value::Text(b"1"), Value::UnchangedToast],
+            meta(),
+        );
+        assert_eq!(row.after, r#"{"id":1}"#);
+        assert_eq!(row.before, "{}");
+    }
+
+    #[test]
+    fn key_only_old_rows_leave_out_unknown_columns() {
+        let info = info(
+            &[
+                ("id", TypeKind::Int, false),
+                ("task", TypeKind::Text, false),
+            ],
+            vec![0],
+        );
+        let old = OldRow {
+            full: false,
+            values: vec![Value::Text(b"5"), Value::Null],
+        };
+        let row = delete(&info, &old, meta());
+        assert_eq!(row.before, r#"{"id":5}"#);
+        assert_eq!(row.primary_key.as_deref(), Some("5"));
+    }
+}

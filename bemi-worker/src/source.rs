@@ -1,0 +1,335 @@
+//! The replication connection, behind a small trait of ours ([`ReplicationSource`]).
+//!
+//! The implementation, [`PgWireSource`], uses the pgwire-replication crate for the wire
+//! protocol (authentication, CopyBoth streaming, keepalive replies, standby status updates). It
+//! only ever reports positions we [`confirm`](ReplicationSource::confirm), so the slot never
+//! moves past what the destination has committed.
+
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use pgwire_replication::{Lsn, PgWireError, ReplicationClient, ReplicationConfig, TlsConfig};
+use sqlx::postgres::PgConnectOptions;
+
+use crate::error::WorkerError;
+use crate::tls::TlsSettings;
+
+/// One event of the replication stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum SourceEvent {
+    /// A transaction starts; it committed at `commit_lsn` and `commit_time` (µs since the
+    /// PostgreSQL epoch).
+    Begin {
+        /// LSN of its commit record.
+        commit_lsn: u64,
+        /// Its transaction id.
+        xid: u32,
+        /// Commit time.
+        commit_time: i64,
+    },
+    /// A raw pgoutput message (Relation, Type, Origin, Insert, Update, Delete, Truncate).
+    Data {
+        /// LSN of the change (0 for Relation and Type messages).
+        position: u64,
+        /// When the server sent it (µs since the PostgreSQL epoch).
+        sent_at: i64,
+        /// The message.
+        data: Bytes,
+    },
+    /// A logical-decoding message (`pg_logical_emit_message`).
+    Message {
+        /// Part of a transaction (else delivered at once).
+        transactional: bool,
+        /// Its LSN.
+        lsn: u64,
+        /// Its prefix.
+        prefix: String,
+        /// Its content.
+        content: Bytes,
+    },
+    /// The transaction ends.
+    Commit {
+        /// LSN of the commit record.
+        commit_lsn: u64,
+        /// LSN just past the commit record: the position to confirm once it is applied.
+        end_lsn: u64,
+    },
+    /// The server is alive; everything before `wal_end` has been sent.
+    KeepAlive {
+        /// The server's sent position.
+        wal_end: u64,
+    },
+}
+
+/// A logical replication stream that we confirm positions to.
+pub(crate) trait ReplicationSource: Send {
+    /// The next event; `None` when the stream ended cleanly.
+    fn recv(&mut self) -> impl Future<Output = Result<Option<SourceEvent>, WorkerError>> + Send;
+
+    /// Confirms that everything before `lsn` is durably applied; the slot may advance to it.
+    fn confirm(&self, lsn: u64);
+
+    /// Ends the stream (after giving a last confirmation up to `timeout` to reach the server).
+    fn shutdown(&mut self, timeout: Duration) -> impl Future<Output = ()> + Send;
+}
+
+/// How to reach the source database, taken apart from its URL.
+#[derive(Clone)]
+pub(crate) struct SourceConnection {
+    host: String,
+    port: u16,
+    user: String,
+    password: String,
+    database: String,
+    tls: TlsConfig,
+}
+
+impl std::fmt::Debug for SourceConnection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SourceConnection")
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("user", &self.user)
+            .field("database", &self.database)
+            .field("tls", &self.tls)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SourceConnection {
+    /// Parses a `postgres://user:password@host:port/database?sslmode=…` URL (the password may
+    /// also come from `PGPASSWORD`).
+    ///
+    /// TLS follows the URL's `sslmode`, `sslrootcert`, `sslcert` and `sslkey`, as the worker's
+    /// other connections do (see [`crate::tls`]).
+    pub(crate) fn from_url(url: &str) -> Result<Self, WorkerError> {
+        let options: PgConnectOptions = url
+            .parse()
+            .map_err(|e| WorkerError::InvalidConfig(format!("source URL: {e}")))?;
+        let parsed = url::Url::parse(url)
+            .map_err(|e| WorkerError::InvalidConfig(format!("source URL: {e}")))?;
+        // As sqlx reads it (so both kinds of connection log in alike): the `password` query
+        // parameter, else the URL's user part, else PGPASSWORD.
+        let password = parsed
+            .query_pairs()
+            .find(|(key, _)| key == "password")
+            .map(|(_, value)| value.into_owned())
+            .or_else(|| parsed.password().map(percent_decode))
+            .or_else(|| std::env::var("PGPASSWORD").ok())
+            .unwrap_or_default();
+        let database = options
+            .get_database()
+            .unwrap_or(options.get_username())
+            .to_owned();
+        if options.get_socket().is_some() || options.get_host().starts_with('/') {
+            return Err(WorkerError::InvalidConfig(
+                "the replication connection needs a TCP host in the source URL (unix sockets \
+                 are not supported)"
+                    .to_owned(),
+            ));
+        }
+        let tls = TlsSettings::from_url(url)?.replication()?;
+        Ok(Self {
+            host: options.get_host().to_owned(),
+            port: options.get_port(),
+            user: options.get_username().to_owned(),
+            password,
+            database,
+            tls,
+        })
+    }
+
+    /// The source database's name.
+    pub(crate) fn database(&self) -> &str {
+        &self.database
+    }
+
+    /// How the replication connection uses TLS.
+    #[cfg(test)]
+    pub(crate) fn tls(&self) -> &TlsConfig {
+        &self.tls
+    }
+}
+
+fn percent_decode(text: &str) -> String {
+    url::form_urlencoded::parse(format!("x={}", text.replace('+', "%2B")).as_bytes())
+        .next()
+        .map_or_else(|| text.to_owned(), |(_, value)| value.into_owned())
+}
+
+/// [`ReplicationSource`] over pgwire-replication.
+pub(crate) struct PgWireSource {
+    client: ReplicationClient,
+    confirmed: AtomicU64,
+}
+
+impl std::fmt::Debug for PgWireSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgWireSource").finish_non_exhaustive()
+    }
+}
+
+impl PgWireSource {
+    /// Starts streaming `slot` (pgoutput, `messages 'true'`) for `publication` from `start_lsn`
+    /// (0: the slot's confirmed position). The session runs with ISO dates in UTC, exact floats
+    /// and hex bytea, which the JSON conversion relies on.
+    pub(crate) async fn start(
+        source: &SourceConnection,
+        slot: &str,
+        publication: &str,
+        start_lsn: u64,
+    ) -> Result<Self, WorkerError> {
+        let config = ReplicationConfig::new(
+            source.host.clone(),
+            source.user.clone(),
+            source.password.clone(),
+            source.database.clone(),
+            slot.to_owned(),
+            publication,
+        )
+        .with_port(source.port)
+        .with_tls(source.tls.clone())
+        .with_start_lsn(Lsn(start_lsn))
+        .with_status_interval(Duration::from_secs(1))
+        .with_wakeup_interval(Duration::from_secs(5))
+        .with_buffer_size(4096)
+        .with_application_name("bemi-worker")
+        .with_options(
+            "-c datestyle=ISO -c timezone=UTC -c intervalstyle=iso_8601 \
+             -c extra_float_digits=3 -c bytea_output=hex",
+        );
+        let mut client = ReplicationClient::connect(config)
+            .await
+            .map_err(WorkerError::Replication)?;
+        client
+            .wait_started()
+            .await
+            .map_err(WorkerError::Replication)?;
+        Ok(Self {
+            client,
+            confirmed: AtomicU64::new(start_lsn),
+        })
+    }
+}
+
+impl ReplicationSource for PgWireSource {
+    async fn recv(&mut self) -> Result<Option<SourceEvent>, WorkerError> {
+        use pgwire_replication::ReplicationEvent as E;
+        loop {
+            let event = match self.client.recv().await {
+                Ok(Some(event)) => event,
+                Ok(None) => return Ok(None),
+                Err(error) => return Err(WorkerError::Replication(error)),
+            };
+            return Ok(Some(match event {
+                E::Begin {
+                    final_lsn,
+                    xid,
+                    commit_time_micros,
+                } => SourceEvent::Begin {
+                    commit_lsn: final_lsn.0,
+                    xid,
+                    commit_time: commit_time_micros,
+                },
+                E::XLogData {
+                    wal_start,
+                    server_time_micros,
+                    data,
+                    ..
+                } => SourceEvent::Data {
+                    position: wal_start.0,
+                    sent_at: server_time_micros,
+                    data,
+                },
+                E::Message {
+                    transactional,
+                    lsn,
+                    prefix,
+                    content,
+                } => SourceEvent::Message {
+                    transactional,
+                    lsn: lsn.0,
+                    prefix,
+                    content,
+                },
+                E::Commit { lsn, end_lsn, .. } => SourceEvent::Commit {
+                    commit_lsn: lsn.0,
+                    end_lsn: end_lsn.0,
+                },
+                E::KeepAlive { wal_end, .. } => SourceEvent::KeepAlive { wal_end: wal_end.0 },
+                // We never ask for a stop position.
+                E::StoppedAt { .. } => continue,
+            }));
+        }
+    }
+
+    fn confirm(&self, lsn: u64) {
+        self.confirmed.fetch_max(lsn, Ordering::Relaxed);
+        self.client.update_applied_lsn(Lsn(lsn));
+    }
+
+    async fn shutdown(&mut self, timeout: Duration) {
+        // pgwire-replication sends no last status update when it stops: wait until our last
+        // confirmation went out with a periodic one (every second).
+        let metrics = self.client.metrics();
+        let target = Lsn(self.confirmed.load(Ordering::Relaxed));
+        let deadline = tokio::time::Instant::now() + timeout;
+        while metrics.last_applied_lsn() < target
+            && self.client.is_running()
+            && tokio::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        if let Err(error) = self.client.shutdown().await {
+            tracing::debug!(%error, "replication connection ended with an error at shutdown");
+        }
+    }
+}
+
+/// Whether a replication error is worth retrying (connection trouble, server restarts, a slot
+/// still held by a previous connection) rather than a configuration problem.
+pub(crate) fn is_retryable(error: &PgWireError) -> bool {
+    match error {
+        PgWireError::Auth(_) => false,
+        // A certificate that does not verify, TLS settings that cannot work, or a server
+        // without TLS stay so; a handshake cut short (e.g. by a restart) is worth retrying.
+        PgWireError::Tls(message) => {
+            let message = message.to_lowercase();
+            ![
+                "certificate",
+                "config error",
+                "does not support tls",
+                "received fatal alert",
+                "unknownca",
+            ]
+            .iter()
+            .any(|cause| message.contains(cause))
+        }
+        PgWireError::Server(message) => {
+            !(message.contains("SQLSTATE 28") || message.contains("SQLSTATE 42501"))
+        }
+        _ => true,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_percent_encoded_password_and_a_port_parse_from_the_url() {
+        let source =
+            crate::source::SourceConnection::from_url("postgres://bemi:s%40cret@db:6543/app")
+                .unwrap();
+        assert_eq!(source.database(), "app");
+    }
+
+    #[test]
+    fn verify_full_checks_the_host_name() {
+        use crate::source::SourceConnection;
+
+        let source =
+            SourceConnection::from_url("postgres://u@db.internal/app?sslmode=verify-full").unwrap();
+        assert!(source.tls().mode.verifies_hostname());
+    }
+}

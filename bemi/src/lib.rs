@@ -1,0 +1,59 @@
+//! # bemi
+//!
+//! Context-aware audit trails for PostgreSQL, in Rust: every write your service makes carries
+//! the context of the request that made it — *who*, *which endpoint*, *which SQL* — through
+//! PostgreSQL's write-ahead log into a queryable `changes` table.
+//!
+//! This crate gathers the integrations behind one feature each, so that an application names
+//! one dependency and compiles only what it uses:
+//!
+//! | feature | module | crate |
+//! |---|---|---|
+//! | (always) | [`context`], [`migration`], [`protocol`], [`sql`], [`integration`] | `bemi-core` |
+//! | `axum` | `axum` (Tower layer: axum, tonic, any Tower HTTP service) | `bemi-axum` |
+//! | `actix` | `actix` (actix-web middleware) | `bemi-actix` |
+//! | `async-graphql` | `async_graphql` (the extension) | `bemi-async-graphql` |
+//! | `sqlx` | `sqlx` (the sqlx 0.9 adapter) | `bemi-core` |
+//! | `tokio-postgres` | `tokio_postgres` (the tokio-postgres 0.7 adapter) | `bemi-core` |
+//! | `audit` | `audit` (queries, time travel, revert, follow) | `bemi-audit` |
+//! | `worker` | `worker` (the capture worker, in your process) | `bemi-worker` |
+//!
+//! ```toml
+//! [dependencies]
+//! bemi = { version = "0.1", features = ["axum", "sqlx"] }
+//! ```
+//!
+//! ```
+//! use bemi::context;
+//! use serde_json::json;
+//!
+//! # #[tokio::main(flavor = "current_thread")] async fn main() {
+//! let seen = context::scope(json!({"user_id": 187234}), async { context::current() }).await;
+//! assert_eq!(seen.unwrap()["user_id"], 187234);
+//! # }
+//! ```
+
+pub use bemi_core::{
+    Context, ContextExt, IntoContext, context, integration, migration, protocol, sql,
+};
+
+#[cfg(feature = "sqlx")]
+pub use bemi_core::sqlx;
+
+#[cfg(feature = "tokio-postgres")]
+pub use bemi_core::tokio_postgres;
+
+#[cfg(feature = "axum")]
+pub use bemi_axum as axum;
+
+#[cfg(feature = "actix")]
+pub use bemi_actix as actix;
+
+#[cfg(feature = "async-graphql")]
+pub use bemi_async_graphql as async_graphql;
+
+#[cfg(feature = "audit")]
+pub use bemi_audit as audit;
+
+#[cfg(feature = "worker")]
+pub use bemi_worker as worker;
