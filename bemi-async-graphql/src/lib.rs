@@ -155,18 +155,10 @@ use bemi_core::integration::SharedContext;
 /// 100 000 bytes of JSON, a tenth of the whole context's bound
 /// ([`MAX_CONTEXT_BYTES`](bemi_core::protocol::MAX_CONTEXT_BYTES)), which leaves room for the HTTP
 /// context and the `SQL` key. Change it with [`BemiExtension::max_variables_bytes`].
-///
-/// ```
-/// assert!(bemi_async_graphql::MAX_VARIABLES_BYTES < bemi_core::protocol::MAX_CONTEXT_BYTES);
-/// ```
 pub const MAX_VARIABLES_BYTES: usize = 100_000;
 
 /// The key of the marker object that replaces `variables` bigger than the bound:
 /// `{"_bemi_dropped": {"reason": "too large", "bytes": N, "limit_bytes": L}}`.
-///
-/// ```
-/// assert_eq!(bemi_async_graphql::VARIABLES_DROPPED_KEY, "_bemi_dropped");
-/// ```
 pub const VARIABLES_DROPPED_KEY: &str = "_bemi_dropped";
 
 /// The closure of [`BemiExtension::with_context`].

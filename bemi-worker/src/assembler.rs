@@ -37,6 +37,29 @@ pub(crate) struct ResumePoint {
     pub partial: Option<Partial>,
 }
 
+impl ResumePoint {
+    /// The position after writing `pieces` on top of this one.
+    pub(crate) fn advanced(mut self, pieces: &[Piece]) -> Self {
+        for piece in pieces {
+            match piece.end_lsn {
+                Some(end_lsn) => {
+                    self.last_lsn = self.last_lsn.max(end_lsn);
+                    self.partial = None;
+                }
+                None => {
+                    if let Some(last) = piece.rows.last() {
+                        self.partial = Some(Partial {
+                            commit_lsn: piece.commit_lsn,
+                            position: last.position,
+                        });
+                    }
+                }
+            }
+        }
+        self
+    }
+}
+
 /// A transaction written in part.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Partial {
@@ -257,6 +280,8 @@ mod tests {
     use crate::catalog::ColumnInfo;
     use crate::json_value::TypeKind;
     use crate::pgoutput::Value;
+    use crate::rows::ChangeRow;
+    use bemi_core::protocol::Operation;
 
     #[test]
     fn an_empty_transaction_is_a_piece_ending_at_its_end_lsn() {
@@ -446,5 +471,68 @@ mod tests {
             a.change(unknown, 1, 0),
             Err(StreamError::UnknownRelation(2))
         );
+    }
+
+    #[test]
+    fn a_whole_transaction_advances_the_position_to_its_end() {
+        let done = ResumePoint::default().advanced(&[Piece {
+            commit_lsn: 5,
+            rows: vec![],
+            end_lsn: Some(9),
+        }]);
+        assert_eq!(done.last_lsn, 9);
+    }
+
+    fn row(position: u64) -> ChangeRow {
+        ChangeRow {
+            primary_key: Some("tab\there".into()),
+            before: "{}".into(),
+            after: r#"{"task":"line\nbreak \\ slash"}"#.into(),
+            context: Arc::from("{}"),
+            schema: "public".into(),
+            table: "todo".into(),
+            operation: Operation::Create,
+            committed_at: 1_700_000_000_123_456,
+            queued_at: 1_700_000_000_123_457,
+            transaction_id: 7,
+            position,
+        }
+    }
+
+    #[test]
+    fn the_position_advances_with_whole_and_partial_transactions() {
+        let start = ResumePoint::default();
+        let chunk = Piece {
+            commit_lsn: 500,
+            rows: vec![row(10), row(20)],
+            end_lsn: None,
+        };
+        let partial = start.advanced(std::slice::from_ref(&chunk));
+        assert_eq!(
+            partial.partial,
+            Some(Partial {
+                commit_lsn: 500,
+                position: 20
+            })
+        );
+        let done = partial.advanced(&[Piece {
+            commit_lsn: 500,
+            rows: vec![row(30)],
+            end_lsn: Some(510),
+        }]);
+        assert_eq!(
+            done,
+            ResumePoint {
+                last_lsn: 510,
+                partial: None
+            }
+        );
+        // Never backwards.
+        let again = done.advanced(&[Piece {
+            commit_lsn: 1,
+            rows: vec![],
+            end_lsn: Some(2),
+        }]);
+        assert_eq!(again.last_lsn, 510);
     }
 }

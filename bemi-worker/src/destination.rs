@@ -24,6 +24,8 @@ use sqlx::{Connection, Executor, PgConnection};
 use tokio::sync::oneshot;
 
 use crate::assembler::{Partial, Piece, ResumePoint};
+use crate::capture::{PreviousCommit, Sink, SinkWriter};
+use crate::error::WorkerError;
 use bemi_audit::store::ChangeBatch;
 
 /// The worker's position per source database and slot, written in the same transaction as
@@ -131,14 +133,16 @@ impl Destination {
         let resume = read_resume_point(conn, &database, &slot).await?;
         Ok(Self { writers, resume })
     }
+}
 
-    /// Where the last committed write left off.
-    pub(crate) fn resume_point(&self) -> ResumePoint {
+impl Sink for Destination {
+    type Writer = BatchWriter;
+
+    fn resume_point(&self) -> ResumePoint {
         self.resume
     }
 
-    /// The connections, to write batches with.
-    pub(crate) fn into_writers(self) -> Vec<BatchWriter> {
+    fn into_writers(self) -> Vec<BatchWriter> {
         self.writers
     }
 }
@@ -151,31 +155,28 @@ pub(crate) struct BatchWriter {
     slot: Arc<str>,
 }
 
-/// The commit of the batch before this one: `true` once it committed, `false` (or dropped) when
-/// it failed.
-pub(crate) type PreviousCommit = oneshot::Receiver<bool>;
-
-impl BatchWriter {
-    /// Writes the rows of `pieces` and the position `resume` (see [`advance`]) in one
-    /// transaction. The rows are inserted at once; the commit waits for `previous`, and if that
-    /// batch failed this one is rolled back. `committed` tells the next batch how this one
-    /// ended. Returns the writer (for the next batch) and how many rows were new.
-    pub(crate) async fn write(
+impl SinkWriter for BatchWriter {
+    /// Writes the rows of `pieces` and the position `resume` in one transaction. The rows are
+    /// inserted at once; the commit waits for `previous`, and if that batch failed this one is
+    /// rolled back.
+    async fn write(
         mut self,
         pieces: &[Piece],
         resume: ResumePoint,
         previous: Option<PreviousCommit>,
         committed: oneshot::Sender<bool>,
-    ) -> (Self, Result<u64, sqlx::Error>) {
+    ) -> (Self, Result<u64, WorkerError>) {
         let result = self.try_write(pieces, resume, previous).await;
         if result.is_err() {
             // Best effort: a broken connection is replaced when the session restarts.
             let _ = self.conn.execute("ROLLBACK").await;
         }
         let _ = committed.send(result.is_ok());
-        (self, result)
+        (self, result.map_err(WorkerError::Destination))
     }
+}
 
+impl BatchWriter {
     async fn try_write(
         &mut self,
         pieces: &[Piece],
@@ -215,27 +216,6 @@ impl BatchWriter {
         }
         Ok(written)
     }
-}
-
-/// The position after writing `pieces` on top of `resume`.
-pub(crate) fn advance(mut resume: ResumePoint, pieces: &[Piece]) -> ResumePoint {
-    for piece in pieces {
-        match piece.end_lsn {
-            Some(end_lsn) => {
-                resume.last_lsn = resume.last_lsn.max(end_lsn);
-                resume.partial = None;
-            }
-            None => {
-                if let Some(last) = piece.rows.last() {
-                    resume.partial = Some(Partial {
-                        commit_lsn: piece.commit_lsn,
-                        position: last.position,
-                    });
-                }
-            }
-        }
-    }
-    resume
 }
 
 async fn read_resume_point(
@@ -286,9 +266,6 @@ pub(crate) fn parse_lsn(text: &str) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::rows::ChangeRow;
-    use bemi_core::protocol::Operation;
-    use std::sync::Arc;
 
     #[test]
     fn a_destination_on_the_source_server_commits_locally() {
@@ -296,24 +273,6 @@ mod tests {
 
         assert_eq!(Durability::for_destination(true), Durability::Local);
         assert_eq!(Durability::for_destination(false), Durability::Standbys);
-    }
-
-    #[test]
-    fn a_whole_transaction_advances_the_position_to_its_end() {
-        use crate::{
-            assembler::{Piece, ResumePoint},
-            destination::advance,
-        };
-
-        let done = advance(
-            ResumePoint::default(),
-            &[Piece {
-                commit_lsn: 5,
-                rows: vec![],
-                end_lsn: Some(9),
-            }],
-        );
-        assert_eq!(done.last_lsn, 9);
     }
 
     #[test]
@@ -325,64 +284,5 @@ mod tests {
     fn lsns_parse_from_postgresql_text() {
         assert_eq!(parse_lsn("16/B374D848"), Some(0x16_B374D848));
         assert_eq!(parse_lsn("nope"), None);
-    }
-
-    fn row(position: u64) -> ChangeRow {
-        ChangeRow {
-            primary_key: Some("tab\there".into()),
-            before: "{}".into(),
-            after: r#"{"task":"line\nbreak \\ slash"}"#.into(),
-            context: Arc::from("{}"),
-            schema: "public".into(),
-            table: "todo".into(),
-            operation: Operation::Create,
-            committed_at: 1_700_000_000_123_456,
-            queued_at: 1_700_000_000_123_457,
-            transaction_id: 7,
-            position,
-        }
-    }
-
-    #[test]
-    fn the_position_advances_with_whole_and_partial_transactions() {
-        let start = ResumePoint::default();
-        let chunk = Piece {
-            commit_lsn: 500,
-            rows: vec![row(10), row(20)],
-            end_lsn: None,
-        };
-        let partial = advance(start, std::slice::from_ref(&chunk));
-        assert_eq!(
-            partial.partial,
-            Some(Partial {
-                commit_lsn: 500,
-                position: 20
-            })
-        );
-        let done = advance(
-            partial,
-            &[Piece {
-                commit_lsn: 500,
-                rows: vec![row(30)],
-                end_lsn: Some(510),
-            }],
-        );
-        assert_eq!(
-            done,
-            ResumePoint {
-                last_lsn: 510,
-                partial: None
-            }
-        );
-        // Never backwards.
-        let again = advance(
-            done,
-            &[Piece {
-                commit_lsn: 1,
-                rows: vec![],
-                end_lsn: Some(2),
-            }],
-        );
-        assert_eq!(again.last_lsn, 510);
     }
 }

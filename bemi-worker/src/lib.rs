@@ -27,6 +27,7 @@
 //! the position is confirmed to the slot only after the sink holds it.
 
 mod assembler;
+mod capture;
 mod catalog;
 mod config;
 mod destination;
@@ -48,3 +49,8 @@ pub use masked_url::without_password;
 pub use metrics::{Timing, WorkerMetrics};
 pub use tls::install_crypto_provider;
 pub use worker::Worker;
+
+/// The crate's README, compiled as a doc test so that its example stays true.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

@@ -1,11 +1,11 @@
-//! The replication connection, behind a small trait of ours ([`ReplicationSource`]).
+//! The replication connection (the capture loop sees it through
+//! [`ReplicationSource`](crate::capture::ReplicationSource)).
 //!
 //! The implementation, [`PgWireSource`], uses the pgwire-replication crate for the wire
 //! protocol (authentication, CopyBoth streaming, keepalive replies, standby status updates). It
-//! only ever reports positions we [`confirm`](ReplicationSource::confirm), so the slot never
+//! only ever reports positions we [`confirm`](PgWireSource::confirm), so the slot never
 //! moves past what the destination has committed.
 
-use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -61,18 +61,6 @@ pub(crate) enum SourceEvent {
         /// The server's sent position.
         wal_end: u64,
     },
-}
-
-/// A logical replication stream that we confirm positions to.
-pub(crate) trait ReplicationSource: Send {
-    /// The next event; `None` when the stream ended cleanly.
-    fn recv(&mut self) -> impl Future<Output = Result<Option<SourceEvent>, WorkerError>> + Send;
-
-    /// Confirms that everything before `lsn` is durably applied; the slot may advance to it.
-    fn confirm(&self, lsn: u64);
-
-    /// Ends the stream (after giving a last confirmation up to `timeout` to reach the server).
-    fn shutdown(&mut self, timeout: Duration) -> impl Future<Output = ()> + Send;
 }
 
 /// How to reach the source database, taken apart from its URL.
@@ -214,8 +202,9 @@ impl PgWireSource {
     }
 }
 
-impl ReplicationSource for PgWireSource {
-    async fn recv(&mut self) -> Result<Option<SourceEvent>, WorkerError> {
+impl PgWireSource {
+    /// The next event; `None` when the stream ended.
+    pub(crate) async fn recv(&mut self) -> Result<Option<SourceEvent>, WorkerError> {
         use pgwire_replication::ReplicationEvent as E;
         loop {
             let event = match self.client.recv().await {
@@ -265,12 +254,14 @@ impl ReplicationSource for PgWireSource {
         }
     }
 
-    fn confirm(&self, lsn: u64) {
+    /// Confirms that everything before `lsn` is durably applied; the slot may advance to it.
+    pub(crate) fn confirm(&self, lsn: u64) {
         self.confirmed.fetch_max(lsn, Ordering::Relaxed);
         self.client.update_applied_lsn(Lsn(lsn));
     }
 
-    async fn shutdown(&mut self, timeout: Duration) {
+    /// Ends the stream, after giving the last confirmation up to `timeout` to reach the server.
+    pub(crate) async fn shutdown(&mut self, timeout: Duration) {
         // pgwire-replication sends no last status update when it stops: wait until our last
         // confirmation went out with a periodic one (every second).
         let metrics = self.client.metrics();
@@ -316,6 +307,53 @@ pub(crate) fn is_retryable(error: &PgWireError) -> bool {
 
 #[cfg(test)]
 mod tests {
+    use super::{PgWireSource, SourceConnection};
+
+    /// The worker's other connections check the certificate before the replication connection
+    /// opens, so this one is tested on its own: against a TLS-only server whose certificate
+    /// another CA signed, it refuses, and says so as an error not worth retrying.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_replication_connection_refuses_a_certificate_it_cannot_verify() {
+        use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+
+        let authority = || {
+            let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+            params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+            CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap()
+        };
+        let (ca, stranger) = (authority(), authority());
+        let key = KeyPair::generate().unwrap();
+        let certificate = CertificateParams::new(vec!["localhost".to_owned()])
+            .unwrap()
+            .signed_by(&key, &ca)
+            .unwrap();
+        let files = tempfile::tempdir().unwrap();
+        let stranger_path = files.path().join("stranger.pem");
+        std::fs::write(&stranger_path, stranger.pem()).unwrap();
+        let options =
+            bemi_dev::LaunchOptions::default().tls_only(certificate.pem(), key.serialize_pem());
+        let pg =
+            tokio::task::spawn_blocking(move || bemi_dev::EphemeralPostgres::start_with(options))
+                .await
+                .unwrap()
+                .unwrap();
+
+        let url = format!(
+            "{}?sslmode=verify-full&sslrootcert={}",
+            pg.url().replace("127.0.0.1", "localhost"),
+            stranger_path.display()
+        );
+        let source = SourceConnection::from_url(&url).unwrap();
+        match PgWireSource::start(&source, "bemi", "bemi", 0).await {
+            Ok(_) => panic!("the replication connection trusted an unknown CA"),
+            Err(error) => assert!(
+                !error.is_retryable() && error.to_string().contains("certificate"),
+                "{error}"
+            ),
+        }
+        tokio::task::spawn_blocking(move || drop(pg)).await.unwrap();
+    }
+
     #[test]
     fn a_percent_encoded_password_and_a_port_parse_from_the_url() {
         let source =

@@ -1,13 +1,9 @@
 //! The capture loop: stream the WAL, stitch, write, confirm — and reconnect with backoff.
 //!
-//! One session is two tasks. The **stream** task reads the replication connection, decodes
-//! pgoutput, stitches rows to their contexts ([`Assembler`]) and hands [`Piece`]s to the
-//! **writer** task over a bounded channel (backpressure: a slow destination slows the reading,
-//! memory stays bounded). The writer takes whatever is waiting (up to `max_batch_rows`), writes it
-//! with the new position in one destination transaction, and reports the position back; only then
-//! does the stream task confirm it to the slot. When nothing is pending, keepalives and
-//! heartbeats move the confirmed position along with the server, so an idle database does not
-//! hold back WAL.
+//! One session connects to the source (checks, publication, slot), opens the destination,
+//! and runs the capture loop ([`crate::capture`]) between the replication stream
+//! ([`PgSource`]: the stream and the catalog that describes its relations) and the `changes`
+//! table ([`Destination`]).
 //!
 //! Any failure ends the session; the worker reconnects with exponential backoff (0.5 s to 30 s)
 //! and resumes from the position the destination recorded. Misconfiguration (see
@@ -25,28 +21,24 @@
 //! # Ok(()) }
 //! ```
 
-use std::collections::VecDeque;
+use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use sqlx::PgPool;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use tokio::sync::{oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
-use crate::assembler::{Assembler, Piece, ResumePoint};
-use crate::catalog::Catalog;
+use crate::capture::{self, ReplicationSource, Sink as _};
+use crate::catalog::{Catalog, RelationInfo};
 use crate::config::WorkerConfig;
-use crate::destination::{BatchWriter, Destination, Durability, PreviousCommit, advance};
+use crate::destination::{Destination, Durability};
 use crate::error::WorkerError;
-use crate::handoff::{self, PieceReceiver, PieceSender};
 use crate::metrics::{self, WorkerMetrics};
-use crate::pgoutput::{self, PgOutput};
+use crate::pgoutput::Relation;
 use crate::setup;
-use crate::source::{PgWireSource, ReplicationSource, SourceConnection, SourceEvent};
+use crate::source::{PgWireSource, SourceConnection, SourceEvent};
 
-/// The prefix of context messages.
-const CONTEXT_PREFIX: &str = bemi_core::protocol::MESSAGE_PREFIX;
 const MIN_BACKOFF: Duration = Duration::from_millis(500);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
@@ -235,200 +227,61 @@ impl Worker {
             start = %crate::destination::format_lsn(start_lsn),
             "streaming changes"
         );
-
-        // Rows that may wait for the writer: two full batches per connection.
-        let in_flight_rows = config
-            .max_batch_rows
-            .saturating_mul(2 * config.writer_connections.max(1));
-        let (pieces, piece_rx) = handoff::channel(in_flight_rows);
-        let (applied_tx, applied) = watch::channel(resume);
-        let writer = tokio::spawn(write_loop(
-            destination,
-            piece_rx,
-            applied_tx,
-            self.metrics(),
-            config.max_batch_rows,
-        ));
-        let mut session = StreamSession {
-            config,
-            pool,
+        let mut source = PgSource {
             stream,
-            assembler: Assembler::new(resume, config.chunk_rows),
-            catalog: None,
-            pieces: Some(pieces),
-            applied,
-            last_sent_end: resume.last_lsn,
-            metrics: &self.metrics,
-            send_wait: Duration::ZERO,
+            catalog: Catalog::new(pool.clone()),
+            pool,
+            config,
             shutdown: shutdown.clone(),
         };
-        let streamed = session.stream(shutdown).await;
-
-        // Let the writer finish what it was given, then confirm its final position.
-        drop(session.pieces.take());
-        let written = match writer.await {
-            Ok(result) => result,
-            Err(join_error) => Err(WorkerError::InvalidConfig(format!(
-                "the destination writer crashed: {join_error}"
-            ))),
+        let settings = capture::Settings {
+            heartbeat_interval: config.heartbeat_interval,
+            max_batch_rows: config.max_batch_rows,
+            chunk_rows: config.chunk_rows,
         };
-        let final_position = session.applied.borrow().last_lsn;
-        session.stream.confirm(final_position);
-        session.stream.shutdown(Duration::from_secs(5)).await;
-        streamed.and(written)
+        capture::run(&mut source, destination, settings, &self.metrics, shutdown).await
     }
 }
 
-struct StreamSession<'a> {
-    config: &'a WorkerConfig,
-    pool: PgPool,
+/// The source database: its replication stream, and its catalog for relation descriptions,
+/// the publication and heartbeats.
+struct PgSource<'a> {
     stream: PgWireSource,
-    assembler: Assembler,
-    catalog: Option<Catalog>,
-    pieces: Option<PieceSender>,
-    applied: watch::Receiver<ResumePoint>,
-    last_sent_end: u64,
-    metrics: &'a WorkerMetrics,
-    /// Time the current event spent waiting for the writer (backpressure), not working.
-    send_wait: Duration,
+    pool: PgPool,
+    catalog: Catalog,
+    config: &'a WorkerConfig,
     /// Cuts short waits inside an event (see [`Catalog::wait_for_transaction`]).
     shutdown: CancellationToken,
 }
 
-impl StreamSession<'_> {
-    /// Streams until shutdown (`Ok`) or an error.
-    async fn stream(&mut self, shutdown: &CancellationToken) -> Result<(), WorkerError> {
-        let mut tick = tokio::time::interval(self.config.heartbeat_interval);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        tick.tick().await;
-        let mut active = false;
-        loop {
-            tokio::select! {
-                biased;
-                () = shutdown.cancelled() => return Ok(()),
-                changed = self.applied.changed() => {
-                    if changed.is_err() {
-                        // The writer stopped: its error is reported when it is joined.
-                        return Ok(());
-                    }
-                    let position = self.applied.borrow_and_update().last_lsn;
-                    self.stream.confirm(position);
-                }
-                _ = tick.tick() => {
-                    self.on_tick(active).await?;
-                    active = false;
-                }
-                event = self.stream.recv() => {
-                    active = true;
-                    match event? {
-                        Some(event) => self.on_event(event).await?,
-                        None => return Err(WorkerError::StreamEnded),
-                    }
-                }
-            }
+impl ReplicationSource for PgSource<'_> {
+    fn recv(&mut self) -> impl Future<Output = Result<Option<SourceEvent>, WorkerError>> + Send {
+        self.stream.recv()
+    }
+
+    fn confirm(&self, lsn: u64) {
+        self.stream.confirm(lsn);
+    }
+
+    async fn describe(
+        &mut self,
+        relation: &Relation,
+        open_xid: Option<u32>,
+    ) -> Result<RelationInfo, WorkerError> {
+        // Its schema may have changed in this very transaction (see catalog.rs).
+        if let Some(xid) = open_xid {
+            self.catalog
+                .wait_for_transaction(xid, &self.config.slot, &self.shutdown)
+                .await
+                .map_err(WorkerError::Source)?;
         }
+        self.catalog
+            .describe(relation, self.config)
+            .await
+            .map_err(WorkerError::Source)
     }
 
-    async fn on_event(&mut self, event: SourceEvent) -> Result<(), WorkerError> {
-        tracing::trace!(?event, "replication event");
-        let started = Instant::now();
-        self.send_wait = Duration::ZERO;
-        let result = self.handle(event).await;
-        self.metrics
-            .add_stream_time(started.elapsed().saturating_sub(self.send_wait));
-        result
-    }
-
-    async fn handle(&mut self, event: SourceEvent) -> Result<(), WorkerError> {
-        match event {
-            SourceEvent::Begin {
-                commit_lsn,
-                xid,
-                commit_time,
-            } => self.assembler.begin(commit_lsn, xid, commit_time),
-            SourceEvent::Data {
-                position,
-                sent_at,
-                data,
-            } => match pgoutput::decode(&data)? {
-                PgOutput::Relation(relation) => {
-                    let catalog = self
-                        .catalog
-                        .get_or_insert_with(|| Catalog::new(self.pool.clone()));
-                    // Its schema may have changed in this very transaction (see catalog.rs).
-                    if let Some(xid) = self.assembler.open_xid() {
-                        catalog
-                            .wait_for_transaction(xid, &self.config.slot, &self.shutdown)
-                            .await
-                            .map_err(WorkerError::Source)?;
-                    }
-                    let info = catalog
-                        .describe(&relation, self.config)
-                        .await
-                        .map_err(WorkerError::Source)?;
-                    self.assembler.relation(relation.oid, info);
-                }
-                change => {
-                    if let Some(piece) = self.assembler.change(change, position, sent_at)? {
-                        self.send(piece).await?;
-                    }
-                }
-            },
-            SourceEvent::Message {
-                transactional: true,
-                prefix,
-                content,
-                ..
-            } if prefix == CONTEXT_PREFIX => self.assembler.context_message(&content),
-            SourceEvent::Message {
-                transactional: false,
-                lsn,
-                ..
-            } => self.confirm_if_idle(lsn),
-            SourceEvent::Message { .. } => {}
-            SourceEvent::Commit {
-                commit_lsn,
-                end_lsn,
-            } => {
-                let piece = self.assembler.commit(commit_lsn, end_lsn)?;
-                self.last_sent_end = end_lsn;
-                self.metrics.record_received(end_lsn);
-                self.send(piece).await?;
-            }
-            SourceEvent::KeepAlive { wal_end } => {
-                self.metrics.record_server_position(wal_end);
-                self.confirm_if_idle(wal_end);
-            }
-        }
-        Ok(())
-    }
-
-    /// With nothing open or pending, everything the server sent before `lsn` is applied: the
-    /// slot may move there (this is what keeps an idle database's slot advancing).
-    fn confirm_if_idle(&self, lsn: u64) {
-        let applied = self.applied.borrow().last_lsn;
-        if !self.assembler.in_transaction() && applied >= self.last_sent_end {
-            self.stream.confirm(lsn);
-            self.metrics.record_confirmed(lsn);
-        }
-    }
-
-    async fn send(&mut self, piece: Piece) -> Result<(), WorkerError> {
-        let Some(pieces) = &self.pieces else {
-            return Ok(());
-        };
-        let started = Instant::now();
-        let sent = pieces.send(piece).await;
-        self.send_wait += started.elapsed();
-        if sent.is_err() {
-            // The writer stopped; the session ends and reports its error.
-            self.pieces = None;
-            return Err(WorkerError::StreamEnded);
-        }
-        Ok(())
-    }
-
-    async fn on_tick(&mut self, active: bool) -> Result<(), WorkerError> {
+    async fn tick(&mut self, idle: bool) -> Result<(), WorkerError> {
         match setup::sync_publication(&self.pool, self.config).await {
             Ok(added) if !added.is_empty() => tracing::warn!(
                 tables = ?added,
@@ -439,88 +292,15 @@ impl StreamSession<'_> {
             Ok(_) => {}
             Err(error) => tracing::warn!(%error, "could not check the publication"),
         }
-        if !active {
+        if idle {
             setup::heartbeat(&self.pool).await?;
         }
         Ok(())
     }
-}
 
-/// The writer task: takes batches of pieces and writes each with an idle [`BatchWriter`] — several
-/// at once when the stream is ahead — reporting each position once its batch committed, in
-/// stream order (each batch's commit waits for the one before).
-async fn write_loop(
-    destination: Destination,
-    mut pieces: PieceReceiver,
-    applied: watch::Sender<ResumePoint>,
-    metrics: Arc<WorkerMetrics>,
-    max_batch_rows: usize,
-) -> Result<(), WorkerError> {
-    let mut resume = destination.resume_point();
-    let mut idle = destination.into_writers();
-    let mut in_flight: VecDeque<InFlight> = VecDeque::new();
-    let mut previous: Option<PreviousCommit> = None;
-    let mut open = true;
-    while open || !in_flight.is_empty() {
-        tokio::select! {
-            batch = pieces.recv_batch(max_batch_rows), if open && !idle.is_empty() => {
-                let Some(batch) = batch else {
-                    open = false;
-                    continue;
-                };
-                let writer = idle.pop().expect("an idle writer");
-                resume = advance(resume, &batch.pieces);
-                let (committed, next) = oneshot::channel();
-                let started = Instant::now();
-                let task = tokio::spawn({
-                    let previous = previous.replace(next);
-                    async move {
-                        let (writer, written) =
-                            writer.write(&batch.pieces, resume, previous, committed).await;
-                        (writer, written, batch)
-                    }
-                });
-                in_flight.push_back(InFlight { task, resume, started });
-            }
-            done = async { (&mut in_flight.front_mut().expect("a batch in flight").task).await },
-                if !in_flight.is_empty() =>
-            {
-                let InFlight { resume, started, .. } =
-                    in_flight.pop_front().expect("a batch in flight");
-                let (writer, written, batch) = done.map_err(|e| {
-                    WorkerError::InvalidConfig(format!("a destination writer crashed: {e}"))
-                })?;
-                written.map_err(WorkerError::Destination)?;
-                idle.push(writer);
-                metrics.add_write_time(started.elapsed());
-                tracing::debug!(
-                    rows = batch.rows,
-                    pieces = batch.pieces.len(),
-                    elapsed = ?started.elapsed(),
-                    "wrote a batch"
-                );
-                pieces.release(&batch);
-                let transactions =
-                    batch.pieces.iter().filter(|p| p.end_lsn.is_some()).count() as u64;
-                let last_commit = batch
-                    .pieces
-                    .iter()
-                    .rev()
-                    .find_map(|p| p.rows.last())
-                    .map_or(0, |row| row.committed_at);
-                metrics.record_write(batch.rows as u64, transactions, resume.last_lsn, last_commit);
-                applied.send_replace(resume);
-            }
-        }
+    fn shutdown(&mut self, timeout: Duration) -> impl Future<Output = ()> + Send {
+        self.stream.shutdown(timeout)
     }
-    Ok(())
-}
-
-/// A batch being written.
-struct InFlight {
-    task: tokio::task::JoinHandle<(BatchWriter, Result<u64, sqlx::Error>, handoff::Batch)>,
-    resume: ResumePoint,
-    started: Instant,
 }
 
 /// ±25 % so that many workers do not reconnect in lockstep.

@@ -51,10 +51,6 @@ use bemi_core::sqlx::BemiPool;
 
 /// At most this many changes are reverted at once unless [`Revert::max_changes`] says
 /// otherwise.
-///
-/// ```
-/// assert_eq!(bemi_audit::DEFAULT_MAX_CHANGES, 10_000);
-/// ```
 pub const DEFAULT_MAX_CHANGES: u64 = 10_000;
 
 /// Which changes to revert.
