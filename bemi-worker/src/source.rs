@@ -356,9 +356,7 @@ mod tests {
 
     #[test]
     fn a_percent_encoded_password_and_a_port_parse_from_the_url() {
-        let source =
-            crate::source::SourceConnection::from_url("postgres://bemi:s%40cret@db:6543/app")
-                .unwrap();
+        let source = SourceConnection::from_url("postgres://bemi:s%40cret@db:6543/app").unwrap();
         assert_eq!(source.database(), "app");
     }
 
