@@ -14,12 +14,8 @@ use serde::{Deserialize, Serialize};
 
 /// A row of the `todo` table, as the REST apps send it and the GraphQL app resolves it
 /// (`isCompleted` there).
-///
-/// ```
-/// let todo = bemi_examples::todo::Todo { id: 7, task: "Eat".into(), is_completed: true };
-/// assert!(todo.is_completed);
-/// ```
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, async_graphql::SimpleObject)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "graphql", derive(async_graphql::SimpleObject))]
 pub struct Todo {
     /// The primary key.
     pub id: i64,
