@@ -347,19 +347,19 @@ async fn send_requests(base: &str) -> Result<(), DemoError> {
 /// use bemi_examples::demo::closing_hint;
 ///
 /// assert!(closing_hint(true).contains("removed"));
-/// assert!(closing_hint(true).contains("bemi -- dev"));
-/// assert!(closing_hint(false).contains("bemi -- changes --table todo"));
+/// assert!(closing_hint(true).contains("bemi-cli -- dev"));
+/// assert!(closing_hint(false).contains("bemi-cli -- changes --table todo"));
 /// ```
 pub fn closing_hint(embedded: bool) -> String {
-    const CHANGES: &str = "cargo run -p bemi-worker --bin bemi -- changes --table todo";
+    const CHANGES: &str = "cargo run -p bemi-cli -- changes --table todo";
     const PSQL: &str = r#"psql "$DATABASE_URL" -c 'SELECT * FROM changes'"#;
     if embedded {
         format!(
             "The embedded PostgreSQL is removed as the demo exits, and this `changes` table with \
              it. To keep a database to query, run the demo against one that stays:\n\
-             \n  cargo run -p bemi-worker --bin bemi -- dev    # in another terminal; prints \
+             \n  cargo run -p bemi-cli -- dev            # in another terminal; prints \
              DATABASE_URL=… and runs until Ctrl-C\
-             \n  export DATABASE_URL=…                         # the URL it printed\
+             \n  export DATABASE_URL=…                   # the URL it printed\
              \n  cargo run -p bemi-examples --bin demo\
              \n  {CHANGES}\
              \n  {PSQL}\n"

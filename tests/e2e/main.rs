@@ -20,6 +20,7 @@ mod hostile;
 mod keep_alive;
 mod launcher;
 mod migration;
+mod minimal_examples;
 mod open_files;
 mod retention;
 mod revert;
@@ -78,6 +79,9 @@ fn all_tests() -> Vec<(String, TestFn)> {
         migration::replica_identity_full_is_switchable,
         migration::worker_tables_and_unlogged_tables_are_not_tracked,
         demo::requests_through_the_axum_app_become_the_seeds_changes_table,
+        minimal_examples::the_axum_sqlx_example_attributes_its_write,
+        minimal_examples::the_actix_tokio_postgres_example_attributes_its_write,
+        minimal_examples::the_graphql_example_attributes_its_write,
         demo::the_demo_relies_on_a_running_worker_that_captures_todo,
         worker_crash::kill_9_at_random_moments_loses_and_duplicates_nothing,
         worker_capture::direct_sql_and_statements_are_stitched_to_their_own_context,

@@ -1,0 +1,129 @@
+//! The minimal examples of `examples/minimal` as a reader runs them: a process on its own port
+//! and database, a request with a user, and the write's context read back from the WAL.
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context as _, ensure};
+use bemi_tests::wal::WalSlot;
+use bemi_tests::{TestCluster, TestResult, wait_until};
+use serde_json::json;
+use tokio::process::Command;
+
+use crate::cli_support::free_port;
+
+/// An example program of the examples package, built by `cargo test` next to the tests
+/// (`target/debug/examples/NAME`).
+fn example(name: &str) -> anyhow::Result<PathBuf> {
+    let test_binary = std::env::current_exe()?;
+    let profile_dir = test_binary
+        .parent()
+        .and_then(|deps| deps.parent())
+        .context("the test binary is not in target/PROFILE/deps")?;
+    let path = profile_dir.join("examples").join(name);
+    ensure!(
+        path.exists(),
+        "{} is not built: run the tests with `cargo test --workspace` (or first `cargo build -p \
+         bemi-examples --examples --all-features`)",
+        path.display()
+    );
+    Ok(path)
+}
+
+/// Runs the example `name` against a fresh database, sends `request` once it serves, and
+/// returns the contexts its writes carried through the WAL.
+async fn run_example(
+    cluster: &TestCluster,
+    name: &str,
+    request: impl FnOnce(reqwest::Client, String) -> reqwest::RequestBuilder,
+) -> anyhow::Result<Vec<serde_json::Value>> {
+    let db = cluster.database(name).await?;
+    let wal = WalSlot::create(&db.pool, &db.name).await?;
+    let addr = format!("127.0.0.1:{}", free_port()?);
+    let mut child = Command::new(example(name)?)
+        .env("DATABASE_URL", &db.url)
+        .env("BEMI_EXAMPLE_ADDR", &addr)
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()?;
+    let http = reqwest::Client::new();
+    let base = format!("http://{addr}");
+    wait_until("the example to serve", Duration::from_secs(60), || {
+        let http = http.clone();
+        let base = base.clone();
+        async move { Ok(http.get(&base).send().await.ok().map(|_| ())) }
+    })
+    .await?;
+    let response = request(http, base).send().await?;
+    ensure!(
+        response.status().is_success(),
+        "{} {:?}",
+        response.status(),
+        response.text().await
+    );
+    child.kill().await?;
+    let entries = wal.read().await?;
+    wal.drop_slot().await?;
+    bemi_tests::wal::bemi_contexts(&entries)
+}
+
+pub async fn the_axum_sqlx_example_attributes_its_write(cluster: Arc<TestCluster>) -> TestResult {
+    let contexts = run_example(&cluster, "axum-sqlx", |http, base| {
+        http.post(format!("{base}/todo"))
+            .header("x-user-id", "42")
+            .json(&json!({"task": "Sleep"}))
+    })
+    .await?;
+    ensure!(contexts.len() == 1, "{contexts:?}");
+    let context = &contexts[0];
+    ensure!(
+        context["user_id"] == "42" && context["endpoint"] == "/todo" && context["method"] == "POST",
+        "{context}"
+    );
+    ensure!(
+        context["SQL"]
+            .as_str()
+            .is_some_and(|sql| sql.starts_with("INSERT INTO todo"))
+    );
+    Ok(())
+}
+
+pub async fn the_actix_tokio_postgres_example_attributes_its_write(
+    cluster: Arc<TestCluster>,
+) -> TestResult {
+    let contexts = run_example(&cluster, "actix-tokio-postgres", |http, base| {
+        http.post(format!("{base}/todo/Sleep"))
+            .header("x-user-id", "42")
+    })
+    .await?;
+    ensure!(contexts.len() == 1, "{contexts:?}");
+    ensure!(
+        contexts[0]["user_id"] == "42" && contexts[0]["endpoint"] == "/todo/Sleep",
+        "{}",
+        contexts[0]
+    );
+    Ok(())
+}
+
+pub async fn the_graphql_example_attributes_its_write(cluster: Arc<TestCluster>) -> TestResult {
+    let contexts = run_example(&cluster, "graphql", |http, base| {
+        http.post(format!("{base}/graphql"))
+            .header("x-user-id", "42")
+            .json(&json!({"query": "mutation Create { createTodo(task: \"Sleep\") }"}))
+    })
+    .await?;
+    ensure!(contexts.len() == 1, "{contexts:?}");
+    let context = &contexts[0];
+    ensure!(
+        context["user_id"] == "42"
+            && context["endpoint"] == "/graphql"
+            && context["operationName"] == "Create",
+        "{context}"
+    );
+    Ok(())
+}
