@@ -18,16 +18,16 @@
 //! `tracing` warning; the write itself always goes ahead.
 //!
 //! ```
-//! use bemi_core::sql::annotate;
+//! use bemi_core::{IntoContext as _, sql::annotate};
 //! use serde_json::json;
 //!
-//! let ctx = json!({"user_id": 187234, "note": "*/ DROP TABLE todo; /*"});
-//! let sql = annotate("INSERT INTO todo (task) VALUES ($1)", ctx.as_object().unwrap()).unwrap();
+//! let ctx = json!({"user_id": 187234, "note": "*/ DROP TABLE todo; /*"}).into_context().unwrap();
+//! let sql = annotate("INSERT INTO todo (task) VALUES ($1)", &ctx).unwrap();
 //! assert!(sql.starts_with("INSERT INTO todo (task) VALUES ($1) /*Bemi {"));
 //! assert!(sql.ends_with(" Bemi*/"));
 //! assert_eq!(sql.matches("*/").count(), 1);
 //!
-//! assert_eq!(annotate("SELECT * FROM todo", ctx.as_object().unwrap()), None);
+//! assert_eq!(annotate("SELECT * FROM todo", &ctx), None);
 //! ```
 
 mod lexer;
@@ -65,11 +65,11 @@ pub fn annotate_current(sql: &str) -> Option<String> {
 /// Annotates `sql` with `context` if it is a write; `None` for reads and SQL that does not lex.
 ///
 /// ```
-/// use bemi_core::sql::annotate;
+/// use bemi_core::{IntoContext as _, sql::annotate};
 /// use serde_json::json;
 ///
-/// let ctx = json!({"user_id": 1});
-/// let sql = annotate("UPDATE todo SET is_completed = true -- done", ctx.as_object().unwrap());
+/// let ctx = json!({"user_id": 1}).into_context().unwrap();
+/// let sql = annotate("UPDATE todo SET is_completed = true -- done", &ctx);
 /// // A trailing line comment gets a newline so that it cannot swallow the annotation.
 /// assert!(sql.unwrap().starts_with("UPDATE todo SET is_completed = true -- done\n /*Bemi "));
 /// ```
@@ -97,10 +97,10 @@ pub fn is_write(sql: &str) -> bool {
 /// The comment that carries `context` for the statement `sql`: ` /*Bemi {json} Bemi*/`.
 ///
 /// ```
-/// use bemi_core::sql::comment;
+/// use bemi_core::{IntoContext as _, sql::comment};
 /// use serde_json::json;
 ///
-/// let c = comment("DELETE FROM t", json!({"path": "/a/*b*/"}).as_object().unwrap());
+/// let c = comment("DELETE FROM t", &json!({"path": "/a/*b*/"}).into_context().unwrap());
 /// assert_eq!(c, r#" /*Bemi {"SQL":"DELETE FROM t","path":"/a/\u002ab\u002a/"} Bemi*/"#);
 /// ```
 pub fn comment(sql: &str, context: &Context) -> String {
@@ -116,11 +116,11 @@ pub fn comment(sql: &str, context: &Context) -> String {
 /// The JSON text of the comment: `context` plus the `SQL` key, size-bounded, with `*` escaped.
 ///
 /// ```
-/// use bemi_core::sql::context_json;
+/// use bemi_core::{IntoContext as _, sql::context_json};
 /// use serde_json::{json, Value};
 ///
 /// let ctx = json!({"user_id": 1, "SQL": "mine"});
-/// let text = context_json("DELETE FROM t", ctx.as_object().unwrap());
+/// let text = context_json("DELETE FROM t", &ctx.clone().into_context().unwrap());
 /// let back: Value = serde_json::from_str(&text).unwrap();
 /// assert_eq!(back, ctx); // a user key named SQL wins
 /// ```
@@ -304,10 +304,11 @@ fn is_write_keyword(word: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::IntoContext as _;
     use serde_json::json;
 
     fn ctx(value: Value) -> Context {
-        value.as_object().unwrap().clone()
+        value.into_context().expect("a JSON object")
     }
 
     #[test]

@@ -72,7 +72,9 @@ async fn run_example(
     bemi_tests::wal::bemi_contexts(&entries)
 }
 
-pub async fn the_axum_sqlx_example_attributes_its_write(cluster: Arc<TestCluster>) -> TestResult {
+pub(crate) async fn the_axum_sqlx_example_attributes_its_write(
+    cluster: Arc<TestCluster>,
+) -> TestResult {
     let contexts = run_example(&cluster, "axum-sqlx", |http, base| {
         http.post(format!("{base}/todo"))
             .header("x-user-id", "42")
@@ -93,7 +95,7 @@ pub async fn the_axum_sqlx_example_attributes_its_write(cluster: Arc<TestCluster
     Ok(())
 }
 
-pub async fn the_actix_tokio_postgres_example_attributes_its_write(
+pub(crate) async fn the_actix_tokio_postgres_example_attributes_its_write(
     cluster: Arc<TestCluster>,
 ) -> TestResult {
     let contexts = run_example(&cluster, "actix-tokio-postgres", |http, base| {
@@ -110,7 +112,9 @@ pub async fn the_actix_tokio_postgres_example_attributes_its_write(
     Ok(())
 }
 
-pub async fn the_graphql_example_attributes_its_write(cluster: Arc<TestCluster>) -> TestResult {
+pub(crate) async fn the_graphql_example_attributes_its_write(
+    cluster: Arc<TestCluster>,
+) -> TestResult {
     let contexts = run_example(&cluster, "graphql", |http, base| {
         http.post(format!("{base}/graphql"))
             .header("x-user-id", "42")

@@ -244,8 +244,12 @@ mod tests {
             ],
             primary_key: vec!["id".into()],
         };
-        let image = json!({"id": 1, "meta": {"a": 1}, "secret": "[REDACTED]", "total": 2});
-        let sql = live_sql(&table, image.as_object().unwrap(), true);
+        let Value::Object(image) =
+            json!({"id": 1, "meta": {"a": 1}, "secret": "[REDACTED]", "total": 2})
+        else {
+            unreachable!("an object literal")
+        };
+        let sql = live_sql(&table, &image, true);
         assert_eq!(
             sql.split_whitespace().collect::<Vec<_>>().join(" "),
             "SELECT to_jsonb(_bemi_target)::text, (_bemi_target.\"id\"::text IS NOT DISTINCT \
