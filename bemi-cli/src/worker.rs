@@ -9,7 +9,7 @@ use sqlx::{Connection as _, PgConnection};
 use super::{SourceArgs, shutdown, time::parse_duration};
 use bemi_audit::schema::{self, Layout};
 use bemi_worker::Worker;
-use bemi_worker::{Redactions, WorkerConfig};
+use bemi_worker::{IgnoredColumns, Redactions, WorkerConfig};
 
 /// `bemi worker`
 #[derive(Debug, clap::Args)]
@@ -79,6 +79,30 @@ pub(crate) struct CaptureArgs {
         num_args = 1..
     )]
     redact: Vec<String>,
+    /// Leave out an UPDATE when every column it changed matches one of these globs
+    /// (`TABLE.COLUMN` or `SCHEMA.TABLE.COLUMN`, `*` and `?`), e.g. `*.updated_at`. An UPDATE
+    /// that changed another column is stored whole; INSERTs, DELETEs, TRUNCATEs and UPDATEs of
+    /// a primary key are always stored.
+    #[arg(
+        long,
+        env = "BEMI_IGNORE_COLUMNS",
+        value_name = "GLOB.GLOB",
+        value_delimiter = ',',
+        num_args = 1..
+    )]
+    ignore_columns: Vec<String>,
+    /// Leave out UPDATEs that leave their row as it was (ORMs saving an unchanged model):
+    /// `true` (the default) or `false` to store them. Needs REPLICA IDENTITY FULL (the
+    /// migration's default) to tell; without it every UPDATE is stored.
+    #[arg(
+        long,
+        env = "BEMI_SKIP_UNCHANGED_UPDATES",
+        value_name = "BOOL",
+        default_value = "true",
+        value_parser = super::boolish(),
+        action = clap::ArgAction::Set
+    )]
+    skip_unchanged_updates: bool,
     /// Serve Prometheus metrics on this address, e.g. 127.0.0.1:9187 (path /metrics).
     #[arg(long, env = "BEMI_METRICS_ADDR", value_name = "ADDR")]
     metrics_addr: Option<SocketAddr>,
@@ -111,6 +135,8 @@ impl CaptureArgs {
         destination_url: Option<String>,
     ) -> anyhow::Result<WorkerConfig> {
         let redactions = Redactions::parse_strict(&self.redact).map_err(|error| anyhow!(error))?;
+        let ignored =
+            IgnoredColumns::parse_strict(&self.ignore_columns).map_err(|error| anyhow!(error))?;
         if self.heartbeat_interval.is_zero() {
             return Err(anyhow!(
                 "--heartbeat-interval must be longer than zero, e.g. 10s"
@@ -120,6 +146,8 @@ impl CaptureArgs {
             .tables(self.tables.iter().map(|t| t.trim().to_owned()))
             .exclude_tables(self.exclude_tables.iter().map(|t| t.trim().to_owned()));
         config.redactions = redactions;
+        config.ignored_columns = ignored;
+        config.skip_unchanged_updates = self.skip_unchanged_updates;
         config.destination_url = destination_url.filter(|url| !url.trim().is_empty());
         config.slot = self.slot.clone();
         config.publication = self.publication.clone();

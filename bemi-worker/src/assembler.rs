@@ -19,6 +19,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::catalog::RelationInfo;
+use crate::metrics::WorkerMetrics;
 use crate::pgoutput::PgOutput;
 use crate::rows::{self, ChangeMeta, ChangeRow};
 
@@ -110,6 +111,9 @@ pub(crate) struct Assembler {
     resume: ResumePoint,
     chunk_rows: usize,
     empty_context: Arc<str>,
+    skip_unchanged: bool,
+    /// Where left-out UPDATEs are counted.
+    metrics: Option<Arc<WorkerMetrics>>,
 }
 
 impl Assembler {
@@ -122,7 +126,21 @@ impl Assembler {
             resume,
             chunk_rows: chunk_rows.max(1),
             empty_context: Arc::from("{}"),
+            skip_unchanged: false,
+            metrics: None,
         }
+    }
+
+    /// Leaves out UPDATEs that changed nothing (`skip_unchanged`) or only ignored columns
+    /// (see [`rows::skipped_update`]), counting them in `metrics`.
+    pub(crate) fn with_update_rules(
+        mut self,
+        skip_unchanged: bool,
+        metrics: Arc<WorkerMetrics>,
+    ) -> Self {
+        self.skip_unchanged = skip_unchanged;
+        self.metrics = Some(metrics);
+        self
     }
 
     /// Records a relation's description (from a Relation message).
@@ -200,7 +218,14 @@ impl Assembler {
                 new,
             } => {
                 let info = relation(oid)?;
-                if info.captured {
+                if !info.captured {
+                } else if let Some(reason) =
+                    rows::skipped_update(info, old.as_ref(), &new, self.skip_unchanged)
+                {
+                    if let Some(metrics) = &self.metrics {
+                        metrics.record_skipped_update(&info.schema, &info.table, reason);
+                    }
+                } else {
                     open.rows
                         .push(rows::update(info, old.as_ref(), &new, meta(open)));
                 }
@@ -316,6 +341,7 @@ mod tests {
                     json_key: "\"id\":".into(),
                     kind: TypeKind::Int,
                     redacted: false,
+                    ignored: false,
                 }],
             },
         );
@@ -370,6 +396,7 @@ mod tests {
                     json_key: "\"id\":".into(),
                     kind: TypeKind::Int,
                     redacted: false,
+                    ignored: false,
                 }],
                 primary_key: vec![0],
                 captured: true,

@@ -96,6 +96,8 @@ pub(crate) struct Settings {
     pub max_batch_rows: usize,
     /// Rows of one transaction buffered before they are handed over as a piece.
     pub chunk_rows: usize,
+    /// Leave out UPDATEs that change nothing.
+    pub skip_unchanged_updates: bool,
 }
 
 /// Runs one session: streams from `source` into `sink` until `shutdown` (`Ok`) or an error.
@@ -126,7 +128,8 @@ pub(crate) async fn run<S: ReplicationSource, K: Sink>(
     let mut session = StreamSession {
         settings,
         source,
-        assembler: Assembler::new(resume, settings.chunk_rows),
+        assembler: Assembler::new(resume, settings.chunk_rows)
+            .with_update_rules(settings.skip_unchanged_updates, Arc::clone(metrics)),
         pieces: Some(pieces),
         applied,
         last_sent_end: resume.last_lsn,
@@ -511,6 +514,7 @@ mod tests {
                     json_key: "\"id\":".into(),
                     kind: TypeKind::Int,
                     redacted: false,
+                    ignored: false,
                 }],
                 primary_key: vec![0],
                 captured: true,
@@ -644,6 +648,7 @@ mod tests {
             heartbeat_interval: Duration::from_secs(3600),
             max_batch_rows,
             chunk_rows,
+            skip_unchanged_updates: true,
         }
     }
 

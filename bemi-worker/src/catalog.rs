@@ -94,6 +94,8 @@ pub(crate) struct ColumnInfo {
     pub kind: TypeKind,
     /// Whether its values are replaced by the redaction marker.
     pub redacted: bool,
+    /// Its changes alone do not make an UPDATE worth storing (`--ignore-columns`).
+    pub ignored: bool,
 }
 
 /// Whether a relation is one of the worker's own tables: `_bemi*`, or a `changes` table with the
@@ -162,6 +164,11 @@ impl Catalog {
                 json_key,
                 kind: self.type_kind(column.type_oid).await?,
                 redacted: config.redactions.is_redacted(
+                    &relation.namespace,
+                    &relation.name,
+                    &column.name,
+                ),
+                ignored: config.ignored_columns.is_ignored(
                     &relation.namespace,
                     &relation.name,
                     &column.name,

@@ -31,6 +31,10 @@ pub struct WorkerConfig {
     pub filter: TableFilter,
     /// Columns whose values are replaced by [`REDACTED`](Redactions::MARKER).
     pub redactions: Redactions,
+    /// Columns whose changes alone do not make an UPDATE worth storing (e.g. `*.updated_at`).
+    pub ignored_columns: IgnoredColumns,
+    /// Whether an UPDATE whose row is the same before and after is left out (default: yes).
+    pub skip_unchanged_updates: bool,
     /// Serve Prometheus metrics on this address.
     pub metrics_addr: Option<SocketAddr>,
     /// How often an idle source gets a heartbeat, so that the slot keeps advancing, and how
@@ -62,6 +66,8 @@ impl WorkerConfig {
             publication: "bemi".to_owned(),
             filter: TableFilter::default(),
             redactions: Redactions::default(),
+            ignored_columns: IgnoredColumns::default(),
+            skip_unchanged_updates: true,
             metrics_addr: None,
             heartbeat_interval: Duration::from_secs(10),
             max_batch_rows: 10_000,
@@ -113,6 +119,117 @@ impl WorkerConfig {
     pub fn redact<I: IntoIterator<Item = S>, S: Into<String>>(mut self, columns: I) -> Self {
         self.redactions = Redactions::new(columns);
         self
+    }
+
+    /// Leave out an UPDATE when every column it changed matches one of these globs
+    /// (`table.column` or `schema.table.column`; `*` and `?` wildcards). When it changed
+    /// another column too, it is stored whole, the ignored columns included. INSERTs, DELETEs,
+    /// TRUNCATEs and UPDATEs that change a primary key are always stored.
+    ///
+    /// ```
+    /// let config = bemi_worker::WorkerConfig::new("postgres://a/app")
+    ///     .ignore_columns(["*.updated_at", "orders.*_cached_counter"]);
+    /// assert!(config.ignored_columns.is_ignored("public", "todo", "updated_at"));
+    /// assert!(config.ignored_columns.is_ignored("sales", "orders", "items_cached_counter"));
+    /// assert!(!config.ignored_columns.is_ignored("public", "todo", "task"));
+    /// ```
+    pub fn ignore_columns<I: IntoIterator<Item = S>, S: Into<String>>(mut self, globs: I) -> Self {
+        self.ignored_columns = IgnoredColumns::new(globs);
+        self
+    }
+
+    /// Whether to leave out UPDATEs that leave their row as it was (default `true`). Such an
+    /// UPDATE can only be recognised with the whole before-image: on a table without `REPLICA
+    /// IDENTITY FULL` every UPDATE is stored.
+    ///
+    /// ```
+    /// let config = bemi_worker::WorkerConfig::new("postgres://a/app").skip_unchanged_updates(false);
+    /// assert!(!config.skip_unchanged_updates);
+    /// ```
+    #[must_use]
+    pub fn skip_unchanged_updates(mut self, skip: bool) -> Self {
+        self.skip_unchanged_updates = skip;
+        self
+    }
+
+    /// The capture rules in one line, for the worker's start-up log.
+    pub(crate) fn rules_summary(&self) -> String {
+        let ignored = if self.ignored_columns.is_empty() {
+            "none".to_owned()
+        } else {
+            self.ignored_columns.globs().join(", ")
+        };
+        format!(
+            "ignored columns: {ignored}; unchanged updates: {}",
+            if self.skip_unchanged_updates {
+                "skipped"
+            } else {
+                "stored"
+            }
+        )
+    }
+}
+
+/// Columns whose changes alone do not make an UPDATE worth storing: globs of `table.column` or
+/// `schema.table.column`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct IgnoredColumns {
+    globs: Vec<String>,
+}
+
+impl IgnoredColumns {
+    /// The rules of `globs`; see [`IgnoredColumns::parse_strict`] for checked input.
+    pub fn new<I: IntoIterator<Item = S>, S: Into<String>>(globs: I) -> Self {
+        Self {
+            globs: globs.into_iter().map(Into::into).collect(),
+        }
+    }
+
+    /// Checks every glob (`table.column` or `schema.table.column`, no empty part): the CLI's
+    /// `--ignore-columns`.
+    ///
+    /// ```
+    /// assert!(bemi_worker::IgnoredColumns::parse_strict(&["*.updated_at".into()]).is_ok());
+    /// assert!(bemi_worker::IgnoredColumns::parse_strict(&["updated_at".into()]).is_err());
+    /// ```
+    pub fn parse_strict(globs: &[String]) -> Result<Self, String> {
+        for glob in globs {
+            let dots = glob.matches('.').count();
+            if !(1..=2).contains(&dots) || glob.split('.').any(str::is_empty) {
+                return Err(format!(
+                    "--ignore-columns {glob:?}: expected TABLE.COLUMN or SCHEMA.TABLE.COLUMN \
+                     (globs allowed, e.g. *.updated_at)"
+                ));
+            }
+        }
+        Ok(Self::new(globs.iter().cloned()))
+    }
+
+    /// Whether there is no rule.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.globs.is_empty()
+    }
+
+    /// The globs, as given.
+    #[must_use]
+    pub fn globs(&self) -> &[String] {
+        &self.globs
+    }
+
+    /// Whether `schema.table.column` matches a rule.
+    #[must_use]
+    pub fn is_ignored(&self, schema: &str, table: &str, column: &str) -> bool {
+        self.globs.iter().any(|glob| {
+            let parts: Vec<&str> = glob.split('.').collect();
+            match parts.as_slice() {
+                [t, c] => glob_matches(t, table) && glob_matches(c, column),
+                [s, t, c] => {
+                    glob_matches(s, schema) && glob_matches(t, table) && glob_matches(c, column)
+                }
+                _ => false,
+            }
+        })
     }
 }
 

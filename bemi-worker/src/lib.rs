@@ -43,7 +43,7 @@ mod source;
 mod tls;
 mod worker;
 
-pub use config::{Redactions, TableFilter, WorkerConfig};
+pub use config::{IgnoredColumns, Redactions, TableFilter, WorkerConfig};
 pub use error::WorkerError;
 pub use masked_url::without_password;
 pub use metrics::{Timing, WorkerMetrics};

@@ -11,6 +11,7 @@
 //! | `bemi_stream_seconds_total` | counter | time spent decoding, converting and stitching |
 //! | `bemi_write_seconds_total` | counter | time spent writing batches to the destination |
 //! | `bemi_connected` | gauge | whether the stream is up (1) or not (0) |
+//! | `bemi_updates_skipped_total{table, reason}` | counter | UPDATEs left out by the capture rules, per table and reason (`unchanged`, `ignored_columns`) |
 //!
 //! ```
 //! let metrics = bemi_worker::WorkerMetrics::default();
@@ -18,11 +19,12 @@
 //! assert!(metrics.render().contains("bemi_changes_written_total 3"));
 //! ```
 
+use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::fmt::Write as _;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use http_body_util::Full;
@@ -31,6 +33,8 @@ use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+
+use crate::rows::SkipReason;
 
 /// Counters and gauges of one worker, shared between its tasks.
 #[derive(Debug, Default)]
@@ -45,6 +49,8 @@ pub struct WorkerMetrics {
     connected: AtomicBool,
     stream_nanos: AtomicU64,
     write_nanos: AtomicU64,
+    /// UPDATEs left out by the capture rules, per `schema.table` and reason.
+    skipped_updates: Mutex<BTreeMap<(String, &'static str), u64>>,
 }
 
 /// Where the worker's time went, in seconds.
@@ -190,11 +196,32 @@ impl WorkerMetrics {
         self.errors.load(Ordering::Relaxed)
     }
 
+    /// Counts an UPDATE of `schema.table` that the capture rules left out.
+    pub(crate) fn record_skipped_update(&self, schema: &str, table: &str, reason: SkipReason) {
+        let mut skipped = self
+            .skipped_updates
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        *skipped
+            .entry((format!("{schema}.{table}"), reason.label()))
+            .or_default() += 1;
+    }
+
+    /// UPDATEs the capture rules left out: `(schema.table, reason, count)`, the reason being
+    /// `unchanged` (`--skip-unchanged-updates`) or `ignored_columns` (`--ignore-columns`).
+    #[must_use]
+    pub fn skipped_updates(&self) -> Vec<(String, String, u64)> {
+        let skipped = self
+            .skipped_updates
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        skipped
+            .iter()
+            .map(|((table, reason), count)| (table.clone(), (*reason).to_owned(), *count))
+            .collect()
+    }
+
     /// Rows written so far.
-    ///
-    /// ```
-    /// assert_eq!(bemi_worker::WorkerMetrics::default().changes_written(), 0);
-    /// ```
     pub fn changes_written(&self) -> u64 {
         self.changes_written.load(Ordering::Relaxed)
     }
@@ -293,8 +320,31 @@ impl WorkerMetrics {
             "Whether the replication stream is up (1) or not (0).",
             u8::from(self.connected.load(Ordering::Relaxed)).to_string(),
         );
+        let skipped = self.skipped_updates();
+        if !skipped.is_empty() {
+            let _ = writeln!(
+                out,
+                "# HELP bemi_updates_skipped_total UPDATEs left out by the capture rules \
+                 (--skip-unchanged-updates, --ignore-columns), per table and reason.\n\
+                 # TYPE bemi_updates_skipped_total counter"
+            );
+            for (table, reason, count) in skipped {
+                let _ = writeln!(
+                    out,
+                    "bemi_updates_skipped_total{{table=\"{}\",reason=\"{reason}\"}} {count}",
+                    label_value(&table)
+                );
+            }
+        }
         out
     }
+}
+
+/// A Prometheus label value: backslash, double quote and newline escaped.
+fn label_value(text: &str) -> String {
+    text.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 /// Serves `GET /metrics` (any path, in fact) on `addr` until `shutdown`.

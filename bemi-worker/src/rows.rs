@@ -114,6 +114,62 @@ pub(crate) fn update(
     }
 }
 
+/// Why an UPDATE is left out of the audit trail.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub(crate) enum SkipReason {
+    /// The row is the same before and after.
+    Unchanged,
+    /// Only ignored columns changed.
+    IgnoredColumns,
+}
+
+impl SkipReason {
+    /// The metric label.
+    pub(crate) fn label(self) -> &'static str {
+        match self {
+            Self::Unchanged => "unchanged",
+            Self::IgnoredColumns => "ignored_columns",
+        }
+    }
+}
+
+/// Whether an UPDATE is left out, and why: when every column it changed is ignored, or — with
+/// `skip_unchanged` — when it changed none. Decided on the values as the WAL carries them, so
+/// only with the whole before-image (REPLICA IDENTITY FULL); an UPDATE that changed a primary
+/// key column is always kept.
+pub(crate) fn skipped_update(
+    info: &RelationInfo,
+    old: Option<&OldRow<'_>>,
+    new: &[Value<'_>],
+    skip_unchanged: bool,
+) -> Option<SkipReason> {
+    let old = old.filter(|old| old.full && old.values.len() == new.len())?;
+    let mut changed_any = false;
+    for (i, (column, (before, after))) in info
+        .columns
+        .iter()
+        .zip(old.values.iter().zip(new))
+        .enumerate()
+    {
+        // An unchanged TOAST value arrives without its value: it did not change.
+        let changed = !matches!(after, Value::UnchangedToast) && before != after;
+        if !changed {
+            continue;
+        }
+        if !column.ignored || info.primary_key.contains(&i) {
+            return None;
+        }
+        changed_any = true;
+    }
+    if changed_any {
+        Some(SkipReason::IgnoredColumns)
+    } else if skip_unchanged {
+        Some(SkipReason::Unchanged)
+    } else {
+        None
+    }
+}
+
 /// Builds the row of a DELETE.
 pub(crate) fn delete(info: &RelationInfo, old: &OldRow<'_>, meta: ChangeMeta) -> ChangeRow {
     ChangeRow {
@@ -221,6 +277,104 @@ mod tests {
     use crate::catalog::ColumnInfo;
     use crate::json_value::TypeKind;
 
+    /// `doc (id pk, title, updated_at ignored)`.
+    fn doc() -> RelationInfo {
+        let column = |name: &str, ignored| ColumnInfo {
+            json_key: format!("\"{name}\":"),
+            kind: TypeKind::Text,
+            redacted: false,
+            ignored,
+        };
+        RelationInfo {
+            schema: "public".into(),
+            table: "doc".into(),
+            columns: vec![
+                column("id", false),
+                column("title", false),
+                column("updated_at", true),
+            ],
+            primary_key: vec![0],
+            captured: true,
+        }
+    }
+
+    fn full(values: &[&'static str]) -> OldRow<'static> {
+        OldRow {
+            full: true,
+            values: values.iter().map(|v| Value::Text(v.as_bytes())).collect(),
+        }
+    }
+
+    fn text(values: &[&'static str]) -> Vec<Value<'static>> {
+        values.iter().map(|v| Value::Text(v.as_bytes())).collect()
+    }
+
+    #[test]
+    fn updates_of_ignored_columns_only_or_of_nothing_are_skipped() {
+        let info = doc();
+        let old = full(&["1", "a", "t1"]);
+        let verdict = |new: &[Value<'_>], skip_unchanged| {
+            skipped_update(&info, Some(&old), new, skip_unchanged)
+        };
+        assert_eq!(
+            verdict(&text(&["1", "a", "t2"]), true),
+            Some(SkipReason::IgnoredColumns)
+        );
+        assert_eq!(
+            verdict(&text(&["1", "a", "t2"]), false),
+            Some(SkipReason::IgnoredColumns)
+        );
+        assert_eq!(
+            verdict(&text(&["1", "a", "t1"]), true),
+            Some(SkipReason::Unchanged)
+        );
+        assert_eq!(verdict(&text(&["1", "a", "t1"]), false), None);
+        // A real field changed too: kept, whole.
+        assert_eq!(verdict(&text(&["1", "b", "t2"]), true), None);
+        // The key changed: always kept.
+        assert_eq!(verdict(&text(&["2", "a", "t2"]), true), None);
+        // A NULL that became a value is a change.
+        let old_null = OldRow {
+            full: true,
+            values: vec![Value::Text(b"1"), Value::Null, Value::Text(b"t1")],
+        };
+        assert_eq!(
+            skipped_update(&info, Some(&old_null), &text(&["1", "a", "t1"]), true),
+            None
+        );
+        // An unchanged TOAST value is unchanged.
+        let new = vec![Value::Text(b"1"), Value::UnchangedToast, Value::Text(b"t1")];
+        assert_eq!(verdict(&new, true), Some(SkipReason::Unchanged));
+    }
+
+    #[test]
+    fn without_the_whole_before_image_every_update_is_kept() {
+        let info = doc();
+        let key_only = OldRow {
+            full: false,
+            values: vec![Value::Text(b"1"), Value::Null, Value::Null],
+        };
+        assert_eq!(
+            skipped_update(&info, Some(&key_only), &text(&["1", "a", "t1"]), true),
+            None
+        );
+        assert_eq!(
+            skipped_update(&info, None, &text(&["1", "a", "t1"]), true),
+            None
+        );
+    }
+
+    #[test]
+    fn an_ignored_key_column_still_keeps_a_key_change() {
+        let mut info = doc();
+        info.columns[0].ignored = true;
+        let old = full(&["1", "a", "t1"]);
+        assert_eq!(
+            skipped_update(&info, Some(&old), &text(&["2", "a", "t2"]), true),
+            None
+        );
+    }
+
     #[test]
     fn an_insert_has_an_after_image_and_its_key() {
         use crate::{catalog::*, json_value::TypeKind, pgoutput::Value, rows::*};
@@ -233,11 +387,13 @@ mod tests {
                     json_key: "\"id\":".into(),
                     kind: TypeKind::Int,
                     redacted: false,
+                    ignored: false,
                 },
                 ColumnInfo {
                     json_key: "\"task\":".into(),
                     kind: TypeKind::Text,
                     redacted: false,
+                    ignored: false,
                 },
             ],
             primary_key: vec![0],
@@ -271,11 +427,13 @@ mod tests {
                     json_key: "\"id\":".into(),
                     kind: TypeKind::Int,
                     redacted: false,
+                    ignored: false,
                 },
                 ColumnInfo {
                     json_key: "\"notes\":".into(),
                     kind: TypeKind::Text,
                     redacted: false,
+                    ignored: false,
                 },
             ],
             primary_key: vec![0],
@@ -318,6 +476,7 @@ mod tests {
                 json_key: "\"id\":".into(),
                 kind: TypeKind::Int,
                 redacted: false,
+                ignored: false,
             }],
             primary_key: vec![0],
             captured: true,
@@ -373,6 +532,7 @@ mod tests {
                     json_key: format!("\"{name}\":"),
                     kind: kind.clone(),
                     redacted: *redacted,
+                    ignored: false,
                 })
                 .collect(),
             primary_key,

@@ -106,6 +106,7 @@ impl Worker {
                 );
             }
         }
+        tracing::info!(rules = %self.config.rules_summary(), "capture rules");
         if let Some(addr) = self.config.metrics_addr {
             let listener = metrics::bind(addr).await?;
             tracing::info!(%addr, "serving metrics");
@@ -238,6 +239,7 @@ impl Worker {
             heartbeat_interval: config.heartbeat_interval,
             max_batch_rows: config.max_batch_rows,
             chunk_rows: config.chunk_rows,
+            skip_unchanged_updates: config.skip_unchanged_updates,
         };
         capture::run(&mut source, destination, settings, &self.metrics, shutdown).await
     }

@@ -66,7 +66,7 @@ fn the_demo_prints_its_table_on_stdout_and_logs_nothing_there() {
     assert!(!stderr.contains('\u{1b}'), "{stderr}");
     // The embedded database is gone: the hint says so, and how to keep one.
     assert!(
-        stdout.contains("removed as the demo exits") && stdout.contains("bemi -- dev"),
+        stdout.contains("removed as the demo exits") && stdout.contains("bemi-cli -- dev"),
         "{stdout}"
     );
 }

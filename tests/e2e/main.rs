@@ -7,6 +7,7 @@
 mod adapters;
 mod audit_filters;
 mod audit_query;
+mod capture_rules;
 mod cli_audit;
 mod cli_changes;
 mod cli_dev;
@@ -80,6 +81,9 @@ fn all_tests() -> Vec<(String, TestFn)> {
         migration::worker_tables_and_unlogged_tables_are_not_tracked,
         demo::requests_through_the_axum_app_become_the_seeds_changes_table,
         minimal_examples::the_axum_sqlx_example_attributes_its_write,
+        capture_rules::ignored_columns_and_unchanged_updates_are_left_out_and_counted,
+        capture_rules::unchanged_updates_are_stored_when_asked,
+        capture_rules::a_kill_9_inside_a_mixed_transaction_loses_and_duplicates_nothing,
         minimal_examples::the_actix_tokio_postgres_example_attributes_its_write,
         minimal_examples::the_graphql_example_attributes_its_write,
         demo::the_demo_relies_on_a_running_worker_that_captures_todo,
