@@ -4,7 +4,9 @@
 //!
 //! - [`context`]: the request context, a JSON object in a task-local, and [`ContextExt`] to
 //!   carry it into spawned tasks;
-//! - [`sql`]: annotating writes with ` /*Bemi {json} Bemi*/`;
+//! - [`carrier`]: how adapters carry a write's context (a message in its transaction, or a
+//!   ` /*Bemi {json} Bemi*/` comment, see [`sql`]);
+//! - [`sql`]: annotating writes with the comment;
 //! - [`migration`]: the SQL that installs the triggers;
 //! - [`protocol`]: the names and bounds of the wire format and of the `changes` table;
 //! - driver adapters behind the features `sqlx` (module `sqlx`) and `tokio-postgres` (module
@@ -21,6 +23,7 @@
 //! assert!(annotated.unwrap().ends_with(r#""user_id":187234} Bemi*/"#));
 //! ```
 
+pub mod carrier;
 pub mod context;
 pub mod integration;
 pub mod migration;

@@ -125,13 +125,26 @@ pub fn comment(sql: &str, context: &Context) -> String {
 /// assert_eq!(back, ctx); // a user key named SQL wins
 /// ```
 pub fn context_json(sql: &str, context: &Context) -> String {
-    let json = if context.contains_key(SQL_KEY) {
-        to_json(context)
-    } else {
-        let mut with_sql = Map::with_capacity(context.len() + 1);
-        with_sql.extend(context.iter().map(|(k, v)| (k.clone(), v.clone())));
-        with_sql.insert(SQL_KEY.to_owned(), Value::String(sql_key_value(sql)));
-        to_json(&with_sql)
+    bounded_json(Some(sql), context)
+}
+
+/// The JSON text of `context` for a write whose SQL is not known (a statement prepared
+/// elsewhere): no `SQL` key, size-bounded, with `*` escaped.
+#[must_use]
+pub fn context_json_without_sql(context: &Context) -> String {
+    bounded_json(None, context)
+}
+
+fn bounded_json(sql: Option<&str>, context: &Context) -> String {
+    let json = match sql {
+        None => to_json(context),
+        Some(_) if context.contains_key(SQL_KEY) => to_json(context),
+        Some(sql) => {
+            let mut with_sql = Map::with_capacity(context.len() + 1);
+            with_sql.extend(context.iter().map(|(k, v)| (k.clone(), v.clone())));
+            with_sql.insert(SQL_KEY.to_owned(), Value::String(sql_key_value(sql)));
+            to_json(&with_sql)
+        }
     };
     let json = if json.len() > MAX_CONTEXT_BYTES {
         tracing::warn!(
@@ -151,13 +164,15 @@ fn to_json(map: &Context) -> String {
     serde_json::to_string(map).unwrap_or_else(|_| String::from("{}"))
 }
 
-fn dropped_marker(sql: &str, bytes: usize) -> Context {
+fn dropped_marker(sql: Option<&str>, bytes: usize) -> Context {
     let mut marker = Map::new();
     marker.insert(
         DROPPED_KEY.to_owned(),
         serde_json::json!({"reason": "too large", "bytes": bytes, "limit_bytes": MAX_CONTEXT_BYTES}),
     );
-    marker.insert(SQL_KEY.to_owned(), Value::String(sql_key_value(sql)));
+    if let Some(sql) = sql {
+        marker.insert(SQL_KEY.to_owned(), Value::String(sql_key_value(sql)));
+    }
     marker
 }
 

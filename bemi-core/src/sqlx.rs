@@ -1,4 +1,4 @@
-//! The sqlx 0.9 adapter (feature `sqlx`): executors that annotate writes with the current context.
+//! The sqlx 0.9 adapter (feature `sqlx`): executors whose writes carry the current context.
 //!
 //! [`BemiPool`] wraps a [`PgPool`]; `&BemiPool`, `&mut` [`BemiTransaction`] and `&mut`
 //! [`BemiConnection`] implement [`sqlx::Executor`], so queries keep their shape:
@@ -9,11 +9,10 @@
 //!
 //! # async fn run() -> Result<(), sqlx::Error> {
 //! let pool = BemiPool::connect("postgres://localhost/app").await?;
-//! let ctx = json!({"user_id": 187234, "endpoint": "/todo"});
-//! context::scope(ctx, async {
+//! context::scope(json!({"user_id": 187234, "endpoint": "/todo"}), async {
 //!     sqlx::query("INSERT INTO todo (task) VALUES ($1)")
 //!         .bind("Sleep")
-//!         .execute(&pool) // carries /*Bemi {"user_id":187234,...} Bemi*/
+//!         .execute(&pool) // carries {"user_id":187234,...}
 //!         .await?;
 //!
 //!     let mut tx = pool.begin().await?;
@@ -24,21 +23,29 @@
 //! # Ok(()) }
 //! ```
 //!
+//! # How the context travels
+//!
+//! With [`Carrier::Message`] (the default) a write's SQL is not touched, so it keeps sqlx's
+//! prepared-statement cache. Inside a [`BemiTransaction`] the adapter runs the cached
+//! [`EMIT_SQL`](crate::carrier::EMIT_SQL) just before the write (one extra round trip: sqlx
+//! cannot pipeline). A write outside a transaction (through `&BemiPool` or `&mut
+//! BemiConnection`) runs in one of its own: `BEGIN` and the emission in one simple query, the
+//! write, `COMMIT` — three round trips, all statements cached or trivial, and safe behind a
+//! transaction-pooling pgbouncer; the rows it returns are read whole before the commit. With
+//! [`Carrier::Comment`] ([`BemiPool::carrier`]) writes carry a trailing ` /*Bemi {json} Bemi*/`
+//! instead: one statement, but a text of its own, which sqlx runs unnamed (Parse/Describe/Sync,
+//! then Bind/Execute/Sync — not safe behind pgbouncer outside a transaction) and the server
+//! parses every time. BENCHMARKS.md (P2) measures both. Reads, and writes made without a
+//! context, pass through untouched either way.
+//!
 //! # Which context
 //!
 //! A query takes the context in scope where it is handed to the executor, or, if there is none
 //! there, the context in scope where it first runs. So both a query made in a request and moved
 //! elsewhere, and `context::scope(ctx, pool.execute("…"))`, carry the context.
 //!
-//! # Statement caching
-//!
-//! Reads, and writes made without a context, pass through untouched and use sqlx's
-//! prepared-statement cache as usual. An annotated write has a different text for every context,
-//! so it runs as a non-persistent (unnamed) prepared statement: it neither fills nor evicts the
-//! cache. Queries without arguments keep using the simple query protocol.
-//!
 //! To annotate any other executor (e.g. a `&mut PgConnection` you already hold), wrap it in
-//! [`Annotated`].
+//! [`Annotated`]: it always uses the comment.
 
 use std::fmt;
 
@@ -48,13 +55,14 @@ use sqlx::error::BoxDynError;
 use sqlx::pool::PoolConnection;
 use sqlx::postgres::{PgArguments, PgConnectOptions, PgPoolOptions, PgQueryResult, PgRow};
 use sqlx::{
-    AssertSqlSafe, Describe, Either, Error, Execute, Executor, PgPool, Postgres, SqlSafeStr,
-    SqlStr, Transaction,
+    AssertSqlSafe, Describe, Either, Error, Execute, Executor, PgConnection, PgPool, Postgres,
+    SqlSafeStr, SqlStr, Transaction,
 };
 use sqlx_postgres::{PgStatement, PgTypeInfo};
 
-use futures_util::StreamExt as _;
+use futures_util::{StreamExt as _, TryStreamExt as _};
 
+use crate::carrier::{self, Carrier, EMIT_SQL};
 use crate::integration::SharedContext;
 use crate::sql;
 
@@ -73,54 +81,43 @@ use crate::sql;
 #[derive(Debug)]
 pub struct Annotated<E>(pub E);
 
-/// A query whose SQL is annotated with the context of the code that hands it to the executor
-/// or, if that code has none, of the code that first polls it.
-struct AnnotatedQuery {
+/// A query taken apart, to run as it is (its message carried beside it) or with its SQL
+/// annotated.
+struct TakenQuery {
     sql: SqlStr,
-    annotated: bool,
     statement: Option<PgStatement>,
     arguments: Option<Result<Option<PgArguments>, BoxDynError>>,
     persistent: bool,
 }
 
-impl AnnotatedQuery {
-    /// Takes the query apart and annotates it if a context is in scope **now**, at the call
-    /// site, so that a query made in a request keeps that request's context wherever it runs.
+impl TakenQuery {
     fn new<'q, E: Execute<'q, Postgres>>(mut query: E) -> Self {
         let statement = query.statement().cloned();
         let arguments = query.take_arguments();
         let persistent = query.persistent();
-        let mut this = Self {
+        Self {
             sql: query.sql(),
-            annotated: false,
             statement,
             arguments: Some(arguments),
             persistent,
-        };
-        this.annotate();
-        this
-    }
-
-    /// Annotates with the current context, if there is one and the query is not annotated yet.
-    fn annotate(&mut self) {
-        if self.annotated {
-            return;
-        }
-        if let Some(annotated) = sql::annotate_current(self.sql.as_str()) {
-            self.sql = AssertSqlSafe(annotated).into_sql_str();
-            self.annotated = true;
-            // A text unique to its context must not take a slot in the statement cache.
-            self.persistent = false;
         }
     }
 
-    /// Whether the query still needs the context of the code that will poll it.
-    fn needs_context(&self) -> bool {
-        !self.annotated && SharedContext::current().is_none()
+    /// Appends the current context's comment if the query writes and a context is in scope.
+    fn annotate_current(&mut self) -> bool {
+        match sql::annotate_current(self.sql.as_str()) {
+            Some(annotated) => {
+                self.sql = AssertSqlSafe(annotated).into_sql_str();
+                // A text unique to its context must not take a slot in the statement cache.
+                self.persistent = false;
+                true
+            }
+            None => false,
+        }
     }
 }
 
-impl<'q> Execute<'q, Postgres> for AnnotatedQuery {
+impl<'q> Execute<'q, Postgres> for TakenQuery {
     fn sql(self) -> SqlStr {
         self.sql
     }
@@ -135,6 +132,224 @@ impl<'q> Execute<'q, Postgres> for AnnotatedQuery {
 
     fn persistent(&self) -> bool {
         self.persistent
+    }
+}
+
+/// What a query carries with [`Carrier::Message`], as far as the code that hands it over can
+/// tell.
+enum Carried {
+    /// Not a write: nothing to carry.
+    Read,
+    /// A write with this context (the message's JSON).
+    Context(String),
+    /// A write without a context in scope here: the code that polls it may have one.
+    Pending,
+}
+
+impl Carried {
+    fn of(sql: &str) -> Self {
+        if !sql::is_write(sql) {
+            return Self::Read;
+        }
+        match carrier::message_json(sql) {
+            Some(json) => Self::Context(json),
+            None => Self::Pending,
+        }
+    }
+
+    /// The context of a write, looked up again where it runs if it had none where it was made.
+    fn resolve(self, sql: &str) -> Option<(bool, Option<String>)> {
+        match self {
+            Self::Read => None,
+            Self::Context(json) => Some((true, Some(json))),
+            Self::Pending => Some((true, carrier::message_json(sql))),
+        }
+    }
+}
+
+/// Emits what a write inside a transaction carries: its context, or `{}` when it has none and
+/// an earlier write of the transaction had one (`emitted` remembers that).
+async fn emit_in_transaction(
+    conn: &mut PgConnection,
+    emitted: &mut bool,
+    json: Option<&str>,
+) -> Result<(), Error> {
+    let json = match json {
+        Some(json) => json,
+        None if *emitted => carrier::RESET_JSON,
+        None => return Ok(()),
+    };
+    sqlx::query(EMIT_SQL).bind(json).execute(&mut *conn).await?;
+    *emitted = json != carrier::RESET_JSON;
+    Ok(())
+}
+
+/// Runs a write with a context outside a transaction: in a transaction of its own, opened
+/// together with the emission, its results read whole before the commit.
+async fn autocommit(
+    conn: &mut PgConnection,
+    json: &str,
+    query: TakenQuery,
+) -> Result<Vec<Either<PgQueryResult, PgRow>>, Error> {
+    use futures_util::TryStreamExt as _;
+    use sqlx::Connection as _;
+
+    let begin = carrier::begin_and_emit_sql(json);
+    let mut tx = conn.begin_with(AssertSqlSafe(begin)).await?;
+    let results = (&mut *tx).fetch_many(query).try_collect().await?;
+    tx.commit().await?;
+    Ok(results)
+}
+
+/// Where a [`Carrier::Message`] executor runs its queries.
+enum Target<'c> {
+    /// A pool: each write with a context gets a connection and a transaction of its own.
+    Pool(&'c PgPool),
+    /// A connection outside a transaction.
+    Connection(&'c mut PgConnection),
+    /// A connection inside a transaction; `emitted` notes that a context was emitted in it.
+    Transaction(&'c mut PgConnection, &'c mut bool),
+}
+
+impl<'c> Target<'c> {
+    fn fetch_many<'e, 'q: 'e, E>(
+        self,
+        query: E,
+    ) -> BoxStream<'e, Result<Either<PgQueryResult, PgRow>, Error>>
+    where
+        'c: 'e,
+        E: 'q + Execute<'q, Postgres>,
+    {
+        let query = TakenQuery::new(query);
+        let carried = Carried::of(query.sql.as_str());
+        if let Carried::Read = carried {
+            return match self {
+                Target::Pool(pool) => pool.fetch_many(query),
+                Target::Connection(conn) => conn.fetch_many(query),
+                Target::Transaction(conn, emitted) => {
+                    *emitted |= carrier::may_undo_emissions(query.sql.as_str());
+                    conn.fetch_many(query)
+                }
+            };
+        }
+        Box::pin(
+            futures_util::stream::once(async move {
+                let (_, json) = carried.resolve(query.sql.as_str()).unwrap_or_default();
+                match (self, json) {
+                    (Target::Transaction(conn, emitted), json) => {
+                        emit_in_transaction(&mut *conn, emitted, json.as_deref()).await?;
+                        Ok::<_, Error>(conn.fetch_many(query))
+                    }
+                    (Target::Pool(pool), Some(json)) => {
+                        let mut conn = pool.acquire().await?;
+                        let results = autocommit(&mut conn, &json, query).await?;
+                        Ok(futures_util::stream::iter(results.into_iter().map(Ok)).boxed())
+                    }
+                    (Target::Connection(conn), Some(json)) => {
+                        let results = autocommit(&mut *conn, &json, query).await?;
+                        Ok(futures_util::stream::iter(results.into_iter().map(Ok)).boxed())
+                    }
+                    (Target::Pool(pool), None) => Ok(pool.fetch_many(query)),
+                    (Target::Connection(conn), None) => Ok(conn.fetch_many(query)),
+                }
+            })
+            .try_flatten(),
+        )
+    }
+
+    fn fetch_optional<'e, 'q: 'e, E>(self, query: E) -> BoxFuture<'e, Result<Option<PgRow>, Error>>
+    where
+        'c: 'e,
+        E: 'q + Execute<'q, Postgres>,
+    {
+        let query = TakenQuery::new(query);
+        let carried = Carried::of(query.sql.as_str());
+        if let Carried::Read = carried {
+            return match self {
+                Target::Pool(pool) => pool.fetch_optional(query),
+                Target::Connection(conn) => conn.fetch_optional(query),
+                Target::Transaction(conn, emitted) => {
+                    *emitted |= carrier::may_undo_emissions(query.sql.as_str());
+                    conn.fetch_optional(query)
+                }
+            };
+        }
+        Box::pin(async move {
+            let (_, json) = carried.resolve(query.sql.as_str()).unwrap_or_default();
+            let first_row = |results: Vec<Either<PgQueryResult, PgRow>>| {
+                results.into_iter().find_map(Either::right)
+            };
+            match (self, json) {
+                (Target::Transaction(conn, emitted), json) => {
+                    emit_in_transaction(&mut *conn, emitted, json.as_deref()).await?;
+                    conn.fetch_optional(query).await
+                }
+                (Target::Pool(pool), Some(json)) => {
+                    let mut conn = pool.acquire().await?;
+                    autocommit(&mut conn, &json, query).await.map(first_row)
+                }
+                (Target::Connection(conn), Some(json)) => {
+                    autocommit(conn, &json, query).await.map(first_row)
+                }
+                (Target::Pool(pool), None) => pool.fetch_optional(query).await,
+                (Target::Connection(conn), None) => conn.fetch_optional(query).await,
+            }
+        })
+    }
+
+    fn prepare_with<'e>(
+        self,
+        sql: SqlStr,
+        parameters: &'e [PgTypeInfo],
+    ) -> BoxFuture<'e, Result<PgStatement, Error>>
+    where
+        'c: 'e,
+    {
+        match self {
+            Target::Pool(pool) => pool.prepare_with(sql, parameters),
+            Target::Connection(conn) | Target::Transaction(conn, _) => {
+                conn.prepare_with(sql, parameters)
+            }
+        }
+    }
+
+    fn describe<'e>(self, sql: SqlStr) -> BoxFuture<'e, Result<Describe<Postgres>, Error>>
+    where
+        'c: 'e,
+    {
+        match self {
+            Target::Pool(pool) => pool.describe(sql),
+            Target::Connection(conn) | Target::Transaction(conn, _) => conn.describe(sql),
+        }
+    }
+}
+
+/// A query whose SQL is annotated with the context of the code that hands it to the executor
+/// or, if that code has none, of the code that first polls it.
+struct AnnotatedQuery {
+    query: TakenQuery,
+    annotated: bool,
+}
+
+impl AnnotatedQuery {
+    /// Takes the query apart and annotates it if a context is in scope **now**, at the call
+    /// site, so that a query made in a request keeps that request's context wherever it runs.
+    fn new<'q, E: Execute<'q, Postgres>>(query: E) -> Self {
+        let mut query = TakenQuery::new(query);
+        let annotated = query.annotate_current();
+        Self { query, annotated }
+    }
+
+    /// Annotates with the current context, if there is one and the query is not annotated yet.
+    fn annotate(&mut self) {
+        if !self.annotated {
+            self.annotated = self.query.annotate_current();
+        }
+    }
+
+    /// Whether the query still needs the context of the code that will poll it.
+    fn needs_context(&self) -> bool {
+        !self.annotated && SharedContext::current().is_none()
     }
 }
 
@@ -154,13 +369,13 @@ where
     {
         let mut query = AnnotatedQuery::new(query);
         if !query.needs_context() {
-            return self.0.fetch_many(query);
+            return self.0.fetch_many(query.query);
         }
         let inner = self.0;
         Box::pin(
             futures_util::stream::once(async move {
                 query.annotate();
-                inner.fetch_many(query)
+                inner.fetch_many(query.query)
             })
             .flatten(),
         )
@@ -173,12 +388,12 @@ where
     {
         let mut query = AnnotatedQuery::new(query);
         if !query.needs_context() {
-            return self.0.fetch_optional(query);
+            return self.0.fetch_optional(query.query);
         }
         let inner = self.0;
         Box::pin(async move {
             query.annotate();
-            inner.fetch_optional(query).await
+            inner.fetch_optional(query.query).await
         })
     }
 
@@ -204,10 +419,10 @@ where
     }
 }
 
-/// Implements `Executor` for a reference to a wrapper by delegating to [`Annotated`] of the
-/// inner executor.
-macro_rules! annotated_executor {
-    ($lt:lifetime, $self_ty:ty, |$this:ident| $inner:expr) => {
+/// Implements `Executor` for a reference to a wrapper: with [`Carrier::Comment`] through
+/// [`Annotated`] of the inner executor, with [`Carrier::Message`] through a [`Target`].
+macro_rules! carrying_executor {
+    ($lt:lifetime, $self_ty:ty, |$this:ident| comment: $comment:expr, message: $message:expr) => {
         impl<$lt> Executor<$lt> for $self_ty {
             type Database = Postgres;
 
@@ -220,7 +435,10 @@ macro_rules! annotated_executor {
                 E: 'q + Execute<'q, Postgres>,
             {
                 let $this = self;
-                Annotated($inner).fetch_many(query)
+                match $this.carrier {
+                    Carrier::Comment => Annotated($comment).fetch_many(query),
+                    Carrier::Message => $message.fetch_many(query),
+                }
             }
 
             fn fetch_optional<'e, 'q: 'e, E>(
@@ -232,7 +450,10 @@ macro_rules! annotated_executor {
                 E: 'q + Execute<'q, Postgres>,
             {
                 let $this = self;
-                Annotated($inner).fetch_optional(query)
+                match $this.carrier {
+                    Carrier::Comment => Annotated($comment).fetch_optional(query),
+                    Carrier::Message => $message.fetch_optional(query),
+                }
             }
 
             fn prepare_with<'e>(
@@ -244,7 +465,7 @@ macro_rules! annotated_executor {
                 $lt: 'e,
             {
                 let $this = self;
-                Annotated($inner).prepare_with(sql, parameters)
+                $message.prepare_with(sql, parameters)
             }
 
             fn describe<'e>(self, sql: SqlStr) -> BoxFuture<'e, Result<Describe<Postgres>, Error>>
@@ -252,7 +473,7 @@ macro_rules! annotated_executor {
                 $lt: 'e,
             {
                 let $this = self;
-                Annotated($inner).describe(sql)
+                $message.describe(sql)
             }
         }
     };
@@ -269,12 +490,14 @@ macro_rules! annotated_executor {
 #[derive(Clone)]
 pub struct BemiPool {
     pool: PgPool,
+    carrier: Carrier,
 }
 
 impl fmt::Debug for BemiPool {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("BemiPool")
             .field("size", &self.pool.size())
+            .field("carrier", &self.carrier)
             .finish()
     }
 }
@@ -289,7 +512,25 @@ impl BemiPool {
     /// # Ok(()) }
     /// ```
     pub fn new(pool: PgPool) -> Self {
-        Self { pool }
+        Self {
+            pool,
+            carrier: Carrier::default(),
+        }
+    }
+
+    /// How writes carry their context (default [`Carrier::Message`]; see the module docs).
+    ///
+    /// ```no_run
+    /// # fn run(pool: sqlx::PgPool) {
+    /// use bemi_core::{carrier::Carrier, sqlx::BemiPool};
+    ///
+    /// let pool = BemiPool::new(pool).carrier(Carrier::Comment);
+    /// # }
+    /// ```
+    #[must_use]
+    pub fn carrier(mut self, carrier: Carrier) -> Self {
+        self.carrier = carrier;
+        self
     }
 
     /// Connects a new pool with sqlx's default options.
@@ -343,7 +584,8 @@ impl BemiPool {
     /// # Ok(()) }
     /// ```
     pub async fn begin(&self) -> Result<BemiTransaction<'static>, Error> {
-        self.pool.begin().await.map(BemiTransaction::new)
+        let tx = self.pool.begin().await?;
+        Ok(BemiTransaction::new(tx).carrier(self.carrier))
     }
 
     /// Acquires a connection whose executor annotates writes.
@@ -355,10 +597,10 @@ impl BemiPool {
     /// # Ok(()) }
     /// ```
     pub async fn acquire(&self) -> Result<BemiConnection, Error> {
-        self.pool
-            .acquire()
-            .await
-            .map(|conn| BemiConnection { conn })
+        self.pool.acquire().await.map(|conn| BemiConnection {
+            conn,
+            carrier: self.carrier,
+        })
     }
 
     /// Closes the pool (see [`sqlx::Pool::close`]).
@@ -379,7 +621,7 @@ impl From<PgPool> for BemiPool {
     }
 }
 
-annotated_executor!('p, &'p BemiPool, |this| &this.pool);
+carrying_executor!('p, &'p BemiPool, |this| comment: &this.pool, message: Target::Pool(&this.pool));
 
 /// A transaction whose executor annotates writes; from [`BemiPool::begin`] or
 /// [`BemiTransaction::new`]. Dropped without [`commit`](Self::commit), it rolls back.
@@ -394,6 +636,9 @@ annotated_executor!('p, &'p BemiPool, |this| &this.pool);
 #[derive(Debug)]
 pub struct BemiTransaction<'c> {
     tx: Transaction<'c, Postgres>,
+    carrier: Carrier,
+    /// A context was emitted in this transaction: a write without one emits `{}` first.
+    emitted: bool,
 }
 
 impl<'c> BemiTransaction<'c> {
@@ -405,7 +650,18 @@ impl<'c> BemiTransaction<'c> {
     /// # Ok(()) }
     /// ```
     pub fn new(tx: Transaction<'c, Postgres>) -> Self {
-        Self { tx }
+        Self {
+            tx,
+            carrier: Carrier::default(),
+            emitted: false,
+        }
+    }
+
+    /// How writes carry their context (default [`Carrier::Message`]).
+    #[must_use]
+    pub fn carrier(mut self, carrier: Carrier) -> Self {
+        self.carrier = carrier;
+        self
     }
 
     /// Commits the transaction.
@@ -454,7 +710,7 @@ impl<'c> BemiTransaction<'c> {
     }
 }
 
-annotated_executor!('t, &'t mut BemiTransaction<'_>, |this| &mut *this.tx);
+carrying_executor!('t, &'t mut BemiTransaction<'_>, |this| comment: &mut *this.tx, message: Target::Transaction(&mut this.tx, &mut this.emitted));
 
 /// A pooled connection whose executor annotates writes; from [`BemiPool::acquire`].
 ///
@@ -467,6 +723,7 @@ annotated_executor!('t, &'t mut BemiTransaction<'_>, |this| &mut *this.tx);
 #[derive(Debug)]
 pub struct BemiConnection {
     conn: PoolConnection<Postgres>,
+    carrier: Carrier,
 }
 
 impl BemiConnection {
@@ -493,8 +750,10 @@ impl BemiConnection {
     /// ```
     pub async fn begin(&mut self) -> Result<BemiTransaction<'_>, Error> {
         use sqlx::Connection;
-        self.conn.begin().await.map(BemiTransaction::new)
+        let carrier = self.carrier;
+        let tx = self.conn.begin().await?;
+        Ok(BemiTransaction::new(tx).carrier(carrier))
     }
 }
 
-annotated_executor!('c, &'c mut BemiConnection, |this| &mut *this.conn);
+carrying_executor!('c, &'c mut BemiConnection, |this| comment: &mut *this.conn, message: Target::Connection(&mut this.conn));

@@ -1,9 +1,10 @@
-//! The tokio-postgres 0.7 adapter (feature `tokio-postgres`): a client and a transaction that
-//! annotate writes with the current context.
+//! The tokio-postgres 0.7 adapter (feature `tokio-postgres`): a client and a transaction whose
+//! writes carry the current context.
 //!
 //! [`BemiClient`] and [`BemiTransaction`] have the usual methods (`execute`, `query`,
 //! `query_one`, `query_opt`, `query_raw`, `batch_execute`, `simple_query`, `transaction`) with the
-//! signatures of tokio-postgres, and annotate SQL given as text (`&str` or `String`).
+//! signatures of tokio-postgres; a query is SQL text (`&str`, `String`) or a prepared
+//! [`Statement`].
 //!
 //! ```no_run
 //! use bemi_core::{context, tokio_postgres::BemiClient};
@@ -15,8 +16,7 @@
 //! tokio::spawn(connection);
 //! let mut client = BemiClient::new(client);
 //!
-//! let ctx = json!({"user_id": 187234});
-//! context::scope(ctx, async {
+//! context::scope(json!({"user_id": 187234}), async {
 //!     client.execute("INSERT INTO todo (task) VALUES ($1)", &[&"Sleep"]).await?;
 //!     let tx = client.transaction().await?;
 //!     tx.execute("UPDATE todo SET is_completed = true", &[]).await?;
@@ -26,29 +26,41 @@
 //! # Ok(()) }
 //! ```
 //!
-//! # Pre-prepared statements
+//! # How the context travels
 //!
-//! A [`Statement`] from `prepare` has its text fixed on the server when it was prepared, so a
-//! write executed through it **carries no context**: it is passed through unchanged and, unless
-//! an earlier statement of the same transaction set a context, its rows are stored without one.
-//! Give writes as text to have them annotated; tokio-postgres prepares text queries on the fly
-//! (an unnamed statement, closed after use), so nothing accumulates on the server. Reads may use
-//! prepared statements freely.
+//! With [`Carrier::Message`] (the default) the adapter pipelines the emission of the context
+//! with the write, so they cost one network round trip together: in a transaction, the cached
+//! [`EMIT_SQL`](crate::carrier::EMIT_SQL) and then the write; outside one, `BEGIN`, the
+//! emission, the write and `COMMIT`. The write's statement is untouched, so a prepared
+//! [`Statement`] carries the context too (its text is unknown here, so its message has no `SQL`
+//! key, and it is sent for any statement, reads included); text is prepared first, as
+//! tokio-postgres does. The requests of one write are sent together, before any other request
+//! made through the same wrapper, so that a client shared by many tasks never runs another
+//! task's statement inside the write's transaction. With [`Carrier::Comment`]
+//! ([`BemiClient::carrier`]) text writes carry a trailing ` /*Bemi {json} Bemi*/` instead, and
+//! prepared statements carry no context.
+//!
+//! Queries made through [`BemiClient::inner`] bypass all this: do not run them while the
+//! wrapper is shared.
 
-use std::borrow::Cow;
 use std::future::Future;
+use std::pin::pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::Poll;
 
+use futures_util::future::{join, join4};
+use tokio::sync::{Mutex, OnceCell};
 use tokio_postgres::types::{BorrowToSql, ToSql};
 use tokio_postgres::{Client, Error, Row, RowStream, SimpleQueryMessage, Statement, Transaction};
 
+use crate::carrier::{self, Carrier, EMIT_SQL};
 use crate::sql;
 
 mod private {
     pub trait Sealed {}
 }
 
-/// A query the adapter accepts: SQL text (annotated when it writes) or a prepared [`Statement`]
-/// (passed through, see the module docs).
+/// A query the adapter accepts: SQL text or a prepared [`Statement`].
 ///
 /// ```
 /// fn takes<T: ?Sized + bemi_core::tokio_postgres::BemiQuery>(_: &T) {}
@@ -57,63 +69,287 @@ mod private {
 /// ```
 pub trait BemiQuery: private::Sealed + Sync {
     #[doc(hidden)]
-    fn resolve(&self) -> Resolved<'_>;
+    fn parts(&self) -> QueryParts<'_>;
 }
 
-/// A query after annotation.
+/// A query's text or statement.
 #[doc(hidden)]
-#[derive(Debug)]
-pub enum Resolved<'a> {
-    Text(Cow<'a, str>),
+#[derive(Debug, Clone, Copy)]
+pub enum QueryParts<'a> {
+    Text(&'a str),
     Prepared(&'a Statement),
-}
-
-impl<'a> Resolved<'a> {
-    /// A text left alone for lack of a context gets the context of the code that runs it.
-    fn or_resolve_in_scope<T: ?Sized + BemiQuery>(self, query: &'a T) -> Resolved<'a> {
-        match self {
-            Resolved::Text(Cow::Borrowed(_)) => query.resolve(),
-            resolved => resolved,
-        }
-    }
-}
-
-fn resolve_text(sql: &str) -> Resolved<'_> {
-    Resolved::Text(match sql::annotate_current(sql) {
-        Some(annotated) => Cow::Owned(annotated),
-        None => Cow::Borrowed(sql),
-    })
 }
 
 impl private::Sealed for str {}
 impl BemiQuery for str {
-    fn resolve(&self) -> Resolved<'_> {
-        resolve_text(self)
+    fn parts(&self) -> QueryParts<'_> {
+        QueryParts::Text(self)
     }
 }
 
 impl private::Sealed for String {}
 impl BemiQuery for String {
-    fn resolve(&self) -> Resolved<'_> {
-        resolve_text(self)
+    fn parts(&self) -> QueryParts<'_> {
+        QueryParts::Text(self)
     }
 }
 
 impl private::Sealed for Statement {}
 impl BemiQuery for Statement {
-    fn resolve(&self) -> Resolved<'_> {
-        Resolved::Prepared(self)
+    fn parts(&self) -> QueryParts<'_> {
+        QueryParts::Prepared(self)
     }
 }
 
-/// Generates the query methods shared by [`BemiClient`] and [`BemiTransaction`]. Each method
-/// annotates with the context of the code that calls it, so a future made in a request keeps
-/// that context wherever it is awaited; without a context there, with the context of the code
-/// that awaits it.
+/// The context a query carries, as far as the code that makes it can tell.
+#[derive(Debug)]
+enum Carried {
+    /// Nothing to carry: a read, or (with the comment) a prepared statement.
+    Nothing,
+    /// This message (Message carrier) or this annotated text (Comment carrier).
+    Context(String),
+    /// No context in scope where the query was made: the code that runs it may have one.
+    Pending,
+}
+
+impl Carried {
+    fn of(carrier: Carrier, query: QueryParts<'_>) -> Self {
+        let found = match (carrier, query) {
+            (Carrier::Message, QueryParts::Text(sql)) => {
+                if !sql::is_write(sql) {
+                    return Self::Nothing;
+                }
+                carrier::message_json(sql)
+            }
+            (Carrier::Message, QueryParts::Prepared(_)) => carrier::message_json_without_sql(),
+            (Carrier::Comment, QueryParts::Text(sql)) => {
+                if !sql::is_write(sql) {
+                    return Self::Nothing;
+                }
+                sql::annotate_current(sql)
+            }
+            (Carrier::Comment, QueryParts::Prepared(_)) => return Self::Nothing,
+        };
+        found.map_or(Self::Pending, Self::Context)
+    }
+
+    /// The context, looked up again where the query runs if it had none where it was made.
+    fn resolve(self, carrier: Carrier, query: QueryParts<'_>) -> Option<String> {
+        match self {
+            Self::Nothing => None,
+            Self::Context(found) => Some(found),
+            Self::Pending => match Self::of(carrier, query) {
+                Self::Context(found) => Some(found),
+                Self::Nothing | Self::Pending => None,
+            },
+        }
+    }
+}
+
+/// What a wrapper shares with the queries made through it.
+#[derive(Debug, Default)]
+struct Shared {
+    /// Held while a query's requests are sent, so that the requests of one write go out
+    /// together.
+    sending: Mutex<()>,
+    /// The prepared emission statement of this connection.
+    emit: OnceCell<Statement>,
+}
+
+/// How a query runs: on a client outside a transaction, or inside one (`emitted` notes that a
+/// context was emitted in it).
+#[derive(Clone, Copy)]
+struct Session<'a> {
+    client: &'a Client,
+    shared: &'a Shared,
+    carrier: Carrier,
+    transaction: Option<&'a AtomicBool>,
+    /// The enclosing transaction's flag, in a savepoint: a context emitted here is in effect
+    /// there too once the savepoint is released.
+    parent: Option<&'a AtomicBool>,
+}
+
+/// What to send before a query.
+enum Plan {
+    /// The query alone (as text: annotated, with the comment carrier).
+    Alone(Option<String>),
+    /// The emission of this message, then the query, inside the open transaction.
+    Emit(String),
+    /// `BEGIN`, the emission of this message, the query, `COMMIT`.
+    Wrap(String),
+}
+
+impl Session<'_> {
+    /// This session with another carrier.
+    fn with_carrier(mut self, carrier: Carrier) -> Self {
+        self.carrier = carrier;
+        self
+    }
+
+    /// Notes what an emission in the transaction leaves in effect.
+    fn note_emitted(&self, json: &str) {
+        let emitted = json != carrier::RESET_JSON;
+        if let Some(flag) = self.transaction {
+            flag.store(emitted, Ordering::Release);
+        }
+        if let (Some(parent), true) = (self.parent, emitted) {
+            parent.store(true, Ordering::Release);
+        }
+    }
+
+    /// After a `ROLLBACK TO SAVEPOINT` the context in effect is unknown: the next write without
+    /// one resets.
+    fn note_possible_undo(&self, sql: &str) {
+        if let (Some(flag), true) = (self.transaction, carrier::may_undo_emissions(sql)) {
+            flag.store(true, Ordering::Release);
+        }
+    }
+
+    fn plan(&self, carried: Option<String>) -> Plan {
+        match (self.carrier, self.transaction, carried) {
+            (Carrier::Comment, _, annotated) => Plan::Alone(annotated),
+            (Carrier::Message, None, None) => Plan::Alone(None),
+            (Carrier::Message, None, Some(json)) => Plan::Wrap(json),
+            (Carrier::Message, Some(_), Some(json)) => Plan::Emit(json),
+            (Carrier::Message, Some(emitted), None) => {
+                if emitted.load(Ordering::Acquire) {
+                    Plan::Emit(carrier::RESET_JSON.to_owned())
+                } else {
+                    Plan::Alone(None)
+                }
+            }
+        }
+    }
+
+    async fn emit_statement(&self) -> Result<&Statement, Error> {
+        self.shared
+            .emit
+            .get_or_try_init(|| self.client.prepare(EMIT_SQL))
+            .await
+    }
+
+    /// Polls `future` once — which sends its requests — while holding the sending lock, then
+    /// drives it to the end.
+    async fn send<F: Future>(&self, future: F) -> F::Output {
+        let mut future = pin!(future);
+        let first = {
+            let _sending = self.shared.sending.lock().await;
+            std::future::poll_fn(|cx| Poll::Ready(future.as_mut().poll(cx))).await
+        };
+        match first {
+            Poll::Ready(output) => output,
+            Poll::Pending => future.await,
+        }
+    }
+
+    /// Runs `run` with the query's statement, after what the plan asks, all requests sent
+    /// together.
+    async fn run<'s, R, F, Fut>(
+        &'s self,
+        query: QueryParts<'s>,
+        carried: Carried,
+        run: F,
+    ) -> Result<R, Error>
+    where
+        F: FnOnce(&'s Client, Statement) -> Fut,
+        Fut: Future<Output = Result<R, Error>>,
+    {
+        if let QueryParts::Text(sql) = query {
+            self.note_possible_undo(sql);
+        }
+        let plan = self.plan(carried.resolve(self.carrier, query));
+        let statement = match (query, &plan) {
+            (_, Plan::Alone(Some(annotated))) => self.client.prepare(annotated).await?,
+            (QueryParts::Text(sql), _) => self.client.prepare(sql).await?,
+            (QueryParts::Prepared(statement), _) => statement.clone(),
+        };
+        match plan {
+            Plan::Alone(_) => self.send(run(self.client, statement)).await,
+            Plan::Emit(json) => {
+                let emit = self.emit_statement().await?;
+                let (emitted, result) = self
+                    .send(join(
+                        self.client.execute(emit, &[&json]),
+                        run(self.client, statement),
+                    ))
+                    .await;
+                emitted?;
+                self.note_emitted(&json);
+                result
+            }
+            Plan::Wrap(json) => {
+                let emit = self.emit_statement().await?;
+                let (began, emitted, result, committed) = self
+                    .send(join4(
+                        self.client.batch_execute("BEGIN"),
+                        self.client.execute(emit, &[&json]),
+                        run(self.client, statement),
+                        // After a failed statement, COMMIT ends the transaction as a ROLLBACK.
+                        self.client.batch_execute("COMMIT"),
+                    ))
+                    .await;
+                began?;
+                emitted?;
+                let result = result?;
+                committed?;
+                Ok(result)
+            }
+        }
+    }
+
+    /// `batch_execute` and `simple_query`: text in the simple protocol, several statements
+    /// allowed; if one writes, the whole batch carries the context.
+    async fn simple<R, F, Fut>(&self, query: &str, carried: Carried, run: F) -> Result<R, Error>
+    where
+        F: FnOnce(String) -> Fut,
+        Fut: Future<Output = Result<R, Error>>,
+    {
+        self.note_possible_undo(query);
+        match self.plan(carried.resolve(self.carrier, QueryParts::Text(query))) {
+            Plan::Alone(annotated) => {
+                self.send(run(annotated.unwrap_or_else(|| query.to_owned())))
+                    .await
+            }
+            Plan::Emit(json) => {
+                let emit = self.emit_statement().await?;
+                let (emitted, result) = self
+                    .send(join(
+                        self.client.execute(emit, &[&json]),
+                        run(query.to_owned()),
+                    ))
+                    .await;
+                emitted?;
+                self.note_emitted(&json);
+                result
+            }
+            Plan::Wrap(json) => {
+                // One simple query: the batch runs inside the transaction the emission opened.
+                // The sending lock is held to the end, so that after a failed statement the
+                // ROLLBACK comes before any other request.
+                // The line break ends a trailing line comment of the batch.
+                let batch = format!(
+                    "{};\n{query}\n;\nCOMMIT",
+                    carrier::begin_and_emit_sql(&json)
+                );
+                let _sending = self.shared.sending.lock().await;
+                let result = run(batch).await;
+                if result.is_err() {
+                    // A failed statement left the transaction open (and aborted).
+                    let _ = self.client.batch_execute("ROLLBACK").await;
+                }
+                result
+            }
+        }
+    }
+}
+
+/// Generates the query methods shared by the wrappers. Each method takes the context of the
+/// code that calls it, so a future made in a request keeps that context wherever it is
+/// awaited; without a context there, the context of the code that awaits it.
 macro_rules! query_methods {
     () => {
         /// Like tokio-postgres' `execute`: runs a statement and returns the number of rows it
-        /// affected. Text writes are annotated with the current context.
+        /// affected.
         pub fn execute<'q, T>(
             &'q self,
             query: &'q T,
@@ -122,12 +358,13 @@ macro_rules! query_methods {
         where
             T: ?Sized + BemiQuery,
         {
-            let resolved = query.resolve();
+            let carried = Carried::of(self.carrier, query.parts());
             async move {
-                match &resolved.or_resolve_in_scope(query) {
-                    Resolved::Text(sql) => self.inner.execute(sql.as_ref(), params).await,
-                    Resolved::Prepared(statement) => self.inner.execute(*statement, params).await,
-                }
+                self.session()
+                    .run(query.parts(), carried, |client, statement| async move {
+                        client.execute(&statement, params).await
+                    })
+                    .await
             }
         }
 
@@ -140,12 +377,13 @@ macro_rules! query_methods {
         where
             T: ?Sized + BemiQuery,
         {
-            let resolved = query.resolve();
+            let carried = Carried::of(self.carrier, query.parts());
             async move {
-                match &resolved.or_resolve_in_scope(query) {
-                    Resolved::Text(sql) => self.inner.query(sql.as_ref(), params).await,
-                    Resolved::Prepared(statement) => self.inner.query(*statement, params).await,
-                }
+                self.session()
+                    .run(query.parts(), carried, |client, statement| async move {
+                        client.query(&statement, params).await
+                    })
+                    .await
             }
         }
 
@@ -158,12 +396,13 @@ macro_rules! query_methods {
         where
             T: ?Sized + BemiQuery,
         {
-            let resolved = query.resolve();
+            let carried = Carried::of(self.carrier, query.parts());
             async move {
-                match &resolved.or_resolve_in_scope(query) {
-                    Resolved::Text(sql) => self.inner.query_one(sql.as_ref(), params).await,
-                    Resolved::Prepared(statement) => self.inner.query_one(*statement, params).await,
-                }
+                self.session()
+                    .run(query.parts(), carried, |client, statement| async move {
+                        client.query_one(&statement, params).await
+                    })
+                    .await
             }
         }
 
@@ -176,16 +415,20 @@ macro_rules! query_methods {
         where
             T: ?Sized + BemiQuery,
         {
-            let resolved = query.resolve();
+            let carried = Carried::of(self.carrier, query.parts());
             async move {
-                match &resolved.or_resolve_in_scope(query) {
-                    Resolved::Text(sql) => self.inner.query_opt(sql.as_ref(), params).await,
-                    Resolved::Prepared(statement) => self.inner.query_opt(*statement, params).await,
-                }
+                self.session()
+                    .run(query.parts(), carried, |client, statement| async move {
+                        client.query_opt(&statement, params).await
+                    })
+                    .await
             }
         }
 
         /// Like tokio-postgres' `query_raw`: a stream of rows, parameters from an iterator.
+        /// Its rows arrive after the call returns, so a write outside a transaction cannot be
+        /// wrapped in one: there it carries its context in a comment (a prepared statement
+        /// carries none).
         pub fn query_raw<'q, T, P, I>(
             &'q self,
             query: &'q T,
@@ -197,12 +440,19 @@ macro_rules! query_methods {
             I: IntoIterator<Item = P> + Send + 'q,
             I::IntoIter: ExactSizeIterator,
         {
-            let resolved = query.resolve();
+            let session = self.session();
+            let carrier = match (session.carrier, session.transaction) {
+                (Carrier::Message, None) => Carrier::Comment,
+                (carrier, _) => carrier,
+            };
+            let carried = Carried::of(carrier, query.parts());
             async move {
-                match &resolved.or_resolve_in_scope(query) {
-                    Resolved::Text(sql) => self.inner.query_raw(sql.as_ref(), params).await,
-                    Resolved::Prepared(statement) => self.inner.query_raw(*statement, params).await,
-                }
+                self.session()
+                    .with_carrier(carrier)
+                    .run(query.parts(), carried, |client, statement| async move {
+                        client.query_raw(&statement, params).await
+                    })
+                    .await
             }
         }
 
@@ -212,37 +462,45 @@ macro_rules! query_methods {
             &'q self,
             query: &'q str,
         ) -> impl Future<Output = Result<(), Error>> + Send + 'q {
-            let sql = sql::annotate_current(query);
+            let carried = Carried::of(self.carrier, QueryParts::Text(query));
             async move {
-                let sql = sql.or_else(|| sql::annotate_current(query));
-                self.inner
-                    .batch_execute(sql.as_deref().unwrap_or(query))
+                let client = self.session().client;
+                self.session()
+                    .simple(query, carried, |batch| async move {
+                        client.batch_execute(&batch).await
+                    })
                     .await
             }
         }
 
-        /// Like tokio-postgres' `simple_query`, annotated like [`Self::batch_execute`].
+        /// Like tokio-postgres' `simple_query`, carrying the context like
+        /// [`Self::batch_execute`].
         pub fn simple_query<'q>(
             &'q self,
             query: &'q str,
         ) -> impl Future<Output = Result<Vec<SimpleQueryMessage>, Error>> + Send + 'q {
-            let sql = sql::annotate_current(query);
+            let carried = Carried::of(self.carrier, QueryParts::Text(query));
             async move {
-                let sql = sql.or_else(|| sql::annotate_current(query));
-                self.inner
-                    .simple_query(sql.as_deref().unwrap_or(query))
+                let client = self.session().client;
+                self.session()
+                    .simple(query, carried, |batch| async move {
+                        client.simple_query(&batch).await
+                    })
                     .await
             }
         }
 
-        /// Prepares a statement, **without** annotation (see the module docs).
+        /// Prepares a statement. With the message carrier, writes through it carry the
+        /// context (without the `SQL` key); with the comment, they carry none.
         pub async fn prepare(&self, query: &str) -> Result<Statement, Error> {
-            self.inner.prepare(query).await
+            self.session().client.prepare(query).await
         }
     };
 }
 
-/// A tokio-postgres [`Client`] that annotates writes with the current context.
+/// A tokio-postgres [`Client`] whose writes carry the current context. It may be shared by
+/// many tasks (e.g. in an `Arc`): the requests of one write are never interleaved with another
+/// task's.
 ///
 /// ```no_run
 /// # async fn run(client: tokio_postgres::Client) -> Result<(), tokio_postgres::Error> {
@@ -253,6 +511,8 @@ macro_rules! query_methods {
 #[derive(Debug)]
 pub struct BemiClient {
     inner: Client,
+    carrier: Carrier,
+    shared: Shared,
 }
 
 impl BemiClient {
@@ -264,32 +524,31 @@ impl BemiClient {
     /// # }
     /// ```
     pub fn new(client: Client) -> Self {
-        Self { inner: client }
+        Self {
+            inner: client,
+            carrier: Carrier::default(),
+            shared: Shared::default(),
+        }
     }
 
-    /// The wrapped client: queries through it are **not** annotated.
-    ///
-    /// ```no_run
-    /// # fn run(client: bemi_core::tokio_postgres::BemiClient) {
-    /// let raw: &tokio_postgres::Client = client.inner();
-    /// # }
-    /// ```
+    /// How writes carry their context (default [`Carrier::Message`]; see the module docs).
+    #[must_use]
+    pub fn carrier(mut self, carrier: Carrier) -> Self {
+        self.carrier = carrier;
+        self
+    }
+
+    /// The wrapped client: queries through it carry no context (see the module docs).
     pub fn inner(&self) -> &Client {
         &self.inner
     }
 
     /// Unwraps the client.
-    ///
-    /// ```no_run
-    /// # fn run(client: bemi_core::tokio_postgres::BemiClient) {
-    /// let raw: tokio_postgres::Client = client.into_inner();
-    /// # }
-    /// ```
     pub fn into_inner(self) -> Client {
         self.inner
     }
 
-    /// Begins a transaction whose writes are annotated.
+    /// Begins a transaction whose writes carry the context.
     ///
     /// ```no_run
     /// # async fn run(mut client: bemi_core::tokio_postgres::BemiClient) -> Result<(), tokio_postgres::Error> {
@@ -299,7 +558,22 @@ impl BemiClient {
     /// # Ok(()) }
     /// ```
     pub async fn transaction(&mut self) -> Result<BemiTransaction<'_>, Error> {
-        self.inner.transaction().await.map(BemiTransaction::new)
+        let carrier = self.carrier;
+        let emit = self.shared.emit.get().cloned();
+        let transaction = self.inner.transaction().await?;
+        Ok(BemiTransaction::new(transaction)
+            .carrier(carrier)
+            .with_emit(emit))
+    }
+
+    fn session(&self) -> Session<'_> {
+        Session {
+            client: &self.inner,
+            shared: &self.shared,
+            carrier: self.carrier,
+            transaction: None,
+            parent: None,
+        }
     }
 
     query_methods!();
@@ -311,8 +585,8 @@ impl From<Client> for BemiClient {
     }
 }
 
-/// A tokio-postgres [`Transaction`] that annotates writes; from [`BemiClient::transaction`].
-/// Dropped without [`commit`](Self::commit), it rolls back.
+/// A tokio-postgres [`Transaction`] whose writes carry the context; from
+/// [`BemiClient::transaction`]. Dropped without [`commit`](Self::commit), it rolls back.
 ///
 /// ```no_run
 /// # async fn run(mut client: tokio_postgres::Client) -> Result<(), tokio_postgres::Error> {
@@ -323,61 +597,65 @@ impl From<Client> for BemiClient {
 /// ```
 pub struct BemiTransaction<'a> {
     inner: Transaction<'a>,
+    carrier: Carrier,
+    shared: Shared,
+    /// A context was emitted in this transaction: a write without one emits `{}` first.
+    emitted: AtomicBool,
+    /// The enclosing transaction's flag, for a savepoint.
+    parent: Option<&'a AtomicBool>,
 }
 
 impl std::fmt::Debug for BemiTransaction<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("BemiTransaction").finish_non_exhaustive()
+        f.debug_struct("BemiTransaction")
+            .field("carrier", &self.carrier)
+            .finish_non_exhaustive()
     }
 }
 
 impl<'a> BemiTransaction<'a> {
     /// Wraps a transaction.
-    ///
-    /// ```no_run
-    /// # async fn run(mut client: tokio_postgres::Client) -> Result<(), tokio_postgres::Error> {
-    /// let tx = bemi_core::tokio_postgres::BemiTransaction::new(client.transaction().await?);
-    /// # Ok(()) }
-    /// ```
     pub fn new(transaction: Transaction<'a>) -> Self {
-        Self { inner: transaction }
+        Self {
+            inner: transaction,
+            carrier: Carrier::default(),
+            shared: Shared::default(),
+            emitted: AtomicBool::new(false),
+            parent: None,
+        }
     }
 
-    /// The wrapped transaction: queries through it are **not** annotated.
-    ///
-    /// ```no_run
-    /// # async fn run(mut client: bemi_core::tokio_postgres::BemiClient) -> Result<(), tokio_postgres::Error> {
-    /// let tx = client.transaction().await?;
-    /// let raw: &tokio_postgres::Transaction<'_> = tx.inner();
-    /// # Ok(()) }
-    /// ```
+    /// How writes carry their context (default [`Carrier::Message`]).
+    #[must_use]
+    pub fn carrier(mut self, carrier: Carrier) -> Self {
+        self.carrier = carrier;
+        self
+    }
+
+    /// Reuses the emission statement prepared on the same connection.
+    fn with_emit(self, emit: Option<Statement>) -> Self {
+        if let Some(emit) = emit {
+            let _ = self.shared.emit.set(emit);
+        }
+        self
+    }
+
+    /// The wrapped transaction: queries through it carry no context of their own.
     pub fn inner(&self) -> &Transaction<'a> {
         &self.inner
     }
 
     /// Commits the transaction.
-    ///
-    /// ```no_run
-    /// # async fn run(mut client: bemi_core::tokio_postgres::BemiClient) -> Result<(), tokio_postgres::Error> {
-    /// client.transaction().await?.commit().await?;
-    /// # Ok(()) }
-    /// ```
     pub async fn commit(self) -> Result<(), Error> {
         self.inner.commit().await
     }
 
     /// Rolls the transaction back.
-    ///
-    /// ```no_run
-    /// # async fn run(mut client: bemi_core::tokio_postgres::BemiClient) -> Result<(), tokio_postgres::Error> {
-    /// client.transaction().await?.rollback().await?;
-    /// # Ok(()) }
-    /// ```
     pub async fn rollback(self) -> Result<(), Error> {
         self.inner.rollback().await
     }
 
-    /// Starts a nested transaction (a savepoint) whose writes are annotated.
+    /// Starts a nested transaction (a savepoint) whose writes carry the context.
     ///
     /// ```no_run
     /// # async fn run(mut client: bemi_core::tokio_postgres::BemiClient) -> Result<(), tokio_postgres::Error> {
@@ -388,7 +666,27 @@ impl<'a> BemiTransaction<'a> {
     /// # Ok(()) }
     /// ```
     pub async fn transaction(&mut self) -> Result<BemiTransaction<'_>, Error> {
-        self.inner.transaction().await.map(BemiTransaction::new)
+        let carrier = self.carrier;
+        let emit = self.shared.emit.get().cloned();
+        // What the outer transaction emitted is in effect in the savepoint too.
+        let emitted = self.emitted.load(Ordering::Acquire);
+        let nested = self.inner.transaction().await?;
+        let mut nested = BemiTransaction::new(nested)
+            .carrier(carrier)
+            .with_emit(emit);
+        nested.emitted.store(emitted, Ordering::Release);
+        nested.parent = Some(&self.emitted);
+        Ok(nested)
+    }
+
+    fn session(&self) -> Session<'_> {
+        Session {
+            client: self.inner.client(),
+            shared: &self.shared,
+            carrier: self.carrier,
+            transaction: Some(&self.emitted),
+            parent: self.parent,
+        }
     }
 
     query_methods!();

@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use anyhow::ensure;
+use bemi_core::carrier::Carrier;
 use bemi_core::context;
 use bemi_core::sqlx::BemiPool;
 use bemi_core::tokio_postgres::BemiClient;
@@ -305,27 +306,44 @@ pub(crate) async fn annotated_writes_do_not_fill_the_statement_cache(
 pub(crate) async fn simple_protocol_queries_stay_simple(cluster: Arc<TestCluster>) -> TestResult {
     let db = todo_db(&cluster, "simple_protocol").await?;
     let slot = db.wal_slot().await?;
-    let pool: BemiPool = db.bemi_pool();
     // Two statements in one string only run with the simple query protocol.
     let batch = "INSERT INTO todo (task) VALUES ('one'); INSERT INTO todo (task) VALUES ('two')";
     let request = json!({"user_id": 5});
-    context::scope(ctx(request.clone()), pool.execute(batch)).await?;
-    // One implicit transaction; each statement's rows follow its own message.
+    let expected = with_sql(&request, batch);
+    let shape = |entries: &[WalEntry]| -> Vec<&'static str> {
+        entries
+            .iter()
+            .map(|e| match e {
+                WalEntry::Begin => "begin",
+                WalEntry::Message { .. } => "message",
+                WalEntry::Change { .. } => "row",
+                WalEntry::Commit => "commit",
+            })
+            .collect()
+    };
+
+    // The message carrier: the batch's one message, in the transaction it runs in.
+    let pool: BemiPool = db.bemi_pool();
+    context::scope(request.clone(), pool.execute(batch)).await?;
     let entries = slot.read().await?;
-    let shape: Vec<&str> = entries
-        .iter()
-        .map(|e| match e {
-            WalEntry::Begin => "begin",
-            WalEntry::Message { .. } => "message",
-            WalEntry::Change { .. } => "row",
-            WalEntry::Commit => "commit",
-        })
-        .collect();
     ensure!(
-        shape == ["begin", "message", "row", "message", "row", "commit"],
+        shape(&entries) == ["begin", "message", "row", "row", "commit"],
         "{entries:#?}"
     );
-    let expected = with_sql(&request, batch);
+    ensure!(
+        bemi_contexts(&entries)? == [expected.clone()],
+        "{entries:#?}"
+    );
+
+    // The comment carrier: one implicit transaction; each statement's rows follow its own
+    // message, emitted by the trigger.
+    let pool = db.bemi_pool().carrier(Carrier::Comment);
+    context::scope(request.clone(), pool.execute(batch)).await?;
+    let entries = slot.read().await?;
+    ensure!(
+        shape(&entries) == ["begin", "message", "row", "message", "row", "commit"],
+        "{entries:#?}"
+    );
     ensure!(
         bemi_contexts(&entries)? == [expected.clone(), expected],
         "{entries:#?}"
@@ -333,26 +351,61 @@ pub(crate) async fn simple_protocol_queries_stay_simple(cluster: Arc<TestCluster
     Ok(())
 }
 
-pub(crate) async fn pre_prepared_tokio_postgres_statements_carry_no_context(
+pub(crate) async fn pre_prepared_statements_carry_the_context(
     cluster: Arc<TestCluster>,
 ) -> TestResult {
     let db = todo_db(&cluster, "prepared").await?;
-    let client = BemiClient::new(db.tokio_postgres().await?);
     let slot = db.wal_slot().await?;
+
+    // tokio-postgres: a Statement's text is not known here, so its message has no SQL key.
+    let client = BemiClient::new(db.tokio_postgres().await?);
     let statement = client
         .prepare("INSERT INTO todo (task) VALUES ($1)")
         .await?;
+    for user in [9, 10] {
+        context::scope(
+            json!({"user_id": user}),
+            client.execute(&statement, &[&"prepared"]),
+        )
+        .await?;
+    }
+    let entries = slot.read().await?;
+    ensure!(changes(&entries).len() == 2, "{entries:#?}");
+    ensure!(
+        bemi_contexts(&entries)? == [json!({"user_id": 9}), json!({"user_id": 10})],
+        "{entries:#?}"
+    );
+
+    // sqlx: a prepared statement keeps its SQL, so the message has it.
+    let pool = db.bemi_pool();
+    let sql = "INSERT INTO todo (task) VALUES ($1)";
+    let prepared = pool
+        .inner()
+        .prepare(sqlx::SqlSafeStr::into_sql_str(sql))
+        .await?;
+    context::scope(json!({"user_id": 11}), async {
+        sqlx::Statement::query(&prepared)
+            .bind("sqlx")
+            .execute(&pool)
+            .await
+    })
+    .await?;
+    ensure!(
+        bemi_contexts(&slot.read().await?)? == [with_sql(&json!({"user_id": 11}), sql)],
+        "sqlx prepared"
+    );
+
+    // With the comment carrier, a prepared statement cannot carry a context (documented).
+    let client = BemiClient::new(db.tokio_postgres().await?).carrier(Carrier::Comment);
+    let statement = client.prepare(sql).await?;
     context::scope(
-        ctx(json!({"user_id": 9})),
-        client.execute(&statement, &[&"prepared"]),
+        json!({"user_id": 12}),
+        client.execute(&statement, &[&"comment"]),
     )
     .await?;
     let entries = slot.read().await?;
     ensure!(changes(&entries).len() == 1);
-    ensure!(
-        bemi_contexts(&entries)?.is_empty(),
-        "documented: no context, got {entries:#?}"
-    );
+    ensure!(bemi_contexts(&entries)?.is_empty(), "{entries:#?}");
     Ok(())
 }
 

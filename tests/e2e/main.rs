@@ -8,6 +8,7 @@ mod adapters;
 mod audit_filters;
 mod audit_query;
 mod capture_rules;
+mod carrier;
 mod cli_audit;
 mod cli_changes;
 mod cli_dev;
@@ -70,7 +71,9 @@ fn all_tests() -> Vec<(String, TestFn)> {
         adapters::writes_without_context_emit_no_message,
         adapters::annotated_writes_do_not_fill_the_statement_cache,
         adapters::simple_protocol_queries_stay_simple,
-        adapters::pre_prepared_tokio_postgres_statements_carry_no_context,
+        adapters::pre_prepared_statements_carry_the_context,
+        carrier::every_write_takes_the_context_in_scope_when_it_ran,
+        carrier::a_shared_client_keeps_each_write_in_its_own_transaction,
         adapters::comments_placed_by_other_bemi_libraries_are_understood,
         context_isolation::concurrent_tasks_keep_their_own_context_through_the_wal,
         hostile::hostile_contexts_never_change_what_a_statement_does,
