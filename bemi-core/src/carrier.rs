@@ -43,8 +43,10 @@ pub enum Carrier {
 
 /// Emits the context `$1` (JSON text) as the transactional `_bemi` message. It also clears the
 /// trigger's note that a comment context was emitted earlier in the transaction, so that the
-/// trigger does not emit `{}` for the write that follows. One cached statement per connection.
-pub const EMIT_SQL: &str = "SELECT pg_catalog.pg_logical_emit_message(true, '_bemi', $1::text), \
+/// trigger does not emit `{}` for the write that follows. One cached statement per connection;
+/// its columns are text, so that no driver looks up a type in the catalog for it (which would
+/// cost a round trip, and destroys an unnamed statement in sqlx 0.9.1).
+pub const EMIT_SQL: &str = "SELECT pg_catalog.pg_logical_emit_message(true, '_bemi', $1::text)::text, \
      CASE WHEN pg_catalog.current_setting('bemi.context_emitted', true) = 't' \
           THEN pg_catalog.set_config('bemi.context_emitted', 'f', true) END";
 
@@ -66,22 +68,21 @@ pub fn message_json_without_sql() -> Option<String> {
     context::with_current(|current| current.map(sql::context_json_without_sql))
 }
 
-/// `BEGIN` and the emission of `json` in one simple-protocol query: what an adapter that
-/// cannot pipeline sends to open the transaction of a write outside one (one round trip for
-/// both). The JSON travels as an escaped string literal (`E'…'`), which reads the same whatever
-/// `standard_conforming_strings` says.
+/// The emission of `json` as one simple-protocol statement, the JSON an escaped string literal
+/// (`E'…'`, which reads the same whatever `standard_conforming_strings` says): for adapters
+/// that must not rely on a prepared statement (a transaction-pooling pgbouncer may run the
+/// next transaction on another server connection).
 ///
 /// ```
-/// let sql = bemi_core::carrier::begin_and_emit_sql(r#"{"note":"it's \\ fine"}"#);
-/// assert_eq!(
-///     sql,
-///     r#"BEGIN; SELECT pg_catalog.pg_logical_emit_message(true, '_bemi', E'{"note":"it''s \\\\ fine"}')"#
-/// );
+/// let sql = bemi_core::carrier::emit_sql_literal(r#"{"note":"it's \\ fine"}"#);
+/// assert!(sql.starts_with(
+///     r#"SELECT pg_catalog.pg_logical_emit_message(true, '_bemi', E'{"note":"it''s \\\\ fine"}')"#
+/// ));
 /// ```
 #[must_use]
-pub fn begin_and_emit_sql(json: &str) -> String {
-    let mut sql = String::with_capacity(json.len() + 80);
-    sql.push_str("BEGIN; SELECT pg_catalog.pg_logical_emit_message(true, '_bemi', E'");
+pub fn emit_sql_literal(json: &str) -> String {
+    let mut sql = String::with_capacity(json.len() + 200);
+    sql.push_str("SELECT pg_catalog.pg_logical_emit_message(true, '_bemi', E'");
     for c in json.chars() {
         match c {
             '\'' => sql.push_str("''"),
@@ -89,8 +90,18 @@ pub fn begin_and_emit_sql(json: &str) -> String {
             c => sql.push(c),
         }
     }
-    sql.push_str("')");
+    sql.push_str(
+        "'), CASE WHEN pg_catalog.current_setting('bemi.context_emitted', true) = 't' \
+         THEN pg_catalog.set_config('bemi.context_emitted', 'f', true) END",
+    );
     sql
+}
+
+/// `BEGIN` and the emission of `json` ([`emit_sql_literal`]) in one simple-protocol query:
+/// what an adapter sends to open the transaction of a write outside one, in one round trip.
+#[must_use]
+pub fn begin_and_emit_sql(json: &str) -> String {
+    format!("BEGIN; {}", emit_sql_literal(json))
 }
 
 /// Whether `sql` may undo emissions made earlier in the transaction (`ROLLBACK TO SAVEPOINT`):
@@ -137,7 +148,7 @@ mod tests {
         // One literal: every quote inside is doubled, every backslash escaped.
         let literal = sql
             .strip_prefix("BEGIN; SELECT pg_catalog.pg_logical_emit_message(true, '_bemi', E'")
-            .and_then(|rest| rest.strip_suffix("')"))
+            .and_then(|rest| rest.split("'), CASE WHEN").next())
             .unwrap();
         let unescaped = literal.replace("''", "'").replace("\\\\", "\\");
         assert_eq!(unescaped, hostile);

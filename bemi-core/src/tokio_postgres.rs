@@ -29,9 +29,10 @@
 //! # How the context travels
 //!
 //! With [`Carrier::Message`] (the default) the adapter pipelines the emission of the context
-//! with the write, so they cost one network round trip together: in a transaction, the cached
-//! [`EMIT_SQL`](crate::carrier::EMIT_SQL) and then the write; outside one, `BEGIN`, the
-//! emission, the write and `COMMIT`. The write's statement is untouched, so a prepared
+//! with the write, so they cost one network round trip together: in a transaction, the
+//! emission ([`emit_sql_literal`](crate::carrier::emit_sql_literal)) and then the write; outside
+//! one, `BEGIN` with the emission, the write and `COMMIT`. The emission is a simple-protocol
+//! statement, never a prepared one, so that it works behind a transaction-pooling pgbouncer. The write's statement is untouched, so a prepared
 //! [`Statement`] carries the context too (its text is unknown here, so its message has no `SQL`
 //! key, and it is sent for any statement, reads included); text is prepared first, as
 //! tokio-postgres does. The requests of one write are sent together, before any other request
@@ -48,12 +49,12 @@ use std::pin::pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::Poll;
 
-use futures_util::future::{join, join4};
-use tokio::sync::{Mutex, OnceCell};
+use futures_util::future::{join, join3};
+use tokio::sync::Mutex;
 use tokio_postgres::types::{BorrowToSql, ToSql};
 use tokio_postgres::{Client, Error, Row, RowStream, SimpleQueryMessage, Statement, Transaction};
 
-use crate::carrier::{self, Carrier, EMIT_SQL};
+use crate::carrier::{self, Carrier};
 use crate::sql;
 
 mod private {
@@ -152,8 +153,6 @@ struct Shared {
     /// Held while a query's requests are sent, so that the requests of one write go out
     /// together.
     sending: Mutex<()>,
-    /// The prepared emission statement of this connection.
-    emit: OnceCell<Statement>,
 }
 
 /// How a query runs: on a client outside a transaction, or inside one (`emitted` notes that a
@@ -221,13 +220,6 @@ impl Session<'_> {
         }
     }
 
-    async fn emit_statement(&self) -> Result<&Statement, Error> {
-        self.shared
-            .emit
-            .get_or_try_init(|| self.client.prepare(EMIT_SQL))
-            .await
-    }
-
     /// Polls `future` once — which sends its requests — while holding the sending lock, then
     /// drives it to the end.
     async fn send<F: Future>(&self, future: F) -> F::Output {
@@ -266,10 +258,10 @@ impl Session<'_> {
         match plan {
             Plan::Alone(_) => self.send(run(self.client, statement)).await,
             Plan::Emit(json) => {
-                let emit = self.emit_statement().await?;
+                let emit = carrier::emit_sql_literal(&json);
                 let (emitted, result) = self
                     .send(join(
-                        self.client.execute(emit, &[&json]),
+                        self.client.batch_execute(&emit),
                         run(self.client, statement),
                     ))
                     .await;
@@ -278,18 +270,16 @@ impl Session<'_> {
                 result
             }
             Plan::Wrap(json) => {
-                let emit = self.emit_statement().await?;
-                let (began, emitted, result, committed) = self
-                    .send(join4(
-                        self.client.batch_execute("BEGIN"),
-                        self.client.execute(emit, &[&json]),
+                let begin = carrier::begin_and_emit_sql(&json);
+                let (began, result, committed) = self
+                    .send(join3(
+                        self.client.batch_execute(&begin),
                         run(self.client, statement),
                         // After a failed statement, COMMIT ends the transaction as a ROLLBACK.
                         self.client.batch_execute("COMMIT"),
                     ))
                     .await;
                 began?;
-                emitted?;
                 let result = result?;
                 committed?;
                 Ok(result)
@@ -311,10 +301,10 @@ impl Session<'_> {
                     .await
             }
             Plan::Emit(json) => {
-                let emit = self.emit_statement().await?;
+                let emit = carrier::emit_sql_literal(&json);
                 let (emitted, result) = self
                     .send(join(
-                        self.client.execute(emit, &[&json]),
+                        self.client.batch_execute(&emit),
                         run(query.to_owned()),
                     ))
                     .await;
@@ -559,11 +549,8 @@ impl BemiClient {
     /// ```
     pub async fn transaction(&mut self) -> Result<BemiTransaction<'_>, Error> {
         let carrier = self.carrier;
-        let emit = self.shared.emit.get().cloned();
         let transaction = self.inner.transaction().await?;
-        Ok(BemiTransaction::new(transaction)
-            .carrier(carrier)
-            .with_emit(emit))
+        Ok(BemiTransaction::new(transaction).carrier(carrier))
     }
 
     fn session(&self) -> Session<'_> {
@@ -632,14 +619,6 @@ impl<'a> BemiTransaction<'a> {
         self
     }
 
-    /// Reuses the emission statement prepared on the same connection.
-    fn with_emit(self, emit: Option<Statement>) -> Self {
-        if let Some(emit) = emit {
-            let _ = self.shared.emit.set(emit);
-        }
-        self
-    }
-
     /// The wrapped transaction: queries through it carry no context of their own.
     pub fn inner(&self) -> &Transaction<'a> {
         &self.inner
@@ -667,13 +646,10 @@ impl<'a> BemiTransaction<'a> {
     /// ```
     pub async fn transaction(&mut self) -> Result<BemiTransaction<'_>, Error> {
         let carrier = self.carrier;
-        let emit = self.shared.emit.get().cloned();
         // What the outer transaction emitted is in effect in the savepoint too.
         let emitted = self.emitted.load(Ordering::Acquire);
         let nested = self.inner.transaction().await?;
-        let mut nested = BemiTransaction::new(nested)
-            .carrier(carrier)
-            .with_emit(emit);
+        let mut nested = BemiTransaction::new(nested).carrier(carrier);
         nested.emitted.store(emitted, Ordering::Release);
         nested.parent = Some(&self.emitted);
         Ok(nested)

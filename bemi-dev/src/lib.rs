@@ -6,6 +6,8 @@
 //! - [`EphemeralPostgres`]: a PostgreSQL cluster with `wal_level=logical` on a free port, for
 //!   the demo, `bemi dev`, the tests and the benchmarks; [`DevDatabase`] uses `DATABASE_URL`
 //!   instead when it is set.
+//! - [`Pgbouncer`]: a pgbouncer (Debian's `pgbouncer`) in front of such a server, in
+//!   transaction pooling mode for the tests of pooler safety.
 //!
 //! ```no_run
 //! let pg = bemi_dev::EphemeralPostgres::start()?;
@@ -13,6 +15,9 @@
 //! # Ok::<(), bemi_dev::LaunchError>(())
 //! ```
 
+mod pgbouncer;
 mod postgres;
+mod process;
 
+pub use pgbouncer::{Pgbouncer, PoolMode};
 pub use postgres::{DevDatabase, EphemeralPostgres, LaunchError, LaunchOptions, ServerTls};

@@ -17,21 +17,19 @@
 //! drop(pg); // stops the server and removes its data
 //! ```
 
-use std::ffi::CString;
 use std::fs;
-use std::io::{self, Read, Seek, SeekFrom};
-use std::net::{Ipv4Addr, TcpListener};
+use std::io::{self, Read};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitStatus, Stdio};
-use std::sync::{Mutex, MutexGuard, PoisonError, mpsc};
+use std::process::{Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use crate::process::{Owner, Server, free_port, is_root, read_tail, tail};
+
 /// How long a start or a stop may take before it is an error.
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(60);
-const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
 /// Oldest PostgreSQL with the `messages` option of pgoutput.
 const MIN_MAJOR_VERSION: u32 = 14;
 const SUPERUSER: &str = "postgres";
@@ -83,8 +81,32 @@ pub enum LaunchError {
         /// The tail of the server log.
         log: String,
     },
+    /// A service's program was not found.
+    #[error(
+        "{program} was not found on PATH or in /usr/sbin: install it (Debian/Ubuntu: \
+         `apt-get install {package}`)"
+    )]
+    BinaryNotFound {
+        /// The program.
+        program: &'static str,
+        /// The Debian package that has it.
+        package: &'static str,
+    },
+    /// A service other than PostgreSQL did not become ready.
+    #[error("{service} did not start within {timeout:?}; its log ends with:\n{log}")]
+    ServiceNotReady {
+        /// Which service.
+        service: &'static str,
+        /// How long we waited.
+        timeout: Duration,
+        /// The tail of its log.
+        log: String,
+    },
+    /// A URL given to a launcher does not parse.
+    #[error("invalid database URL: {0}")]
+    InvalidUrl(String),
     /// File system or process errors.
-    #[error("could not set up the ephemeral PostgreSQL cluster: {0}")]
+    #[error("could not set up the ephemeral service: {0}")]
     Io(#[from] io::Error),
 }
 
@@ -216,7 +238,7 @@ impl EphemeralPostgres {
         let bin_dir = find_bin_dir()?;
         check_version(&bin_dir)?;
         let owner = if is_root() {
-            Some(Owner::unprivileged()?)
+            Some(Owner::unprivileged().ok_or(LaunchError::NoUnprivilegedUser)?)
         } else {
             None
         };
@@ -295,7 +317,7 @@ impl EphemeralPostgres {
     /// ```
     pub fn stop_server(&mut self) -> Result<(), LaunchError> {
         match self.server.take() {
-            Some(server) => server.stop(),
+            Some(server) => Ok(server.stop()?),
             None => Ok(()),
         }
     }
@@ -430,7 +452,7 @@ impl EphemeralPostgres {
                 Ok(())
             });
         }
-        let server = Server::spawn(postgres)?;
+        let server = Server::spawn(postgres, "postgres")?;
         match self.wait_until_ready(&server, log_start) {
             Ok(()) => Ok(server),
             Err(error) => {
@@ -475,111 +497,12 @@ impl EphemeralPostgres {
     }
 }
 
-/// A server process, started and waited for by a thread of its own: `PR_SET_PDEATHSIG` fires
-/// when the *thread* that forked the child exits, so that thread must live as long as the server.
-#[derive(Debug)]
-struct Server {
-    pid: libc::pid_t,
-    exited: Mutex<mpsc::Receiver<io::Result<ExitStatus>>>,
-}
-
-impl Server {
-    fn spawn(mut command: Command) -> Result<Self, LaunchError> {
-        let (pid_tx, pid_rx) = mpsc::channel();
-        let (exit_tx, exit_rx) = mpsc::channel();
-        thread::Builder::new()
-            .name("bemi-postgres".into())
-            .spawn(move || match command.spawn() {
-                Ok(mut child) => {
-                    let _ = pid_tx.send(Ok(child.id()));
-                    let _ = exit_tx.send(child.wait());
-                }
-                Err(error) => {
-                    let _ = pid_tx.send(Err(error));
-                }
-            })?;
-        let pid = pid_rx
-            .recv()
-            .map_err(|_| io::Error::other("the PostgreSQL launcher thread died"))??;
-        Ok(Self {
-            pid: libc::pid_t::try_from(pid).map_err(io::Error::other)?,
-            exited: Mutex::new(exit_rx),
-        })
-    }
-
-    fn exit_receiver(&self) -> MutexGuard<'_, mpsc::Receiver<io::Result<ExitStatus>>> {
-        self.exited.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    fn has_exited(&self) -> bool {
-        !matches!(
-            self.exit_receiver().try_recv(),
-            Err(mpsc::TryRecvError::Empty)
-        )
-    }
-
-    /// Fast shutdown (SIGINT); immediate shutdown (SIGQUIT) if that takes too long.
-    fn stop(self) -> Result<(), LaunchError> {
-        for (signal, timeout) in [
-            (libc::SIGINT, SHUTDOWN_TIMEOUT),
-            (libc::SIGQUIT, SHUTDOWN_TIMEOUT),
-            (libc::SIGKILL, SHUTDOWN_TIMEOUT),
-        ] {
-            // SAFETY: sending a signal to our own child process.
-            unsafe { libc::kill(self.pid, signal) };
-            match self.exit_receiver().recv_timeout(timeout) {
-                Ok(_) | Err(mpsc::RecvTimeoutError::Disconnected) => return Ok(()),
-                Err(mpsc::RecvTimeoutError::Timeout) => continue,
-            }
-        }
-        Err(io::Error::other(format!("PostgreSQL (pid {}) did not stop", self.pid)).into())
-    }
-}
-
 impl Drop for EphemeralPostgres {
     fn drop(&mut self) {
         if let Err(error) = self.stop_server() {
             tracing::warn!(%error, "could not stop the ephemeral PostgreSQL cleanly");
         }
     }
-}
-
-/// The user the server runs as when we are root.
-#[derive(Debug, Clone, Copy)]
-struct Owner {
-    uid: u32,
-    gid: u32,
-}
-
-impl Owner {
-    fn unprivileged() -> Result<Self, LaunchError> {
-        ["postgres", "nobody"]
-            .into_iter()
-            .find_map(Owner::lookup)
-            .ok_or(LaunchError::NoUnprivilegedUser)
-    }
-
-    fn lookup(name: &str) -> Option<Self> {
-        let name = CString::new(name).ok()?;
-        // SAFETY: getpwnam returns NULL or a pointer to a static record that we copy at once;
-        // the launcher does not call it concurrently with itself in a way that matters for uid/gid.
-        let entry = unsafe { libc::getpwnam(name.as_ptr()) };
-        if entry.is_null() {
-            return None;
-        }
-        // SAFETY: non-null, points to a valid passwd record.
-        let (uid, gid) = unsafe { ((*entry).pw_uid, (*entry).pw_gid) };
-        (uid != 0).then_some(Self { uid, gid })
-    }
-
-    fn chown(&self, path: &Path) -> io::Result<()> {
-        std::os::unix::fs::chown(path, Some(self.uid), Some(self.gid))
-    }
-}
-
-fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
 }
 
 /// `BEMI_PG_BIN`, then the directory of `initdb` on PATH, then the newest
@@ -675,33 +598,10 @@ fn run(mut command: Command) -> Result<(), LaunchError> {
     })
 }
 
-fn free_port() -> io::Result<u16> {
-    Ok(TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?
-        .local_addr()?
-        .port())
-}
-
 fn random_password() -> io::Result<String> {
     let mut bytes = [0u8; 16];
     fs::File::open("/dev/urandom")?.read_exact(&mut bytes)?;
     Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
-}
-
-fn read_tail(path: &Path, from: u64) -> String {
-    let mut text = String::new();
-    if let Ok(mut file) = fs::File::open(path) {
-        let _ = file.seek(SeekFrom::Start(from));
-        let _ = file.read_to_string(&mut text);
-    }
-    tail(&text, 4000)
-}
-
-fn tail(text: &str, max: usize) -> String {
-    let mut start = text.len().saturating_sub(max);
-    while !text.is_char_boundary(start) {
-        start += 1;
-    }
-    text[start..].trim().to_owned()
 }
 
 /// The database for the demo and `bemi dev`: the server of `DATABASE_URL` if it is set, or an

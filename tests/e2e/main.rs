@@ -24,6 +24,7 @@ mod launcher;
 mod migration;
 mod minimal_examples;
 mod open_files;
+mod pgbouncer;
 mod retention;
 mod revert;
 mod serve;
@@ -74,6 +75,7 @@ fn all_tests() -> Vec<(String, TestFn)> {
         adapters::pre_prepared_statements_carry_the_context,
         carrier::every_write_takes_the_context_in_scope_when_it_ran,
         carrier::a_shared_client_keeps_each_write_in_its_own_transaction,
+        pgbouncer::both_adapters_attribute_every_write_through_pgbouncer,
         adapters::comments_placed_by_other_bemi_libraries_are_understood,
         context_isolation::concurrent_tasks_keep_their_own_context_through_the_wal,
         hostile::hostile_contexts_never_change_what_a_statement_does,
