@@ -31,8 +31,9 @@
 //! With [`Carrier::Message`] (the default) the adapter pipelines the emission of the context
 //! with the write, so they cost one network round trip together: in a transaction, the
 //! emission ([`emit_sql_literal`](crate::carrier::emit_sql_literal)) and then the write; outside
-//! one, `BEGIN` with the emission, the write and `COMMIT`. The emission is a simple-protocol
-//! statement, never a prepared one, so that it works behind a transaction-pooling pgbouncer. The write's statement is untouched, so a prepared
+//! one, `BEGIN`, the emission, the write and `COMMIT`. The emission is a statement the adapter
+//! prepares once per connection; behind a transaction-pooling pgbouncer older than 1.21, set
+//! [`BemiClient::transaction_pooler`] and it is a simple-protocol statement instead. The write's statement is untouched, so a prepared
 //! [`Statement`] carries the context too (its text is unknown here, so its message has no `SQL`
 //! key, and it is sent for any statement, reads included); text is prepared first, as
 //! tokio-postgres does. The requests of one write are sent together, before any other request
@@ -49,12 +50,12 @@ use std::pin::pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::Poll;
 
-use futures_util::future::{join, join3};
-use tokio::sync::Mutex;
+use futures_util::future::{Either, join, join3};
+use tokio::sync::{Mutex, OnceCell};
 use tokio_postgres::types::{BorrowToSql, ToSql};
 use tokio_postgres::{Client, Error, Row, RowStream, SimpleQueryMessage, Statement, Transaction};
 
-use crate::carrier::{self, Carrier};
+use crate::carrier::{self, Carrier, EMIT_SQL};
 use crate::sql;
 
 mod private {
@@ -153,6 +154,8 @@ struct Shared {
     /// Held while a query's requests are sent, so that the requests of one write go out
     /// together.
     sending: Mutex<()>,
+    /// The prepared emission statement ([`EMIT_SQL`]) of this connection.
+    emit: OnceCell<Statement>,
 }
 
 /// How a query runs: on a client outside a transaction, or inside one (`emitted` notes that a
@@ -162,6 +165,8 @@ struct Session<'a> {
     client: &'a Client,
     shared: &'a Shared,
     carrier: Carrier,
+    /// Emit with the prepared [`EMIT_SQL`]; else with a simple-protocol statement.
+    prepared_emission: bool,
     transaction: Option<&'a AtomicBool>,
     /// The enclosing transaction's flag, in a savepoint: a context emitted here is in effect
     /// there too once the savepoint is released.
@@ -183,6 +188,49 @@ impl Session<'_> {
     fn with_carrier(mut self, carrier: Carrier) -> Self {
         self.carrier = carrier;
         self
+    }
+
+    /// The prepared emission statement, when emissions use one.
+    async fn emit_statement(&self) -> Result<Option<&Statement>, Error> {
+        if !self.prepared_emission {
+            return Ok(None);
+        }
+        self.shared
+            .emit
+            .get_or_try_init(|| self.client.prepare(EMIT_SQL))
+            .await
+            .map(Some)
+    }
+
+    /// The emission of `json` (after `BEGIN` when `begin`), sent on its first poll: with the
+    /// prepared statement, or in the simple protocol.
+    fn emission<'e>(
+        &'e self,
+        json: &'e str,
+        statement: Option<&'e Statement>,
+        begin: bool,
+    ) -> impl Future<Output = Result<(), Error>> + 'e {
+        match statement {
+            Some(statement) => Either::Left(async move {
+                let params: [&(dyn ToSql + Sync); 1] = [&json];
+                let emit = self.client.execute(statement, &params);
+                if begin {
+                    let (began, emitted) = join(self.client.batch_execute("BEGIN"), emit).await;
+                    began?;
+                    emitted.map(drop)
+                } else {
+                    emit.await.map(drop)
+                }
+            }),
+            None => Either::Right(async move {
+                let sql = if begin {
+                    carrier::begin_and_emit_sql(json)
+                } else {
+                    carrier::emit_sql_literal(json)
+                };
+                self.client.batch_execute(&sql).await
+            }),
+        }
     }
 
     /// Notes what an emission in the transaction leaves in effect.
@@ -258,10 +306,10 @@ impl Session<'_> {
         match plan {
             Plan::Alone(_) => self.send(run(self.client, statement)).await,
             Plan::Emit(json) => {
-                let emit = carrier::emit_sql_literal(&json);
+                let emit = self.emit_statement().await?;
                 let (emitted, result) = self
                     .send(join(
-                        self.client.batch_execute(&emit),
+                        self.emission(&json, emit, false),
                         run(self.client, statement),
                     ))
                     .await;
@@ -270,10 +318,10 @@ impl Session<'_> {
                 result
             }
             Plan::Wrap(json) => {
-                let begin = carrier::begin_and_emit_sql(&json);
+                let emit = self.emit_statement().await?;
                 let (began, result, committed) = self
                     .send(join3(
-                        self.client.batch_execute(&begin),
+                        self.emission(&json, emit, true),
                         run(self.client, statement),
                         // After a failed statement, COMMIT ends the transaction as a ROLLBACK.
                         self.client.batch_execute("COMMIT"),
@@ -502,6 +550,7 @@ macro_rules! query_methods {
 pub struct BemiClient {
     inner: Client,
     carrier: Carrier,
+    prepared_emission: bool,
     shared: Shared,
 }
 
@@ -517,6 +566,7 @@ impl BemiClient {
         Self {
             inner: client,
             carrier: Carrier::default(),
+            prepared_emission: true,
             shared: Shared::default(),
         }
     }
@@ -525,6 +575,22 @@ impl BemiClient {
     #[must_use]
     pub fn carrier(mut self, carrier: Carrier) -> Self {
         self.carrier = carrier;
+        self
+    }
+
+    /// Set when the client connects through a transaction-pooling pgbouncer older than 1.21
+    /// (no protocol-level prepared statements): the context is then emitted with a
+    /// simple-protocol statement instead of the adapter's prepared one, which the next
+    /// transaction may not find on its server connection. Costs a parse per emission.
+    ///
+    /// ```no_run
+    /// # fn run(client: tokio_postgres::Client) {
+    /// let client = bemi_core::tokio_postgres::BemiClient::new(client).transaction_pooler(true);
+    /// # }
+    /// ```
+    #[must_use]
+    pub fn transaction_pooler(mut self, behind: bool) -> Self {
+        self.prepared_emission = !behind;
         self
     }
 
@@ -548,9 +614,15 @@ impl BemiClient {
     /// # Ok(()) }
     /// ```
     pub async fn transaction(&mut self) -> Result<BemiTransaction<'_>, Error> {
-        let carrier = self.carrier;
+        let (carrier, prepared_emission) = (self.carrier, self.prepared_emission);
+        let emit = self.shared.emit.get().cloned();
         let transaction = self.inner.transaction().await?;
-        Ok(BemiTransaction::new(transaction).carrier(carrier))
+        let mut transaction = BemiTransaction::new(transaction).carrier(carrier);
+        transaction.prepared_emission = prepared_emission;
+        if let Some(emit) = emit {
+            let _ = transaction.shared.emit.set(emit);
+        }
+        Ok(transaction)
     }
 
     fn session(&self) -> Session<'_> {
@@ -558,6 +630,7 @@ impl BemiClient {
             client: &self.inner,
             shared: &self.shared,
             carrier: self.carrier,
+            prepared_emission: self.prepared_emission,
             transaction: None,
             parent: None,
         }
@@ -585,6 +658,7 @@ impl From<Client> for BemiClient {
 pub struct BemiTransaction<'a> {
     inner: Transaction<'a>,
     carrier: Carrier,
+    prepared_emission: bool,
     shared: Shared,
     /// A context was emitted in this transaction: a write without one emits `{}` first.
     emitted: AtomicBool,
@@ -606,6 +680,7 @@ impl<'a> BemiTransaction<'a> {
         Self {
             inner: transaction,
             carrier: Carrier::default(),
+            prepared_emission: true,
             shared: Shared::default(),
             emitted: AtomicBool::new(false),
             parent: None,
@@ -645,11 +720,16 @@ impl<'a> BemiTransaction<'a> {
     /// # Ok(()) }
     /// ```
     pub async fn transaction(&mut self) -> Result<BemiTransaction<'_>, Error> {
-        let carrier = self.carrier;
+        let (carrier, prepared_emission) = (self.carrier, self.prepared_emission);
+        let emit = self.shared.emit.get().cloned();
         // What the outer transaction emitted is in effect in the savepoint too.
         let emitted = self.emitted.load(Ordering::Acquire);
         let nested = self.inner.transaction().await?;
         let mut nested = BemiTransaction::new(nested).carrier(carrier);
+        nested.prepared_emission = prepared_emission;
+        if let Some(emit) = emit {
+            let _ = nested.shared.emit.set(emit);
+        }
         nested.emitted.store(emitted, Ordering::Release);
         nested.parent = Some(&self.emitted);
         Ok(nested)
@@ -660,6 +740,7 @@ impl<'a> BemiTransaction<'a> {
             client: self.inner.client(),
             shared: &self.shared,
             carrier: self.carrier,
+            prepared_emission: self.prepared_emission,
             transaction: Some(&self.emitted),
             parent: self.parent,
         }

@@ -9,13 +9,16 @@ use axum::Router;
 use axum::body::Body;
 use axum::routing::get;
 use bemi_axum::BemiLayer;
+use bemi_core::carrier::Carrier;
 use bemi_core::context;
 use bemi_core::sqlx::BemiPool;
+use bemi_core::tokio_postgres::BemiClient;
 use http_body_util::{BodyExt as _, Empty};
 use hyper::body::Bytes;
 use hyper_util::rt::TokioIo;
 use serde_json::json;
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Mutex;
 
 use crate::env::{Env, Sizes};
 use crate::report::{Goal, Row};
@@ -110,9 +113,12 @@ async fn load(addr: std::net::SocketAddr, duration: Duration) -> anyhow::Result<
 const TODO_COLUMNS: &str =
     "(id bigserial PRIMARY KEY, task text NOT NULL, is_completed boolean NOT NULL DEFAULT false)";
 
-/// P2: single-row INSERTs per second through the sqlx adapter, each in its own request context,
-/// with the trigger ÷ raw sqlx into a table without trigger; 4 concurrent writers,
-/// `synchronous_commit=off` so that CPU costs show.
+/// P2: single-row INSERTs per second, each in its own request context, into a table with the
+/// trigger ÷ raw driver calls into a table without it; 4 concurrent writers (one connection
+/// each), `synchronous_commit=off` so that CPU costs show. For sqlx and tokio-postgres, each
+/// write on its own (autocommit) and in transactions of 5 writes. The message carrier
+/// (default) is measured, and the comment carrier as a reference; P2-latency times one
+/// connection's sequential writes.
 pub(crate) async fn p2_inserts(env: &Env, sizes: &Sizes) -> anyhow::Result<Vec<Row>> {
     let db = env.database("bench_p2").await?;
     db.exec(&format!(
@@ -125,117 +131,288 @@ pub(crate) async fn p2_inserts(env: &Env, sizes: &Sizes) -> anyhow::Result<Vec<R
         .await?;
     // New connections pick up synchronous_commit=off.
     let pool = sqlx::postgres::PgPoolOptions::new()
-        .max_connections(4)
+        .max_connections(WRITERS as u32)
         .connect(&db.url)
         .await?;
-    let bemi = BemiPool::new(pool.clone());
-    let raw = |unique_text: bool| {
-        let pool = pool.clone();
-        move |n: u64| {
-            let pool = pool.clone();
+    let message = BemiPool::new(pool.clone());
+    let comment = BemiPool::new(pool.clone()).carrier(Carrier::Comment);
+    let mut raw_clients = Vec::new();
+    let mut bemi_clients = Vec::new();
+    for _ in 0..WRITERS {
+        let (client, connection) = tokio_postgres::connect(&db.url, tokio_postgres::NoTls).await?;
+        tokio::spawn(connection);
+        let statement = client.prepare(INSERT_PLAIN).await?;
+        raw_clients.push(Arc::new(Mutex::new((client, statement))));
+        let (client, connection) = tokio_postgres::connect(&db.url, tokio_postgres::NoTls).await?;
+        tokio::spawn(connection);
+        let client = BemiClient::new(client);
+        let statement = client.prepare(INSERT_TRACKED).await?;
+        bemi_clients.push(Arc::new(Mutex::new((client, statement))));
+    }
+
+    let time = sizes.round_time;
+    let in_context = |n: u64| json!({"user_id": n, "endpoint": "/todo", "method": "POST"});
+    let sqlx_auto = |pool: Option<BemiPool>| {
+        let raw = pool_clone(&pool, &message);
+        move |_: usize, n: u64| {
+            let (raw, bemi) = (raw.clone(), pool.clone());
             async move {
-                if unique_text {
-                    // A text of its own, as every annotated write has: no statement cache.
-                    let sql = format!("INSERT INTO plain (task) VALUES ($1) /* {n} */");
-                    sqlx::query(sqlx::AssertSqlSafe(sql))
-                        .bind("Sleep")
-                        .persistent(false)
-                        .execute(&pool)
-                        .await
-                } else {
-                    sqlx::query("INSERT INTO plain (task) VALUES ($1)")
-                        .bind("Sleep")
-                        .execute(&pool)
-                        .await
-                }
+                match bemi {
+                    None => {
+                        sqlx::query(INSERT_PLAIN)
+                            .bind("Sleep")
+                            .execute(&raw)
+                            .await?
+                    }
+                    Some(bemi) => {
+                        context::scope(in_context(n), async {
+                            sqlx::query(INSERT_TRACKED)
+                                .bind("Sleep")
+                                .execute(&bemi)
+                                .await
+                        })
+                        .await?
+                    }
+                };
+                Ok(1)
             }
         }
     };
-    let annotated = |table: &'static str| {
-        let bemi = bemi.clone();
-        move |n: u64| {
-            let bemi = bemi.clone();
-            let ctx = json!({"user_id": n, "endpoint": "/todo", "method": "POST"});
-            let ctx = ctx.as_object().cloned().unwrap_or_default();
-            let sql = if table == "plain" {
-                "INSERT INTO plain (task) VALUES ($1)"
-            } else {
-                "INSERT INTO tracked (task) VALUES ($1)"
-            };
-            context::scope(ctx, async move {
-                sqlx::query(sql).bind("Sleep").execute(&bemi).await
-            })
+    let sqlx_tx = |tracked: bool| {
+        let (raw, bemi) = (pool.clone(), message.clone());
+        move |_: usize, n: u64| {
+            let (raw, bemi) = (raw.clone(), bemi.clone());
+            async move {
+                if tracked {
+                    context::scope(in_context(n), async {
+                        let mut tx = bemi.begin().await?;
+                        for _ in 0..TRANSACTION_WRITES {
+                            sqlx::query(INSERT_TRACKED)
+                                .bind("Sleep")
+                                .execute(&mut tx)
+                                .await?;
+                        }
+                        tx.commit().await
+                    })
+                    .await?;
+                } else {
+                    let mut tx = raw.begin().await?;
+                    for _ in 0..TRANSACTION_WRITES {
+                        sqlx::query(INSERT_PLAIN)
+                            .bind("Sleep")
+                            .execute(&mut *tx)
+                            .await?;
+                    }
+                    tx.commit().await?;
+                }
+                Ok(TRANSACTION_WRITES)
+            }
         }
     };
-    let time = sizes.round_time;
+    let tokio_auto = |tracked: bool| {
+        let (raw, bemi) = (raw_clients.clone(), bemi_clients.clone());
+        move |writer: usize, n: u64| {
+            let (raw, bemi) = (Arc::clone(&raw[writer]), Arc::clone(&bemi[writer]));
+            async move {
+                if tracked {
+                    let guard = bemi.lock().await;
+                    let (client, statement) = &*guard;
+                    context::scope(in_context(n), client.execute(statement, &[&"Sleep"])).await?;
+                } else {
+                    let guard = raw.lock().await;
+                    let (client, statement) = &*guard;
+                    client.execute(statement, &[&"Sleep"]).await?;
+                }
+                Ok(1)
+            }
+        }
+    };
+    let tokio_tx = |tracked: bool| {
+        let (raw, bemi) = (raw_clients.clone(), bemi_clients.clone());
+        move |writer: usize, n: u64| {
+            let (raw, bemi) = (Arc::clone(&raw[writer]), Arc::clone(&bemi[writer]));
+            async move {
+                if tracked {
+                    let mut guard = bemi.lock().await;
+                    let (client, statement) = &mut *guard;
+                    let statement = statement.clone();
+                    context::scope(in_context(n), async {
+                        let tx = client.transaction().await?;
+                        for _ in 0..TRANSACTION_WRITES {
+                            tx.execute(&statement, &[&"Sleep"]).await?;
+                        }
+                        tx.commit().await
+                    })
+                    .await?;
+                } else {
+                    let mut guard = raw.lock().await;
+                    let (client, statement) = &mut *guard;
+                    let statement = statement.clone();
+                    let tx = client.transaction().await?;
+                    for _ in 0..TRANSACTION_WRITES {
+                        tx.execute(&statement, &[&"Sleep"]).await?;
+                    }
+                    tx.commit().await?;
+                }
+                Ok(TRANSACTION_WRITES)
+            }
+        }
+    };
+
+    macro_rules! variant {
+        ($writers:expr, $op:expr) => {{
+            let op = $op;
+            let variant: Variant<'_> = Box::new(move || {
+                let round: Round = Box::pin(inserts($writers, time, op.clone()));
+                round
+            });
+            variant
+        }};
+    }
     let mut variants: Vec<Variant<'_>> = vec![
-        Box::new(move || Box::pin(inserts(time, raw(false)))),
-        Box::new(move || Box::pin(inserts(time, raw(true)))),
-        Box::new(move || Box::pin(inserts(time, annotated("plain")))),
-        Box::new(move || Box::pin(inserts(time, annotated("tracked")))),
+        variant!(WRITERS, sqlx_auto(None)),
+        variant!(WRITERS, sqlx_auto(Some(message.clone()))),
+        variant!(WRITERS, sqlx_auto(Some(comment.clone()))),
+        variant!(WRITERS, sqlx_tx(false)),
+        variant!(WRITERS, sqlx_tx(true)),
+        variant!(WRITERS, tokio_auto(false)),
+        variant!(WRITERS, tokio_auto(true)),
+        variant!(WRITERS, tokio_tx(false)),
+        variant!(WRITERS, tokio_tx(true)),
+        // P2-latency: one connection, sequential autocommit writes.
+        variant!(1, sqlx_auto(None)),
+        variant!(1, sqlx_auto(Some(message.clone()))),
+        variant!(1, sqlx_auto(Some(comment.clone()))),
+        variant!(1, tokio_auto(false)),
+        variant!(1, tokio_auto(true)),
     ];
     let samples = rotated(sizes.rounds, &mut variants).await?;
-    let [base, unprepared, comment, with] = [0, 1, 2, 3].map(|i| samples[i].clone());
-    let messages: i64 = sqlx::query_scalar("SELECT count(*) FROM tracked")
+    let tracked_rows: i64 = sqlx::query_scalar("SELECT count(*) FROM tracked")
         .fetch_one(&pool)
         .await?;
-    anyhow::ensure!(messages > 0, "the tracked variant inserted nothing");
-    let reference = |what: &str, samples: &crate::stats::Samples| {
+    anyhow::ensure!(tracked_rows > 0, "the tracked variants inserted nothing");
+    let row = |id: &str, what: &str, base: usize, with: usize, goal: Goal| {
         Row::ratio(
-            "P2-ref",
+            id,
             what,
-            base.show("rows/s"),
-            samples.show("rows/s"),
-            samples.median() / base.median(),
-            Goal::None,
+            samples[base].show("rows/s"),
+            samples[with].show("rows/s"),
+            samples[with].median() / samples[base].median(),
+            goal,
+        )
+    };
+    // Latency: time per write, tracked ÷ untracked (the inverse of the rates).
+    let latency = |what: &str, base: usize, with: usize, goal: Goal| {
+        let per_write = |i: usize| 1e3 / samples[i].median();
+        Row::ratio(
+            "P2-latency",
+            what,
+            format!("{:.3} ms", per_write(base)),
+            format!("{:.3} ms", per_write(with)),
+            samples[base].median() / samples[with].median(),
+            goal,
         )
     };
     Ok(vec![
-        Row::ratio(
+        row(
             "P2",
-            "single-row INSERT/s, 4 writers: sqlx adapter with context + trigger ÷ raw sqlx, no trigger",
-            base.show("rows/s"),
-            with.show("rows/s"),
-            with.median() / base.median(),
+            "single-row INSERT/s, 4 writers, sqlx, autocommit: adapter (message) + trigger ÷ raw sqlx, no trigger",
+            0,
+            1,
             Goal::AtLeast(0.90),
         ),
-        reference(
-            "… raw sqlx, a new statement text each time (parsed, not cached) ÷ raw sqlx",
-            &unprepared,
+        row(
+            "P2",
+            "… sqlx, transactions of 5 writes",
+            3,
+            4,
+            Goal::AtLeast(0.90),
         ),
-        reference(
-            "… sqlx adapter with context, table without trigger ÷ raw sqlx",
-            &comment,
+        row(
+            "P2",
+            "… tokio-postgres (prepared statement), autocommit",
+            5,
+            6,
+            Goal::AtLeast(0.90),
+        ),
+        row(
+            "P2",
+            "… tokio-postgres (prepared statement), transactions of 5 writes",
+            7,
+            8,
+            Goal::AtLeast(0.90),
+        ),
+        row(
+            "P2-ref",
+            "… sqlx, autocommit, the comment carrier (a statement text per write) ÷ raw sqlx",
+            0,
+            2,
+            Goal::None,
+        ),
+        latency(
+            "one connection, sequential autocommit writes, time per write: tokio-postgres, message (1 round trip: BEGIN+emit, write, COMMIT pipelined) ÷ raw (1)",
+            12,
+            13,
+            Goal::AtMost(1.3),
+        ),
+        latency(
+            "… sqlx, message (3 round trips: BEGIN+emit, write, COMMIT) ÷ raw sqlx (1)",
+            9,
+            10,
+            Goal::None,
+        ),
+        latency(
+            "… sqlx, comment (2 round trips: Parse/Describe, Bind/Execute; parsed each time) ÷ raw sqlx (1)",
+            9,
+            11,
+            Goal::None,
         ),
     ])
 }
 
-/// Inserts per second of 4 concurrent writers running `insert` for `duration`.
-async fn inserts<F, Fut>(duration: Duration, insert: F) -> anyhow::Result<f64>
+/// One measurement of a variant.
+type Round = std::pin::Pin<Box<dyn Future<Output = anyhow::Result<f64>> + Send>>;
+
+/// Writers of P2, one connection each.
+const WRITERS: usize = 4;
+/// Writes per transaction in P2's transactional rows.
+const TRANSACTION_WRITES: u64 = 5;
+const INSERT_PLAIN: &str = "INSERT INTO plain (task) VALUES ($1)";
+const INSERT_TRACKED: &str = "INSERT INTO tracked (task) VALUES ($1)";
+
+/// The raw pool behind a bemi pool (or the default's).
+fn pool_clone(pool: &Option<BemiPool>, default: &BemiPool) -> sqlx::PgPool {
+    pool.as_ref().unwrap_or(default).inner().clone()
+}
+
+/// Rows per second of `writers` concurrent writers running `insert(writer, n)` (which returns
+/// the rows it wrote) for `duration`.
+async fn inserts<F, Fut>(writers: usize, duration: Duration, insert: F) -> anyhow::Result<f64>
 where
-    F: Fn(u64) -> Fut + Clone + Send + 'static,
-    Fut: Future<Output = Result<sqlx::postgres::PgQueryResult, sqlx::Error>> + Send + 'static,
+    F: Fn(usize, u64) -> Fut + Clone + Send + 'static,
+    Fut: Future<Output = anyhow::Result<u64>> + Send + 'static,
 {
     let done = Arc::new(AtomicU64::new(0));
+    let rows = Arc::new(AtomicU64::new(0));
     let deadline = Instant::now() + duration;
     let started = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
-    for _ in 0..4 {
-        let (done, insert) = (Arc::clone(&done), insert.clone());
+    for writer in 0..writers {
+        let (done, rows, insert) = (Arc::clone(&done), Arc::clone(&rows), insert.clone());
         tasks.spawn(async move {
             while Instant::now() < deadline
                 && done.load(Ordering::Relaxed) < MAX_OPERATIONS_PER_ROUND
             {
                 let n = done.fetch_add(1, Ordering::Relaxed);
-                insert(n).await?;
+                rows.fetch_add(insert(writer, n).await?, Ordering::Relaxed);
             }
-            Ok::<_, sqlx::Error>(())
+            anyhow::Ok(())
         });
     }
     while let Some(result) = tasks.join_next().await {
         result??;
     }
-    Ok(done.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64())
+    Ok(rows.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64())
 }
 
 /// P3: a 50 000-row UPDATE with context and our statement trigger ÷ without trigger — time and

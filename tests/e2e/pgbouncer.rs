@@ -95,7 +95,7 @@ pub(crate) async fn both_adapters_attribute_every_write_through_pgbouncer(
     let connect = |url: String| async move {
         let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await?;
         tokio::spawn(connection);
-        anyhow::Ok(BemiClient::new(client))
+        anyhow::Ok(BemiClient::new(client).transaction_pooler(true))
     };
     let shared = Arc::new(connect(url.clone()).await?);
 
