@@ -1,6 +1,6 @@
 //! How an adapter carries a write's context to PostgreSQL.
 //!
-//! - [`Carrier::Message`] (the default): the adapter emits the context itself as the `_bemi`
+//! - [`Carrier::Message`]: the adapter emits the context itself as the `_bemi`
 //!   logical-decoding message, with a cached statement ([`EMIT_SQL`]), in the write's own
 //!   transaction and just before the write. The write's SQL is untouched, so it keeps its
 //!   prepared statement; a write outside a transaction is wrapped in one. Because the context
@@ -10,6 +10,8 @@
 //!   the migration's trigger turns it into the message — Bemi's wire format of its other
 //!   languages. One statement, but a text of its own per write: no prepared statement is
 //!   reused, and the server parses and plans every write.
+//!
+//! - [`Carrier::Auto`] (the default): the faster of the two for each path, as measured.
 //!
 //! Either way each write's rows take the context in scope where the write was made; a write
 //! without context after one with context in the same transaction gets none (the adapter emits
@@ -22,7 +24,7 @@
 //! use bemi_core::context;
 //! use serde_json::json;
 //!
-//! assert_eq!(Carrier::default(), Carrier::Message);
+//! assert_eq!(Carrier::default(), Carrier::Auto);
 //! let json = context::sync_scope(json!({"user_id": 1}), || message_json("DELETE FROM todo"));
 //! assert_eq!(json.as_deref(), Some(r#"{"SQL":"DELETE FROM todo","user_id":1}"#));
 //! assert_eq!(message_json("DELETE FROM todo"), None); // no context in scope
@@ -34,11 +36,28 @@ use crate::sql;
 /// How writes carry their context; see the [module docs](self).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
 pub enum Carrier {
-    /// The adapter emits the `_bemi` message in the write's transaction (cached statements).
+    /// The measured faster of the two for each path (BENCHMARKS.md, P2): the message, except
+    /// for a sqlx write outside a transaction, which carries the comment (2 round trips and a
+    /// parse instead of 3 round trips: sqlx cannot pipeline the `BEGIN` and `COMMIT` the message
+    /// needs). Choose [`Carrier::Message`] behind a transaction-pooling pgbouncer.
     #[default]
+    Auto,
+    /// The adapter emits the `_bemi` message in the write's transaction (cached statements).
     Message,
     /// A trailing ` /*Bemi {json} Bemi*/` comment that the trigger reads.
     Comment,
+}
+
+impl Carrier {
+    /// The carrier itself, or `auto` for [`Carrier::Auto`]: what an adapter uses on a path
+    /// whose measured faster carrier is `auto`.
+    #[must_use]
+    pub fn resolve(self, auto: Carrier) -> Carrier {
+        match self {
+            Carrier::Auto => auto,
+            carrier => carrier,
+        }
+    }
 }
 
 /// Emits the context `$1` (JSON text) as the transactional `_bemi` message. It also clears the

@@ -176,6 +176,113 @@ BEGIN
 END;
 $bemi$;
 
+-- Schema history through the WAL: a description of a tracked table as a JSON text — its oid,
+-- schema and name, the columns of its primary key (else of its replica identity index), and each
+-- column with its type resolved through domains and arrays to a base type — which the capture
+-- worker keeps, in WAL order, to take keys and types as of each change.
+CREATE OR REPLACE FUNCTION _bemi_type_json(type_oid oid) RETURNS pg_catalog.json
+LANGUAGE plpgsql STABLE
+AS $bemi$
+DECLARE
+  current oid := type_oid;
+  depth int := 0;
+  entry record;
+BEGIN
+  LOOP
+    SELECT t.typtype, t.typcategory, t.typelem, t.typbasetype INTO entry
+      FROM pg_catalog.pg_type t WHERE t.oid = current;
+    EXIT WHEN NOT FOUND;
+    IF entry.typtype = 'd' AND entry.typbasetype <> 0 THEN
+      current := entry.typbasetype;
+    ELSIF entry.typcategory = 'A' AND entry.typelem <> 0 AND depth < 8 THEN
+      depth := depth + 1;
+      current := entry.typelem;
+    ELSE
+      EXIT;
+    END IF;
+  END LOOP;
+  RETURN pg_catalog.json_build_object('base', current, 'array_depth', depth);
+END;
+$bemi$;
+
+CREATE OR REPLACE FUNCTION _bemi_schema_json(relation oid) RETURNS text
+LANGUAGE sql STABLE
+AS $bemi$
+  SELECT pg_catalog.json_build_object(
+           'oid', c.oid,
+           'schema', n.nspname,
+           'table', c.relname,
+           'key', coalesce((
+             SELECT pg_catalog.json_agg(a.attname ORDER BY k.ord)
+               FROM pg_catalog.pg_index i
+               CROSS JOIN LATERAL pg_catalog.unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord)
+               JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
+              WHERE i.indrelid = c.oid
+                AND i.indexrelid = coalesce(
+                      (SELECT x.indexrelid FROM pg_catalog.pg_index x
+                        WHERE x.indrelid = c.oid AND x.indisprimary LIMIT 1),
+                      (SELECT x.indexrelid FROM pg_catalog.pg_index x
+                        WHERE x.indrelid = c.oid AND x.indisreplident LIMIT 1))), '[]'),
+           'columns', coalesce((
+             SELECT pg_catalog.json_agg(pg_catalog.json_build_object(
+                      'name', a.attname, 'type', _bemi_type_json(a.atttypid)) ORDER BY a.attnum)
+               FROM pg_catalog.pg_attribute a
+              WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped), '[]')
+         )::text
+    FROM pg_catalog.pg_class c
+    JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+   WHERE c.oid = relation
+$bemi$;
+
+-- Emits the description of every tracked table a DDL command touched, as a transactional
+-- '_bemi_schema' message in the command's transaction: the worker reads it in WAL order, after
+-- the rows written before the change and before those written after it. Never fails the DDL.
+CREATE OR REPLACE FUNCTION _bemi_schema_trigger_func() RETURNS event_trigger
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path FROM CURRENT
+AS $bemi$
+DECLARE
+  touched oid;
+BEGIN
+  FOR touched IN
+    SELECT DISTINCT objid FROM pg_catalog.pg_event_trigger_ddl_commands()
+     WHERE classid = 'pg_catalog.pg_class'::pg_catalog.regclass
+       AND object_type IN ('table', 'table column', 'table constraint', 'index')
+  LOOP
+    BEGIN
+      -- An index's table, for CREATE INDEX / ALTER INDEX (a replica identity index).
+      SELECT coalesce((SELECT i.indrelid FROM pg_catalog.pg_index i WHERE i.indexrelid = touched),
+                      touched) INTO touched;
+      IF coalesce(_bemi_is_trackable(touched), false) THEN
+        PERFORM pg_catalog.pg_logical_emit_message(true, '_bemi_schema', _bemi_schema_json(touched));
+      END IF;
+    EXCEPTION WHEN OTHERS THEN
+      RAISE WARNING 'bemi: could not record the new schema of %: % (%). The capture worker reads the catalog for it instead.',
+        touched::pg_catalog.regclass, SQLERRM, SQLSTATE;
+    END;
+  END LOOP;
+END;
+$bemi$;
+
+-- A baseline: the description of every tracked table now, for a worker already streaming.
+CREATE OR REPLACE PROCEDURE _bemi_record_schemas()
+LANGUAGE plpgsql
+SET search_path FROM CURRENT
+AS $bemi$
+DECLARE
+  relation oid;
+BEGIN
+  FOR relation IN
+    SELECT c.oid FROM pg_catalog.pg_class c
+     WHERE c.relkind IN ('r', 'p') AND NOT c.relispartition AND _bemi_is_trackable(c.oid)
+     ORDER BY c.oid
+  LOOP
+    PERFORM pg_catalog.pg_logical_emit_message(true, '_bemi_schema', _bemi_schema_json(relation));
+  END LOOP;
+END;
+$bemi$;
+
 CALL _bemi_create_triggers();
 
 -- Event triggers need superuser (or rds_superuser and the like); without it, tracking still works
@@ -190,3 +297,19 @@ EXCEPTION WHEN insufficient_privilege THEN
   RAISE WARNING 'bemi: tables created from now on are not tracked automatically: creating an event trigger needs superuser (%). Run CALL _bemi_create_triggers(); after creating tables, or run this migration as a superuser.', SQLERRM;
 END;
 $bemi$;
+
+-- The schema history: also an event trigger (superuser). Without it the capture worker reads
+-- keys from the catalog as it is when it reads them, and says so when it starts.
+DO $bemi$
+BEGIN
+  DROP EVENT TRIGGER IF EXISTS _bemi_schema_trigger;
+  CREATE EVENT TRIGGER _bemi_schema_trigger ON ddl_command_end
+    WHEN TAG IN ('CREATE TABLE', 'CREATE TABLE AS', 'SELECT INTO', 'ALTER TABLE', 'CREATE INDEX',
+                 'ALTER INDEX', 'DROP INDEX')
+    EXECUTE FUNCTION _bemi_schema_trigger_func();
+EXCEPTION WHEN insufficient_privilege THEN
+  RAISE WARNING 'bemi: schema changes are not recorded in the WAL: creating an event trigger needs superuser (%). The capture worker then takes keys from the catalog of the moment it reads a change, which is wrong for a change decoded after a later schema change of its table. Run this migration as a superuser.', SQLERRM;
+END;
+$bemi$;
+
+CALL _bemi_record_schemas();

@@ -25,7 +25,11 @@
 //!
 //! # How the context travels
 //!
-//! With [`Carrier::Message`] (the default) a write's SQL is not touched, so it keeps sqlx's
+//! By default ([`Carrier::Auto`]) a write in a [`BemiTransaction`] carries its context as a
+//! message and a write outside one as a comment: the faster path for each, as measured
+//! (BENCHMARKS.md, P2). [`BemiPool::carrier`] chooses one for both.
+//!
+//! With [`Carrier::Message`] a write's SQL is not touched, so it keeps sqlx's
 //! prepared-statement cache. Inside a [`BemiTransaction`] the adapter runs the cached
 //! [`EMIT_SQL`](crate::carrier::EMIT_SQL) just before the write (one extra round trip: sqlx
 //! cannot pipeline). A write outside a transaction (through `&BemiPool` or `&mut
@@ -422,7 +426,7 @@ where
 /// Implements `Executor` for a reference to a wrapper: with [`Carrier::Comment`] through
 /// [`Annotated`] of the inner executor, with [`Carrier::Message`] through a [`Target`].
 macro_rules! carrying_executor {
-    ($lt:lifetime, $self_ty:ty, |$this:ident| comment: $comment:expr, message: $message:expr) => {
+    ($lt:lifetime, $self_ty:ty, auto: $auto:ident, |$this:ident| comment: $comment:expr, message: $message:expr) => {
         impl<$lt> Executor<$lt> for $self_ty {
             type Database = Postgres;
 
@@ -435,9 +439,9 @@ macro_rules! carrying_executor {
                 E: 'q + Execute<'q, Postgres>,
             {
                 let $this = self;
-                match $this.carrier {
-                    Carrier::Comment => Annotated($comment).fetch_many(query),
+                match $this.carrier.resolve(Carrier::$auto) {
                     Carrier::Message => $message.fetch_many(query),
+                    _ => Annotated($comment).fetch_many(query),
                 }
             }
 
@@ -450,9 +454,9 @@ macro_rules! carrying_executor {
                 E: 'q + Execute<'q, Postgres>,
             {
                 let $this = self;
-                match $this.carrier {
-                    Carrier::Comment => Annotated($comment).fetch_optional(query),
+                match $this.carrier.resolve(Carrier::$auto) {
                     Carrier::Message => $message.fetch_optional(query),
+                    _ => Annotated($comment).fetch_optional(query),
                 }
             }
 
@@ -518,7 +522,7 @@ impl BemiPool {
         }
     }
 
-    /// How writes carry their context (default [`Carrier::Message`]; see the module docs).
+    /// How writes carry their context (default [`Carrier::Auto`]; see the module docs).
     ///
     /// ```no_run
     /// # fn run(pool: sqlx::PgPool) {
@@ -621,7 +625,7 @@ impl From<PgPool> for BemiPool {
     }
 }
 
-carrying_executor!('p, &'p BemiPool, |this| comment: &this.pool, message: Target::Pool(&this.pool));
+carrying_executor!('p, &'p BemiPool, auto: Comment, |this| comment: &this.pool, message: Target::Pool(&this.pool));
 
 /// A transaction whose executor annotates writes; from [`BemiPool::begin`] or
 /// [`BemiTransaction::new`]. Dropped without [`commit`](Self::commit), it rolls back.
@@ -657,7 +661,7 @@ impl<'c> BemiTransaction<'c> {
         }
     }
 
-    /// How writes carry their context (default [`Carrier::Message`]).
+    /// How writes carry their context (default [`Carrier::Auto`]).
     #[must_use]
     pub fn carrier(mut self, carrier: Carrier) -> Self {
         self.carrier = carrier;
@@ -710,7 +714,7 @@ impl<'c> BemiTransaction<'c> {
     }
 }
 
-carrying_executor!('t, &'t mut BemiTransaction<'_>, |this| comment: &mut *this.tx, message: Target::Transaction(&mut this.tx, &mut this.emitted));
+carrying_executor!('t, &'t mut BemiTransaction<'_>, auto: Message, |this| comment: &mut *this.tx, message: Target::Transaction(&mut this.tx, &mut this.emitted));
 
 /// A pooled connection whose executor annotates writes; from [`BemiPool::acquire`].
 ///
@@ -756,4 +760,4 @@ impl BemiConnection {
     }
 }
 
-carrying_executor!('c, &'c mut BemiConnection, |this| comment: &mut *this.conn, message: Target::Connection(&mut this.conn));
+carrying_executor!('c, &'c mut BemiConnection, auto: Comment, |this| comment: &mut *this.conn, message: Target::Connection(&mut this.conn));

@@ -28,7 +28,8 @@
 //!
 //! # How the context travels
 //!
-//! With [`Carrier::Message`] (the default) the adapter pipelines the emission of the context
+//! With [`Carrier::Message`] (the default: [`Carrier::Auto`] is the message here) the adapter
+//! pipelines the emission of the context
 //! with the write, so they cost one network round trip together: in a transaction, the
 //! emission ([`emit_sql_literal`](crate::carrier::emit_sql_literal)) and then the write; outside
 //! one, `BEGIN`, the emission, the write and `COMMIT`. The emission is a statement the adapter
@@ -124,13 +125,13 @@ impl Carried {
                 carrier::message_json(sql)
             }
             (Carrier::Message, QueryParts::Prepared(_)) => carrier::message_json_without_sql(),
-            (Carrier::Comment, QueryParts::Text(sql)) => {
+            (Carrier::Comment | Carrier::Auto, QueryParts::Text(sql)) => {
                 if !sql::is_write(sql) {
                     return Self::Nothing;
                 }
                 sql::annotate_current(sql)
             }
-            (Carrier::Comment, QueryParts::Prepared(_)) => return Self::Nothing,
+            (Carrier::Comment | Carrier::Auto, QueryParts::Prepared(_)) => return Self::Nothing,
         };
         found.map_or(Self::Pending, Self::Context)
     }
@@ -254,7 +255,7 @@ impl Session<'_> {
 
     fn plan(&self, carried: Option<String>) -> Plan {
         match (self.carrier, self.transaction, carried) {
-            (Carrier::Comment, _, annotated) => Plan::Alone(annotated),
+            (Carrier::Comment | Carrier::Auto, _, annotated) => Plan::Alone(annotated),
             (Carrier::Message, None, None) => Plan::Alone(None),
             (Carrier::Message, None, Some(json)) => Plan::Wrap(json),
             (Carrier::Message, Some(_), Some(json)) => Plan::Emit(json),
@@ -396,7 +397,7 @@ macro_rules! query_methods {
         where
             T: ?Sized + BemiQuery,
         {
-            let carried = Carried::of(self.carrier, query.parts());
+            let carried = Carried::of(self.session().carrier, query.parts());
             async move {
                 self.session()
                     .run(query.parts(), carried, |client, statement| async move {
@@ -415,7 +416,7 @@ macro_rules! query_methods {
         where
             T: ?Sized + BemiQuery,
         {
-            let carried = Carried::of(self.carrier, query.parts());
+            let carried = Carried::of(self.session().carrier, query.parts());
             async move {
                 self.session()
                     .run(query.parts(), carried, |client, statement| async move {
@@ -434,7 +435,7 @@ macro_rules! query_methods {
         where
             T: ?Sized + BemiQuery,
         {
-            let carried = Carried::of(self.carrier, query.parts());
+            let carried = Carried::of(self.session().carrier, query.parts());
             async move {
                 self.session()
                     .run(query.parts(), carried, |client, statement| async move {
@@ -453,7 +454,7 @@ macro_rules! query_methods {
         where
             T: ?Sized + BemiQuery,
         {
-            let carried = Carried::of(self.carrier, query.parts());
+            let carried = Carried::of(self.session().carrier, query.parts());
             async move {
                 self.session()
                     .run(query.parts(), carried, |client, statement| async move {
@@ -500,7 +501,7 @@ macro_rules! query_methods {
             &'q self,
             query: &'q str,
         ) -> impl Future<Output = Result<(), Error>> + Send + 'q {
-            let carried = Carried::of(self.carrier, QueryParts::Text(query));
+            let carried = Carried::of(self.session().carrier, QueryParts::Text(query));
             async move {
                 let client = self.session().client;
                 self.session()
@@ -517,7 +518,7 @@ macro_rules! query_methods {
             &'q self,
             query: &'q str,
         ) -> impl Future<Output = Result<Vec<SimpleQueryMessage>, Error>> + Send + 'q {
-            let carried = Carried::of(self.carrier, QueryParts::Text(query));
+            let carried = Carried::of(self.session().carrier, QueryParts::Text(query));
             async move {
                 let client = self.session().client;
                 self.session()
@@ -571,7 +572,8 @@ impl BemiClient {
         }
     }
 
-    /// How writes carry their context (default [`Carrier::Message`]; see the module docs).
+    /// How writes carry their context (default [`Carrier::Auto`], which is the message here;
+    /// see the module docs).
     #[must_use]
     pub fn carrier(mut self, carrier: Carrier) -> Self {
         self.carrier = carrier;
@@ -629,7 +631,7 @@ impl BemiClient {
         Session {
             client: &self.inner,
             shared: &self.shared,
-            carrier: self.carrier,
+            carrier: self.carrier.resolve(Carrier::Message),
             prepared_emission: self.prepared_emission,
             transaction: None,
             parent: None,
@@ -687,7 +689,7 @@ impl<'a> BemiTransaction<'a> {
         }
     }
 
-    /// How writes carry their context (default [`Carrier::Message`]).
+    /// How writes carry their context (default [`Carrier::Auto`], which is the message here).
     #[must_use]
     pub fn carrier(mut self, carrier: Carrier) -> Self {
         self.carrier = carrier;
@@ -739,7 +741,7 @@ impl<'a> BemiTransaction<'a> {
         Session {
             client: self.inner.client(),
             shared: &self.shared,
-            carrier: self.carrier,
+            carrier: self.carrier.resolve(Carrier::Message),
             prepared_emission: self.prepared_emission,
             transaction: Some(&self.emitted),
             parent: self.parent,

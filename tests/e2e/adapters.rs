@@ -323,7 +323,7 @@ pub(crate) async fn simple_protocol_queries_stay_simple(cluster: Arc<TestCluster
     };
 
     // The message carrier: the batch's one message, in the transaction it runs in.
-    let pool: BemiPool = db.bemi_pool();
+    let pool: BemiPool = db.bemi_pool().carrier(Carrier::Message);
     context::scope(request.clone(), pool.execute(batch)).await?;
     let entries = slot.read().await?;
     ensure!(
@@ -335,9 +335,9 @@ pub(crate) async fn simple_protocol_queries_stay_simple(cluster: Arc<TestCluster
         "{entries:#?}"
     );
 
-    // The comment carrier: one implicit transaction; each statement's rows follow its own
-    // message, emitted by the trigger.
-    let pool = db.bemi_pool().carrier(Carrier::Comment);
+    // The comment carrier (also sqlx's default outside a transaction): one implicit
+    // transaction; each statement's rows follow its own message, emitted by the trigger.
+    let pool = db.bemi_pool();
     context::scope(request.clone(), pool.execute(batch)).await?;
     let entries = slot.read().await?;
     ensure!(

@@ -141,7 +141,7 @@ pub(crate) async fn every_write_takes_the_context_in_scope_when_it_ran(
 ) -> TestResult {
     let db = todo_db(&cluster, "carrier_semantics").await?;
     let slot = db.wal_slot().await?;
-    for carrier in [Carrier::Message, Carrier::Comment] {
+    for carrier in [Carrier::Auto, Carrier::Message, Carrier::Comment] {
         sqlx_sequence(&db.bemi_pool().carrier(carrier)).await?;
         let rows = stitched(&slot.read().await?)?;
         ensure!(rows == expected(), "sqlx, {carrier:?}: {rows:#?}");

@@ -7,6 +7,7 @@ use std::str::FromStr as _;
 use std::sync::Arc;
 
 use anyhow::{Context as _, ensure};
+use bemi_core::carrier::Carrier;
 use bemi_core::context;
 use bemi_core::sqlx::BemiPool;
 use bemi_core::tokio_postgres::BemiClient;
@@ -87,7 +88,9 @@ pub(crate) async fn both_adapters_attribute_every_write_through_pgbouncer(
         "not pooled: 10 clients saw {} server backends",
         backends.len()
     );
-    let pool = BemiPool::new(pool);
+    // The message carrier for every write: sqlx's default puts a write outside a transaction
+    // in a comment, whose two Syncs pgbouncer may split.
+    let pool = BemiPool::new(pool).carrier(Carrier::Message);
 
     // tokio-postgres: one client shared by many tasks (autocommit writes, simple protocol:
     // tokio-postgres prepares named statements, which pgbouncer 1.18 cannot route outside a
