@@ -2,7 +2,6 @@
 
 use std::io;
 
-use anyhow::anyhow;
 use bemi_audit::TimeTravel;
 use chrono::Utc;
 use futures_util::TryStreamExt as _;
@@ -99,9 +98,9 @@ impl clap::Args for KeyAndTime {
                 .required(true)
                 .help(
                     "The row's primary key as stored (`26`; a composite key as JSON: \
-                     '[\"x\",1]'), then the instant: an RFC 3339 timestamp \
-                     (2026-05-01T12:00:00Z, or as `bemi changes` prints it) or how long ago \
-                     (15m, 2h, 7d). Without a key: the whole table",
+                     '[\"x\",1]'), then the instant: a timestamp in any form \
+                     PostgreSQL prints or reads (2026-05-01T12:00:00Z, 2026-05-01 \
+                     12:00:00.5+05:30; without an offset, UTC) or how long ago (15m, 2h, 7d). Without a key: the whole table",
                 ),
         )
     }
@@ -115,8 +114,8 @@ impl clap::Args for KeyAndTime {
 pub(super) async fn run(args: AtArgs) -> anyhow::Result<()> {
     let KeyAndTime { pk, time } = &args.key_and_time;
     let pk = pk.as_deref().map(str::trim);
-    let at = time.resolve(Utc::now()).map_err(|e| anyhow!("TIME {e}"))?;
     let pool = args.db.connect().await?;
+    let at = time.resolve("TIME", &pool, Utc::now()).await?;
     ensure_known_table(&pool, args.table.trim()).await?;
     let travel = TimeTravel::table(args.table.trim());
     let mut output = Output::new(args.json);
@@ -227,15 +226,15 @@ mod tests {
     #[test]
     fn a_bad_instant_or_too_many_values_is_a_usage_error() {
         for args in [
-            &["bemi", "todo", "yesterday"][..],
-            &["bemi", "todo", "1", "yesterday"],
+            &["bemi", "todo", "last tuesday"][..],
+            &["bemi", "todo", "1", "last tuesday"],
         ] {
             let error = Harness::try_parse_from(args).unwrap_err();
             assert_eq!(error.kind(), clap::error::ErrorKind::ValueValidation);
             assert!(error.use_stderr());
             let text = error.to_string();
             assert!(
-                text.contains("\"yesterday\"") && text.contains("RFC 3339"),
+                text.contains("\"last tuesday\"") && text.contains("2024-05-01T12:00:00Z"),
                 "{text}"
             );
         }

@@ -79,7 +79,9 @@ pub(crate) struct ChangesArgs {
     /// Only changes of this source database (when several write into one changes table).
     #[arg(long, env = "BEMI_CHANGES_DATABASE", value_name = "NAME")]
     database: Option<String>,
-    /// Only changes committed at or after T: an RFC 3339 timestamp, or how long ago (15m, 2h, 7d).
+    /// Only changes committed at or after T: a timestamp in any form PostgreSQL prints or reads
+    /// (2026-05-01T12:00:00Z, 2026-05-01 12:00:00.5+05:30; without an offset, UTC), or how
+    /// long ago (15m, 2h, 7d).
     #[arg(
         long,
         env = "BEMI_CHANGES_SINCE",
@@ -126,8 +128,16 @@ fn operation(text: &str) -> Result<Operation, String> {
 }
 
 impl ChangesArgs {
-    /// The query of the filters, with relative times counted back from `now`.
-    fn query(&self, now: DateTime<Utc>) -> anyhow::Result<ChangeQuery> {
+    /// The instants of `--since` and `--until`, durations counted back from `now`.
+    async fn window(&self, pool: &PgPool, now: DateTime<Utc>) -> anyhow::Result<Window> {
+        Ok(Window {
+            since: PointInTime::resolve_optional(self.since.as_ref(), "--since", pool, now).await?,
+            until: PointInTime::resolve_optional(self.until.as_ref(), "--until", pool, now).await?,
+        })
+    }
+
+    /// The query of the filters, within `window`.
+    fn query(&self, window: Window) -> anyhow::Result<ChangeQuery> {
         let mut query = ChangeQuery::new();
         if let Some(id) = self.id {
             query = query.id(id);
@@ -162,14 +172,21 @@ impl ChangesArgs {
             let (key, value) = parse_context_pair(&pair)?;
             query = query.context(key, value);
         }
-        if let Some(since) = self.since {
-            query = query.since(since.resolve(now).map_err(|e| anyhow!("--since {e}"))?);
+        if let Some(since) = window.since {
+            query = query.since(since);
         }
-        if let Some(until) = self.until {
-            query = query.until(until.resolve(now).map_err(|e| anyhow!("--until {e}"))?);
+        if let Some(until) = window.until {
+            query = query.until(until);
         }
         Ok(query)
     }
+}
+
+/// The resolved `--since` and `--until`.
+#[derive(Debug, Clone, Copy, Default)]
+struct Window {
+    since: Option<DateTime<Utc>>,
+    until: Option<DateTime<Utc>>,
 }
 
 /// `KEY=VALUE` pairs from the flag's values. Lists are split at commas (for the environment
@@ -191,8 +208,8 @@ pub(crate) fn context_pairs(pieces: &[String]) -> Vec<String> {
 
 /// Runs `bemi changes`.
 pub(super) async fn run(args: ChangesArgs) -> anyhow::Result<()> {
-    let query = args.query(Utc::now())?;
     let pool = args.db.connect().await?;
+    let query = args.query(args.window(&pool, Utc::now()).await?)?;
     let result = if args.follow {
         follow(&pool, &query, &args).await
     } else if args.json {
@@ -305,7 +322,13 @@ mod tests {
             "2024-05-08T11:00:00Z",
         ])
         .unwrap();
-        let query = harness.args.query(now).unwrap();
+        let resolve =
+            |point: &Option<PointInTime>| point.as_ref().map(|p| p.resolve_here(now).unwrap());
+        let window = Window {
+            since: resolve(&harness.args.since),
+            until: resolve(&harness.args.until),
+        };
+        let query = harness.args.query(window).unwrap();
         let expected = ChangeQuery::new()
             .table("public.todo")
             .primary_key("26")
@@ -337,7 +360,7 @@ mod tests {
             "9b2e6a4e-3c1f-4c7e-9d64-0d4f8f2b7a11",
         ])
         .unwrap();
-        let query = harness.args.query(Utc::now()).unwrap();
+        let query = harness.args.query(Window::default()).unwrap();
         let expected = ChangeQuery::new()
             .id("9b2e6a4e-3c1f-4c7e-9d64-0d4f8f2b7a11".parse().unwrap())
             .database("app")
@@ -349,7 +372,11 @@ mod tests {
             .changed("task");
         assert_eq!(query, expected);
         let harness = Harness::try_parse_from(["bemi", "--after", "oops"]).unwrap();
-        let error = harness.args.query(Utc::now()).unwrap_err().to_string();
+        let error = harness
+            .args
+            .query(Window::default())
+            .unwrap_err()
+            .to_string();
         assert!(
             error.starts_with("--after") && error.contains("KEY=VALUE"),
             "{error}"
@@ -367,12 +394,18 @@ mod tests {
             assert!(error.use_stderr());
             let text = error.to_string();
             assert!(
-                text.contains(flag) && text.contains("RFC 3339") && text.contains("15m"),
+                text.contains(flag)
+                    && text.contains("2024-05-01T12:00:00Z")
+                    && text.contains("15m"),
                 "{text}"
             );
         }
         let harness = Harness::try_parse_from(["bemi", "--context", "user_id"]).unwrap();
-        let error = harness.args.query(Utc::now()).unwrap_err().to_string();
+        let error = harness
+            .args
+            .query(Window::default())
+            .unwrap_err()
+            .to_string();
         assert!(error.contains("KEY=VALUE"), "{error}");
     }
 

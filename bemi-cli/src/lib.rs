@@ -135,7 +135,11 @@ pub fn main() -> ExitCode {
         Err(error) => {
             let _ = std::io::stdout().flush();
             eprintln!("error: {error:#}");
-            ExitCode::FAILURE
+            if error.downcast_ref::<time::UsageError>().is_some() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
 }

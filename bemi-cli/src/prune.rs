@@ -1,7 +1,6 @@
 //! `bemi prune --older-than 90d`: remove old changes in short batches (or drop whole months of
 //! a partitioned table).
 
-use anyhow::anyhow;
 use chrono::Utc;
 
 use super::audit_db::{AuditArgs, finish_output};
@@ -40,11 +39,11 @@ pub(crate) struct PruneArgs {
 
 /// Runs `bemi prune`.
 pub(super) async fn run(args: PruneArgs) -> anyhow::Result<()> {
+    let pool = args.db.connect().await?;
     let bound = args
         .older_than
-        .resolve(Utc::now())
-        .map_err(|e| anyhow!("--older-than {e}"))?;
-    let pool = args.db.connect().await?;
+        .resolve("--older-than", &pool, Utc::now())
+        .await?;
     let shutdown = shutdown::on_signals()?;
     let pruner = Pruner::new(bound)
         .batch_rows(args.batch_rows)

@@ -3,7 +3,7 @@
 
 use anyhow::anyhow;
 use bemi_audit::{DEFAULT_MAX_CHANGES, Revert, parse_context_pair};
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use serde_json::Map;
 use uuid::Uuid;
 
@@ -75,8 +75,12 @@ pub(crate) struct RevertArgs {
 }
 
 impl RevertArgs {
-    fn revert(&self) -> anyhow::Result<Revert> {
-        let now = Utc::now();
+    /// The revert, within the resolved `--since` and `--until`.
+    fn revert(
+        &self,
+        since: Option<DateTime<Utc>>,
+        until: Option<DateTime<Utc>>,
+    ) -> anyhow::Result<Revert> {
         let mut revert = if let Some(id) = self.change {
             Revert::change(id)
         } else if let Some(id) = self.transaction {
@@ -89,11 +93,11 @@ impl RevertArgs {
             }
             Revert::context(filter)
         };
-        if let Some(since) = self.since {
-            revert = revert.since(since.resolve(now).map_err(|e| anyhow!("--since {e}"))?);
+        if let Some(since) = since {
+            revert = revert.since(since);
         }
-        if let Some(until) = self.until {
-            revert = revert.until(until.resolve(now).map_err(|e| anyhow!("--until {e}"))?);
+        if let Some(until) = until {
+            revert = revert.until(until);
         }
         Ok(revert.force(self.force).max_changes(self.max_changes))
     }
@@ -101,9 +105,12 @@ impl RevertArgs {
 
 /// Runs `bemi revert`.
 pub(super) async fn run(args: RevertArgs) -> anyhow::Result<()> {
-    let revert = args.revert()?;
     let source_url = args.source.url()?;
     let audit = args.db.connect_or(Some(source_url)).await?;
+    let now = Utc::now();
+    let since = PointInTime::resolve_optional(args.since.as_ref(), "--since", &audit, now).await?;
+    let until = PointInTime::resolve_optional(args.until.as_ref(), "--until", &audit, now).await?;
+    let revert = args.revert(since, until)?;
     let source = connect(source_url).await?;
     let outcome = if args.dry_run {
         revert.plan(&audit, &source).await.map(|plan| plan.script())
@@ -162,7 +169,7 @@ mod tests {
             "50",
         ])
         .unwrap();
-        let revert = harness.args.revert().unwrap();
+        let revert = harness.args.revert(None, None).unwrap();
         assert_eq!(
             revert,
             Revert::context(
@@ -176,8 +183,9 @@ mod tests {
         );
         let harness = Harness::try_parse_from(["bemi", "--change", "not-a-uuid"]);
         assert!(harness.is_err());
-        let error = Harness::try_parse_from(["bemi", "--context", "a=1", "--since", "yesterday"])
-            .unwrap_err();
+        let error =
+            Harness::try_parse_from(["bemi", "--context", "a=1", "--since", "last tuesday"])
+                .unwrap_err();
         assert_eq!(error.kind(), clap::error::ErrorKind::ValueValidation);
     }
 }

@@ -35,36 +35,116 @@ pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
 }
 
 /// An instant as given on the command line: a timestamp, or how long before "now" — kept
-/// unresolved, so that the arguments are checked while they are parsed (a bad one is a usage
-/// error, exit code 2) and "now" is taken when the command runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// unresolved, so that "now" is taken when the command runs. The forms PostgreSQL prints
+/// (`2026-12-03 12:16:24.5+05:30`, with `T` or a space, offsets with or without minutes, `Z`)
+/// are read here, when the arguments are parsed (without an offset: UTC); anything else goes to
+/// PostgreSQL, which reads every form it knows (`Dec 3 2026 12:00`, `yesterday`, …), when the
+/// command connects — a text it refuses is a usage error there too (exit code 2).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum PointInTime {
     /// This long before now.
     Ago(Duration),
     /// This instant.
     At(DateTime<Utc>),
+    /// A text for PostgreSQL to read as a `timestamptz` (in UTC where it names no zone).
+    Text(String),
+}
+
+/// A time argument that neither bemi nor PostgreSQL reads as a time: a usage error (exit
+/// code 2), found when the command runs.
+#[derive(Debug)]
+pub(crate) struct UsageError(pub(crate) String);
+
+impl std::fmt::Display for UsageError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for UsageError {}
+
+/// What to write instead of `text`.
+fn not_a_time(text: &str) -> String {
+    format!(
+        "{text:?} is neither a timestamp nor a duration: write a timestamp (2024-05-01T12:00:00Z, \
+         2024-05-01 12:00:00+02, as `bemi changes` prints it, or any form PostgreSQL reads) or how \
+         long ago (30s, 15m, 2h, 7d)"
+    )
 }
 
 impl PointInTime {
-    /// The instant, with a duration counted back from `now`; fails when that reaches before
-    /// the earliest time chrono represents.
-    pub(crate) fn resolve(self, now: DateTime<Utc>) -> Result<DateTime<Utc>, String> {
+    /// The instant, with a duration counted back from `now` and a text read by PostgreSQL
+    /// through `pool`; fails with a [`UsageError`] (naming `flag`) when it is not a time.
+    pub(crate) async fn resolve(
+        &self,
+        flag: &str,
+        pool: &sqlx::PgPool,
+        now: DateTime<Utc>,
+    ) -> anyhow::Result<DateTime<Utc>> {
         match self {
-            Self::At(instant) => Ok(instant),
-            Self::Ago(ago) => chrono::Duration::from_std(ago)
-                .ok()
-                .and_then(|ago| now.checked_sub_signed(ago))
-                .ok_or_else(|| format!("{ago:?} ago reaches before the earliest supported time")),
+            Self::Text(text) => {
+                let mut tx = pool.begin().await?;
+                sqlx::query("SET LOCAL TimeZone = 'UTC'")
+                    .execute(&mut *tx)
+                    .await?;
+                let read: Result<DateTime<Utc>, sqlx::Error> =
+                    sqlx::query_scalar("SELECT $1::text::timestamptz")
+                        .bind(text)
+                        .fetch_one(&mut *tx)
+                        .await;
+                let _ = tx.rollback().await;
+                match read {
+                    Ok(instant) => Ok(instant),
+                    // Refused, or read as a value no instant has (`infinity`).
+                    Err(
+                        sqlx::Error::Database(_)
+                        | sqlx::Error::ColumnDecode { .. }
+                        | sqlx::Error::Decode(_),
+                    ) => Err(UsageError(format!("{flag} {}", not_a_time(text))).into()),
+                    Err(error) => Err(error.into()),
+                }
+            }
+            point => point
+                .resolve_here(now)
+                .map_err(|error| UsageError(format!("{flag} {error}")).into()),
         }
     }
 
-    /// clap's value parser: [`FromStr`](std::str::FromStr), and a duration must also resolve
+    /// [`resolve`](Self::resolve) for an optional flag.
+    pub(crate) async fn resolve_optional(
+        point: Option<&Self>,
+        flag: &str,
+        pool: &sqlx::PgPool,
+        now: DateTime<Utc>,
+    ) -> anyhow::Result<Option<DateTime<Utc>>> {
+        match point {
+            Some(point) => point.resolve(flag, pool, now).await.map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// The instant of a duration or a timestamp read here; `Err` for a text PostgreSQL must
+    /// read, or for a duration that reaches before the earliest time chrono represents.
+    pub(crate) fn resolve_here(&self, now: DateTime<Utc>) -> Result<DateTime<Utc>, String> {
+        match self {
+            Self::At(instant) => Ok(*instant),
+            Self::Ago(ago) => chrono::Duration::from_std(*ago)
+                .ok()
+                .and_then(|ago| now.checked_sub_signed(ago))
+                .ok_or_else(|| format!("{ago:?} ago reaches before the earliest supported time")),
+            Self::Text(text) => Err(format!("{text:?} is for PostgreSQL to read")),
+        }
+    }
+
+    /// clap's value parser: [`FromStr`](std::str::FromStr); a duration must also resolve
     /// against the current time.
     pub(crate) fn parse_arg(text: &str) -> Result<Self, String> {
         let point: Self = text.parse()?;
-        point
-            .resolve(Utc::now())
-            .map_err(|error| format!("{text:?}: {error}"))?;
+        if let Self::Ago(_) = point {
+            point
+                .resolve_here(Utc::now())
+                .map_err(|error| format!("{text:?}: {error}"))?;
+        }
         Ok(point)
     }
 }
@@ -72,36 +152,86 @@ impl PointInTime {
 impl std::str::FromStr for PointInTime {
     type Err = String;
 
-    /// An RFC 3339 timestamp (`2024-05-01T12:00:00Z`), a timestamp as `bemi changes` and psql
-    /// print it (`2024-05-01 12:00:00.5+00`), or a duration (`15m`, `2h`, `7d`).
+    /// A duration (`15m`, `2h`, `7d`), a timestamp in a form PostgreSQL prints, or a text for
+    /// PostgreSQL to read. Only an empty text is refused here.
     fn from_str(text: &str) -> Result<Self, String> {
         let trimmed = text.trim();
+        if trimmed.is_empty() {
+            return Err(not_a_time(text));
+        }
         if let Ok(ago) = parse_duration(trimmed) {
             return Ok(Self::Ago(ago));
         }
-        DateTime::parse_from_rfc3339(trimmed)
-            .or_else(|_| {
-                DateTime::<FixedOffset>::parse_from_str(trimmed, "%Y-%m-%d %H:%M:%S%.f%#z")
-            })
-            .map(|instant| Self::At(instant.with_timezone(&Utc)))
-            .map_err(|_| {
-                format!(
-                    "{text:?} is neither a timestamp nor a duration: write an RFC 3339 \
-                     timestamp (2024-05-01T12:00:00Z, or as `bemi changes` prints it: \
-                     2024-05-01 12:00:00+00) or how long ago (30s, 15m, 2h, 7d)"
-                )
-            })
+        if trimmed
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_digit() || c == '-')
+            && trimmed.chars().filter(char::is_ascii_digit).count() >= 6
+            && let Some(instant) = parse_timestamp(trimmed)
+        {
+            return Ok(Self::At(instant));
+        }
+        if trimmed.chars().any(|c| c.is_ascii_digit()) || trimmed.chars().all(char::is_alphabetic) {
+            return Ok(Self::Text(trimmed.to_owned()));
+        }
+        Err(not_a_time(text))
     }
+}
+
+/// A timestamp as PostgreSQL prints it (ISO): `YYYY-MM-DD`, then optionally `T` or a space and
+/// `HH:MM[:SS[.frac]]`, then optionally `Z` or an offset `±HH[[:]MM]`; without one, UTC.
+fn parse_timestamp(text: &str) -> Option<DateTime<Utc>> {
+    use chrono::{NaiveDate, NaiveDateTime, NaiveTime, TimeZone as _};
+
+    let (date, rest) = text.split_at(text.len().min(10));
+    let date = NaiveDate::parse_from_str(date, "%Y-%m-%d").ok()?;
+    let rest = rest.strip_prefix(['T', 't', ' ']).unwrap_or(rest);
+    if rest.is_empty() {
+        return Utc
+            .from_local_datetime(&date.and_time(NaiveTime::MIN))
+            .single();
+    }
+    // Split the time from the offset: the offset starts at the last '+' or '-', or at 'Z'.
+    let (time, offset) = match rest.rfind(['+', '-', 'Z', 'z']) {
+        Some(at) => rest.split_at(at),
+        None => (rest, ""),
+    };
+    let time = NaiveTime::parse_from_str(time.trim(), "%H:%M:%S%.f")
+        .or_else(|_| NaiveTime::parse_from_str(time.trim(), "%H:%M"))
+        .ok()?;
+    let naive = NaiveDateTime::new(date, time);
+    let offset_seconds = match offset.trim() {
+        "" | "Z" | "z" => 0,
+        offset => {
+            let sign = if offset.starts_with('-') { -1 } else { 1 };
+            let digits: String = offset[1..].chars().filter(|c| *c != ':').collect();
+            if !digits.chars().all(|c| c.is_ascii_digit()) || !matches!(digits.len(), 2 | 4) {
+                return None;
+            }
+            let hours: i32 = digits[..2].parse().ok()?;
+            let minutes: i32 = if digits.len() == 4 {
+                digits[2..].parse().ok()?
+            } else {
+                0
+            };
+            sign * (hours * 3600 + minutes * 60)
+        }
+    };
+    let offset = FixedOffset::east_opt(offset_seconds)?;
+    offset
+        .from_local_datetime(&naive)
+        .single()
+        .map(|instant| instant.with_timezone(&Utc))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    /// `text` as a [`PointInTime`] resolved at `now`.
+    /// `text` as a [`PointInTime`] resolved here at `now`.
     fn parse_instant(text: &str, now: DateTime<Utc>) -> Result<DateTime<Utc>, String> {
         text.parse::<PointInTime>()?
-            .resolve(now)
+            .resolve_here(now)
             .map_err(|error| format!("{text:?}: {error}"))
     }
     use chrono::TimeZone;
@@ -124,15 +254,15 @@ mod tests {
         let now = Utc.with_ymd_and_hms(2024, 5, 8, 12, 0, 0).unwrap();
         let week_ago: PointInTime = "7d".parse().unwrap();
         assert_eq!(
-            week_ago.resolve(now),
+            week_ago.resolve_here(now),
             Ok(Utc.with_ymd_and_hms(2024, 5, 1, 12, 0, 0).unwrap())
         );
-        assert!(
-            "yesterday"
-                .parse::<PointInTime>()
-                .unwrap_err()
-                .contains("RFC 3339")
+        // Not a form bemi reads: PostgreSQL will.
+        assert_eq!(
+            "yesterday".parse::<PointInTime>(),
+            Ok(PointInTime::Text("yesterday".into()))
         );
+        assert!("  ".parse::<PointInTime>().is_err());
     }
 
     #[test]
@@ -157,6 +287,47 @@ mod tests {
             Ok(Utc.with_ymd_and_hms(2024, 5, 1, 12, 0, 0).unwrap())
         );
         assert!(parse_instant("yesterday", now).is_err());
+    }
+
+    #[test]
+    fn every_form_postgresql_prints_is_read_here() {
+        let at = |h, m, s, ms| {
+            Utc.with_ymd_and_hms(2026, 12, 3, h, m, s).unwrap() + chrono::Duration::milliseconds(ms)
+        };
+        let cases = [
+            ("2026-12-03T12:16:24+00", at(12, 16, 24, 0)),
+            ("2026-12-03 12:16:24+00", at(12, 16, 24, 0)),
+            ("2026-12-03 12:16:24.5+05:30", at(6, 46, 24, 500)),
+            ("2026-12-03T12:16:24.5+0530", at(6, 46, 24, 500)),
+            ("2026-12-03 12:16:24-03", at(15, 16, 24, 0)),
+            ("2026-12-03T12:16:24Z", at(12, 16, 24, 0)),
+            (
+                "2026-12-03T12:16:24.123456+00:00",
+                at(12, 16, 24, 123) + chrono::Duration::microseconds(456),
+            ),
+            ("2026-12-03 12:16", at(12, 16, 0, 0)),
+            ("2026-12-03 12:16:24", at(12, 16, 24, 0)),
+            ("2026-12-03", at(0, 0, 0, 0)),
+        ];
+        for (text, expected) in cases {
+            assert_eq!(
+                text.parse::<PointInTime>(),
+                Ok(PointInTime::At(expected)),
+                "{text}"
+            );
+        }
+        // Other forms go to PostgreSQL.
+        for text in [
+            "Dec 3 2026 12:00",
+            "12/03/2026",
+            "epoch",
+            "2026-12-03 12:16:24 Europe/Paris",
+        ] {
+            assert!(
+                matches!(text.parse::<PointInTime>(), Ok(PointInTime::Text(_))),
+                "{text}"
+            );
+        }
     }
 
     #[test]
@@ -208,11 +379,17 @@ mod tests {
             fractional,
             at(7, 30, 0) + chrono::Duration::milliseconds(250)
         );
-        for bad in ["", "2024-05-08", "tomorrow", "12:00"] {
-            let error = parse_instant(bad, now).unwrap_err();
-            assert!(error.contains("RFC 3339"), "{bad}: {error}");
-            let error = PointInTime::parse_arg(bad).unwrap_err();
-            assert!(error.contains("RFC 3339"), "{bad}: {error}");
+        let error = PointInTime::parse_arg("").unwrap_err();
+        assert!(
+            error.contains("15m") && error.contains("2024-05-01"),
+            "{error}"
+        );
+        // Forms bemi does not read are PostgreSQL's to read when the command runs.
+        for deferred in ["tomorrow", "12:00", "May 8 2024"] {
+            assert_eq!(
+                PointInTime::parse_arg(deferred),
+                Ok(PointInTime::Text(deferred.into()))
+            );
         }
     }
 
@@ -222,7 +399,7 @@ mod tests {
         let ago = PointInTime::parse_arg("90m").unwrap();
         assert_eq!(ago, PointInTime::Ago(Duration::from_secs(5_400)));
         assert_eq!(
-            ago.resolve(now),
+            ago.resolve_here(now),
             Ok(Utc.with_ymd_and_hms(2024, 5, 8, 10, 30, 0).unwrap())
         );
         let at = PointInTime::parse_arg("2024-05-08 09:30:00+00").unwrap();

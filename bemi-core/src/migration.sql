@@ -236,7 +236,16 @@ $bemi$;
 
 -- Emits the description of every tracked table a DDL command touched, as a transactional
 -- '_bemi_schema' message in the command's transaction: the worker reads it in WAL order, after
--- the rows written before the change and before those written after it. Never fails the DDL.
+-- the rows written before the change and before those written after it. Never fails the DDL: a
+-- description that cannot be built becomes {"oid": …, "unknown": true}, for which the worker
+-- reads the catalog instead.
+--
+-- The messages are emitted outside the exception block's subtransaction, then followed by an
+-- empty one: logical decoding orders a message by the position where it *ends*, which is where
+-- the next record starts, and orders records of different subtransactions only by position, so a
+-- message could tie with (and be decoded after) a row written right after it in another
+-- subtransaction (a DDL in a released savepoint, then an INSERT). The empty message takes that
+-- tie; the descriptions come strictly before any later row.
 CREATE OR REPLACE FUNCTION _bemi_schema_trigger_func() RETURNS event_trigger
 LANGUAGE plpgsql
 SECURITY DEFINER
@@ -244,24 +253,35 @@ SET search_path FROM CURRENT
 AS $bemi$
 DECLARE
   touched oid;
+  description text;
+  emitted boolean := false;
 BEGIN
   FOR touched IN
-    SELECT DISTINCT objid FROM pg_catalog.pg_event_trigger_ddl_commands()
-     WHERE classid = 'pg_catalog.pg_class'::pg_catalog.regclass
-       AND object_type IN ('table', 'table column', 'table constraint', 'index')
-  LOOP
-    BEGIN
+    SELECT DISTINCT coalesce(i.indrelid, c.objid)
+      FROM pg_catalog.pg_event_trigger_ddl_commands() c
       -- An index's table, for CREATE INDEX / ALTER INDEX (a replica identity index).
-      SELECT coalesce((SELECT i.indrelid FROM pg_catalog.pg_index i WHERE i.indexrelid = touched),
-                      touched) INTO touched;
+      LEFT JOIN pg_catalog.pg_index i ON i.indexrelid = c.objid
+     WHERE c.classid = 'pg_catalog.pg_class'::pg_catalog.regclass
+       AND c.object_type IN ('table', 'table column', 'table constraint', 'index')
+  LOOP
+    description := NULL;
+    BEGIN
       IF coalesce(_bemi_is_trackable(touched), false) THEN
-        PERFORM pg_catalog.pg_logical_emit_message(true, '_bemi_schema', _bemi_schema_json(touched));
+        description := _bemi_schema_json(touched);
       END IF;
     EXCEPTION WHEN OTHERS THEN
       RAISE WARNING 'bemi: could not record the new schema of %: % (%). The capture worker reads the catalog for it instead.',
         touched::pg_catalog.regclass, SQLERRM, SQLSTATE;
+      description := pg_catalog.json_build_object('oid', touched, 'unknown', true)::text;
     END;
+    IF description IS NOT NULL THEN
+      PERFORM pg_catalog.pg_logical_emit_message(true, '_bemi_schema', description);
+      emitted := true;
+    END IF;
   END LOOP;
+  IF emitted THEN
+    PERFORM pg_catalog.pg_logical_emit_message(true, '_bemi_schema', '');
+  END IF;
 END;
 $bemi$;
 
@@ -280,6 +300,8 @@ BEGIN
   LOOP
     PERFORM pg_catalog.pg_logical_emit_message(true, '_bemi_schema', _bemi_schema_json(relation));
   END LOOP;
+  -- Takes the position tie (see _bemi_schema_trigger_func).
+  PERFORM pg_catalog.pg_logical_emit_message(true, '_bemi_schema', '');
 END;
 $bemi$;
 

@@ -22,6 +22,7 @@ use crate::catalog::RelationInfo;
 use crate::metrics::WorkerMetrics;
 use crate::pgoutput::PgOutput;
 use crate::rows::{self, ChangeMeta, ChangeRow};
+use crate::schema_history::{SchemaVersion, TableSchema};
 
 /// Microseconds between the PostgreSQL epoch (2000-01-01) and the Unix epoch.
 pub(crate) const PG_EPOCH_OFFSET_MICROS: i64 = 946_684_800_000_000;
@@ -71,7 +72,7 @@ pub(crate) struct Partial {
 }
 
 /// Rows of one transaction, handed to the writer in order.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub(crate) struct Piece {
     /// The transaction's commit LSN.
     pub commit_lsn: u64,
@@ -79,6 +80,9 @@ pub(crate) struct Piece {
     pub rows: Vec<ChangeRow>,
     /// Set on the last piece of a transaction: the end LSN of its commit record.
     pub end_lsn: Option<u64>,
+    /// Versions of the schema history read in the transaction since the last piece, stored
+    /// with the rows.
+    pub schemas: Vec<SchemaVersion>,
 }
 
 /// A protocol violation in the stream.
@@ -101,6 +105,7 @@ struct OpenTransaction {
     skip_all: bool,
     skip_through: Option<u64>,
     rows: Vec<ChangeRow>,
+    schemas: Vec<SchemaVersion>,
 }
 
 /// The per-connection state: relation descriptions and the open transaction.
@@ -174,6 +179,7 @@ impl Assembler {
             skip_all,
             skip_through,
             rows: Vec::new(),
+            schemas: Vec::new(),
         });
     }
 
@@ -181,6 +187,40 @@ impl Assembler {
     pub(crate) fn context_message(&mut self, content: &[u8]) {
         if let Some(open) = &mut self.open {
             open.context = parse_context(content);
+        }
+    }
+
+    /// A transactional `_bemi_schema` message at `lsn`: the new version of a table's schema,
+    /// to apply now — `None` when its transaction was stored already (its versions are in the
+    /// loaded history) or the message does not parse (a warning says so). The version also goes
+    /// into the transaction's next piece, to be stored with it.
+    pub(crate) fn schema_message(&mut self, lsn: u64, content: &[u8]) -> Option<TableSchema> {
+        let open = self.open.as_mut()?;
+        if open.skip_all
+            || open.skip_through.is_some_and(|through| lsn <= through)
+            || content.is_empty()
+        {
+            // The empty message after a DDL's descriptions only takes a position tie (see the
+            // migration's _bemi_schema_trigger_func).
+            return None;
+        }
+        match TableSchema::parse(content) {
+            Ok(schema) => {
+                open.schemas.push(SchemaVersion {
+                    lsn,
+                    relid: schema.oid,
+                    json: String::from_utf8_lossy(content).into_owned(),
+                });
+                Some(schema)
+            }
+            Err(error) => {
+                tracing::warn!(
+                    %error,
+                    "a _bemi_schema message does not parse; its table keeps the schema the \
+                     history had for it"
+                );
+                None
+            }
         }
     }
 
@@ -251,6 +291,7 @@ impl Assembler {
                 commit_lsn: open.commit_lsn,
                 rows: std::mem::take(&mut open.rows),
                 end_lsn: None,
+                schemas: std::mem::take(&mut open.schemas),
             }));
         }
         Ok(None)
@@ -265,6 +306,7 @@ impl Assembler {
             commit_lsn: open.commit_lsn,
             rows: open.rows,
             end_lsn: Some(end_lsn),
+            schemas: open.schemas,
         })
     }
 }
@@ -506,6 +548,7 @@ mod tests {
             commit_lsn: 5,
             rows: vec![],
             end_lsn: Some(9),
+            ..Piece::default()
         }]);
         assert_eq!(done.last_lsn, 9);
     }
@@ -533,6 +576,7 @@ mod tests {
             commit_lsn: 500,
             rows: vec![row(10), row(20)],
             end_lsn: None,
+            ..Piece::default()
         };
         let partial = start.advanced(std::slice::from_ref(&chunk));
         assert_eq!(
@@ -546,6 +590,7 @@ mod tests {
             commit_lsn: 500,
             rows: vec![row(30)],
             end_lsn: Some(510),
+            ..Piece::default()
         }]);
         assert_eq!(
             done,
@@ -559,6 +604,7 @@ mod tests {
             commit_lsn: 1,
             rows: vec![],
             end_lsn: Some(2),
+            ..Piece::default()
         }]);
         assert_eq!(again.last_lsn, 510);
     }

@@ -29,6 +29,7 @@ use crate::error::WorkerError;
 use crate::handoff::{self, PieceReceiver, PieceSender};
 use crate::metrics::WorkerMetrics;
 use crate::pgoutput::{self, PgOutput, Relation};
+use crate::schema_history::{SCHEMA_PREFIX, TableSchema};
 use crate::source::SourceEvent;
 
 /// A logical replication stream that positions are confirmed to, with what describes its
@@ -47,6 +48,10 @@ pub(crate) trait ReplicationSource: Send {
         relation: &Relation,
         open_xid: Option<u32>,
     ) -> impl Future<Output = Result<RelationInfo, WorkerError>> + Send;
+
+    /// A new version of a table's schema, read at `lsn` (see `crate::schema_history`): the
+    /// relations described from now on take their key and types from it.
+    fn schema_changed(&mut self, lsn: u64, schema: TableSchema);
 
     /// Called every heartbeat interval; `idle` when no event arrived since the last call.
     fn tick(&mut self, idle: bool) -> impl Future<Output = Result<(), WorkerError>> + Send;
@@ -238,6 +243,16 @@ impl<S: ReplicationSource> StreamSession<'_, S> {
                 ..
             } if prefix == bemi_core::protocol::MESSAGE_PREFIX => {
                 self.assembler.context_message(&content);
+            }
+            SourceEvent::Message {
+                transactional: true,
+                prefix,
+                content,
+                lsn,
+            } if prefix == SCHEMA_PREFIX => {
+                if let Some(schema) = self.assembler.schema_message(lsn, &content) {
+                    self.source.schema_changed(lsn, schema);
+                }
             }
             SourceEvent::Message {
                 transactional: false,
@@ -520,6 +535,8 @@ mod tests {
                 captured: true,
             })
         }
+
+        fn schema_changed(&mut self, _lsn: u64, _schema: TableSchema) {}
 
         async fn tick(&mut self, _idle: bool) -> Result<(), WorkerError> {
             Ok(())

@@ -120,6 +120,7 @@ mod tests {
                     commit_lsn: lsn,
                     rows: vec![],
                     end_lsn: Some(lsn + 1),
+                    ..Piece::default()
                 })
                 .await
                 .unwrap();
@@ -137,6 +138,7 @@ mod tests {
             commit_lsn: 1,
             rows: vec![],
             end_lsn: None,
+            ..Piece::default()
         };
         assert!(sender.send(piece).await.is_err());
     }
@@ -166,6 +168,7 @@ mod tests {
             commit_lsn: 1,
             rows: vec![row; rows],
             end_lsn: None,
+            ..Piece::default()
         }
     }
 

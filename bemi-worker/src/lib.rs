@@ -38,6 +38,7 @@ mod masked_url;
 mod metrics;
 mod pgoutput;
 mod rows;
+mod schema_history;
 mod setup;
 mod source;
 mod tls;

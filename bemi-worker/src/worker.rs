@@ -36,6 +36,7 @@ use crate::destination::{Destination, Durability};
 use crate::error::WorkerError;
 use crate::metrics::{self, WorkerMetrics};
 use crate::pgoutput::Relation;
+use crate::schema_history::{SchemaStore, SchemaVersion, TableSchema};
 use crate::setup;
 use crate::source::{PgWireSource, SourceConnection, SourceEvent};
 
@@ -202,13 +203,90 @@ impl Worker {
         setup::check_source(pool, &config.slot).await
     }
 
+    /// The schema history as of `start_lsn`: the versions the destination holds, and for the
+    /// published tables it does not have, the source's description of them now (a baseline,
+    /// stored). Warns when the source records no history.
+    async fn load_schema_history(
+        &self,
+        source: &PgPool,
+        destination: &mut Destination,
+        start_lsn: u64,
+    ) -> Result<SchemaStore, WorkerError> {
+        let mut history = SchemaStore::default();
+        for (lsn, schema) in destination
+            .schema_history(start_lsn)
+            .await
+            .map_err(WorkerError::Destination)?
+        {
+            history.apply(lsn, schema);
+        }
+        let recording: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_event_trigger \
+                             WHERE evtname = '_bemi_schema_trigger' AND evtenabled <> 'D') \
+                AND to_regproc('_bemi_schema_json') IS NOT NULL",
+        )
+        .fetch_one(source)
+        .await
+        .map_err(WorkerError::Source)?;
+        if !recording {
+            tracing::warn!(
+                "the source records no schema history (the migration's _bemi_schema_trigger \
+                 event trigger is missing: it needs a superuser): primary keys are read from \
+                 the catalog as it is when a change is decoded, which is wrong for a change \
+                 decoded after a later schema change of its table (a worker that lags or \
+                 restarts after downtime). Run `bemi migrate` as a superuser"
+            );
+            return Ok(history);
+        }
+        // Tables of the publication the history does not have yet: their schema now.
+        let missing: Vec<(i64, String)> = sqlx::query_as(
+            "SELECT c.oid::bigint, _bemi_schema_json(c.oid) \
+               FROM pg_catalog.pg_publication_tables t \
+               JOIN pg_catalog.pg_class c \
+                 ON c.oid = (pg_catalog.quote_ident(t.schemaname) || '.' || \
+                             pg_catalog.quote_ident(t.tablename))::regclass \
+              WHERE t.pubname = $1",
+        )
+        .bind(&self.config.publication)
+        .fetch_all(source)
+        .await
+        .map_err(WorkerError::Source)?;
+        let mut baseline = Vec::new();
+        for (relid, json) in missing {
+            let Ok(relid) = u32::try_from(relid) else {
+                continue;
+            };
+            if history.knows(relid) {
+                continue;
+            }
+            if let Ok(schema) = TableSchema::parse(json.as_bytes()) {
+                history.apply(start_lsn, schema);
+                baseline.push(SchemaVersion {
+                    lsn: start_lsn,
+                    relid,
+                    json,
+                });
+            }
+        }
+        destination
+            .store_schemas(&baseline)
+            .await
+            .map_err(WorkerError::Destination)?;
+        tracing::debug!(
+            tables = history.len(),
+            baseline = baseline.len(),
+            "schema history loaded"
+        );
+        Ok(history)
+    }
+
     async fn session(&self, shutdown: &CancellationToken) -> Result<(), WorkerError> {
         let config = &self.config;
         let source = SourceConnection::from_url(&config.source_url)?;
         let pool = self.source_pool().await?;
         let slot = self.prepare_source(&pool).await?;
 
-        let destination = Destination::open(
+        let mut destination = Destination::open(
             config.destination_url(),
             source.database(),
             &config.slot,
@@ -219,6 +297,9 @@ impl Worker {
         .map_err(WorkerError::Destination)?;
         let resume = destination.resume_point();
         let start_lsn = resume.last_lsn.max(slot.confirmed_flush.unwrap_or(0));
+        let history = self
+            .load_schema_history(&pool, &mut destination, start_lsn)
+            .await?;
         let stream =
             PgWireSource::start(&source, &config.slot, &config.publication, start_lsn).await?;
         self.metrics.set_connected(true);
@@ -230,6 +311,7 @@ impl Worker {
         );
         let mut source = PgSource {
             stream,
+            history,
             catalog: Catalog::new(pool.clone()),
             pool,
             config,
@@ -251,6 +333,8 @@ struct PgSource<'a> {
     stream: PgWireSource,
     pool: PgPool,
     catalog: Catalog,
+    /// The tables' schemas as of the stream's position.
+    history: SchemaStore,
     config: &'a WorkerConfig,
     /// Cuts short waits inside an event (see [`Catalog::wait_for_transaction`]).
     shutdown: CancellationToken,
@@ -270,7 +354,12 @@ impl ReplicationSource for PgSource<'_> {
         relation: &Relation,
         open_xid: Option<u32>,
     ) -> Result<RelationInfo, WorkerError> {
-        // Its schema may have changed in this very transaction (see catalog.rs).
+        if let Some(schema) = self.history.get(relation.oid) {
+            return Ok(schema.describe(relation, self.config));
+        }
+        // Not in the history (tracking installed without the event trigger, or a table the
+        // history has not seen yet): the catalog, as it is now. Its schema may have changed in
+        // this very transaction (see catalog.rs).
         if let Some(xid) = open_xid {
             self.catalog
                 .wait_for_transaction(xid, &self.config.slot, &self.shutdown)
@@ -281,6 +370,10 @@ impl ReplicationSource for PgSource<'_> {
             .describe(relation, self.config)
             .await
             .map_err(WorkerError::Source)
+    }
+
+    fn schema_changed(&mut self, lsn: u64, schema: TableSchema) {
+        self.history.apply(lsn, schema);
     }
 
     async fn tick(&mut self, idle: bool) -> Result<(), WorkerError> {

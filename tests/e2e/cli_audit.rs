@@ -166,18 +166,43 @@ pub(crate) async fn history_at_and_the_new_changes_filters_from_the_command_line
     let whole: Vec<Value> =
         json_lines(&db, &["at", "todo", "0s"], &[("BEMI_AT_JSON", "true")]).await?;
     ensure!(whole == [eat], "{whole:?}");
-    // A bad instant is a usage error (exit code 2), before any connection.
+    // Every form PostgreSQL prints, and the forms only PostgreSQL reads.
+    let t1_instant = DateTime::parse_from_rfc3339(&t1)?;
+    let india = chrono::FixedOffset::east_opt(5 * 3600 + 1800).expect("a valid offset");
+    for t1 in [
+        t1_instant
+            .with_timezone(&india)
+            .format("%Y-%m-%d %H:%M:%S%.f%:z")
+            .to_string(),
+        t1_instant
+            .with_timezone(&india)
+            .format("%Y-%m-%dT%H:%M:%S%.f%z")
+            .to_string(),
+        t1_instant
+            .with_timezone(&Utc)
+            .format("%Y-%m-%d %H:%M:%S%.f+00")
+            .to_string(),
+        t1_instant
+            .with_timezone(&Utc)
+            .format("%b %d %Y %H:%M:%S%.f UTC")
+            .to_string(),
+    ] {
+        let at: Vec<Value> = json_lines(&db, &["at", "todo", "1", &t1, "--json"], &[]).await?;
+        ensure!(at == [sleep(false)], "{t1}: {at:?}");
+    }
+    // A bad instant is a usage error (exit code 2): found by bemi before connecting, or by
+    // PostgreSQL, which reads every form it knows.
     for args in [
-        &["at", "todo", "yesterday"][..],
-        &["at", "todo", "1", "yesterday"],
-        &["changes", "--since", "yesterday"],
+        &["at", "todo", "someday"][..],
+        &["at", "todo", "1", "someday"],
+        &["changes", "--since", "last tuesday"],
         &["changes", "--until", "noon"],
         &["revert", "--context", "a=1", "--since", "last week"],
         &["prune", "--older-than", "ages"],
     ] {
         let bad = run(&db, args, &[]).await?;
         ensure!(
-            bad.status.code() == Some(2) && bad.stderr.contains("RFC 3339"),
+            bad.status.code() == Some(2) && bad.stderr.contains("2024-05-01T12:00:00Z"),
             "{args:?}: {bad:#?}"
         );
     }

@@ -27,6 +27,7 @@ mod open_files;
 mod pgbouncer;
 mod retention;
 mod revert;
+mod schema_history;
 mod serve;
 mod spawned_tasks;
 mod startup;
@@ -76,6 +77,10 @@ fn all_tests() -> Vec<(String, TestFn)> {
         carrier::every_write_takes_the_context_in_scope_when_it_ran,
         carrier::a_shared_client_keeps_each_write_in_its_own_transaction,
         pgbouncer::both_adapters_attribute_every_write_through_pgbouncer,
+        schema_history::keys_and_values_stay_as_of_each_change_while_streaming,
+        schema_history::keys_and_values_stay_as_of_each_change_after_downtime,
+        schema_history::a_restart_in_the_middle_resumes_with_the_history_it_had,
+        schema_history::without_the_event_trigger_the_worker_warns_and_reads_the_catalog,
         adapters::comments_placed_by_other_bemi_libraries_are_understood,
         context_isolation::concurrent_tasks_keep_their_own_context_through_the_wal,
         hostile::hostile_contexts_never_change_what_a_statement_does,
