@@ -8,6 +8,7 @@
 //!   instead when it is set.
 //! - [`Pgbouncer`]: a pgbouncer (Debian's `pgbouncer`) in front of such a server, in
 //!   transaction pooling mode for the tests of pooler safety.
+//! - [`fuzz`] (feature `fuzz`): runs a property on generated inputs for a time budget.
 //!
 //! ```no_run
 //! let pg = bemi_dev::EphemeralPostgres::start()?;
@@ -15,6 +16,8 @@
 //! # Ok::<(), bemi_dev::LaunchError>(())
 //! ```
 
+#[cfg(feature = "fuzz")]
+pub mod fuzz;
 mod pgbouncer;
 mod postgres;
 mod process;

@@ -93,7 +93,7 @@ fn builtin_array_element(array_oid: u32) -> Option<u32> {
         1183 => 1083,
         1185 => 1184,
         1187 => 1186,
-        1199 => 114,
+        199 => 114,
         1231 => 1700,
         1270 => 1266,
         2951 => 2950,
@@ -223,7 +223,13 @@ fn replace_nul(value: &mut serde_json::Value) -> bool {
 /// `2026-11-22 10:07:00.5+00` → `"2026-11-22T10:07:00.5Z"`; `infinity`, BC dates and anything
 /// unexpected stay as they are.
 fn write_timestamp(out: &mut String, text: &str, with_zone: bool) {
-    let iso = text.len() >= 19 && text.as_bytes()[10] == b' ' && !text.ends_with(" BC");
+    // Only what ISO output is made of is copied as it is (anything else is escaped).
+    let iso = text.len() >= 19
+        && text.as_bytes()[10] == b' '
+        && !text.ends_with(" BC")
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_digit() || matches!(b, b'-' | b':' | b'.' | b'+' | b' '));
     if !iso {
         return write_string(out, text);
     }
@@ -470,6 +476,21 @@ mod tests {
             json(TypeKind::Timestamp, "0044-03-15 12:00:00 BC"),
             json!("0044-03-15 12:00:00 BC")
         );
+        // Not ISO output (found by the fuzz target): escaped as a string, never copied.
+        assert_eq!(
+            json(TypeKind::Timestamp, "2026-11-22 \"10:07:00\n"),
+            json!("2026-11-22 \"10:07:00\n")
+        );
+    }
+
+    #[test]
+    fn json_arrays_are_built_in() {
+        // `_json` is oid 199 (found by the fuzz target: it was written as 1199).
+        assert_eq!(
+            TypeKind::builtin(199),
+            Some(TypeKind::Array(Box::new(TypeKind::Json)))
+        );
+        assert_eq!(TypeKind::builtin(1199), None);
     }
 
     #[test]

@@ -32,6 +32,8 @@ mod catalog;
 mod config;
 mod destination;
 mod error;
+#[cfg(test)]
+mod fuzz;
 mod handoff;
 mod json_value;
 mod masked_url;

@@ -6,7 +6,7 @@
 //! | `bemi_transactions_total` | counter | source transactions applied |
 //! | `bemi_errors_total` | counter | errors that made the worker reconnect |
 //! | `bemi_replication_lag_bytes` | gauge | WAL the server has sent or holds beyond the last confirmed position |
-//! | `bemi_replication_lag_seconds` | gauge | age of the last applied commit while more is pending, else 0 |
+//! | `bemi_replication_lag_seconds` | gauge | age of the last applied commit while more is pending (or, while the stream is down, while the server has WAL beyond the confirmed position), else 0 |
 //! | `bemi_last_confirmed_lsn` | gauge | the last position confirmed to the slot |
 //! | `bemi_stream_seconds_total` | counter | time spent decoding, converting and stitching |
 //! | `bemi_write_seconds_total` | counter | time spent writing batches to the destination |
@@ -245,7 +245,10 @@ impl WorkerMetrics {
         let confirmed = self.confirmed_lsn();
         let received = self.received_end_lsn.load(Ordering::Relaxed);
         let server = self.server_wal_end.load(Ordering::Relaxed).max(received);
-        let lag_seconds = if received > confirmed {
+        // Pending: received but not yet confirmed; or, while the stream is down (an outage),
+        // anything the server has beyond the confirmed position.
+        let pending = received > confirmed || (!self.is_connected() && server > confirmed);
+        let lag_seconds = if pending {
             let last = self.last_applied_commit_micros.load(Ordering::Relaxed);
             let now = SystemTime::now()
                 .duration_since(UNIX_EPOCH)

@@ -32,7 +32,7 @@ use tokio_util::sync::CancellationToken;
 use crate::capture::{self, ReplicationSource, Sink as _};
 use crate::catalog::{Catalog, RelationInfo};
 use crate::config::WorkerConfig;
-use crate::destination::{Destination, Durability};
+use crate::destination::{Destination, Durability, parse_lsn};
 use crate::error::WorkerError;
 use crate::metrics::{self, WorkerMetrics};
 use crate::pgoutput::Relation;
@@ -143,7 +143,22 @@ impl Worker {
                 backoff = MIN_BACKOFF;
             }
             let delay = jitter(backoff);
-            tracing::warn!(error = %error, retry_in = ?delay, "capture interrupted; reconnecting");
+            // How far behind the outage leaves the slot (and the lag metrics, which no stream
+            // updates meanwhile); unknown when the source is down too.
+            match self.slot_lag().await {
+                Some(behind) => tracing::warn!(
+                    error = %error,
+                    retry_in = ?delay,
+                    slot_lag_bytes = behind,
+                    "capture interrupted; reconnecting (the slot keeps the WAL it has not \
+                     confirmed: nothing is lost while it waits)"
+                ),
+                None => tracing::warn!(
+                    error = %error,
+                    retry_in = ?delay,
+                    "capture interrupted; reconnecting"
+                ),
+            }
             tokio::select! {
                 () = tokio::time::sleep(delay) => {}
                 () = shutdown.cancelled() => return Ok(()),
@@ -152,9 +167,10 @@ impl Worker {
         }
     }
 
-    /// Checks the source and creates the publication and the slot, without streaming: changes
-    /// committed after this returns are captured by [`run`](Self::run), even if it starts
-    /// later. `run` does the same when it starts; call this first when writes must not be
+    /// Checks the source, creates the publication and the slot, and records the baseline of
+    /// the schema history in the destination, without streaming: changes committed after this
+    /// returns are captured by [`run`](Self::run), even if it starts later, with the keys of
+    /// their time. `run` does the same when it starts; call this first when writes must not be
     /// missed between now and then (tests, benchmarks, a deploy that starts writers first).
     ///
     /// ```no_run
@@ -167,9 +183,39 @@ impl Worker {
     pub async fn prepare(&self) -> Result<(), WorkerError> {
         crate::tls::install_crypto_provider();
         let pool = self.source_pool().await?;
-        self.prepare_source(&pool).await?;
+        let slot = self.prepare_source(&pool).await?;
+        // The schema history's baseline, as close to the slot's start as it gets.
+        let source = SourceConnection::from_url(&self.config.source_url)?;
+        let (destination, _, _) = self.open_destination(&source, &pool, &slot).await?;
+        drop(destination);
         pool.close().await;
         Ok(())
+    }
+
+    /// The destination, the position to stream from, and the schema history as of it (its
+    /// baseline recorded on the first start on a slot).
+    async fn open_destination(
+        &self,
+        source: &SourceConnection,
+        pool: &PgPool,
+        slot: &setup::SlotState,
+    ) -> Result<(Destination, u64, SchemaStore), WorkerError> {
+        let config = &self.config;
+        let mut destination = Destination::open(
+            config.destination_url(),
+            source.database(),
+            &config.slot,
+            config.writer_connections,
+            Durability::for_destination(same_server(&config.source_url, config.destination_url())),
+        )
+        .await
+        .map_err(WorkerError::Destination)?;
+        let resume = destination.resume_point();
+        let start_lsn = resume.last_lsn.max(slot.confirmed_flush.unwrap_or(0));
+        let history = self
+            .load_schema_history(pool, &mut destination, start_lsn)
+            .await?;
+        Ok((destination, start_lsn, history))
     }
 
     /// A small pool of the source database for catalog queries, the publication and the slot.
@@ -192,6 +238,33 @@ impl Worker {
             .connect_with(options)
             .await
             .map_err(WorkerError::Source)
+    }
+
+    /// How many bytes of WAL the slot is behind the source's current position, asked of the
+    /// source between sessions (while the destination or the stream is down), so that the
+    /// lag metrics keep moving; `None` when the source cannot say within a few seconds.
+    async fn slot_lag(&self) -> Option<u64> {
+        let measure = async {
+            let pool = self.source_pool().await.ok()?;
+            let row: Option<(String, Option<String>)> = sqlx::query_as(
+                "SELECT pg_catalog.pg_current_wal_lsn()::text, confirmed_flush_lsn::text \
+                   FROM pg_catalog.pg_replication_slots WHERE slot_name = $1",
+            )
+            .bind(&self.config.slot)
+            .fetch_optional(&pool)
+            .await
+            .ok()?;
+            pool.close().await;
+            let (current, confirmed) = row?;
+            let current = parse_lsn(&current)?;
+            let confirmed = confirmed.as_deref().and_then(parse_lsn).unwrap_or(current);
+            self.metrics.record_server_position(current);
+            Some(current.saturating_sub(confirmed))
+        };
+        tokio::time::timeout(Duration::from_secs(5), measure)
+            .await
+            .ok()
+            .flatten()
     }
 
     /// The checks, the publication and the slot; what the slot is like.
@@ -286,20 +359,8 @@ impl Worker {
         let pool = self.source_pool().await?;
         let slot = self.prepare_source(&pool).await?;
 
-        let mut destination = Destination::open(
-            config.destination_url(),
-            source.database(),
-            &config.slot,
-            config.writer_connections,
-            Durability::for_destination(same_server(&config.source_url, config.destination_url())),
-        )
-        .await
-        .map_err(WorkerError::Destination)?;
-        let resume = destination.resume_point();
-        let start_lsn = resume.last_lsn.max(slot.confirmed_flush.unwrap_or(0));
-        let history = self
-            .load_schema_history(&pool, &mut destination, start_lsn)
-            .await?;
+        let (destination, start_lsn, history) =
+            self.open_destination(&source, &pool, &slot).await?;
         let stream =
             PgWireSource::start(&source, &config.slot, &config.publication, start_lsn).await?;
         self.metrics.set_connected(true);

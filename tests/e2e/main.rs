@@ -18,12 +18,14 @@ mod cli_worker;
 mod context_isolation;
 mod demo;
 mod enrichment;
+mod fuzz;
 mod hostile;
 mod keep_alive;
 mod launcher;
 mod migration;
 mod minimal_examples;
 mod open_files;
+mod outage;
 mod pgbouncer;
 mod retention;
 mod revert;
@@ -77,9 +79,13 @@ fn all_tests() -> Vec<(String, TestFn)> {
         carrier::every_write_takes_the_context_in_scope_when_it_ran,
         carrier::a_shared_client_keeps_each_write_in_its_own_transaction,
         pgbouncer::both_adapters_attribute_every_write_through_pgbouncer,
+        fuzz::fuzz_annotated_sql_parses_as_the_same_statement,
+        fuzz::fuzz_any_context_round_trips_through_the_wal,
+        outage::a_destination_outage_loses_and_duplicates_nothing_and_reports_the_lag,
         schema_history::keys_and_values_stay_as_of_each_change_while_streaming,
         schema_history::keys_and_values_stay_as_of_each_change_after_downtime,
         schema_history::a_restart_in_the_middle_resumes_with_the_history_it_had,
+        schema_history::a_migration_between_prepare_and_the_first_run_keeps_older_keys,
         schema_history::without_the_event_trigger_the_worker_warns_and_reads_the_catalog,
         adapters::comments_placed_by_other_bemi_libraries_are_understood,
         context_isolation::concurrent_tasks_keep_their_own_context_through_the_wal,
@@ -194,11 +200,12 @@ fn run(test: TestFn, cluster: Arc<TestCluster>) -> Result<(), Failed> {
         .enable_all()
         .build()
         .map_err(|e| Failed::from(format!("tokio runtime: {e}")))?;
-    let outcome =
-        runtime.block_on(async { tokio::time::timeout(TEST_TIMEOUT, test(cluster)).await });
+    // A fuzz target runs for its budget (BEMI_FUZZ_SECONDS) on top.
+    let timeout = TEST_TIMEOUT + bemi_dev::fuzz::budget().unwrap_or_default();
+    let outcome = runtime.block_on(async { tokio::time::timeout(timeout, test(cluster)).await });
     match outcome {
         Ok(Ok(())) => Ok(()),
         Ok(Err(error)) => Err(format!("{error:?}").into()),
-        Err(_) => Err(format!("timed out after {TEST_TIMEOUT:?}").into()),
+        Err(_) => Err(format!("timed out after {timeout:?}").into()),
     }
 }
