@@ -34,6 +34,7 @@ mod migration;
 mod prune;
 mod revert;
 mod shutdown;
+mod store;
 mod time;
 mod worker;
 
@@ -80,6 +81,9 @@ enum Command {
     Migrate(migration::MigrateArgs),
     /// Capture changes from DATABASE_URL into the `changes` table until SIGINT or SIGTERM.
     Worker(worker::WorkerArgs),
+    /// Write a NATS JetStream change stream (from `bemi worker --sink`) into `changes`, until
+    /// SIGINT or SIGTERM. Several can run at once: they share the stream's partitions.
+    Store(store::StoreArgs),
     /// Print captured changes, newest first.
     Changes(changes::ChangesArgs),
     /// Print everything that happened to one row, oldest first.
@@ -160,6 +164,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Migration { command } => migration::run_migration(command),
         Command::Migrate(args) => migration::run_migrate(args).await,
         Command::Worker(args) => worker::run(args).await,
+        Command::Store(args) => store::run(args).await,
         Command::Changes(args) => changes::run(args).await,
         Command::History(args) => history::run(args).await,
         Command::At(args) => at::run(args).await,

@@ -9,6 +9,7 @@ use sqlx::{Connection as _, PgConnection};
 use super::{SourceArgs, shutdown, time::parse_duration};
 use bemi_audit::schema::{self, Layout};
 use bemi_worker::Worker;
+use bemi_worker::nats::NatsConfig;
 use bemi_worker::{IgnoredColumns, Redactions, WorkerConfig};
 
 /// `bemi worker`
@@ -26,6 +27,22 @@ pub(crate) struct WorkerArgs {
     destination_url: Option<String>,
     #[command(flatten)]
     capture: CaptureArgs,
+    /// Publish into a NATS JetStream stream instead of writing `changes` (`bemi store` writes
+    /// the stream into it): nats://HOST:PORT.
+    #[arg(long, env = "BEMI_SINK", value_name = "URL")]
+    sink: Option<String>,
+    #[command(flatten)]
+    stream: StreamArgs,
+    /// Partitions of the stream, when the worker creates it (fixed afterwards): how many
+    /// `bemi store` processes can share the work.
+    #[arg(
+        long,
+        env = "BEMI_PARTITIONS",
+        value_name = "N",
+        default_value_t = bemi_worker::nats::DEFAULT_PARTITIONS,
+        value_parser = clap::value_parser!(u32).range(1..=1024)
+    )]
+    partitions: u32,
     /// Create the `changes` table partitioned by month on committed_at (`month`), or as one
     /// table (`none`). Applies when the table is created; the worker keeps the partitions of
     /// the current and next month created either way.
@@ -37,6 +54,14 @@ pub(crate) struct WorkerArgs {
         value_parser = partitioning
     )]
     partition_by: Layout,
+}
+
+/// `--stream`: the flag `bemi worker --sink` and `bemi store` share.
+#[derive(Debug, Clone, clap::Args)]
+pub(crate) struct StreamArgs {
+    /// The JetStream stream (created if missing, with file storage).
+    #[arg(long, env = "BEMI_STREAM", value_name = "NAME", default_value = "bemi")]
+    pub(crate) stream: String,
 }
 
 fn partitioning(text: &str) -> Result<Layout, String> {
@@ -177,10 +202,28 @@ fn slot_name(name: &str) -> Result<String, String> {
 
 /// Runs `bemi worker`.
 pub(super) async fn run(args: WorkerArgs) -> anyhow::Result<()> {
-    let config = args
+    let mut config = args
         .capture
         .config(args.source.url()?, args.destination_url.clone())?;
+    if let Some(sink) = args.sink.as_deref().filter(|url| !url.trim().is_empty()) {
+        config.nats = Some(
+            NatsConfig::new(sink.trim())
+                .stream(args.stream.stream.trim())
+                .partitions(args.partitions),
+        );
+    }
     let shutdown = shutdown::on_signals()?;
+    if let Some(nats) = &config.nats {
+        tracing::info!(
+            source = %bemi_worker::without_password(&config.source_url),
+            sink = %nats.url,
+            stream = %nats.stream,
+            slot = %config.slot,
+            publication = %config.publication,
+            "starting the capture worker"
+        );
+        return run_worker(config, shutdown).await;
+    }
     if args.partition_by == Layout::Monthly {
         let mut conn = PgConnection::connect(config.destination_url())
             .await
@@ -201,6 +244,13 @@ pub(super) async fn run(args: WorkerArgs) -> anyhow::Result<()> {
         publication = %config.publication,
         "starting the capture worker"
     );
+    run_worker(config, shutdown).await
+}
+
+async fn run_worker(
+    config: WorkerConfig,
+    shutdown: tokio_util::sync::CancellationToken,
+) -> anyhow::Result<()> {
     Worker::new(config)
         .run(shutdown)
         .await

@@ -8,7 +8,9 @@
 //!   instead when it is set.
 //! - [`Pgbouncer`]: a pgbouncer (Debian's `pgbouncer`) in front of such a server, in
 //!   transaction pooling mode for the tests of pooler safety.
-//! - [`fuzz`] (feature `fuzz`): runs a property on generated inputs for a time budget.
+//! - [`NatsServer`]: a nats-server (Debian's `nats-server`) with JetStream, which can be
+//!   stopped, killed and started again, for the tests of the NATS sink and `bemi store`.
+//! - `fuzz` (feature `fuzz`): runs a property on generated inputs for a time budget.
 //!
 //! ```no_run
 //! let pg = bemi_dev::EphemeralPostgres::start()?;
@@ -18,9 +20,11 @@
 
 #[cfg(feature = "fuzz")]
 pub mod fuzz;
+mod nats;
 mod pgbouncer;
 mod postgres;
 mod process;
 
+pub use nats::NatsServer;
 pub use pgbouncer::{Pgbouncer, PoolMode};
 pub use postgres::{DevDatabase, EphemeralPostgres, LaunchError, LaunchOptions, ServerTls};

@@ -146,8 +146,8 @@ impl Default for LaunchOptions {
     fn default() -> Self {
         let settings = [
             ("wal_level", "logical"),
-            ("max_replication_slots", "64"),
-            ("max_wal_senders", "64"),
+            ("max_replication_slots", "256"),
+            ("max_wal_senders", "128"),
             ("max_connections", "300"),
             // A throwaway cluster: durability across OS crashes does not matter, speed does.
             ("fsync", "off"),

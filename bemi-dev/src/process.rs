@@ -80,6 +80,21 @@ impl Server {
     }
 }
 
+impl Server {
+    /// SIGKILL, and waits for the exit: a crash, for the tests that need one.
+    pub(crate) fn kill(self) -> io::Result<()> {
+        // SAFETY: sending a signal to our own child process.
+        unsafe { libc::kill(self.pid, libc::SIGKILL) };
+        match self.exit_receiver().recv_timeout(SHUTDOWN_TIMEOUT) {
+            Ok(_) | Err(mpsc::RecvTimeoutError::Disconnected) => Ok(()),
+            Err(mpsc::RecvTimeoutError::Timeout) => Err(io::Error::other(format!(
+                "the process {} did not die",
+                self.pid
+            ))),
+        }
+    }
+}
+
 /// The user a service runs as when we are root (PostgreSQL and pgbouncer refuse root).
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Owner {

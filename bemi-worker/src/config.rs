@@ -47,6 +47,10 @@ pub struct WorkerConfig {
     pub chunk_rows: usize,
     /// Destination connections writing batches at once (their commits stay in stream order).
     pub writer_connections: usize,
+    /// Publish into this NATS JetStream stream instead of writing `changes` (which `bemi
+    /// store` then writes); the schema history is then kept in the source database.
+    #[cfg(feature = "nats")]
+    pub nats: Option<crate::nats::NatsConfig>,
 }
 
 impl WorkerConfig {
@@ -73,6 +77,8 @@ impl WorkerConfig {
             max_batch_rows: 10_000,
             chunk_rows: 2_000,
             writer_connections: 2,
+            #[cfg(feature = "nats")]
+            nats: None,
         }
     }
 

@@ -26,7 +26,7 @@ use tokio::sync::oneshot;
 use crate::assembler::{Partial, Piece, ResumePoint};
 use crate::capture::{PreviousCommit, Sink, SinkWriter};
 use crate::error::WorkerError;
-use crate::schema_history::{SchemaVersion, TableSchema};
+use crate::schema_history::{self, SchemaVersion, TableSchema};
 use bemi_audit::store::ChangeBatch;
 
 /// The worker's position per source database and slot, written in the same transaction as
@@ -40,29 +40,6 @@ const STATE_TABLE_SQL: &str = "CREATE TABLE IF NOT EXISTS _bemi_worker_state (
   updated_at timestamptz NOT NULL DEFAULT now(),
   PRIMARY KEY (database, slot)
 )";
-
-/// The schema history the worker read (see `crate::schema_history`), per source database and
-/// slot, written in the same transaction as the rows around each version. Idempotent.
-const SCHEMA_TABLE_SQL: &str = "CREATE TABLE IF NOT EXISTS _bemi_worker_schema (
-  database text NOT NULL,
-  slot text NOT NULL,
-  relid bigint NOT NULL,
-  lsn pg_lsn NOT NULL,
-  schema text NOT NULL,
-  PRIMARY KEY (database, slot, relid, lsn)
-)";
-
-/// Stores versions of the schema history (one array parameter per column).
-const SCHEMA_SQL: &str = "INSERT INTO _bemi_worker_schema (database, slot, relid, lsn, schema) \
-     SELECT $1, $2, relid, lsn::pg_lsn, schema \
-       FROM unnest($3::bigint[], $4::text[], $5::text[]) AS v(relid, lsn, schema) \
-     ON CONFLICT DO NOTHING";
-
-/// The latest version of each table's schema at or before a position.
-const LOAD_SCHEMA_SQL: &str = "SELECT DISTINCT ON (relid) lsn::text, schema \
-       FROM _bemi_worker_schema \
-      WHERE database = $1 AND slot = $2 AND lsn <= $3::pg_lsn \
-      ORDER BY relid, lsn DESC";
 
 /// Records the position a batch reached.
 const STATE_SQL: &str = "INSERT INTO _bemi_worker_state AS s \
@@ -144,7 +121,9 @@ impl Destination {
         let mut tx = conn.begin().await?;
         bemi_audit::schema::prepare(&mut tx).await?;
         sqlx::raw_sql(STATE_TABLE_SQL).execute(&mut *tx).await?;
-        sqlx::raw_sql(SCHEMA_TABLE_SQL).execute(&mut *tx).await?;
+        sqlx::raw_sql(schema_history::TABLE_SQL)
+            .execute(&mut *tx)
+            .await?;
         tx.commit().await?;
         for writer in &mut writers {
             // A writer waits for the one before it to commit, in this process, while holding
@@ -172,23 +151,7 @@ impl Destination {
             .partial
             .map_or(start_lsn, |partial| partial.position.max(start_lsn));
         let writer = &mut self.writers[0];
-        let rows: Vec<(String, String)> = sqlx::query_as(LOAD_SCHEMA_SQL)
-            .bind(&*writer.database)
-            .bind(&*writer.slot)
-            .bind(format_lsn(position))
-            .fetch_all(&mut writer.conn)
-            .await?;
-        let mut history = Vec::with_capacity(rows.len());
-        for (lsn, json) in rows {
-            match (parse_lsn(&lsn), TableSchema::parse(json.as_bytes())) {
-                (Some(lsn), Ok(schema)) => history.push((lsn, schema)),
-                (_, Err(error)) => {
-                    tracing::warn!(%error, "a stored schema version does not parse; skipped");
-                }
-                (None, _) => {}
-            }
-        }
-        Ok(history)
+        schema_history::load(&mut writer.conn, &writer.database, &writer.slot, position).await
     }
 
     /// Stores versions of the schema history read outside the stream (the baseline of tables
@@ -198,32 +161,8 @@ impl Destination {
         versions: &[SchemaVersion],
     ) -> Result<(), sqlx::Error> {
         let writer = &mut self.writers[0];
-        insert_schemas(&mut writer.conn, &writer.database, &writer.slot, versions).await
+        schema_history::insert(&mut writer.conn, &writer.database, &writer.slot, versions).await
     }
-}
-
-/// Inserts `versions` of the schema history (a no-op for those already stored).
-async fn insert_schemas(
-    conn: &mut PgConnection,
-    database: &str,
-    slot: &str,
-    versions: &[SchemaVersion],
-) -> Result<(), sqlx::Error> {
-    if versions.is_empty() {
-        return Ok(());
-    }
-    let relids: Vec<i64> = versions.iter().map(|v| i64::from(v.relid)).collect();
-    let lsns: Vec<String> = versions.iter().map(|v| format_lsn(v.lsn)).collect();
-    let schemas: Vec<&str> = versions.iter().map(|v| v.json.as_str()).collect();
-    sqlx::query(SCHEMA_SQL)
-        .bind(database)
-        .bind(slot)
-        .bind(relids)
-        .bind(lsns)
-        .bind(schemas)
-        .execute(conn)
-        .await?;
-    Ok(())
 }
 
 impl Sink for Destination {
@@ -285,7 +224,7 @@ impl BatchWriter {
             .iter()
             .flat_map(|piece| piece.schemas.iter().cloned())
             .collect();
-        insert_schemas(&mut self.conn, &self.database, &self.slot, &schemas).await?;
+        schema_history::insert(&mut self.conn, &self.database, &self.slot, &schemas).await?;
         if let Some(previous) = previous
             && !previous.await.unwrap_or(false)
         {

@@ -94,6 +94,9 @@ pub enum WorkerError {
     /// A pgoutput message could not be decoded.
     #[error(transparent)]
     Decode(#[from] DecodeError),
+    /// NATS JetStream trouble (connecting, publishing, consuming): retried.
+    #[error("NATS: {0}")]
+    Nats(String),
     /// The metrics endpoint could not listen.
     #[error("could not serve metrics on {addr}: {source}")]
     Metrics {
@@ -127,7 +130,10 @@ impl WorkerError {
             WorkerError::Publication { source, .. } => sql_is_retryable(source),
             WorkerError::Source(error) | WorkerError::Destination(error) => sql_is_retryable(error),
             WorkerError::Replication(error) => crate::source::is_retryable(error),
-            WorkerError::StreamEnded | WorkerError::Stream(_) | WorkerError::Decode(_) => true,
+            WorkerError::StreamEnded
+            | WorkerError::Stream(_)
+            | WorkerError::Decode(_)
+            | WorkerError::Nats(_) => true,
         }
     }
 }

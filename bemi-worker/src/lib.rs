@@ -38,6 +38,8 @@ mod handoff;
 mod json_value;
 mod masked_url;
 mod metrics;
+#[cfg(feature = "nats")]
+pub mod nats;
 mod pgoutput;
 mod rows;
 mod schema_history;

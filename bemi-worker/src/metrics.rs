@@ -12,6 +12,8 @@
 //! | `bemi_write_seconds_total` | counter | time spent writing batches to the destination |
 //! | `bemi_connected` | gauge | whether the stream is up (1) or not (0) |
 //! | `bemi_updates_skipped_total{table, reason}` | counter | UPDATEs left out by the capture rules, per table and reason (`unchanged`, `ignored_columns`) |
+//! | `bemi_nats_messages_published_total` | counter | with a NATS sink: messages published and acknowledged |
+//! | `bemi_nats_duplicates_total` | counter | with a NATS sink: published messages the stream already held |
 //!
 //! ```
 //! let metrics = bemi_worker::WorkerMetrics::default();
@@ -51,6 +53,10 @@ pub struct WorkerMetrics {
     write_nanos: AtomicU64,
     /// UPDATEs left out by the capture rules, per `schema.table` and reason.
     skipped_updates: Mutex<BTreeMap<(String, &'static str), u64>>,
+    /// Whether the worker publishes into NATS (its metrics are then rendered).
+    nats: AtomicBool,
+    nats_messages: AtomicU64,
+    nats_duplicates: AtomicU64,
 }
 
 /// Where the worker's time went, in seconds.
@@ -118,6 +124,16 @@ impl WorkerMetrics {
     /// ```
     pub fn record_server_position(&self, wal_end: u64) {
         self.server_wal_end.fetch_max(wal_end, Ordering::Relaxed);
+    }
+
+    /// Counts messages published into NATS and acknowledged, of which `duplicates` the stream
+    /// already held.
+    #[cfg_attr(not(feature = "nats"), allow(dead_code))]
+    pub(crate) fn record_nats_published(&self, messages: u64, duplicates: u64) {
+        self.nats.store(true, Ordering::Relaxed);
+        self.nats_messages.fetch_add(messages, Ordering::Relaxed);
+        self.nats_duplicates
+            .fetch_add(duplicates, Ordering::Relaxed);
     }
 
     /// Counts an error that made the worker reconnect.
@@ -323,6 +339,20 @@ impl WorkerMetrics {
             "Whether the replication stream is up (1) or not (0).",
             u8::from(self.connected.load(Ordering::Relaxed)).to_string(),
         );
+        if self.nats.load(Ordering::Relaxed) {
+            metric(
+                "bemi_nats_messages_published_total",
+                "counter",
+                "Messages published into the NATS change stream and acknowledged.",
+                self.nats_messages.load(Ordering::Relaxed).to_string(),
+            );
+            metric(
+                "bemi_nats_duplicates_total",
+                "counter",
+                "Published messages the stream already held (republished after a restart).",
+                self.nats_duplicates.load(Ordering::Relaxed).to_string(),
+            );
+        }
         let skipped = self.skipped_updates();
         if !skipped.is_empty() {
             let _ = writeln!(
@@ -350,10 +380,22 @@ fn label_value(text: &str) -> String {
         .replace('\n', "\\n")
 }
 
-/// Serves `GET /metrics` (any path, in fact) on `addr` until `shutdown`.
-pub(crate) async fn serve(
+/// Metrics that render as Prometheus text (the worker's, the store's).
+pub(crate) trait Render: Send + Sync + 'static {
+    /// The metrics, in the Prometheus text format.
+    fn render(&self) -> String;
+}
+
+impl Render for WorkerMetrics {
+    fn render(&self) -> String {
+        WorkerMetrics::render(self)
+    }
+}
+
+/// Serves `GET /metrics` (any path, in fact) on `listener` until `shutdown`.
+pub(crate) async fn serve<M: Render>(
     listener: TcpListener,
-    metrics: Arc<WorkerMetrics>,
+    metrics: Arc<M>,
     shutdown: CancellationToken,
 ) {
     loop {
@@ -372,7 +414,7 @@ pub(crate) async fn serve(
             let service =
                 hyper::service::service_fn(move |request: Request<hyper::body::Incoming>| {
                     let metrics = Arc::clone(&metrics);
-                    async move { Ok::<_, Infallible>(respond(&request, &metrics)) }
+                    async move { Ok::<_, Infallible>(respond(&request, &*metrics)) }
                 });
             if let Err(error) = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), service)
@@ -384,9 +426,9 @@ pub(crate) async fn serve(
     }
 }
 
-fn respond(
+fn respond<M: Render>(
     request: &Request<hyper::body::Incoming>,
-    metrics: &WorkerMetrics,
+    metrics: &M,
 ) -> Response<Full<Bytes>> {
     let mut response = if request.method() == hyper::Method::GET {
         Response::new(Full::new(Bytes::from(metrics.render())))

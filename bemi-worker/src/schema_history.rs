@@ -19,6 +19,7 @@ use serde::Deserialize;
 
 use crate::catalog::{ColumnInfo, RelationInfo, is_worker_table};
 use crate::config::WorkerConfig;
+use crate::destination::{format_lsn, parse_lsn};
 use crate::json_value::{TypeKind, write_string};
 use crate::pgoutput::Relation;
 
@@ -198,6 +199,81 @@ impl SchemaStore {
     pub(crate) fn len(&self) -> usize {
         self.tables.len()
     }
+}
+
+/// The table of the versions the worker read, per source database and slot: in the
+/// destination (written in the same transaction as the rows around each version), or, for a
+/// capture into NATS, in the source. Idempotent.
+pub(crate) const TABLE_SQL: &str = "CREATE TABLE IF NOT EXISTS _bemi_worker_schema (
+  database text NOT NULL,
+  slot text NOT NULL,
+  relid bigint NOT NULL,
+  lsn pg_lsn NOT NULL,
+  schema text NOT NULL,
+  PRIMARY KEY (database, slot, relid, lsn)
+)";
+
+/// Stores versions (one array parameter per column).
+const INSERT_SQL: &str = "INSERT INTO _bemi_worker_schema (database, slot, relid, lsn, schema) \
+     SELECT $1, $2, relid, lsn::pg_lsn, schema \
+       FROM unnest($3::bigint[], $4::text[], $5::text[]) AS v(relid, lsn, schema) \
+     ON CONFLICT DO NOTHING";
+
+/// The latest version of each table's schema at or before a position.
+const LOAD_SQL: &str = "SELECT DISTINCT ON (relid) lsn::text, schema \
+       FROM _bemi_worker_schema \
+      WHERE database = $1 AND slot = $2 AND lsn <= $3::pg_lsn \
+      ORDER BY relid, lsn DESC";
+
+/// The latest stored version of each table at or before `position`, for the worker of `slot`
+/// on the source `database`.
+pub(crate) async fn load(
+    conn: &mut sqlx::PgConnection,
+    database: &str,
+    slot: &str,
+    position: u64,
+) -> Result<Vec<(u64, TableSchema)>, sqlx::Error> {
+    let rows: Vec<(String, String)> = sqlx::query_as(LOAD_SQL)
+        .bind(database)
+        .bind(slot)
+        .bind(format_lsn(position))
+        .fetch_all(conn)
+        .await?;
+    let mut history = Vec::with_capacity(rows.len());
+    for (lsn, json) in rows {
+        match (parse_lsn(&lsn), TableSchema::parse(json.as_bytes())) {
+            (Some(lsn), Ok(schema)) => history.push((lsn, schema)),
+            (_, Err(error)) => {
+                tracing::warn!(%error, "a stored schema version does not parse; skipped");
+            }
+            (None, _) => {}
+        }
+    }
+    Ok(history)
+}
+
+/// Stores `versions` (a no-op for those already stored).
+pub(crate) async fn insert(
+    conn: &mut sqlx::PgConnection,
+    database: &str,
+    slot: &str,
+    versions: &[SchemaVersion],
+) -> Result<(), sqlx::Error> {
+    if versions.is_empty() {
+        return Ok(());
+    }
+    let relids: Vec<i64> = versions.iter().map(|v| i64::from(v.relid)).collect();
+    let lsns: Vec<String> = versions.iter().map(|v| format_lsn(v.lsn)).collect();
+    let schemas: Vec<&str> = versions.iter().map(|v| v.json.as_str()).collect();
+    sqlx::query(INSERT_SQL)
+        .bind(database)
+        .bind(slot)
+        .bind(relids)
+        .bind(lsns)
+        .bind(schemas)
+        .execute(conn)
+        .await?;
+    Ok(())
 }
 
 #[cfg(test)]

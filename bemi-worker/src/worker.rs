@@ -117,17 +117,23 @@ impl Worker {
                 shutdown.child_token(),
             ));
         }
-        // Creates the next months' partitions of `changes` ahead of time (when it is
-        // partitioned; a no-op otherwise).
-        let destination = PgPoolOptions::new()
-            .max_connections(1)
-            .connect_lazy(self.config.destination_url())
-            .map_err(|e| WorkerError::InvalidConfig(format!("destination URL: {e}")))?;
-        tokio::spawn(bemi_audit::schema::maintain_partitions(
-            destination,
-            bemi_audit::schema::PARTITION_CHECK_INTERVAL,
-            shutdown.child_token(),
-        ));
+        #[cfg(feature = "nats")]
+        let writes_changes = self.config.nats.is_none();
+        #[cfg(not(feature = "nats"))]
+        let writes_changes = true;
+        if writes_changes {
+            // Creates the next months' partitions of `changes` ahead of time (when it is
+            // partitioned; a no-op otherwise).
+            let destination = PgPoolOptions::new()
+                .max_connections(1)
+                .connect_lazy(self.config.destination_url())
+                .map_err(|e| WorkerError::InvalidConfig(format!("destination URL: {e}")))?;
+            tokio::spawn(bemi_audit::schema::maintain_partitions(
+                destination,
+                bemi_audit::schema::PARTITION_CHECK_INTERVAL,
+                shutdown.child_token(),
+            ));
+        }
         let mut backoff = MIN_BACKOFF;
         loop {
             let started = Instant::now();
@@ -186,6 +192,13 @@ impl Worker {
         let slot = self.prepare_source(&pool).await?;
         // The schema history's baseline, as close to the slot's start as it gets.
         let source = SourceConnection::from_url(&self.config.source_url)?;
+        #[cfg(feature = "nats")]
+        if self.config.nats.is_some() {
+            let (sink, _, _) = self.open_nats(&source, &pool, &slot).await?;
+            sink.close().await;
+            pool.close().await;
+            return Ok(());
+        }
         let (destination, _, _) = self.open_destination(&source, &pool, &slot).await?;
         drop(destination);
         pool.close().await;
@@ -220,6 +233,16 @@ impl Worker {
 
     /// A small pool of the source database for catalog queries, the publication and the slot.
     async fn source_pool(&self) -> Result<PgPool, WorkerError> {
+        PgPoolOptions::new()
+            .max_connections(2)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect_with(self.source_options()?)
+            .await
+            .map_err(WorkerError::Source)
+    }
+
+    /// How the worker's SQL connections to the source connect.
+    fn source_options(&self) -> Result<PgConnectOptions, WorkerError> {
         let mut options: PgConnectOptions = self
             .config
             .source_url
@@ -229,15 +252,9 @@ impl Worker {
             // Named in pg_stat_activity, like the replication connection.
             options = options.application_name("bemi-worker");
         }
-        // Its commits (publication, slot) must not wait for synchronous standbys: the worker
-        // may be one itself.
-        options = options.options([("synchronous_commit", "local")]);
-        PgPoolOptions::new()
-            .max_connections(2)
-            .acquire_timeout(Duration::from_secs(10))
-            .connect_with(options)
-            .await
-            .map_err(WorkerError::Source)
+        // Its commits (publication, slot, schema history) must not wait for synchronous
+        // standbys: the worker may be one itself.
+        Ok(options.options([("synchronous_commit", "local")]))
     }
 
     /// How many bytes of WAL the slot is behind the source's current position, asked of the
@@ -279,18 +296,14 @@ impl Worker {
     /// The schema history as of `start_lsn`: the versions the destination holds, and for the
     /// published tables it does not have, the source's description of them now (a baseline,
     /// stored). Warns when the source records no history.
-    async fn load_schema_history(
+    async fn load_schema_history<H: HistoryStore>(
         &self,
         source: &PgPool,
-        destination: &mut Destination,
+        kept: &mut H,
         start_lsn: u64,
     ) -> Result<SchemaStore, WorkerError> {
         let mut history = SchemaStore::default();
-        for (lsn, schema) in destination
-            .schema_history(start_lsn)
-            .await
-            .map_err(WorkerError::Destination)?
-        {
+        for (lsn, schema) in kept.load(start_lsn).await? {
             history.apply(lsn, schema);
         }
         let recording: bool = sqlx::query_scalar(
@@ -341,10 +354,7 @@ impl Worker {
                 });
             }
         }
-        destination
-            .store_schemas(&baseline)
-            .await
-            .map_err(WorkerError::Destination)?;
+        kept.store(&baseline).await?;
         tracing::debug!(
             tables = history.len(),
             baseline = baseline.len(),
@@ -358,11 +368,32 @@ impl Worker {
         let source = SourceConnection::from_url(&config.source_url)?;
         let pool = self.source_pool().await?;
         let slot = self.prepare_source(&pool).await?;
-
+        #[cfg(feature = "nats")]
+        if config.nats.is_some() {
+            let (sink, start_lsn, history) = self.open_nats(&source, &pool, &slot).await?;
+            return self
+                .stream_into(&source, pool, history, start_lsn, sink, shutdown)
+                .await;
+        }
         let (destination, start_lsn, history) =
             self.open_destination(&source, &pool, &slot).await?;
+        self.stream_into(&source, pool, history, start_lsn, destination, shutdown)
+            .await
+    }
+
+    /// Streams from `start_lsn` into `sink` until `shutdown` or an error.
+    async fn stream_into<K: capture::Sink>(
+        &self,
+        source: &SourceConnection,
+        pool: PgPool,
+        history: SchemaStore,
+        start_lsn: u64,
+        sink: K,
+        shutdown: &CancellationToken,
+    ) -> Result<(), WorkerError> {
+        let config = &self.config;
         let stream =
-            PgWireSource::start(&source, &config.slot, &config.publication, start_lsn).await?;
+            PgWireSource::start(source, &config.slot, &config.publication, start_lsn).await?;
         self.metrics.set_connected(true);
         self.metrics.record_confirmed(start_lsn);
         tracing::info!(
@@ -384,7 +415,73 @@ impl Worker {
             chunk_rows: config.chunk_rows,
             skip_unchanged_updates: config.skip_unchanged_updates,
         };
-        capture::run(&mut source, destination, settings, &self.metrics, shutdown).await
+        capture::run(&mut source, sink, settings, &self.metrics, shutdown).await
+    }
+
+    /// The NATS sink, the position to stream from (the slot's: what the stream acknowledged),
+    /// and the schema history as of it, kept in the source.
+    #[cfg(feature = "nats")]
+    async fn open_nats(
+        &self,
+        source: &SourceConnection,
+        pool: &PgPool,
+        slot: &setup::SlotState,
+    ) -> Result<(crate::nats::NatsSink, u64, SchemaStore), WorkerError> {
+        use sqlx::Connection as _;
+        let nats = self
+            .config
+            .nats
+            .as_ref()
+            .ok_or_else(|| WorkerError::InvalidConfig("no NATS sink configured".to_owned()))?;
+        let history_conn = sqlx::PgConnection::connect_with(&self.source_options()?)
+            .await
+            .map_err(WorkerError::Source)?;
+        let mut sink = crate::nats::NatsSink::open(
+            nats,
+            source.database(),
+            &self.config.slot,
+            history_conn,
+            self.metrics(),
+        )
+        .await?;
+        let start_lsn = slot.confirmed_flush.unwrap_or(0);
+        let history = self.load_schema_history(pool, &mut sink, start_lsn).await?;
+        Ok((sink, start_lsn, history))
+    }
+}
+
+/// Where the schema history is kept between runs: the destination, or (for a capture into
+/// NATS) the source.
+trait HistoryStore {
+    /// The latest stored version of each table as of `start_lsn`.
+    async fn load(&mut self, start_lsn: u64) -> Result<Vec<(u64, TableSchema)>, WorkerError>;
+
+    /// Stores versions read outside the stream (a baseline).
+    async fn store(&mut self, versions: &[SchemaVersion]) -> Result<(), WorkerError>;
+}
+
+impl HistoryStore for Destination {
+    async fn load(&mut self, start_lsn: u64) -> Result<Vec<(u64, TableSchema)>, WorkerError> {
+        self.schema_history(start_lsn)
+            .await
+            .map_err(WorkerError::Destination)
+    }
+
+    async fn store(&mut self, versions: &[SchemaVersion]) -> Result<(), WorkerError> {
+        self.store_schemas(versions)
+            .await
+            .map_err(WorkerError::Destination)
+    }
+}
+
+#[cfg(feature = "nats")]
+impl HistoryStore for crate::nats::NatsSink {
+    async fn load(&mut self, start_lsn: u64) -> Result<Vec<(u64, TableSchema)>, WorkerError> {
+        self.schema_history(start_lsn).await
+    }
+
+    async fn store(&mut self, versions: &[SchemaVersion]) -> Result<(), WorkerError> {
+        self.store_schemas(versions).await
     }
 }
 

@@ -24,6 +24,7 @@ mod keep_alive;
 mod launcher;
 mod migration;
 mod minimal_examples;
+mod nats;
 mod open_files;
 mod outage;
 mod pgbouncer;
@@ -82,6 +83,9 @@ fn all_tests() -> Vec<(String, TestFn)> {
         fuzz::fuzz_annotated_sql_parses_as_the_same_statement,
         fuzz::fuzz_any_context_round_trips_through_the_wal,
         outage::a_destination_outage_loses_and_duplicates_nothing_and_reports_the_lag,
+        nats::through_nats_every_change_is_stored_once_across_kills_and_a_server_restart,
+        nats::through_nats_a_destination_outage_is_held_by_the_stream_not_the_slot,
+        nats::through_nats_two_stores_share_the_partitions_and_keep_each_rows_order,
         schema_history::keys_and_values_stay_as_of_each_change_while_streaming,
         schema_history::keys_and_values_stay_as_of_each_change_after_downtime,
         schema_history::a_restart_in_the_middle_resumes_with_the_history_it_had,

@@ -1,0 +1,104 @@
+//! `bemi store`: writes a NATS JetStream change stream into `changes` until SIGINT or SIGTERM.
+
+use std::net::SocketAddr;
+
+use anyhow::anyhow;
+
+use super::audit_db::AuditArgs;
+use super::shutdown;
+use super::worker::StreamArgs;
+use bemi_worker::nats::{NatsConfig, Store, StoreConfig};
+
+/// `bemi store`
+#[derive(Debug, clap::Args)]
+pub(crate) struct StoreArgs {
+    /// The NATS server with the change stream: nats://HOST:PORT.
+    #[arg(long, env = "BEMI_FROM", value_name = "URL")]
+    from: String,
+    #[command(flatten)]
+    stream: StreamArgs,
+    #[command(flatten)]
+    db: AuditArgs,
+    /// Serve Prometheus metrics on this address, e.g. 127.0.0.1:9188 (path /metrics).
+    #[arg(long, env = "BEMI_METRICS_ADDR", value_name = "ADDR")]
+    metrics_addr: Option<SocketAddr>,
+    /// Messages fetched and committed at once, per partition.
+    #[arg(
+        long,
+        env = "BEMI_BATCH_MESSAGES",
+        value_name = "N",
+        default_value_t = 256,
+        value_parser = clap::value_parser!(u16).range(1..)
+    )]
+    batch_messages: u16,
+}
+
+impl StoreArgs {
+    /// The store's configuration; the destination is `--destination-url`, else `DATABASE_URL`.
+    fn config(&self, database_url: Option<&str>) -> anyhow::Result<StoreConfig> {
+        let destination = self.db.url_or(database_url)?;
+        let nats = NatsConfig::new(self.from.trim()).stream(self.stream.stream.trim());
+        let mut config = StoreConfig::new(nats, destination);
+        config.metrics_addr = self.metrics_addr;
+        config.batch_messages = usize::from(self.batch_messages);
+        Ok(config)
+    }
+}
+
+/// Runs `bemi store`.
+pub(super) async fn run(args: StoreArgs) -> anyhow::Result<()> {
+    let database_url = std::env::var("DATABASE_URL").ok();
+    let config = args.config(database_url.as_deref())?;
+    let shutdown = shutdown::on_signals()?;
+    tracing::info!(
+        from = %config.nats.url,
+        stream = %config.nats.stream,
+        destination = %bemi_worker::without_password(&config.destination_url),
+        "starting the store"
+    );
+    Store::new(config)
+        .run(shutdown)
+        .await
+        .map_err(|error| anyhow!(error))?;
+    tracing::info!("the store stopped cleanly");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser as _;
+
+    #[derive(Debug, clap::Parser)]
+    struct Harness {
+        #[command(flatten)]
+        store: StoreArgs,
+    }
+
+    #[test]
+    fn flags_become_the_store_configuration() {
+        let harness = Harness::try_parse_from([
+            "bemi",
+            "--from",
+            "nats://127.0.0.1:4222",
+            "--stream",
+            "audit",
+            "--destination-url",
+            "postgres://b/audit",
+            "--batch-messages",
+            "64",
+        ])
+        .unwrap();
+        let config = harness.store.config(Some("postgres://a/app")).unwrap();
+        assert_eq!(config.nats.url, "nats://127.0.0.1:4222");
+        assert_eq!(config.nats.stream, "audit");
+        assert_eq!(config.destination_url, "postgres://b/audit");
+        assert_eq!(config.batch_messages, 64);
+        // Without --destination-url: DATABASE_URL.
+        let harness = Harness::try_parse_from(["bemi", "--from", "nats://127.0.0.1:4222"]).unwrap();
+        let config = harness.store.config(Some("postgres://a/app")).unwrap();
+        assert_eq!(config.destination_url, "postgres://a/app");
+        assert_eq!(config.nats.stream, "bemi");
+        assert!(harness.store.config(None).is_err());
+    }
+}

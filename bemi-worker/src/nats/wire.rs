@@ -1,0 +1,389 @@
+//! The messages of the change stream.
+//!
+//! One message holds the changes of one transaction (or of one chunk of a large one) that fall
+//! in one partition, in stream order, as JSON:
+//!
+//! ```json
+//! {"v":1,"database":"app","commit_lsn":22137600,"changes":[{"primary_key":"1","before":{},
+//!  "after":{"id":1},"context":{"user_id":187234},"schema":"public","table":"todo",
+//!  "operation":"CREATE","committed_at":1732270065892404,"queued_at":1732270065893000,
+//!  "transaction_id":748,"position":22137512}]}
+//! ```
+//!
+//! Times are microseconds since the Unix epoch; `before`, `after` and `context` are the JSON
+//! objects themselves. A message's subject is `<stream>.changes.<partition>`, the partition a
+//! hash of the table and the key (FNV-1a, as nats-server's `partition()` mapping computes it),
+//! so that every change of a row goes through one partition, in commit order. Its
+//! `Nats-Msg-Id` is made of its first change's unique key, so that a capture that publishes it
+//! again after a crash is de-duplicated by the stream.
+
+use std::fmt::Write as _;
+
+use bemi_core::protocol::Operation;
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+use crate::json_value::write_string;
+use crate::rows::ChangeRow;
+
+/// The format's version, in every message.
+pub(crate) const VERSION: u32 = 1;
+
+/// Bytes a message keeps free below the server's `max_payload`, for its headers.
+const HEADER_ROOM: usize = 1_024;
+
+/// FNV-1a (32 bits) of `bytes`: nats-server's `partition()` hash.
+fn fnv1a(bytes: impl IntoIterator<Item = u8>) -> u32 {
+    let mut hash: u32 = 0x811c_9dc5;
+    for byte in bytes {
+        hash ^= u32::from(byte);
+        hash = hash.wrapping_mul(0x0100_0193);
+    }
+    hash
+}
+
+/// The partition of a change of `schema.table` with `primary_key` among `partitions`: all
+/// changes of one row (of one table, without a key) land in one partition.
+pub(crate) fn partition(
+    schema: &str,
+    table: &str,
+    primary_key: Option<&str>,
+    partitions: u32,
+) -> u32 {
+    let key = primary_key.unwrap_or_default();
+    let bytes = schema
+        .bytes()
+        .chain([b'.'])
+        .chain(table.bytes())
+        .chain([0])
+        .chain(key.bytes());
+    fnv1a(bytes) % partitions.max(1)
+}
+
+/// A stream name's hash, for the advisory locks of its partitions.
+pub(crate) fn stream_lock_class(stream: &str) -> i32 {
+    i32::from_ne_bytes(fnv1a(stream.bytes()).to_ne_bytes())
+}
+
+/// A message ready to publish.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct OutgoingMessage {
+    /// Its partition.
+    pub partition: u32,
+    /// Its `Nats-Msg-Id`.
+    pub id: String,
+    /// Its JSON.
+    pub payload: String,
+    /// How many changes it holds.
+    pub changes: usize,
+}
+
+/// A change too large for one message: the fix is the server's `max_payload`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "a change of {table} at position {position:X} takes {bytes} bytes, more than nats-server's \
+     max_payload allows ({max_payload}): raise max_payload in the server's configuration \
+     (e.g. `max_payload: 8MB`; at most 64 MB)"
+)]
+pub(crate) struct TooLarge {
+    table: String,
+    position: u64,
+    bytes: usize,
+    max_payload: usize,
+}
+
+/// Encodes `rows` (one transaction's, in stream order) of `database` as the messages of each
+/// partition, none larger than `max_payload`.
+pub(crate) fn encode(
+    database: &str,
+    commit_lsn: u64,
+    rows: &[ChangeRow],
+    partitions: u32,
+    max_payload: usize,
+) -> Result<Vec<OutgoingMessage>, TooLarge> {
+    let budget = max_payload.saturating_sub(HEADER_ROOM).max(1);
+    let mut by_partition: Vec<(u32, Vec<&ChangeRow>)> = Vec::new();
+    for row in rows {
+        let p = partition(
+            &row.schema,
+            &row.table,
+            row.primary_key.as_deref(),
+            partitions,
+        );
+        match by_partition.iter_mut().find(|(q, _)| *q == p) {
+            Some((_, group)) => group.push(row),
+            None => by_partition.push((p, vec![row])),
+        }
+    }
+    let mut messages = Vec::new();
+    let mut header = String::new();
+    header.push_str(r#"{"v":"#);
+    let _ = write!(header, "{VERSION}");
+    header.push_str(r#","database":"#);
+    write_string(&mut header, database);
+    let _ = write!(header, r#","commit_lsn":{commit_lsn},"changes":["#);
+    for (p, group) in by_partition {
+        let mut payload = header.clone();
+        let mut first: Option<&ChangeRow> = None;
+        let mut count = 0;
+        for row in group {
+            let mut change = String::new();
+            encode_change(&mut change, row);
+            if change.len() + header.len() + 2 > budget {
+                return Err(TooLarge {
+                    table: format!("{}.{}", row.schema, row.table),
+                    position: row.position,
+                    bytes: change.len() + header.len() + 2,
+                    max_payload,
+                });
+            }
+            if count > 0 && payload.len() + 1 + change.len() + 2 > budget {
+                payload.push_str("]}");
+                messages.push(OutgoingMessage {
+                    partition: p,
+                    id: message_id(database, first.unwrap_or(row)),
+                    payload,
+                    changes: count,
+                });
+                payload = header.clone();
+                count = 0;
+            }
+            if count == 0 {
+                first = Some(row);
+            } else {
+                payload.push(',');
+            }
+            payload.push_str(&change);
+            count += 1;
+        }
+        if let Some(first) = first.filter(|_| count > 0) {
+            payload.push_str("]}");
+            messages.push(OutgoingMessage {
+                partition: p,
+                id: message_id(database, first),
+                payload,
+                changes: count,
+            });
+        }
+    }
+    Ok(messages)
+}
+
+/// A message's id: its first change's unique key in `changes`.
+fn message_id(database: &str, first: &ChangeRow) -> String {
+    format!(
+        "bemi:{database}:{:X}:{}.{}:{}",
+        first.position,
+        first.schema,
+        first.table,
+        first.operation.as_str()
+    )
+}
+
+fn encode_change(out: &mut String, row: &ChangeRow) {
+    out.push_str(r#"{"primary_key":"#);
+    match &row.primary_key {
+        Some(key) => write_string(out, key),
+        None => out.push_str("null"),
+    }
+    out.push_str(r#","before":"#);
+    out.push_str(&row.before);
+    out.push_str(r#","after":"#);
+    out.push_str(&row.after);
+    out.push_str(r#","context":"#);
+    out.push_str(&row.context);
+    out.push_str(r#","schema":"#);
+    write_string(out, &row.schema);
+    out.push_str(r#","table":"#);
+    write_string(out, &row.table);
+    let _ = write!(
+        out,
+        r#","operation":"{}","committed_at":{},"queued_at":{},"transaction_id":{},"position":{}}}"#,
+        row.operation.as_str(),
+        row.committed_at,
+        row.queued_at,
+        row.transaction_id,
+        row.position
+    );
+}
+
+/// A message as read back by the store, borrowing from its payload.
+#[derive(Debug, Deserialize)]
+pub(crate) struct IncomingMessage<'a> {
+    /// The format's version.
+    pub v: u32,
+    /// The source database.
+    #[serde(borrow)]
+    pub database: std::borrow::Cow<'a, str>,
+    /// The source transaction's commit LSN.
+    #[allow(dead_code)]
+    pub commit_lsn: u64,
+    /// Its changes.
+    #[serde(borrow)]
+    pub changes: Vec<IncomingChange<'a>>,
+}
+
+/// A change of an [`IncomingMessage`].
+#[derive(Debug, Deserialize)]
+pub(crate) struct IncomingChange<'a> {
+    #[serde(borrow)]
+    pub primary_key: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow)]
+    pub before: &'a RawValue,
+    #[serde(borrow)]
+    pub after: &'a RawValue,
+    #[serde(borrow)]
+    pub context: &'a RawValue,
+    #[serde(borrow)]
+    pub schema: std::borrow::Cow<'a, str>,
+    #[serde(borrow)]
+    pub table: std::borrow::Cow<'a, str>,
+    #[serde(borrow)]
+    pub operation: std::borrow::Cow<'a, str>,
+    pub committed_at: i64,
+    pub queued_at: i64,
+    pub transaction_id: u32,
+    pub position: u64,
+}
+
+/// Why a message cannot be read.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ReadError {
+    #[error("not a bemi change message: {0}")]
+    Json(#[from] serde_json::Error),
+    #[error("format version {0}, this store reads {VERSION}: upgrade `bemi store`")]
+    Version(u32),
+    #[error("unknown operation {0:?}")]
+    Operation(String),
+}
+
+impl<'a> IncomingMessage<'a> {
+    /// Reads a message's payload.
+    pub(crate) fn read(payload: &'a [u8]) -> Result<Self, ReadError> {
+        let message: Self = serde_json::from_slice(payload)?;
+        if message.v != VERSION {
+            return Err(ReadError::Version(message.v));
+        }
+        for change in &message.changes {
+            change.operation()?;
+        }
+        Ok(message)
+    }
+}
+
+impl IncomingChange<'_> {
+    /// The change's operation.
+    pub(crate) fn operation(&self) -> Result<Operation, ReadError> {
+        self.operation
+            .parse()
+            .map_err(|_| ReadError::Operation(self.operation.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+
+    fn row(table: &str, key: Option<&str>, position: u64, context: &str) -> ChangeRow {
+        ChangeRow {
+            primary_key: key.map(str::to_owned),
+            before: "{}".into(),
+            after: format!(r#"{{"id":{position},"note":"\"<x>\""}}"#),
+            context: Arc::from(context),
+            schema: Arc::from("public"),
+            table: Arc::from(table),
+            operation: Operation::Create,
+            committed_at: 1_732_270_065_892_404,
+            queued_at: 1_732_270_065_893_000,
+            transaction_id: 748,
+            position,
+        }
+    }
+
+    #[test]
+    fn partitions_match_the_servers_hash() {
+        // nats-server 2.9's partition(4, …) put "publicusers" in partition 0.
+        assert_eq!(fnv1a(*b"publicusers") % 4, 0);
+        // One row, one partition; the count bounds them.
+        let p = partition("public", "todo", Some("26"), 8);
+        assert_eq!(p, partition("public", "todo", Some("26"), 8));
+        assert!(p < 8);
+        assert_eq!(partition("public", "todo", None, 1), 0);
+    }
+
+    #[test]
+    fn a_transaction_becomes_one_message_per_partition_and_reads_back() {
+        let rows: Vec<ChangeRow> = (1..=20)
+            .map(|i| row("todo", Some(&i.to_string()), 100 + i, r#"{"user_id":7}"#))
+            .collect();
+        let messages = encode("app", 999, &rows, 4, 1 << 20).unwrap();
+        assert!(messages.len() <= 4);
+        assert_eq!(messages.iter().map(|m| m.changes).sum::<usize>(), 20);
+        let mut positions = Vec::new();
+        for message in &messages {
+            let read = IncomingMessage::read(message.payload.as_bytes()).unwrap();
+            assert_eq!(read.database, "app");
+            assert_eq!(read.commit_lsn, 999);
+            assert_eq!(read.changes.len(), message.changes);
+            for change in &read.changes {
+                assert_eq!(
+                    partition(
+                        &change.schema,
+                        &change.table,
+                        change.primary_key.as_deref(),
+                        4
+                    ),
+                    message.partition
+                );
+                assert_eq!(change.context.get(), r#"{"user_id":7}"#);
+                assert_eq!(change.operation().unwrap(), Operation::Create);
+                positions.push(change.position);
+            }
+            // The id is the first change's unique key.
+            assert!(message.id.starts_with("bemi:app:"), "{}", message.id);
+        }
+        positions.sort_unstable();
+        assert_eq!(positions, (101..=120).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn messages_stay_under_the_payload_limit_and_ids_are_stable() {
+        let rows: Vec<ChangeRow> = (1..=50)
+            .map(|i| row("todo", None, 100 + i, r#"{"user_id":7}"#))
+            .collect();
+        let messages = encode("app", 999, &rows, 1, 4_096).unwrap();
+        assert!(messages.len() > 1);
+        assert!(
+            messages
+                .iter()
+                .all(|m| m.payload.len() <= 4_096 - HEADER_ROOM)
+        );
+        assert_eq!(messages.iter().map(|m| m.changes).sum::<usize>(), 50);
+        // Encoding again (a republish after a crash) gives the same ids.
+        assert_eq!(encode("app", 999, &rows, 1, 4_096).unwrap(), messages);
+        let ids: std::collections::HashSet<&str> = messages.iter().map(|m| m.id.as_str()).collect();
+        assert_eq!(ids.len(), messages.len());
+    }
+
+    #[test]
+    fn a_change_larger_than_the_limit_names_the_fix() {
+        let mut big = row("todo", Some("1"), 5, "{}");
+        big.after = format!(r#"{{"blob":"{}"}}"#, "x".repeat(10_000));
+        let error = encode("app", 9, &[big], 2, 4_096).unwrap_err();
+        assert!(error.to_string().contains("max_payload"), "{error}");
+    }
+
+    #[test]
+    fn other_messages_are_refused_with_a_reason() {
+        assert!(matches!(
+            IncomingMessage::read(b"hello"),
+            Err(ReadError::Json(_))
+        ));
+        assert!(matches!(
+            IncomingMessage::read(br#"{"v":2,"database":"a","commit_lsn":1,"changes":[]}"#),
+            Err(ReadError::Version(2))
+        ));
+    }
+}

@@ -1,0 +1,433 @@
+//! Capture and storage as separate processes through a real nats-server (JetStream):
+//! `bemi worker --sink nats://…` and `bemi store --from nats://…`, killed and restarted.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use anyhow::{Context as _, ensure};
+use bemi_core::context;
+use bemi_dev::{LaunchOptions, NatsServer};
+use bemi_tests::{
+    TestCluster, TestDb, TestResult, ctx, private_cluster, private_database, wait_until,
+};
+use serde_json::{Value, json};
+
+use crate::cli_support::{Background, free_port};
+
+/// How many changes the `changes` table of `audit` holds (none while it is unreachable).
+async fn stored(audit: &TestDb) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM changes")
+        .fetch_one(&audit.pool)
+        .await
+        .unwrap_or(0)
+}
+
+async fn start_nats() -> anyhow::Result<NatsServer> {
+    Ok(tokio::task::spawn_blocking(NatsServer::start).await??)
+}
+
+/// The capture process, publishing into `nats`.
+fn start_worker(source: &TestDb, nats: &str) -> anyhow::Result<Background> {
+    let slot = format!("bemi_{}", source.name);
+    Background::start(
+        &["worker", "--heartbeat-interval", "1s"],
+        &[
+            ("DATABASE_URL", source.url.as_str()),
+            ("BEMI_SLOT", slot.as_str()),
+            ("BEMI_SINK", nats),
+        ],
+    )
+}
+
+/// A store process, writing `nats`'s stream into `audit`, with metrics on `metrics_addr`.
+fn start_store(audit: &TestDb, nats: &str, metrics_addr: &str) -> anyhow::Result<Background> {
+    Background::start(
+        &["store"],
+        &[
+            ("BEMI_DESTINATION_URL", audit.url.as_str()),
+            ("BEMI_FROM", nats),
+            ("BEMI_METRICS_ADDR", metrics_addr),
+        ],
+    )
+}
+
+/// Waits until the worker's slot streams (so that writes from now on are captured).
+async fn wait_for_slot(source: &TestDb, worker: &mut Background) -> TestResult {
+    let slot = format!("bemi_{}", source.name);
+    wait_until("the capture to stream", Duration::from_secs(60), || {
+        let exited = worker
+            .has_exited()
+            .map(|exited| exited.then(|| worker.stderr()));
+        let streaming = worker.stderr().contains("streaming changes");
+        let (slot, pool) = (slot.clone(), source.pool.clone());
+        async move {
+            if let Some(stderr) = exited? {
+                anyhow::bail!("bemi worker exited: {stderr}");
+            }
+            let active: Option<bool> =
+                sqlx::query_scalar("SELECT active FROM pg_replication_slots WHERE slot_name = $1")
+                    .bind(&slot)
+                    .fetch_optional(&pool)
+                    .await?;
+            Ok((active == Some(true) && streaming).then_some(()))
+        }
+    })
+    .await
+}
+
+async fn kill(process: &mut Background) -> TestResult {
+    process.signal(libc::SIGKILL)?;
+    process.wait(Duration::from_secs(30)).await?;
+    Ok(())
+}
+
+/// A metric's value on a Prometheus endpoint (`None` while it does not answer).
+async fn metric(addr: &str, name: &str) -> Option<f64> {
+    let body = reqwest::get(format!("http://{addr}/metrics"))
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()?;
+    body.lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+}
+
+pub(crate) async fn through_nats_every_change_is_stored_once_across_kills_and_a_server_restart(
+    cluster: Arc<TestCluster>,
+) -> TestResult {
+    const WRITERS: i64 = 4;
+    const PER_WRITER: i64 = 5_000;
+    const TOTAL: i64 = WRITERS * PER_WRITER;
+    let source = cluster.database("nats_chaos").await?;
+    source
+        .exec("CREATE TABLE items (id bigint PRIMARY KEY, writer int NOT NULL, n int NOT NULL)")
+        .await?;
+    source.migrate().await?;
+    let audit = cluster.database("nats_chaos_audit").await?;
+    let mut nats = start_nats().await?;
+    let url = nats.url();
+    let store_metrics = format!("127.0.0.1:{}", free_port()?);
+    let mut worker = start_worker(&source, &url)?;
+    wait_for_slot(&source, &mut worker).await?;
+    let mut store = start_store(&audit, &url, &store_metrics)?;
+
+    let writers: Vec<_> = (0..WRITERS)
+        .map(|w| {
+            let pool = source.bemi_pool();
+            tokio::spawn(async move {
+                for n in 0..PER_WRITER {
+                    context::scope(
+                        ctx(json!({"writer": w, "n": n, "note": "*/ <script>"})),
+                        sqlx::query("INSERT INTO items VALUES ($1, $2, $3)")
+                            .bind(w * PER_WRITER + n)
+                            .bind(w as i32)
+                            .bind(n as i32)
+                            .execute(&pool),
+                    )
+                    .await?;
+                }
+                anyhow::Ok(())
+            })
+        })
+        .collect();
+
+    // Faults at moments that vary from run to run: each once the stored count passes its mark.
+    let jitter = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)?
+        .subsec_nanos() as i64
+        % 1_500;
+    let marks = [
+        2_000 + jitter,
+        6_000 + jitter,
+        10_000 + jitter,
+        14_000 + jitter,
+    ];
+    let mut done = 0;
+    let mut log = Vec::new();
+    while done < marks.len() {
+        let count = wait_until(
+            "the next fault's moment",
+            Duration::from_secs(180),
+            || async {
+                let count = stored(&audit).await;
+                Ok((count >= marks[done]).then_some(count))
+            },
+        )
+        .await
+        .with_context(|| format!("faults so far: {log:?}; store: {}", store.stderr()))?;
+        match done {
+            0 => {
+                kill(&mut worker).await?;
+                worker = start_worker(&source, &url)?;
+            }
+            1 => {
+                kill(&mut store).await?;
+                store = start_store(&audit, &url, &store_metrics)?;
+            }
+            2 => {
+                nats = tokio::task::spawn_blocking(move || {
+                    nats.kill()?;
+                    nats.start_again()?;
+                    anyhow::Ok(nats)
+                })
+                .await??;
+            }
+            _ => {
+                kill(&mut worker).await?;
+                kill(&mut store).await?;
+                worker = start_worker(&source, &url)?;
+                store = start_store(&audit, &url, &store_metrics)?;
+            }
+        }
+        log.push(count);
+        done += 1;
+    }
+    for writer in writers {
+        writer.await??;
+    }
+    wait_until("every change", Duration::from_secs(180), || async {
+        Ok((stored(&audit).await >= TOTAL).then_some(()))
+    })
+    .await
+    .with_context(|| format!("worker: {}\nstore: {}", worker.stderr(), store.stderr()))?;
+
+    let rows: Vec<(Value, Value)> = sqlx::query_as("SELECT after, context FROM changes")
+        .fetch_all(&audit.pool)
+        .await?;
+    ensure!(rows.len() as i64 == TOTAL, "{} changes", rows.len());
+    let mut ids = BTreeSet::new();
+    for (after, context) in &rows {
+        ensure!(ids.insert(after["id"].as_i64()), "twice: {after}");
+        ensure!(
+            context["writer"] == after["writer"]
+                && context["n"] == after["n"]
+                && context["note"] == "*/ <script>"
+                && context["SQL"].is_string(),
+            "{after} has the context {context}"
+        );
+    }
+    ensure!(ids.len() as i64 == TOTAL);
+    worker.signal(libc::SIGTERM)?;
+    store.signal(libc::SIGTERM)?;
+    ensure!(
+        worker.wait(Duration::from_secs(60)).await?.success(),
+        "{}",
+        worker.stderr()
+    );
+    ensure!(
+        store.wait(Duration::from_secs(60)).await?.success(),
+        "{}",
+        store.stderr()
+    );
+    drop(nats);
+    Ok(())
+}
+
+pub(crate) async fn through_nats_a_destination_outage_is_held_by_the_stream_not_the_slot(
+    cluster: Arc<TestCluster>,
+) -> TestResult {
+    let source = cluster.database("nats_outage").await?;
+    source
+        .exec("CREATE TABLE items (id bigint PRIMARY KEY)")
+        .await?;
+    source.migrate().await?;
+    let mut pg = private_cluster(LaunchOptions::default()).await?;
+    let audit = private_database(&pg, "nats_outage_audit").await?;
+    let nats = start_nats().await?;
+    let store_metrics = format!("127.0.0.1:{}", free_port()?);
+    let mut worker = start_worker(&source, &nats.url())?;
+    wait_for_slot(&source, &mut worker).await?;
+    let mut store = start_store(&audit, &nats.url(), &store_metrics)?;
+    let insert = |ids: std::ops::RangeInclusive<i64>| {
+        let pool = source.pool.clone();
+        async move {
+            for id in ids {
+                sqlx::query("INSERT INTO items VALUES ($1)")
+                    .bind(id)
+                    .execute(&pool)
+                    .await?;
+            }
+            anyhow::Ok(())
+        }
+    };
+    insert(1..=100).await?;
+    wait_until("the first changes", Duration::from_secs(60), || async {
+        Ok((stored(&audit).await == 100).then_some(()))
+    })
+    .await?;
+
+    pg = tokio::task::spawn_blocking(move || {
+        pg.stop_server()?;
+        anyhow::Ok(pg)
+    })
+    .await??;
+    insert(101..=600).await?;
+    let written: String = sqlx::query_scalar("SELECT pg_current_wal_lsn()::text")
+        .fetch_one(&source.pool)
+        .await?;
+    // The capture goes on: the slot confirms past the writes; the stream holds them.
+    let slot = format!("bemi_{}", source.name);
+    wait_until(
+        "the slot to move past the writes while the destination is down",
+        Duration::from_secs(60),
+        || async {
+            let past: bool = sqlx::query_scalar(
+                "SELECT confirmed_flush_lsn >= $2::pg_lsn FROM pg_replication_slots \
+                  WHERE slot_name = $1",
+            )
+            .bind(&slot)
+            .bind(&written)
+            .fetch_one(&source.pool)
+            .await?;
+            Ok(past.then_some(()))
+        },
+    )
+    .await
+    .with_context(|| worker.stderr())?;
+    wait_until(
+        "the store to report what waits in the stream",
+        Duration::from_secs(60),
+        || async {
+            let pending = metric(&store_metrics, "bemi_store_pending_messages").await;
+            let connected = metric(&store_metrics, "bemi_store_connected").await;
+            Ok((pending.is_some_and(|p| p > 0.0) && connected == Some(0.0)).then_some(()))
+        },
+    )
+    .await?;
+
+    let pg = tokio::task::spawn_blocking(move || {
+        let mut pg = pg;
+        pg.start_server()?;
+        anyhow::Ok(pg)
+    })
+    .await??;
+    wait_until(
+        "every change after the outage",
+        Duration::from_secs(120),
+        || async { Ok((stored(&audit).await >= 600).then_some(())) },
+    )
+    .await
+    .with_context(|| store.stderr())?;
+    let ids: Vec<Option<String>> = sqlx::query_scalar("SELECT primary_key FROM changes")
+        .fetch_all(&audit.pool)
+        .await?;
+    let unique: BTreeSet<i64> = ids
+        .iter()
+        .filter_map(|id| id.as_deref()?.parse().ok())
+        .collect();
+    ensure!(
+        ids.len() == 600 && unique == (1..=600).collect(),
+        "{} changes, {} distinct",
+        ids.len(),
+        unique.len()
+    );
+    worker.signal(libc::SIGTERM)?;
+    store.signal(libc::SIGTERM)?;
+    worker.wait(Duration::from_secs(60)).await?;
+    store.wait(Duration::from_secs(60)).await?;
+    audit.pool.close().await;
+    tokio::task::spawn_blocking(move || drop(pg)).await?;
+    Ok(())
+}
+
+pub(crate) async fn through_nats_two_stores_share_the_partitions_and_keep_each_rows_order(
+    cluster: Arc<TestCluster>,
+) -> TestResult {
+    const ROWS: i64 = 200;
+    const VERSIONS: i64 = 10;
+    let source = cluster.database("nats_two").await?;
+    source
+        .exec("CREATE TABLE items (id bigint PRIMARY KEY, version int NOT NULL)")
+        .await?;
+    source.migrate().await?;
+    let audit = cluster.database("nats_two_audit").await?;
+    let nats = start_nats().await?;
+    let (first_metrics, second_metrics) = (
+        format!("127.0.0.1:{}", free_port()?),
+        format!("127.0.0.1:{}", free_port()?),
+    );
+    let mut worker = start_worker(&source, &nats.url())?;
+    wait_for_slot(&source, &mut worker).await?;
+    let mut first = start_store(&audit, &nats.url(), &first_metrics)?;
+    let mut second = start_store(&audit, &nats.url(), &second_metrics)?;
+    wait_until(
+        "the stores to share the partitions",
+        Duration::from_secs(60),
+        || async {
+            let owned = (
+                metric(&first_metrics, "bemi_store_partitions_owned").await,
+                metric(&second_metrics, "bemi_store_partitions_owned").await,
+            );
+            Ok((owned == (Some(4.0), Some(4.0))).then_some(()))
+        },
+    )
+    .await?;
+
+    // Each row written, then updated again and again, by writers that interleave.
+    source
+        .exec(&format!(
+            "INSERT INTO items SELECT g, 0 FROM generate_series(1, {ROWS}) g"
+        ))
+        .await?;
+    let updaters: Vec<_> = (0..4)
+        .map(|w| {
+            let pool = source.pool.clone();
+            tokio::spawn(async move {
+                for version in 1..=VERSIONS {
+                    for id in (1..=ROWS).filter(|id| id % 4 == w) {
+                        sqlx::query("UPDATE items SET version = $2 WHERE id = $1")
+                            .bind(id)
+                            .bind(version as i32)
+                            .execute(&pool)
+                            .await?;
+                    }
+                }
+                anyhow::Ok(())
+            })
+        })
+        .collect();
+    for updater in updaters {
+        updater.await??;
+    }
+    let total = ROWS * (VERSIONS + 1);
+    wait_until("every change", Duration::from_secs(120), || async {
+        Ok((stored(&audit).await >= total).then_some(()))
+    })
+    .await?;
+    let rows: Vec<(Option<String>, Value)> =
+        sqlx::query_as("SELECT primary_key, after FROM changes ORDER BY committed_at, position")
+            .fetch_all(&audit.pool)
+            .await?;
+    ensure!(rows.len() as i64 == total, "{} changes", rows.len());
+    let mut histories: BTreeMap<String, Vec<i64>> = BTreeMap::new();
+    for (key, after) in rows {
+        histories
+            .entry(key.unwrap_or_default())
+            .or_default()
+            .push(after["version"].as_i64().unwrap_or(-1));
+    }
+    ensure!(histories.len() as i64 == ROWS);
+    for (key, versions) in &histories {
+        ensure!(
+            *versions == (0..=VERSIONS).collect::<Vec<_>>(),
+            "row {key}: {versions:?}"
+        );
+    }
+    // Both wrote.
+    let (a, b) = (
+        metric(&first_metrics, "bemi_store_changes_stored_total").await,
+        metric(&second_metrics, "bemi_store_changes_stored_total").await,
+    );
+    ensure!(
+        a.is_some_and(|a| a > 0.0) && b.is_some_and(|b| b > 0.0),
+        "stored: {a:?} and {b:?}"
+    );
+    for process in [&mut worker, &mut first, &mut second] {
+        process.signal(libc::SIGTERM)?;
+        process.wait(Duration::from_secs(60)).await?;
+    }
+    drop(nats);
+    Ok(())
+}
