@@ -279,8 +279,61 @@ pub async fn create(conn: &mut PgConnection, wanted: Layout) -> Result<Layout, S
 /// # Ok(()) }
 /// ```
 pub async fn prepare(conn: &mut PgConnection) -> Result<(), sqlx::Error> {
+    prepare_with(conn, ImageIndexes::Keep).await
+}
+
+/// Whether `changes` has the GIN indexes on `before` and `after` (`changes_before_idx`,
+/// `changes_after_idx`), which serve the image filters (`--before`, `--after`,
+/// `ChangeQuery::before_contains`) and cost every stored change their upkeep (see
+/// BENCHMARKS.md, P4-choice). Without them those filters scan.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum ImageIndexes {
+    /// Create them if missing (the default).
+    #[default]
+    Keep,
+    /// Drop them if present, and never create them.
+    Drop,
+}
+
+/// [`prepare`], choosing whether the image indexes exist.
+///
+/// ```no_run
+/// # async fn run(conn: &mut sqlx::PgConnection) -> Result<(), sqlx::Error> {
+/// use bemi_audit::schema::{ImageIndexes, prepare_with};
+/// use sqlx::Connection as _;
+///
+/// let mut tx = conn.begin().await?;
+/// prepare_with(&mut tx, ImageIndexes::Drop).await?;
+/// tx.commit().await?;
+/// # Ok(()) }
+/// ```
+pub async fn prepare_with(
+    conn: &mut PgConnection,
+    image_indexes: ImageIndexes,
+) -> Result<(), sqlx::Error> {
     sqlx::query(SCHEMA_LOCK_SQL).execute(&mut *conn).await?;
-    sqlx::raw_sql(SCHEMA_SQL).execute(&mut *conn).await?;
+    match image_indexes {
+        ImageIndexes::Keep => {
+            sqlx::raw_sql(SCHEMA_SQL).execute(&mut *conn).await?;
+        }
+        ImageIndexes::Drop => {
+            let without_images: String = SCHEMA_SQL
+                .lines()
+                .filter(|line| {
+                    !line.contains("changes_before_idx") && !line.contains("changes_after_idx")
+                })
+                .collect::<Vec<_>>()
+                .join("\n");
+            sqlx::raw_sql(AssertSqlSafe(without_images))
+                .execute(&mut *conn)
+                .await?;
+            sqlx::raw_sql(
+                "DROP INDEX IF EXISTS changes_before_idx; DROP INDEX IF EXISTS changes_after_idx",
+            )
+            .execute(&mut *conn)
+            .await?;
+        }
+    }
     if layout(conn).await? == Some(Layout::Monthly) {
         let mut savepoint = conn.begin().await?;
         match ensure_partitions(&mut savepoint, Utc::now(), MONTHS_AHEAD).await {

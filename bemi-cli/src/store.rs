@@ -6,7 +6,7 @@ use anyhow::anyhow;
 
 use super::audit_db::AuditArgs;
 use super::shutdown;
-use super::worker::StreamArgs;
+use super::worker::{IndexArgs, StreamArgs};
 use bemi_worker::nats::{NatsConfig, Store, StoreConfig};
 
 /// `bemi store`
@@ -31,6 +31,8 @@ pub(crate) struct StoreArgs {
         value_parser = clap::value_parser!(u16).range(1..)
     )]
     batch_messages: u16,
+    #[command(flatten)]
+    indexes: IndexArgs,
 }
 
 impl StoreArgs {
@@ -41,6 +43,7 @@ impl StoreArgs {
         let mut config = StoreConfig::new(nats, destination);
         config.metrics_addr = self.metrics_addr;
         config.batch_messages = usize::from(self.batch_messages);
+        config.image_indexes = self.indexes.image_indexes;
         Ok(config)
     }
 }

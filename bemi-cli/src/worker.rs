@@ -7,7 +7,7 @@ use anyhow::anyhow;
 use sqlx::{Connection as _, PgConnection};
 
 use super::{SourceArgs, shutdown, time::parse_duration};
-use bemi_audit::schema::{self, Layout};
+use bemi_audit::schema::{self, ImageIndexes, Layout};
 use bemi_worker::Worker;
 use bemi_worker::nats::NatsConfig;
 use bemi_worker::{IgnoredColumns, Redactions, WorkerConfig};
@@ -150,6 +150,32 @@ pub(crate) struct CaptureArgs {
         value_parser = clap::value_parser!(u16).range(1..=16)
     )]
     writer_connections: u16,
+    #[command(flatten)]
+    indexes: IndexArgs,
+}
+
+/// `--image-indexes`: the flag `bemi worker`, `bemi dev` and `bemi store` share.
+#[derive(Debug, Clone, clap::Args)]
+pub(crate) struct IndexArgs {
+    /// Keep the GIN indexes on `before` and `after` of `changes` (`keep`: created if missing),
+    /// which serve `--before`/`--after` filters, or `drop` them (dropped if present): their
+    /// upkeep is a large part of storing each change (BENCHMARKS.md, P4-choice).
+    #[arg(
+        long,
+        env = "BEMI_IMAGE_INDEXES",
+        value_name = "keep|drop",
+        default_value = "keep",
+        value_parser = image_indexes
+    )]
+    pub(crate) image_indexes: ImageIndexes,
+}
+
+fn image_indexes(text: &str) -> Result<ImageIndexes, String> {
+    match text.trim().to_ascii_lowercase().as_str() {
+        "keep" => Ok(ImageIndexes::Keep),
+        "drop" => Ok(ImageIndexes::Drop),
+        other => Err(format!("{other:?}: write keep or drop")),
+    }
 }
 
 impl CaptureArgs {
@@ -179,6 +205,7 @@ impl CaptureArgs {
         config.metrics_addr = self.metrics_addr;
         config.heartbeat_interval = self.heartbeat_interval;
         config.writer_connections = usize::from(self.writer_connections);
+        config.image_indexes = self.indexes.image_indexes;
         Ok(config)
     }
 }

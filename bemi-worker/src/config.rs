@@ -47,6 +47,9 @@ pub struct WorkerConfig {
     pub chunk_rows: usize,
     /// Destination connections writing batches at once (their commits stay in stream order).
     pub writer_connections: usize,
+    /// Whether `changes` keeps its GIN indexes on `before` and `after` (created if missing) or
+    /// goes without them (dropped if present): their upkeep is much of a stored change's cost.
+    pub image_indexes: bemi_audit::schema::ImageIndexes,
     /// Publish into this NATS JetStream stream instead of writing `changes` (which `bemi
     /// store` then writes); the schema history is then kept in the source database.
     #[cfg(feature = "nats")]
@@ -77,6 +80,7 @@ impl WorkerConfig {
             max_batch_rows: 10_000,
             chunk_rows: 2_000,
             writer_connections: 2,
+            image_indexes: bemi_audit::schema::ImageIndexes::Keep,
             #[cfg(feature = "nats")]
             nats: None,
         }

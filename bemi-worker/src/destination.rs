@@ -104,6 +104,7 @@ impl Destination {
         slot: &str,
         connections: usize,
         durability: Durability,
+        image_indexes: bemi_audit::schema::ImageIndexes,
     ) -> Result<Self, sqlx::Error> {
         let (database, slot): (Arc<str>, Arc<str>) = (database.into(), slot.into());
         let mut writers = Vec::with_capacity(connections.max(1));
@@ -119,7 +120,7 @@ impl Destination {
         }
         let conn = &mut writers[0].conn;
         let mut tx = conn.begin().await?;
-        bemi_audit::schema::prepare(&mut tx).await?;
+        bemi_audit::schema::prepare_with(&mut tx, image_indexes).await?;
         sqlx::raw_sql(STATE_TABLE_SQL).execute(&mut *tx).await?;
         sqlx::raw_sql(schema_history::TABLE_SQL)
             .execute(&mut *tx)

@@ -48,6 +48,7 @@ mod source;
 mod tls;
 mod worker;
 
+pub use bemi_audit::schema::ImageIndexes;
 pub use config::{IgnoredColumns, Redactions, TableFilter, WorkerConfig};
 pub use error::WorkerError;
 pub use masked_url::without_password;

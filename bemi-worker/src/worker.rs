@@ -220,6 +220,7 @@ impl Worker {
             &config.slot,
             config.writer_connections,
             Durability::for_destination(same_server(&config.source_url, config.destination_url())),
+            config.image_indexes,
         )
         .await
         .map_err(WorkerError::Destination)?;

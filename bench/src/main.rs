@@ -7,6 +7,7 @@
 //! absolute numbers mean little and are never asserted.
 
 mod env;
+mod nats_speed;
 mod report;
 mod stats;
 mod tracking_cost;
@@ -41,7 +42,7 @@ fn parse_args(args: &[String]) -> Result<Options, String> {
             ),
             "--help" | "-h" => {
                 return Err(
-                    "usage: bemi-bench [--quick] [--output FILE] [--only P1..P6]...".to_owned(),
+                    "usage: bemi-bench [--quick] [--output FILE] [--only P1..P7]...".to_owned(),
                 );
             }
             other => return Err(format!("unknown argument {other:?}; try --help")),
@@ -132,6 +133,10 @@ async fn run(options: &Options) -> anyhow::Result<()> {
     if wanted("P6") {
         eprintln!("P6: worker memory");
         rows.push(worker_speed::p6_memory(&env, &sizes).await?);
+    }
+    if wanted("P7") {
+        eprintln!("P7: through NATS JetStream");
+        rows.extend(nats_speed::p7_jetstream(&env, &sizes).await?);
     }
     let table = report::markdown(&rows);
     println!("{table}");

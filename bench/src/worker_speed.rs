@@ -17,17 +17,17 @@ use crate::env::{Database, Env, Sizes};
 use crate::report::{Goal, Row};
 use crate::stats::{Samples, human, percentile};
 
-const EVENTS_TABLE: &str = "CREATE TABLE events (id bigserial PRIMARY KEY, kind text NOT NULL, \
+pub(crate) const EVENTS_TABLE: &str = "CREATE TABLE events (id bigserial PRIMARY KEY, kind text NOT NULL, \
      payload jsonb NOT NULL, amount numeric NOT NULL, at timestamptz NOT NULL DEFAULT now())";
 
-fn request(n: u64) -> context::Context {
+pub(crate) fn request(n: u64) -> context::Context {
     json!({"user_id": n % 1000, "endpoint": "/events", "method": "POST"})
         .as_object()
         .cloned()
         .unwrap_or_default()
 }
 
-async fn insert_event(pool: &BemiPool, n: u64) -> Result<(), sqlx::Error> {
+pub(crate) async fn insert_event(pool: &BemiPool, n: u64) -> Result<(), sqlx::Error> {
     context::scope(request(n), async {
         sqlx::query("INSERT INTO events (kind, payload, amount) VALUES ($1, $2, $3::numeric)")
             .bind("order.created")
@@ -41,14 +41,14 @@ async fn insert_event(pool: &BemiPool, n: u64) -> Result<(), sqlx::Error> {
 }
 
 /// A worker running in this process.
-struct InProcessWorker {
-    metrics: Arc<WorkerMetrics>,
+pub(crate) struct InProcessWorker {
+    pub(crate) metrics: Arc<WorkerMetrics>,
     shutdown: CancellationToken,
     task: tokio::task::JoinHandle<Result<(), bemi_worker::WorkerError>>,
 }
 
 impl InProcessWorker {
-    fn start(config: WorkerConfig) -> Self {
+    pub(crate) fn start(config: WorkerConfig) -> Self {
         let worker = Worker::new(config);
         let metrics = worker.metrics();
         let shutdown = CancellationToken::new();
@@ -63,7 +63,7 @@ impl InProcessWorker {
         }
     }
 
-    async fn wait_for(&self, changes: u64, timeout: Duration) -> anyhow::Result<()> {
+    pub(crate) async fn wait_for(&self, changes: u64, timeout: Duration) -> anyhow::Result<()> {
         let deadline = Instant::now() + timeout;
         while self.metrics.changes_written() < changes {
             anyhow::ensure!(!self.task.is_finished(), "the worker stopped");
@@ -77,18 +77,21 @@ impl InProcessWorker {
         Ok(())
     }
 
-    async fn stop(self) -> anyhow::Result<()> {
+    pub(crate) async fn stop(self) -> anyhow::Result<()> {
         self.shutdown.cancel();
         self.task.await??;
         Ok(())
     }
 }
 
-fn config(db: &Database, slot: &str) -> WorkerConfig {
+pub(crate) fn config(db: &Database, slot: &str) -> WorkerConfig {
     let mut config = WorkerConfig::new(db.url.clone());
     config.slot = slot.to_owned();
     config
 }
+
+/// A change to the worker's configuration a user can make.
+type Choice = fn(&mut WorkerConfig);
 
 /// P4: changes per second written into `changes` ÷ the rate at which `pg_recvlogical` merely
 /// receives the same slot workload (many small transactions and one large one).
@@ -109,6 +112,19 @@ pub(crate) async fn p4_throughput(env: &Env, sizes: &Sizes) -> anyhow::Result<Ve
     let (mut raw, mut ours, mut ours_elsewhere) =
         (Samples::default(), Samples::default(), Samples::default());
     let (mut decode_us, mut write_us) = (Samples::default(), Samples::default());
+    // What a user can choose: fewer indexes on `changes`, more writer connections.
+    let choices: [(&str, Choice); 2] = [
+        (
+            "`--image-indexes drop` (no GIN on before/after)",
+            |config| {
+                config.image_indexes = bemi_worker::ImageIndexes::Drop;
+            },
+        ),
+        ("`--writer-connections 4`", |config| {
+            config.writer_connections = 4;
+        }),
+    ];
+    let mut chosen: Vec<Samples> = vec![Samples::default(); choices.len()];
     for round in 0..sizes.rounds.min(3) {
         let (worker_slot, elsewhere_slot, raw_slot) = (
             format!("bench_worker_{round}"),
@@ -121,6 +137,16 @@ pub(crate) async fn p4_throughput(env: &Env, sizes: &Sizes) -> anyhow::Result<Ve
         config_elsewhere.destination_url = Some(elsewhere.url.clone());
         Worker::new(config.clone()).prepare().await?;
         Worker::new(config_elsewhere.clone()).prepare().await?;
+        let choice_configs: Vec<WorkerConfig> = (0..choices.len())
+            .map(|c| {
+                let mut choice = config_elsewhere.clone();
+                choice.slot = format!("bench_choice{c}_{round}");
+                choice
+            })
+            .collect();
+        for choice in &choice_configs {
+            Worker::new(choice.clone()).prepare().await?;
+        }
         sqlx::query("SELECT pg_create_logical_replication_slot($1, 'pgoutput')")
             .bind(&raw_slot)
             .execute(&db.pool)
@@ -199,6 +225,28 @@ pub(crate) async fn p4_throughput(env: &Env, sizes: &Sizes) -> anyhow::Result<Ve
             .push(total as f64 / started.elapsed().as_secs_f64());
         worker.stop().await?;
 
+        elsewhere.exec("TRUNCATE changes").await?;
+
+        for ((mut choice, (_, apply)), samples) in
+            choice_configs.into_iter().zip(&choices).zip(&mut chosen)
+        {
+            apply(&mut choice);
+            let slot = choice.slot.clone();
+            let started = Instant::now();
+            let worker = InProcessWorker::start(choice);
+            worker.wait_for(total, Duration::from_secs(600)).await?;
+            samples
+                .0
+                .push(total as f64 / started.elapsed().as_secs_f64());
+            worker.stop().await?;
+            elsewhere.exec("TRUNCATE changes").await?;
+            sqlx::query("SELECT pg_drop_replication_slot($1)")
+                .bind(slot)
+                .execute(&db.pool)
+                .await?;
+        }
+        // (Each worker's start creates or drops the image indexes as its configuration says.)
+
         for slot in [&worker_slot, &elsewhere_slot, &raw_slot] {
             sqlx::query("SELECT pg_drop_replication_slot($1)")
                 .bind(slot)
@@ -208,7 +256,17 @@ pub(crate) async fn p4_throughput(env: &Env, sizes: &Sizes) -> anyhow::Result<Ve
         db.exec("TRUNCATE changes, events").await?;
         elsewhere.exec("TRUNCATE changes").await?;
     }
-    Ok(vec![
+    let choice_rows = choices.iter().zip(&chosen).map(|((what, _), samples)| {
+        Row::ratio(
+            "P4-choice",
+            &format!("… `changes` in another database, {what}"),
+            raw.show("changes/s"),
+            samples.show("changes/s"),
+            samples.median() / raw.median(),
+            Goal::None,
+        )
+    });
+    let mut rows = vec![
         Row::ratio(
             "P4",
             &format!(
@@ -238,7 +296,9 @@ pub(crate) async fn p4_throughput(env: &Env, sizes: &Sizes) -> anyhow::Result<Ve
             goal: Goal::None,
             met: None,
         },
-    ])
+    ];
+    rows.extend(choice_rows);
+    Ok(rows)
 }
 
 /// P5: commit → row visible in `changes` at a steady 1 000 writes/s: p50 and p99 of

@@ -108,6 +108,7 @@ fn all_tests() -> Vec<(String, TestFn)> {
         minimal_examples::the_graphql_example_attributes_its_write,
         demo::the_demo_relies_on_a_running_worker_that_captures_todo,
         worker_crash::kill_9_at_random_moments_loses_and_duplicates_nothing,
+        worker_capture::the_image_indexes_follow_the_workers_choice,
         worker_capture::direct_sql_and_statements_are_stitched_to_their_own_context,
         worker_capture::composite_keys_toast_and_every_type_are_stored_as_typed_json,
         worker_capture::malformed_and_per_row_messages_are_stitched_not_fatal,

@@ -250,3 +250,41 @@ pub(crate) async fn the_workers_own_tables_are_never_captured(
     ensure!(triggered == ["todo"], "triggers on: {triggered:?}");
     Ok(())
 }
+
+/// `image_indexes`: `Drop` removes the GIN indexes on before/after at the worker's start (and
+/// never creates them), `Keep` puts them back; changes are stored either way.
+pub(crate) async fn the_image_indexes_follow_the_workers_choice(
+    cluster: Arc<TestCluster>,
+) -> TestResult {
+    let db = cluster.database("image_indexes").await?;
+    db.exec("CREATE TABLE items (id int PRIMARY KEY)").await?;
+    db.migrate().await?;
+    let indexes = || async {
+        let names: Vec<String> = sqlx::query_scalar(
+            "SELECT indexname::text FROM pg_indexes \
+              WHERE tablename = 'changes' AND indexname IN ('changes_before_idx', 'changes_after_idx') \
+              ORDER BY 1",
+        )
+        .fetch_all(&db.pool)
+        .await?;
+        anyhow::Ok(names)
+    };
+    let mut config = worker_config(&db);
+    config.image_indexes = bemi_worker::ImageIndexes::Drop;
+    let worker = RunningWorker::start(config.clone()).await?;
+    db.exec("INSERT INTO items VALUES (1)").await?;
+    wait_for_changes(&db, 1).await?;
+    worker.stop().await?;
+    ensure!(indexes().await?.is_empty(), "{:?}", indexes().await?);
+    config.image_indexes = bemi_worker::ImageIndexes::Keep;
+    let worker = RunningWorker::start(config).await?;
+    db.exec("INSERT INTO items VALUES (2)").await?;
+    wait_for_changes(&db, 2).await?;
+    worker.stop().await?;
+    ensure!(
+        indexes().await? == ["changes_after_idx", "changes_before_idx"],
+        "{:?}",
+        indexes().await?
+    );
+    Ok(())
+}

@@ -85,6 +85,9 @@ pub struct StoreConfig {
     pub metrics_addr: Option<SocketAddr>,
     /// Messages fetched (and committed) at once per partition.
     pub batch_messages: usize,
+    /// Whether `changes` keeps its GIN indexes on `before` and `after` (see
+    /// [`WorkerConfig::image_indexes`](crate::WorkerConfig::image_indexes)).
+    pub image_indexes: bemi_audit::schema::ImageIndexes,
 }
 
 impl StoreConfig {
@@ -95,6 +98,7 @@ impl StoreConfig {
             destination_url: destination_url.into(),
             metrics_addr: None,
             batch_messages: 256,
+            image_indexes: bemi_audit::schema::ImageIndexes::Keep,
         }
     }
 }
@@ -303,7 +307,7 @@ impl Store {
             .await
             .map_err(WorkerError::Destination)?;
         let mut tx = pool.begin().await.map_err(WorkerError::Destination)?;
-        bemi_audit::schema::prepare(&mut tx)
+        bemi_audit::schema::prepare_with(&mut tx, self.config.image_indexes)
             .await
             .map_err(WorkerError::Destination)?;
         sqlx::raw_sql(STATE_TABLE_SQL)
