@@ -53,7 +53,7 @@ use std::task::Poll;
 
 use futures_util::future::{Either, join, join3};
 use tokio::sync::{Mutex, OnceCell};
-use tokio_postgres::types::{BorrowToSql, ToSql};
+use tokio_postgres::types::{BorrowToSql, ToSql, Type};
 use tokio_postgres::{Client, Error, Row, RowStream, SimpleQueryMessage, Statement, Transaction};
 
 use crate::carrier::{self, Carrier, EMIT_SQL};
@@ -159,6 +159,19 @@ struct Shared {
     emit: OnceCell<Statement>,
 }
 
+/// How a wrapper sends the emission of a context.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Emission {
+    /// [`EMIT_SQL`], prepared once per wrapper (an owned client: once per connection).
+    Prepared,
+    /// [`EMIT_SQL`] as an unnamed statement with its parameter's type given (no prepare round
+    /// trip, nothing kept on the connection): for wrappers over a borrowed, pooled client.
+    Typed,
+    /// A simple-protocol statement with the context as a literal: behind a transaction-pooling
+    /// pgbouncer older than 1.21.
+    Simple,
+}
+
 /// How a query runs: on a client outside a transaction, or inside one (`emitted` notes that a
 /// context was emitted in it).
 #[derive(Clone, Copy)]
@@ -166,8 +179,7 @@ struct Session<'a> {
     client: &'a Client,
     shared: &'a Shared,
     carrier: Carrier,
-    /// Emit with the prepared [`EMIT_SQL`]; else with a simple-protocol statement.
-    prepared_emission: bool,
+    emission: Emission,
     transaction: Option<&'a AtomicBool>,
     /// The enclosing transaction's flag, in a savepoint: a context emitted here is in effect
     /// there too once the savepoint is released.
@@ -193,7 +205,7 @@ impl Session<'_> {
 
     /// The prepared emission statement, when emissions use one.
     async fn emit_statement(&self) -> Result<Option<&Statement>, Error> {
-        if !self.prepared_emission {
+        if self.emission != Emission::Prepared {
             return Ok(None);
         }
         self.shared
@@ -211,8 +223,8 @@ impl Session<'_> {
         statement: Option<&'e Statement>,
         begin: bool,
     ) -> impl Future<Output = Result<(), Error>> + 'e {
-        match statement {
-            Some(statement) => Either::Left(async move {
+        match (statement, self.emission) {
+            (Some(statement), _) => Either::Left(Either::Left(async move {
                 let params: [&(dyn ToSql + Sync); 1] = [&json];
                 let emit = self.client.execute(statement, &params);
                 if begin {
@@ -222,8 +234,19 @@ impl Session<'_> {
                 } else {
                     emit.await.map(drop)
                 }
-            }),
-            None => Either::Right(async move {
+            })),
+            (None, Emission::Typed) => Either::Left(Either::Right(async move {
+                let params: [(&(dyn ToSql + Sync), Type); 1] = [(&json, Type::TEXT)];
+                let emit = self.client.execute_typed(EMIT_SQL, &params);
+                if begin {
+                    let (began, emitted) = join(self.client.batch_execute("BEGIN"), emit).await;
+                    began?;
+                    emitted.map(drop)
+                } else {
+                    emit.await.map(drop)
+                }
+            })),
+            (None, _) => Either::Right(async move {
                 let sql = if begin {
                     carrier::begin_and_emit_sql(json)
                 } else {
@@ -551,7 +574,7 @@ macro_rules! query_methods {
 pub struct BemiClient {
     inner: Client,
     carrier: Carrier,
-    prepared_emission: bool,
+    emission: Emission,
     shared: Shared,
 }
 
@@ -567,7 +590,7 @@ impl BemiClient {
         Self {
             inner: client,
             carrier: Carrier::default(),
-            prepared_emission: true,
+            emission: Emission::Prepared,
             shared: Shared::default(),
         }
     }
@@ -592,7 +615,11 @@ impl BemiClient {
     /// ```
     #[must_use]
     pub fn transaction_pooler(mut self, behind: bool) -> Self {
-        self.prepared_emission = !behind;
+        self.emission = if behind {
+            Emission::Simple
+        } else {
+            Emission::Prepared
+        };
         self
     }
 
@@ -616,11 +643,11 @@ impl BemiClient {
     /// # Ok(()) }
     /// ```
     pub async fn transaction(&mut self) -> Result<BemiTransaction<'_>, Error> {
-        let (carrier, prepared_emission) = (self.carrier, self.prepared_emission);
+        let (carrier, emission) = (self.carrier, self.emission);
         let emit = self.shared.emit.get().cloned();
         let transaction = self.inner.transaction().await?;
         let mut transaction = BemiTransaction::new(transaction).carrier(carrier);
-        transaction.prepared_emission = prepared_emission;
+        transaction.emission = emission;
         if let Some(emit) = emit {
             let _ = transaction.shared.emit.set(emit);
         }
@@ -632,7 +659,7 @@ impl BemiClient {
             client: &self.inner,
             shared: &self.shared,
             carrier: self.carrier.resolve(Carrier::Message),
-            prepared_emission: self.prepared_emission,
+            emission: self.emission,
             transaction: None,
             parent: None,
         }
@@ -660,7 +687,7 @@ impl From<Client> for BemiClient {
 pub struct BemiTransaction<'a> {
     inner: Transaction<'a>,
     carrier: Carrier,
-    prepared_emission: bool,
+    emission: Emission,
     shared: Shared,
     /// A context was emitted in this transaction: a write without one emits `{}` first.
     emitted: AtomicBool,
@@ -682,7 +709,7 @@ impl<'a> BemiTransaction<'a> {
         Self {
             inner: transaction,
             carrier: Carrier::default(),
-            prepared_emission: true,
+            emission: Emission::Prepared,
             shared: Shared::default(),
             emitted: AtomicBool::new(false),
             parent: None,
@@ -722,13 +749,13 @@ impl<'a> BemiTransaction<'a> {
     /// # Ok(()) }
     /// ```
     pub async fn transaction(&mut self) -> Result<BemiTransaction<'_>, Error> {
-        let (carrier, prepared_emission) = (self.carrier, self.prepared_emission);
+        let (carrier, emission) = (self.carrier, self.emission);
         let emit = self.shared.emit.get().cloned();
         // What the outer transaction emitted is in effect in the savepoint too.
         let emitted = self.emitted.load(Ordering::Acquire);
         let nested = self.inner.transaction().await?;
         let mut nested = BemiTransaction::new(nested).carrier(carrier);
-        nested.prepared_emission = prepared_emission;
+        nested.emission = emission;
         if let Some(emit) = emit {
             let _ = nested.shared.emit.set(emit);
         }
@@ -742,7 +769,161 @@ impl<'a> BemiTransaction<'a> {
             client: self.inner.client(),
             shared: &self.shared,
             carrier: self.carrier.resolve(Carrier::Message),
-            prepared_emission: self.prepared_emission,
+            emission: self.emission,
+            transaction: Some(&self.emitted),
+            parent: self.parent,
+        }
+    }
+
+    query_methods!();
+}
+
+/// The adapter over a client it does not own: a pooled client that goes back to its pool
+/// (deadpool-postgres' `Object` and bb8's `PooledConnection` dereference to a [`Client`]). Its
+/// writes carry the context like [`BemiClient`]'s, statements prepared elsewhere included (e.g.
+/// with deadpool's `prepare_cached`); the emission is an unnamed statement sent with the write
+/// (nothing is kept on the connection, which the next checkout may not expect). Wrap the client
+/// where it is used, once per checkout.
+///
+/// ```no_run
+/// use bemi_core::tokio_postgres::BorrowedClient;
+///
+/// # async fn run(pool: deadpool_postgres::Pool) -> Result<(), Box<dyn std::error::Error>> {
+/// let pooled = pool.get().await?;
+/// let insert = pooled.prepare_cached("INSERT INTO todo (task) VALUES ($1)").await?;
+/// BorrowedClient::new(&pooled).execute(&insert, &[&"Sleep"]).await?;
+/// # Ok(()) }
+/// ```
+#[derive(Debug)]
+pub struct BorrowedClient<'c> {
+    client: &'c Client,
+    carrier: Carrier,
+    emission: Emission,
+    shared: Shared,
+}
+
+impl<'c> BorrowedClient<'c> {
+    /// Wraps a borrowed client.
+    pub fn new(client: &'c Client) -> Self {
+        Self {
+            client,
+            carrier: Carrier::default(),
+            emission: Emission::Typed,
+            shared: Shared::default(),
+        }
+    }
+
+    /// How writes carry their context (default [`Carrier::Auto`], which is the message here).
+    #[must_use]
+    pub fn carrier(mut self, carrier: Carrier) -> Self {
+        self.carrier = carrier;
+        self
+    }
+
+    /// Set behind a transaction-pooling pgbouncer older than 1.21 (see
+    /// [`BemiClient::transaction_pooler`]).
+    #[must_use]
+    pub fn transaction_pooler(mut self, behind: bool) -> Self {
+        self.emission = if behind {
+            Emission::Simple
+        } else {
+            Emission::Typed
+        };
+        self
+    }
+
+    fn session(&self) -> Session<'_> {
+        Session {
+            client: self.client,
+            shared: &self.shared,
+            carrier: self.carrier.resolve(Carrier::Message),
+            emission: self.emission,
+            transaction: None,
+            parent: None,
+        }
+    }
+
+    query_methods!();
+}
+
+/// The adapter over a transaction it does not own (deadpool-postgres' `Transaction`
+/// dereferences to a tokio-postgres [`Transaction`]): its writes carry the context, and a write
+/// without one after a write with one resets it, as in [`BemiTransaction`]. Commit or roll back
+/// the transaction itself.
+///
+/// ```no_run
+/// use bemi_core::tokio_postgres::BorrowedTransaction;
+///
+/// # async fn run(pool: deadpool_postgres::Pool) -> Result<(), Box<dyn std::error::Error>> {
+/// let mut pooled = pool.get().await?;
+/// let tx = pooled.transaction().await?;
+/// let complete = tx.prepare_cached("UPDATE todo SET is_completed = true WHERE id = $1").await?;
+/// BorrowedTransaction::new(&tx).execute(&complete, &[&1_i64]).await?;
+/// tx.commit().await?;
+/// # Ok(()) }
+/// ```
+#[derive(Debug)]
+pub struct BorrowedTransaction<'t> {
+    client: &'t Client,
+    carrier: Carrier,
+    emission: Emission,
+    shared: Shared,
+    emitted: AtomicBool,
+    parent: Option<&'t AtomicBool>,
+}
+
+impl<'t> BorrowedTransaction<'t> {
+    /// Wraps a borrowed transaction.
+    pub fn new(transaction: &'t Transaction<'_>) -> Self {
+        Self {
+            client: transaction.client(),
+            carrier: Carrier::default(),
+            emission: Emission::Typed,
+            shared: Shared::default(),
+            emitted: AtomicBool::new(false),
+            parent: None,
+        }
+    }
+
+    /// Wraps a savepoint of this transaction (`transaction.transaction()` of the transaction
+    /// this wraps): what this one emitted is in effect there too, and what the savepoint emits
+    /// is in effect here once it is released.
+    pub fn savepoint<'s>(&'s self, savepoint: &'s Transaction<'_>) -> BorrowedTransaction<'s> {
+        BorrowedTransaction {
+            client: savepoint.client(),
+            carrier: self.carrier,
+            emission: self.emission,
+            shared: Shared::default(),
+            emitted: AtomicBool::new(self.emitted.load(Ordering::Acquire)),
+            parent: Some(&self.emitted),
+        }
+    }
+
+    /// How writes carry their context (default [`Carrier::Auto`], which is the message here).
+    #[must_use]
+    pub fn carrier(mut self, carrier: Carrier) -> Self {
+        self.carrier = carrier;
+        self
+    }
+
+    /// Set behind a transaction-pooling pgbouncer older than 1.21 (see
+    /// [`BemiClient::transaction_pooler`]).
+    #[must_use]
+    pub fn transaction_pooler(mut self, behind: bool) -> Self {
+        self.emission = if behind {
+            Emission::Simple
+        } else {
+            Emission::Typed
+        };
+        self
+    }
+
+    fn session(&self) -> Session<'_> {
+        Session {
+            client: self.client,
+            shared: &self.shared,
+            carrier: self.carrier.resolve(Carrier::Message),
+            emission: self.emission,
             transaction: Some(&self.emitted),
             parent: self.parent,
         }

@@ -28,6 +28,7 @@ mod nats;
 mod open_files;
 mod outage;
 mod pgbouncer;
+mod pools;
 mod retention;
 mod revert;
 mod schema_history;
@@ -83,6 +84,9 @@ fn all_tests() -> Vec<(String, TestFn)> {
         fuzz::fuzz_annotated_sql_parses_as_the_same_statement,
         fuzz::fuzz_any_context_round_trips_through_the_wal,
         outage::a_destination_outage_loses_and_duplicates_nothing_and_reports_the_lag,
+        pools::deadpool_writes_through_cached_statements_carry_their_own_context,
+        pools::deadpool_transactions_keep_each_statements_context,
+        pools::bb8_writes_carry_their_own_context,
         nats::through_nats_every_change_is_stored_once_across_kills_and_a_server_restart,
         nats::through_nats_a_destination_outage_is_held_by_the_stream_not_the_slot,
         nats::through_nats_two_stores_share_the_partitions_and_keep_each_rows_order,
