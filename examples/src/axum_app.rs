@@ -24,10 +24,11 @@ use bemi_core::sqlx::BemiPool;
 use serde_json::json;
 
 use crate::request_context;
-use crate::store;
+use crate::store::TodoStore;
 use crate::todo::{NewTodo, Todo};
 
-/// The app: [`routes`] behind `BemiLayer::new(request_context::for_http)`.
+/// The app: [`routes`] behind `BemiLayer::new(request_context::for_http)`, on the sqlx
+/// adapter.
 ///
 /// ```no_run
 /// # fn run(pool: sqlx::PgPool) {
@@ -35,7 +36,18 @@ use crate::todo::{NewTodo, Todo};
 /// # }
 /// ```
 pub fn router(pool: BemiPool) -> Router {
-    routes(pool).layer(BemiLayer::new(request_context::for_http::<Body>))
+    router_for(pool)
+}
+
+/// The app on any [`TodoStore`] (the SeaORM, Diesel and pool apps use this).
+///
+/// ```no_run
+/// # fn run(pool: sqlx::PgPool) {
+/// let app = bemi_examples::axum_app::router_for(bemi_core::sqlx::BemiPool::new(pool));
+/// # }
+/// ```
+pub fn router_for<S: TodoStore>(store: S) -> Router {
+    routes(store).layer(BemiLayer::new(request_context::for_http::<Body>))
 }
 
 /// The routes without a bemi layer: `POST /todo`, `GET /todo`, `PUT /todo/{id}/complete`,
@@ -51,51 +63,54 @@ pub fn router(pool: BemiPool) -> Router {
 ///     .layer(BemiLayer::new(|req: &axum::http::Request<Body>| json!({"path": req.uri().path()})));
 /// # }
 /// ```
-pub fn routes(pool: BemiPool) -> Router {
+pub fn routes<S: TodoStore>(store: S) -> Router {
     Router::new()
-        .route("/todo", get(list).post(create))
-        .route("/todo/{id}/complete", put(complete))
-        .route("/todo/{id}", delete(remove))
-        .with_state(pool)
+        .route("/todo", get(list::<S>).post(create::<S>))
+        .route("/todo/{id}/complete", put(complete::<S>))
+        .route("/todo/{id}", delete(remove::<S>))
+        .with_state(store)
 }
 
-async fn create(
-    State(pool): State<BemiPool>,
+async fn create<S: TodoStore>(
+    State(store): State<S>,
     Json(new): Json<NewTodo>,
 ) -> Result<(StatusCode, Json<Todo>), ApiError> {
-    let todo = store::sqlx::create(&pool, &new.task).await?;
+    let todo = store.create(&new.task).await.map_err(ApiError::database)?;
     Ok((StatusCode::CREATED, Json(todo)))
 }
 
-async fn complete(
-    State(pool): State<BemiPool>,
+async fn complete<S: TodoStore>(
+    State(store): State<S>,
     Path(id): Path<i64>,
 ) -> Result<Json<Todo>, ApiError> {
-    let todo = store::sqlx::complete(&pool, id).await?;
+    let todo = store.complete(id).await.map_err(ApiError::database)?;
     todo.map(Json).ok_or(ApiError::NotFound)
 }
 
-async fn remove(State(pool): State<BemiPool>, Path(id): Path<i64>) -> Result<StatusCode, ApiError> {
-    if store::sqlx::delete(&pool, id).await? {
+async fn remove<S: TodoStore>(
+    State(store): State<S>,
+    Path(id): Path<i64>,
+) -> Result<StatusCode, ApiError> {
+    if store.delete(id).await.map_err(ApiError::database)? {
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(ApiError::NotFound)
     }
 }
 
-async fn list(State(pool): State<BemiPool>) -> Result<Json<Vec<Todo>>, ApiError> {
-    Ok(Json(store::sqlx::list(&pool).await?))
+async fn list<S: TodoStore>(State(store): State<S>) -> Result<Json<Vec<Todo>>, ApiError> {
+    Ok(Json(store.list().await.map_err(ApiError::database)?))
 }
 
 /// What a handler can fail with.
 enum ApiError {
     NotFound,
-    Database(sqlx::Error),
+    Database(String),
 }
 
-impl From<sqlx::Error> for ApiError {
-    fn from(error: sqlx::Error) -> Self {
-        Self::Database(error)
+impl ApiError {
+    fn database(error: impl std::fmt::Display) -> Self {
+        Self::Database(error.to_string())
     }
 }
 

@@ -28,6 +28,7 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::process::ExitCode;
 
 use bemi_core::sqlx::BemiPool;
@@ -60,6 +61,12 @@ pub struct Example {
     pub app: App,
 }
 
+/// An app being made from the database URL.
+pub type RouterFuture = Pin<Box<dyn Future<Output = Result<axum::Router, StartupError>> + Send>>;
+
+/// Makes an app from the database URL.
+pub type MakeRouter = fn(String) -> RouterFuture;
+
 /// The app of an example.
 ///
 /// ```
@@ -72,6 +79,9 @@ pub struct Example {
 pub enum App {
     /// An axum app on the sqlx adapter, made from the pool.
     Axum(fn(BemiPool) -> axum::Router),
+    /// An axum app on another database library, made from the database URL (once the table
+    /// and tracking are in place).
+    Router(MakeRouter),
     /// An actix-web server on the tokio-postgres adapter, made from the client, the listener
     /// and the number of worker threads (e.g. `crate::actix_app::server`).
     #[cfg(feature = "actix")]
@@ -155,6 +165,16 @@ pub async fn serve(
     match example.app {
         App::Axum(router) => {
             let app = router(BemiPool::new(pool));
+            listening();
+            axum::serve(listener, app)
+                .with_graceful_shutdown(shutdown)
+                .await
+                .map_err(StartupError::Serve)
+        }
+        App::Router(make) => {
+            // The table and the triggers went through sqlx; requests use the app's library.
+            pool.close().await;
+            let app = make(url.to_owned()).await?;
             listening();
             axum::serve(listener, app)
                 .with_graceful_shutdown(shutdown)
@@ -404,7 +424,11 @@ pub async fn connect_tokio_postgres(url: &str) -> Result<BemiClient, StartupErro
     Ok(BemiClient::new(client))
 }
 
-fn connect_error(url: &str, error: impl std::error::Error + Send + Sync + 'static) -> StartupError {
+/// A connection error that names the URL (without its password).
+pub fn connect_error(
+    url: &str,
+    error: impl std::error::Error + Send + Sync + 'static,
+) -> StartupError {
     StartupError::Connect {
         url: without_password(url),
         source: Box::new(error),

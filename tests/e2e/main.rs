@@ -26,6 +26,7 @@ mod migration;
 mod minimal_examples;
 mod nats;
 mod open_files;
+mod orm_apps;
 mod outage;
 mod pgbouncer;
 mod pools;
@@ -84,6 +85,10 @@ fn all_tests() -> Vec<(String, TestFn)> {
         fuzz::fuzz_annotated_sql_parses_as_the_same_statement,
         fuzz::fuzz_any_context_round_trips_through_the_wal,
         outage::a_destination_outage_loses_and_duplicates_nothing_and_reports_the_lag,
+        orm_apps::seaorm_todo_app_keeps_1000_concurrent_contexts_apart,
+        orm_apps::deadpool_todo_app_keeps_1000_concurrent_contexts_apart,
+        orm_apps::hostile_requests_through_the_seaorm_and_deadpool_apps_change_nothing_but_their_row,
+        orm_apps::seaorm_transactions_keep_each_statements_context,
         pools::deadpool_writes_through_cached_statements_carry_their_own_context,
         pools::deadpool_transactions_keep_each_statements_context,
         pools::bb8_writes_carry_their_own_context,

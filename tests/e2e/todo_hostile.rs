@@ -16,7 +16,7 @@ const HOSTILE: &str = "*/ DROP TABLE todo; /*";
 
 /// The table is still there and holds exactly one row, whose task is [`HOSTILE`]; the one
 /// message carries [`HOSTILE`] as its user id.
-async fn assert_survived(db: &TestDb, slot: &WalSlot) -> anyhow::Result<Value> {
+pub(crate) async fn assert_survived(db: &TestDb, slot: &WalSlot) -> anyhow::Result<Value> {
     let exists: bool = sqlx::query_scalar("SELECT to_regclass('public.todo') IS NOT NULL")
         .fetch_one(&db.pool)
         .await?;
@@ -39,7 +39,7 @@ async fn assert_survived(db: &TestDb, slot: &WalSlot) -> anyhow::Result<Value> {
     Ok(message.clone())
 }
 
-async fn post_hostile(server: &Served) -> anyhow::Result<()> {
+pub(crate) async fn post_hostile(server: &Served) -> anyhow::Result<()> {
     let response = serve::client()?
         .post(server.url("/todo"))
         .header("x-user-id", HOSTILE)

@@ -1,0 +1,17 @@
+//! The todo app on axum with SeaORM 2 (`bemi_seaorm::BemiConnection`):
+//! `cargo run -p bemi-examples --features seaorm --bin todo-seaorm`.
+//!
+//! Listens on `--addr` (env `BEMI_EXAMPLE_ADDR`, default 127.0.0.1:3000); the database is
+//! `DATABASE_URL`, or an embedded PostgreSQL when it is unset.
+
+use std::process::ExitCode;
+
+use bemi_examples::startup::{self, App, Example};
+
+fn main() -> ExitCode {
+    startup::main(&Example {
+        name: "todo-seaorm",
+        path: "/todo",
+        app: App::Router(bemi_examples::store::seaorm::router),
+    })
+}
