@@ -7,6 +7,12 @@ use crate::todo::Todo;
 
 #[cfg(feature = "deadpool")]
 pub mod deadpool;
+#[cfg(feature = "diesel")]
+pub mod diesel;
+#[cfg(feature = "diesel-async")]
+pub mod diesel_async;
+#[cfg(any(feature = "diesel", feature = "diesel-async"))]
+pub mod diesel_schema;
 #[cfg(feature = "actix")]
 pub mod postgres;
 #[cfg(feature = "seaorm")]

@@ -19,6 +19,7 @@ use crate::serve;
 use crate::todo_hostile::{assert_survived, post_hostile};
 use crate::todo_load::{assert_each_write_has_its_own_user_with, burst};
 
+/// The INSERT an ORM renders (SeaORM and Diesel quote the table).
 fn seaorm_insert(sql: Option<&str>) -> bool {
     sql.is_some_and(|sql| sql.starts_with(r#"INSERT INTO "todo""#))
 }
@@ -29,6 +30,29 @@ pub(crate) async fn seaorm_todo_app_keeps_1000_concurrent_contexts_apart(
     let db = todo_db(&cluster, "seaorm_load").await?;
     let slot = db.wal_slot().await?;
     let server = serve::axum(bemi_examples::store::seaorm::router(db.url.clone()).await?).await?;
+    burst(&server).await?;
+    server.stop().await;
+    assert_each_write_has_its_own_user_with(&slot, seaorm_insert).await
+}
+
+pub(crate) async fn diesel_todo_app_keeps_1000_concurrent_contexts_apart(
+    cluster: Arc<TestCluster>,
+) -> TestResult {
+    let db = todo_db(&cluster, "diesel_load").await?;
+    let slot = db.wal_slot().await?;
+    let server = serve::axum(bemi_examples::store::diesel::router(db.url.clone()).await?).await?;
+    burst(&server).await?;
+    server.stop().await;
+    assert_each_write_has_its_own_user_with(&slot, seaorm_insert).await
+}
+
+pub(crate) async fn diesel_async_todo_app_keeps_1000_concurrent_contexts_apart(
+    cluster: Arc<TestCluster>,
+) -> TestResult {
+    let db = todo_db(&cluster, "diesel_async_load").await?;
+    let slot = db.wal_slot().await?;
+    let server =
+        serve::axum(bemi_examples::store::diesel_async::router(db.url.clone()).await?).await?;
     burst(&server).await?;
     server.stop().await;
     assert_each_write_has_its_own_user_with(&slot, seaorm_insert).await
@@ -46,7 +70,7 @@ pub(crate) async fn deadpool_todo_app_keeps_1000_concurrent_contexts_apart(
     assert_each_write_has_its_own_user_with(&slot, |sql| sql.is_none()).await
 }
 
-pub(crate) async fn hostile_requests_through_the_seaorm_and_deadpool_apps_change_nothing_but_their_row(
+pub(crate) async fn hostile_requests_through_the_orm_and_pool_apps_change_nothing_but_their_row(
     cluster: Arc<TestCluster>,
 ) -> TestResult {
     for (hint, app) in [
@@ -55,6 +79,11 @@ pub(crate) async fn hostile_requests_through_the_seaorm_and_deadpool_apps_change
             bemi_examples::store::seaorm::router as fn(String) -> _,
         ),
         ("deadpool_hostile", bemi_examples::store::deadpool::router),
+        ("diesel_hostile", bemi_examples::store::diesel::router),
+        (
+            "diesel_async_hostile",
+            bemi_examples::store::diesel_async::router,
+        ),
     ] {
         let db = todo_db(&cluster, hint).await?;
         let slot = db.wal_slot().await?;
@@ -150,5 +179,203 @@ pub(crate) async fn seaorm_transactions_keep_each_statements_context(
         "{:#?}",
         txns[2]
     );
+    Ok(())
+}
+
+/// The messages of each transaction, without the library's `SQL` key.
+fn contexts(txn: &bemi_tests::wal::Txn) -> Vec<Value> {
+    txn.messages
+        .iter()
+        .map(|m| {
+            let mut m = m.clone();
+            m.as_object_mut().map(|o| o.remove("SQL"));
+            m
+        })
+        .collect()
+}
+
+pub(crate) async fn diesel_transactions_keep_each_statements_context(
+    cluster: Arc<TestCluster>,
+) -> TestResult {
+    use bemi_diesel::BemiPgConnection;
+    use bemi_examples::store::diesel_schema::todo;
+    use diesel::{Connection as _, ExpressionMethods as _, RunQueryDsl as _};
+
+    let db = todo_db(&cluster, "diesel_tx").await?;
+    let slot = db.wal_slot().await?;
+    let url = db.url.clone();
+    tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+        let mut conn = BemiPgConnection::establish(&url)?;
+        let insert = |conn: &mut BemiPgConnection, task: &str| {
+            diesel::insert_into(todo::table)
+                .values(todo::task.eq(task))
+                .execute(conn)
+        };
+        conn.transaction(|conn| {
+            context::sync_scope(ctx(json!({"user_id": 1})), || -> diesel::QueryResult<()> {
+                insert(conn, "a")?;
+                context::merge(json!({"step": 2})).ok();
+                insert(conn, "b")?;
+                // A savepoint, rolled back with its write and its context.
+                let _ = conn.transaction(|conn| {
+                    context::sync_scope(ctx(json!({"user_id": 2})), || insert(conn, "gone"))?;
+                    Err::<(), _>(diesel::result::Error::RollbackTransaction)
+                });
+                Ok(())
+            })?;
+            // Outside any scope: inherits nothing.
+            insert(conn, "c")
+        })?;
+        // Outside any scope and any transaction: no message.
+        insert(&mut conn, "d")?;
+        Ok(())
+    })
+    .await??;
+    let txns = slot.read_transactions().await?;
+    ensure!(txns.len() == 2, "{txns:#?}");
+    ensure!(
+        contexts(&txns[0])
+            == [
+                json!({"user_id": 1}),
+                json!({"user_id": 1, "step": 2}),
+                json!({})
+            ]
+            && txns[0].rows.len() == 3,
+        "{:#?}",
+        txns[0]
+    );
+    ensure!(
+        txns[1].messages.is_empty() && txns[1].rows.len() == 1,
+        "{:#?}",
+        txns[1]
+    );
+    Ok(())
+}
+
+pub(crate) async fn diesel_async_transactions_keep_each_statements_context(
+    cluster: Arc<TestCluster>,
+) -> TestResult {
+    use bemi_diesel::BemiAsyncPgConnection;
+    use bemi_examples::store::diesel_schema::todo;
+    use diesel::ExpressionMethods as _;
+    use diesel_async::{AsyncConnection as _, RunQueryDsl as _};
+
+    let db = todo_db(&cluster, "diesel_async_tx").await?;
+    let slot = db.wal_slot().await?;
+    let mut conn = BemiAsyncPgConnection::establish(&db.url).await?;
+    conn.transaction::<_, anyhow::Error, _>(async |conn| {
+        context::scope(ctx(json!({"user_id": 1})), async {
+            diesel::insert_into(todo::table)
+                .values(todo::task.eq("a"))
+                .execute(conn)
+                .await?;
+            context::merge(json!({"step": 2}))?;
+            diesel::insert_into(todo::table)
+                .values(todo::task.eq("b"))
+                .execute(conn)
+                .await?;
+            anyhow::Ok(())
+        })
+        .await?;
+        diesel::insert_into(todo::table)
+            .values(todo::task.eq("c"))
+            .execute(conn)
+            .await?;
+        Ok(())
+    })
+    .await?;
+    // Outside any scope and any transaction: no message; inside a scope, wrapped.
+    diesel::insert_into(todo::table)
+        .values(todo::task.eq("d"))
+        .execute(&mut conn)
+        .await?;
+    context::scope(ctx(json!({"user_id": 3})), async {
+        diesel::insert_into(todo::table)
+            .values(todo::task.eq("e"))
+            .execute(&mut conn)
+            .await
+    })
+    .await?;
+    let txns = slot.read_transactions().await?;
+    ensure!(txns.len() == 3, "{txns:#?}");
+    ensure!(
+        contexts(&txns[0])
+            == [
+                json!({"user_id": 1}),
+                json!({"user_id": 1, "step": 2}),
+                json!({})
+            ]
+            && txns[0].rows.len() == 3,
+        "{:#?}",
+        txns[0]
+    );
+    ensure!(
+        txns[1].messages.is_empty() && txns[1].rows.len() == 1,
+        "{:#?}",
+        txns[1]
+    );
+    ensure!(
+        contexts(&txns[2]) == [json!({"user_id": 3})] && txns[2].rows.len() == 1,
+        "{:#?}",
+        txns[2]
+    );
+    Ok(())
+}
+
+pub(crate) async fn on_a_blocking_thread_only_the_helper_carries_the_context(
+    cluster: Arc<TestCluster>,
+) -> TestResult {
+    use bemi_diesel::BemiPgConnection;
+
+    let db = todo_db(&cluster, "diesel_blocking").await?;
+    let slot = db.wal_slot().await?;
+    let manager = deadpool_diesel::Manager::<BemiPgConnection>::new(
+        db.url.as_str(),
+        deadpool_diesel::Runtime::Tokio1,
+    );
+    let pool = deadpool_diesel::Pool::builder(manager)
+        .max_size(2)
+        .build()?;
+    context::scope(ctx(json!({"user_id": 9})), blocking_inserts(&pool)).await?;
+    let txns = slot.read_transactions().await?;
+    ensure!(txns.len() == 2, "{txns:#?}");
+    ensure!(
+        txns[0].messages.is_empty() && serve::task_of(&txns[0].rows[0].1)? == "without",
+        "{:#?}",
+        txns[0]
+    );
+    ensure!(
+        contexts(&txns[1]) == [json!({"user_id": 9})]
+            && serve::task_of(&txns[1].rows[0].1)? == "with",
+        "{:#?}",
+        txns[1]
+    );
+    Ok(())
+}
+
+/// Two inserts on a blocking thread of `pool`: without the helper, then with it.
+async fn blocking_inserts(
+    pool: &deadpool_diesel::Pool<deadpool_diesel::Manager<bemi_diesel::BemiPgConnection>>,
+) -> anyhow::Result<()> {
+    use bemi_diesel::BemiPgConnection;
+    use bemi_examples::store::diesel_schema::todo;
+    use diesel::{ExpressionMethods as _, RunQueryDsl as _};
+
+    let insert = |task: &'static str| {
+        move |conn: &mut BemiPgConnection| {
+            diesel::insert_into(todo::table)
+                .values(todo::task.eq(task))
+                .execute(conn)
+        }
+    };
+    let conn = pool.get().await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    // Without the helper: the blocking thread has no context.
+    conn.interact(insert("without"))
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))??;
+    // With it: the request's.
+    conn.interact(bemi_diesel::with_context(insert("with")))
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))??;
     Ok(())
 }
