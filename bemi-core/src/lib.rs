@@ -29,6 +29,7 @@ pub mod integration;
 pub mod migration;
 pub mod protocol;
 pub mod sql;
+pub mod sqlcommenter;
 
 #[cfg(feature = "sqlx")]
 pub mod sqlx;

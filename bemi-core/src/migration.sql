@@ -20,6 +20,25 @@ AS $bemi$
           FROM (SELECT pg_catalog.rtrim(query, E' \t\r\n;') AS trimmed) AS t) AS o
 $bemi$;
 
+-- The body of a trailing sqlcommenter comment (`/*key='value',…*/`, as Rails' query log tags,
+-- Django, Spring, Prisma and google-cloud-sqlcommenter append it; `;` and whitespace may follow),
+-- or NULL when the query does not end with a comment of that shape. The capture worker decodes
+-- the keys and values; this only finds the comment.
+CREATE OR REPLACE FUNCTION _bemi_trailing_sqlcommenter(query text) RETURNS text
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+AS $bemi$
+  SELECT CASE
+    WHEN opening > 3
+     AND body OPERATOR(pg_catalog.~) '^\s*[A-Za-z0-9_.~%-]+\s*=\s*\S'
+      THEN pg_catalog.btrim(body)
+  END
+  FROM (SELECT opening,
+               pg_catalog.substr(trimmed, pg_catalog.length(trimmed) - opening + 2,
+                                 GREATEST(opening - 3, 0)) AS body
+          FROM (SELECT trimmed, pg_catalog.strpos(pg_catalog.reverse(trimmed), '*/') AS opening
+                  FROM (SELECT pg_catalog.rtrim(query, E' \t\r\n;') AS trimmed) AS t) AS o) AS b
+$bemi$;
+
 -- The trigger. It must never fail the user's statement, so it only calls functions that cannot
 -- fail on any text. All names are schema-qualified: no search_path lookups on the hot path.
 -- The fast path handles what the adapters write: the comment at the very end, and JSON without
@@ -27,6 +46,10 @@ $bemi$;
 -- the SQL, trailing whitespace or ';') takes _bemi_trailing_context().
 -- A transaction-local flag remembers that a context was emitted, so that a later statement
 -- without one emits '{}' (its rows must not inherit the context).
+-- Without a Bemi comment, a trailing sqlcommenter comment is emitted as a '_bemi_sqlcommenter'
+-- message (the worker decodes it into the context), unless the setting bemi.sqlcommenter is
+-- 'off' (ALTER DATABASE … SET bemi.sqlcommenter = 'off'). A context an adapter emitted for the
+-- same statement wins: the worker drops a sqlcommenter message that directly follows one.
 CREATE OR REPLACE FUNCTION _bemi_statement_trigger_func() RETURNS trigger
 LANGUAGE plpgsql
 AS $bemi$
@@ -34,6 +57,7 @@ DECLARE
   query text := pg_catalog.current_query();
   context text;
   opening int;
+  prefix text := '_bemi';
 BEGIN
   IF pg_catalog.right(query, 7) = ' Bemi*/' THEN
     opening := pg_catalog.strpos(query, '/*Bemi ');
@@ -45,8 +69,15 @@ BEGIN
     context := _bemi_trailing_context(query);
   END IF;
 
+  IF context IS NULL
+     AND pg_catalog.right(pg_catalog.rtrim(query, E' \t\r\n;'), 2) = '*/'
+     AND pg_catalog.current_setting('bemi.sqlcommenter', true) IS DISTINCT FROM 'off' THEN
+    context := _bemi_trailing_sqlcommenter(query);
+    prefix := '_bemi_sqlcommenter';
+  END IF;
+
   IF context IS NOT NULL THEN
-    PERFORM pg_catalog.pg_logical_emit_message(true, '_bemi', context);
+    PERFORM pg_catalog.pg_logical_emit_message(true, prefix, context);
     IF pg_catalog.current_setting('bemi.context_emitted', true) IS DISTINCT FROM 't' THEN
       PERFORM pg_catalog.set_config('bemi.context_emitted', 't', true);
     END IF;

@@ -13,3 +13,4 @@ DROP FUNCTION IF EXISTS _bemi_is_trackable(oid);
 -- CASCADE drops the _bemi_statement_trigger of every table.
 DROP FUNCTION IF EXISTS _bemi_statement_trigger_func() CASCADE;
 DROP FUNCTION IF EXISTS _bemi_trailing_context(text);
+DROP FUNCTION IF EXISTS _bemi_trailing_sqlcommenter(text);

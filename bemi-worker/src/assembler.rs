@@ -102,6 +102,14 @@ struct OpenTransaction {
     commit_lsn: u64,
     committed_at: i64,
     context: Arc<str>,
+    /// The context came from a non-empty `_bemi` message (an adapter's or a Bemi comment's).
+    context_from_bemi: bool,
+    /// No row since the latest `_bemi` message: a sqlcommenter message now belongs to the
+    /// same statement, whose Bemi context wins.
+    no_row_since_context: bool,
+    /// The body of the sqlcommenter message last dropped for the Bemi context (the trigger
+    /// repeats it for each table a statement writes).
+    shadowed_comment: Option<Box<[u8]>>,
     skip_all: bool,
     skip_through: Option<u64>,
     rows: Vec<ChangeRow>,
@@ -176,6 +184,9 @@ impl Assembler {
             commit_lsn,
             committed_at: commit_time + PG_EPOCH_OFFSET_MICROS,
             context: Arc::clone(&self.empty_context),
+            context_from_bemi: false,
+            no_row_since_context: false,
+            shadowed_comment: None,
             skip_all,
             skip_through,
             rows: Vec::new(),
@@ -187,7 +198,27 @@ impl Assembler {
     pub(crate) fn context_message(&mut self, content: &[u8]) {
         if let Some(open) = &mut self.open {
             open.context = parse_context(content);
+            open.context_from_bemi = &*open.context != "{}";
+            open.no_row_since_context = true;
+            open.shadowed_comment = None;
         }
+    }
+
+    /// A transactional `_bemi_sqlcommenter` message (the body of a statement's trailing
+    /// sqlcommenter comment): later rows of the transaction take its decoded keys — unless a
+    /// Bemi context was emitted for the same statement (no row since it), which wins.
+    pub(crate) fn sqlcommenter_message(&mut self, content: &[u8]) {
+        let Some(open) = &mut self.open else {
+            return;
+        };
+        if open.context_from_bemi
+            && (open.no_row_since_context || open.shadowed_comment.as_deref() == Some(content))
+        {
+            open.shadowed_comment = Some(content.into());
+            return;
+        }
+        open.context = parse_sqlcommenter(content);
+        open.context_from_bemi = false;
     }
 
     /// A transactional `_bemi_schema` message at `lsn`: the new version of a table's schema,
@@ -234,6 +265,7 @@ impl Assembler {
     ) -> Result<Option<Piece>, StreamError> {
         let relations = &self.relations;
         let open = self.open.as_mut().ok_or(StreamError::NoTransaction)?;
+        open.no_row_since_context = false;
         if open.skip_all || open.skip_through.is_some_and(|through| position <= through) {
             return Ok(None);
         }
@@ -316,6 +348,25 @@ impl Assembler {
 /// A JSON object is kept as it is (a `\u0000`, which `jsonb` cannot store, becomes U+FFFD);
 /// anything else becomes a marker:
 /// `{"_bemi_invalid_context": {"error": "...", "text": "<the first 1000 bytes>"}}`.
+/// The context of a sqlcommenter comment body: its keys and values decoded
+/// ([`bemi_core::sqlcommenter::parse`]); `{}` for a comment that is not key=value pairs.
+pub(crate) fn parse_sqlcommenter(content: &[u8]) -> Arc<str> {
+    let body = String::from_utf8_lossy(content);
+    match bemi_core::sqlcommenter::parse(&body) {
+        Ok(context) => {
+            let json = serde_json::Value::Object(context).to_string();
+            match crate::json_value::sanitize_json(&json) {
+                Some(fixed) => Arc::from(fixed),
+                None => Arc::from(json),
+            }
+        }
+        Err(error) => {
+            tracing::debug!(%error, "a trailing comment is not a sqlcommenter one; no context");
+            Arc::from("{}")
+        }
+    }
+}
+
 pub(crate) fn parse_context(content: &[u8]) -> Arc<str> {
     let invalid = |error: String| -> Arc<str> {
         let text =
@@ -472,6 +523,52 @@ mod tests {
         a.begin(70, 10, 0);
         a.change(insert(b"4"), 65, 0).unwrap();
         assert_eq!(&*a.commit(70, 80).unwrap().rows[0].context, "{}");
+    }
+
+    #[test]
+    fn sqlcommenter_contexts_apply_unless_the_statement_has_a_bemi_context() {
+        let mut a = assembler(100, ResumePoint::default());
+        a.begin(50, 9, 0);
+        // A statement tagged only by sqlcommenter.
+        a.sqlcommenter_message(b"route='%2Ftodo',user_id=7");
+        a.change(insert(b"1"), 11, 0).unwrap();
+        // An adapter's message, then the trigger's sqlcommenter message of the same statement,
+        // twice (two tables): the Bemi context wins for both tables' rows.
+        a.context_message(br#"{"ctx":"A"}"#);
+        a.sqlcommenter_message(b"route='x'");
+        a.change(insert(b"2"), 12, 0).unwrap();
+        a.sqlcommenter_message(b"route='x'");
+        a.change(insert(b"3"), 13, 0).unwrap();
+        // A later statement with its own comment takes it.
+        a.sqlcommenter_message(b"route='y'");
+        a.change(insert(b"4"), 14, 0).unwrap();
+        // After an empty reset, a comment applies at once; one that is no sqlcommenter
+        // comment clears the context.
+        a.context_message(b"{}");
+        a.sqlcommenter_message(b"route='z'");
+        a.change(insert(b"5"), 15, 0).unwrap();
+        a.sqlcommenter_message(b"just a note");
+        a.change(insert(b"6"), 16, 0).unwrap();
+        let piece = a.commit(50, 60).unwrap();
+        let contexts: Vec<&str> = piece.rows.iter().map(|r| &*r.context).collect();
+        assert_eq!(
+            contexts,
+            [
+                r#"{"route":"/todo","user_id":"7"}"#,
+                r#"{"ctx":"A"}"#,
+                r#"{"ctx":"A"}"#,
+                r#"{"route":"y"}"#,
+                r#"{"route":"z"}"#,
+                "{}",
+            ]
+        );
+    }
+
+    #[test]
+    fn a_nul_in_a_sqlcommenter_value_is_replaced_for_jsonb() {
+        use crate::assembler::parse_sqlcommenter;
+
+        assert_eq!(&*parse_sqlcommenter(b"a='x%00y'"), "{\"a\":\"x\u{fffd}y\"}");
     }
 
     #[test]

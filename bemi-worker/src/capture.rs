@@ -248,6 +248,14 @@ impl<S: ReplicationSource> StreamSession<'_, S> {
                 transactional: true,
                 prefix,
                 content,
+                ..
+            } if prefix == bemi_core::sqlcommenter::MESSAGE_PREFIX => {
+                self.assembler.sqlcommenter_message(&content);
+            }
+            SourceEvent::Message {
+                transactional: true,
+                prefix,
+                content,
                 lsn,
             } if prefix == SCHEMA_PREFIX => {
                 if let Some(schema) = self.assembler.schema_message(lsn, &content) {

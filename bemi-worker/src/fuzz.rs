@@ -412,3 +412,27 @@ fn fuzz_arbitrary_bytes_never_panic_the_decoder() {
     )
     .unwrap_or_else(|failure| panic!("{failure}"));
 }
+
+#[test]
+fn fuzz_sqlcommenter_bodies_always_become_a_storable_object() {
+    use crate::assembler::parse_sqlcommenter;
+
+    bemi_dev::fuzz::check(
+        "sqlcommenter comment bodies",
+        5_000,
+        prop_oneof![
+            r"([a-z%0-9_]{0,6}=('([^'\\]|\\'|%[0-9A-Fa-f]{2}|%%[0-9A-F]{2}){0,12}'|[a-z0-9%]{0,6}),?){0,4}",
+            "[^\u{0}]{0,40}",
+            vec(any::<u8>(), 0..40).prop_map(|b| String::from_utf8_lossy(&b).into_owned()),
+        ],
+        |body| {
+            let context = parse_sqlcommenter(body.as_bytes());
+            prop_assert!(!context.contains("\\u0000"), "{context}");
+            let value: serde_json::Value = serde_json::from_str(&context)
+                .map_err(|e| TestCaseError::fail(format!("{e}: {context}")))?;
+            prop_assert!(value.is_object(), "{context}");
+            Ok(())
+        },
+    )
+    .unwrap_or_else(|failure| panic!("{failure}"));
+}

@@ -35,6 +35,7 @@ mod revert;
 mod schema_history;
 mod serve;
 mod spawned_tasks;
+mod sqlcommenter;
 mod startup;
 mod time_travel;
 mod tls;
@@ -70,6 +71,8 @@ macro_rules! tests {
 
 fn all_tests() -> Vec<(String, TestFn)> {
     tests![
+        sqlcommenter::a_python_clients_sqlcommenter_tags_become_the_context,
+        sqlcommenter::a_bemi_context_wins_and_the_setting_turns_sqlcommenter_off,
         adapters::sqlx_pool_write_emits_one_message_before_the_row,
         adapters::sqlx_transaction_and_connection_writes_carry_the_context,
         adapters::tokio_postgres_client_and_transaction_writes_carry_the_context,
