@@ -50,6 +50,7 @@ mod revert;
 pub mod schema;
 pub mod store;
 pub mod text;
+pub mod time;
 mod time_travel;
 
 pub use bemi_core::protocol::{Operation, ParseOperationError, REDACTED, REVERT_OF_KEY};
@@ -60,4 +61,4 @@ pub use revert::{
     Conflict, ConflictReason, DEFAULT_MAX_CHANGES, Revert, RevertError, RevertPlan, RevertReport,
     RevertStatement, RevertTarget,
 };
-pub use time_travel::{RowState, TimeTravel};
+pub use time_travel::{RowState, TablePageCursor, TimeTravel};

@@ -6,12 +6,14 @@
 //! have no primary key: they end every row of their table at once). Changes are ordered by
 //! `(committed_at, position)`, the order in which they happened.
 
+use std::sync::LazyLock;
+
 use chrono::{DateTime, Utc};
 use futures_util::stream::{self, BoxStream, StreamExt as _, TryStreamExt as _};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sqlx::postgres::PgRow;
-use sqlx::{Executor, FromRow, Postgres, Row as _};
+use sqlx::{AssertSqlSafe, Executor, FromRow, Postgres, Row as _};
 
 use super::change::Change;
 use bemi_core::protocol::Operation;
@@ -80,6 +82,53 @@ const TABLE_AT_SQL: &str = "SELECT latest.* FROM ( \
             AND t.operation = 'TRUNCATE' AND t.committed_at <= $4 \
           ORDER BY t.committed_at DESC, t.position DESC LIMIT 1), false) \
      ORDER BY latest.primary_key, latest.schema, latest.database";
+
+/// [`TABLE_AT_SQL`] from the row after `($5, $6, $7)` on, at most `$8` rows.
+static TABLE_PAGE_SQL: LazyLock<String> = LazyLock::new(|| {
+    TABLE_AT_SQL.replacen(
+        "AND committed_at <= $4",
+        "AND committed_at <= $4 \
+         AND ($5::text IS NULL OR (primary_key, schema, database) > ($5, $6, $7))",
+        1,
+    ) + " LIMIT $8"
+});
+
+/// Where a page of [`TimeTravel::table_at_page`] ends: its last row's key, schema and database.
+///
+/// ```
+/// let cursor = bemi_audit::TablePageCursor {
+///     primary_key: "42".into(),
+///     schema: "public".into(),
+///     database: "app".into(),
+/// };
+/// assert_eq!(cursor.primary_key, "42");
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TablePageCursor {
+    /// The row's primary key.
+    pub primary_key: String,
+    /// Its schema.
+    pub schema: String,
+    /// Its database.
+    pub database: String,
+}
+
+impl TablePageCursor {
+    /// The cursor after `row`.
+    ///
+    /// ```no_run
+    /// # fn run(state: bemi_audit::RowState) {
+    /// let cursor = bemi_audit::TablePageCursor::of(&state);
+    /// # }
+    /// ```
+    pub fn of(row: &RowState) -> Self {
+        Self {
+            primary_key: row.primary_key().to_owned(),
+            schema: row.change.schema.clone(),
+            database: row.change.database.clone(),
+        }
+    }
+}
 
 /// A row as it was: the change that gave it that state (its last change at or before the
 /// instant asked for).
@@ -317,6 +366,57 @@ impl TimeTravel {
             .fetch(executor)
             .map_ok(|change| RowState { change })
             .boxed()
+    }
+
+    /// One page of [`table_at`](Self::table_at): at most `limit` rows after `after` (the
+    /// [`TablePageCursor::of`] the previous page's last row), in the same order — keyset paging,
+    /// so that page 1 000 costs what page 1 does.
+    ///
+    /// ```no_run
+    /// use bemi_audit::{TablePageCursor, TimeTravel};
+    ///
+    /// # async fn run(pool: sqlx::PgPool) -> Result<(), sqlx::Error> {
+    /// let at = "2026-05-01T12:00:00Z".parse().unwrap();
+    /// let todo = TimeTravel::table("todo");
+    /// let first = todo.table_at_page(&pool, at, None, 100).await?;
+    /// if let Some(last) = first.last() {
+    ///     let second = todo.table_at_page(&pool, at, Some(&TablePageCursor::of(last)), 100).await?;
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub fn table_at_page<'c, E>(
+        &self,
+        executor: E,
+        at: DateTime<Utc>,
+        after: Option<&TablePageCursor>,
+        limit: u64,
+    ) -> impl Future<Output = Result<Vec<RowState>, sqlx::Error>> + use<'c, E>
+    where
+        E: Executor<'c, Database = Postgres>,
+    {
+        let (table, schema, database) = (
+            self.table.clone(),
+            self.schema.clone(),
+            self.database.clone(),
+        );
+        let after = after.cloned();
+        async move {
+            let changes = sqlx::query_as::<_, Change>(AssertSqlSafe(TABLE_PAGE_SQL.as_str()))
+                .bind(table)
+                .bind(schema)
+                .bind(database)
+                .bind(at)
+                .bind(after.as_ref().map(|c| c.primary_key.clone()))
+                .bind(after.as_ref().map(|c| c.schema.clone()))
+                .bind(after.as_ref().map(|c| c.database.clone()))
+                .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+                .fetch_all(executor)
+                .await?;
+            Ok(changes
+                .into_iter()
+                .map(|change| RowState { change })
+                .collect())
+        }
     }
 
     /// The SQL of [`table_at`](Self::table_at), e.g. for `EXPLAIN`. Parameters: `$1` table,

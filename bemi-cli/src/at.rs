@@ -115,7 +115,7 @@ pub(super) async fn run(args: AtArgs) -> anyhow::Result<()> {
     let KeyAndTime { pk, time } = &args.key_and_time;
     let pk = pk.as_deref().map(str::trim);
     let pool = args.db.connect().await?;
-    let at = time.resolve("TIME", &pool, Utc::now()).await?;
+    let at = super::time::resolve(time, "TIME", &pool, Utc::now()).await?;
     ensure_known_table(&pool, args.table.trim()).await?;
     let travel = TimeTravel::table(args.table.trim());
     let mut output = Output::new(args.json);

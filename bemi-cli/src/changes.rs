@@ -131,8 +131,8 @@ impl ChangesArgs {
     /// The instants of `--since` and `--until`, durations counted back from `now`.
     async fn window(&self, pool: &PgPool, now: DateTime<Utc>) -> anyhow::Result<Window> {
         Ok(Window {
-            since: PointInTime::resolve_optional(self.since.as_ref(), "--since", pool, now).await?,
-            until: PointInTime::resolve_optional(self.until.as_ref(), "--until", pool, now).await?,
+            since: super::time::resolve_optional(self.since.as_ref(), "--since", pool, now).await?,
+            until: super::time::resolve_optional(self.until.as_ref(), "--until", pool, now).await?,
         })
     }
 

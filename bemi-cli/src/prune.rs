@@ -40,10 +40,7 @@ pub(crate) struct PruneArgs {
 /// Runs `bemi prune`.
 pub(super) async fn run(args: PruneArgs) -> anyhow::Result<()> {
     let pool = args.db.connect().await?;
-    let bound = args
-        .older_than
-        .resolve("--older-than", &pool, Utc::now())
-        .await?;
+    let bound = super::time::resolve(&args.older_than, "--older-than", &pool, Utc::now()).await?;
     let shutdown = shutdown::on_signals()?;
     let pruner = Pruner::new(bound)
         .batch_rows(args.batch_rows)

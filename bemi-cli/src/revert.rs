@@ -108,8 +108,8 @@ pub(super) async fn run(args: RevertArgs) -> anyhow::Result<()> {
     let source_url = args.source.url()?;
     let audit = args.db.connect_or(Some(source_url)).await?;
     let now = Utc::now();
-    let since = PointInTime::resolve_optional(args.since.as_ref(), "--since", &audit, now).await?;
-    let until = PointInTime::resolve_optional(args.until.as_ref(), "--until", &audit, now).await?;
+    let since = super::time::resolve_optional(args.since.as_ref(), "--since", &audit, now).await?;
+    let until = super::time::resolve_optional(args.until.as_ref(), "--until", &audit, now).await?;
     let revert = args.revert(since, until)?;
     let source = connect(source_url).await?;
     let outcome = if args.dry_run {
