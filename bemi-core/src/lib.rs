@@ -31,6 +31,9 @@ pub mod protocol;
 pub mod sql;
 pub mod sqlcommenter;
 
+#[cfg(feature = "opentelemetry")]
+pub mod trace;
+
 #[cfg(feature = "sqlx")]
 pub mod sqlx;
 

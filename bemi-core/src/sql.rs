@@ -136,15 +136,19 @@ pub fn context_json_without_sql(context: &Context) -> String {
 }
 
 fn bounded_json(sql: Option<&str>, context: &Context) -> String {
-    let json = match sql {
-        None => to_json(context),
-        Some(_) if context.contains_key(SQL_KEY) => to_json(context),
-        Some(sql) => {
-            let mut with_sql = Map::with_capacity(context.len() + 1);
-            with_sql.extend(context.iter().map(|(k, v)| (k.clone(), v.clone())));
-            with_sql.insert(SQL_KEY.to_owned(), Value::String(sql_key_value(sql)));
-            to_json(&with_sql)
-        }
+    let mut added: Vec<(&str, Value)> = Vec::new();
+    if let Some(sql) = sql.filter(|_| !context.contains_key(SQL_KEY)) {
+        added.push((SQL_KEY, Value::String(sql_key_value(sql))));
+    }
+    #[cfg(feature = "opentelemetry")]
+    crate::trace::add_current_ids(context, &mut added);
+    let json = if added.is_empty() {
+        to_json(context)
+    } else {
+        let mut with_added = Map::with_capacity(context.len() + added.len());
+        with_added.extend(context.iter().map(|(k, v)| (k.clone(), v.clone())));
+        with_added.extend(added.into_iter().map(|(k, v)| (k.to_owned(), v)));
+        to_json(&with_added)
     };
     let json = if json.len() > MAX_CONTEXT_BYTES {
         tracing::warn!(

@@ -9,10 +9,14 @@
 //!
 //! | feature | module | crate |
 //! |---|---|---|
-//! | (always) | [`context`], [`migration`], [`protocol`], [`sql`], [`integration`] | `bemi-core` |
+//! | (always) | [`context`], [`migration`], [`protocol`], [`sql`], [`sqlcommenter`], [`integration`] | `bemi-core` |
+//! | `opentelemetry` | `trace` (trace ids in every write's context) | `bemi-core` |
 //! | `axum` | `axum` (Tower layer: axum, tonic, any Tower HTTP service) | `bemi-axum` |
 //! | `actix` | `actix` (actix-web middleware) | `bemi-actix` |
 //! | `async-graphql` | `async_graphql` (the extension) | `bemi-async-graphql` |
+//! | `poem` | `poem` (poem middleware) | `bemi-poem` |
+//! | `salvo` | `salvo` (salvo hoop) | `bemi-salvo` |
+//! | `rocket` | `rocket` (Rocket route wrapper) | `bemi-rocket` |
 //! | `sqlx` | `sqlx` (the sqlx 0.9 adapter) | `bemi-core` |
 //! | `tokio-postgres` | `tokio_postgres` (the tokio-postgres 0.7 adapter) | `bemi-core` |
 //! | `audit` | `audit` (queries, time travel, revert, follow) | `bemi-audit` |
@@ -34,8 +38,11 @@
 //! ```
 
 pub use bemi_core::{
-    Context, ContextExt, IntoContext, context, integration, migration, protocol, sql,
+    Context, ContextExt, IntoContext, context, integration, migration, protocol, sql, sqlcommenter,
 };
+
+#[cfg(feature = "opentelemetry")]
+pub use bemi_core::trace;
 
 #[cfg(feature = "sqlx")]
 pub use bemi_core::sqlx;
@@ -51,6 +58,15 @@ pub use bemi_actix as actix;
 
 #[cfg(feature = "async-graphql")]
 pub use bemi_async_graphql as async_graphql;
+
+#[cfg(feature = "poem")]
+pub use bemi_poem as poem;
+
+#[cfg(feature = "salvo")]
+pub use bemi_salvo as salvo;
+
+#[cfg(feature = "rocket")]
+pub use bemi_rocket as rocket;
 
 #[cfg(feature = "audit")]
 pub use bemi_audit as audit;

@@ -260,6 +260,23 @@ pub(crate) async fn p2_inserts(env: &Env, sizes: &Sizes) -> anyhow::Result<Vec<R
         }
     };
 
+    // Writes the adapter does not see, into the tracked table: the trigger's own cost.
+    let raw_tracked = |tagged: bool| {
+        let raw = pool.clone();
+        move |_: usize, _: u64| {
+            let raw = raw.clone();
+            async move {
+                let sql = if tagged {
+                    INSERT_TRACKED_SQLCOMMENTER
+                } else {
+                    INSERT_TRACKED
+                };
+                sqlx::query(sql).bind("Sleep").execute(&raw).await?;
+                Ok(1)
+            }
+        }
+    };
+
     macro_rules! variant {
         ($writers:expr, $op:expr) => {{
             let op = $op;
@@ -286,6 +303,8 @@ pub(crate) async fn p2_inserts(env: &Env, sizes: &Sizes) -> anyhow::Result<Vec<R
         variant!(1, sqlx_auto(Some(message.clone()))),
         variant!(1, tokio_auto(false)),
         variant!(1, tokio_auto(true)),
+        variant!(WRITERS, raw_tracked(false)),
+        variant!(WRITERS, raw_tracked(true)),
     ];
     let samples = rotated(sizes.rounds, &mut variants).await?;
     let tracked_rows: i64 = sqlx::query_scalar("SELECT count(*) FROM tracked")
@@ -350,6 +369,20 @@ pub(crate) async fn p2_inserts(env: &Env, sizes: &Sizes) -> anyhow::Result<Vec<R
             2,
             Goal::None,
         ),
+        row(
+            "P2-ref",
+            "… sqlx, autocommit, no context: the trigger alone (it finds no comment) ÷ no trigger",
+            0,
+            14,
+            Goal::None,
+        ),
+        row(
+            "P2-ref",
+            "… the same with a sqlcommenter tag (the trigger emits it as the context) ÷ without",
+            14,
+            15,
+            Goal::None,
+        ),
         latency(
             "one connection, sequential autocommit writes, time per write: tokio-postgres, message (1 round trip: BEGIN+emit, write, COMMIT pipelined) ÷ raw (1)",
             12,
@@ -380,6 +413,9 @@ const WRITERS: usize = 4;
 const TRANSACTION_WRITES: u64 = 5;
 const INSERT_PLAIN: &str = "INSERT INTO plain (task) VALUES ($1)";
 const INSERT_TRACKED: &str = "INSERT INTO tracked (task) VALUES ($1)";
+/// As a Flask app's psycopg2 cursor with google-cloud-sqlcommenter sends it.
+const INSERT_TRACKED_SQLCOMMENTER: &str = "INSERT INTO tracked (task) VALUES ($1) \
+    /*controller='create_todo',framework='flask%3A3.1.3',route='/todo'*/";
 
 /// The raw pool behind a bemi pool (or the default's).
 fn pool_clone(pool: &Option<BemiPool>, default: &BemiPool) -> sqlx::PgPool {

@@ -19,6 +19,7 @@ mod context_isolation;
 mod demo;
 mod enrichment;
 mod fuzz;
+mod grpc;
 mod hostile;
 mod keep_alive;
 mod launcher;
@@ -42,6 +43,8 @@ mod tls;
 mod todo_apps;
 mod todo_hostile;
 mod todo_load;
+mod trace_ids;
+mod web_frameworks;
 mod worker_capture;
 mod worker_crash;
 mod worker_hazards;
@@ -71,6 +74,8 @@ macro_rules! tests {
 
 fn all_tests() -> Vec<(String, TestFn)> {
     tests![
+        grpc::unary_and_streaming_calls_of_200_clients_carry_their_own_context,
+        trace_ids::a_changes_trace_id_is_the_one_its_request_exported,
         sqlcommenter::a_python_clients_sqlcommenter_tags_become_the_context,
         sqlcommenter::a_bemi_context_wins_and_the_setting_turns_sqlcommenter_off,
         adapters::sqlx_pool_write_emits_one_message_before_the_row,
@@ -146,6 +151,10 @@ fn all_tests() -> Vec<(String, TestFn)> {
         todo_apps::graphql_todo_app_seed_operations_carry_their_context,
         todo_load::axum_todo_app_keeps_1000_concurrent_contexts_apart,
         todo_load::actix_todo_app_keeps_1000_concurrent_contexts_apart,
+        web_frameworks::poem_app_keeps_1000_concurrent_contexts_apart,
+        web_frameworks::salvo_app_keeps_1000_concurrent_contexts_apart,
+        web_frameworks::salvo_tower_compat_on_1_0_keeps_the_context_like_the_native_hoop,
+        web_frameworks::rocket_app_keeps_1000_concurrent_contexts_apart,
         todo_hostile::hostile_request_through_the_axum_app_changes_nothing_but_its_row,
         todo_hostile::hostile_request_through_the_actix_app_changes_nothing_but_its_row,
         todo_hostile::hostile_graphql_variables_change_nothing_but_their_row,

@@ -1,0 +1,435 @@
+//! # bemi-rocket
+//!
+//! [Rocket](https://rocket.rs) integration that gives every request a bemi context: each write
+//! made while serving the request (through `bemi_core::sqlx::BemiPool` or
+//! `bemi_core::tokio_postgres::BemiClient`) carries it into the audit trail.
+//!
+//! Rocket has no middleware that holds a handler's future (a fairing's `on_request` returns
+//! before routing, and Rocket serves each request on a task of its own), so the integration wraps
+//! the **handlers of the routes** when they are mounted: [`with_bemi`] (or [`Bemi::wrap`]).
+//!
+//! ```
+//! use bemi_core::context;
+//! use rocket::http::Header;
+//! use rocket::local::asynchronous::Client;
+//! use rocket::{Request, post, routes};
+//! use serde_json::{Value, json};
+//!
+//! #[post("/todo")]
+//! fn create_todo() -> String {
+//!     // Writes through `BemiPool` here carry this context; a handler may add to it.
+//!     context::merge(json!({"role": "admin"})).unwrap();
+//!     Value::Object(context::current().unwrap()).to_string()
+//! }
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() {
+//! let routes = bemi_rocket::with_bemi(routes![create_todo], |req: &Request<'_>| {
+//!     json!({
+//!         "endpoint": req.uri().path().as_str(),
+//!         "method": req.method().as_str(),
+//!         "user_id": req.headers().get_one("x-user-id"),
+//!     })
+//! });
+//! let rocket = rocket::build().mount("/", routes);
+//!
+//! let client = Client::tracked(rocket).await.unwrap();
+//! let response = client.post("/todo").header(Header::new("x-user-id", "187234")).dispatch().await;
+//! let seen: Value = serde_json::from_str(&response.into_string().await.unwrap()).unwrap();
+//! assert_eq!(
+//!     seen,
+//!     json!({"endpoint": "/todo", "method": "POST", "user_id": "187234", "role": "admin"})
+//! );
+//! # }
+//! ```
+//!
+//! The context is in scope for everything the route's handler does: its request guards
+//! (`FromRequest` and `FromData` run inside the generated handler), its body, and the
+//! `Responder` that builds the response; a [`bemi_core::context::merge`] there is seen by the
+//! later writes of the same request. It does **not** cover fairings (`on_request`,
+//! `on_response`), catchers, or routes mounted without the wrapper. A forwarded request's next
+//! route runs in the context of its own wrapper.
+//!
+//! # What the closure may return
+//!
+//! - a JSON **object**: the request's context;
+//! - `null`: no context for this request;
+//! - anything else (an array, a string, a number, a boolean): treated like `null`, and a
+//!   `tracing` warning names the kind that was returned. The wrapper never panics on it.
+//!
+//! # Route templates
+//!
+//! Rocket has picked the route by the time the wrapper runs, so the closure can read its
+//! template with `req.route()`:
+//!
+//! ```
+//! use rocket::Request;
+//! use serde_json::json;
+//!
+//! let context = |req: &Request<'_>| json!({"endpoint": req.route().map(|route| route.uri.path())});
+//! // `PUT /todo/17/complete` on `#[put("/todo/<id>/complete")]`: {"endpoint": "/todo/<id>/complete"}
+//! # let _ = bemi_rocket::Bemi::new(context);
+//! ```
+//!
+//! # Spawned tasks and streaming response bodies
+//!
+//! The context belongs to the request's task. A future given to `tokio::spawn`, code run in
+//! `spawn_blocking`, and a streamed body (`TextStream`, `ByteStream`, `EventStream`) — which
+//! Rocket polls after the handler has returned — run **without** it. Wrap the future (or build
+//! the stream from one) with [`bemi_core::context::ContextExt::in_current_context`] inside the
+//! handler to carry a copy of the context:
+//!
+//! ```
+//! use bemi_core::context::ContextExt as _;
+//! use rocket::get;
+//! use rocket::response::stream::TextStream;
+//!
+//! #[get("/export")]
+//! fn export() -> TextStream![String] {
+//!     // A stream that may write while it produces the body.
+//!     let rows = rocket::futures::stream::iter(vec!["a\n".to_owned(), "b\n".to_owned()]);
+//!     // Writes made while the body is produced carry the request's context.
+//!     TextStream(rows.in_current_context())
+//! }
+//! ```
+
+use std::fmt;
+use std::sync::Arc;
+
+use bemi_core::IntoContext;
+use bemi_core::integration::RequestScope;
+use rocket::route::{Handler, Outcome, Route};
+use rocket::{Data, Request};
+
+/// Wraps the handlers of `routes` so that each request runs inside the context
+/// `make_context` returns for it; mount the result.
+///
+/// ```
+/// use rocket::{Request, get, routes};
+/// use serde_json::json;
+///
+/// #[get("/todo")]
+/// fn list() -> &'static str {
+///     "[]"
+/// }
+///
+/// let routes = bemi_rocket::with_bemi(routes![list], |req: &Request<'_>| {
+///     json!({"endpoint": req.uri().path().as_str(), "method": req.method().as_str()})
+/// });
+/// let rocket = rocket::build().mount("/", routes);
+/// # let _ = rocket;
+/// ```
+pub fn with_bemi<F, C>(routes: impl IntoIterator<Item = Route>, make_context: F) -> Vec<Route>
+where
+    F: Fn(&Request<'_>) -> C + Send + Sync + 'static,
+    C: IntoContext,
+{
+    Bemi::new(make_context).wrap(routes)
+}
+
+/// A request-context closure, to wrap the handlers of several sets of routes with
+/// ([`Bemi::wrap`]).
+///
+/// ```
+/// use rocket::{Request, get, routes};
+/// use serde_json::json;
+///
+/// #[get("/todo")]
+/// fn list() -> &'static str {
+///     "[]"
+/// }
+///
+/// #[get("/health")]
+/// fn health() {}
+///
+/// let bemi = bemi_rocket::Bemi::new(|req: &Request<'_>| json!({"endpoint": req.uri().path().as_str()}));
+/// let rocket = rocket::build()
+///     .mount("/", bemi.wrap(routes![list]))
+///     .mount("/admin", bemi.wrap(routes![health]));
+/// # let _ = rocket;
+/// ```
+pub struct Bemi<F> {
+    make_context: Arc<F>,
+}
+
+impl<F> Bemi<F> {
+    /// Wrapping with this makes requests run inside the context `make_context` returns for them.
+    ///
+    /// ```
+    /// use rocket::Request;
+    /// use serde_json::json;
+    ///
+    /// let bemi = bemi_rocket::Bemi::new(|req: &Request<'_>| json!({"user_id": req.headers().get_one("x-user-id")}));
+    /// # let _ = bemi;
+    /// ```
+    pub fn new<C>(make_context: F) -> Self
+    where
+        F: Fn(&Request<'_>) -> C + Send + Sync + 'static,
+        C: IntoContext,
+    {
+        Self {
+            make_context: Arc::new(make_context),
+        }
+    }
+
+    /// `routes` with each handler wrapped: it runs inside the request's context.
+    ///
+    /// ```
+    /// use bemi_core::context;
+    /// use rocket::local::asynchronous::Client;
+    /// use rocket::{Request, delete, routes};
+    /// use serde_json::json;
+    ///
+    /// #[delete("/todo/<id>")]
+    /// fn remove(id: u64) -> String {
+    ///     format!("{id} {}", context::current().unwrap()["method"])
+    /// }
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let bemi = bemi_rocket::Bemi::new(|req: &Request<'_>| json!({"method": req.method().as_str()}));
+    /// # let config = rocket::Config { log_level: rocket::config::LogLevel::Off, ..rocket::Config::debug_default() };
+    /// let rocket = rocket::custom(config).mount("/", bemi.wrap(routes![remove]));
+    /// let client = Client::tracked(rocket).await.unwrap();
+    /// let response = client.delete("/todo/7").dispatch().await;
+    /// assert_eq!(response.into_string().await.unwrap(), r#"7 "DELETE""#);
+    /// # }
+    /// ```
+    pub fn wrap<C>(&self, routes: impl IntoIterator<Item = Route>) -> Vec<Route>
+    where
+        F: Fn(&Request<'_>) -> C + Send + Sync + 'static,
+        C: IntoContext,
+    {
+        routes
+            .into_iter()
+            .map(|mut route| {
+                route.handler = Box::new(Scoped {
+                    inner: route.handler,
+                    make_context: Arc::clone(&self.make_context),
+                });
+                route
+            })
+            .collect()
+    }
+}
+
+impl<F> Clone for Bemi<F> {
+    fn clone(&self) -> Self {
+        Self {
+            make_context: Arc::clone(&self.make_context),
+        }
+    }
+}
+
+impl<F> fmt::Debug for Bemi<F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Bemi").finish_non_exhaustive()
+    }
+}
+
+/// A route's handler, run inside the request's context.
+struct Scoped<F> {
+    inner: Box<dyn Handler>,
+    make_context: Arc<F>,
+}
+
+impl<F> Clone for Scoped<F> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+            make_context: Arc::clone(&self.make_context),
+        }
+    }
+}
+
+#[rocket::async_trait]
+impl<F, C> Handler for Scoped<F>
+where
+    F: Fn(&Request<'_>) -> C + Send + Sync + 'static,
+    C: IntoContext,
+{
+    async fn handle<'r>(&self, request: &'r Request<'_>, data: Data<'r>) -> Outcome<'r> {
+        // The same shared context for the handler's synchronous call and every poll of its
+        // future.
+        RequestScope::new((self.make_context)(request))
+            .call(|| self.inner.handle(request, data))
+            .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::panic::AssertUnwindSafe;
+
+    use bemi_core::context::{self, ContextExt as _};
+    use futures_util::FutureExt as _;
+    use rocket::config::LogLevel;
+    use rocket::http::{Header, Status};
+    use rocket::local::asynchronous::Client;
+    use rocket::request::{FromRequest, Outcome as RequestOutcome};
+    use rocket::response::stream::TextStream;
+    use rocket::{Build, Config, Rocket, get, routes};
+    use serde_json::{Value, json};
+
+    use super::*;
+
+    fn quiet() -> Rocket<Build> {
+        rocket::custom(Config {
+            log_level: LogLevel::Off,
+            ..Config::debug_default()
+        })
+    }
+
+    fn seen() -> String {
+        context::current().map_or("none".to_owned(), |c| Value::Object(c).to_string())
+    }
+
+    /// A request guard that records the context it runs in.
+    struct GuardSaw(String);
+
+    #[rocket::async_trait]
+    impl<'r> FromRequest<'r> for GuardSaw {
+        type Error = ();
+
+        async fn from_request(_: &'r Request<'_>) -> RequestOutcome<Self, ()> {
+            RequestOutcome::Success(GuardSaw(seen()))
+        }
+    }
+
+    #[get("/probe/<n>")]
+    async fn probe(n: u32, guard: GuardSaw) -> String {
+        tokio::task::yield_now().await;
+        let _ = context::merge(json!({"step": "handler", "n": n}));
+        tokio::task::yield_now().await;
+        format!("{} {}", guard.0, seen())
+    }
+
+    #[get("/lost")]
+    fn lost() -> TextStream![String] {
+        TextStream! { yield seen(); }
+    }
+
+    #[get("/carried")]
+    fn carried() -> TextStream![String] {
+        TextStream(futures_util::stream::once(async { seen() }).in_current_context())
+    }
+
+    #[get("/panic")]
+    async fn panicking() -> &'static str {
+        let _ = context::merge(json!({"leak": true}));
+        tokio::task::yield_now().await;
+        panic!("the handler panicked")
+    }
+
+    #[get("/unwrapped")]
+    fn unwrapped() -> String {
+        seen()
+    }
+
+    async fn client(
+        make_context: impl Fn(&Request<'_>) -> Value + Send + Sync + 'static,
+    ) -> Client {
+        let routes = with_bemi(routes![probe, lost, carried, panicking], make_context);
+        let rocket = quiet().mount("/", routes).mount("/", routes![unwrapped]);
+        Client::tracked(rocket).await.unwrap()
+    }
+
+    async fn get(client: &Client, path: &str) -> (Status, String) {
+        let response = client
+            .get(path.to_owned())
+            .header(Header::new("x-user-id", "42"))
+            .dispatch()
+            .await;
+        let status = response.status();
+        (status, response.into_string().await.unwrap_or_default())
+    }
+
+    fn endpoint(req: &Request<'_>) -> Value {
+        json!({
+            "endpoint": req.route().map(|route| route.uri.path()),
+            "user_id": req.headers().get_one("x-user-id"),
+        })
+    }
+
+    #[tokio::test]
+    async fn guards_and_handler_run_inside_the_context() {
+        let client = client(endpoint).await;
+        let (status, body) = get(&client, "/probe/3").await;
+        assert_eq!(status, Status::Ok);
+        assert_eq!(
+            body,
+            r#"{"endpoint":"/probe/<n>","user_id":"42"} {"endpoint":"/probe/<n>","n":3,"step":"handler","user_id":"42"}"#
+        );
+        // A route mounted without the wrapper has no context.
+        assert_eq!(get(&client, "/unwrapped").await.1, "none");
+        assert_eq!(context::current(), None);
+    }
+
+    #[tokio::test]
+    async fn null_and_non_objects_mean_no_context() {
+        for value in [
+            json!(null),
+            json!([1]),
+            json!("user"),
+            json!(3),
+            json!(false),
+        ] {
+            let client = client(move |_: &Request<'_>| value.clone()).await;
+            let (_, body) = get(&client, "/probe/1").await;
+            assert_eq!(body, "none none");
+        }
+    }
+
+    #[tokio::test]
+    async fn streaming_bodies_need_the_stream_helper() {
+        let client = client(endpoint).await;
+        assert_eq!(get(&client, "/lost").await.1, "none");
+        assert_eq!(
+            get(&client, "/carried").await.1,
+            r#"{"endpoint":"/carried","user_id":"42"}"#
+        );
+    }
+
+    #[tokio::test]
+    async fn a_panicking_handler_leaves_no_context_behind() {
+        let client = client(endpoint).await;
+        // Rocket catches the handler's panic and answers 500.
+        let outcome = AssertUnwindSafe(get(&client, "/panic"))
+            .catch_unwind()
+            .await;
+        assert_eq!(
+            outcome.map(|(status, _)| status).ok(),
+            Some(Status::InternalServerError)
+        );
+        assert_eq!(context::current(), None);
+        let (_, body) = get(&client, "/probe/2").await;
+        assert!(
+            body.starts_with(r#"{"endpoint":"/probe/<n>","user_id":"42"} "#),
+            "{body}"
+        );
+        assert!(!body.contains("leak"), "{body}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_requests_keep_their_own_context() {
+        let client =
+            Arc::new(client(|req: &Request<'_>| json!({"path": req.uri().path().as_str()})).await);
+        let mut tasks = Vec::new();
+        for n in 0..200 {
+            let client = Arc::clone(&client);
+            tasks.push(tokio::spawn(async move {
+                let response = client.get(format!("/probe/{n}")).dispatch().await;
+                (n, response.into_string().await.unwrap())
+            }));
+        }
+        for task in tasks {
+            let (n, body) = task.await.unwrap();
+            assert_eq!(
+                body,
+                format!(
+                    r#"{{"path":"/probe/{n}"}} {{"n":{n},"path":"/probe/{n}","step":"handler"}}"#
+                )
+            );
+        }
+    }
+}
