@@ -1,5 +1,6 @@
-//! `bemi dev`: a throwaway PostgreSQL (`wal_level=logical`) with tracking installed and a worker
-//! capturing into its `changes` table; Ctrl-C stops both and removes the cluster's data.
+//! `bemi dev`: a throwaway PostgreSQL (`wal_level=logical`) with tracking installed, a worker
+//! capturing into its `changes` table and the web UI reading it; Ctrl-C stops them and removes
+//! the cluster's data.
 
 use std::io::Write as _;
 use std::time::{Duration, Instant};
@@ -20,6 +21,10 @@ const READY_TIMEOUT: Duration = Duration::from_secs(60);
 pub(crate) struct DevArgs {
     #[command(flatten)]
     capture: CaptureArgs,
+    /// Where the web UI listens (a loopback address; port 0 picks a free one). Its URL is
+    /// printed as BEMI_UI_URL=….
+    #[arg(long, env = "BEMI_DEV_UI_ADDR", default_value = "127.0.0.1:0")]
+    ui_addr: std::net::SocketAddr,
 }
 
 /// Runs `bemi dev`.
@@ -40,11 +45,20 @@ pub(super) async fn run(args: DevArgs) -> anyhow::Result<()> {
 
 /// Migrates, runs the worker, prints `DATABASE_URL=…` once it streams, and waits for it to stop.
 async fn serve(url: &str, args: &DevArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
+    if !args.ui_addr.ip().is_loopback() {
+        return Err(anyhow!(
+            "--ui-addr {} is not a loopback address: `bemi dev`'s UI has no token; use `bemi ui \
+             --token` to serve the audit trail on a network",
+            args.ui_addr
+        ));
+    }
     let pool = connect(url).await?;
     bemi_core::migration::migrate(&pool, Default::default())
         .await
         .context("could not install tracking")?;
-    pool.close().await;
+    let ui_listener = tokio::net::TcpListener::bind(args.ui_addr)
+        .await
+        .with_context(|| format!("could not listen on {} for the web UI", args.ui_addr))?;
 
     let worker = Worker::new(args.capture.config(url, None)?);
     let metrics = worker.metrics();
@@ -54,6 +68,7 @@ async fn serve(url: &str, args: &DevArgs, shutdown: CancellationToken) -> anyhow
     });
     let started = Instant::now();
     let mut announced = false;
+    let mut ui_listener_slot = Some(ui_listener);
     let outcome = loop {
         tokio::select! {
             outcome = &mut running => break outcome,
@@ -63,6 +78,15 @@ async fn serve(url: &str, args: &DevArgs, shutdown: CancellationToken) -> anyhow
                     let mut stdout = std::io::stdout().lock();
                     writeln!(stdout, "DATABASE_URL={url}")?;
                     stdout.flush()?;
+                    drop(stdout);
+                    // The worker has created `changes`: the UI can read it from now on.
+                    tokio::spawn(super::ui::serve(
+                        ui_listener_slot.take().expect("announced once"),
+                        bemi_ui::router(pool.clone(), bemi_ui::UiOptions::new().authorize(
+                            |_| async { bemi_ui::Access::revert().actor(serde_json::json!({"reverted_by": "bemi dev"})) },
+                        )),
+                        shutdown.clone(),
+                    ));
                     tracing::info!(
                         "PostgreSQL is ready and changes are captured into its `changes` table; \
                          Ctrl-C stops it and removes its data"

@@ -12,7 +12,8 @@
 //! | `bemi at TABLE [PK] TIME` | a row, or the whole table, as it was at an instant |
 //! | `bemi revert` | undoes a change, a transaction or a request (`--context`), `--dry-run`, `--force` |
 //! | `bemi prune --older-than 90d` | removes old changes in short batches (drops old partitions) |
-//! | `bemi dev` | an ephemeral PostgreSQL with tracking and a worker, until Ctrl-C |
+//! | `bemi dev` | an ephemeral PostgreSQL with tracking, a worker and the web UI, until Ctrl-C |
+//! | `bemi ui` | the audit trail's web UI (`--addr`, `--token`, `--allow-revert`) |
 //!
 //! Every flag can also be set with an environment variable (`DATABASE_URL`,
 //! `BEMI_DESTINATION_URL`, `BEMI_SLOT`, …; lists comma-separated); `bemi help COMMAND` lists them.
@@ -36,6 +37,7 @@ mod revert;
 mod shutdown;
 mod store;
 mod time;
+mod ui;
 mod worker;
 
 use std::io::Write as _;
@@ -94,8 +96,11 @@ enum Command {
     Revert(revert::RevertArgs),
     /// Remove changes older than a bound, in short batches (drops old monthly partitions).
     Prune(prune::PruneArgs),
-    /// Start a throwaway PostgreSQL with tracking and a worker; Ctrl-C stops it and removes it.
+    /// Start a throwaway PostgreSQL with tracking, a worker and the web UI; Ctrl-C stops it
+    /// and removes it.
     Dev(dev::DevArgs),
+    /// Serve the audit trail's web UI (127.0.0.1:8080 by default) until SIGINT or SIGTERM.
+    Ui(ui::UiArgs),
 }
 
 /// Runs the `bemi` tool with the process's arguments: parses them, sets up logging on stderr,
@@ -171,6 +176,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Revert(args) => revert::run(args).await,
         Command::Prune(args) => prune::run(args).await,
         Command::Dev(args) => dev::run(args).await,
+        Command::Ui(args) => ui::run(args).await,
     }
 }
 

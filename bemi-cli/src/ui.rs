@@ -1,0 +1,78 @@
+//! `bemi ui`: the audit trail's web UI (bemi-ui's router) on its own server.
+
+use std::net::SocketAddr;
+
+use anyhow::{Context as _, bail};
+use tokio_util::sync::CancellationToken;
+
+use super::audit_db::AuditArgs;
+use super::shutdown;
+
+/// `bemi ui`
+#[derive(Debug, clap::Args)]
+pub(crate) struct UiArgs {
+    /// Where to listen. Any address but a loopback one needs --token.
+    #[arg(long, env = "BEMI_UI_ADDR", default_value = "127.0.0.1:8080")]
+    addr: SocketAddr,
+    #[command(flatten)]
+    audit: AuditArgs,
+    /// Every request needs `Authorization: Bearer TOKEN` (or the login page's cookie).
+    #[arg(long, env = "BEMI_UI_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Let the token holder revert changes (writes to DATABASE_URL, the source database).
+    #[arg(long, env = "BEMI_UI_ALLOW_REVERT", value_parser = super::boolish())]
+    allow_revert: bool,
+}
+
+/// Runs `bemi ui` until SIGINT or SIGTERM.
+pub(super) async fn run(args: UiArgs) -> anyhow::Result<()> {
+    let token = args
+        .token
+        .as_deref()
+        .filter(|token| !token.trim().is_empty());
+    if !args.addr.ip().is_loopback() && token.is_none() {
+        bail!(
+            "refusing to serve the audit trail on {} without a token: anyone who reaches that \
+             address could read it. Pass --token (or BEMI_UI_TOKEN), or listen on 127.0.0.1",
+            args.addr
+        );
+    }
+    if args.allow_revert && token.is_none() {
+        bail!(
+            "--allow-revert needs --token: without one, anyone who reaches the page could revert \
+             changes"
+        );
+    }
+    let audit = args.audit.connect().await?;
+    let source = match std::env::var("DATABASE_URL") {
+        Ok(url) if !url.trim().is_empty() => super::connect(&url).await?,
+        _ => audit.clone(),
+    };
+    let mut options = bemi_ui::UiOptions::new().source(source);
+    if let Some(token) = token {
+        options = options.token(token, args.allow_revert);
+    }
+    let shutdown = shutdown::on_signals()?;
+    let listener = tokio::net::TcpListener::bind(args.addr)
+        .await
+        .with_context(|| format!("could not listen on {}", args.addr))?;
+    let address = listener.local_addr()?;
+    serve(listener, bemi_ui::router(audit, options), shutdown).await?;
+    tracing::info!(%address, "bemi ui stopped");
+    Ok(())
+}
+
+/// Serves `router` on `listener`, printing its URL, until `shutdown`.
+pub(crate) async fn serve(
+    listener: tokio::net::TcpListener,
+    router: axum::Router,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let address = listener.local_addr()?;
+    super::write_stdout(&format!("BEMI_UI_URL=http://{address}/\n"))?;
+    tracing::info!(%address, "serving the audit trail's web UI");
+    axum::serve(listener, router)
+        .with_graceful_shutdown(shutdown.cancelled_owned())
+        .await
+        .context("the web UI's server failed")
+}

@@ -1,0 +1,177 @@
+//! The JSON API: `GET /api/changes`, `POST /api/revert`, `GET /api/tail` (server-sent events).
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use axum::Extension;
+use axum::Json;
+use axum::extract::{RawQuery, State};
+use axum::http::StatusCode;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use bemi_audit::{Follower, Revert, RevertError};
+use futures_util::{Stream, StreamExt as _, stream};
+use serde::Deserialize;
+use serde_json::{Map, Value, json};
+use uuid::Uuid;
+
+use crate::filters::{FilterError, Filters};
+use crate::pages::next_cursor;
+use crate::render::change_row;
+use crate::{RequestInfo, Ui};
+
+/// How often the live tail looks for new changes when there were none.
+const TAIL_INTERVAL: Duration = Duration::from_millis(500);
+/// The changes the live tail starts with.
+const TAIL_LATEST: u64 = 20;
+
+/// An API error: a status and `{"error": "…"}`.
+pub(crate) struct ApiError(StatusCode, String);
+
+impl From<FilterError> for ApiError {
+    fn from(error: FilterError) -> Self {
+        match error {
+            FilterError::Database(error) => error.into(),
+            other => Self(StatusCode::BAD_REQUEST, other.to_string()),
+        }
+    }
+}
+
+impl From<sqlx::Error> for ApiError {
+    fn from(error: sqlx::Error) -> Self {
+        tracing::error!(%error, "bemi-ui: reading the audit trail failed");
+        Self(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "the audit trail could not be read; the server's log says why".into(),
+        )
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.0, Json(json!({"error": self.1}))).into_response()
+    }
+}
+
+/// `GET /api/changes?<filters>`: `{"changes": [...], "next": <cursor or null>}`.
+pub(crate) async fn changes(
+    State(ui): State<Ui>,
+    RawQuery(query): RawQuery,
+) -> Result<Json<Value>, ApiError> {
+    let filters = Filters::parse(query.as_deref().unwrap_or(""))?;
+    let size = filters.page_size();
+    let mut changes = filters
+        .query(&ui.audit)
+        .await?
+        .limit(size + 1)
+        .fetch(&ui.audit)
+        .await?;
+    let more = changes.len() as u64 > size;
+    changes.truncate(usize::try_from(size).unwrap_or(usize::MAX));
+    let next = next_cursor(&changes, more);
+    Ok(Json(json!({"changes": changes, "next": next})))
+}
+
+/// The body of `POST /api/revert`: one target, and whether to only plan (default) or force.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RevertRequest {
+    change: Option<Uuid>,
+    transaction: Option<i64>,
+    context: Option<Map<String, Value>>,
+    /// Only plan (the default: nothing is written unless `"dry_run": false`).
+    #[serde(default = "yes")]
+    dry_run: bool,
+    #[serde(default)]
+    force: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// `POST /api/revert`: the plan (dry run) or the report; 409 with the conflicts when rows
+/// changed since and the revert is not forced.
+pub(crate) async fn revert(
+    State(ui): State<Ui>,
+    Extension(info): Extension<RequestInfo>,
+    Json(request): Json<RevertRequest>,
+) -> Result<Response, ApiError> {
+    let revert = match (request.change, request.transaction, request.context) {
+        (Some(id), None, None) => Revert::change(id),
+        (None, Some(id), None) => Revert::transaction(id),
+        (None, None, Some(context)) if !context.is_empty() => Revert::context(context),
+        _ => {
+            return Err(ApiError(
+                StatusCode::BAD_REQUEST,
+                "send exactly one of \"change\" (an id), \"transaction\" (an id) or \"context\" \
+                 (a non-empty object)"
+                    .into(),
+            ));
+        }
+    }
+    .force(request.force);
+    if request.dry_run {
+        let plan = revert
+            .plan(&ui.audit, &ui.source)
+            .await
+            .map_err(revert_error)?;
+        let script = plan.script();
+        return Ok(Json(json!({"dry_run": true, "plan": plan, "script": script})).into_response());
+    }
+    let actor = info.access.actor_context().clone();
+    match bemi_core::context::scope(actor, revert.run(&ui.audit, &ui.source)).await {
+        Ok(report) => Ok(Json(json!({"dry_run": false, "report": report})).into_response()),
+        Err(RevertError::Conflicts(conflicts)) => Ok((
+            StatusCode::CONFLICT,
+            Json(json!({
+                "error": "rows changed since: nothing was written (send \"force\": true to overwrite them)",
+                "conflicts": conflicts,
+            })),
+        )
+            .into_response()),
+        Err(error) => Err(revert_error(error)),
+    }
+}
+
+fn revert_error(error: RevertError) -> ApiError {
+    match error {
+        RevertError::Database(error) => error.into(),
+        other => ApiError(StatusCode::BAD_REQUEST, other.to_string()),
+    }
+}
+
+/// `GET /api/tail?<filters>`: server-sent events, one `change` event per new change (its
+/// data: the change's row of the list, as HTML escaped like every page), the latest few
+/// first.
+pub(crate) async fn tail(
+    State(ui): State<Ui>,
+    Extension(info): Extension<RequestInfo>,
+    RawQuery(query): RawQuery,
+) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
+    let filters = Filters::parse(query.as_deref().unwrap_or(""))?;
+    let query = filters.first_page().query(&ui.audit).await?;
+    let (follower, latest) = Follower::start(ui.audit.clone(), query, TAIL_LATEST).await?;
+    let row = {
+        let ui = ui.clone();
+        move |change: &bemi_audit::Change| {
+            Event::default()
+                .event("change")
+                .id(change.id.to_string())
+                .data(change_row(&info, &ui.user_key, change).into_string())
+        }
+    };
+    let first: Vec<Event> = latest.iter().map(&row).collect();
+    let pages = follower.into_stream(TAIL_INTERVAL).flat_map(move |page| {
+        let events: Vec<Event> = match page {
+            Ok(changes) => changes.iter().map(&row).collect(),
+            Err(error) => {
+                tracing::warn!(%error, "bemi-ui: the live tail could not read; retrying");
+                vec![Event::default().event("lagging").data("retrying")]
+            }
+        };
+        stream::iter(events)
+    });
+    let events = stream::iter(first).chain(pages).map(Ok);
+    Ok(Sse::new(events).keep_alive(KeepAlive::default()))
+}

@@ -1,0 +1,325 @@
+//! The filters of the change list, the JSON API, the live tail and the exports — as the URL
+//! holds them, so that every page is a deep link.
+
+use bemi_audit::time::{PointInTime, TimeError};
+use bemi_audit::{ChangeQuery, Cursor, Operation, parse_context_pair};
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+use sqlx::PgPool;
+use uuid::Uuid;
+
+/// The most changes one page or one API call returns.
+pub const MAX_LIMIT: u64 = 1_000;
+
+/// Changes per page when the URL names no `limit`.
+pub const DEFAULT_LIMIT: u64 = 50;
+
+/// The filters of a URL: `table`, `pk`, `operation`, `context` (`KEY=VALUE`, repeatable: all
+/// must match), `since`, `until` (a timestamp, a duration ago such as `15m`, or any form
+/// PostgreSQL reads), `changed` (a field changed), `transaction`, `limit`, `cursor`.
+///
+/// ```
+/// use bemi_ui::Filters;
+///
+/// let filters = Filters::parse("table=todo&context=user_id%3D187234&context=endpoint%3D%2Ftodo&limit=20")?;
+/// assert_eq!(filters.table.as_deref(), Some("todo"));
+/// assert_eq!(filters.context.len(), 2);
+/// assert_eq!(Filters::parse(&filters.to_query())?, filters);
+/// # Ok::<(), bemi_ui::FilterError>(())
+/// ```
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Filters {
+    /// `todo` or `public.todo`.
+    pub table: Option<String>,
+    /// The changed row's primary key (as the `changes` table spells it).
+    pub pk: Option<String>,
+    /// CREATE, UPDATE, DELETE or TRUNCATE.
+    pub operation: Option<Operation>,
+    /// Context pairs, each as written (`user_id=187234`) and as read.
+    pub context: Vec<(String, String, Value)>,
+    /// From this time on (as written; inclusive).
+    pub since: Option<String>,
+    /// Before this time (as written; exclusive).
+    pub until: Option<String>,
+    /// A field whose value changed.
+    pub changed: Option<String>,
+    /// The source transaction's id.
+    pub transaction: Option<i64>,
+    /// Changes per page.
+    pub limit: Option<u64>,
+    /// Continue after this change (a page's `next`).
+    pub cursor: Option<Cursor>,
+}
+
+/// A filter the URL gets wrong; the message says what to write.
+#[derive(Debug, thiserror::Error)]
+pub enum FilterError {
+    /// A value that does not parse.
+    #[error("{key}={value:?}: {problem}")]
+    Invalid {
+        /// The parameter.
+        key: &'static str,
+        /// Its value.
+        value: String,
+        /// What is wrong and what to write instead.
+        problem: String,
+    },
+    /// A time neither bemi nor PostgreSQL reads.
+    #[error("{key}: {0}", key = .1)]
+    Time(String, &'static str),
+    /// The database could not be asked to read a time.
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+}
+
+impl Filters {
+    /// The filters of a query string (without the `?`); empty values are no filter.
+    ///
+    /// # Errors
+    ///
+    /// [`FilterError::Invalid`] for a value that does not parse (an unknown operation, a
+    /// `context` that is not `KEY=VALUE`, a transaction or limit that is not a number, a
+    /// cursor this UI did not make).
+    pub fn parse(query: &str) -> Result<Self, FilterError> {
+        let mut filters = Self::default();
+        for (key, value) in form_urlencoded::parse(query.as_bytes()) {
+            let value = value.trim();
+            if value.is_empty() {
+                continue;
+            }
+            let invalid = |key: &'static str, problem: &str| FilterError::Invalid {
+                key,
+                value: value.to_owned(),
+                problem: problem.to_owned(),
+            };
+            match &*key {
+                "table" => filters.table = Some(value.to_owned()),
+                "pk" => filters.pk = Some(value.to_owned()),
+                "operation" => {
+                    filters.operation = Some(value.parse().map_err(|_| {
+                        invalid("operation", "write CREATE, UPDATE, DELETE or TRUNCATE")
+                    })?);
+                }
+                "context" => {
+                    let (name, parsed) = parse_context_pair(value)
+                        .map_err(|error| invalid("context", &error.to_string()))?;
+                    filters.context.push((value.to_owned(), name, parsed));
+                }
+                "since" => filters.since = Some(value.to_owned()),
+                "until" => filters.until = Some(value.to_owned()),
+                "changed" => filters.changed = Some(value.to_owned()),
+                "transaction" => {
+                    filters.transaction = Some(value.parse().map_err(|_| {
+                        invalid("transaction", "write the transaction's id, a whole number")
+                    })?);
+                }
+                "limit" => {
+                    let limit: u64 = value.parse().map_err(|_| {
+                        invalid("limit", "write how many changes a page holds, e.g. 50")
+                    })?;
+                    filters.limit = Some(limit.clamp(1, MAX_LIMIT));
+                }
+                "cursor" => {
+                    filters.cursor = Some(decode_cursor(value).ok_or_else(|| {
+                        invalid("cursor", "use the `next` value of a page as it is")
+                    })?);
+                }
+                _ => {}
+            }
+        }
+        Ok(filters)
+    }
+
+    /// The query string of these filters (without the `?`).
+    #[must_use]
+    pub fn to_query(&self) -> String {
+        let mut query = form_urlencoded::Serializer::new(String::new());
+        let mut pair = |key: &str, value: Option<&str>| {
+            if let Some(value) = value {
+                query.append_pair(key, value);
+            }
+        };
+        pair("table", self.table.as_deref());
+        pair("pk", self.pk.as_deref());
+        pair("operation", self.operation.map(Operation::as_str));
+        for (written, _, _) in &self.context {
+            pair("context", Some(written));
+        }
+        pair("since", self.since.as_deref());
+        pair("until", self.until.as_deref());
+        pair("changed", self.changed.as_deref());
+        pair(
+            "transaction",
+            self.transaction.map(|t| t.to_string()).as_deref(),
+        );
+        pair("limit", self.limit.map(|l| l.to_string()).as_deref());
+        pair("cursor", self.cursor.as_ref().map(encode_cursor).as_deref());
+        query.finish()
+    }
+
+    /// These filters without the cursor (the first page).
+    #[must_use]
+    pub fn first_page(&self) -> Self {
+        Self {
+            cursor: None,
+            ..self.clone()
+        }
+    }
+
+    /// The page size these filters ask for.
+    #[must_use]
+    pub fn page_size(&self) -> u64 {
+        self.limit.unwrap_or(DEFAULT_LIMIT)
+    }
+
+    /// Whether any filter (other than paging) is set.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.first_page()
+            == Self {
+                limit: self.limit,
+                ..Self::default()
+            }
+    }
+
+    /// The audit trail's query for these filters (newest first, no limit: the caller pages).
+    /// Times that are not ISO timestamps or durations are read by PostgreSQL through `pool`.
+    ///
+    /// # Errors
+    ///
+    /// [`FilterError::Time`] for a time nobody reads; [`FilterError::Database`] when
+    /// PostgreSQL cannot be asked.
+    pub async fn query(&self, pool: &PgPool) -> Result<ChangeQuery, FilterError> {
+        let mut query = ChangeQuery::new();
+        if let Some(table) = &self.table {
+            query = query.table(table);
+        }
+        if let Some(pk) = &self.pk {
+            query = query.primary_key(pk.clone());
+        }
+        if let Some(operation) = self.operation {
+            query = query.operation(operation);
+        }
+        for (_, key, value) in &self.context {
+            query = query.context(key.clone(), value.clone());
+        }
+        let now = Utc::now();
+        if let Some(since) = resolve(self.since.as_deref(), "since", pool, now).await? {
+            query = query.since(since);
+        }
+        if let Some(until) = resolve(self.until.as_deref(), "until", pool, now).await? {
+            query = query.until(until);
+        }
+        if let Some(field) = &self.changed {
+            query = query.changed(field.clone());
+        }
+        if let Some(transaction) = self.transaction {
+            query = query.transaction_id(transaction);
+        }
+        if let Some(cursor) = self.cursor {
+            query = query.after(cursor);
+        }
+        Ok(query)
+    }
+}
+
+/// A time filter, resolved.
+pub(crate) async fn resolve(
+    text: Option<&str>,
+    key: &'static str,
+    pool: &PgPool,
+    now: DateTime<Utc>,
+) -> Result<Option<DateTime<Utc>>, FilterError> {
+    let Some(text) = text else {
+        return Ok(None);
+    };
+    let point: PointInTime = text
+        .parse()
+        .map_err(|error: String| FilterError::Time(error, key))?;
+    match point.resolve(pool, now).await {
+        Ok(instant) => Ok(Some(instant)),
+        Err(TimeError::NotATime(error)) => Err(FilterError::Time(error, key)),
+        Err(TimeError::Database(error)) => Err(error.into()),
+    }
+}
+
+/// A page cursor as text: `<commit time in µs>.<position>.<id>`.
+///
+/// ```
+/// use bemi_ui::filters::{decode_cursor, encode_cursor};
+///
+/// let cursor = bemi_audit::Cursor {
+///     committed_at: "2026-12-03T12:00:00.123456Z".parse().unwrap(),
+///     position: 42,
+///     id: uuid::Uuid::nil(),
+/// };
+/// assert_eq!(decode_cursor(&encode_cursor(&cursor)), Some(cursor));
+/// ```
+#[must_use]
+pub fn encode_cursor(cursor: &Cursor) -> String {
+    format!(
+        "{}.{}.{}",
+        cursor.committed_at.timestamp_micros(),
+        cursor.position,
+        cursor.id.simple()
+    )
+}
+
+/// The cursor [`encode_cursor`] wrote; `None` for any other text.
+#[must_use]
+pub fn decode_cursor(text: &str) -> Option<Cursor> {
+    let mut parts = text.split('.');
+    let micros: i64 = parts.next()?.parse().ok()?;
+    let position: i64 = parts.next()?.parse().ok()?;
+    let id = Uuid::parse_str(parts.next()?).ok()?;
+    if parts.next().is_some() {
+        return None;
+    }
+    Some(Cursor {
+        committed_at: DateTime::from_timestamp_micros(micros)?,
+        position,
+        id,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bad_values_say_what_to_write() {
+        for (query, hint) in [
+            ("operation=MERGE", "CREATE, UPDATE"),
+            ("context=user_id", "KEY=VALUE"),
+            ("transaction=abc", "whole number"),
+            ("limit=-1", "how many"),
+            ("cursor=abc", "next"),
+        ] {
+            let error = Filters::parse(query).unwrap_err().to_string();
+            assert!(error.contains(hint), "{query}: {error}");
+        }
+    }
+
+    #[test]
+    fn limits_are_bounded_and_empty_values_ignored() {
+        let filters = Filters::parse("limit=100000&table=&pk=%20").unwrap();
+        assert_eq!(filters.limit, Some(MAX_LIMIT));
+        assert_eq!((filters.table, filters.pk), (None, None));
+        assert!(Filters::parse("limit=5").unwrap().is_empty());
+        assert!(!Filters::parse("changed=task").unwrap().is_empty());
+    }
+
+    #[test]
+    fn hostile_values_round_trip_as_data() {
+        let filters = Filters {
+            table: Some("t&cursor=x".into()),
+            context: vec![(
+                "note=<script>&a=b".into(),
+                "note".into(),
+                Value::String("<script>&a=b".into()),
+            )],
+            ..Filters::default()
+        };
+        assert_eq!(Filters::parse(&filters.to_query()).unwrap(), filters);
+    }
+}
