@@ -215,6 +215,31 @@ pub(crate) struct RequestInfo {
     pub(crate) access: Access,
 }
 
+impl RequestInfo {
+    /// The change list's URL: the mount point itself (`/audit`, not `/audit/`, which a nested
+    /// router does not match), or `/` at the root.
+    pub(crate) fn home(&self) -> String {
+        self.path("/")
+    }
+
+    /// The URL of `path` (`/tail`, …) under the mount point; `/` is [`RequestInfo::home`].
+    pub(crate) fn path(&self, path: &str) -> String {
+        match (self.base.is_empty(), path) {
+            (false, "/") => self.base.clone(),
+            _ => format!("{}{path}", self.base),
+        }
+    }
+
+    /// The path of the UI's cookies: the mount point (or `/`).
+    pub(crate) fn cookie_path(&self) -> String {
+        if self.base.is_empty() {
+            "/".to_owned()
+        } else {
+            self.base.clone()
+        }
+    }
+}
+
 /// The UI: every page, the JSON API and the exports, for the `changes` table reachable through
 /// `audit`. Mount it with `Router::nest` (its links follow the mount point) or serve it as is.
 ///
@@ -330,8 +355,9 @@ async fn guard(State(ui): State<Ui>, request: Request, next: Next) -> Response {
     }
     if new_csrf {
         let cookie = format!(
-            "{CSRF_COOKIE}={}; Path={}/; HttpOnly; SameSite=Strict",
-            info.csrf, info.base
+            "{CSRF_COOKIE}={}; Path={}; HttpOnly; SameSite=Strict",
+            info.csrf,
+            info.cookie_path()
         );
         if let Ok(value) = HeaderValue::from_str(&cookie) {
             headers.append(header::SET_COOKIE, value);
@@ -362,4 +388,48 @@ fn base_of(parts: &Parts) -> String {
         return original.trim_end_matches('/').to_owned();
     }
     String::new()
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::body::Body;
+    use axum::http::Request;
+    use tower::ServiceExt as _;
+
+    use super::*;
+
+    async fn get(app: &Router, path: &str) -> (StatusCode, String) {
+        let response = app
+            .clone()
+            .oneshot(Request::get(path).body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        let status = response.status();
+        let body = axum::body::to_bytes(response.into_body(), 1 << 20)
+            .await
+            .unwrap();
+        (status, String::from_utf8_lossy(&body).into_owned())
+    }
+
+    #[tokio::test]
+    async fn links_follow_the_mount_point() {
+        let pool = PgPool::connect_lazy("postgres://nobody@127.0.0.1:1/none").unwrap();
+        let app = Router::new().nest("/audit", router(pool, UiOptions::new().token("t", false)));
+        for path in ["/audit", "/audit/changes/1", "/audit/tail?table=x"] {
+            let (status, body) = get(&app, path).await;
+            assert_eq!(status, StatusCode::UNAUTHORIZED, "{path}");
+            assert!(body.contains("action=\"/audit/login\""), "{path}: {body}");
+            assert!(body.contains("href=\"/audit/assets/bemi.css\""), "{path}");
+        }
+        let (status, _) = get(&app, "/audit/assets/bemi.js").await;
+        assert_eq!(status, StatusCode::OK);
+        let (_, body) = get(&app, "/audit").await;
+        assert!(body.contains("class=\"brand\" href=\"/audit\""), "{body}");
+        let root = router(
+            PgPool::connect_lazy("postgres://nobody@127.0.0.1:1/none").unwrap(),
+            UiOptions::new().token("t", false),
+        );
+        let (_, body) = get(&root, "/").await;
+        assert!(body.contains("class=\"brand\" href=\"/\""), "{body}");
+    }
 }

@@ -85,7 +85,7 @@ fn filter_form(info: &RequestInfo, action: &str, filters: &Filters) -> Markup {
     let mut contexts: Vec<&str> = filters.context.iter().map(|(w, _, _)| w.as_str()).collect();
     contexts.push("");
     html! {
-        form.filters method="get" action={ (info.base) (action) } {
+        form.filters method="get" action=(info.path(action)) {
             label { "Table " input name="table" value=[filters.table.as_deref()] placeholder="todo"; }
             label { "Key " input name="pk" value=[filters.pk.as_deref()] size="8"; }
             label { "Operation "
@@ -103,7 +103,7 @@ fn filter_form(info: &RequestInfo, action: &str, filters: &Filters) -> Markup {
             label { "Field changed " input name="changed" value=[filters.changed.as_deref()] size="10"; }
             label { "Transaction " input name="transaction" value=[filters.transaction] size="10"; }
             button type="submit" { "Filter" }
-            a.reset href={ (info.base) (action) } { "Reset" }
+            a.reset href=(info.path(action)) { "Reset" }
         }
     }
 }
@@ -140,8 +140,8 @@ pub(crate) async fn list(
         }
         (changes_table(&ui, &info, &changes))
         nav.pages {
-            @if filters.cursor.is_some() { a href={ (info.base) "/?" (filters.first_page().to_query()) } { "« First page" } " " }
-            @if let Some(next) = &next { a.next href={ (info.base) "/?" (next.to_query()) } { "Next page »" } }
+            @if filters.cursor.is_some() { a href={ (info.home()) "?" (filters.first_page().to_query()) } { "« First page" } " " }
+            @if let Some(next) = &next { a.next href={ (info.home()) "?" (next.to_query()) } { "Next page »" } }
         }
     };
     Ok(page(&info, "Changes", body).into_response())
@@ -439,7 +439,7 @@ pub(crate) async fn user_activity(
             }
             h2 { "Latest changes" }
             (changes_table(&ui, &info, &latest))
-            p { a href={ (info.base) "/?" (all) } { "All of this user's changes, with filters »" } }
+            p { a href={ (info.home()) "?" (all) } { "All of this user's changes, with filters »" } }
         }
     };
     Ok(page(
@@ -617,10 +617,11 @@ pub(crate) async fn login(
 ) -> Response {
     match &ui.token {
         Some(token) if crate::access::token_matches(token, &form.token) => {
-            let mut response = Redirect::to(&format!("{}/", info.base)).into_response();
+            let mut response = Redirect::to(&info.home()).into_response();
             let cookie = format!(
-                "{TOKEN_COOKIE}={}; Path={}/; HttpOnly; SameSite=Strict",
-                form.token, info.base
+                "{TOKEN_COOKIE}={}; Path={}; HttpOnly; SameSite=Strict",
+                form.token,
+                info.cookie_path()
             );
             if let Ok(value) = HeaderValue::from_str(&cookie) {
                 response.headers_mut().append(header::SET_COOKIE, value);

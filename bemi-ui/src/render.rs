@@ -56,9 +56,9 @@ pub(crate) fn page(info: &RequestInfo, title: &str, body: Markup) -> Markup {
             }
             body data-base=(base) data-csrf=(info.csrf) {
                 header {
-                    a.brand href={ (base) "/" } { "bemi audit trail" }
+                    a.brand href=(info.home()) { "bemi audit trail" }
                     nav {
-                        a href={ (base) "/" } { "Changes" }
+                        a href=(info.home()) { "Changes" }
                         a href={ (base) "/tail" } { "Live tail" }
                     }
                 }

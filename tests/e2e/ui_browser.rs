@@ -1,0 +1,393 @@
+//! The web UI in a real headless Chromium (Debian's `chromium` and `chromium-driver`, driven over
+//! WebDriver): filter by a user, open a diff, a row's timeline and a table as of a past instant,
+//! dry-run and apply the revert of a request, watch a new change arrive in the live tail, and see
+//! a hostile context rendered as text. Screenshots of each page go to
+//! `target/tmp/ui-screenshots/`.
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context as _, bail, ensure};
+use bemi_core::context;
+use bemi_tests::poll::wait_until;
+use bemi_tests::worker::{RunningWorker, wait_for_changes, worker_config};
+use bemi_tests::{TestCluster, TestResult, ctx, todo_db};
+use bemi_ui::{Access, UiOptions};
+use fantoccini::{Client, ClientBuilder, Locator};
+use serde_json::{Value, json};
+
+use crate::ui_http::serve;
+
+/// A chromedriver on a free port of 127.0.0.1, killed on drop.
+struct Chromedriver {
+    url: String,
+    _child: tokio::process::Child,
+}
+
+impl Chromedriver {
+    async fn start() -> anyhow::Result<Self> {
+        let binary = ["chromedriver", "/usr/bin/chromedriver"]
+            .into_iter()
+            .find(|candidate| {
+                std::process::Command::new(candidate)
+                    .arg("--version")
+                    .stdout(Stdio::null())
+                    .status()
+                    .is_ok_and(|status| status.success())
+            })
+            .context(
+                "the browser tests need Chromium and its WebDriver: apt-get install chromium \
+                 chromium-driver",
+            )?;
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let child = tokio::process::Command::new(binary)
+            .args([
+                format!("--port={port}"),
+                "--allowed-ips=127.0.0.1".into(),
+                "--log-level=WARNING".into(),
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .context("starting chromedriver")?;
+        let url = format!("http://127.0.0.1:{port}");
+        let status = format!("{url}/status");
+        wait_until(
+            "chromedriver to listen",
+            Duration::from_secs(30),
+            || async {
+                Ok(reqwest::get(&status)
+                    .await
+                    .ok()
+                    .filter(|r| r.status().is_success())
+                    .map(|_| ()))
+            },
+        )
+        .await?;
+        Ok(Self { url, _child: child })
+    }
+
+    async fn browser(&self, profile: &std::path::Path) -> anyhow::Result<Client> {
+        let chromium = ["/usr/bin/chromium", "/usr/bin/chromium-browser"]
+            .into_iter()
+            .find(|path| std::path::Path::new(path).exists())
+            .context("no Chromium: apt-get install chromium")?;
+        let capabilities = json!({
+            "goog:chromeOptions": {
+                "binary": chromium,
+                "args": [
+                    "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                    "--disable-quic", "--no-first-run", "--disable-background-networking",
+                    "--disable-component-update", "--disable-sync", "--window-size=1366,900",
+                    format!("--user-data-dir={}", profile.display()),
+                ],
+            }
+        });
+        let Value::Object(capabilities) = capabilities else {
+            bail!("capabilities are an object");
+        };
+        let connector = hyper_util::client::legacy::connect::HttpConnector::new();
+        Ok(ClientBuilder::new(connector)
+            .capabilities(capabilities)
+            .connect(&self.url)
+            .await?)
+    }
+}
+
+fn screenshots() -> anyhow::Result<PathBuf> {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("ui-screenshots");
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
+}
+
+async fn screenshot(browser: &Client, name: &str) -> anyhow::Result<()> {
+    let png = browser.screenshot().await?;
+    std::fs::write(screenshots()?.join(format!("{name}.png")), png)?;
+    Ok(())
+}
+
+/// The text of the first element `css` selects, waiting for it to exist.
+async fn text_of(browser: &Client, css: &str) -> anyhow::Result<String> {
+    let found = browser
+        .wait()
+        .at_most(Duration::from_secs(20))
+        .for_element(Locator::Css(css))
+        .await;
+    let element = match found {
+        Ok(element) => element,
+        Err(error) => {
+            let url = browser.current_url().await.map(|u| u.to_string());
+            bail!("no {css} on {url:?}: {error}");
+        }
+    };
+    Ok(element.text().await?)
+}
+
+async fn count(browser: &Client, css: &str) -> anyhow::Result<usize> {
+    Ok(browser.find_all(Locator::Css(css)).await?.len())
+}
+
+pub(crate) async fn a_support_engineer_finds_diffs_history_and_reverts_a_request_in_chromium(
+    cluster: Arc<TestCluster>,
+) -> TestResult {
+    let db = todo_db(&cluster, "ui_browser").await?;
+    let worker = RunningWorker::start(worker_config(&db)).await?;
+    let pool = db.bemi_pool();
+    let write = |context_value: Value, sql: &'static str| {
+        let pool = pool.clone();
+        async move {
+            context::scope(ctx(context_value), sqlx::query(sql).execute(&pool)).await?;
+            anyhow::Ok(())
+        }
+    };
+    write(
+        json!({"user_id": "alice", "request_id": "r-a1"}),
+        "INSERT INTO todo (task) VALUES ('Buy milk'), ('Walk dog')",
+    )
+    .await?;
+    wait_for_changes(&db, 2).await?;
+    let before_bob = chrono::Utc::now();
+    let mut tx = pool.begin().await?;
+    context::scope(
+        ctx(json!({"user_id": "bob", "request_id": "r-b1"})),
+        async {
+            sqlx::query("UPDATE todo SET task = 'Buy oat milk' WHERE id = 1")
+                .execute(&mut tx)
+                .await?;
+            sqlx::query("DELETE FROM todo WHERE id = 2")
+                .execute(&mut tx)
+                .await
+        },
+    )
+    .await?;
+    tx.commit().await?;
+    write(
+        json!({
+            "user_id": "<script>window.__xss=1</script>",
+            "note": "\"><img src=x onerror=\"window.__xss=2\">",
+            "link": "javascript:window.__xss=3",
+        }),
+        "INSERT INTO todo (task) VALUES ('<b>bold</b>')",
+    )
+    .await?;
+    wait_for_changes(&db, 5).await?;
+
+    // The UI mounted in a host app at /audit, as a support engineer who may revert.
+    let ui = bemi_ui::router(
+        db.pool.clone(),
+        UiOptions::new()
+            .authorize(|_| async { Access::revert().actor(json!({"user_id": "support-1"})) }),
+    );
+    let (host, _stop) = serve(axum::Router::new().nest("/audit", ui)).await?;
+    let base = format!("{host}/audit");
+    let driver = Chromedriver::start().await?;
+    let profile = tempfile::tempdir()?;
+    let browser = driver.browser(profile.path()).await?;
+    let result = walk_through(&browser, &base, &db, &pool, before_bob).await;
+    let _ = browser.close().await;
+    result?;
+
+    // The revert's writes: bob's request undone, as support-1.
+    let changes = wait_for_changes(&db, 8).await?;
+    worker.stop().await?;
+    let reverts: Vec<&Value> = changes
+        .iter()
+        .filter(|c| c.context.get("revert_of").is_some())
+        .map(|c| &c.context)
+        .collect();
+    ensure!(reverts.len() == 2, "{changes:#?}");
+    for context in reverts {
+        ensure!(
+            context["user_id"] == "support-1"
+                && context["revert_of"]["context"]["request_id"] == "r-b1",
+            "{context}"
+        );
+    }
+    Ok(())
+}
+
+async fn walk_through(
+    browser: &Client,
+    base: &str,
+    db: &bemi_tests::TestDb,
+    pool: &bemi_core::sqlx::BemiPool,
+    before_bob: chrono::DateTime<chrono::Utc>,
+) -> anyhow::Result<()> {
+    // Filter by a user, with the form.
+    browser.goto(&base.to_owned()).await?;
+    let context_input = browser
+        .find(Locator::Css("form.filters input[name=context]"))
+        .await?;
+    context_input.send_keys("user_id=alice").await?;
+    browser
+        .find(Locator::Css("form.filters button[type=submit]"))
+        .await?
+        .click()
+        .await?;
+    wait_until("the filtered list", Duration::from_secs(20), || async {
+        Ok(browser
+            .current_url()
+            .await?
+            .as_str()
+            .contains("context=user_id")
+            .then_some(()))
+    })
+    .await?;
+    ensure!(
+        count(browser, "tr.change").await? == 2,
+        "alice made two changes"
+    );
+    ensure!(
+        text_of(browser, "table.changes")
+            .await?
+            .contains("request_id=r-a1")
+    );
+    screenshot(browser, "changes").await?;
+
+    // Bob's UPDATE: its diff.
+    browser
+        .goto(&format!("{base}?context=user_id%3Dbob&operation=UPDATE"))
+        .await?;
+    browser
+        .find(Locator::Css("tr.change td.time a"))
+        .await?
+        .click()
+        .await?;
+    let diff = text_of(browser, "table.diff").await?;
+    ensure!(
+        diff.contains("Buy milk") && diff.contains("Buy oat milk"),
+        "{diff}"
+    );
+    let detail_url = browser.current_url().await?;
+    screenshot(browser, "change").await?;
+
+    // The row's timeline: alice's CREATE, bob's UPDATE.
+    browser
+        .find(Locator::LinkText("the row's timeline"))
+        .await?
+        .click()
+        .await?;
+    let timeline = text_of(browser, "ol.timeline").await?;
+    ensure!(count(browser, "li.entry").await? == 2, "{timeline}");
+    ensure!(
+        timeline.contains("alice") && timeline.contains("bob"),
+        "{timeline}"
+    );
+    screenshot(browser, "timeline").await?;
+
+    // The table before bob's request: both of alice's rows, as she wrote them.
+    let at = before_bob.format("%Y-%m-%dT%H:%M:%S%.6fZ");
+    browser.goto(&format!("{base}/tables/todo?at={at}")).await?;
+    let table = text_of(browser, "table.snapshot").await?;
+    ensure!(
+        count(browser, "table.snapshot tbody tr").await? == 2,
+        "{table}"
+    );
+    ensure!(
+        table.contains("Buy milk") && table.contains("Walk dog") && !table.contains("oat"),
+        "{table}"
+    );
+    screenshot(browser, "table-as-of").await?;
+
+    // Revert bob's request: the dry run first, then apply.
+    browser.goto(detail_url.as_str()).await?;
+    browser
+        .find(Locator::Css("button[data-kind=request]"))
+        .await?
+        .click()
+        .await?;
+    let plan = text_of(browser, "#plan").await?;
+    ensure!(plan.contains("UPDATE") && plan.contains("INSERT"), "{plan}");
+    let unchanged: String = sqlx::query_scalar("SELECT task FROM todo WHERE id = 1")
+        .fetch_one(&db.pool)
+        .await?;
+    ensure!(unchanged == "Buy oat milk", "the dry run wrote");
+    screenshot(browser, "revert-dry-run").await?;
+    browser.find(Locator::Css("#apply")).await?.click().await?;
+    let done = text_of(browser, "p.done").await?;
+    ensure!(done.contains("Reverted 2 changes"), "{done}");
+    let rows: Vec<(i64, String)> =
+        sqlx::query_as("SELECT id, task FROM todo WHERE id IN (1, 2) ORDER BY id")
+            .fetch_all(&db.pool)
+            .await?;
+    ensure!(
+        rows == [(1, "Buy milk".to_owned()), (2, "Walk dog".to_owned())],
+        "{rows:?}"
+    );
+
+    // The live tail: a change made now appears without reloading.
+    browser.goto(&format!("{base}/tail")).await?;
+    wait_until("the tail to connect", Duration::from_secs(30), || async {
+        Ok(text_of(browser, "#tail-status")
+            .await?
+            .starts_with("live")
+            .then_some(()))
+    })
+    .await?;
+    context::scope(
+        ctx(json!({"user_id": "carol"})),
+        sqlx::query("INSERT INTO todo (task) VALUES ('Call mom')").execute(pool),
+    )
+    .await?;
+    wait_until(
+        "carol's change in the tail",
+        Duration::from_secs(30),
+        || async {
+            Ok(text_of(browser, "#tail tbody")
+                .await?
+                .contains("carol")
+                .then_some(()))
+        },
+    )
+    .await?;
+    screenshot(browser, "live-tail").await?;
+
+    // Hostile values: text on the page, never markup or script.
+    for page in [
+        base.to_owned(),
+        format!("{base}?context=link%3Djavascript%3Awindow.__xss%3D3"),
+    ] {
+        browser.goto(&page).await?;
+        let listed = text_of(browser, "table.changes").await?;
+        ensure!(
+            listed.contains("<script>window.__xss=1</script>"),
+            "{listed}"
+        );
+        ensure!(
+            count(
+                browser,
+                "table.changes img, table.changes b, table.changes script"
+            )
+            .await?
+                == 0
+        );
+    }
+    browser
+        .find(Locator::Css("tr.change td.time a"))
+        .await?
+        .click()
+        .await?;
+    let context_text = text_of(browser, "pre.json").await?;
+    ensure!(
+        context_text.contains("onerror") && context_text.contains("javascript:"),
+        "{context_text}"
+    );
+    let executed = browser
+        .execute("return window.__xss === undefined;", vec![])
+        .await?;
+    ensure!(
+        executed == Value::Bool(true),
+        "a hostile value ran as script"
+    );
+    ensure!(
+        count(browser, "img, main b").await? == 0,
+        "a hostile value became markup"
+    );
+    screenshot(browser, "hostile-context").await?;
+    Ok(())
+}
