@@ -219,7 +219,7 @@ async fn walk_through(
     before_bob: chrono::DateTime<chrono::Utc>,
 ) -> anyhow::Result<()> {
     // Filter by a user, with the form.
-    browser.goto(&base.to_owned()).await?;
+    browser.goto(base).await?;
     let context_input = browser
         .find(Locator::Css("form.filters input[name=context]"))
         .await?;
