@@ -24,6 +24,10 @@ pub(crate) struct Sizes {
     pub latency_time: Duration,
     /// Rows of the P6 transaction.
     pub memory_rows: u32,
+    /// Changes in the audit trail of P8.
+    pub ui_changes: u32,
+    /// Requests per page in P8.
+    pub ui_requests: usize,
 }
 
 impl Sizes {
@@ -37,6 +41,8 @@ impl Sizes {
             large_transaction_rows: 200_000,
             latency_time: Duration::from_secs(10),
             memory_rows: 1_000_000,
+            ui_changes: 1_000_000,
+            ui_requests: 100,
         }
     }
 
@@ -50,6 +56,8 @@ impl Sizes {
             large_transaction_rows: 3_000,
             latency_time: Duration::from_secs(1),
             memory_rows: 5_000,
+            ui_changes: 20_000,
+            ui_requests: 10,
         }
     }
 }

@@ -11,6 +11,7 @@ mod nats_speed;
 mod report;
 mod stats;
 mod tracking_cost;
+mod ui_speed;
 mod worker_speed;
 
 use std::path::PathBuf;
@@ -42,7 +43,7 @@ fn parse_args(args: &[String]) -> Result<Options, String> {
             ),
             "--help" | "-h" => {
                 return Err(
-                    "usage: bemi-bench [--quick] [--output FILE] [--only P1..P7]...".to_owned(),
+                    "usage: bemi-bench [--quick] [--output FILE] [--only P1..P8]...".to_owned(),
                 );
             }
             other => return Err(format!("unknown argument {other:?}; try --help")),
@@ -137,6 +138,10 @@ async fn run(options: &Options) -> anyhow::Result<()> {
     if wanted("P7") {
         eprintln!("P7: through NATS JetStream");
         rows.extend(nats_speed::p7_jetstream(&env, &sizes).await?);
+    }
+    if wanted("P8") {
+        eprintln!("P8: the web UI on a large audit trail");
+        rows.extend(ui_speed::p8_ui(&env, &sizes).await?);
     }
     let table = report::markdown(&rows);
     println!("{table}");
