@@ -131,3 +131,83 @@ pub(crate) async fn the_graphql_example_attributes_its_write(
     );
     Ok(())
 }
+
+pub(crate) async fn the_mounted_ui_example_shows_the_write_to_its_users(
+    cluster: Arc<TestCluster>,
+) -> TestResult {
+    let db = cluster.database("axum_ui_example").await?;
+    let addr = format!("127.0.0.1:{}", free_port()?);
+    let _child = Command::new(example("axum-ui")?)
+        .env("DATABASE_URL", &db.url)
+        .env("BEMI_EXAMPLE_ADDR", &addr)
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()?;
+    let http = reqwest::Client::new();
+    let base = format!("http://{addr}");
+    // Anonymous: the app's authentication says no one is signed in.
+    let anonymous = wait_until("the example to serve", Duration::from_secs(60), || {
+        let http = http.clone();
+        let url = format!("{base}/audit/api/changes");
+        async move { Ok(http.get(url).send().await.ok()) }
+    })
+    .await?;
+    ensure!(
+        anonymous.status() == reqwest::StatusCode::UNAUTHORIZED,
+        "{}",
+        anonymous.status()
+    );
+    // The worker runs in the example: wait for it to stream, then write as user 42.
+    wait_until("the example's worker to stream", Duration::from_secs(60), || async {
+        let streaming: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM pg_replication_slots WHERE database = current_database() AND active)",
+        )
+        .fetch_one(&db.pool)
+        .await?;
+        Ok(streaming.then_some(()))
+    })
+    .await?;
+    http.post(format!("{base}/todo"))
+        .header("x-user-id", "42")
+        .json(&json!({"task": "Sleep"}))
+        .send()
+        .await?
+        .error_for_status()?;
+    let page = wait_until(
+        "the change on the audit page",
+        Duration::from_secs(60),
+        || {
+            let http = http.clone();
+            let url = format!("{base}/audit?context=user_id%3D%2242%22");
+            async move {
+                let page = http
+                    .get(url)
+                    .header("x-user-id", "support")
+                    .send()
+                    .await?
+                    .error_for_status()?
+                    .text()
+                    .await?;
+                Ok(page.contains("class=\"change\"").then_some(page))
+            }
+        },
+    )
+    .await?;
+    ensure!(
+        page.contains("href=\"/audit/rows/todo/1\""),
+        "links stay under /audit"
+    );
+    // Read-only users may not revert.
+    let refused = http
+        .post(format!("{base}/audit/api/revert"))
+        .header("x-user-id", "support")
+        .bearer_auth("not-a-session")
+        .json(&json!({"transaction": 1}))
+        .send()
+        .await?;
+    ensure!(refused.status() == reqwest::StatusCode::FORBIDDEN);
+    Ok(())
+}
