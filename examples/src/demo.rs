@@ -349,6 +349,7 @@ async fn send_requests(base: &str) -> Result<(), DemoError> {
 /// assert!(closing_hint(true).contains("removed"));
 /// assert!(closing_hint(true).contains("bemi-cli -- dev"));
 /// assert!(closing_hint(false).contains("bemi-cli -- changes --table todo"));
+/// assert!(closing_hint(false).contains("bemi-cli -- ui"));
 /// ```
 pub fn closing_hint(embedded: bool) -> String {
     const CHANGES: &str = "cargo run -p bemi-cli -- changes --table todo";
@@ -358,7 +359,7 @@ pub fn closing_hint(embedded: bool) -> String {
             "The embedded PostgreSQL is removed as the demo exits, and this `changes` table with \
              it. To keep a database to query, run the demo against one that stays:\n\
              \n  cargo run -p bemi-cli -- dev            # in another terminal; prints \
-             DATABASE_URL=… and runs until Ctrl-C\
+             DATABASE_URL=… and BEMI_UI_URL=… (the web UI), runs until Ctrl-C\
              \n  export DATABASE_URL=…                   # the URL it printed\
              \n  cargo run -p bemi-examples --bin demo\
              \n  {CHANGES}\
@@ -368,7 +369,9 @@ pub fn closing_hint(embedded: bool) -> String {
         format!(
             "The `changes` table stays in the DATABASE_URL database. Query it yourself:\n\
              \n  {CHANGES}    # or `bemi changes --table todo`\
-             \n  {PSQL}\n"
+             \n  {PSQL}\
+             \n  cargo run -p bemi-cli -- ui    # the web UI: prints BEMI_UI_URL=http://127.0.0.1:8080/ \
+             (`bemi dev` serves it too)\n"
         )
     }
 }
