@@ -52,6 +52,23 @@ pub(crate) async fn dev_captures_into_a_throwaway_database_removed_on_ctrl_c(
     .await?;
     ensure!(captured["user_id"] == 187234, "{captured}");
     pool.close().await;
+    // The web UI, printed after the database's URL, shows the change.
+    let ui = dev
+        .line_where("BEMI_UI_URL=…", Duration::from_secs(30), |line| {
+            line.starts_with("BEMI_UI_URL=")
+        })
+        .await?;
+    let ui = ui.trim_start_matches("BEMI_UI_URL=").to_owned();
+    ensure!(ui.starts_with("http://127.0.0.1:"), "{ui}");
+    let page = reqwest::get(format!("{ui}?table=todo"))
+        .await?
+        .error_for_status()?
+        .text()
+        .await?;
+    ensure!(
+        page.contains("user_id") && page.contains("187234"),
+        "{page}"
+    );
 
     dev.signal(libc::SIGINT)?;
     let status = dev.wait(Duration::from_secs(90)).await?;

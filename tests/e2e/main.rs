@@ -14,6 +14,7 @@ mod cli_changes;
 mod cli_dev;
 mod cli_migration;
 mod cli_support;
+mod cli_ui;
 mod cli_worker;
 mod context_isolation;
 mod demo;
@@ -79,6 +80,7 @@ fn all_tests() -> Vec<(String, TestFn)> {
         grpc::unary_and_streaming_calls_of_200_clients_carry_their_own_context,
         ui_browser::a_support_engineer_finds_diffs_history_and_reverts_a_request_in_chromium,
         minimal_examples::the_mounted_ui_example_shows_the_write_to_its_users,
+        cli_ui::ui_needs_a_token_off_loopback_and_serves_with_one,
         ui_http::the_api_and_exports_return_exactly_the_modelled_changes,
         ui_http::tokens_permissions_and_csrf_guard_every_request_and_reverts_name_the_actor,
         trace_ids::a_changes_trace_id_is_the_one_its_request_exported,
