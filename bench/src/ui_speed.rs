@@ -45,11 +45,18 @@ pub(crate) async fn p8_ui(env: &Env, sizes: &Sizes) -> anyhow::Result<Vec<Row>> 
     }
     sqlx::query("ANALYZE changes").execute(&mut *conn).await?;
     drop(conn);
-    eprintln!("  {} changes written in {:.0?}", sizes.ui_changes, started.elapsed());
+    eprintln!(
+        "  {} changes written in {:.0?}",
+        sizes.ui_changes,
+        started.elapsed()
+    );
 
     let router = bemi_ui::router(db.pool.clone(), bemi_ui::UiOptions::new());
     let pages = [
-        ("filtered change list (one user's changes, newest first)", "/?context=user_id%3D42"),
+        (
+            "filtered change list (one user's changes, newest first)",
+            "/?context=user_id%3D42",
+        ),
         ("a row's timeline", "/rows/todo/12345"),
         ("page 1 of the unfiltered change list", "/"),
     ];
@@ -60,7 +67,11 @@ pub(crate) async fn p8_ui(env: &Env, sizes: &Sizes) -> anyhow::Result<Vec<Row>> 
             let request = Request::get(path).body(Body::empty())?;
             let started = Instant::now();
             let response = router.clone().oneshot(request).await?;
-            anyhow::ensure!(response.status().is_success(), "{path}: {}", response.status());
+            anyhow::ensure!(
+                response.status().is_success(),
+                "{path}: {}",
+                response.status()
+            );
             let body = axum::body::to_bytes(response.into_body(), 64 << 20).await?;
             let elapsed = started.elapsed();
             anyhow::ensure!(body.len() > 1_000, "{path}: an empty page");
