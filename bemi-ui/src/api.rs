@@ -39,6 +39,12 @@ impl From<FilterError> for ApiError {
 
 impl From<sqlx::Error> for ApiError {
     fn from(error: sqlx::Error) -> Self {
+        if crate::pages::is_missing_table(&error) {
+            return Self(
+                StatusCode::SERVICE_UNAVAILABLE,
+                crate::pages::NO_CHANGES_TABLE.into(),
+            );
+        }
         tracing::error!(%error, "bemi-ui: reading the audit trail failed");
         Self(
             StatusCode::INTERNAL_SERVER_ERROR,

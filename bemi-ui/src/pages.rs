@@ -55,8 +55,27 @@ impl From<FilterError> for PageError {
     }
 }
 
+/// The message for a `changes` table that does not exist (yet).
+pub(crate) const NO_CHANGES_TABLE: &str = "There is no `changes` table in this database yet: \
+     the capture worker creates it when it starts (`bemi worker`), or point the UI at the \
+     database it writes to (`bemi ui --destination-url`).";
+
+/// Whether `error` says that the `changes` table is missing.
+pub(crate) fn is_missing_table(error: &sqlx::Error) -> bool {
+    error
+        .as_database_error()
+        .and_then(|error| error.code())
+        .is_some_and(|code| code == "42P01")
+}
+
 impl From<sqlx::Error> for PageError {
     fn from(error: sqlx::Error) -> Self {
+        if is_missing_table(&error) {
+            return Self {
+                status: StatusCode::SERVICE_UNAVAILABLE,
+                message: NO_CHANGES_TABLE.into(),
+            };
+        }
         tracing::error!(%error, "bemi-ui: reading the audit trail failed");
         Self {
             status: StatusCode::INTERNAL_SERVER_ERROR,

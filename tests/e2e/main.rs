@@ -82,6 +82,7 @@ fn all_tests() -> Vec<(String, TestFn)> {
         minimal_examples::the_mounted_ui_example_shows_the_write_to_its_users,
         cli_ui::ui_needs_a_token_off_loopback_and_serves_with_one,
         ui_http::the_api_and_exports_return_exactly_the_modelled_changes,
+        ui_http::without_a_changes_table_the_ui_says_to_start_the_worker,
         ui_http::tokens_permissions_and_csrf_guard_every_request_and_reverts_name_the_actor,
         trace_ids::a_changes_trace_id_is_the_one_its_request_exported,
         sqlcommenter::a_python_clients_sqlcommenter_tags_become_the_context,

@@ -515,3 +515,20 @@ pub(crate) async fn tokens_permissions_and_csrf_guard_every_request_and_reverts_
     }
     Ok(())
 }
+
+pub(crate) async fn without_a_changes_table_the_ui_says_to_start_the_worker(
+    cluster: Arc<TestCluster>,
+) -> TestResult {
+    let db = cluster.database("ui_no_changes").await?;
+    let (base, _stop) = serve(bemi_ui::router(db.pool.clone(), UiOptions::new())).await?;
+    for path in ["/", "/api/changes"] {
+        let response = reqwest::get(format!("{base}{path}")).await?;
+        ensure!(
+            response.status() == StatusCode::SERVICE_UNAVAILABLE,
+            "{path}: {}",
+            response.status()
+        );
+        ensure!(response.text().await?.contains("bemi worker"), "{path}");
+    }
+    Ok(())
+}
