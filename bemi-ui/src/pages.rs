@@ -64,7 +64,7 @@ pub(crate) const NO_CHANGES_TABLE: &str = "There is no `changes` table in this d
 pub(crate) fn is_missing_table(error: &sqlx::Error) -> bool {
     error
         .as_database_error()
-        .and_then(|error| error.code())
+        .and_then(sqlx::error::DatabaseError::code)
         .is_some_and(|code| code == "42P01")
 }
 
