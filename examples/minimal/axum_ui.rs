@@ -73,7 +73,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     // The capture worker, in this process: it fills `changes`, which the UI reads.
     let shutdown = CancellationToken::new();
-    let worker = bemi_worker::Worker::new(bemi_worker::WorkerConfig::new(&url));
+    // Its replication slot: `bemi`, or BEMI_SLOT (one per database of a server).
+    let mut config = bemi_worker::WorkerConfig::new(&url);
+    if let Ok(slot) = std::env::var("BEMI_SLOT") {
+        config.slot = slot;
+    }
+    let worker = bemi_worker::Worker::new(config);
     tokio::spawn({
         let shutdown = shutdown.clone();
         async move { worker.run(shutdown).await }

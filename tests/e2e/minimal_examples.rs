@@ -139,6 +139,8 @@ pub(crate) async fn the_mounted_ui_example_shows_the_write_to_its_users(
     let addr = format!("127.0.0.1:{}", free_port()?);
     let _child = Command::new(example("axum-ui")?)
         .env("DATABASE_URL", &db.url)
+        // Slots are the server's: one of its own, beside the other tests' workers.
+        .env("BEMI_SLOT", format!("bemi_{}", db.name))
         .env("BEMI_EXAMPLE_ADDR", &addr)
         .env_remove("RUST_LOG")
         .stdin(Stdio::null())

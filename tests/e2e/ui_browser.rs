@@ -136,7 +136,8 @@ pub(crate) async fn a_support_engineer_finds_diffs_history_and_reverts_a_request
     cluster: Arc<TestCluster>,
 ) -> TestResult {
     let db = todo_db(&cluster, "ui_browser").await?;
-    let worker = RunningWorker::start(worker_config(&db)).await?;
+    db.exec("ALTER TABLE todo ADD COLUMN secret text").await?;
+    let worker = RunningWorker::start(worker_config(&db).redact(["todo.secret"])).await?;
     let pool = db.bemi_pool();
     let write = |context_value: Value, sql: &'static str| {
         let pool = pool.clone();
@@ -175,7 +176,16 @@ pub(crate) async fn a_support_engineer_finds_diffs_history_and_reverts_a_request
         "INSERT INTO todo (task) VALUES ('<b>bold</b>')",
     )
     .await?;
-    wait_for_changes(&db, 5).await?;
+    // A huge value and a redacted column.
+    context::scope(
+        ctx(json!({"user_id": "dave"})),
+        sqlx::query("INSERT INTO todo (task, secret) VALUES ($1, $2)")
+            .bind("x".repeat(300_000))
+            .bind("hunter2")
+            .execute(&pool),
+    )
+    .await?;
+    wait_for_changes(&db, 6).await?;
 
     // The UI mounted in a host app at /audit, as a support engineer who may revert.
     let ui = bemi_ui::router(
@@ -193,7 +203,7 @@ pub(crate) async fn a_support_engineer_finds_diffs_history_and_reverts_a_request
     result?;
 
     // The revert's writes: bob's request undone, as support-1.
-    let changes = wait_for_changes(&db, 8).await?;
+    let changes = wait_for_changes(&db, 9).await?;
     worker.stop().await?;
     let reverts: Vec<&Value> = changes
         .iter()
@@ -389,5 +399,23 @@ async fn walk_through(
         "a hostile value became markup"
     );
     screenshot(browser, "hostile-context").await?;
+
+    // A 300 000-character value is collapsed and cut; the redacted column stays redacted.
+    browser
+        .goto(&format!("{base}?context=user_id%3Ddave"))
+        .await?;
+    browser
+        .find(Locator::Css("tr.change td.time a"))
+        .await?
+        .click()
+        .await?;
+    text_of(browser, "details.large summary").await?;
+    let source = browser.source().await?;
+    ensure!(
+        source.len() < 200_000,
+        "the page holds {} bytes",
+        source.len()
+    );
+    ensure!(source.contains("[REDACTED]") && !source.contains("hunter2"));
     Ok(())
 }
