@@ -5,6 +5,7 @@
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
+use futures_util::StreamExt as _;
 use http::Request;
 use tower::ServiceExt as _;
 
@@ -94,7 +95,58 @@ pub(crate) async fn p8_ui(env: &Env, sizes: &Sizes) -> anyhow::Result<Vec<Row>> 
             met: Some(p95 <= 50.0),
         });
     }
+    rows.push(export_memory(&router, sizes).await?);
     Ok(rows)
+}
+
+/// The NDJSON export of every change, read as it streams: how much the process's resident
+/// memory grows meanwhile (the export reads 1 000 changes per query, so it should not).
+async fn export_memory(router: &axum::Router, sizes: &Sizes) -> anyhow::Result<Row> {
+    let before = resident_kib()?;
+    let mut peak = before;
+    let started = Instant::now();
+    let request = Request::get("/export.ndjson").body(Body::empty())?;
+    let response = router.clone().oneshot(request).await?;
+    anyhow::ensure!(response.status().is_success(), "export: {}", response.status());
+    let mut body = response.into_body().into_data_stream();
+    let (mut lines, mut chunks) = (0_u64, 0_u64);
+    while let Some(chunk) = body.next().await {
+        let chunk = chunk?;
+        lines += chunk.iter().filter(|byte| **byte == b'\n').count() as u64;
+        chunks += 1;
+        if chunks % 16 == 0 {
+            peak = peak.max(resident_kib()?);
+        }
+    }
+    peak = peak.max(resident_kib()?);
+    anyhow::ensure!(
+        lines == u64::from(sizes.ui_changes),
+        "the export held {lines} changes, not {}",
+        sizes.ui_changes
+    );
+    let growth_mib = (peak.saturating_sub(before)) as f64 / 1024.0;
+    Ok(Row {
+        id: "P8-export".to_owned(),
+        what: format!(
+            "web UI: `/export.ndjson` of all {} changes, read as it streams: growth of the process's resident memory",
+            sizes.ui_changes
+        ),
+        baseline: format!("{lines} lines in {:.1} s", started.elapsed().as_secs_f64()),
+        tracked: format!("{} MiB", human(growth_mib)),
+        ratio: None,
+        goal: Goal::Text("flat: ≤ 64 MiB"),
+        met: Some(growth_mib <= 64.0),
+    })
+}
+
+/// This process's resident memory (`VmRSS`), in KiB.
+fn resident_kib() -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string("/proc/self/status")?;
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
+        .ok_or_else(|| anyhow::anyhow!("no VmRSS in /proc/self/status"))
 }
 
 fn percentile(times: &mut [Duration], q: f64) -> Duration {
