@@ -107,7 +107,11 @@ async fn export_memory(router: &axum::Router, sizes: &Sizes) -> anyhow::Result<R
     let started = Instant::now();
     let request = Request::get("/export.ndjson").body(Body::empty())?;
     let response = router.clone().oneshot(request).await?;
-    anyhow::ensure!(response.status().is_success(), "export: {}", response.status());
+    anyhow::ensure!(
+        response.status().is_success(),
+        "export: {}",
+        response.status()
+    );
     let mut body = response.into_body().into_data_stream();
     let (mut lines, mut chunks) = (0_u64, 0_u64);
     while let Some(chunk) = body.next().await {
