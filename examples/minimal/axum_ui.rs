@@ -63,6 +63,10 @@ async fn create(State(pool): State<BemiPool>, Json(body): Json<Value>) -> (Statu
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    // The worker's and the UI's logs (info and up) on stderr.
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .init();
     let database = bemi_dev::DevDatabase::from_env()?;
     let url = database.url();
     let pool = sqlx::PgPool::connect(&url).await?;

@@ -137,15 +137,20 @@ pub(crate) async fn the_mounted_ui_example_shows_the_write_to_its_users(
 ) -> TestResult {
     let db = cluster.database("axum_ui_example").await?;
     let addr = format!("127.0.0.1:{}", free_port()?);
+    let slot = format!("bemi_{}", db.name);
+    // Its logs, for the failure message.
+    let log_path =
+        std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("{}.log", db.name));
+    let log = std::fs::File::create(&log_path)?;
     let _child = Command::new(example("axum-ui")?)
         .env("DATABASE_URL", &db.url)
         // Slots are the server's: one of its own, beside the other tests' workers.
-        .env("BEMI_SLOT", format!("bemi_{}", db.name))
+        .env("BEMI_SLOT", &slot)
         .env("BEMI_EXAMPLE_ADDR", &addr)
-        .env_remove("RUST_LOG")
+        .env("RUST_LOG", "info")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(log)
         .kill_on_drop(true)
         .spawn()?;
     let http = reqwest::Client::new();
@@ -162,16 +167,10 @@ pub(crate) async fn the_mounted_ui_example_shows_the_write_to_its_users(
         "{}",
         anonymous.status()
     );
-    // The worker runs in the example: wait for it to stream, then write as user 42.
-    wait_until("the example's worker to stream", Duration::from_secs(60), || async {
-        let streaming: bool = sqlx::query_scalar(
-            "SELECT EXISTS (SELECT 1 FROM pg_replication_slots WHERE database = current_database() AND active)",
-        )
-        .fetch_one(&db.pool)
-        .await?;
-        Ok(streaming.then_some(()))
-    })
-    .await?;
+    // The worker runs in the example: wait until its slot streams (a slot being created is
+    // already active, but a write made before its consistent point is not decoded), then write
+    // as user 42.
+    bemi_tests::worker::wait_until_slot_streams(&db, &slot).await?;
     http.post(format!("{base}/todo"))
         .header("x-user-id", "42")
         .json(&json!({"task": "Sleep"}))
@@ -179,7 +178,10 @@ pub(crate) async fn the_mounted_ui_example_shows_the_write_to_its_users(
         .await?
         .error_for_status()?;
     let page = wait_until(
-        "the change on the audit page",
+        &format!(
+            "the change on the audit page (logs: {})",
+            log_path.display()
+        ),
         Duration::from_secs(60),
         || {
             let http = http.clone();
