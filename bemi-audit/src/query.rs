@@ -427,15 +427,28 @@ impl ChangeQuery {
     /// # Ok(()) }
     /// ```
     pub fn stream<'p>(&self, pool: &'p PgPool) -> BoxStream<'p, Result<Change, sqlx::Error>> {
+        self.clone().into_stream(pool.clone())
+    }
+
+    /// [`stream`](Self::stream) owning its pool: a stream that outlives the caller, e.g. an
+    /// HTTP response's body.
+    ///
+    /// ```no_run
+    /// # fn run(pool: sqlx::PgPool) {
+    /// let changes = bemi_audit::ChangeQuery::new().table("todo").into_stream(pool);
+    /// # let _ = changes;
+    /// # }
+    /// ```
+    pub fn into_stream(self, pool: PgPool) -> BoxStream<'static, Result<Change, sqlx::Error>> {
         let pages = Pages {
-            query: self.clone(),
             remaining: self.limit,
+            query: self,
             buffer: VecDeque::new(),
             exhausted: false,
         };
-        stream::try_unfold(pages, move |mut pages| async move {
-            let next = pages.next(pool).await?;
-            Ok(next.map(|change| (change, pages)))
+        stream::try_unfold((pages, pool), |(mut pages, pool)| async move {
+            let next = pages.next(&pool).await?;
+            Ok(next.map(|change| (change, (pages, pool))))
         })
         .boxed()
     }

@@ -15,8 +15,7 @@ use serde::Deserialize;
 use serde_json::{Map, Value, json};
 use uuid::Uuid;
 
-use crate::filters::{FilterError, Filters};
-use crate::pages::next_cursor;
+use crate::filters::{FilterError, Filters, encode_cursor};
 use crate::render::change_row;
 use crate::{RequestInfo, Ui};
 
@@ -65,16 +64,8 @@ pub(crate) async fn changes(
     RawQuery(query): RawQuery,
 ) -> Result<Json<Value>, ApiError> {
     let filters = Filters::parse(query.as_deref().unwrap_or(""))?;
-    let size = filters.page_size();
-    let mut changes = filters
-        .query(&ui.audit)
-        .await?
-        .limit(size + 1)
-        .fetch(&ui.audit)
-        .await?;
-    let more = changes.len() as u64 > size;
-    changes.truncate(usize::try_from(size).unwrap_or(usize::MAX));
-    let next = next_cursor(&changes, more);
+    let (changes, next) = filters.page(&ui.audit).await?;
+    let next = next.as_ref().map(encode_cursor);
     Ok(Json(json!({"changes": changes, "next": next})))
 }
 

@@ -5,16 +5,15 @@ use axum::body::{Body, Bytes};
 use axum::extract::{RawQuery, State};
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
-use bemi_audit::{Change, ChangeQuery};
-use futures_util::stream;
-use sqlx::PgPool;
+use bemi_audit::Change;
+use futures_util::{StreamExt as _, stream};
 
 use crate::Ui;
 use crate::api::ApiError;
 use crate::filters::Filters;
 
-/// Changes read per query while exporting.
-const EXPORT_PAGE_ROWS: u64 = 1_000;
+/// The most changes in one chunk of an export's body (the library reads 1 000 per query).
+const EXPORT_CHUNK_CHANGES: usize = 1_000;
 
 /// The CSV columns, in order.
 pub(crate) const CSV_COLUMNS: [&str; 14] = [
@@ -79,16 +78,25 @@ async fn export(
         let _ = writer.write_record(CSV_COLUMNS);
         writer.into_inner().unwrap_or_default()
     });
-    let state = Pager {
-        pool: ui.audit.clone(),
-        query,
-        header: header_line,
-        done: false,
-    };
-    let body = stream::unfold(state, move |mut pager| async move {
-        let chunk = pager.next_chunk(line).await?;
-        Some((chunk, pager))
-    });
+    // The library's pages of 1 000 changes, each page one chunk of the body. A read that
+    // fails ends the body early (the client sees a truncated download, the server logs why).
+    let lines = query
+        .into_stream(ui.audit.clone())
+        .ready_chunks(EXPORT_CHUNK_CHANGES)
+        .map(move |batch| {
+            let mut chunk = Vec::new();
+            for change in batch {
+                match change {
+                    Ok(change) => chunk.extend(line(&change)),
+                    Err(error) => {
+                        tracing::error!(%error, "bemi-ui: an export stopped: reading failed");
+                        return Err(std::io::Error::other(error));
+                    }
+                }
+            }
+            Ok(Bytes::from(chunk))
+        });
+    let body = stream::iter(header_line.map(|header| Ok(Bytes::from(header)))).chain(lines);
     Ok((
         [
             (header::CONTENT_TYPE, content_type.to_owned()),
@@ -100,54 +108,6 @@ async fn export(
         Body::from_stream(body),
     )
         .into_response())
-}
-
-/// Reads the query's changes a page at a time, continuing after the last one.
-struct Pager {
-    pool: PgPool,
-    query: ChangeQuery,
-    header: Option<Vec<u8>>,
-    done: bool,
-}
-
-impl Pager {
-    /// The next chunk of the body; `None` at the end. A read that fails ends the body early
-    /// (the client sees a truncated download, and the server logs why).
-    async fn next_chunk(
-        &mut self,
-        line: fn(&Change) -> Vec<u8>,
-    ) -> Option<Result<Bytes, std::io::Error>> {
-        if let Some(header) = self.header.take() {
-            return Some(Ok(Bytes::from(header)));
-        }
-        if self.done {
-            return None;
-        }
-        let page = match self
-            .query
-            .clone()
-            .limit(EXPORT_PAGE_ROWS)
-            .fetch(&self.pool)
-            .await
-        {
-            Ok(page) => page,
-            Err(error) => {
-                tracing::error!(%error, "bemi-ui: an export stopped: reading failed");
-                self.done = true;
-                return Some(Err(std::io::Error::other(error)));
-            }
-        };
-        if (page.len() as u64) < EXPORT_PAGE_ROWS {
-            self.done = true;
-        }
-        let last = page.last()?;
-        self.query = self.query.clone().after(last.cursor());
-        let mut chunk = Vec::new();
-        for change in &page {
-            chunk.extend(line(change));
-        }
-        Some(Ok(Bytes::from(chunk)))
-    }
 }
 
 /// One change as a CSV record (RFC 4180 quoting). A text cell that a spreadsheet would run as a

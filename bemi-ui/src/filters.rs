@@ -2,7 +2,7 @@
 //! holds them, so that every page is a deep link.
 
 use bemi_audit::time::{PointInTime, TimeError};
-use bemi_audit::{ChangeQuery, Cursor, Operation, parse_context_pair};
+use bemi_audit::{Change, ChangeQuery, Cursor, Operation, parse_context_pair};
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 use sqlx::PgPool;
@@ -220,6 +220,23 @@ impl Filters {
             query = query.after(cursor);
         }
         Ok(query)
+    }
+}
+
+impl Filters {
+    /// One page of the changes these filters match, newest first, and the cursor of the next
+    /// page (`None` on the last one: one change more than a page is read to know).
+    ///
+    /// # Errors
+    ///
+    /// As [`Filters::query`], and the query's own errors.
+    pub async fn page(&self, pool: &PgPool) -> Result<(Vec<Change>, Option<Cursor>), FilterError> {
+        let size = self.page_size();
+        let mut changes = self.query(pool).await?.limit(size + 1).fetch(pool).await?;
+        let more = changes.len() as u64 > size;
+        changes.truncate(usize::try_from(size).unwrap_or(usize::MAX));
+        let next = more.then(|| changes.last()).flatten().map(Change::cursor);
+        Ok((changes, next))
     }
 }
 

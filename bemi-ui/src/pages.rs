@@ -17,7 +17,7 @@ use serde_json::{Map, Value};
 use uuid::Uuid;
 
 use crate::access::TOKEN_COOKIE;
-use crate::filters::{FilterError, Filters, encode_cursor};
+use crate::filters::{FilterError, Filters};
 use crate::render::{
     change_href, change_row, change_table_head, context_summary, csrf_field, diff_table,
     format_time, json_block, operation_badge, page, row_href, scalar_text, segment, table_name,
@@ -134,17 +134,9 @@ pub(crate) async fn list(
     RawQuery(query): RawQuery,
 ) -> PageResult {
     let filters = Filters::parse(query.as_deref().unwrap_or(""))?;
-    let size = filters.page_size();
-    let mut changes = filters
-        .query(&ui.audit)
-        .await?
-        .limit(size + 1)
-        .fetch(&ui.audit)
-        .await?;
-    let more = changes.len() as u64 > size;
-    changes.truncate(usize::try_from(size).unwrap_or(usize::MAX));
-    let next = more.then(|| changes.last()).flatten().map(|last| Filters {
-        cursor: Some(last.cursor()),
+    let (changes, next) = filters.page(&ui.audit).await?;
+    let next = next.map(|cursor| Filters {
+        cursor: Some(cursor),
         ..filters.clone()
     });
     let export_query = filters.first_page().to_query();
@@ -692,11 +684,4 @@ pub(crate) async fn not_found(Extension(info): Extension<RequestInfo>) -> Respon
         page(&info, "Not found", html! { p { "No such page." } }),
     )
         .into_response()
-}
-
-/// The `next` cursor of a page, as text (for the API).
-pub(crate) fn next_cursor(changes: &[Change], more: bool) -> Option<String> {
-    more.then(|| changes.last())
-        .flatten()
-        .map(|last| encode_cursor(&last.cursor()))
 }

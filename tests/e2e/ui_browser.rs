@@ -128,6 +128,18 @@ async fn text_of(browser: &Client, css: &str) -> anyhow::Result<String> {
     Ok(element.text().await?)
 }
 
+/// The link of the first change listed on the current page.
+async fn first_change_link(browser: &Client) -> anyhow::Result<fantoccini::elements::Element> {
+    Ok(browser.find(Locator::Css("tr.change td.time a")).await?)
+}
+
+/// Opens the change list at `url` and, from it, its first change.
+async fn open_first_change(browser: &Client, url: &str) -> anyhow::Result<()> {
+    browser.goto(url).await?;
+    first_change_link(browser).await?.click().await?;
+    Ok(())
+}
+
 async fn count(browser: &Client, css: &str) -> anyhow::Result<usize> {
     Ok(browser.find_all(Locator::Css(css)).await?.len())
 }
@@ -260,14 +272,11 @@ async fn walk_through(
     screenshot(browser, "changes").await?;
 
     // Bob's UPDATE: its diff.
-    browser
-        .goto(&format!("{base}?context=user_id%3Dbob&operation=UPDATE"))
-        .await?;
-    browser
-        .find(Locator::Css("tr.change td.time a"))
-        .await?
-        .click()
-        .await?;
+    open_first_change(
+        browser,
+        &format!("{base}?context=user_id%3Dbob&operation=UPDATE"),
+    )
+    .await?;
     let diff = text_of(browser, "table.diff").await?;
     ensure!(
         diff.contains("Buy milk") && diff.contains("Buy oat milk"),
@@ -377,11 +386,7 @@ async fn walk_through(
                 == 0
         );
     }
-    browser
-        .find(Locator::Css("tr.change td.time a"))
-        .await?
-        .click()
-        .await?;
+    first_change_link(browser).await?.click().await?;
     let context_text = text_of(browser, "pre.json").await?;
     ensure!(
         context_text.contains("onerror") && context_text.contains("javascript:"),
@@ -401,14 +406,7 @@ async fn walk_through(
     screenshot(browser, "hostile-context").await?;
 
     // A 300 000-character value is collapsed and cut; the redacted column stays redacted.
-    browser
-        .goto(&format!("{base}?context=user_id%3Ddave"))
-        .await?;
-    browser
-        .find(Locator::Css("tr.change td.time a"))
-        .await?
-        .click()
-        .await?;
+    open_first_change(browser, &format!("{base}?context=user_id%3Ddave")).await?;
     text_of(browser, "details.large summary").await?;
     let source = browser.source().await?;
     ensure!(
