@@ -10,7 +10,9 @@
 //!   `pg_logical_emit_message(true, '_bemi', json)`; for a statement without a comment after one
 //!   with a context in the same transaction it emits `{}`, so that its rows do not inherit it.
 //!   Its fast path (the comment at the very end, JSON without `*`, as the adapters write it) costs
-//!   about as much as an empty trigger; other placements go through `_bemi_trailing_context()`.
+//!   about as much as an empty trigger; other placements take a slower, careful path. It never
+//!   fails a write: it calls only schema-qualified `pg_catalog` functions (so any `search_path`
+//!   works, `''` and schema-per-tenant ones included) and checks every length it cuts with.
 //! - `_bemi_create_triggers()`: installs the trigger `_bemi_statement_trigger` (BEFORE INSERT OR
 //!   UPDATE OR DELETE OR TRUNCATE, FOR EACH STATEMENT) on every ordinary and partitioned table of
 //!   every non-system schema, except unlogged, temporary and extension-owned tables and the

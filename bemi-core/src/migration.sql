@@ -6,74 +6,73 @@
 -- a context in the same transaction emits '{}', so that its rows do not inherit that context.
 -- Running this script twice is harmless.
 
--- The context of a query that ends with a Bemi comment, found the careful way: the last
--- '/*Bemi ' opens the trailing comment (whitespace and semicolons may follow it). NULL otherwise.
--- The trigger calls it only when its fast path cannot decide.
-CREATE OR REPLACE FUNCTION _bemi_trailing_context(query text) RETURNS text
-LANGUAGE sql IMMUTABLE PARALLEL SAFE
-AS $bemi$
-  SELECT CASE
-    WHEN pg_catalog.right(trimmed, 7) = ' Bemi*/' AND opening > 8
-      THEN NULLIF(pg_catalog.substr(trimmed, pg_catalog.length(trimmed) - opening + 2, opening - 8), '')
-  END
-  FROM (SELECT trimmed, pg_catalog.strpos(pg_catalog.reverse(trimmed), ' imeB*/') AS opening
-          FROM (SELECT pg_catalog.rtrim(query, E' \t\r\n;') AS trimmed) AS t) AS o
-$bemi$;
-
--- The body of a trailing sqlcommenter comment (`/*key='value',…*/`, as Rails' query log tags,
--- Django, Spring, Prisma and google-cloud-sqlcommenter append it; `;` and whitespace may follow),
--- or NULL when the query does not end with a comment of that shape. The capture worker decodes
--- the keys and values; this only finds the comment.
-CREATE OR REPLACE FUNCTION _bemi_trailing_sqlcommenter(query text) RETURNS text
-LANGUAGE sql IMMUTABLE PARALLEL SAFE
-AS $bemi$
-  SELECT CASE
-    WHEN opening > 3
-     AND body OPERATOR(pg_catalog.~) '^\s*[A-Za-z0-9_.~%-]+\s*=\s*\S'
-      THEN pg_catalog.btrim(body)
-  END
-  FROM (SELECT opening,
-               pg_catalog.substr(trimmed, pg_catalog.length(trimmed) - opening + 2,
-                                 GREATEST(opening - 3, 0)) AS body
-          FROM (SELECT trimmed, pg_catalog.strpos(pg_catalog.reverse(trimmed), '*/') AS opening
-                  FROM (SELECT pg_catalog.rtrim(query, E' \t\r\n;') AS trimmed) AS t) AS o) AS b
-$bemi$;
-
--- The trigger. It must never fail the user's statement, so it only calls functions that cannot
--- fail on any text. All names are schema-qualified: no search_path lookups on the hot path.
--- The fast path handles what the adapters write: the comment at the very end, and JSON without
--- '*' (escaped as \u002a). Anything else (comments of other Bemi libraries, '/*Bemi ' earlier in
--- the SQL, trailing whitespace or ';') takes _bemi_trailing_context().
+-- The trigger. It must never fail the user's statement, whatever the statement's text and
+-- whatever the session's search_path (schema-per-tenant apps set it, and '' is legal): it calls
+-- only pg_catalog functions, schema-qualified, that cannot fail on any text, and it takes every
+-- substring with a length it has checked to be positive. It needs no function of its own.
+--
+-- The context of a query that ends with a Bemi comment: the fast path handles what the adapters
+-- write — the comment at the very end, JSON without '*' (escaped as \u002a). Anything else
+-- (comments of other Bemi libraries, '/*Bemi ' earlier in the SQL, trailing whitespace or ';')
+-- takes the careful way: the last '/*Bemi ' of the query with trailing whitespace and ';'
+-- trimmed opens the trailing comment.
 -- A transaction-local flag remembers that a context was emitted, so that a later statement
 -- without one emits '{}' (its rows must not inherit the context).
--- Without a Bemi comment, a trailing sqlcommenter comment is emitted as a '_bemi_sqlcommenter'
--- message (the worker decodes it into the context), unless the setting bemi.sqlcommenter is
--- 'off' (ALTER DATABASE … SET bemi.sqlcommenter = 'off'). A context an adapter emitted for the
--- same statement wins: the worker drops a sqlcommenter message that directly follows one.
+-- Without a Bemi comment, a trailing sqlcommenter comment (`/*key='value',…*/`, as Rails' query
+-- log tags, Django, Spring, Prisma and google-cloud-sqlcommenter append it) is emitted as a
+-- '_bemi_sqlcommenter' message (the worker decodes its keys and values), unless the setting
+-- bemi.sqlcommenter is 'off' (ALTER DATABASE … SET bemi.sqlcommenter = 'off'). A context an
+-- adapter emitted for the same statement wins: the worker drops a sqlcommenter message that
+-- directly follows one.
 CREATE OR REPLACE FUNCTION _bemi_statement_trigger_func() RETURNS trigger
 LANGUAGE plpgsql
 AS $bemi$
 DECLARE
   query text := pg_catalog.current_query();
+  trimmed text;
   context text;
   opening int;
   prefix text := '_bemi';
 BEGIN
   IF pg_catalog.right(query, 7) = ' Bemi*/' THEN
+    -- Fast path: the first '/*Bemi ' opens a comment that ends the query, without any '*'.
     opening := pg_catalog.strpos(query, '/*Bemi ');
-    context := pg_catalog.substr(query, opening + 7, pg_catalog.length(query) - opening - 13);
-    IF opening = 0 OR context = '' OR pg_catalog.strpos(context, '*') > 0 THEN
-      context := _bemi_trailing_context(query);
+    IF opening > 0 AND pg_catalog.length(query) - opening - 13 > 0 THEN
+      context := pg_catalog.substr(query, opening + 7, pg_catalog.length(query) - opening - 13);
+      IF pg_catalog.strpos(context, '*') > 0 THEN
+        context := NULL;
+      END IF;
     END IF;
-  ELSIF pg_catalog.strpos(query, ' Bemi*/') > 0 THEN
-    context := _bemi_trailing_context(query);
+  END IF;
+
+  IF context IS NULL AND pg_catalog.strpos(query, ' Bemi*/') > 0 THEN
+    -- The careful way: the last '/*Bemi ' (found in the reversed text, where it reads
+    -- ' imeB*/') opens the comment that ends the trimmed query.
+    trimmed := pg_catalog.rtrim(query, E' \t\r\n;');
+    IF pg_catalog.right(trimmed, 7) = ' Bemi*/' THEN
+      opening := pg_catalog.strpos(pg_catalog.reverse(trimmed), ' imeB*/');
+      IF opening > 8 THEN
+        context := NULLIF(pg_catalog.substr(trimmed, pg_catalog.length(trimmed) - opening + 2,
+                                            opening - 8), '');
+      END IF;
+    END IF;
   END IF;
 
   IF context IS NULL
      AND pg_catalog.right(pg_catalog.rtrim(query, E' \t\r\n;'), 2) = '*/'
      AND pg_catalog.current_setting('bemi.sqlcommenter', true) IS DISTINCT FROM 'off' THEN
-    context := _bemi_trailing_sqlcommenter(query);
-    prefix := '_bemi_sqlcommenter';
+    -- The body of the last '/*' comment, when it ends the trimmed query and starts `key=`.
+    trimmed := pg_catalog.rtrim(query, E' \t\r\n;');
+    opening := pg_catalog.strpos(pg_catalog.reverse(trimmed), '*/');
+    IF opening > 3 THEN
+      context := pg_catalog.substr(trimmed, pg_catalog.length(trimmed) - opening + 2, opening - 3);
+      IF context OPERATOR(pg_catalog.~) '^\s*[A-Za-z0-9_.~%-]+\s*=\s*\S' THEN
+        context := pg_catalog.btrim(context);
+        prefix := '_bemi_sqlcommenter';
+      ELSE
+        context := NULL;
+      END IF;
+    END IF;
   END IF;
 
   IF context IS NOT NULL THEN
@@ -88,6 +87,10 @@ BEGIN
   RETURN NULL;
 END;
 $bemi$;
+
+-- Helpers of earlier versions of this migration, which the trigger above no longer calls.
+DROP FUNCTION IF EXISTS _bemi_trailing_context(text);
+DROP FUNCTION IF EXISTS _bemi_trailing_sqlcommenter(text);
 
 -- Tables that are never tracked: system and temporary schemas, unlogged and temporary tables,
 -- tables owned by extensions, and the capture worker's own tables (`_bemi*`, and a `changes`

@@ -27,7 +27,7 @@ use sqlx::Row as _;
 /// Runs an async property on the e2e runtime from proptest's synchronous runner, on inputs of
 /// the strategy `strategy()` makes (made on the runner's thread: proptest's boxed strategies
 /// stay on one thread).
-async fn check_async<S, F, Fut>(
+pub(crate) async fn check_async<S, F, Fut>(
     target: &'static str,
     smoke_cases: u32,
     strategy: fn() -> S,

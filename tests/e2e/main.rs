@@ -45,6 +45,7 @@ mod todo_apps;
 mod todo_hostile;
 mod todo_load;
 mod trace_ids;
+mod tracking_never_fails;
 mod ui_browser;
 mod ui_http;
 mod web_frameworks;
@@ -101,6 +102,7 @@ fn all_tests() -> Vec<(String, TestFn)> {
         pgbouncer::both_adapters_attribute_every_write_through_pgbouncer,
         fuzz::fuzz_annotated_sql_parses_as_the_same_statement,
         fuzz::fuzz_any_context_round_trips_through_the_wal,
+        tracking_never_fails::random_comments_and_search_paths_never_fail_a_write,
         outage::a_destination_outage_loses_and_duplicates_nothing_and_reports_the_lag,
         orm_apps::seaorm_todo_app_keeps_1000_concurrent_contexts_apart,
         orm_apps::deadpool_todo_app_keeps_1000_concurrent_contexts_apart,
