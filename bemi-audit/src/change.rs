@@ -66,10 +66,16 @@ pub struct Change {
     pub queued_at: DateTime<Utc>,
     /// When the worker stored the change.
     pub created_at: DateTime<Utc>,
-    /// The source transaction's id.
+    /// The source transaction's id: the full 64-bit id (PostgreSQL's `xid8`, as
+    /// `pg_current_xact_id()` gives it), unique within its source cluster. Changes stored
+    /// before bemi-rs recorded full ids hold the 32-bit id, which repeats after a wraparound.
     pub transaction_id: i64,
     /// The LSN of the change's WAL record.
     pub position: i64,
+    /// The source cluster: its system identifier (`pg_control_system()`), which tells apart
+    /// clusters whose databases share a name. `None` for changes stored before it was recorded.
+    #[serde(default)]
+    pub source: Option<String>,
 }
 
 impl Change {
@@ -155,8 +161,20 @@ impl<'r> FromRow<'r, PgRow> for Change {
             created_at: row.try_get("created_at")?,
             transaction_id: row.try_get("transaction_id")?,
             position: row.try_get("position")?,
+            // A table an older worker made has no such column until a new one starts.
+            source: source_column(row),
         })
     }
+}
+
+/// The `source` column: `''` (unknown: stored before sources were recorded, or from a source
+/// that does not tell its system identifier) is `None`, as is a table an older worker made
+/// until a new one starts.
+pub(crate) fn source_column(row: &PgRow) -> Option<String> {
+    row.try_get::<Option<String>, _>("source")
+        .ok()
+        .flatten()
+        .filter(|source| !source.is_empty())
 }
 
 /// The position of a change in the audit trail's order: `(committed_at, position)`, with the
@@ -211,6 +229,7 @@ mod tests {
             created_at: now,
             transaction_id: 1,
             position: 1,
+            source: None,
         }
     }
 

@@ -12,7 +12,7 @@ use super::change::{Change, Cursor};
 use bemi_core::protocol::Operation;
 
 pub(crate) const SELECT: &str = "SELECT id, primary_key, before, after, context, database, schema, \"table\", \
-                      operation, committed_at, queued_at, created_at, transaction_id, position \
+                      operation, committed_at, queued_at, created_at, transaction_id, position, source \
                       FROM changes";
 
 /// Rows fetched per round trip by [`ChangeQuery::stream`].
@@ -60,7 +60,7 @@ impl Order {
 /// assert_eq!(
 ///     query.sql(),
 ///     "SELECT id, primary_key, before, after, context, database, schema, \"table\", operation, \
-///      committed_at, queued_at, created_at, transaction_id, position FROM changes \
+///      committed_at, queued_at, created_at, transaction_id, position, source FROM changes \
 ///      WHERE \"table\" = $1 AND schema = $2 AND operation = $3 AND context @> $4 \
 ///      ORDER BY committed_at DESC, position DESC, id DESC LIMIT $5"
 /// );
@@ -74,6 +74,8 @@ pub struct ChangeQuery {
     primary_key: Option<String>,
     operation: Option<Operation>,
     transaction_id: Option<i64>,
+    source: Option<Option<String>>,
+    source_or_unrecorded: Option<String>,
     context: Map<String, Value>,
     before: Map<String, Value>,
     after_image: Map<String, Value>,
@@ -183,10 +185,10 @@ impl ChangeQuery {
         self
     }
 
-    /// Changes of one source transaction (served by the index on `transaction_id`). The id is
-    /// PostgreSQL's 32-bit transaction id, which wraps around after about four billion
-    /// transactions: add [`since`](Self::since) / [`until`](Self::until) on a table that keeps
-    /// changes that long.
+    /// Changes of one source transaction (served by the index on `transaction_id`): its full
+    /// 64-bit id, which never repeats within a cluster. With several source clusters storing
+    /// into one table, add [`source`](Self::source). (Changes stored before bemi-rs recorded full
+    /// ids hold the 32-bit id, which repeats after a wraparound: add a time range for those.)
     ///
     /// ```
     /// let sql = bemi_audit::ChangeQuery::new().transaction_id(768).sql();
@@ -195,6 +197,38 @@ impl ChangeQuery {
     pub fn transaction_id(mut self, id: i64) -> Self {
         self.transaction_id = Some(id);
         self
+    }
+
+    /// Changes of one source cluster, by its system identifier ([`Change::source`]); `None`
+    /// selects the changes stored without one (before bemi-rs recorded it).
+    ///
+    /// ```
+    /// let sql = bemi_audit::ChangeQuery::new().transaction_id(768).source(Some("7716")).sql();
+    /// assert!(sql.contains("WHERE transaction_id = $1 AND source = $2"));
+    /// ```
+    pub fn source(mut self, source: Option<impl Into<String>>) -> Self {
+        self.source = Some(source.map(Into::into));
+        self
+    }
+
+    /// Changes of the source cluster `cluster`, or stored without a source (before bemi-rs
+    /// recorded it): what a revert in that cluster may touch.
+    pub(crate) fn source_or_unrecorded(mut self, cluster: &str) -> Self {
+        self.source_or_unrecorded = Some(cluster.to_owned());
+        self
+    }
+
+    /// The source filters, for queries of the same changes' rows (conflicts).
+    pub(crate) fn source_filters(&self) -> (Option<Option<&str>>, Option<&str>) {
+        (
+            self.source.as_ref().map(Option::as_deref),
+            self.source_or_unrecorded.as_deref(),
+        )
+    }
+
+    /// The source database filter.
+    pub(crate) fn database_filter(&self) -> Option<&str> {
+        self.database.as_deref()
     }
 
     /// Changes whose before-image has `key` with this value (`before @> {"key": value}`,
@@ -476,6 +510,17 @@ impl ChangeQuery {
             conditions
                 .and("transaction_id = ")
                 .push_bind(transaction_id);
+        }
+        if let Some(source) = &self.source {
+            conditions
+                .and("source = ")
+                .push_bind(source.clone().unwrap_or_default());
+        }
+        if let Some(cluster) = &self.source_or_unrecorded {
+            conditions
+                .and("(source = '' OR source = ")
+                .push_bind(cluster.clone())
+                .push(")");
         }
         let containments = [
             ("context @> ", &self.context),

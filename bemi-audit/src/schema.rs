@@ -55,14 +55,39 @@ macro_rules! changes_columns {
   queued_at timestamptz NOT NULL,
   created_at timestamptz NOT NULL DEFAULT now(),
   transaction_id bigint NOT NULL,
-  position bigint NOT NULL,"#
+  position bigint NOT NULL,
+  source text NOT NULL DEFAULT '',"#
     };
 }
 
-/// The indexes of `changes`, shared by both layouts. Idempotent.
+/// The indexes of `changes`, shared by both layouts, and what was added since the first
+/// version, for a table an older worker made: the column `source` (its rows keep `''`,
+/// unknown), and `source` in the unique key — without it, two source clusters whose databases
+/// share a name could store changes at the same position, and the second would be taken for a
+/// re-delivery of the first and dropped. Rebuilding the key locks `changes` while it builds,
+/// once. Idempotent.
 macro_rules! indexes {
     () => {
         r#"
+ALTER TABLE changes ADD COLUMN IF NOT EXISTS source text NOT NULL DEFAULT '';
+DO $bemi$ BEGIN
+  IF NOT EXISTS (
+    SELECT 1 FROM pg_catalog.pg_constraint k
+      JOIN pg_catalog.pg_attribute a ON a.attrelid = k.conrelid AND a.attnum = ANY (k.conkey)
+     WHERE k.conrelid = 'changes'::regclass AND k.conname = 'changes_position_key'
+       AND a.attname = 'source'
+  ) THEN
+    RAISE NOTICE 'bemi: adding the source cluster to the unique key of changes (once)';
+    ALTER TABLE changes DROP CONSTRAINT IF EXISTS changes_position_key;
+    IF (SELECT relkind FROM pg_catalog.pg_class WHERE oid = 'changes'::regclass) = 'p' THEN
+      ALTER TABLE changes ADD CONSTRAINT changes_position_key
+        UNIQUE (position, "table", schema, database, operation, source, committed_at);
+    ELSE
+      ALTER TABLE changes ADD CONSTRAINT changes_position_key
+        UNIQUE (position, "table", schema, database, operation, source);
+    END IF;
+  END IF;
+END $bemi$;
 CREATE INDEX IF NOT EXISTS changes_committed_at_idx ON changes (committed_at);
 CREATE INDEX IF NOT EXISTS changes_table_primary_key_idx ON changes ("table", primary_key, committed_at);
 CREATE INDEX IF NOT EXISTS changes_transaction_id_idx ON changes (transaction_id);
@@ -80,7 +105,7 @@ pub const SCHEMA_SQL: &str = concat!(
     changes_columns!(),
     r#"
   CONSTRAINT changes_pkey PRIMARY KEY (id),
-  CONSTRAINT changes_position_key UNIQUE (position, "table", schema, database, operation)
+  CONSTRAINT changes_position_key UNIQUE (position, "table", schema, database, operation, source)
 );"#,
     indexes!()
 );
@@ -93,7 +118,7 @@ pub const PARTITIONED_SCHEMA_SQL: &str = concat!(
     changes_columns!(),
     r#"
   CONSTRAINT changes_pkey PRIMARY KEY (id, committed_at),
-  CONSTRAINT changes_position_key UNIQUE (position, "table", schema, database, operation, committed_at)
+  CONSTRAINT changes_position_key UNIQUE (position, "table", schema, database, operation, source, committed_at)
 ) PARTITION BY RANGE (committed_at);
 DO $bemi$ BEGIN
   IF to_regclass('changes_default') IS NULL THEN

@@ -2,7 +2,7 @@
 //! worker and `bemi store` write with.
 //!
 //! The rows travel as one array parameter per column, unnested by the server, and the unique
-//! key `(position, table, schema, database, operation)` with `ON CONFLICT DO NOTHING` makes a
+//! key `(position, table, schema, database, operation, source)` with `ON CONFLICT DO NOTHING` makes a
 //! re-delivered change a no-op: [`ChangeBatch::insert`] returns how many rows were new.
 //!
 //! ```no_run
@@ -37,9 +37,9 @@ use sqlx::PgConnection;
 const INSERT_SQL: &str = r#"
 WITH written AS (
   INSERT INTO changes (primary_key, before, after, context, database, schema, "table", operation,
-                       committed_at, queued_at, transaction_id, position)
+                       committed_at, queued_at, transaction_id, position, source)
   SELECT primary_key, before::jsonb, after::jsonb, context::jsonb, $1, schema, "table", operation,
-         committed_at, queued_at, transaction_id, position
+         committed_at, queued_at, transaction_id, position, coalesce($13, '')
     FROM unnest($2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[],
                 $9::timestamptz[], $10::timestamptz[], $11::int8[], $12::int8[])
       AS batch(primary_key, before, after, context, schema, "table", operation,
@@ -73,7 +73,7 @@ pub struct NewChange<'a> {
     pub committed_at: DateTime<Utc>,
     /// When the change left the source.
     pub queued_at: DateTime<Utc>,
-    /// The source transaction's id.
+    /// The source transaction's full 64-bit id (see [`Change::transaction_id`](crate::Change)).
     pub transaction_id: i64,
     /// The change's position in the source's WAL (its LSN): with the table, schema, database
     /// and operation, what makes a change unique.
@@ -126,9 +126,27 @@ impl<'a> ChangeBatch<'a> {
 
     /// Inserts the batch as changes of the source `database` in one statement (inside the
     /// connection's transaction, if it has one); returns how many were new — a change already
-    /// stored is skipped.
+    /// stored is skipped. The changes name no source cluster: see
+    /// [`insert_from`](Self::insert_from).
     pub async fn insert(
         &self,
+        database: &str,
+        conn: &mut PgConnection,
+    ) -> Result<u64, sqlx::Error> {
+        self.insert_from(None, database, conn).await
+    }
+
+    /// [`insert`](Self::insert), naming the source cluster (its system identifier), which
+    /// tells apart transactions of clusters whose databases share a name.
+    ///
+    /// ```no_run
+    /// # async fn run(batch: bemi_audit::store::ChangeBatch<'_>, conn: &mut sqlx::PgConnection) -> Result<(), sqlx::Error> {
+    /// let new_rows = batch.insert_from(Some("7716412341606058525"), "app", conn).await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn insert_from(
+        &self,
+        source: Option<&str>,
         database: &str,
         conn: &mut PgConnection,
     ) -> Result<u64, sqlx::Error> {
@@ -148,6 +166,7 @@ impl<'a> ChangeBatch<'a> {
             .bind(&self.queued_at)
             .bind(&self.transaction_id)
             .bind(&self.position)
+            .bind(source)
             .fetch_one(conn)
             .await?;
         Ok(u64::try_from(written).unwrap_or(0))

@@ -21,7 +21,7 @@ use bemi_core::protocol::Operation;
 /// The columns of a [`Change`], which every query of this module selects.
 #[cfg(test)]
 const COLUMNS: &str = "id, primary_key, before, after, context, database, schema, \"table\", \
-                       operation, committed_at, queued_at, created_at, transaction_id, position";
+                       operation, committed_at, queued_at, created_at, transaction_id, position, source";
 
 /// The last change of one row at or before an instant, and whether a TRUNCATE of its table
 /// came after it (by then). `$1` table, `$2` schema or NULL, `$3` database or NULL, `$4`
@@ -37,7 +37,7 @@ const ROW_AT_SQL: &str = "SELECT latest.*, EXISTS ( \
      ) AS truncated \
      FROM ( \
        SELECT id, primary_key, before, after, context, database, schema, \"table\", operation, \
-              committed_at, queued_at, created_at, transaction_id, position \
+              committed_at, queued_at, created_at, transaction_id, position, source \
          FROM changes \
         WHERE \"table\" = $1 AND ($2::text IS NULL OR schema = $2) \
           AND ($3::text IS NULL OR database = $3) AND primary_key = $4 AND committed_at <= $5 \
@@ -47,7 +47,7 @@ const ROW_AT_SQL: &str = "SELECT latest.*, EXISTS ( \
 /// Every change of one row, and every TRUNCATE of its table, oldest first. `$1` table, `$2`
 /// schema or NULL, `$3` database or NULL, `$4` primary key.
 const HISTORY_SQL: &str = "SELECT id, primary_key, before, after, context, database, schema, \
-     \"table\", operation, committed_at, queued_at, created_at, transaction_id, position \
+     \"table\", operation, committed_at, queued_at, created_at, transaction_id, position, source \
      FROM changes \
      WHERE \"table\" = $1 AND ($2::text IS NULL OR schema = $2) \
        AND ($3::text IS NULL OR database = $3) \
@@ -66,7 +66,7 @@ const HISTORY_SQL: &str = "SELECT id, primary_key, before, after, context, datab
 const TABLE_AT_SQL: &str = "SELECT latest.* FROM ( \
        SELECT DISTINCT ON (primary_key, schema, database) \
               id, primary_key, before, after, context, database, schema, \"table\", operation, \
-              committed_at, queued_at, created_at, transaction_id, position \
+              committed_at, queued_at, created_at, transaction_id, position, source \
          FROM changes \
         WHERE \"table\" = $1 AND ($2::text IS NULL OR schema = $2) \
           AND ($3::text IS NULL OR database = $3) AND primary_key IS NOT NULL \

@@ -32,6 +32,10 @@ pub(crate) struct RevertArgs {
     /// Revert every change of this source transaction.
     #[arg(long, env = "BEMI_REVERT_TRANSACTION", value_name = "TXID")]
     transaction: Option<i64>,
+    /// Only changes of the source cluster with this system identifier (the `source` column):
+    /// needed when clusters whose databases share a name store into one audit trail.
+    #[arg(long, env = "BEMI_REVERT_SOURCE_CLUSTER", value_name = "SYSTEM_ID")]
+    source_cluster: Option<String>,
     /// Revert every change whose context has KEY equal to VALUE, e.g. request_id=r-42 (JSON if
     /// it parses, as in `bemi changes`). Several must all match.
     #[arg(
@@ -93,6 +97,9 @@ impl RevertArgs {
             }
             Revert::context(filter)
         };
+        if let Some(cluster) = &self.source_cluster {
+            revert = revert.source(cluster.clone());
+        }
         if let Some(since) = since {
             revert = revert.since(since);
         }

@@ -354,6 +354,28 @@ impl EphemeralPostgres {
         }
     }
 
+    /// Moves the cluster's transaction id counter into epoch `epoch` (`pg_resetwal -e`, the
+    /// server stopped and started again): from then on every 64-bit transaction id is at least
+    /// `epoch << 32`, as on a cluster whose 32-bit ids have wrapped around `epoch` times. Used
+    /// to test what depends on the full transaction id.
+    ///
+    /// ```no_run
+    /// # let mut pg = bemi_dev::EphemeralPostgres::start()?;
+    /// pg.set_transaction_epoch(3)?; // pg_current_xact_id() >= 3 << 32
+    /// # Ok::<(), bemi_dev::LaunchError>(())
+    /// ```
+    pub fn set_transaction_epoch(&mut self, epoch: u32) -> Result<(), LaunchError> {
+        self.stop_server()?;
+        let mut command = self.command("pg_resetwal");
+        command
+            .arg("-e")
+            .arg(epoch.to_string())
+            .arg("-D")
+            .arg(self.data_dir());
+        run(command)?;
+        self.start_server()
+    }
+
     fn data_dir(&self) -> PathBuf {
         self.dir.path().join("data")
     }

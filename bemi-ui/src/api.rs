@@ -75,6 +75,9 @@ pub(crate) async fn changes(
 pub(crate) struct RevertRequest {
     change: Option<Uuid>,
     transaction: Option<i64>,
+    /// The source cluster (the `source` of the changes), for a transaction id that clusters
+    /// whose databases share a name both used.
+    source: Option<String>,
     context: Option<Map<String, Value>>,
     /// Only plan (the default: nothing is written unless `"dry_run": false`).
     #[serde(default = "yes")]
@@ -108,6 +111,10 @@ pub(crate) async fn revert(
         }
     }
     .force(request.force);
+    let revert = match request.source {
+        Some(source) => revert.source(source),
+        None => revert,
+    };
     if request.dry_run {
         let plan = revert
             .plan(&ui.audit, &ui.source)

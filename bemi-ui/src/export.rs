@@ -16,7 +16,7 @@ use crate::filters::Filters;
 const EXPORT_CHUNK_CHANGES: usize = 1_000;
 
 /// The CSV columns, in order.
-pub(crate) const CSV_COLUMNS: [&str; 14] = [
+pub(crate) const CSV_COLUMNS: [&str; 15] = [
     "id",
     "committed_at",
     "database",
@@ -31,6 +31,7 @@ pub(crate) const CSV_COLUMNS: [&str; 14] = [
     "after",
     "queued_at",
     "created_at",
+    "source",
 ];
 
 /// `GET /export.csv?<filters>`.
@@ -134,6 +135,7 @@ fn csv_line(change: &Change) -> Vec<u8> {
         change.after.to_string(),
         time(change.queued_at),
         time(change.created_at),
+        change.source.as_deref().map(defuse).unwrap_or_default(),
     ];
     let mut writer = csv::Writer::from_writer(Vec::new());
     let _ = writer.write_record(&record);

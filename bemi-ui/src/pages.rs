@@ -204,6 +204,7 @@ pub(crate) async fn detail(
     let change = find_change(&ui, &id).await?;
     let transaction = ChangeQuery::new()
         .transaction_id(change.transaction_id)
+        .source(change.source.clone())
         .database(change.database.clone())
         .oldest_first()
         .limit(200)
@@ -496,7 +497,13 @@ pub(crate) struct RevertForm {
 pub(crate) fn revert_of(change: &Change, kind: &str) -> Result<Revert, PageError> {
     match kind {
         "change" => Ok(Revert::change(change.id)),
-        "transaction" => Ok(Revert::transaction(change.transaction_id)),
+        "transaction" => Ok(match &change.source {
+            Some(source) => Revert::transaction(change.transaction_id).source(source.clone()),
+            // Stored before sources were: its commit is what tells the transaction apart.
+            None => Revert::transaction(change.transaction_id)
+                .since(change.committed_at)
+                .until(change.committed_at + TimeDelta::microseconds(1)),
+        }),
         "request" => {
             let context = request_context(change)
                 .ok_or_else(|| PageError::bad_request("this change has no request context"))?;

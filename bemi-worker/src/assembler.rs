@@ -98,7 +98,7 @@ pub enum StreamError {
 
 #[derive(Debug)]
 struct OpenTransaction {
-    xid: u32,
+    xid: u64,
     commit_lsn: u64,
     committed_at: i64,
     context: Arc<str>,
@@ -167,12 +167,12 @@ impl Assembler {
     }
 
     /// The id of the transaction being assembled, if one is open.
-    pub(crate) fn open_xid(&self) -> Option<u32> {
+    pub(crate) fn open_xid(&self) -> Option<u64> {
         self.open.as_ref().map(|open| open.xid)
     }
 
     /// Starts a transaction (a Begin message; `commit_time` in µs since the PostgreSQL epoch).
-    pub(crate) fn begin(&mut self, commit_lsn: u64, xid: u32, commit_time: i64) {
+    pub(crate) fn begin(&mut self, commit_lsn: u64, xid: u64, commit_time: i64) {
         let skip_all = commit_lsn < self.resume.last_lsn;
         let skip_through = self
             .resume

@@ -46,7 +46,7 @@ pub(crate) trait ReplicationSource: Send {
     fn describe(
         &mut self,
         relation: &Relation,
-        open_xid: Option<u32>,
+        open_xid: Option<u64>,
     ) -> impl Future<Output = Result<RelationInfo, WorkerError>> + Send;
 
     /// A new version of a table's schema, read at `lsn` (see `crate::schema_history`): the
@@ -441,7 +441,7 @@ mod tests {
             }
             events.push_back(SourceEvent::Begin {
                 commit_lsn: transaction.commit_lsn,
-                xid: xid as u32 + 700,
+                xid: xid as u64 + 700,
                 commit_time: 0,
             });
             events.push_back(data(0, relation_message()));
@@ -527,7 +527,7 @@ mod tests {
         async fn describe(
             &mut self,
             relation: &Relation,
-            _open_xid: Option<u32>,
+            _open_xid: Option<u64>,
         ) -> Result<RelationInfo, WorkerError> {
             assert_eq!(relation.oid, TODO);
             Ok(RelationInfo {

@@ -97,9 +97,11 @@ pub(crate) struct Destination {
 impl Destination {
     /// Opens `connections` connections (at least one) whose commits are as durable as
     /// `durability` says, creates the tables if missing, and reads where the worker of `slot`
-    /// on the source `database` left off.
+    /// on the source `database` left off. `source` is the source cluster's system identifier,
+    /// stored with each change.
     pub(crate) async fn open(
         url: &str,
+        source: Option<&str>,
         database: &str,
         slot: &str,
         connections: usize,
@@ -107,6 +109,7 @@ impl Destination {
         image_indexes: bemi_audit::schema::ImageIndexes,
     ) -> Result<Self, sqlx::Error> {
         let (database, slot): (Arc<str>, Arc<str>) = (database.into(), slot.into());
+        let source: Option<Arc<str>> = source.map(Arc::from);
         let mut writers = Vec::with_capacity(connections.max(1));
         for _ in 0..connections.max(1) {
             let mut conn = PgConnection::connect(url).await?;
@@ -114,6 +117,7 @@ impl Destination {
             conn.execute(durability.setting()).await?;
             writers.push(BatchWriter {
                 conn,
+                source: source.clone(),
                 database: Arc::clone(&database),
                 slot: Arc::clone(&slot),
             });
@@ -182,6 +186,8 @@ impl Sink for Destination {
 #[derive(Debug)]
 pub(crate) struct BatchWriter {
     conn: PgConnection,
+    /// The source cluster's system identifier.
+    source: Option<Arc<str>>,
     database: Arc<str>,
     slot: Arc<str>,
 }
@@ -220,7 +226,9 @@ impl BatchWriter {
             batch.push(row.as_new_change());
         }
         let sent = batch.len() as u64;
-        let written = batch.insert(&self.database, &mut self.conn).await?;
+        let written = batch
+            .insert_from(self.source.as_deref(), &self.database, &mut self.conn)
+            .await?;
         let schemas: Vec<SchemaVersion> = pieces
             .iter()
             .flat_map(|piece| piece.schemas.iter().cloned())

@@ -47,6 +47,7 @@ mod setup;
 mod source;
 mod tls;
 mod worker;
+mod xid;
 
 pub use bemi_audit::schema::ImageIndexes;
 pub use config::{IgnoredColumns, Redactions, TableFilter, WorkerConfig};

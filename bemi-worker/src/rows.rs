@@ -38,8 +38,8 @@ pub(crate) struct ChangeRow {
     pub committed_at: i64,
     /// When the change left the WAL sender, in microseconds since the Unix epoch.
     pub queued_at: i64,
-    /// The source transaction's id.
-    pub transaction_id: u32,
+    /// The source transaction's full 64-bit id.
+    pub transaction_id: u64,
     /// The LSN of the change's WAL record.
     pub position: u64,
 }
@@ -57,7 +57,8 @@ impl ChangeRow {
             operation: self.operation,
             committed_at: timestamp(self.committed_at),
             queued_at: timestamp(self.queued_at),
-            transaction_id: i64::from(self.transaction_id),
+            // A full id below 2^63 (epoch below 2^31).
+            transaction_id: i64::try_from(self.transaction_id).unwrap_or(i64::MAX),
             // An LSN below 2^63 (8 EiB of WAL): the column is a bigint.
             position: i64::try_from(self.position).unwrap_or(i64::MAX),
         }
@@ -78,8 +79,8 @@ pub(crate) struct ChangeMeta {
     pub committed_at: i64,
     /// Send time, µs since the Unix epoch.
     pub queued_at: i64,
-    /// Transaction id.
-    pub transaction_id: u32,
+    /// Transaction id (full, 64 bits).
+    pub transaction_id: u64,
     /// LSN of the change.
     pub position: u64,
 }

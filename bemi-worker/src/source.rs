@@ -24,8 +24,9 @@ pub(crate) enum SourceEvent {
     Begin {
         /// LSN of its commit record.
         commit_lsn: u64,
-        /// Its transaction id.
-        xid: u32,
+        /// Its transaction id: the stream's 32 bits from [`PgWireSource`], the full 64-bit id
+        /// once the worker's source has extended it (see `crate::xid`).
+        xid: u64,
         /// Commit time.
         commit_time: i64,
     },
@@ -219,7 +220,7 @@ impl PgWireSource {
                     commit_time_micros,
                 } => SourceEvent::Begin {
                     commit_lsn: final_lsn.0,
-                    xid,
+                    xid: u64::from(xid),
                     commit_time: commit_time_micros,
                 },
                 E::XLogData {

@@ -39,6 +39,7 @@ use crate::pgoutput::Relation;
 use crate::schema_history::{SchemaStore, SchemaVersion, TableSchema};
 use crate::setup;
 use crate::source::{PgWireSource, SourceConnection, SourceEvent};
+use crate::xid::FullXids;
 
 const MIN_BACKOFF: Duration = Duration::from_millis(500);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
@@ -214,8 +215,10 @@ impl Worker {
         slot: &setup::SlotState,
     ) -> Result<(Destination, u64, SchemaStore), WorkerError> {
         let config = &self.config;
+        let source_id = source_system_id(pool).await?;
         let mut destination = Destination::open(
             config.destination_url(),
+            source_id.as_deref(),
             source.database(),
             &config.slot,
             config.writer_connections,
@@ -233,6 +236,7 @@ impl Worker {
     }
 
     /// A small pool of the source database for catalog queries, the publication and the slot.
+    /// (See also [`source_system_id`].)
     async fn source_pool(&self) -> Result<PgPool, WorkerError> {
         PgPoolOptions::new()
             .max_connections(2)
@@ -393,6 +397,8 @@ impl Worker {
         shutdown: &CancellationToken,
     ) -> Result<(), WorkerError> {
         let config = &self.config;
+        // Before the stream starts: every id it delivers is then within 2^31 of this one.
+        let xids = FullXids::new(next_full_xid(&pool).await?);
         let stream =
             PgWireSource::start(source, &config.slot, &config.publication, start_lsn).await?;
         self.metrics.set_connected(true);
@@ -409,6 +415,7 @@ impl Worker {
             pool,
             config,
             shutdown: shutdown.clone(),
+            xids,
         };
         let settings = capture::Settings {
             heartbeat_interval: config.heartbeat_interval,
@@ -488,6 +495,42 @@ impl HistoryStore for crate::nats::NatsSink {
 
 /// The source database: its replication stream, and its catalog for relation descriptions,
 /// the publication and heartbeats.
+/// The source cluster's system identifier (`pg_control_system()`, readable by every role),
+/// stored with each change so that transactions of clusters whose databases share a name stay
+/// apart. `None`, with a warning, where a server does not give it (a PostgreSQL-compatible
+/// service without the function).
+async fn source_system_id(pool: &PgPool) -> Result<Option<String>, WorkerError> {
+    let id: Result<String, sqlx::Error> =
+        sqlx::query_scalar("SELECT system_identifier::text FROM pg_catalog.pg_control_system()")
+            .fetch_one(pool)
+            .await;
+    match id {
+        Ok(id) => Ok(Some(id)),
+        Err(sqlx::Error::Database(error)) => {
+            tracing::warn!(
+                %error,
+                "the source does not tell its system identifier: changes are stored without a \
+                 source, and transactions of two source clusters whose databases share a name \
+                 cannot be told apart"
+            );
+            Ok(None)
+        }
+        Err(error) => Err(WorkerError::Source(error)),
+    }
+}
+
+/// The next full transaction id of the source (nothing is assigned by asking), from which the
+/// stream's 32-bit ids are extended (see `crate::xid`).
+async fn next_full_xid(pool: &PgPool) -> Result<u64, WorkerError> {
+    let next: i64 = sqlx::query_scalar(
+        "SELECT pg_catalog.pg_snapshot_xmax(pg_catalog.pg_current_snapshot())::text::bigint",
+    )
+    .fetch_one(pool)
+    .await
+    .map_err(WorkerError::Source)?;
+    Ok(u64::try_from(next).unwrap_or(0))
+}
+
 struct PgSource<'a> {
     stream: PgWireSource,
     pool: PgPool,
@@ -497,11 +540,25 @@ struct PgSource<'a> {
     config: &'a WorkerConfig,
     /// Cuts short waits inside an event (see [`Catalog::wait_for_transaction`]).
     shutdown: CancellationToken,
+    /// Extends the stream's 32-bit transaction ids.
+    xids: FullXids,
 }
 
 impl ReplicationSource for PgSource<'_> {
-    fn recv(&mut self) -> impl Future<Output = Result<Option<SourceEvent>, WorkerError>> + Send {
-        self.stream.recv()
+    async fn recv(&mut self) -> Result<Option<SourceEvent>, WorkerError> {
+        Ok(match self.stream.recv().await? {
+            Some(SourceEvent::Begin {
+                commit_lsn,
+                xid,
+                commit_time,
+            }) => Some(SourceEvent::Begin {
+                commit_lsn,
+                // The stream's ids are 32-bit: the low half of `xid`.
+                xid: self.xids.full(xid as u32),
+                commit_time,
+            }),
+            other => other,
+        })
     }
 
     fn confirm(&self, lsn: u64) {
@@ -511,7 +568,7 @@ impl ReplicationSource for PgSource<'_> {
     async fn describe(
         &mut self,
         relation: &Relation,
-        open_xid: Option<u32>,
+        open_xid: Option<u64>,
     ) -> Result<RelationInfo, WorkerError> {
         if let Some(schema) = self.history.get(relation.oid) {
             return Ok(schema.describe(relation, self.config));
@@ -521,7 +578,7 @@ impl ReplicationSource for PgSource<'_> {
         // this very transaction (see catalog.rs).
         if let Some(xid) = open_xid {
             self.catalog
-                .wait_for_transaction(xid, &self.config.slot, &self.shutdown)
+                .wait_for_transaction(xid as u32, &self.config.slot, &self.shutdown)
                 .await
                 .map_err(WorkerError::Source)?;
         }

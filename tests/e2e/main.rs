@@ -46,6 +46,7 @@ mod todo_hostile;
 mod todo_load;
 mod trace_ids;
 mod tracking_never_fails;
+mod transaction_identity;
 mod ui_browser;
 mod ui_http;
 mod web_frameworks;
@@ -103,6 +104,10 @@ fn all_tests() -> Vec<(String, TestFn)> {
         fuzz::fuzz_annotated_sql_parses_as_the_same_statement,
         fuzz::fuzz_any_context_round_trips_through_the_wal,
         tracking_never_fails::random_comments_and_search_paths_never_fail_a_write,
+        transaction_identity::a_change_records_the_full_transaction_id_after_a_wraparound,
+        transaction_identity::transaction_ids_that_wrapped_select_only_their_own_changes,
+        transaction_identity::two_clusters_whose_databases_share_a_name_keep_their_transactions_apart,
+        transaction_identity::a_changes_table_of_an_older_worker_is_migrated_in_place,
         outage::a_destination_outage_loses_and_duplicates_nothing_and_reports_the_lag,
         orm_apps::seaorm_todo_app_keeps_1000_concurrent_contexts_apart,
         orm_apps::deadpool_todo_app_keeps_1000_concurrent_contexts_apart,

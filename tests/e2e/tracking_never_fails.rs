@@ -164,7 +164,10 @@ async fn run(conn: &mut PgConnection, case: &Case) -> anyhow::Result<Outcome> {
     let outcome = match result {
         Ok(done) => Outcome::Rows(done.rows_affected()),
         Err(sqlx::Error::Database(error)) => Outcome::Failed(
-            error.code().map(|code| code.into_owned()).unwrap_or_default(),
+            error
+                .code()
+                .map(std::borrow::Cow::into_owned)
+                .unwrap_or_default(),
             error.message().to_owned(),
         ),
         Err(other) => return Err(other).context("the statement's connection failed"),
@@ -250,7 +253,10 @@ pub(crate) async fn random_comments_and_search_paths_never_fail_a_write(
     // broken comments), and most wrote.
     let failures = *failures_seen.lock().unwrap();
     let expected = expected.lock().unwrap().clone();
-    ensure!(failures > 0, "no generated statement failed: the generator lost its teeth");
+    ensure!(
+        failures > 0,
+        "no generated statement failed: the generator lost its teeth"
+    );
     ensure!(
         expected.get(&("tenant.pt".to_owned(), "CREATE".to_owned())) > Some(&0)
             && expected.get(&("public.pt".to_owned(), "CREATE".to_owned())) > Some(&0),
@@ -273,7 +279,9 @@ async fn wait_until_captured(db: &TestDb, expected: &Expected) -> TestResult {
         Ok(()) => Ok(()),
         Err(error) => {
             let stored = stored_counts(db).await?;
-            Err(error.context(format!("expected {expected:?} in changes, found {stored:?}")))
+            Err(error.context(format!(
+                "expected {expected:?} in changes, found {stored:?}"
+            )))
         }
     }
 }
@@ -299,7 +307,11 @@ async fn stored_counts(db: &TestDb) -> anyhow::Result<Expected> {
 
 fn truncated(sql: &str) -> String {
     if sql.chars().count() > 300 {
-        format!("{}… ({} bytes)", sql.chars().take(300).collect::<String>(), sql.len())
+        format!(
+            "{}… ({} bytes)",
+            sql.chars().take(300).collect::<String>(),
+            sql.len()
+        )
     } else {
         sql.to_owned()
     }

@@ -20,6 +20,7 @@ use super::error::{Conflict, ConflictReason};
 use super::selection::Selected;
 use super::statement::key_match;
 use crate::change::Change;
+use crate::query::ChangeQuery;
 use bemi_core::protocol::Operation;
 use bemi_core::sql::{quote_ident, quote_table};
 
@@ -30,9 +31,12 @@ const LATER_CHANGES_SQL: &str = "SELECT k.ordinal, later.* \
        WITH ORDINALITY AS k(schema, tbl, pk, committed_at, position, ordinal) \
   CROSS JOIN LATERAL ( \
     SELECT c.id, c.primary_key, c.before, c.after, c.context, c.database, c.schema, c.\"table\", \
-           c.operation, c.committed_at, c.queued_at, c.created_at, c.transaction_id, c.position \
+           c.operation, c.committed_at, c.queued_at, c.created_at, c.transaction_id, c.position, \
+           c.source \
       FROM changes c \
      WHERE c.\"table\" = k.tbl AND c.schema = k.schema AND c.database = $6 \
+       AND ($8::boolean IS NULL OR c.source = coalesce($9, '')) \
+       AND ($10::text IS NULL OR c.source = '' OR c.source = $10) \
        AND (c.primary_key = k.pk OR (c.primary_key IS NULL AND c.operation = 'TRUNCATE')) \
        AND c.committed_at >= k.committed_at \
        AND (c.committed_at, c.position) > (k.committed_at, k.position) \
@@ -52,12 +56,15 @@ fn row_key(change: &Selected) -> RowKey {
     )
 }
 
-/// Later changes in the audit trail of the rows that `selected` (oldest first) touched.
+/// Later changes in the audit trail of the rows that `selected` (oldest first) touched, among
+/// the changes of the database and source cluster that `query` selected from.
 pub(crate) async fn later_changes(
     pool: &PgPool,
-    database: &str,
+    query: &ChangeQuery,
     selected: &[Selected],
 ) -> Result<Vec<Conflict>, sqlx::Error> {
+    let database = query.database_filter().unwrap_or_default();
+    let (exact_source, source_or_unrecorded) = query.source_filters();
     let mut first: BTreeMap<RowKey, (DateTime<Utc>, i64)> = BTreeMap::new();
     for change in selected {
         first
@@ -83,6 +90,9 @@ pub(crate) async fn later_changes(
         .bind(positions)
         .bind(database)
         .bind(ids)
+        .bind(exact_source.map(|_| true))
+        .bind(exact_source.flatten())
+        .bind(source_or_unrecorded)
         .fetch_all(pool)
         .await?;
     Ok(rows

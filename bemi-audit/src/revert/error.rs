@@ -116,16 +116,20 @@ pub enum RevertError {
         /// The limit.
         max: u64,
     },
-    /// A transaction id matched changes of several transactions (the 32-bit id wrapped).
+    /// A transaction id matched changes of several transactions: of several source clusters
+    /// whose databases share a name, or 32-bit ids stored before full ids were.
     #[error(
-        "transaction id {transaction_id} matches {commits} different transactions (the id \
-         wraps around): add a time range (--since/--until) that holds only the one you mean"
+        "transaction id {transaction_id} matches {commits} different transactions (of the \
+         source clusters {sources:?}): name the cluster (--source, Revert::source) or add a \
+         time range (--since/--until) that holds only the one you mean"
     )]
     AmbiguousTransaction {
         /// The id.
         transaction_id: i64,
         /// How many commits it matched.
         commits: usize,
+        /// The source clusters of the matched changes.
+        sources: Vec<String>,
     },
     /// A change cannot be undone from the audit trail.
     #[error("change {change} ({row}) cannot be reverted: {reason}")]

@@ -86,6 +86,7 @@ pub enum RevertTarget {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Revert {
     target: RevertTarget,
+    source: Option<String>,
     since: Option<DateTime<Utc>>,
     until: Option<DateTime<Utc>>,
     force: bool,
@@ -103,6 +104,7 @@ impl Revert {
     pub fn new(target: RevertTarget) -> Self {
         Self {
             target,
+            source: None,
             since: None,
             until: None,
             force: false,
@@ -140,6 +142,21 @@ impl Revert {
         Self::new(RevertTarget::Context(
             filter.into_context().unwrap_or_default(),
         ))
+    }
+
+    /// Only changes of the source cluster with this system identifier ([`Change::source`]):
+    /// needed when several source clusters whose databases share a name store into one
+    /// `changes` table and their transaction ids collide.
+    ///
+    /// ```
+    /// let revert = bemi_audit::Revert::transaction(768).source("7716412341606058525");
+    /// assert_eq!(revert.context_value()["revert_of"]["source"], "7716412341606058525");
+    /// ```
+    ///
+    /// [`Change::source`]: crate::Change::source
+    pub fn source(mut self, source: impl Into<String>) -> Self {
+        self.source = Some(source.into());
+        self
     }
 
     /// Only changes committed at or after `instant`.
@@ -197,6 +214,9 @@ impl Revert {
     pub fn context_value(&self) -> Value {
         let mut of = serde_json::to_value(&self.target).unwrap_or(Value::Null);
         if let Value::Object(map) = &mut of {
+            if let Some(source) = &self.source {
+                map.insert("source".into(), Value::String(source.clone()));
+            }
             if let Some(since) = self.since {
                 map.insert("since".into(), json!(since.to_rfc3339()));
             }
@@ -319,7 +339,16 @@ impl Revert {
         let database: String = sqlx::query_scalar("SELECT current_database()::text")
             .fetch_one(source)
             .await?;
-        let selected = selection::load(audit, &self.query(&database), self.max_changes + 1).await?;
+        // The changes of *this* cluster (and those stored before sources were recorded):
+        // another cluster's database of the same name is not this one.
+        let cluster: Option<String> = sqlx::query_scalar(
+            "SELECT system_identifier::text FROM pg_catalog.pg_control_system()",
+        )
+        .fetch_one(source)
+        .await
+        .ok();
+        let query = self.query(&database, cluster.as_deref());
+        let selected = selection::load(audit, &query, self.max_changes + 1).await?;
         self.check_selection(&selected)?;
         let mut tables = HashMap::new();
         for change in &selected {
@@ -347,7 +376,7 @@ impl Revert {
                 statements.push(statement);
             }
         }
-        let conflicts = conflict::later_changes(audit, &database, &selected).await?;
+        let conflicts = conflict::later_changes(audit, &query, &selected).await?;
         Ok(Prepared {
             selected,
             tables,
@@ -356,9 +385,13 @@ impl Revert {
         })
     }
 
-    /// The query that selects the changes of `database` to revert.
-    fn query(&self, database: &str) -> ChangeQuery {
+    /// The query that selects the changes of `database` (of the source cluster `cluster`, when
+    /// it tells its system identifier) to revert.
+    fn query(&self, database: &str, cluster: Option<&str>) -> ChangeQuery {
         let mut query = ChangeQuery::new().database(database);
+        if let Some(cluster) = cluster {
+            query = query.source_or_unrecorded(cluster);
+        }
         query = match &self.target {
             RevertTarget::Change(id) => query.id(*id),
             RevertTarget::Transaction(id) => query.transaction_id(*id),
@@ -366,6 +399,9 @@ impl Revert {
                 q.context(key.clone(), value.clone())
             }),
         };
+        if let Some(source) = &self.source {
+            query = query.source(Some(source.as_str()));
+        }
         if let Some(since) = self.since {
             query = query.since(since);
         }
@@ -392,12 +428,21 @@ impl Revert {
             });
         }
         if let RevertTarget::Transaction(id) = self.target {
-            let commits: BTreeSet<DateTime<Utc>> =
-                selected.iter().map(|c| c.committed_at).collect();
+            // One transaction has one commit in one cluster: more than one means the id names
+            // several (two source clusters, or 32-bit ids stored before full ids were).
+            let commits: BTreeSet<(Option<&str>, DateTime<Utc>)> = selected
+                .iter()
+                .map(|c| (c.source.as_deref(), c.committed_at))
+                .collect();
             if commits.len() > 1 {
+                let sources: BTreeSet<String> = commits
+                    .iter()
+                    .map(|(source, _)| source.unwrap_or("(none recorded)").to_owned())
+                    .collect();
                 return Err(RevertError::AmbiguousTransaction {
                     transaction_id: id,
                     commits: commits.len(),
+                    sources: sources.into_iter().collect(),
                 });
             }
         }
@@ -537,14 +582,20 @@ mod tests {
     #[test]
     fn the_selection_is_limited_to_the_source_database() {
         let filter = json!({"request_id": "r1"});
-        let sql = Revert::context(filter).query("app").sql();
+        let sql = Revert::context(filter).query("app", None).sql();
         assert!(
             sql.contains("WHERE database = $1 AND context @> $2"),
             "{sql}"
         );
-        let sql = Revert::transaction(7).until(Utc::now()).query("app").sql();
+        let sql = Revert::transaction(7)
+            .until(Utc::now())
+            .query("app", Some("7716"))
+            .sql();
         assert!(
-            sql.contains("WHERE database = $1 AND transaction_id = $2 AND committed_at < $3"),
+            sql.contains(
+                "WHERE database = $1 AND transaction_id = $2 AND (source = '' OR source = $3) \
+                 AND committed_at < $4"
+            ),
             "{sql}"
         );
     }

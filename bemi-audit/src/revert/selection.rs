@@ -12,7 +12,7 @@ use crate::query::ChangeQuery;
 use bemi_core::protocol::Operation;
 
 const SELECT: &str = "SELECT id, primary_key, schema, \"table\", operation, committed_at, \
-       position, before::text AS before_text, after::text AS after_text, \
+       position, source, before::text AS before_text, after::text AS after_text, \
        ARRAY(SELECT field FROM jsonb_object_keys(before || after) AS field \
               WHERE before -> field IS DISTINCT FROM after -> field ORDER BY field) AS changed \
   FROM changes";
@@ -27,6 +27,8 @@ pub(crate) struct Selected {
     pub operation: Operation,
     pub committed_at: DateTime<Utc>,
     pub position: i64,
+    /// The source cluster ([`Change::source`](crate::Change::source)).
+    pub source: Option<String>,
     /// The before-image as stored (jsonb text).
     pub before: String,
     /// The after-image as stored (jsonb text).
@@ -74,6 +76,7 @@ impl<'r> FromRow<'r, PgRow> for Selected {
             operation: crate::change::operation_column(row)?,
             committed_at: row.try_get("committed_at")?,
             position: row.try_get("position")?,
+            source: crate::change::source_column(row),
             before: row.try_get("before_text")?,
             after: row.try_get("after_text")?,
             changed: row.try_get("changed")?,

@@ -296,6 +296,7 @@ mod tests {
             operation,
             committed_at: Utc::now(),
             position: 1,
+            source: None,
             before: before.into(),
             after: after.into(),
             changed: changed.iter().map(ToString::to_string).collect(),

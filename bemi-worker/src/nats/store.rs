@@ -631,7 +631,7 @@ impl PartitionWriter {
                     operation,
                     committed_at: timestamp(change.committed_at),
                     queued_at: timestamp(change.queued_at),
-                    transaction_id: i64::from(change.transaction_id),
+                    transaction_id: i64::try_from(change.transaction_id).unwrap_or(i64::MAX),
                     position: i64::try_from(change.position).unwrap_or(i64::MAX),
                 });
                 sent += 1;

@@ -242,7 +242,7 @@ pub(crate) struct IncomingChange<'a> {
     pub operation: std::borrow::Cow<'a, str>,
     pub committed_at: i64,
     pub queued_at: i64,
-    pub transaction_id: u32,
+    pub transaction_id: u64,
     pub position: u64,
 }
 
