@@ -15,7 +15,7 @@
 //! parts are the replication connection with its catalog (`crate::worker::PgSource`) and the
 //! `changes` table (`crate::destination::Destination`).
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -140,6 +140,8 @@ pub(crate) async fn run<S: ReplicationSource, K: Sink>(
         last_sent_end: resume.last_lsn,
         metrics,
         send_wait: Duration::ZERO,
+        described: HashMap::new(),
+        redescribe: HashSet::new(),
     };
     let streamed = session.stream(shutdown).await;
 
@@ -167,6 +169,12 @@ struct StreamSession<'a, S> {
     metrics: &'a WorkerMetrics,
     /// Time the current event spent waiting for the writer (backpressure), not working.
     send_wait: Duration,
+    /// The last Relation message of each relation.
+    described: HashMap<u32, Relation>,
+    /// Relations that got a schema version after their last Relation message: described
+    /// again before their next change (a DDL's version is followed by a new Relation message
+    /// anyway; one without a schema change — a baseline, or a forged message — is not).
+    redescribe: HashSet<u32>,
 }
 
 impl<S: ReplicationSource> StreamSession<'_, S> {
@@ -229,8 +237,13 @@ impl<S: ReplicationSource> StreamSession<'_, S> {
                     let open_xid = self.assembler.open_xid();
                     let info = self.source.describe(&relation, open_xid).await?;
                     self.assembler.relation(relation.oid, info);
+                    self.redescribe.remove(&relation.oid);
+                    self.described.insert(relation.oid, relation);
                 }
                 change => {
+                    if !self.redescribe.is_empty() {
+                        self.redescribe_for(&change).await?;
+                    }
                     if let Some(piece) = self.assembler.change(change, position, sent_at)? {
                         self.send(piece).await?;
                     }
@@ -259,6 +272,9 @@ impl<S: ReplicationSource> StreamSession<'_, S> {
                 lsn,
             } if prefix == SCHEMA_PREFIX => {
                 if let Some(schema) = self.assembler.schema_message(lsn, &content) {
+                    if self.described.contains_key(&schema.oid) {
+                        self.redescribe.insert(schema.oid);
+                    }
                     self.source.schema_changed(lsn, schema);
                 }
             }
@@ -280,6 +296,29 @@ impl<S: ReplicationSource> StreamSession<'_, S> {
             SourceEvent::KeepAlive { wal_end } => {
                 self.metrics.record_server_position(wal_end);
                 self.confirm_if_idle(wal_end);
+            }
+        }
+        Ok(())
+    }
+
+    /// Describes again, from their last Relation message, the relations of `change` that got
+    /// a schema version since (so that the version is checked and in force from here on).
+    async fn redescribe_for(&mut self, change: &PgOutput<'_>) -> Result<(), WorkerError> {
+        let oids: &[u32] = match change {
+            PgOutput::Insert { relation, .. }
+            | PgOutput::Update { relation, .. }
+            | PgOutput::Delete { relation, .. } => std::slice::from_ref(relation),
+            PgOutput::Truncate { relations, .. } => relations,
+            _ => &[],
+        };
+        for oid in oids {
+            if !self.redescribe.remove(oid) {
+                continue;
+            }
+            if let Some(relation) = self.described.get(oid) {
+                let open_xid = self.assembler.open_xid();
+                let info = self.source.describe(relation, open_xid).await?;
+                self.assembler.relation(*oid, info);
             }
         }
         Ok(())
@@ -540,6 +579,7 @@ mod tests {
                     ignored: false,
                 }],
                 primary_key: vec![0],
+                key_unknown: None,
                 captured: true,
             })
         }
