@@ -540,6 +540,8 @@ mod tests {
     struct ScriptedSource {
         events: VecDeque<SourceEvent>,
         confirmed: Arc<AtomicU64>,
+        /// How many times a relation was described.
+        describes: Arc<AtomicUsize>,
     }
 
     impl ScriptedSource {
@@ -547,6 +549,7 @@ mod tests {
             Self {
                 events,
                 confirmed: Arc::default(),
+                describes: Arc::default(),
             }
         }
     }
@@ -569,6 +572,7 @@ mod tests {
             _open_xid: Option<u64>,
         ) -> Result<RelationInfo, WorkerError> {
             assert_eq!(relation.oid, TODO);
+            self.describes.fetch_add(1, Ordering::SeqCst);
             Ok(RelationInfo {
                 schema: "public".into(),
                 table: "todo".into(),
@@ -750,6 +754,50 @@ mod tests {
             confirmed,
             shutdown,
         }
+    }
+
+    #[tokio::test]
+    async fn a_schema_version_without_a_new_relation_message_is_applied_at_the_next_change() {
+        let schema = |oid: u32, lsn: u64| SourceEvent::Message {
+            transactional: true,
+            lsn,
+            prefix: SCHEMA_PREFIX.to_owned(),
+            content: Bytes::from(format!(r#"{{"oid": {oid}, "key": ["id"]}}"#)),
+        };
+        let insert = |position: u64| data(position, insert_message(position));
+        let events = VecDeque::from([
+            SourceEvent::Begin {
+                commit_lsn: 900,
+                xid: 700,
+                commit_time: 0,
+            },
+            data(0, relation_message()),
+            insert(110),
+            // A version with no schema change behind it (a baseline, or a forgery): described
+            // again, once, before the table's next change.
+            schema(TODO, 115),
+            insert(120),
+            insert(130),
+            // A DDL's version: the new Relation message describes the table, nothing more.
+            schema(TODO, 135),
+            data(0, relation_message()),
+            insert(140),
+            // A table this session never described: nothing to do.
+            schema(TODO + 1, 145),
+            insert(150),
+            SourceEvent::Commit {
+                commit_lsn: 900,
+                end_lsn: 950,
+            },
+        ]);
+        let source = ScriptedSource::new(events);
+        let describes = Arc::clone(&source.describes);
+        let sink = MemorySink::new(1, Faults::default());
+        let session = start(source, sink.clone(), settings(100, 100));
+        wait_until("the transaction held", || sink.positions().len() == 5).await;
+        assert_eq!(describes.load(Ordering::SeqCst), 3);
+        session.shutdown.cancel();
+        session.task.await.unwrap().unwrap();
     }
 
     #[tokio::test]

@@ -35,10 +35,16 @@
 //!
 //! On a mismatch ([`Difference`]) the capture follows the WAL ([`key_from_wal`]): the
 //! Relation's columns, and the key its flags give under DEFAULT or INDEX; under FULL or
-//! NOTHING no key can be established — the catalog of *now* cannot be tied to the change's
-//! position — so the key is stored as unknown: `primary_key` NULL and the context key
-//! [`KEY_UNKNOWN_KEY`] giving the reason. A forged version that matches the WAL is harmless;
-//! one that does not is caught the same way.
+//! NOTHING (or DEFAULT with no flagged column while the version names a key) no key can be
+//! established — the catalog of *now* cannot be tied to the change's position — so the key is
+//! stored as unknown: `primary_key` NULL and the context key [`KEY_UNKNOWN_KEY`] giving the
+//! reason.
+//!
+//! A forged version is caught the same way when it contradicts the WAL, and is harmless when it
+//! says what the WAL says. What the WAL cannot contradict is a key alone under FULL or INDEX:
+//! a forgery with the table's very columns and another key goes through there (as does DDL
+//! that only replaces the primary key while the event trigger does not fire). Authenticating
+//! the versions themselves is the way to close that (see README).
 
 use std::collections::{BTreeSet, HashMap};
 use std::fmt;
@@ -247,6 +253,14 @@ pub(crate) fn key_from_wal(relation: &Relation, version: &TableSchema) -> WalKey
                 {
                     WalKey::Known(key)
                 }
+                // No replica identity: no primary key — or a deferrable one, which PostgreSQL
+                // does not take as the replica identity. The version says there is one.
+                _ if flagged.is_empty() && !version.key.is_empty() => WalKey::Unknown(format!(
+                    "the schema history's description of {}.{} does not match the WAL, and \
+                     the WAL flags no key column (the table has no primary key then, or a \
+                     deferrable one)",
+                    relation.namespace, relation.name
+                )),
                 _ => WalKey::Known(flagged),
             }
         }
@@ -829,9 +843,17 @@ mod tests {
             key_from_wal(&relation, &composite),
             WalKey::Known(vec![1, 2])
         );
-        // DEFAULT without a flagged column: the table has no key.
+        // DEFAULT without a flagged column: the table has no key, or a deferrable primary key
+        // (no replica identity for PostgreSQL): unknown when the version has a key, none when
+        // it has none either.
         let relation = wal(b'd', &columns([false, false, false]));
-        assert_eq!(key_from_wal(&relation, &orders()), WalKey::Known(vec![]));
+        assert!(matches!(
+            key_from_wal(&relation, &orders()),
+            WalKey::Unknown(_)
+        ));
+        let mut keyless = orders();
+        keyless.key.clear();
+        assert_eq!(key_from_wal(&relation, &keyless), WalKey::Known(vec![]));
         // FULL (every column flagged) and NOTHING: unknown, with why.
         for identity in [b'f', b'n'] {
             let relation = wal(identity, &columns([identity == b'f'; 3]));

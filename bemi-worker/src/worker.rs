@@ -605,16 +605,12 @@ impl ReplicationSource for PgSource<'_> {
                     )
                 }
                 WalKey::Unknown(reason) => {
+                    let said = format!(
+                        "no key can be established ({reason}), so its changes are stored with \
+                         primary_key NULL and the reason in the context key {KEY_UNKNOWN_KEY}"
+                    );
                     info.key_unknown = Some(reason.into());
-                    format!(
-                        "REPLICA IDENTITY {} gives no key, so its changes are stored with \
-                         primary_key NULL and the context key {KEY_UNKNOWN_KEY}",
-                        if relation.replica_identity == b'f' {
-                            "FULL"
-                        } else {
-                            "NOTHING"
-                        }
-                    )
+                    said
                 }
             };
             tracing::warn!(

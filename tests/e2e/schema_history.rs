@@ -445,7 +445,8 @@ pub(crate) async fn a_forged_schema_message_is_caught_and_keys_stay_right(
     db.exec("CREATE TABLE forged (id int PRIMARY KEY, code text NOT NULL UNIQUE)")
         .await?;
     db.migrate().await?;
-    db.exec("ALTER TABLE forged REPLICA IDENTITY DEFAULT").await?;
+    db.exec("ALTER TABLE forged REPLICA IDENTITY DEFAULT")
+        .await?;
     let role = format!("{}_app", db.name);
     db.exec(&format!(
         "CREATE ROLE {role} WITH LOGIN PASSWORD 'app-secret'; \
