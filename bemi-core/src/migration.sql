@@ -212,8 +212,10 @@ $bemi$;
 
 -- Schema history through the WAL: a description of a tracked table as a JSON text — its oid,
 -- schema and name, the columns of its primary key (else of its replica identity index), and each
--- column with its type resolved through domains and arrays to a base type — which the capture
--- worker keeps, in WAL order, to take keys and types as of each change.
+-- column with its type resolved through domains and arrays to a base type, and whether it is
+-- generated (pgoutput leaves generated columns out) — which the capture worker keeps, in WAL
+-- order, to take keys and types as of each change, after checking each description against the
+-- columns the WAL itself gives.
 CREATE OR REPLACE FUNCTION _bemi_type_json(type_oid oid) RETURNS pg_catalog.json
 LANGUAGE plpgsql STABLE
 AS $bemi$
@@ -259,7 +261,8 @@ AS $bemi$
                         WHERE x.indrelid = c.oid AND x.indisreplident LIMIT 1))), '[]'),
            'columns', coalesce((
              SELECT pg_catalog.json_agg(pg_catalog.json_build_object(
-                      'name', a.attname, 'type', _bemi_type_json(a.atttypid)) ORDER BY a.attnum)
+                      'name', a.attname, 'type', _bemi_type_json(a.atttypid),
+                      'generated', a.attgenerated <> '') ORDER BY a.attnum)
                FROM pg_catalog.pg_attribute a
               WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped), '[]')
          )::text

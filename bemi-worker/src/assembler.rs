@@ -429,6 +429,7 @@ mod tests {
                 schema: "public".into(),
                 table: "t".into(),
                 primary_key: vec![0],
+                key_unknown: None,
                 captured: true,
                 columns: vec![ColumnInfo {
                     json_key: "\"id\":".into(),
@@ -492,6 +493,7 @@ mod tests {
                     ignored: false,
                 }],
                 primary_key: vec![0],
+                key_unknown: None,
                 captured: true,
             },
         );

@@ -15,7 +15,7 @@
 //! parts are the replication connection with its catalog (`crate::worker::PgSource`) and the
 //! `changes` table (`crate::destination::Destination`).
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -140,6 +140,8 @@ pub(crate) async fn run<S: ReplicationSource, K: Sink>(
         last_sent_end: resume.last_lsn,
         metrics,
         send_wait: Duration::ZERO,
+        described: HashMap::new(),
+        redescribe: HashSet::new(),
     };
     let streamed = session.stream(shutdown).await;
 
@@ -167,6 +169,12 @@ struct StreamSession<'a, S> {
     metrics: &'a WorkerMetrics,
     /// Time the current event spent waiting for the writer (backpressure), not working.
     send_wait: Duration,
+    /// The last Relation message of each relation.
+    described: HashMap<u32, Relation>,
+    /// Relations that got a schema version after their last Relation message: described
+    /// again before their next change (a DDL's version is followed by a new Relation message
+    /// anyway; one without a schema change — a baseline, or a forged message — is not).
+    redescribe: HashSet<u32>,
 }
 
 impl<S: ReplicationSource> StreamSession<'_, S> {
@@ -229,8 +237,13 @@ impl<S: ReplicationSource> StreamSession<'_, S> {
                     let open_xid = self.assembler.open_xid();
                     let info = self.source.describe(&relation, open_xid).await?;
                     self.assembler.relation(relation.oid, info);
+                    self.redescribe.remove(&relation.oid);
+                    self.described.insert(relation.oid, relation);
                 }
                 change => {
+                    if !self.redescribe.is_empty() {
+                        self.redescribe_for(&change).await?;
+                    }
                     if let Some(piece) = self.assembler.change(change, position, sent_at)? {
                         self.send(piece).await?;
                     }
@@ -259,6 +272,9 @@ impl<S: ReplicationSource> StreamSession<'_, S> {
                 lsn,
             } if prefix == SCHEMA_PREFIX => {
                 if let Some(schema) = self.assembler.schema_message(lsn, &content) {
+                    if self.described.contains_key(&schema.oid) {
+                        self.redescribe.insert(schema.oid);
+                    }
                     self.source.schema_changed(lsn, schema);
                 }
             }
@@ -280,6 +296,29 @@ impl<S: ReplicationSource> StreamSession<'_, S> {
             SourceEvent::KeepAlive { wal_end } => {
                 self.metrics.record_server_position(wal_end);
                 self.confirm_if_idle(wal_end);
+            }
+        }
+        Ok(())
+    }
+
+    /// Describes again, from their last Relation message, the relations of `change` that got
+    /// a schema version since (so that the version is checked and in force from here on).
+    async fn redescribe_for(&mut self, change: &PgOutput<'_>) -> Result<(), WorkerError> {
+        let oids: &[u32] = match change {
+            PgOutput::Insert { relation, .. }
+            | PgOutput::Update { relation, .. }
+            | PgOutput::Delete { relation, .. } => std::slice::from_ref(relation),
+            PgOutput::Truncate { relations, .. } => relations,
+            _ => &[],
+        };
+        for oid in oids {
+            if !self.redescribe.remove(oid) {
+                continue;
+            }
+            if let Some(relation) = self.described.get(oid) {
+                let open_xid = self.assembler.open_xid();
+                let info = self.source.describe(relation, open_xid).await?;
+                self.assembler.relation(*oid, info);
             }
         }
         Ok(())
@@ -501,6 +540,8 @@ mod tests {
     struct ScriptedSource {
         events: VecDeque<SourceEvent>,
         confirmed: Arc<AtomicU64>,
+        /// How many times a relation was described.
+        describes: Arc<AtomicUsize>,
     }
 
     impl ScriptedSource {
@@ -508,6 +549,7 @@ mod tests {
             Self {
                 events,
                 confirmed: Arc::default(),
+                describes: Arc::default(),
             }
         }
     }
@@ -530,6 +572,7 @@ mod tests {
             _open_xid: Option<u64>,
         ) -> Result<RelationInfo, WorkerError> {
             assert_eq!(relation.oid, TODO);
+            self.describes.fetch_add(1, Ordering::SeqCst);
             Ok(RelationInfo {
                 schema: "public".into(),
                 table: "todo".into(),
@@ -540,6 +583,7 @@ mod tests {
                     ignored: false,
                 }],
                 primary_key: vec![0],
+                key_unknown: None,
                 captured: true,
             })
         }
@@ -710,6 +754,50 @@ mod tests {
             confirmed,
             shutdown,
         }
+    }
+
+    #[tokio::test]
+    async fn a_schema_version_without_a_new_relation_message_is_applied_at_the_next_change() {
+        let schema = |oid: u32, lsn: u64| SourceEvent::Message {
+            transactional: true,
+            lsn,
+            prefix: SCHEMA_PREFIX.to_owned(),
+            content: Bytes::from(format!(r#"{{"oid": {oid}, "key": ["id"]}}"#)),
+        };
+        let insert = |position: u64| data(position, insert_message(position));
+        let events = VecDeque::from([
+            SourceEvent::Begin {
+                commit_lsn: 900,
+                xid: 700,
+                commit_time: 0,
+            },
+            data(0, relation_message()),
+            insert(110),
+            // A version with no schema change behind it (a baseline, or a forgery): described
+            // again, once, before the table's next change.
+            schema(TODO, 115),
+            insert(120),
+            insert(130),
+            // A DDL's version: the new Relation message describes the table, nothing more.
+            schema(TODO, 135),
+            data(0, relation_message()),
+            insert(140),
+            // A table this session never described: nothing to do.
+            schema(TODO + 1, 145),
+            insert(150),
+            SourceEvent::Commit {
+                commit_lsn: 900,
+                end_lsn: 950,
+            },
+        ]);
+        let source = ScriptedSource::new(events);
+        let describes = Arc::clone(&source.describes);
+        let sink = MemorySink::new(1, Faults::default());
+        let session = start(source, sink.clone(), settings(100, 100));
+        wait_until("the transaction held", || sink.positions().len() == 5).await;
+        assert_eq!(describes.load(Ordering::SeqCst), 3);
+        session.shutdown.cancel();
+        session.task.await.unwrap().unwrap();
     }
 
     #[tokio::test]

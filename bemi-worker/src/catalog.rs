@@ -79,8 +79,12 @@ pub(crate) struct RelationInfo {
     pub table: Arc<str>,
     /// Its columns, in the order of the tuples.
     pub columns: Vec<ColumnInfo>,
-    /// Indexes into `columns` of the primary key (empty when the table has none).
+    /// Indexes into `columns` of the primary key (empty when the table has none, or when it
+    /// is not known).
     pub primary_key: Vec<usize>,
+    /// Why the key of its changes is not known (the schema history did not match the WAL, which
+    /// does not say): they are stored without a key and with this reason in their context.
+    pub key_unknown: Option<Arc<str>>,
     /// Whether its changes are stored (the table filter, and never the worker's own tables).
     pub captured: bool,
 }
@@ -152,6 +156,26 @@ impl Catalog {
         relation: &Relation,
         config: &WorkerConfig,
     ) -> Result<RelationInfo, sqlx::Error> {
+        let mut info = self.describe_columns(relation, config).await?;
+        info.primary_key = if self
+            .wait_until_visible(RELATION_EXISTS, relation.oid)
+            .await?
+        {
+            self.primary_key(relation).await?
+        } else {
+            // Dropped since: only the Relation message's key flags are left.
+            key_flags(relation)
+        };
+        Ok(info)
+    }
+
+    /// Describes `relation`'s columns (their types looked up by oid, which never changes
+    /// meaning), without a key.
+    pub(crate) async fn describe_columns(
+        &mut self,
+        relation: &Relation,
+        config: &WorkerConfig,
+    ) -> Result<RelationInfo, sqlx::Error> {
         let column_names: Vec<&str> = relation.columns.iter().map(|c| c.name.as_str()).collect();
         let captured = !is_worker_table(&relation.name, &column_names)
             && config.filter.includes(&relation.namespace, &relation.name);
@@ -175,19 +199,11 @@ impl Catalog {
                 ),
             });
         }
-        let primary_key = if self
-            .wait_until_visible(RELATION_EXISTS, relation.oid)
-            .await?
-        {
-            self.primary_key(relation).await?
-        } else {
-            // Dropped since: only the Relation message's key flags are left.
-            key_flags(relation)
-        };
         Ok(RelationInfo {
             schema: relation.namespace.as_str().into(),
             table: relation.name.as_str().into(),
-            primary_key,
+            primary_key: Vec::new(),
+            key_unknown: None,
             columns,
             captured,
         })

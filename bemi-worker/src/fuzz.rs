@@ -281,6 +281,7 @@ fn schema_of(columns: &[(String, u32, bool)]) -> TableSchema {
                     base: if *type_oid > 16_384 { 1700 } else { *type_oid },
                     array_depth: u32::from(*type_oid == 90_001),
                 },
+                generated: Some(false),
             })
             .collect(),
         unknown: false,

@@ -73,7 +73,7 @@ impl TypeKind {
 }
 
 /// The element type of a built-in array type.
-fn builtin_array_element(array_oid: u32) -> Option<u32> {
+pub(crate) fn builtin_array_element(array_oid: u32) -> Option<u32> {
     Some(match array_oid {
         1000 => 16,
         1001 => 17,

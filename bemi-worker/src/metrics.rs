@@ -11,6 +11,7 @@
 //! | `bemi_stream_seconds_total` | counter | time spent decoding, converting and stitching |
 //! | `bemi_write_seconds_total` | counter | time spent writing batches to the destination |
 //! | `bemi_connected` | gauge | whether the stream is up (1) or not (0) |
+//! | `bemi_schema_mismatches_total` | counter | relations whose schema history version did not match the WAL (DDL while event triggers did not fire, or a forged `_bemi_schema` message): their changes followed the WAL |
 //! | `bemi_updates_skipped_total{table, reason}` | counter | UPDATEs left out by the capture rules, per table and reason (`unchanged`, `ignored_columns`) |
 //! | `bemi_nats_messages_published_total` | counter | with a NATS sink: messages published and acknowledged |
 //! | `bemi_nats_duplicates_total` | counter | with a NATS sink: published messages the stream already held |
@@ -51,6 +52,7 @@ pub struct WorkerMetrics {
     connected: AtomicBool,
     stream_nanos: AtomicU64,
     write_nanos: AtomicU64,
+    schema_mismatches: AtomicU64,
     /// UPDATEs left out by the capture rules, per `schema.table` and reason.
     skipped_updates: Mutex<BTreeMap<(String, &'static str), u64>>,
     /// Whether the worker publishes into NATS (its metrics are then rendered).
@@ -212,6 +214,21 @@ impl WorkerMetrics {
         self.errors.load(Ordering::Relaxed)
     }
 
+    /// Counts a relation whose schema history version did not match its Relation message.
+    pub(crate) fn record_schema_mismatch(&self) {
+        self.schema_mismatches.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Relations described so far whose schema history version did not match the WAL (see
+    /// the `bemi_schema_mismatches_total` metric).
+    ///
+    /// ```
+    /// assert_eq!(bemi_worker::WorkerMetrics::default().schema_mismatches(), 0);
+    /// ```
+    pub fn schema_mismatches(&self) -> u64 {
+        self.schema_mismatches.load(Ordering::Relaxed)
+    }
+
     /// Counts an UPDATE of `schema.table` that the capture rules left out.
     pub(crate) fn record_skipped_update(&self, schema: &str, table: &str, reason: SkipReason) {
         let mut skipped = self
@@ -338,6 +355,14 @@ impl WorkerMetrics {
             "gauge",
             "Whether the replication stream is up (1) or not (0).",
             u8::from(self.connected.load(Ordering::Relaxed)).to_string(),
+        );
+        metric(
+            "bemi_schema_mismatches_total",
+            "counter",
+            "Relations whose schema history version did not match the WAL (DDL while event \
+             triggers did not fire, or a forged _bemi_schema message); their changes followed \
+             the WAL, with keys it could not give stored as unknown.",
+            self.schema_mismatches().to_string(),
         );
         if self.nats.load(Ordering::Relaxed) {
             metric(

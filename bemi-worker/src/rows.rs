@@ -11,6 +11,7 @@ use crate::catalog::RelationInfo;
 use crate::config::Redactions;
 use crate::json_value::{write_json, write_string};
 use crate::pgoutput::{OldRow, Value};
+use crate::schema_history::KEY_UNKNOWN_KEY;
 
 use bemi_audit::store::NewChange;
 use bemi_core::protocol::Operation;
@@ -187,11 +188,15 @@ pub(crate) fn truncate(info: &RelationInfo, meta: ChangeMeta) -> ChangeRow {
 }
 
 fn base(info: &RelationInfo, operation: Operation, meta: ChangeMeta) -> ChangeRow {
+    let context = match &info.key_unknown {
+        Some(reason) if operation != Operation::Truncate => with_key_unknown(&meta.context, reason),
+        _ => meta.context,
+    };
     ChangeRow {
         primary_key: None,
         before: "{}".to_owned(),
         after: "{}".to_owned(),
-        context: meta.context,
+        context,
         schema: Arc::clone(&info.schema),
         table: Arc::clone(&info.table),
         operation,
@@ -200,6 +205,27 @@ fn base(info: &RelationInfo, operation: Operation, meta: ChangeMeta) -> ChangeRo
         transaction_id: meta.transaction_id,
         position: meta.position,
     }
+}
+
+/// `context` (a JSON object) with [`KEY_UNKNOWN_KEY`] set to `reason`, last, so that it wins
+/// over a key of the same name the application put there.
+fn with_key_unknown(context: &str, reason: &str) -> Arc<str> {
+    let mut out = String::with_capacity(context.len() + reason.len() + 24);
+    match context.trim_end().strip_suffix('}') {
+        Some(inner) => {
+            out.push_str(inner);
+            if !inner.trim_end().ends_with('{') {
+                out.push(',');
+            }
+        }
+        // Never happens: contexts are JSON objects (see `assembler::parse_context`).
+        None => out.push('{'),
+    }
+    write_string(&mut out, KEY_UNKNOWN_KEY);
+    out.push(':');
+    write_string(&mut out, reason);
+    out.push('}');
+    Arc::from(out)
 }
 
 /// The JSON object of a row. Unchanged TOAST values are taken from `fill` (the full old row) or
@@ -295,6 +321,7 @@ mod tests {
                 column("updated_at", true),
             ],
             primary_key: vec![0],
+            key_unknown: None,
             captured: true,
         }
     }
@@ -398,6 +425,7 @@ mod tests {
                 },
             ],
             primary_key: vec![0],
+            key_unknown: None,
             captured: true,
         };
         let meta = ChangeMeta {
@@ -438,6 +466,7 @@ mod tests {
                 },
             ],
             primary_key: vec![0],
+            key_unknown: None,
             captured: true,
         };
         let meta = ChangeMeta {
@@ -480,6 +509,7 @@ mod tests {
                 ignored: false,
             }],
             primary_key: vec![0],
+            key_unknown: None,
             captured: true,
         };
         let meta = ChangeMeta {
@@ -511,6 +541,7 @@ mod tests {
             table: "todo".into(),
             columns: vec![],
             primary_key: vec![],
+            key_unknown: None,
             captured: true,
         };
         let meta = ChangeMeta {
@@ -537,6 +568,7 @@ mod tests {
                 })
                 .collect(),
             primary_key,
+            key_unknown: None,
             captured: true,
         }
     }
@@ -549,6 +581,38 @@ mod tests {
             transaction_id: 3,
             position: 4,
         }
+    }
+
+    #[test]
+    fn an_unknown_key_is_stored_as_null_with_its_reason_in_the_context() {
+        let mut info = info(&[("id", TypeKind::Int, false)], vec![]);
+        info.key_unknown = Some("the history does not match".into());
+        let row = insert(&info, &[Value::Text(b"7")], meta());
+        assert_eq!(row.primary_key, None);
+        let context: serde_json::Value = serde_json::from_str(&row.context).unwrap();
+        assert_eq!(
+            context,
+            serde_json::json!({"user_id": 1, "_bemi_key_unknown": "the history does not match"})
+        );
+        let empty = ChangeMeta {
+            context: "{ }".into(),
+            ..meta()
+        };
+        let row = delete(
+            &info,
+            &OldRow {
+                full: true,
+                values: vec![Value::Text(b"7")],
+            },
+            empty,
+        );
+        let context: serde_json::Value = serde_json::from_str(&row.context).unwrap();
+        assert_eq!(
+            context,
+            serde_json::json!({"_bemi_key_unknown": "the history does not match"})
+        );
+        // A TRUNCATE never has a key: nothing to mark.
+        assert_eq!(&*truncate(&info, meta()).context, r#"{"user_id":1}"#);
     }
 
     #[test]

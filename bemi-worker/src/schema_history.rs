@@ -12,19 +12,57 @@
 //! The worker writes each version it reads into `_bemi_worker_schema` in the same destination
 //! transaction as the rows around it, and loads the versions up to its resume position when it
 //! starts, so a restart resumes with the history it had.
+//!
+//! **A version is checked, not trusted.** DDL made while event triggers do not fire
+//! (`session_replication_role = replica`, `_bemi_schema_trigger` disabled) leaves a stale
+//! version in force, and any role that may call `pg_logical_emit_message` can emit a forged
+//! one. So each version is compared ([`TableSchema::check`]) with the Relation message it is
+//! applied to — what the WAL itself says about the table as of the change:
+//!
+//! - the columns: names, count and order (generated columns, which pgoutput leaves out, are
+//!   skipped; a version recorded before the migration said which columns are generated only
+//!   needs the WAL's columns to appear in it, in order);
+//! - the types, where they are comparable: a Relation column of a built-in type the worker
+//!   knows must be that very type in the version (its element type in one array for a
+//!   built-in array type). A domain, an enum or any other type of the database (and its
+//!   arrays) is named by its own oid in the WAL but by its base type in the version, so it is
+//!   not compared (it is read from the catalog by oid on a mismatch: a type oid never changes
+//!   meaning);
+//! - the key: every key column must be a column of the table, and under REPLICA IDENTITY
+//!   DEFAULT the columns the WAL flags as key (the primary key's) must be the version's key.
+//!   Under FULL every column is flagged, under INDEX the flags name the replica identity
+//!   index, which need not be the primary key: the key is not checked then.
+//!
+//! On a mismatch ([`Difference`]) the capture follows the WAL ([`key_from_wal`]): the
+//! Relation's columns, and the key its flags give under DEFAULT or INDEX; under FULL or
+//! NOTHING (or DEFAULT with no flagged column while the version names a key) no key can be
+//! established — the catalog of *now* cannot be tied to the change's position — so the key is
+//! stored as unknown: `primary_key` NULL and the context key [`KEY_UNKNOWN_KEY`] giving the
+//! reason.
+//!
+//! A forged version is caught the same way when it contradicts the WAL, and is harmless when it
+//! says what the WAL says. What the WAL cannot contradict is a key alone under FULL or INDEX:
+//! a forgery with the table's very columns and another key goes through there (as does DDL
+//! that only replaces the primary key while the event trigger does not fire). Authenticating
+//! the versions themselves is the way to close that (see README).
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
+use std::fmt;
 
 use serde::Deserialize;
 
 use crate::catalog::{ColumnInfo, RelationInfo, is_worker_table};
 use crate::config::WorkerConfig;
 use crate::destination::{format_lsn, parse_lsn};
-use crate::json_value::{TypeKind, write_string};
+use crate::json_value::{TypeKind, builtin_array_element, write_string};
 use crate::pgoutput::Relation;
 
 /// The prefix of schema messages.
 pub(crate) const SCHEMA_PREFIX: &str = "_bemi_schema";
+
+/// The context key that marks a change whose key could not be established (its `primary_key`
+/// is NULL): its value says why.
+pub(crate) const KEY_UNKNOWN_KEY: &str = "_bemi_key_unknown";
 
 /// A table as the migration described it.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -58,6 +96,10 @@ pub(crate) struct ColumnSchema {
     /// Its type, resolved through domains and arrays.
     #[serde(rename = "type")]
     pub kind: ResolvedType,
+    /// Whether it is a generated column (pgoutput leaves those out); `None` in a version
+    /// recorded before the migration said so.
+    #[serde(default)]
+    pub generated: Option<bool>,
 }
 
 /// A type resolved to a base type and the number of array levels around it.
@@ -82,6 +124,156 @@ impl ResolvedType {
     }
 }
 
+impl ResolvedType {
+    /// What a version says of a Relation column of type `oid`, when that is known without the
+    /// catalog: a built-in type the worker knows is itself, a built-in array its element in one
+    /// array. `None` for a domain, an enum, a composite or any other type of the database, and
+    /// their arrays (the WAL names them by their own oid, the version by their base type).
+    pub(crate) fn of_builtin(oid: u32) -> Option<Self> {
+        TypeKind::builtin(oid)?;
+        Some(match builtin_array_element(oid) {
+            Some(element) => Self {
+                base: element,
+                array_depth: 1,
+            },
+            None => Self {
+                base: oid,
+                array_depth: 0,
+            },
+        })
+    }
+}
+
+impl fmt::Display for ResolvedType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "type oid {}", self.base)?;
+        for _ in 0..self.array_depth {
+            f.write_str("[]")?;
+        }
+        Ok(())
+    }
+}
+
+/// How a version of a table's schema differs from the Relation message of a change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Difference {
+    /// The columns' names, count or order.
+    Columns {
+        /// The version's columns (generated ones left out).
+        version: Vec<String>,
+        /// The Relation's.
+        wal: Vec<String>,
+    },
+    /// A column's type.
+    Type {
+        /// The column.
+        column: String,
+        /// What the version says.
+        version: ResolvedType,
+        /// The Relation's type oid.
+        wal: u32,
+    },
+    /// A key column that is not a column of the table in the Relation.
+    KeyColumnMissing {
+        /// The column.
+        column: String,
+    },
+    /// Under REPLICA IDENTITY DEFAULT: the columns the Relation flags as key are not the
+    /// version's key.
+    Key {
+        /// The version's key.
+        version: Vec<String>,
+        /// The flagged columns.
+        wal: Vec<String>,
+    },
+}
+
+impl fmt::Display for Difference {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let list = |names: &[String]| names.join(", ");
+        match self {
+            Self::Columns { version, wal } => write!(
+                f,
+                "columns: the history has ({}), the WAL ({})",
+                list(version),
+                list(wal)
+            ),
+            Self::Type {
+                column,
+                version,
+                wal,
+            } => write!(
+                f,
+                "type of column {column}: the history has {version}, the WAL type oid {wal}"
+            ),
+            Self::KeyColumnMissing { column } => {
+                write!(
+                    f,
+                    "key column {column} is not a column of the table in the WAL"
+                )
+            }
+            Self::Key { version, wal } => write!(
+                f,
+                "key: the history has ({}), the WAL's replica identity ({})",
+                list(version),
+                list(wal)
+            ),
+        }
+    }
+}
+
+/// What the WAL says of a change's key when the version in force does not match it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum WalKey {
+    /// The key's positions among the Relation's columns (empty: the table has no key).
+    Known(Vec<usize>),
+    /// No key can be established; why.
+    Unknown(String),
+}
+
+/// The key of `relation`'s changes from the WAL alone, for a table whose version in force does
+/// not match it: under REPLICA IDENTITY DEFAULT or INDEX the flagged columns (in the version's
+/// key order when they are the same columns, else in column order); under FULL (every column
+/// flagged) or NOTHING, unknown.
+pub(crate) fn key_from_wal(relation: &Relation, version: &TableSchema) -> WalKey {
+    match relation.replica_identity {
+        b'd' | b'i' => {
+            let flagged: Vec<usize> = (0..relation.columns.len())
+                .filter(|&i| relation.columns[i].is_key)
+                .collect();
+            let in_version_order: Option<Vec<usize>> = version
+                .key
+                .iter()
+                .map(|name| relation.columns.iter().position(|c| &c.name == name))
+                .collect();
+            match in_version_order {
+                Some(key)
+                    if key.iter().copied().collect::<BTreeSet<_>>()
+                        == flagged.iter().copied().collect() =>
+                {
+                    WalKey::Known(key)
+                }
+                // No replica identity: no primary key — or a deferrable one, which PostgreSQL
+                // does not take as the replica identity. The version says there is one.
+                _ if flagged.is_empty() && !version.key.is_empty() => WalKey::Unknown(format!(
+                    "the schema history's description of {}.{} does not match the WAL, and \
+                     the WAL flags no key column (the table has no primary key then, or a \
+                     deferrable one)",
+                    relation.namespace, relation.name
+                )),
+                _ => WalKey::Known(flagged),
+            }
+        }
+        identity => WalKey::Unknown(format!(
+            "the schema history's description of {}.{} does not match the WAL, and under \
+             REPLICA IDENTITY {} the WAL does not say which columns are the key",
+            relation.namespace,
+            relation.name,
+            if identity == b'f' { "FULL" } else { "NOTHING" }
+        )),
+    }
+}
+
 /// PostgreSQL's `json_build_object` writes oids as JSON strings.
 fn number_or_text<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<u32, D::Error> {
     #[derive(Deserialize)]
@@ -102,8 +294,79 @@ impl TableSchema {
         serde_json::from_slice(content)
     }
 
+    /// How this version differs from `relation`, the Relation message of a change of its table
+    /// (see the module docs for what is compared); empty when it matches.
+    pub(crate) fn check(&self, relation: &Relation) -> Vec<Difference> {
+        let mut differences = Vec::new();
+        let wal: Vec<&str> = relation.columns.iter().map(|c| c.name.as_str()).collect();
+        // A version that says which columns are generated is compared exactly; an older one
+        // may hold generated columns the WAL leaves out: the WAL's columns must appear in it,
+        // in order.
+        let exact = self.columns.iter().any(|c| c.generated.is_some());
+        let version: Vec<&ColumnSchema> = self
+            .columns
+            .iter()
+            .filter(|c| c.generated != Some(true))
+            .collect();
+        let columns_match = if exact {
+            version.len() == wal.len() && version.iter().zip(&wal).all(|(v, w)| v.name == *w)
+        } else {
+            let mut names = version.iter().map(|c| c.name.as_str());
+            wal.iter().all(|w| names.any(|v| v == *w))
+        };
+        if columns_match {
+            for column in &relation.columns {
+                let Some(expected) = ResolvedType::of_builtin(column.type_oid) else {
+                    continue;
+                };
+                if let Some(described) = version.iter().find(|c| c.name == column.name)
+                    && described.kind != expected
+                {
+                    differences.push(Difference::Type {
+                        column: column.name.clone(),
+                        version: described.kind,
+                        wal: column.type_oid,
+                    });
+                }
+            }
+        } else {
+            differences.push(Difference::Columns {
+                version: version.iter().map(|c| c.name.clone()).collect(),
+                wal: wal.iter().map(|&w| w.to_owned()).collect(),
+            });
+        }
+        for column in &self.key {
+            if !wal.contains(&column.as_str()) {
+                differences.push(Difference::KeyColumnMissing {
+                    column: column.clone(),
+                });
+            }
+        }
+        if relation.replica_identity == b'd' {
+            let flagged: BTreeSet<&str> = relation
+                .columns
+                .iter()
+                .filter(|c| c.is_key)
+                .map(|c| c.name.as_str())
+                .collect();
+            let key: BTreeSet<&str> = self.key.iter().map(String::as_str).collect();
+            if flagged != key {
+                differences.push(Difference::Key {
+                    version: self.key.clone(),
+                    wal: relation
+                        .columns
+                        .iter()
+                        .filter(|c| c.is_key)
+                        .map(|c| c.name.clone())
+                        .collect(),
+                });
+            }
+        }
+        differences
+    }
+
     /// What the capture needs of the relation of `relation`'s change, from this version of its
-    /// table: its columns as the Relation message gives them (as of the change), each typed by
+    /// table (once [`check`](Self::check)ed against it): its columns as the Relation message gives them (as of the change), each typed by
     /// this history (or, for a built-in type, by its oid); its key by this history.
     pub(crate) fn describe(&self, relation: &Relation, config: &WorkerConfig) -> RelationInfo {
         let column_names: Vec<&str> = relation.columns.iter().map(|c| c.name.as_str()).collect();
@@ -147,6 +410,7 @@ impl TableSchema {
             schema: relation.namespace.as_str().into(),
             table: relation.name.as_str().into(),
             primary_key: primary_key.unwrap_or_default(),
+            key_unknown: None,
             columns,
             captured,
         }
@@ -335,6 +599,269 @@ mod tests {
             &WorkerConfig::new("postgres://h/db"),
         );
         assert!(info.primary_key.is_empty());
+    }
+
+    /// A Relation message with `replica_identity`: `(name, type oid, flagged as key)`.
+    fn wal(replica_identity: u8, columns: &[(&str, u32, bool)]) -> Relation {
+        Relation {
+            oid: 16_385,
+            namespace: "public".into(),
+            name: "orders".into(),
+            replica_identity,
+            columns: columns
+                .iter()
+                .map(|(name, type_oid, is_key)| Column {
+                    is_key: *is_key,
+                    name: (*name).into(),
+                    type_oid: *type_oid,
+                    type_modifier: -1,
+                })
+                .collect(),
+        }
+    }
+
+    /// A version as the migration writes it now: `(name, base, array depth, generated)`.
+    fn version(key: &[&str], columns: &[(&str, u32, u32, bool)]) -> TableSchema {
+        TableSchema {
+            oid: 16_385,
+            schema: "public".into(),
+            table: "orders".into(),
+            key: key.iter().map(|&k| k.to_owned()).collect(),
+            columns: columns
+                .iter()
+                .map(|&(name, base, array_depth, generated)| ColumnSchema {
+                    name: name.into(),
+                    kind: ResolvedType { base, array_depth },
+                    generated: Some(generated),
+                })
+                .collect(),
+            unknown: false,
+        }
+    }
+
+    /// `orders (id int4, code text, tags int4[])`, primary key `id`.
+    fn orders() -> TableSchema {
+        version(
+            &["id"],
+            &[
+                ("id", 23, 0, false),
+                ("code", 25, 0, false),
+                ("tags", 23, 1, false),
+            ],
+        )
+    }
+
+    #[test]
+    fn a_version_that_matches_the_wal_has_no_differences() {
+        let relation = wal(
+            b'd',
+            &[("id", 23, true), ("code", 25, false), ("tags", 1007, false)],
+        );
+        assert_eq!(orders().check(&relation), []);
+        // As the migration writes it (oids as strings, whether each column is generated).
+        let parsed = TableSchema::parse(
+            br#"{"oid": "16385", "schema": "public", "table": "orders", "key": ["id"],
+                 "columns": [{"name": "id", "type": {"base": "23", "array_depth": 0}, "generated": false},
+                             {"name": "code", "type": {"base": "25", "array_depth": 0}, "generated": false},
+                             {"name": "tags", "type": {"base": "23", "array_depth": 1}, "generated": false}]}"#,
+        )
+        .unwrap();
+        assert_eq!(parsed, orders());
+    }
+
+    #[test]
+    fn added_dropped_renamed_or_reordered_columns_differ() {
+        let columns = |names: &[&str]| Difference::Columns {
+            version: vec!["id".into(), "code".into(), "tags".into()],
+            wal: names.iter().map(|&n| n.to_owned()).collect(),
+        };
+        for names in [
+            &["id", "code", "tags", "added"][..],
+            &["id", "tags"],
+            &["id", "renamed", "tags"],
+            &["id", "tags", "code"],
+        ] {
+            let relation = wal(
+                b'f',
+                &names.iter().map(|&n| (n, 25, true)).collect::<Vec<_>>(),
+            );
+            assert_eq!(orders().check(&relation), [columns(names)], "{names:?}");
+        }
+    }
+
+    #[test]
+    fn built_in_types_are_compared_and_the_databases_own_types_are_not() {
+        // A column retyped: int4 → text, and text → int8.
+        let relation = wal(
+            b'f',
+            &[("id", 25, true), ("code", 20, true), ("tags", 1007, true)],
+        );
+        assert_eq!(
+            orders().check(&relation),
+            [
+                Difference::Type {
+                    column: "id".into(),
+                    version: ResolvedType {
+                        base: 23,
+                        array_depth: 0
+                    },
+                    wal: 25
+                },
+                Difference::Type {
+                    column: "code".into(),
+                    version: ResolvedType {
+                        base: 25,
+                        array_depth: 0
+                    },
+                    wal: 20
+                }
+            ]
+        );
+        // A built-in array is its element in one array: int4[] is not text[].
+        let relation = wal(
+            b'f',
+            &[("id", 23, true), ("code", 25, true), ("tags", 1009, true)],
+        );
+        assert_eq!(orders().check(&relation).len(), 1);
+        // A domain or enum (and its arrays) has its own oid in the WAL, its base type in the
+        // version: not comparable without the catalog.
+        let relation = wal(
+            b'f',
+            &[
+                ("id", 23, true),
+                ("code", 90_001, true),
+                ("tags", 90_002, true),
+            ],
+        );
+        assert_eq!(orders().check(&relation), []);
+    }
+
+    #[test]
+    fn under_replica_identity_default_the_flagged_columns_must_be_the_key() {
+        // The primary key replaced (DDL the history did not see), or a forged key.
+        let relation = wal(
+            b'd',
+            &[("id", 23, false), ("code", 25, true), ("tags", 1007, false)],
+        );
+        assert_eq!(
+            orders().check(&relation),
+            [Difference::Key {
+                version: vec!["id".into()],
+                wal: vec!["code".into()]
+            }]
+        );
+        // The primary key dropped.
+        let relation = wal(
+            b'd',
+            &[
+                ("id", 23, false),
+                ("code", 25, false),
+                ("tags", 1007, false),
+            ],
+        );
+        assert_eq!(orders().check(&relation).len(), 1);
+        // A composite key in another order is the same key.
+        let mut composite = orders();
+        composite.key = vec!["code".into(), "id".into()];
+        let relation = wal(
+            b'd',
+            &[("id", 23, true), ("code", 25, true), ("tags", 1007, false)],
+        );
+        assert_eq!(composite.check(&relation), []);
+        // Under FULL every column is flagged, under INDEX the flags name the replica identity
+        // index (not necessarily the primary key): a key alone is not checked.
+        for identity in [b'f', b'i'] {
+            let relation = wal(
+                identity,
+                &[("id", 23, true), ("code", 25, true), ("tags", 1007, true)],
+            );
+            assert_eq!(composite.check(&relation), [], "{}", identity as char);
+        }
+    }
+
+    #[test]
+    fn a_key_column_that_is_not_in_the_wal_differs() {
+        let mut forged = orders();
+        forged.key = vec!["nope".into()];
+        let relation = wal(
+            b'f',
+            &[("id", 23, true), ("code", 25, true), ("tags", 1007, true)],
+        );
+        assert_eq!(
+            forged.check(&relation),
+            [Difference::KeyColumnMissing {
+                column: "nope".into()
+            }]
+        );
+    }
+
+    #[test]
+    fn generated_columns_are_left_out_and_older_versions_may_hold_them() {
+        let mut schema = orders();
+        schema.columns.push(ColumnSchema {
+            name: "total".into(),
+            kind: ResolvedType {
+                base: 1700,
+                array_depth: 0,
+            },
+            generated: Some(true),
+        });
+        let relation = wal(
+            b'f',
+            &[("id", 23, true), ("code", 25, true), ("tags", 1007, true)],
+        );
+        assert_eq!(schema.check(&relation), []);
+        // Recorded before the migration said which columns are generated: the WAL's columns
+        // need only appear in it, in order.
+        let older = TableSchema::parse(MESSAGE.as_bytes()).unwrap();
+        let relation = wal(b'f', &[("id", 23, true), ("code", 25, true)]);
+        assert_eq!(older.check(&relation), []);
+        let relation = wal(b'f', &[("code", 25, true), ("id", 23, true)]);
+        assert_eq!(older.check(&relation).len(), 1);
+    }
+
+    #[test]
+    fn on_a_mismatch_the_key_comes_from_the_wal_or_is_unknown() {
+        let columns = |flags: [bool; 3]| {
+            [
+                ("id", 23, flags[0]),
+                ("code", 25, flags[1]),
+                ("tags", 1007, flags[2]),
+            ]
+        };
+        // DEFAULT and INDEX: the flagged columns, in the version's key order when they are its
+        // key's columns, else in column order.
+        let mut composite = orders();
+        composite.key = vec!["code".into(), "id".into()];
+        let relation = wal(b'd', &columns([true, true, false]));
+        assert_eq!(
+            key_from_wal(&relation, &composite),
+            WalKey::Known(vec![1, 0])
+        );
+        let relation = wal(b'i', &columns([false, true, true]));
+        assert_eq!(
+            key_from_wal(&relation, &composite),
+            WalKey::Known(vec![1, 2])
+        );
+        // DEFAULT without a flagged column: the table has no key, or a deferrable primary key
+        // (no replica identity for PostgreSQL): unknown when the version has a key, none when
+        // it has none either.
+        let relation = wal(b'd', &columns([false, false, false]));
+        assert!(matches!(
+            key_from_wal(&relation, &orders()),
+            WalKey::Unknown(_)
+        ));
+        let mut keyless = orders();
+        keyless.key.clear();
+        assert_eq!(key_from_wal(&relation, &keyless), WalKey::Known(vec![]));
+        // FULL (every column flagged) and NOTHING: unknown, with why.
+        for identity in [b'f', b'n'] {
+            let relation = wal(identity, &columns([identity == b'f'; 3]));
+            let WalKey::Unknown(reason) = key_from_wal(&relation, &orders()) else {
+                panic!("a key under {}", identity as char);
+            };
+            assert!(reason.contains("public.orders"), "{reason}");
+        }
     }
 
     #[test]

@@ -36,7 +36,9 @@ use crate::destination::{Destination, Durability, parse_lsn};
 use crate::error::WorkerError;
 use crate::metrics::{self, WorkerMetrics};
 use crate::pgoutput::Relation;
-use crate::schema_history::{SchemaStore, SchemaVersion, TableSchema};
+use crate::schema_history::{
+    KEY_UNKNOWN_KEY, SchemaStore, SchemaVersion, TableSchema, WalKey, key_from_wal,
+};
 use crate::setup;
 use crate::source::{PgWireSource, SourceConnection, SourceEvent};
 use crate::xid::FullXids;
@@ -416,6 +418,7 @@ impl Worker {
             config,
             shutdown: shutdown.clone(),
             xids,
+            metrics: Arc::clone(&self.metrics),
         };
         let settings = capture::Settings {
             heartbeat_interval: config.heartbeat_interval,
@@ -542,6 +545,8 @@ struct PgSource<'a> {
     shutdown: CancellationToken,
     /// Extends the stream's 32-bit transaction ids.
     xids: FullXids,
+    /// Where schema history mismatches are counted.
+    metrics: Arc<WorkerMetrics>,
 }
 
 impl ReplicationSource for PgSource<'_> {
@@ -571,7 +576,55 @@ impl ReplicationSource for PgSource<'_> {
         open_xid: Option<u64>,
     ) -> Result<RelationInfo, WorkerError> {
         if let Some(schema) = self.history.get(relation.oid) {
-            return Ok(schema.describe(relation, self.config));
+            let differences = schema.check(relation);
+            if differences.is_empty() {
+                return Ok(schema.describe(relation, self.config));
+            }
+            // The version in force is not the table the WAL describes: follow the WAL. Types
+            // by oid from the catalog (a type oid never changes meaning), the key from the
+            // Relation's flags, or unknown.
+            self.metrics.record_schema_mismatch();
+            let wal_key = key_from_wal(relation, schema);
+            let differences: Vec<String> = differences.iter().map(ToString::to_string).collect();
+            let table = format!("{}.{}", relation.namespace, relation.name);
+            let mut info = self
+                .catalog
+                .describe_columns(relation, self.config)
+                .await
+                .map_err(WorkerError::Source)?;
+            let key = match wal_key {
+                WalKey::Known(key) => {
+                    let names: Vec<&str> = key
+                        .iter()
+                        .map(|&i| relation.columns[i].name.as_str())
+                        .collect();
+                    info.primary_key = key;
+                    format!(
+                        "its changes take the key the WAL's replica identity gives: ({})",
+                        names.join(", ")
+                    )
+                }
+                WalKey::Unknown(reason) => {
+                    let said = format!(
+                        "no key can be established ({reason}), so its changes are stored with \
+                         primary_key NULL and the reason in the context key {KEY_UNKNOWN_KEY}"
+                    );
+                    info.key_unknown = Some(reason.into());
+                    said
+                }
+            };
+            tracing::warn!(
+                table,
+                differences = %differences.join("; "),
+                "the schema history's description of {table} does not match the WAL; likely \
+                 DDL made while event triggers did not fire (session_replication_role = \
+                 replica, or _bemi_schema_trigger disabled) or a forged _bemi_schema message. \
+                 The worker follows the WAL: {key}. Make DDL with the event trigger enabled and \
+                 outside replica mode, check who may call pg_logical_emit_message, and record \
+                 the table's schema as it is now with CALL _bemi_record_schemas(); as a \
+                 superuser"
+            );
+            return Ok(info);
         }
         // Not in the history (tracking installed without the event trigger, or a table the
         // history has not seen yet): the catalog, as it is now. Its schema may have changed in

@@ -266,3 +266,276 @@ pub(crate) async fn without_the_event_trigger_the_worker_warns_and_reads_the_cat
     owner.close().await;
     Ok(())
 }
+
+/// How a DDL escapes the event trigger, so that the history keeps a stale version.
+#[derive(Clone, Copy)]
+enum Unrecorded {
+    /// `session_replication_role = replica` (event triggers do not fire).
+    ReplicaMode,
+    /// `ALTER EVENT TRIGGER _bemi_schema_trigger DISABLE`.
+    TriggerDisabled,
+}
+
+impl Unrecorded {
+    fn wrap(self, ddl: &str) -> String {
+        match self {
+            Self::ReplicaMode => {
+                format!("BEGIN; SET LOCAL session_replication_role = replica; {ddl}; COMMIT")
+            }
+            Self::TriggerDisabled => format!(
+                "ALTER EVENT TRIGGER _bemi_schema_trigger DISABLE; {ddl}; \
+                 ALTER EVENT TRIGGER _bemi_schema_trigger ENABLE"
+            ),
+        }
+    }
+}
+
+/// Two tables under REPLICA IDENTITY DEFAULT, where the WAL gives the key, and one under FULL
+/// (the migration's default), where it does not.
+const UNRECORDED_TABLES: &str = "
+CREATE TABLE d_pk (id int PRIMARY KEY, code text NOT NULL UNIQUE);
+CREATE TABLE d_rename (id int PRIMARY KEY, v text);
+CREATE TABLE f_pk (id int PRIMARY KEY, code text NOT NULL UNIQUE);
+";
+
+/// Primary keys replaced, a key column renamed, a column added, all unseen by the history.
+const UNRECORDED_DDL: &str = "
+ALTER TABLE d_pk DROP CONSTRAINT d_pk_pkey, ADD PRIMARY KEY (code);
+ALTER TABLE d_rename RENAME COLUMN id TO ident;
+ALTER TABLE f_pk DROP CONSTRAINT f_pk_pkey, ADD PRIMARY KEY (code), ADD COLUMN note text
+";
+
+async fn unrecorded_db(cluster: &TestCluster, hint: &str) -> anyhow::Result<TestDb> {
+    let db = cluster.database(hint).await?;
+    db.exec(UNRECORDED_TABLES).await?;
+    db.migrate().await?;
+    db.exec(
+        "ALTER TABLE d_pk REPLICA IDENTITY DEFAULT; ALTER TABLE d_rename REPLICA IDENTITY DEFAULT",
+    )
+    .await?;
+    Ok(db)
+}
+
+/// Writes before and after the unrecorded DDL, then records the schemas as they are (what
+/// the worker's warning says to do) and writes again.
+async fn unrecorded_steps(db: &TestDb, how: Unrecorded) -> anyhow::Result<()> {
+    db.exec(
+        "INSERT INTO d_pk VALUES (1, 'A'); INSERT INTO d_rename VALUES (1, 'x'); \
+         INSERT INTO f_pk VALUES (1, 'A')",
+    )
+    .await?;
+    db.exec(&how.wrap(UNRECORDED_DDL)).await?;
+    db.exec(
+        "INSERT INTO d_pk VALUES (2, 'B'); INSERT INTO d_rename VALUES (2, 'y'); \
+         INSERT INTO f_pk VALUES (2, 'B'); UPDATE d_pk SET id = 20 WHERE code = 'A'",
+    )
+    .await?;
+    db.exec("CALL _bemi_record_schemas()").await?;
+    db.exec("INSERT INTO f_pk VALUES (3, 'C')").await?;
+    Ok(())
+}
+
+/// Every key right (the WAL's replica identity gives it) or visibly unknown, never the stale
+/// version's.
+fn check_unrecorded(changes: &[StoredChange]) -> anyhow::Result<()> {
+    let expected: &[(&str, &str, Option<&str>)] = &[
+        ("d_pk", "CREATE", Some("1")),
+        ("d_rename", "CREATE", Some("1")),
+        ("f_pk", "CREATE", Some("1")),
+        // The primary key is `code` now: the WAL's key flags say so.
+        ("d_pk", "CREATE", Some("B")),
+        // The key column renamed: still the key, under its new name.
+        ("d_rename", "CREATE", Some("2")),
+        // Under FULL the WAL does not say: unknown, not the stale `id`.
+        ("f_pk", "CREATE", None),
+        ("d_pk", "UPDATE", Some("A")),
+        // The schemas recorded again: the key is known again.
+        ("f_pk", "CREATE", Some("C")),
+    ];
+    ensure!(
+        changes.len() == expected.len(),
+        "{} changes, {} expected: {changes:#?}",
+        changes.len(),
+        expected.len()
+    );
+    for (change, &(table, operation, key)) in changes.iter().zip(expected) {
+        let what = format!("{table} {operation} {key:?}");
+        ensure!(
+            change.table == table && change.operation == operation,
+            "{what}: got {change:?}"
+        );
+        ensure!(
+            change.primary_key.as_deref() == key,
+            "{what}: stored with key {:?}",
+            change.primary_key
+        );
+        let marker = change.context.get("_bemi_key_unknown");
+        match key {
+            Some(_) => ensure!(marker.is_none(), "{what}: marked unknown: {change:?}"),
+            None => ensure!(
+                marker
+                    .and_then(Value::as_str)
+                    .is_some_and(|reason| reason.contains("public.f_pk")
+                        && reason.contains("REPLICA IDENTITY FULL")),
+                "{what}: an unknown key without its marker: {change:?}"
+            ),
+        }
+    }
+    Ok(())
+}
+
+/// DDL under `session_replication_role = replica` (event triggers do not fire) while the worker
+/// streams: the stale versions are caught against the WAL, counted, and no key is wrong.
+pub(crate) async fn ddl_in_replica_mode_leaves_no_wrong_key(
+    cluster: Arc<TestCluster>,
+) -> TestResult {
+    let db = unrecorded_db(&cluster, "history_replica_mode").await?;
+    let worker = RunningWorker::start(worker_config(&db)).await?;
+    unrecorded_steps(&db, Unrecorded::ReplicaMode).await?;
+    let changes = wait_for_changes(&db, 8).await?;
+    let mismatches = worker.metrics.schema_mismatches();
+    let rendered = worker.metrics.render();
+    worker.stop().await?;
+    check_unrecorded(&changes)?;
+    // One per table the unrecorded DDL changed (at least: a Relation message may come again).
+    ensure!(mismatches >= 3, "{mismatches} mismatches counted");
+    ensure!(
+        rendered.contains(&format!("bemi_schema_mismatches_total {mismatches}")),
+        "{rendered}"
+    );
+    Ok(())
+}
+
+/// DDL with the event trigger disabled, decoded after downtime (every change after all the
+/// schema changes): the same.
+pub(crate) async fn ddl_with_the_event_trigger_disabled_leaves_no_wrong_key(
+    cluster: Arc<TestCluster>,
+) -> TestResult {
+    let db = unrecorded_db(&cluster, "history_trigger_disabled").await?;
+    RunningWorker::start(worker_config(&db))
+        .await?
+        .stop()
+        .await?;
+    unrecorded_steps(&db, Unrecorded::TriggerDisabled).await?;
+    let worker = RunningWorker::start(worker_config(&db)).await?;
+    let changes = wait_for_changes(&db, 8).await?;
+    let mismatches = worker.metrics.schema_mismatches();
+    worker.stop().await?;
+    check_unrecorded(&changes)?;
+    ensure!(mismatches >= 3, "{mismatches} mismatches counted");
+    Ok(())
+}
+
+/// The current metrics text of a worker process.
+async fn scrape(metrics_addr: &str) -> anyhow::Result<String> {
+    Ok(reqwest::get(format!("http://{metrics_addr}/metrics"))
+        .await?
+        .text()
+        .await?)
+}
+
+/// An ordinary role (the application's, which may emit messages: its adapter emits `_bemi`
+/// ones) emits a `_bemi_schema` message claiming a wrong key: the WAL contradicts it, the
+/// changes keep their key, and the worker warns and counts it — while streaming, and when the
+/// forged version is decoded after downtime (on the first Relation message of a connection).
+pub(crate) async fn a_forged_schema_message_is_caught_and_keys_stay_right(
+    cluster: Arc<TestCluster>,
+) -> TestResult {
+    let db = cluster.database("history_forged").await?;
+    db.exec("CREATE TABLE forged (id int PRIMARY KEY, code text NOT NULL UNIQUE)")
+        .await?;
+    db.migrate().await?;
+    db.exec("ALTER TABLE forged REPLICA IDENTITY DEFAULT")
+        .await?;
+    let role = format!("{}_app", db.name);
+    db.exec(&format!(
+        "CREATE ROLE {role} WITH LOGIN PASSWORD 'app-secret'; \
+         GRANT SELECT, INSERT, UPDATE ON forged TO {role}; \
+         GRANT EXECUTE ON FUNCTION pg_logical_emit_message(boolean, text, text) TO {role}"
+    ))
+    .await?;
+    let app = sqlx::PgPool::connect(&with_user(&db.url, &role, "app-secret")?).await?;
+    let superuser: bool = sqlx::query_scalar("SELECT rolsuper FROM pg_roles WHERE rolname = $1")
+        .bind(&role)
+        .fetch_one(&db.pool)
+        .await?;
+    ensure!(!superuser, "the application's role is a superuser");
+    let oid: i64 = sqlx::query_scalar("SELECT 'forged'::regclass::oid::bigint")
+        .fetch_one(&db.pool)
+        .await?;
+    // The table's very columns, with `code` as its key.
+    let forgery = json!({
+        "oid": oid.to_string(), "schema": "public", "table": "forged", "key": ["code"],
+        "columns": [
+            {"name": "id", "type": {"base": "23", "array_depth": 0}, "generated": false},
+            {"name": "code", "type": {"base": "25", "array_depth": 0}, "generated": false},
+        ],
+    })
+    .to_string();
+    let forge = || async {
+        sqlx::query("SELECT pg_logical_emit_message(true, '_bemi_schema', $1)")
+            .bind(&forgery)
+            .execute(&app)
+            .await
+    };
+
+    let metrics_addr = format!("127.0.0.1:{}", free_port()?);
+    let slot = format!("bemi_{}", db.name);
+    let envs = [
+        ("DATABASE_URL", db.url.as_str()),
+        ("BEMI_SLOT", slot.as_str()),
+        ("BEMI_METRICS_ADDR", metrics_addr.as_str()),
+    ];
+    let mut worker = Background::start(&["worker"], &envs)?;
+    wait_until_streaming(&metrics_addr, &mut worker).await?;
+    sqlx::raw_sql("INSERT INTO forged VALUES (1, 'A')")
+        .execute(&app)
+        .await?;
+    forge().await?;
+    sqlx::raw_sql("INSERT INTO forged VALUES (2, 'B')")
+        .execute(&app)
+        .await?;
+    wait_for_changes(&db, 2).await?;
+    let metrics = scrape(&metrics_addr).await?;
+    ensure!(
+        metrics.contains("bemi_schema_mismatches_total 1"),
+        "the forgery was not counted: {metrics}"
+    );
+    worker.signal(libc::SIGTERM)?;
+    let status = worker.wait(Duration::from_secs(60)).await?;
+    ensure!(status.success(), "{status}: {}", worker.stderr());
+    let logs = worker.stderr();
+    ensure!(
+        logs.contains("does not match the WAL") && logs.contains("forged _bemi_schema message"),
+        "no warning: {logs}"
+    );
+
+    // While the worker is down: the forgery again, and a row after it.
+    forge().await?;
+    sqlx::raw_sql("INSERT INTO forged VALUES (3, 'C'); UPDATE forged SET id = 30 WHERE id = 3")
+        .execute(&app)
+        .await?;
+    let mut worker = Background::start(&["worker"], &envs)?;
+    wait_until_streaming(&metrics_addr, &mut worker).await?;
+    let changes = wait_for_changes(&db, 4).await?;
+    let metrics = scrape(&metrics_addr).await?;
+    worker.signal(libc::SIGTERM)?;
+    let status = worker.wait(Duration::from_secs(60)).await?;
+    ensure!(status.success(), "{status}: {}", worker.stderr());
+    let keys: Vec<Option<&str>> = changes.iter().map(|c| c.primary_key.as_deref()).collect();
+    ensure!(
+        keys == [Some("1"), Some("2"), Some("3"), Some("30")],
+        "keys {keys:?}: {changes:#?}"
+    );
+    ensure!(
+        !metrics.contains("bemi_schema_mismatches_total 0"),
+        "the forgery decoded after downtime was not counted: {metrics}"
+    );
+    ensure!(
+        worker.stderr().contains("does not match the WAL"),
+        "no warning after downtime: {}",
+        worker.stderr()
+    );
+    app.close().await;
+    Ok(())
+}
