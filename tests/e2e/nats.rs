@@ -323,6 +323,16 @@ pub(crate) async fn through_nats_a_destination_outage_is_held_by_the_stream_not_
         ids.len(),
         unique.len()
     );
+    // The outage was retried, not taken for bad messages.
+    let rejected: i64 = sqlx::query_scalar("SELECT count(*) FROM _bemi_store_rejected")
+        .fetch_one(&audit.pool)
+        .await?;
+    ensure!(rejected == 0, "{rejected} messages set aside");
+    ensure!(
+        metric(&store_metrics, "bemi_store_messages_rejected_total").await == Some(0.0),
+        "{}",
+        store.stderr()
+    );
     worker.signal(libc::SIGTERM)?;
     store.signal(libc::SIGTERM)?;
     worker.wait(Duration::from_secs(60)).await?;
@@ -427,6 +437,421 @@ pub(crate) async fn through_nats_two_stores_share_the_partitions_and_keep_each_r
     for process in [&mut worker, &mut first, &mut second] {
         process.signal(libc::SIGTERM)?;
         process.wait(Duration::from_secs(60)).await?;
+    }
+    drop(nats);
+    Ok(())
+}
+
+/// A JetStream client of the test's own, to do to the stream what operators (or accidents) do.
+async fn jetstream(url: &str) -> anyhow::Result<async_nats::jetstream::Context> {
+    let client = async_nats::connect(url).await?;
+    Ok(async_nats::jetstream::new(client))
+}
+
+/// Messages in the stream `bemi` (none while it is missing).
+async fn in_stream(url: &str) -> u64 {
+    let Ok(js) = jetstream(url).await else {
+        return 0;
+    };
+    match js.get_stream("bemi").await {
+        Ok(mut stream) => stream.info().await.map_or(0, |info| info.state.messages),
+        Err(_) => 0,
+    }
+}
+
+/// Inserts rows `ids` into `items`, one transaction each.
+async fn insert_items(source: &TestDb, ids: std::ops::RangeInclusive<i64>) -> TestResult {
+    for id in ids {
+        sqlx::query("INSERT INTO items VALUES ($1)")
+            .bind(id)
+            .execute(&source.pool)
+            .await?;
+    }
+    Ok(())
+}
+
+/// Waits until `changes` holds `count` changes.
+async fn wait_stored(audit: &TestDb, count: i64, store: &Background) -> TestResult {
+    wait_until(
+        &format!("{count} stored changes"),
+        Duration::from_secs(60),
+        || async { Ok((stored(audit).await >= count).then_some(())) },
+    )
+    .await
+    .with_context(|| format!("{} stored; store: {}", count, store.stderr()))
+}
+
+/// `changes` holds each of `ids` of `items` exactly once, and nothing else.
+async fn each_once(audit: &TestDb, ids: std::ops::RangeInclusive<i64>) -> TestResult {
+    let keys: Vec<Option<String>> =
+        sqlx::query_scalar("SELECT primary_key FROM changes WHERE \"table\" = 'items'")
+            .fetch_all(&audit.pool)
+            .await?;
+    let unique: BTreeSet<i64> = keys
+        .iter()
+        .filter_map(|key| key.as_deref()?.parse().ok())
+        .collect();
+    ensure!(
+        keys.len() == ids.clone().count() && unique == ids.clone().collect(),
+        "{} changes, {} distinct, expected {ids:?}",
+        keys.len(),
+        unique.len()
+    );
+    Ok(())
+}
+
+pub(crate) async fn through_nats_a_stream_purged_or_created_again_loses_and_duplicates_nothing(
+    cluster: Arc<TestCluster>,
+) -> TestResult {
+    let source = cluster.database("nats_reset").await?;
+    source
+        .exec("CREATE TABLE items (id bigint PRIMARY KEY)")
+        .await?;
+    source.migrate().await?;
+    let audit = cluster.database("nats_reset_audit").await?;
+    let mut nats = start_nats().await?;
+    let url = nats.url();
+    let store_metrics = format!("127.0.0.1:{}", free_port()?);
+    let mut worker = start_worker(&source, &url)?;
+    wait_for_slot(&source, &mut worker).await?;
+    let mut store = start_store(&audit, &url, &store_metrics)?;
+    insert_items(&source, 1..=50).await?;
+    wait_stored(&audit, 50, &store).await?;
+
+    // Purged (and the server restarted after it), while both run.
+    jetstream(&url)
+        .await?
+        .get_stream("bemi")
+        .await?
+        .purge()
+        .await?;
+    nats = tokio::task::spawn_blocking(move || {
+        nats.kill()?;
+        nats.start_again()?;
+        anyhow::Ok(nats)
+    })
+    .await??;
+    insert_items(&source, 51..=100).await?;
+    wait_stored(&audit, 100, &store).await?;
+
+    // Lost: both stopped, the stream deleted (an empty volume), both started again. Its
+    // sequences start again at 1, below the positions the store recorded for the old one.
+    for process in [&mut worker, &mut store] {
+        process.signal(libc::SIGTERM)?;
+        process.wait(Duration::from_secs(60)).await?;
+    }
+    jetstream(&url).await?.delete_stream("bemi").await?;
+    worker = start_worker(&source, &url)?;
+    wait_for_slot(&source, &mut worker).await?;
+    store = start_store(&audit, &url, &store_metrics)?;
+    insert_items(&source, 101..=150).await?;
+    wait_stored(&audit, 150, &store).await?;
+    each_once(&audit, 1..=150).await?;
+    // Said and counted.
+    wait_until(
+        "the reset to be counted",
+        Duration::from_secs(30),
+        || async {
+            let resets = metric(&store_metrics, "bemi_store_stream_resets_total").await;
+            Ok(resets.is_some_and(|resets| resets > 0.0).then_some(()))
+        },
+    )
+    .await?;
+    ensure!(
+        store.stderr().contains("was deleted and created again"),
+        "{}",
+        store.stderr()
+    );
+    for process in [&mut worker, &mut store] {
+        process.signal(libc::SIGTERM)?;
+        ensure!(
+            process.wait(Duration::from_secs(60)).await?.success(),
+            "{}",
+            process.stderr()
+        );
+    }
+    drop(nats);
+    Ok(())
+}
+
+pub(crate) async fn through_nats_a_message_the_destination_refuses_is_set_aside_and_its_partition_goes_on(
+    cluster: Arc<TestCluster>,
+) -> TestResult {
+    let source = cluster.database("nats_poison").await?;
+    source
+        .exec("CREATE TABLE items (id bigint PRIMARY KEY)")
+        .await?;
+    source.migrate().await?;
+    let audit = cluster.database("nats_poison_audit").await?;
+    let nats = start_nats().await?;
+    let url = nats.url();
+    let store_metrics = format!("127.0.0.1:{}", free_port()?);
+    let mut worker = start_worker(&source, &url)?;
+    wait_for_slot(&source, &mut worker).await?;
+    // Changes, then in every partition a message whose context `jsonb` refuses (`\u0000`,
+    // SQLSTATE 22P05), then more changes: the store, started last, gets them in mixed batches.
+    insert_items(&source, 1..=20).await?;
+    wait_until(
+        "the first changes in the stream",
+        Duration::from_secs(60),
+        || async { Ok((in_stream(&url).await >= 20).then_some(())) },
+    )
+    .await?;
+    let js = jetstream(&url).await?;
+    let mut poison = Vec::new();
+    for p in 0..8 {
+        let payload = format!(
+            r#"{{"v":1,"database":"{}","commit_lsn":1,"changes":[{{"primary_key":"poison-{p}","before":{{}},"after":{{"id":"poison"}},"context":{{"bad":"\u0000"}},"schema":"public","table":"items","operation":"CREATE","committed_at":0,"queued_at":0,"transaction_id":1,"position":{}}}]}}"#,
+            source.name,
+            p + 1
+        );
+        js.publish(format!("bemi.changes.{p}"), payload.clone().into())
+            .await?
+            .await?;
+        poison.push(payload);
+    }
+    insert_items(&source, 21..=40).await?;
+    wait_until(
+        "every message in the stream",
+        Duration::from_secs(60),
+        || async { Ok((in_stream(&url).await >= 48).then_some(())) },
+    )
+    .await?;
+    let mut store = start_store(&audit, &url, &store_metrics)?;
+    wait_stored(&audit, 40, &store).await?;
+    each_once(&audit, 1..=40).await?;
+    let rejected: Vec<(String, Vec<u8>)> =
+        sqlx::query_as("SELECT reason, payload FROM _bemi_store_rejected ORDER BY subject")
+            .fetch_all(&audit.pool)
+            .await?;
+    ensure!(rejected.len() == 8, "{rejected:?}");
+    for ((reason, payload), published) in rejected.iter().zip(&poison) {
+        ensure!(reason.contains("22P05"), "{reason}");
+        ensure!(payload == published.as_bytes(), "{reason}");
+    }
+    ensure!(
+        metric(&store_metrics, "bemi_store_messages_rejected_total").await == Some(8.0),
+        "{}",
+        store.stderr()
+    );
+    wait_until("an empty stream", Duration::from_secs(30), || async {
+        Ok((in_stream(&url).await == 0).then_some(()))
+    })
+    .await?;
+    // Rejected messages are replayed by publishing their payload again, once fixed.
+    let fixed = poison[0].replace(r#"{"bad":"\u0000"}"#, r#"{"bad":"fixed"}"#);
+    js.publish("bemi.changes.0", fixed.into()).await?.await?;
+    wait_stored(&audit, 41, &store).await?;
+    for process in [&mut worker, &mut store] {
+        process.signal(libc::SIGTERM)?;
+        process.wait(Duration::from_secs(60)).await?;
+    }
+    drop(nats);
+    Ok(())
+}
+
+/// A TCP proxy to nats-server that forwards at most `limit` bytes from its clients (all
+/// connections together), then holds the rest: a capture cut off in the middle of a publish.
+struct CutProxy {
+    port: u16,
+    forwarded: Arc<std::sync::atomic::AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl CutProxy {
+    async fn start(upstream: u16, limit: usize) -> anyhow::Result<Self> {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let port = listener.local_addr()?.port();
+        let forwarded = Arc::new(AtomicUsize::new(0));
+        let task = tokio::spawn({
+            let forwarded = Arc::clone(&forwarded);
+            async move {
+                while let Ok((client, _)) = listener.accept().await {
+                    let Ok(server) = tokio::net::TcpStream::connect(("127.0.0.1", upstream)).await
+                    else {
+                        continue;
+                    };
+                    let (mut client_read, mut client_write) = client.into_split();
+                    let (mut server_read, mut server_write) = server.into_split();
+                    tokio::spawn(async move {
+                        let _ = tokio::io::copy(&mut server_read, &mut client_write).await;
+                    });
+                    let forwarded = Arc::clone(&forwarded);
+                    tokio::spawn(async move {
+                        let mut buffer = vec![0u8; 64 * 1024];
+                        loop {
+                            let left = limit.saturating_sub(forwarded.load(Ordering::SeqCst));
+                            if left == 0 {
+                                // Hold the connection open, forwarding nothing more.
+                                std::future::pending::<()>().await;
+                            }
+                            let n = match client_read.read(&mut buffer[..left.min(64 * 1024)]).await
+                            {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => n,
+                            };
+                            forwarded.fetch_add(n, Ordering::SeqCst);
+                            if server_write.write_all(&buffer[..n]).await.is_err() {
+                                return;
+                            }
+                        }
+                    });
+                }
+            }
+        });
+        Ok(Self {
+            port,
+            forwarded,
+            task,
+        })
+    }
+
+    fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    fn forwarded(&self) -> usize {
+        self.forwarded.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl Drop for CutProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// The `body` of `blobs` row `id`, as (length, md5), in the source and in `changes`.
+async fn blob(
+    source: &TestDb,
+    audit: &TestDb,
+    id: i64,
+) -> anyhow::Result<((i32, String), (i32, String))> {
+    let in_source: (i32, String) =
+        sqlx::query_as("SELECT length(body), md5(body) FROM blobs WHERE id = $1")
+            .bind(id)
+            .fetch_one(&source.pool)
+            .await?;
+    let in_changes: (i32, String) = sqlx::query_as(
+        "SELECT length(after->>'body'), md5(after->>'body') FROM changes \
+          WHERE \"table\" = 'blobs' AND primary_key = $1",
+    )
+    .bind(id.to_string())
+    .fetch_one(&audit.pool)
+    .await?;
+    Ok((in_source, in_changes))
+}
+
+pub(crate) async fn through_nats_changes_of_2_and_30_mb_are_stored_whole_across_kills_between_parts(
+    cluster: Arc<TestCluster>,
+) -> TestResult {
+    const MB: i64 = 1_000_000;
+    let source = cluster.database("nats_large").await?;
+    source
+        .exec("CREATE TABLE blobs (id bigint PRIMARY KEY, body text NOT NULL)")
+        .await?;
+    source.migrate().await?;
+    let audit = cluster.database("nats_large_audit").await?;
+    let nats = start_nats().await?;
+    let url = nats.url();
+    let store_metrics = format!("127.0.0.1:{}", free_port()?);
+    let mut worker = start_worker(&source, &url)?;
+    wait_for_slot(&source, &mut worker).await?;
+    let mut store = start_store(&audit, &url, &store_metrics)?;
+    // nats-server's default max_payload is 1 MB: these take 2 and 30 parts (or more).
+    let insert = |id: i64, bytes: i64| {
+        let pool = source.pool.clone();
+        async move {
+            sqlx::query(
+                "INSERT INTO blobs SELECT $1, string_agg(md5(g::text || $1::text), '') \
+                   FROM generate_series(1, $2 / 32) g",
+            )
+            .bind(id)
+            .bind(bytes)
+            .execute(&pool)
+            .await?;
+            anyhow::Ok(())
+        }
+    };
+    insert(1, 2 * MB).await?;
+    insert(2, 30 * MB).await?;
+    sqlx::query("INSERT INTO blobs VALUES (3, 'small, after them')")
+        .execute(&source.pool)
+        .await?;
+    wait_stored(&audit, 3, &store).await?;
+    for id in 1..=3 {
+        let (in_source, in_changes) = blob(&source, &audit, id).await?;
+        ensure!(
+            in_source == in_changes,
+            "row {id}: {in_source:?} != {in_changes:?}"
+        );
+    }
+
+    wait_until("an empty stream", Duration::from_secs(30), || async {
+        Ok((in_stream(&url).await == 0).then_some(()))
+    })
+    .await?;
+
+    // The capture cut off after some parts of a 30 MB change, and killed; the store killed
+    // while it holds those parts.
+    kill(&mut worker).await?;
+    kill(&mut store).await?;
+    let proxy = CutProxy::start(nats.port(), 5 * 1024 * 1024).await?;
+    worker = start_worker(&source, &proxy.url())?;
+    wait_for_slot(&source, &mut worker).await?;
+    insert(4, 30 * MB).await?;
+    wait_until(
+        "the capture to be cut off",
+        Duration::from_secs(60),
+        || async { Ok((proxy.forwarded() >= 5 * 1024 * 1024).then_some(())) },
+    )
+    .await?;
+    wait_until(
+        "some parts in the stream",
+        Duration::from_secs(30),
+        || async { Ok((in_stream(&url).await >= 3).then_some(())) },
+    )
+    .await?;
+    kill(&mut worker).await?;
+    drop(proxy);
+    store = start_store(&audit, &url, &store_metrics)?;
+    let parts = wait_until(
+        "the store to hold the parts",
+        Duration::from_secs(60),
+        || async {
+            let held = metric(&store_metrics, "bemi_store_parts_waiting").await;
+            let parts = in_stream(&url).await;
+            Ok((held == Some(parts as f64) && parts >= 3).then_some(parts))
+        },
+    )
+    .await
+    .with_context(|| store.stderr())?;
+    kill(&mut store).await?;
+    ensure!(in_stream(&url).await == parts, "the parts left the stream");
+    ensure!(stored(&audit).await == 3);
+
+    // Both again: the capture publishes the change again (the stream drops the parts it has),
+    // the store joins the parts.
+    store = start_store(&audit, &url, &store_metrics)?;
+    worker = start_worker(&source, &url)?;
+    wait_stored(&audit, 4, &store).await?;
+    let (in_source, in_changes) = blob(&source, &audit, 4).await?;
+    ensure!(in_source == in_changes, "{in_source:?} != {in_changes:?}");
+    ensure!(in_source.0 >= 30_000_000, "{in_source:?}");
+    wait_until("an empty stream", Duration::from_secs(30), || async {
+        Ok((in_stream(&url).await == 0).then_some(()))
+    })
+    .await?;
+    ensure!(stored(&audit).await == 4);
+    for process in [&mut worker, &mut store] {
+        process.signal(libc::SIGTERM)?;
+        ensure!(
+            process.wait(Duration::from_secs(60)).await?.success(),
+            "{}",
+            process.stderr()
+        );
     }
     drop(nats);
     Ok(())
