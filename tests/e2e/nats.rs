@@ -29,27 +29,44 @@ async fn start_nats() -> anyhow::Result<NatsServer> {
 
 /// The capture process, publishing into `nats`.
 fn start_worker(source: &TestDb, nats: &str) -> anyhow::Result<Background> {
+    start_worker_with(source, nats, &[])
+}
+
+/// The capture process, publishing into `nats`, with more settings.
+fn start_worker_with(
+    source: &TestDb,
+    nats: &str,
+    more: &[(&str, &str)],
+) -> anyhow::Result<Background> {
     let slot = format!("bemi_{}", source.name);
-    Background::start(
-        &["worker", "--heartbeat-interval", "1s"],
-        &[
-            ("DATABASE_URL", source.url.as_str()),
-            ("BEMI_SLOT", slot.as_str()),
-            ("BEMI_SINK", nats),
-        ],
-    )
+    let mut envs = vec![
+        ("DATABASE_URL", source.url.as_str()),
+        ("BEMI_SLOT", slot.as_str()),
+        ("BEMI_SINK", nats),
+    ];
+    envs.extend_from_slice(more);
+    Background::start(&["worker", "--heartbeat-interval", "1s"], &envs)
 }
 
 /// A store process, writing `nats`'s stream into `audit`, with metrics on `metrics_addr`.
 fn start_store(audit: &TestDb, nats: &str, metrics_addr: &str) -> anyhow::Result<Background> {
-    Background::start(
-        &["store"],
-        &[
-            ("BEMI_DESTINATION_URL", audit.url.as_str()),
-            ("BEMI_FROM", nats),
-            ("BEMI_METRICS_ADDR", metrics_addr),
-        ],
-    )
+    start_store_with(audit, nats, metrics_addr, &[])
+}
+
+/// A store process with more settings.
+fn start_store_with(
+    audit: &TestDb,
+    nats: &str,
+    metrics_addr: &str,
+    more: &[(&str, &str)],
+) -> anyhow::Result<Background> {
+    let mut envs = vec![
+        ("BEMI_DESTINATION_URL", audit.url.as_str()),
+        ("BEMI_FROM", nats),
+        ("BEMI_METRICS_ADDR", metrics_addr),
+    ];
+    envs.extend_from_slice(more);
+    Background::start(&["store"], &envs)
 }
 
 /// Waits until the worker's slot streams (so that writes from now on are captured).
@@ -845,6 +862,165 @@ pub(crate) async fn through_nats_changes_of_2_and_30_mb_are_stored_whole_across_
     })
     .await?;
     ensure!(stored(&audit).await == 4);
+    for process in [&mut worker, &mut store] {
+        process.signal(libc::SIGTERM)?;
+        ensure!(
+            process.wait(Duration::from_secs(60)).await?.success(),
+            "{}",
+            process.stderr()
+        );
+    }
+    drop(nats);
+    Ok(())
+}
+
+/// A certificate authority for the TLS server of the credentials test.
+fn certificate_authority() -> anyhow::Result<rcgen::CertifiedIssuer<'static, rcgen::KeyPair>> {
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new())?;
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "bemi NATS test CA");
+    Ok(rcgen::CertifiedIssuer::self_signed(
+        params,
+        rcgen::KeyPair::generate()?,
+    )?)
+}
+
+/// A certificate for `name` signed by `ca`, for `purpose`, and its key: PEM files in `dir`.
+fn certificate(
+    ca: &rcgen::CertifiedIssuer<'_, rcgen::KeyPair>,
+    name: &str,
+    purpose: rcgen::ExtendedKeyUsagePurpose,
+    dir: &std::path::Path,
+) -> anyhow::Result<(String, String)> {
+    let key = rcgen::KeyPair::generate()?;
+    let mut params = rcgen::CertificateParams::new(vec![name.to_owned()])?;
+    params.extended_key_usages = vec![purpose];
+    let certificate = params.signed_by(&key, ca)?;
+    let (cert_path, key_path) = (
+        dir.join(format!("{name}.pem")),
+        dir.join(format!("{name}.key")),
+    );
+    std::fs::write(&cert_path, certificate.pem())?;
+    std::fs::write(&key_path, key.serialize_pem())?;
+    Ok((
+        cert_path.display().to_string(),
+        key_path.display().to_string(),
+    ))
+}
+
+async fn start_nats_with(config: String) -> anyhow::Result<NatsServer> {
+    Ok(tokio::task::spawn_blocking(move || NatsServer::start_with_config(&config)).await??)
+}
+
+pub(crate) async fn through_nats_passwords_tokens_nkeys_and_tls_reach_servers_that_ask_for_them(
+    cluster: Arc<TestCluster>,
+) -> TestResult {
+    const PASSWORD: &str = "pw-S3CRET";
+    const TOKEN: &str = "t0ken-S3CRET";
+    let source = cluster.database("nats_auth").await?;
+    source
+        .exec("CREATE TABLE items (id bigint PRIMARY KEY)")
+        .await?;
+    source.migrate().await?;
+    let audit = cluster.database("nats_auth_audit").await?;
+    let store_metrics = format!("127.0.0.1:{}", free_port()?);
+    let files = tempfile::tempdir()?;
+
+    // TLS with a client certificate, and a user with a password.
+    let ca = certificate_authority()?;
+    let ca_path = files.path().join("ca.pem");
+    std::fs::write(&ca_path, ca.pem())?;
+    let ca_path = ca_path.display().to_string();
+    let (server_cert, server_key) = certificate(
+        &ca,
+        "127.0.0.1",
+        rcgen::ExtendedKeyUsagePurpose::ServerAuth,
+        files.path(),
+    )?;
+    let (client_cert, client_key) = certificate(
+        &ca,
+        "bemi-client",
+        rcgen::ExtendedKeyUsagePurpose::ClientAuth,
+        files.path(),
+    )?;
+    let nats = start_nats_with(format!(
+        r#"tls {{ cert_file: "{server_cert}", key_file: "{server_key}", ca_file: "{ca_path}", verify: true, timeout: 5 }}
+authorization {{ user: "bemi", password: "{PASSWORD}" }}"#
+    ))
+    .await?;
+    let url = format!("tls://bemi:{PASSWORD}@127.0.0.1:{}", nats.port());
+    let tls = [
+        ("BEMI_NATS_CA", ca_path.as_str()),
+        ("BEMI_NATS_CERT", client_cert.as_str()),
+        ("BEMI_NATS_KEY", client_key.as_str()),
+    ];
+    let mut worker = start_worker_with(&source, &url, &tls)?;
+    wait_for_slot(&source, &mut worker).await?;
+    let mut store = start_store_with(&audit, &url, &store_metrics, &tls)?;
+    insert_items(&source, 1..=5).await?;
+    wait_stored(&audit, 5, &store).await?;
+    // A wrong password: refused, said so, and no password shown.
+    let wrong = format!("tls://bemi:WRONG-{PASSWORD}@127.0.0.1:{}", nats.port());
+    let wrong_metrics = format!("127.0.0.1:{}", free_port()?);
+    let mut refused = start_store_with(&audit, &wrong, &wrong_metrics, &tls)?;
+    wait_until("the refusal", Duration::from_secs(30), || async {
+        Ok(refused.stderr().contains("connecting to").then_some(()))
+    })
+    .await?;
+    let said = refused.stderr();
+    ensure!(
+        said.contains("tls://bemi:***@127.0.0.1") && said.contains("refused the credentials"),
+        "{said}"
+    );
+    kill(&mut refused).await?;
+    for process in [&mut worker, &mut store] {
+        process.signal(libc::SIGTERM)?;
+        process.wait(Duration::from_secs(60)).await?;
+    }
+    for said in [worker.stderr(), store.stderr(), refused.stderr()] {
+        ensure!(!said.contains("S3CRET"), "a password shown: {said}");
+    }
+    drop(nats);
+
+    // A token.
+    let nats = start_nats_with(format!(r#"authorization {{ token: "{TOKEN}" }}"#)).await?;
+    let url = format!("nats://{TOKEN}@127.0.0.1:{}", nats.port());
+    worker = start_worker(&source, &url)?;
+    wait_for_slot(&source, &mut worker).await?;
+    store = start_store(&audit, &url, &store_metrics)?;
+    insert_items(&source, 6..=10).await?;
+    wait_stored(&audit, 10, &store).await?;
+    for process in [&mut worker, &mut store] {
+        process.signal(libc::SIGTERM)?;
+        process.wait(Duration::from_secs(60)).await?;
+        ensure!(!process.stderr().contains("S3CRET"), "{}", process.stderr());
+        ensure!(
+            process.stderr().contains("nats://***@127.0.0.1"),
+            "{}",
+            process.stderr()
+        );
+    }
+    drop(nats);
+
+    // An nkey.
+    let user = nkeys::KeyPair::new_user();
+    let seed_path = files.path().join("user.nk");
+    std::fs::write(&seed_path, user.seed()?)?;
+    let seed_path = seed_path.display().to_string();
+    let nats = start_nats_with(format!(
+        r#"authorization {{ users: [ {{ nkey: "{}" }} ] }}"#,
+        user.public_key()
+    ))
+    .await?;
+    let nkey = [("BEMI_NATS_NKEY", seed_path.as_str())];
+    worker = start_worker_with(&source, &nats.url(), &nkey)?;
+    wait_for_slot(&source, &mut worker).await?;
+    store = start_store_with(&audit, &nats.url(), &store_metrics, &nkey)?;
+    insert_items(&source, 11..=15).await?;
+    wait_stored(&audit, 15, &store).await?;
+    each_once(&audit, 1..=15).await?;
     for process in [&mut worker, &mut store] {
         process.signal(libc::SIGTERM)?;
         ensure!(
