@@ -526,6 +526,22 @@ pub(crate) async fn through_nats_a_stream_purged_or_created_again_loses_and_dupl
         .await?;
     source.migrate().await?;
     let audit = cluster.database("nats_reset_audit").await?;
+    // The tables of an earlier version of the store, with positions in a stream long gone and
+    // a message it set aside: brought up to date, the positions noticed as another stream's.
+    audit
+        .exec(
+            "CREATE TABLE _bemi_store_state (stream text NOT NULL, partition int NOT NULL, \
+               last_sequence bigint NOT NULL, updated_at timestamptz NOT NULL DEFAULT now(), \
+               PRIMARY KEY (stream, partition)); \
+             INSERT INTO _bemi_store_state (stream, partition, last_sequence) \
+               SELECT 'bemi', p, 1000000 FROM generate_series(0, 7) p; \
+             CREATE TABLE _bemi_store_rejected (stream text NOT NULL, sequence bigint NOT NULL, \
+               subject text NOT NULL, reason text NOT NULL, payload bytea NOT NULL, \
+               rejected_at timestamptz NOT NULL DEFAULT now(), PRIMARY KEY (stream, sequence)); \
+             INSERT INTO _bemi_store_rejected (stream, sequence, subject, reason, payload) \
+               VALUES ('bemi', 1, 'bemi.changes.0', 'an old one', '\\x00')",
+        )
+        .await?;
     let mut nats = start_nats().await?;
     let url = nats.url();
     let store_metrics = format!("127.0.0.1:{}", free_port()?);
@@ -534,6 +550,21 @@ pub(crate) async fn through_nats_a_stream_purged_or_created_again_loses_and_dupl
     let mut store = start_store(&audit, &url, &store_metrics)?;
     insert_items(&source, 1..=50).await?;
     wait_stored(&audit, 50, &store).await?;
+    ensure!(
+        store
+            .stderr()
+            .contains("below the 1000000 this partition recorded"),
+        "{}",
+        store.stderr()
+    );
+    let kept: (i64, i16) = sqlx::query_as(
+        "SELECT (SELECT count(*) FROM _bemi_store_rejected), \
+                (SELECT indnatts FROM pg_index \
+                  WHERE indrelid = '_bemi_store_rejected'::regclass AND indisprimary)",
+    )
+    .fetch_one(&audit.pool)
+    .await?;
+    ensure!(kept == (1, 3), "{kept:?}");
 
     // Purged (and the server restarted after it), while both run.
     jetstream(&url)
