@@ -500,6 +500,23 @@ mod tests {
         assert!(missing.contains("--nats-ca"), "{missing}");
     }
 
+    #[tokio::test]
+    async fn a_credentials_file_that_is_not_one_is_refused_naming_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("user.creds");
+        std::fs::write(&path, "not a credentials file").unwrap();
+        let config = NatsConfig::new("nats://127.0.0.1:1").credentials_file(&path);
+        let Err(error) = connect(&config, "test").await else {
+            panic!("connected with a bad credentials file");
+        };
+        let message = error.to_string();
+        assert!(matches!(error, WorkerError::InvalidConfig(_)), "{message}");
+        assert!(
+            message.contains("user.creds") && message.contains("nsc"),
+            "{message}"
+        );
+    }
+
     #[test]
     fn names_are_checked() {
         assert!(NatsConfig::new("nats://127.0.0.1:4222").validate().is_ok());
