@@ -13,12 +13,15 @@
 //!   chunk of a large one) becomes one message per partition it touches, with a `Nats-Msg-Id`
 //!   made of its first change's unique key; the slot is confirmed only once the stream has
 //!   acknowledged every message up to that position, so a crash republishes, and the stream
-//!   de-duplicates within its duplicate window (2 min).
+//!   de-duplicates within its duplicate window (2 min). A change larger than the server's
+//!   `max_payload` goes in consecutive parts, which the store joins before storing it.
 //! - **Store** ([`Store`]): one active writer per partition (a PostgreSQL advisory lock, held by
 //!   the connection that writes), a durable pull consumer per partition, the stream sequence
 //!   recorded in the same transaction as the rows, acknowledgements after the commit — so every
 //!   change lands in `changes` exactly once (its unique key catches what the window misses), and
 //!   all changes of a row (one partition) in commit order. Several stores share the partitions.
+//!   What the destination refuses for its content is set aside in `_bemi_store_rejected`; a
+//!   stream created again is noticed (its creation time is recorded) and stored whole.
 //! - **Server**: nats-server 2.9 or newer, with JetStream (`-js`). Only what 2.9 has is used:
 //!   message-id de-duplication, one filter subject per consumer, a work-queue stream.
 //! - **Credentials and TLS**: a user and password (`nats://user:pass@host:port`) or a token
