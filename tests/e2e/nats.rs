@@ -594,7 +594,13 @@ pub(crate) async fn through_nats_a_stream_purged_or_created_again_loses_and_dupl
     store = start_store(&audit, &url, &store_metrics)?;
     insert_items(&source, 101..=150).await?;
     wait_stored(&audit, 150, &store).await?;
-    each_once(&audit, 1..=150).await?;
+    // Deleted again while both run: the capture creates it again, the store follows.
+    jetstream(&url).await?.delete_stream("bemi").await?;
+    insert_items(&source, 151..=170).await?;
+    wait_stored(&audit, 170, &store)
+        .await
+        .with_context(|| worker.stderr())?;
+    each_once(&audit, 1..=170).await?;
     // Said and counted.
     wait_until(
         "the reset to be counted",
