@@ -120,7 +120,7 @@ fn all_tests() -> Vec<(String, TestFn)> {
         nats::through_nats_a_stream_purged_or_created_again_loses_and_duplicates_nothing,
         nats::through_nats_a_message_the_destination_refuses_is_set_aside_and_its_partition_goes_on,
         nats::through_nats_changes_of_2_and_30_mb_are_stored_whole_across_kills_between_parts,
-        nats::through_nats_passwords_tokens_nkeys_and_tls_reach_servers_that_ask_for_them,
+        nats::through_nats_passwords_tokens_nkeys_credentials_and_tls_reach_servers_that_ask_for_them,
         schema_history::keys_and_values_stay_as_of_each_change_while_streaming,
         schema_history::keys_and_values_stay_as_of_each_change_after_downtime,
         schema_history::a_restart_in_the_middle_resumes_with_the_history_it_had,

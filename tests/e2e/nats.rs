@@ -951,7 +951,7 @@ async fn start_nats_with(config: String) -> anyhow::Result<NatsServer> {
     Ok(tokio::task::spawn_blocking(move || NatsServer::start_with_config(&config)).await??)
 }
 
-pub(crate) async fn through_nats_passwords_tokens_nkeys_and_tls_reach_servers_that_ask_for_them(
+pub(crate) async fn through_nats_passwords_tokens_nkeys_credentials_and_tls_reach_servers_that_ask_for_them(
     cluster: Arc<TestCluster>,
 ) -> TestResult {
     const PASSWORD: &str = "pw-S3CRET";
@@ -1057,7 +1057,82 @@ authorization {{ user: "bemi", password: "{PASSWORD}" }}"#
     store = start_store_with(&audit, &nats.url(), &store_metrics, &nkey)?;
     insert_items(&source, 11..=15).await?;
     wait_stored(&audit, 15, &store).await?;
-    each_once(&audit, 1..=15).await?;
+    for process in [&mut worker, &mut store] {
+        process.signal(libc::SIGTERM)?;
+        ensure!(
+            process.wait(Duration::from_secs(60)).await?.success(),
+            "{}",
+            process.stderr()
+        );
+    }
+    drop(nats);
+
+    // A credentials file: an operator, its account (with JetStream) and a user, as JWTs.
+    let (operator, account) = (
+        nkeys::KeyPair::new_operator(),
+        nkeys::KeyPair::new_account(),
+    );
+    let account_jwt = jwt(
+        &operator,
+        &account.public_key(),
+        &json!({"type": "account", "version": 2, "limits": {
+            "subs": -1, "data": -1, "payload": -1, "imports": -1, "exports": -1,
+            "wildcards": true, "conn": -1, "leaf": -1,
+            "mem_storage": -1, "disk_storage": -1, "streams": -1, "consumer": -1}}),
+    )?;
+    let user_jwt = jwt(
+        &account,
+        &user.public_key(),
+        &json!({"type": "user", "version": 2, "pub": {}, "sub": {},
+                "subs": -1, "data": -1, "payload": -1}),
+    )?;
+    // JetStream needs a system account.
+    let system = nkeys::KeyPair::new_account();
+    let system_jwt = jwt(
+        &operator,
+        &system.public_key(),
+        &json!({"type": "account", "version": 2}),
+    )?;
+    let operator_path = files.path().join("operator.jwt");
+    std::fs::write(
+        &operator_path,
+        jwt(
+            &operator,
+            &operator.public_key(),
+            &json!({"type": "operator", "version": 2}),
+        )?,
+    )?;
+    let creds_path = files.path().join("user.creds");
+    std::fs::write(
+        &creds_path,
+        format!(
+            "-----BEGIN NATS USER JWT-----\n{user_jwt}\n------END NATS USER JWT------\n\n\
+             -----BEGIN USER NKEY SEED-----\n{}\n------END USER NKEY SEED------\n",
+            user.seed()?
+        ),
+    )?;
+    let creds_path = creds_path.display().to_string();
+    let nats = start_nats_with(format!(
+        r#"operator: "{}"
+system_account: {system_pub}
+resolver: MEMORY
+resolver_preload: {{ {}: "{account_jwt}", {system_pub}: "{system_jwt}" }}"#,
+        operator_path.display(),
+        account.public_key(),
+        system_pub = system.public_key(),
+    ))
+    .await?;
+    let creds = [("BEMI_NATS_CREDS", creds_path.as_str())];
+    worker = start_worker_with(&source, &nats.url(), &creds)?;
+    wait_for_slot(&source, &mut worker)
+        .await
+        .with_context(|| nats.log_tail())?;
+    store = start_store_with(&audit, &nats.url(), &store_metrics, &creds)?;
+    insert_items(&source, 16..=20).await?;
+    wait_stored(&audit, 20, &store)
+        .await
+        .with_context(|| nats.log_tail())?;
+    each_once(&audit, 1..=20).await?;
     for process in [&mut worker, &mut store] {
         process.signal(libc::SIGTERM)?;
         ensure!(
@@ -1068,4 +1143,42 @@ authorization {{ user: "bemi", password: "{PASSWORD}" }}"#
     }
     drop(nats);
     Ok(())
+}
+
+/// A NATS JWT (`ed25519-nkey`) for `subject` with `nats` claims, signed by `issuer`.
+fn jwt(issuer: &nkeys::KeyPair, subject: &str, nats: &Value) -> anyhow::Result<String> {
+    let issued = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)?
+        .as_secs();
+    let claims = json!({
+        "jti": format!("BEMITEST{issued}{}", &subject[..8]),
+        "iat": issued,
+        "iss": issuer.public_key(),
+        "name": "bemi-test",
+        "sub": subject,
+        "nats": nats,
+    });
+    let signed = format!(
+        "{}.{}",
+        base64_url(br#"{"typ":"JWT","alg":"ed25519-nkey"}"#),
+        base64_url(&serde_json::to_vec(&claims)?)
+    );
+    let signature = issuer.sign(signed.as_bytes())?;
+    Ok(format!("{signed}.{}", base64_url(&signature)))
+}
+
+/// Base64 with the URL alphabet and no padding.
+fn base64_url(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let n = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |n, (i, byte)| n | (u32::from(*byte) << (16 - 8 * i)));
+        for i in 0..=chunk.len() {
+            out.push(char::from(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize]));
+        }
+    }
+    out
 }
