@@ -6,17 +6,20 @@ use anyhow::anyhow;
 
 use super::audit_db::AuditArgs;
 use super::shutdown;
-use super::worker::{IndexArgs, StreamArgs};
+use super::worker::{IndexArgs, NatsArgs, StreamArgs};
 use bemi_worker::nats::{NatsConfig, Store, StoreConfig};
 
 /// `bemi store`
 #[derive(Debug, clap::Args)]
 pub(crate) struct StoreArgs {
-    /// The NATS server with the change stream: nats://HOST:PORT.
-    #[arg(long, env = "BEMI_FROM", value_name = "URL")]
+    /// The NATS server with the change stream: nats://HOST:PORT or tls://HOST:PORT, with
+    /// user:password@ or token@ before the host if the server asks for them.
+    #[arg(long, env = "BEMI_FROM", value_name = "URL", hide_env_values = true)]
     from: String,
     #[command(flatten)]
     stream: StreamArgs,
+    #[command(flatten)]
+    nats: NatsArgs,
     #[command(flatten)]
     db: AuditArgs,
     /// Serve Prometheus metrics on this address, e.g. 127.0.0.1:9188 (path /metrics).
@@ -39,7 +42,9 @@ impl StoreArgs {
     /// The store's configuration; the destination is `--destination-url`, else `DATABASE_URL`.
     fn config(&self, database_url: Option<&str>) -> anyhow::Result<StoreConfig> {
         let destination = self.db.url_or(database_url)?;
-        let nats = NatsConfig::new(self.from.trim()).stream(self.stream.stream.trim());
+        let nats = self
+            .nats
+            .apply(NatsConfig::new(self.from.trim()).stream(self.stream.stream.trim()));
         let mut config = StoreConfig::new(nats, destination);
         config.metrics_addr = self.metrics_addr;
         config.batch_messages = usize::from(self.batch_messages);
@@ -54,7 +59,7 @@ pub(super) async fn run(args: StoreArgs) -> anyhow::Result<()> {
     let config = args.config(database_url.as_deref())?;
     let shutdown = shutdown::on_signals()?;
     tracing::info!(
-        from = %config.nats.url,
+        from = %config.nats.display_url(),
         stream = %config.nats.stream,
         destination = %bemi_worker::without_password(&config.destination_url),
         "starting the store"
@@ -90,10 +95,39 @@ mod tests {
             "postgres://b/audit",
             "--batch-messages",
             "64",
+            "--nats-ca",
+            "ca.pem",
+            "--nats-cert",
+            "client.pem",
+            "--nats-key",
+            "client.key",
+            "--nats-creds",
+            "user.creds",
         ])
         .unwrap();
         let config = harness.store.config(Some("postgres://a/app")).unwrap();
         assert_eq!(config.nats.url, "nats://127.0.0.1:4222");
+        assert_eq!(config.nats.ca_file.as_deref(), Some("ca.pem".as_ref()));
+        assert_eq!(
+            config.nats.client_certificate,
+            Some(("client.pem".into(), "client.key".into()))
+        );
+        assert_eq!(
+            config.nats.credentials_file.as_deref(),
+            Some("user.creds".as_ref())
+        );
+        assert_eq!(config.nats.nkey_file, None);
+        // A certificate needs its key.
+        assert!(
+            Harness::try_parse_from([
+                "bemi",
+                "--from",
+                "nats://x:4222",
+                "--nats-cert",
+                "client.pem"
+            ])
+            .is_err()
+        );
         assert_eq!(config.nats.stream, "audit");
         assert_eq!(config.destination_url, "postgres://b/audit");
         assert_eq!(config.batch_messages, 64);

@@ -28,11 +28,14 @@ pub(crate) struct WorkerArgs {
     #[command(flatten)]
     capture: CaptureArgs,
     /// Publish into a NATS JetStream stream instead of writing `changes` (`bemi store` writes
-    /// the stream into it): nats://HOST:PORT.
-    #[arg(long, env = "BEMI_SINK", value_name = "URL")]
+    /// the stream into it): nats://HOST:PORT or tls://HOST:PORT, with user:password@ or
+    /// token@ before the host if the server asks for them.
+    #[arg(long, env = "BEMI_SINK", value_name = "URL", hide_env_values = true)]
     sink: Option<String>,
     #[command(flatten)]
     stream: StreamArgs,
+    #[command(flatten)]
+    nats: NatsArgs,
     /// Partitions of the stream, when the worker creates it (fixed afterwards): how many
     /// `bemi store` processes can share the work.
     #[arg(
@@ -54,6 +57,49 @@ pub(crate) struct WorkerArgs {
         value_parser = partitioning
     )]
     partition_by: Layout,
+}
+
+/// How to reach NATS besides the URL: the flags `bemi worker --sink` and `bemi store` share.
+#[derive(Debug, Clone, clap::Args)]
+pub(crate) struct NatsArgs {
+    /// A NATS credentials file (a user JWT and its nkey seed, as nsc writes them).
+    #[arg(long, env = "BEMI_NATS_CREDS", value_name = "FILE")]
+    nats_creds: Option<std::path::PathBuf>,
+    /// A file holding an nkey seed, for NATS nkey authentication.
+    #[arg(long, env = "BEMI_NATS_NKEY", value_name = "FILE")]
+    nats_nkey: Option<std::path::PathBuf>,
+    /// The PEM file of the CA that signed the NATS server's certificate (TLS is then required).
+    #[arg(long, env = "BEMI_NATS_CA", value_name = "FILE")]
+    nats_ca: Option<std::path::PathBuf>,
+    /// A client certificate (PEM) to present to the NATS server, with --nats-key.
+    #[arg(
+        long,
+        env = "BEMI_NATS_CERT",
+        value_name = "FILE",
+        requires = "nats_key"
+    )]
+    nats_cert: Option<std::path::PathBuf>,
+    /// The key (PEM) of --nats-cert.
+    #[arg(
+        long,
+        env = "BEMI_NATS_KEY",
+        value_name = "FILE",
+        requires = "nats_cert"
+    )]
+    nats_key: Option<std::path::PathBuf>,
+}
+
+impl NatsArgs {
+    /// `config` with these credentials and TLS settings.
+    pub(crate) fn apply(&self, mut config: NatsConfig) -> NatsConfig {
+        config.credentials_file.clone_from(&self.nats_creds);
+        config.nkey_file.clone_from(&self.nats_nkey);
+        config.ca_file.clone_from(&self.nats_ca);
+        if let (Some(cert), Some(key)) = (&self.nats_cert, &self.nats_key) {
+            config = config.client_certificate(cert, key);
+        }
+        config
+    }
 }
 
 /// `--stream`: the flag `bemi worker --sink` and `bemi store` share.
@@ -234,16 +280,18 @@ pub(super) async fn run(args: WorkerArgs) -> anyhow::Result<()> {
         .config(args.source.url()?, args.destination_url.clone())?;
     if let Some(sink) = args.sink.as_deref().filter(|url| !url.trim().is_empty()) {
         config.nats = Some(
-            NatsConfig::new(sink.trim())
-                .stream(args.stream.stream.trim())
-                .partitions(args.partitions),
+            args.nats.apply(
+                NatsConfig::new(sink.trim())
+                    .stream(args.stream.stream.trim())
+                    .partitions(args.partitions),
+            ),
         );
     }
     let shutdown = shutdown::on_signals()?;
     if let Some(nats) = &config.nats {
         tracing::info!(
             source = %bemi_worker::without_password(&config.source_url),
-            sink = %nats.url,
+            sink = %nats.display_url(),
             stream = %nats.stream,
             slot = %config.slot,
             publication = %config.publication,

@@ -27,18 +27,47 @@ pub struct NatsServer {
     dir: tempfile::TempDir,
     binary: PathBuf,
     port: u16,
+    /// A configuration file (authorization, TLS), if started with one.
+    config: Option<PathBuf>,
     server: Option<Server>,
 }
 
 impl NatsServer {
     /// Starts a server (`nats-server` on `PATH`, or under `/usr/sbin`).
     pub fn start() -> Result<Self, LaunchError> {
+        Self::start_inner(None)
+    }
+
+    /// Starts a server with `config` (nats-server's configuration format) besides JetStream,
+    /// the port and the storage: e.g. an `authorization { … }` or a `tls { … }` block.
+    ///
+    /// ```no_run
+    /// let nats = bemi_dev::NatsServer::start_with_config(
+    ///     r#"authorization { user: "bemi", password: "s3cret" }"#,
+    /// )?;
+    /// let url = format!("nats://bemi:s3cret@127.0.0.1:{}", nats.port());
+    /// # Ok::<(), bemi_dev::LaunchError>(())
+    /// ```
+    pub fn start_with_config(config: &str) -> Result<Self, LaunchError> {
+        Self::start_inner(Some(config))
+    }
+
+    fn start_inner(config: Option<&str>) -> Result<Self, LaunchError> {
         let binary = find_binary()?;
         let dir = tempfile::Builder::new().prefix("bemi-nats-").tempdir()?;
+        let config = match config {
+            Some(text) => {
+                let path = dir.path().join("nats-server.conf");
+                std::fs::write(&path, text)?;
+                Some(path)
+            }
+            None => None,
+        };
         let mut nats = Self {
             dir,
             binary,
             port: free_port()?,
+            config,
             server: None,
         };
         nats.start_again()?;
@@ -74,7 +103,11 @@ impl NatsServer {
             .arg("-sd")
             .arg(self.dir.path().join("store"))
             .arg("-l")
-            .arg(&log)
+            .arg(&log);
+        if let Some(config) = &self.config {
+            command.arg("-c").arg(config);
+        }
+        command
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())

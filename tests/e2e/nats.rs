@@ -29,27 +29,44 @@ async fn start_nats() -> anyhow::Result<NatsServer> {
 
 /// The capture process, publishing into `nats`.
 fn start_worker(source: &TestDb, nats: &str) -> anyhow::Result<Background> {
+    start_worker_with(source, nats, &[])
+}
+
+/// The capture process, publishing into `nats`, with more settings.
+fn start_worker_with(
+    source: &TestDb,
+    nats: &str,
+    more: &[(&str, &str)],
+) -> anyhow::Result<Background> {
     let slot = format!("bemi_{}", source.name);
-    Background::start(
-        &["worker", "--heartbeat-interval", "1s"],
-        &[
-            ("DATABASE_URL", source.url.as_str()),
-            ("BEMI_SLOT", slot.as_str()),
-            ("BEMI_SINK", nats),
-        ],
-    )
+    let mut envs = vec![
+        ("DATABASE_URL", source.url.as_str()),
+        ("BEMI_SLOT", slot.as_str()),
+        ("BEMI_SINK", nats),
+    ];
+    envs.extend_from_slice(more);
+    Background::start(&["worker", "--heartbeat-interval", "1s"], &envs)
 }
 
 /// A store process, writing `nats`'s stream into `audit`, with metrics on `metrics_addr`.
 fn start_store(audit: &TestDb, nats: &str, metrics_addr: &str) -> anyhow::Result<Background> {
-    Background::start(
-        &["store"],
-        &[
-            ("BEMI_DESTINATION_URL", audit.url.as_str()),
-            ("BEMI_FROM", nats),
-            ("BEMI_METRICS_ADDR", metrics_addr),
-        ],
-    )
+    start_store_with(audit, nats, metrics_addr, &[])
+}
+
+/// A store process with more settings.
+fn start_store_with(
+    audit: &TestDb,
+    nats: &str,
+    metrics_addr: &str,
+    more: &[(&str, &str)],
+) -> anyhow::Result<Background> {
+    let mut envs = vec![
+        ("BEMI_DESTINATION_URL", audit.url.as_str()),
+        ("BEMI_FROM", nats),
+        ("BEMI_METRICS_ADDR", metrics_addr),
+    ];
+    envs.extend_from_slice(more);
+    Background::start(&["store"], &envs)
 }
 
 /// Waits until the worker's slot streams (so that writes from now on are captured).
@@ -323,6 +340,16 @@ pub(crate) async fn through_nats_a_destination_outage_is_held_by_the_stream_not_
         ids.len(),
         unique.len()
     );
+    // The outage was retried, not taken for bad messages.
+    let rejected: i64 = sqlx::query_scalar("SELECT count(*) FROM _bemi_store_rejected")
+        .fetch_one(&audit.pool)
+        .await?;
+    ensure!(rejected == 0, "{rejected} messages set aside");
+    ensure!(
+        metric(&store_metrics, "bemi_store_messages_rejected_total").await == Some(0.0),
+        "{}",
+        store.stderr()
+    );
     worker.signal(libc::SIGTERM)?;
     store.signal(libc::SIGTERM)?;
     worker.wait(Duration::from_secs(60)).await?;
@@ -430,4 +457,728 @@ pub(crate) async fn through_nats_two_stores_share_the_partitions_and_keep_each_r
     }
     drop(nats);
     Ok(())
+}
+
+/// A JetStream client of the test's own, to do to the stream what operators (or accidents) do.
+async fn jetstream(url: &str) -> anyhow::Result<async_nats::jetstream::Context> {
+    let client = async_nats::connect(url).await?;
+    Ok(async_nats::jetstream::new(client))
+}
+
+/// Messages in the stream `bemi` (none while it is missing).
+async fn in_stream(url: &str) -> u64 {
+    let Ok(js) = jetstream(url).await else {
+        return 0;
+    };
+    match js.get_stream("bemi").await {
+        Ok(mut stream) => stream.info().await.map_or(0, |info| info.state.messages),
+        Err(_) => 0,
+    }
+}
+
+/// Inserts rows `ids` into `items`, one transaction each.
+async fn insert_items(source: &TestDb, ids: std::ops::RangeInclusive<i64>) -> TestResult {
+    for id in ids {
+        sqlx::query("INSERT INTO items VALUES ($1)")
+            .bind(id)
+            .execute(&source.pool)
+            .await?;
+    }
+    Ok(())
+}
+
+/// Waits until `changes` holds `count` changes.
+async fn wait_stored(audit: &TestDb, count: i64, store: &Background) -> TestResult {
+    wait_until(
+        &format!("{count} stored changes"),
+        Duration::from_secs(60),
+        || async { Ok((stored(audit).await >= count).then_some(())) },
+    )
+    .await
+    .with_context(|| format!("{} stored; store: {}", count, store.stderr()))
+}
+
+/// `changes` holds each of `ids` of `items` exactly once, and nothing else.
+async fn each_once(audit: &TestDb, ids: std::ops::RangeInclusive<i64>) -> TestResult {
+    let keys: Vec<Option<String>> =
+        sqlx::query_scalar("SELECT primary_key FROM changes WHERE \"table\" = 'items'")
+            .fetch_all(&audit.pool)
+            .await?;
+    let unique: BTreeSet<i64> = keys
+        .iter()
+        .filter_map(|key| key.as_deref()?.parse().ok())
+        .collect();
+    ensure!(
+        keys.len() == ids.clone().count() && unique == ids.clone().collect(),
+        "{} changes, {} distinct, expected {ids:?}",
+        keys.len(),
+        unique.len()
+    );
+    Ok(())
+}
+
+pub(crate) async fn through_nats_a_stream_purged_or_created_again_loses_and_duplicates_nothing(
+    cluster: Arc<TestCluster>,
+) -> TestResult {
+    let source = cluster.database("nats_reset").await?;
+    source
+        .exec("CREATE TABLE items (id bigint PRIMARY KEY)")
+        .await?;
+    source.migrate().await?;
+    let audit = cluster.database("nats_reset_audit").await?;
+    // The tables of an earlier version of the store, with positions in a stream long gone and
+    // a message it set aside: brought up to date, the positions noticed as another stream's.
+    audit
+        .exec(
+            "CREATE TABLE _bemi_store_state (stream text NOT NULL, partition int NOT NULL, \
+               last_sequence bigint NOT NULL, updated_at timestamptz NOT NULL DEFAULT now(), \
+               PRIMARY KEY (stream, partition)); \
+             INSERT INTO _bemi_store_state (stream, partition, last_sequence) \
+               SELECT 'bemi', p, 1000000 FROM generate_series(0, 7) p; \
+             CREATE TABLE _bemi_store_rejected (stream text NOT NULL, sequence bigint NOT NULL, \
+               subject text NOT NULL, reason text NOT NULL, payload bytea NOT NULL, \
+               rejected_at timestamptz NOT NULL DEFAULT now(), PRIMARY KEY (stream, sequence)); \
+             INSERT INTO _bemi_store_rejected (stream, sequence, subject, reason, payload) \
+               VALUES ('bemi', 1, 'bemi.changes.0', 'an old one', '\\x00')",
+        )
+        .await?;
+    let mut nats = start_nats().await?;
+    let url = nats.url();
+    let store_metrics = format!("127.0.0.1:{}", free_port()?);
+    let mut worker = start_worker(&source, &url)?;
+    wait_for_slot(&source, &mut worker).await?;
+    let mut store = start_store(&audit, &url, &store_metrics)?;
+    insert_items(&source, 1..=50).await?;
+    wait_stored(&audit, 50, &store).await?;
+    ensure!(
+        store
+            .stderr()
+            .contains("below the 1000000 this partition recorded"),
+        "{}",
+        store.stderr()
+    );
+    let kept: (i64, i16) = sqlx::query_as(
+        "SELECT (SELECT count(*) FROM _bemi_store_rejected), \
+                (SELECT indnatts FROM pg_index \
+                  WHERE indrelid = '_bemi_store_rejected'::regclass AND indisprimary)",
+    )
+    .fetch_one(&audit.pool)
+    .await?;
+    ensure!(kept == (1, 3), "{kept:?}");
+
+    // Purged (and the server restarted after it), while both run.
+    jetstream(&url)
+        .await?
+        .get_stream("bemi")
+        .await?
+        .purge()
+        .await?;
+    nats = tokio::task::spawn_blocking(move || {
+        nats.kill()?;
+        nats.start_again()?;
+        anyhow::Ok(nats)
+    })
+    .await??;
+    insert_items(&source, 51..=100).await?;
+    wait_stored(&audit, 100, &store).await?;
+
+    // Lost: both stopped, the stream deleted (an empty volume), both started again. Its
+    // sequences start again at 1, below the positions the store recorded for the old one.
+    for process in [&mut worker, &mut store] {
+        process.signal(libc::SIGTERM)?;
+        process.wait(Duration::from_secs(60)).await?;
+    }
+    jetstream(&url).await?.delete_stream("bemi").await?;
+    worker = start_worker(&source, &url)?;
+    wait_for_slot(&source, &mut worker).await?;
+    store = start_store(&audit, &url, &store_metrics)?;
+    insert_items(&source, 101..=150).await?;
+    wait_stored(&audit, 150, &store).await?;
+    // Deleted again while both run: the capture creates it again, the store follows.
+    jetstream(&url).await?.delete_stream("bemi").await?;
+    insert_items(&source, 151..=170).await?;
+    wait_stored(&audit, 170, &store)
+        .await
+        .with_context(|| worker.stderr())?;
+    each_once(&audit, 1..=170).await?;
+    // Said and counted.
+    wait_until(
+        "the reset to be counted",
+        Duration::from_secs(30),
+        || async {
+            let resets = metric(&store_metrics, "bemi_store_stream_resets_total").await;
+            Ok(resets.is_some_and(|resets| resets > 0.0).then_some(()))
+        },
+    )
+    .await?;
+    ensure!(
+        store.stderr().contains("was deleted and created again"),
+        "{}",
+        store.stderr()
+    );
+    for process in [&mut worker, &mut store] {
+        process.signal(libc::SIGTERM)?;
+        ensure!(
+            process.wait(Duration::from_secs(60)).await?.success(),
+            "{}",
+            process.stderr()
+        );
+    }
+    drop(nats);
+    Ok(())
+}
+
+pub(crate) async fn through_nats_a_message_the_destination_refuses_is_set_aside_and_its_partition_goes_on(
+    cluster: Arc<TestCluster>,
+) -> TestResult {
+    let source = cluster.database("nats_poison").await?;
+    source
+        .exec("CREATE TABLE items (id bigint PRIMARY KEY)")
+        .await?;
+    source.migrate().await?;
+    let audit = cluster.database("nats_poison_audit").await?;
+    let nats = start_nats().await?;
+    let url = nats.url();
+    let store_metrics = format!("127.0.0.1:{}", free_port()?);
+    let mut worker = start_worker(&source, &url)?;
+    wait_for_slot(&source, &mut worker).await?;
+    // Changes, then in every partition a message whose context `jsonb` refuses (`\u0000`,
+    // SQLSTATE 22P05), then more changes: the store, started last, gets them in mixed batches.
+    insert_items(&source, 1..=20).await?;
+    wait_until(
+        "the first changes in the stream",
+        Duration::from_secs(60),
+        || async { Ok((in_stream(&url).await >= 20).then_some(())) },
+    )
+    .await?;
+    let js = jetstream(&url).await?;
+    let mut poison = Vec::new();
+    for p in 0..8 {
+        let payload = format!(
+            r#"{{"v":1,"database":"{}","commit_lsn":1,"changes":[{{"primary_key":"poison-{p}","before":{{}},"after":{{"id":"poison"}},"context":{{"bad":"\u0000"}},"schema":"public","table":"items","operation":"CREATE","committed_at":0,"queued_at":0,"transaction_id":1,"position":{}}}]}}"#,
+            source.name,
+            p + 1
+        );
+        js.publish(format!("bemi.changes.{p}"), payload.clone().into())
+            .await?
+            .await?;
+        poison.push(payload);
+    }
+    insert_items(&source, 21..=40).await?;
+    wait_until(
+        "every message in the stream",
+        Duration::from_secs(60),
+        || async { Ok((in_stream(&url).await >= 48).then_some(())) },
+    )
+    .await?;
+    let mut store = start_store(&audit, &url, &store_metrics)?;
+    wait_stored(&audit, 40, &store).await?;
+    each_once(&audit, 1..=40).await?;
+    let rejected: Vec<(String, Vec<u8>)> =
+        sqlx::query_as("SELECT reason, payload FROM _bemi_store_rejected ORDER BY subject")
+            .fetch_all(&audit.pool)
+            .await?;
+    ensure!(rejected.len() == 8, "{rejected:?}");
+    for ((reason, payload), published) in rejected.iter().zip(&poison) {
+        ensure!(reason.contains("22P05"), "{reason}");
+        ensure!(payload == published.as_bytes(), "{reason}");
+    }
+    ensure!(
+        metric(&store_metrics, "bemi_store_messages_rejected_total").await == Some(8.0),
+        "{}",
+        store.stderr()
+    );
+    wait_until("an empty stream", Duration::from_secs(30), || async {
+        Ok((in_stream(&url).await == 0).then_some(()))
+    })
+    .await?;
+    // Rejected messages are replayed by publishing their payload again, once fixed.
+    let fixed = poison[0].replace(r#"{"bad":"\u0000"}"#, r#"{"bad":"fixed"}"#);
+    js.publish("bemi.changes.0", fixed.into()).await?.await?;
+    wait_stored(&audit, 41, &store).await?;
+    for process in [&mut worker, &mut store] {
+        process.signal(libc::SIGTERM)?;
+        process.wait(Duration::from_secs(60)).await?;
+    }
+    drop(nats);
+    Ok(())
+}
+
+/// A TCP proxy to nats-server that forwards at most `limit` bytes from its clients (all
+/// connections together), then holds the rest: a capture cut off in the middle of a publish.
+struct CutProxy {
+    port: u16,
+    forwarded: Arc<std::sync::atomic::AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl CutProxy {
+    async fn start(upstream: u16, limit: usize) -> anyhow::Result<Self> {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let port = listener.local_addr()?.port();
+        let forwarded = Arc::new(AtomicUsize::new(0));
+        let task = tokio::spawn({
+            let forwarded = Arc::clone(&forwarded);
+            async move {
+                while let Ok((client, _)) = listener.accept().await {
+                    let Ok(server) = tokio::net::TcpStream::connect(("127.0.0.1", upstream)).await
+                    else {
+                        continue;
+                    };
+                    let (mut client_read, mut client_write) = client.into_split();
+                    let (mut server_read, mut server_write) = server.into_split();
+                    tokio::spawn(async move {
+                        let _ = tokio::io::copy(&mut server_read, &mut client_write).await;
+                    });
+                    let forwarded = Arc::clone(&forwarded);
+                    tokio::spawn(async move {
+                        let mut buffer = vec![0u8; 64 * 1024];
+                        loop {
+                            let left = limit.saturating_sub(forwarded.load(Ordering::SeqCst));
+                            if left == 0 {
+                                // Hold the connection open, forwarding nothing more.
+                                std::future::pending::<()>().await;
+                            }
+                            let n = match client_read.read(&mut buffer[..left.min(64 * 1024)]).await
+                            {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => n,
+                            };
+                            forwarded.fetch_add(n, Ordering::SeqCst);
+                            if server_write.write_all(&buffer[..n]).await.is_err() {
+                                return;
+                            }
+                        }
+                    });
+                }
+            }
+        });
+        Ok(Self {
+            port,
+            forwarded,
+            task,
+        })
+    }
+
+    fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    fn forwarded(&self) -> usize {
+        self.forwarded.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl Drop for CutProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// The `body` of `blobs` row `id`, as (length, md5), in the source and in `changes`.
+async fn blob(
+    source: &TestDb,
+    audit: &TestDb,
+    id: i64,
+) -> anyhow::Result<((i32, String), (i32, String))> {
+    let in_source: (i32, String) =
+        sqlx::query_as("SELECT length(body), md5(body) FROM blobs WHERE id = $1")
+            .bind(id)
+            .fetch_one(&source.pool)
+            .await?;
+    let in_changes: (i32, String) = sqlx::query_as(
+        "SELECT length(after->>'body'), md5(after->>'body') FROM changes \
+          WHERE \"table\" = 'blobs' AND primary_key = $1",
+    )
+    .bind(id.to_string())
+    .fetch_one(&audit.pool)
+    .await?;
+    Ok((in_source, in_changes))
+}
+
+pub(crate) async fn through_nats_changes_of_2_and_30_mb_are_stored_whole_across_kills_between_parts(
+    cluster: Arc<TestCluster>,
+) -> TestResult {
+    const MB: i64 = 1_000_000;
+    let source = cluster.database("nats_large").await?;
+    source
+        .exec("CREATE TABLE blobs (id bigint PRIMARY KEY, body text NOT NULL)")
+        .await?;
+    source.migrate().await?;
+    let audit = cluster.database("nats_large_audit").await?;
+    let nats = start_nats().await?;
+    let url = nats.url();
+    let store_metrics = format!("127.0.0.1:{}", free_port()?);
+    let mut worker = start_worker(&source, &url)?;
+    wait_for_slot(&source, &mut worker).await?;
+    let mut store = start_store(&audit, &url, &store_metrics)?;
+    // nats-server's default max_payload is 1 MB: these take 2 and 30 parts (or more).
+    let insert = |id: i64, bytes: i64| {
+        let pool = source.pool.clone();
+        async move {
+            sqlx::query(
+                "INSERT INTO blobs SELECT $1, string_agg(md5(g::text || $1::text), '') \
+                   FROM generate_series(1, $2 / 32) g",
+            )
+            .bind(id)
+            .bind(bytes)
+            .execute(&pool)
+            .await?;
+            anyhow::Ok(())
+        }
+    };
+    insert(1, 2 * MB).await?;
+    insert(2, 30 * MB).await?;
+    sqlx::query("INSERT INTO blobs VALUES (3, 'small, after them')")
+        .execute(&source.pool)
+        .await?;
+    wait_stored(&audit, 3, &store).await?;
+    for id in 1..=3 {
+        let (in_source, in_changes) = blob(&source, &audit, id).await?;
+        ensure!(
+            in_source == in_changes,
+            "row {id}: {in_source:?} != {in_changes:?}"
+        );
+    }
+
+    wait_until("an empty stream", Duration::from_secs(30), || async {
+        Ok((in_stream(&url).await == 0).then_some(()))
+    })
+    .await?;
+
+    // The capture cut off after some parts of a 30 MB change, and killed; the store killed
+    // while it holds those parts.
+    kill(&mut worker).await?;
+    kill(&mut store).await?;
+    let proxy = CutProxy::start(nats.port(), 5 * 1024 * 1024).await?;
+    worker = start_worker(&source, &proxy.url())?;
+    wait_for_slot(&source, &mut worker).await?;
+    insert(4, 30 * MB).await?;
+    wait_until(
+        "the capture to be cut off",
+        Duration::from_secs(60),
+        || async { Ok((proxy.forwarded() >= 5 * 1024 * 1024).then_some(())) },
+    )
+    .await?;
+    wait_until(
+        "some parts in the stream",
+        Duration::from_secs(30),
+        || async { Ok((in_stream(&url).await >= 3).then_some(())) },
+    )
+    .await?;
+    kill(&mut worker).await?;
+    drop(proxy);
+    store = start_store(&audit, &url, &store_metrics)?;
+    let parts = wait_until(
+        "the store to hold the parts",
+        Duration::from_secs(60),
+        || async {
+            let held = metric(&store_metrics, "bemi_store_parts_waiting").await;
+            let parts = in_stream(&url).await;
+            Ok((held == Some(parts as f64) && parts >= 3).then_some(parts))
+        },
+    )
+    .await
+    .with_context(|| store.stderr())?;
+    kill(&mut store).await?;
+    ensure!(in_stream(&url).await == parts, "the parts left the stream");
+    ensure!(stored(&audit).await == 3);
+
+    // Both again: the capture publishes the change again (the stream drops the parts it has),
+    // the store joins the parts.
+    store = start_store(&audit, &url, &store_metrics)?;
+    worker = start_worker(&source, &url)?;
+    wait_stored(&audit, 4, &store).await?;
+    let (in_source, in_changes) = blob(&source, &audit, 4).await?;
+    ensure!(in_source == in_changes, "{in_source:?} != {in_changes:?}");
+    ensure!(in_source.0 >= 30_000_000, "{in_source:?}");
+    wait_until("an empty stream", Duration::from_secs(30), || async {
+        Ok((in_stream(&url).await == 0).then_some(()))
+    })
+    .await?;
+    ensure!(stored(&audit).await == 4);
+    for process in [&mut worker, &mut store] {
+        process.signal(libc::SIGTERM)?;
+        ensure!(
+            process.wait(Duration::from_secs(60)).await?.success(),
+            "{}",
+            process.stderr()
+        );
+    }
+    drop(nats);
+    Ok(())
+}
+
+/// A certificate authority for the TLS server of the credentials test.
+fn certificate_authority() -> anyhow::Result<rcgen::CertifiedIssuer<'static, rcgen::KeyPair>> {
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new())?;
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "bemi NATS test CA");
+    Ok(rcgen::CertifiedIssuer::self_signed(
+        params,
+        rcgen::KeyPair::generate()?,
+    )?)
+}
+
+/// A certificate for `name` signed by `ca`, for `purpose`, and its key: PEM files in `dir`.
+fn certificate(
+    ca: &rcgen::CertifiedIssuer<'_, rcgen::KeyPair>,
+    name: &str,
+    purpose: rcgen::ExtendedKeyUsagePurpose,
+    dir: &std::path::Path,
+) -> anyhow::Result<(String, String)> {
+    let key = rcgen::KeyPair::generate()?;
+    let mut params = rcgen::CertificateParams::new(vec![name.to_owned()])?;
+    params.extended_key_usages = vec![purpose];
+    let certificate = params.signed_by(&key, ca)?;
+    let (cert_path, key_path) = (
+        dir.join(format!("{name}.pem")),
+        dir.join(format!("{name}.key")),
+    );
+    std::fs::write(&cert_path, certificate.pem())?;
+    std::fs::write(&key_path, key.serialize_pem())?;
+    Ok((
+        cert_path.display().to_string(),
+        key_path.display().to_string(),
+    ))
+}
+
+async fn start_nats_with(config: String) -> anyhow::Result<NatsServer> {
+    Ok(tokio::task::spawn_blocking(move || NatsServer::start_with_config(&config)).await??)
+}
+
+pub(crate) async fn through_nats_passwords_tokens_nkeys_credentials_and_tls_reach_servers_that_ask_for_them(
+    cluster: Arc<TestCluster>,
+) -> TestResult {
+    const PASSWORD: &str = "pw-S3CRET";
+    const TOKEN: &str = "t0ken-S3CRET";
+    let source = cluster.database("nats_auth").await?;
+    source
+        .exec("CREATE TABLE items (id bigint PRIMARY KEY)")
+        .await?;
+    source.migrate().await?;
+    let audit = cluster.database("nats_auth_audit").await?;
+    let store_metrics = format!("127.0.0.1:{}", free_port()?);
+    let files = tempfile::tempdir()?;
+
+    // TLS with a client certificate, and a user with a password.
+    let ca = certificate_authority()?;
+    let ca_path = files.path().join("ca.pem");
+    std::fs::write(&ca_path, ca.pem())?;
+    let ca_path = ca_path.display().to_string();
+    let (server_cert, server_key) = certificate(
+        &ca,
+        "127.0.0.1",
+        rcgen::ExtendedKeyUsagePurpose::ServerAuth,
+        files.path(),
+    )?;
+    let (client_cert, client_key) = certificate(
+        &ca,
+        "bemi-client",
+        rcgen::ExtendedKeyUsagePurpose::ClientAuth,
+        files.path(),
+    )?;
+    let nats = start_nats_with(format!(
+        r#"tls {{ cert_file: "{server_cert}", key_file: "{server_key}", ca_file: "{ca_path}", verify: true, timeout: 5 }}
+authorization {{ user: "bemi", password: "{PASSWORD}" }}"#
+    ))
+    .await?;
+    let url = format!("tls://bemi:{PASSWORD}@127.0.0.1:{}", nats.port());
+    let tls = [
+        ("BEMI_NATS_CA", ca_path.as_str()),
+        ("BEMI_NATS_CERT", client_cert.as_str()),
+        ("BEMI_NATS_KEY", client_key.as_str()),
+    ];
+    let mut worker = start_worker_with(&source, &url, &tls)?;
+    wait_for_slot(&source, &mut worker).await?;
+    let mut store = start_store_with(&audit, &url, &store_metrics, &tls)?;
+    insert_items(&source, 1..=5).await?;
+    wait_stored(&audit, 5, &store).await?;
+    // A wrong password: refused, said so, and no password shown.
+    let wrong = format!("tls://bemi:WRONG-{PASSWORD}@127.0.0.1:{}", nats.port());
+    let wrong_metrics = format!("127.0.0.1:{}", free_port()?);
+    let mut refused = start_store_with(&audit, &wrong, &wrong_metrics, &tls)?;
+    wait_until("the refusal", Duration::from_secs(30), || async {
+        Ok(refused.stderr().contains("connecting to").then_some(()))
+    })
+    .await?;
+    let said = refused.stderr();
+    ensure!(
+        said.contains("tls://bemi:***@127.0.0.1") && said.contains("refused the credentials"),
+        "{said}"
+    );
+    kill(&mut refused).await?;
+    for process in [&mut worker, &mut store] {
+        process.signal(libc::SIGTERM)?;
+        process.wait(Duration::from_secs(60)).await?;
+    }
+    for said in [worker.stderr(), store.stderr(), refused.stderr()] {
+        ensure!(!said.contains("S3CRET"), "a password shown: {said}");
+    }
+    drop(nats);
+
+    // A token.
+    let nats = start_nats_with(format!(r#"authorization {{ token: "{TOKEN}" }}"#)).await?;
+    let url = format!("nats://{TOKEN}@127.0.0.1:{}", nats.port());
+    worker = start_worker(&source, &url)?;
+    wait_for_slot(&source, &mut worker).await?;
+    store = start_store(&audit, &url, &store_metrics)?;
+    insert_items(&source, 6..=10).await?;
+    wait_stored(&audit, 10, &store).await?;
+    for process in [&mut worker, &mut store] {
+        process.signal(libc::SIGTERM)?;
+        process.wait(Duration::from_secs(60)).await?;
+        ensure!(!process.stderr().contains("S3CRET"), "{}", process.stderr());
+        ensure!(
+            process.stderr().contains("nats://***@127.0.0.1"),
+            "{}",
+            process.stderr()
+        );
+    }
+    drop(nats);
+
+    // An nkey.
+    let user = nkeys::KeyPair::new_user();
+    let seed_path = files.path().join("user.nk");
+    std::fs::write(&seed_path, user.seed()?)?;
+    let seed_path = seed_path.display().to_string();
+    let nats = start_nats_with(format!(
+        r#"authorization {{ users: [ {{ nkey: "{}" }} ] }}"#,
+        user.public_key()
+    ))
+    .await?;
+    let nkey = [("BEMI_NATS_NKEY", seed_path.as_str())];
+    worker = start_worker_with(&source, &nats.url(), &nkey)?;
+    wait_for_slot(&source, &mut worker).await?;
+    store = start_store_with(&audit, &nats.url(), &store_metrics, &nkey)?;
+    insert_items(&source, 11..=15).await?;
+    wait_stored(&audit, 15, &store).await?;
+    for process in [&mut worker, &mut store] {
+        process.signal(libc::SIGTERM)?;
+        ensure!(
+            process.wait(Duration::from_secs(60)).await?.success(),
+            "{}",
+            process.stderr()
+        );
+    }
+    drop(nats);
+
+    // A credentials file: an operator, its account (with JetStream) and a user, as JWTs.
+    let (operator, account) = (
+        nkeys::KeyPair::new_operator(),
+        nkeys::KeyPair::new_account(),
+    );
+    let account_jwt = jwt(
+        &operator,
+        &account.public_key(),
+        &json!({"type": "account", "version": 2, "limits": {
+            "subs": -1, "data": -1, "payload": -1, "imports": -1, "exports": -1,
+            "wildcards": true, "conn": -1, "leaf": -1,
+            "mem_storage": -1, "disk_storage": -1, "streams": -1, "consumer": -1}}),
+    )?;
+    let user_jwt = jwt(
+        &account,
+        &user.public_key(),
+        &json!({"type": "user", "version": 2, "pub": {}, "sub": {},
+                "subs": -1, "data": -1, "payload": -1}),
+    )?;
+    // JetStream needs a system account.
+    let system = nkeys::KeyPair::new_account();
+    let system_jwt = jwt(
+        &operator,
+        &system.public_key(),
+        &json!({"type": "account", "version": 2}),
+    )?;
+    let operator_path = files.path().join("operator.jwt");
+    std::fs::write(
+        &operator_path,
+        jwt(
+            &operator,
+            &operator.public_key(),
+            &json!({"type": "operator", "version": 2}),
+        )?,
+    )?;
+    let creds_path = files.path().join("user.creds");
+    std::fs::write(
+        &creds_path,
+        format!(
+            "-----BEGIN NATS USER JWT-----\n{user_jwt}\n------END NATS USER JWT------\n\n\
+             -----BEGIN USER NKEY SEED-----\n{}\n------END USER NKEY SEED------\n",
+            user.seed()?
+        ),
+    )?;
+    let creds_path = creds_path.display().to_string();
+    let nats = start_nats_with(format!(
+        r#"operator: "{}"
+system_account: {system_pub}
+resolver: MEMORY
+resolver_preload: {{ {}: "{account_jwt}", {system_pub}: "{system_jwt}" }}"#,
+        operator_path.display(),
+        account.public_key(),
+        system_pub = system.public_key(),
+    ))
+    .await?;
+    let creds = [("BEMI_NATS_CREDS", creds_path.as_str())];
+    worker = start_worker_with(&source, &nats.url(), &creds)?;
+    wait_for_slot(&source, &mut worker)
+        .await
+        .with_context(|| nats.log_tail())?;
+    store = start_store_with(&audit, &nats.url(), &store_metrics, &creds)?;
+    insert_items(&source, 16..=20).await?;
+    wait_stored(&audit, 20, &store)
+        .await
+        .with_context(|| nats.log_tail())?;
+    each_once(&audit, 1..=20).await?;
+    for process in [&mut worker, &mut store] {
+        process.signal(libc::SIGTERM)?;
+        ensure!(
+            process.wait(Duration::from_secs(60)).await?.success(),
+            "{}",
+            process.stderr()
+        );
+    }
+    drop(nats);
+    Ok(())
+}
+
+/// A NATS JWT (`ed25519-nkey`) for `subject` with `nats` claims, signed by `issuer`.
+fn jwt(issuer: &nkeys::KeyPair, subject: &str, nats: &Value) -> anyhow::Result<String> {
+    let issued = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)?
+        .as_secs();
+    let claims = json!({
+        "jti": format!("BEMITEST{issued}{}", &subject[..8]),
+        "iat": issued,
+        "iss": issuer.public_key(),
+        "name": "bemi-test",
+        "sub": subject,
+        "nats": nats,
+    });
+    let signed = format!(
+        "{}.{}",
+        base64_url(br#"{"typ":"JWT","alg":"ed25519-nkey"}"#),
+        base64_url(&serde_json::to_vec(&claims)?)
+    );
+    let signature = issuer.sign(signed.as_bytes())?;
+    Ok(format!("{signed}.{}", base64_url(&signature)))
+}
+
+/// Base64 with the URL alphabet and no padding.
+fn base64_url(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let n = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |n, (i, byte)| n | (u32::from(*byte) << (16 - 8 * i)));
+        for i in 0..=chunk.len() {
+            out.push(char::from(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize]));
+        }
+    }
+    out
 }

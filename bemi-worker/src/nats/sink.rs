@@ -167,12 +167,17 @@ impl NatsWriter {
                 &piece.rows,
                 self.partitions,
                 self.max_payload,
-            )
-            .map_err(|error| WorkerError::InvalidConfig(error.to_string()))?;
+            );
             for message in messages {
-                let publish = PublishMessage::build()
+                let mut publish = PublishMessage::build()
                     .payload(message.payload.into())
                     .message_id(&message.id);
+                if let Some(part) = &message.part {
+                    // A part of a change too large for one message: the store joins them.
+                    publish = publish
+                        .header(wire::PART_HEADER, format!("{}/{}", part.index, part.count))
+                        .header(wire::WHOLE_HEADER, part.whole.as_str());
+                }
                 let ack = self
                     .jetstream
                     .send_publish(self.config.subject(message.partition), publish)

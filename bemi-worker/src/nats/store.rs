@@ -9,8 +9,16 @@
 //! it committed, recreates the partition's durable pull consumer (delivering everything still in
 //! the work-queue stream, in order), skips what it already stored, and for each batch commits
 //! the rows and the new sequence in one transaction, then acknowledges the messages (which
-//! removes them from the stream). A message that is not a change message is kept in
-//! `_bemi_store_rejected`, with the reason, instead of blocking its partition.
+//! removes them from the stream). A re-delivered message is written again: the unique key of
+//! `changes` makes it a no-op (so a stream created again, whose sequences restart, loses
+//! nothing; the store notices it by the stream's creation time and says so).
+//!
+//! The parts of a change too large for one message (see [`wire`]) are held, unacknowledged,
+//! until all are there; the joined change is then stored like any message. A message that is
+//! not a change message, or that the destination refuses for its content (SQLSTATE classes 22,
+//! 23 and 54), is kept in `_bemi_store_rejected` with the reason instead of blocking its
+//! partition: a batch the destination refuses is written again message by message, so that only
+//! the bad ones are set aside.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
@@ -22,6 +30,7 @@ use std::time::{Duration, Instant};
 use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, PullConsumer, pull};
 use async_nats::jetstream::{self, stream};
 use bemi_audit::store::{ChangeBatch, NewChange};
+use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use futures_util::StreamExt as _;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
@@ -29,12 +38,15 @@ use sqlx::{Connection as _, PgConnection, PgPool};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use super::wire::{self, IncomingMessage};
+use super::wire::{self, IncomingMessage, Part, ReadError};
 use super::{NatsConfig, connect, ensure_stream};
 use crate::error::WorkerError;
 use crate::metrics::{self, Render};
 
 /// Where each partition's writer got to, in the destination, per stream.
+/// Where each partition's writer got to, in the destination, per stream (and which stream of
+/// that name: its creation time); the messages set aside. Tables of earlier versions are
+/// brought up to date.
 const STATE_TABLE_SQL: &str = "CREATE TABLE IF NOT EXISTS _bemi_store_state (
   stream text NOT NULL,
   partition int NOT NULL,
@@ -42,27 +54,53 @@ const STATE_TABLE_SQL: &str = "CREATE TABLE IF NOT EXISTS _bemi_store_state (
   updated_at timestamptz NOT NULL DEFAULT now(),
   PRIMARY KEY (stream, partition)
 );
+ALTER TABLE _bemi_store_state ADD COLUMN IF NOT EXISTS stream_created text NOT NULL DEFAULT '';
 CREATE TABLE IF NOT EXISTS _bemi_store_rejected (
   stream text NOT NULL,
+  stream_created text NOT NULL DEFAULT '',
   sequence bigint NOT NULL,
   subject text NOT NULL,
   reason text NOT NULL,
   payload bytea NOT NULL,
   rejected_at timestamptz NOT NULL DEFAULT now(),
-  PRIMARY KEY (stream, sequence)
-)";
+  PRIMARY KEY (stream, stream_created, sequence)
+);
+ALTER TABLE _bemi_store_rejected ADD COLUMN IF NOT EXISTS stream_created text NOT NULL DEFAULT '';
+DO $$ BEGIN
+  IF (SELECT i.indnatts FROM pg_catalog.pg_index i
+       WHERE i.indrelid = '_bemi_store_rejected'::regclass AND i.indisprimary) = 2 THEN
+    ALTER TABLE _bemi_store_rejected DROP CONSTRAINT _bemi_store_rejected_pkey,
+      ADD PRIMARY KEY (stream, stream_created, sequence);
+  END IF;
+END $$";
 
-const STATE_SQL: &str = "INSERT INTO _bemi_store_state AS s (stream, partition, last_sequence) \
-     VALUES ($1, $2, $3) \
+const STATE_SQL: &str = "INSERT INTO _bemi_store_state AS s \
+       (stream, partition, last_sequence, stream_created) VALUES ($1, $2, $3, $4) \
      ON CONFLICT (stream, partition) DO UPDATE \
-       SET last_sequence = greatest(s.last_sequence, EXCLUDED.last_sequence), updated_at = now()";
+       SET last_sequence = CASE WHEN s.stream_created = EXCLUDED.stream_created \
+             THEN greatest(s.last_sequence, EXCLUDED.last_sequence) \
+             ELSE EXCLUDED.last_sequence END, \
+           stream_created = EXCLUDED.stream_created, updated_at = now()";
 
-const REJECT_SQL: &str = "INSERT INTO _bemi_store_rejected (stream, sequence, subject, reason, payload) \
-     VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING";
+const RESET_SQL: &str = "UPDATE _bemi_store_state \
+        SET last_sequence = 0, stream_created = $3, updated_at = now() \
+      WHERE stream = $1 AND partition = $2";
+
+const REJECT_SQL: &str = "INSERT INTO _bemi_store_rejected \
+       (stream, stream_created, sequence, subject, reason, payload) \
+     VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING";
+
+/// How long the parts of a split change may wait for the rest while later messages of their
+/// partition arrive, before they are set aside (longer than the stream's duplicate window, so
+/// that a capture that crashed between parts has published them again).
+const ORPHAN_AFTER: Duration = Duration::from_secs(300);
 
 /// The application name prefix of a store's destination connections: stores count each other
 /// by it.
 const APPLICATION_NAME: &str = "bemi-store ";
+
+/// The most a fetch of a partition brings at least (twice the server's max_payload if more).
+const FETCH_BYTES: usize = 16 << 20;
 
 /// How often a store looks at its partitions (and the others).
 const BALANCE_INTERVAL: Duration = Duration::from_millis(500);
@@ -115,9 +153,12 @@ pub struct StoreMetrics {
     changes_skipped: AtomicU64,
     messages_acked: AtomicU64,
     messages_rejected: AtomicU64,
+    stream_resets: AtomicU64,
     redeliveries: AtomicU64,
     errors: AtomicU64,
     partitions_owned: AtomicU64,
+    /// Parts of split changes held until the rest arrive (all partitions).
+    parts_waiting: AtomicU64,
     connected: AtomicBool,
     /// Messages waiting in the (work-queue) stream: not yet stored and acknowledged.
     pending: AtomicU64,
@@ -127,6 +168,17 @@ impl StoreMetrics {
     /// Changes written into `changes` (new ones; a change already stored is skipped).
     pub fn changes_stored(&self) -> u64 {
         self.changes_stored.load(Ordering::Relaxed)
+    }
+
+    /// Messages set aside in `_bemi_store_rejected`.
+    pub fn messages_rejected(&self) -> u64 {
+        self.messages_rejected.load(Ordering::Relaxed)
+    }
+
+    /// Times a partition found its stream created again (or its sequence reset) since the
+    /// position recorded for it.
+    pub fn stream_resets(&self) -> u64 {
+        self.stream_resets.load(Ordering::Relaxed)
     }
 
     /// Partitions this store writes now.
@@ -165,8 +217,16 @@ impl StoreMetrics {
         metric(
             "bemi_store_messages_rejected_total",
             "counter",
-            "Messages that are not change messages, kept in _bemi_store_rejected.",
+            "Messages set aside in _bemi_store_rejected: not change messages, or refused by \
+             the destination for their content.",
             load(&self.messages_rejected),
+        );
+        metric(
+            "bemi_store_stream_resets_total",
+            "counter",
+            "Times a partition found its stream created again (or its sequence reset) since \
+             the position it recorded.",
+            load(&self.stream_resets),
         );
         metric(
             "bemi_store_redeliveries_total",
@@ -185,6 +245,13 @@ impl StoreMetrics {
             "gauge",
             "Partitions this store writes.",
             load(&self.partitions_owned),
+        );
+        metric(
+            "bemi_store_parts_waiting",
+            "gauge",
+            "Parts of changes too large for one message, held (unacknowledged) until the rest \
+             arrive.",
+            load(&self.parts_waiting),
         );
         metric(
             "bemi_store_pending_messages",
@@ -322,8 +389,16 @@ impl Store {
             server = %connection.client.server_info().version,
             "storing the change stream"
         );
+        // A fetch brings at most this much (every message fits: at most max_payload), so that
+        // a backlog of large messages stays in the stream rather than in memory.
+        let fetch_bytes = connection
+            .client
+            .server_info()
+            .max_payload
+            .saturating_mul(2)
+            .max(FETCH_BYTES);
         let result = self
-            .balance(&stream, partitions, &pool, &options, shutdown)
+            .balance(&stream, partitions, fetch_bytes, &pool, &options, shutdown)
             .await;
         pool.close().await;
         result
@@ -335,6 +410,7 @@ impl Store {
         &self,
         stream: &stream::Stream,
         partitions: u32,
+        fetch_bytes: usize,
         pool: &PgPool,
         options: &PgConnectOptions,
         shutdown: &CancellationToken,
@@ -435,6 +511,7 @@ impl Store {
                         stream: stream.clone(),
                         config: self.config.clone(),
                         metrics: self.metrics(),
+                        fetch_bytes,
                     };
                     let handle = tokio::spawn(writer.run(stop.clone()));
                     owned.insert(p, Owned { stop, handle });
@@ -497,31 +574,246 @@ struct PartitionWriter {
     stream: stream::Stream,
     config: StoreConfig,
     metrics: Arc<StoreMetrics>,
+    /// The most a fetch brings.
+    fetch_bytes: usize,
 }
 
 fn nats_error(what: &str) -> impl FnOnce(async_nats::Error) -> WorkerError + '_ {
     move |error| WorkerError::Nats(format!("{what}: {error}"))
 }
 
+/// What a store writes (or sets aside) at once: one message, or the parts of one, joined.
+struct Unit<M> {
+    /// The stream sequence of its (last) message.
+    sequence: u64,
+    subject: String,
+    payload: Bytes,
+    /// Why it is set aside without being read, if it is.
+    invalid: Option<String>,
+    /// The messages to acknowledge once it is committed.
+    messages: Vec<M>,
+}
+
+/// The parts of split changes received so far, by whole and part count.
+struct Joiner<M> {
+    wholes: HashMap<(String, u32), Joining<M>>,
+}
+
+struct Joining<M> {
+    parts: BTreeMap<u32, (u64, Bytes)>,
+    subject: String,
+    messages: Vec<M>,
+    since: Instant,
+}
+
+impl<M> Joiner<M> {
+    fn new() -> Self {
+        Self {
+            wholes: HashMap::new(),
+        }
+    }
+
+    /// How many parts it holds.
+    fn parts_held(&self) -> u64 {
+        self.wholes
+            .values()
+            .map(|joining| joining.parts.len() as u64)
+            .sum()
+    }
+
+    /// Adds a part (again, if delivered twice); returns the whole once every part is there.
+    fn add(
+        &mut self,
+        part: Part,
+        sequence: u64,
+        subject: &str,
+        payload: Bytes,
+        message: M,
+    ) -> Option<Unit<M>> {
+        let key = (part.whole, part.count);
+        let joining = self.wholes.entry(key.clone()).or_insert_with(|| Joining {
+            parts: BTreeMap::new(),
+            subject: subject.to_owned(),
+            messages: Vec::new(),
+            since: Instant::now(),
+        });
+        joining.parts.insert(part.index, (sequence, payload));
+        joining.messages.push(message);
+        if joining.parts.len() < usize::try_from(part.count).unwrap_or(usize::MAX) {
+            return None;
+        }
+        let joining = self.wholes.remove(&key)?;
+        Some(joining.into_unit(None))
+    }
+
+    /// The wholes still missing parts after `older_than`, though a later message (up to
+    /// `newest`) came: their missing parts will not come; they are set aside.
+    fn orphans(&mut self, newest: u64, older_than: Duration) -> Vec<Unit<M>> {
+        let keys: Vec<(String, u32)> = self
+            .wholes
+            .iter()
+            .filter(|(_, joining)| {
+                joining.since.elapsed() >= older_than
+                    && joining
+                        .parts
+                        .values()
+                        .all(|(sequence, _)| *sequence < newest)
+            })
+            .map(|(key, _)| key.clone())
+            .collect();
+        keys.into_iter()
+            .filter_map(|key| {
+                let joining = self.wholes.remove(&key)?;
+                let reason = format!(
+                    "an incomplete split change: {} of its {} parts (whole {}) arrived, and \
+                     later messages of its partition followed for {}s without the rest; if the \
+                     capture publishes it again, it is stored then (look for its position in \
+                     changes), otherwise re-run the capture from before it",
+                    joining.parts.len(),
+                    key.1,
+                    key.0,
+                    older_than.as_secs()
+                );
+                Some(joining.into_unit(Some(reason)))
+            })
+            .collect()
+    }
+}
+
+impl<M> Joining<M> {
+    fn into_unit(self, invalid: Option<String>) -> Unit<M> {
+        let sequence = self.parts.values().map(|(s, _)| *s).max().unwrap_or(0);
+        let mut payload = Vec::with_capacity(self.parts.values().map(|(_, p)| p.len()).sum());
+        for (_, part) in self.parts.values() {
+            payload.extend_from_slice(part);
+        }
+        Unit {
+            sequence,
+            subject: self.subject,
+            payload: payload.into(),
+            invalid,
+            messages: self.messages,
+        }
+    }
+}
+
+/// The part a message is, if it is one (by its headers).
+fn part_of(message: &jetstream::Message) -> Option<Result<Part, ReadError>> {
+    let headers = message.headers.as_ref()?;
+    let part = headers.get(wire::PART_HEADER)?;
+    let whole = headers
+        .get(wire::WHOLE_HEADER)
+        .map_or("", |whole| whole.as_str());
+    Some(Part::from_headers(part.as_str(), whole))
+}
+
+/// Why committing failed: the content of what was written, or anything else (retried).
+enum CommitError {
+    /// The destination refused the content (SQLSTATE class 22, 23 or 54): the reason.
+    Content(String),
+    Other(WorkerError),
+}
+
+/// Whether the destination refused a write for what it holds: a data exception (class 22: e.g.
+/// `\u0000` in `jsonb`, 22P05), an integrity violation (class 23; the unique key of `changes`
+/// is a no-op, not an error) or a program limit (class 54: a value too large). Connection,
+/// lock and resource errors are not: they are retried.
+fn content_error(error: &sqlx::Error) -> Option<String> {
+    let database = error.as_database_error()?;
+    let code = database.code()?;
+    ["22", "23", "54"]
+        .iter()
+        .any(|class| code.starts_with(class))
+        .then(|| {
+            format!(
+                "the destination refused it: {} (SQLSTATE {code})",
+                database.message()
+            )
+        })
+}
+
+fn commit_error(error: sqlx::Error) -> CommitError {
+    match content_error(&error) {
+        Some(reason) => CommitError::Content(reason),
+        None => CommitError::Other(WorkerError::Destination(error)),
+    }
+}
+
 impl PartitionWriter {
     async fn run(mut self, stop: CancellationToken) -> Result<(), WorkerError> {
-        let result = self.consume(&stop).await;
+        let mut held = 0;
+        let result = self.consume(&stop, &mut held).await;
+        self.metrics
+            .parts_waiting
+            .fetch_sub(held, Ordering::Relaxed);
         let _ = self.conn.close().await;
         result
     }
 
-    async fn consume(&mut self, stop: &CancellationToken) -> Result<(), WorkerError> {
-        let p = self.partition;
+    /// The stream's identity (its creation time), after checking it against the one recorded
+    /// with this partition's position: a stream created again (or whose sequence went back) is
+    /// logged, counted and recorded.
+    async fn identify_stream(&mut self) -> Result<String, WorkerError> {
+        let p = i32::try_from(self.partition).unwrap_or(i32::MAX);
         let stream_name = self.config.nats.stream.clone();
-        let last: Option<i64> = sqlx::query_scalar(
-            "SELECT last_sequence FROM _bemi_store_state WHERE stream = $1 AND partition = $2",
+        let info = self.stream.get_info().await.map_err(|error| {
+            WorkerError::Nats(format!("reading the stream {stream_name:?}: {error}"))
+        })?;
+        let created = info.created.to_string();
+        let recorded: Option<(i64, String)> = sqlx::query_as(
+            "SELECT last_sequence, stream_created FROM _bemi_store_state \
+              WHERE stream = $1 AND partition = $2",
         )
         .bind(&stream_name)
-        .bind(i32::try_from(p).unwrap_or(i32::MAX))
+        .bind(p)
         .fetch_optional(&mut self.conn)
         .await
         .map_err(WorkerError::Destination)?;
-        let mut last_sequence = last.map_or(0, |last| u64::try_from(last).unwrap_or(0));
+        let Some((last, was_created)) = recorded else {
+            return Ok(created);
+        };
+        let last = u64::try_from(last).unwrap_or(0);
+        let what = if !was_created.is_empty() && was_created != created {
+            Some(format!(
+                "was deleted and created again (it was created {was_created}, this one {created})"
+            ))
+        } else if last > info.state.last_sequence {
+            Some(format!(
+                "has sequences up to {} only, below the {last} this partition recorded: it was \
+                 created again or its sequence was reset",
+                info.state.last_sequence
+            ))
+        } else {
+            None
+        };
+        if let Some(what) = what {
+            self.metrics.stream_resets.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(
+                stream = %stream_name,
+                partition = self.partition,
+                "the stream {what}: its messages are stored from its start (changes stored \
+                 before are not duplicated); changes that were in the lost stream and not stored \
+                 yet are gone: compare changes with the source for the time around the loss"
+            );
+            sqlx::query(RESET_SQL)
+                .bind(&stream_name)
+                .bind(p)
+                .bind(&created)
+                .execute(&mut self.conn)
+                .await
+                .map_err(WorkerError::Destination)?;
+        }
+        Ok(created)
+    }
+
+    /// Writes the partition until `stop`; `held` follows the parts it holds.
+    async fn consume(
+        &mut self,
+        stop: &CancellationToken,
+        held: &mut u64,
+    ) -> Result<(), WorkerError> {
+        let p = self.partition;
+        let created = self.identify_stream().await?;
         // A consumer of our own: delivering what is left in the stream, in order, from the
         // start (what an earlier owner delivered but did not acknowledge included).
         let name = format!("bemi-store-{p}");
@@ -545,73 +837,128 @@ impl PartitionWriter {
             })
             .await
             .map_err(|error| WorkerError::Nats(format!("creating {name}: {error}")))?;
-        tracing::info!(partition = p, after = last_sequence, "writing a partition");
+        tracing::info!(partition = p, "writing a partition");
+        let mut joiner = Joiner::new();
+        let mut newest = 0;
         while !stop.is_cancelled() {
             let mut batch = consumer
                 .fetch()
                 .max_messages(self.config.batch_messages)
+                .max_bytes(self.fetch_bytes)
                 .expires(Duration::from_secs(1))
                 .messages()
                 .await
                 .map_err(|error| WorkerError::Nats(format!("fetching from {name}: {error}")))?;
-            let mut messages = Vec::new();
+            let mut units = Vec::new();
             while let Some(message) = batch.next().await {
-                messages.push(message.map_err(nats_error("fetching"))?);
+                let message = message.map_err(nats_error("fetching"))?;
+                let info = message
+                    .info()
+                    .map_err(nats_error("reading a message's metadata"))?;
+                if info.delivered > 1 {
+                    self.metrics.redeliveries.fetch_add(1, Ordering::Relaxed);
+                }
+                let sequence = info.stream_sequence;
+                newest = newest.max(sequence);
+                let subject = message.subject.to_string();
+                let payload = message.payload.clone();
+                match part_of(&message) {
+                    None => units.push(Unit {
+                        sequence,
+                        subject,
+                        payload,
+                        invalid: None,
+                        messages: vec![message],
+                    }),
+                    Some(Err(error)) => units.push(Unit {
+                        sequence,
+                        subject,
+                        payload,
+                        invalid: Some(error.to_string()),
+                        messages: vec![message],
+                    }),
+                    Some(Ok(part)) => {
+                        tracing::debug!(
+                            partition = p,
+                            part = part.index,
+                            of = part.count,
+                            "a part of a split change"
+                        );
+                        units.extend(joiner.add(part, sequence, &subject, payload, message));
+                    }
+                }
             }
-            if messages.is_empty() {
+            units.extend(joiner.orphans(newest, ORPHAN_AFTER));
+            let now_held = joiner.parts_held();
+            if now_held >= *held {
+                self.metrics
+                    .parts_waiting
+                    .fetch_add(now_held - *held, Ordering::Relaxed);
+            } else {
+                self.metrics
+                    .parts_waiting
+                    .fetch_sub(*held - now_held, Ordering::Relaxed);
+            }
+            *held = now_held;
+            if units.is_empty() {
                 continue;
             }
-            last_sequence = self.store(&messages, last_sequence).await?;
-            for message in &messages {
+            units.sort_by_key(|unit| unit.sequence);
+            self.store(&units, &created).await?;
+            let mut acked = 0;
+            for message in units.iter().flat_map(|unit| &unit.messages) {
                 message.ack().await.map_err(nats_error("acknowledging"))?;
+                acked += 1;
             }
             self.metrics
                 .messages_acked
-                .fetch_add(messages.len() as u64, Ordering::Relaxed);
+                .fetch_add(acked, Ordering::Relaxed);
         }
         Ok(())
     }
 
-    /// Commits the changes of `messages` past `last_sequence`, with the new sequence; returns
-    /// it.
-    async fn store(
-        &mut self,
-        messages: &[jetstream::Message],
-        last_sequence: u64,
-    ) -> Result<u64, WorkerError> {
-        let stream_name = &self.config.nats.stream;
-        let mut decoded: Vec<IncomingMessage<'_>> = Vec::with_capacity(messages.len());
-        let mut rejected: Vec<(u64, &str, String, &[u8])> = Vec::new();
-        let mut newest = last_sequence;
-        let mut skipped = 0u64;
-        for message in messages {
-            let info = message
-                .info()
-                .map_err(nats_error("reading a message's metadata"))?;
-            if info.delivered > 1 {
-                self.metrics.redeliveries.fetch_add(1, Ordering::Relaxed);
-            }
-            let sequence = info.stream_sequence;
-            if sequence <= last_sequence {
-                skipped += 1;
-                continue;
-            }
-            newest = newest.max(sequence);
-            match IncomingMessage::read(&message.payload) {
-                Ok(read) => decoded.push(read),
-                Err(error) => rejected.push((
-                    sequence,
-                    message.subject.as_str(),
-                    error.to_string(),
-                    &message.payload,
-                )),
+    /// Commits `units` with the newest sequence, in one transaction; when the destination
+    /// refuses their content, again one by one, setting aside those it refuses.
+    async fn store<M>(&mut self, units: &[Unit<M>], created: &str) -> Result<(), WorkerError> {
+        match self.commit(units, created).await {
+            Ok(()) => return Ok(()),
+            Err(CommitError::Other(error)) => return Err(error),
+            Err(CommitError::Content(reason)) if units.len() > 1 => tracing::warn!(
+                partition = self.partition,
+                messages = units.len(),
+                %reason,
+                "the destination refused a batch; writing its messages one by one"
+            ),
+            Err(CommitError::Content(_)) => {}
+        }
+        for unit in units {
+            match self.commit(std::slice::from_ref(unit), created).await {
+                Ok(()) => {}
+                Err(CommitError::Other(error)) => return Err(error),
+                Err(CommitError::Content(reason)) => {
+                    self.set_aside(unit, &reason, created)
+                        .await
+                        .map_err(WorkerError::Destination)?;
+                }
             }
         }
-        if newest == last_sequence {
-            self.metrics
-                .changes_skipped
-                .fetch_add(skipped, Ordering::Relaxed);
-            return Ok(last_sequence);
+        Ok(())
+    }
+
+    /// One transaction: the changes of `units`, the ones that are not change messages set
+    /// aside, the newest sequence.
+    async fn commit<M>(&mut self, units: &[Unit<M>], created: &str) -> Result<(), CommitError> {
+        let mut decoded: Vec<IncomingMessage<'_>> = Vec::with_capacity(units.len());
+        let mut unreadable: Vec<(&Unit<M>, String)> = Vec::new();
+        for unit in units {
+            let read = match &unit.invalid {
+                Some(reason) => Err(reason.clone()),
+                None => IncomingMessage::read(&unit.payload).map_err(|error| error.to_string()),
+            };
+            match read {
+                Ok(message) => decoded.push(message),
+                Err(reason) => unreadable.push((unit, reason)),
+            }
         }
         let mut by_database: BTreeMap<&str, ChangeBatch<'_>> = BTreeMap::new();
         let mut sent = 0u64;
@@ -620,7 +967,7 @@ impl PartitionWriter {
             for change in &message.changes {
                 let operation = change
                     .operation()
-                    .map_err(|error| WorkerError::Nats(error.to_string()))?;
+                    .map_err(|error| CommitError::Other(WorkerError::Nats(error.to_string())))?;
                 batch.push(NewChange {
                     primary_key: change.primary_key.as_deref(),
                     before: change.before.get(),
@@ -637,54 +984,182 @@ impl PartitionWriter {
                 sent += 1;
             }
         }
-        let mut tx = self.conn.begin().await.map_err(WorkerError::Destination)?;
+        let newest = units.iter().map(|unit| unit.sequence).max().unwrap_or(0);
+        let stream_name = self.config.nats.stream.clone();
+        let mut tx = self
+            .conn
+            .begin()
+            .await
+            .map_err(|error| CommitError::Other(WorkerError::Destination(error)))?;
         let mut written = 0;
         for (database, batch) in &by_database {
             written += batch
                 .insert(database, &mut tx)
                 .await
-                .map_err(WorkerError::Destination)?;
+                .map_err(commit_error)?;
         }
-        for (sequence, subject, reason, payload) in &rejected {
-            tracing::error!(
-                stream = %stream_name,
-                sequence,
-                subject,
-                reason,
-                "a message of the stream is not a change message: kept in _bemi_store_rejected"
-            );
-            sqlx::query(REJECT_SQL)
-                .bind(stream_name)
-                .bind(i64::try_from(*sequence).unwrap_or(i64::MAX))
-                .bind(subject)
-                .bind(reason)
-                .bind(payload)
-                .execute(&mut *tx)
+        for (unit, reason) in &unreadable {
+            reject(&mut tx, &stream_name, created, unit, reason)
                 .await
-                .map_err(WorkerError::Destination)?;
+                .map_err(commit_error)?;
         }
-        sqlx::query(STATE_SQL)
-            .bind(stream_name)
-            .bind(i32::try_from(self.partition).unwrap_or(i32::MAX))
-            .bind(i64::try_from(newest).unwrap_or(i64::MAX))
-            .execute(&mut *tx)
+        record(&mut tx, &stream_name, self.partition, newest, created)
             .await
-            .map_err(WorkerError::Destination)?;
-        tx.commit().await.map_err(WorkerError::Destination)?;
+            .map_err(commit_error)?;
+        tx.commit().await.map_err(commit_error)?;
         self.metrics
             .changes_stored
             .fetch_add(written, Ordering::Relaxed);
         self.metrics
             .changes_skipped
-            .fetch_add(skipped + (sent - written), Ordering::Relaxed);
+            .fetch_add(sent - written, Ordering::Relaxed);
         self.metrics
             .messages_rejected
-            .fetch_add(rejected.len() as u64, Ordering::Relaxed);
-        Ok(newest)
+            .fetch_add(unreadable.len() as u64, Ordering::Relaxed);
+        Ok(())
     }
+
+    /// Sets `unit` aside, with the sequence, in a transaction of its own.
+    async fn set_aside<M>(
+        &mut self,
+        unit: &Unit<M>,
+        reason: &str,
+        created: &str,
+    ) -> Result<(), sqlx::Error> {
+        let stream_name = self.config.nats.stream.clone();
+        let mut tx = self.conn.begin().await?;
+        reject(&mut tx, &stream_name, created, unit, reason).await?;
+        record(
+            &mut tx,
+            &stream_name,
+            self.partition,
+            unit.sequence,
+            created,
+        )
+        .await?;
+        tx.commit().await?;
+        self.metrics
+            .messages_rejected
+            .fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+}
+
+/// Keeps `unit` in `_bemi_store_rejected`, with `reason`, and logs it.
+async fn reject<M>(
+    conn: &mut PgConnection,
+    stream_name: &str,
+    created: &str,
+    unit: &Unit<M>,
+    reason: &str,
+) -> Result<(), sqlx::Error> {
+    tracing::error!(
+        stream = %stream_name,
+        sequence = unit.sequence,
+        subject = %unit.subject,
+        reason,
+        "a message of the stream cannot be stored: kept in _bemi_store_rejected (see the \
+         README's NATS section to inspect and replay it); its partition goes on"
+    );
+    sqlx::query(REJECT_SQL)
+        .bind(stream_name)
+        .bind(created)
+        .bind(i64::try_from(unit.sequence).unwrap_or(i64::MAX))
+        .bind(&unit.subject)
+        .bind(reason)
+        .bind(unit.payload.as_ref())
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// Records `sequence` as where `partition` of the stream created at `created` got to.
+async fn record(
+    conn: &mut PgConnection,
+    stream_name: &str,
+    partition: u32,
+    sequence: u64,
+    created: &str,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(STATE_SQL)
+        .bind(stream_name)
+        .bind(i32::try_from(partition).unwrap_or(i32::MAX))
+        .bind(i64::try_from(sequence).unwrap_or(i64::MAX))
+        .bind(created)
+        .execute(conn)
+        .await?;
+    Ok(())
 }
 
 /// Microseconds since the Unix epoch as a timestamp (the epoch itself if out of range).
 fn timestamp(micros: i64) -> DateTime<Utc> {
     DateTime::from_timestamp_micros(micros).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn part(index: u32, count: u32, whole: &str) -> Part {
+        Part::from_headers(&format!("{index}/{count}"), whole).unwrap()
+    }
+
+    #[test]
+    fn parts_join_in_order_whatever_order_and_repeats_they_come_in() {
+        let mut joiner = Joiner::new();
+        let subject = "bemi.changes.0";
+        assert!(
+            joiner
+                .add(part(2, 3, "w"), 11, subject, Bytes::from_static(b"bb"), 2)
+                .is_none()
+        );
+        assert!(
+            joiner
+                .add(part(1, 3, "w"), 10, subject, Bytes::from_static(b"aa"), 1)
+                .is_none()
+        );
+        // Delivered again (an acknowledgement wait passed): kept once, acknowledged twice.
+        assert!(
+            joiner
+                .add(part(1, 3, "w"), 10, subject, Bytes::from_static(b"aa"), 3)
+                .is_none()
+        );
+        let whole = joiner
+            .add(part(3, 3, "w"), 12, subject, Bytes::from_static(b"c"), 4)
+            .unwrap();
+        assert_eq!(whole.payload, Bytes::from_static(b"aabbc"));
+        assert_eq!(whole.sequence, 12);
+        assert_eq!(whole.messages, vec![2, 1, 3, 4]);
+        assert!(whole.invalid.is_none());
+        assert!(joiner.wholes.is_empty());
+    }
+
+    #[test]
+    fn only_parts_overtaken_long_ago_are_set_aside() {
+        let mut joiner = Joiner::new();
+        assert!(
+            joiner
+                .add(part(1, 2, "w"), 10, "s", Bytes::from_static(b"a"), ())
+                .is_none()
+        );
+        // Waiting at the end of the partition: kept, however long.
+        assert!(joiner.orphans(10, Duration::ZERO).is_empty());
+        // Overtaken, but not for long: kept.
+        assert!(joiner.orphans(11, Duration::from_secs(60)).is_empty());
+        let orphans = joiner.orphans(11, Duration::ZERO);
+        assert_eq!(orphans.len(), 1);
+        assert!(
+            orphans[0]
+                .invalid
+                .as_deref()
+                .unwrap()
+                .contains("1 of its 2 parts")
+        );
+    }
+
+    #[test]
+    fn content_errors_are_told_from_the_others() {
+        assert!(content_error(&sqlx::Error::PoolTimedOut).is_none());
+        assert!(content_error(&sqlx::Error::Protocol("x".into())).is_none());
+    }
 }

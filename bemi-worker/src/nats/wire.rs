@@ -16,6 +16,12 @@
 //! so that every change of a row goes through one partition, in commit order. Its
 //! `Nats-Msg-Id` is made of its first change's unique key, so that a capture that publishes it
 //! again after a crash is de-duplicated by the stream.
+//!
+//! A change too large for one message (the server's `max_payload`) is sent as the bytes of its
+//! one-change message cut in consecutive **parts**, published one after the other into its
+//! partition: each part has the headers `Bemi-Part: <index>/<count>` (from 1) and
+//! `Bemi-Whole: <id>` (the whole message's id), and the id `<id>#<index>/<count>`. The store
+//! joins the parts and stores the change once all are there.
 
 use std::fmt::Write as _;
 
@@ -65,6 +71,43 @@ pub(crate) fn stream_lock_class(stream: &str) -> i32 {
     i32::from_ne_bytes(fnv1a(stream.bytes()).to_ne_bytes())
 }
 
+/// The header of a part: `<index>/<count>`, from 1.
+pub(crate) const PART_HEADER: &str = "Bemi-Part";
+
+/// The header of a part: the id of the message it is a part of.
+pub(crate) const WHOLE_HEADER: &str = "Bemi-Whole";
+
+/// Where a part belongs.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(crate) struct Part {
+    /// Its place, from 1.
+    pub index: u32,
+    /// How many parts the whole has.
+    pub count: u32,
+    /// The whole message's id.
+    pub whole: String,
+}
+
+impl Part {
+    /// The part described by a message's `Bemi-Part` and `Bemi-Whole` headers.
+    pub(crate) fn from_headers(part: &str, whole: &str) -> Result<Self, ReadError> {
+        let invalid = || ReadError::Part(format!("{PART_HEADER}: {part:?}"));
+        let (index, count) = part.split_once('/').ok_or_else(invalid)?;
+        let (index, count): (u32, u32) = (
+            index.trim().parse().map_err(|_| invalid())?,
+            count.trim().parse().map_err(|_| invalid())?,
+        );
+        if index == 0 || index > count || whole.is_empty() {
+            return Err(invalid());
+        }
+        Ok(Self {
+            index,
+            count,
+            whole: whole.to_owned(),
+        })
+    }
+}
+
 /// A message ready to publish.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct OutgoingMessage {
@@ -72,36 +115,25 @@ pub(crate) struct OutgoingMessage {
     pub partition: u32,
     /// Its `Nats-Msg-Id`.
     pub id: String,
-    /// Its JSON.
-    pub payload: String,
-    /// How many changes it holds.
+    /// Its JSON (or, for a part, its slice of the whole's JSON).
+    pub payload: Vec<u8>,
+    /// How many changes it holds (a whole change counts on its last part).
     pub changes: usize,
-}
-
-/// A change too large for one message: the fix is the server's `max_payload`.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error(
-    "a change of {table} at position {position:X} takes {bytes} bytes, more than nats-server's \
-     max_payload allows ({max_payload}): raise max_payload in the server's configuration \
-     (e.g. `max_payload: 8MB`; at most 64 MB)"
-)]
-pub(crate) struct TooLarge {
-    table: String,
-    position: u64,
-    bytes: usize,
-    max_payload: usize,
+    /// Which part of a larger message it is, if one.
+    pub part: Option<Part>,
 }
 
 /// Encodes `rows` (one transaction's, in stream order) of `database` as the messages of each
-/// partition, none larger than `max_payload`.
+/// partition, none larger than `max_payload`: a change that does not fit in one message is cut
+/// into parts.
 pub(crate) fn encode(
     database: &str,
     commit_lsn: u64,
     rows: &[ChangeRow],
     partitions: u32,
     max_payload: usize,
-) -> Result<Vec<OutgoingMessage>, TooLarge> {
-    let budget = max_payload.saturating_sub(HEADER_ROOM).max(1);
+) -> Vec<OutgoingMessage> {
+    let budget = max_payload.saturating_sub(HEADER_ROOM).max(HEADER_ROOM);
     let mut by_partition: Vec<(u32, Vec<&ChangeRow>)> = Vec::new();
     for row in rows {
         let p = partition(
@@ -129,24 +161,41 @@ pub(crate) fn encode(
         for row in group {
             let mut change = String::new();
             encode_change(&mut change, row);
-            if change.len() + header.len() + 2 > budget {
-                return Err(TooLarge {
-                    table: format!("{}.{}", row.schema, row.table),
-                    position: row.position,
-                    bytes: change.len() + header.len() + 2,
-                    max_payload,
-                });
-            }
-            if count > 0 && payload.len() + 1 + change.len() + 2 > budget {
+            let alone = change.len() + header.len() + 2 > budget;
+            if count > 0 && (alone || payload.len() + 1 + change.len() + 2 > budget) {
                 payload.push_str("]}");
                 messages.push(OutgoingMessage {
                     partition: p,
                     id: message_id(database, first.unwrap_or(row)),
-                    payload,
+                    payload: payload.into_bytes(),
                     changes: count,
+                    part: None,
                 });
                 payload = header.clone();
                 count = 0;
+            }
+            if alone {
+                // One change in parts: the bytes of its one-change message, cut.
+                payload.push_str(&change);
+                payload.push_str("]}");
+                let whole = message_id(database, row);
+                let chunks: Vec<&[u8]> = payload.as_bytes().chunks(budget).collect();
+                let parts = u32::try_from(chunks.len()).unwrap_or(u32::MAX);
+                for (index, chunk) in (1..).zip(&chunks) {
+                    messages.push(OutgoingMessage {
+                        partition: p,
+                        id: format!("{whole}#{index}/{parts}"),
+                        payload: chunk.to_vec(),
+                        changes: if index == parts { 1 } else { 0 },
+                        part: Some(Part {
+                            index,
+                            count: parts,
+                            whole: whole.clone(),
+                        }),
+                    });
+                }
+                payload = header.clone();
+                continue;
             }
             if count == 0 {
                 first = Some(row);
@@ -161,12 +210,13 @@ pub(crate) fn encode(
             messages.push(OutgoingMessage {
                 partition: p,
                 id: message_id(database, first),
-                payload,
+                payload: payload.into_bytes(),
                 changes: count,
+                part: None,
             });
         }
     }
-    Ok(messages)
+    messages
 }
 
 /// A message's id: its first change's unique key in `changes`.
@@ -255,6 +305,8 @@ pub(crate) enum ReadError {
     Version(u32),
     #[error("unknown operation {0:?}")]
     Operation(String),
+    #[error("a part of a split message with an invalid header ({0}): not written by bemi")]
+    Part(String),
 }
 
 impl<'a> IncomingMessage<'a> {
@@ -318,12 +370,12 @@ mod tests {
         let rows: Vec<ChangeRow> = (1..=20)
             .map(|i| row("todo", Some(&i.to_string()), 100 + i, r#"{"user_id":7}"#))
             .collect();
-        let messages = encode("app", 999, &rows, 4, 1 << 20).unwrap();
+        let messages = encode("app", 999, &rows, 4, 1 << 20);
         assert!(messages.len() <= 4);
         assert_eq!(messages.iter().map(|m| m.changes).sum::<usize>(), 20);
         let mut positions = Vec::new();
         for message in &messages {
-            let read = IncomingMessage::read(message.payload.as_bytes()).unwrap();
+            let read = IncomingMessage::read(&message.payload).unwrap();
             assert_eq!(read.database, "app");
             assert_eq!(read.commit_lsn, 999);
             assert_eq!(read.changes.len(), message.changes);
@@ -353,7 +405,7 @@ mod tests {
         let rows: Vec<ChangeRow> = (1..=50)
             .map(|i| row("todo", None, 100 + i, r#"{"user_id":7}"#))
             .collect();
-        let messages = encode("app", 999, &rows, 1, 4_096).unwrap();
+        let messages = encode("app", 999, &rows, 1, 4_096);
         assert!(messages.len() > 1);
         assert!(
             messages
@@ -362,17 +414,56 @@ mod tests {
         );
         assert_eq!(messages.iter().map(|m| m.changes).sum::<usize>(), 50);
         // Encoding again (a republish after a crash) gives the same ids.
-        assert_eq!(encode("app", 999, &rows, 1, 4_096).unwrap(), messages);
+        assert_eq!(encode("app", 999, &rows, 1, 4_096), messages);
         let ids: std::collections::HashSet<&str> = messages.iter().map(|m| m.id.as_str()).collect();
         assert_eq!(ids.len(), messages.len());
     }
 
     #[test]
-    fn a_change_larger_than_the_limit_names_the_fix() {
+    fn a_change_larger_than_the_limit_goes_in_parts_that_join_into_it() {
         let mut big = row("todo", Some("1"), 5, "{}");
-        big.after = format!(r#"{{"blob":"{}"}}"#, "x".repeat(10_000));
-        let error = encode("app", 9, &[big], 2, 4_096).unwrap_err();
-        assert!(error.to_string().contains("max_payload"), "{error}");
+        big.after = format!(r#"{{"blob":"{}é"}}"#, "x".repeat(10_000));
+        let rows = [
+            row("todo", Some("1"), 4, "{}"),
+            big,
+            row("todo", Some("1"), 6, "{}"),
+        ];
+        let messages = encode("app", 9, &rows, 1, 4_096);
+        // One message before, the parts, one after: in order, each under the limit.
+        assert!(
+            messages
+                .iter()
+                .all(|m| m.payload.len() <= 4_096 - HEADER_ROOM)
+        );
+        assert_eq!(messages.first().unwrap().part, None);
+        assert_eq!(messages.last().unwrap().part, None);
+        let parts = &messages[1..messages.len() - 1];
+        assert!(parts.len() >= 3, "{} parts", parts.len());
+        let count = u32::try_from(parts.len()).unwrap();
+        let mut whole = Vec::new();
+        for (index, message) in (1..).zip(parts) {
+            let part = message.part.as_ref().unwrap();
+            assert_eq!((part.index, part.count), (index, count));
+            assert_eq!(message.id, format!("{}#{index}/{count}", part.whole));
+            let header = format!("{index}/{count}");
+            assert_eq!(Part::from_headers(&header, &part.whole).unwrap(), *part);
+            whole.extend_from_slice(&message.payload);
+        }
+        assert_eq!(parts.iter().map(|m| m.changes).sum::<usize>(), 1);
+        let read = IncomingMessage::read(&whole).unwrap();
+        assert_eq!(read.changes.len(), 1);
+        assert_eq!(read.changes[0].position, 5);
+        assert!(read.changes[0].after.get().ends_with("xé\"}"));
+        // Encoding again gives the same parts (a republish is de-duplicated).
+        assert_eq!(encode("app", 9, &rows, 1, 4_096), messages);
+    }
+
+    #[test]
+    fn part_headers_are_checked() {
+        assert!(Part::from_headers("0/2", "w").is_err());
+        assert!(Part::from_headers("3/2", "w").is_err());
+        assert!(Part::from_headers("x", "w").is_err());
+        assert!(Part::from_headers("1/2", "").is_err());
     }
 
     #[test]
