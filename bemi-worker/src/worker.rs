@@ -447,8 +447,10 @@ impl Worker {
         let history_conn = sqlx::PgConnection::connect_with(&self.source_options()?)
             .await
             .map_err(WorkerError::Source)?;
+        let source_id = source_system_id(pool).await?;
         let mut sink = crate::nats::NatsSink::open(
             nats,
+            source_id.as_deref(),
             source.database(),
             &self.config.slot,
             history_conn,

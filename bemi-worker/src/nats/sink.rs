@@ -33,6 +33,8 @@ pub(crate) struct NatsWriter {
     config: NatsConfig,
     partitions: u32,
     max_payload: usize,
+    /// The source cluster's system identifier, sent with each message.
+    source: Option<Arc<str>>,
     database: Arc<str>,
     slot: Arc<str>,
     history: PgConnection,
@@ -44,6 +46,7 @@ impl NatsSink {
     /// `history` for the schema history of the worker of `slot` on `database`.
     pub(crate) async fn open(
         config: &NatsConfig,
+        source: Option<&str>,
         database: &str,
         slot: &str,
         mut history: PgConnection,
@@ -68,6 +71,7 @@ impl NatsSink {
                 jetstream: connection.jetstream,
                 config: config.clone(),
                 partitions,
+                source: source.map(Arc::from),
                 database: database.into(),
                 slot: slot.into(),
                 history,
@@ -162,6 +166,7 @@ impl NatsWriter {
         let mut outcome = Outcome::default();
         for piece in pieces {
             let messages = wire::encode(
+                self.source.as_deref(),
                 &self.database,
                 piece.commit_lsn,
                 &piece.rows,

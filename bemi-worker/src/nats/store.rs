@@ -960,10 +960,12 @@ impl PartitionWriter {
                 Err(reason) => unreadable.push((unit, reason)),
             }
         }
-        let mut by_database: BTreeMap<&str, ChangeBatch<'_>> = BTreeMap::new();
+        let mut by_database: BTreeMap<(Option<&str>, &str), ChangeBatch<'_>> = BTreeMap::new();
         let mut sent = 0u64;
         for message in &decoded {
-            let batch = by_database.entry(&message.database).or_default();
+            let batch = by_database
+                .entry((message.source.as_deref(), &message.database))
+                .or_default();
             for change in &message.changes {
                 let operation = change
                     .operation()
@@ -992,9 +994,9 @@ impl PartitionWriter {
             .await
             .map_err(|error| CommitError::Other(WorkerError::Destination(error)))?;
         let mut written = 0;
-        for (database, batch) in &by_database {
+        for ((source, database), batch) in &by_database {
             written += batch
-                .insert(database, &mut tx)
+                .insert_from(*source, database, &mut tx)
                 .await
                 .map_err(commit_error)?;
         }

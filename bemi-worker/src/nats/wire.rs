@@ -127,6 +127,7 @@ pub(crate) struct OutgoingMessage {
 /// partition, none larger than `max_payload`: a change that does not fit in one message is cut
 /// into parts.
 pub(crate) fn encode(
+    source: Option<&str>,
     database: &str,
     commit_lsn: u64,
     rows: &[ChangeRow],
@@ -151,6 +152,10 @@ pub(crate) fn encode(
     let mut header = String::new();
     header.push_str(r#"{"v":"#);
     let _ = write!(header, "{VERSION}");
+    if let Some(source) = source {
+        header.push_str(r#","source":"#);
+        write_string(&mut header, source);
+    }
     header.push_str(r#","database":"#);
     write_string(&mut header, database);
     let _ = write!(header, r#","commit_lsn":{commit_lsn},"changes":["#);
@@ -262,6 +267,9 @@ fn encode_change(out: &mut String, row: &ChangeRow) {
 pub(crate) struct IncomingMessage<'a> {
     /// The format's version.
     pub v: u32,
+    /// The source cluster's system identifier (absent in messages of earlier versions).
+    #[serde(default, borrow)]
+    pub source: Option<std::borrow::Cow<'a, str>>,
     /// The source database.
     #[serde(borrow)]
     pub database: std::borrow::Cow<'a, str>,
@@ -370,7 +378,7 @@ mod tests {
         let rows: Vec<ChangeRow> = (1..=20)
             .map(|i| row("todo", Some(&i.to_string()), 100 + i, r#"{"user_id":7}"#))
             .collect();
-        let messages = encode("app", 999, &rows, 4, 1 << 20);
+        let messages = encode(None, "app", 999, &rows, 4, 1 << 20);
         assert!(messages.len() <= 4);
         assert_eq!(messages.iter().map(|m| m.changes).sum::<usize>(), 20);
         let mut positions = Vec::new();
@@ -405,7 +413,7 @@ mod tests {
         let rows: Vec<ChangeRow> = (1..=50)
             .map(|i| row("todo", None, 100 + i, r#"{"user_id":7}"#))
             .collect();
-        let messages = encode("app", 999, &rows, 1, 4_096);
+        let messages = encode(None, "app", 999, &rows, 1, 4_096);
         assert!(messages.len() > 1);
         assert!(
             messages
@@ -414,7 +422,7 @@ mod tests {
         );
         assert_eq!(messages.iter().map(|m| m.changes).sum::<usize>(), 50);
         // Encoding again (a republish after a crash) gives the same ids.
-        assert_eq!(encode("app", 999, &rows, 1, 4_096), messages);
+        assert_eq!(encode(None, "app", 999, &rows, 1, 4_096), messages);
         let ids: std::collections::HashSet<&str> = messages.iter().map(|m| m.id.as_str()).collect();
         assert_eq!(ids.len(), messages.len());
     }
@@ -428,7 +436,7 @@ mod tests {
             big,
             row("todo", Some("1"), 6, "{}"),
         ];
-        let messages = encode("app", 9, &rows, 1, 4_096);
+        let messages = encode(None, "app", 9, &rows, 1, 4_096);
         // One message before, the parts, one after: in order, each under the limit.
         assert!(
             messages
@@ -455,7 +463,7 @@ mod tests {
         assert_eq!(read.changes[0].position, 5);
         assert!(read.changes[0].after.get().ends_with("xé\"}"));
         // Encoding again gives the same parts (a republish is de-duplicated).
-        assert_eq!(encode("app", 9, &rows, 1, 4_096), messages);
+        assert_eq!(encode(None, "app", 9, &rows, 1, 4_096), messages);
     }
 
     #[test]
