@@ -172,7 +172,12 @@ impl Carried {
 }
 
 /// Emits what a write inside a transaction carries: its context, or `{}` when it has none and
-/// an earlier write of the transaction had one (`emitted` remembers that).
+/// an earlier write of the transaction may have had one (`emitted` remembers that).
+///
+/// Cancellation: `emitted` is set **before** the emission is awaited. A future dropped during
+/// that await may still have sent the emission (sqlx runs a query it queued or flushed before
+/// the connection's next use), so its context may be in effect in the transaction; the next
+/// write without a context then emits `{}` first. Only a reset that completed clears the flag.
 async fn emit_in_transaction(
     conn: &mut PgConnection,
     emitted: &mut bool,
@@ -183,8 +188,14 @@ async fn emit_in_transaction(
         None if *emitted => carrier::RESET_JSON,
         None => return Ok(()),
     };
+    let reset = json == carrier::RESET_JSON;
+    if !reset {
+        *emitted = true;
+    }
     sqlx::query(EMIT_SQL).bind(json).execute(&mut *conn).await?;
-    *emitted = json != carrier::RESET_JSON;
+    if reset {
+        *emitted = false;
+    }
     Ok(())
 }
 
