@@ -186,10 +186,9 @@ impl AsyncConnectionCore for BemiAsyncPgConnection {
                 recover(conn, &wrapping).await?;
                 wrapping.store(true, Ordering::Release);
                 let mut begin = conn;
-                if let Err(error) = begin.batch_execute(&begin_and_emit_sql(&json)).await {
-                    wrapping.store(false, Ordering::Release);
-                    return Err(error);
-                }
+                // (After a failed emission the transaction may be open: `wrapping` stays set,
+                // so the connection's next statement rolls it back.)
+                begin.batch_execute(&begin_and_emit_sql(&json)).await?;
                 let rows: QueryResult<Vec<PgRow>> = match load.await {
                     Ok(stream) => stream.try_collect().await,
                     Err(error) => Err(error),
