@@ -45,6 +45,26 @@
 //!
 //! Queries made through [`BemiClient::inner`] bypass all this: do not run them while the
 //! wrapper is shared.
+//!
+//! # Cancellation
+//!
+//! A write's future may be dropped at any await (a timeout, `select!`). This relies on
+//! tokio-postgres 0.7: a request is handed to the connection's task on its future's first
+//! poll, and dropping the future only drops the receiver of its responses — the server runs
+//! the request anyway (nothing is cancelled there) and the connection's task discards the
+//! responses, so the client's protocol state stays consistent. Hence:
+//!
+//! - the requests of one write (its emission and statement) are sent together on one poll: a
+//!   write dropped after that poll still runs, with its context; one dropped before it sends
+//!   nothing (at most the preparation of its text);
+//! - a later write in the same transaction never carries a context it was not given: the
+//!   transaction notes that a context is in effect before its emission is sent, and only a
+//!   reset that completed clears the note;
+//! - a write outside a transaction sends its `BEGIN`, emission, statement and `COMMIT` on one
+//!   poll (a failed statement makes the `COMMIT` a `ROLLBACK`), so it never leaves a
+//!   transaction open on a client or on a pooled connection (deadpool-postgres and bb8 do not
+//!   look at the transaction state when they take a client back). A tokio-postgres
+//!   `Transaction` dropped before its end sends its own `ROLLBACK`.
 
 use std::future::Future;
 use std::pin::pin;

@@ -42,6 +42,15 @@
 //!
 //! Code typed with `&DatabaseConnection` (rather than `C: ConnectionTrait`) cannot take the
 //! wrapper: its writes carry no context until it is made generic.
+//!
+//! # Cancellation
+//!
+//! A write's future may be dropped at any await (a timeout, `select!`): a later write in the
+//! same [`BemiTransaction`] still never carries a context it was not given (a context is noted
+//! as in effect before its emission is awaited; only a completed reset clears the note). A
+//! write outside a transaction dropped midway is rolled back: SeaORM's `DatabaseTransaction`
+//! queues sqlx's `ROLLBACK` when dropped, and sqlx sends it before the connection's next use or
+//! its return to the pool (see `bemi_core::sqlx`'s notes on cancellation).
 
 use std::future::Future;
 use std::pin::Pin;
