@@ -50,6 +50,23 @@
 //!
 //! To annotate any other executor (e.g. a `&mut PgConnection` you already hold), wrap it in
 //! [`Annotated`]: it always uses the comment.
+//!
+//! # Cancellation
+//!
+//! A write's future may be dropped at any await (a timeout, `select!`); the write may then
+//! have run or not, and:
+//!
+//! - a later write in the same [`BemiTransaction`] never carries a context it was not given:
+//!   the transaction notes that a context may be in effect *before* its emission is awaited,
+//!   so the next write without one emits `{}` first (only a reset that completed clears the
+//!   note). With the comment carrier the context is part of the write's own statement.
+//! - no connection goes back to the pool in the middle of the protocol or inside a
+//!   transaction. This relies on sqlx 0.9.1: a dropped query leaves the responses it still owes
+//!   counted, and the connection's next use reads up to them; a dropped `Transaction` (or a
+//!   `begin` dropped during its `BEGIN`) queues a `ROLLBACK` that goes out before anything
+//!   else; a dropped pooled connection is pinged (which flushes that `ROLLBACK`) before the
+//!   pool lends it again, or closed. A write outside a transaction (its own `BEGIN`, emission,
+//!   write, `COMMIT`) dropped midway is therefore rolled back.
 
 use std::fmt;
 
@@ -172,7 +189,12 @@ impl Carried {
 }
 
 /// Emits what a write inside a transaction carries: its context, or `{}` when it has none and
-/// an earlier write of the transaction had one (`emitted` remembers that).
+/// an earlier write of the transaction may have had one (`emitted` remembers that).
+///
+/// Cancellation: `emitted` is set **before** the emission is awaited. A future dropped during
+/// that await may still have sent the emission (sqlx runs a query it queued or flushed before
+/// the connection's next use), so its context may be in effect in the transaction; the next
+/// write without a context then emits `{}` first. Only a reset that completed clears the flag.
 async fn emit_in_transaction(
     conn: &mut PgConnection,
     emitted: &mut bool,
@@ -183,8 +205,14 @@ async fn emit_in_transaction(
         None if *emitted => carrier::RESET_JSON,
         None => return Ok(()),
     };
+    let reset = json == carrier::RESET_JSON;
+    if !reset {
+        *emitted = true;
+    }
     sqlx::query(EMIT_SQL).bind(json).execute(&mut *conn).await?;
-    *emitted = json != carrier::RESET_JSON;
+    if reset {
+        *emitted = false;
+    }
     Ok(())
 }
 

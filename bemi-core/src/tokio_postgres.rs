@@ -45,6 +45,26 @@
 //!
 //! Queries made through [`BemiClient::inner`] bypass all this: do not run them while the
 //! wrapper is shared.
+//!
+//! # Cancellation
+//!
+//! A write's future may be dropped at any await (a timeout, `select!`). This relies on
+//! tokio-postgres 0.7: a request is handed to the connection's task on its future's first
+//! poll, and dropping the future only drops the receiver of its responses — the server runs
+//! the request anyway (nothing is cancelled there) and the connection's task discards the
+//! responses, so the client's protocol state stays consistent. Hence:
+//!
+//! - the requests of one write (its emission and statement) are sent together on one poll: a
+//!   write dropped after that poll still runs, with its context; one dropped before it sends
+//!   nothing (at most the preparation of its text);
+//! - a later write in the same transaction never carries a context it was not given: the
+//!   transaction notes that a context is in effect before its emission is sent, and only a
+//!   reset that completed clears the note;
+//! - a write outside a transaction sends its `BEGIN`, emission, statement and `COMMIT` on one
+//!   poll (a failed statement makes the `COMMIT` a `ROLLBACK`), so it never leaves a
+//!   transaction open on a client or on a pooled connection (deadpool-postgres and bb8 do not
+//!   look at the transaction state when they take a client back). A tokio-postgres
+//!   `Transaction` dropped before its end sends its own `ROLLBACK`.
 
 use std::future::Future;
 use std::pin::pin;
@@ -257,14 +277,26 @@ impl Session<'_> {
         }
     }
 
-    /// Notes what an emission in the transaction leaves in effect.
-    fn note_emitted(&self, json: &str) {
-        let emitted = json != carrier::RESET_JSON;
-        if let Some(flag) = self.transaction {
-            flag.store(emitted, Ordering::Release);
+    /// Notes, before an emission in the transaction is sent, what it may leave in effect: a
+    /// context, even if the future is dropped before the emission's result arrives (a request
+    /// sent runs on the server whether or not its response is awaited), so that the next write
+    /// without a context resets it.
+    fn note_sending(&self, json: &str) {
+        if json == carrier::RESET_JSON {
+            return;
         }
-        if let (Some(parent), true) = (self.parent, emitted) {
+        if let Some(flag) = self.transaction {
+            flag.store(true, Ordering::Release);
+        }
+        if let Some(parent) = self.parent {
             parent.store(true, Ordering::Release);
+        }
+    }
+
+    /// Notes an emission that completed: after a reset no context is in effect.
+    fn note_emitted(&self, json: &str) {
+        if let (Some(flag), true) = (self.transaction, json == carrier::RESET_JSON) {
+            flag.store(false, Ordering::Release);
         }
     }
 
@@ -331,6 +363,7 @@ impl Session<'_> {
             Plan::Alone(_) => self.send(run(self.client, statement)).await,
             Plan::Emit(json) => {
                 let emit = self.emit_statement().await?;
+                self.note_sending(&json);
                 let (emitted, result) = self
                     .send(join(
                         self.emission(&json, emit, false),
@@ -374,6 +407,7 @@ impl Session<'_> {
             }
             Plan::Emit(json) => {
                 let emit = carrier::emit_sql_literal(&json);
+                self.note_sending(&json);
                 let (emitted, result) = self
                     .send(join(
                         self.client.batch_execute(&emit),
@@ -385,21 +419,22 @@ impl Session<'_> {
                 result
             }
             Plan::Wrap(json) => {
-                // One simple query: the batch runs inside the transaction the emission opened.
-                // The sending lock is held to the end, so that after a failed statement the
-                // ROLLBACK comes before any other request.
-                // The line break ends a trailing line comment of the batch.
-                let batch = format!(
-                    "{};\n{query}\n;\nCOMMIT",
-                    carrier::begin_and_emit_sql(&json)
-                );
-                let _sending = self.shared.sending.lock().await;
-                let result = run(batch).await;
-                if result.is_err() {
-                    // A failed statement left the transaction open (and aborted).
-                    let _ = self.client.batch_execute("ROLLBACK").await;
-                }
-                result
+                // Three simple queries sent together: `BEGIN` with the emission, the batch,
+                // `COMMIT`, which ends the transaction as a ROLLBACK after a failed statement.
+                // All are sent on the first poll, so a future dropped after it never leaves the
+                // transaction open.
+                let opening = carrier::begin_and_emit_sql(&json);
+                let (began, result, committed) = self
+                    .send(join3(
+                        self.client.batch_execute(&opening),
+                        run(query.to_owned()),
+                        self.client.batch_execute("COMMIT"),
+                    ))
+                    .await;
+                began?;
+                let result = result?;
+                committed?;
+                Ok(result)
             }
         }
     }

@@ -13,7 +13,7 @@ use diesel_async::{
     AnsiTransactionManager, AsyncConnection, AsyncConnectionCore, AsyncPgConnection,
     SimpleAsyncConnection, TransactionManager,
 };
-use futures_util::future::{BoxFuture, join, join3};
+use futures_util::future::{BoxFuture, join};
 use futures_util::stream::BoxStream;
 use futures_util::{FutureExt as _, StreamExt as _, TryStreamExt as _};
 
@@ -43,7 +43,8 @@ pub struct BemiAsyncPgConnection {
     inner: AsyncPgConnection,
     emitted: Emitted,
     /// Set while a wrapping transaction is open: a connection whose write future was dropped
-    /// in the middle is broken (it may hold an open transaction) and must not be pooled.
+    /// in the middle may hold an open transaction: its next statement rolls it back first, and
+    /// a pool drops it.
     wrapping: Arc<AtomicBool>,
 }
 
@@ -83,35 +84,63 @@ impl BemiAsyncPgConnection {
     }
 }
 
+/// Ends the wrapping transaction of a write whose future was dropped (`wrapping` still set)
+/// before anything else runs on the connection: `ROLLBACK`, after that write's requests (a
+/// connection runs its requests in order; after their `COMMIT`, the `ROLLBACK` only warns).
+/// Without it, the next statement would run inside that transaction, after its context.
+async fn recover(conn: &AsyncPgConnection, wrapping: &AtomicBool) -> QueryResult<()> {
+    if wrapping.load(Ordering::Acquire) {
+        let mut conn = conn;
+        conn.batch_execute("ROLLBACK").await?;
+        wrapping.store(false, Ordering::Release);
+    }
+    Ok(())
+}
+
 /// Runs `write` (a future made on `conn`, not yet polled) after what `plan` asks, pipelined
 /// with it on the connection where possible.
+///
+/// Cancellation: the future may be dropped at any await. The emission of a context is noted
+/// in `emitted` when planned (before it is sent), a reset only once it completed, so a write
+/// without a context after a dropped one resets what it may have left in effect. A wrapping
+/// transaction left open is noted in `wrapping`: the next statement on the connection rolls it
+/// back first ([`recover`]), and a pool drops the connection
+/// ([`PoolableConnection::is_broken`]).
 fn around<'c, R: Send + 'c>(
     conn: &'c AsyncPgConnection,
+    emitted: Emitted,
     wrapping: Arc<AtomicBool>,
     plan: Plan,
     write: BoxFuture<'c, QueryResult<R>>,
 ) -> BoxFuture<'c, QueryResult<R>> {
     match plan {
-        Plan::Alone => write,
+        // (A wrapping transaction left open is noted before the next call can be made.)
+        Plan::Alone if !wrapping.load(Ordering::Acquire) => write,
+        Plan::Alone => async move {
+            recover(conn, &wrapping).await?;
+            write.await
+        }
+        .boxed(),
         Plan::Emit(json) => async move {
+            recover(conn, &wrapping).await?;
             let mut emitter = conn;
             let emission = emit_sql_literal(&json);
-            let (emitted, result) = join(emitter.batch_execute(&emission), write).await;
-            emitted?;
+            let (sent, result) = join(emitter.batch_execute(&emission), write).await;
+            sent?;
+            emitted.emitted(&json);
             result
         }
         .boxed(),
         Plan::Wrap(json) => async move {
+            recover(conn, &wrapping).await?;
             wrapping.store(true, Ordering::Release);
             let (mut begin, mut commit) = (conn, conn);
             let opening = begin_and_emit_sql(&json);
+            let (began, result) = join(begin.batch_execute(&opening), write).await;
+            // COMMIT only once the write has run: a statement not prepared yet is sent after
+            // its preparation's round trip, so a COMMIT sent along with it would come first.
             // After a failed write, COMMIT ends the transaction as a ROLLBACK.
-            let (began, result, committed) = join3(
-                begin.batch_execute(&opening),
-                write,
-                commit.batch_execute("COMMIT"),
-            )
-            .await;
+            let committed = commit.batch_execute("COMMIT").await;
             wrapping.store(false, Ordering::Release);
             began?;
             let result = result?;
@@ -125,11 +154,11 @@ fn around<'c, R: Send + 'c>(
 impl SimpleAsyncConnection for BemiAsyncPgConnection {
     async fn batch_execute(&mut self, query: &str) -> QueryResult<()> {
         let plan = self.plan(Some(query));
-        let wrapping = Arc::clone(&self.wrapping);
+        let (emitted, wrapping) = (self.emitted.clone(), Arc::clone(&self.wrapping));
         let conn: &AsyncPgConnection = &self.inner;
         let mut writer = conn;
         let write = async move { writer.batch_execute(query).await }.boxed();
-        around(conn, wrapping, plan, write).await
+        around(conn, emitted, wrapping, plan, write).await
     }
 }
 
@@ -147,19 +176,19 @@ impl AsyncConnectionCore for BemiAsyncPgConnection {
     {
         let query = source.as_query();
         let plan = self.plan(sql_of(&query).as_deref());
-        let wrapping = Arc::clone(&self.wrapping);
+        let (emitted, wrapping) = (self.emitted.clone(), Arc::clone(&self.wrapping));
         let conn: &'conn AsyncPgConnection = &self.inner;
         let mut loader = conn;
         let load = AsyncConnectionCore::load(&mut loader, query);
         if let Plan::Wrap(json) = plan {
             // The rows are read before COMMIT, then handed out.
             return async move {
+                recover(conn, &wrapping).await?;
                 wrapping.store(true, Ordering::Release);
                 let mut begin = conn;
-                if let Err(error) = begin.batch_execute(&begin_and_emit_sql(&json)).await {
-                    wrapping.store(false, Ordering::Release);
-                    return Err(error);
-                }
+                // (After a failed emission the transaction may be open: `wrapping` stays set,
+                // so the connection's next statement rolls it back.)
+                begin.batch_execute(&begin_and_emit_sql(&json)).await?;
                 let rows: QueryResult<Vec<PgRow>> = match load.await {
                     Ok(stream) => stream.try_collect().await,
                     Err(error) => Err(error),
@@ -175,7 +204,7 @@ impl AsyncConnectionCore for BemiAsyncPgConnection {
             }
             .boxed();
         }
-        around(conn, wrapping, plan, load)
+        around(conn, emitted, wrapping, plan, load)
     }
 
     fn execute_returning_count<'conn, 'query, T>(
@@ -186,11 +215,11 @@ impl AsyncConnectionCore for BemiAsyncPgConnection {
         T: QueryFragment<Pg> + QueryId + 'query,
     {
         let plan = self.plan(sql_of(&source).as_deref());
-        let wrapping = Arc::clone(&self.wrapping);
+        let (emitted, wrapping) = (self.emitted.clone(), Arc::clone(&self.wrapping));
         let conn: &'conn AsyncPgConnection = &self.inner;
         let mut writer = conn;
         let write = AsyncConnectionCore::execute_returning_count(&mut writer, source);
-        around(conn, wrapping, plan, write)
+        around(conn, emitted, wrapping, plan, write)
     }
 }
 

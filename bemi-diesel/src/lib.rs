@@ -18,9 +18,21 @@
 //! SQL, and before a write emits the context as the `_bemi` message in the write's
 //! transaction. In a transaction, the emission goes just before the write (pipelined with it
 //! by diesel-async); outside one, the write is wrapped: `BEGIN` and the emission in one simple
-//! query, the write, `COMMIT` (pipelined by diesel-async). The write's statement is untouched,
-//! so Diesel's prepared-statement cache keeps working. In a transaction, a write without a
-//! context after one with a context emits `{}` first, so that its rows do not inherit it.
+//! query (pipelined with the write by diesel-async), the write, then `COMMIT` once the write
+//! ran. The write's statement is untouched, so Diesel's prepared-statement cache keeps working.
+//! In a transaction, a write without a context after one with a context emits `{}` first, so
+//! that its rows do not inherit it.
+//!
+//! # Cancellation
+//!
+//! A diesel-async write's future may be dropped at any await (a timeout, `select!`): a later
+//! write in the same transaction never carries a context it was not given (a context is noted
+//! as in effect when its emission is planned, a reset only once it completed); a wrapped write
+//! dropped midway leaves its transaction open only until the connection's next statement,
+//! which rolls it back first, and a pool does not take the connection back (it is broken, as
+//! diesel-async's own transaction manager marks a connection whose `BEGIN`/`COMMIT` was
+//! dropped). Diesel's sync connection blocks its thread until a call returns (dropping the
+//! future of `interact` or `spawn_blocking` does not stop it): it cannot be cancelled mid-call.
 //!
 //! The wrappers do not implement `Deref` to the inner connection (diesel-async's blanket
 //! implementations for `DerefMut` connections would route queries past the wrapper):

@@ -1,6 +1,9 @@
 //! What a wrapper sends before a statement: the same rules for the sync and the async
 //! connection.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use bemi_core::carrier::{self, RESET_JSON};
 use bemi_core::sql;
 
@@ -15,37 +18,53 @@ pub(crate) enum Plan {
     Wrap(String),
 }
 
-/// Whether a context is in effect in the connection's transaction.
-#[derive(Debug, Default)]
-pub(crate) struct Emitted(bool);
+/// Whether a context may be in effect in the connection's transaction. Shared with the
+/// futures of the async connection, which note a completed reset ([`Emitted::emitted`]).
+///
+/// Pessimistic, for cancellation: a context is noted when its emission is planned, before it is
+/// sent (a future dropped after sending it leaves it in effect); a reset is un-noted only once
+/// it completed (a future dropped before sending it leaves the context in effect).
+#[derive(Debug, Default, Clone)]
+pub(crate) struct Emitted(Arc<AtomicBool>);
 
 impl Emitted {
     /// The plan for `sql` (`None`: it could not be rendered, and passes through), in a
     /// transaction or not.
-    pub(crate) fn plan(&mut self, sql: Option<&str>, in_transaction: bool) -> Plan {
+    pub(crate) fn plan(&self, sql: Option<&str>, in_transaction: bool) -> Plan {
         if !in_transaction {
-            self.0 = false;
+            self.set(false);
         }
         let Some(sql) = sql else {
             return Plan::Alone;
         };
         if in_transaction && carrier::may_undo_emissions(sql) {
             // After a ROLLBACK TO SAVEPOINT the context in effect is unknown.
-            self.0 = true;
+            self.set(true);
             return Plan::Alone;
         }
         match (carrier::message_json(sql), in_transaction) {
             (Some(json), true) => {
-                self.0 = true;
+                self.set(true);
                 Plan::Emit(json)
             }
             (Some(json), false) => Plan::Wrap(json),
-            (None, true) if self.0 && sql::is_write(sql) => {
-                self.0 = false;
+            (None, true) if self.0.load(Ordering::Acquire) && sql::is_write(sql) => {
                 Plan::Emit(RESET_JSON.to_owned())
             }
             (None, _) => Plan::Alone,
         }
+    }
+
+    /// Notes that the emission of `json` (planned by [`Emitted::plan`]) completed: after a
+    /// reset, no context is in effect.
+    pub(crate) fn emitted(&self, json: &str) {
+        if json == RESET_JSON {
+            self.set(false);
+        }
+    }
+
+    fn set(&self, in_effect: bool) {
+        self.0.store(in_effect, Ordering::Release);
     }
 }
 
@@ -67,12 +86,15 @@ mod tests {
 
     #[test]
     fn writes_get_their_context_and_later_writes_without_one_a_reset() {
-        let mut emitted = Emitted::default();
+        let emitted = Emitted::default();
         let insert = "INSERT INTO todo (task) VALUES ($1)";
         let plan = context::sync_scope(json!({"user_id": 1}), || emitted.plan(Some(insert), true));
         assert!(matches!(plan, Plan::Emit(json) if json.contains("\"user_id\":1")));
-        // No context now: a reset, once.
+        // No context now: a reset, until one completed (a write dropped before its reset was
+        // sent leaves the context in effect).
         assert_eq!(emitted.plan(Some(insert), true), Plan::Emit("{}".into()));
+        assert_eq!(emitted.plan(Some(insert), true), Plan::Emit("{}".into()));
+        emitted.emitted("{}");
         assert_eq!(emitted.plan(Some(insert), true), Plan::Alone);
         // Reads never emit.
         let read = context::sync_scope(json!({"user_id": 1}), || {
@@ -88,6 +110,10 @@ mod tests {
             emitted.plan(Some("ROLLBACK TO SAVEPOINT diesel_savepoint_1"), true),
             Plan::Alone
         );
+        assert_eq!(emitted.plan(Some(insert), true), Plan::Emit("{}".into()));
+        emitted.emitted("{}");
+        // A context is in effect as soon as its emission is planned, before it completes.
+        let _ = context::sync_scope(json!({"user_id": 3}), || emitted.plan(Some(insert), true));
         assert_eq!(emitted.plan(Some(insert), true), Plan::Emit("{}".into()));
     }
 }

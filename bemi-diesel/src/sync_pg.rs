@@ -66,6 +66,10 @@ impl BemiPgConnection {
     }
 
     /// Runs `write` on the inner connection after what `plan` asks.
+    ///
+    /// No cancellation to handle: a call blocks its thread until it returns (Diesel is
+    /// synchronous; dropping the future of `interact` or `spawn_blocking` does not stop it), so
+    /// a write cannot be abandoned between its emission and its end, as an async one can.
     fn around<R>(
         &mut self,
         plan: Plan,
@@ -75,6 +79,7 @@ impl BemiPgConnection {
             Plan::Alone => write(&mut self.inner),
             Plan::Emit(json) => {
                 self.inner.batch_execute(&emit_sql_literal(&json))?;
+                self.emitted.emitted(&json);
                 write(&mut self.inner)
             }
             Plan::Wrap(json) => {

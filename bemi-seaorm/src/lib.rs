@@ -42,6 +42,15 @@
 //!
 //! Code typed with `&DatabaseConnection` (rather than `C: ConnectionTrait`) cannot take the
 //! wrapper: its writes carry no context until it is made generic.
+//!
+//! # Cancellation
+//!
+//! A write's future may be dropped at any await (a timeout, `select!`): a later write in the
+//! same [`BemiTransaction`] still never carries a context it was not given (a context is noted
+//! as in effect before its emission is awaited; only a completed reset clears the note). A
+//! write outside a transaction dropped midway is rolled back: SeaORM's `DatabaseTransaction`
+//! queues sqlx's `ROLLBACK` when dropped, and sqlx sends it before the connection's next use or
+//! its return to the pool (see `bemi_core::sqlx`'s notes on cancellation).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -304,7 +313,12 @@ impl BemiTransaction {
     }
 
     /// Emits what the write of `sql` needs before it: its context, or `{}` when it has none
-    /// but one is in effect.
+    /// but one may be in effect.
+    ///
+    /// A context is noted as in effect **before** its emission is awaited: if the future is
+    /// dropped there, the emission may still have run (sqlx finishes a query it sent before
+    /// the connection's next use), so the next write without a context resets it. Only a
+    /// reset that completed clears the note.
     async fn before(&self, sql: &str) -> Result<(), DbErr> {
         if carrier::may_undo_emissions(sql) {
             // After a ROLLBACK TO SAVEPOINT the context in effect is unknown.
@@ -318,11 +332,16 @@ impl BemiTransaction {
             }
             None => return Ok(()),
         };
+        let reset = json == RESET_JSON;
+        if !reset {
+            self.emitted.store(true, Ordering::Release);
+            if let Some(parent) = &self.parent {
+                parent.store(true, Ordering::Release);
+            }
+        }
         self.inner.execute_raw(emission(&json)).await?;
-        let emitted = json != RESET_JSON;
-        self.emitted.store(emitted, Ordering::Release);
-        if let (Some(parent), true) = (&self.parent, emitted) {
-            parent.store(true, Ordering::Release);
+        if reset {
+            self.emitted.store(false, Ordering::Release);
         }
         Ok(())
     }

@@ -7,6 +7,7 @@
 mod adapters;
 mod audit_filters;
 mod audit_query;
+mod cancellation;
 mod capture_rules;
 mod carrier;
 mod cli_audit;
@@ -98,6 +99,17 @@ fn all_tests() -> Vec<(String, TestFn)> {
         adapters::annotated_writes_do_not_fill_the_statement_cache,
         adapters::simple_protocol_queries_stay_simple,
         adapters::pre_prepared_statements_carry_the_context,
+        cancellation::sqlx_write_dropped_after_its_emission_leaves_no_context_behind,
+        cancellation::tokio_postgres_write_dropped_after_it_was_sent_leaves_no_context_behind,
+        cancellation::tokio_postgres_failed_batch_dropped_leaves_no_transaction_open,
+        cancellation::seaorm_write_dropped_after_its_emission_leaves_no_context_behind,
+        cancellation::diesel_async_write_dropped_before_its_reset_leaves_no_context_behind,
+        cancellation::diesel_async_new_statement_outside_a_transaction_carries_its_context,
+        cancellation::diesel_async_dropped_write_outside_a_transaction_leaves_none_open,
+        cancellation::sqlx_cancelled_writes_keep_every_row_to_its_own_context,
+        cancellation::tokio_postgres_cancelled_writes_keep_every_row_to_its_own_context,
+        cancellation::seaorm_cancelled_writes_keep_every_row_to_its_own_context,
+        cancellation::diesel_async_cancelled_writes_keep_every_row_to_its_own_context,
         carrier::every_write_takes_the_context_in_scope_when_it_ran,
         carrier::a_shared_client_keeps_each_write_in_its_own_transaction,
         pgbouncer::both_adapters_attribute_every_write_through_pgbouncer,
