@@ -226,6 +226,19 @@ pub(crate) async fn through_nats_every_change_is_stored_once_across_kills_and_a_
         );
     }
     ensure!(ids.len() as i64 == TOTAL);
+    // Each change names its source cluster, carried through the stream.
+    let cluster: String =
+        sqlx::query_scalar("SELECT system_identifier::text FROM pg_control_system()")
+            .fetch_one(&source.pool)
+            .await?;
+    let named: i64 = sqlx::query_scalar("SELECT count(*) FROM changes WHERE source = $1")
+        .bind(&cluster)
+        .fetch_one(&audit.pool)
+        .await?;
+    ensure!(
+        named == TOTAL,
+        "{named} of {TOTAL} changes name the source {cluster}"
+    );
     worker.signal(libc::SIGTERM)?;
     store.signal(libc::SIGTERM)?;
     ensure!(
