@@ -77,6 +77,7 @@ pub fn without_password(url: &str) -> String {
 /// assert_eq!(without_nats_secrets("tls://t0ken@nats:4222"), "tls://***@nats:4222");
 /// assert_eq!(without_nats_secrets("nats://nats:4222"), "nats://nats:4222");
 /// ```
+#[cfg(feature = "nats")]
 pub fn without_nats_secrets(url: &str) -> String {
     let masked = without_password(url);
     let Some(scheme_end) = masked.find("://").map(|i| i + 3) else {
@@ -105,10 +106,13 @@ fn is_password_parameter(name: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::{without_nats_secrets, without_password};
+    use super::without_password;
 
+    #[cfg(feature = "nats")]
     #[test]
     fn nats_passwords_and_tokens_are_hidden() {
+        use super::without_nats_secrets;
+
         for (url, expected) in [
             ("nats://u:SECRET@h:4222", "nats://u:***@h:4222"),
             ("tls://SECRET@h:4222", "tls://***@h:4222"),
