@@ -693,7 +693,8 @@ mod tests {
     fn placeholders(sql: &str) -> Vec<usize> {
         sql.match_indices('$')
             .map(|(i, _)| {
-                sql[i + 1..]
+                sql.get(i + 1..)
+                    .unwrap_or_default()
                     .chars()
                     .take_while(char::is_ascii_digit)
                     .collect::<String>()
