@@ -44,6 +44,8 @@
 
 mod change;
 mod follow;
+#[cfg(test)]
+mod fuzz;
 mod query;
 pub mod retention;
 mod revert;

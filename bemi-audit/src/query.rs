@@ -637,28 +637,53 @@ impl Pages {
 /// ```
 pub fn parse_context_pair(pair: &str) -> Result<(String, Value), ContextPairError> {
     let Some((key, value)) = pair.split_once('=') else {
-        return Err(ContextPairError(pair.to_owned()));
+        return Err(ContextPairError::NotAPair(pair.to_owned()));
     };
     let key = key.trim();
     if key.is_empty() {
-        return Err(ContextPairError(pair.to_owned()));
+        return Err(ContextPairError::NotAPair(pair.to_owned()));
     }
     let value = serde_json::from_str(value).unwrap_or_else(|_| Value::String(value.to_owned()));
+    if key.contains('\0') || holds_nul(&value) {
+        return Err(ContextPairError::Nul(pair.to_owned()));
+    }
     Ok((key.to_owned(), value))
 }
 
-/// A context filter that is not `KEY=VALUE`.
+/// Whether a string of `value` (or a key of one of its objects) holds U+0000, which a
+/// `jsonb` value cannot hold.
+fn holds_nul(value: &Value) -> bool {
+    match value {
+        Value::String(text) => text.contains('\0'),
+        Value::Array(items) => items.iter().any(holds_nul),
+        Value::Object(map) => map
+            .iter()
+            .any(|(key, value)| key.contains('\0') || holds_nul(value)),
+        Value::Null | Value::Bool(_) | Value::Number(_) => false,
+    }
+}
+
+/// A context filter that is not `KEY=VALUE`, or one PostgreSQL cannot compare.
 ///
 /// ```
 /// let error = bemi_audit::parse_context_pair("=1").unwrap_err();
 /// assert!(error.to_string().contains("KEY=VALUE"));
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error(
-    "context filter {0:?} is not KEY=VALUE: write e.g. user_id=187234 (a JSON value) or \
-     endpoint=/todo (a string)"
-)]
-pub struct ContextPairError(pub String);
+pub enum ContextPairError {
+    /// No `=`, or an empty key.
+    #[error(
+        "context filter {0:?} is not KEY=VALUE: write e.g. user_id=187234 (a JSON value) or \
+         endpoint=/todo (a string)"
+    )]
+    NotAPair(String),
+    /// A NUL character (U+0000, `\u0000` in JSON), which no stored context holds.
+    #[error(
+        "context filter {0:?} holds a NUL character (U+0000, \\u0000 in JSON), which no \
+         context holds (PostgreSQL's jsonb cannot store it): leave it out"
+    )]
+    Nul(String),
+}
 
 #[cfg(test)]
 mod tests {
@@ -668,7 +693,8 @@ mod tests {
     fn placeholders(sql: &str) -> Vec<usize> {
         sql.match_indices('$')
             .map(|(i, _)| {
-                sql[i + 1..]
+                sql.get(i + 1..)
+                    .unwrap_or_default()
                     .chars()
                     .take_while(char::is_ascii_digit)
                     .collect::<String>()
@@ -823,7 +849,22 @@ mod tests {
             assert_eq!(key, pair.split('=').next().unwrap().trim());
         }
         for bad in ["", "user_id", "=1", " =1"] {
-            assert!(parse_context_pair(bad).is_err(), "{bad:?}");
+            assert!(
+                matches!(parse_context_pair(bad), Err(ContextPairError::NotAPair(_))),
+                "{bad:?}"
+            );
+        }
+        // Regression: a NUL in the JSON made the query fail in PostgreSQL (a 500 in the UI).
+        for nul in [
+            "a=\"\\u0000\"",
+            "a=[\"x\\u0000\"]",
+            "a={\"\\u0000\":1}",
+            "a\0=1",
+            "a=\0",
+        ] {
+            let error = parse_context_pair(nul).unwrap_err();
+            assert_eq!(error, ContextPairError::Nul(nul.to_owned()), "{nul:?}");
+            assert!(error.to_string().contains("leave it out"), "{error}");
         }
     }
 }

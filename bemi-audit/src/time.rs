@@ -75,6 +75,25 @@ pub enum TimeError {
     Database(#[from] sqlx::Error),
 }
 
+/// The earliest instant a PostgreSQL `timestamptz` holds, 4714-11-24 00:00:00 UTC BC (Julian
+/// day 0), in microseconds since 1970-01-01. (Its latest, in the year 294 276, is later than
+/// any instant chrono holds.)
+pub const POSTGRES_EARLIEST_MICROS: i64 = -210_866_803_200_000_000;
+
+/// Whether PostgreSQL can store `instant` as a `timestamptz` (a filter with an instant it
+/// cannot store fails in the database).
+///
+/// ```
+/// use bemi_audit::time::postgres_stores;
+///
+/// assert!(postgres_stores(chrono::Utc::now()));
+/// assert!(!postgres_stores(chrono::DateTime::<chrono::Utc>::MIN_UTC));
+/// ```
+#[must_use]
+pub fn postgres_stores(instant: DateTime<Utc>) -> bool {
+    instant.timestamp_micros() >= POSTGRES_EARLIEST_MICROS
+}
+
 /// What to write instead of `text`.
 fn not_a_time(text: &str) -> String {
     format!(
@@ -127,20 +146,30 @@ impl PointInTime {
     }
 
     /// The instant of a duration or a timestamp read here; `Err` for a text PostgreSQL must
-    /// read, or for a duration that reaches before the earliest time chrono represents.
+    /// read, or for an instant before the earliest PostgreSQL stores (4714-11-24 BC).
     pub fn resolve_here(&self, now: DateTime<Utc>) -> Result<DateTime<Utc>, String> {
         match self {
-            Self::At(instant) => Ok(*instant),
+            Self::At(instant) if postgres_stores(*instant) => Ok(*instant),
+            Self::At(instant) => Err(format!(
+                "{instant} is before the earliest time PostgreSQL stores (4714-11-24 BC): \
+                 write a later time"
+            )),
             Self::Ago(ago) => chrono::Duration::from_std(*ago)
                 .ok()
                 .and_then(|ago| now.checked_sub_signed(ago))
-                .ok_or_else(|| format!("{ago:?} ago reaches before the earliest supported time")),
+                .filter(|instant| postgres_stores(*instant))
+                .ok_or_else(|| {
+                    format!(
+                        "{ago:?} ago reaches before the earliest time PostgreSQL stores \
+                         (4714-11-24 BC): write a shorter duration, e.g. 7d"
+                    )
+                }),
             Self::Text(text) => Err(format!("{text:?} is for PostgreSQL to read")),
         }
     }
 
-    /// A command line's value parser: [`FromStr`](std::str::FromStr), and a duration must also
-    /// resolve against the current time.
+    /// A command line's value parser: [`FromStr`](std::str::FromStr), and a duration or a
+    /// timestamp must also resolve (against the current time) to an instant PostgreSQL stores.
     ///
     /// ```
     /// use bemi_audit::time::PointInTime;
@@ -150,7 +179,7 @@ impl PointInTime {
     /// ```
     pub fn parse_arg(text: &str) -> Result<Self, String> {
         let point: Self = text.parse()?;
-        if let Self::Ago(_) = point {
+        if let Self::Ago(_) | Self::At(_) = point {
             point
                 .resolve_here(Utc::now())
                 .map_err(|error| format!("{text:?}: {error}"))?;
@@ -190,10 +219,13 @@ impl std::str::FromStr for PointInTime {
 
 /// A timestamp as PostgreSQL prints it (ISO): `YYYY-MM-DD`, then optionally `T` or a space and
 /// `HH:MM[:SS[.frac]]`, then optionally `Z` or an offset `±HH[[:]MM]`; without one, UTC.
+/// `None` for any other text (never a panic: every split is checked to fall between
+/// characters).
 fn parse_timestamp(text: &str) -> Option<DateTime<Utc>> {
     use chrono::{NaiveDate, NaiveDateTime, NaiveTime, TimeZone as _};
 
-    let (date, rest) = text.split_at(text.len().min(10));
+    // The date is ASCII: a text whose tenth byte is inside a character is not a timestamp.
+    let (date, rest) = text.split_at_checked(text.len().min(10))?;
     let date = NaiveDate::parse_from_str(date, "%Y-%m-%d").ok()?;
     let rest = rest.strip_prefix(['T', 't', ' ']).unwrap_or(rest);
     if rest.is_empty() {
@@ -203,7 +235,7 @@ fn parse_timestamp(text: &str) -> Option<DateTime<Utc>> {
     }
     // Split the time from the offset: the offset starts at the last '+' or '-', or at 'Z'.
     let (time, offset) = match rest.rfind(['+', '-', 'Z', 'z']) {
-        Some(at) => rest.split_at(at),
+        Some(at) => rest.split_at_checked(at)?,
         None => (rest, ""),
     };
     let time = NaiveTime::parse_from_str(time.trim(), "%H:%M:%S%.f")
@@ -213,16 +245,19 @@ fn parse_timestamp(text: &str) -> Option<DateTime<Utc>> {
     let offset_seconds = match offset.trim() {
         "" | "Z" | "z" => 0,
         offset => {
-            let sign = if offset.starts_with('-') { -1 } else { 1 };
-            let digits: String = offset[1..].chars().filter(|c| *c != ':').collect();
-            if !digits.chars().all(|c| c.is_ascii_digit()) || !matches!(digits.len(), 2 | 4) {
-                return None;
-            }
-            let hours: i32 = digits[..2].parse().ok()?;
-            let minutes: i32 = if digits.len() == 4 {
-                digits[2..].parse().ok()?
-            } else {
-                0
+            let mut chars = offset.chars();
+            let sign = match chars.next() {
+                Some('-') => -1,
+                _ => 1,
+            };
+            let digits: Vec<i32> = chars
+                .filter(|c| *c != ':')
+                .map(|c| c.to_digit(10).and_then(|d| i32::try_from(d).ok()))
+                .collect::<Option<_>>()?;
+            let (hours, minutes) = match digits.as_slice() {
+                [h1, h2] => (h1 * 10 + h2, 0),
+                [h1, h2, m1, m2] => (h1 * 10 + h2, m1 * 10 + m2),
+                _ => return None,
             };
             sign * (hours * 3600 + minutes * 60)
         }
@@ -419,6 +454,63 @@ mod tests {
         );
         // Parses as a duration, but reaches before the earliest time there is.
         let error = PointInTime::parse_arg("999999999d").unwrap_err();
+        assert!(error.contains("earliest"), "{error}");
+    }
+
+    /// Regression: the date's ten bytes were split off by byte index, which panicked inside a
+    /// multi-byte character (`bemi changes --since 123456789é`).
+    #[test]
+    fn a_multi_byte_character_where_the_date_ends_is_not_a_panic() {
+        for text in [
+            "123456789é",
+            "2024-05-0é",
+            "2024-05-01é12:00",
+            "2024-05-01T12:00:00+é",
+            "2024-05-01T12:00:00+0é",
+            "2024-05-01T12:00:00é+02",
+            "2024-05-01 12:00:00+٠٢",
+        ] {
+            assert_eq!(
+                text.parse::<PointInTime>(),
+                Ok(PointInTime::Text(text.into())),
+                "{text}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_earliest_instant_is_postgresqls_julian_day_0() {
+        let earliest = chrono::NaiveDate::from_ymd_opt(-4713, 11, 24)
+            .unwrap()
+            .and_time(chrono::NaiveTime::MIN)
+            .and_utc();
+        assert_eq!(earliest.timestamp_micros(), POSTGRES_EARLIEST_MICROS);
+        assert!(postgres_stores(earliest));
+        assert!(!postgres_stores(
+            earliest - chrono::Duration::microseconds(1)
+        ));
+    }
+
+    /// Instants PostgreSQL cannot store are refused here, not by the database.
+    #[test]
+    fn instants_before_postgresqls_earliest_are_refused() {
+        let now = Utc.with_ymd_and_hms(2024, 5, 8, 12, 0, 0).unwrap();
+        // 2 425 000 days reach the year -4616; 2 500 000 days the year -4821.
+        assert!(parse_instant("2425000d", now).is_ok());
+        let error = parse_instant("2500000d", now).unwrap_err();
+        assert!(
+            error.contains("earliest") && error.contains("7d"),
+            "{error}"
+        );
+        let early = PointInTime::At(
+            chrono::NaiveDate::from_ymd_opt(-9999, 1, 1)
+                .unwrap()
+                .and_time(chrono::NaiveTime::MIN)
+                .and_utc(),
+        );
+        let error = early.resolve_here(now).unwrap_err();
+        assert!(error.contains("earliest"), "{error}");
+        let error = PointInTime::parse_arg("2500000d").unwrap_err();
         assert!(error.contains("earliest"), "{error}");
     }
 }

@@ -30,6 +30,8 @@ mod at;
 mod audit_db;
 mod changes;
 mod dev;
+#[cfg(test)]
+mod fuzz;
 mod history;
 mod migration;
 mod prune;

@@ -185,12 +185,11 @@ fn sql_key_value(sql: &str) -> String {
     if sql.len() <= MAX_SQL_KEY_BYTES {
         return sql.to_owned();
     }
-    let mut end = MAX_SQL_KEY_BYTES;
-    while !sql.is_char_boundary(end) {
-        end -= 1;
-    }
-    let mut cut = String::with_capacity(end + 3);
-    cut.push_str(&sql[..end]);
+    let (head, _) = sql
+        .split_at_checked(sql.floor_char_boundary(MAX_SQL_KEY_BYTES))
+        .unwrap_or((sql, ""));
+    let mut cut = String::with_capacity(head.len() + 3);
+    cut.push_str(head);
     cut.push('…');
     cut
 }

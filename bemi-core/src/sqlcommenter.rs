@@ -83,15 +83,21 @@ pub enum ParseError {
 pub fn parse(body: &str) -> Result<Map<String, Value>, ParseError> {
     let bytes = body.as_bytes();
     let mut context = Map::new();
+    // `at` only ever stops at an ASCII byte (a space, `=`, `,`, a quote) or at the end, so
+    // every `get` below is `Some`; a `None` would be a `MissingEquals`, never a panic.
     let mut at = skip_spaces(bytes, 0);
     while at < bytes.len() {
         let key_start = at;
-        let equals = body[at..]
-            .find(['=', ','])
+        let equals = body
+            .get(at..)
+            .and_then(|rest| rest.find(['=', ',']))
             .map(|offset| at + offset)
-            .filter(|&end| bytes[end] == b'=')
+            .filter(|&end| bytes.get(end) == Some(&b'='))
             .ok_or(ParseError::MissingEquals(key_start))?;
-        let key = body[key_start..equals].trim();
+        let key = body
+            .get(key_start..equals)
+            .ok_or(ParseError::MissingEquals(key_start))?
+            .trim();
         if key.is_empty() {
             return Err(ParseError::EmptyKey(key_start));
         }
@@ -106,10 +112,9 @@ pub fn parse(body: &str) -> Result<Map<String, Value>, ParseError> {
             }
             raw
         } else {
-            let end = body[at..]
-                .find(',')
-                .map_or(bytes.len(), |offset| at + offset);
-            let raw = body[at..end].trim();
+            let rest = body.get(at..).ok_or(ParseError::MissingEquals(key_start))?;
+            let end = rest.find(',').map_or(bytes.len(), |offset| at + offset);
+            let raw = rest.get(..end - at).unwrap_or(rest).trim();
             at = (end + 1).min(bytes.len());
             Cow::Borrowed(raw)
         };
@@ -124,6 +129,9 @@ pub fn parse(body: &str) -> Result<Map<String, Value>, ParseError> {
 
 /// A quoted value starting at `start` (its opening `'`): its text with `\'` (and `\\`)
 /// unescaped, and the byte after its closing quote.
+// Each slice starts after the opening quote or an escaping backslash and ends at a backslash
+// or the closing quote: ASCII bytes, so on char boundaries.
+#[allow(clippy::string_slice)]
 fn quoted(body: &str, start: usize) -> Result<(Cow<'_, str>, usize), ParseError> {
     let bytes = body.as_bytes();
     let mut text = String::new();
@@ -246,5 +254,41 @@ mod tests {
         assert_eq!(parse("=x"), Err(ParseError::EmptyKey(0)));
         assert_eq!(parse("a='x"), Err(ParseError::UnterminatedValue(2)));
         assert_eq!(parse("a='x'y"), Err(ParseError::ExpectedComma(5)));
+    }
+
+    /// Any body — any text, any bytes read lossily, pairs of arbitrary keys and values with
+    /// quotes and escapes — is a context or an error, never a panic.
+    #[test]
+    fn fuzz_any_body_is_a_context_or_an_error() {
+        use proptest::collection::vec;
+        use proptest::prelude::*;
+        use std::panic::{AssertUnwindSafe, catch_unwind};
+
+        let piece = prop_oneof![
+            any::<String>(),
+            Just("'".to_owned()),
+            Just("\\'".to_owned()),
+            Just("=".to_owned()),
+            Just(",".to_owned()),
+            Just("%C3%A9".to_owned()),
+            Just("%%".to_owned()),
+            Just("é".to_owned()),
+            Just(" ".to_owned()),
+        ];
+        let body = prop_oneof![
+            any::<String>(),
+            vec(any::<u8>(), 0..64).prop_map(|bytes| String::from_utf8_lossy(&bytes).into_owned()),
+            vec(piece, 0..12).prop_map(|pieces| pieces.concat()),
+        ];
+        bemi_dev::fuzz::check("sqlcommenter bodies", 3_000, body, |body| {
+            let parsed = catch_unwind(AssertUnwindSafe(|| parse(&body)))
+                .map_err(|_| TestCaseError::fail(format!("parse panicked on {body:?}")))?;
+            match parsed {
+                Ok(context) => prop_assert!(!context.is_empty()),
+                Err(error) => prop_assert!(!error.to_string().is_empty()),
+            }
+            Ok(())
+        })
+        .unwrap_or_else(|failure| panic!("{failure}"));
     }
 }

@@ -705,10 +705,12 @@ fn with_database(url: &str, database: &str) -> String {
         .split_once('?')
         .map_or((url, None), |(b, q)| (b, Some(q)));
     let authority_start = base.find("://").map_or(0, |i| i + 3);
-    let path_start = base[authority_start..]
-        .find('/')
+    let path_start = base
+        .get(authority_start..)
+        .and_then(|authority| authority.find('/'))
         .map_or(base.len(), |i| authority_start + i);
-    let mut result = format!("{}/{database}", &base[..path_start]);
+    let (before_path, _) = base.split_at_checked(path_start).unwrap_or((base, ""));
+    let mut result = format!("{before_path}/{database}");
     if let Some(query) = query {
         result.push('?');
         result.push_str(query);

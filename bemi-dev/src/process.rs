@@ -149,9 +149,6 @@ pub(crate) fn read_tail(path: &Path, from: u64) -> String {
 
 /// The last `max` bytes of `text` (at a character boundary), trimmed.
 pub(crate) fn tail(text: &str, max: usize) -> String {
-    let mut start = text.len().saturating_sub(max);
-    while !text.is_char_boundary(start) {
-        start += 1;
-    }
-    text[start..].trim().to_owned()
+    let start = text.ceil_char_boundary(text.len().saturating_sub(max));
+    text.get(start..).unwrap_or_default().trim().to_owned()
 }

@@ -97,6 +97,20 @@ pub(crate) async fn revert(
     Extension(info): Extension<RequestInfo>,
     Json(request): Json<RevertRequest>,
 ) -> Result<Response, ApiError> {
+    // PostgreSQL's text and jsonb hold no NUL: such a target would fail in the database.
+    let context_nul = request.context.as_ref().is_some_and(|context| {
+        context
+            .iter()
+            .any(|(k, v)| k.contains('\0') || holds_nul(v))
+    });
+    if context_nul || request.source.as_deref().is_some_and(|s| s.contains('\0')) {
+        return Err(ApiError(
+            StatusCode::BAD_REQUEST,
+            "a NUL character (\\u0000) is in no stored change: leave it out of \"context\" \
+             and \"source\""
+                .into(),
+        ));
+    }
     let revert = match (request.change, request.transaction, request.context) {
         (Some(id), None, None) => Revert::change(id),
         (None, Some(id), None) => Revert::transaction(id),
@@ -135,6 +149,16 @@ pub(crate) async fn revert(
         )
             .into_response()),
         Err(error) => Err(revert_error(error)),
+    }
+}
+
+/// Whether a string of `value`, or a key of one of its objects, holds U+0000.
+fn holds_nul(value: &Value) -> bool {
+    match value {
+        Value::String(text) => text.contains('\0'),
+        Value::Array(items) => items.iter().any(holds_nul),
+        Value::Object(map) => map.iter().any(|(k, v)| k.contains('\0') || holds_nul(v)),
+        Value::Null | Value::Bool(_) | Value::Number(_) => false,
     }
 }
 
@@ -178,4 +202,42 @@ pub(crate) async fn tail(
     });
     let events = stream::iter(first).chain(pages).map(Ok);
     Ok(Sse::new(events).keep_alive(KeepAlive::default()))
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::body::Body;
+    use axum::http::{Request, StatusCode};
+    use sqlx::PgPool;
+    use tower::ServiceExt as _;
+
+    use crate::{UiOptions, router};
+
+    /// Regression: a NUL in a revert's context or source failed in the database (a 500); the
+    /// database (unreachable here) is not asked.
+    #[tokio::test]
+    async fn a_revert_target_with_a_nul_is_a_400() {
+        let pool = PgPool::connect_lazy("postgres://nobody@127.0.0.1:1/none").unwrap();
+        let app = router(pool, UiOptions::new().token("t", true));
+        for body in [
+            r#"{"context": {"request_id": "r\u0000"}}"#,
+            r#"{"context": {"a": [{"\u0000": 1}]}}"#,
+            r#"{"transaction": 1, "source": "\u0000"}"#,
+        ] {
+            let request = Request::post("/api/revert")
+                .header("host", "127.0.0.1")
+                .header("authorization", "Bearer t")
+                .header("content-type", "application/json")
+                .body(Body::from(body))
+                .unwrap();
+            let response = app.clone().oneshot(request).await.unwrap();
+            let status = response.status();
+            let text = axum::body::to_bytes(response.into_body(), 1 << 16)
+                .await
+                .unwrap();
+            let text = String::from_utf8_lossy(&text);
+            assert_eq!(status, StatusCode::BAD_REQUEST, "{body}: {text}");
+            assert!(text.contains("leave it out"), "{body}: {text}");
+        }
+    }
 }

@@ -72,6 +72,20 @@ pub enum FilterError {
     Database(#[from] sqlx::Error),
 }
 
+/// The parameters [`Filters::parse`] reads (others are ignored).
+const KEYS: [&str; 10] = [
+    "table",
+    "pk",
+    "operation",
+    "context",
+    "since",
+    "until",
+    "changed",
+    "transaction",
+    "limit",
+    "cursor",
+];
+
 impl Filters {
     /// The filters of a query string (without the `?`); empty values are no filter.
     ///
@@ -79,7 +93,8 @@ impl Filters {
     ///
     /// [`FilterError::Invalid`] for a value that does not parse (an unknown operation, a
     /// `context` that is not `KEY=VALUE`, a transaction or limit that is not a number, a
-    /// cursor this UI did not make).
+    /// cursor this UI did not make, a NUL character). Any query string gets filters or an
+    /// error, never a panic.
     pub fn parse(query: &str) -> Result<Self, FilterError> {
         let mut filters = Self::default();
         for (key, value) in form_urlencoded::parse(query.as_bytes()) {
@@ -92,6 +107,15 @@ impl Filters {
                 value: value.to_owned(),
                 problem: problem.to_owned(),
             };
+            if value.contains('\0')
+                && let Some(key) = KEYS.into_iter().find(|known| *known == key)
+            {
+                // PostgreSQL's text holds no NUL: the query would fail in the database.
+                return Err(invalid(
+                    key,
+                    "a NUL character (%00) is in no stored value: leave it out",
+                ));
+            }
             match &*key {
                 "table" => filters.table = Some(value.to_owned()),
                 "pk" => filters.pk = Some(value.to_owned()),
@@ -282,7 +306,8 @@ pub fn encode_cursor(cursor: &Cursor) -> String {
     )
 }
 
-/// The cursor [`encode_cursor`] wrote; `None` for any other text.
+/// The cursor [`encode_cursor`] wrote; `None` for any other text, and for a time before the
+/// earliest PostgreSQL stores (the query would fail in the database).
 #[must_use]
 pub fn decode_cursor(text: &str) -> Option<Cursor> {
     let mut parts = text.split('.');
@@ -293,7 +318,8 @@ pub fn decode_cursor(text: &str) -> Option<Cursor> {
         return None;
     }
     Some(Cursor {
-        committed_at: DateTime::from_timestamp_micros(micros)?,
+        committed_at: DateTime::from_timestamp_micros(micros)
+            .filter(|instant| bemi_audit::time::postgres_stores(*instant))?,
         position,
         id,
     })
@@ -311,6 +337,16 @@ mod tests {
             ("transaction=abc", "whole number"),
             ("limit=-1", "how many"),
             ("cursor=abc", "next"),
+            // Regressions: each failed in PostgreSQL, a 500 instead of a 400.
+            ("table=to%00do", "NUL"),
+            ("pk=%00", "NUL"),
+            ("changed=a%00", "NUL"),
+            ("since=%00", "NUL"),
+            ("context=a%3D%22%5Cu0000%22", "NUL"),
+            (
+                "cursor=-210866803200000001.1.00000000000000000000000000000000",
+                "next",
+            ),
         ] {
             let error = Filters::parse(query).unwrap_err().to_string();
             assert!(error.contains(hint), "{query}: {error}");
@@ -338,5 +374,177 @@ mod tests {
             ..Filters::default()
         };
         assert_eq!(Filters::parse(&filters.to_query()).unwrap(), filters);
+    }
+
+    /// Percent-encodes every byte, or leaves a printable ASCII one as it is.
+    fn encode(bytes: &[u8], raw: &[bool]) -> String {
+        bytes
+            .iter()
+            .zip(raw.iter().chain(std::iter::repeat(&false)))
+            .map(|(byte, raw)| match byte {
+                b'!'..=b'~' if *raw && !matches!(byte, b'&' | b'=' | b'%' | b'+') => {
+                    char::from(*byte).to_string()
+                }
+                _ => format!("%{byte:02X}"),
+            })
+            .collect()
+    }
+
+    /// Query strings: any text, any bytes read lossily, and the filters' keys with values of
+    /// arbitrary bytes, percent-encoded (what a client can send), or near-valid values with a
+    /// character put anywhere.
+    fn query_string() -> impl proptest::strategy::Strategy<Value = String> {
+        use proptest::collection::vec;
+        use proptest::prelude::*;
+
+        let value = prop_oneof![
+            vec(any::<u8>(), 0..24),
+            any::<String>().prop_map(String::into_bytes),
+            (
+                prop::sample::select(vec![
+                    "123456789",
+                    "2024-05-01T12:00:00+02:00",
+                    "15m",
+                    "user_id=187234",
+                    "1733400000000000.42.0123456789abcdef0123456789abcdef",
+                    "UPDATE",
+                    "-210866803200000001.1.00000000000000000000000000000000",
+                    "a=\"\\u0000\"",
+                ]),
+                any::<prop::sample::Index>(),
+                any::<char>(),
+            )
+                .prop_map(|(valid, at, c)| {
+                    let mut chars: Vec<char> = valid.chars().collect();
+                    chars.insert(at.index(chars.len() + 1), c);
+                    chars.into_iter().collect::<String>().into_bytes()
+                }),
+        ];
+        let key = prop_oneof![
+            4 => prop::sample::select(KEYS.to_vec()).prop_map(str::to_owned),
+            1 => any::<String>(),
+        ];
+        let pairs = vec((key, value, vec(any::<bool>(), 0..24)), 0..6).prop_map(|pairs| {
+            pairs
+                .iter()
+                .map(|(key, value, raw)| {
+                    format!("{}={}", encode(key.as_bytes(), &[]), encode(value, raw))
+                })
+                .collect::<Vec<_>>()
+                .join("&")
+        });
+        prop_oneof![
+            3 => pairs,
+            1 => any::<String>(),
+            1 => vec(any::<u8>(), 0..64).prop_map(|b| String::from_utf8_lossy(&b).into_owned()),
+        ]
+    }
+
+    /// Any query string gives filters the database can be asked about, or a 400's error;
+    /// never a panic.
+    #[test]
+    fn fuzz_any_query_string_gives_filters_or_an_error() {
+        use proptest::prelude::*;
+        use std::panic::{AssertUnwindSafe, catch_unwind};
+
+        let now = Utc::now();
+        bemi_dev::fuzz::check("UI filters", 3_000, query_string(), |query| {
+            let parsed =
+                catch_unwind(AssertUnwindSafe(|| Filters::parse(&query))).map_err(|_| {
+                    TestCaseError::fail(format!("Filters::parse panicked on {query:?}"))
+                })?;
+            let filters = match parsed {
+                Ok(filters) => filters,
+                Err(FilterError::Database(error)) => {
+                    return Err(TestCaseError::fail(format!("{query:?}: {error}")));
+                }
+                Err(error) => {
+                    prop_assert!(!error.to_string().is_empty());
+                    return Ok(());
+                }
+            };
+            // Nothing PostgreSQL would refuse: no NUL, times it stores.
+            let texts = [
+                &filters.table,
+                &filters.pk,
+                &filters.changed,
+                &filters.since,
+                &filters.until,
+            ];
+            for text in texts.into_iter().flatten() {
+                prop_assert!(!text.contains('\0'), "{query:?}");
+            }
+            for (written, key, value) in &filters.context {
+                prop_assert!(!written.contains('\0') && !key.contains('\0'), "{query:?}");
+                prop_assert!(!holds_nul(value), "{query:?}");
+            }
+            prop_assert!(
+                filters
+                    .limit
+                    .is_none_or(|limit| (1..=MAX_LIMIT).contains(&limit))
+            );
+            if let Some(cursor) = &filters.cursor {
+                prop_assert!(bemi_audit::time::postgres_stores(cursor.committed_at));
+            }
+            for time in [&filters.since, &filters.until].into_iter().flatten() {
+                let point =
+                    catch_unwind(|| time.parse::<PointInTime>().map(|p| p.resolve_here(now)))
+                        .map_err(|_| TestCaseError::fail(format!("{time:?} panicked")))?;
+                if let Ok(Ok(instant)) = point {
+                    prop_assert!(bemi_audit::time::postgres_stores(instant), "{time:?}");
+                }
+            }
+            // The filters' own query string gives them back.
+            prop_assert_eq!(Filters::parse(&filters.to_query()).ok(), Some(filters));
+            Ok(())
+        })
+        .unwrap_or_else(|failure| panic!("{failure}"));
+    }
+
+    #[test]
+    fn fuzz_cursors_decode_or_are_refused() {
+        use proptest::prelude::*;
+
+        let cursor = (
+            bemi_audit::time::POSTGRES_EARLIEST_MICROS
+                ..=DateTime::<Utc>::MAX_UTC.timestamp_micros(),
+            any::<i64>(),
+            any::<u128>(),
+        );
+        bemi_dev::fuzz::check(
+            "cursors",
+            3_000,
+            (cursor, any::<String>(), vec_of_bytes()),
+            |((micros, position, id), text, bytes)| {
+                let cursor = Cursor {
+                    committed_at: DateTime::from_timestamp_micros(micros).unwrap_or_default(),
+                    position,
+                    id: Uuid::from_u128(id),
+                };
+                prop_assert_eq!(decode_cursor(&encode_cursor(&cursor)), Some(cursor));
+                for text in [text, String::from_utf8_lossy(&bytes).into_owned()] {
+                    if let Some(cursor) = decode_cursor(&text) {
+                        prop_assert!(bemi_audit::time::postgres_stores(cursor.committed_at));
+                        prop_assert_eq!(decode_cursor(&encode_cursor(&cursor)), Some(cursor));
+                    }
+                }
+                Ok(())
+            },
+        )
+        .unwrap_or_else(|failure| panic!("{failure}"));
+    }
+
+    /// Whether a string of `value`, or a key of one of its objects, holds U+0000.
+    fn holds_nul(value: &Value) -> bool {
+        match value {
+            Value::String(text) => text.contains('\0'),
+            Value::Array(items) => items.iter().any(holds_nul),
+            Value::Object(map) => map.iter().any(|(k, v)| k.contains('\0') || holds_nul(v)),
+            _ => false,
+        }
+    }
+
+    fn vec_of_bytes() -> impl proptest::strategy::Strategy<Value = Vec<u8>> {
+        proptest::collection::vec(proptest::prelude::any::<u8>(), 0..80)
     }
 }

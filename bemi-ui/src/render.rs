@@ -200,7 +200,7 @@ pub(crate) fn scalar_text(value: &Value) -> String {
 /// `text` cut to `max` characters, with `…`.
 pub(crate) fn short(text: &str, max: usize) -> String {
     match text.char_indices().nth(max) {
-        Some((cut, _)) => format!("{}…", &text[..cut]),
+        Some((cut, _)) => format!("{}…", text.get(..cut).unwrap_or(text)),
         None => text.to_owned(),
     }
 }
@@ -236,11 +236,8 @@ fn cut_bytes(text: &str, max: usize) -> &str {
     if text.len() <= max {
         return text;
     }
-    let mut cut = max;
-    while !text.is_char_boundary(cut) {
-        cut -= 1;
-    }
-    &text[..cut]
+    text.get(..text.floor_char_boundary(max))
+        .unwrap_or_default()
 }
 
 /// The diff of a change: changed fields, then the unchanged ones collapsed.

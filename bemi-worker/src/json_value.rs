@@ -230,23 +230,26 @@ fn write_timestamp(out: &mut String, text: &str, with_zone: bool) {
         && text
             .bytes()
             .all(|b| b.is_ascii_digit() || matches!(b, b'-' | b':' | b'.' | b'+' | b' '));
-    if !iso {
+    // ASCII only: the slices fall between characters.
+    let (true, Some(date), Some(time)) = (iso, text.get(..10), text.get(11..)) else {
         return write_string(out, text);
-    }
+    };
     out.push('"');
-    out.push_str(&text[..10]);
+    out.push_str(date);
     out.push('T');
-    match text[11..].strip_suffix("+00") {
+    match time.strip_suffix("+00") {
         Some(time) if with_zone => {
             out.push_str(time);
             out.push('Z');
         }
-        _ => out.push_str(&text[11..]),
+        _ => out.push_str(time),
     }
     out.push('"');
 }
 
 /// Appends `text` as a JSON string.
+// The slices are between the characters `char_indices` yields: on char boundaries.
+#[allow(clippy::string_slice)]
 pub(crate) fn write_string(out: &mut String, text: &str) {
     out.reserve(text.len() + 2);
     out.push('"');
@@ -284,7 +287,8 @@ enum ArrayItem {
 /// `[0:1]={1,2}` (the bounds are dropped). `None` when the text is not an array literal.
 fn parse_array(text: &str) -> Option<Vec<ArrayItem>> {
     let body = match text.find("={") {
-        Some(i) if text.starts_with('[') => &text[i + 1..],
+        // From the `{`, an ASCII character: between characters.
+        Some(i) if text.starts_with('[') => text.get(i + 1..)?,
         _ => text,
     };
     let mut chars = body.chars().peekable();

@@ -15,6 +15,9 @@
 /// );
 /// assert_eq!(without_password("postgres://db/app"), "postgres://db/app");
 /// ```
+// Every index is where `find`/`rfind` found an ASCII pattern (`://`, `@`, `?`, `:`), or just
+// after it: on char boundaries.
+#[allow(clippy::string_slice)]
 pub fn without_password(url: &str) -> String {
     let Some(scheme_end) = url.find("://").map(|i| i + 3) else {
         return url.to_owned();

@@ -195,7 +195,8 @@ async fn running_worker(pool: &sqlx::PgPool, slot: &str) -> Result<Option<String
 pub fn streamed_publications(command: &str) -> Option<Vec<String>> {
     const OPTION: &str = "publication_names";
     let at = command.find(OPTION)?;
-    let rest = command[at + OPTION.len()..]
+    let rest = command
+        .get(at + OPTION.len()..)?
         .trim_start_matches('"')
         .trim_start();
     let mut chars = rest.strip_prefix('\'')?.chars().peekable();

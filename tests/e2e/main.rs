@@ -4,6 +4,10 @@
 //! stopped and deleted when every test is done. Each test runs on its own tokio runtime with a
 //! deadline, and gets its own database.
 
+// Test code: a slice at a wrong index fails the test that made it (the library crates are
+// held to checked slicing).
+#![allow(clippy::string_slice)]
+
 mod adapters;
 mod audit_filters;
 mod audit_query;
@@ -23,6 +27,7 @@ mod enrichment;
 mod fuzz;
 mod grpc;
 mod hostile;
+mod hostile_input;
 mod keep_alive;
 mod launcher;
 mod migration;
@@ -86,6 +91,8 @@ fn all_tests() -> Vec<(String, TestFn)> {
         cli_ui::ui_needs_a_token_off_loopback_and_serves_with_one,
         ui_http::the_api_and_exports_return_exactly_the_modelled_changes,
         ui_http::without_a_changes_table_the_ui_says_to_start_the_worker,
+        hostile_input::hostile_query_strings_get_a_400_that_says_what_to_write,
+        hostile_input::hostile_time_arguments_are_usage_errors_not_panics,
         ui_http::tokens_permissions_and_csrf_guard_every_request_and_reverts_name_the_actor,
         trace_ids::a_changes_trace_id_is_the_one_its_request_exported,
         sqlcommenter::a_python_clients_sqlcommenter_tags_become_the_context,

@@ -135,8 +135,11 @@ impl<'a> Lexer<'a> {
         if bytes.get(i) != Some(&b'$') {
             return Ok(false);
         }
-        let tag = &self.src[start..=i];
-        match self.src[i + 1..].find(tag) {
+        // `start` and `i` are at a `$`: both slices start and end between characters.
+        let (Some(tag), Some(rest)) = (self.src.get(start..=i), self.src.get(i + 1..)) else {
+            return Ok(false);
+        };
+        match rest.find(tag) {
             Some(offset) => {
                 self.pos = i + 1 + offset + tag.len();
                 Ok(true)
@@ -193,9 +196,10 @@ impl<'a> Iterator for Lexer<'a> {
             },
             b if is_ident_start(b) => {
                 let end = self.word_end(self.pos);
-                let word = &self.src[self.pos..end];
+                // A word ends before an ASCII byte or at the end: between characters.
+                let word = self.src.get(self.pos..end);
                 self.pos = end;
-                Ok(Token::Word(word))
+                Ok(word.map_or(Token::Opaque, Token::Word))
             }
             b if b.is_ascii_digit() => {
                 let end = self.word_end(self.pos);
@@ -204,9 +208,10 @@ impl<'a> Iterator for Lexer<'a> {
             }
             _ => {
                 // Step over one whole character so that `pos` stays on a char boundary.
-                let width = self.src[self.pos..]
-                    .chars()
-                    .next()
+                let width = self
+                    .src
+                    .get(self.pos..)
+                    .and_then(|rest| rest.chars().next())
                     .map_or(1, char::len_utf8);
                 self.pos += width;
                 Ok(Token::Punct(first))
