@@ -594,6 +594,9 @@ pub fn router(audit: PgPool, options: UiOptions) -> Router {
         .with_state(ui)
 }
 
+/// The most CSRF cookies of one request that are tried.
+const MAX_CSRF_COOKIES: usize = 4;
+
 /// The biggest form body a page posts (a revert's fields).
 const MAX_FORM_BYTES: usize = 64 * 1024;
 
@@ -690,11 +693,18 @@ async fn checked(
     };
 
     // The CSRF token: bound to the session (or, before a login and with a host app's callback,
-    // to this browser's CSRF cookie) and to the acting user.
-    let csrf_cookie = access::cookie(&parts.headers, &ui.cookie_name(CSRF_COOKIE))
-        .filter(|id| id.len() == 64 && id.bytes().all(|b| b.is_ascii_hexdigit()));
-    let (csrf_id, new_csrf) = match csrf_cookie {
-        Some(id) => (id.to_owned(), false),
+    // to this browser's CSRF cookie) and to the acting user. A sibling subdomain can plant a
+    // second cookie of the same name (over http; `__Host-` cookies cannot be planted): every
+    // id sent is tried, so the planted one cannot lock the user out, and the origin check
+    // refuses the sibling's own posts.
+    let csrf_ids: Vec<String> = access::cookies(&parts.headers, &ui.cookie_name(CSRF_COOKIE))
+        .into_iter()
+        .filter(|id| id.len() == 64 && id.bytes().all(|b| b.is_ascii_hexdigit()))
+        .take(MAX_CSRF_COOKIES)
+        .map(str::to_owned)
+        .collect();
+    let (csrf_id, new_csrf) = match csrf_ids.last() {
+        Some(id) => (id.clone(), false),
         None => (security::random_id(), true),
     };
     let session = match &credential {
@@ -752,12 +762,16 @@ async fn checked(
             .get(CSRF_HEADER)
             .and_then(|value| value.to_str().ok())
             .or(form_token.as_deref());
+        let token_ok = |presented: &str| match &info.session {
+            Some(_) => security::constant_time_eq(presented.as_bytes(), info.csrf.as_bytes()),
+            None => csrf_ids.iter().any(|id| {
+                let expected = ui.csrf_key.token(id, &actor);
+                security::constant_time_eq(presented.as_bytes(), expected.as_bytes())
+            }),
+        };
         let csrf_ok = matches!(credential, Credential::Bearer)
             || (security::same_origin(&parts.headers, &origin.0, origin.1.as_deref())
-                && (info.session.is_some() || !new_csrf)
-                && presented.is_some_and(|presented| {
-                    security::constant_time_eq(presented.as_bytes(), info.csrf.as_bytes())
-                }));
+                && presented.is_some_and(token_ok));
         if !csrf_ok {
             tracing::warn!(%path, "bemi-ui: refused a write that failed the CSRF check");
             pages::refused(

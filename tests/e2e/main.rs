@@ -49,6 +49,7 @@ mod tracking_never_fails;
 mod transaction_identity;
 mod ui_browser;
 mod ui_http;
+mod ui_security;
 mod web_frameworks;
 mod worker_capture;
 mod worker_crash;
@@ -86,6 +87,10 @@ fn all_tests() -> Vec<(String, TestFn)> {
         ui_http::the_api_and_exports_return_exactly_the_modelled_changes,
         ui_http::without_a_changes_table_the_ui_says_to_start_the_worker,
         ui_http::tokens_permissions_and_csrf_guard_every_request_and_reverts_name_the_actor,
+        ui_security::the_ui_serves_only_its_own_host_and_origin_and_reverts_within_policy,
+        ui_security::bemi_ui_sessions_are_server_side_expire_log_out_and_limit_failed_logins,
+        ui_security::live_tails_are_capped_and_end_when_their_caller_loses_access,
+        ui_browser::a_sibling_subdomain_or_another_site_cannot_revert_in_chromium,
         trace_ids::a_changes_trace_id_is_the_one_its_request_exported,
         sqlcommenter::a_python_clients_sqlcommenter_tags_become_the_context,
         sqlcommenter::a_bemi_context_wins_and_the_setting_turns_sqlcommenter_off,
