@@ -470,7 +470,7 @@ fn attacker(ui: &str, change: uuid::Uuid, planted: &str, token: &str) -> axum::R
          .then(() => {{ document.title = 'sent'; }}, () => {{ document.title = 'failed'; }});\
          </script>"
     ));
-    let plant = format!("{planted}; Domain=bemi.test; Path=/revert");
+    let plant = format!("{planted}; Domain=example.com; Path=/revert");
     axum::Router::new()
         .route(
             "/plant",
@@ -505,12 +505,13 @@ pub(crate) async fn a_sibling_subdomain_or_another_site_cannot_revert_in_chromiu
         anyhow::Ok(n)
     };
 
-    // The UI at ui.bemi.test, where everyone may revert (like `bemi dev`); the attacker at a
-    // sibling name (evil.bemi.test: same site) and at another site (evil.example). Chromium
-    // resolves all of them to 127.0.0.1.
+    // The UI at ui.example.com, where everyone may revert (like `bemi dev`); the attacker at a
+    // sibling name (evil.example.com: same site — a name under a public suffix, so that
+    // Chromium computes sites as for any deployment) and at another site (evil.example.org).
+    // Chromium resolves all of them to 127.0.0.1: nothing leaves the machine.
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let port = listener.local_addr()?.port();
-    let ui = format!("http://ui.bemi.test:{port}");
+    let ui = format!("http://ui.example.com:{port}");
     let router = bemi_ui::router(
         db.pool.clone(),
         UiOptions::new()
@@ -522,7 +523,7 @@ pub(crate) async fn a_sibling_subdomain_or_another_site_cannot_revert_in_chromiu
     let (planted, token) = csrf_pair(
         &reqwest::Client::new(),
         &format!("http://127.0.0.1:{port}/"),
-        &[("host", &format!("ui.bemi.test:{port}"))],
+        &[("host", &format!("ui.example.com:{port}"))],
         "bemi_csrf",
     )
     .await?;
@@ -535,7 +536,7 @@ pub(crate) async fn a_sibling_subdomain_or_another_site_cannot_revert_in_chromiu
         .browser_with(
             profile.path(),
             &[
-                "--host-resolver-rules=MAP *.test 127.0.0.1, MAP *.example 127.0.0.1",
+                "--host-resolver-rules=MAP *.example.com 127.0.0.1, MAP *.example.org 127.0.0.1",
                 "--disable-features=HttpsUpgrades,HttpsFirstBalancedModeAutoEnable",
             ],
         )
@@ -545,8 +546,8 @@ pub(crate) async fn a_sibling_subdomain_or_another_site_cannot_revert_in_chromiu
         browser.goto(&format!("{ui}/")).await?;
         text_of(&browser, "h1").await?;
         for attack in [
-            format!("http://evil.bemi.test:{evil_port}/plant"),
-            format!("http://evil.example:{evil_port}/cross"),
+            format!("http://evil.example.com:{evil_port}/plant"),
+            format!("http://evil.example.org:{evil_port}/cross"),
         ] {
             browser.goto(&attack).await?;
             wait_until("the form to post", Duration::from_secs(20), || async {
@@ -563,7 +564,7 @@ pub(crate) async fn a_sibling_subdomain_or_another_site_cannot_revert_in_chromiu
             ensure!(rows().await? == 1, "{attack}: the revert was written");
         }
         browser
-            .goto(&format!("http://evil.bemi.test:{evil_port}/fetch"))
+            .goto(&format!("http://evil.example.com:{evil_port}/fetch"))
             .await?;
         wait_until("the fetch to finish", Duration::from_secs(20), || async {
             let title = browser.title().await?;
