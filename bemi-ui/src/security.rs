@@ -263,7 +263,10 @@ impl Sessions {
     pub(crate) fn open(&self) -> String {
         let id = random_id();
         let now = Instant::now();
-        let mut sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
+        let mut sessions = self
+            .sessions
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         sessions.retain(|_, session| session.expires > now);
         if sessions.len() >= MAX_SESSIONS {
             let oldest = sessions
@@ -286,7 +289,10 @@ impl Sessions {
     /// Whether `id` is a session that has not expired (compared in constant time).
     pub(crate) fn is_valid(&self, id: &str) -> bool {
         let now = Instant::now();
-        let sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
+        let sessions = self
+            .sessions
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         // A hash lookup's time depends on the id; compare every entry in constant time
         // instead (sessions are few).
         let mut found = false;
@@ -298,7 +304,10 @@ impl Sessions {
 
     /// Ends session `id` (logout).
     pub(crate) fn close(&self, id: &str) {
-        let mut sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
+        let mut sessions = self
+            .sessions
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         sessions.retain(|known, _| !constant_time_eq(known.as_bytes(), id.as_bytes()));
     }
 }
@@ -317,7 +326,10 @@ pub(crate) struct LoginLimiter {
 impl LoginLimiter {
     /// `Some(wait)` while `client` has failed too often.
     pub(crate) fn blocked(&self, client: Option<IpAddr>) -> Option<Duration> {
-        let failures = self.failures.lock().unwrap_or_else(|e| e.into_inner());
+        let failures = self
+            .failures
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let (since, count) = failures.get(&client)?;
         let elapsed = since.elapsed();
         (*count >= MAX_FAILED_LOGINS && elapsed < LOGIN_WINDOW).then(|| LOGIN_WINDOW - elapsed)
@@ -325,7 +337,10 @@ impl LoginLimiter {
 
     /// Counts a failed login of `client`.
     pub(crate) fn failed(&self, client: Option<IpAddr>) {
-        let mut failures = self.failures.lock().unwrap_or_else(|e| e.into_inner());
+        let mut failures = self
+            .failures
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         failures.retain(|_, (since, _)| since.elapsed() < LOGIN_WINDOW);
         let entry = failures.entry(client).or_insert((Instant::now(), 0));
         entry.1 = entry.1.saturating_add(1);

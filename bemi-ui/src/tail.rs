@@ -58,7 +58,10 @@ impl TailHub {
     /// not running.
     pub(crate) fn join(&self) -> Option<Subscription> {
         let permit = Arc::clone(&self.slots).try_acquire_owned().ok()?;
-        let mut running = self.running.lock().unwrap_or_else(|e| e.into_inner());
+        let mut running = self
+            .running
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let ticks = self.ticks.subscribe();
         if !*running {
             *running = true;
@@ -87,7 +90,9 @@ async fn poll(
     let mut follower: Option<Follower> = None;
     loop {
         {
-            let mut running = running.lock().unwrap_or_else(|e| e.into_inner());
+            let mut running = running
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             if ticks.receiver_count() == 0 {
                 *running = false;
                 return;

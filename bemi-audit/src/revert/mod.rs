@@ -95,9 +95,12 @@ pub struct Revert {
     policy: Option<Policy>,
 }
 
+/// A revert policy's check of a plan.
+type PolicyFn = dyn Fn(&RevertPlan) -> Result<(), String> + Send + Sync;
+
 /// A revert policy (see [`Revert::policy`]), compared by identity.
 #[derive(Clone)]
-struct Policy(Arc<dyn Fn(&RevertPlan) -> Result<(), String> + Send + Sync>);
+struct Policy(Arc<PolicyFn>);
 
 impl std::fmt::Debug for Policy {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
