@@ -55,6 +55,13 @@ pub(super) async fn run(args: UiArgs) -> anyhow::Result<()> {
              changes"
         );
     }
+    if !args.addr.ip().is_loopback() && args.public_url.is_none() {
+        tracing::warn!(
+            addr = %args.addr,
+            "serving on a network without --public-url: any Host is answered and cookies are \
+             not Secure; behind TLS, pass --public-url https://HOST"
+        );
+    }
     let audit = args.audit.connect().await?;
     let source = match std::env::var("DATABASE_URL") {
         Ok(url) if !url.trim().is_empty() => super::connect(&url).await?,
