@@ -403,7 +403,8 @@ pub(crate) async fn bemi_ui_sessions_are_server_side_expire_log_out_and_limit_fa
         db.pool.clone(),
         UiOptions::new()
             .token("s3cret", false)
-            .session_ttl(Duration::from_millis(300)),
+            .session_ttl(Duration::from_secs(2))
+            .tail_recheck(Duration::from_millis(100)),
     ))
     .await?;
     let (cookie, csrf) = csrf_pair(&client, &format!("{short}/login"), &[], "bemi_csrf").await?;
@@ -417,6 +418,22 @@ pub(crate) async fn bemi_ui_sessions_are_server_side_expire_log_out_and_limit_fa
     let session = set_cookie(signed_in.headers(), "bemi_session")
         .map(|c| pair(&c))
         .context("a session")?;
+    // A live tail of the session streams until the session expires, then ends.
+    let mut tail = client
+        .get(format!("{short}/api/tail"))
+        .header("cookie", &session)
+        .send()
+        .await?;
+    ensure!(tail.status() == StatusCode::OK, "{}", tail.status());
+    let ended = tokio::time::timeout(Duration::from_secs(20), async {
+        while tail.chunk().await?.is_some() {}
+        anyhow::Ok(())
+    })
+    .await;
+    ensure!(
+        matches!(ended, Ok(Ok(()))),
+        "the tail outlived its session: {ended:?}"
+    );
     wait_until("the session to expire", Duration::from_secs(10), || async {
         let page = client
             .get(format!("{short}/"))
