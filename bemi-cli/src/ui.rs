@@ -22,6 +22,18 @@ pub(crate) struct UiArgs {
     /// Let the token holder revert changes (writes to DATABASE_URL, the source database).
     #[arg(long, env = "BEMI_UI_ALLOW_REVERT", value_parser = super::boolish())]
     allow_revert: bool,
+    /// The address people reach the UI at, e.g. https://audit.example.com (behind a TLS
+    /// proxy): only requests for this host are served, writes must come from it, and an https
+    /// URL makes the cookies Secure. Without it only 127.0.0.1, localhost and [::1] are served
+    /// (any host with --token).
+    #[arg(long, env = "BEMI_UI_PUBLIC_URL")]
+    public_url: Option<String>,
+    /// How many live tails may stream at once (past it: 503).
+    #[arg(long, env = "BEMI_UI_MAX_TAILS", default_value_t = bemi_ui::DEFAULT_MAX_TAILS)]
+    max_tails: usize,
+    /// The most changes one revert from the UI may undo (`bemi revert --max-changes` for more).
+    #[arg(long, env = "BEMI_UI_MAX_REVERT_CHANGES", default_value_t = bemi_ui::DEFAULT_MAX_REVERT_CHANGES)]
+    max_revert_changes: u64,
 }
 
 /// Runs `bemi ui` until SIGINT or SIGTERM.
@@ -43,14 +55,31 @@ pub(super) async fn run(args: UiArgs) -> anyhow::Result<()> {
              changes"
         );
     }
+    if !args.addr.ip().is_loopback() && args.public_url.is_none() {
+        tracing::warn!(
+            addr = %args.addr,
+            "serving on a network without --public-url: any Host is answered and cookies are \
+             not Secure; behind TLS, pass --public-url https://HOST"
+        );
+    }
     let audit = args.audit.connect().await?;
     let source = match std::env::var("DATABASE_URL") {
         Ok(url) if !url.trim().is_empty() => super::connect(&url).await?,
         _ => audit.clone(),
     };
-    let mut options = bemi_ui::UiOptions::new().source(source);
+    let mut options = bemi_ui::UiOptions::new()
+        .source(source)
+        .max_tails(args.max_tails)
+        .max_revert_changes(args.max_revert_changes);
     if let Some(token) = token {
         options = options.token(token, args.allow_revert);
+    }
+    if let Some(url) = args
+        .public_url
+        .as_deref()
+        .filter(|url| !url.trim().is_empty())
+    {
+        options = options.public_url(url)?;
     }
     let shutdown = shutdown::on_signals()?;
     let listener = tokio::net::TcpListener::bind(args.addr)
@@ -71,8 +100,12 @@ pub(crate) async fn serve(
     let address = listener.local_addr()?;
     super::write_stdout(&format!("BEMI_UI_URL=http://{address}/\n"))?;
     tracing::info!(%address, "serving the audit trail's web UI");
-    axum::serve(listener, router)
-        .with_graceful_shutdown(shutdown.cancelled_owned())
-        .await
-        .context("the web UI's server failed")
+    // The client's address limits failed logins per client.
+    axum::serve(
+        listener,
+        router.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown.cancelled_owned())
+    .await
+    .context("the web UI's server failed")
 }

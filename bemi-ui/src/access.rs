@@ -1,22 +1,19 @@
-//! Who may do what: the authorization callback's answer ([`Access`]), the built-in bearer-token
-//! check of `bemi ui`, and the CSRF check of every write.
+//! Who may do what: the authorization callback's answer ([`Access`]), and the request's
+//! credentials (bearer token, cookies).
 
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
 use axum::http::request::Parts;
-use axum::http::{HeaderMap, Method, header};
+use axum::http::{HeaderMap, header};
 use bemi_core::IntoContext;
 use serde_json::{Map, Value};
 
-/// The cookie that holds a browser's CSRF token (double submit: forms and `fetch` calls send it
-/// back as the `csrf_token` field or the `x-csrf-token` header).
-pub(crate) const CSRF_COOKIE: &str = "bemi_csrf";
 /// The header that carries the CSRF token of a JSON request.
 pub(crate) const CSRF_HEADER: &str = "x-csrf-token";
-/// The cookie `bemi ui`'s login form sets to the token.
-pub(crate) const TOKEN_COOKIE: &str = "bemi_ui_token";
+/// The form field that carries the CSRF token of a form.
+pub(crate) const CSRF_FIELD: &str = "csrf_token";
 
 /// What one request may do, as the authorization callback decides it.
 ///
@@ -113,44 +110,6 @@ pub(crate) type AccessFuture = Pin<Box<dyn Future<Output = Access> + Send>>;
 /// An authorization callback, boxed.
 pub(crate) type Authorize = Arc<dyn Fn(&Parts) -> AccessFuture + Send + Sync>;
 
-/// The authorization of `bemi ui --token T`: `Authorization: Bearer T` or the login cookie.
-pub(crate) fn token_authorize(token: String, allow_revert: bool) -> Authorize {
-    let token: Arc<str> = Arc::from(token);
-    Arc::new(move |parts: &Parts| {
-        let presented = bearer(&parts.headers)
-            .or_else(|| cookie(&parts.headers, TOKEN_COOKIE))
-            .map(str::to_owned);
-        let token = Arc::clone(&token);
-        Box::pin(async move {
-            match presented {
-                Some(presented) if constant_time_eq(presented.as_bytes(), token.as_bytes()) => {
-                    let access = if allow_revert {
-                        Access::revert()
-                    } else {
-                        Access::read()
-                    };
-                    access.actor(serde_json::json!({"reverted_by": "bemi ui (token)"}))
-                }
-                _ => Access::unauthenticated(),
-            }
-        })
-    })
-}
-
-/// Whether `token` is `bemi ui`'s token (for the login form).
-pub(crate) fn token_matches(expected: &str, presented: &str) -> bool {
-    constant_time_eq(presented.as_bytes(), expected.as_bytes())
-}
-
-/// Compares without stopping at the first difference, so that the time taken does not tell
-/// how much of a guessed token was right.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |diff, (x, y)| diff | (x ^ y)) == 0
-}
-
 /// The token of an `Authorization: Bearer …` header.
 pub(crate) fn bearer(headers: &HeaderMap) -> Option<&str> {
     let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
@@ -161,43 +120,26 @@ pub(crate) fn bearer(headers: &HeaderMap) -> Option<&str> {
         .filter(|token| !token.is_empty())
 }
 
-/// The value of cookie `name`.
-pub(crate) fn cookie<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
+/// The values of every cookie called `name` (a browser sends several when another site of the
+/// same domain planted one: then none is trusted).
+pub(crate) fn cookies<'h>(headers: &'h HeaderMap, name: &str) -> Vec<&'h str> {
     headers
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|value| value.to_str().ok())
         .flat_map(|value| value.split(';'))
         .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(key, _)| *key == name)
+        .filter(|(key, _)| *key == name)
         .map(|(_, value)| value)
-        .filter(|value| !value.is_empty())
+        .collect()
 }
 
-/// Whether a state-changing request passes the CSRF check: a bearer token (which a browser
-/// never adds on its own), or the token of the CSRF cookie echoed in the `x-csrf-token` header
-/// or the form field `csrf_token` (`form_token`) — and never a cross-site request.
-pub(crate) fn csrf_ok(method: &Method, headers: &HeaderMap, form_token: Option<&str>) -> bool {
-    if matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS) {
-        return true;
+/// The one value of cookie `name`: `None` when it is missing, empty or sent more than once.
+pub(crate) fn cookie<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
+    match cookies(headers, name).as_slice() {
+        [value] if !value.is_empty() => Some(value),
+        _ => None,
     }
-    if headers
-        .get("sec-fetch-site")
-        .is_some_and(|site| site == "cross-site")
-    {
-        return false;
-    }
-    if bearer(headers).is_some() {
-        return true;
-    }
-    let Some(expected) = cookie(headers, CSRF_COOKIE) else {
-        return false;
-    };
-    let presented = headers
-        .get(CSRF_HEADER)
-        .and_then(|value| value.to_str().ok())
-        .or(form_token);
-    presented.is_some_and(|presented| constant_time_eq(presented.as_bytes(), expected.as_bytes()))
 }
 
 #[cfg(test)]
@@ -206,80 +148,27 @@ mod tests {
 
     use super::*;
 
-    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
-        let mut map = HeaderMap::new();
-        for (name, value) in pairs {
-            map.append(*name, HeaderValue::from_str(value).unwrap());
-        }
-        map
-    }
-
     #[test]
-    fn csrf_needs_the_cookie_echoed_or_a_bearer_token() {
-        let post = Method::POST;
-        let cookie = ("cookie", "a=1; bemi_csrf=abc123");
-        assert!(!csrf_ok(&post, &headers(&[cookie]), None));
-        assert!(!csrf_ok(
-            &post,
-            &headers(&[cookie, ("x-csrf-token", "abc124")]),
-            None
-        ));
-        assert!(csrf_ok(
-            &post,
-            &headers(&[cookie, ("x-csrf-token", "abc123")]),
-            None
-        ));
-        assert!(csrf_ok(&post, &headers(&[cookie]), Some("abc123")));
-        assert!(!csrf_ok(
-            &post,
-            &headers(&[("x-csrf-token", "abc123")]),
-            Some("abc123")
-        ));
-        assert!(csrf_ok(
-            &post,
-            &headers(&[("authorization", "Bearer t")]),
-            None
-        ));
-        // Basic credentials are sent by browsers on their own: no exemption.
-        assert!(!csrf_ok(
-            &post,
-            &headers(&[("authorization", "Basic dDp0")]),
-            None
-        ));
-        let cross = ("sec-fetch-site", "cross-site");
-        assert!(!csrf_ok(&post, &headers(&[cookie, cross]), Some("abc123")));
-        assert!(csrf_ok(&Method::GET, &HeaderMap::new(), None));
-    }
-
-    #[tokio::test]
-    async fn the_token_opens_by_header_or_cookie_only_when_it_matches() {
-        let authorize = token_authorize("s3cret".into(), false);
-        let access = |pairs: &[(&'static str, &str)]| {
-            let mut request = axum::http::Request::new(());
-            *request.headers_mut() = headers(pairs);
-            let (parts, ()) = request.into_parts();
-            authorize(&parts)
-        };
-        assert!(
-            access(&[("authorization", "Bearer s3cret")])
-                .await
-                .can_read()
+    fn a_cookie_sent_twice_is_not_trusted() {
+        let mut headers = HeaderMap::new();
+        headers.append(header::COOKIE, HeaderValue::from_static("a=1; bemi_csrf=x"));
+        assert_eq!(cookie(&headers, "bemi_csrf"), Some("x"));
+        headers.append(header::COOKIE, HeaderValue::from_static("bemi_csrf=y"));
+        assert_eq!(cookie(&headers, "bemi_csrf"), None);
+        assert_eq!(cookie(&headers, "a"), Some("1"));
+        let mut headers = HeaderMap::new();
+        headers.append(header::COOKIE, HeaderValue::from_static("bemi_csrf="));
+        assert_eq!(cookie(&headers, "bemi_csrf"), None);
+        headers.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("Basic dDp0"),
         );
-        assert!(
-            access(&[("cookie", "bemi_ui_token=s3cret")])
-                .await
-                .can_read()
+        assert_eq!(
+            bearer(&headers),
+            None,
+            "Basic credentials are sent by browsers on their own"
         );
-        assert!(
-            !access(&[("cookie", "bemi_ui_token=s3cre")])
-                .await
-                .is_authenticated()
-        );
-        assert!(!access(&[]).await.is_authenticated());
-        assert!(
-            !access(&[("authorization", "Bearer s3cret")])
-                .await
-                .can_revert()
-        );
+        headers.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer t"));
+        assert_eq!(bearer(&headers), Some("t"));
     }
 }

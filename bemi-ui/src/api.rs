@@ -20,7 +20,7 @@ use crate::render::change_row;
 use crate::{RequestInfo, Ui};
 
 /// How often the live tail looks for new changes when there were none.
-const TAIL_INTERVAL: Duration = Duration::from_millis(500);
+pub(crate) const TAIL_INTERVAL: Duration = Duration::from_millis(500);
 /// The changes the live tail starts with.
 const TAIL_LATEST: u64 = 20;
 
@@ -125,6 +125,7 @@ pub(crate) async fn revert(
         }
     }
     .force(request.force);
+    let revert = ui.bounded(revert, info.access.actor_context(), request.dry_run);
     let revert = match request.source {
         Some(source) => revert.source(source),
         None => revert,
@@ -165,23 +166,41 @@ fn holds_nul(value: &Value) -> bool {
 fn revert_error(error: RevertError) -> ApiError {
     match error {
         RevertError::Database(error) => error.into(),
+        RevertError::Refused { reason } => ApiError(
+            StatusCode::FORBIDDEN,
+            format!("the revert was refused, nothing was written: {reason}"),
+        ),
+        RevertError::TooMany { max } => {
+            ApiError(StatusCode::FORBIDDEN, crate::pages::too_many_message(max))
+        }
         other => ApiError(StatusCode::BAD_REQUEST, other.to_string()),
     }
 }
 
 /// `GET /api/tail?<filters>`: server-sent events, one `change` event per new change (its
 /// data: the change's row of the list, as HTML escaped like every page), the latest few
-/// first.
+/// first. One poller per router wakes the open tails; at most `max_tails` stream at once (else
+/// 503); a tail ends when its caller may no longer read (checked every `tail_recheck`).
 pub(crate) async fn tail(
     State(ui): State<Ui>,
     Extension(info): Extension<RequestInfo>,
     RawQuery(query): RawQuery,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
     let filters = Filters::parse(query.as_deref().unwrap_or(""))?;
+    let Some(subscription) = ui.tail.join() else {
+        return Err(ApiError(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "{} live tails are open, the most this server allows (UiOptions::max_tails):                  close one, or try again later",
+                ui.tail.max()
+            ),
+        ));
+    };
     let query = filters.first_page().query(&ui.audit).await?;
     let (follower, latest) = Follower::start(ui.audit.clone(), query, TAIL_LATEST).await?;
     let row = {
         let ui = ui.clone();
+        let info = info.clone();
         move |change: &bemi_audit::Change| {
             Event::default()
                 .event("change")
@@ -190,18 +209,78 @@ pub(crate) async fn tail(
         }
     };
     let first: Vec<Event> = latest.iter().map(&row).collect();
-    let pages = follower.into_stream(TAIL_INTERVAL).flat_map(move |page| {
-        let events: Vec<Event> = match page {
-            Ok(changes) => changes.iter().map(&row).collect(),
-            Err(error) => {
-                tracing::warn!(%error, "bemi-ui: the live tail could not read; retrying");
-                vec![Event::default().event("lagging").data("retrying")]
-            }
-        };
-        stream::iter(events)
-    });
+    let state = TailState {
+        next_check: tokio::time::Instant::now() + ui.tail_recheck,
+        ui,
+        recheck: info.recheck.clone(),
+        follower,
+        subscription,
+        // Look once right away: changes between the start and the poller's first wake-up.
+        pending: true,
+    };
+    let pages = stream::unfold(state, move |mut state| {
+        let row = row.clone();
+        async move {
+            let events = state.next(&row).await?;
+            Some((stream::iter(events), state))
+        }
+    })
+    .flatten();
     let events = stream::iter(first).chain(pages).map(Ok);
     Ok(Sse::new(events).keep_alive(KeepAlive::default()))
+}
+
+/// The most pages a tail reads per wake-up (then it waits for the next one).
+const TAIL_PAGES_PER_WAKE: usize = 20;
+
+/// An open tail.
+struct TailState {
+    ui: Ui,
+    recheck: crate::tail::Recheck,
+    follower: Follower,
+    subscription: crate::tail::Subscription,
+    next_check: tokio::time::Instant,
+    pending: bool,
+}
+
+impl TailState {
+    /// The next events; `None` ends the stream (the caller may no longer read, or the UI
+    /// stopped).
+    async fn next(&mut self, row: &impl Fn(&bemi_audit::Change) -> Event) -> Option<Vec<Event>> {
+        use tokio::sync::broadcast::error::RecvError;
+        loop {
+            if self.pending {
+                self.pending = false;
+                let mut events = Vec::new();
+                for _ in 0..TAIL_PAGES_PER_WAKE {
+                    match self.follower.next_page().await {
+                        Ok(page) if page.is_empty() => break,
+                        Ok(page) => events.extend(page.iter().map(row)),
+                        Err(error) => {
+                            tracing::warn!(%error, "bemi-ui: the live tail could not read; retrying");
+                            events.push(Event::default().event("lagging").data("retrying"));
+                            break;
+                        }
+                    }
+                }
+                if !events.is_empty() {
+                    return Some(events);
+                }
+            }
+            tokio::select! {
+                tick = self.subscription.ticks.recv() => match tick {
+                    Ok(()) | Err(RecvError::Lagged(_)) => self.pending = true,
+                    Err(RecvError::Closed) => return None,
+                },
+                () = tokio::time::sleep_until(self.next_check) => {
+                    if !self.ui.may_still_read(&self.recheck).await {
+                        return None;
+                    }
+                    self.next_check = tokio::time::Instant::now() + self.ui.tail_recheck;
+                }
+            }
+        }
+    }
 }
 
 #[cfg(test)]

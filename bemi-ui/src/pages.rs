@@ -16,13 +16,12 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 use uuid::Uuid;
 
-use crate::access::TOKEN_COOKIE;
 use crate::filters::{FilterError, Filters};
 use crate::render::{
     change_href, change_row, change_table_head, context_summary, csrf_field, diff_table,
     format_time, json_block, operation_badge, page, row_href, scalar_text, segment, table_name,
 };
-use crate::{RequestInfo, Ui};
+use crate::{RequestInfo, SESSION_COOKIE, Ui};
 
 /// The most entries a row's timeline shows.
 const MAX_TIMELINE: usize = 500;
@@ -526,8 +525,12 @@ pub(crate) async fn revert(
 ) -> PageResult {
     let change = find_change(&ui, &form.change).await?;
     let force = form.force.as_deref() == Some("1");
-    let revert = revert_of(&change, &form.kind)?.force(force);
     let dry_run = form.dry_run.as_deref() != Some("0");
+    let revert = ui.bounded(
+        revert_of(&change, &form.kind)?.force(force),
+        info.access.actor_context(),
+        dry_run,
+    );
     if dry_run {
         let plan = revert
             .plan(&ui.audit, &ui.source)
@@ -565,8 +568,23 @@ pub(crate) async fn revert(
 fn revert_error(error: RevertError) -> PageError {
     match error {
         RevertError::Database(error) => error.into(),
+        RevertError::Refused { reason } => PageError {
+            status: StatusCode::FORBIDDEN,
+            message: format!("The revert was refused, nothing was written: {reason}"),
+        },
+        RevertError::TooMany { max } => PageError {
+            status: StatusCode::FORBIDDEN,
+            message: too_many_message(max),
+        },
         other => PageError::bad_request(other.to_string()),
     }
+}
+
+/// The refusal of a revert past the UI's limit.
+pub(crate) fn too_many_message(max: u64) -> String {
+    format!(
+        "This revert would undo more than {max} changes, the most the web UI may undo at once          (UiOptions::max_revert_changes): nothing was written. Revert fewer, or use `bemi revert          --max-changes N` from a shell with access to the database."
+    )
 }
 
 fn plan_body(info: &RequestInfo, change: &Change, kind: &str, plan: &RevertPlan) -> Markup {
@@ -627,27 +645,70 @@ pub(crate) struct LoginForm {
     token: String,
 }
 
-/// `POST /login`: sets the token cookie when the token is right.
+/// `POST /login`: exchanges the right token for a new session (a random id kept in this
+/// process's memory; the cookie never holds the token). Failed logins are logged and limited
+/// per client address.
 pub(crate) async fn login(
     State(ui): State<Ui>,
     Extension(info): Extension<RequestInfo>,
     Form(form): Form<LoginForm>,
 ) -> Response {
     match &ui.token {
-        Some(token) if crate::access::token_matches(token, &form.token) => {
+        Some(token)
+            if crate::security::constant_time_eq(form.token.as_bytes(), token.as_bytes()) =>
+        {
+            let session = ui.sessions.open();
+            tracing::info!(client = ?info.client, "bemi-ui: signed in");
             let mut response = Redirect::to(&info.home()).into_response();
-            let cookie = format!(
-                "{TOKEN_COOKIE}={}; Path={}; HttpOnly; SameSite=Strict",
-                form.token,
-                info.cookie_path()
-            );
-            if let Ok(value) = HeaderValue::from_str(&cookie) {
+            let ttl = ui.sessions.ttl().as_secs();
+            if let Some(value) = ui.set_cookie(&info, SESSION_COOKIE, &session, Some(ttl)) {
                 response.headers_mut().append(header::SET_COOKIE, value);
             }
             response
         }
-        _ => login_page(&ui, &info, StatusCode::UNAUTHORIZED, Some("Wrong token.")),
+        Some(_) => {
+            ui.logins.failed(info.client);
+            tracing::warn!(client = ?info.client, "bemi-ui: a failed login (wrong token)");
+            login_page(&ui, &info, StatusCode::UNAUTHORIZED, Some("Wrong token."))
+        }
+        None => login_page(&ui, &info, StatusCode::NOT_FOUND, None),
     }
+}
+
+/// `POST /logout`: ends the session and deletes its cookie.
+pub(crate) async fn logout(
+    State(ui): State<Ui>,
+    Extension(info): Extension<RequestInfo>,
+) -> Response {
+    if let Some(session) = &info.session {
+        ui.sessions.close(session);
+    }
+    let mut response = Redirect::to(&info.path("/login")).into_response();
+    if let Some(value) = ui.set_cookie(&info, SESSION_COOKIE, "", Some(0)) {
+        response.headers_mut().append(header::SET_COOKIE, value);
+    }
+    response
+}
+
+/// 429: too many failed logins from this address.
+pub(crate) fn too_many_attempts(wait: std::time::Duration, api: bool) -> Response {
+    let message = format!(
+        "Too many failed sign-ins from this address: try again in {} seconds.",
+        wait.as_secs().max(1)
+    );
+    let mut response = if api {
+        (
+            StatusCode::TOO_MANY_REQUESTS,
+            axum::Json(serde_json::json!({"error": message})),
+        )
+            .into_response()
+    } else {
+        (StatusCode::TOO_MANY_REQUESTS, message).into_response()
+    };
+    if let Ok(value) = HeaderValue::from_str(&wait.as_secs().max(1).to_string()) {
+        response.headers_mut().insert(header::RETRY_AFTER, value);
+    }
+    response
 }
 
 /// 401: the login page (HTML) or a JSON error (API, exports).

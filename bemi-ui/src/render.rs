@@ -60,6 +60,12 @@ pub(crate) fn page(info: &RequestInfo, title: &str, body: Markup) -> Markup {
                     nav {
                         a href=(info.home()) { "Changes" }
                         a href={ (base) "/tail" } { "Live tail" }
+                        @if info.session.is_some() {
+                            form.inline.logout method="post" action={ (base) "/logout" } {
+                                (csrf_field(info))
+                                button type="submit" id="logout" { "Sign out" }
+                            }
+                        }
                     }
                 }
                 main {

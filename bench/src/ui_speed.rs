@@ -52,6 +52,7 @@ pub(crate) async fn p8_ui(env: &Env, sizes: &Sizes) -> anyhow::Result<Vec<Row>> 
         started.elapsed()
     );
 
+    // Requests name a loopback Host: without a token or public URL the UI answers no other.
     let router = bemi_ui::router(db.pool.clone(), bemi_ui::UiOptions::new());
     let pages = [
         (
@@ -65,7 +66,9 @@ pub(crate) async fn p8_ui(env: &Env, sizes: &Sizes) -> anyhow::Result<Vec<Row>> 
     for (what, path) in pages {
         let mut times = Vec::with_capacity(sizes.ui_requests);
         for n in 0..sizes.ui_requests + 3 {
-            let request = Request::get(path).body(Body::empty())?;
+            let request = Request::get(path)
+                .header("host", "127.0.0.1")
+                .body(Body::empty())?;
             let started = Instant::now();
             let response = router.clone().oneshot(request).await?;
             anyhow::ensure!(
@@ -105,7 +108,9 @@ async fn export_memory(router: &axum::Router, sizes: &Sizes) -> anyhow::Result<R
     let before = resident_kib()?;
     let mut peak = before;
     let started = Instant::now();
-    let request = Request::get("/export.ndjson").body(Body::empty())?;
+    let request = Request::get("/export.ndjson")
+        .header("host", "127.0.0.1")
+        .body(Body::empty())?;
     let response = router.clone().oneshot(request).await?;
     anyhow::ensure!(
         response.status().is_success(),

@@ -376,6 +376,32 @@ pub(crate) async fn revert_refuses_a_conflict_naming_the_row_and_force_proceeds(
     );
     ensure!(rows().await? == before, "the dry run wrote");
 
+    // A limit below the match (--max-changes; its default, 10 000, is in --help): refused,
+    // nothing written, naming the flag.
+    let limited = run(
+        &db,
+        &[
+            "revert",
+            "--context",
+            "request_id=r1",
+            "--max-changes",
+            "1",
+            "--force",
+        ],
+        &[],
+    )
+    .await?;
+    ensure!(limited.status.code() == Some(1), "{limited:#?}");
+    ensure!(
+        limited.stderr.contains("more than 1 changes match")
+            && limited.stderr.contains("--max-changes"),
+        "{}",
+        limited.stderr
+    );
+    ensure!(rows().await? == before, "the refused revert wrote");
+    let help = run(&db, &["revert", "--help"], &[]).await?.success()?;
+    ensure!(help.stdout.contains("[default: 10000]"), "{}", help.stdout);
+
     // --force (from the environment) proceeds: both rows of request r1 are gone.
     let forced = run(
         &db,

@@ -69,6 +69,17 @@ pub(crate) async fn dev_captures_into_a_throwaway_database_removed_on_ctrl_c(
         page.contains("user_id") && page.contains("187234"),
         "{page}"
     );
+    // Its UI has no token: a page whose name rebinds to 127.0.0.1 is refused.
+    let rebound = reqwest::Client::new()
+        .get(format!("{ui}export.ndjson"))
+        .header("host", "attacker.example")
+        .send()
+        .await?;
+    ensure!(
+        rebound.status() == reqwest::StatusCode::MISDIRECTED_REQUEST,
+        "{}",
+        rebound.status()
+    );
 
     dev.signal(libc::SIGINT)?;
     let status = dev.wait(Duration::from_secs(90)).await?;

@@ -64,5 +64,47 @@ pub(crate) async fn ui_needs_a_token_off_loopback_and_serves_with_one(
     ui.signal(libc::SIGTERM)?;
     let status = ui.wait(Duration::from_secs(30)).await?;
     ensure!(status.code() == Some(0), "{status}: {}", ui.stderr());
+
+    // Without a token only loopback names are served (DNS rebinding); --public-url names
+    // another, and then only that one.
+    let bad = bemi(&["ui", "--public-url", "ftp://audit.example"], &env).await?;
+    ensure!(
+        bad.status.code() == Some(1) && bad.stderr.contains("https://"),
+        "{bad:#?}"
+    );
+    for (public_url, served, refused) in [
+        (None, "localhost", "attacker.example"),
+        (Some("http://audit.example"), "audit.example", "127.0.0.1"),
+    ] {
+        let addr = format!("127.0.0.1:{}", free_port()?);
+        let mut args = vec!["ui", "--addr", addr.as_str()];
+        args.extend(public_url.iter().flat_map(|url| ["--public-url", *url]));
+        let mut ui = Background::start(&args, &env)?;
+        ui.line_where("BEMI_UI_URL=…", Duration::from_secs(60), |line| {
+            line.starts_with("BEMI_UI_URL=")
+        })
+        .await?;
+        let get = |host: &str| {
+            client
+                .get(format!("http://{addr}/export.ndjson"))
+                .header("host", host)
+                .send()
+        };
+        let ok = get(served).await?;
+        ensure!(
+            ok.status() == reqwest::StatusCode::OK,
+            "{served}: {}",
+            ok.status()
+        );
+        let misdirected = get(refused).await?;
+        ensure!(
+            misdirected.status() == reqwest::StatusCode::MISDIRECTED_REQUEST,
+            "{refused}: {}",
+            misdirected.status()
+        );
+        ensure!(misdirected.text().await?.contains("--public-url"));
+        ui.signal(libc::SIGTERM)?;
+        ui.wait(Duration::from_secs(30)).await?;
+    }
     Ok(())
 }

@@ -55,6 +55,7 @@ mod tracking_never_fails;
 mod transaction_identity;
 mod ui_browser;
 mod ui_http;
+mod ui_security;
 mod web_frameworks;
 mod worker_capture;
 mod worker_crash;
@@ -94,6 +95,10 @@ fn all_tests() -> Vec<(String, TestFn)> {
         hostile_input::hostile_query_strings_get_a_400_that_says_what_to_write,
         hostile_input::hostile_time_arguments_are_usage_errors_not_panics,
         ui_http::tokens_permissions_and_csrf_guard_every_request_and_reverts_name_the_actor,
+        ui_security::the_ui_serves_only_its_own_host_and_origin_and_reverts_within_policy,
+        ui_security::bemi_ui_sessions_are_server_side_expire_log_out_and_limit_failed_logins,
+        ui_security::live_tails_are_capped_and_end_when_their_caller_loses_access,
+        ui_browser::a_sibling_subdomain_or_another_site_cannot_revert_in_chromium,
         trace_ids::a_changes_trace_id_is_the_one_its_request_exported,
         sqlcommenter::a_python_clients_sqlcommenter_tags_become_the_context,
         sqlcommenter::a_bemi_context_wins_and_the_setting_turns_sqlcommenter_off,

@@ -111,6 +111,33 @@ pub(crate) async fn reverting_a_request_restores_both_tables_byte_for_byte(
     ensure!(script.contains("OVERRIDING SYSTEM VALUE"), "{script}");
     ensure!(snapshot(&db).await? == after_request, "the dry run wrote");
 
+    // A policy sees the plan's tables before anything is written, and may refuse.
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let refusing = revert.clone().policy({
+        let seen = Arc::clone(&seen);
+        move |plan| {
+            seen.lock().unwrap().push(plan.tables.clone());
+            Err("ledger entries are reverted by finance".into())
+        }
+    });
+    match refusing.run(&db.pool, &db.pool).await {
+        Err(RevertError::Refused { reason }) => {
+            ensure!(reason.contains("finance"), "{reason}");
+        }
+        other => bail!("the policy did not refuse: {other:?}"),
+    }
+    let tables = seen.lock().unwrap().clone();
+    ensure!(
+        tables.len() == 1
+            && tables[0].values().sum::<usize>() == 3
+            && tables[0].contains_key("public.entry"),
+        "{tables:?}"
+    );
+    ensure!(
+        snapshot(&db).await? == after_request,
+        "the refused revert wrote"
+    );
+
     let report = revert.run(&db.pool, &db.pool).await?;
     ensure!(
         report.changes == 3 && report.rows_affected == 3,

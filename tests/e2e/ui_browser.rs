@@ -19,6 +19,7 @@ use fantoccini::{Client, ClientBuilder, Locator};
 use serde_json::{Value, json};
 
 use crate::ui_http::serve;
+use crate::ui_security::csrf_pair;
 
 /// A chromedriver on a free port of 127.0.0.1, killed on drop.
 struct Chromedriver {
@@ -73,6 +74,15 @@ impl Chromedriver {
     }
 
     async fn browser(&self, profile: &std::path::Path) -> anyhow::Result<Client> {
+        self.browser_with(profile, &[]).await
+    }
+
+    /// A browser with more command-line arguments (`--host-resolver-rules=…`).
+    async fn browser_with(
+        &self,
+        profile: &std::path::Path,
+        extra: &[&str],
+    ) -> anyhow::Result<Client> {
         let chromium = ["/usr/bin/chromium", "/usr/bin/chromium-browser"]
             .into_iter()
             .find(|path| std::path::Path::new(path).exists())
@@ -88,6 +98,10 @@ impl Chromedriver {
                 ],
             }
         });
+        let mut capabilities = capabilities;
+        if let Some(args) = capabilities["goog:chromeOptions"]["args"].as_array_mut() {
+            args.extend(extra.iter().map(|arg| Value::String((*arg).to_owned())));
+        }
         let Value::Object(capabilities) = capabilities else {
             bail!("capabilities are an object");
         };
@@ -415,5 +429,167 @@ async fn walk_through(
         source.len()
     );
     ensure!(source.contains("[REDACTED]") && !source.contains("hunter2"));
+    Ok(())
+}
+
+/// Serves `router` on `listener` (127.0.0.1) until the returned sender is dropped.
+fn serve_on(
+    listener: tokio::net::TcpListener,
+    router: axum::Router,
+) -> tokio::sync::oneshot::Sender<()> {
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, router)
+            .with_graceful_shutdown(async {
+                let _ = stopped.await;
+            })
+            .await;
+    });
+    stop
+}
+
+/// The attacker's pages: a form that posts itself to the UI (after planting a CSRF cookie for
+/// the whole parent domain, with a longer path so that it is sent first), and a `fetch` with
+/// `text/plain` (no preflight).
+fn attacker(ui: &str, change: uuid::Uuid, planted: &str, token: &str) -> axum::Router {
+    use axum::http::header::SET_COOKIE;
+    use axum::response::{AppendHeaders, Html};
+    let form = Html(format!(
+        "<!doctype html><form id=f method=post action=\"{ui}/revert\">\
+         <input type=hidden name=change value=\"{change}\">\
+         <input type=hidden name=kind value=change>\
+         <input type=hidden name=dry_run value=0>\
+         <input type=hidden name=csrf_token value=\"{token}\"></form>\
+         <script>document.getElementById('f').submit()</script>"
+    ));
+    let fetch = Html(format!(
+        "<!doctype html><title>waiting</title><script>\
+         fetch('{ui}/api/revert', {{method: 'POST', mode: 'no-cors', credentials: 'include', \
+           headers: {{'content-type': 'text/plain'}}, \
+           body: JSON.stringify({{change: '{change}', dry_run: false}})}})\
+         .then(() => {{ document.title = 'sent'; }}, () => {{ document.title = 'failed'; }});\
+         </script>"
+    ));
+    let plant = format!("{planted}; Domain=example.com; Path=/revert");
+    axum::Router::new()
+        .route(
+            "/plant",
+            axum::routing::get({
+                let form = form.clone();
+                move || async move { (AppendHeaders([(SET_COOKIE, plant)]), form) }
+            }),
+        )
+        .route("/cross", axum::routing::get(move || async move { form }))
+        .route("/fetch", axum::routing::get(move || async move { fetch }))
+}
+
+pub(crate) async fn a_sibling_subdomain_or_another_site_cannot_revert_in_chromium(
+    cluster: Arc<TestCluster>,
+) -> TestResult {
+    let db = todo_db(&cluster, "ui_browser_csrf").await?;
+    let worker = RunningWorker::start(worker_config(&db)).await?;
+    let pool = db.bemi_pool();
+    context::scope(
+        ctx(json!({"user_id": "alice"})),
+        sqlx::query("INSERT INTO todo (task) VALUES ('Sleep')").execute(&pool),
+    )
+    .await?;
+    wait_for_changes(&db, 1).await?;
+    let change: uuid::Uuid = sqlx::query_scalar("SELECT id FROM changes LIMIT 1")
+        .fetch_one(&db.pool)
+        .await?;
+    let rows = || async {
+        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM todo")
+            .fetch_one(&db.pool)
+            .await?;
+        anyhow::Ok(n)
+    };
+
+    // The UI at ui.example.com, where everyone may revert (like `bemi dev`); the attacker at a
+    // sibling name (evil.example.com: same site — a name under a public suffix, so that
+    // Chromium computes sites as for any deployment) and at another site (evil.example.org).
+    // Chromium resolves all of them to 127.0.0.1: nothing leaves the machine.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let port = listener.local_addr()?.port();
+    let ui = format!("http://ui.example.com:{port}");
+    let router = bemi_ui::router(
+        db.pool.clone(),
+        UiOptions::new()
+            .public_url(&ui)?
+            .authorize(|_| async { Access::revert().actor(json!({"reverted_by": "dev"})) }),
+    );
+    let _stop_ui = serve_on(listener, router);
+    // The attacker's own visit to the UI: a CSRF cookie and its token.
+    let (planted, token) = csrf_pair(
+        &reqwest::Client::new(),
+        &format!("http://127.0.0.1:{port}/"),
+        &[("host", &format!("ui.example.com:{port}"))],
+        "bemi_csrf",
+    )
+    .await?;
+    let (evil, _stop_evil) = serve(attacker(&ui, change, &planted, &token)).await?;
+    let evil_port = evil.rsplit(':').next().context("a port")?.to_owned();
+
+    let driver = Chromedriver::start().await?;
+    let profile = tempfile::tempdir()?;
+    let browser = driver
+        .browser_with(
+            profile.path(),
+            &[
+                "--host-resolver-rules=MAP *.example.com 127.0.0.1, MAP *.example.org 127.0.0.1",
+                "--disable-features=HttpsUpgrades,HttpsFirstBalancedModeAutoEnable",
+            ],
+        )
+        .await?;
+    let result = async {
+        // The victim uses the UI: it has its own CSRF cookie.
+        browser.goto(&format!("{ui}/")).await?;
+        text_of(&browser, "h1").await?;
+        for attack in [
+            format!("http://evil.example.com:{evil_port}/plant"),
+            format!("http://evil.example.org:{evil_port}/cross"),
+        ] {
+            browser.goto(&attack).await?;
+            wait_until("the form to post", Duration::from_secs(20), || async {
+                Ok(browser
+                    .current_url()
+                    .await?
+                    .as_str()
+                    .starts_with(&format!("{ui}/revert"))
+                    .then_some(()))
+            })
+            .await?;
+            let page = browser.source().await?;
+            ensure!(page.contains("CSRF"), "{attack}: {page}");
+            ensure!(rows().await? == 1, "{attack}: the revert was written");
+        }
+        browser
+            .goto(&format!("http://evil.example.com:{evil_port}/fetch"))
+            .await?;
+        wait_until("the fetch to finish", Duration::from_secs(20), || async {
+            let title = browser.title().await?;
+            Ok((title != "waiting").then_some(()))
+        })
+        .await?;
+        ensure!(rows().await? == 1, "fetch: the revert was written");
+
+        // From the UI's own page the same revert goes through.
+        browser.goto(&format!("{ui}/changes/{change}")).await?;
+        browser
+            .find(Locator::Css("button[data-kind=change]"))
+            .await?
+            .click()
+            .await?;
+        text_of(&browser, "#plan").await?;
+        browser.find(Locator::Css("#apply")).await?.click().await?;
+        let done = text_of(&browser, "p.done").await?;
+        ensure!(done.contains("Reverted 1 change"), "{done}");
+        ensure!(rows().await? == 0);
+        anyhow::Ok(())
+    }
+    .await;
+    let _ = browser.close().await;
+    result?;
+    worker.stop().await?;
     Ok(())
 }

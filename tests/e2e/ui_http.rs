@@ -16,6 +16,8 @@ use chrono::{DateTime, TimeDelta, Utc};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
+use crate::ui_security::csrf_pair;
+
 const CHANGES: usize = 12_000;
 
 /// Serves `router` on 127.0.0.1 until the returned sender is dropped; its base URL.
@@ -301,20 +303,6 @@ fn urlencode(text: &str) -> String {
         .collect()
 }
 
-/// The CSRF cookie a page sets, and the header that echoes it.
-async fn csrf(client: &reqwest::Client, base: &str) -> anyhow::Result<String> {
-    let page = client.get(format!("{base}/")).send().await?;
-    let cookie = page
-        .headers()
-        .get_all("set-cookie")
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .find_map(|v| v.strip_prefix("bemi_csrf="))
-        .and_then(|v| v.split(';').next())
-        .context("no CSRF cookie")?;
-    Ok(cookie.to_owned())
-}
-
 pub(crate) async fn tokens_permissions_and_csrf_guard_every_request_and_reverts_name_the_actor(
     cluster: Arc<TestCluster>,
 ) -> TestResult {
@@ -369,14 +357,16 @@ pub(crate) async fn tokens_permissions_and_csrf_guard_every_request_and_reverts_
         .json()
         .await?;
     ensure!(right["changes"].as_array().map(Vec::len) == Some(2));
-    // The login form sets the token's cookie; pages open with it.
-    let login_csrf = csrf(&client, &token_base).await?;
+    // The login form opens a session; pages open with it.
+    let (login_cookie, login_csrf) =
+        csrf_pair(&client, &format!("{token_base}/login"), &[], "bemi_csrf").await?;
     let no_redirects = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .build()?;
     let login = no_redirects
         .post(format!("{token_base}/login"))
-        .header("cookie", format!("bemi_csrf={login_csrf}"))
+        .header("cookie", login_cookie)
+        .header("origin", &token_base)
         .form(&[("token", "s3cret"), ("csrf_token", &login_csrf)])
         .send()
         .await?;
@@ -390,9 +380,9 @@ pub(crate) async fn tokens_permissions_and_csrf_guard_every_request_and_reverts_
         .get_all("set-cookie")
         .iter()
         .filter_map(|v| v.to_str().ok())
-        .find(|v| v.starts_with("bemi_ui_token="))
+        .find(|v| v.starts_with("bemi_session="))
         .and_then(|v| v.split(';').next())
-        .context("no token cookie")?
+        .context("no session cookie")?
         .to_owned();
     let signed_in = client
         .get(format!("{token_base}/"))
@@ -437,12 +427,19 @@ pub(crate) async fn tokens_permissions_and_csrf_guard_every_request_and_reverts_
         .send()
         .await?;
     ensure!(denied.status() == StatusCode::FORBIDDEN);
-    let token = csrf(&client, &base).await?;
+    let (cookie, token) = csrf_pair(
+        &client,
+        &format!("{base}/"),
+        &[("x-role", "admin")],
+        "bemi_csrf",
+    )
+    .await?;
     let revert = |role: &'static str, csrf: Option<&str>| {
         let mut request = client
             .post(format!("{base}/api/revert"))
             .header("x-role", role)
-            .header("cookie", format!("bemi_csrf={token}"))
+            .header("cookie", &cookie)
+            .header("origin", &base)
             .json(&json!({"context": {"request_id": "r-1"}, "dry_run": false}));
         if let Some(csrf) = csrf {
             request = request.header("x-csrf-token", csrf);
@@ -463,7 +460,7 @@ pub(crate) async fn tokens_permissions_and_csrf_guard_every_request_and_reverts_
     let cross = client
         .post(format!("{base}/revert"))
         .header("x-role", "admin")
-        .header("cookie", format!("bemi_csrf={token}"))
+        .header("cookie", &cookie)
         .header("sec-fetch-site", "cross-site")
         .form(&[
             ("change", first.to_string()),
@@ -480,7 +477,8 @@ pub(crate) async fn tokens_permissions_and_csrf_guard_every_request_and_reverts_
     let plan: Value = client
         .post(format!("{base}/api/revert"))
         .header("x-role", "admin")
-        .header("cookie", format!("bemi_csrf={token}"))
+        .header("cookie", &cookie)
+        .header("origin", &base)
         .header("x-csrf-token", &token)
         .json(&json!({"context": {"request_id": "r-1"}}))
         .send()

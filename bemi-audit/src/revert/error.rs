@@ -107,6 +107,13 @@ pub enum RevertError {
         /// The filter, for the message.
         filter: String,
     },
+    /// The revert's policy ([`Revert::policy`](crate::Revert::policy)) refused the plan:
+    /// nothing was written.
+    #[error("the revert was refused, nothing was written: {reason}")]
+    Refused {
+        /// The policy's message.
+        reason: String,
+    },
     /// More changes matched than allowed.
     #[error(
         "more than {max} changes match: narrow the filter (e.g. with a time range) or raise \

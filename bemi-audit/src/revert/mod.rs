@@ -30,8 +30,9 @@ mod error;
 mod selection;
 mod statement;
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt::Write as _;
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -91,6 +92,26 @@ pub struct Revert {
     until: Option<DateTime<Utc>>,
     force: bool,
     max_changes: u64,
+    policy: Option<Policy>,
+}
+
+/// A revert policy's check of a plan.
+type PolicyFn = dyn Fn(&RevertPlan) -> Result<(), String> + Send + Sync;
+
+/// A revert policy (see [`Revert::policy`]), compared by identity.
+#[derive(Clone)]
+struct Policy(Arc<PolicyFn>);
+
+impl std::fmt::Debug for Policy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Policy(..)")
+    }
+}
+
+impl PartialEq for Policy {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
 }
 
 impl Revert {
@@ -109,6 +130,7 @@ impl Revert {
             until: None,
             force: false,
             max_changes: DEFAULT_MAX_CHANGES,
+            policy: None,
         }
     }
 
@@ -201,6 +223,38 @@ impl Revert {
         self
     }
 
+    /// A check of the plan — its tables, its changes, whether it is forced — that runs before
+    /// anything is written, in [`plan`](Self::plan) and in [`run`](Self::run); an `Err` refuses
+    /// the revert with [`RevertError::Refused`] and its message (say what to do instead).
+    ///
+    /// ```
+    /// use bemi_audit::Revert;
+    ///
+    /// let revert = Revert::transaction(768).policy(|plan| {
+    ///     if plan.tables.contains_key("public.invoice") {
+    ///         return Err("invoices are reverted by the billing team: ask them".into());
+    ///     }
+    ///     Ok(())
+    /// });
+    /// # let _ = revert;
+    /// ```
+    #[must_use]
+    pub fn policy<F>(mut self, policy: F) -> Self
+    where
+        F: Fn(&RevertPlan) -> Result<(), String> + Send + Sync + 'static,
+    {
+        self.policy = Some(Policy(Arc::new(policy)));
+        self
+    }
+
+    /// Runs the policy on `plan`.
+    fn check_policy(&self, plan: &RevertPlan) -> Result<(), RevertError> {
+        match &self.policy {
+            Some(Policy(policy)) => policy(plan).map_err(|reason| RevertError::Refused { reason }),
+            None => Ok(()),
+        }
+    }
+
     /// The context added to the revert's writes: `{"revert_of": <target>}`, plus the time
     /// range when there is one.
     ///
@@ -253,13 +307,16 @@ impl Revert {
         .await?;
         let mut conflicts = prepared.conflicts;
         conflicts.extend(live);
-        Ok(RevertPlan {
+        let plan = RevertPlan {
             changes: prepared.selected.iter().map(|c| c.id).collect(),
+            tables: tables_of(&prepared.selected),
             statements: prepared.statements,
             conflicts,
             context: self.context_value(),
             forced: self.force,
-        })
+        };
+        self.check_policy(&plan)?;
+        Ok(plan)
     }
 
     /// Reverts: checks for conflicts (refusing with [`RevertError::Conflicts`] unless forced),
@@ -293,6 +350,20 @@ impl Revert {
         if !conflicts.is_empty() && !self.force {
             tx.rollback().await?;
             return Err(RevertError::Conflicts(conflicts));
+        }
+        if self.policy.is_some() {
+            let plan = RevertPlan {
+                changes: prepared.selected.iter().map(|c| c.id).collect(),
+                tables: tables_of(&prepared.selected),
+                statements: prepared.statements.clone(),
+                conflicts: conflicts.clone(),
+                context: self.context_value(),
+                forced: self.force,
+            };
+            if let Err(refused) = self.check_policy(&plan) {
+                tx.rollback().await?;
+                return Err(refused);
+            }
         }
         let mut scope = context::current().unwrap_or_default();
         if let Value::Object(revert_of) = self.context_value() {
@@ -450,6 +521,17 @@ impl Revert {
     }
 }
 
+/// How many of `selected` each table (`schema.table`) has.
+fn tables_of(selected: &[Selected]) -> BTreeMap<String, usize> {
+    let mut tables = BTreeMap::new();
+    for change in selected {
+        *tables
+            .entry(format!("{}.{}", change.schema, change.table))
+            .or_insert(0) += 1;
+    }
+    tables
+}
+
 /// What [`Revert::prepare`] found.
 struct Prepared {
     selected: Vec<Selected>,
@@ -470,6 +552,8 @@ struct Prepared {
 pub struct RevertPlan {
     /// The ids of the changes it undoes, oldest first.
     pub changes: Vec<Uuid>,
+    /// How many of those changes each table (`schema.table`) has.
+    pub tables: BTreeMap<String, usize>,
     /// The statements, in the order they run (newest change first).
     pub statements: Vec<RevertStatement>,
     /// Rows that changed afterwards: without force, the revert would refuse.
