@@ -10,7 +10,6 @@ use chrono::{DateTime, Utc};
 use proptest::collection::vec;
 use proptest::prelude::*;
 use proptest::test_runner::TestCaseError;
-use serde_json::Value;
 
 use crate::parse_context_pair;
 use crate::time::{PointInTime, parse_duration, postgres_stores};
@@ -128,16 +127,6 @@ fn fuzz_times_and_durations_never_panic() {
     .unwrap_or_else(|failure| panic!("{failure}"));
 }
 
-/// Whether a string of `value`, or a key of one of its objects, holds U+0000.
-fn holds_nul(value: &Value) -> bool {
-    match value {
-        Value::String(text) => text.contains('\0'),
-        Value::Array(items) => items.iter().any(holds_nul),
-        Value::Object(map) => map.iter().any(|(k, v)| k.contains('\0') || holds_nul(v)),
-        _ => false,
-    }
-}
-
 #[test]
 fn fuzz_context_pairs_never_panic() {
     let pair = prop_oneof![
@@ -159,7 +148,7 @@ fn fuzz_context_pairs_never_panic() {
             // What the database is asked to compare holds no NUL (jsonb refuses it).
             Ok((key, value)) => {
                 prop_assert!(!key.is_empty() && !key.contains('\0'), "{pair:?}");
-                prop_assert!(!holds_nul(&value), "{pair:?}: {value}");
+                prop_assert!(!crate::holds_nul(&value), "{pair:?}: {value}");
             }
             Err(error) => {
                 let message = error.to_string();

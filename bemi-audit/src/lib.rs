@@ -58,7 +58,7 @@ mod time_travel;
 pub use bemi_core::protocol::{Operation, ParseOperationError, REDACTED, REVERT_OF_KEY};
 pub use change::{Change, Cursor};
 pub use follow::Follower;
-pub use query::{ChangeQuery, ContextPairError, Order, parse_context_pair};
+pub use query::{ChangeQuery, ContextPairError, Order, holds_nul, parse_context_pair};
 pub use revert::{
     Conflict, ConflictReason, DEFAULT_MAX_CHANGES, Revert, RevertError, RevertPlan, RevertReport,
     RevertStatement, RevertTarget,

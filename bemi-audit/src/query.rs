@@ -651,8 +651,18 @@ pub fn parse_context_pair(pair: &str) -> Result<(String, Value), ContextPairErro
 }
 
 /// Whether a string of `value` (or a key of one of its objects) holds U+0000, which a
-/// `jsonb` value cannot hold.
-fn holds_nul(value: &Value) -> bool {
+/// `jsonb` value — and so no stored change — cannot hold: a filter with one can match nothing,
+/// and PostgreSQL refuses it.
+///
+/// ```
+/// use serde_json::json;
+///
+/// assert!(bemi_audit::holds_nul(&json!({"a": ["x\u0000"]})));
+/// assert!(bemi_audit::holds_nul(&json!({"\u0000": 1})));
+/// assert!(!bemi_audit::holds_nul(&json!({"a": "x"})));
+/// ```
+#[must_use]
+pub fn holds_nul(value: &Value) -> bool {
     match value {
         Value::String(text) => text.contains('\0'),
         Value::Array(items) => items.iter().any(holds_nul),

@@ -101,7 +101,7 @@ pub(crate) async fn revert(
     let context_nul = request.context.as_ref().is_some_and(|context| {
         context
             .iter()
-            .any(|(k, v)| k.contains('\0') || holds_nul(v))
+            .any(|(k, v)| k.contains('\0') || bemi_audit::holds_nul(v))
     });
     if context_nul || request.source.as_deref().is_some_and(|s| s.contains('\0')) {
         return Err(ApiError(
@@ -150,16 +150,6 @@ pub(crate) async fn revert(
         )
             .into_response()),
         Err(error) => Err(revert_error(error)),
-    }
-}
-
-/// Whether a string of `value`, or a key of one of its objects, holds U+0000.
-fn holds_nul(value: &Value) -> bool {
-    match value {
-        Value::String(text) => text.contains('\0'),
-        Value::Array(items) => items.iter().any(holds_nul),
-        Value::Object(map) => map.iter().any(|(k, v)| k.contains('\0') || holds_nul(v)),
-        Value::Null | Value::Bool(_) | Value::Number(_) => false,
     }
 }
 

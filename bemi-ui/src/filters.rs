@@ -476,7 +476,7 @@ mod tests {
             }
             for (written, key, value) in &filters.context {
                 prop_assert!(!written.contains('\0') && !key.contains('\0'), "{query:?}");
-                prop_assert!(!holds_nul(value), "{query:?}");
+                prop_assert!(!bemi_audit::holds_nul(value), "{query:?}");
             }
             prop_assert!(
                 filters
@@ -532,16 +532,6 @@ mod tests {
             },
         )
         .unwrap_or_else(|failure| panic!("{failure}"));
-    }
-
-    /// Whether a string of `value`, or a key of one of its objects, holds U+0000.
-    fn holds_nul(value: &Value) -> bool {
-        match value {
-            Value::String(text) => text.contains('\0'),
-            Value::Array(items) => items.iter().any(holds_nul),
-            Value::Object(map) => map.iter().any(|(k, v)| k.contains('\0') || holds_nul(v)),
-            _ => false,
-        }
     }
 
     fn vec_of_bytes() -> impl proptest::strategy::Strategy<Value = Vec<u8>> {

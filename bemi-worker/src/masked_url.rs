@@ -83,16 +83,16 @@ pub fn without_password(url: &str) -> String {
 #[cfg(feature = "nats")]
 pub fn without_nats_secrets(url: &str) -> String {
     let masked = without_password(url);
-    let Some(scheme_end) = masked.find("://").map(|i| i + 3) else {
-        return match masked.rfind('@') {
-            Some(at) => format!("***{}", &masked[at..]),
-            None => masked,
-        };
+    let (scheme, rest) = match masked.split_once("://") {
+        Some((scheme, rest)) => (Some(scheme), rest),
+        None => (None, masked.as_str()),
     };
-    match masked[scheme_end..].rfind('@').map(|i| scheme_end + i) {
-        Some(end) if !masked[scheme_end..end].contains(':') => {
-            format!("{}***{}", &masked[..scheme_end], &masked[end..])
-        }
+    // A token: user info without a colon (`user:***` was masked above).
+    match rest.rsplit_once('@') {
+        Some((user_info, host)) if scheme.is_none() || !user_info.contains(':') => match scheme {
+            Some(scheme) => format!("{scheme}://***@{host}"),
+            None => format!("***@{host}"),
+        },
         _ => masked,
     }
 }
