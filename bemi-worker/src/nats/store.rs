@@ -99,9 +99,6 @@ const ORPHAN_AFTER: Duration = Duration::from_secs(300);
 /// by it.
 const APPLICATION_NAME: &str = "bemi-store ";
 
-/// The most a fetch of a partition brings at least (twice the server's max_payload if more).
-const FETCH_BYTES: usize = 16 << 20;
-
 /// How often a store looks at its partitions (and the others).
 const BALANCE_INTERVAL: Duration = Duration::from_millis(500);
 
@@ -389,16 +386,8 @@ impl Store {
             server = %connection.client.server_info().version,
             "storing the change stream"
         );
-        // A fetch brings at most this much (every message fits: at most max_payload), so that
-        // a backlog of large messages stays in the stream rather than in memory.
-        let fetch_bytes = connection
-            .client
-            .server_info()
-            .max_payload
-            .saturating_mul(2)
-            .max(FETCH_BYTES);
         let result = self
-            .balance(&stream, partitions, fetch_bytes, &pool, &options, shutdown)
+            .balance(&stream, partitions, &pool, &options, shutdown)
             .await;
         pool.close().await;
         result
@@ -410,7 +399,6 @@ impl Store {
         &self,
         stream: &stream::Stream,
         partitions: u32,
-        fetch_bytes: usize,
         pool: &PgPool,
         options: &PgConnectOptions,
         shutdown: &CancellationToken,
@@ -511,7 +499,6 @@ impl Store {
                         stream: stream.clone(),
                         config: self.config.clone(),
                         metrics: self.metrics(),
-                        fetch_bytes,
                     };
                     let handle = tokio::spawn(writer.run(stop.clone()));
                     owned.insert(p, Owned { stop, handle });
@@ -574,8 +561,6 @@ struct PartitionWriter {
     stream: stream::Stream,
     config: StoreConfig,
     metrics: Arc<StoreMetrics>,
-    /// The most a fetch brings.
-    fetch_bytes: usize,
 }
 
 fn nats_error(what: &str) -> impl FnOnce(async_nats::Error) -> WorkerError + '_ {
@@ -844,7 +829,6 @@ impl PartitionWriter {
             let mut batch = consumer
                 .fetch()
                 .max_messages(self.config.batch_messages)
-                .max_bytes(self.fetch_bytes)
                 .expires(Duration::from_secs(1))
                 .messages()
                 .await
