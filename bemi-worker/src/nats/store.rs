@@ -99,6 +99,9 @@ const ORPHAN_AFTER: Duration = Duration::from_secs(300);
 /// by it.
 const APPLICATION_NAME: &str = "bemi-store ";
 
+/// How often an idle partition writer checks that its consumer still exists.
+const CONSUMER_CHECK_INTERVAL: Duration = Duration::from_secs(3);
+
 /// How often a store looks at its partitions (and the others).
 const BALANCE_INTERVAL: Duration = Duration::from_millis(500);
 
@@ -825,6 +828,7 @@ impl PartitionWriter {
         tracing::info!(partition = p, "writing a partition");
         let mut joiner = Joiner::new();
         let mut newest = 0;
+        let mut consumer_checked = Instant::now();
         while !stop.is_cancelled() {
             let mut batch = consumer
                 .fetch()
@@ -885,6 +889,17 @@ impl PartitionWriter {
             }
             *held = now_held;
             if units.is_empty() {
+                // A stream deleted under a fetch may end it without an error: an idle
+                // partition asks now and then whether its consumer still exists, and if not
+                // (the stream is gone or was created again) starts over, which takes the
+                // partition again on the stream there is now.
+                if consumer_checked.elapsed() >= CONSUMER_CHECK_INTERVAL {
+                    consumer_checked = Instant::now();
+                    consumer
+                        .get_info()
+                        .await
+                        .map_err(|error| WorkerError::Nats(format!("checking {name}: {error}")))?;
+                }
                 continue;
             }
             units.sort_by_key(|unit| unit.sequence);
