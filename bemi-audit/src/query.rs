@@ -657,8 +657,8 @@ pub fn parse_context_pair(pair: &str) -> Result<(String, Value), ContextPairErro
 /// ```
 /// use serde_json::json;
 ///
-/// assert!(bemi_audit::holds_nul(&json!({"a": ["x\u0000"]})));
-/// assert!(bemi_audit::holds_nul(&json!({"\u0000": 1})));
+/// assert!(bemi_audit::holds_nul(&json!({"a": ["x\0"]})));
+/// assert!(bemi_audit::holds_nul(&json!({"\0": 1})));
 /// assert!(!bemi_audit::holds_nul(&json!({"a": "x"})));
 /// ```
 #[must_use]
