@@ -117,11 +117,12 @@ pub(crate) async fn through_nats_every_change_is_stored_once_across_kills_and_a_
     const WRITERS: i64 = 4;
     const PER_WRITER: i64 = 5_000;
     const TOTAL: i64 = WRITERS * PER_WRITER;
-    let source = cluster.database("nats_chaos").await?;
-    source
-        .exec("CREATE TABLE items (id bigint PRIMARY KEY, writer int NOT NULL, n int NOT NULL)")
-        .await?;
-    source.migrate().await?;
+    let source = tracked_source(
+        &cluster,
+        "nats_chaos",
+        "CREATE TABLE items (id bigint PRIMARY KEY, writer int NOT NULL, n int NOT NULL)",
+    )
+    .await?;
     let audit = cluster.database("nats_chaos_audit").await?;
     let mut nats = start_nats().await?;
     let url = nats.url();
@@ -258,11 +259,12 @@ pub(crate) async fn through_nats_every_change_is_stored_once_across_kills_and_a_
 pub(crate) async fn through_nats_a_destination_outage_is_held_by_the_stream_not_the_slot(
     cluster: Arc<TestCluster>,
 ) -> TestResult {
-    let source = cluster.database("nats_outage").await?;
-    source
-        .exec("CREATE TABLE items (id bigint PRIMARY KEY)")
-        .await?;
-    source.migrate().await?;
+    let source = tracked_source(
+        &cluster,
+        "nats_outage",
+        "CREATE TABLE items (id bigint PRIMARY KEY)",
+    )
+    .await?;
     let mut pg = private_cluster(LaunchOptions::default()).await?;
     let audit = private_database(&pg, "nats_outage_audit").await?;
     let nats = start_nats().await?;
@@ -377,11 +379,12 @@ pub(crate) async fn through_nats_two_stores_share_the_partitions_and_keep_each_r
 ) -> TestResult {
     const ROWS: i64 = 200;
     const VERSIONS: i64 = 10;
-    let source = cluster.database("nats_two").await?;
-    source
-        .exec("CREATE TABLE items (id bigint PRIMARY KEY, version int NOT NULL)")
-        .await?;
-    source.migrate().await?;
+    let source = tracked_source(
+        &cluster,
+        "nats_two",
+        "CREATE TABLE items (id bigint PRIMARY KEY, version int NOT NULL)",
+    )
+    .await?;
     let audit = cluster.database("nats_two_audit").await?;
     let nats = start_nats().await?;
     let (first_metrics, second_metrics) = (
@@ -500,6 +503,15 @@ async fn insert_items(source: &TestDb, ids: std::ops::RangeInclusive<i64>) -> Te
     Ok(())
 }
 
+/// A database of the shared cluster with `ddl` run in it and tracking installed: the source of
+/// a test's capture.
+async fn tracked_source(cluster: &TestCluster, name: &str, ddl: &str) -> anyhow::Result<TestDb> {
+    let source = cluster.database(name).await?;
+    source.exec(ddl).await?;
+    source.migrate().await?;
+    Ok(source)
+}
+
 /// Waits until `changes` holds `count` changes.
 async fn wait_stored(audit: &TestDb, count: i64, store: &Background) -> TestResult {
     wait_until(
@@ -533,11 +545,12 @@ async fn each_once(audit: &TestDb, ids: std::ops::RangeInclusive<i64>) -> TestRe
 pub(crate) async fn through_nats_a_stream_purged_or_created_again_loses_and_duplicates_nothing(
     cluster: Arc<TestCluster>,
 ) -> TestResult {
-    let source = cluster.database("nats_reset").await?;
-    source
-        .exec("CREATE TABLE items (id bigint PRIMARY KEY)")
-        .await?;
-    source.migrate().await?;
+    let source = tracked_source(
+        &cluster,
+        "nats_reset",
+        "CREATE TABLE items (id bigint PRIMARY KEY)",
+    )
+    .await?;
     let audit = cluster.database("nats_reset_audit").await?;
     // The tables of an earlier version of the store, with positions in a stream long gone and
     // a message it set aside: brought up to date, the positions noticed as another stream's.
@@ -644,11 +657,12 @@ pub(crate) async fn through_nats_a_stream_purged_or_created_again_loses_and_dupl
 pub(crate) async fn through_nats_a_message_the_destination_refuses_is_set_aside_and_its_partition_goes_on(
     cluster: Arc<TestCluster>,
 ) -> TestResult {
-    let source = cluster.database("nats_poison").await?;
-    source
-        .exec("CREATE TABLE items (id bigint PRIMARY KEY)")
-        .await?;
-    source.migrate().await?;
+    let source = tracked_source(
+        &cluster,
+        "nats_poison",
+        "CREATE TABLE items (id bigint PRIMARY KEY)",
+    )
+    .await?;
     let audit = cluster.database("nats_poison_audit").await?;
     let nats = start_nats().await?;
     let url = nats.url();
@@ -815,11 +829,12 @@ pub(crate) async fn through_nats_changes_of_2_and_30_mb_are_stored_whole_across_
     cluster: Arc<TestCluster>,
 ) -> TestResult {
     const MB: i64 = 1_000_000;
-    let source = cluster.database("nats_large").await?;
-    source
-        .exec("CREATE TABLE blobs (id bigint PRIMARY KEY, body text NOT NULL)")
-        .await?;
-    source.migrate().await?;
+    let source = tracked_source(
+        &cluster,
+        "nats_large",
+        "CREATE TABLE blobs (id bigint PRIMARY KEY, body text NOT NULL)",
+    )
+    .await?;
     let audit = cluster.database("nats_large_audit").await?;
     let nats = start_nats().await?;
     let url = nats.url();
@@ -969,11 +984,12 @@ pub(crate) async fn through_nats_passwords_tokens_nkeys_credentials_and_tls_reac
 ) -> TestResult {
     const PASSWORD: &str = "pw-S3CRET";
     const TOKEN: &str = "t0ken-S3CRET";
-    let source = cluster.database("nats_auth").await?;
-    source
-        .exec("CREATE TABLE items (id bigint PRIMARY KEY)")
-        .await?;
-    source.migrate().await?;
+    let source = tracked_source(
+        &cluster,
+        "nats_auth",
+        "CREATE TABLE items (id bigint PRIMARY KEY)",
+    )
+    .await?;
     let audit = cluster.database("nats_auth_audit").await?;
     let store_metrics = format!("127.0.0.1:{}", free_port()?);
     let files = tempfile::tempdir()?;
