@@ -62,9 +62,7 @@ fn assert_message_then_rows(
     Ok(())
 }
 
-pub(crate) async fn sqlx_pool_write_emits_one_message_before_the_row(
-    cluster: Arc<TestCluster>,
-) -> TestResult {
+async fn sqlx_pool_write_emits_one_message_before_the_row(cluster: Arc<TestCluster>) -> TestResult {
     let db = todo_db(&cluster, "sqlx_pool").await?;
     let slot = db.wal_slot().await?;
     let pool = db.bemi_pool();
@@ -84,8 +82,9 @@ pub(crate) async fn sqlx_pool_write_emits_one_message_before_the_row(
     ensure!(task == "Sleep");
     Ok(())
 }
+e2e_test!(sqlx_pool_write_emits_one_message_before_the_row);
 
-pub(crate) async fn sqlx_transaction_and_connection_writes_carry_the_context(
+async fn sqlx_transaction_and_connection_writes_carry_the_context(
     cluster: Arc<TestCluster>,
 ) -> TestResult {
     let db = todo_db(&cluster, "sqlx_tx").await?;
@@ -116,8 +115,9 @@ pub(crate) async fn sqlx_transaction_and_connection_writes_carry_the_context(
         ],
     )
 }
+e2e_test!(sqlx_transaction_and_connection_writes_carry_the_context);
 
-pub(crate) async fn tokio_postgres_client_and_transaction_writes_carry_the_context(
+async fn tokio_postgres_client_and_transaction_writes_carry_the_context(
     cluster: Arc<TestCluster>,
 ) -> TestResult {
     let db = todo_db(&cluster, "tokio_pg").await?;
@@ -155,10 +155,9 @@ pub(crate) async fn tokio_postgres_client_and_transaction_writes_carry_the_conte
         .collect();
     assert_message_then_rows(&slot.read().await?, &expected)
 }
+e2e_test!(tokio_postgres_client_and_transaction_writes_carry_the_context);
 
-pub(crate) async fn large_update_and_truncate_emit_one_message_each(
-    cluster: Arc<TestCluster>,
-) -> TestResult {
+async fn large_update_and_truncate_emit_one_message_each(cluster: Arc<TestCluster>) -> TestResult {
     let db = todo_db(&cluster, "large_update").await?;
     db.exec("INSERT INTO todo (task) SELECT 'task ' || n FROM generate_series(1, 20000) n")
         .await?;
@@ -179,8 +178,9 @@ pub(crate) async fn large_update_and_truncate_emit_one_message_each(
         ],
     )
 }
+e2e_test!(large_update_and_truncate_emit_one_message_each);
 
-pub(crate) async fn transaction_with_contexts_a_b_none_emits_a_b_reset(
+async fn transaction_with_contexts_a_b_none_emits_a_b_reset(
     cluster: Arc<TestCluster>,
 ) -> TestResult {
     let db = todo_db(&cluster, "a_b_none").await?;
@@ -223,10 +223,9 @@ pub(crate) async fn transaction_with_contexts_a_b_none_emits_a_b_reset(
     );
     Ok(())
 }
+e2e_test!(transaction_with_contexts_a_b_none_emits_a_b_reset);
 
-pub(crate) async fn writes_without_context_emit_no_message(
-    cluster: Arc<TestCluster>,
-) -> TestResult {
+async fn writes_without_context_emit_no_message(cluster: Arc<TestCluster>) -> TestResult {
     let db = todo_db(&cluster, "no_context").await?;
     let slot = db.wal_slot().await?;
     let pool = db.bemi_pool();
@@ -254,10 +253,9 @@ pub(crate) async fn writes_without_context_emit_no_message(
     ensure!(changes(&entries).len() == 7, "{entries:#?}");
     Ok(())
 }
+e2e_test!(writes_without_context_emit_no_message);
 
-pub(crate) async fn annotated_writes_do_not_fill_the_statement_cache(
-    cluster: Arc<TestCluster>,
-) -> TestResult {
+async fn annotated_writes_do_not_fill_the_statement_cache(cluster: Arc<TestCluster>) -> TestResult {
     let db = todo_db(&cluster, "stmt_cache").await?;
     let slot = db.wal_slot().await?;
     let pool = db.bemi_pool();
@@ -302,8 +300,9 @@ pub(crate) async fn annotated_writes_do_not_fill_the_statement_cache(
     }
     Ok(())
 }
+e2e_test!(annotated_writes_do_not_fill_the_statement_cache);
 
-pub(crate) async fn simple_protocol_queries_stay_simple(cluster: Arc<TestCluster>) -> TestResult {
+async fn simple_protocol_queries_stay_simple(cluster: Arc<TestCluster>) -> TestResult {
     let db = todo_db(&cluster, "simple_protocol").await?;
     let slot = db.wal_slot().await?;
     // Two statements in one string only run with the simple query protocol.
@@ -350,10 +349,9 @@ pub(crate) async fn simple_protocol_queries_stay_simple(cluster: Arc<TestCluster
     );
     Ok(())
 }
+e2e_test!(simple_protocol_queries_stay_simple);
 
-pub(crate) async fn pre_prepared_statements_carry_the_context(
-    cluster: Arc<TestCluster>,
-) -> TestResult {
+async fn pre_prepared_statements_carry_the_context(cluster: Arc<TestCluster>) -> TestResult {
     let db = todo_db(&cluster, "prepared").await?;
     let slot = db.wal_slot().await?;
 
@@ -408,8 +406,9 @@ pub(crate) async fn pre_prepared_statements_carry_the_context(
     ensure!(bemi_contexts(&entries)?.is_empty(), "{entries:#?}");
     Ok(())
 }
+e2e_test!(pre_prepared_statements_carry_the_context);
 
-pub(crate) async fn comments_placed_by_other_bemi_libraries_are_understood(
+async fn comments_placed_by_other_bemi_libraries_are_understood(
     cluster: Arc<TestCluster>,
 ) -> TestResult {
     let db = todo_db(&cluster, "other_libraries").await?;
@@ -439,3 +438,4 @@ pub(crate) async fn comments_placed_by_other_bemi_libraries_are_understood(
     );
     Ok(())
 }
+e2e_test!(comments_placed_by_other_bemi_libraries_are_understood);

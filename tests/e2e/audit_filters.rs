@@ -99,7 +99,7 @@ fn changed(e: &Expected, field: &str) -> bool {
     e.before.get(field) != e.after.get(field)
 }
 
-pub(crate) async fn query_filters_return_exactly_the_modelled_rows_of_10_700_captured_changes(
+async fn query_filters_return_exactly_the_modelled_rows_of_10_700_captured_changes(
     cluster: Arc<TestCluster>,
 ) -> TestResult {
     let db = cluster.database("audit_filters").await?;
@@ -491,3 +491,4 @@ pub(crate) async fn query_filters_return_exactly_the_modelled_rows_of_10_700_cap
     );
     Ok(())
 }
+e2e_test!(query_filters_return_exactly_the_modelled_rows_of_10_700_captured_changes);

@@ -33,9 +33,7 @@ fn ids(changes: &[Change]) -> Vec<String> {
     changes.iter().map(|c| c.id.to_string()).collect()
 }
 
-pub(crate) async fn change_query_pages_and_streams_every_match_once(
-    cluster: Arc<TestCluster>,
-) -> TestResult {
+async fn change_query_pages_and_streams_every_match_once(cluster: Arc<TestCluster>) -> TestResult {
     let db = cluster.database("audit_query").await?;
     db.exec(bemi_audit::schema::SCHEMA_SQL).await?;
     db.exec(FIXTURE).await?;
@@ -146,3 +144,4 @@ pub(crate) async fn change_query_pages_and_streams_every_match_once(
     ensure!(keys == [30, 31, 32, 33, 34, 35], "{keys:?}");
     Ok(())
 }
+e2e_test!(change_query_pages_and_streams_every_match_once);

@@ -397,7 +397,7 @@ async fn sqlx_pool(url: &str, carrier: Carrier) -> anyhow::Result<BemiPool> {
 /// sqlx: a write dropped while its emission's response is awaited (the emission already sent
 /// and run) left its context in effect but unnoted, so the next write without a context did not
 /// reset it and inherited it.
-pub(crate) async fn sqlx_write_dropped_after_its_emission_leaves_no_context_behind(
+async fn sqlx_write_dropped_after_its_emission_leaves_no_context_behind(
     cluster: Arc<TestCluster>,
 ) -> TestResult {
     let db = todo_db(&cluster, "cancel_sqlx").await?;
@@ -422,10 +422,11 @@ pub(crate) async fn sqlx_write_dropped_after_its_emission_leaves_no_context_behi
     tx.commit().await?;
     assert_rows(&slot.read().await?, &[("warm", Some("A")), ("after", None)])
 }
+e2e_test!(sqlx_write_dropped_after_its_emission_leaves_no_context_behind);
 
 /// tokio-postgres: a write whose emission and statement were sent, dropped before their
 /// responses, left its context in effect but unnoted (owned and borrowed transactions).
-pub(crate) async fn tokio_postgres_write_dropped_after_it_was_sent_leaves_no_context_behind(
+async fn tokio_postgres_write_dropped_after_it_was_sent_leaves_no_context_behind(
     cluster: Arc<TestCluster>,
 ) -> TestResult {
     let db = todo_db(&cluster, "cancel_tokio_pg").await?;
@@ -474,11 +475,12 @@ pub(crate) async fn tokio_postgres_write_dropped_after_it_was_sent_leaves_no_con
         ],
     )
 }
+e2e_test!(tokio_postgres_write_dropped_after_it_was_sent_leaves_no_context_behind);
 
 /// tokio-postgres: a batch outside a transaction (`BEGIN` and the emission, the batch, then
 /// `ROLLBACK` if it failed) dropped before its failure arrived left its transaction open and
 /// aborted: the client's (and the pool's) next user failed.
-pub(crate) async fn tokio_postgres_failed_batch_dropped_leaves_no_transaction_open(
+async fn tokio_postgres_failed_batch_dropped_leaves_no_transaction_open(
     cluster: Arc<TestCluster>,
 ) -> TestResult {
     const FAILING: &str = "INSERT INTO todo (task) VALUES ('failing'); SELECT 1/0";
@@ -519,10 +521,11 @@ pub(crate) async fn tokio_postgres_failed_batch_dropped_leaves_no_transaction_op
         &[("after", None), ("pool after", Some("B"))],
     )
 }
+e2e_test!(tokio_postgres_failed_batch_dropped_leaves_no_transaction_open);
 
 /// SeaORM: a write dropped while its emission's response is awaited left its context in
 /// effect but unnoted.
-pub(crate) async fn seaorm_write_dropped_after_its_emission_leaves_no_context_behind(
+async fn seaorm_write_dropped_after_its_emission_leaves_no_context_behind(
     cluster: Arc<TestCluster>,
 ) -> TestResult {
     use sea_orm::{ConnectionTrait as _, TransactionSession as _, TransactionTrait as _};
@@ -548,10 +551,11 @@ pub(crate) async fn seaorm_write_dropped_after_its_emission_leaves_no_context_be
     tx.commit().await?;
     assert_rows(&slot.read().await?, &[("warm", Some("A")), ("after", None)])
 }
+e2e_test!(seaorm_write_dropped_after_its_emission_leaves_no_context_behind);
 
 /// diesel-async: a write without a context noted the reset it needed as done when its future
 /// was made, so a future dropped before sending it left the earlier context in effect.
-pub(crate) async fn diesel_async_write_dropped_before_its_reset_leaves_no_context_behind(
+async fn diesel_async_write_dropped_before_its_reset_leaves_no_context_behind(
     cluster: Arc<TestCluster>,
 ) -> TestResult {
     use bemi_diesel::BemiAsyncPgConnection;
@@ -592,11 +596,12 @@ pub(crate) async fn diesel_async_write_dropped_before_its_reset_leaves_no_contex
         ],
     )
 }
+e2e_test!(diesel_async_write_dropped_before_its_reset_leaves_no_context_behind);
 
 /// diesel-async: a write outside a transaction whose statement was not prepared yet was sent
 /// after the `COMMIT` pipelined with it (its preparation took a round trip), so it ran on its
 /// own, without its context.
-pub(crate) async fn diesel_async_new_statement_outside_a_transaction_carries_its_context(
+async fn diesel_async_new_statement_outside_a_transaction_carries_its_context(
     cluster: Arc<TestCluster>,
 ) -> TestResult {
     use bemi_diesel::BemiAsyncPgConnection;
@@ -624,11 +629,12 @@ pub(crate) async fn diesel_async_new_statement_outside_a_transaction_carries_its
         ],
     )
 }
+e2e_test!(diesel_async_new_statement_outside_a_transaction_carries_its_context);
 
 /// diesel-async: a write outside a transaction dropped after `BEGIN` and its emission were
 /// sent left that transaction open on the connection, and the next write without a context ran
 /// inside it, after the dropped write's context.
-pub(crate) async fn diesel_async_dropped_write_outside_a_transaction_leaves_none_open(
+async fn diesel_async_dropped_write_outside_a_transaction_leaves_none_open(
     cluster: Arc<TestCluster>,
 ) -> TestResult {
     use bemi_diesel::BemiAsyncPgConnection;
@@ -654,6 +660,7 @@ pub(crate) async fn diesel_async_dropped_write_outside_a_transaction_leaves_none
         .await?;
     assert_rows(&slot.read().await?, &[("after", None), ("b", Some("B"))])
 }
+e2e_test!(diesel_async_dropped_write_outside_a_transaction_leaves_none_open);
 
 fn written(task: &str, given: Given, finished: bool) -> Written {
     Written {
@@ -668,7 +675,7 @@ fn written(task: &str, given: Given, finished: bool) -> Written {
 
 /// Writes `case`'s steps through `pool` (in one transaction, or each on its own), then the
 /// pool's next user: a transaction with B and nothing, and B and nothing outside one.
-pub(crate) async fn sqlx_cancelled_writes_keep_every_row_to_its_own_context(
+async fn sqlx_cancelled_writes_keep_every_row_to_its_own_context(
     cluster: Arc<TestCluster>,
 ) -> TestResult {
     let db = todo_db(&cluster, "cancel_prop_sqlx").await?;
@@ -732,6 +739,7 @@ pub(crate) async fn sqlx_cancelled_writes_keep_every_row_to_its_own_context(
     })
     .await
 }
+e2e_test!(sqlx_cancelled_writes_keep_every_row_to_its_own_context);
 
 /// Where a sqlx write of the property test runs.
 enum Target<'a> {
@@ -771,7 +779,7 @@ macro_rules! tp_write {
 
 /// Writes `case`'s steps through an owned client, a deadpool client or a bb8 client (in one
 /// transaction, or each on its own), then the next user of the client or the pool.
-pub(crate) async fn tokio_postgres_cancelled_writes_keep_every_row_to_its_own_context(
+async fn tokio_postgres_cancelled_writes_keep_every_row_to_its_own_context(
     cluster: Arc<TestCluster>,
 ) -> TestResult {
     let db = todo_db(&cluster, "cancel_prop_tokio_pg").await?;
@@ -825,6 +833,7 @@ pub(crate) async fn tokio_postgres_cancelled_writes_keep_every_row_to_its_own_co
     })
     .await
 }
+e2e_test!(tokio_postgres_cancelled_writes_keep_every_row_to_its_own_context);
 
 /// What the next user of a connection does: B and nothing in a transaction, nothing cut
 /// short.
@@ -947,7 +956,7 @@ async fn seaorm_write<C: sea_orm::ConnectionTrait>(
 }
 
 /// Writes `case`'s steps through a one-connection SeaORM pool, then the pool's next user.
-pub(crate) async fn seaorm_cancelled_writes_keep_every_row_to_its_own_context(
+async fn seaorm_cancelled_writes_keep_every_row_to_its_own_context(
     cluster: Arc<TestCluster>,
 ) -> TestResult {
     use sea_orm::{TransactionSession as _, TransactionTrait as _};
@@ -988,6 +997,7 @@ pub(crate) async fn seaorm_cancelled_writes_keep_every_row_to_its_own_context(
     })
     .await
 }
+e2e_test!(seaorm_cancelled_writes_keep_every_row_to_its_own_context);
 
 /// A diesel-async insert of `task` by one of the methods (by `method`): the DSL's `execute`
 /// (a cached statement), `sql_query` (prepared each time), the DSL's `get_result` (a load).
@@ -1023,7 +1033,7 @@ fn diesel_insert<'c>(
 
 /// Writes `case`'s steps through a diesel-async connection — one of its own, or from a
 /// one-connection bb8 pool — then the next user of the connection or the pool.
-pub(crate) async fn diesel_async_cancelled_writes_keep_every_row_to_its_own_context(
+async fn diesel_async_cancelled_writes_keep_every_row_to_its_own_context(
     cluster: Arc<TestCluster>,
 ) -> TestResult {
     use bemi_diesel::BemiAsyncPgConnection;
@@ -1064,6 +1074,7 @@ pub(crate) async fn diesel_async_cancelled_writes_keep_every_row_to_its_own_cont
     })
     .await
 }
+e2e_test!(diesel_async_cancelled_writes_keep_every_row_to_its_own_context);
 
 async fn diesel_case(
     conn: &mut bemi_diesel::BemiAsyncPgConnection,

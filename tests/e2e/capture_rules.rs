@@ -50,7 +50,7 @@ const MIX: [(&str, bool); 9] = [
     ("TRUNCATE doc", true),
 ];
 
-pub(crate) async fn ignored_columns_and_unchanged_updates_are_left_out_and_counted(
+async fn ignored_columns_and_unchanged_updates_are_left_out_and_counted(
     cluster: Arc<TestCluster>,
 ) -> TestResult {
     let db = cluster.database("rules").await?;
@@ -103,10 +103,9 @@ pub(crate) async fn ignored_columns_and_unchanged_updates_are_left_out_and_count
     worker.stop().await?;
     Ok(())
 }
+e2e_test!(ignored_columns_and_unchanged_updates_are_left_out_and_counted);
 
-pub(crate) async fn unchanged_updates_are_stored_when_asked(
-    cluster: Arc<TestCluster>,
-) -> TestResult {
+async fn unchanged_updates_are_stored_when_asked(cluster: Arc<TestCluster>) -> TestResult {
     let db = cluster.database("rules_keep").await?;
     db.exec(DOC_TABLE).await?;
     db.migrate().await?;
@@ -126,8 +125,9 @@ pub(crate) async fn unchanged_updates_are_stored_when_asked(
     worker.stop().await?;
     Ok(())
 }
+e2e_test!(unchanged_updates_are_stored_when_asked);
 
-pub(crate) async fn a_kill_9_inside_a_mixed_transaction_loses_and_duplicates_nothing(
+async fn a_kill_9_inside_a_mixed_transaction_loses_and_duplicates_nothing(
     cluster: Arc<TestCluster>,
 ) -> TestResult {
     const ROWS: i64 = 30_000;
@@ -226,3 +226,4 @@ pub(crate) async fn a_kill_9_inside_a_mixed_transaction_loses_and_duplicates_not
     );
     Ok(())
 }
+e2e_test!(a_kill_9_inside_a_mixed_transaction_loses_and_duplicates_nothing);

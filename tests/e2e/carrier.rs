@@ -136,7 +136,7 @@ async fn tokio_postgres_sequence(client: &mut BemiClient) -> anyhow::Result<()> 
     Ok(())
 }
 
-pub(crate) async fn every_write_takes_the_context_in_scope_when_it_ran(
+async fn every_write_takes_the_context_in_scope_when_it_ran(
     cluster: Arc<TestCluster>,
 ) -> TestResult {
     let db = todo_db(&cluster, "carrier_semantics").await?;
@@ -153,8 +153,9 @@ pub(crate) async fn every_write_takes_the_context_in_scope_when_it_ran(
     }
     Ok(())
 }
+e2e_test!(every_write_takes_the_context_in_scope_when_it_ran);
 
-pub(crate) async fn a_shared_client_keeps_each_write_in_its_own_transaction(
+async fn a_shared_client_keeps_each_write_in_its_own_transaction(
     cluster: Arc<TestCluster>,
 ) -> TestResult {
     let db = todo_db(&cluster, "carrier_shared").await?;
@@ -210,3 +211,4 @@ pub(crate) async fn a_shared_client_keeps_each_write_in_its_own_transaction(
     ensure!(open == 200);
     Ok(())
 }
+e2e_test!(a_shared_client_keeps_each_write_in_its_own_transaction);

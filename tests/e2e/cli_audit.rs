@@ -60,7 +60,7 @@ async fn now(db: &TestDb) -> anyhow::Result<String> {
     Ok(now.to_rfc3339())
 }
 
-pub(crate) async fn history_at_and_the_new_changes_filters_from_the_command_line(
+async fn history_at_and_the_new_changes_filters_from_the_command_line(
     cluster: Arc<TestCluster>,
 ) -> TestResult {
     use Operation::{Create, Delete, Update};
@@ -304,8 +304,9 @@ pub(crate) async fn history_at_and_the_new_changes_filters_from_the_command_line
     );
     Ok(())
 }
+e2e_test!(history_at_and_the_new_changes_filters_from_the_command_line);
 
-pub(crate) async fn revert_refuses_a_conflict_naming_the_row_and_force_proceeds(
+async fn revert_refuses_a_conflict_naming_the_row_and_force_proceeds(
     cluster: Arc<TestCluster>,
 ) -> TestResult {
     let db = cluster.database("cli_revert").await?;
@@ -479,8 +480,9 @@ pub(crate) async fn revert_refuses_a_conflict_naming_the_row_and_force_proceeds(
     worker.stop().await?;
     Ok(())
 }
+e2e_test!(revert_refuses_a_conflict_naming_the_row_and_force_proceeds);
 
-pub(crate) async fn worker_partitions_by_month_and_prune_detaches_old_months(
+async fn worker_partitions_by_month_and_prune_detaches_old_months(
     cluster: Arc<TestCluster>,
 ) -> TestResult {
     let db = cluster.database("cli_partitions").await?;
@@ -624,13 +626,12 @@ pub(crate) async fn worker_partitions_by_month_and_prune_detaches_old_months(
     ensure!(status.code() == Some(0), "{status}: {}", worker.stderr());
     Ok(())
 }
+e2e_test!(worker_partitions_by_month_and_prune_detaches_old_months);
 
 /// Numbers a double cannot hold — a long `numeric`, a `bigint` near its limit, a decimal
 /// fraction with no binary form — come out of `bemi changes`, `history` and `at` digit for
 /// digit, as the audit trail stores them.
-pub(crate) async fn numbers_keep_every_digit_in_the_cli_output(
-    cluster: Arc<TestCluster>,
-) -> TestResult {
+async fn numbers_keep_every_digit_in_the_cli_output(cluster: Arc<TestCluster>) -> TestResult {
     const LONG: &str = "12345678901234567890.123456789012345678";
     const FRACTION: &str = "0.1000000000000000055511151231257827";
     const BIG: &str = "9223372036854775807";
@@ -674,3 +675,4 @@ pub(crate) async fn numbers_keep_every_digit_in_the_cli_output(
     worker.stop().await?;
     Ok(())
 }
+e2e_test!(numbers_keep_every_digit_in_the_cli_output);

@@ -57,9 +57,7 @@ fn s(table: &str, pk: &str, operation: Operation) -> Summary {
     (table.to_owned(), pk.to_owned(), operation)
 }
 
-pub(crate) async fn changes_filters_in_table_and_json_output(
-    cluster: Arc<TestCluster>,
-) -> TestResult {
+async fn changes_filters_in_table_and_json_output(cluster: Arc<TestCluster>) -> TestResult {
     use Operation::{Create, Delete, Update};
 
     let db = cluster.database("cli_changes").await?;
@@ -327,8 +325,9 @@ pub(crate) async fn changes_filters_in_table_and_json_output(
     );
     Ok(())
 }
+e2e_test!(changes_filters_in_table_and_json_output);
 
-pub(crate) async fn changes_follow_prints_changes_made_after_it_started(
+async fn changes_follow_prints_changes_made_after_it_started(
     cluster: Arc<TestCluster>,
 ) -> TestResult {
     let db = cluster.database("cli_follow").await?;
@@ -428,6 +427,7 @@ pub(crate) async fn changes_follow_prints_changes_made_after_it_started(
     worker.stop().await?;
     Ok(())
 }
+e2e_test!(changes_follow_prints_changes_made_after_it_started);
 
 /// `bemi changes --follow --json --limit 1`, polling every 100 ms, against `db`.
 fn follow_json(db: &TestDb) -> anyhow::Result<Background> {
@@ -470,7 +470,7 @@ async fn store_change(db: &TestDb, task: &str, ago: &str, position: i64) -> anyh
 
 /// Two transactions committing at once can reach the WAL, and so the worker, in the opposite
 /// order of their commit times: the follower still prints the one with the earlier time, once.
-pub(crate) async fn changes_follow_prints_a_change_that_arrives_after_a_later_one(
+async fn changes_follow_prints_a_change_that_arrives_after_a_later_one(
     cluster: Arc<TestCluster>,
 ) -> TestResult {
     let db = cluster.database("cli_follow_order").await?;
@@ -516,12 +516,13 @@ pub(crate) async fn changes_follow_prints_a_change_that_arrives_after_a_later_on
     ensure!(status.code() == Some(0), "{status}: {}", json.stderr());
     Ok(())
 }
+e2e_test!(changes_follow_prints_a_change_that_arrives_after_a_later_one);
 
 /// After a large transaction (20 000 changes with one `committed_at`, each with a 4 kB
 /// after-image), a follower keeps printing new changes — a later one and one that arrives
 /// late — each once, and never an old one again; it reads the large transaction by cursor
 /// only, so its memory stays far below the 80 MB of those changes.
-pub(crate) async fn changes_follow_after_a_large_transaction_prints_only_new_changes(
+async fn changes_follow_after_a_large_transaction_prints_only_new_changes(
     cluster: Arc<TestCluster>,
 ) -> TestResult {
     const LARGE: i64 = 20_000;
@@ -604,3 +605,4 @@ pub(crate) async fn changes_follow_after_a_large_transaction_prints_only_new_cha
     ensure!(status.code() == Some(0), "{status}: {}", json.stderr());
     Ok(())
 }
+e2e_test!(changes_follow_after_a_large_transaction_prints_only_new_changes);

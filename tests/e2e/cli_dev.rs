@@ -12,7 +12,7 @@ use sqlx::postgres::PgPoolOptions;
 
 use crate::cli_support::Background;
 
-pub(crate) async fn dev_captures_into_a_throwaway_database_removed_on_ctrl_c(
+async fn dev_captures_into_a_throwaway_database_removed_on_ctrl_c(
     _cluster: Arc<TestCluster>,
 ) -> TestResult {
     let mut dev = Background::start(&["dev", "--heartbeat-interval", "500ms"], &[])?;
@@ -99,3 +99,4 @@ pub(crate) async fn dev_captures_into_a_throwaway_database_removed_on_ctrl_c(
     );
     Ok(())
 }
+e2e_test!(dev_captures_into_a_throwaway_database_removed_on_ctrl_c);

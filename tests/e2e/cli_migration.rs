@@ -18,9 +18,7 @@ async fn triggers_on(db: &TestDb, table: &str) -> anyhow::Result<i64> {
     .await?)
 }
 
-pub(crate) async fn migration_sql_prints_the_up_and_down_migrations(
-    _cluster: Arc<TestCluster>,
-) -> TestResult {
+async fn migration_sql_prints_the_up_and_down_migrations(_cluster: Arc<TestCluster>) -> TestResult {
     let up = bemi(&["migration", "sql"], &[]).await?.success()?;
     ensure!(up.stdout == migration::up(), "up differs: {}", up.stdout);
 
@@ -47,8 +45,9 @@ pub(crate) async fn migration_sql_prints_the_up_and_down_migrations(
     ensure!(wrong.status.code() == Some(2), "{wrong:#?}");
     Ok(())
 }
+e2e_test!(migration_sql_prints_the_up_and_down_migrations);
 
-pub(crate) async fn migration_create_writes_a_pair_that_sqlx_migrate_applies_and_reverts(
+async fn migration_create_writes_a_pair_that_sqlx_migrate_applies_and_reverts(
     cluster: Arc<TestCluster>,
 ) -> TestResult {
     let db = cluster.database("cli_migration_create").await?;
@@ -105,8 +104,9 @@ pub(crate) async fn migration_create_writes_a_pair_that_sqlx_migrate_applies_and
     );
     Ok(())
 }
+e2e_test!(migration_create_writes_a_pair_that_sqlx_migrate_applies_and_reverts);
 
-pub(crate) async fn migration_create_never_overwrites(_cluster: Arc<TestCluster>) -> TestResult {
+async fn migration_create_never_overwrites(_cluster: Arc<TestCluster>) -> TestResult {
     let dir = tempfile::tempdir()?;
     // Occupy every version the command could pick in the next seconds.
     let now = chrono::Utc::now();
@@ -131,10 +131,9 @@ pub(crate) async fn migration_create_never_overwrites(_cluster: Arc<TestCluster>
     ensure!(files == occupied.len(), "the refused run left files behind");
     Ok(())
 }
+e2e_test!(migration_create_never_overwrites);
 
-pub(crate) async fn migrate_installs_tracking_idempotently(
-    cluster: Arc<TestCluster>,
-) -> TestResult {
+async fn migrate_installs_tracking_idempotently(cluster: Arc<TestCluster>) -> TestResult {
     let db = cluster.database("cli_migrate").await?;
     db.exec(&format!(
         "{TODO_TABLE}; CREATE TABLE note (id int PRIMARY KEY)"
@@ -184,3 +183,4 @@ pub(crate) async fn migrate_installs_tracking_idempotently(
     );
     Ok(())
 }
+e2e_test!(migrate_installs_tracking_idempotently);

@@ -9,7 +9,7 @@ use bemi_tests::{TestCluster, TestResult};
 
 use crate::cli_support::{Background, bemi, free_port};
 
-pub(crate) async fn ui_needs_a_token_off_loopback_and_serves_with_one(
+async fn ui_needs_a_token_off_loopback_and_serves_with_one(
     cluster: Arc<TestCluster>,
 ) -> TestResult {
     let db = cluster.database("cli_ui").await?;
@@ -108,3 +108,4 @@ pub(crate) async fn ui_needs_a_token_off_loopback_and_serves_with_one(
     }
     Ok(())
 }
+e2e_test!(ui_needs_a_token_off_loopback_and_serves_with_one);

@@ -38,7 +38,7 @@ pub(crate) async fn wait_until_streaming(
     .await
 }
 
-pub(crate) async fn worker_binary_captures_serves_metrics_and_exits_0_on_sigterm(
+async fn worker_binary_captures_serves_metrics_and_exits_0_on_sigterm(
     cluster: Arc<TestCluster>,
 ) -> TestResult {
     let db = cluster.database("cli_worker").await?;
@@ -133,8 +133,9 @@ pub(crate) async fn worker_binary_captures_serves_metrics_and_exits_0_on_sigterm
     .await?;
     Ok(())
 }
+e2e_test!(worker_binary_captures_serves_metrics_and_exits_0_on_sigterm);
 
-pub(crate) async fn worker_binary_without_replication_privilege_names_alter_role(
+async fn worker_binary_without_replication_privilege_names_alter_role(
     cluster: Arc<TestCluster>,
 ) -> TestResult {
     let db = cluster.database("cli_norepl").await?;
@@ -157,3 +158,4 @@ pub(crate) async fn worker_binary_without_replication_privilege_names_alter_role
     db.exec(&format!("DROP ROLE IF EXISTS \"{role}\"")).await?;
     result
 }
+e2e_test!(worker_binary_without_replication_privilege_names_alter_role);

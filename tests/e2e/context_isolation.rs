@@ -11,7 +11,7 @@ use serde_json::json;
 
 const TASKS: i32 = 1000;
 
-pub(crate) async fn concurrent_tasks_keep_their_own_context_through_the_wal(
+async fn concurrent_tasks_keep_their_own_context_through_the_wal(
     cluster: Arc<TestCluster>,
 ) -> TestResult {
     let db = cluster.database("isolation").await?;
@@ -63,3 +63,4 @@ pub(crate) async fn concurrent_tasks_keep_their_own_context_through_the_wal(
     ensure!(seen.len() == TASKS as usize, "{} rows", seen.len());
     Ok(())
 }
+e2e_test!(concurrent_tasks_keep_their_own_context_through_the_wal);

@@ -9,7 +9,7 @@ use bemi_tests::worker::{RunningWorker, worker_config};
 use bemi_tests::{TestCluster, TestResult};
 use serde_json::json;
 
-pub(crate) async fn requests_through_the_axum_app_become_the_seeds_changes_table(
+async fn requests_through_the_axum_app_become_the_seeds_changes_table(
     cluster: Arc<TestCluster>,
 ) -> TestResult {
     let db = cluster.database("demo").await?;
@@ -63,11 +63,12 @@ pub(crate) async fn requests_through_the_axum_app_become_the_seeds_changes_table
     bemi_examples::demo::drop_slot(&db.url, &slot).await?;
     Ok(())
 }
+e2e_test!(requests_through_the_axum_app_become_the_seeds_changes_table);
 
 /// With a bemi worker already streaming the database (just started: nothing written yet), the
 /// demo lets it capture the changes instead of running a second worker, and each of the five
 /// changes is stored once.
-pub(crate) async fn the_demo_relies_on_a_running_worker_that_captures_todo(
+async fn the_demo_relies_on_a_running_worker_that_captures_todo(
     cluster: Arc<TestCluster>,
 ) -> TestResult {
     let db = cluster.database("demo_shared").await?;
@@ -91,3 +92,4 @@ pub(crate) async fn the_demo_relies_on_a_running_worker_that_captures_todo(
     worker.stop().await?;
     Ok(())
 }
+e2e_test!(the_demo_relies_on_a_running_worker_that_captures_todo);

@@ -43,9 +43,7 @@ async fn handler(State(pool): State<BemiPool>) -> Result<StatusCode, String> {
     Ok(StatusCode::NO_CONTENT)
 }
 
-pub(crate) async fn axum_handler_enrichment_reaches_the_wal(
-    cluster: Arc<TestCluster>,
-) -> TestResult {
+async fn axum_handler_enrichment_reaches_the_wal(cluster: Arc<TestCluster>) -> TestResult {
     let db = bemi_tests::todo_db(&cluster, "enrichment").await?;
     let slot = db.wal_slot().await?;
     let app = axum::Router::new()
@@ -78,3 +76,4 @@ pub(crate) async fn axum_handler_enrichment_reaches_the_wal(
     ensure!(txns.len() == 2, "two writes expected: {txns:#?}");
     serve::ensure_task_and_context_each(&txns, [("before", base), ("after", enriched)])
 }
+e2e_test!(axum_handler_enrichment_reaches_the_wal);

@@ -270,9 +270,7 @@ async fn fuzz_db(cluster: &TestCluster, hint: &str) -> anyhow::Result<(TestDb, W
     Ok((db, slot))
 }
 
-pub(crate) async fn fuzz_annotated_sql_parses_as_the_same_statement(
-    cluster: Arc<TestCluster>,
-) -> TestResult {
+async fn fuzz_annotated_sql_parses_as_the_same_statement(cluster: Arc<TestCluster>) -> TestResult {
     let (db, slot) = fuzz_db(&cluster, "fuzz_sql").await?;
     let db = Arc::new(db);
     let slot = Arc::new(slot);
@@ -327,10 +325,9 @@ pub(crate) async fn fuzz_annotated_sql_parses_as_the_same_statement(
     )
     .await
 }
+e2e_test!(fuzz_annotated_sql_parses_as_the_same_statement);
 
-pub(crate) async fn fuzz_any_context_round_trips_through_the_wal(
-    cluster: Arc<TestCluster>,
-) -> TestResult {
+async fn fuzz_any_context_round_trips_through_the_wal(cluster: Arc<TestCluster>) -> TestResult {
     let (db, slot) = fuzz_db(&cluster, "fuzz_context").await?;
     let pool = db.bemi_pool();
     let comment = BemiPool::new(db.pool.clone()).carrier(Carrier::Comment);
@@ -370,3 +367,4 @@ pub(crate) async fn fuzz_any_context_round_trips_through_the_wal(
     })
     .await
 }
+e2e_test!(fuzz_any_context_round_trips_through_the_wal);

@@ -204,7 +204,7 @@ async fn client(address: std::net::SocketAddr, n: usize) -> anyhow::Result<Vec<C
     Ok(created)
 }
 
-pub(crate) async fn unary_and_streaming_calls_of_200_clients_carry_their_own_context(
+async fn unary_and_streaming_calls_of_200_clients_carry_their_own_context(
     cluster: Arc<TestCluster>,
 ) -> TestResult {
     let db = todo_db(&cluster, "grpc_tonic").await?;
@@ -282,3 +282,4 @@ pub(crate) async fn unary_and_streaming_calls_of_200_clients_carry_their_own_con
     );
     Ok(())
 }
+e2e_test!(unary_and_streaming_calls_of_200_clients_carry_their_own_context);

@@ -36,7 +36,7 @@ fn hostile_texts() -> Vec<String> {
 
 /// The same statements run on two identical tables, one inside the hostile context and one
 /// without any context; afterwards the tables must be identical, row for row.
-pub(crate) async fn hostile_contexts_never_change_what_a_statement_does(
+async fn hostile_contexts_never_change_what_a_statement_does(
     cluster: Arc<TestCluster>,
 ) -> TestResult {
     let db = cluster.database("hostile").await?;
@@ -109,3 +109,4 @@ pub(crate) async fn hostile_contexts_never_change_what_a_statement_does(
     }
     Ok(())
 }
+e2e_test!(hostile_contexts_never_change_what_a_statement_does);

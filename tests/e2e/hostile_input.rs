@@ -54,7 +54,7 @@ const HOSTILE: &[(&str, &str)] = &[
     ("context=%C3%A9", "KEY=VALUE"),
 ];
 
-pub(crate) async fn hostile_query_strings_get_a_400_that_says_what_to_write(
+async fn hostile_query_strings_get_a_400_that_says_what_to_write(
     cluster: Arc<TestCluster>,
 ) -> TestResult {
     let db = cluster.database("hostile_queries").await?;
@@ -127,6 +127,7 @@ pub(crate) async fn hostile_query_strings_get_a_400_that_says_what_to_write(
     )
     .await
 }
+e2e_test!(hostile_query_strings_get_a_400_that_says_what_to_write);
 
 /// Percent-encodes every byte.
 fn encode(bytes: &[u8]) -> String {
@@ -177,7 +178,7 @@ fn query_string() -> impl Strategy<Value = String> {
     })
 }
 
-pub(crate) async fn hostile_time_arguments_are_usage_errors_not_panics(
+async fn hostile_time_arguments_are_usage_errors_not_panics(
     cluster: Arc<TestCluster>,
 ) -> TestResult {
     let db = cluster.database("hostile_arguments").await?;
@@ -226,3 +227,4 @@ pub(crate) async fn hostile_time_arguments_are_usage_errors_not_panics(
     );
     Ok(())
 }
+e2e_test!(hostile_time_arguments_are_usage_errors_not_panics);

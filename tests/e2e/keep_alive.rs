@@ -203,9 +203,7 @@ async fn assert_own_contexts(slot: &WalSlot) -> anyhow::Result<()> {
     serve::ensure_task_and_context_each(&txns, expected)
 }
 
-pub(crate) async fn axum_keep_alive_requests_keep_their_own_context(
-    cluster: Arc<TestCluster>,
-) -> TestResult {
+async fn axum_keep_alive_requests_keep_their_own_context(cluster: Arc<TestCluster>) -> TestResult {
     let db = bemi_tests::todo_db(&cluster, "axum_keep_alive").await?;
     let slot = db.wal_slot().await?;
     let app = axum::Router::new()
@@ -219,10 +217,9 @@ pub(crate) async fn axum_keep_alive_requests_keep_their_own_context(
     server.stop().await;
     assert_own_contexts(&slot).await
 }
+e2e_test!(axum_keep_alive_requests_keep_their_own_context);
 
-pub(crate) async fn actix_keep_alive_requests_keep_their_own_context(
-    cluster: Arc<TestCluster>,
-) -> TestResult {
+async fn actix_keep_alive_requests_keep_their_own_context(cluster: Arc<TestCluster>) -> TestResult {
     let db = bemi_tests::todo_db(&cluster, "actix_keep_alive").await?;
     let slot = db.wal_slot().await?;
     let client = BemiClient::new(db.tokio_postgres().await?);
@@ -231,3 +228,4 @@ pub(crate) async fn actix_keep_alive_requests_keep_their_own_context(
     server.stop().await;
     assert_own_contexts(&slot).await
 }
+e2e_test!(actix_keep_alive_requests_keep_their_own_context);

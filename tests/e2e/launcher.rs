@@ -9,7 +9,7 @@ use bemi_dev::EphemeralPostgres;
 use bemi_tests::{TestCluster, TestResult};
 use sqlx::Connection;
 
-pub(crate) async fn ephemeral_cluster_is_logical_unprivileged_and_removed_on_drop(
+async fn ephemeral_cluster_is_logical_unprivileged_and_removed_on_drop(
     _cluster: Arc<TestCluster>,
 ) -> TestResult {
     let pg = tokio::task::spawn_blocking(EphemeralPostgres::start).await??;
@@ -55,3 +55,4 @@ pub(crate) async fn ephemeral_cluster_is_logical_unprivileged_and_removed_on_dro
     );
     Ok(())
 }
+e2e_test!(ephemeral_cluster_is_logical_unprivileged_and_removed_on_drop);

@@ -30,7 +30,7 @@ async fn bemi_objects(db: &TestDb) -> anyhow::Result<Vec<String>> {
     .await?)
 }
 
-pub(crate) async fn up_tracks_every_schema_and_new_tables(cluster: Arc<TestCluster>) -> TestResult {
+async fn up_tracks_every_schema_and_new_tables(cluster: Arc<TestCluster>) -> TestResult {
     let db = cluster.database("migration_schemas").await?;
     db.exec(
         "CREATE TABLE todo (id bigserial PRIMARY KEY, task text); \
@@ -79,10 +79,9 @@ pub(crate) async fn up_tracks_every_schema_and_new_tables(cluster: Arc<TestClust
     ensure!(changes(&entries).len() == 1);
     Ok(())
 }
+e2e_test!(up_tracks_every_schema_and_new_tables);
 
-pub(crate) async fn up_twice_is_harmless_and_down_removes_everything(
-    cluster: Arc<TestCluster>,
-) -> TestResult {
+async fn up_twice_is_harmless_and_down_removes_everything(cluster: Arc<TestCluster>) -> TestResult {
     let db = cluster.database("migration_idempotent").await?;
     db.exec("CREATE TABLE todo (id bigserial PRIMARY KEY, task text)")
         .await?;
@@ -107,8 +106,9 @@ pub(crate) async fn up_twice_is_harmless_and_down_removes_everything(
     ensure!(tracked_tables(&db).await?.is_empty());
     Ok(())
 }
+e2e_test!(up_twice_is_harmless_and_down_removes_everything);
 
-pub(crate) async fn replica_identity_full_is_switchable(cluster: Arc<TestCluster>) -> TestResult {
+async fn replica_identity_full_is_switchable(cluster: Arc<TestCluster>) -> TestResult {
     let db = cluster.database("migration_replica").await?;
     db.exec("CREATE TABLE todo (id bigserial PRIMARY KEY, task text)")
         .await?;
@@ -122,8 +122,9 @@ pub(crate) async fn replica_identity_full_is_switchable(cluster: Arc<TestCluster
     ensure!(db.replica_identity("later").await? == "d");
     Ok(())
 }
+e2e_test!(replica_identity_full_is_switchable);
 
-pub(crate) async fn worker_tables_and_unlogged_tables_are_not_tracked(
+async fn worker_tables_and_unlogged_tables_are_not_tracked(
     cluster: Arc<TestCluster>,
 ) -> TestResult {
     let db = cluster.database("migration_excluded").await?;
@@ -147,3 +148,4 @@ pub(crate) async fn worker_tables_and_unlogged_tables_are_not_tracked(
     ensure!(db.replica_identity("changes").await? == "d");
     Ok(())
 }
+e2e_test!(worker_tables_and_unlogged_tables_are_not_tracked);

@@ -72,9 +72,7 @@ async fn run_example(
     bemi_tests::wal::bemi_contexts(&entries)
 }
 
-pub(crate) async fn the_axum_sqlx_example_attributes_its_write(
-    cluster: Arc<TestCluster>,
-) -> TestResult {
+async fn the_axum_sqlx_example_attributes_its_write(cluster: Arc<TestCluster>) -> TestResult {
     let contexts = run_example(&cluster, "axum-sqlx", |http, base| {
         http.post(format!("{base}/todo"))
             .header("x-user-id", "42")
@@ -94,8 +92,9 @@ pub(crate) async fn the_axum_sqlx_example_attributes_its_write(
     );
     Ok(())
 }
+e2e_test!(the_axum_sqlx_example_attributes_its_write);
 
-pub(crate) async fn the_actix_tokio_postgres_example_attributes_its_write(
+async fn the_actix_tokio_postgres_example_attributes_its_write(
     cluster: Arc<TestCluster>,
 ) -> TestResult {
     let contexts = run_example(&cluster, "actix-tokio-postgres", |http, base| {
@@ -111,10 +110,9 @@ pub(crate) async fn the_actix_tokio_postgres_example_attributes_its_write(
     );
     Ok(())
 }
+e2e_test!(the_actix_tokio_postgres_example_attributes_its_write);
 
-pub(crate) async fn the_graphql_example_attributes_its_write(
-    cluster: Arc<TestCluster>,
-) -> TestResult {
+async fn the_graphql_example_attributes_its_write(cluster: Arc<TestCluster>) -> TestResult {
     let contexts = run_example(&cluster, "graphql", |http, base| {
         http.post(format!("{base}/graphql"))
             .header("x-user-id", "42")
@@ -131,8 +129,9 @@ pub(crate) async fn the_graphql_example_attributes_its_write(
     );
     Ok(())
 }
+e2e_test!(the_graphql_example_attributes_its_write);
 
-pub(crate) async fn the_mounted_ui_example_shows_the_write_to_its_users(
+async fn the_mounted_ui_example_shows_the_write_to_its_users(
     cluster: Arc<TestCluster>,
 ) -> TestResult {
     let db = cluster.database("axum_ui_example").await?;
@@ -213,3 +212,4 @@ pub(crate) async fn the_mounted_ui_example_shows_the_write_to_its_users(
     ensure!(refused.status() == reqwest::StatusCode::FORBIDDEN);
     Ok(())
 }
+e2e_test!(the_mounted_ui_example_shows_the_write_to_its_users);

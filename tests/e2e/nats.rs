@@ -111,7 +111,7 @@ async fn metric(addr: &str, name: &str) -> Option<f64> {
         .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
 }
 
-pub(crate) async fn through_nats_every_change_is_stored_once_across_kills_and_a_server_restart(
+async fn through_nats_every_change_is_stored_once_across_kills_and_a_server_restart(
     cluster: Arc<TestCluster>,
 ) -> TestResult {
     const WRITERS: i64 = 4;
@@ -255,8 +255,9 @@ pub(crate) async fn through_nats_every_change_is_stored_once_across_kills_and_a_
     drop(nats);
     Ok(())
 }
+e2e_test!(through_nats_every_change_is_stored_once_across_kills_and_a_server_restart);
 
-pub(crate) async fn through_nats_a_destination_outage_is_held_by_the_stream_not_the_slot(
+async fn through_nats_a_destination_outage_is_held_by_the_stream_not_the_slot(
     cluster: Arc<TestCluster>,
 ) -> TestResult {
     let source = tracked_source(
@@ -373,8 +374,9 @@ pub(crate) async fn through_nats_a_destination_outage_is_held_by_the_stream_not_
     tokio::task::spawn_blocking(move || drop(pg)).await?;
     Ok(())
 }
+e2e_test!(through_nats_a_destination_outage_is_held_by_the_stream_not_the_slot);
 
-pub(crate) async fn through_nats_two_stores_share_the_partitions_and_keep_each_rows_order(
+async fn through_nats_two_stores_share_the_partitions_and_keep_each_rows_order(
     cluster: Arc<TestCluster>,
 ) -> TestResult {
     const ROWS: i64 = 200;
@@ -474,6 +476,7 @@ pub(crate) async fn through_nats_two_stores_share_the_partitions_and_keep_each_r
     drop(nats);
     Ok(())
 }
+e2e_test!(through_nats_two_stores_share_the_partitions_and_keep_each_rows_order);
 
 /// A JetStream client of the test's own, to do to the stream what operators (or accidents) do.
 async fn jetstream(url: &str) -> anyhow::Result<async_nats::jetstream::Context> {
@@ -542,7 +545,7 @@ async fn each_once(audit: &TestDb, ids: std::ops::RangeInclusive<i64>) -> TestRe
     Ok(())
 }
 
-pub(crate) async fn through_nats_a_stream_purged_or_created_again_loses_and_duplicates_nothing(
+async fn through_nats_a_stream_purged_or_created_again_loses_and_duplicates_nothing(
     cluster: Arc<TestCluster>,
 ) -> TestResult {
     let source = tracked_source(
@@ -653,8 +656,9 @@ pub(crate) async fn through_nats_a_stream_purged_or_created_again_loses_and_dupl
     drop(nats);
     Ok(())
 }
+e2e_test!(through_nats_a_stream_purged_or_created_again_loses_and_duplicates_nothing);
 
-pub(crate) async fn through_nats_a_message_the_destination_refuses_is_set_aside_and_its_partition_goes_on(
+async fn through_nats_a_message_the_destination_refuses_is_set_aside_and_its_partition_goes_on(
     cluster: Arc<TestCluster>,
 ) -> TestResult {
     let source = tracked_source(
@@ -730,6 +734,7 @@ pub(crate) async fn through_nats_a_message_the_destination_refuses_is_set_aside_
     drop(nats);
     Ok(())
 }
+e2e_test!(through_nats_a_message_the_destination_refuses_is_set_aside_and_its_partition_goes_on);
 
 /// A TCP proxy to nats-server that forwards at most `limit` bytes from its clients (all
 /// connections together), then holds the rest: a capture cut off in the middle of a publish.
@@ -825,7 +830,7 @@ async fn blob(
     Ok((in_source, in_changes))
 }
 
-pub(crate) async fn through_nats_changes_of_2_and_30_mb_are_stored_whole_across_kills_between_parts(
+async fn through_nats_changes_of_2_and_30_mb_are_stored_whole_across_kills_between_parts(
     cluster: Arc<TestCluster>,
 ) -> TestResult {
     const MB: i64 = 1_000_000;
@@ -938,6 +943,7 @@ pub(crate) async fn through_nats_changes_of_2_and_30_mb_are_stored_whole_across_
     drop(nats);
     Ok(())
 }
+e2e_test!(through_nats_changes_of_2_and_30_mb_are_stored_whole_across_kills_between_parts);
 
 /// A certificate authority for the TLS server of the credentials test.
 fn certificate_authority() -> anyhow::Result<rcgen::CertifiedIssuer<'static, rcgen::KeyPair>> {
@@ -979,7 +985,7 @@ async fn start_nats_with(config: String) -> anyhow::Result<NatsServer> {
     Ok(tokio::task::spawn_blocking(move || NatsServer::start_with_config(&config)).await??)
 }
 
-pub(crate) async fn through_nats_passwords_tokens_nkeys_credentials_and_tls_reach_servers_that_ask_for_them(
+async fn through_nats_passwords_tokens_nkeys_credentials_and_tls_reach_servers_that_ask_for_them(
     cluster: Arc<TestCluster>,
 ) -> TestResult {
     const PASSWORD: &str = "pw-S3CRET";
@@ -1173,6 +1179,7 @@ resolver_preload: {{ {}: "{account_jwt}", {system_pub}: "{system_jwt}" }}"#,
     drop(nats);
     Ok(())
 }
+e2e_test!(through_nats_passwords_tokens_nkeys_credentials_and_tls_reach_servers_that_ask_for_them);
 
 /// A NATS JWT (`ed25519-nkey`) for `subject` with `nats` claims, signed by `issuer`.
 fn jwt(issuer: &nkeys::KeyPair, subject: &str, nats: &Value) -> anyhow::Result<String> {

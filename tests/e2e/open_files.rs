@@ -66,7 +66,7 @@ pub(crate) fn ensure_at_least(needed: libc::rlim_t, what: &str) -> anyhow::Resul
     )
 }
 
-pub(crate) async fn the_soft_open_files_limit_is_raised_to_the_hard_limit(
+async fn the_soft_open_files_limit_is_raised_to_the_hard_limit(
     _cluster: Arc<TestCluster>,
 ) -> TestResult {
     let (soft, hard) = limits()?;
@@ -76,3 +76,4 @@ pub(crate) async fn the_soft_open_files_limit_is_raised_to_the_hard_limit(
     );
     Ok(())
 }
+e2e_test!(the_soft_open_files_limit_is_raised_to_the_hard_limit);

@@ -24,7 +24,7 @@ fn seaorm_insert(sql: Option<&str>) -> bool {
     sql.is_some_and(|sql| sql.starts_with(r#"INSERT INTO "todo""#))
 }
 
-pub(crate) async fn seaorm_todo_app_keeps_1000_concurrent_contexts_apart(
+async fn seaorm_todo_app_keeps_1000_concurrent_contexts_apart(
     cluster: Arc<TestCluster>,
 ) -> TestResult {
     let db = todo_db(&cluster, "seaorm_load").await?;
@@ -34,8 +34,9 @@ pub(crate) async fn seaorm_todo_app_keeps_1000_concurrent_contexts_apart(
     server.stop().await;
     assert_each_write_has_its_own_user_with(&slot, seaorm_insert).await
 }
+e2e_test!(seaorm_todo_app_keeps_1000_concurrent_contexts_apart);
 
-pub(crate) async fn diesel_todo_app_keeps_1000_concurrent_contexts_apart(
+async fn diesel_todo_app_keeps_1000_concurrent_contexts_apart(
     cluster: Arc<TestCluster>,
 ) -> TestResult {
     let db = todo_db(&cluster, "diesel_load").await?;
@@ -45,8 +46,9 @@ pub(crate) async fn diesel_todo_app_keeps_1000_concurrent_contexts_apart(
     server.stop().await;
     assert_each_write_has_its_own_user_with(&slot, seaorm_insert).await
 }
+e2e_test!(diesel_todo_app_keeps_1000_concurrent_contexts_apart);
 
-pub(crate) async fn diesel_async_todo_app_keeps_1000_concurrent_contexts_apart(
+async fn diesel_async_todo_app_keeps_1000_concurrent_contexts_apart(
     cluster: Arc<TestCluster>,
 ) -> TestResult {
     let db = todo_db(&cluster, "diesel_async_load").await?;
@@ -57,8 +59,9 @@ pub(crate) async fn diesel_async_todo_app_keeps_1000_concurrent_contexts_apart(
     server.stop().await;
     assert_each_write_has_its_own_user_with(&slot, seaorm_insert).await
 }
+e2e_test!(diesel_async_todo_app_keeps_1000_concurrent_contexts_apart);
 
-pub(crate) async fn deadpool_todo_app_keeps_1000_concurrent_contexts_apart(
+async fn deadpool_todo_app_keeps_1000_concurrent_contexts_apart(
     cluster: Arc<TestCluster>,
 ) -> TestResult {
     let db = todo_db(&cluster, "deadpool_load").await?;
@@ -69,8 +72,9 @@ pub(crate) async fn deadpool_todo_app_keeps_1000_concurrent_contexts_apart(
     // A statement the pool prepared: its text is not the adapter's to know.
     assert_each_write_has_its_own_user_with(&slot, |sql| sql.is_none()).await
 }
+e2e_test!(deadpool_todo_app_keeps_1000_concurrent_contexts_apart);
 
-pub(crate) async fn hostile_requests_through_the_orm_and_pool_apps_change_nothing_but_their_row(
+async fn hostile_requests_through_the_orm_and_pool_apps_change_nothing_but_their_row(
     cluster: Arc<TestCluster>,
 ) -> TestResult {
     for (hint, app) in [
@@ -94,6 +98,7 @@ pub(crate) async fn hostile_requests_through_the_orm_and_pool_apps_change_nothin
     }
     Ok(())
 }
+e2e_test!(hostile_requests_through_the_orm_and_pool_apps_change_nothing_but_their_row);
 
 fn new_todo(task: &str) -> todo::ActiveModel {
     todo::ActiveModel {
@@ -102,9 +107,7 @@ fn new_todo(task: &str) -> todo::ActiveModel {
     }
 }
 
-pub(crate) async fn seaorm_transactions_keep_each_statements_context(
-    cluster: Arc<TestCluster>,
-) -> TestResult {
+async fn seaorm_transactions_keep_each_statements_context(cluster: Arc<TestCluster>) -> TestResult {
     let db = todo_db(&cluster, "seaorm_tx").await?;
     let slot = db.wal_slot().await?;
     let orm = BemiConnection::new(sea_orm::Database::connect(&db.url).await?);
@@ -181,6 +184,7 @@ pub(crate) async fn seaorm_transactions_keep_each_statements_context(
     );
     Ok(())
 }
+e2e_test!(seaorm_transactions_keep_each_statements_context);
 
 /// The messages of each transaction, without the library's `SQL` key.
 fn contexts(txn: &bemi_tests::wal::Txn) -> Vec<Value> {
@@ -194,9 +198,7 @@ fn contexts(txn: &bemi_tests::wal::Txn) -> Vec<Value> {
         .collect()
 }
 
-pub(crate) async fn diesel_transactions_keep_each_statements_context(
-    cluster: Arc<TestCluster>,
-) -> TestResult {
+async fn diesel_transactions_keep_each_statements_context(cluster: Arc<TestCluster>) -> TestResult {
     use bemi_diesel::BemiPgConnection;
     use bemi_examples::store::diesel_schema::todo;
     use diesel::{Connection as _, ExpressionMethods as _, RunQueryDsl as _};
@@ -251,8 +253,9 @@ pub(crate) async fn diesel_transactions_keep_each_statements_context(
     );
     Ok(())
 }
+e2e_test!(diesel_transactions_keep_each_statements_context);
 
-pub(crate) async fn diesel_async_transactions_keep_each_statements_context(
+async fn diesel_async_transactions_keep_each_statements_context(
     cluster: Arc<TestCluster>,
 ) -> TestResult {
     use bemi_diesel::BemiAsyncPgConnection;
@@ -321,8 +324,9 @@ pub(crate) async fn diesel_async_transactions_keep_each_statements_context(
     );
     Ok(())
 }
+e2e_test!(diesel_async_transactions_keep_each_statements_context);
 
-pub(crate) async fn on_a_blocking_thread_only_the_helper_carries_the_context(
+async fn on_a_blocking_thread_only_the_helper_carries_the_context(
     cluster: Arc<TestCluster>,
 ) -> TestResult {
     use bemi_diesel::BemiPgConnection;
@@ -352,6 +356,7 @@ pub(crate) async fn on_a_blocking_thread_only_the_helper_carries_the_context(
     );
     Ok(())
 }
+e2e_test!(on_a_blocking_thread_only_the_helper_carries_the_context);
 
 /// Two inserts on a blocking thread of `pool`: without the helper, then with it.
 async fn blocking_inserts(

@@ -38,7 +38,7 @@ fn metric(body: &str, name: &str) -> Option<f64> {
         .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
 }
 
-pub(crate) async fn a_destination_outage_loses_and_duplicates_nothing_and_reports_the_lag(
+async fn a_destination_outage_loses_and_duplicates_nothing_and_reports_the_lag(
     cluster: Arc<TestCluster>,
 ) -> TestResult {
     let source = cluster.database("outage_source").await?;
@@ -149,3 +149,4 @@ pub(crate) async fn a_destination_outage_loses_and_duplicates_nothing_and_report
     tokio::task::spawn_blocking(move || drop(pg)).await?;
     Ok(())
 }
+e2e_test!(a_destination_outage_loses_and_duplicates_nothing_and_reports_the_lag);

@@ -50,7 +50,7 @@ fn attributed(entries: &[WalEntry]) -> anyhow::Result<BTreeMap<String, Value>> {
     Ok(rows)
 }
 
-pub(crate) async fn both_adapters_attribute_every_write_through_pgbouncer(
+async fn both_adapters_attribute_every_write_through_pgbouncer(
     cluster: Arc<TestCluster>,
 ) -> TestResult {
     let db = todo_db(&cluster, "pgbouncer").await?;
@@ -171,3 +171,4 @@ pub(crate) async fn both_adapters_attribute_every_write_through_pgbouncer(
     drop(bouncer);
     Ok(())
 }
+e2e_test!(both_adapters_attribute_every_write_through_pgbouncer);

@@ -41,7 +41,7 @@ fn messages_by_task(
         .collect()
 }
 
-pub(crate) async fn deadpool_writes_through_cached_statements_carry_their_own_context(
+async fn deadpool_writes_through_cached_statements_carry_their_own_context(
     cluster: Arc<TestCluster>,
 ) -> TestResult {
     const TASKS: usize = 200;
@@ -84,8 +84,9 @@ pub(crate) async fn deadpool_writes_through_cached_statements_carry_their_own_co
     }
     Ok(())
 }
+e2e_test!(deadpool_writes_through_cached_statements_carry_their_own_context);
 
-pub(crate) async fn deadpool_transactions_keep_each_statements_context(
+async fn deadpool_transactions_keep_each_statements_context(
     cluster: Arc<TestCluster>,
 ) -> TestResult {
     let db = todo_db(&cluster, "deadpool_tx").await?;
@@ -128,8 +129,9 @@ pub(crate) async fn deadpool_transactions_keep_each_statements_context(
     );
     Ok(())
 }
+e2e_test!(deadpool_transactions_keep_each_statements_context);
 
-pub(crate) async fn bb8_writes_carry_their_own_context(cluster: Arc<TestCluster>) -> TestResult {
+async fn bb8_writes_carry_their_own_context(cluster: Arc<TestCluster>) -> TestResult {
     const TASKS: usize = 100;
     let db = todo_db(&cluster, "bb8").await?;
     let manager = bb8_postgres::PostgresConnectionManager::new_from_stringlike(
@@ -166,3 +168,4 @@ pub(crate) async fn bb8_writes_carry_their_own_context(cluster: Arc<TestCluster>
     }
     Ok(())
 }
+e2e_test!(bb8_writes_carry_their_own_context);

@@ -34,7 +34,7 @@ async fn census(pool: &sqlx::PgPool, bound: DateTime<Utc>) -> anyhow::Result<(i6
     .await?)
 }
 
-pub(crate) async fn prune_removes_only_older_changes_while_the_table_stays_usable(
+async fn prune_removes_only_older_changes_while_the_table_stays_usable(
     cluster: Arc<TestCluster>,
 ) -> TestResult {
     let db = cluster.database("prune").await?;
@@ -141,8 +141,9 @@ pub(crate) async fn prune_removes_only_older_changes_while_the_table_stays_usabl
     );
     Ok(())
 }
+e2e_test!(prune_removes_only_older_changes_while_the_table_stays_usable);
 
-pub(crate) async fn monthly_partitions_are_made_ahead_and_old_months_dropped_whole(
+async fn monthly_partitions_are_made_ahead_and_old_months_dropped_whole(
     cluster: Arc<TestCluster>,
 ) -> TestResult {
     let db = cluster.database("partitions").await?;
@@ -235,3 +236,4 @@ pub(crate) async fn monthly_partitions_are_made_ahead_and_old_months_dropped_who
     ensure!(gone == 0, "dropped partitions still exist");
     Ok(())
 }
+e2e_test!(monthly_partitions_are_made_ahead_and_old_months_dropped_whole);

@@ -59,7 +59,7 @@ INSERT INTO entry (account_id, amount, note, at, score) VALUES
   (2, 3.14159265358979323846264338327950288, E'gift\nwith a line break', '2026-01-06 00:00:00', 1e-300);
 "#;
 
-pub(crate) async fn reverting_a_request_restores_both_tables_byte_for_byte(
+async fn reverting_a_request_restores_both_tables_byte_for_byte(
     cluster: Arc<TestCluster>,
 ) -> TestResult {
     let db = cluster.database("revert_request").await?;
@@ -211,8 +211,9 @@ pub(crate) async fn reverting_a_request_restores_both_tables_byte_for_byte(
     worker.stop().await?;
     Ok(())
 }
+e2e_test!(reverting_a_request_restores_both_tables_byte_for_byte);
 
-pub(crate) async fn uncaptured_redacted_and_truncated_changes_are_refused_clearly(
+async fn uncaptured_redacted_and_truncated_changes_are_refused_clearly(
     cluster: Arc<TestCluster>,
 ) -> TestResult {
     let db = cluster.database("revert_refusals").await?;
@@ -338,3 +339,4 @@ pub(crate) async fn uncaptured_redacted_and_truncated_changes_are_refused_clearl
     }
     Ok(())
 }
+e2e_test!(uncaptured_redacted_and_truncated_changes_are_refused_clearly);

@@ -127,7 +127,7 @@ async fn prepared_db(cluster: &TestCluster, hint: &str) -> anyhow::Result<TestDb
     Ok(db)
 }
 
-pub(crate) async fn keys_and_values_stay_as_of_each_change_while_streaming(
+async fn keys_and_values_stay_as_of_each_change_while_streaming(
     cluster: Arc<TestCluster>,
 ) -> TestResult {
     let db = prepared_db(&cluster, "history_streaming").await?;
@@ -139,8 +139,9 @@ pub(crate) async fn keys_and_values_stay_as_of_each_change_while_streaming(
     worker.stop().await?;
     check(&changes)
 }
+e2e_test!(keys_and_values_stay_as_of_each_change_while_streaming);
 
-pub(crate) async fn keys_and_values_stay_as_of_each_change_after_downtime(
+async fn keys_and_values_stay_as_of_each_change_after_downtime(
     cluster: Arc<TestCluster>,
 ) -> TestResult {
     let db = prepared_db(&cluster, "history_downtime").await?;
@@ -158,10 +159,11 @@ pub(crate) async fn keys_and_values_stay_as_of_each_change_after_downtime(
     worker.stop().await?;
     check(&changes)
 }
+e2e_test!(keys_and_values_stay_as_of_each_change_after_downtime);
 
 /// A slot prepared ahead of the first run (writers start before the worker): the baseline is
 /// recorded with the slot, so a migration between the two does not rewrite older keys.
-pub(crate) async fn a_migration_between_prepare_and_the_first_run_keeps_older_keys(
+async fn a_migration_between_prepare_and_the_first_run_keeps_older_keys(
     cluster: Arc<TestCluster>,
 ) -> TestResult {
     let db = prepared_db(&cluster, "history_prepared").await?;
@@ -176,8 +178,9 @@ pub(crate) async fn a_migration_between_prepare_and_the_first_run_keeps_older_ke
     worker.stop().await?;
     check(&changes)
 }
+e2e_test!(a_migration_between_prepare_and_the_first_run_keeps_older_keys);
 
-pub(crate) async fn a_restart_in_the_middle_resumes_with_the_history_it_had(
+async fn a_restart_in_the_middle_resumes_with_the_history_it_had(
     cluster: Arc<TestCluster>,
 ) -> TestResult {
     let db = prepared_db(&cluster, "history_restart").await?;
@@ -201,11 +204,12 @@ pub(crate) async fn a_restart_in_the_middle_resumes_with_the_history_it_had(
     worker.stop().await?;
     check(&changes)
 }
+e2e_test!(a_restart_in_the_middle_resumes_with_the_history_it_had);
 
 /// Installed by a role that may not create event triggers (no superuser), the migration still
 /// tracks the tables and warns; the worker says at start what that costs, and takes keys from
 /// the catalog as it is when it reads them — right while it keeps up.
-pub(crate) async fn without_the_event_trigger_the_worker_warns_and_reads_the_catalog(
+async fn without_the_event_trigger_the_worker_warns_and_reads_the_catalog(
     cluster: Arc<TestCluster>,
 ) -> TestResult {
     let db = cluster.database("history_unprivileged").await?;
@@ -266,6 +270,7 @@ pub(crate) async fn without_the_event_trigger_the_worker_warns_and_reads_the_cat
     owner.close().await;
     Ok(())
 }
+e2e_test!(without_the_event_trigger_the_worker_warns_and_reads_the_catalog);
 
 /// How a DDL escapes the event trigger, so that the history keeps a stale version.
 #[derive(Clone, Copy)]
@@ -386,9 +391,7 @@ fn check_unrecorded(changes: &[StoredChange]) -> anyhow::Result<()> {
 
 /// DDL under `session_replication_role = replica` (event triggers do not fire) while the worker
 /// streams: the stale versions are caught against the WAL, counted, and no key is wrong.
-pub(crate) async fn ddl_in_replica_mode_leaves_no_wrong_key(
-    cluster: Arc<TestCluster>,
-) -> TestResult {
+async fn ddl_in_replica_mode_leaves_no_wrong_key(cluster: Arc<TestCluster>) -> TestResult {
     let db = unrecorded_db(&cluster, "history_replica_mode").await?;
     let worker = RunningWorker::start(worker_config(&db)).await?;
     unrecorded_steps(&db, Unrecorded::ReplicaMode).await?;
@@ -405,10 +408,11 @@ pub(crate) async fn ddl_in_replica_mode_leaves_no_wrong_key(
     );
     Ok(())
 }
+e2e_test!(ddl_in_replica_mode_leaves_no_wrong_key);
 
 /// DDL with the event trigger disabled, decoded after downtime (every change after all the
 /// schema changes): the same.
-pub(crate) async fn ddl_with_the_event_trigger_disabled_leaves_no_wrong_key(
+async fn ddl_with_the_event_trigger_disabled_leaves_no_wrong_key(
     cluster: Arc<TestCluster>,
 ) -> TestResult {
     let db = unrecorded_db(&cluster, "history_trigger_disabled").await?;
@@ -425,6 +429,7 @@ pub(crate) async fn ddl_with_the_event_trigger_disabled_leaves_no_wrong_key(
     ensure!(mismatches >= 3, "{mismatches} mismatches counted");
     Ok(())
 }
+e2e_test!(ddl_with_the_event_trigger_disabled_leaves_no_wrong_key);
 
 /// The current metrics text of a worker process.
 async fn scrape(metrics_addr: &str) -> anyhow::Result<String> {
@@ -438,7 +443,7 @@ async fn scrape(metrics_addr: &str) -> anyhow::Result<String> {
 /// ones) emits a `_bemi_schema` message claiming a wrong key: the WAL contradicts it, the
 /// changes keep their key, and the worker warns and counts it — while streaming, and when the
 /// forged version is decoded after downtime (on the first Relation message of a connection).
-pub(crate) async fn a_forged_schema_message_is_caught_and_keys_stay_right(
+async fn a_forged_schema_message_is_caught_and_keys_stay_right(
     cluster: Arc<TestCluster>,
 ) -> TestResult {
     let db = cluster.database("history_forged").await?;
@@ -539,3 +544,4 @@ pub(crate) async fn a_forged_schema_message_is_caught_and_keys_stay_right(
     app.close().await;
     Ok(())
 }
+e2e_test!(a_forged_schema_message_is_caught_and_keys_stay_right);

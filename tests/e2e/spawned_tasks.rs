@@ -96,7 +96,7 @@ async fn axum_spawning_handler(State(pool): State<BemiPool>) -> Result<StatusCod
     .map_err(|error| format!("{error:#}"))
 }
 
-pub(crate) async fn axum_spawned_tasks_keep_the_context_only_with_the_helpers(
+async fn axum_spawned_tasks_keep_the_context_only_with_the_helpers(
     cluster: Arc<TestCluster>,
 ) -> TestResult {
     let db = bemi_tests::todo_db(&cluster, "axum_spawn").await?;
@@ -127,6 +127,7 @@ pub(crate) async fn axum_spawned_tasks_keep_the_context_only_with_the_helpers(
     )
     .await
 }
+e2e_test!(axum_spawned_tasks_keep_the_context_only_with_the_helpers);
 
 /// What code in a `web::block` closure sees: the context, and the annotation a write would get.
 fn seen_in_block() -> (Option<context::Context>, Option<String>) {
@@ -175,7 +176,7 @@ async fn actix_spawning_handler(
     }
 }
 
-pub(crate) async fn actix_spawned_tasks_and_web_block_keep_the_context_only_with_the_helpers(
+async fn actix_spawned_tasks_and_web_block_keep_the_context_only_with_the_helpers(
     cluster: Arc<TestCluster>,
 ) -> TestResult {
     let db = bemi_tests::todo_db(&cluster, "actix_spawn").await?;
@@ -191,3 +192,4 @@ pub(crate) async fn actix_spawned_tasks_and_web_block_keep_the_context_only_with
     server.stop().await;
     assert_carried_and_lost(&slot, "/spawn", &["carried spawn", "lost spawn"]).await
 }
+e2e_test!(actix_spawned_tasks_and_web_block_keep_the_context_only_with_the_helpers);

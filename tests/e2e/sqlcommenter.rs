@@ -77,7 +77,7 @@ fn python_with_sqlcommenter() -> anyhow::Result<PathBuf> {
     Ok(python)
 }
 
-pub(crate) async fn a_python_clients_sqlcommenter_tags_become_the_context(
+async fn a_python_clients_sqlcommenter_tags_become_the_context(
     cluster: Arc<TestCluster>,
 ) -> TestResult {
     let db = todo_db(&cluster, "sqlcommenter_python").await?;
@@ -123,8 +123,9 @@ pub(crate) async fn a_python_clients_sqlcommenter_tags_become_the_context(
     );
     Ok(())
 }
+e2e_test!(a_python_clients_sqlcommenter_tags_become_the_context);
 
-pub(crate) async fn a_bemi_context_wins_and_the_setting_turns_sqlcommenter_off(
+async fn a_bemi_context_wins_and_the_setting_turns_sqlcommenter_off(
     cluster: Arc<TestCluster>,
 ) -> TestResult {
     let db = todo_db(&cluster, "sqlcommenter_rules").await?;
@@ -218,3 +219,4 @@ pub(crate) async fn a_bemi_context_wins_and_the_setting_turns_sqlcommenter_off(
     ensure!(contexts == expected, "{contexts:#?}");
     Ok(())
 }
+e2e_test!(a_bemi_context_wins_and_the_setting_turns_sqlcommenter_off);

@@ -25,7 +25,7 @@ async fn todo_triggers(pool: &sqlx::PgPool) -> anyhow::Result<Vec<String>> {
     .await?)
 }
 
-pub(crate) async fn example_startup_prepares_a_fresh_database_twice_and_serves(
+async fn example_startup_prepares_a_fresh_database_twice_and_serves(
     cluster: Arc<TestCluster>,
 ) -> TestResult {
     let db = cluster.database("startup").await?;
@@ -51,16 +51,16 @@ pub(crate) async fn example_startup_prepares_a_fresh_database_twice_and_serves(
     let slot = serve_one_request_and_stop(&db, App::Axum(bemi_examples::axum_app::router)).await?;
     assert_one_write(&slot).await
 }
+e2e_test!(example_startup_prepares_a_fresh_database_twice_and_serves);
 
 /// The actix example through the same start-up path: it serves, and it stops when told to.
-pub(crate) async fn example_startup_serves_the_actix_app_and_stops(
-    cluster: Arc<TestCluster>,
-) -> TestResult {
+async fn example_startup_serves_the_actix_app_and_stops(cluster: Arc<TestCluster>) -> TestResult {
     let db = cluster.database("startup_actix").await?;
     let slot =
         serve_one_request_and_stop(&db, App::Actix(bemi_examples::actix_app::server)).await?;
     assert_one_write(&slot).await
 }
+e2e_test!(example_startup_serves_the_actix_app_and_stops);
 
 /// Serves `app` with `startup::serve` on 127.0.0.1, creates "Sleep" as user 187234, stops the
 /// server and waits for it to finish. The slot was created once the app was serving.

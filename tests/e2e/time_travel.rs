@@ -50,7 +50,7 @@ async fn table_at(
     Ok(rows)
 }
 
-pub(crate) async fn row_and_table_as_of_each_instant_match_plain_sql_snapshots(
+async fn row_and_table_as_of_each_instant_match_plain_sql_snapshots(
     cluster: Arc<TestCluster>,
 ) -> TestResult {
     let db = cluster.database("time_travel").await?;
@@ -201,3 +201,4 @@ pub(crate) async fn row_and_table_as_of_each_instant_match_plain_sql_snapshots(
     );
     Ok(())
 }
+e2e_test!(row_and_table_as_of_each_instant_match_plain_sql_snapshots);

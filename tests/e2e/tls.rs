@@ -29,7 +29,7 @@ fn server_certificate(ca: &CertifiedIssuer<'_, KeyPair>) -> anyhow::Result<(Stri
     Ok((certificate.pem(), key.serialize_pem()))
 }
 
-pub(crate) async fn the_worker_streams_over_verified_tls_and_names_the_fix_when_tls_fails(
+async fn the_worker_streams_over_verified_tls_and_names_the_fix_when_tls_fails(
     _cluster: Arc<TestCluster>,
 ) -> TestResult {
     let ca = certificate_authority("bemi test CA")?;
@@ -124,3 +124,4 @@ pub(crate) async fn the_worker_streams_over_verified_tls_and_names_the_fix_when_
     tokio::task::spawn_blocking(move || drop(pg)).await?;
     Ok(())
 }
+e2e_test!(the_worker_streams_over_verified_tls_and_names_the_fix_when_tls_fails);

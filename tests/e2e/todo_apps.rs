@@ -120,9 +120,7 @@ async fn rest_seed(server: &Served) -> anyhow::Result<Vec<Write>> {
     Ok(writes)
 }
 
-pub(crate) async fn axum_todo_app_seed_requests_carry_their_context(
-    cluster: Arc<TestCluster>,
-) -> TestResult {
+async fn axum_todo_app_seed_requests_carry_their_context(cluster: Arc<TestCluster>) -> TestResult {
     let db = bemi_tests::todo_db(&cluster, "axum_seed").await?;
     let slot = db.wal_slot().await?;
     let server = serve::axum(bemi_examples::axum_app::router(db.bemi_pool())).await?;
@@ -130,10 +128,9 @@ pub(crate) async fn axum_todo_app_seed_requests_carry_their_context(
     server.stop().await;
     assert_one_message_per_write(&slot.read_transactions().await?, &writes)
 }
+e2e_test!(axum_todo_app_seed_requests_carry_their_context);
 
-pub(crate) async fn actix_todo_app_seed_requests_carry_their_context(
-    cluster: Arc<TestCluster>,
-) -> TestResult {
+async fn actix_todo_app_seed_requests_carry_their_context(cluster: Arc<TestCluster>) -> TestResult {
     let db = bemi_tests::todo_db(&cluster, "actix_seed").await?;
     let slot = db.wal_slot().await?;
     let server = serve::actix_todo(BemiClient::new(db.tokio_postgres().await?)).await?;
@@ -141,6 +138,7 @@ pub(crate) async fn actix_todo_app_seed_requests_carry_their_context(
     server.stop().await;
     assert_one_message_per_write(&slot.read_transactions().await?, &writes)
 }
+e2e_test!(actix_todo_app_seed_requests_carry_their_context);
 
 /// Runs one GraphQL operation as user 187234 and returns its `data`.
 async fn graphql(
@@ -179,7 +177,7 @@ fn graphql_write(operation: &str, variables: Value, sql: &str, row: &'static str
     }
 }
 
-pub(crate) async fn graphql_todo_app_seed_operations_carry_their_context(
+async fn graphql_todo_app_seed_operations_carry_their_context(
     cluster: Arc<TestCluster>,
 ) -> TestResult {
     let db = bemi_tests::todo_db(&cluster, "graphql_seed").await?;
@@ -246,3 +244,4 @@ pub(crate) async fn graphql_todo_app_seed_operations_carry_their_context(
     server.stop().await;
     assert_one_message_per_write(&slot.read_transactions().await?, &writes)
 }
+e2e_test!(graphql_todo_app_seed_operations_carry_their_context);

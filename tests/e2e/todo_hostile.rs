@@ -52,7 +52,7 @@ pub(crate) async fn post_hostile(server: &Served) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub(crate) async fn hostile_request_through_the_axum_app_changes_nothing_but_its_row(
+async fn hostile_request_through_the_axum_app_changes_nothing_but_its_row(
     cluster: Arc<TestCluster>,
 ) -> TestResult {
     let db = bemi_tests::todo_db(&cluster, "axum_hostile").await?;
@@ -63,8 +63,9 @@ pub(crate) async fn hostile_request_through_the_axum_app_changes_nothing_but_its
     assert_survived(&db, &slot).await?;
     Ok(())
 }
+e2e_test!(hostile_request_through_the_axum_app_changes_nothing_but_its_row);
 
-pub(crate) async fn hostile_request_through_the_actix_app_changes_nothing_but_its_row(
+async fn hostile_request_through_the_actix_app_changes_nothing_but_its_row(
     cluster: Arc<TestCluster>,
 ) -> TestResult {
     let db = bemi_tests::todo_db(&cluster, "actix_hostile").await?;
@@ -75,8 +76,9 @@ pub(crate) async fn hostile_request_through_the_actix_app_changes_nothing_but_it
     assert_survived(&db, &slot).await?;
     Ok(())
 }
+e2e_test!(hostile_request_through_the_actix_app_changes_nothing_but_its_row);
 
-pub(crate) async fn hostile_graphql_variables_change_nothing_but_their_row(
+async fn hostile_graphql_variables_change_nothing_but_their_row(
     cluster: Arc<TestCluster>,
 ) -> TestResult {
     let db = bemi_tests::todo_db(&cluster, "graphql_hostile").await?;
@@ -102,3 +104,4 @@ pub(crate) async fn hostile_graphql_variables_change_nothing_but_their_row(
     );
     Ok(())
 }
+e2e_test!(hostile_graphql_variables_change_nothing_but_their_row);

@@ -94,7 +94,7 @@ pub(crate) async fn assert_each_write_has_its_own_user_with(
     Ok(())
 }
 
-pub(crate) async fn axum_todo_app_keeps_1000_concurrent_contexts_apart(
+async fn axum_todo_app_keeps_1000_concurrent_contexts_apart(
     cluster: Arc<TestCluster>,
 ) -> TestResult {
     let db = bemi_tests::todo_db(&cluster, "axum_load").await?;
@@ -104,8 +104,9 @@ pub(crate) async fn axum_todo_app_keeps_1000_concurrent_contexts_apart(
     server.stop().await;
     assert_each_write_has_its_own_user(&slot).await
 }
+e2e_test!(axum_todo_app_keeps_1000_concurrent_contexts_apart);
 
-pub(crate) async fn actix_todo_app_keeps_1000_concurrent_contexts_apart(
+async fn actix_todo_app_keeps_1000_concurrent_contexts_apart(
     cluster: Arc<TestCluster>,
 ) -> TestResult {
     let db = bemi_tests::todo_db(&cluster, "actix_load").await?;
@@ -115,3 +116,4 @@ pub(crate) async fn actix_todo_app_keeps_1000_concurrent_contexts_apart(
     server.stop().await;
     assert_each_write_has_its_own_user(&slot).await
 }
+e2e_test!(actix_todo_app_keeps_1000_concurrent_contexts_apart);

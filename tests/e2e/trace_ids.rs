@@ -76,7 +76,7 @@ fn trace_id_of(request: usize) -> String {
     format!("{:032x}", 0xb3_u128 << 64 | request as u128)
 }
 
-pub(crate) async fn a_changes_trace_id_is_the_one_its_request_exported(
+async fn a_changes_trace_id_is_the_one_its_request_exported(
     cluster: Arc<TestCluster>,
 ) -> TestResult {
     let db = todo_db(&cluster, "trace_ids").await?;
@@ -205,3 +205,4 @@ pub(crate) async fn a_changes_trace_id_is_the_one_its_request_exported(
     provider.shutdown()?;
     Ok(())
 }
+e2e_test!(a_changes_trace_id_is_the_one_its_request_exported);

@@ -199,7 +199,7 @@ fn operation_of(case: &Case) -> &'static str {
     }
 }
 
-pub(crate) async fn random_comments_and_search_paths_never_fail_a_write(
+async fn random_comments_and_search_paths_never_fail_a_write(
     cluster: Arc<TestCluster>,
 ) -> TestResult {
     let tracked = cluster.database("never_fails_tracked").await?;
@@ -266,6 +266,7 @@ pub(crate) async fn random_comments_and_search_paths_never_fail_a_write(
     wait_until_captured(&tracked, &expected).await?;
     worker.stop().await
 }
+e2e_test!(random_comments_and_search_paths_never_fail_a_write);
 
 /// Waits until `changes` holds exactly the expected rows per table and operation.
 async fn wait_until_captured(db: &TestDb, expected: &Expected) -> TestResult {

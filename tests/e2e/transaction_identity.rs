@@ -50,7 +50,7 @@ async fn cluster_in_epoch(epoch: u32, name: &str) -> anyhow::Result<(EphemeralPo
     Ok((pg, db))
 }
 
-pub(crate) async fn a_change_records_the_full_transaction_id_after_a_wraparound(
+async fn a_change_records_the_full_transaction_id_after_a_wraparound(
     _cluster: Arc<TestCluster>,
 ) -> TestResult {
     let (_pg, db) = cluster_in_epoch(3, "wrapped").await?;
@@ -96,8 +96,9 @@ pub(crate) async fn a_change_records_the_full_transaction_id_after_a_wraparound(
         other => anyhow::bail!("the 32-bit id {low} matched: {other:?}"),
     }
 }
+e2e_test!(a_change_records_the_full_transaction_id_after_a_wraparound);
 
-pub(crate) async fn transaction_ids_that_wrapped_select_only_their_own_changes(
+async fn transaction_ids_that_wrapped_select_only_their_own_changes(
     cluster: Arc<TestCluster>,
 ) -> TestResult {
     // Fabricated: two transactions 2^32 apart, whose 32-bit ids are equal, as a table that
@@ -161,8 +162,9 @@ pub(crate) async fn transaction_ids_that_wrapped_select_only_their_own_changes(
         other => anyhow::bail!("a revert of a wrapped 32-bit id went ahead: {other:?}"),
     }
 }
+e2e_test!(transaction_ids_that_wrapped_select_only_their_own_changes);
 
-pub(crate) async fn two_clusters_whose_databases_share_a_name_keep_their_transactions_apart(
+async fn two_clusters_whose_databases_share_a_name_keep_their_transactions_apart(
     _cluster: Arc<TestCluster>,
 ) -> TestResult {
     let (_pg_a, a) = cluster_in_epoch(0, "shop").await?;
@@ -252,6 +254,7 @@ pub(crate) async fn two_clusters_whose_databases_share_a_name_keep_their_transac
     );
     Ok(())
 }
+e2e_test!(two_clusters_whose_databases_share_a_name_keep_their_transactions_apart);
 
 /// Uses up transaction ids on the cluster that is behind until both give the same next id.
 async fn line_up_next_ids(a: &TestDb, b: &TestDb) -> TestResult {
@@ -277,7 +280,7 @@ async fn line_up_next_ids(a: &TestDb, b: &TestDb) -> TestResult {
     anyhow::bail!("the clusters' next transaction ids did not meet")
 }
 
-pub(crate) async fn a_changes_table_of_an_older_worker_is_migrated_in_place(
+async fn a_changes_table_of_an_older_worker_is_migrated_in_place(
     cluster: Arc<TestCluster>,
 ) -> TestResult {
     let db = cluster.database("older_changes").await?;
@@ -328,3 +331,4 @@ pub(crate) async fn a_changes_table_of_an_older_worker_is_migrated_in_place(
     );
     Ok(())
 }
+e2e_test!(a_changes_table_of_an_older_worker_is_migrated_in_place);

@@ -158,7 +158,7 @@ async fn count(browser: &Client, css: &str) -> anyhow::Result<usize> {
     Ok(browser.find_all(Locator::Css(css)).await?.len())
 }
 
-pub(crate) async fn a_support_engineer_finds_diffs_history_and_reverts_a_request_in_chromium(
+async fn a_support_engineer_finds_diffs_history_and_reverts_a_request_in_chromium(
     cluster: Arc<TestCluster>,
 ) -> TestResult {
     let db = todo_db(&cluster, "ui_browser").await?;
@@ -246,6 +246,7 @@ pub(crate) async fn a_support_engineer_finds_diffs_history_and_reverts_a_request
     }
     Ok(())
 }
+e2e_test!(a_support_engineer_finds_diffs_history_and_reverts_a_request_in_chromium);
 
 async fn walk_through(
     browser: &Client,
@@ -483,7 +484,7 @@ fn attacker(ui: &str, change: uuid::Uuid, planted: &str, token: &str) -> axum::R
         .route("/fetch", axum::routing::get(move || async move { fetch }))
 }
 
-pub(crate) async fn a_sibling_subdomain_or_another_site_cannot_revert_in_chromium(
+async fn a_sibling_subdomain_or_another_site_cannot_revert_in_chromium(
     cluster: Arc<TestCluster>,
 ) -> TestResult {
     let db = todo_db(&cluster, "ui_browser_csrf").await?;
@@ -593,3 +594,4 @@ pub(crate) async fn a_sibling_subdomain_or_another_site_cannot_revert_in_chromiu
     worker.stop().await?;
     Ok(())
 }
+e2e_test!(a_sibling_subdomain_or_another_site_cannot_revert_in_chromium);

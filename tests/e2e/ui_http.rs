@@ -177,7 +177,7 @@ fn changed(m: &Modelled, field: &str) -> bool {
     get(&m.before) != get(&m.after)
 }
 
-pub(crate) async fn the_api_and_exports_return_exactly_the_modelled_changes(
+async fn the_api_and_exports_return_exactly_the_modelled_changes(
     cluster: Arc<TestCluster>,
 ) -> TestResult {
     let db = cluster.database("ui_api_model").await?;
@@ -291,6 +291,7 @@ pub(crate) async fn the_api_and_exports_return_exactly_the_modelled_changes(
     ensure!(lines == CHANGES, "NDJSON: {lines} lines");
     Ok(())
 }
+e2e_test!(the_api_and_exports_return_exactly_the_modelled_changes);
 
 fn urlencode(text: &str) -> String {
     text.bytes()
@@ -303,7 +304,7 @@ fn urlencode(text: &str) -> String {
         .collect()
 }
 
-pub(crate) async fn tokens_permissions_and_csrf_guard_every_request_and_reverts_name_the_actor(
+async fn tokens_permissions_and_csrf_guard_every_request_and_reverts_name_the_actor(
     cluster: Arc<TestCluster>,
 ) -> TestResult {
     let db = todo_db(&cluster, "ui_access").await?;
@@ -513,8 +514,9 @@ pub(crate) async fn tokens_permissions_and_csrf_guard_every_request_and_reverts_
     }
     Ok(())
 }
+e2e_test!(tokens_permissions_and_csrf_guard_every_request_and_reverts_name_the_actor);
 
-pub(crate) async fn without_a_changes_table_the_ui_says_to_start_the_worker(
+async fn without_a_changes_table_the_ui_says_to_start_the_worker(
     cluster: Arc<TestCluster>,
 ) -> TestResult {
     let db = cluster.database("ui_no_changes").await?;
@@ -530,3 +532,4 @@ pub(crate) async fn without_a_changes_table_the_ui_says_to_start_the_worker(
     }
     Ok(())
 }
+e2e_test!(without_a_changes_table_the_ui_says_to_start_the_worker);

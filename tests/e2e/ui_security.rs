@@ -64,7 +64,7 @@ pub(crate) async fn csrf_pair(
     Ok((cookie, token))
 }
 
-pub(crate) async fn the_ui_serves_only_its_own_host_and_origin_and_reverts_within_policy(
+async fn the_ui_serves_only_its_own_host_and_origin_and_reverts_within_policy(
     cluster: Arc<TestCluster>,
 ) -> TestResult {
     let db = todo_db(&cluster, "ui_security").await?;
@@ -279,8 +279,9 @@ pub(crate) async fn the_ui_serves_only_its_own_host_and_origin_and_reverts_withi
     worker.stop().await?;
     Ok(())
 }
+e2e_test!(the_ui_serves_only_its_own_host_and_origin_and_reverts_within_policy);
 
-pub(crate) async fn bemi_ui_sessions_are_server_side_expire_log_out_and_limit_failed_logins(
+async fn bemi_ui_sessions_are_server_side_expire_log_out_and_limit_failed_logins(
     cluster: Arc<TestCluster>,
 ) -> TestResult {
     let db = cluster.database("ui_sessions").await?;
@@ -445,8 +446,9 @@ pub(crate) async fn bemi_ui_sessions_are_server_side_expire_log_out_and_limit_fa
     .await?;
     Ok(())
 }
+e2e_test!(bemi_ui_sessions_are_server_side_expire_log_out_and_limit_failed_logins);
 
-pub(crate) async fn live_tails_are_capped_and_end_when_their_caller_loses_access(
+async fn live_tails_are_capped_and_end_when_their_caller_loses_access(
     cluster: Arc<TestCluster>,
 ) -> TestResult {
     let db = cluster.database("ui_tails").await?;
@@ -512,3 +514,4 @@ pub(crate) async fn live_tails_are_capped_and_end_when_their_caller_loses_access
     .await?;
     Ok(())
 }
+e2e_test!(live_tails_are_capped_and_end_when_their_caller_loses_access);

@@ -340,9 +340,7 @@ fn expected_context(path: &str, user: i64, framework: &str) -> Value {
 // ---------------------------------------------------------------------------------------------
 // The tests.
 
-pub(crate) async fn poem_app_keeps_1000_concurrent_contexts_apart(
-    cluster: Arc<TestCluster>,
-) -> TestResult {
+async fn poem_app_keeps_1000_concurrent_contexts_apart(cluster: Arc<TestCluster>) -> TestResult {
     let db = bemi_tests::todo_db(&cluster, "poem_load").await?;
     let slot = db.wal_slot().await?;
     let server = serve_poem(db.bemi_pool()).await?;
@@ -351,10 +349,9 @@ pub(crate) async fn poem_app_keeps_1000_concurrent_contexts_apart(
     let carried = carried_by_user(&slot, |user| expected_context("/todo", user, "poem")).await?;
     ensure_all_own(&carried)
 }
+e2e_test!(poem_app_keeps_1000_concurrent_contexts_apart);
 
-pub(crate) async fn salvo_app_keeps_1000_concurrent_contexts_apart(
-    cluster: Arc<TestCluster>,
-) -> TestResult {
+async fn salvo_app_keeps_1000_concurrent_contexts_apart(cluster: Arc<TestCluster>) -> TestResult {
     let db = bemi_tests::todo_db(&cluster, "salvo_load").await?;
     let slot = db.wal_slot().await?;
     let client = Arc::new(BemiClient::new(db.tokio_postgres().await?));
@@ -367,10 +364,9 @@ pub(crate) async fn salvo_app_keeps_1000_concurrent_contexts_apart(
     let carried = carried_by_user(&slot, |user| expected_context("/todo", user, "salvo")).await?;
     ensure_all_own(&carried)
 }
+e2e_test!(salvo_app_keeps_1000_concurrent_contexts_apart);
 
-pub(crate) async fn rocket_app_keeps_1000_concurrent_contexts_apart(
-    cluster: Arc<TestCluster>,
-) -> TestResult {
+async fn rocket_app_keeps_1000_concurrent_contexts_apart(cluster: Arc<TestCluster>) -> TestResult {
     let db = bemi_tests::todo_db(&cluster, "rocket_load").await?;
     let slot = db.wal_slot().await?;
     let server = serve_rocket(db.bemi_pool()).await?;
@@ -379,6 +375,7 @@ pub(crate) async fn rocket_app_keeps_1000_concurrent_contexts_apart(
     let carried = carried_by_user(&slot, |user| expected_context("/todo", user, "rocket")).await?;
     ensure_all_own(&carried)
 }
+e2e_test!(rocket_app_keeps_1000_concurrent_contexts_apart);
 
 /// Which route of the compat test user N's request takes: every tenth user the control route
 /// without any integration, the other odd users the compat route, the other even users the
@@ -422,7 +419,7 @@ fn tally<'a>(outcomes: impl IntoIterator<Item = &'a Carried>) -> (usize, usize, 
 /// resolver is not held back by a 1.94 MSRV). So this test pins down today's behaviour: when a
 /// salvo upgrade makes the compat route lose the context, it fails, with the tally of what the
 /// writes carried, while the native hoop's writes keep passing.
-pub(crate) async fn salvo_tower_compat_on_1_0_keeps_the_context_like_the_native_hoop(
+async fn salvo_tower_compat_on_1_0_keeps_the_context_like_the_native_hoop(
     cluster: Arc<TestCluster>,
 ) -> TestResult {
     use salvo::prelude::TowerLayerCompat as _;
@@ -493,3 +490,4 @@ pub(crate) async fn salvo_tower_compat_on_1_0_keeps_the_context_like_the_native_
     );
     Ok(())
 }
+e2e_test!(salvo_tower_compat_on_1_0_keeps_the_context_like_the_native_hoop);

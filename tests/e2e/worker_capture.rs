@@ -9,7 +9,7 @@ use bemi_tests::worker::{RunningWorker, wait_for_changes, worker_config};
 use bemi_tests::{TODO_TABLE, TestCluster, TestResult, ctx};
 use serde_json::{Value, json};
 
-pub(crate) async fn direct_sql_and_statements_are_stitched_to_their_own_context(
+async fn direct_sql_and_statements_are_stitched_to_their_own_context(
     cluster: Arc<TestCluster>,
 ) -> TestResult {
     let db = cluster.database("capture_stitch").await?;
@@ -87,8 +87,9 @@ pub(crate) async fn direct_sql_and_statements_are_stitched_to_their_own_context(
     ensure!(changes[1].committed_at == changes[3].committed_at);
     Ok(())
 }
+e2e_test!(direct_sql_and_statements_are_stitched_to_their_own_context);
 
-pub(crate) async fn composite_keys_toast_and_every_type_are_stored_as_typed_json(
+async fn composite_keys_toast_and_every_type_are_stored_as_typed_json(
     cluster: Arc<TestCluster>,
 ) -> TestResult {
     let db = cluster.database("capture_types").await?;
@@ -183,8 +184,9 @@ pub(crate) async fn composite_keys_toast_and_every_type_are_stored_as_typed_json
     );
     Ok(())
 }
+e2e_test!(composite_keys_toast_and_every_type_are_stored_as_typed_json);
 
-pub(crate) async fn malformed_and_per_row_messages_are_stitched_not_fatal(
+async fn malformed_and_per_row_messages_are_stitched_not_fatal(
     cluster: Arc<TestCluster>,
 ) -> TestResult {
     let db = cluster.database("capture_messages").await?;
@@ -216,10 +218,9 @@ pub(crate) async fn malformed_and_per_row_messages_are_stitched_not_fatal(
     );
     Ok(())
 }
+e2e_test!(malformed_and_per_row_messages_are_stitched_not_fatal);
 
-pub(crate) async fn the_workers_own_tables_are_never_captured(
-    cluster: Arc<TestCluster>,
-) -> TestResult {
+async fn the_workers_own_tables_are_never_captured(cluster: Arc<TestCluster>) -> TestResult {
     let db = cluster.database("capture_own_tables").await?;
     db.exec(TODO_TABLE).await?;
     db.migrate().await?;
@@ -250,12 +251,11 @@ pub(crate) async fn the_workers_own_tables_are_never_captured(
     ensure!(triggered == ["todo"], "triggers on: {triggered:?}");
     Ok(())
 }
+e2e_test!(the_workers_own_tables_are_never_captured);
 
 /// `image_indexes`: `Drop` removes the GIN indexes on before/after at the worker's start (and
 /// never creates them), `Keep` puts them back; changes are stored either way.
-pub(crate) async fn the_image_indexes_follow_the_workers_choice(
-    cluster: Arc<TestCluster>,
-) -> TestResult {
+async fn the_image_indexes_follow_the_workers_choice(cluster: Arc<TestCluster>) -> TestResult {
     let db = cluster.database("image_indexes").await?;
     db.exec("CREATE TABLE items (id int PRIMARY KEY)").await?;
     db.migrate().await?;
@@ -288,3 +288,4 @@ pub(crate) async fn the_image_indexes_follow_the_workers_choice(
     );
     Ok(())
 }
+e2e_test!(the_image_indexes_follow_the_workers_choice);

@@ -96,7 +96,7 @@ fn start_worker(envs: &[(&str, &str)]) -> anyhow::Result<Background> {
     Background::start(&["worker"], envs)
 }
 
-pub(crate) async fn kill_9_at_random_moments_loses_and_duplicates_nothing(
+async fn kill_9_at_random_moments_loses_and_duplicates_nothing(
     cluster: Arc<TestCluster>,
 ) -> TestResult {
     let db = cluster.database("crash").await?;
@@ -221,3 +221,4 @@ pub(crate) async fn kill_9_at_random_moments_loses_and_duplicates_nothing(
     );
     Ok(())
 }
+e2e_test!(kill_9_at_random_moments_loses_and_duplicates_nothing);

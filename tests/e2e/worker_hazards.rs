@@ -28,9 +28,7 @@ pub(crate) async fn fatal_error(config: bemi_worker::WorkerConfig) -> anyhow::Re
     }
 }
 
-pub(crate) async fn wal_level_replica_fails_fast_naming_the_fix(
-    _cluster: Arc<TestCluster>,
-) -> TestResult {
+async fn wal_level_replica_fails_fast_naming_the_fix(_cluster: Arc<TestCluster>) -> TestResult {
     let pg = private_cluster(LaunchOptions::default().setting("wal_level", "replica")).await?;
     let db = private_database(&pg, "replica_only").await?;
     let error = fatal_error(worker_config(&db)).await?;
@@ -44,8 +42,9 @@ pub(crate) async fn wal_level_replica_fails_fast_naming_the_fix(
     tokio::task::spawn_blocking(move || drop(pg)).await?;
     Ok(())
 }
+e2e_test!(wal_level_replica_fails_fast_naming_the_fix);
 
-pub(crate) async fn a_role_without_replication_fails_fast_naming_the_fix(
+async fn a_role_without_replication_fails_fast_naming_the_fix(
     cluster: Arc<TestCluster>,
 ) -> TestResult {
     let db = cluster.database("no_replication").await?;
@@ -71,10 +70,9 @@ pub(crate) async fn a_role_without_replication_fails_fast_naming_the_fix(
     );
     Ok(())
 }
+e2e_test!(a_role_without_replication_fails_fast_naming_the_fix);
 
-pub(crate) async fn a_lost_slot_fails_fast_naming_the_fix(
-    _cluster: Arc<TestCluster>,
-) -> TestResult {
+async fn a_lost_slot_fails_fast_naming_the_fix(_cluster: Arc<TestCluster>) -> TestResult {
     let pg = private_cluster(
         LaunchOptions::default()
             .setting("max_slot_wal_keep_size", "1MB")
@@ -112,10 +110,9 @@ pub(crate) async fn a_lost_slot_fails_fast_naming_the_fix(
     tokio::task::spawn_blocking(move || drop(pg)).await?;
     Ok(())
 }
+e2e_test!(a_lost_slot_fails_fast_naming_the_fix);
 
-pub(crate) async fn an_idle_database_keeps_its_slot_advancing(
-    cluster: Arc<TestCluster>,
-) -> TestResult {
+async fn an_idle_database_keeps_its_slot_advancing(cluster: Arc<TestCluster>) -> TestResult {
     let idle = cluster.database("idle_source").await?;
     idle.exec("CREATE TABLE todo (id serial PRIMARY KEY)")
         .await?;
@@ -144,8 +141,9 @@ pub(crate) async fn an_idle_database_keeps_its_slot_advancing(
     ensure!(stored_changes(&idle).await?.is_empty());
     Ok(())
 }
+e2e_test!(an_idle_database_keeps_its_slot_advancing);
 
-pub(crate) async fn tables_created_while_running_are_captured_from_their_first_row(
+async fn tables_created_while_running_are_captured_from_their_first_row(
     cluster: Arc<TestCluster>,
 ) -> TestResult {
     let db = cluster.database("later_tables").await?;
@@ -201,8 +199,9 @@ pub(crate) async fn tables_created_while_running_are_captured_from_their_first_r
     }
     Ok(())
 }
+e2e_test!(tables_created_while_running_are_captured_from_their_first_row);
 
-pub(crate) async fn a_large_transaction_is_written_in_chunks_exactly_once_across_a_stop(
+async fn a_large_transaction_is_written_in_chunks_exactly_once_across_a_stop(
     cluster: Arc<TestCluster>,
 ) -> TestResult {
     let db = cluster.database("chunks").await?;
@@ -253,8 +252,9 @@ pub(crate) async fn a_large_transaction_is_written_in_chunks_exactly_once_across
     );
     Ok(())
 }
+e2e_test!(a_large_transaction_is_written_in_chunks_exactly_once_across_a_stop);
 
-pub(crate) async fn a_postgres_restart_while_streaming_loses_nothing(
+async fn a_postgres_restart_while_streaming_loses_nothing(
     _cluster: Arc<TestCluster>,
 ) -> TestResult {
     let pg = private_cluster(LaunchOptions::default()).await?;
@@ -327,6 +327,7 @@ pub(crate) async fn a_postgres_restart_while_streaming_loses_nothing(
     tokio::task::spawn_blocking(move || drop(pg)).await?;
     Ok(())
 }
+e2e_test!(a_postgres_restart_while_streaming_loses_nothing);
 
 /// With a synchronous standby, a transaction is streamed once flushed but becomes visible only
 /// when the standby confirms it. A primary key added in that transaction must still be the key
@@ -334,12 +335,13 @@ pub(crate) async fn a_postgres_restart_while_streaming_loses_nothing(
 /// transaction itself (the worker stores the row before the commit is even visible); without it
 /// (no event trigger) the worker waits for the transaction to be visible before reading the
 /// catalog, instead of caching "no primary key".
-pub(crate) async fn a_primary_key_added_while_a_synchronous_standby_holds_the_commit_is_used(
+async fn a_primary_key_added_while_a_synchronous_standby_holds_the_commit_is_used(
     _cluster: Arc<TestCluster>,
 ) -> TestResult {
     primary_key_added_while_a_synchronous_standby_holds_the_commit(true).await?;
     primary_key_added_while_a_synchronous_standby_holds_the_commit(false).await
 }
+e2e_test!(a_primary_key_added_while_a_synchronous_standby_holds_the_commit_is_used);
 
 async fn primary_key_added_while_a_synchronous_standby_holds_the_commit(
     with_history: bool,
@@ -456,7 +458,7 @@ async fn primary_key_added_while_a_synchronous_standby_holds_the_commit(
 /// `changes` — so commits go through (well before the 30 s visibility fallback) and are
 /// captured. The worker runs as the README's role (REPLICATION, no superuser), which may not
 /// even see that its connection is a synchronous standby.
-pub(crate) async fn a_worker_that_is_itself_a_synchronous_standby_does_not_wait_for_itself(
+async fn a_worker_that_is_itself_a_synchronous_standby_does_not_wait_for_itself(
     _cluster: Arc<TestCluster>,
 ) -> TestResult {
     let pg = private_cluster(LaunchOptions::default()).await?;
@@ -522,13 +524,14 @@ pub(crate) async fn a_worker_that_is_itself_a_synchronous_standby_does_not_wait_
     tokio::task::spawn_blocking(move || drop(pg)).await?;
     Ok(())
 }
+e2e_test!(a_worker_that_is_itself_a_synchronous_standby_does_not_wait_for_itself);
 
 /// Two workers (two slots) storing the same database's changes into one `changes` table — an
 /// overlapping deploy, or a second worker started by mistake. Each chains its writer
 /// connections' commits, so waiting on the other's uncommitted rows could close a cycle that
 /// PostgreSQL cannot see; the writers give up such a wait after a while, and both workers go
 /// on. Every change is stored exactly once.
-pub(crate) async fn two_workers_storing_the_same_changes_do_not_deadlock(
+async fn two_workers_storing_the_same_changes_do_not_deadlock(
     cluster: Arc<TestCluster>,
 ) -> TestResult {
     const WRITES: usize = 400;
@@ -571,3 +574,4 @@ pub(crate) async fn two_workers_storing_the_same_changes_do_not_deadlock(
     second.stop().await?;
     Ok(())
 }
+e2e_test!(two_workers_storing_the_same_changes_do_not_deadlock);
