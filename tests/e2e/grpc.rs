@@ -26,6 +26,8 @@ use tonic::server::{Grpc, NamedService, ServerStreamingService, UnaryService};
 use tonic::{Request, Response, Status};
 use tonic_prost::ProstCodec;
 
+use crate::serve;
+
 const CLIENTS: usize = 200;
 const STREAMED: u32 = 3;
 const CREATE: &str = "/bemi.test.Todos/Create";
@@ -161,8 +163,8 @@ impl tower_service::Service<http::Request<tonic::body::Body>> for Todos {
 }
 
 /// One client: its own HTTP/2 connection, one call of each method, with its user in metadata.
-async fn client(address: std::net::SocketAddr, n: usize) -> anyhow::Result<Vec<Created>> {
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{address}"))?
+async fn client(base: &str, n: usize) -> anyhow::Result<Vec<Created>> {
+    let channel = tonic::transport::Endpoint::from_shared(base.to_owned())?
         .connect()
         .await?;
     let mut grpc = tonic::client::Grpc::new(channel);
@@ -209,33 +211,22 @@ async fn unary_and_streaming_calls_of_200_clients_carry_their_own_context(
 ) -> TestResult {
     let db = todo_db(&cluster, "grpc_tonic").await?;
     let worker = RunningWorker::start(worker_config(&db)).await?;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let address = listener.local_addr()?;
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let layer = BemiLayer::new(|request: &http::Request<tonic::body::Body>| {
         json!({
             "grpc_method": request.uri().path(),
             "user_id": request.headers().get("x-user-id").and_then(|v| v.to_str().ok()),
         })
     });
-    let server = tokio::spawn(
-        tonic::transport::Server::builder()
-            .layer(layer)
-            .add_service(Todos {
-                pool: db.bemi_pool(),
-            })
-            .serve_with_incoming_shutdown(
-                tonic::transport::server::TcpIncoming::from(listener),
-                async {
-                    let _ = stopped.await;
-                },
-            ),
-    );
+    let router = tonic::transport::Server::builder()
+        .layer(layer)
+        .add_service(Todos {
+            pool: db.bemi_pool(),
+        });
+    let server = serve::tonic(|incoming| router.serve_with_incoming(incoming)).await?;
 
-    let calls = (0..CLIENTS).map(|n| client(address, n));
+    let calls = (0..CLIENTS).map(|n| client(&server.base, n));
     let replies = futures_util::future::try_join_all(calls).await?;
-    let _ = stop.send(());
-    server.await??;
+    server.stop().await;
 
     // What the handlers saw.
     for (n, replies) in replies.iter().enumerate() {

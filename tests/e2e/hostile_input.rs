@@ -13,7 +13,7 @@ use reqwest::StatusCode;
 
 use crate::cli_support::bemi;
 use crate::fuzz::check_async;
-use crate::ui_http::serve;
+use crate::serve;
 
 /// The UI's paths that read the filters from the query string (and resolve them: the live
 /// tail's page leaves that to its `/api/tail`).
@@ -59,7 +59,8 @@ async fn hostile_query_strings_get_a_400_that_says_what_to_write(
 ) -> TestResult {
     let db = cluster.database("hostile_queries").await?;
     bemi_audit::schema::prepare(&mut *db.pool.acquire().await?).await?;
-    let (base, _stop) = serve(bemi_ui::router(db.pool.clone(), UiOptions::new())).await?;
+    let (base, _stop) =
+        serve::axum_base(bemi_ui::router(db.pool.clone(), UiOptions::new())).await?;
     let client = reqwest::Client::new();
     for (query, hint) in HOSTILE {
         for path in FILTERED_PATHS {

@@ -1,5 +1,6 @@
-//! Support for the framework tests: the todo apps (and the tests' own apps) served on 127.0.0.1
-//! over real TCP, an HTTP client, a status check, and the task of a todo row in the WAL (grouped
+//! Serving apps for the tests: one helper per framework (axum, actix-web, poem, salvo, Rocket,
+//! tonic) that serves an app on 127.0.0.1 over real TCP until it is stopped or dropped; and for
+//! the framework tests an HTTP client, a status check, and the task of a todo row in the WAL (grouped
 //! by `bemi_tests::wal::transactions`).
 
 use std::net::{Ipv4Addr, SocketAddr};
@@ -11,7 +12,8 @@ use bemi_core::tokio_postgres::BemiClient;
 use bemi_tests::wal::Txn;
 use serde_json::Value;
 
-/// An app listening on 127.0.0.1; stopped by [`Served::stop`] (or, less gracefully, on drop).
+/// An app listening on 127.0.0.1 (a free port), whatever its framework; stopped by
+/// [`Served::stop`] (or, less gracefully, on drop).
 pub(crate) struct Served {
     /// `http://127.0.0.1:PORT`
     pub base: String,
@@ -19,11 +21,21 @@ pub(crate) struct Served {
 }
 
 enum Stop {
-    Axum(tokio::task::JoinHandle<std::io::Result<()>>),
+    /// A server running as a tokio task (axum, poem, salvo, Rocket, tonic): aborted.
+    Task(tokio::task::AbortHandle),
+    /// An actix server (its own worker threads): stopped through its handle.
     Actix(actix_web::dev::ServerHandle),
 }
 
 impl Served {
+    /// An app whose server runs as `task`, listening on `addr`.
+    fn task<T: Send + 'static>(addr: SocketAddr, task: tokio::task::JoinHandle<T>) -> Self {
+        Self {
+            base: format!("http://{addr}"),
+            stop: Stop::Task(task.abort_handle()),
+        }
+    }
+
     /// `base` + `path`.
     pub(crate) fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
@@ -32,7 +44,7 @@ impl Served {
     /// Stops the server.
     pub(crate) async fn stop(self) {
         match &self.stop {
-            Stop::Axum(task) => task.abort(),
+            Stop::Task(task) => task.abort(),
             Stop::Actix(handle) => handle.stop(false).await,
         }
     }
@@ -41,14 +53,15 @@ impl Served {
 impl Drop for Served {
     fn drop(&mut self) {
         match &self.stop {
-            Stop::Axum(task) => task.abort(),
+            Stop::Task(task) => task.abort(),
             // The stop command is sent when `stop` is called; the future only waits for it.
             Stop::Actix(handle) => drop(handle.stop(false)),
         }
     }
 }
 
-async fn loopback_listener() -> anyhow::Result<(tokio::net::TcpListener, SocketAddr)> {
+/// A listener on 127.0.0.1, on a free port.
+pub(crate) async fn loopback_listener() -> anyhow::Result<(tokio::net::TcpListener, SocketAddr)> {
     let listener = tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await?;
     let addr = listener.local_addr()?;
     Ok((listener, addr))
@@ -57,13 +70,107 @@ async fn loopback_listener() -> anyhow::Result<(tokio::net::TcpListener, SocketA
 /// Serves an axum router on 127.0.0.1 (a free port). Handlers may extract the client's address
 /// (`ConnectInfo<SocketAddr>`).
 pub(crate) async fn axum(router: axum::Router) -> anyhow::Result<Served> {
-    let (listener, addr) = loopback_listener().await?;
+    let (listener, _) = loopback_listener().await?;
+    axum_on(listener, router)
+}
+
+/// [`axum`], as the base URL (`http://127.0.0.1:PORT`) and the server that stops on drop.
+pub(crate) async fn axum_base(router: axum::Router) -> anyhow::Result<(String, Served)> {
+    let served = axum(router).await?;
+    Ok((served.base.clone(), served))
+}
+
+/// Serves an axum router on a listener the test bound itself (to know the port beforehand).
+pub(crate) fn axum_on(
+    listener: tokio::net::TcpListener,
+    router: axum::Router,
+) -> anyhow::Result<Served> {
+    let addr = listener.local_addr()?;
     let service = router.into_make_service_with_connect_info::<SocketAddr>();
     let task = tokio::spawn(async move { axum::serve(listener, service).await });
-    Ok(Served {
-        base: format!("http://{addr}"),
-        stop: Stop::Axum(task),
-    })
+    Ok(Served::task(addr, task))
+}
+
+/// Serves a poem endpoint on 127.0.0.1 (a free port).
+pub(crate) async fn poem(app: impl poem::Endpoint + 'static) -> anyhow::Result<Served> {
+    let (listener, addr) = loopback_listener().await?;
+    let acceptor = poem::listener::TcpAcceptor::from_tokio(listener)?;
+    let task = tokio::spawn(async move {
+        if let Err(error) = poem::Server::new_with_acceptor(acceptor).run(app).await {
+            eprintln!("the poem server stopped: {error}");
+        }
+    });
+    Ok(Served::task(addr, task))
+}
+
+/// Serves a salvo router on 127.0.0.1 (a free port), over HTTP/1.
+pub(crate) async fn salvo(router: salvo::Router) -> anyhow::Result<Served> {
+    let (listener, addr) = loopback_listener().await?;
+    let acceptor = salvo::conn::tcp::TcpAcceptor::try_from(listener)?;
+    let task = tokio::spawn(salvo::Server::new(acceptor).serve(router));
+    Ok(Served::task(addr, task))
+}
+
+/// How long Rocket may take to bind its listener.
+const ROCKET_LIFTOFF_DEADLINE: Duration = Duration::from_secs(60);
+
+/// Launches a Rocket app on 127.0.0.1 (a free port): `rocket` is built by the test from
+/// [`rocket_config`], so that it listens on loopback, logs nothing and leaves the test process's
+/// signals alone.
+pub(crate) async fn rocket(rocket: rocket::Rocket<rocket::Build>) -> anyhow::Result<Served> {
+    use rocket::fairing::AdHoc;
+
+    let (bound, port) = tokio::sync::oneshot::channel();
+    let bound = std::sync::Mutex::new(Some(bound));
+    // Rocket writes the port it bound into its configuration, read at liftoff.
+    let rocket = rocket.attach(AdHoc::on_liftoff("port", move |rocket| {
+        let port = rocket.config().port;
+        if let Some(bound) = bound.lock().ok().and_then(|mut bound| bound.take()) {
+            let _ = bound.send(port);
+        }
+        Box::pin(async {})
+    }));
+    let task = tokio::spawn(async move {
+        if let Err(error) = rocket.launch().await {
+            eprintln!("the Rocket server stopped: {error}");
+        }
+    });
+    let port = tokio::time::timeout(ROCKET_LIFTOFF_DEADLINE, port)
+        .await
+        .context("Rocket did not lift off in time")?
+        .context("Rocket stopped before liftoff")?;
+    Ok(Served::task(
+        SocketAddr::from((Ipv4Addr::LOCALHOST, port)),
+        task,
+    ))
+}
+
+/// Rocket's configuration for [`rocket`]: 127.0.0.1, a free port, no logs, no signal handlers.
+pub(crate) fn rocket_config() -> rocket::Config {
+    rocket::Config {
+        address: Ipv4Addr::LOCALHOST.into(),
+        port: 0,
+        log_level: rocket::config::LogLevel::Off,
+        // The test process's signals are not Rocket's.
+        shutdown: rocket::config::Shutdown {
+            ctrlc: false,
+            signals: Default::default(),
+            ..Default::default()
+        },
+        ..rocket::Config::debug_default()
+    }
+}
+
+/// Serves a tonic server on 127.0.0.1 (a free port): `serve` is the router's
+/// `serve_with_incoming`, given the listener's connections.
+pub(crate) async fn tonic<F, Fut>(serve: F) -> anyhow::Result<Served>
+where
+    F: FnOnce(tonic::transport::server::TcpIncoming) -> Fut,
+    Fut: Future<Output = Result<(), tonic::transport::Error>> + Send + 'static,
+{
+    let (listener, addr) = loopback_listener().await?;
+    let task = tokio::spawn(serve(tonic::transport::server::TcpIncoming::from(listener)));
+    Ok(Served::task(addr, task))
 }
 
 /// Serves the actix todo app (its real middleware and routes) on 127.0.0.1 (a free port).

@@ -18,7 +18,7 @@ use bemi_ui::{Access, UiOptions};
 use fantoccini::{Client, ClientBuilder, Locator};
 use serde_json::{Value, json};
 
-use crate::ui_http::serve;
+use crate::serve;
 use crate::ui_security::csrf_pair;
 
 /// A chromedriver on a free port of 127.0.0.1, killed on drop.
@@ -219,7 +219,7 @@ async fn a_support_engineer_finds_diffs_history_and_reverts_a_request_in_chromiu
         UiOptions::new()
             .authorize(|_| async { Access::revert().actor(json!({"user_id": "support-1"})) }),
     );
-    let (host, _stop) = serve(axum::Router::new().nest("/audit", ui)).await?;
+    let (host, _stop) = serve::axum_base(axum::Router::new().nest("/audit", ui)).await?;
     let base = format!("{host}/audit");
     let driver = Chromedriver::start().await?;
     let profile = tempfile::tempdir()?;
@@ -433,22 +433,6 @@ async fn walk_through(
     Ok(())
 }
 
-/// Serves `router` on `listener` (127.0.0.1) until the returned sender is dropped.
-fn serve_on(
-    listener: tokio::net::TcpListener,
-    router: axum::Router,
-) -> tokio::sync::oneshot::Sender<()> {
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, router)
-            .with_graceful_shutdown(async {
-                let _ = stopped.await;
-            })
-            .await;
-    });
-    stop
-}
-
 /// The attacker's pages: a form that posts itself to the UI (after planting a CSRF cookie for
 /// the whole parent domain, with a longer path so that it is sent first), and a `fetch` with
 /// `text/plain` (no preflight).
@@ -519,7 +503,7 @@ async fn a_sibling_subdomain_or_another_site_cannot_revert_in_chromium(
             .public_url(&ui)?
             .authorize(|_| async { Access::revert().actor(json!({"reverted_by": "dev"})) }),
     );
-    let _stop_ui = serve_on(listener, router);
+    let _ui = serve::axum_on(listener, router)?;
     // The attacker's own visit to the UI: a CSRF cookie and its token.
     let (planted, token) = csrf_pair(
         &reqwest::Client::new(),
@@ -528,7 +512,7 @@ async fn a_sibling_subdomain_or_another_site_cannot_revert_in_chromium(
         "bemi_csrf",
     )
     .await?;
-    let (evil, _stop_evil) = serve(attacker(&ui, change, &planted, &token)).await?;
+    let (evil, _stop_evil) = serve::axum_base(attacker(&ui, change, &planted, &token)).await?;
     let evil_port = evil.rsplit(':').next().context("a port")?.to_owned();
 
     let driver = Chromedriver::start().await?;

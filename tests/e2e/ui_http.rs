@@ -16,26 +16,10 @@ use chrono::{DateTime, TimeDelta, Utc};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
+use crate::serve;
 use crate::ui_security::csrf_pair;
 
 const CHANGES: usize = 12_000;
-
-/// Serves `router` on 127.0.0.1 until the returned sender is dropped; its base URL.
-pub(crate) async fn serve(
-    router: axum::Router,
-) -> anyhow::Result<(String, tokio::sync::oneshot::Sender<()>)> {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let address = listener.local_addr()?;
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, router)
-            .with_graceful_shutdown(async {
-                let _ = stopped.await;
-            })
-            .await;
-    });
-    Ok((format!("http://{address}"), stop))
-}
 
 /// One modelled change.
 #[derive(Debug, Clone)]
@@ -187,7 +171,8 @@ async fn the_api_and_exports_return_exactly_the_modelled_changes(
             .context("a time")?;
     let model = model(start);
     insert_model(&db, &model).await?;
-    let (base, _stop) = serve(bemi_ui::router(db.pool.clone(), UiOptions::new())).await?;
+    let (base, _stop) =
+        serve::axum_base(bemi_ui::router(db.pool.clone(), UiOptions::new())).await?;
     let client = reqwest::Client::new();
 
     let at = |ms: i64| (start + TimeDelta::milliseconds(ms)).to_rfc3339();
@@ -329,7 +314,7 @@ async fn tokens_permissions_and_csrf_guard_every_request_and_reverts_name_the_ac
     };
 
     // `bemi ui --token`: 401 without it, in the API and on pages.
-    let (token_base, _stop_token) = serve(bemi_ui::router(
+    let (token_base, _stop_token) = serve::axum_base(bemi_ui::router(
         db.pool.clone(),
         UiOptions::new().token("s3cret", false),
     ))
@@ -421,7 +406,7 @@ async fn tokens_permissions_and_csrf_guard_every_request_and_reverts_name_the_ac
             }
         }
     });
-    let (base, _stop) = serve(bemi_ui::router(db.pool.clone(), options)).await?;
+    let (base, _stop) = serve::axum_base(bemi_ui::router(db.pool.clone(), options)).await?;
     let denied = client
         .get(format!("{base}/"))
         .header("x-role", "intern")
@@ -520,7 +505,8 @@ async fn without_a_changes_table_the_ui_says_to_start_the_worker(
     cluster: Arc<TestCluster>,
 ) -> TestResult {
     let db = cluster.database("ui_no_changes").await?;
-    let (base, _stop) = serve(bemi_ui::router(db.pool.clone(), UiOptions::new())).await?;
+    let (base, _stop) =
+        serve::axum_base(bemi_ui::router(db.pool.clone(), UiOptions::new())).await?;
     for path in ["/", "/api/changes"] {
         let response = reqwest::get(format!("{base}{path}")).await?;
         ensure!(

@@ -18,7 +18,7 @@ use reqwest::StatusCode;
 use reqwest::header::{HeaderMap, SET_COOKIE};
 use serde_json::json;
 
-use crate::ui_http::serve;
+use crate::serve;
 
 /// The `Set-Cookie` header that sets `name`, whole.
 pub(crate) fn set_cookie(headers: &HeaderMap, name: &str) -> Option<String> {
@@ -88,7 +88,8 @@ async fn the_ui_serves_only_its_own_host_and_origin_and_reverts_within_policy(
         .build()?;
 
     // DNS rebinding: without a token only loopback names are served — the exports included.
-    let (open, _stop_open) = serve(bemi_ui::router(db.pool.clone(), UiOptions::new())).await?;
+    let (open, _stop_open) =
+        serve::axum_base(bemi_ui::router(db.pool.clone(), UiOptions::new())).await?;
     let port = open.rsplit(':').next().context("a port")?.to_owned();
     for path in ["/", "/export.ndjson", "/api/changes", "/assets/bemi.js"] {
         let rebound = client
@@ -117,7 +118,7 @@ async fn the_ui_serves_only_its_own_host_and_origin_and_reverts_within_policy(
         ensure!(ok.status() == StatusCode::OK, "{host}: {}", ok.status());
     }
     // A public URL names the one host served; https makes the cookies __Host- and Secure.
-    let (public, _stop_public) = serve(bemi_ui::router(
+    let (public, _stop_public) = serve::axum_base(bemi_ui::router(
         db.pool.clone(),
         UiOptions::new().public_url("https://audit.example.com")?,
     ))
@@ -155,7 +156,7 @@ async fn the_ui_serves_only_its_own_host_and_origin_and_reverts_within_policy(
             Ok(())
         })
         .max_revert_changes(1);
-    let (base, _stop) = serve(bemi_ui::router(db.pool.clone(), options)).await?;
+    let (base, _stop) = serve::axum_base(bemi_ui::router(db.pool.clone(), options)).await?;
     let admin = [("x-user", "admin")];
     let (cookie, token) = csrf_pair(&client, &format!("{base}/"), &admin, "bemi_csrf").await?;
     let first: uuid::Uuid = sqlx::query_scalar("SELECT id FROM changes ORDER BY position LIMIT 1")
@@ -293,7 +294,7 @@ async fn bemi_ui_sessions_are_server_side_expire_log_out_and_limit_failed_logins
         .build()?;
     let host = "audit.example.com";
     let origin = "https://audit.example.com";
-    let (base, _stop) = serve(bemi_ui::router(
+    let (base, _stop) = serve::axum_base(bemi_ui::router(
         db.pool.clone(),
         UiOptions::new().token("s3cret", false).public_url(origin)?,
     ))
@@ -400,7 +401,7 @@ async fn bemi_ui_sessions_are_server_side_expire_log_out_and_limit_failed_logins
     ensure!(bearer.status() == StatusCode::TOO_MANY_REQUESTS);
 
     // Sessions expire.
-    let (short, _stop_short) = serve(bemi_ui::router(
+    let (short, _stop_short) = serve::axum_base(bemi_ui::router(
         db.pool.clone(),
         UiOptions::new()
             .token("s3cret", false)
@@ -472,7 +473,7 @@ async fn live_tails_are_capped_and_end_when_their_caller_loses_access(
         })
         .max_tails(2)
         .tail_recheck(Duration::from_millis(100));
-    let (base, _stop) = serve(bemi_ui::router(db.pool.clone(), options)).await?;
+    let (base, _stop) = serve::axum_base(bemi_ui::router(db.pool.clone(), options)).await?;
     let client = reqwest::Client::new();
     let mut open = Vec::new();
     for _ in 0..2 {

@@ -4,7 +4,6 @@
 //! `bemi_axum::BemiLayer`, next to the native hoop, on the salvo release that resolves here.
 
 use std::collections::BTreeMap;
-use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,7 +16,8 @@ use bemi_tests::{TestCluster, TestResult, WalSlot};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use crate::{open_files, serve};
+use crate::open_files;
+use crate::serve::{self, Served};
 
 /// The write of every request (one row, its id back).
 const INSERT: &str = "INSERT INTO todo (task) VALUES ($1) RETURNING id";
@@ -28,24 +28,6 @@ const BURST_DEADLINE: Duration = Duration::from_secs(180);
 /// Open files a burst needs: both ends of every connection, plus room for the database
 /// connections, the cluster and the tests that run at the same time.
 const OPEN_FILES: libc::rlim_t = 2 * REQUESTS as libc::rlim_t + 512;
-
-/// A server task on 127.0.0.1, aborted on drop.
-struct Server {
-    base: String,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-async fn loopback_listener() -> anyhow::Result<(tokio::net::TcpListener, SocketAddr)> {
-    let listener = tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await?;
-    let addr = listener.local_addr()?;
-    Ok((listener, addr))
-}
 
 /// The task of a request body `{"task": "…"}`.
 fn task_of_body(body: &Value) -> Option<String> {
@@ -73,7 +55,7 @@ async fn poem_create(
     Ok((StatusCode::CREATED, id.to_string()))
 }
 
-async fn serve_poem(pool: BemiPool) -> anyhow::Result<Server> {
+async fn serve_poem(pool: BemiPool) -> anyhow::Result<Served> {
     use poem::EndpointExt as _;
 
     let app = poem::Route::new()
@@ -86,17 +68,7 @@ async fn serve_poem(pool: BemiPool) -> anyhow::Result<Server> {
             )
         }))
         .data(pool);
-    let (listener, addr) = loopback_listener().await?;
-    let acceptor = poem::listener::TcpAcceptor::from_tokio(listener)?;
-    let task = tokio::spawn(async move {
-        if let Err(error) = poem::Server::new_with_acceptor(acceptor).run(app).await {
-            eprintln!("the poem server stopped: {error}");
-        }
-    });
-    Ok(Server {
-        base: format!("http://{addr}"),
-        task,
-    })
+    serve::poem(app).await
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -143,16 +115,6 @@ fn salvo_context(req: &salvo::Request) -> Value {
     from_parts(req.uri().path(), req.method().as_str(), user)
 }
 
-async fn serve_salvo(router: salvo::Router) -> anyhow::Result<Server> {
-    let (listener, addr) = loopback_listener().await?;
-    let acceptor = salvo::conn::tcp::TcpAcceptor::try_from(listener)?;
-    let task = tokio::spawn(salvo::Server::new(acceptor).serve(router));
-    Ok(Server {
-        base: format!("http://{addr}"),
-        task,
-    })
-}
-
 // ---------------------------------------------------------------------------------------------
 // Rocket: the routes' handlers wrapped by `bemi_rocket::with_bemi`, the handler writes through
 // `BemiPool` (sqlx).
@@ -183,27 +145,7 @@ async fn rocket_create(
     }
 }
 
-/// How long Rocket may take to bind its listener.
-const LIFTOFF_DEADLINE: Duration = Duration::from_secs(60);
-
-async fn serve_rocket(pool: BemiPool) -> anyhow::Result<Server> {
-    use rocket::fairing::AdHoc;
-
-    let config = rocket::Config {
-        address: Ipv4Addr::LOCALHOST.into(),
-        // Rocket writes the port it bound into its configuration, read at liftoff.
-        port: 0,
-        log_level: rocket::config::LogLevel::Off,
-        // The test process's signals are not Rocket's.
-        shutdown: rocket::config::Shutdown {
-            ctrlc: false,
-            signals: Default::default(),
-            ..Default::default()
-        },
-        ..rocket::Config::debug_default()
-    };
-    let (bound, port) = tokio::sync::oneshot::channel();
-    let bound = std::sync::Mutex::new(Some(bound));
+async fn serve_rocket(pool: BemiPool) -> anyhow::Result<Served> {
     let routes = bemi_rocket::with_bemi(
         rocket::routes![rocket_create],
         |req: &rocket::Request<'_>| {
@@ -214,29 +156,12 @@ async fn serve_rocket(pool: BemiPool) -> anyhow::Result<Server> {
             )
         },
     );
-    let rocket = rocket::custom(config)
-        .manage(pool)
-        .mount("/", routes)
-        .attach(AdHoc::on_liftoff("port", move |rocket| {
-            let port = rocket.config().port;
-            if let Some(bound) = bound.lock().ok().and_then(|mut bound| bound.take()) {
-                let _ = bound.send(port);
-            }
-            Box::pin(async {})
-        }));
-    let task = tokio::spawn(async move {
-        if let Err(error) = rocket.launch().await {
-            eprintln!("the Rocket server stopped: {error}");
-        }
-    });
-    let port = tokio::time::timeout(LIFTOFF_DEADLINE, port)
-        .await
-        .context("Rocket did not lift off in time")?
-        .context("Rocket stopped before liftoff")?;
-    Ok(Server {
-        base: format!("http://{}", SocketAddr::from((Ipv4Addr::LOCALHOST, port))),
-        task,
-    })
+    serve::rocket(
+        rocket::custom(serve::rocket_config())
+            .manage(pool)
+            .mount("/", routes),
+    )
+    .await
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -358,7 +283,7 @@ async fn salvo_app_keeps_1000_concurrent_contexts_apart(cluster: Arc<TestCluster
     let router = salvo::Router::new()
         .hoop(bemi_salvo::Bemi::new(salvo_context))
         .push(salvo::Router::with_path("todo").post(SalvoCreate(client)));
-    let server = serve_salvo(router).await?;
+    let server = serve::salvo(router).await?;
     burst(&server.base, |_| "/todo").await?;
     drop(server);
     let carried = carried_by_user(&slot, |user| expected_context("/todo", user, "salvo")).await?;
@@ -445,7 +370,7 @@ async fn salvo_tower_compat_on_1_0_keeps_the_context_like_the_native_hoop(
                 .push(create()),
         )
         .push(salvo::Router::with_path("bare").push(create()));
-    let server = serve_salvo(router).await?;
+    let server = serve::salvo(router).await?;
     burst(&server.base, compat_test_route).await?;
     drop(server);
     let carried = carried_by_user(&slot, |user| {
