@@ -24,6 +24,7 @@ use bemi_core::carrier::Carrier;
 use bemi_core::context;
 use bemi_core::sqlx::BemiPool;
 use bemi_core::tokio_postgres::{BemiClient, BorrowedClient, BorrowedTransaction};
+use bemi_tests::proxy::FaultProxy;
 use bemi_tests::{TestCluster, TestResult, WalEntry, ctx, todo_db};
 use futures_util::FutureExt as _;
 use proptest::collection::vec;
@@ -129,90 +130,41 @@ fn drop_after_first_poll<F: Future<Output: std::fmt::Debug>>(write: F) -> anyhow
     Ok(())
 }
 
-/// A TCP proxy in front of the database whose responses (server to client) can be held back:
-/// a write's requests reach the server and run, and its future stays pending on their
+/// The test's database behind a [`FaultProxy`] whose responses (server to client) can be held
+/// back: a write's requests reach the server and run, and its future stays pending on their
 /// responses for as long as the test likes.
 struct Proxy {
     /// `url` through the proxy.
     url: String,
-    hold: tokio::sync::watch::Sender<bool>,
-    /// Bytes the server sent while responses were held back.
-    held: Arc<AtomicUsize>,
+    faults: FaultProxy,
 }
 
 impl Proxy {
     /// Starts a proxy to the database of `url` (a `postgres://…@host:port/…` URL).
     async fn start(url: &str) -> anyhow::Result<Self> {
-        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-
         let config: tokio_postgres::Config = url.parse()?;
         let port = *config.get_ports().first().context("no port in the URL")?;
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let proxied = url.replacen(
-            &format!(":{port}/"),
-            &format!(":{}/", listener.local_addr()?.port()),
-            1,
-        );
-        ensure!(proxied != url, "no port to replace in {url}");
-        let (hold, holding) = tokio::sync::watch::channel(false);
-        let held = Arc::new(AtomicUsize::new(0));
-        let counter = Arc::clone(&held);
-        tokio::spawn(async move {
-            while let Ok((client, _)) = listener.accept().await {
-                let Ok(server) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await else {
-                    return;
-                };
-                let (mut from_client, mut to_client) = client.into_split();
-                let (mut from_server, mut to_server) = server.into_split();
-                tokio::spawn(async move {
-                    let _ = tokio::io::copy(&mut from_client, &mut to_server).await;
-                    let _ = to_server.shutdown().await;
-                });
-                let (mut holding, counter) = (holding.clone(), Arc::clone(&counter));
-                tokio::spawn(async move {
-                    let mut buffer = vec![0; 64 * 1024];
-                    loop {
-                        let read = match from_server.read(&mut buffer).await {
-                            Ok(0) | Err(_) => break,
-                            Ok(read) => read,
-                        };
-                        if *holding.borrow() {
-                            counter.fetch_add(read, Ordering::Release);
-                        }
-                        let released = holding.wait_for(|hold| !hold).await.is_ok();
-                        if !released || to_client.write_all(&buffer[..read]).await.is_err() {
-                            break;
-                        }
-                    }
-                    let _ = to_client.shutdown().await;
-                });
-            }
-        });
+        let faults = FaultProxy::start(port).await?;
         Ok(Self {
-            url: proxied,
-            hold,
-            held,
+            url: faults.url_for(url, port)?,
+            faults,
         })
     }
 
     /// Holds the server's responses back from now on.
     fn hold(&self) {
-        self.held.store(0, Ordering::Release);
-        self.hold.send_replace(true);
+        self.faults.hold_responses();
     }
 
     /// Waits until the server has responded to something since [`Proxy::hold`] (so it ran
     /// it), for up to `timeout`.
     async fn responded(&self, timeout: Duration) -> anyhow::Result<()> {
-        bemi_tests::wait_until("a response held back", timeout, || async {
-            Ok((self.held.load(Ordering::Acquire) > 0).then_some(()))
-        })
-        .await
+        self.faults.responded(timeout).await
     }
 
     /// Lets the responses through again.
     fn release(&self) {
-        self.hold.send_replace(false);
+        self.faults.release_responses();
     }
 }
 
@@ -662,6 +614,25 @@ async fn diesel_async_dropped_write_outside_a_transaction_leaves_none_open(
 }
 e2e_test!(diesel_async_dropped_write_outside_a_transaction_leaves_none_open);
 
+/// Runs each of `steps`: a write of a new task (named after `prefix`) by `write`, in the step's
+/// context, cut short as the step says; notes each in `writes`.
+async fn run_steps<T, E: Into<anyhow::Error>>(
+    steps: &[(Given, Cancel)],
+    prefix: &str,
+    writes: &mut Vec<Written>,
+    mut write: impl AsyncFnMut(String) -> Result<T, E>,
+) -> TestResult {
+    for &(given, cancel) in steps {
+        let task = next_task(prefix);
+        let done = run(given.scope(write(task.clone())), cancel)
+            .await
+            .transpose()
+            .map_err(Into::into)?;
+        writes.push(written(&task, given, done.is_some()));
+    }
+    Ok(())
+}
+
 fn written(task: &str, given: Given, finished: bool) -> Written {
     Written {
         task: task.to_owned(),
@@ -694,28 +665,16 @@ async fn sqlx_cancelled_writes_keep_every_row_to_its_own_context(
             let mut writes = Vec::new();
             if case.in_transaction {
                 let mut tx = pool.begin().await?;
-                for &(given, cancel) in &case.steps {
-                    let task = next_task("s");
-                    let done = run(
-                        given.scope(sqlx_write(Target::Tx(&mut tx), returning, task.clone())),
-                        cancel,
-                    )
-                    .await
-                    .transpose()?;
-                    writes.push(written(&task, given, done.is_some()));
-                }
+                run_steps(&case.steps, "s", &mut writes, async |task| {
+                    sqlx_write(Target::Tx(&mut tx), returning, task).await
+                })
+                .await?;
                 tx.commit().await?;
             } else {
-                for &(given, cancel) in &case.steps {
-                    let task = next_task("s");
-                    let done = run(
-                        given.scope(sqlx_write(Target::Pool(pool), returning, task.clone())),
-                        cancel,
-                    )
-                    .await
-                    .transpose()?;
-                    writes.push(written(&task, given, done.is_some()));
-                }
+                run_steps(&case.steps, "s", &mut writes, async |task| {
+                    sqlx_write(Target::Pool(pool), returning, task).await
+                })
+                .await?;
             }
             // The pool's next user of the connection.
             let mut tx = pool.begin().await?;
@@ -854,20 +813,16 @@ async fn tp_owned_case(
     let prepared = client.prepare(INSERT).await?;
     if case.in_transaction {
         let tx = client.transaction().await?;
-        for &(given, cancel) in &case.steps {
-            let task = next_task("t");
-            let write = tp_write!(&tx, method, &prepared, task.clone());
-            let done = run(given.scope(write), cancel).await.transpose()?;
-            writes.push(written(&task, given, done.is_some()));
-        }
+        run_steps(&case.steps, "t", writes, async |task| {
+            tp_write!(&tx, method, &prepared, task).await
+        })
+        .await?;
         tx.commit().await?;
     } else {
-        for &(given, cancel) in &case.steps {
-            let task = next_task("t");
-            let write = tp_write!(&*client, method, &prepared, task.clone());
-            let done = run(given.scope(write), cancel).await.transpose()?;
-            writes.push(written(&task, given, done.is_some()));
-        }
+        run_steps(&case.steps, "t", writes, async |task| {
+            tp_write!(&*client, method, &prepared, task).await
+        })
+        .await?;
     }
     Ok(())
 }
@@ -882,22 +837,18 @@ async fn tp_borrowed_case(
     if case.in_transaction {
         let tx = client.transaction().await?;
         let bemi = BorrowedTransaction::new(&tx);
-        for &(given, cancel) in &case.steps {
-            let task = next_task("t");
-            let write = tp_write!(&bemi, method, &prepared, task.clone());
-            let done = run(given.scope(write), cancel).await.transpose()?;
-            writes.push(written(&task, given, done.is_some()));
-        }
+        run_steps(&case.steps, "t", writes, async |task| {
+            tp_write!(&bemi, method, &prepared, task).await
+        })
+        .await?;
         drop(bemi);
         tx.commit().await?;
     } else {
         let bemi = BorrowedClient::new(&*client);
-        for &(given, cancel) in &case.steps {
-            let task = next_task("t");
-            let write = tp_write!(&bemi, method, &prepared, task.clone());
-            let done = run(given.scope(write), cancel).await.transpose()?;
-            writes.push(written(&task, given, done.is_some()));
-        }
+        run_steps(&case.steps, "t", writes, async |task| {
+            tp_write!(&bemi, method, &prepared, task).await
+        })
+        .await?;
     }
     Ok(())
 }
@@ -975,20 +926,16 @@ async fn seaorm_cancelled_writes_keep_every_row_to_its_own_context(
                 for in_transaction in [case.in_transaction, false].into_iter().take(1 + index) {
                     if in_transaction {
                         let tx = orm.begin().await?;
-                        for &(given, cancel) in &case.steps {
-                            let task = next_task("o");
-                            let write = seaorm_write(&tx, method, task.clone());
-                            let done = run(given.scope(write), cancel).await.transpose()?;
-                            writes.push(written(&task, given, done.is_some()));
-                        }
+                        run_steps(&case.steps, "o", &mut writes, async |task| {
+                            seaorm_write(&tx, method, task).await
+                        })
+                        .await?;
                         tx.commit().await?;
                     } else {
-                        for &(given, cancel) in &case.steps {
-                            let task = next_task("o");
-                            let write = seaorm_write(&orm, method, task.clone());
-                            let done = run(given.scope(write), cancel).await.transpose()?;
-                            writes.push(written(&task, given, done.is_some()));
-                        }
+                        run_steps(&case.steps, "o", &mut writes, async |task| {
+                            seaorm_write(&orm, method, task).await
+                        })
+                        .await?;
                     }
                 }
             }
@@ -1087,12 +1034,10 @@ async fn diesel_case(
     if case.in_transaction {
         AnsiTransactionManager::begin_transaction(&mut *conn).await?;
     }
-    for &(given, cancel) in &case.steps {
-        let task = next_task("d");
-        let write = async { diesel_insert(conn, &task, method).await };
-        let done = run(given.scope(write), cancel).await.transpose()?;
-        writes.push(written(&task, given, done.is_some()));
-    }
+    run_steps(&case.steps, "d", writes, async |task| {
+        diesel_insert(conn, &task, method).await
+    })
+    .await?;
     if case.in_transaction {
         AnsiTransactionManager::commit_transaction(&mut *conn).await?;
     }

@@ -182,8 +182,7 @@ async fn a_kill_9_inside_a_mixed_transaction_loses_and_duplicates_nothing(
         stored_before_kill < expected,
         "the kill came too late to test anything: {stored_before_kill} of {expected} stored"
     );
-    worker.signal(libc::SIGKILL)?;
-    worker.wait(Duration::from_secs(30)).await?;
+    worker.kill().await?;
     db.exec("DROP TRIGGER slow_down ON changes").await?;
     let mut worker = Background::start(&["worker"], &envs)?;
     wait_until(
@@ -196,8 +195,7 @@ async fn a_kill_9_inside_a_mixed_transaction_loses_and_duplicates_nothing(
         },
     )
     .await?;
-    worker.signal(libc::SIGTERM)?;
-    worker.wait(Duration::from_secs(60)).await?;
+    worker.terminate().await?;
 
     let changes = stored_changes(&db).await?;
     let updates: Vec<_> = changes.iter().filter(|c| c.operation == "UPDATE").collect();

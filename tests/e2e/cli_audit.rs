@@ -2,7 +2,6 @@
 //! `bemi worker --partition-by month`, as processes, on changes captured by a real worker.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::{Context as _, ensure};
 use bemi_audit::{Change, Operation};
@@ -621,9 +620,7 @@ async fn worker_partitions_by_month_and_prune_detaches_old_months(
         own == 0,
         "the worker captured {own} changes of other tables"
     );
-    worker.signal(libc::SIGTERM)?;
-    let status = worker.wait(Duration::from_secs(60)).await?;
-    ensure!(status.code() == Some(0), "{status}: {}", worker.stderr());
+    worker.terminate().await?;
     Ok(())
 }
 e2e_test!(worker_partitions_by_month_and_prune_detaches_old_months);

@@ -420,9 +420,7 @@ async fn changes_follow_prints_changes_made_after_it_started(
 
     // Ctrl-C stops a follower cleanly.
     for follower in [&mut json, &mut pretty] {
-        follower.signal(libc::SIGINT)?;
-        let status = follower.wait(Duration::from_secs(30)).await?;
-        ensure!(status.code() == Some(0), "{status}: {}", follower.stderr());
+        follower.interrupt().await?;
     }
     worker.stop().await?;
     Ok(())
@@ -511,9 +509,7 @@ async fn changes_follow_prints_a_change_that_arrives_after_a_later_one(
         tasks == ["existing", "later", "earlier", "last"],
         "each change once: {tasks:?}"
     );
-    json.signal(libc::SIGINT)?;
-    let status = json.wait(Duration::from_secs(30)).await?;
-    ensure!(status.code() == Some(0), "{status}: {}", json.stderr());
+    json.interrupt().await?;
     Ok(())
 }
 e2e_test!(changes_follow_prints_a_change_that_arrives_after_a_later_one);
@@ -600,9 +596,7 @@ async fn changes_follow_after_a_large_transaction_prints_only_new_changes(
         peak_kb < 40 * 1024,
         "the follower's peak memory is {peak_kb} kB"
     );
-    json.signal(libc::SIGINT)?;
-    let status = json.wait(Duration::from_secs(30)).await?;
-    ensure!(status.code() == Some(0), "{status}: {}", json.stderr());
+    json.interrupt().await?;
     Ok(())
 }
 e2e_test!(changes_follow_after_a_large_transaction_prints_only_new_changes);

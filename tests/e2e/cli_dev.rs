@@ -81,9 +81,7 @@ async fn dev_captures_into_a_throwaway_database_removed_on_ctrl_c(
         rebound.status()
     );
 
-    dev.signal(libc::SIGINT)?;
-    let status = dev.wait(Duration::from_secs(90)).await?;
-    ensure!(status.code() == Some(0), "{status}: {}", dev.stderr());
+    dev.interrupt().await?;
     ensure!(
         !std::path::Path::new(&data_dir).exists(),
         "{data_dir} is still there"

@@ -5,7 +5,8 @@ use std::process::{ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context as _, bail};
+use anyhow::{Context as _, bail, ensure};
+use bemi_tests::TestResult;
 use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, BufReader, Lines};
 use tokio::process::{ChildStdout, Command};
 
@@ -14,6 +15,8 @@ pub(crate) const BEMI: &str = env!("CARGO_BIN_EXE_bemi-e2e");
 
 /// How long a command that should finish may take.
 const RUN_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long a process may take to exit after SIGTERM or SIGINT.
+const CLEAN_EXIT_DEADLINE: Duration = Duration::from_secs(90);
 
 /// What a finished command printed.
 #[derive(Debug)]
@@ -190,6 +193,31 @@ impl Background {
                 .context("stderr stayed open after the process exited")??;
         }
         Ok(status)
+    }
+
+    /// Stops it with SIGTERM and fails unless it exits with status 0 within a minute (naming its
+    /// stderr): how `bemi worker`, `store` and `ui` must end.
+    pub(crate) async fn terminate(&mut self) -> TestResult {
+        self.exit_cleanly_on(libc::SIGTERM).await
+    }
+
+    /// Stops it with SIGINT (Ctrl-C) and fails unless it exits with status 0 within a minute.
+    pub(crate) async fn interrupt(&mut self) -> TestResult {
+        self.exit_cleanly_on(libc::SIGINT).await
+    }
+
+    async fn exit_cleanly_on(&mut self, signal: libc::c_int) -> TestResult {
+        self.signal(signal)?;
+        let status = self.wait(CLEAN_EXIT_DEADLINE).await?;
+        ensure!(status.code() == Some(0), "{status}: {}", self.stderr());
+        Ok(())
+    }
+
+    /// Kills it (SIGKILL) and reaps it.
+    pub(crate) async fn kill(&mut self) -> TestResult {
+        self.signal(libc::SIGKILL)?;
+        self.wait(Duration::from_secs(30)).await?;
+        Ok(())
     }
 
     /// Whether it has exited (without waiting).

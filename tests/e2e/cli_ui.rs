@@ -61,9 +61,7 @@ async fn ui_needs_a_token_off_loopback_and_serves_with_one(
         revert.status() == reqwest::StatusCode::FORBIDDEN,
         "no --allow-revert"
     );
-    ui.signal(libc::SIGTERM)?;
-    let status = ui.wait(Duration::from_secs(30)).await?;
-    ensure!(status.code() == Some(0), "{status}: {}", ui.stderr());
+    ui.terminate().await?;
 
     // Without a token only loopback names are served (DNS rebinding); --public-url names
     // another, and then only that one.
@@ -103,8 +101,7 @@ async fn ui_needs_a_token_off_loopback_and_serves_with_one(
             misdirected.status()
         );
         ensure!(misdirected.text().await?.contains("--public-url"));
-        ui.signal(libc::SIGTERM)?;
-        ui.wait(Duration::from_secs(30)).await?;
+        ui.terminate().await?;
     }
     Ok(())
 }

@@ -101,13 +101,7 @@ async fn worker_binary_captures_serves_metrics_and_exits_0_on_sigterm(
     .await?;
     ensure!(metrics.contains("bemi_connected 1"), "{metrics}");
 
-    worker.signal(libc::SIGTERM)?;
-    let status = worker.wait(Duration::from_secs(60)).await?;
-    ensure!(
-        status.code() == Some(0),
-        "{status}; stderr: {}",
-        worker.stderr()
-    );
+    worker.terminate().await?;
     let logs = worker.stderr();
     ensure!(
         logs.contains("starting the capture worker") && logs.contains("stopped cleanly"),

@@ -8,12 +8,16 @@ use std::time::{Duration, SystemTime};
 use anyhow::{Context as _, ensure};
 use bemi_core::context;
 use bemi_dev::{LaunchOptions, NatsServer};
+use bemi_tests::proxy::FaultProxy;
 use bemi_tests::{
     TestCluster, TestDb, TestResult, ctx, private_cluster, private_database, wait_until,
 };
 use serde_json::{Value, json};
 
 use crate::cli_support::{Background, free_port};
+
+/// The table most NATS tests write to.
+const ITEMS: &str = "CREATE TABLE items (id bigint PRIMARY KEY)";
 
 /// How many changes the `changes` table of `audit` holds (none while it is unreachable).
 async fn stored(audit: &TestDb) -> i64 {
@@ -69,6 +73,39 @@ fn start_store_with(
     Background::start(&["store"], &envs)
 }
 
+/// The parts of a NATS pipeline test: a tracked source database (`NAME`), the destination
+/// (`NAME_audit`), a nats-server, its URL, and an address for a store's metrics.
+struct Pipeline {
+    source: TestDb,
+    audit: TestDb,
+    nats: NatsServer,
+    url: String,
+    store_metrics: String,
+}
+
+impl Pipeline {
+    /// Creates the databases (`ddl` run in the source, tracking installed) and starts nats-server.
+    async fn start(cluster: &TestCluster, name: &str, ddl: &str) -> anyhow::Result<Self> {
+        let source = tracked_source(cluster, name, ddl).await?;
+        let audit = cluster.database(&format!("{name}_audit")).await?;
+        let nats = start_nats().await?;
+        Ok(Self {
+            source,
+            audit,
+            url: nats.url(),
+            nats,
+            store_metrics: format!("127.0.0.1:{}", free_port()?),
+        })
+    }
+}
+
+/// The capture process, publishing into `nats`, once its slot streams.
+async fn streaming_worker(source: &TestDb, nats: &str) -> anyhow::Result<Background> {
+    let mut worker = start_worker(source, nats)?;
+    wait_for_slot(source, &mut worker).await?;
+    Ok(worker)
+}
+
 /// Waits until the worker's slot streams (so that writes from now on are captured).
 async fn wait_for_slot(source: &TestDb, worker: &mut Background) -> TestResult {
     let slot = format!("bemi_{}", source.name);
@@ -93,12 +130,6 @@ async fn wait_for_slot(source: &TestDb, worker: &mut Background) -> TestResult {
     .await
 }
 
-async fn kill(process: &mut Background) -> TestResult {
-    process.signal(libc::SIGKILL)?;
-    process.wait(Duration::from_secs(30)).await?;
-    Ok(())
-}
-
 /// A metric's value on a Prometheus endpoint (`None` while it does not answer).
 async fn metric(addr: &str, name: &str) -> Option<f64> {
     let body = reqwest::get(format!("http://{addr}/metrics"))
@@ -117,18 +148,19 @@ async fn through_nats_every_change_is_stored_once_across_kills_and_a_server_rest
     const WRITERS: i64 = 4;
     const PER_WRITER: i64 = 5_000;
     const TOTAL: i64 = WRITERS * PER_WRITER;
-    let source = tracked_source(
+    let Pipeline {
+        source,
+        audit,
+        mut nats,
+        url,
+        store_metrics,
+    } = Pipeline::start(
         &cluster,
         "nats_chaos",
         "CREATE TABLE items (id bigint PRIMARY KEY, writer int NOT NULL, n int NOT NULL)",
     )
     .await?;
-    let audit = cluster.database("nats_chaos_audit").await?;
-    let mut nats = start_nats().await?;
-    let url = nats.url();
-    let store_metrics = format!("127.0.0.1:{}", free_port()?);
-    let mut worker = start_worker(&source, &url)?;
-    wait_for_slot(&source, &mut worker).await?;
+    let mut worker = streaming_worker(&source, &url).await?;
     let mut store = start_store(&audit, &url, &store_metrics)?;
 
     let writers: Vec<_> = (0..WRITERS)
@@ -177,11 +209,11 @@ async fn through_nats_every_change_is_stored_once_across_kills_and_a_server_rest
         .with_context(|| format!("faults so far: {log:?}; store: {}", store.stderr()))?;
         match done {
             0 => {
-                kill(&mut worker).await?;
+                worker.kill().await?;
                 worker = start_worker(&source, &url)?;
             }
             1 => {
-                kill(&mut store).await?;
+                store.kill().await?;
                 store = start_store(&audit, &url, &store_metrics)?;
             }
             2 => {
@@ -193,8 +225,8 @@ async fn through_nats_every_change_is_stored_once_across_kills_and_a_server_rest
                 .await??;
             }
             _ => {
-                kill(&mut worker).await?;
-                kill(&mut store).await?;
+                worker.kill().await?;
+                store.kill().await?;
                 worker = start_worker(&source, &url)?;
                 store = start_store(&audit, &url, &store_metrics)?;
             }
@@ -240,18 +272,8 @@ async fn through_nats_every_change_is_stored_once_across_kills_and_a_server_rest
         named == TOTAL,
         "{named} of {TOTAL} changes name the source {cluster}"
     );
-    worker.signal(libc::SIGTERM)?;
-    store.signal(libc::SIGTERM)?;
-    ensure!(
-        worker.wait(Duration::from_secs(60)).await?.success(),
-        "{}",
-        worker.stderr()
-    );
-    ensure!(
-        store.wait(Duration::from_secs(60)).await?.success(),
-        "{}",
-        store.stderr()
-    );
+    worker.terminate().await?;
+    store.terminate().await?;
     drop(nats);
     Ok(())
 }
@@ -260,18 +282,12 @@ e2e_test!(through_nats_every_change_is_stored_once_across_kills_and_a_server_res
 async fn through_nats_a_destination_outage_is_held_by_the_stream_not_the_slot(
     cluster: Arc<TestCluster>,
 ) -> TestResult {
-    let source = tracked_source(
-        &cluster,
-        "nats_outage",
-        "CREATE TABLE items (id bigint PRIMARY KEY)",
-    )
-    .await?;
+    let source = tracked_source(&cluster, "nats_outage", ITEMS).await?;
     let mut pg = private_cluster(LaunchOptions::default()).await?;
     let audit = private_database(&pg, "nats_outage_audit").await?;
     let nats = start_nats().await?;
     let store_metrics = format!("127.0.0.1:{}", free_port()?);
-    let mut worker = start_worker(&source, &nats.url())?;
-    wait_for_slot(&source, &mut worker).await?;
+    let mut worker = streaming_worker(&source, &nats.url()).await?;
     let mut store = start_store(&audit, &nats.url(), &store_metrics)?;
     let insert = |ids: std::ops::RangeInclusive<i64>| {
         let pool = source.pool.clone();
@@ -366,10 +382,8 @@ async fn through_nats_a_destination_outage_is_held_by_the_stream_not_the_slot(
         "{}",
         store.stderr()
     );
-    worker.signal(libc::SIGTERM)?;
-    store.signal(libc::SIGTERM)?;
-    worker.wait(Duration::from_secs(60)).await?;
-    store.wait(Duration::from_secs(60)).await?;
+    worker.terminate().await?;
+    store.terminate().await?;
     audit.pool.close().await;
     tokio::task::spawn_blocking(move || drop(pg)).await?;
     Ok(())
@@ -393,8 +407,7 @@ async fn through_nats_two_stores_share_the_partitions_and_keep_each_rows_order(
         format!("127.0.0.1:{}", free_port()?),
         format!("127.0.0.1:{}", free_port()?),
     );
-    let mut worker = start_worker(&source, &nats.url())?;
-    wait_for_slot(&source, &mut worker).await?;
+    let mut worker = streaming_worker(&source, &nats.url()).await?;
     let mut first = start_store(&audit, &nats.url(), &first_metrics)?;
     let mut second = start_store(&audit, &nats.url(), &second_metrics)?;
     wait_until(
@@ -470,8 +483,7 @@ async fn through_nats_two_stores_share_the_partitions_and_keep_each_rows_order(
         "stored: {a:?} and {b:?}"
     );
     for process in [&mut worker, &mut first, &mut second] {
-        process.signal(libc::SIGTERM)?;
-        process.wait(Duration::from_secs(60)).await?;
+        process.terminate().await?;
     }
     drop(nats);
     Ok(())
@@ -548,12 +560,7 @@ async fn each_once(audit: &TestDb, ids: std::ops::RangeInclusive<i64>) -> TestRe
 async fn through_nats_a_stream_purged_or_created_again_loses_and_duplicates_nothing(
     cluster: Arc<TestCluster>,
 ) -> TestResult {
-    let source = tracked_source(
-        &cluster,
-        "nats_reset",
-        "CREATE TABLE items (id bigint PRIMARY KEY)",
-    )
-    .await?;
+    let source = tracked_source(&cluster, "nats_reset", ITEMS).await?;
     let audit = cluster.database("nats_reset_audit").await?;
     // The tables of an earlier version of the store, with positions in a stream long gone and
     // a message it set aside: brought up to date, the positions noticed as another stream's.
@@ -574,8 +581,7 @@ async fn through_nats_a_stream_purged_or_created_again_loses_and_duplicates_noth
     let mut nats = start_nats().await?;
     let url = nats.url();
     let store_metrics = format!("127.0.0.1:{}", free_port()?);
-    let mut worker = start_worker(&source, &url)?;
-    wait_for_slot(&source, &mut worker).await?;
+    let mut worker = streaming_worker(&source, &url).await?;
     let mut store = start_store(&audit, &url, &store_metrics)?;
     insert_items(&source, 1..=50).await?;
     wait_stored(&audit, 50, &store).await?;
@@ -614,12 +620,10 @@ async fn through_nats_a_stream_purged_or_created_again_loses_and_duplicates_noth
     // Lost: both stopped, the stream deleted (an empty volume), both started again. Its
     // sequences start again at 1, below the positions the store recorded for the old one.
     for process in [&mut worker, &mut store] {
-        process.signal(libc::SIGTERM)?;
-        process.wait(Duration::from_secs(60)).await?;
+        process.terminate().await?;
     }
     jetstream(&url).await?.delete_stream("bemi").await?;
-    worker = start_worker(&source, &url)?;
-    wait_for_slot(&source, &mut worker).await?;
+    worker = streaming_worker(&source, &url).await?;
     store = start_store(&audit, &url, &store_metrics)?;
     insert_items(&source, 101..=150).await?;
     wait_stored(&audit, 150, &store).await?;
@@ -646,12 +650,7 @@ async fn through_nats_a_stream_purged_or_created_again_loses_and_duplicates_noth
         store.stderr()
     );
     for process in [&mut worker, &mut store] {
-        process.signal(libc::SIGTERM)?;
-        ensure!(
-            process.wait(Duration::from_secs(60)).await?.success(),
-            "{}",
-            process.stderr()
-        );
+        process.terminate().await?;
     }
     drop(nats);
     Ok(())
@@ -661,18 +660,14 @@ e2e_test!(through_nats_a_stream_purged_or_created_again_loses_and_duplicates_not
 async fn through_nats_a_message_the_destination_refuses_is_set_aside_and_its_partition_goes_on(
     cluster: Arc<TestCluster>,
 ) -> TestResult {
-    let source = tracked_source(
-        &cluster,
-        "nats_poison",
-        "CREATE TABLE items (id bigint PRIMARY KEY)",
-    )
-    .await?;
-    let audit = cluster.database("nats_poison_audit").await?;
-    let nats = start_nats().await?;
-    let url = nats.url();
-    let store_metrics = format!("127.0.0.1:{}", free_port()?);
-    let mut worker = start_worker(&source, &url)?;
-    wait_for_slot(&source, &mut worker).await?;
+    let Pipeline {
+        source,
+        audit,
+        nats,
+        url,
+        store_metrics,
+    } = Pipeline::start(&cluster, "nats_poison", ITEMS).await?;
+    let mut worker = streaming_worker(&source, &url).await?;
     // Changes, then in every partition a message whose context `jsonb` refuses (`\u0000`,
     // SQLSTATE 22P05), then more changes: the store, started last, gets them in mixed batches.
     insert_items(&source, 1..=20).await?;
@@ -728,86 +723,12 @@ async fn through_nats_a_message_the_destination_refuses_is_set_aside_and_its_par
     js.publish("bemi.changes.0", fixed.into()).await?.await?;
     wait_stored(&audit, 41, &store).await?;
     for process in [&mut worker, &mut store] {
-        process.signal(libc::SIGTERM)?;
-        process.wait(Duration::from_secs(60)).await?;
+        process.terminate().await?;
     }
     drop(nats);
     Ok(())
 }
 e2e_test!(through_nats_a_message_the_destination_refuses_is_set_aside_and_its_partition_goes_on);
-
-/// A TCP proxy to nats-server that forwards at most `limit` bytes from its clients (all
-/// connections together), then holds the rest: a capture cut off in the middle of a publish.
-struct CutProxy {
-    port: u16,
-    forwarded: Arc<std::sync::atomic::AtomicUsize>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl CutProxy {
-    async fn start(upstream: u16, limit: usize) -> anyhow::Result<Self> {
-        use std::sync::atomic::{AtomicUsize, Ordering};
-        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let port = listener.local_addr()?.port();
-        let forwarded = Arc::new(AtomicUsize::new(0));
-        let task = tokio::spawn({
-            let forwarded = Arc::clone(&forwarded);
-            async move {
-                while let Ok((client, _)) = listener.accept().await {
-                    let Ok(server) = tokio::net::TcpStream::connect(("127.0.0.1", upstream)).await
-                    else {
-                        continue;
-                    };
-                    let (mut client_read, mut client_write) = client.into_split();
-                    let (mut server_read, mut server_write) = server.into_split();
-                    tokio::spawn(async move {
-                        let _ = tokio::io::copy(&mut server_read, &mut client_write).await;
-                    });
-                    let forwarded = Arc::clone(&forwarded);
-                    tokio::spawn(async move {
-                        let mut buffer = vec![0u8; 64 * 1024];
-                        loop {
-                            let left = limit.saturating_sub(forwarded.load(Ordering::SeqCst));
-                            if left == 0 {
-                                // Hold the connection open, forwarding nothing more.
-                                std::future::pending::<()>().await;
-                            }
-                            let n = match client_read.read(&mut buffer[..left.min(64 * 1024)]).await
-                            {
-                                Ok(0) | Err(_) => return,
-                                Ok(n) => n,
-                            };
-                            forwarded.fetch_add(n, Ordering::SeqCst);
-                            if server_write.write_all(&buffer[..n]).await.is_err() {
-                                return;
-                            }
-                        }
-                    });
-                }
-            }
-        });
-        Ok(Self {
-            port,
-            forwarded,
-            task,
-        })
-    }
-
-    fn url(&self) -> String {
-        format!("nats://127.0.0.1:{}", self.port)
-    }
-
-    fn forwarded(&self) -> usize {
-        self.forwarded.load(std::sync::atomic::Ordering::SeqCst)
-    }
-}
-
-impl Drop for CutProxy {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
 
 /// The `body` of `blobs` row `id`, as (length, md5), in the source and in `changes`.
 async fn blob(
@@ -834,18 +755,19 @@ async fn through_nats_changes_of_2_and_30_mb_are_stored_whole_across_kills_betwe
     cluster: Arc<TestCluster>,
 ) -> TestResult {
     const MB: i64 = 1_000_000;
-    let source = tracked_source(
+    let Pipeline {
+        source,
+        audit,
+        nats,
+        url,
+        store_metrics,
+    } = Pipeline::start(
         &cluster,
         "nats_large",
         "CREATE TABLE blobs (id bigint PRIMARY KEY, body text NOT NULL)",
     )
     .await?;
-    let audit = cluster.database("nats_large_audit").await?;
-    let nats = start_nats().await?;
-    let url = nats.url();
-    let store_metrics = format!("127.0.0.1:{}", free_port()?);
-    let mut worker = start_worker(&source, &url)?;
-    wait_for_slot(&source, &mut worker).await?;
+    let mut worker = streaming_worker(&source, &url).await?;
     let mut store = start_store(&audit, &url, &store_metrics)?;
     // nats-server's default max_payload is 1 MB: these take 2 and 30 parts (or more).
     let insert = |id: i64, bytes: i64| {
@@ -883,16 +805,17 @@ async fn through_nats_changes_of_2_and_30_mb_are_stored_whole_across_kills_betwe
 
     // The capture cut off after some parts of a 30 MB change, and killed; the store killed
     // while it holds those parts.
-    kill(&mut worker).await?;
-    kill(&mut store).await?;
-    let proxy = CutProxy::start(nats.port(), 5 * 1024 * 1024).await?;
-    worker = start_worker(&source, &proxy.url())?;
-    wait_for_slot(&source, &mut worker).await?;
+    worker.kill().await?;
+    store.kill().await?;
+    // Through a proxy that passes the first 5 MB of the capture's bytes and then holds the rest.
+    let proxy = FaultProxy::start(nats.port()).await?;
+    proxy.cut_requests_after(5 * 1024 * 1024);
+    worker = streaming_worker(&source, &proxy.url_for(&url, nats.port())?).await?;
     insert(4, 30 * MB).await?;
     wait_until(
         "the capture to be cut off",
         Duration::from_secs(60),
-        || async { Ok((proxy.forwarded() >= 5 * 1024 * 1024).then_some(())) },
+        || async { Ok((proxy.forwarded_bytes() >= 5 * 1024 * 1024).then_some(())) },
     )
     .await?;
     wait_until(
@@ -901,7 +824,7 @@ async fn through_nats_changes_of_2_and_30_mb_are_stored_whole_across_kills_betwe
         || async { Ok((in_stream(&url).await >= 3).then_some(())) },
     )
     .await?;
-    kill(&mut worker).await?;
+    worker.kill().await?;
     drop(proxy);
     store = start_store(&audit, &url, &store_metrics)?;
     let parts = wait_until(
@@ -915,7 +838,7 @@ async fn through_nats_changes_of_2_and_30_mb_are_stored_whole_across_kills_betwe
     )
     .await
     .with_context(|| store.stderr())?;
-    kill(&mut store).await?;
+    store.kill().await?;
     ensure!(in_stream(&url).await == parts, "the parts left the stream");
     ensure!(stored(&audit).await == 3);
 
@@ -933,12 +856,7 @@ async fn through_nats_changes_of_2_and_30_mb_are_stored_whole_across_kills_betwe
     .await?;
     ensure!(stored(&audit).await == 4);
     for process in [&mut worker, &mut store] {
-        process.signal(libc::SIGTERM)?;
-        ensure!(
-            process.wait(Duration::from_secs(60)).await?.success(),
-            "{}",
-            process.stderr()
-        );
+        process.terminate().await?;
     }
     drop(nats);
     Ok(())
@@ -990,12 +908,7 @@ async fn through_nats_passwords_tokens_nkeys_credentials_and_tls_reach_servers_t
 ) -> TestResult {
     const PASSWORD: &str = "pw-S3CRET";
     const TOKEN: &str = "t0ken-S3CRET";
-    let source = tracked_source(
-        &cluster,
-        "nats_auth",
-        "CREATE TABLE items (id bigint PRIMARY KEY)",
-    )
-    .await?;
+    let source = tracked_source(&cluster, "nats_auth", ITEMS).await?;
     let audit = cluster.database("nats_auth_audit").await?;
     let store_metrics = format!("127.0.0.1:{}", free_port()?);
     let files = tempfile::tempdir()?;
@@ -1046,10 +959,9 @@ authorization {{ user: "bemi", password: "{PASSWORD}" }}"#
         said.contains("tls://bemi:***@127.0.0.1") && said.contains("refused the credentials"),
         "{said}"
     );
-    kill(&mut refused).await?;
+    refused.kill().await?;
     for process in [&mut worker, &mut store] {
-        process.signal(libc::SIGTERM)?;
-        process.wait(Duration::from_secs(60)).await?;
+        process.terminate().await?;
     }
     for said in [worker.stderr(), store.stderr(), refused.stderr()] {
         ensure!(!said.contains("S3CRET"), "a password shown: {said}");
@@ -1059,14 +971,12 @@ authorization {{ user: "bemi", password: "{PASSWORD}" }}"#
     // A token.
     let nats = start_nats_with(format!(r#"authorization {{ token: "{TOKEN}" }}"#)).await?;
     let url = format!("nats://{TOKEN}@127.0.0.1:{}", nats.port());
-    worker = start_worker(&source, &url)?;
-    wait_for_slot(&source, &mut worker).await?;
+    worker = streaming_worker(&source, &url).await?;
     store = start_store(&audit, &url, &store_metrics)?;
     insert_items(&source, 6..=10).await?;
     wait_stored(&audit, 10, &store).await?;
     for process in [&mut worker, &mut store] {
-        process.signal(libc::SIGTERM)?;
-        process.wait(Duration::from_secs(60)).await?;
+        process.terminate().await?;
         ensure!(!process.stderr().contains("S3CRET"), "{}", process.stderr());
         ensure!(
             process.stderr().contains("nats://***@127.0.0.1"),
@@ -1093,12 +1003,7 @@ authorization {{ user: "bemi", password: "{PASSWORD}" }}"#
     insert_items(&source, 11..=15).await?;
     wait_stored(&audit, 15, &store).await?;
     for process in [&mut worker, &mut store] {
-        process.signal(libc::SIGTERM)?;
-        ensure!(
-            process.wait(Duration::from_secs(60)).await?.success(),
-            "{}",
-            process.stderr()
-        );
+        process.terminate().await?;
     }
     drop(nats);
 
@@ -1169,12 +1074,7 @@ resolver_preload: {{ {}: "{account_jwt}", {system_pub}: "{system_jwt}" }}"#,
         .with_context(|| nats.log_tail())?;
     each_once(&audit, 1..=20).await?;
     for process in [&mut worker, &mut store] {
-        process.signal(libc::SIGTERM)?;
-        ensure!(
-            process.wait(Duration::from_secs(60)).await?.success(),
-            "{}",
-            process.stderr()
-        );
+        process.terminate().await?;
     }
     drop(nats);
     Ok(())

@@ -149,42 +149,33 @@ async fn seaorm_transactions_keep_each_statements_context(cluster: Arc<TestClust
     .await?;
 
     let txns = slot.read_transactions().await?;
-    let strip = |messages: &[Value]| -> Vec<Value> {
-        messages
-            .iter()
-            .map(|m| {
-                let mut m = m.clone();
-                m.as_object_mut().map(|o| o.remove("SQL"));
-                m
-            })
-            .collect()
-    };
     ensure!(txns.len() == 3, "{txns:#?}");
+    // (The savepoint's message went with it.)
+    ensure_transaction(&txns[0], &scoped_merged_then_outside(), 3)?;
+    ensure_transaction(&txns[1], &[], 1)?;
+    ensure_transaction(&txns[2], &[json!({"user_id": 3})], 1)
+}
+e2e_test!(seaorm_transactions_keep_each_statements_context);
+
+/// The contexts of the transactions tests: a write in `{"user_id": 1}`, one after merging
+/// `{"step": 2}`, one outside the scope (which inherits nothing).
+fn scoped_merged_then_outside() -> [Value; 3] {
+    [
+        json!({"user_id": 1}),
+        json!({"user_id": 1, "step": 2}),
+        json!({}),
+    ]
+}
+
+/// `txn` holds `rows` rows and exactly the messages `expected` (without the library's `SQL`
+/// key), in order.
+fn ensure_transaction(txn: &bemi_tests::wal::Txn, expected: &[Value], rows: usize) -> TestResult {
     ensure!(
-        strip(&txns[0].messages)
-            == [
-                json!({"user_id": 1}),
-                json!({"user_id": 1, "step": 2}),
-                // (The savepoint's message went with it.)
-                json!({})
-            ]
-            && txns[0].rows.len() == 3,
-        "{:#?}",
-        txns[0]
-    );
-    ensure!(
-        txns[1].messages.is_empty() && txns[1].rows.len() == 1,
-        "{:#?}",
-        txns[1]
-    );
-    ensure!(
-        strip(&txns[2].messages) == [json!({"user_id": 3})] && txns[2].rows.len() == 1,
-        "{:#?}",
-        txns[2]
+        contexts(txn) == expected && txn.rows.len() == rows,
+        "expected {rows} rows and {expected:?}: {txn:#?}"
     );
     Ok(())
 }
-e2e_test!(seaorm_transactions_keep_each_statements_context);
 
 /// The messages of each transaction, without the library's `SQL` key.
 fn contexts(txn: &bemi_tests::wal::Txn) -> Vec<Value> {
@@ -235,22 +226,8 @@ async fn diesel_transactions_keep_each_statements_context(cluster: Arc<TestClust
     .await??;
     let txns = slot.read_transactions().await?;
     ensure!(txns.len() == 2, "{txns:#?}");
-    ensure!(
-        contexts(&txns[0])
-            == [
-                json!({"user_id": 1}),
-                json!({"user_id": 1, "step": 2}),
-                json!({})
-            ]
-            && txns[0].rows.len() == 3,
-        "{:#?}",
-        txns[0]
-    );
-    ensure!(
-        txns[1].messages.is_empty() && txns[1].rows.len() == 1,
-        "{:#?}",
-        txns[1]
-    );
+    ensure_transaction(&txns[0], &scoped_merged_then_outside(), 3)?;
+    ensure_transaction(&txns[1], &[], 1)?;
     Ok(())
 }
 e2e_test!(diesel_transactions_keep_each_statements_context);
@@ -301,28 +278,9 @@ async fn diesel_async_transactions_keep_each_statements_context(
     .await?;
     let txns = slot.read_transactions().await?;
     ensure!(txns.len() == 3, "{txns:#?}");
-    ensure!(
-        contexts(&txns[0])
-            == [
-                json!({"user_id": 1}),
-                json!({"user_id": 1, "step": 2}),
-                json!({})
-            ]
-            && txns[0].rows.len() == 3,
-        "{:#?}",
-        txns[0]
-    );
-    ensure!(
-        txns[1].messages.is_empty() && txns[1].rows.len() == 1,
-        "{:#?}",
-        txns[1]
-    );
-    ensure!(
-        contexts(&txns[2]) == [json!({"user_id": 3})] && txns[2].rows.len() == 1,
-        "{:#?}",
-        txns[2]
-    );
-    Ok(())
+    ensure_transaction(&txns[0], &scoped_merged_then_outside(), 3)?;
+    ensure_transaction(&txns[1], &[], 1)?;
+    ensure_transaction(&txns[2], &[json!({"user_id": 3})], 1)
 }
 e2e_test!(diesel_async_transactions_keep_each_statements_context);
 

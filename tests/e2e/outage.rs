@@ -142,9 +142,7 @@ async fn a_destination_outage_loses_and_duplicates_nothing_and_reports_the_lag(
     )
     .await?;
 
-    worker.signal(libc::SIGTERM)?;
-    let status = worker.wait(Duration::from_secs(60)).await?;
-    ensure!(status.success(), "{status}: {}", worker.stderr());
+    worker.terminate().await?;
     destination.pool.close().await;
     tokio::task::spawn_blocking(move || drop(pg)).await?;
     Ok(())

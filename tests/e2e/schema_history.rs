@@ -4,7 +4,6 @@
 //! restarts after downtime decodes every change after the schema changes that followed it).
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::ensure;
 use bemi_tests::worker::{RunningWorker, StoredChange, wait_for_changes, worker_config};
@@ -120,6 +119,22 @@ fn check(changes: &[StoredChange]) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Runs `steps` of the scenario, in order.
+async fn run_steps(db: &TestDb, steps: &[&str]) -> TestResult {
+    for step in steps {
+        db.exec(step).await?;
+    }
+    Ok(())
+}
+
+/// Starts a worker, waits for every change of the scenario, stops it and [`check`]s them.
+async fn capture_and_check(db: &TestDb) -> TestResult {
+    let worker = RunningWorker::start(worker_config(db)).await?;
+    let changes = wait_for_changes(db, expected().len()).await?;
+    worker.stop().await?;
+    check(&changes)
+}
+
 async fn prepared_db(cluster: &TestCluster, hint: &str) -> anyhow::Result<TestDb> {
     let db = cluster.database(hint).await?;
     db.exec(TABLES).await?;
@@ -132,9 +147,7 @@ async fn keys_and_values_stay_as_of_each_change_while_streaming(
 ) -> TestResult {
     let db = prepared_db(&cluster, "history_streaming").await?;
     let worker = RunningWorker::start(worker_config(&db)).await?;
-    for step in STEPS {
-        db.exec(step).await?;
-    }
+    run_steps(&db, STEPS).await?;
     let changes = wait_for_changes(&db, expected().len()).await?;
     worker.stop().await?;
     check(&changes)
@@ -151,13 +164,8 @@ async fn keys_and_values_stay_as_of_each_change_after_downtime(
         .await?
         .stop()
         .await?;
-    for step in STEPS {
-        db.exec(step).await?;
-    }
-    let worker = RunningWorker::start(worker_config(&db)).await?;
-    let changes = wait_for_changes(&db, expected().len()).await?;
-    worker.stop().await?;
-    check(&changes)
+    run_steps(&db, STEPS).await?;
+    capture_and_check(&db).await
 }
 e2e_test!(keys_and_values_stay_as_of_each_change_after_downtime);
 
@@ -170,13 +178,8 @@ async fn a_migration_between_prepare_and_the_first_run_keeps_older_keys(
     bemi_worker::Worker::new(worker_config(&db))
         .prepare()
         .await?;
-    for step in STEPS {
-        db.exec(step).await?;
-    }
-    let worker = RunningWorker::start(worker_config(&db)).await?;
-    let changes = wait_for_changes(&db, expected().len()).await?;
-    worker.stop().await?;
-    check(&changes)
+    run_steps(&db, STEPS).await?;
+    capture_and_check(&db).await
 }
 e2e_test!(a_migration_between_prepare_and_the_first_run_keeps_older_keys);
 
@@ -190,19 +193,12 @@ async fn a_restart_in_the_middle_resumes_with_the_history_it_had(
         .await?;
     // The first half, captured; then the worker stops and the rest happens.
     let (first, rest) = STEPS.split_at(13);
-    for step in first {
-        db.exec(step).await?;
-    }
+    run_steps(&db, first).await?;
     let worker = RunningWorker::start(worker_config(&db)).await?;
     wait_for_changes(&db, 10).await?;
     worker.stop().await?;
-    for step in rest {
-        db.exec(step).await?;
-    }
-    let worker = RunningWorker::start(worker_config(&db)).await?;
-    let changes = wait_for_changes(&db, expected().len()).await?;
-    worker.stop().await?;
-    check(&changes)
+    run_steps(&db, rest).await?;
+    capture_and_check(&db).await
 }
 e2e_test!(a_restart_in_the_middle_resumes_with_the_history_it_had);
 
@@ -264,9 +260,7 @@ async fn without_the_event_trigger_the_worker_warns_and_reads_the_catalog(
         changes[0].primary_key.as_deref() == Some("1"),
         "{changes:#?}"
     );
-    worker.signal(libc::SIGTERM)?;
-    let status = worker.wait(Duration::from_secs(60)).await?;
-    ensure!(status.success(), "{status}: {}", worker.stderr());
+    worker.terminate().await?;
     owner.close().await;
     Ok(())
 }
@@ -506,9 +500,7 @@ async fn a_forged_schema_message_is_caught_and_keys_stay_right(
         metrics.contains("bemi_schema_mismatches_total 1"),
         "the forgery was not counted: {metrics}"
     );
-    worker.signal(libc::SIGTERM)?;
-    let status = worker.wait(Duration::from_secs(60)).await?;
-    ensure!(status.success(), "{status}: {}", worker.stderr());
+    worker.terminate().await?;
     let logs = worker.stderr();
     ensure!(
         logs.contains("does not match the WAL") && logs.contains("forged _bemi_schema message"),
@@ -524,9 +516,7 @@ async fn a_forged_schema_message_is_caught_and_keys_stay_right(
     wait_until_streaming(&metrics_addr, &mut worker).await?;
     let changes = wait_for_changes(&db, 4).await?;
     let metrics = scrape(&metrics_addr).await?;
-    worker.signal(libc::SIGTERM)?;
-    let status = worker.wait(Duration::from_secs(60)).await?;
-    ensure!(status.success(), "{status}: {}", worker.stderr());
+    worker.terminate().await?;
     let keys: Vec<Option<&str>> = changes.iter().map(|c| c.primary_key.as_deref()).collect();
     ensure!(
         keys == [Some("1"), Some("2"), Some("3"), Some("30")],

@@ -154,8 +154,7 @@ async fn kill_9_at_random_moments_loses_and_duplicates_nothing(
             },
         )
         .await?;
-        worker.signal(libc::SIGKILL)?;
-        worker.wait(Duration::from_secs(30)).await?;
+        worker.kill().await?;
         kills += 1;
         worker = start_worker(&envs)?;
         while let Some(done) = writers.try_join_next() {
@@ -179,13 +178,7 @@ async fn kill_9_at_random_moments_loses_and_duplicates_nothing(
         },
     )
     .await?;
-    worker.signal(libc::SIGTERM)?;
-    let status = worker.wait(Duration::from_secs(60)).await?;
-    ensure!(
-        status.success(),
-        "the last worker exited with {status}: {}",
-        worker.stderr()
-    );
+    worker.terminate().await?;
 
     let stored: Vec<(String, Option<String>)> =
         sqlx::query_as("SELECT operation, primary_key FROM changes WHERE \"table\" = 'events'")

@@ -54,12 +54,7 @@ async fn a_million_row_transaction_in_bounded_memory(cluster: Arc<TestCluster>) 
     })
     .await?;
     peak_kib = peak_kib.max(peak_rss_kib(pid).unwrap_or(0));
-    worker.signal(libc::SIGTERM)?;
-    ensure!(
-        worker.wait(Duration::from_secs(60)).await?.success(),
-        "{}",
-        worker.stderr()
-    );
+    worker.terminate().await?;
     let (stored, distinct): (i64, i64) =
         sqlx::query_as("SELECT count(*), count(DISTINCT primary_key) FROM changes")
             .fetch_one(&db.pool)

@@ -13,6 +13,7 @@ pub struct ReadmeDoctests;
 
 pub mod cluster;
 pub mod poll;
+pub mod proxy;
 pub mod wal;
 pub mod worker;
 
