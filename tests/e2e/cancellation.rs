@@ -30,7 +30,7 @@ use futures_util::FutureExt as _;
 use proptest::collection::vec;
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
-use serde_json::{Value, json};
+use serde_json::json;
 
 const INSERT: &str = "INSERT INTO todo (task) VALUES ($1)";
 const INSERT_RETURNING: &str = "INSERT INTO todo (task) VALUES ($1) RETURNING id";
@@ -185,32 +185,16 @@ async fn drop_while_held<F: Future<Output: std::fmt::Debug>>(
 /// written with, and the `ctx` of the context it takes by the stitching rule (the latest
 /// `_bemi` message before it in its transaction; after none, or after `{}`: none).
 fn attributed(entries: &[WalEntry]) -> anyhow::Result<Vec<(String, Option<String>)>> {
-    let mut rows = Vec::new();
-    let mut current: Option<Value> = None;
-    for entry in entries {
-        match entry {
-            WalEntry::Begin | WalEntry::Commit => current = None,
-            WalEntry::Message {
-                prefix, content, ..
-            } if prefix == "_bemi" => {
-                current = Some(serde_json::from_str(content).with_context(|| content.clone())?);
-            }
-            WalEntry::Message { .. } => {}
-            WalEntry::Change { data, .. } => {
-                let task = data
-                    .split("task[text]:'")
-                    .nth(1)
-                    .and_then(|rest| rest.split('\'').next())
-                    .with_context(|| format!("no task in {data}"))?;
-                let given = current
-                    .as_ref()
-                    .and_then(|context| context.get("ctx"))
-                    .and_then(Value::as_str);
-                rows.push((task.to_owned(), given.map(str::to_owned)));
-            }
-        }
-    }
-    Ok(rows)
+    let rows = bemi_tests::wal::stitched_tasks(entries)?;
+    Ok(rows
+        .into_iter()
+        .map(|(task, context)| {
+            let given = context
+                .as_ref()
+                .and_then(|c| c.get("ctx")?.as_str().map(str::to_owned));
+            (task, given)
+        })
+        .collect())
 }
 
 /// Asserts that the rows of the committed transactions of `entries` are exactly `expected`:

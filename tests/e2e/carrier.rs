@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use anyhow::{Context as _, ensure};
+use anyhow::ensure;
 use bemi_core::carrier::Carrier;
 use bemi_core::context;
 use bemi_core::tokio_postgres::BemiClient;
@@ -16,31 +16,17 @@ use serde_json::{Value, json};
 /// Each row's task and the context it takes by the stitching rule (the latest `_bemi`
 /// message of its transaction; `{}` before any), without the library's `SQL` key.
 fn stitched(entries: &[WalEntry]) -> anyhow::Result<Vec<(String, Value)>> {
-    let mut rows = Vec::new();
-    let mut current = json!({});
-    for entry in entries {
-        match entry {
-            WalEntry::Begin => current = json!({}),
-            WalEntry::Message {
-                prefix, content, ..
-            } if prefix == "_bemi" => {
-                current = serde_json::from_str(content)?;
-                if let Some(map) = current.as_object_mut() {
-                    map.remove("SQL");
-                }
+    let rows = bemi_tests::wal::stitched_tasks(entries)?;
+    Ok(rows
+        .into_iter()
+        .map(|(task, context)| {
+            let mut context = context.unwrap_or_else(|| json!({}));
+            if let Some(map) = context.as_object_mut() {
+                map.remove("SQL");
             }
-            WalEntry::Change { data, .. } => {
-                let task = data
-                    .split("task[text]:'")
-                    .nth(1)
-                    .and_then(|rest| rest.split('\'').next())
-                    .with_context(|| format!("no task in {data}"))?;
-                rows.push((task.to_owned(), current.clone()));
-            }
-            _ => {}
-        }
-    }
-    Ok(rows)
+            (task, context)
+        })
+        .collect())
 }
 
 /// What every adapter must produce for the sequence of [`sqlx_sequence`] and

@@ -23,31 +23,17 @@ const TASKS: i64 = 120;
 
 /// Each row's task and the context it takes by the stitching rule, without the `SQL` key.
 fn attributed(entries: &[WalEntry]) -> anyhow::Result<BTreeMap<String, Value>> {
-    let mut rows = BTreeMap::new();
-    let mut current = json!({});
-    for entry in entries {
-        match entry {
-            WalEntry::Begin => current = json!({}),
-            WalEntry::Message {
-                prefix, content, ..
-            } if prefix == "_bemi" => {
-                current = serde_json::from_str(content)?;
-                if let Some(map) = current.as_object_mut() {
-                    map.remove("SQL");
-                }
+    let rows = bemi_tests::wal::stitched_tasks(entries)?;
+    Ok(rows
+        .into_iter()
+        .map(|(task, context)| {
+            let mut context = context.unwrap_or_else(|| json!({}));
+            if let Some(map) = context.as_object_mut() {
+                map.remove("SQL");
             }
-            WalEntry::Change { data, .. } => {
-                let task = data
-                    .split("task[text]:'")
-                    .nth(1)
-                    .and_then(|rest| rest.split('\'').next())
-                    .with_context(|| format!("no task in {data}"))?;
-                rows.insert(task.to_owned(), current.clone());
-            }
-            _ => {}
-        }
-    }
-    Ok(rows)
+            (task, context)
+        })
+        .collect())
 }
 
 async fn both_adapters_attribute_every_write_through_pgbouncer(

@@ -257,25 +257,4 @@ pub(crate) fn ensure_task_and_context_each(
     Ok(())
 }
 
-/// The `task` column of a test_decoding row of `todo`.
-pub(crate) fn task_of(data: &str) -> anyhow::Result<String> {
-    let (_, rest) = data
-        .split_once("task[text]:'")
-        .with_context(|| format!("no task in {data}"))?;
-    // test_decoding doubles quotes inside text values.
-    let mut task = String::new();
-    let mut chars = rest.chars().peekable();
-    while let Some(c) = chars.next() {
-        if c == '\'' {
-            if chars.peek() == Some(&'\'') {
-                chars.next();
-                task.push('\'');
-            } else {
-                return Ok(task);
-            }
-        } else {
-            task.push(c);
-        }
-    }
-    anyhow::bail!("unterminated task in {data}")
-}
+pub(crate) use bemi_tests::wal::todo_task as task_of;

@@ -118,6 +118,65 @@ pub fn changes(entries: &[WalEntry]) -> Vec<&WalEntry> {
         .collect()
 }
 
+/// Each `todo` row change among `entries`, as its task and the context it takes by the
+/// stitching rule: the latest `_bemi` message before it in its transaction, decoded (`None`
+/// before any).
+///
+/// # Errors
+///
+/// When a message is not JSON or a change has no task.
+pub fn stitched_tasks(
+    entries: &[WalEntry],
+) -> anyhow::Result<Vec<(String, Option<serde_json::Value>)>> {
+    let mut rows = Vec::new();
+    let mut current = None;
+    for entry in entries {
+        match entry {
+            WalEntry::Begin | WalEntry::Commit => current = None,
+            WalEntry::Message {
+                prefix, content, ..
+            } if prefix == "_bemi" => {
+                current = Some(serde_json::from_str(content).with_context(|| content.clone())?);
+            }
+            WalEntry::Message { .. } => {}
+            WalEntry::Change { data, .. } => rows.push((todo_task(data)?, current.clone())),
+        }
+    }
+    Ok(rows)
+}
+
+/// The `task` column of a `test_decoding` row of `todo`.
+///
+/// ```
+/// let task = bemi_tests::wal::todo_task("table public.todo: INSERT: id[bigint]:1 task[text]:'it''s' is_completed[boolean]:false");
+/// assert_eq!(task.unwrap(), "it's");
+/// ```
+///
+/// # Errors
+///
+/// When `data` holds no (terminated) task.
+pub fn todo_task(data: &str) -> anyhow::Result<String> {
+    let (_, rest) = data
+        .split_once("task[text]:'")
+        .with_context(|| format!("no task in {data}"))?;
+    // test_decoding doubles quotes inside text values.
+    let mut task = String::new();
+    let mut chars = rest.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '\'' {
+            if chars.peek() == Some(&'\'') {
+                chars.next();
+                task.push('\'');
+            } else {
+                return Ok(task);
+            }
+        } else {
+            task.push(c);
+        }
+    }
+    anyhow::bail!("unterminated task in {data}")
+}
+
 /// One committed transaction of the WAL: its `_bemi` messages (decoded) and its row changes,
 /// in order.
 #[derive(Debug, Clone, Default, PartialEq)]
