@@ -52,7 +52,7 @@ use uuid::Uuid;
 use crate::{Change, ChangeQuery, Cursor};
 
 /// Follows a [`ChangeQuery`]: returns each matching change once, as it reaches the audit trail
-/// (see the [module docs](self)).
+/// (see the `follow` module's documentation in the source).
 #[derive(Debug)]
 pub struct Follower {
     pool: PgPool,

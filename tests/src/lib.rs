@@ -11,6 +11,216 @@
 #[doc = include_str!("../../README.md")]
 pub struct ReadmeDoctests;
 
+/// The book's pages (`docs/src`), one item each: their Rust blocks are compiled (and those
+/// without `no_run` run) as doc tests, so that they stay true.
+#[cfg(doctest)]
+pub mod book {
+    /// `docs/src/introduction.md`.
+    #[cfg(doctest)]
+    #[doc = include_str!("../../docs/src/introduction.md")]
+    pub struct BookIntroduction;
+
+    /// `docs/src/getting-started.md`.
+    #[cfg(doctest)]
+    #[doc = include_str!("../../docs/src/getting-started.md")]
+    pub struct BookGettingStarted;
+
+    /// `docs/src/integrate/index.md`.
+    #[cfg(doctest)]
+    #[doc = include_str!("../../docs/src/integrate/index.md")]
+    pub struct BookIntegrateIndex;
+
+    /// `docs/src/integrate/axum.md`.
+    #[cfg(doctest)]
+    #[doc = include_str!("../../docs/src/integrate/axum.md")]
+    pub struct BookIntegrateAxum;
+
+    /// `docs/src/integrate/actix-web.md`.
+    #[cfg(doctest)]
+    #[doc = include_str!("../../docs/src/integrate/actix-web.md")]
+    pub struct BookIntegrateActixWeb;
+
+    /// `docs/src/integrate/async-graphql.md`.
+    #[cfg(doctest)]
+    #[doc = include_str!("../../docs/src/integrate/async-graphql.md")]
+    pub struct BookIntegrateAsyncGraphql;
+
+    /// `docs/src/integrate/poem.md`.
+    #[cfg(doctest)]
+    #[doc = include_str!("../../docs/src/integrate/poem.md")]
+    pub struct BookIntegratePoem;
+
+    /// `docs/src/integrate/salvo.md`.
+    #[cfg(doctest)]
+    #[doc = include_str!("../../docs/src/integrate/salvo.md")]
+    pub struct BookIntegrateSalvo;
+
+    /// `docs/src/integrate/rocket.md`.
+    #[cfg(doctest)]
+    #[doc = include_str!("../../docs/src/integrate/rocket.md")]
+    pub struct BookIntegrateRocket;
+
+    /// `docs/src/integrate/sqlx.md`.
+    #[cfg(doctest)]
+    #[doc = include_str!("../../docs/src/integrate/sqlx.md")]
+    pub struct BookIntegrateSqlx;
+
+    /// `docs/src/integrate/tokio-postgres.md`.
+    #[cfg(doctest)]
+    #[doc = include_str!("../../docs/src/integrate/tokio-postgres.md")]
+    pub struct BookIntegrateTokioPostgres;
+
+    /// `docs/src/integrate/seaorm.md`.
+    #[cfg(doctest)]
+    #[doc = include_str!("../../docs/src/integrate/seaorm.md")]
+    pub struct BookIntegrateSeaorm;
+
+    /// `docs/src/integrate/diesel.md`.
+    #[cfg(doctest)]
+    #[doc = include_str!("../../docs/src/integrate/diesel.md")]
+    pub struct BookIntegrateDiesel;
+
+    /// `docs/src/integrate/carriers.md`.
+    #[cfg(doctest)]
+    #[doc = include_str!("../../docs/src/integrate/carriers.md")]
+    pub struct BookIntegrateCarriers;
+
+    /// `docs/src/integrate/opentelemetry.md`.
+    #[cfg(doctest)]
+    #[doc = include_str!("../../docs/src/integrate/opentelemetry.md")]
+    pub struct BookIntegrateOpentelemetry;
+
+    /// `docs/src/integrate/jobs.md`.
+    #[cfg(doctest)]
+    #[doc = include_str!("../../docs/src/integrate/jobs.md")]
+    pub struct BookIntegrateJobs;
+
+    /// `docs/src/integrate/other-languages.md`.
+    #[cfg(doctest)]
+    #[doc = include_str!("../../docs/src/integrate/other-languages.md")]
+    pub struct BookIntegrateOtherLanguages;
+
+    /// `docs/src/integrate/pgbouncer.md`.
+    #[cfg(doctest)]
+    #[doc = include_str!("../../docs/src/integrate/pgbouncer.md")]
+    pub struct BookIntegratePgbouncer;
+
+    /// `docs/src/integrate/pitfalls.md`.
+    #[cfg(doctest)]
+    #[doc = include_str!("../../docs/src/integrate/pitfalls.md")]
+    pub struct BookIntegratePitfalls;
+
+    /// `docs/src/operate/install.md`.
+    #[cfg(doctest)]
+    #[doc = include_str!("../../docs/src/operate/install.md")]
+    pub struct BookOperateInstall;
+
+    /// `docs/src/operate/worker.md`.
+    #[cfg(doctest)]
+    #[doc = include_str!("../../docs/src/operate/worker.md")]
+    pub struct BookOperateWorker;
+
+    /// `docs/src/operate/existing-database.md`.
+    #[cfg(doctest)]
+    #[doc = include_str!("../../docs/src/operate/existing-database.md")]
+    pub struct BookOperateExistingDatabase;
+
+    /// `docs/src/operate/capture-rules.md`.
+    #[cfg(doctest)]
+    #[doc = include_str!("../../docs/src/operate/capture-rules.md")]
+    pub struct BookOperateCaptureRules;
+
+    /// `docs/src/operate/nats.md`.
+    #[cfg(doctest)]
+    #[doc = include_str!("../../docs/src/operate/nats.md")]
+    pub struct BookOperateNats;
+
+    /// `docs/src/operate/tls.md`.
+    #[cfg(doctest)]
+    #[doc = include_str!("../../docs/src/operate/tls.md")]
+    pub struct BookOperateTls;
+
+    /// `docs/src/operate/metrics.md`.
+    #[cfg(doctest)]
+    #[doc = include_str!("../../docs/src/operate/metrics.md")]
+    pub struct BookOperateMetrics;
+
+    /// `docs/src/operate/retention.md`.
+    #[cfg(doctest)]
+    #[doc = include_str!("../../docs/src/operate/retention.md")]
+    pub struct BookOperateRetention;
+
+    /// `docs/src/operate/performance.md`.
+    #[cfg(doctest)]
+    #[doc = include_str!("../../docs/src/operate/performance.md")]
+    pub struct BookOperatePerformance;
+
+    /// `docs/src/audit/changes-table.md`.
+    #[cfg(doctest)]
+    #[doc = include_str!("../../docs/src/audit/changes-table.md")]
+    pub struct BookAuditChangesTable;
+
+    /// `docs/src/audit/querying.md`.
+    #[cfg(doctest)]
+    #[doc = include_str!("../../docs/src/audit/querying.md")]
+    pub struct BookAuditQuerying;
+
+    /// `docs/src/audit/time-travel.md`.
+    #[cfg(doctest)]
+    #[doc = include_str!("../../docs/src/audit/time-travel.md")]
+    pub struct BookAuditTimeTravel;
+
+    /// `docs/src/audit/revert.md`.
+    #[cfg(doctest)]
+    #[doc = include_str!("../../docs/src/audit/revert.md")]
+    pub struct BookAuditRevert;
+
+    /// `docs/src/audit/web-ui.md`.
+    #[cfg(doctest)]
+    #[doc = include_str!("../../docs/src/audit/web-ui.md")]
+    pub struct BookAuditWebUi;
+
+    /// `docs/src/security/web-ui.md`.
+    #[cfg(doctest)]
+    #[doc = include_str!("../../docs/src/security/web-ui.md")]
+    pub struct BookSecurityWebUi;
+
+    /// `docs/src/security/hostile-input.md`.
+    #[cfg(doctest)]
+    #[doc = include_str!("../../docs/src/security/hostile-input.md")]
+    pub struct BookSecurityHostileInput;
+
+    /// `docs/src/security/secrets.md`.
+    #[cfg(doctest)]
+    #[doc = include_str!("../../docs/src/security/secrets.md")]
+    pub struct BookSecuritySecrets;
+
+    /// `docs/src/reference/cli.md`.
+    #[cfg(doctest)]
+    #[doc = include_str!("../../docs/src/reference/cli.md")]
+    pub struct BookReferenceCli;
+
+    /// `docs/src/reference/changes-columns.md`.
+    #[cfg(doctest)]
+    #[doc = include_str!("../../docs/src/reference/changes-columns.md")]
+    pub struct BookReferenceChangesColumns;
+
+    /// `docs/src/reference/wire-format.md`.
+    #[cfg(doctest)]
+    #[doc = include_str!("../../docs/src/reference/wire-format.md")]
+    pub struct BookReferenceWireFormat;
+
+    /// `docs/src/reference/web-ui-api.md`.
+    #[cfg(doctest)]
+    #[doc = include_str!("../../docs/src/reference/web-ui-api.md")]
+    pub struct BookReferenceWebUiApi;
+
+    /// `docs/src/reference/metrics.md`.
+    #[cfg(doctest)]
+    #[doc = include_str!("../../docs/src/reference/metrics.md")]
+    pub struct BookReferenceMetrics;
+}
+
 pub mod cluster;
 pub mod poll;
 pub mod proxy;
