@@ -8,16 +8,15 @@ use std::sync::Arc;
 use anyhow::{Context as _, ensure};
 use bemi_audit::Operation;
 use bemi_audit::store::{ChangeBatch, NewChange};
-use bemi_core::context;
-use bemi_tests::worker::{RunningWorker, wait_for_changes, worker_config};
-use bemi_tests::{TestCluster, TestResult, ctx, todo_db};
+use bemi_tests::worker::wait_for_changes;
+use bemi_tests::{TestCluster, TestResult, todo_db};
 use bemi_ui::{Access, UiOptions};
 use chrono::{DateTime, TimeDelta, Utc};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
 use crate::serve;
-use crate::ui_security::csrf_pair;
+use crate::ui_security::{csrf_pair, todo_rows, two_tasks_captured};
 
 const CHANGES: usize = 12_000;
 
@@ -293,25 +292,12 @@ async fn tokens_permissions_and_csrf_guard_every_request_and_reverts_name_the_ac
     cluster: Arc<TestCluster>,
 ) -> TestResult {
     let db = todo_db(&cluster, "ui_access").await?;
-    let worker = RunningWorker::start(worker_config(&db)).await?;
-    let pool = db.bemi_pool();
-    context::scope(ctx(json!({"user_id": "u1", "request_id": "r-1"})), async {
-        sqlx::query("INSERT INTO todo (task) VALUES ('Sleep'), ('Eat')")
-            .execute(&pool)
-            .await
-    })
-    .await?;
-    wait_for_changes(&db, 2).await?;
+    let worker = two_tasks_captured(&db).await?;
     let first: uuid::Uuid = sqlx::query_scalar("SELECT id FROM changes ORDER BY position LIMIT 1")
         .fetch_one(&db.pool)
         .await?;
     let client = reqwest::Client::new();
-    let todo_count = || async {
-        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM todo")
-            .fetch_one(&db.pool)
-            .await?;
-        anyhow::Ok(n)
-    };
+    let todo_count = || todo_rows(&db);
 
     // `bemi ui --token`: 401 without it, in the API and on pages.
     let (token_base, _stop_token) = serve::axum_base(bemi_ui::router(

@@ -12,7 +12,7 @@ use anyhow::{Context as _, ensure};
 use bemi_core::context;
 use bemi_tests::poll::wait_until;
 use bemi_tests::worker::{RunningWorker, wait_for_changes, worker_config};
-use bemi_tests::{TestCluster, TestResult, ctx, todo_db};
+use bemi_tests::{TestCluster, TestDb, TestResult, ctx, todo_db};
 use bemi_ui::{Access, UiOptions};
 use reqwest::StatusCode;
 use reqwest::header::{HeaderMap, SET_COOKIE};
@@ -64,11 +64,10 @@ pub(crate) async fn csrf_pair(
     Ok((cookie, token))
 }
 
-async fn the_ui_serves_only_its_own_host_and_origin_and_reverts_within_policy(
-    cluster: Arc<TestCluster>,
-) -> TestResult {
-    let db = todo_db(&cluster, "ui_security").await?;
-    let worker = RunningWorker::start(worker_config(&db)).await?;
+/// Starts a worker on `db` and writes two tasks in the context `{"user_id": "u1",
+/// "request_id": "r-1"}` (one request), once both are in `changes`.
+pub(crate) async fn two_tasks_captured(db: &TestDb) -> anyhow::Result<RunningWorker> {
+    let worker = RunningWorker::start(worker_config(db)).await?;
     let pool = db.bemi_pool();
     context::scope(ctx(json!({"user_id": "u1", "request_id": "r-1"})), async {
         sqlx::query("INSERT INTO todo (task) VALUES ('Sleep'), ('Eat')")
@@ -76,13 +75,23 @@ async fn the_ui_serves_only_its_own_host_and_origin_and_reverts_within_policy(
             .await
     })
     .await?;
-    wait_for_changes(&db, 2).await?;
-    let todo_count = || async {
-        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM todo")
-            .fetch_one(&db.pool)
-            .await?;
-        anyhow::Ok(n)
-    };
+    wait_for_changes(db, 2).await?;
+    Ok(worker)
+}
+
+/// How many rows `todo` holds.
+pub(crate) async fn todo_rows(db: &TestDb) -> anyhow::Result<i64> {
+    Ok(sqlx::query_scalar("SELECT count(*) FROM todo")
+        .fetch_one(&db.pool)
+        .await?)
+}
+
+async fn the_ui_serves_only_its_own_host_and_origin_and_reverts_within_policy(
+    cluster: Arc<TestCluster>,
+) -> TestResult {
+    let db = todo_db(&cluster, "ui_security").await?;
+    let worker = two_tasks_captured(&db).await?;
+    let todo_count = || todo_rows(&db);
     let client = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .build()?;
