@@ -53,9 +53,7 @@ const MIX: [(&str, bool); 9] = [
 async fn ignored_columns_and_unchanged_updates_are_left_out_and_counted(
     cluster: Arc<TestCluster>,
 ) -> TestResult {
-    let db = cluster.database("rules").await?;
-    db.exec(DOC_TABLE).await?;
-    db.migrate().await?;
+    let db = cluster.tracked_database("rules", DOC_TABLE).await?;
     let config = worker_config(&db).ignore_columns(["*.updated_at", "doc.*_cached_counter"]);
     let worker = RunningWorker::start(config).await?;
     for (sql, _) in MIX {
@@ -106,9 +104,7 @@ async fn ignored_columns_and_unchanged_updates_are_left_out_and_counted(
 e2e_test!(ignored_columns_and_unchanged_updates_are_left_out_and_counted);
 
 async fn unchanged_updates_are_stored_when_asked(cluster: Arc<TestCluster>) -> TestResult {
-    let db = cluster.database("rules_keep").await?;
-    db.exec(DOC_TABLE).await?;
-    db.migrate().await?;
+    let db = cluster.tracked_database("rules_keep", DOC_TABLE).await?;
     let worker = RunningWorker::start(worker_config(&db).skip_unchanged_updates(false)).await?;
     db.exec("INSERT INTO doc (id, title) VALUES (1, 'same')")
         .await?;
@@ -131,9 +127,7 @@ async fn a_kill_9_inside_a_mixed_transaction_loses_and_duplicates_nothing(
     cluster: Arc<TestCluster>,
 ) -> TestResult {
     const ROWS: i64 = 30_000;
-    let db = cluster.database("rules_crash").await?;
-    db.exec(DOC_TABLE).await?;
-    db.migrate().await?;
+    let db = cluster.tracked_database("rules_crash", DOC_TABLE).await?;
     db.exec(&format!(
         "INSERT INTO doc (id, title) SELECT i, 'v1' FROM generate_series(1, {ROWS}) i"
     ))

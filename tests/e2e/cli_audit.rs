@@ -64,9 +64,7 @@ async fn history_at_and_the_new_changes_filters_from_the_command_line(
 ) -> TestResult {
     use Operation::{Create, Delete, Update};
 
-    let db = cluster.database("cli_audit").await?;
-    db.exec(TODO_TABLE).await?;
-    db.migrate().await?;
+    let db = cluster.tracked_database("cli_audit", TODO_TABLE).await?;
     let worker = RunningWorker::start(worker_config(&db)).await?;
     let pool = db.bemi_pool();
     let t0 = now(&db).await?;
@@ -308,9 +306,7 @@ e2e_test!(history_at_and_the_new_changes_filters_from_the_command_line);
 async fn revert_refuses_a_conflict_naming_the_row_and_force_proceeds(
     cluster: Arc<TestCluster>,
 ) -> TestResult {
-    let db = cluster.database("cli_revert").await?;
-    db.exec(TODO_TABLE).await?;
-    db.migrate().await?;
+    let db = cluster.tracked_database("cli_revert", TODO_TABLE).await?;
     let worker = RunningWorker::start(worker_config(&db)).await?;
     let pool = db.bemi_pool();
     context::scope(ctx(json!({"request_id": "r1", "user_id": 1})), async {
@@ -484,9 +480,9 @@ e2e_test!(revert_refuses_a_conflict_naming_the_row_and_force_proceeds);
 async fn worker_partitions_by_month_and_prune_detaches_old_months(
     cluster: Arc<TestCluster>,
 ) -> TestResult {
-    let db = cluster.database("cli_partitions").await?;
-    db.exec(TODO_TABLE).await?;
-    db.migrate().await?;
+    let db = cluster
+        .tracked_database("cli_partitions", TODO_TABLE)
+        .await?;
     let slot = format!("bemi_{}", db.name);
     let metrics_addr = format!("127.0.0.1:{}", free_port()?);
     let envs = [
@@ -632,10 +628,12 @@ async fn numbers_keep_every_digit_in_the_cli_output(cluster: Arc<TestCluster>) -
     const LONG: &str = "12345678901234567890.123456789012345678";
     const FRACTION: &str = "0.1000000000000000055511151231257827";
     const BIG: &str = "9223372036854775807";
-    let db = cluster.database("cli_digits").await?;
-    db.exec("CREATE TABLE ledger (id bigint PRIMARY KEY, amount numeric NOT NULL, big bigint)")
+    let db = cluster
+        .tracked_database(
+            "cli_digits",
+            "CREATE TABLE ledger (id bigint PRIMARY KEY, amount numeric NOT NULL, big bigint)",
+        )
         .await?;
-    db.migrate().await?;
     let worker = RunningWorker::start(worker_config(&db)).await?;
     db.exec(&format!(
         "INSERT INTO ledger VALUES (1, {LONG}, {BIG}); \

@@ -330,9 +330,7 @@ e2e_test!(changes_filters_in_table_and_json_output);
 async fn changes_follow_prints_changes_made_after_it_started(
     cluster: Arc<TestCluster>,
 ) -> TestResult {
-    let db = cluster.database("cli_follow").await?;
-    db.exec(TODO_TABLE).await?;
-    db.migrate().await?;
+    let db = cluster.tracked_database("cli_follow", TODO_TABLE).await?;
     let worker = RunningWorker::start(worker_config(&db)).await?;
     db.exec("INSERT INTO todo (task) VALUES ('before')").await?;
     wait_for_changes(&db, 1).await?;

@@ -14,10 +14,12 @@ const TASKS: i32 = 1000;
 async fn concurrent_tasks_keep_their_own_context_through_the_wal(
     cluster: Arc<TestCluster>,
 ) -> TestResult {
-    let db = cluster.database("isolation").await?;
-    db.exec("CREATE TABLE isolation (id bigserial PRIMARY KEY, n int NOT NULL)")
+    let db = cluster
+        .tracked_database(
+            "isolation",
+            "CREATE TABLE isolation (id bigserial PRIMARY KEY, n int NOT NULL)",
+        )
         .await?;
-    db.migrate().await?;
     let slot = db.wal_slot().await?;
     let pool = db.bemi_pool();
 

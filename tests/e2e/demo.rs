@@ -71,9 +71,9 @@ e2e_test!(requests_through_the_axum_app_become_the_seeds_changes_table);
 async fn the_demo_relies_on_a_running_worker_that_captures_todo(
     cluster: Arc<TestCluster>,
 ) -> TestResult {
-    let db = cluster.database("demo_shared").await?;
-    db.exec("CREATE TABLE notes (id int PRIMARY KEY)").await?;
-    db.migrate().await?;
+    let db = cluster
+        .tracked_database("demo_shared", "CREATE TABLE notes (id int PRIMARY KEY)")
+        .await?;
     let worker = RunningWorker::start(worker_config(&db)).await?;
     let slot = format!("demo_{}", db.name);
     let changes = bemi_examples::demo::replay(&db.url, &slot).await?;

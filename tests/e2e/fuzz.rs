@@ -262,10 +262,9 @@ async fn server_reading(db: &TestDb, sql: &str) -> anyhow::Result<Result<Vec<Str
 }
 
 async fn fuzz_db(cluster: &TestCluster, hint: &str) -> anyhow::Result<(TestDb, WalSlot)> {
-    let db = cluster.database(hint).await?;
-    db.exec("CREATE TABLE fz (a int, b text, \"we\"\"ird\" text)")
+    let db = cluster
+        .tracked_database(hint, "CREATE TABLE fz (a int, b text, \"we\"\"ird\" text)")
         .await?;
-    db.migrate().await?;
     let slot = db.wal_slot().await?;
     Ok((db, slot))
 }

@@ -82,10 +82,12 @@ async fn up_tracks_every_schema_and_new_tables(cluster: Arc<TestCluster>) -> Tes
 e2e_test!(up_tracks_every_schema_and_new_tables);
 
 async fn up_twice_is_harmless_and_down_removes_everything(cluster: Arc<TestCluster>) -> TestResult {
-    let db = cluster.database("migration_idempotent").await?;
-    db.exec("CREATE TABLE todo (id bigserial PRIMARY KEY, task text)")
+    let db = cluster
+        .tracked_database(
+            "migration_idempotent",
+            "CREATE TABLE todo (id bigserial PRIMARY KEY, task text)",
+        )
         .await?;
-    db.migrate().await?;
     let once = (tracked_tables(&db).await?, bemi_objects(&db).await?);
     db.migrate().await?;
     // The raw SQL, as a migration tool would run it, is idempotent too.

@@ -86,7 +86,7 @@ struct Pipeline {
 impl Pipeline {
     /// Creates the databases (`ddl` run in the source, tracking installed) and starts nats-server.
     async fn start(cluster: &TestCluster, name: &str, ddl: &str) -> anyhow::Result<Self> {
-        let source = tracked_source(cluster, name, ddl).await?;
+        let source = cluster.tracked_database(name, ddl).await?;
         let audit = cluster.database(&format!("{name}_audit")).await?;
         let nats = start_nats().await?;
         Ok(Self {
@@ -282,7 +282,7 @@ e2e_test!(through_nats_every_change_is_stored_once_across_kills_and_a_server_res
 async fn through_nats_a_destination_outage_is_held_by_the_stream_not_the_slot(
     cluster: Arc<TestCluster>,
 ) -> TestResult {
-    let source = tracked_source(&cluster, "nats_outage", ITEMS).await?;
+    let source = cluster.tracked_database("nats_outage", ITEMS).await?;
     let mut pg = private_cluster(LaunchOptions::default()).await?;
     let audit = private_database(&pg, "nats_outage_audit").await?;
     let nats = start_nats().await?;
@@ -395,12 +395,12 @@ async fn through_nats_two_stores_share_the_partitions_and_keep_each_rows_order(
 ) -> TestResult {
     const ROWS: i64 = 200;
     const VERSIONS: i64 = 10;
-    let source = tracked_source(
-        &cluster,
-        "nats_two",
-        "CREATE TABLE items (id bigint PRIMARY KEY, version int NOT NULL)",
-    )
-    .await?;
+    let source = cluster
+        .tracked_database(
+            "nats_two",
+            "CREATE TABLE items (id bigint PRIMARY KEY, version int NOT NULL)",
+        )
+        .await?;
     let audit = cluster.database("nats_two_audit").await?;
     let nats = start_nats().await?;
     let (first_metrics, second_metrics) = (
@@ -518,15 +518,6 @@ async fn insert_items(source: &TestDb, ids: std::ops::RangeInclusive<i64>) -> Te
     Ok(())
 }
 
-/// A database of the shared cluster with `ddl` run in it and tracking installed: the source of
-/// a test's capture.
-async fn tracked_source(cluster: &TestCluster, name: &str, ddl: &str) -> anyhow::Result<TestDb> {
-    let source = cluster.database(name).await?;
-    source.exec(ddl).await?;
-    source.migrate().await?;
-    Ok(source)
-}
-
 /// Waits until `changes` holds `count` changes.
 async fn wait_stored(audit: &TestDb, count: i64, store: &Background) -> TestResult {
     wait_until(
@@ -560,7 +551,7 @@ async fn each_once(audit: &TestDb, ids: std::ops::RangeInclusive<i64>) -> TestRe
 async fn through_nats_a_stream_purged_or_created_again_loses_and_duplicates_nothing(
     cluster: Arc<TestCluster>,
 ) -> TestResult {
-    let source = tracked_source(&cluster, "nats_reset", ITEMS).await?;
+    let source = cluster.tracked_database("nats_reset", ITEMS).await?;
     let audit = cluster.database("nats_reset_audit").await?;
     // The tables of an earlier version of the store, with positions in a stream long gone and
     // a message it set aside: brought up to date, the positions noticed as another stream's.
@@ -908,7 +899,7 @@ async fn through_nats_passwords_tokens_nkeys_credentials_and_tls_reach_servers_t
 ) -> TestResult {
     const PASSWORD: &str = "pw-S3CRET";
     const TOKEN: &str = "t0ken-S3CRET";
-    let source = tracked_source(&cluster, "nats_auth", ITEMS).await?;
+    let source = cluster.tracked_database("nats_auth", ITEMS).await?;
     let audit = cluster.database("nats_auth_audit").await?;
     let store_metrics = format!("127.0.0.1:{}", free_port()?);
     let files = tempfile::tempdir()?;

@@ -62,9 +62,7 @@ INSERT INTO entry (account_id, amount, note, at, score) VALUES
 async fn reverting_a_request_restores_both_tables_byte_for_byte(
     cluster: Arc<TestCluster>,
 ) -> TestResult {
-    let db = cluster.database("revert_request").await?;
-    db.exec(TABLES).await?;
-    db.migrate().await?;
+    let db = cluster.tracked_database("revert_request", TABLES).await?;
     let worker = RunningWorker::start(worker_config(&db)).await?;
     let pool = db.bemi_pool();
     let before_request = snapshot(&db).await?;

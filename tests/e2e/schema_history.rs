@@ -135,17 +135,12 @@ async fn capture_and_check(db: &TestDb) -> TestResult {
     check(&changes)
 }
 
-async fn prepared_db(cluster: &TestCluster, hint: &str) -> anyhow::Result<TestDb> {
-    let db = cluster.database(hint).await?;
-    db.exec(TABLES).await?;
-    db.migrate().await?;
-    Ok(db)
-}
-
 async fn keys_and_values_stay_as_of_each_change_while_streaming(
     cluster: Arc<TestCluster>,
 ) -> TestResult {
-    let db = prepared_db(&cluster, "history_streaming").await?;
+    let db = cluster
+        .tracked_database("history_streaming", TABLES)
+        .await?;
     let worker = RunningWorker::start(worker_config(&db)).await?;
     run_steps(&db, STEPS).await?;
     let changes = wait_for_changes(&db, expected().len()).await?;
@@ -157,7 +152,7 @@ e2e_test!(keys_and_values_stay_as_of_each_change_while_streaming);
 async fn keys_and_values_stay_as_of_each_change_after_downtime(
     cluster: Arc<TestCluster>,
 ) -> TestResult {
-    let db = prepared_db(&cluster, "history_downtime").await?;
+    let db = cluster.tracked_database("history_downtime", TABLES).await?;
     // The worker's slot and publication exist; it stops, and everything happens while it is
     // down: when it comes back, the catalog of now has every later schema.
     RunningWorker::start(worker_config(&db))
@@ -174,7 +169,7 @@ e2e_test!(keys_and_values_stay_as_of_each_change_after_downtime);
 async fn a_migration_between_prepare_and_the_first_run_keeps_older_keys(
     cluster: Arc<TestCluster>,
 ) -> TestResult {
-    let db = prepared_db(&cluster, "history_prepared").await?;
+    let db = cluster.tracked_database("history_prepared", TABLES).await?;
     bemi_worker::Worker::new(worker_config(&db))
         .prepare()
         .await?;
@@ -186,7 +181,7 @@ e2e_test!(a_migration_between_prepare_and_the_first_run_keeps_older_keys);
 async fn a_restart_in_the_middle_resumes_with_the_history_it_had(
     cluster: Arc<TestCluster>,
 ) -> TestResult {
-    let db = prepared_db(&cluster, "history_restart").await?;
+    let db = cluster.tracked_database("history_restart", TABLES).await?;
     RunningWorker::start(worker_config(&db))
         .await?
         .stop()
@@ -305,9 +300,7 @@ ALTER TABLE f_pk DROP CONSTRAINT f_pk_pkey, ADD PRIMARY KEY (code), ADD COLUMN n
 ";
 
 async fn unrecorded_db(cluster: &TestCluster, hint: &str) -> anyhow::Result<TestDb> {
-    let db = cluster.database(hint).await?;
-    db.exec(UNRECORDED_TABLES).await?;
-    db.migrate().await?;
+    let db = cluster.tracked_database(hint, UNRECORDED_TABLES).await?;
     db.exec(
         "ALTER TABLE d_pk REPLICA IDENTITY DEFAULT; ALTER TABLE d_rename REPLICA IDENTITY DEFAULT",
     )
@@ -440,10 +433,12 @@ async fn scrape(metrics_addr: &str) -> anyhow::Result<String> {
 async fn a_forged_schema_message_is_caught_and_keys_stay_right(
     cluster: Arc<TestCluster>,
 ) -> TestResult {
-    let db = cluster.database("history_forged").await?;
-    db.exec("CREATE TABLE forged (id int PRIMARY KEY, code text NOT NULL UNIQUE)")
+    let db = cluster
+        .tracked_database(
+            "history_forged",
+            "CREATE TABLE forged (id int PRIMARY KEY, code text NOT NULL UNIQUE)",
+        )
         .await?;
-    db.migrate().await?;
     db.exec("ALTER TABLE forged REPLICA IDENTITY DEFAULT")
         .await?;
     let role = format!("{}_app", db.name);

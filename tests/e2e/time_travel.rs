@@ -53,14 +53,14 @@ async fn table_at(
 async fn row_and_table_as_of_each_instant_match_plain_sql_snapshots(
     cluster: Arc<TestCluster>,
 ) -> TestResult {
-    let db = cluster.database("time_travel").await?;
-    db.exec(
-        "CREATE TABLE todo (id bigint PRIMARY KEY, task text NOT NULL, \
+    let db = cluster
+        .tracked_database(
+            "time_travel",
+            "CREATE TABLE todo (id bigint PRIMARY KEY, task text NOT NULL, \
                             is_completed boolean NOT NULL DEFAULT false, tags int[], \
                             meta jsonb, cost numeric)",
-    )
-    .await?;
-    db.migrate().await?;
+        )
+        .await?;
     let worker = RunningWorker::start(worker_config(&db)).await?;
     let pool = db.bemi_pool();
 

@@ -12,9 +12,9 @@ use serde_json::{Value, json};
 async fn direct_sql_and_statements_are_stitched_to_their_own_context(
     cluster: Arc<TestCluster>,
 ) -> TestResult {
-    let db = cluster.database("capture_stitch").await?;
-    db.exec(TODO_TABLE).await?;
-    db.migrate().await?;
+    let db = cluster
+        .tracked_database("capture_stitch", TODO_TABLE)
+        .await?;
     let worker = RunningWorker::start(worker_config(&db)).await?;
 
     // Direct SQL, no adapter: captured with an empty context.
@@ -221,9 +221,9 @@ async fn malformed_and_per_row_messages_are_stitched_not_fatal(
 e2e_test!(malformed_and_per_row_messages_are_stitched_not_fatal);
 
 async fn the_workers_own_tables_are_never_captured(cluster: Arc<TestCluster>) -> TestResult {
-    let db = cluster.database("capture_own_tables").await?;
-    db.exec(TODO_TABLE).await?;
-    db.migrate().await?;
+    let db = cluster
+        .tracked_database("capture_own_tables", TODO_TABLE)
+        .await?;
     let worker = RunningWorker::start(worker_config(&db)).await?;
     for i in 0..3 {
         db.exec(&format!("INSERT INTO todo (task) VALUES ('t{i}')"))
@@ -256,9 +256,9 @@ e2e_test!(the_workers_own_tables_are_never_captured);
 /// `image_indexes`: `Drop` removes the GIN indexes on before/after at the worker's start (and
 /// never creates them), `Keep` puts them back; changes are stored either way.
 async fn the_image_indexes_follow_the_workers_choice(cluster: Arc<TestCluster>) -> TestResult {
-    let db = cluster.database("image_indexes").await?;
-    db.exec("CREATE TABLE items (id int PRIMARY KEY)").await?;
-    db.migrate().await?;
+    let db = cluster
+        .tracked_database("image_indexes", "CREATE TABLE items (id int PRIMARY KEY)")
+        .await?;
     let indexes = || async {
         let names: Vec<String> = sqlx::query_scalar(
             "SELECT indexname::text FROM pg_indexes \

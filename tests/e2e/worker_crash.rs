@@ -99,10 +99,12 @@ fn start_worker(envs: &[(&str, &str)]) -> anyhow::Result<Background> {
 async fn kill_9_at_random_moments_loses_and_duplicates_nothing(
     cluster: Arc<TestCluster>,
 ) -> TestResult {
-    let db = cluster.database("crash").await?;
-    db.exec("CREATE TABLE events (id bigint PRIMARY KEY, writer int NOT NULL, note text NOT NULL)")
+    let db = cluster
+        .tracked_database(
+            "crash",
+            "CREATE TABLE events (id bigint PRIMARY KEY, writer int NOT NULL, note text NOT NULL)",
+        )
         .await?;
-    db.migrate().await?;
     let config = worker_config(&db);
     let envs = [
         ("DATABASE_URL", db.url.as_str()),

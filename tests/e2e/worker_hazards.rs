@@ -146,9 +146,9 @@ e2e_test!(an_idle_database_keeps_its_slot_advancing);
 async fn tables_created_while_running_are_captured_from_their_first_row(
     cluster: Arc<TestCluster>,
 ) -> TestResult {
-    let db = cluster.database("later_tables").await?;
-    db.exec("CREATE TABLE todo (id serial PRIMARY KEY)").await?;
-    db.migrate().await?;
+    let db = cluster
+        .tracked_database("later_tables", "CREATE TABLE todo (id serial PRIMARY KEY)")
+        .await?;
     let worker = RunningWorker::start(worker_config(&db)).await?;
     // Created and written in one transaction: only the event trigger can publish it in time.
     db.exec(
@@ -535,10 +535,12 @@ async fn two_workers_storing_the_same_changes_do_not_deadlock(
     cluster: Arc<TestCluster>,
 ) -> TestResult {
     const WRITES: usize = 400;
-    let db = cluster.database("two_workers").await?;
-    db.exec("CREATE TABLE items (id int PRIMARY KEY, n int NOT NULL)")
+    let db = cluster
+        .tracked_database(
+            "two_workers",
+            "CREATE TABLE items (id int PRIMARY KEY, n int NOT NULL)",
+        )
         .await?;
-    db.migrate().await?;
     let first = RunningWorker::start(worker_config(&db)).await?;
     let mut second_config = worker_config(&db);
     second_config.slot = format!("{}_second", second_config.slot);

@@ -23,10 +23,12 @@ fn peak_rss_kib(pid: u32) -> Option<u64> {
 }
 
 async fn a_million_row_transaction_in_bounded_memory(cluster: Arc<TestCluster>) -> TestResult {
-    let db = cluster.database("million").await?;
-    db.exec("CREATE TABLE big (id int PRIMARY KEY, pad text NOT NULL)")
+    let db = cluster
+        .tracked_database(
+            "million",
+            "CREATE TABLE big (id int PRIMARY KEY, pad text NOT NULL)",
+        )
         .await?;
-    db.migrate().await?;
     let config = worker_config(&db);
     let envs = [
         ("DATABASE_URL", db.url.as_str()),

@@ -53,6 +53,19 @@ impl TestCluster {
         format!("bemi_t{}_", std::process::id())
     }
 
+    /// A fresh database with `ddl` run in it (several statements allowed) and tracking
+    /// installed: the source of a capture test.
+    ///
+    /// # Errors
+    ///
+    /// When the database cannot be made, `ddl` fails or the migration does.
+    pub async fn tracked_database(&self, hint: &str, ddl: &str) -> anyhow::Result<TestDb> {
+        let db = self.database(hint).await?;
+        db.exec(ddl).await?;
+        db.migrate().await?;
+        Ok(db)
+    }
+
     /// Creates a fresh database named after `hint`.
     pub async fn database(&self, hint: &str) -> anyhow::Result<TestDb> {
         let server = tokio::task::block_in_place(|| self.server())?;
