@@ -16,7 +16,7 @@
 use std::time::{Duration, Instant};
 
 use bemi_audit::{Change, ChangeQuery, Order};
-use bemi_core::sqlx::BemiPool;
+use bemi_sqlx::BemiPool;
 use bemi_worker::Worker;
 use bemi_worker::WorkerConfig;
 use serde_json::{Value, json};
@@ -375,6 +375,62 @@ pub fn closing_hint(embedded: bool) -> String {
              (`bemi dev` serves it too)\n"
         )
     }
+}
+
+/// The `changes` rows as a psql-style table, JSON cells cut at 60 characters (the `bemi changes`
+/// command prints the full table, with `before` and `committed_at`).
+///
+/// ```
+/// let text = bemi_examples::demo::table(&[]);
+/// assert!(text.starts_with(" primary_key | table | operation | after | context"));
+/// assert!(text.ends_with("(0 rows)\n"));
+/// ```
+#[must_use]
+pub fn table(changes: &[Change]) -> String {
+    const HEADERS: [&str; 5] = ["primary_key", "table", "operation", "after", "context"];
+    let cut = |text: String| match text.char_indices().nth(59) {
+        Some((at, _)) => format!("{}…", text.get(..at).unwrap_or_default()),
+        None => text,
+    };
+    let rows: Vec<[String; 5]> = changes
+        .iter()
+        .map(|change| {
+            [
+                change.primary_key.clone().unwrap_or_default(),
+                change.table.clone(),
+                change.operation.to_string(),
+                cut(change.after.to_string()),
+                cut(change.context.to_string()),
+            ]
+        })
+        .collect();
+    let mut widths = HEADERS.map(|header| header.chars().count());
+    for row in &rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.chars().count());
+        }
+    }
+    let line = |cells: &[String]| {
+        let padded: Vec<String> = cells
+            .iter()
+            .zip(widths)
+            .map(|(cell, width)| format!(" {cell:<width$} "))
+            .collect();
+        format!("{}\n", padded.join("|").trim_end())
+    };
+    let mut text = line(&HEADERS.map(String::from));
+    let rules: Vec<String> = widths.iter().map(|width| "-".repeat(width + 2)).collect();
+    text.push_str(&rules.join("+"));
+    text.push('\n');
+    for row in &rows {
+        text.push_str(&line(row));
+    }
+    let count = rows.len();
+    text.push_str(&format!(
+        "({count} {})\n",
+        if count == 1 { "row" } else { "rows" }
+    ));
+    text
 }
 
 /// Drops the demo's replication slot (if it exists and no worker streams it), so that it
