@@ -448,7 +448,7 @@ mod tests {
         use std::panic::{AssertUnwindSafe, catch_unwind};
 
         let now = Utc::now();
-        bemi_dev::fuzz::check("UI filters", 3_000, query_string(), |query| {
+        bemi_fuzz::check("UI filters", 3_000, query_string(), |query| {
             let parsed =
                 catch_unwind(AssertUnwindSafe(|| Filters::parse(&query))).map_err(|_| {
                     TestCaseError::fail(format!("Filters::parse panicked on {query:?}"))
@@ -511,7 +511,7 @@ mod tests {
             any::<i64>(),
             any::<u128>(),
         );
-        bemi_dev::fuzz::check(
+        bemi_fuzz::check(
             "cursors",
             3_000,
             (cursor, any::<String>(), vec_of_bytes()),
