@@ -2,8 +2,8 @@
 //! comment of each write into one transactional `_bemi` logical-decoding message.
 //!
 //! [`up`] installs, [`down`] removes; both are plain SQL strings to put in your own migrations
-//! (`bemi migration create` writes a sqlx-migrate pair), or to run with [`migrate`] (feature
-//! `sqlx`). What `up` creates:
+//! (`bemi migration create` writes a sqlx-migrate pair), or to run with `bemi_sqlx::migration::migrate`
+//! or `bemi migrate`. What `up` creates:
 //!
 //! - `_bemi_statement_trigger_func()`: the trigger. Once per statement and table it reads
 //!   `current_query()`, takes the JSON of a trailing Bemi comment and emits it with
@@ -91,41 +91,4 @@ pub fn up() -> String {
 /// ```
 pub fn down() -> &'static str {
     DOWN
-}
-
-/// Applies [`up`] with `options` in one transaction, serialized against concurrent runs (e.g.
-/// several app instances starting at once) by an advisory lock. Idempotent.
-///
-/// ```no_run
-/// # async fn run(pool: sqlx::PgPool) -> Result<(), sqlx::Error> {
-/// bemi_core::migration::migrate(&pool, Default::default()).await?;
-/// # Ok(()) }
-/// ```
-#[cfg(feature = "sqlx")]
-pub async fn migrate(pool: &sqlx::PgPool, options: MigrationOptions) -> Result<(), sqlx::Error> {
-    run_in_locked_transaction(pool, options.up()).await
-}
-
-/// Applies [`down`], serialized like [`migrate`].
-///
-/// ```no_run
-/// # async fn run(pool: sqlx::PgPool) -> Result<(), sqlx::Error> {
-/// bemi_core::migration::migrate_down(&pool).await?;
-/// # Ok(()) }
-/// ```
-#[cfg(feature = "sqlx")]
-pub async fn migrate_down(pool: &sqlx::PgPool) -> Result<(), sqlx::Error> {
-    run_in_locked_transaction(pool, DOWN.to_owned()).await
-}
-
-#[cfg(feature = "sqlx")]
-async fn run_in_locked_transaction(pool: &sqlx::PgPool, sql: String) -> Result<(), sqlx::Error> {
-    let mut tx = pool.begin().await?;
-    sqlx::query("SELECT pg_advisory_xact_lock(hashtext('bemi-rs migration'))")
-        .execute(&mut *tx)
-        .await?;
-    sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
-        .execute(&mut *tx)
-        .await?;
-    tx.commit().await
 }

@@ -48,7 +48,7 @@ use self::selection::Selected;
 use super::query::ChangeQuery;
 use bemi_core::context::{self, IntoContext};
 use bemi_core::protocol::{REDACTED, REVERT_OF_KEY};
-use bemi_core::sqlx::BemiPool;
+use bemi_sqlx::BemiPool;
 
 /// At most this many changes are reverted at once unless [`Revert::max_changes`] says
 /// otherwise.
