@@ -31,9 +31,7 @@ pub(crate) struct MigrationFlags {
 
 impl MigrationFlags {
     fn options(&self) -> MigrationOptions {
-        MigrationOptions {
-            replica_identity_full: !self.no_replica_identity_full,
-        }
+        MigrationOptions::default().replica_identity_full(!self.no_replica_identity_full)
     }
 }
 

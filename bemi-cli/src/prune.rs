@@ -59,6 +59,7 @@ pub(super) async fn run(args: PruneArgs) -> anyhow::Result<()> {
             PruneProgress::Batch { total, .. } => {
                 tracing::debug!(deleted = total, "deleted a batch");
             }
+            other => tracing::debug!(?other, "pruning"),
         })
         .await?;
     pool.close().await;

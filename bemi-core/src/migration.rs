@@ -25,7 +25,7 @@
 //! use bemi_core::migration::{self, MigrationOptions};
 //!
 //! assert!(migration::up().contains("CREATE OR REPLACE FUNCTION _bemi_statement_trigger_func()"));
-//! let without_full = MigrationOptions { replica_identity_full: false }.up();
+//! let without_full = MigrationOptions::default().replica_identity_full(false).up();
 //! assert!(without_full.contains("_bemi_track_table(created.objid, false)"));
 //! assert!(migration::down().contains("DROP EVENT TRIGGER IF EXISTS _bemi_create_table_trigger"));
 //! ```
@@ -37,13 +37,18 @@ const REPLICA_IDENTITY_PLACEHOLDER: &str = "{{REPLICA_IDENTITY_FULL}}";
 /// The name of the trigger installed on every tracked table.
 pub const TRIGGER_NAME: &str = "_bemi_statement_trigger";
 
-/// Choices for the migration.
+/// Choices for the migration: [`Default`], then a setter per choice (more may come, hence
+/// `#[non_exhaustive]`).
 ///
 /// ```
-/// let options = bemi_core::migration::MigrationOptions::default();
-/// assert!(options.replica_identity_full);
+/// use bemi_core::migration::MigrationOptions;
+///
+/// assert!(MigrationOptions::default().replica_identity_full);
+/// let options = MigrationOptions::default().replica_identity_full(false);
+/// assert!(!options.replica_identity_full);
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct MigrationOptions {
     /// Set `REPLICA IDENTITY FULL` on every tracked table, now and for tables created later, so
     /// that updates and deletes carry the whole before-image. Default: `true`.
@@ -59,6 +64,18 @@ impl Default for MigrationOptions {
 }
 
 impl MigrationOptions {
+    /// Sets [`replica_identity_full`](Self#structfield.replica_identity_full).
+    ///
+    /// ```
+    /// let sql = bemi_core::migration::MigrationOptions::default().replica_identity_full(false).up();
+    /// assert!(sql.contains("_bemi_track_table(created.objid, false)"));
+    /// ```
+    #[must_use]
+    pub fn replica_identity_full(mut self, on: bool) -> Self {
+        self.replica_identity_full = on;
+        self
+    }
+
     /// The installing SQL for these options.
     ///
     /// ```

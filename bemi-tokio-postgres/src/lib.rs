@@ -89,8 +89,23 @@ use bemi_core::sql;
 pub use bemi_core::carrier::Carrier;
 
 mod private {
-    pub trait Sealed {}
+    use tokio_postgres::Statement;
+
+    /// A query's text or statement.
+    #[derive(Debug, Clone, Copy)]
+    pub enum QueryParts<'a> {
+        Text(&'a str),
+        Prepared(&'a Statement),
+    }
+
+    /// Seals [`BemiQuery`](super::BemiQuery) to the adapter's query types, and is how the
+    /// adapter reads them.
+    pub trait Sealed {
+        fn parts(&self) -> QueryParts<'_>;
+    }
 }
+
+use private::QueryParts;
 
 /// A query the adapter accepts: SQL text or a prepared [`Statement`].
 ///
@@ -99,39 +114,28 @@ mod private {
 /// takes("DELETE FROM todo");
 /// takes(&String::from("DELETE FROM todo"));
 /// ```
-pub trait BemiQuery: private::Sealed + Sync {
-    #[doc(hidden)]
-    fn parts(&self) -> QueryParts<'_>;
-}
+pub trait BemiQuery: private::Sealed + Sync {}
 
-/// A query's text or statement.
-#[doc(hidden)]
-#[derive(Debug, Clone, Copy)]
-pub enum QueryParts<'a> {
-    Text(&'a str),
-    Prepared(&'a Statement),
-}
-
-impl private::Sealed for str {}
-impl BemiQuery for str {
+impl private::Sealed for str {
     fn parts(&self) -> QueryParts<'_> {
         QueryParts::Text(self)
     }
 }
+impl BemiQuery for str {}
 
-impl private::Sealed for String {}
-impl BemiQuery for String {
+impl private::Sealed for String {
     fn parts(&self) -> QueryParts<'_> {
         QueryParts::Text(self)
     }
 }
+impl BemiQuery for String {}
 
-impl private::Sealed for Statement {}
-impl BemiQuery for Statement {
+impl private::Sealed for Statement {
     fn parts(&self) -> QueryParts<'_> {
         QueryParts::Prepared(self)
     }
 }
+impl BemiQuery for Statement {}
 
 /// The context a query carries, as far as the code that makes it can tell.
 #[derive(Debug)]
@@ -154,13 +158,13 @@ impl Carried {
                 carrier::message_json(sql)
             }
             (Carrier::Message, QueryParts::Prepared(_)) => carrier::message_json_without_sql(),
-            (Carrier::Comment | Carrier::Auto, QueryParts::Text(sql)) => {
+            (_, QueryParts::Text(sql)) => {
                 if !sql::is_write(sql) {
                     return Self::Nothing;
                 }
                 sql::annotate_current(sql)
             }
-            (Carrier::Comment | Carrier::Auto, QueryParts::Prepared(_)) => return Self::Nothing,
+            (_, QueryParts::Prepared(_)) => return Self::Nothing,
         };
         found.map_or(Self::Pending, Self::Context)
     }
@@ -319,7 +323,6 @@ impl Session<'_> {
 
     fn plan(&self, carried: Option<String>) -> Plan {
         match (self.carrier, self.transaction, carried) {
-            (Carrier::Comment | Carrier::Auto, _, annotated) => Plan::Alone(annotated),
             (Carrier::Message, None, None) => Plan::Alone(None),
             (Carrier::Message, None, Some(json)) => Plan::Wrap(json),
             (Carrier::Message, Some(_), Some(json)) => Plan::Emit(json),
@@ -330,6 +333,8 @@ impl Session<'_> {
                     Plan::Alone(None)
                 }
             }
+            // The comment (or `Auto`, which sessions resolve before they get here).
+            (_, _, annotated) => Plan::Alone(annotated),
         }
     }
 

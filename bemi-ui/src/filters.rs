@@ -281,6 +281,7 @@ pub(crate) async fn resolve(
         Ok(instant) => Ok(Some(instant)),
         Err(TimeError::NotATime(error)) => Err(FilterError::Time(error, key)),
         Err(TimeError::Database(error)) => Err(error.into()),
+        Err(other) => Err(FilterError::Time(other.to_string(), key)),
     }
 }
 

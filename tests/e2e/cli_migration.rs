@@ -36,10 +36,9 @@ pub(crate) async fn migration_sql_prints_the_up_and_down_migrations(
     let without_full = bemi(&["migration", "sql", "--no-replica-identity-full"], &[])
         .await?
         .success()?;
-    let expected = MigrationOptions {
-        replica_identity_full: false,
-    }
-    .up();
+    let expected = MigrationOptions::default()
+        .replica_identity_full(false)
+        .up();
     ensure!(without_full.stdout == expected);
     ensure!(without_full.stdout != up.stdout);
 

@@ -112,9 +112,7 @@ pub(crate) async fn replica_identity_full_is_switchable(cluster: Arc<TestCluster
     let db = cluster.database("migration_replica").await?;
     db.exec("CREATE TABLE todo (id bigserial PRIMARY KEY, task text)")
         .await?;
-    let options = MigrationOptions {
-        replica_identity_full: false,
-    };
+    let options = MigrationOptions::default().replica_identity_full(false);
     bemi_sqlx::migration::migrate(&db.pool, options).await?;
     db.exec("CREATE TABLE later (id int PRIMARY KEY)").await?;
     ensure!(tracked_tables(&db).await? == ["later", "todo"]);

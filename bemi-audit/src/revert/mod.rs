@@ -64,6 +64,7 @@ pub const DEFAULT_MAX_CHANGES: u64 = 10_000;
 /// ```
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum RevertTarget {
     /// One change, by id.
     #[serde(rename = "change_id")]
