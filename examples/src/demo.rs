@@ -400,7 +400,7 @@ pub fn table(changes: &[Change]) -> String {
                 change.table.clone(),
                 change.operation.to_string(),
                 cut(change.after.to_string()),
-                cut(change.context.to_string()),
+                cut(context_text(&change.context)),
             ]
         })
         .collect();
@@ -431,6 +431,21 @@ pub fn table(changes: &[Change]) -> String {
         if count == 1 { "row" } else { "rows" }
     ));
     text
+}
+
+/// A context as JSON text with the library's long `SQL` key last, so that the request's own
+/// keys show before the cell is cut.
+fn context_text(context: &Value) -> String {
+    let mut others = context.as_object().cloned().unwrap_or_default();
+    let Some(sql) = others.remove(bemi_core::protocol::SQL_KEY) else {
+        return context.to_string();
+    };
+    let rest = Value::Object(others).to_string();
+    let sql = format!("{:?}:{sql}", bemi_core::protocol::SQL_KEY);
+    match rest.strip_suffix('}') {
+        Some(open) if open.len() > 1 => format!("{open},{sql}}}"),
+        _ => format!("{{{sql}}}"),
+    }
 }
 
 /// Drops the demo's replication slot (if it exists and no worker streams it), so that it
@@ -480,7 +495,22 @@ pub async fn drop_slot(url: &str, slot: &str) -> Result<(), sqlx::Error> {
 
 #[cfg(test)]
 mod tests {
-    use super::streamed_publications;
+    use super::{context_text, streamed_publications};
+
+    #[test]
+    fn the_sql_key_comes_last_in_a_context_cell() {
+        let context =
+            serde_json::json!({"SQL": "DELETE FROM todo", "user_id": 1, "endpoint": "/todo"});
+        assert_eq!(
+            context_text(&context),
+            r#"{"endpoint":"/todo","user_id":1,"SQL":"DELETE FROM todo"}"#
+        );
+        assert_eq!(
+            context_text(&serde_json::json!({"SQL": "x"})),
+            r#"{"SQL":"x"}"#
+        );
+        assert_eq!(context_text(&serde_json::json!({"a": 1})), r#"{"a":1}"#);
+    }
 
     fn names(list: &[&str]) -> Option<Vec<String>> {
         Some(list.iter().map(|name| (*name).to_owned()).collect())
