@@ -36,7 +36,7 @@
 //!
 //! With [`Carrier::Message`] a write's SQL is not touched, so it keeps sqlx's
 //! prepared-statement cache. Inside a [`BemiTransaction`] the adapter runs the cached
-//! [`EMIT_SQL`](bemi_core::carrier::EMIT_SQL) just before the write (one extra round trip: sqlx
+//! [`EMIT_SQL`] just before the write (one extra round trip: sqlx
 //! cannot pipeline). A write outside a transaction (through `&BemiPool` or `&mut
 //! BemiConnection`) runs in one of its own: `BEGIN` and the emission in one simple query, the
 //! write, `COMMIT` — three round trips, all statements cached or trivial, and safe behind a
