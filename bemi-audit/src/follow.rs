@@ -1,45 +1,4 @@
-//! Following the audit trail: new changes as they are captured, each exactly once
-//! ([`Follower`], the engine of `bemi changes --follow` and of the web UI's live tail).
-//!
-//! ```no_run
-//! use bemi_audit::{ChangeQuery, Follower};
-//! use futures_util::StreamExt as _;
-//! use std::time::Duration;
-//!
-//! # async fn run(pool: sqlx::PgPool) -> Result<(), sqlx::Error> {
-//! // The 10 latest deletes of `todo`, oldest first, then every new one as it arrives.
-//! let query = ChangeQuery::new().table("todo").operation(bemi_audit::Operation::Delete);
-//! let (follower, latest) = Follower::start(pool, query, 10).await?;
-//! for change in latest {
-//!     println!("{} {}", change.committed_at, change.before);
-//! }
-//! let mut pages = std::pin::pin!(follower.into_stream(Duration::from_secs(1)));
-//! while let Some(page) = pages.next().await {
-//!     for change in page? {
-//!         println!("{} {}", change.committed_at, change.before);
-//!     }
-//! }
-//! # Ok(()) }
-//! ```
-//!
-//! # Late changes
-//!
-//! PostgreSQL takes a transaction's commit time just before it writes the commit record, so of
-//! two transactions committing at once, the one with the earlier `committed_at` can come later
-//! in the WAL — and the worker writes changes in WAL order. A follower that only asked for
-//! changes after the newest one it returned would skip the late one for good. So each poll
-//! reads the changes after the newest one seen in full, and looks again, by cursor only, at the
-//! changes of a window of commit time ([`Follower::LOOKBACK`]) before it: the ones there that it
-//! has not returned yet arrived late, and only those are read in full.
-//!
-//! The limit: a change that reaches the audit trail more than [`Follower::LOOKBACK`] of commit
-//! time behind the newest change seen is not returned — e.g. the backlog that another
-//! database's worker catches up on after a downtime, into a `changes` table shared with a busy
-//! database. A query with `since` shows it.
-//!
-//! Memory is bounded by the window: the follower keeps the cursor of each change of the window
-//! that it has seen (about 40 bytes each), and forgets them as the window moves on; changes are
-//! read in pages of [`Follower::PAGE_ROWS`].
+//! Following the audit trail: new changes as they are captured, each exactly once ([`Follower`]).
 
 use std::collections::{BTreeSet, VecDeque};
 use std::time::Duration;
@@ -52,7 +11,47 @@ use uuid::Uuid;
 use crate::{Change, ChangeQuery, Cursor};
 
 /// Follows a [`ChangeQuery`]: returns each matching change once, as it reaches the audit trail
-/// (see the `follow` module's documentation in the source).
+/// (the engine of `bemi changes --follow` and of the web UI's live tail).
+///
+/// ```no_run
+/// use bemi_audit::{ChangeQuery, Follower};
+/// use futures_util::StreamExt as _;
+/// use std::time::Duration;
+///
+/// # async fn run(pool: sqlx::PgPool) -> Result<(), sqlx::Error> {
+/// // The 10 latest deletes of `todo`, oldest first, then every new one as it arrives.
+/// let query = ChangeQuery::new().table("todo").operation(bemi_audit::Operation::Delete);
+/// let (follower, latest) = Follower::start(pool, query, 10).await?;
+/// for change in latest {
+///     println!("{} {}", change.committed_at, change.before);
+/// }
+/// let mut pages = std::pin::pin!(follower.into_stream(Duration::from_secs(1)));
+/// while let Some(page) = pages.next().await {
+///     for change in page? {
+///         println!("{} {}", change.committed_at, change.before);
+///     }
+/// }
+/// # Ok(()) }
+/// ```
+///
+/// # Late changes
+///
+/// PostgreSQL takes a transaction's commit time just before it writes the commit record, so of
+/// two transactions committing at once, the one with the earlier `committed_at` can come later
+/// in the WAL — and the worker writes changes in WAL order. A follower that only asked for
+/// changes after the newest one it returned would skip the late one for good. So each poll
+/// reads the changes after the newest one seen in full, and looks again, by cursor only, at the
+/// changes of a window of commit time ([`Follower::LOOKBACK`]) before it: the ones there that it
+/// has not returned yet arrived late, and only those are read in full.
+///
+/// The limit: a change that reaches the audit trail more than [`Follower::LOOKBACK`] of commit
+/// time behind the newest change seen is not returned — e.g. the backlog that another
+/// database's worker catches up on after a downtime, into a `changes` table shared with a busy
+/// database. A query with `since` shows it.
+///
+/// Memory is bounded by the window: the follower keeps the cursor of each change of the window
+/// that it has seen (about 40 bytes each), and forgets them as the window moves on; changes are
+/// read in pages of [`Follower::PAGE_ROWS`].
 #[derive(Debug)]
 pub struct Follower {
     pool: PgPool,

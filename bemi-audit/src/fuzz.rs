@@ -85,7 +85,7 @@ fn any_now() -> impl Strategy<Value = DateTime<Utc>> {
 
 #[test]
 fn fuzz_times_and_durations_never_panic() {
-    bemi_dev::fuzz::check(
+    bemi_fuzz::check(
         "times and durations",
         3_000,
         (any_text(), any_now()),
@@ -143,7 +143,7 @@ fn fuzz_context_pairs_never_panic() {
         )
             .prop_map(|(key, value)| format!("{key}={value}")),
     ];
-    bemi_dev::fuzz::check("context pairs", 3_000, pair, |pair| {
+    bemi_fuzz::check("context pairs", 3_000, pair, |pair| {
         match no_panic("parse_context_pair", &pair, || parse_context_pair(&pair))? {
             // What the database is asked to compare holds no NUL (jsonb refuses it).
             Ok((key, value)) => {

@@ -10,7 +10,7 @@
 //!   history) and [`Revert`] (undo a change, a transaction or a request, with a conflict check);
 //! - [`Follower`]: new changes as they are captured, each once (`bemi changes --follow`, the
 //!   web UI's live tail);
-//! - [`retention`]: pruning old changes; [`text`]: changes and rows as psql prints tables.
+//! - [`retention`]: pruning old changes.
 //!
 //! Results come newest first by default and are paged with a keyset cursor (never `OFFSET`), so
 //! the next page costs the same as the first however deep you go.
@@ -51,7 +51,6 @@ pub mod retention;
 mod revert;
 pub mod schema;
 pub mod store;
-pub mod text;
 pub mod time;
 mod time_travel;
 

@@ -28,6 +28,7 @@ const STREAM_PAGE_ROWS: u64 = 1_000;
 /// assert!(sql.ends_with("ORDER BY committed_at ASC, position ASC, id ASC"));
 /// ```
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum Order {
     /// `committed_at DESC, position DESC`: the latest change first.
     #[default]
@@ -680,6 +681,7 @@ pub fn holds_nul(value: &Value) -> bool {
 /// assert!(error.to_string().contains("KEY=VALUE"));
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum ContextPairError {
     /// No `=`, or an empty key.
     #[error(

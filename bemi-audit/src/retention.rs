@@ -49,6 +49,7 @@ const LOCK_ATTEMPTS: u32 = 5;
 /// assert_eq!(bemi_audit::retention::OldPartitions::default(), bemi_audit::retention::OldPartitions::Drop);
 /// ```
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum OldPartitions {
     /// `DROP TABLE`: gone.
     #[default]
@@ -86,6 +87,7 @@ pub struct Pruner {
 /// assert!(matches!(step, PruneProgress::Batch { .. }));
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum PruneProgress {
     /// A whole partition was dropped or detached.
     Partition {

@@ -167,6 +167,7 @@ const LOCK_TIMEOUT: &str = "SET LOCAL lock_timeout = '5s'";
 /// assert!("week".parse::<Layout>().is_err());
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[non_exhaustive]
 pub enum Layout {
     /// One table.
     #[default]
@@ -197,6 +198,7 @@ impl FromStr for Layout {
 /// assert!(error.to_string().contains("SET SCHEMA"));
 /// ```
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum SchemaError {
     /// A query failed.
     #[error("could not set up the changes table: {0}")]
@@ -312,6 +314,7 @@ pub async fn prepare(conn: &mut PgConnection) -> Result<(), sqlx::Error> {
 /// `ChangeQuery::before_contains`) and cost every stored change their upkeep (see
 /// BENCHMARKS.md, P4-choice). Without them those filters scan.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum ImageIndexes {
     /// Create them if missing (the default).
     #[default]

@@ -55,6 +55,7 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 /// PostgreSQL, which reads every form it knows (`Dec 3 2026 12:00`, `yesterday`, …), when the
 /// command connects — a text it refuses is a usage error there too (exit code 2).
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum PointInTime {
     /// This long before now.
     Ago(Duration),
@@ -66,6 +67,7 @@ pub enum PointInTime {
 
 /// A time that cannot be resolved.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum TimeError {
     /// Neither bemi nor PostgreSQL reads the text as a time; the message says what to write.
     #[error("{0}")]

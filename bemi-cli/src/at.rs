@@ -10,8 +10,8 @@ use serde_json::Value;
 use super::audit_db::{AuditArgs, ensure_known_table, finish_output};
 use super::time::PointInTime;
 use super::{boolish, write_stdout};
-use bemi_audit::text::RowsLayout;
-use bemi_audit::text::footer;
+use crate::text::RowsLayout;
+use crate::text::footer;
 
 /// Rows read before the columns' widths are fixed (later rows are cut to them).
 const FIT_ROWS: usize = 1_000;

@@ -3,8 +3,8 @@
 use std::io;
 use std::time::Duration;
 
+use crate::text::{self as table, ChangesLayout as Layout};
 use anyhow::anyhow;
-use bemi_audit::text::{self as table, ChangesLayout as Layout};
 use bemi_audit::{Change, ChangeQuery, Follower, Operation, parse_context_pair};
 use chrono::{DateTime, Utc};
 use futures_util::StreamExt as _;

@@ -53,7 +53,7 @@ async fn serve(url: &str, args: &DevArgs, shutdown: CancellationToken) -> anyhow
         ));
     }
     let pool = connect(url).await?;
-    bemi_core::migration::migrate(&pool, Default::default())
+    bemi_sqlx::migration::migrate(&pool, Default::default())
         .await
         .context("could not install tracking")?;
     let ui_listener = tokio::net::TcpListener::bind(args.ui_addr)

@@ -76,7 +76,7 @@ fn fuzz_every_command_line_parses_or_is_a_usage_error() {
         ];
         (Just(path), vec(argument, 0..4))
     });
-    bemi_dev::fuzz::check("command lines", 1_000, argv, |(path, arguments)| {
+    bemi_fuzz::check("command lines", 1_000, argv, |(path, arguments)| {
         let mut argv: Vec<OsString> = vec!["bemi".into()];
         argv.extend(path.iter().map(OsString::from));
         argv.extend(arguments.into_iter().flatten().map(OsString::from_vec));

@@ -5,7 +5,7 @@ use futures_util::TryStreamExt as _;
 
 use super::audit_db::{AuditArgs, ensure_known_table, finish_output, print_json_lines};
 use super::{boolish, write_stdout};
-use bemi_audit::text as table;
+use crate::text as table;
 
 /// `bemi history`
 #[derive(Debug, clap::Args)]

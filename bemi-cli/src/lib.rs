@@ -38,6 +38,7 @@ mod prune;
 mod revert;
 mod shutdown;
 mod store;
+mod text;
 mod time;
 mod ui;
 mod worker;

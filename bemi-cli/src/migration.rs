@@ -31,9 +31,7 @@ pub(crate) struct MigrationFlags {
 
 impl MigrationFlags {
     fn options(&self) -> MigrationOptions {
-        MigrationOptions {
-            replica_identity_full: !self.no_replica_identity_full,
-        }
+        MigrationOptions::default().replica_identity_full(!self.no_replica_identity_full)
     }
 }
 
@@ -148,7 +146,7 @@ pub(crate) fn create_files(dir: &Path, options: MigrationOptions) -> anyhow::Res
 pub(super) async fn run_migrate(args: MigrateArgs) -> anyhow::Result<()> {
     let url = args.source.url()?;
     let pool = connect(url).await?;
-    migration::migrate(&pool, args.flags.options())
+    bemi_sqlx::migration::migrate(&pool, args.flags.options())
         .await
         .map_err(|error| {
             let privilege = error

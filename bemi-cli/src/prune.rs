@@ -6,8 +6,8 @@ use chrono::Utc;
 use super::audit_db::{AuditArgs, finish_output};
 use super::time::PointInTime;
 use super::{boolish, shutdown, write_stdout};
+use crate::text::timestamp_text;
 use bemi_audit::retention::{OldPartitions, PruneProgress, Pruner};
-use bemi_audit::text::timestamp_text;
 
 /// `bemi prune`
 #[derive(Debug, clap::Args)]
@@ -59,6 +59,7 @@ pub(super) async fn run(args: PruneArgs) -> anyhow::Result<()> {
             PruneProgress::Batch { total, .. } => {
                 tracing::debug!(deleted = total, "deleted a batch");
             }
+            other => tracing::debug!(?other, "pruning"),
         })
         .await?;
     pool.close().await;

@@ -31,6 +31,7 @@ pub(crate) async fn resolve(
         Ok(instant) => Ok(instant),
         Err(TimeError::NotATime(error)) => Err(UsageError(format!("{flag} {error}")).into()),
         Err(TimeError::Database(error)) => Err(error.into()),
+        Err(other) => Err(other.into()),
     }
 }
 

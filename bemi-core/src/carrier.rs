@@ -34,7 +34,10 @@ use crate::context;
 use crate::sql;
 
 /// How writes carry their context; see the [module docs](self).
+///
+/// Non-exhaustive: an adapter treats a carrier it does not know as the comment.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum Carrier {
     /// The measured faster of the two for each path (BENCHMARKS.md, P2): the message, except
     /// for a sqlx write outside a transaction, which carries the comment (2 round trips and a

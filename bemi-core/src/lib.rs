@@ -9,9 +9,10 @@
 //! - [`sql`]: annotating writes with the comment;
 //! - [`migration`]: the SQL that installs the triggers;
 //! - [`protocol`]: the names and bounds of the wire format and of the `changes` table;
-//! - driver adapters behind the features `sqlx` (module `sqlx`) and `tokio-postgres` (module
-//!   `tokio_postgres`);
 //! - [`integration`]: what framework integrations (layers, middleware) are built from.
+//!
+//! The database adapters that carry the context are crates of their own: `bemi-sqlx`,
+//! `bemi-tokio-postgres`, `bemi-seaorm` and `bemi-diesel`.
 //!
 //! ```
 //! use bemi_core::{context, sql};
@@ -29,15 +30,8 @@ pub mod integration;
 pub mod migration;
 pub mod protocol;
 pub mod sql;
-pub mod sqlcommenter;
 
 #[cfg(feature = "opentelemetry")]
 pub mod trace;
-
-#[cfg(feature = "sqlx")]
-pub mod sqlx;
-
-#[cfg(feature = "tokio-postgres")]
-pub mod tokio_postgres;
 
 pub use context::{Context, ContextExt, IntoContext};

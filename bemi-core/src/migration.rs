@@ -2,8 +2,8 @@
 //! comment of each write into one transactional `_bemi` logical-decoding message.
 //!
 //! [`up`] installs, [`down`] removes; both are plain SQL strings to put in your own migrations
-//! (`bemi migration create` writes a sqlx-migrate pair), or to run with [`migrate`] (feature
-//! `sqlx`). What `up` creates:
+//! (`bemi migration create` writes a sqlx-migrate pair), or to run with `bemi_sqlx::migration::migrate`
+//! or `bemi migrate`. What `up` creates:
 //!
 //! - `_bemi_statement_trigger_func()`: the trigger. Once per statement and table it reads
 //!   `current_query()`, takes the JSON of a trailing Bemi comment and emits it with
@@ -25,7 +25,7 @@
 //! use bemi_core::migration::{self, MigrationOptions};
 //!
 //! assert!(migration::up().contains("CREATE OR REPLACE FUNCTION _bemi_statement_trigger_func()"));
-//! let without_full = MigrationOptions { replica_identity_full: false }.up();
+//! let without_full = MigrationOptions::default().replica_identity_full(false).up();
 //! assert!(without_full.contains("_bemi_track_table(created.objid, false)"));
 //! assert!(migration::down().contains("DROP EVENT TRIGGER IF EXISTS _bemi_create_table_trigger"));
 //! ```
@@ -37,13 +37,18 @@ const REPLICA_IDENTITY_PLACEHOLDER: &str = "{{REPLICA_IDENTITY_FULL}}";
 /// The name of the trigger installed on every tracked table.
 pub const TRIGGER_NAME: &str = "_bemi_statement_trigger";
 
-/// Choices for the migration.
+/// Choices for the migration: [`Default`], then a setter per choice (more may come, hence
+/// `#[non_exhaustive]`).
 ///
 /// ```
-/// let options = bemi_core::migration::MigrationOptions::default();
-/// assert!(options.replica_identity_full);
+/// use bemi_core::migration::MigrationOptions;
+///
+/// assert!(MigrationOptions::default().replica_identity_full);
+/// let options = MigrationOptions::default().replica_identity_full(false);
+/// assert!(!options.replica_identity_full);
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct MigrationOptions {
     /// Set `REPLICA IDENTITY FULL` on every tracked table, now and for tables created later, so
     /// that updates and deletes carry the whole before-image. Default: `true`.
@@ -59,6 +64,18 @@ impl Default for MigrationOptions {
 }
 
 impl MigrationOptions {
+    /// Sets [`replica_identity_full`](Self#structfield.replica_identity_full).
+    ///
+    /// ```
+    /// let sql = bemi_core::migration::MigrationOptions::default().replica_identity_full(false).up();
+    /// assert!(sql.contains("_bemi_track_table(created.objid, false)"));
+    /// ```
+    #[must_use]
+    pub fn replica_identity_full(mut self, on: bool) -> Self {
+        self.replica_identity_full = on;
+        self
+    }
+
     /// The installing SQL for these options.
     ///
     /// ```
@@ -91,41 +108,4 @@ pub fn up() -> String {
 /// ```
 pub fn down() -> &'static str {
     DOWN
-}
-
-/// Applies [`up`] with `options` in one transaction, serialized against concurrent runs (e.g.
-/// several app instances starting at once) by an advisory lock. Idempotent.
-///
-/// ```no_run
-/// # async fn run(pool: sqlx::PgPool) -> Result<(), sqlx::Error> {
-/// bemi_core::migration::migrate(&pool, Default::default()).await?;
-/// # Ok(()) }
-/// ```
-#[cfg(feature = "sqlx")]
-pub async fn migrate(pool: &sqlx::PgPool, options: MigrationOptions) -> Result<(), sqlx::Error> {
-    run_in_locked_transaction(pool, options.up()).await
-}
-
-/// Applies [`down`], serialized like [`migrate`].
-///
-/// ```no_run
-/// # async fn run(pool: sqlx::PgPool) -> Result<(), sqlx::Error> {
-/// bemi_core::migration::migrate_down(&pool).await?;
-/// # Ok(()) }
-/// ```
-#[cfg(feature = "sqlx")]
-pub async fn migrate_down(pool: &sqlx::PgPool) -> Result<(), sqlx::Error> {
-    run_in_locked_transaction(pool, DOWN.to_owned()).await
-}
-
-#[cfg(feature = "sqlx")]
-async fn run_in_locked_transaction(pool: &sqlx::PgPool, sql: String) -> Result<(), sqlx::Error> {
-    let mut tx = pool.begin().await?;
-    sqlx::query("SELECT pg_advisory_xact_lock(hashtext('bemi-rs migration'))")
-        .execute(&mut *tx)
-        .await?;
-    sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
-        .execute(&mut *tx)
-        .await?;
-    tx.commit().await
 }

@@ -32,6 +32,16 @@ pub const COMMENT_END: &str = " Bemi*/";
 /// The prefix of the logical-decoding messages that carry contexts.
 pub const MESSAGE_PREFIX: &str = "_bemi";
 
+/// The prefix of the logical-decoding messages in which the migration's trigger passes the body
+/// of a statement's trailing [sqlcommenter](https://google.github.io/sqlcommenter/spec/)
+/// comment (`/*key='value',…*/`) when the statement has no Bemi context; the capture worker
+/// turns it into the rows' context.
+pub const SQLCOMMENTER_MESSAGE_PREFIX: &str = "_bemi_sqlcommenter";
+
+/// The setting that turns the trigger's reading of sqlcommenter comments off when `'off'`
+/// (`ALTER DATABASE app SET bemi.sqlcommenter = 'off'`, or per role); on otherwise.
+pub const SQLCOMMENTER_SETTING: &str = "bemi.sqlcommenter";
+
 /// The key the library adds to every context: the statement's text (a user key of the same
 /// name wins).
 pub const SQL_KEY: &str = "SQL";

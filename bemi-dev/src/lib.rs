@@ -10,7 +10,6 @@
 //!   transaction pooling mode for the tests of pooler safety.
 //! - [`NatsServer`]: a nats-server (Debian's `nats-server`) with JetStream, which can be
 //!   stopped, killed and started again, for the tests of the NATS sink and `bemi store`.
-//! - `fuzz` (feature `fuzz`): runs a property on generated inputs for a time budget.
 //!
 //! ```no_run
 //! let pg = bemi_dev::EphemeralPostgres::start()?;
@@ -18,8 +17,6 @@
 //! # Ok::<(), bemi_dev::LaunchError>(())
 //! ```
 
-#[cfg(feature = "fuzz")]
-pub mod fuzz;
 mod nats;
 mod pgbouncer;
 mod postgres;

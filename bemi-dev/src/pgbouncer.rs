@@ -14,6 +14,7 @@ const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// When pgbouncer gives a server connection back to its pool.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum PoolMode {
     /// When the client disconnects.
     Session,

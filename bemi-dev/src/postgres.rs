@@ -36,6 +36,7 @@ const SUPERUSER: &str = "postgres";
 
 /// Why an ephemeral cluster could not be started.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum LaunchError {
     /// No PostgreSQL server binaries were found.
     #[error(
@@ -119,6 +120,7 @@ pub enum LaunchError {
 /// assert!(options.settings.iter().any(|(k, v)| k == "wal_level" && v == "replica"));
 /// ```
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct LaunchOptions {
     /// Server settings passed with `-c name=value`; later entries win.
     pub settings: Vec<(String, String)>,
@@ -129,6 +131,7 @@ pub struct LaunchOptions {
 
 /// The server's certificate chain and private key, both PEM.
 #[derive(Clone)]
+#[non_exhaustive]
 pub struct ServerTls {
     /// The certificate (and any intermediates), PEM.
     pub cert_pem: String,
@@ -635,6 +638,7 @@ fn random_password() -> io::Result<String> {
 /// # Ok::<(), bemi_dev::LaunchError>(())
 /// ```
 #[derive(Debug)]
+#[non_exhaustive]
 pub enum DevDatabase {
     /// An existing server, from `DATABASE_URL`.
     External(String),

@@ -50,7 +50,7 @@
 //! as in effect before its emission is awaited; only a completed reset clears the note). A
 //! write outside a transaction dropped midway is rolled back: SeaORM's `DatabaseTransaction`
 //! queues sqlx's `ROLLBACK` when dropped, and sqlx sends it before the connection's next use or
-//! its return to the pool (see `bemi_core::sqlx`'s notes on cancellation).
+//! its return to the pool (see `bemi_sqlx`'s notes on cancellation).
 
 use std::future::Future;
 use std::pin::Pin;

@@ -281,6 +281,7 @@ pub(crate) async fn resolve(
         Ok(instant) => Ok(Some(instant)),
         Err(TimeError::NotATime(error)) => Err(FilterError::Time(error, key)),
         Err(TimeError::Database(error)) => Err(error.into()),
+        Err(other) => Err(FilterError::Time(other.to_string(), key)),
     }
 }
 
@@ -448,7 +449,7 @@ mod tests {
         use std::panic::{AssertUnwindSafe, catch_unwind};
 
         let now = Utc::now();
-        bemi_dev::fuzz::check("UI filters", 3_000, query_string(), |query| {
+        bemi_fuzz::check("UI filters", 3_000, query_string(), |query| {
             let parsed =
                 catch_unwind(AssertUnwindSafe(|| Filters::parse(&query))).map_err(|_| {
                     TestCaseError::fail(format!("Filters::parse panicked on {query:?}"))
@@ -511,7 +512,7 @@ mod tests {
             any::<i64>(),
             any::<u128>(),
         );
-        bemi_dev::fuzz::check(
+        bemi_fuzz::check(
             "cursors",
             3_000,
             (cursor, any::<String>(), vec_of_bytes()),

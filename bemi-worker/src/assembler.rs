@@ -349,10 +349,10 @@ impl Assembler {
 /// anything else becomes a marker:
 /// `{"_bemi_invalid_context": {"error": "...", "text": "<the first 1000 bytes>"}}`.
 /// The context of a sqlcommenter comment body: its keys and values decoded
-/// ([`bemi_core::sqlcommenter::parse`]); `{}` for a comment that is not key=value pairs.
+/// ([`crate::sqlcommenter::parse`]); `{}` for a comment that is not key=value pairs.
 pub(crate) fn parse_sqlcommenter(content: &[u8]) -> Arc<str> {
     let body = String::from_utf8_lossy(content);
-    match bemi_core::sqlcommenter::parse(&body) {
+    match crate::sqlcommenter::parse(&body) {
         Ok(context) => {
             let json = serde_json::Value::Object(context).to_string();
             match crate::json_value::sanitize_json(&json) {

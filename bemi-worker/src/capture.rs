@@ -262,7 +262,7 @@ impl<S: ReplicationSource> StreamSession<'_, S> {
                 prefix,
                 content,
                 ..
-            } if prefix == bemi_core::sqlcommenter::MESSAGE_PREFIX => {
+            } if prefix == bemi_core::protocol::SQLCOMMENTER_MESSAGE_PREFIX => {
                 self.assembler.sqlcommenter_message(&content);
             }
             SourceEvent::Message {

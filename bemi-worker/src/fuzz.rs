@@ -1,5 +1,5 @@
 //! Fuzz targets of the capture's decoding (run with `BEMI_FUZZ_SECONDS=N` for a time budget;
-//! see `bemi_dev::fuzz`): pgoutput messages — well-formed, then truncated, flipped or padded —
+//! see `bemi_fuzz`): pgoutput messages — well-formed, then truncated, flipped or padded —
 //! go through the decoder, the assembler and the JSON conversion. Nothing may panic, and every
 //! row that comes out must be what the `changes` table accepts: JSON objects, a context object,
 //! a key that is text or a JSON array, and, for input PostgreSQL could send, no NUL character
@@ -350,7 +350,7 @@ fn fuzz_pgoutput_decoder_and_assembler() {
         )
     });
     let config = WorkerConfig::new("postgres://fuzz@127.0.0.1/fuzz");
-    bemi_dev::fuzz::check(
+    bemi_fuzz::check(
         "pgoutput decoder and assembler",
         2_000,
         input,
@@ -397,7 +397,7 @@ fn fuzz_pgoutput_decoder_and_assembler() {
 
 #[test]
 fn fuzz_arbitrary_bytes_never_panic_the_decoder() {
-    bemi_dev::fuzz::check(
+    bemi_fuzz::check(
         "pgoutput decoder on arbitrary bytes",
         5_000,
         (
@@ -418,7 +418,7 @@ fn fuzz_arbitrary_bytes_never_panic_the_decoder() {
 fn fuzz_sqlcommenter_bodies_always_become_a_storable_object() {
     use crate::assembler::parse_sqlcommenter;
 
-    bemi_dev::fuzz::check(
+    bemi_fuzz::check(
         "sqlcommenter comment bodies",
         5_000,
         prop_oneof![

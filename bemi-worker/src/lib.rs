@@ -45,6 +45,7 @@ mod rows;
 mod schema_history;
 mod setup;
 mod source;
+mod sqlcommenter;
 mod tls;
 mod worker;
 mod xid;

@@ -9,18 +9,22 @@
 //!
 //! | feature | module | crate |
 //! |---|---|---|
-//! | (always) | [`context`], [`migration`], [`protocol`], [`sql`], [`sqlcommenter`], [`integration`] | `bemi-core` |
-//! | `opentelemetry` | `trace` (trace ids in every write's context) | `bemi-core` |
+//! | (always) | [`context`], [`migration`], [`protocol`], [`sql`], [`carrier`], [`integration`] | `bemi-core` |
 //! | `axum` | `axum` (Tower layer: axum, tonic, any Tower HTTP service) | `bemi-axum` |
 //! | `actix` | `actix` (actix-web middleware) | `bemi-actix` |
 //! | `async-graphql` | `async_graphql` (the extension) | `bemi-async-graphql` |
 //! | `poem` | `poem` (poem middleware) | `bemi-poem` |
 //! | `salvo` | `salvo` (salvo hoop) | `bemi-salvo` |
 //! | `rocket` | `rocket` (Rocket route wrapper) | `bemi-rocket` |
-//! | `sqlx` | `sqlx` (the sqlx 0.9 adapter) | `bemi-core` |
-//! | `tokio-postgres` | `tokio_postgres` (the tokio-postgres 0.7 adapter) | `bemi-core` |
-//! | `audit` | `audit` (queries, time travel, revert, follow) | `bemi-audit` |
+//! | `sqlx` | `sqlx` (the sqlx 0.9 adapter; the migration on a sqlx pool) | `bemi-sqlx` |
+//! | `tokio-postgres` | `tokio_postgres` (the tokio-postgres 0.7 adapter; deadpool, bb8) | `bemi-tokio-postgres` |
+//! | `seaorm` | `seaorm` (SeaORM 2 connection and transaction) | `bemi-seaorm` |
+//! | `diesel`, `diesel-async` | `diesel` (Diesel's `PgConnection`; diesel-async's `AsyncPgConnection`) | `bemi-diesel` |
+//! | `opentelemetry` | `trace` (trace ids in every write's context) | `bemi-core` |
+//! | `audit` | `audit` (queries, time travel, revert, follow, retention) | `bemi-audit` |
 //! | `worker` | `worker` (the capture worker, in your process) | `bemi-worker` |
+//! | `nats` | `worker::nats` (the JetStream sink and the store) | `bemi-worker` |
+//! | `ui` | `ui` (the audit trail's web UI, an axum `Router`) | `bemi-ui` |
 //!
 //! ```toml
 //! [dependencies]
@@ -38,17 +42,11 @@
 //! ```
 
 pub use bemi_core::{
-    Context, ContextExt, IntoContext, context, integration, migration, protocol, sql, sqlcommenter,
+    Context, ContextExt, IntoContext, carrier, context, integration, migration, protocol, sql,
 };
 
 #[cfg(feature = "opentelemetry")]
 pub use bemi_core::trace;
-
-#[cfg(feature = "sqlx")]
-pub use bemi_core::sqlx;
-
-#[cfg(feature = "tokio-postgres")]
-pub use bemi_core::tokio_postgres;
 
 #[cfg(feature = "axum")]
 pub use bemi_axum as axum;
@@ -68,8 +66,36 @@ pub use bemi_salvo as salvo;
 #[cfg(feature = "rocket")]
 pub use bemi_rocket as rocket;
 
+#[cfg(feature = "sqlx")]
+pub use bemi_sqlx as sqlx;
+
+#[cfg(feature = "tokio-postgres")]
+pub use bemi_tokio_postgres as tokio_postgres;
+
+#[cfg(feature = "seaorm")]
+pub use bemi_seaorm as seaorm;
+
+#[cfg(any(feature = "diesel", feature = "diesel-async"))]
+pub use bemi_diesel as diesel;
+
 #[cfg(feature = "audit")]
 pub use bemi_audit as audit;
 
 #[cfg(feature = "worker")]
 pub use bemi_worker as worker;
+
+// NATS: `bemi::worker::nats` while the JetStream sink and store live in bemi-worker (feature
+// `nats`); when they move into their own crate, `bemi-nats`, it is re-exported here as `nats`.
+
+#[cfg(feature = "ui")]
+pub use bemi_ui as ui;
+
+/// The adapters' paths through the facade, compiled as a doc test with their features.
+///
+/// ```
+/// fn pool(pool: bemi::sqlx::BemiPool) -> bemi::sqlx::BemiPool { pool }
+/// fn client(client: bemi::tokio_postgres::BemiClient) -> bemi::tokio_postgres::BemiClient { client }
+/// let _ = bemi::sqlx::migration::migrate;
+/// ```
+#[cfg(all(doctest, feature = "sqlx", feature = "tokio-postgres"))]
+struct AdapterDoctests;

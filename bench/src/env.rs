@@ -94,7 +94,7 @@ impl Env {
     pub(crate) fn bin_dir(&self) -> Option<std::path::PathBuf> {
         match &self.server {
             DevDatabase::Ephemeral(pg) => Some(pg.bin_dir().to_owned()),
-            DevDatabase::External(_) => None,
+            _ => None,
         }
     }
 

@@ -6,8 +6,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bemi_core::context;
-use bemi_core::sqlx::BemiPool;
 use bemi_dev::NatsServer;
+use bemi_sqlx::BemiPool;
 use bemi_worker::nats::{NatsConfig, Store, StoreConfig, StoreMetrics};
 use tokio_util::sync::CancellationToken;
 
@@ -96,7 +96,7 @@ pub(crate) async fn p7_jetstream(env: &Env, sizes: &Sizes) -> anyhow::Result<Vec
     let mut nats = tokio::task::spawn_blocking(NatsServer::start).await??;
     let db = env.database("bench_p7").await?;
     db.exec(EVENTS_TABLE).await?;
-    bemi_core::migration::migrate(&db.pool, Default::default()).await?;
+    bemi_sqlx::migration::migrate(&db.pool, Default::default()).await?;
     let audit = env.database("bench_p7_audit").await?;
     let bemi = BemiPool::new(db.pool.clone());
     let (mut direct, mut through) = (Samples::default(), Samples::default());

@@ -11,8 +11,8 @@ use axum::routing::get;
 use bemi_axum::BemiLayer;
 use bemi_core::carrier::Carrier;
 use bemi_core::context;
-use bemi_core::sqlx::BemiPool;
-use bemi_core::tokio_postgres::BemiClient;
+use bemi_sqlx::BemiPool;
+use bemi_tokio_postgres::BemiClient;
 use http_body_util::{BodyExt as _, Empty};
 use hyper::body::Bytes;
 use hyper_util::rt::TokioIo;
@@ -126,7 +126,7 @@ pub(crate) async fn p2_inserts(env: &Env, sizes: &Sizes) -> anyhow::Result<Vec<R
          CREATE TABLE plain {TODO_COLUMNS}; CREATE TABLE tracked {TODO_COLUMNS};"
     ))
     .await?;
-    bemi_core::migration::migrate(&db.pool, Default::default()).await?;
+    bemi_sqlx::migration::migrate(&db.pool, Default::default()).await?;
     db.exec("DROP TRIGGER _bemi_statement_trigger ON plain")
         .await?;
     // New connections pick up synchronous_commit=off.
@@ -463,7 +463,7 @@ pub(crate) async fn p3_update(env: &Env, sizes: &Sizes) -> anyhow::Result<Vec<Ro
         "CREATE TABLE plain {table}; CREATE TABLE tracked {table}; CREATE TABLE per_row {table};"
     ))
     .await?;
-    bemi_core::migration::migrate(&db.pool, Default::default()).await?;
+    bemi_sqlx::migration::migrate(&db.pool, Default::default()).await?;
     db.exec(&format!(
         "DROP TRIGGER _bemi_statement_trigger ON plain; \
          DROP TRIGGER _bemi_statement_trigger ON per_row; \

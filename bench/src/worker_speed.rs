@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bemi_core::context;
-use bemi_core::sqlx::BemiPool;
+use bemi_sqlx::BemiPool;
 use bemi_worker::Worker;
 use bemi_worker::WorkerConfig;
 use bemi_worker::WorkerMetrics;
@@ -98,7 +98,7 @@ type Choice = fn(&mut WorkerConfig);
 pub(crate) async fn p4_throughput(env: &Env, sizes: &Sizes) -> anyhow::Result<Vec<Row>> {
     let db = env.database("bench_p4").await?;
     db.exec(EVENTS_TABLE).await?;
-    bemi_core::migration::migrate(&db.pool, Default::default()).await?;
+    bemi_sqlx::migration::migrate(&db.pool, Default::default()).await?;
     let bemi = BemiPool::new(db.pool.clone());
     let recvlogical = env
         .bin_dir()
@@ -307,7 +307,7 @@ pub(crate) async fn p4_throughput(env: &Env, sizes: &Sizes) -> anyhow::Result<Ve
 pub(crate) async fn p5_latency(env: &Env, sizes: &Sizes) -> anyhow::Result<Vec<Row>> {
     let db = env.database("bench_p5").await?;
     db.exec(EVENTS_TABLE).await?;
-    bemi_core::migration::migrate(&db.pool, Default::default()).await?;
+    bemi_sqlx::migration::migrate(&db.pool, Default::default()).await?;
     let bemi = BemiPool::new(db.pool.clone());
     let worker = InProcessWorker::start(config(&db, "bench_latency"));
     let connected = Instant::now();

@@ -7,7 +7,7 @@
 use actix_web::dev::ServiceRequest;
 use actix_web::{App, HttpResponse, HttpServer, web};
 use bemi_actix::Bemi;
-use bemi_core::tokio_postgres::BemiClient;
+use bemi_tokio_postgres::BemiClient;
 use serde_json::{Value, json};
 
 /// The context of each request: who, which endpoint, which method.

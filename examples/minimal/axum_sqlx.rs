@@ -8,7 +8,7 @@ use axum::extract::{Json, State};
 use axum::http::{Request, StatusCode};
 use axum::{Router, body::Body, routing::post};
 use bemi_axum::BemiLayer;
-use bemi_core::sqlx::BemiPool;
+use bemi_sqlx::BemiPool;
 use serde_json::{Value, json};
 
 /// The context of each request: who, which endpoint, which method.
@@ -42,7 +42,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .await?;
 
     // 1. The migration: triggers that put each write's context into the WAL.
-    bemi_core::migration::migrate(&pool, Default::default()).await?;
+    bemi_sqlx::migration::migrate(&pool, Default::default()).await?;
 
     // 2. The layer: every request runs inside the context its closure returns.
     // 3. The wrapper: writes through `BemiPool` carry that context.

@@ -12,7 +12,7 @@ use axum::middleware::Next;
 use axum::response::Response;
 use axum::{Router, routing::post};
 use bemi_axum::BemiLayer;
-use bemi_core::sqlx::BemiPool;
+use bemi_sqlx::BemiPool;
 use bemi_ui::{Access, UiOptions};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
@@ -73,7 +73,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     sqlx::query("CREATE TABLE IF NOT EXISTS todo (id bigserial PRIMARY KEY, task text NOT NULL)")
         .execute(&pool)
         .await?;
-    bemi_core::migration::migrate(&pool, Default::default()).await?;
+    bemi_sqlx::migration::migrate(&pool, Default::default()).await?;
 
     // The capture worker, in this process: it fills `changes`, which the UI reads.
     let shutdown = CancellationToken::new();

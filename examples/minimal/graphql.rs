@@ -10,7 +10,7 @@ use axum::http::Request;
 use axum::{Json, Router, body::Body, routing::post};
 use bemi_async_graphql::BemiExtension;
 use bemi_axum::BemiLayer;
-use bemi_core::sqlx::BemiPool;
+use bemi_sqlx::BemiPool;
 use serde_json::json;
 
 struct Query;
@@ -54,7 +54,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .execute(&pool)
         .await?;
     // 1. The migration.
-    bemi_core::migration::migrate(&pool, Default::default()).await?;
+    bemi_sqlx::migration::migrate(&pool, Default::default()).await?;
 
     // 2. The extension: each operation runs in the request's context plus its name and variables.
     let schema = Schema::build(Query, Mutation, EmptySubscription)

@@ -5,7 +5,7 @@
 //!
 //! ```no_run
 //! # async fn run(client: tokio_postgres::Client) -> std::io::Result<()> {
-//! let client = bemi_core::tokio_postgres::BemiClient::new(client);
+//! let client = bemi_tokio_postgres::BemiClient::new(client);
 //! let listener = std::net::TcpListener::bind("127.0.0.1:3000")?;
 //! let server = bemi_examples::actix_app::server(client, listener, 2)?;
 //! server.await
@@ -20,7 +20,7 @@ use actix_web::dev::{Server, ServiceFactory, ServiceRequest, ServiceResponse};
 use actix_web::http::StatusCode;
 use actix_web::{App, HttpResponse, HttpServer, ResponseError, web};
 use bemi_actix::Bemi;
-use bemi_core::tokio_postgres::BemiClient;
+use bemi_tokio_postgres::BemiClient;
 use serde_json::json;
 
 use crate::request_context;
@@ -31,7 +31,7 @@ use crate::todo::NewTodo;
 /// database.
 ///
 /// ```no_run
-/// # fn run(client: bemi_core::tokio_postgres::BemiClient) {
+/// # fn run(client: bemi_tokio_postgres::BemiClient) {
 /// let client = actix_web::web::Data::new(client);
 /// let server = actix_web::HttpServer::new(move || bemi_examples::actix_app::app(client.clone()));
 /// # }
@@ -60,7 +60,7 @@ pub fn app(
 /// use actix_web::{App, dev::ServiceRequest, web};
 /// use serde_json::json;
 ///
-/// # fn run(client: bemi_core::tokio_postgres::BemiClient) {
+/// # fn run(client: bemi_tokio_postgres::BemiClient) {
 /// let client = web::Data::new(client);
 /// let app = App::new()
 ///     .app_data(client)
@@ -80,7 +80,7 @@ pub fn routes(config: &mut web::ServiceConfig) {
 /// signals: stop it with its handle (`server.handle().stop(true)`).
 ///
 /// ```no_run
-/// # async fn run(client: bemi_core::tokio_postgres::BemiClient) -> std::io::Result<()> {
+/// # async fn run(client: bemi_tokio_postgres::BemiClient) -> std::io::Result<()> {
 /// let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
 /// let server = bemi_examples::actix_app::server(client, listener, 2)?;
 /// let handle = server.handle();

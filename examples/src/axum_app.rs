@@ -6,7 +6,7 @@
 //!
 //! ```no_run
 //! # async fn run(pool: sqlx::PgPool) -> std::io::Result<()> {
-//! let app = bemi_examples::axum_app::router(bemi_core::sqlx::BemiPool::new(pool));
+//! let app = bemi_examples::axum_app::router(bemi_sqlx::BemiPool::new(pool));
 //! let listener = tokio::net::TcpListener::bind("127.0.0.1:3000").await?;
 //! axum::serve(listener, app).await
 //! # }
@@ -20,7 +20,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, put};
 use bemi_axum::BemiLayer;
-use bemi_core::sqlx::BemiPool;
+use bemi_sqlx::BemiPool;
 use serde_json::json;
 
 use crate::request_context;
@@ -32,7 +32,7 @@ use crate::todo::{NewTodo, Todo};
 ///
 /// ```no_run
 /// # fn run(pool: sqlx::PgPool) {
-/// let app: axum::Router = bemi_examples::axum_app::router(bemi_core::sqlx::BemiPool::new(pool));
+/// let app: axum::Router = bemi_examples::axum_app::router(bemi_sqlx::BemiPool::new(pool));
 /// # }
 /// ```
 pub fn router(pool: BemiPool) -> Router {
@@ -43,7 +43,7 @@ pub fn router(pool: BemiPool) -> Router {
 ///
 /// ```no_run
 /// # fn run(pool: sqlx::PgPool) {
-/// let app = bemi_examples::axum_app::router_for(bemi_core::sqlx::BemiPool::new(pool));
+/// let app = bemi_examples::axum_app::router_for(bemi_sqlx::BemiPool::new(pool));
 /// # }
 /// ```
 pub fn router_for<S: TodoStore>(store: S) -> Router {
@@ -59,7 +59,7 @@ pub fn router_for<S: TodoStore>(store: S) -> Router {
 /// use serde_json::json;
 ///
 /// # fn run(pool: sqlx::PgPool) {
-/// let app = bemi_examples::axum_app::routes(bemi_core::sqlx::BemiPool::new(pool))
+/// let app = bemi_examples::axum_app::routes(bemi_sqlx::BemiPool::new(pool))
 ///     .layer(BemiLayer::new(|req: &axum::http::Request<Body>| json!({"path": req.uri().path()})));
 /// # }
 /// ```

@@ -16,7 +16,7 @@
 use std::time::{Duration, Instant};
 
 use bemi_audit::{Change, ChangeQuery, Order};
-use bemi_core::sqlx::BemiPool;
+use bemi_sqlx::BemiPool;
 use bemi_worker::Worker;
 use bemi_worker::WorkerConfig;
 use serde_json::{Value, json};
@@ -377,6 +377,77 @@ pub fn closing_hint(embedded: bool) -> String {
     }
 }
 
+/// The `changes` rows as a psql-style table, JSON cells cut at 60 characters (the `bemi changes`
+/// command prints the full table, with `before` and `committed_at`).
+///
+/// ```
+/// let text = bemi_examples::demo::table(&[]);
+/// assert!(text.starts_with(" primary_key | table | operation | after | context"));
+/// assert!(text.ends_with("(0 rows)\n"));
+/// ```
+#[must_use]
+pub fn table(changes: &[Change]) -> String {
+    const HEADERS: [&str; 5] = ["primary_key", "table", "operation", "after", "context"];
+    let cut = |text: String| match text.char_indices().nth(59) {
+        Some((at, _)) => format!("{}…", text.get(..at).unwrap_or_default()),
+        None => text,
+    };
+    let rows: Vec<[String; 5]> = changes
+        .iter()
+        .map(|change| {
+            [
+                change.primary_key.clone().unwrap_or_default(),
+                change.table.clone(),
+                change.operation.to_string(),
+                cut(change.after.to_string()),
+                cut(context_text(&change.context)),
+            ]
+        })
+        .collect();
+    let mut widths = HEADERS.map(|header| header.chars().count());
+    for row in &rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.chars().count());
+        }
+    }
+    let line = |cells: &[String]| {
+        let padded: Vec<String> = cells
+            .iter()
+            .zip(widths)
+            .map(|(cell, width)| format!(" {cell:<width$} "))
+            .collect();
+        format!("{}\n", padded.join("|").trim_end())
+    };
+    let mut text = line(&HEADERS.map(String::from));
+    let rules: Vec<String> = widths.iter().map(|width| "-".repeat(width + 2)).collect();
+    text.push_str(&rules.join("+"));
+    text.push('\n');
+    for row in &rows {
+        text.push_str(&line(row));
+    }
+    let count = rows.len();
+    text.push_str(&format!(
+        "({count} {})\n",
+        if count == 1 { "row" } else { "rows" }
+    ));
+    text
+}
+
+/// A context as JSON text with the library's long `SQL` key last, so that the request's own
+/// keys show before the cell is cut.
+fn context_text(context: &Value) -> String {
+    let mut others = context.as_object().cloned().unwrap_or_default();
+    let Some(sql) = others.remove(bemi_core::protocol::SQL_KEY) else {
+        return context.to_string();
+    };
+    let rest = Value::Object(others).to_string();
+    let sql = format!("{:?}:{sql}", bemi_core::protocol::SQL_KEY);
+    match rest.strip_suffix('}') {
+        Some(open) if open.len() > 1 => format!("{open},{sql}}}"),
+        _ => format!("{{{sql}}}"),
+    }
+}
+
 /// Drops the demo's replication slot (if it exists and no worker streams it), so that it
 /// retains no WAL, and the publication of the same name that the demo's worker made.
 ///
@@ -424,7 +495,22 @@ pub async fn drop_slot(url: &str, slot: &str) -> Result<(), sqlx::Error> {
 
 #[cfg(test)]
 mod tests {
-    use super::streamed_publications;
+    use super::{context_text, streamed_publications};
+
+    #[test]
+    fn the_sql_key_comes_last_in_a_context_cell() {
+        let context =
+            serde_json::json!({"SQL": "DELETE FROM todo", "user_id": 1, "endpoint": "/todo"});
+        assert_eq!(
+            context_text(&context),
+            r#"{"endpoint":"/todo","user_id":1,"SQL":"DELETE FROM todo"}"#
+        );
+        assert_eq!(
+            context_text(&serde_json::json!({"SQL": "x"})),
+            r#"{"SQL":"x"}"#
+        );
+        assert_eq!(context_text(&serde_json::json!({"a": 1})), r#"{"a":1}"#);
+    }
 
     fn names(list: &[&str]) -> Option<Vec<String>> {
         Some(list.iter().map(|name| (*name).to_owned()).collect())

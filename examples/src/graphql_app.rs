@@ -18,7 +18,7 @@
 //!
 //! ```no_run
 //! # async fn run(pool: sqlx::PgPool) -> std::io::Result<()> {
-//! let app = bemi_examples::graphql_app::router(bemi_core::sqlx::BemiPool::new(pool));
+//! let app = bemi_examples::graphql_app::router(bemi_sqlx::BemiPool::new(pool));
 //! let listener = tokio::net::TcpListener::bind("127.0.0.1:3000").await?;
 //! axum::serve(listener, app).await
 //! # }
@@ -31,7 +31,7 @@ use axum::routing::post;
 use axum::{Json, Router};
 use bemi_async_graphql::BemiExtension;
 use bemi_axum::BemiLayer;
-use bemi_core::sqlx::BemiPool;
+use bemi_sqlx::BemiPool;
 
 use crate::request_context;
 use crate::store;
@@ -42,7 +42,7 @@ use crate::todo::Todo;
 /// ```no_run
 /// # fn run(pool: sqlx::PgPool) {
 /// let schema: bemi_examples::graphql_app::TodoSchema =
-///     bemi_examples::graphql_app::schema(bemi_core::sqlx::BemiPool::new(pool));
+///     bemi_examples::graphql_app::schema(bemi_sqlx::BemiPool::new(pool));
 /// # }
 /// ```
 pub type TodoSchema = Schema<Query, Mutation, EmptySubscription>;
@@ -51,7 +51,7 @@ pub type TodoSchema = Schema<Query, Mutation, EmptySubscription>;
 ///
 /// ```no_run
 /// # fn run(pool: sqlx::PgPool) {
-/// let schema = bemi_examples::graphql_app::schema(bemi_core::sqlx::BemiPool::new(pool));
+/// let schema = bemi_examples::graphql_app::schema(bemi_sqlx::BemiPool::new(pool));
 /// println!("{}", schema.sdl());
 /// # }
 /// ```
@@ -66,7 +66,7 @@ pub fn schema(pool: BemiPool) -> TodoSchema {
 ///
 /// ```no_run
 /// # fn run(pool: sqlx::PgPool) {
-/// let app: axum::Router = bemi_examples::graphql_app::router(bemi_core::sqlx::BemiPool::new(pool));
+/// let app: axum::Router = bemi_examples::graphql_app::router(bemi_sqlx::BemiPool::new(pool));
 /// # }
 /// ```
 pub fn router(pool: BemiPool) -> Router {

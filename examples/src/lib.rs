@@ -5,8 +5,8 @@
 //!
 //! | binary | feature | app | database access |
 //! |---|---|---|---|
-//! | `todo-axum` | — | `axum_app::router` | sqlx (`bemi_core::sqlx::BemiPool`) |
-//! | `todo-actix` | `actix` | `actix_app::app` | tokio-postgres (`bemi_core::tokio_postgres::BemiClient`) |
+//! | `todo-axum` | — | `axum_app::router` | sqlx (`bemi_sqlx::BemiPool`) |
+//! | `todo-actix` | `actix` | `actix_app::app` | tokio-postgres (`bemi_tokio_postgres::BemiClient`) |
 //! | `todo-graphql` | `graphql` | `graphql_app::router` | sqlx, through async-graphql |
 //!
 //! The demo (`cargo run -p bemi-examples --bin demo`) needs no feature, so it compiles none of
@@ -20,7 +20,7 @@
 //! ```no_run
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
 //! let pool = bemi_examples::startup::prepare_database("postgres://localhost/app").await?;
-//! let app = bemi_examples::axum_app::router(bemi_core::sqlx::BemiPool::new(pool));
+//! let app = bemi_examples::axum_app::router(bemi_sqlx::BemiPool::new(pool));
 //! let listener = tokio::net::TcpListener::bind("127.0.0.1:3000").await?;
 //! axum::serve(listener, app).await?;
 //! # Ok(()) }

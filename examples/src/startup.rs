@@ -31,10 +31,10 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::process::ExitCode;
 
-use bemi_core::sqlx::BemiPool;
-#[cfg(feature = "actix")]
-use bemi_core::tokio_postgres::BemiClient;
 use bemi_dev::{DevDatabase, LaunchError};
+use bemi_sqlx::BemiPool;
+#[cfg(feature = "actix")]
+use bemi_tokio_postgres::BemiClient;
 use clap::Parser as _;
 use sqlx::{Connection as _, PgPool};
 
@@ -377,12 +377,12 @@ impl Database {
 }
 
 /// Connects, creates the todo table if it is missing and installs bemi's triggers
-/// ([`bemi_core::migration::migrate`]). Returns the (plain) pool.
+/// ([`bemi_sqlx::migration::migrate`]). Returns the (plain) pool.
 ///
 /// ```no_run
 /// # async fn run() -> Result<(), bemi_examples::startup::StartupError> {
 /// let pool = bemi_examples::startup::prepare_database("postgres://localhost/app").await?;
-/// let pool = bemi_core::sqlx::BemiPool::new(pool);
+/// let pool = bemi_sqlx::BemiPool::new(pool);
 /// # Ok(()) }
 /// ```
 pub async fn prepare_database(url: &str) -> Result<PgPool, StartupError> {
@@ -402,7 +402,7 @@ pub async fn prepare_database(url: &str) -> Result<PgPool, StartupError> {
         .execute(&pool)
         .await
         .map_err(StartupError::Migrate)?;
-    bemi_core::migration::migrate(&pool, Default::default())
+    bemi_sqlx::migration::migrate(&pool, Default::default())
         .await
         .map_err(StartupError::Migrate)?;
     Ok(pool)

@@ -23,7 +23,7 @@ pub mod sqlx;
 ///
 /// ```
 /// fn takes<S: bemi_examples::store::TodoStore>(_: S) {}
-/// # fn run(pool: bemi_core::sqlx::BemiPool) { takes(pool); }
+/// # fn run(pool: bemi_sqlx::BemiPool) { takes(pool); }
 /// ```
 pub trait TodoStore: Clone + Send + Sync + 'static {
     /// What a query can fail with.
@@ -42,7 +42,7 @@ pub trait TodoStore: Clone + Send + Sync + 'static {
     fn list(&self) -> impl Future<Output = Result<Vec<Todo>, Self::Error>> + Send;
 }
 
-impl TodoStore for bemi_core::sqlx::BemiPool {
+impl TodoStore for bemi_sqlx::BemiPool {
     type Error = ::sqlx::Error;
 
     async fn create(&self, task: &str) -> Result<Todo, Self::Error> {

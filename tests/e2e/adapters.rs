@@ -6,10 +6,10 @@ use std::sync::Arc;
 use anyhow::ensure;
 use bemi_core::carrier::Carrier;
 use bemi_core::context;
-use bemi_core::sqlx::BemiPool;
-use bemi_core::tokio_postgres::BemiClient;
+use bemi_sqlx::BemiPool;
 use bemi_tests::wal::{bemi_contexts, changes};
 use bemi_tests::{TestCluster, TestResult, WalEntry, ctx, todo_db};
+use bemi_tokio_postgres::BemiClient;
 use serde_json::{Value, json};
 use sqlx::Executor as _;
 

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use anyhow::{Context as _, ensure};
 use bemi_audit::{Change, ChangeQuery, Operation, TimeTravel};
 use bemi_core::context;
-use bemi_core::sqlx::BemiPool;
+use bemi_sqlx::BemiPool;
 use bemi_tests::worker::{RunningWorker, wait_for_changes, worker_config};
 use bemi_tests::{TestCluster, TestResult, ctx};
 use chrono::{DateTime, Utc};

@@ -22,10 +22,10 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, ensure};
 use bemi_core::carrier::Carrier;
 use bemi_core::context;
-use bemi_core::sqlx::BemiPool;
-use bemi_core::tokio_postgres::{BemiClient, BorrowedClient, BorrowedTransaction};
+use bemi_sqlx::BemiPool;
 use bemi_tests::proxy::FaultProxy;
 use bemi_tests::{TestCluster, TestResult, WalEntry, ctx, todo_db};
+use bemi_tokio_postgres::{BemiClient, BorrowedClient, BorrowedTransaction};
 use futures_util::FutureExt as _;
 use proptest::collection::vec;
 use proptest::prelude::*;
@@ -687,7 +687,7 @@ e2e_test!(sqlx_cancelled_writes_keep_every_row_to_its_own_context);
 /// Where a sqlx write of the property test runs.
 enum Target<'a> {
     Pool(&'a BemiPool),
-    Tx(&'a mut bemi_core::sqlx::BemiTransaction<'static>),
+    Tx(&'a mut bemi_sqlx::BemiTransaction<'static>),
 }
 
 /// A sqlx insert of `task` (with `RETURNING` when `returning`).

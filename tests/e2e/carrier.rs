@@ -8,9 +8,9 @@ use std::sync::Arc;
 use anyhow::ensure;
 use bemi_core::carrier::Carrier;
 use bemi_core::context;
-use bemi_core::tokio_postgres::BemiClient;
 use bemi_tests::wal::WalEntry;
 use bemi_tests::{TestCluster, TestResult, todo_db};
+use bemi_tokio_postgres::BemiClient;
 use serde_json::{Value, json};
 
 /// Each row's task and the context it takes by the stitching rule (the latest `_bemi`
@@ -49,7 +49,7 @@ fn expected() -> Vec<(String, Value)> {
 const INSERT: &str = "INSERT INTO todo (task) VALUES ($1)";
 
 /// One transaction through the sqlx adapter.
-async fn sqlx_sequence(pool: &bemi_core::sqlx::BemiPool) -> anyhow::Result<()> {
+async fn sqlx_sequence(pool: &bemi_sqlx::BemiPool) -> anyhow::Result<()> {
     let mut tx = pool.begin().await?;
     context::scope(json!({"user_id": 1}), async {
         sqlx::query(INSERT).bind("a").execute(&mut tx).await?;

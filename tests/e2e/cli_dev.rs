@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use anyhow::{Context as _, ensure};
 use bemi_core::context;
-use bemi_core::sqlx::BemiPool;
+use bemi_sqlx::BemiPool;
 use bemi_tests::{TODO_TABLE, TestCluster, TestResult, ctx, wait_until};
 use serde_json::{Value, json};
 use sqlx::postgres::PgPoolOptions;

@@ -34,10 +34,9 @@ async fn migration_sql_prints_the_up_and_down_migrations(_cluster: Arc<TestClust
     let without_full = bemi(&["migration", "sql", "--no-replica-identity-full"], &[])
         .await?
         .success()?;
-    let expected = MigrationOptions {
-        replica_identity_full: false,
-    }
-    .up();
+    let expected = MigrationOptions::default()
+        .replica_identity_full(false)
+        .up();
     ensure!(without_full.stdout == expected);
     ensure!(without_full.stdout != up.stdout);
 

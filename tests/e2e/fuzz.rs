@@ -1,5 +1,5 @@
 //! Fuzz targets against the real server (run with `BEMI_FUZZ_SECONDS=N` for a time budget;
-//! see `bemi_dev::fuzz`):
+//! see `bemi_fuzz`):
 //!
 //! - annotated SQL: generated statements — strings of every quoting, comments of every kind
 //!   between tokens and at the end, reads and writes, some cut short — are annotated with a
@@ -13,11 +13,11 @@ use std::sync::Arc;
 
 use anyhow::{Context as _, ensure};
 use bemi_core::carrier::Carrier;
-use bemi_core::sqlx::BemiPool;
-use bemi_core::tokio_postgres::BemiClient;
 use bemi_core::{IntoContext as _, context};
+use bemi_sqlx::BemiPool;
 use bemi_tests::wal::{WalSlot, bemi_contexts};
 use bemi_tests::{TestCluster, TestDb, TestResult};
+use bemi_tokio_postgres::BemiClient;
 use proptest::collection::vec;
 use proptest::prelude::*;
 use proptest::test_runner::TestCaseError;
@@ -41,7 +41,7 @@ where
 {
     let runtime = tokio::runtime::Handle::current();
     tokio::task::spawn_blocking(move || {
-        bemi_dev::fuzz::check(target, smoke_cases, strategy(), |input| {
+        bemi_fuzz::check(target, smoke_cases, strategy(), |input| {
             runtime
                 .block_on(property(input))
                 .map_err(|error| TestCaseError::fail(format!("{error:#}")))

@@ -16,7 +16,7 @@ use std::task::{Context as TaskContext, Poll};
 use anyhow::ensure;
 use bemi_axum::BemiLayer;
 use bemi_core::context::{self, ContextExt as _};
-use bemi_core::sqlx::BemiPool;
+use bemi_sqlx::BemiPool;
 use bemi_tests::worker::{RunningWorker, wait_for_changes, worker_config};
 use bemi_tests::{TestCluster, TestResult, todo_db};
 use futures_util::{Stream, StreamExt as _};

@@ -5,9 +5,9 @@ use std::sync::Arc;
 use anyhow::ensure;
 use bemi_core::context;
 use bemi_core::protocol::{DROPPED_KEY, MAX_CONTEXT_BYTES};
-use bemi_core::tokio_postgres::BemiClient;
 use bemi_tests::wal::bemi_contexts;
 use bemi_tests::{TestCluster, TestResult, ctx};
+use bemi_tokio_postgres::BemiClient;
 use serde_json::json;
 
 fn hostile_texts() -> Vec<String> {

@@ -163,7 +163,7 @@ fn run(test: fn(Arc<TestCluster>) -> TestFuture, cluster: Arc<TestCluster>) -> R
         .build()
         .map_err(|e| Failed::from(format!("tokio runtime: {e}")))?;
     // A fuzz target runs for its budget (BEMI_FUZZ_SECONDS) on top.
-    let timeout = TEST_TIMEOUT + bemi_dev::fuzz::budget().unwrap_or_default();
+    let timeout = TEST_TIMEOUT + bemi_fuzz::budget().unwrap_or_default();
     let outcome = runtime.block_on(async { tokio::time::timeout(timeout, test(cluster)).await });
     match outcome {
         Ok(Ok(())) => Ok(()),

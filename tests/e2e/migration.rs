@@ -96,7 +96,7 @@ async fn up_twice_is_harmless_and_down_removes_everything(cluster: Arc<TestClust
     ensure!(once == twice, "{once:?} != {twice:?}");
     ensure!(once.0 == ["todo"]);
 
-    migration::migrate_down(&db.pool).await?;
+    bemi_sqlx::migration::migrate_down(&db.pool).await?;
     let left = bemi_objects(&db).await?;
     ensure!(left.is_empty(), "left behind: {left:?}");
     // down twice is harmless as well, and writes work without tracking.
@@ -114,10 +114,8 @@ async fn replica_identity_full_is_switchable(cluster: Arc<TestCluster>) -> TestR
     let db = cluster.database("migration_replica").await?;
     db.exec("CREATE TABLE todo (id bigserial PRIMARY KEY, task text)")
         .await?;
-    let options = MigrationOptions {
-        replica_identity_full: false,
-    };
-    migration::migrate(&db.pool, options).await?;
+    let options = MigrationOptions::default().replica_identity_full(false);
+    bemi_sqlx::migration::migrate(&db.pool, options).await?;
     db.exec("CREATE TABLE later (id int PRIMARY KEY)").await?;
     ensure!(tracked_tables(&db).await? == ["later", "todo"]);
     ensure!(db.replica_identity("todo").await? == "d");

@@ -9,11 +9,11 @@ use std::sync::Arc;
 use anyhow::{Context as _, ensure};
 use bemi_core::carrier::Carrier;
 use bemi_core::context;
-use bemi_core::sqlx::BemiPool;
-use bemi_core::tokio_postgres::BemiClient;
 use bemi_dev::{Pgbouncer, PoolMode};
+use bemi_sqlx::BemiPool;
 use bemi_tests::wal::WalEntry;
 use bemi_tests::{TestCluster, TestResult, todo_db};
+use bemi_tokio_postgres::BemiClient;
 use serde_json::{Value, json};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 

@@ -5,9 +5,9 @@ use std::sync::Arc;
 
 use anyhow::ensure;
 use bemi_core::context;
-use bemi_core::tokio_postgres::{BorrowedClient, BorrowedTransaction};
 use bemi_tests::wal::transactions;
 use bemi_tests::{TestCluster, TestResult, ctx, todo_db};
+use bemi_tokio_postgres::{BorrowedClient, BorrowedTransaction};
 use serde_json::{Value, json};
 
 const INSERT: &str = "INSERT INTO todo (task) VALUES ($1)";

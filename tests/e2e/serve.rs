@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use actix_web::dev::ServiceRequest;
 use anyhow::{Context as _, ensure};
-use bemi_core::tokio_postgres::BemiClient;
 use bemi_tests::wal::Txn;
+use bemi_tokio_postgres::BemiClient;
 use serde_json::Value;
 
 /// An app listening on 127.0.0.1 (a free port), whatever its framework; stopped by

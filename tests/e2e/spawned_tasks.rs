@@ -13,9 +13,9 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::post;
 use bemi_core::context::{self, ContextExt as _};
-use bemi_core::sqlx::BemiPool;
-use bemi_core::tokio_postgres::BemiClient;
+use bemi_sqlx::BemiPool;
 use bemi_tests::{TestCluster, TestResult, WalSlot};
+use bemi_tokio_postgres::BemiClient;
 use serde_json::{Value, json};
 
 use crate::serve;

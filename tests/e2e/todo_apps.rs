@@ -6,10 +6,10 @@
 use std::sync::Arc;
 
 use anyhow::{Context as _, ensure};
-use bemi_core::tokio_postgres::BemiClient;
 use bemi_examples::todo;
 use bemi_tests::wal::Txn;
 use bemi_tests::{TestCluster, TestResult};
+use bemi_tokio_postgres::BemiClient;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 

@@ -5,8 +5,8 @@
 use std::sync::Arc;
 
 use anyhow::ensure;
-use bemi_core::tokio_postgres::BemiClient;
 use bemi_tests::{TestCluster, TestDb, TestResult, WalSlot};
+use bemi_tokio_postgres::BemiClient;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 

@@ -17,7 +17,7 @@ use axum::response::Response;
 use axum::routing::post;
 use bemi_axum::BemiLayer;
 use bemi_core::context;
-use bemi_core::sqlx::BemiPool;
+use bemi_sqlx::BemiPool;
 use bemi_tests::poll::wait_until;
 use bemi_tests::worker::{RunningWorker, wait_for_changes, worker_config};
 use bemi_tests::{TestCluster, TestResult, ctx, todo_db};

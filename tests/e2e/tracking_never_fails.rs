@@ -5,7 +5,7 @@
 //! when they succeed against the same database without tracking — with the same error and the
 //! same row counts — and every row they write is captured.
 //!
-//! Run longer with `BEMI_FUZZ_SECONDS=N` (see `bemi_dev::fuzz`).
+//! Run longer with `BEMI_FUZZ_SECONDS=N` (see `bemi_fuzz`).
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};

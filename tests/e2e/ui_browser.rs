@@ -252,7 +252,7 @@ async fn walk_through(
     browser: &Client,
     base: &str,
     db: &bemi_tests::TestDb,
-    pool: &bemi_core::sqlx::BemiPool,
+    pool: &bemi_sqlx::BemiPool,
     before_bob: chrono::DateTime<chrono::Utc>,
 ) -> anyhow::Result<()> {
     // Filter by a user, with the form.

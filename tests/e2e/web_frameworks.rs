@@ -9,10 +9,10 @@ use std::time::Duration;
 
 use anyhow::{Context as _, ensure};
 use bemi_core::context;
-use bemi_core::sqlx::BemiPool;
-use bemi_core::tokio_postgres::BemiClient;
 use bemi_examples::request_context::{USER_HEADER, from_parts};
+use bemi_sqlx::BemiPool;
 use bemi_tests::{TestCluster, TestResult, WalSlot};
+use bemi_tokio_postgres::BemiClient;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 

@@ -36,7 +36,7 @@ impl Random {
 
 type Truth = Arc<Mutex<BTreeSet<(String, String)>>>;
 
-async fn write(pool: bemi_core::sqlx::BemiPool, writer: i64, truth: Truth) -> anyhow::Result<()> {
+async fn write(pool: bemi_sqlx::BemiPool, writer: i64, truth: Truth) -> anyhow::Result<()> {
     let base = writer * 1_000_000;
     let record = |operation: &str, id: i64| {
         truth

@@ -277,13 +277,13 @@ impl TestDb {
 
     /// Installs tracking with the default options.
     pub async fn migrate(&self) -> anyhow::Result<()> {
-        bemi_core::migration::migrate(&self.pool, Default::default()).await?;
+        bemi_sqlx::migration::migrate(&self.pool, Default::default()).await?;
         Ok(())
     }
 
     /// The pool wrapped by the sqlx adapter.
-    pub fn bemi_pool(&self) -> bemi_core::sqlx::BemiPool {
-        bemi_core::sqlx::BemiPool::new(self.pool.clone())
+    pub fn bemi_pool(&self) -> bemi_sqlx::BemiPool {
+        bemi_sqlx::BemiPool::new(self.pool.clone())
     }
 
     /// A tokio-postgres client of this database (its connection runs in a spawned task).

@@ -44,6 +44,7 @@ pub struct Conflict {
 /// ```
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(rename_all = "snake_case", tag = "kind")]
+#[non_exhaustive]
 pub enum ConflictReason {
     /// The audit trail has a later change of the row (or a TRUNCATE of its table) that is not
     /// being reverted: the first one.
@@ -94,6 +95,7 @@ impl fmt::Display for Conflict {
 /// assert!(error.to_string().contains("no captured change"));
 /// ```
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum RevertError {
     /// A query failed.
     #[error("database error while reverting: {0}")]

@@ -48,7 +48,7 @@ use self::selection::Selected;
 use super::query::ChangeQuery;
 use bemi_core::context::{self, IntoContext};
 use bemi_core::protocol::{REDACTED, REVERT_OF_KEY};
-use bemi_core::sqlx::BemiPool;
+use bemi_sqlx::BemiPool;
 
 /// At most this many changes are reverted at once unless [`Revert::max_changes`] says
 /// otherwise.
@@ -64,6 +64,7 @@ pub const DEFAULT_MAX_CHANGES: u64 = 10_000;
 /// ```
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum RevertTarget {
     /// One change, by id.
     #[serde(rename = "change_id")]

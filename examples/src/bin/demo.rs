@@ -48,7 +48,7 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
     }
     let changes = result?;
     println!("\nThe `changes` table the worker wrote:\n");
-    println!("{}", bemi_audit::text::render(&changes));
+    println!("{}", demo::table(&changes));
     print!("{}", demo::closing_hint(database.is_embedded()));
     Ok(())
 }

@@ -1,4 +1,4 @@
-//! The todo app on axum with a deadpool-postgres pool (`bemi_core::tokio_postgres::BorrowedClient`):
+//! The todo app on axum with a deadpool-postgres pool (`bemi_tokio_postgres::BorrowedClient`):
 //! `cargo run -p bemi-examples --features deadpool --bin todo-deadpool`.
 //!
 //! Listens on `--addr` (env `BEMI_EXAMPLE_ADDR`, default 127.0.0.1:3000); the database is

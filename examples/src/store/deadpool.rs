@@ -11,7 +11,7 @@
 //! # Ok(()) }
 //! ```
 
-use bemi_core::tokio_postgres::BorrowedClient;
+use bemi_tokio_postgres::BorrowedClient;
 use tokio_postgres::Row;
 
 use crate::startup::{RouterFuture, connect_error};

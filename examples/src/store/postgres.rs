@@ -1,7 +1,8 @@
 //! The todo queries through the tokio-postgres adapter ([`BemiClient`]).
 //!
 //! ```no_run
-//! use bemi_core::{context, tokio_postgres::BemiClient};
+//! use bemi_core::context;
+//! use bemi_tokio_postgres::BemiClient;
 //! use bemi_examples::store;
 //!
 //! # async fn run(client: BemiClient) -> Result<(), tokio_postgres::Error> {
@@ -11,7 +12,7 @@
 //! # Ok(()) }
 //! ```
 
-use bemi_core::tokio_postgres::BemiClient;
+use bemi_tokio_postgres::BemiClient;
 use tokio_postgres::Row;
 
 use crate::todo::{self, Todo};
@@ -27,7 +28,7 @@ fn todo_from(row: &Row) -> Result<Todo, tokio_postgres::Error> {
 /// Inserts a todo.
 ///
 /// ```no_run
-/// # async fn run(client: bemi_core::tokio_postgres::BemiClient) -> Result<(), tokio_postgres::Error> {
+/// # async fn run(client: bemi_tokio_postgres::BemiClient) -> Result<(), tokio_postgres::Error> {
 /// let todo = bemi_examples::store::postgres::create(&client, "Sleep").await?;
 /// # Ok(()) }
 /// ```
@@ -38,7 +39,7 @@ pub async fn create(client: &BemiClient, task: &str) -> Result<Todo, tokio_postg
 /// Marks a todo completed; `None` when there is no such todo.
 ///
 /// ```no_run
-/// # async fn run(client: bemi_core::tokio_postgres::BemiClient) -> Result<(), tokio_postgres::Error> {
+/// # async fn run(client: bemi_tokio_postgres::BemiClient) -> Result<(), tokio_postgres::Error> {
 /// let todo = bemi_examples::store::postgres::complete(&client, 1).await?;
 /// # Ok(()) }
 /// ```
@@ -54,7 +55,7 @@ pub async fn complete(client: &BemiClient, id: i64) -> Result<Option<Todo>, toki
 /// Deletes a todo; `false` when there was no such todo.
 ///
 /// ```no_run
-/// # async fn run(client: bemi_core::tokio_postgres::BemiClient) -> Result<(), tokio_postgres::Error> {
+/// # async fn run(client: bemi_tokio_postgres::BemiClient) -> Result<(), tokio_postgres::Error> {
 /// let deleted = bemi_examples::store::postgres::delete(&client, 1).await?;
 /// # Ok(()) }
 /// ```
@@ -65,7 +66,7 @@ pub async fn delete(client: &BemiClient, id: i64) -> Result<bool, tokio_postgres
 /// Every todo, oldest first.
 ///
 /// ```no_run
-/// # async fn run(client: bemi_core::tokio_postgres::BemiClient) -> Result<(), tokio_postgres::Error> {
+/// # async fn run(client: bemi_tokio_postgres::BemiClient) -> Result<(), tokio_postgres::Error> {
 /// let todos = bemi_examples::store::postgres::list(&client).await?;
 /// # Ok(()) }
 /// ```

@@ -1,7 +1,8 @@
 //! The todo queries through the sqlx adapter ([`BemiPool`]).
 //!
 //! ```no_run
-//! use bemi_core::{context, sqlx::BemiPool};
+//! use bemi_core::context;
+//! use bemi_sqlx::BemiPool;
 //! use bemi_examples::store;
 //!
 //! # async fn run(pool: BemiPool) -> Result<(), sqlx::Error> {
@@ -11,14 +12,14 @@
 //! # Ok(()) }
 //! ```
 
-use bemi_core::sqlx::BemiPool;
+use bemi_sqlx::BemiPool;
 
 use crate::todo::{self, Todo};
 
 /// Inserts a todo.
 ///
 /// ```no_run
-/// # async fn run(pool: bemi_core::sqlx::BemiPool) -> Result<(), sqlx::Error> {
+/// # async fn run(pool: bemi_sqlx::BemiPool) -> Result<(), sqlx::Error> {
 /// let todo = bemi_examples::store::sqlx::create(&pool, "Sleep").await?;
 /// # Ok(()) }
 /// ```
@@ -33,7 +34,7 @@ pub async fn create(pool: &BemiPool, task: &str) -> Result<Todo, sqlx::Error> {
 /// Marks a todo completed; `None` when there is no such todo.
 ///
 /// ```no_run
-/// # async fn run(pool: bemi_core::sqlx::BemiPool) -> Result<(), sqlx::Error> {
+/// # async fn run(pool: bemi_sqlx::BemiPool) -> Result<(), sqlx::Error> {
 /// let todo = bemi_examples::store::sqlx::complete(&pool, 1).await?;
 /// # Ok(()) }
 /// ```
@@ -48,7 +49,7 @@ pub async fn complete(pool: &BemiPool, id: i64) -> Result<Option<Todo>, sqlx::Er
 /// Deletes a todo; `false` when there was no such todo.
 ///
 /// ```no_run
-/// # async fn run(pool: bemi_core::sqlx::BemiPool) -> Result<(), sqlx::Error> {
+/// # async fn run(pool: bemi_sqlx::BemiPool) -> Result<(), sqlx::Error> {
 /// let deleted = bemi_examples::store::sqlx::delete(&pool, 1).await?;
 /// # Ok(()) }
 /// ```
@@ -60,7 +61,7 @@ pub async fn delete(pool: &BemiPool, id: i64) -> Result<bool, sqlx::Error> {
 /// Every todo, oldest first.
 ///
 /// ```no_run
-/// # async fn run(pool: bemi_core::sqlx::BemiPool) -> Result<(), sqlx::Error> {
+/// # async fn run(pool: bemi_sqlx::BemiPool) -> Result<(), sqlx::Error> {
 /// let todos = bemi_examples::store::sqlx::list(&pool).await?;
 /// # Ok(()) }
 /// ```

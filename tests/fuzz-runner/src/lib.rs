@@ -1,3 +1,5 @@
+//! # bemi-fuzz
+//!
 //! Fuzzing with properties: run a check on generated inputs for a time budget, and on a
 //! failure shrink the input to a minimal one (proptest's generation and shrinking).
 //!
@@ -8,7 +10,7 @@
 //! ```
 //! use proptest::prelude::*;
 //!
-//! bemi_dev::fuzz::check("addition commutes", 64, (any::<u8>(), any::<u8>()), |(a, b)| {
+//! bemi_fuzz::check("addition commutes", 64, (any::<u8>(), any::<u8>()), |(a, b)| {
 //!     prop_assert_eq!(u16::from(a) + u16::from(b), u16::from(b) + u16::from(a));
 //!     Ok(())
 //! })

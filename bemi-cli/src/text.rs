@@ -1,5 +1,5 @@
-//! The audit trail as text, the way psql prints tables: what `bemi changes`, `bemi history`,
-//! `bemi at` and the demo print.
+//! The audit trail as text, the way psql prints tables: what `bemi changes`, `bemi history`
+//! and `bemi at` print.
 //!
 //! - [`render`] prints changes as a table, [`ChangesLayout`] one line at a time (for output
 //!   that streams); JSON cells in jsonb's text style ([`jsonb_text`]), contexts with the
@@ -9,8 +9,5 @@
 mod changes;
 mod rows;
 
-pub use changes::{
-    ChangesLayout, HEADERS, MAX_JSON_WIDTH, MAX_NAME_WIDTH, cells, context_text, footer,
-    jsonb_text, render, timestamp_text,
-};
-pub use rows::{RowsLayout, cell};
+pub(crate) use changes::{ChangesLayout, cells, footer, render, timestamp_text};
+pub(crate) use rows::RowsLayout;

@@ -10,12 +10,12 @@
 use std::cmp::Ordering;
 use std::fmt::Write as _;
 
-use crate::Change;
+use bemi_audit::Change;
 use chrono::{DateTime, Timelike as _, Utc};
 use serde_json::Value;
 
 /// The columns, as in Bemi's documentation.
-pub const HEADERS: [&str; 7] = [
+pub(crate) const HEADERS: [&str; 7] = [
     "primary_key",
     "table",
     "operation",
@@ -26,19 +26,12 @@ pub const HEADERS: [&str; 7] = [
 ];
 
 /// JSON cells longer than this many characters are cut (`--json` prints them whole).
-pub const MAX_JSON_WIDTH: usize = 60;
+pub(crate) const MAX_JSON_WIDTH: usize = 60;
 /// Primary keys and table names longer than this are cut.
-pub const MAX_NAME_WIDTH: usize = 40;
+pub(crate) const MAX_NAME_WIDTH: usize = 40;
 
 /// The cells of one change, cut to their maximum widths.
-///
-/// ```no_run
-/// # fn run(change: &bemi_audit::Change) {
-/// let cells = bemi_audit::text::cells(change);
-/// assert_eq!(cells[2], change.operation.as_str());
-/// # }
-/// ```
-pub fn cells(change: &Change) -> [String; 7] {
+pub(crate) fn cells(change: &Change) -> [String; 7] {
     let table = if change.schema == "public" {
         change.table.clone()
     } else {
@@ -56,26 +49,14 @@ pub fn cells(change: &Change) -> [String; 7] {
 }
 
 /// Column widths, and the lines of a table with them.
-///
-/// ```
-/// use bemi_audit::text::ChangesLayout;
-///
-/// let layout = ChangesLayout::fit(&[]);
-/// assert!(layout.header().starts_with(" primary_key | table | operation |"));
-/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ChangesLayout {
+pub(crate) struct ChangesLayout {
     widths: [usize; 7],
 }
 
 impl ChangesLayout {
     /// Widths that fit the headers and `rows`.
-    ///
-    /// ```
-    /// let layout = bemi_audit::text::ChangesLayout::fit(&[]);
-    /// assert_eq!(layout.row(&Default::default()).matches('|').count(), 6);
-    /// ```
-    pub fn fit(rows: &[[String; 7]]) -> Self {
+    pub(crate) fn fit(rows: &[[String; 7]]) -> Self {
         let mut widths = HEADERS.map(width);
         for row in rows {
             for (w, cell) in widths.iter_mut().zip(row) {
@@ -86,25 +67,14 @@ impl ChangesLayout {
     }
 
     /// Widths for rows not seen yet (`--follow`): room for typical values.
-    ///
-    /// ```
-    /// let layout = bemi_audit::text::ChangesLayout::roomy();
-    /// assert!(layout.header().len() > 100);
-    /// ```
-    pub fn roomy() -> Self {
+    pub(crate) fn roomy() -> Self {
         Self {
             widths: [11, 12, 9, 40, 40, 40, 29],
         }
     }
 
     /// Widens the layout where `other` is wider.
-    ///
-    /// ```
-    /// use bemi_audit::text::ChangesLayout;
-    ///
-    /// assert_eq!(ChangesLayout::fit(&[]).max(&ChangesLayout::roomy()), ChangesLayout::roomy());
-    /// ```
-    pub fn max(&self, other: &ChangesLayout) -> Self {
+    pub(crate) fn max(&self, other: &ChangesLayout) -> Self {
         let mut widths = self.widths;
         for (w, o) in widths.iter_mut().zip(other.widths) {
             *w = (*w).max(o);
@@ -113,23 +83,12 @@ impl ChangesLayout {
     }
 
     /// The header line and the line under it.
-    ///
-    /// ```
-    /// let header = bemi_audit::text::ChangesLayout::fit(&[]).header();
-    /// assert!(header.contains("\n-------------+-------+"));
-    /// ```
-    pub fn header(&self) -> String {
+    pub(crate) fn header(&self) -> String {
         header_lines(HEADERS, &self.widths)
     }
 
     /// One row; a cell wider than its column is cut to fit.
-    ///
-    /// ```
-    /// let layout = bemi_audit::text::ChangesLayout::fit(&[]);
-    /// let cells = ["1", "todo", "CREATE", "{}", "{}", "{}", "2024-05-01 12:00:00+00"].map(String::from);
-    /// assert!(layout.row(&cells).starts_with(" 1           | todo  | CREATE    | {}     |"));
-    /// ```
-    pub fn row(&self, cells: &[String; 7]) -> String {
+    pub(crate) fn row(&self, cells: &[String; 7]) -> String {
         line(cells.iter().map(String::as_str), &self.widths, false)
     }
 }
@@ -172,12 +131,7 @@ pub(crate) fn line<'a>(
 }
 
 /// The whole table of `changes` with psql's `(N rows)` footer.
-///
-/// ```
-/// let text = bemi_audit::text::render(&[]);
-/// assert!(text.ends_with("(0 rows)\n"));
-/// ```
-pub fn render(changes: &[Change]) -> String {
+pub(crate) fn render(changes: &[Change]) -> String {
     let rows: Vec<[String; 7]> = changes.iter().map(cells).collect();
     let layout = ChangesLayout::fit(&rows);
     let mut text = layout.header();
@@ -192,25 +146,13 @@ pub fn render(changes: &[Change]) -> String {
 }
 
 /// psql's footer: `(1 row)`, `(3 rows)`.
-///
-/// ```
-/// assert_eq!(bemi_audit::text::footer(1), "(1 row)");
-/// assert_eq!(bemi_audit::text::footer(0), "(0 rows)");
-/// ```
-pub fn footer(rows: u64) -> String {
+pub(crate) fn footer(rows: u64) -> String {
     format!("({rows} {})", if rows == 1 { "row" } else { "rows" })
 }
 
 /// A context in jsonb's style, but with the library's long `SQL` key last, so that the app's own
 /// keys (`user_id`, `endpoint`, …) show before a cell is cut.
-///
-/// ```
-/// use serde_json::json;
-///
-/// let text = bemi_audit::text::context_text(&json!({"SQL": "DELETE FROM todo", "user_id": 1}));
-/// assert_eq!(text, r#"{"user_id": 1, "SQL": "DELETE FROM todo"}"#);
-/// ```
-pub fn context_text(context: &Value) -> String {
+pub(crate) fn context_text(context: &Value) -> String {
     let Some(sql) = context.get(bemi_core::protocol::SQL_KEY) else {
         return jsonb_text(context);
     };
@@ -227,14 +169,7 @@ pub fn context_text(context: &Value) -> String {
 }
 
 /// JSON as PostgreSQL prints jsonb: `{"id": 26, "task": "Sleep"}`, object keys shortest first.
-///
-/// ```
-/// use serde_json::json;
-///
-/// let text = bemi_audit::text::jsonb_text(&json!({"task": "Sleep", "id": 26, "tags": [1, 2]}));
-/// assert_eq!(text, r#"{"id": 26, "tags": [1, 2], "task": "Sleep"}"#);
-/// ```
-pub fn jsonb_text(value: &Value) -> String {
+pub(crate) fn jsonb_text(value: &Value) -> String {
     let mut text = String::new();
     write_jsonb(&mut text, value);
     text
@@ -276,14 +211,7 @@ pub(crate) fn jsonb_key_order(a: &str, b: &str) -> Ordering {
 }
 
 /// A timestamp as psql prints a `timestamptz` in UTC: `2023-12-11 17:09:09.5+00`.
-///
-/// ```
-/// use chrono::{TimeZone, Utc};
-///
-/// let instant = Utc.with_ymd_and_hms(2023, 12, 11, 17, 9, 9).unwrap();
-/// assert_eq!(bemi_audit::text::timestamp_text(instant), "2023-12-11 17:09:09+00");
-/// ```
-pub fn timestamp_text(instant: DateTime<Utc>) -> String {
+pub(crate) fn timestamp_text(instant: DateTime<Utc>) -> String {
     let mut text = instant.format("%Y-%m-%d %H:%M:%S").to_string();
     let micros = instant.nanosecond() / 1_000 % 1_000_000;
     if micros > 0 {
@@ -371,7 +299,55 @@ mod tests {
     }
 
     #[test]
+    fn layouts_fit_their_headers_and_widen() {
+        let layout = ChangesLayout::fit(&[]);
+        assert!(
+            layout
+                .header()
+                .starts_with(" primary_key | table | operation |")
+        );
+        assert!(layout.header().contains("\n-------------+-------+"));
+        assert_eq!(layout.row(&Default::default()).matches('|').count(), 6);
+        let cells = [
+            "1",
+            "todo",
+            "CREATE",
+            "{}",
+            "{}",
+            "{}",
+            "2024-05-01 12:00:00+00",
+        ]
+        .map(String::from);
+        assert!(
+            layout
+                .row(&cells)
+                .starts_with(" 1           | todo  | CREATE    | {}     |")
+        );
+        assert!(ChangesLayout::roomy().header().len() > 100);
+        assert_eq!(layout.max(&ChangesLayout::roomy()), ChangesLayout::roomy());
+    }
+
+    #[test]
+    fn a_table_ends_with_psqls_footer() {
+        assert!(render(&[]).ends_with("(0 rows)\n"));
+        assert_eq!(footer(1), "(1 row)");
+        assert_eq!(footer(0), "(0 rows)");
+    }
+
+    #[test]
+    fn json_is_printed_as_jsonb_with_the_sql_key_last() {
+        let text = context_text(&json!({"SQL": "DELETE FROM todo", "user_id": 1}));
+        assert_eq!(text, r#"{"user_id": 1, "SQL": "DELETE FROM todo"}"#);
+        let text = jsonb_text(&json!({"task": "Sleep", "id": 26, "tags": [1, 2]}));
+        assert_eq!(text, r#"{"id": 26, "tags": [1, 2], "task": "Sleep"}"#);
+    }
+
+    #[test]
     fn timestamps_trim_trailing_zeros_of_microseconds() {
+        use chrono::TimeZone as _;
+
+        let instant = Utc.with_ymd_and_hms(2023, 12, 11, 17, 9, 9).unwrap();
+        assert_eq!(timestamp_text(instant), "2023-12-11 17:09:09+00");
         let instant = DateTime::parse_from_rfc3339("2024-01-02T03:04:05.120000Z")
             .unwrap()
             .with_timezone(&Utc);

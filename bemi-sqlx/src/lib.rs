@@ -1,10 +1,15 @@
-//! The sqlx 0.9 adapter (feature `sqlx`): executors whose writes carry the current context.
+//! # bemi-sqlx
+//!
+//! The sqlx 0.9 adapter of bemi-rs: executors whose writes carry the current context (the
+//! request's, set by a framework integration or [`bemi_core::context::scope`]), and
+//! [`migration::migrate`] to install tracking through a sqlx pool.
 //!
 //! [`BemiPool`] wraps a [`PgPool`]; `&BemiPool`, `&mut` [`BemiTransaction`] and `&mut`
 //! [`BemiConnection`] implement [`sqlx::Executor`], so queries keep their shape:
 //!
 //! ```no_run
-//! use bemi_core::{context, sqlx::BemiPool};
+//! use bemi_core::context;
+//! use bemi_sqlx::BemiPool;
 //! use serde_json::json;
 //!
 //! # async fn run() -> Result<(), sqlx::Error> {
@@ -83,14 +88,19 @@ use sqlx_postgres::{PgStatement, PgTypeInfo};
 
 use futures_util::{StreamExt as _, TryStreamExt as _};
 
-use crate::carrier::{self, Carrier, EMIT_SQL};
-use crate::integration::SharedContext;
-use crate::sql;
+use bemi_core::carrier::{self, EMIT_SQL};
+use bemi_core::{context, sql};
+
+pub mod migration;
+
+/// How writes carry their context ([`BemiPool::carrier`]); re-exported from
+/// [`bemi_core::carrier`].
+pub use bemi_core::carrier::Carrier;
 
 /// Wraps any PostgreSQL executor so that its writes are annotated with the current context.
 ///
 /// ```no_run
-/// use bemi_core::sqlx::Annotated;
+/// use bemi_sqlx::Annotated;
 ///
 /// # async fn run(conn: &mut sqlx::PgConnection) -> Result<(), sqlx::Error> {
 /// sqlx::query("DELETE FROM todo WHERE id = $1")
@@ -381,7 +391,7 @@ impl AnnotatedQuery {
 
     /// Whether the query still needs the context of the code that will poll it.
     fn needs_context(&self) -> bool {
-        !self.annotated && SharedContext::current().is_none()
+        !self.annotated && context::with_current(|current| current.is_none())
     }
 }
 
@@ -515,7 +525,7 @@ macro_rules! carrying_executor {
 ///
 /// ```no_run
 /// # async fn run(pool: sqlx::PgPool) -> Result<(), sqlx::Error> {
-/// let pool = bemi_core::sqlx::BemiPool::new(pool);
+/// let pool = bemi_sqlx::BemiPool::new(pool);
 /// sqlx::query("DELETE FROM todo WHERE id = $1").bind(3_i64).execute(&pool).await?;
 /// # Ok(()) }
 /// ```
@@ -540,7 +550,7 @@ impl BemiPool {
     /// ```no_run
     /// # async fn run() -> Result<(), sqlx::Error> {
     /// let pool = sqlx::PgPool::connect("postgres://localhost/app").await?;
-    /// let pool = bemi_core::sqlx::BemiPool::new(pool);
+    /// let pool = bemi_sqlx::BemiPool::new(pool);
     /// # Ok(()) }
     /// ```
     pub fn new(pool: PgPool) -> Self {
@@ -554,7 +564,7 @@ impl BemiPool {
     ///
     /// ```no_run
     /// # fn run(pool: sqlx::PgPool) {
-    /// use bemi_core::{carrier::Carrier, sqlx::BemiPool};
+    /// use bemi_sqlx::{BemiPool, Carrier};
     ///
     /// let pool = BemiPool::new(pool).carrier(Carrier::Comment);
     /// # }
@@ -569,7 +579,7 @@ impl BemiPool {
     ///
     /// ```no_run
     /// # async fn run() -> Result<(), sqlx::Error> {
-    /// let pool = bemi_core::sqlx::BemiPool::connect("postgres://localhost/app").await?;
+    /// let pool = bemi_sqlx::BemiPool::connect("postgres://localhost/app").await?;
     /// # Ok(()) }
     /// ```
     pub async fn connect(url: &str) -> Result<Self, Error> {
@@ -581,7 +591,7 @@ impl BemiPool {
     /// ```no_run
     /// # async fn run() -> Result<(), sqlx::Error> {
     /// let options: sqlx::postgres::PgConnectOptions = "postgres://localhost/app".parse()?;
-    /// let pool = bemi_core::sqlx::BemiPool::connect_with(
+    /// let pool = bemi_sqlx::BemiPool::connect_with(
     ///     sqlx::postgres::PgPoolOptions::new().max_connections(20),
     ///     options,
     /// )
@@ -598,7 +608,7 @@ impl BemiPool {
     /// The wrapped pool: queries through it are **not** annotated.
     ///
     /// ```no_run
-    /// # fn run(pool: bemi_core::sqlx::BemiPool) {
+    /// # fn run(pool: bemi_sqlx::BemiPool) {
     /// let raw: &sqlx::PgPool = pool.inner();
     /// # }
     /// ```
@@ -609,7 +619,7 @@ impl BemiPool {
     /// Starts a transaction whose executor annotates writes.
     ///
     /// ```no_run
-    /// # async fn run(pool: bemi_core::sqlx::BemiPool) -> Result<(), sqlx::Error> {
+    /// # async fn run(pool: bemi_sqlx::BemiPool) -> Result<(), sqlx::Error> {
     /// let mut tx = pool.begin().await?;
     /// sqlx::query("DELETE FROM todo").execute(&mut tx).await?;
     /// tx.commit().await?;
@@ -623,7 +633,7 @@ impl BemiPool {
     /// Acquires a connection whose executor annotates writes.
     ///
     /// ```no_run
-    /// # async fn run(pool: bemi_core::sqlx::BemiPool) -> Result<(), sqlx::Error> {
+    /// # async fn run(pool: bemi_sqlx::BemiPool) -> Result<(), sqlx::Error> {
     /// let mut conn = pool.acquire().await?;
     /// sqlx::query("DELETE FROM todo").execute(&mut conn).await?;
     /// # Ok(()) }
@@ -638,7 +648,7 @@ impl BemiPool {
     /// Closes the pool (see [`sqlx::Pool::close`]).
     ///
     /// ```no_run
-    /// # async fn run(pool: bemi_core::sqlx::BemiPool) {
+    /// # async fn run(pool: bemi_sqlx::BemiPool) {
     /// pool.close().await;
     /// # }
     /// ```
@@ -660,7 +670,7 @@ carrying_executor!('p, &'p BemiPool, auto: Comment, |this| comment: &this.pool, 
 ///
 /// ```no_run
 /// # async fn run(pool: sqlx::PgPool) -> Result<(), sqlx::Error> {
-/// let mut tx = bemi_core::sqlx::BemiTransaction::new(pool.begin().await?);
+/// let mut tx = bemi_sqlx::BemiTransaction::new(pool.begin().await?);
 /// sqlx::query("UPDATE todo SET is_completed = true WHERE id = $1").bind(1_i64).execute(&mut tx).await?;
 /// tx.commit().await?;
 /// # Ok(()) }
@@ -678,7 +688,7 @@ impl<'c> BemiTransaction<'c> {
     ///
     /// ```no_run
     /// # async fn run(pool: sqlx::PgPool) -> Result<(), sqlx::Error> {
-    /// let tx = bemi_core::sqlx::BemiTransaction::new(pool.begin().await?);
+    /// let tx = bemi_sqlx::BemiTransaction::new(pool.begin().await?);
     /// # Ok(()) }
     /// ```
     pub fn new(tx: Transaction<'c, Postgres>) -> Self {
@@ -699,7 +709,7 @@ impl<'c> BemiTransaction<'c> {
     /// Commits the transaction.
     ///
     /// ```no_run
-    /// # async fn run(pool: bemi_core::sqlx::BemiPool) -> Result<(), sqlx::Error> {
+    /// # async fn run(pool: bemi_sqlx::BemiPool) -> Result<(), sqlx::Error> {
     /// pool.begin().await?.commit().await?;
     /// # Ok(()) }
     /// ```
@@ -710,7 +720,7 @@ impl<'c> BemiTransaction<'c> {
     /// Rolls the transaction back.
     ///
     /// ```no_run
-    /// # async fn run(pool: bemi_core::sqlx::BemiPool) -> Result<(), sqlx::Error> {
+    /// # async fn run(pool: bemi_sqlx::BemiPool) -> Result<(), sqlx::Error> {
     /// pool.begin().await?.rollback().await?;
     /// # Ok(()) }
     /// ```
@@ -721,7 +731,7 @@ impl<'c> BemiTransaction<'c> {
     /// The wrapped transaction: queries through it are **not** annotated.
     ///
     /// ```no_run
-    /// # async fn run(pool: bemi_core::sqlx::BemiPool) -> Result<(), sqlx::Error> {
+    /// # async fn run(pool: bemi_sqlx::BemiPool) -> Result<(), sqlx::Error> {
     /// let mut tx = pool.begin().await?;
     /// sqlx::query("SELECT 1").execute(&mut **tx.inner_mut()).await?;
     /// # Ok(()) }
@@ -733,7 +743,7 @@ impl<'c> BemiTransaction<'c> {
     /// Unwraps the transaction.
     ///
     /// ```no_run
-    /// # async fn run(pool: bemi_core::sqlx::BemiPool) -> Result<(), sqlx::Error> {
+    /// # async fn run(pool: bemi_sqlx::BemiPool) -> Result<(), sqlx::Error> {
     /// let tx: sqlx::Transaction<'_, sqlx::Postgres> = pool.begin().await?.into_inner();
     /// # Ok(()) }
     /// ```
@@ -747,7 +757,7 @@ carrying_executor!('t, &'t mut BemiTransaction<'_>, auto: Message, |this| commen
 /// A pooled connection whose executor annotates writes; from [`BemiPool::acquire`].
 ///
 /// ```no_run
-/// # async fn run(pool: bemi_core::sqlx::BemiPool) -> Result<(), sqlx::Error> {
+/// # async fn run(pool: bemi_sqlx::BemiPool) -> Result<(), sqlx::Error> {
 /// let mut conn = pool.acquire().await?;
 /// sqlx::query("INSERT INTO todo (task) VALUES ('Eat')").execute(&mut conn).await?;
 /// # Ok(()) }
@@ -762,7 +772,7 @@ impl BemiConnection {
     /// The wrapped connection: queries through it are **not** annotated.
     ///
     /// ```no_run
-    /// # async fn run(pool: bemi_core::sqlx::BemiPool) -> Result<(), sqlx::Error> {
+    /// # async fn run(pool: bemi_sqlx::BemiPool) -> Result<(), sqlx::Error> {
     /// let mut conn = pool.acquire().await?;
     /// sqlx::query("SELECT 1").execute(&mut **conn.inner_mut()).await?;
     /// # Ok(()) }
@@ -774,7 +784,7 @@ impl BemiConnection {
     /// Starts a transaction on this connection.
     ///
     /// ```no_run
-    /// # async fn run(pool: bemi_core::sqlx::BemiPool) -> Result<(), sqlx::Error> {
+    /// # async fn run(pool: bemi_sqlx::BemiPool) -> Result<(), sqlx::Error> {
     /// let mut conn = pool.acquire().await?;
     /// let tx = conn.begin().await?;
     /// tx.commit().await?;

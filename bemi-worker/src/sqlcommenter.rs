@@ -3,33 +3,14 @@
 //! and `google-cloud-sqlcommenter` append them.
 //!
 //! The migration's trigger passes the body of such a trailing comment, when a statement has no
-//! Bemi context, to the capture worker as a `_bemi_sqlcommenter` message ([`MESSAGE_PREFIX`]);
-//! the worker turns it into the rows' context with [`parse`]. Keys and values are URL-decoded;
-//! values stay strings.
+//! Bemi context, to the capture worker as a `_bemi_sqlcommenter` message
+//! ([`bemi_core::protocol::SQLCOMMENTER_MESSAGE_PREFIX`]); the worker turns it into the rows'
+//! context with [`parse`]. Keys and values are URL-decoded; values stay strings.
 //!
 //! The parser takes what real clients write, not only the letter of the spec: values quoted
 //! with `'` (with `\'` escapes) or bare (Python writes integers bare), `%XX` escapes with or
 //! without `/` encoded, and the doubled `%%XX` that `google-cloud-sqlcommenter` writes for a
 //! statement executed without parameters.
-//!
-//! ```
-//! use bemi_core::sqlcommenter;
-//! use serde_json::json;
-//!
-//! let context = sqlcommenter::parse(
-//!     "controller='poll_detail',framework='flask%3A3.1.3',route='/polls/%3Cint%3Aid%3E',dbapi_threadsafety=2",
-//! )
-//! .unwrap();
-//! assert_eq!(
-//!     serde_json::Value::Object(context),
-//!     json!({
-//!         "controller": "poll_detail",
-//!         "framework": "flask:3.1.3",
-//!         "route": "/polls/<int:id>",
-//!         "dbapi_threadsafety": "2",
-//!     })
-//! );
-//! ```
 //!
 //! [sqlcommenter]: https://google.github.io/sqlcommenter/spec/
 
@@ -37,17 +18,9 @@ use std::borrow::Cow;
 
 use serde_json::{Map, Value};
 
-/// The prefix of the logical-decoding messages in which the trigger passes a sqlcommenter
-/// comment's body.
-pub const MESSAGE_PREFIX: &str = "_bemi_sqlcommenter";
-
-/// The setting that turns the trigger's reading of sqlcommenter comments off when `'off'`
-/// (`ALTER DATABASE app SET bemi.sqlcommenter = 'off'`, or per role); on otherwise.
-pub const SETTING: &str = "bemi.sqlcommenter";
-
 /// Why a comment body is not a sqlcommenter one.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum ParseError {
+pub(crate) enum ParseError {
     /// A pair without `=`.
     #[error("expected key=value at byte {0}")]
     MissingEquals(usize),
@@ -68,19 +41,10 @@ pub enum ParseError {
 /// The context a sqlcommenter comment body (between `/*` and `*/`) describes: one string per
 /// key, keys and values URL-decoded. A later duplicate key wins.
 ///
-/// ```
-/// use bemi_core::sqlcommenter::{ParseError, parse};
-///
-/// let context = parse(r"user='O\'Brien',path='%2Fa%2Fb'").unwrap();
-/// assert_eq!(context["user"], "O'Brien");
-/// assert_eq!(context["path"], "/a/b");
-/// assert_eq!(parse("just a note"), Err(ParseError::MissingEquals(0)));
-/// ```
-///
 /// # Errors
 ///
 /// A [`ParseError`] when the body is not a comma-separated list of `key=value` pairs.
-pub fn parse(body: &str) -> Result<Map<String, Value>, ParseError> {
+pub(crate) fn parse(body: &str) -> Result<Map<String, Value>, ParseError> {
     let bytes = body.as_bytes();
     let mut context = Map::new();
     // `at` only ever stops at an ASCII byte (a space, `=`, `,`, a quote) or at the end, so
@@ -207,6 +171,21 @@ mod tests {
     }
 
     #[test]
+    fn reads_what_flask_writes() {
+        assert_eq!(
+            parsed(
+                "controller='poll_detail',framework='flask%3A3.1.3',route='/polls/%3Cint%3Aid%3E',dbapi_threadsafety=2"
+            ),
+            json!({
+                "controller": "poll_detail",
+                "framework": "flask:3.1.3",
+                "route": "/polls/<int:id>",
+                "dbapi_threadsafety": "2",
+            })
+        );
+    }
+
+    #[test]
     fn reads_the_spec_example() {
         assert_eq!(
             parsed(
@@ -280,7 +259,7 @@ mod tests {
             vec(any::<u8>(), 0..64).prop_map(|bytes| String::from_utf8_lossy(&bytes).into_owned()),
             vec(piece, 0..12).prop_map(|pieces| pieces.concat()),
         ];
-        bemi_dev::fuzz::check("sqlcommenter bodies", 3_000, body, |body| {
+        bemi_fuzz::check("sqlcommenter bodies", 3_000, body, |body| {
             let parsed = catch_unwind(AssertUnwindSafe(|| parse(&body)))
                 .map_err(|_| TestCaseError::fail(format!("parse panicked on {body:?}")))?;
             match parsed {

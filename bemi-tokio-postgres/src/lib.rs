@@ -1,5 +1,9 @@
-//! The tokio-postgres 0.7 adapter (feature `tokio-postgres`): a client and a transaction whose
-//! writes carry the current context.
+//! # bemi-tokio-postgres
+//!
+//! The tokio-postgres 0.7 adapter of bemi-rs: a client and a transaction whose writes carry the
+//! current context (the request's, set by a framework integration or
+//! [`bemi_core::context::scope`]); [`BorrowedClient`] and [`BorrowedTransaction`] serve the
+//! clients of pools (deadpool-postgres, bb8).
 //!
 //! [`BemiClient`] and [`BemiTransaction`] have the usual methods (`execute`, `query`,
 //! `query_one`, `query_opt`, `query_raw`, `batch_execute`, `simple_query`, `transaction`) with the
@@ -7,7 +11,8 @@
 //! [`Statement`].
 //!
 //! ```no_run
-//! use bemi_core::{context, tokio_postgres::BemiClient};
+//! use bemi_core::context;
+//! use bemi_tokio_postgres::BemiClient;
 //! use serde_json::json;
 //!
 //! # async fn run() -> Result<(), tokio_postgres::Error> {
@@ -31,7 +36,7 @@
 //! With [`Carrier::Message`] (the default: [`Carrier::Auto`] is the message here) the adapter
 //! pipelines the emission of the context
 //! with the write, so they cost one network round trip together: in a transaction, the
-//! emission ([`emit_sql_literal`](crate::carrier::emit_sql_literal)) and then the write; outside
+//! emission ([`emit_sql_literal`](bemi_core::carrier::emit_sql_literal)) and then the write; outside
 //! one, `BEGIN`, the emission, the write and `COMMIT`. The emission is a statement the adapter
 //! prepares once per connection; behind a transaction-pooling pgbouncer older than 1.21, set
 //! [`BemiClient::transaction_pooler`] and it is a simple-protocol statement instead. The write's statement is untouched, so a prepared
@@ -76,53 +81,61 @@ use tokio::sync::{Mutex, OnceCell};
 use tokio_postgres::types::{BorrowToSql, ToSql, Type};
 use tokio_postgres::{Client, Error, Row, RowStream, SimpleQueryMessage, Statement, Transaction};
 
-use crate::carrier::{self, Carrier, EMIT_SQL};
-use crate::sql;
+use bemi_core::carrier::{self, EMIT_SQL};
+use bemi_core::sql;
+
+/// How writes carry their context ([`BemiClient::carrier`]); re-exported from
+/// [`bemi_core::carrier`].
+pub use bemi_core::carrier::Carrier;
 
 mod private {
-    pub trait Sealed {}
+    use tokio_postgres::Statement;
+
+    /// A query's text or statement.
+    #[derive(Debug, Clone, Copy)]
+    pub enum QueryParts<'a> {
+        Text(&'a str),
+        Prepared(&'a Statement),
+    }
+
+    /// Seals [`BemiQuery`](super::BemiQuery) to the adapter's query types, and is how the
+    /// adapter reads them.
+    pub trait Sealed {
+        fn parts(&self) -> QueryParts<'_>;
+    }
 }
+
+use private::QueryParts;
 
 /// A query the adapter accepts: SQL text or a prepared [`Statement`].
 ///
 /// ```
-/// fn takes<T: ?Sized + bemi_core::tokio_postgres::BemiQuery>(_: &T) {}
+/// fn takes<T: ?Sized + bemi_tokio_postgres::BemiQuery>(_: &T) {}
 /// takes("DELETE FROM todo");
 /// takes(&String::from("DELETE FROM todo"));
 /// ```
-pub trait BemiQuery: private::Sealed + Sync {
-    #[doc(hidden)]
-    fn parts(&self) -> QueryParts<'_>;
-}
+pub trait BemiQuery: private::Sealed + Sync {}
 
-/// A query's text or statement.
-#[doc(hidden)]
-#[derive(Debug, Clone, Copy)]
-pub enum QueryParts<'a> {
-    Text(&'a str),
-    Prepared(&'a Statement),
-}
-
-impl private::Sealed for str {}
-impl BemiQuery for str {
+impl private::Sealed for str {
     fn parts(&self) -> QueryParts<'_> {
         QueryParts::Text(self)
     }
 }
+impl BemiQuery for str {}
 
-impl private::Sealed for String {}
-impl BemiQuery for String {
+impl private::Sealed for String {
     fn parts(&self) -> QueryParts<'_> {
         QueryParts::Text(self)
     }
 }
+impl BemiQuery for String {}
 
-impl private::Sealed for Statement {}
-impl BemiQuery for Statement {
+impl private::Sealed for Statement {
     fn parts(&self) -> QueryParts<'_> {
         QueryParts::Prepared(self)
     }
 }
+impl BemiQuery for Statement {}
 
 /// The context a query carries, as far as the code that makes it can tell.
 #[derive(Debug)]
@@ -145,13 +158,13 @@ impl Carried {
                 carrier::message_json(sql)
             }
             (Carrier::Message, QueryParts::Prepared(_)) => carrier::message_json_without_sql(),
-            (Carrier::Comment | Carrier::Auto, QueryParts::Text(sql)) => {
+            (_, QueryParts::Text(sql)) => {
                 if !sql::is_write(sql) {
                     return Self::Nothing;
                 }
                 sql::annotate_current(sql)
             }
-            (Carrier::Comment | Carrier::Auto, QueryParts::Prepared(_)) => return Self::Nothing,
+            (_, QueryParts::Prepared(_)) => return Self::Nothing,
         };
         found.map_or(Self::Pending, Self::Context)
     }
@@ -310,7 +323,6 @@ impl Session<'_> {
 
     fn plan(&self, carried: Option<String>) -> Plan {
         match (self.carrier, self.transaction, carried) {
-            (Carrier::Comment | Carrier::Auto, _, annotated) => Plan::Alone(annotated),
             (Carrier::Message, None, None) => Plan::Alone(None),
             (Carrier::Message, None, Some(json)) => Plan::Wrap(json),
             (Carrier::Message, Some(_), Some(json)) => Plan::Emit(json),
@@ -321,6 +333,8 @@ impl Session<'_> {
                     Plan::Alone(None)
                 }
             }
+            // The comment (or `Auto`, which sessions resolve before they get here).
+            (_, _, annotated) => Plan::Alone(annotated),
         }
     }
 
@@ -601,7 +615,7 @@ macro_rules! query_methods {
 ///
 /// ```no_run
 /// # async fn run(client: tokio_postgres::Client) -> Result<(), tokio_postgres::Error> {
-/// let client = bemi_core::tokio_postgres::BemiClient::new(client);
+/// let client = bemi_tokio_postgres::BemiClient::new(client);
 /// client.execute("DELETE FROM todo WHERE id = $1", &[&1_i64]).await?;
 /// # Ok(()) }
 /// ```
@@ -618,7 +632,7 @@ impl BemiClient {
     ///
     /// ```no_run
     /// # fn run(client: tokio_postgres::Client) {
-    /// let client = bemi_core::tokio_postgres::BemiClient::new(client);
+    /// let client = bemi_tokio_postgres::BemiClient::new(client);
     /// # }
     /// ```
     pub fn new(client: Client) -> Self {
@@ -645,7 +659,7 @@ impl BemiClient {
     ///
     /// ```no_run
     /// # fn run(client: tokio_postgres::Client) {
-    /// let client = bemi_core::tokio_postgres::BemiClient::new(client).transaction_pooler(true);
+    /// let client = bemi_tokio_postgres::BemiClient::new(client).transaction_pooler(true);
     /// # }
     /// ```
     #[must_use]
@@ -671,7 +685,7 @@ impl BemiClient {
     /// Begins a transaction whose writes carry the context.
     ///
     /// ```no_run
-    /// # async fn run(mut client: bemi_core::tokio_postgres::BemiClient) -> Result<(), tokio_postgres::Error> {
+    /// # async fn run(mut client: bemi_tokio_postgres::BemiClient) -> Result<(), tokio_postgres::Error> {
     /// let tx = client.transaction().await?;
     /// tx.execute("DELETE FROM todo", &[]).await?;
     /// tx.commit().await?;
@@ -714,7 +728,7 @@ impl From<Client> for BemiClient {
 ///
 /// ```no_run
 /// # async fn run(mut client: tokio_postgres::Client) -> Result<(), tokio_postgres::Error> {
-/// let tx = bemi_core::tokio_postgres::BemiTransaction::new(client.transaction().await?);
+/// let tx = bemi_tokio_postgres::BemiTransaction::new(client.transaction().await?);
 /// tx.execute("UPDATE todo SET is_completed = true", &[]).await?;
 /// tx.commit().await?;
 /// # Ok(()) }
@@ -776,7 +790,7 @@ impl<'a> BemiTransaction<'a> {
     /// Starts a nested transaction (a savepoint) whose writes carry the context.
     ///
     /// ```no_run
-    /// # async fn run(mut client: bemi_core::tokio_postgres::BemiClient) -> Result<(), tokio_postgres::Error> {
+    /// # async fn run(mut client: bemi_tokio_postgres::BemiClient) -> Result<(), tokio_postgres::Error> {
     /// let mut tx = client.transaction().await?;
     /// let nested = tx.transaction().await?;
     /// nested.rollback().await?;
@@ -821,7 +835,7 @@ impl<'a> BemiTransaction<'a> {
 /// where it is used, once per checkout.
 ///
 /// ```no_run
-/// use bemi_core::tokio_postgres::BorrowedClient;
+/// use bemi_tokio_postgres::BorrowedClient;
 ///
 /// # async fn run(pool: deadpool_postgres::Pool) -> Result<(), Box<dyn std::error::Error>> {
 /// let pooled = pool.get().await?;
@@ -887,7 +901,7 @@ impl<'c> BorrowedClient<'c> {
 /// the transaction itself.
 ///
 /// ```no_run
-/// use bemi_core::tokio_postgres::BorrowedTransaction;
+/// use bemi_tokio_postgres::BorrowedTransaction;
 ///
 /// # async fn run(pool: deadpool_postgres::Pool) -> Result<(), Box<dyn std::error::Error>> {
 /// let mut pooled = pool.get().await?;
