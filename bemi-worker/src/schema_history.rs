@@ -53,8 +53,8 @@ use serde::Deserialize;
 
 use crate::catalog::{ColumnInfo, RelationInfo, is_worker_table};
 use crate::config::WorkerConfig;
-use crate::destination::{format_lsn, parse_lsn};
 use crate::json_value::{TypeKind, builtin_array_element, write_string};
+use crate::lsn::{format_lsn, parse_lsn};
 use crate::pgoutput::Relation;
 
 /// The prefix of schema messages.
@@ -419,7 +419,8 @@ impl TableSchema {
 
 /// One version of the history: a table's schema from a position of the WAL on.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct SchemaVersion {
+#[non_exhaustive]
+pub struct SchemaVersion {
     /// Where in the WAL it took effect (the message's LSN; the start position for a baseline).
     pub lsn: u64,
     /// The table's oid.

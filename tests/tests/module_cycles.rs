@@ -49,9 +49,9 @@ fn code(text: &str) -> String {
     while let Some(line) = lines.next() {
         let trimmed = line.trim();
         if trimmed == "#[cfg(test)]"
-            && lines
-                .peek()
-                .is_some_and(|next| next.trim_start().starts_with("mod ") && next.trim_end().ends_with('{'))
+            && lines.peek().is_some_and(|next| {
+                next.trim_start().starts_with("mod ") && next.trim_end().ends_with('{')
+            })
         {
             // Skip the module: up to its closing brace.
             let mut depth = 0i32;
@@ -138,7 +138,9 @@ fn reexports(lib: &str) -> BTreeMap<String, String> {
         else {
             continue;
         };
-        let path = path.trim_start_matches("crate::").trim_start_matches("self::");
+        let path = path
+            .trim_start_matches("crate::")
+            .trim_start_matches("self::");
         let Some((module, items)) = path.split_once("::") else {
             continue;
         };
@@ -218,7 +220,11 @@ fn cycles(graph: &BTreeMap<String, BTreeSet<String>>) -> Vec<String> {
         if !others.is_empty() {
             line.push_str(&format!(
                 " (the cycle's component also holds {})",
-                others.iter().map(|m| m.as_str()).collect::<Vec<_>>().join(", ")
+                others
+                    .iter()
+                    .map(|m| m.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ));
         }
         out.push(line);
@@ -243,7 +249,9 @@ fn module_graph(src: &Path) -> BTreeMap<String, BTreeSet<String>> {
             } else {
                 reexported.get(&name).cloned()
             };
-            if let Some(target) = target.filter(|target| target != module && modules.contains(target)) {
+            if let Some(target) =
+                target.filter(|target| target != module && modules.contains(target))
+            {
                 uses.insert(target);
             }
         }
@@ -275,7 +283,10 @@ fn no_crate_has_a_module_import_cycle() {
         if !src.is_dir() {
             continue;
         }
-        let name = member.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let name = member
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
         let found = cycles(&module_graph(&src));
         if found.is_empty() {
             println!("{name}: no module cycle");
@@ -311,7 +322,9 @@ fn the_checker_finds_cycles_and_paths() {
         ["a", "b", "c", "f"]
     );
     assert_eq!(
-        code("use crate::a;\n// crate::b\n#[cfg(test)]\nmod tests {\n    use crate::c;\n}\nuse crate::d;"),
+        code(
+            "use crate::a;\n// crate::b\n#[cfg(test)]\nmod tests {\n    use crate::c;\n}\nuse crate::d;"
+        ),
         "use crate::a;\nuse crate::d;\n"
     );
     assert_eq!(
