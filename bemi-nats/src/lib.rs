@@ -50,6 +50,11 @@
 //! # Ok(()) }
 //! ```
 
+/// The crate's README, compiled as a doc test so that its example stays true.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
+
 mod connection;
 mod error;
 mod secrets;
