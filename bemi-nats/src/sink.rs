@@ -45,6 +45,14 @@ pub struct NatsSink {
 
 impl NatsSink {
     /// Publishes into the stream of `config` (created if missing, with its partitions).
+    ///
+    /// ```
+    /// use bemi_nats::{NatsConfig, NatsSink};
+    ///
+    /// let sink = NatsSink::new(NatsConfig::new("nats://127.0.0.1:4222").stream("audit"));
+    /// assert_eq!(sink.config().stream, "audit");
+    /// assert_eq!(sink.metrics().messages_published(), 0);
+    /// ```
     pub fn new(config: NatsConfig) -> Self {
         Self {
             config,
@@ -116,7 +124,17 @@ impl NatsSinkMetrics {
     }
 }
 
-/// Publishes the batches of one session, one at a time.
+/// Publishes the batches of one session, one at a time: what [`NatsSink`] opens (the worker
+/// drives it).
+///
+/// ```
+/// fn is_the_sinks_writer(_: Option<bemi_nats::NatsWriter>)
+/// where
+///     bemi_nats::NatsSink: bemi_worker::sink::Sink<Writer = bemi_nats::NatsWriter>,
+/// {
+/// }
+/// is_the_sinks_writer(None);
+/// ```
 #[derive(Debug)]
 pub struct NatsWriter {
     jetstream: jetstream::Context,

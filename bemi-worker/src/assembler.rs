@@ -74,6 +74,11 @@ pub(crate) struct Partial {
 
 /// Rows of one transaction (all of them, or a chunk of a large one), handed to a sink in
 /// commit order.
+///
+/// ```
+/// let piece = bemi_worker::sink::Piece::default();
+/// assert!(piece.rows.is_empty() && piece.end_lsn.is_none());
+/// ```
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Piece {

@@ -163,6 +163,18 @@ impl WorkerError {
 }
 
 /// A replication connection failure (of the pgwire-replication client, kept opaque).
+///
+/// ```
+/// use bemi_worker::WorkerError;
+///
+/// fn passing(error: &WorkerError) -> bool {
+///     match error {
+///         WorkerError::Replication(replication) => replication.is_retryable(),
+///         other => other.is_retryable(),
+///     }
+/// }
+/// assert!(passing(&WorkerError::StreamEnded));
+/// ```
 #[derive(Debug)]
 pub struct ReplicationError(PgWireError);
 

@@ -417,7 +417,15 @@ impl TableSchema {
     }
 }
 
-/// One version of the history: a table's schema from a position of the WAL on.
+/// One version of the history: a table's schema from a position of the WAL on (a sink is
+/// given them with each [`Piece`](crate::sink::Piece); the worker stores them).
+///
+/// ```
+/// fn versions(piece: &bemi_worker::sink::Piece) -> Vec<(u32, u64)> {
+///     piece.schemas.iter().map(|version| (version.relid, version.lsn)).collect()
+/// }
+/// assert!(versions(&Default::default()).is_empty());
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct SchemaVersion {

@@ -604,6 +604,14 @@ impl WorkerHandle {
     }
 
     /// Whether the worker's task has ended (it stopped with an error, or was stopped).
+    ///
+    /// ```no_run
+    /// # fn check(worker: &bemi_worker::WorkerHandle) {
+    /// if worker.is_finished() {
+    ///     eprintln!("the worker stopped: join() says why");
+    /// }
+    /// # }
+    /// ```
     pub fn is_finished(&self) -> bool {
         self.task
             .as_ref()

@@ -21,6 +21,7 @@
 //! | `tokio-postgres` | `tokio_postgres` (the tokio-postgres 0.7 adapter) | `bemi-core` |
 //! | `audit` | `audit` (queries, time travel, revert, follow) | `bemi-audit` |
 //! | `worker` | `worker` (the capture worker, in your process) | `bemi-worker` |
+//! | `nats` | `nats` (the worker's NATS JetStream sink, and the store) | `bemi-nats` |
 //!
 //! ```toml
 //! [dependencies]
@@ -73,3 +74,6 @@ pub use bemi_audit as audit;
 
 #[cfg(feature = "worker")]
 pub use bemi_worker as worker;
+
+#[cfg(feature = "nats")]
+pub use bemi_nats as nats;
