@@ -3,15 +3,15 @@
 //! the cluster's data.
 
 use std::io::Write as _;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context as _, anyhow};
 use tokio_util::sync::CancellationToken;
 
 use super::worker::CaptureArgs;
-use super::{connect, shutdown};
+use super::{connect, metrics_server, shutdown};
 use bemi_dev::EphemeralPostgres;
-use bemi_worker::Worker;
+use bemi_worker::{Worker, WorkerError};
 
 /// How long the worker may take to start streaming.
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
@@ -61,48 +61,48 @@ async fn serve(url: &str, args: &DevArgs, shutdown: CancellationToken) -> anyhow
         .with_context(|| format!("could not listen on {} for the web UI", args.ui_addr))?;
 
     let worker = Worker::new(args.capture.config(url, None)?);
-    let metrics = worker.metrics();
-    let mut running = tokio::spawn({
+    if let Some(addr) = args.capture.metrics_addr() {
+        let listener = metrics_server::bind(addr).await?;
+        let metrics = worker.metrics();
+        metrics_server::spawn(listener, move || metrics.render(), shutdown.child_token());
+    }
+    let mut running = worker.spawn();
+    let stop = running.cancel_token();
+    tokio::spawn({
         let shutdown = shutdown.clone();
-        async move { worker.run(shutdown).await }
-    });
-    let started = Instant::now();
-    let mut announced = false;
-    let mut ui_listener_slot = Some(ui_listener);
-    let outcome = loop {
-        tokio::select! {
-            outcome = &mut running => break outcome,
-            () = tokio::time::sleep(Duration::from_millis(50)), if !announced => {
-                if metrics.is_connected() {
-                    announced = true;
-                    let mut stdout = std::io::stdout().lock();
-                    writeln!(stdout, "DATABASE_URL={url}")?;
-                    stdout.flush()?;
-                    drop(stdout);
-                    // The worker has created `changes`: the UI can read it from now on.
-                    tokio::spawn(super::ui::serve(
-                        ui_listener_slot.take().expect("announced once"),
-                        bemi_ui::router(pool.clone(), bemi_ui::UiOptions::new().authorize(
-                            |_| async { bemi_ui::Access::revert().actor(serde_json::json!({"reverted_by": "bemi dev"})) },
-                        )),
-                        shutdown.clone(),
-                    ));
-                    tracing::info!(
-                        "PostgreSQL is ready and changes are captured into its `changes` table; \
-                         Ctrl-C stops it and removes its data"
-                    );
-                } else if started.elapsed() > READY_TIMEOUT {
-                    shutdown.cancel();
-                    let _ = running.await;
-                    return Err(anyhow!(
-                        "the worker did not start streaming within {READY_TIMEOUT:?}; run with \
-                         RUST_LOG=bemi_worker=debug to see why"
-                    ));
-                }
-            }
+        async move {
+            shutdown.cancelled().await;
+            stop.cancel();
         }
-    };
-    outcome
-        .context("the capture worker panicked")?
-        .map_err(|error| anyhow!(error))
+    });
+    match running.wait_until_streaming(READY_TIMEOUT).await {
+        Ok(()) => {}
+        // Stopped by Ctrl-C while it started.
+        Err(_) if shutdown.is_cancelled() => return running.join().await.map_err(|e| anyhow!(e)),
+        Err(error @ WorkerError::NotStreaming { .. }) => {
+            let _ = running.shutdown().await;
+            return Err(anyhow!(error));
+        }
+        Err(error) => return Err(anyhow!(error)),
+    }
+    let mut stdout = std::io::stdout().lock();
+    writeln!(stdout, "DATABASE_URL={url}")?;
+    stdout.flush()?;
+    drop(stdout);
+    // The worker has created `changes`: the UI can read it from now on.
+    tokio::spawn(super::ui::serve(
+        ui_listener,
+        bemi_ui::router(
+            pool.clone(),
+            bemi_ui::UiOptions::new().authorize(|_| async {
+                bemi_ui::Access::revert().actor(serde_json::json!({"reverted_by": "bemi dev"}))
+            }),
+        ),
+        shutdown.clone(),
+    ));
+    tracing::info!(
+        "PostgreSQL is ready and changes are captured into its `changes` table; Ctrl-C stops it \
+         and removes its data"
+    );
+    running.join().await.map_err(|error| anyhow!(error))
 }

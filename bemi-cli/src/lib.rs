@@ -33,6 +33,7 @@ mod dev;
 #[cfg(test)]
 mod fuzz;
 mod history;
+mod metrics_server;
 mod migration;
 mod prune;
 mod revert;

@@ -5,9 +5,9 @@ use std::net::SocketAddr;
 use anyhow::anyhow;
 
 use super::audit_db::AuditArgs;
-use super::shutdown;
 use super::worker::{IndexArgs, NatsArgs, StreamArgs};
-use bemi_worker::nats::{NatsConfig, Store, StoreConfig};
+use super::{metrics_server, shutdown};
+use bemi_nats::{NatsConfig, Store, StoreConfig};
 
 /// `bemi store`
 #[derive(Debug, clap::Args)]
@@ -45,11 +45,9 @@ impl StoreArgs {
         let nats = self
             .nats
             .apply(NatsConfig::new(self.from.trim()).stream(self.stream.stream.trim()));
-        let mut config = StoreConfig::new(nats, destination);
-        config.metrics_addr = self.metrics_addr;
-        config.batch_messages = usize::from(self.batch_messages);
-        config.image_indexes = self.indexes.image_indexes;
-        Ok(config)
+        Ok(StoreConfig::new(nats, destination)
+            .batch_messages(usize::from(self.batch_messages))
+            .image_indexes(self.indexes.image_indexes))
     }
 }
 
@@ -64,10 +62,13 @@ pub(super) async fn run(args: StoreArgs) -> anyhow::Result<()> {
         destination = %bemi_worker::without_password(&config.destination_url),
         "starting the store"
     );
-    Store::new(config)
-        .run(shutdown)
-        .await
-        .map_err(|error| anyhow!(error))?;
+    let store = Store::new(config);
+    if let Some(addr) = args.metrics_addr {
+        let listener = metrics_server::bind(addr).await?;
+        let metrics = store.metrics();
+        metrics_server::spawn(listener, move || metrics.render(), shutdown.child_token());
+    }
+    store.run(shutdown).await.map_err(|error| anyhow!(error))?;
     tracing::info!("the store stopped cleanly");
     Ok(())
 }

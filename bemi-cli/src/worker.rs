@@ -6,10 +6,10 @@ use std::time::Duration;
 use anyhow::anyhow;
 use sqlx::{Connection as _, PgConnection};
 
-use super::{SourceArgs, shutdown, time::parse_duration};
+use super::{SourceArgs, metrics_server, shutdown, time::parse_duration};
 use bemi_audit::schema::{self, ImageIndexes, Layout};
+use bemi_nats::{NatsConfig, NatsSink};
 use bemi_worker::Worker;
-use bemi_worker::nats::NatsConfig;
 use bemi_worker::{IgnoredColumns, Redactions, WorkerConfig};
 
 /// `bemi worker`
@@ -42,7 +42,7 @@ pub(crate) struct WorkerArgs {
         long,
         env = "BEMI_PARTITIONS",
         value_name = "N",
-        default_value_t = bemi_worker::nats::DEFAULT_PARTITIONS,
+        default_value_t = bemi_nats::DEFAULT_PARTITIONS,
         value_parser = clap::value_parser!(u32).range(1..=1024)
     )]
     partitions: u32,
@@ -241,18 +241,24 @@ impl CaptureArgs {
         }
         let mut config = WorkerConfig::new(source_url)
             .tables(self.tables.iter().map(|t| t.trim().to_owned()))
-            .exclude_tables(self.exclude_tables.iter().map(|t| t.trim().to_owned()));
-        config.redactions = redactions;
-        config.ignored_columns = ignored;
-        config.skip_unchanged_updates = self.skip_unchanged_updates;
-        config.destination_url = destination_url.filter(|url| !url.trim().is_empty());
-        config.slot = self.slot.clone();
-        config.publication = self.publication.clone();
-        config.metrics_addr = self.metrics_addr;
-        config.heartbeat_interval = self.heartbeat_interval;
-        config.writer_connections = usize::from(self.writer_connections);
-        config.image_indexes = self.indexes.image_indexes;
+            .exclude_tables(self.exclude_tables.iter().map(|t| t.trim().to_owned()))
+            .redactions(redactions)
+            .ignored_columns(ignored)
+            .skip_unchanged_updates(self.skip_unchanged_updates)
+            .slot(self.slot.clone())
+            .publication(self.publication.clone())
+            .heartbeat_interval(self.heartbeat_interval)
+            .writer_connections(usize::from(self.writer_connections))
+            .image_indexes(self.indexes.image_indexes);
+        if let Some(url) = destination_url.filter(|url| !url.trim().is_empty()) {
+            config = config.destination(url);
+        }
         Ok(config)
+    }
+
+    /// Where to serve the metrics, if anywhere.
+    pub(super) fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
     }
 }
 
@@ -275,20 +281,16 @@ fn slot_name(name: &str) -> Result<String, String> {
 
 /// Runs `bemi worker`.
 pub(super) async fn run(args: WorkerArgs) -> anyhow::Result<()> {
-    let mut config = args
+    let config = args
         .capture
         .config(args.source.url()?, args.destination_url.clone())?;
-    if let Some(sink) = args.sink.as_deref().filter(|url| !url.trim().is_empty()) {
-        config.nats = Some(
-            args.nats.apply(
-                NatsConfig::new(sink.trim())
-                    .stream(args.stream.stream.trim())
-                    .partitions(args.partitions),
-            ),
-        );
-    }
     let shutdown = shutdown::on_signals()?;
-    if let Some(nats) = &config.nats {
+    if let Some(sink) = args.sink.as_deref().filter(|url| !url.trim().is_empty()) {
+        let nats = args.nats.apply(
+            NatsConfig::new(sink.trim())
+                .stream(args.stream.stream.trim())
+                .partitions(args.partitions),
+        );
         tracing::info!(
             source = %bemi_worker::without_password(&config.source_url),
             sink = %nats.display_url(),
@@ -297,7 +299,12 @@ pub(super) async fn run(args: WorkerArgs) -> anyhow::Result<()> {
             publication = %config.publication,
             "starting the capture worker"
         );
-        return run_worker(config, shutdown).await;
+        let sink = NatsSink::new(nats);
+        let sink_metrics = sink.metrics();
+        let worker = Worker::with_sink(config, sink);
+        let metrics = worker.metrics();
+        let render = move || metrics.render() + &sink_metrics.render();
+        return run_worker(worker, args.capture.metrics_addr(), render, shutdown).await;
     }
     if args.partition_by == Layout::Monthly {
         let mut conn = PgConnection::connect(config.destination_url())
@@ -319,17 +326,30 @@ pub(super) async fn run(args: WorkerArgs) -> anyhow::Result<()> {
         publication = %config.publication,
         "starting the capture worker"
     );
-    run_worker(config, shutdown).await
+    let worker = Worker::new(config);
+    let metrics = worker.metrics();
+    let render = move || metrics.render();
+    run_worker(worker, args.capture.metrics_addr(), render, shutdown).await
 }
 
+/// Runs `worker` until `shutdown`, serving `render`'s metrics on `metrics_addr`.
 async fn run_worker(
-    config: WorkerConfig,
+    worker: Worker,
+    metrics_addr: Option<SocketAddr>,
+    render: impl Fn() -> String + Clone + Send + Sync + 'static,
     shutdown: tokio_util::sync::CancellationToken,
 ) -> anyhow::Result<()> {
-    Worker::new(config)
-        .run(shutdown)
-        .await
-        .map_err(|error| anyhow!(error))?;
+    if let Some(addr) = metrics_addr {
+        let listener = metrics_server::bind(addr).await?;
+        metrics_server::spawn(listener, render, shutdown.child_token());
+    }
+    let handle = worker.spawn();
+    let stop = handle.cancel_token();
+    tokio::spawn(async move {
+        shutdown.cancelled().await;
+        stop.cancel();
+    });
+    handle.join().await.map_err(|error| anyhow!(error))?;
     tracing::info!("the capture worker stopped cleanly");
     Ok(())
 }
@@ -378,7 +398,10 @@ mod tests {
                 .is_redacted("public", "users", "password_hash")
         );
         assert!(config.redactions.is_redacted("billing", "card", "number"));
-        assert_eq!(config.metrics_addr, Some("127.0.0.1:9187".parse().unwrap()));
+        assert_eq!(
+            harness.capture.metrics_addr(),
+            Some("127.0.0.1:9187".parse().unwrap())
+        );
         assert_eq!(config.heartbeat_interval, Duration::from_secs(2));
         assert_eq!(config.destination_url(), "postgres://b/audit");
     }

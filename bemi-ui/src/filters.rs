@@ -28,6 +28,7 @@ pub const DEFAULT_LIMIT: u64 = 50;
 /// # Ok::<(), bemi_ui::FilterError>(())
 /// ```
 #[derive(Debug, Clone, Default, PartialEq)]
+#[non_exhaustive]
 pub struct Filters {
     /// `todo` or `public.todo`.
     pub table: Option<String>,
@@ -53,6 +54,7 @@ pub struct Filters {
 
 /// A filter the URL gets wrong; the message says what to write.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum FilterError {
     /// A value that does not parse.
     #[error("{key}={value:?}: {problem}")]

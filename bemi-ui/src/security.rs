@@ -18,6 +18,7 @@ use subtle::ConstantTimeEq as _;
 /// assert!(error.to_string().contains("https://"));
 /// ```
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum PublicUrlError {
     /// Not `http://HOST[:PORT]` or `https://HOST[:PORT]`.
     #[error(

@@ -19,6 +19,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::catalog::RelationInfo;
+use crate::error::StreamError;
 use crate::metrics::WorkerMetrics;
 use crate::pgoutput::PgOutput;
 use crate::rows::{self, ChangeMeta, ChangeRow};
@@ -71,9 +72,16 @@ pub(crate) struct Partial {
     pub position: u64,
 }
 
-/// Rows of one transaction, handed to the writer in order.
+/// Rows of one transaction (all of them, or a chunk of a large one), handed to a sink in
+/// commit order.
+///
+/// ```
+/// let piece = bemi_worker::sink::Piece::default();
+/// assert!(piece.rows.is_empty() && piece.end_lsn.is_none());
+/// ```
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub(crate) struct Piece {
+#[non_exhaustive]
+pub struct Piece {
     /// The transaction's commit LSN.
     pub commit_lsn: u64,
     /// The rows (possibly none).
@@ -83,17 +91,6 @@ pub(crate) struct Piece {
     /// Versions of the schema history read in the transaction since the last piece, stored
     /// with the rows.
     pub schemas: Vec<SchemaVersion>,
-}
-
-/// A protocol violation in the stream.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum StreamError {
-    /// A change outside a transaction.
-    #[error("replication stream: a change arrived outside of a transaction")]
-    NoTransaction,
-    /// A change for a relation that was never described.
-    #[error("replication stream: a change for relation {0} arrived before its Relation message")]
-    UnknownRelation(u32),
 }
 
 #[derive(Debug)]

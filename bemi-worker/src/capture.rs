@@ -4,7 +4,7 @@
 //! to their contexts ([`Assembler`]) and hands [`Piece`]s to the **writer** task over a bounded
 //! channel (backpressure: a slow sink slows the reading, memory stays bounded). The writer
 //! takes whatever is waiting (up to `max_batch_rows`) and gives it, with the position it
-//! reaches, to an idle [`SinkWriter`] — several at once when the stream is ahead — and reports
+//! reaches, to an idle [`OutputWriter`] — several at once when the stream is ahead — and reports
 //! each position back once its batch is held, in stream order (each writer's commit waits for
 //! the one before, and gives up when that one failed). Only then does the stream task confirm
 //! the position to the source. When nothing is pending, keepalives and heartbeats move the
@@ -61,9 +61,9 @@ pub(crate) trait ReplicationSource: Send {
 }
 
 /// Where captured rows go, and how far the rows it holds reach.
-pub(crate) trait Sink: Send + 'static {
+pub(crate) trait Output: Send + 'static {
     /// One connection (or channel) that writes batches.
-    type Writer: SinkWriter;
+    type Writer: OutputWriter;
 
     /// Where the last durable write left off: the stream resumes from here, and rows up to
     /// it are not written again.
@@ -78,7 +78,7 @@ pub(crate) trait Sink: Send + 'static {
 pub(crate) type PreviousCommit = oneshot::Receiver<bool>;
 
 /// Writes one batch at a time.
-pub(crate) trait SinkWriter: Send + Sized + 'static {
+pub(crate) trait OutputWriter: Send + Sized + 'static {
     /// Writes the rows of `pieces` and the position `resume` they reach, durably and at once:
     /// the commit waits for `previous`, and if that batch failed this one is not kept.
     /// `committed` tells the next batch how this one ended (send it even on failure).
@@ -107,7 +107,7 @@ pub(crate) struct Settings {
 
 /// Runs one session: streams from `source` into `sink` until `shutdown` (`Ok`) or an error.
 /// Ends by letting the writers finish what they were given and confirming their position.
-pub(crate) async fn run<S: ReplicationSource, K: Sink>(
+pub(crate) async fn run<S: ReplicationSource, K: Output>(
     source: &mut S,
     sink: K,
     settings: Settings,
@@ -353,7 +353,7 @@ impl<S: ReplicationSource> StreamSession<'_, S> {
 /// The writer task: takes batches of pieces and writes each with an idle writer — several at
 /// once when the stream is ahead — reporting each position once its batch committed, in stream
 /// order (each batch's commit waits for the one before).
-async fn write_loop<W: SinkWriter>(
+async fn write_loop<W: OutputWriter>(
     mut idle: Vec<W>,
     mut resume: ResumePoint,
     mut pieces: PieceReceiver,
@@ -651,7 +651,7 @@ mod tests {
         }
     }
 
-    impl Sink for MemorySink {
+    impl Output for MemorySink {
         type Writer = MemoryWriter;
 
         fn resume_point(&self) -> ResumePoint {
@@ -673,7 +673,7 @@ mod tests {
         faults: Arc<Faults>,
     }
 
-    impl SinkWriter for MemoryWriter {
+    impl OutputWriter for MemoryWriter {
         async fn write(
             self,
             pieces: &[Piece],

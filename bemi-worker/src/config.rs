@@ -13,11 +13,24 @@
 //! assert!(config.redactions.is_redacted("public", "users", "password_hash"));
 //! ```
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
-/// Everything the worker needs to run.
+/// Everything the worker needs to run: [`new`](Self::new) gives the defaults, and a setter
+/// (or the public field) changes each.
+///
+/// ```
+/// use std::time::Duration;
+///
+/// let config = bemi_worker::WorkerConfig::new("postgres://bemi@db/app")
+///     .destination("postgres://bemi@audit-db/audit")
+///     .slot("bemi_app")
+///     .publication("bemi_app")
+///     .heartbeat_interval(Duration::from_secs(5));
+/// assert_eq!(config.destination_url(), "postgres://bemi@audit-db/audit");
+/// assert_eq!(config.slot, "bemi_app");
+/// ```
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct WorkerConfig {
     /// The database whose changes are captured (it needs `wal_level=logical`).
     pub source_url: String,
@@ -35,8 +48,6 @@ pub struct WorkerConfig {
     pub ignored_columns: IgnoredColumns,
     /// Whether an UPDATE whose row is the same before and after is left out (default: yes).
     pub skip_unchanged_updates: bool,
-    /// Serve Prometheus metrics on this address.
-    pub metrics_addr: Option<SocketAddr>,
     /// How often an idle source gets a heartbeat, so that the slot keeps advancing, and how
     /// often the publication is checked for new tables.
     pub heartbeat_interval: Duration,
@@ -50,10 +61,6 @@ pub struct WorkerConfig {
     /// Whether `changes` keeps its GIN indexes on `before` and `after` (created if missing) or
     /// goes without them (dropped if present): their upkeep is much of a stored change's cost.
     pub image_indexes: bemi_audit::schema::ImageIndexes,
-    /// Publish into this NATS JetStream stream instead of writing `changes` (which `bemi
-    /// store` then writes); the schema history is then kept in the source database.
-    #[cfg(feature = "nats")]
-    pub nats: Option<crate::nats::NatsConfig>,
 }
 
 impl WorkerConfig {
@@ -75,14 +82,11 @@ impl WorkerConfig {
             redactions: Redactions::default(),
             ignored_columns: IgnoredColumns::default(),
             skip_unchanged_updates: true,
-            metrics_addr: None,
             heartbeat_interval: Duration::from_secs(10),
             max_batch_rows: 10_000,
             chunk_rows: 2_000,
             writer_connections: 2,
             image_indexes: bemi_audit::schema::ImageIndexes::Keep,
-            #[cfg(feature = "nats")]
-            nats: None,
         }
     }
 
@@ -162,6 +166,131 @@ impl WorkerConfig {
         self
     }
 
+    /// Writes `changes` into this database instead of the source.
+    ///
+    /// ```
+    /// let config = bemi_worker::WorkerConfig::new("postgres://a/app").destination("postgres://b/audit");
+    /// assert_eq!(config.destination_url(), "postgres://b/audit");
+    /// ```
+    #[must_use]
+    pub fn destination(mut self, url: impl Into<String>) -> Self {
+        self.destination_url = Some(url.into());
+        self
+    }
+
+    /// The replication slot (default `bemi`; one per worker).
+    ///
+    /// ```
+    /// assert_eq!(bemi_worker::WorkerConfig::new("postgres://a/app").slot("bemi_app").slot, "bemi_app");
+    /// ```
+    #[must_use]
+    pub fn slot(mut self, slot: impl Into<String>) -> Self {
+        self.slot = slot.into();
+        self
+    }
+
+    /// The publication (default `bemi`).
+    ///
+    /// ```
+    /// let config = bemi_worker::WorkerConfig::new("postgres://a/app").publication("audit");
+    /// assert_eq!(config.publication, "audit");
+    /// ```
+    #[must_use]
+    pub fn publication(mut self, publication: impl Into<String>) -> Self {
+        self.publication = publication.into();
+        self
+    }
+
+    /// How often an idle source gets a heartbeat and the publication is checked (default
+    /// 10 s).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    ///
+    /// let config = bemi_worker::WorkerConfig::new("postgres://a/app").heartbeat_interval(Duration::from_secs(1));
+    /// assert_eq!(config.heartbeat_interval, Duration::from_secs(1));
+    /// ```
+    #[must_use]
+    pub fn heartbeat_interval(mut self, interval: Duration) -> Self {
+        self.heartbeat_interval = interval;
+        self
+    }
+
+    /// The most rows written to the destination in one transaction (default 10 000).
+    ///
+    /// ```
+    /// assert_eq!(bemi_worker::WorkerConfig::new("postgres://a/app").max_batch_rows(500).max_batch_rows, 500);
+    /// ```
+    #[must_use]
+    pub fn max_batch_rows(mut self, rows: usize) -> Self {
+        self.max_batch_rows = rows;
+        self
+    }
+
+    /// Rows of a large transaction handed over at once (default 2 000).
+    ///
+    /// ```
+    /// assert_eq!(bemi_worker::WorkerConfig::new("postgres://a/app").chunk_rows(100).chunk_rows, 100);
+    /// ```
+    #[must_use]
+    pub fn chunk_rows(mut self, rows: usize) -> Self {
+        self.chunk_rows = rows;
+        self
+    }
+
+    /// Destination connections writing batches at once (default 2).
+    ///
+    /// ```
+    /// assert_eq!(bemi_worker::WorkerConfig::new("postgres://a/app").writer_connections(4).writer_connections, 4);
+    /// ```
+    #[must_use]
+    pub fn writer_connections(mut self, connections: usize) -> Self {
+        self.writer_connections = connections;
+        self
+    }
+
+    /// Keep or drop the GIN indexes on `before` and `after` of `changes` (default keep).
+    ///
+    /// ```
+    /// use bemi_worker::{ImageIndexes, WorkerConfig};
+    ///
+    /// let config = WorkerConfig::new("postgres://a/app").image_indexes(ImageIndexes::Drop);
+    /// assert_eq!(config.image_indexes, ImageIndexes::Drop);
+    /// ```
+    #[must_use]
+    pub fn image_indexes(mut self, indexes: bemi_audit::schema::ImageIndexes) -> Self {
+        self.image_indexes = indexes;
+        self
+    }
+
+    /// Replaces the redactions (see [`redact`](Self::redact) for globs).
+    ///
+    /// ```
+    /// use bemi_worker::{Redactions, WorkerConfig};
+    ///
+    /// let config = WorkerConfig::new("postgres://a/app").redactions(Redactions::new(["users.ssn"]));
+    /// assert!(config.redactions.is_redacted("public", "users", "ssn"));
+    /// ```
+    #[must_use]
+    pub fn redactions(mut self, redactions: Redactions) -> Self {
+        self.redactions = redactions;
+        self
+    }
+
+    /// Replaces the ignored columns (see [`ignore_columns`](Self::ignore_columns) for globs).
+    ///
+    /// ```
+    /// use bemi_worker::{IgnoredColumns, WorkerConfig};
+    ///
+    /// let config = WorkerConfig::new("postgres://a/app").ignored_columns(IgnoredColumns::new(["*.updated_at"]));
+    /// assert!(config.ignored_columns.is_ignored("public", "todo", "updated_at"));
+    /// ```
+    #[must_use]
+    pub fn ignored_columns(mut self, columns: IgnoredColumns) -> Self {
+        self.ignored_columns = columns;
+        self
+    }
+
     /// The capture rules in one line, for the worker's start-up log.
     pub(crate) fn rules_summary(&self) -> String {
         let ignored = if self.ignored_columns.is_empty() {
@@ -183,6 +312,7 @@ impl WorkerConfig {
 /// Columns whose changes alone do not make an UPDATE worth storing: globs of `table.column` or
 /// `schema.table.column`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct IgnoredColumns {
     globs: Vec<String>,
 }
@@ -247,15 +377,15 @@ impl IgnoredColumns {
 /// exclude glob.
 ///
 /// ```
-/// let filter = bemi_worker::TableFilter {
-///     include: vec!["billing.*".into()],
-///     exclude: vec!["*.tmp_*".into()],
-/// };
+/// let mut filter = bemi_worker::TableFilter::default();
+/// filter.include = vec!["billing.*".into()];
+/// filter.exclude = vec!["*.tmp_*".into()];
 /// assert!(filter.includes("billing", "invoice"));
 /// assert!(!filter.includes("billing", "tmp_import"));
 /// assert!(!filter.includes("public", "todo"));
 /// ```
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct TableFilter {
     /// Globs of tables to capture; empty means every table.
     pub include: Vec<String>,
@@ -324,6 +454,7 @@ pub(crate) fn glob_matches(glob: &str, text: &str) -> bool {
 /// assert!(!redactions.is_redacted("public", "card", "number"));
 /// ```
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Redactions {
     columns: Vec<(Option<String>, String, String)>,
 }

@@ -24,8 +24,9 @@ use sqlx::{Connection, Executor, PgConnection};
 use tokio::sync::oneshot;
 
 use crate::assembler::{Partial, Piece, ResumePoint};
-use crate::capture::{PreviousCommit, Sink, SinkWriter};
+use crate::capture::{Output, OutputWriter, PreviousCommit};
 use crate::error::WorkerError;
+use crate::lsn::{format_lsn, parse_lsn};
 use crate::schema_history::{self, SchemaVersion, TableSchema};
 use bemi_audit::store::ChangeBatch;
 
@@ -170,7 +171,7 @@ impl Destination {
     }
 }
 
-impl Sink for Destination {
+impl Output for Destination {
     type Writer = BatchWriter;
 
     fn resume_point(&self) -> ResumePoint {
@@ -192,7 +193,7 @@ pub(crate) struct BatchWriter {
     slot: Arc<str>,
 }
 
-impl SinkWriter for BatchWriter {
+impl OutputWriter for BatchWriter {
     /// Writes the rows of `pieces` and the position `resume` in one transaction. The rows are
     /// inserted at once; the commit waits for `previous`, and if that batch failed this one is
     /// rolled back.
@@ -296,37 +297,13 @@ async fn read_resume_point(
     })
 }
 
-/// `0x16_B374D848` → `16/B374D848`.
-pub(crate) fn format_lsn(lsn: u64) -> String {
-    format!("{:X}/{:X}", lsn >> 32, lsn & 0xFFFF_FFFF)
-}
-
-/// `16/B374D848` → `0x16_B374D848`.
-pub(crate) fn parse_lsn(text: &str) -> Option<u64> {
-    let (high, low) = text.split_once('/')?;
-    Some((u64::from_str_radix(high, 16).ok()? << 32) | u64::from_str_radix(low, 16).ok()?)
-}
-
 #[cfg(test)]
 mod tests {
-    use super::*;
-
     #[test]
     fn a_destination_on_the_source_server_commits_locally() {
         use crate::destination::Durability;
 
         assert_eq!(Durability::for_destination(true), Durability::Local);
         assert_eq!(Durability::for_destination(false), Durability::Standbys);
-    }
-
-    #[test]
-    fn lsns_print_as_postgresql_prints_them() {
-        assert_eq!(format_lsn(0x16_B374D848), "16/B374D848");
-    }
-
-    #[test]
-    fn lsns_parse_from_postgresql_text() {
-        assert_eq!(parse_lsn("16/B374D848"), Some(0x16_B374D848));
-        assert_eq!(parse_lsn("nope"), None);
     }
 }

@@ -1,13 +1,28 @@
-//! The worker's errors. Each one a user can hit says what to do next; [`WorkerError::is_retryable`]
-//! tells passing trouble (connections, restarts) from misconfiguration.
+//! The worker's errors, a leaf module: each one a user can hit says what to do next;
+//! [`WorkerError::is_retryable`] tells passing trouble (connections, restarts) from
+//! misconfiguration. Every type a variant holds is public ([`StreamError`], [`DecodeError`],
+//! [`ReplicationError`], [`SinkError`]) or `sqlx::Error`.
+
+use std::fmt;
 
 use pgwire_replication::PgWireError;
 
-use crate::assembler::StreamError;
-use crate::pgoutput::DecodeError;
-
 /// Why the worker stopped or is retrying.
+///
+/// ```
+/// use bemi_worker::WorkerError;
+///
+/// fn advice(error: &WorkerError) -> &'static str {
+///     match error {
+///         WorkerError::WalLevel { .. } => "set wal_level = logical",
+///         error if error.is_retryable() => "wait: the worker reconnects",
+///         _ => "read the message: it names the fix",
+///     }
+/// }
+/// assert_eq!(advice(&WorkerError::StreamEnded), "wait: the worker reconnects");
+/// ```
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum WorkerError {
     /// The source's `wal_level` is not `logical`.
     #[error(
@@ -84,7 +99,7 @@ pub enum WorkerError {
     Destination(#[source] sqlx::Error),
     /// The replication connection failed.
     #[error("replication connection: {0}{hint}", hint = tls_hint(&.0.to_string()))]
-    Replication(#[source] PgWireError),
+    Replication(#[source] ReplicationError),
     /// The replication stream ended although nobody asked it to.
     #[error("the replication stream ended unexpectedly")]
     StreamEnded,
@@ -94,21 +109,31 @@ pub enum WorkerError {
     /// A pgoutput message could not be decoded.
     #[error(transparent)]
     Decode(#[from] DecodeError),
-    /// NATS JetStream trouble (connecting, publishing, consuming): retried.
-    #[error("NATS: {0}")]
-    Nats(String),
-    /// The metrics endpoint could not listen.
-    #[error("could not serve metrics on {addr}: {source}")]
-    Metrics {
-        /// The address.
-        addr: std::net::SocketAddr,
-        /// Why.
-        #[source]
-        source: std::io::Error,
+    /// The sink (see [`Sink`](crate::sink::Sink)) failed: retried unless the sink said it
+    /// cannot work ([`SinkError::is_retryable`]).
+    #[error(transparent)]
+    Sink(#[from] SinkError),
+    /// The worker did not stream within the time it was given
+    /// ([`WorkerHandle::wait_until_streaming`](crate::WorkerHandle::wait_until_streaming)).
+    #[error(
+        "the worker did not start streaming within {waited:?}; run with \
+         RUST_LOG=bemi_worker=debug to see why"
+    )]
+    NotStreaming {
+        /// How long it was given.
+        waited: std::time::Duration,
     },
+    /// The worker's task ended without an answer (it panicked, or its runtime shut down).
+    #[error("the capture worker's task failed: {0}")]
+    Task(String),
 }
 
 impl WorkerError {
+    /// A replication connection failure.
+    pub(crate) fn replication(error: PgWireError) -> Self {
+        WorkerError::Replication(ReplicationError(error))
+    }
+
     /// Whether reconnecting (with backoff) may help: connection failures, server restarts,
     /// a slot still held by a previous connection. Misconfiguration is not retried.
     ///
@@ -126,16 +151,156 @@ impl WorkerError {
             | WorkerError::SlotUnusable { .. }
             | WorkerError::ServerTooOld { .. }
             | WorkerError::InvalidConfig(_)
-            | WorkerError::Metrics { .. } => false,
+            | WorkerError::Task(_) => false,
+            WorkerError::NotStreaming { .. } => true,
             WorkerError::Publication { source, .. } => sql_is_retryable(source),
             WorkerError::Source(error) | WorkerError::Destination(error) => sql_is_retryable(error),
-            WorkerError::Replication(error) => crate::source::is_retryable(error),
-            WorkerError::StreamEnded
-            | WorkerError::Stream(_)
-            | WorkerError::Decode(_)
-            | WorkerError::Nats(_) => true,
+            WorkerError::Replication(error) => error.is_retryable(),
+            WorkerError::Sink(error) => error.is_retryable(),
+            WorkerError::StreamEnded | WorkerError::Stream(_) | WorkerError::Decode(_) => true,
         }
     }
+}
+
+/// A replication connection failure (of the pgwire-replication client, kept opaque).
+///
+/// ```
+/// use bemi_worker::WorkerError;
+///
+/// fn passing(error: &WorkerError) -> bool {
+///     match error {
+///         WorkerError::Replication(replication) => replication.is_retryable(),
+///         other => other.is_retryable(),
+///     }
+/// }
+/// assert!(passing(&WorkerError::StreamEnded));
+/// ```
+#[derive(Debug)]
+pub struct ReplicationError(PgWireError);
+
+impl ReplicationError {
+    /// Whether reconnecting may help: not for refused credentials or privileges, nor for a
+    /// certificate that does not verify.
+    pub fn is_retryable(&self) -> bool {
+        replication_is_retryable(&self.0)
+    }
+}
+
+impl fmt::Display for ReplicationError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::error::Error for ReplicationError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.0.source()
+    }
+}
+
+/// Whether a replication error is worth retrying (connection trouble, server restarts, a slot
+/// still held by a previous connection) rather than a configuration problem.
+fn replication_is_retryable(error: &PgWireError) -> bool {
+    match error {
+        PgWireError::Auth(_) => false,
+        // A certificate that does not verify, TLS settings that cannot work, or a server
+        // without TLS stay so; a handshake cut short (e.g. by a restart) is worth retrying.
+        PgWireError::Tls(message) => {
+            let message = message.to_lowercase();
+            ![
+                "certificate",
+                "config error",
+                "does not support tls",
+                "received fatal alert",
+                "unknownca",
+            ]
+            .iter()
+            .any(|cause| message.contains(cause))
+        }
+        PgWireError::Server(message) => {
+            !(message.contains("SQLSTATE 28") || message.contains("SQLSTATE 42501"))
+        }
+        _ => true,
+    }
+}
+
+/// A failure of a [`Sink`](crate::sink::Sink): its cause, and whether retrying (the worker
+/// reconnects with backoff and resumes from the last confirmed position) may help.
+///
+/// ```
+/// use bemi_worker::SinkError;
+///
+/// let passing = SinkError::retryable("the broker did not answer");
+/// assert!(passing.is_retryable());
+/// let fatal = SinkError::fatal("the stream name has a dot: use letters and digits");
+/// assert!(!fatal.is_retryable());
+/// assert_eq!(fatal.to_string(), "the stream name has a dot: use letters and digits");
+/// ```
+#[derive(Debug, thiserror::Error)]
+#[error("{source}")]
+pub struct SinkError {
+    retryable: bool,
+    source: Box<dyn std::error::Error + Send + Sync>,
+}
+
+impl SinkError {
+    /// Passing trouble (a connection, a timeout): the worker reconnects and writes again.
+    pub fn retryable(source: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
+        Self {
+            retryable: true,
+            source: source.into(),
+        }
+    }
+
+    /// Trouble that retrying cannot fix (a configuration): the worker stops with it.
+    pub fn fatal(source: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
+        Self {
+            retryable: false,
+            source: source.into(),
+        }
+    }
+
+    /// Whether the worker retries after it.
+    pub fn is_retryable(&self) -> bool {
+        self.retryable
+    }
+
+    /// The cause, e.g. to downcast to the sink's own error type.
+    pub fn cause(&self) -> &(dyn std::error::Error + Send + Sync + 'static) {
+        &*self.source
+    }
+}
+
+/// A protocol violation in the stream.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum StreamError {
+    /// A change outside a transaction.
+    #[error("replication stream: a change arrived outside of a transaction")]
+    NoTransaction,
+    /// A change for a relation that was never described.
+    #[error("replication stream: a change for relation {0} arrived before its Relation message")]
+    UnknownRelation(u32),
+}
+
+/// A malformed or unsupported pgoutput message.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum DecodeError {
+    /// The message ended early.
+    #[error("pgoutput message truncated while reading {0}")]
+    Truncated(&'static str),
+    /// A byte that is not valid where it was found.
+    #[error("unexpected byte {byte:#04x} in pgoutput message while reading {what}")]
+    Unexpected {
+        /// What was being read.
+        what: &'static str,
+        /// The byte.
+        byte: u8,
+    },
+    /// A string that is not valid UTF-8.
+    #[error("pgoutput {0} is not valid UTF-8")]
+    InvalidUtf8(&'static str),
 }
 
 /// Whether an I/O error is TLS refusing the connection (rustls reports through `io::Error`).

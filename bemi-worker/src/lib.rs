@@ -7,24 +7,24 @@
 //!
 //! ```no_run
 //! use bemi_worker::{Worker, WorkerConfig};
-//! use tokio_util::sync::CancellationToken;
 //!
 //! # async fn run() -> Result<(), bemi_worker::WorkerError> {
 //! let config = WorkerConfig::new("postgres://bemi:secret@127.0.0.1/app")
 //!     .exclude_tables(["public.sessions"])
 //!     .redact(["users.password_hash"]);
-//! let worker = Worker::new(config);
+//! let worker = Worker::new(config).spawn();
 //! let metrics = worker.metrics(); // counters and gauges, e.g. for your own /metrics
-//! let shutdown = CancellationToken::new();
-//! // e.g. cancel on SIGTERM: shutdown.cancel();
-//! worker.run(shutdown).await?;
+//! // … e.g. on SIGTERM:
+//! worker.shutdown().await?;
 //! println!("stored {} changes", metrics.changes_written());
 //! # Ok(()) }
 //! ```
 //!
 //! Inside, one session is a replication source (the slot's stream), the stitching of rows to
 //! their contexts, and a sink that stores what it is given and reports the position it holds;
-//! the position is confirmed to the slot only after the sink holds it.
+//! the position is confirmed to the slot only after the sink holds it. Other sinks than the
+//! `changes` table plug in through the [`sink`] module's traits (`bemi-nats` publishes into a
+//! NATS JetStream stream).
 
 mod assembler;
 mod capture;
@@ -36,14 +36,14 @@ mod error;
 mod fuzz;
 mod handoff;
 mod json_value;
+mod lsn;
 mod masked_url;
 mod metrics;
-#[cfg(feature = "nats")]
-pub mod nats;
 mod pgoutput;
 mod rows;
 mod schema_history;
 mod setup;
+pub mod sink;
 mod source;
 mod sqlcommenter;
 mod tls;
@@ -52,11 +52,11 @@ mod xid;
 
 pub use bemi_audit::schema::ImageIndexes;
 pub use config::{IgnoredColumns, Redactions, TableFilter, WorkerConfig};
-pub use error::WorkerError;
+pub use error::{DecodeError, ReplicationError, SinkError, StreamError, WorkerError};
 pub use masked_url::without_password;
 pub use metrics::{Timing, WorkerMetrics};
 pub use tls::install_crypto_provider;
-pub use worker::Worker;
+pub use worker::{Worker, WorkerHandle};
 
 /// The crate's README, compiled as a doc test so that its example stays true.
 #[cfg(doctest)]

@@ -1,4 +1,5 @@
-//! The worker's metrics, in the Prometheus text format, served on `--metrics-addr`.
+//! The worker's metrics, in the Prometheus text format ([`WorkerMetrics::render`]; `bemi
+//! worker --metrics-addr` serves them). The worker updates them; users read them.
 //!
 //! | metric | type | meaning |
 //! |---|---|---|
@@ -13,29 +14,18 @@
 //! | `bemi_connected` | gauge | whether the stream is up (1) or not (0) |
 //! | `bemi_schema_mismatches_total` | counter | relations whose schema history version did not match the WAL (DDL while event triggers did not fire, or a forged `_bemi_schema` message): their changes followed the WAL |
 //! | `bemi_updates_skipped_total{table, reason}` | counter | UPDATEs left out by the capture rules, per table and reason (`unchanged`, `ignored_columns`) |
-//! | `bemi_nats_messages_published_total` | counter | with a NATS sink: messages published and acknowledged |
-//! | `bemi_nats_duplicates_total` | counter | with a NATS sink: published messages the stream already held |
 //!
 //! ```
 //! let metrics = bemi_worker::WorkerMetrics::default();
-//! metrics.record_write(3, 1, 0x1_0000_0000, 0);
-//! assert!(metrics.render().contains("bemi_changes_written_total 3"));
+//! assert!(metrics.render().contains("bemi_changes_written_total 0"));
+//! assert_eq!(metrics.changes_written(), 0);
 //! ```
 
 use std::collections::BTreeMap;
-use std::convert::Infallible;
 use std::fmt::Write as _;
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Mutex, PoisonError};
 use std::time::{SystemTime, UNIX_EPOCH};
-
-use http_body_util::Full;
-use hyper::body::Bytes;
-use hyper::{Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
-use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
 
 use crate::rows::SkipReason;
 
@@ -55,14 +45,11 @@ pub struct WorkerMetrics {
     schema_mismatches: AtomicU64,
     /// UPDATEs left out by the capture rules, per `schema.table` and reason.
     skipped_updates: Mutex<BTreeMap<(String, &'static str), u64>>,
-    /// Whether the worker publishes into NATS (its metrics are then rendered).
-    nats: AtomicBool,
-    nats_messages: AtomicU64,
-    nats_duplicates: AtomicU64,
 }
 
 /// Where the worker's time went, in seconds.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
+#[non_exhaustive]
 pub struct Timing {
     /// In the stream task: decoding pgoutput, building JSON, stitching (not waiting for data
     /// or for the writer).
@@ -75,13 +62,7 @@ impl WorkerMetrics {
     /// Records a committed destination write of `rows` rows and `transactions` whole source
     /// transactions, up to `confirmed_lsn`, whose last commit happened at `commit_micros` (µs
     /// since the Unix epoch; 0 when unknown).
-    ///
-    /// ```
-    /// let metrics = bemi_worker::WorkerMetrics::default();
-    /// metrics.record_write(10, 2, 42, 0);
-    /// assert_eq!(metrics.changes_written(), 10);
-    /// ```
-    pub fn record_write(
+    pub(crate) fn record_write(
         &self,
         rows: u64,
         transactions: u64,
@@ -99,87 +80,39 @@ impl WorkerMetrics {
     }
 
     /// Records a position confirmed without a write (an idle stream).
-    ///
-    /// ```
-    /// let metrics = bemi_worker::WorkerMetrics::default();
-    /// metrics.record_confirmed(7);
-    /// assert_eq!(metrics.confirmed_lsn(), 7);
-    /// ```
-    pub fn record_confirmed(&self, lsn: u64) {
+    pub(crate) fn record_confirmed(&self, lsn: u64) {
         self.confirmed_lsn.fetch_max(lsn, Ordering::Relaxed);
         self.received_end_lsn.fetch_max(lsn, Ordering::Relaxed);
     }
 
     /// Records the end of a source transaction received from the stream.
-    ///
-    /// ```
-    /// bemi_worker::WorkerMetrics::default().record_received(5);
-    /// ```
-    pub fn record_received(&self, end_lsn: u64) {
+    pub(crate) fn record_received(&self, end_lsn: u64) {
         self.received_end_lsn.fetch_max(end_lsn, Ordering::Relaxed);
     }
 
     /// Records the server's WAL position (from keepalives).
-    ///
-    /// ```
-    /// bemi_worker::WorkerMetrics::default().record_server_position(5);
-    /// ```
-    pub fn record_server_position(&self, wal_end: u64) {
+    pub(crate) fn record_server_position(&self, wal_end: u64) {
         self.server_wal_end.fetch_max(wal_end, Ordering::Relaxed);
     }
 
-    /// Counts messages published into NATS and acknowledged, of which `duplicates` the stream
-    /// already held.
-    #[cfg_attr(not(feature = "nats"), allow(dead_code))]
-    pub(crate) fn record_nats_published(&self, messages: u64, duplicates: u64) {
-        self.nats.store(true, Ordering::Relaxed);
-        self.nats_messages.fetch_add(messages, Ordering::Relaxed);
-        self.nats_duplicates
-            .fetch_add(duplicates, Ordering::Relaxed);
-    }
-
     /// Counts an error that made the worker reconnect.
-    ///
-    /// ```
-    /// let metrics = bemi_worker::WorkerMetrics::default();
-    /// metrics.record_error();
-    /// assert!(metrics.render().contains("bemi_errors_total 1"));
-    /// ```
-    pub fn record_error(&self) {
+    pub(crate) fn record_error(&self) {
         self.errors.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Marks the stream as up or down.
-    ///
-    /// ```
-    /// let metrics = bemi_worker::WorkerMetrics::default();
-    /// metrics.set_connected(true);
-    /// assert!(metrics.render().contains("bemi_connected 1"));
-    /// ```
-    pub fn set_connected(&self, connected: bool) {
+    pub(crate) fn set_connected(&self, connected: bool) {
         self.connected.store(connected, Ordering::Relaxed);
     }
 
     /// Adds time the stream task spent working on events.
-    ///
-    /// ```
-    /// let metrics = bemi_worker::WorkerMetrics::default();
-    /// metrics.add_stream_time(std::time::Duration::from_millis(5));
-    /// assert!(metrics.timing().decode_seconds > 0.004);
-    /// ```
-    pub fn add_stream_time(&self, elapsed: std::time::Duration) {
+    pub(crate) fn add_stream_time(&self, elapsed: std::time::Duration) {
         self.stream_nanos
             .fetch_add(elapsed.as_nanos() as u64, Ordering::Relaxed);
     }
 
     /// Adds time the writer spent writing to the destination.
-    ///
-    /// ```
-    /// let metrics = bemi_worker::WorkerMetrics::default();
-    /// metrics.add_write_time(std::time::Duration::from_millis(5));
-    /// assert!(metrics.timing().write_seconds > 0.004);
-    /// ```
-    pub fn add_write_time(&self, elapsed: std::time::Duration) {
+    pub(crate) fn add_write_time(&self, elapsed: std::time::Duration) {
         self.write_nanos
             .fetch_add(elapsed.as_nanos() as u64, Ordering::Relaxed);
     }
@@ -252,6 +185,15 @@ impl WorkerMetrics {
             .iter()
             .map(|((table, reason), count)| (table.clone(), (*reason).to_owned(), *count))
             .collect()
+    }
+
+    /// Source transactions applied.
+    ///
+    /// ```
+    /// assert_eq!(bemi_worker::WorkerMetrics::default().transactions(), 0);
+    /// ```
+    pub fn transactions(&self) -> u64 {
+        self.transactions.load(Ordering::Relaxed)
     }
 
     /// Rows written so far.
@@ -364,20 +306,6 @@ impl WorkerMetrics {
              the WAL, with keys it could not give stored as unknown.",
             self.schema_mismatches().to_string(),
         );
-        if self.nats.load(Ordering::Relaxed) {
-            metric(
-                "bemi_nats_messages_published_total",
-                "counter",
-                "Messages published into the NATS change stream and acknowledged.",
-                self.nats_messages.load(Ordering::Relaxed).to_string(),
-            );
-            metric(
-                "bemi_nats_duplicates_total",
-                "counter",
-                "Published messages the stream already held (republished after a restart).",
-                self.nats_duplicates.load(Ordering::Relaxed).to_string(),
-            );
-        }
         let skipped = self.skipped_updates();
         if !skipped.is_empty() {
             let _ = writeln!(
@@ -403,75 +331,4 @@ fn label_value(text: &str) -> String {
     text.replace('\\', "\\\\")
         .replace('"', "\\\"")
         .replace('\n', "\\n")
-}
-
-/// Metrics that render as Prometheus text (the worker's, the store's).
-pub(crate) trait Render: Send + Sync + 'static {
-    /// The metrics, in the Prometheus text format.
-    fn render(&self) -> String;
-}
-
-impl Render for WorkerMetrics {
-    fn render(&self) -> String {
-        WorkerMetrics::render(self)
-    }
-}
-
-/// Serves `GET /metrics` (any path, in fact) on `listener` until `shutdown`.
-pub(crate) async fn serve<M: Render>(
-    listener: TcpListener,
-    metrics: Arc<M>,
-    shutdown: CancellationToken,
-) {
-    loop {
-        let (stream, _) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(error) => {
-                    tracing::warn!(%error, "metrics endpoint: accept failed");
-                    continue;
-                }
-            },
-            () = shutdown.cancelled() => return,
-        };
-        let metrics = Arc::clone(&metrics);
-        tokio::spawn(async move {
-            let service =
-                hyper::service::service_fn(move |request: Request<hyper::body::Incoming>| {
-                    let metrics = Arc::clone(&metrics);
-                    async move { Ok::<_, Infallible>(respond(&request, &*metrics)) }
-                });
-            if let Err(error) = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .await
-            {
-                tracing::debug!(%error, "metrics endpoint: connection ended with an error");
-            }
-        });
-    }
-}
-
-fn respond<M: Render>(
-    request: &Request<hyper::body::Incoming>,
-    metrics: &M,
-) -> Response<Full<Bytes>> {
-    let mut response = if request.method() == hyper::Method::GET {
-        Response::new(Full::new(Bytes::from(metrics.render())))
-    } else {
-        let mut response = Response::new(Full::new(Bytes::from_static(b"GET only\n")));
-        *response.status_mut() = StatusCode::METHOD_NOT_ALLOWED;
-        response
-    };
-    response.headers_mut().insert(
-        hyper::header::CONTENT_TYPE,
-        hyper::header::HeaderValue::from_static("text/plain; version=0.0.4"),
-    );
-    response
-}
-
-/// Binds the metrics address, with an error that names it.
-pub(crate) async fn bind(addr: SocketAddr) -> Result<TcpListener, crate::error::WorkerError> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(|source| crate::error::WorkerError::Metrics { addr, source })
 }

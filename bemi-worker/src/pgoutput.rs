@@ -5,6 +5,8 @@
 //! Zero-copy: tuple values borrow from the message. The format is PostgreSQL's
 //! "Logical Replication Message Formats" chapter.
 
+use crate::error::DecodeError;
+
 /// A decoded pgoutput message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum PgOutput<'a> {
@@ -108,25 +110,6 @@ pub(crate) struct Column {
     pub type_oid: u32,
     /// Its type modifier.
     pub type_modifier: i32,
-}
-
-/// A malformed or unsupported pgoutput message.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum DecodeError {
-    /// The message ended early.
-    #[error("pgoutput message truncated while reading {0}")]
-    Truncated(&'static str),
-    /// A byte that is not valid where it was found.
-    #[error("unexpected byte {byte:#04x} in pgoutput message while reading {what}")]
-    Unexpected {
-        /// What was being read.
-        what: &'static str,
-        /// The byte.
-        byte: u8,
-    },
-    /// A string that is not valid UTF-8.
-    #[error("pgoutput {0} is not valid UTF-8")]
-    InvalidUtf8(&'static str),
 }
 
 /// Decodes one pgoutput message (the payload of an XLogData message).

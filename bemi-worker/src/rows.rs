@@ -18,8 +18,15 @@ use bemi_core::protocol::Operation;
 use chrono::{DateTime, Utc};
 
 /// One row of the `changes` table, before it is written.
+///
+/// ```
+/// let mut row = bemi_worker::sink::ChangeRow::default();
+/// row.table = "todo".into();
+/// assert_eq!((&*row.table, row.before.as_str()), ("todo", "{}"));
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct ChangeRow {
+#[non_exhaustive]
+pub struct ChangeRow {
     /// The primary key value: the text of a single-column key, a JSON array for a composite key,
     /// `None` without a key (or for a TRUNCATE).
     pub primary_key: Option<String>,
@@ -43,6 +50,25 @@ pub(crate) struct ChangeRow {
     pub transaction_id: u64,
     /// The LSN of the change's WAL record.
     pub position: u64,
+}
+
+impl Default for ChangeRow {
+    /// An INSERT without key, images or context, in `public`.
+    fn default() -> Self {
+        Self {
+            primary_key: None,
+            before: "{}".to_owned(),
+            after: "{}".to_owned(),
+            context: Arc::from("{}"),
+            schema: Arc::from("public"),
+            table: Arc::from(""),
+            operation: Operation::Create,
+            committed_at: 0,
+            queued_at: 0,
+            transaction_id: 0,
+            position: 0,
+        }
+    }
 }
 
 impl ChangeRow {

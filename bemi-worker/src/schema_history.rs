@@ -53,8 +53,8 @@ use serde::Deserialize;
 
 use crate::catalog::{ColumnInfo, RelationInfo, is_worker_table};
 use crate::config::WorkerConfig;
-use crate::destination::{format_lsn, parse_lsn};
 use crate::json_value::{TypeKind, builtin_array_element, write_string};
+use crate::lsn::{format_lsn, parse_lsn};
 use crate::pgoutput::Relation;
 
 /// The prefix of schema messages.
@@ -417,9 +417,18 @@ impl TableSchema {
     }
 }
 
-/// One version of the history: a table's schema from a position of the WAL on.
+/// One version of the history: a table's schema from a position of the WAL on (a sink is
+/// given them with each [`Piece`](crate::sink::Piece); the worker stores them).
+///
+/// ```
+/// fn versions(piece: &bemi_worker::sink::Piece) -> Vec<(u32, u64)> {
+///     piece.schemas.iter().map(|version| (version.relid, version.lsn)).collect()
+/// }
+/// assert!(versions(&Default::default()).is_empty());
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct SchemaVersion {
+#[non_exhaustive]
+pub struct SchemaVersion {
     /// Where in the WAL it took effect (the message's LSN; the start position for a baseline).
     pub lsn: u64,
     /// The table's oid.

@@ -18,8 +18,8 @@ pub(crate) use bemi_core::sql::quote_ident;
 use bemi_core::sql::quote_table;
 
 use crate::config::WorkerConfig;
-use crate::destination::parse_lsn;
 use crate::error::WorkerError;
+use crate::lsn::parse_lsn;
 
 /// `plugin, database, wal_status, confirmed_flush_lsn, current_database()` of a slot.
 type SlotRow = (

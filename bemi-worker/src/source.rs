@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use pgwire_replication::{Lsn, PgWireError, ReplicationClient, ReplicationConfig, TlsConfig};
+use pgwire_replication::{Lsn, ReplicationClient, ReplicationConfig, TlsConfig};
 use sqlx::postgres::PgConnectOptions;
 
 use crate::error::WorkerError;
@@ -191,11 +191,11 @@ impl PgWireSource {
         );
         let mut client = ReplicationClient::connect(config)
             .await
-            .map_err(WorkerError::Replication)?;
+            .map_err(WorkerError::replication)?;
         client
             .wait_started()
             .await
-            .map_err(WorkerError::Replication)?;
+            .map_err(WorkerError::replication)?;
         Ok(Self {
             client,
             confirmed: AtomicU64::new(start_lsn),
@@ -211,7 +211,7 @@ impl PgWireSource {
             let event = match self.client.recv().await {
                 Ok(Some(event)) => event,
                 Ok(None) => return Ok(None),
-                Err(error) => return Err(WorkerError::Replication(error)),
+                Err(error) => return Err(WorkerError::replication(error)),
             };
             return Ok(Some(match event {
                 E::Begin {
@@ -277,32 +277,6 @@ impl PgWireSource {
         if let Err(error) = self.client.shutdown().await {
             tracing::debug!(%error, "replication connection ended with an error at shutdown");
         }
-    }
-}
-
-/// Whether a replication error is worth retrying (connection trouble, server restarts, a slot
-/// still held by a previous connection) rather than a configuration problem.
-pub(crate) fn is_retryable(error: &PgWireError) -> bool {
-    match error {
-        PgWireError::Auth(_) => false,
-        // A certificate that does not verify, TLS settings that cannot work, or a server
-        // without TLS stay so; a handshake cut short (e.g. by a restart) is worth retrying.
-        PgWireError::Tls(message) => {
-            let message = message.to_lowercase();
-            ![
-                "certificate",
-                "config error",
-                "does not support tls",
-                "received fatal alert",
-                "unknownca",
-            ]
-            .iter()
-            .any(|cause| message.contains(cause))
-        }
-        PgWireError::Server(message) => {
-            !(message.contains("SQLSTATE 28") || message.contains("SQLSTATE 42501"))
-        }
-        _ => true,
     }
 }
 

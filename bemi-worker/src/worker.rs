@@ -11,13 +11,11 @@
 //!
 //! ```no_run
 //! use bemi_worker::{Worker, WorkerConfig};
-//! use tokio_util::sync::CancellationToken;
 //!
 //! # async fn run() -> Result<(), bemi_worker::WorkerError> {
-//! let worker = Worker::new(WorkerConfig::new("postgres://bemi:secret@127.0.0.1/app"));
-//! let shutdown = CancellationToken::new();
-//! // e.g. cancel on SIGTERM: shutdown.cancel();
-//! worker.run(shutdown).await?;
+//! let worker = Worker::new(WorkerConfig::new("postgres://bemi:secret@127.0.0.1/app")).spawn();
+//! // … e.g. on SIGTERM:
+//! worker.shutdown().await?;
 //! # Ok(()) }
 //! ```
 
@@ -29,17 +27,19 @@ use sqlx::PgPool;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use tokio_util::sync::CancellationToken;
 
-use crate::capture::{self, ReplicationSource, Sink as _};
+use crate::capture::{self, Output as _, ReplicationSource};
 use crate::catalog::{Catalog, RelationInfo};
 use crate::config::WorkerConfig;
-use crate::destination::{Destination, Durability, parse_lsn};
+use crate::destination::{Destination, Durability};
 use crate::error::WorkerError;
-use crate::metrics::{self, WorkerMetrics};
+use crate::lsn::{format_lsn, parse_lsn};
+use crate::metrics::WorkerMetrics;
 use crate::pgoutput::Relation;
 use crate::schema_history::{
     KEY_UNKNOWN_KEY, SchemaStore, SchemaVersion, TableSchema, WalKey, key_from_wal,
 };
 use crate::setup;
+use crate::sink::{DynSink, Sink, SinkOutput, SinkSession};
 use crate::source::{PgWireSource, SourceConnection, SourceEvent};
 use crate::xid::FullXids;
 
@@ -47,14 +47,33 @@ const MIN_BACKOFF: Duration = Duration::from_millis(500);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
 /// A capture worker.
-#[derive(Debug)]
 pub struct Worker {
     config: WorkerConfig,
     metrics: Arc<WorkerMetrics>,
+    /// Where changes go: `None` for the `changes` table.
+    sink: Option<Arc<dyn DynSink>>,
+}
+
+impl std::fmt::Debug for Worker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Worker")
+            .field("config", &self.config)
+            .field("metrics", &self.metrics)
+            .field(
+                "sink",
+                &if self.sink.is_some() {
+                    "custom"
+                } else {
+                    "changes"
+                },
+            )
+            .finish()
+    }
 }
 
 impl Worker {
-    /// A worker for `config`; nothing happens until [`run`](Self::run).
+    /// A worker for `config` that writes the `changes` table of its destination; nothing
+    /// happens until [`spawn`](Self::spawn) (or [`run`](Self::run)).
     ///
     /// ```
     /// let worker = bemi_worker::Worker::new(bemi_worker::WorkerConfig::new("postgres://localhost/app"));
@@ -64,6 +83,71 @@ impl Worker {
         Self {
             config,
             metrics: Arc::new(WorkerMetrics::default()),
+            sink: None,
+        }
+    }
+
+    /// A worker for `config` that gives the changes to `sink` instead of writing `changes`
+    /// (the destination URL is then not used); its schema history is kept in the source.
+    ///
+    /// ```
+    /// use bemi_worker::sink::{Piece, Sink, SinkSession, SinkWriter};
+    /// use bemi_worker::{SinkError, Worker, WorkerConfig};
+    ///
+    /// struct Count;
+    /// impl Sink for Count {
+    ///     type Writer = Count;
+    ///     async fn open(&self, _: &SinkSession<'_>) -> Result<Count, SinkError> {
+    ///         Ok(Count)
+    ///     }
+    /// }
+    /// impl SinkWriter for Count {
+    ///     async fn write(&mut self, pieces: &[Piece]) -> Result<u64, SinkError> {
+    ///         Ok(pieces.iter().map(|piece| piece.rows.len() as u64).sum())
+    ///     }
+    /// }
+    ///
+    /// let worker = Worker::with_sink(WorkerConfig::new("postgres://localhost/app"), Count);
+    /// # drop(worker);
+    /// ```
+    pub fn with_sink(config: WorkerConfig, sink: impl Sink) -> Self {
+        Self {
+            config,
+            metrics: Arc::new(WorkerMetrics::default()),
+            sink: Some(Arc::new(sink)),
+        }
+    }
+
+    /// Runs the worker in a task of the current tokio runtime until the returned handle is
+    /// shut down (or an error that retrying cannot fix).
+    ///
+    /// ```no_run
+    /// # async fn run() -> Result<(), bemi_worker::WorkerError> {
+    /// use std::time::Duration;
+    ///
+    /// let config = bemi_worker::WorkerConfig::new("postgres://localhost/app");
+    /// let mut worker = bemi_worker::Worker::new(config).spawn();
+    /// worker.wait_until_streaming(Duration::from_secs(60)).await?;
+    /// // … writes made from now on are captured …
+    /// println!("{} changes so far", worker.metrics().changes_written());
+    /// worker.shutdown().await?;
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Panics
+    ///
+    /// Outside of a tokio runtime.
+    pub fn spawn(self) -> WorkerHandle {
+        let metrics = self.metrics();
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn({
+            let shutdown = shutdown.clone();
+            async move { self.run(shutdown).await }
+        });
+        WorkerHandle {
+            metrics,
+            shutdown,
+            task: Some(task),
         }
     }
 
@@ -96,9 +180,14 @@ impl Worker {
     pub async fn run(&self, shutdown: CancellationToken) -> Result<(), WorkerError> {
         crate::tls::install_crypto_provider();
         // TLS settings that cannot work stop the worker now, not at every reconnect.
+        let destination = self
+            .config
+            .destination_url
+            .as_ref()
+            .filter(|_| self.sink.is_none());
         for (which, url) in [
             ("source", Some(&self.config.source_url)),
-            ("destination", self.config.destination_url.as_ref()),
+            ("destination", destination),
         ] {
             let Some(url) = url else { continue };
             if crate::tls::TlsSettings::from_url(url)?.ignores_root_cert() {
@@ -111,20 +200,7 @@ impl Worker {
             }
         }
         tracing::info!(rules = %self.config.rules_summary(), "capture rules");
-        if let Some(addr) = self.config.metrics_addr {
-            let listener = metrics::bind(addr).await?;
-            tracing::info!(%addr, "serving metrics");
-            tokio::spawn(metrics::serve(
-                listener,
-                self.metrics(),
-                shutdown.child_token(),
-            ));
-        }
-        #[cfg(feature = "nats")]
-        let writes_changes = self.config.nats.is_none();
-        #[cfg(not(feature = "nats"))]
-        let writes_changes = true;
-        if writes_changes {
+        if self.sink.is_none() {
             // Creates the next months' partitions of `changes` ahead of time (when it is
             // partitioned; a no-op otherwise).
             let destination = PgPoolOptions::new()
@@ -195,10 +271,9 @@ impl Worker {
         let slot = self.prepare_source(&pool).await?;
         // The schema history's baseline, as close to the slot's start as it gets.
         let source = SourceConnection::from_url(&self.config.source_url)?;
-        #[cfg(feature = "nats")]
-        if self.config.nats.is_some() {
-            let (sink, _, _) = self.open_nats(&source, &pool, &slot).await?;
-            sink.close().await;
+        if let Some(sink) = &self.sink {
+            let (output, _, _) = self.open_sink(&**sink, &source, &pool, &slot).await?;
+            output.close().await;
             pool.close().await;
             return Ok(());
         }
@@ -375,11 +450,11 @@ impl Worker {
         let source = SourceConnection::from_url(&config.source_url)?;
         let pool = self.source_pool().await?;
         let slot = self.prepare_source(&pool).await?;
-        #[cfg(feature = "nats")]
-        if config.nats.is_some() {
-            let (sink, start_lsn, history) = self.open_nats(&source, &pool, &slot).await?;
+        if let Some(sink) = &self.sink {
+            let (output, start_lsn, history) =
+                self.open_sink(&**sink, &source, &pool, &slot).await?;
             return self
-                .stream_into(&source, pool, history, start_lsn, sink, shutdown)
+                .stream_into(&source, pool, history, start_lsn, output, shutdown)
                 .await;
         }
         let (destination, start_lsn, history) =
@@ -389,7 +464,7 @@ impl Worker {
     }
 
     /// Streams from `start_lsn` into `sink` until `shutdown` or an error.
-    async fn stream_into<K: capture::Sink>(
+    async fn stream_into<K: capture::Output>(
         &self,
         source: &SourceConnection,
         pool: PgPool,
@@ -407,7 +482,7 @@ impl Worker {
         self.metrics.record_confirmed(start_lsn);
         tracing::info!(
             slot = %config.slot,
-            start = %crate::destination::format_lsn(start_lsn),
+            start = %format_lsn(start_lsn),
             "streaming changes"
         );
         let mut source = PgSource {
@@ -429,42 +504,34 @@ impl Worker {
         capture::run(&mut source, sink, settings, &self.metrics, shutdown).await
     }
 
-    /// The NATS sink, the position to stream from (the slot's: what the stream acknowledged),
-    /// and the schema history as of it, kept in the source.
-    #[cfg(feature = "nats")]
-    async fn open_nats(
+    /// The user's sink, the position to stream from (the slot's: what the sink took), and the
+    /// schema history as of it, kept in the source.
+    async fn open_sink(
         &self,
+        sink: &dyn DynSink,
         source: &SourceConnection,
         pool: &PgPool,
         slot: &setup::SlotState,
-    ) -> Result<(crate::nats::NatsSink, u64, SchemaStore), WorkerError> {
+    ) -> Result<(SinkOutput, u64, SchemaStore), WorkerError> {
         use sqlx::Connection as _;
-        let nats = self
-            .config
-            .nats
-            .as_ref()
-            .ok_or_else(|| WorkerError::InvalidConfig("no NATS sink configured".to_owned()))?;
         let history_conn = sqlx::PgConnection::connect_with(&self.source_options()?)
             .await
             .map_err(WorkerError::Source)?;
         let source_id = source_system_id(pool).await?;
-        let mut sink = crate::nats::NatsSink::open(
-            nats,
-            source_id.as_deref(),
-            source.database(),
-            &self.config.slot,
-            history_conn,
-            self.metrics(),
-        )
-        .await?;
+        let session = SinkSession::new(source_id.as_deref(), source.database(), &self.config.slot);
+        let writer = sink.open(&session).await?;
+        let mut output =
+            SinkOutput::new(writer, history_conn, source.database(), &self.config.slot).await?;
         let start_lsn = slot.confirmed_flush.unwrap_or(0);
-        let history = self.load_schema_history(pool, &mut sink, start_lsn).await?;
-        Ok((sink, start_lsn, history))
+        let history = self
+            .load_schema_history(pool, &mut output, start_lsn)
+            .await?;
+        Ok((output, start_lsn, history))
     }
 }
 
 /// Where the schema history is kept between runs: the destination, or (for a capture into
-/// NATS) the source.
+/// a [`Sink`]) the source.
 trait HistoryStore {
     /// The latest stored version of each table as of `start_lsn`.
     async fn load(&mut self, start_lsn: u64) -> Result<Vec<(u64, TableSchema)>, WorkerError>;
@@ -487,14 +554,134 @@ impl HistoryStore for Destination {
     }
 }
 
-#[cfg(feature = "nats")]
-impl HistoryStore for crate::nats::NatsSink {
+impl HistoryStore for SinkOutput {
     async fn load(&mut self, start_lsn: u64) -> Result<Vec<(u64, TableSchema)>, WorkerError> {
         self.schema_history(start_lsn).await
     }
 
     async fn store(&mut self, versions: &[SchemaVersion]) -> Result<(), WorkerError> {
         self.store_schemas(versions).await
+    }
+}
+
+/// A worker running in a task (see [`Worker::spawn`]): its metrics, and how to stop it and
+/// hear how it ended.
+#[derive(Debug)]
+pub struct WorkerHandle {
+    metrics: Arc<WorkerMetrics>,
+    shutdown: CancellationToken,
+    /// `None` once joined.
+    task: Option<tokio::task::JoinHandle<Result<(), WorkerError>>>,
+}
+
+impl WorkerHandle {
+    /// The worker's metrics.
+    ///
+    /// ```no_run
+    /// # async fn run(worker: bemi_worker::WorkerHandle) {
+    /// let metrics = worker.metrics();
+    /// println!("{}", metrics.render());
+    /// # }
+    /// ```
+    pub fn metrics(&self) -> Arc<WorkerMetrics> {
+        Arc::clone(&self.metrics)
+    }
+
+    /// The token that stops the worker when cancelled (e.g. to tie it to the shutdown of a
+    /// server); [`join`](Self::join) then says how it ended.
+    ///
+    /// ```no_run
+    /// # async fn run(worker: bemi_worker::WorkerHandle) {
+    /// let stop = worker.cancel_token();
+    /// tokio::spawn(async move {
+    ///     let _ = tokio::signal::ctrl_c().await;
+    ///     stop.cancel();
+    /// });
+    /// # }
+    /// ```
+    pub fn cancel_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    /// Whether the worker's task has ended (it stopped with an error, or was stopped).
+    ///
+    /// ```no_run
+    /// # fn check(worker: &bemi_worker::WorkerHandle) {
+    /// if worker.is_finished() {
+    ///     eprintln!("the worker stopped: join() says why");
+    /// }
+    /// # }
+    /// ```
+    pub fn is_finished(&self) -> bool {
+        self.task
+            .as_ref()
+            .is_none_or(tokio::task::JoinHandle::is_finished)
+    }
+
+    /// Waits until the worker streams from its slot (writes committed from then on are
+    /// captured), polling every 20 ms; the worker's error if it stopped first, and
+    /// [`WorkerError::NotStreaming`] after `timeout`.
+    ///
+    /// ```no_run
+    /// # async fn run(mut worker: bemi_worker::WorkerHandle) -> Result<(), bemi_worker::WorkerError> {
+    /// worker.wait_until_streaming(std::time::Duration::from_secs(60)).await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn wait_until_streaming(&mut self, timeout: Duration) -> Result<(), WorkerError> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if self.metrics.is_connected() {
+                return Ok(());
+            }
+            if self.is_finished() {
+                self.join_task().await?;
+                return Err(WorkerError::Task(
+                    "the worker stopped before it streamed".to_owned(),
+                ));
+            }
+            if Instant::now() >= deadline {
+                return Err(WorkerError::NotStreaming { waited: timeout });
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Stops the worker (it writes and confirms what it holds) and waits for it: `Ok` when it
+    /// stopped cleanly, else the error that stopped it before.
+    ///
+    /// ```no_run
+    /// # async fn run(worker: bemi_worker::WorkerHandle) -> Result<(), bemi_worker::WorkerError> {
+    /// worker.shutdown().await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn shutdown(mut self) -> Result<(), WorkerError> {
+        self.shutdown.cancel();
+        self.join_task().await
+    }
+
+    /// Waits until the worker stops by itself (an error that retrying cannot fix) or through
+    /// its [`cancel_token`](Self::cancel_token).
+    ///
+    /// ```no_run
+    /// # async fn run(worker: bemi_worker::WorkerHandle) {
+    /// if let Err(error) = worker.join().await {
+    ///     eprintln!("the worker stopped: {error}");
+    /// }
+    /// # }
+    /// ```
+    pub async fn join(mut self) -> Result<(), WorkerError> {
+        self.join_task().await
+    }
+
+    async fn join_task(&mut self) -> Result<(), WorkerError> {
+        let Some(task) = self.task.take() else {
+            return Ok(());
+        };
+        match task.await {
+            Ok(result) => result,
+            Err(error) if error.is_panic() => std::panic::resume_unwind(error.into_panic()),
+            Err(error) => Err(WorkerError::Task(error.to_string())),
+        }
     }
 }
 

@@ -23,8 +23,8 @@
 //! | `opentelemetry` | `trace` (trace ids in every write's context) | `bemi-core` |
 //! | `audit` | `audit` (queries, time travel, revert, follow, retention) | `bemi-audit` |
 //! | `worker` | `worker` (the capture worker, in your process) | `bemi-worker` |
-//! | `nats` | `worker::nats` (the JetStream sink and the store) | `bemi-worker` |
 //! | `ui` | `ui` (the audit trail's web UI, an axum `Router`) | `bemi-ui` |
+//! | `nats` | `nats` (the worker's NATS JetStream sink, and the store) | `bemi-nats` |
 //!
 //! ```toml
 //! [dependencies]
@@ -84,9 +84,6 @@ pub use bemi_audit as audit;
 #[cfg(feature = "worker")]
 pub use bemi_worker as worker;
 
-// NATS: `bemi::worker::nats` while the JetStream sink and store live in bemi-worker (feature
-// `nats`); when they move into their own crate, `bemi-nats`, it is re-exported here as `nats`.
-
 #[cfg(feature = "ui")]
 pub use bemi_ui as ui;
 
@@ -99,3 +96,5 @@ pub use bemi_ui as ui;
 /// ```
 #[cfg(all(doctest, feature = "sqlx", feature = "tokio-postgres"))]
 struct AdapterDoctests;
+#[cfg(feature = "nats")]
+pub use bemi_nats as nats;

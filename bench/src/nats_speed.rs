@@ -7,8 +7,9 @@ use std::time::{Duration, Instant};
 
 use bemi_core::context;
 use bemi_dev::NatsServer;
+use bemi_nats::{NatsConfig, NatsSink, Store, StoreConfig, StoreMetrics};
 use bemi_sqlx::BemiPool;
-use bemi_worker::nats::{NatsConfig, Store, StoreConfig, StoreMetrics};
+use bemi_worker::Worker;
 use tokio_util::sync::CancellationToken;
 
 use crate::env::{Database, Env, Sizes};
@@ -20,7 +21,7 @@ use crate::worker_speed::{EVENTS_TABLE, InProcessWorker, config, insert_event, r
 struct InProcessStore {
     metrics: Arc<StoreMetrics>,
     shutdown: CancellationToken,
-    task: tokio::task::JoinHandle<Result<(), bemi_worker::WorkerError>>,
+    task: tokio::task::JoinHandle<Result<(), bemi_nats::NatsError>>,
 }
 
 impl InProcessStore {
@@ -101,17 +102,14 @@ pub(crate) async fn p7_jetstream(env: &Env, sizes: &Sizes) -> anyhow::Result<Vec
     let bemi = BemiPool::new(db.pool.clone());
     let (mut direct, mut through) = (Samples::default(), Samples::default());
     for round in 0..sizes.rounds.min(3) {
-        let mut direct_config = config(&db, &format!("bench_direct_{round}"));
-        direct_config.destination_url = Some(audit.url.clone());
+        let direct_config =
+            config(&db, &format!("bench_direct_{round}")).destination(audit.url.clone());
         let nats_config = NatsConfig::new(nats.url()).stream(format!("bench{round}"));
-        let mut through_config = config(&db, &format!("bench_nats_{round}"));
-        through_config.nats = Some(nats_config.clone());
-        bemi_worker::Worker::new(direct_config.clone())
-            .prepare()
-            .await?;
-        bemi_worker::Worker::new(through_config.clone())
-            .prepare()
-            .await?;
+        let through_config = config(&db, &format!("bench_nats_{round}"));
+        let through_nats =
+            || Worker::with_sink(through_config.clone(), NatsSink::new(nats_config.clone()));
+        Worker::new(direct_config.clone()).prepare().await?;
+        through_nats().prepare().await?;
         let total = workload(&bemi, sizes).await?;
 
         let started = Instant::now();
@@ -124,7 +122,7 @@ pub(crate) async fn p7_jetstream(env: &Env, sizes: &Sizes) -> anyhow::Result<Vec
         audit.exec("TRUNCATE changes").await?;
 
         let started = Instant::now();
-        let worker = InProcessWorker::start(through_config);
+        let worker = InProcessWorker::spawn(through_nats());
         let store = InProcessStore::start(&nats_config, &audit);
         store.wait_for(total, Duration::from_secs(600)).await?;
         through
@@ -148,9 +146,11 @@ pub(crate) async fn p7_jetstream(env: &Env, sizes: &Sizes) -> anyhow::Result<Vec
 
     // Latency: 4 writers at 250 writes/s each, the worker and one store running.
     let nats_config = NatsConfig::new(nats.url()).stream("bench_latency");
-    let mut latency_config = config(&db, "bench_nats_latency");
-    latency_config.nats = Some(nats_config.clone());
-    let worker = InProcessWorker::start(latency_config);
+    let latency_config = config(&db, "bench_nats_latency");
+    let worker = InProcessWorker::spawn(Worker::with_sink(
+        latency_config,
+        NatsSink::new(nats_config.clone()),
+    ));
     let store = InProcessStore::start(&nats_config, &audit);
     let connected = Instant::now();
     while !(worker.metrics.is_connected() && store.metrics.partitions_owned() > 0) {

@@ -11,7 +11,6 @@ use bemi_worker::Worker;
 use bemi_worker::WorkerConfig;
 use bemi_worker::WorkerMetrics;
 use serde_json::json;
-use tokio_util::sync::CancellationToken;
 
 use crate::env::{Database, Env, Sizes};
 use crate::report::{Goal, Row};
@@ -43,30 +42,28 @@ pub(crate) async fn insert_event(pool: &BemiPool, n: u64) -> Result<(), sqlx::Er
 /// A worker running in this process.
 pub(crate) struct InProcessWorker {
     pub(crate) metrics: Arc<WorkerMetrics>,
-    shutdown: CancellationToken,
-    task: tokio::task::JoinHandle<Result<(), bemi_worker::WorkerError>>,
+    handle: bemi_worker::WorkerHandle,
 }
 
 impl InProcessWorker {
+    /// Starts a worker writing `changes` with `config`.
     pub(crate) fn start(config: WorkerConfig) -> Self {
-        let worker = Worker::new(config);
-        let metrics = worker.metrics();
-        let shutdown = CancellationToken::new();
-        let task = tokio::spawn({
-            let shutdown = shutdown.clone();
-            async move { worker.run(shutdown).await }
-        });
+        Self::spawn(Worker::new(config))
+    }
+
+    /// Starts `worker`.
+    pub(crate) fn spawn(worker: Worker) -> Self {
+        let handle = worker.spawn();
         Self {
-            metrics,
-            shutdown,
-            task,
+            metrics: handle.metrics(),
+            handle,
         }
     }
 
     pub(crate) async fn wait_for(&self, changes: u64, timeout: Duration) -> anyhow::Result<()> {
         let deadline = Instant::now() + timeout;
         while self.metrics.changes_written() < changes {
-            anyhow::ensure!(!self.task.is_finished(), "the worker stopped");
+            anyhow::ensure!(!self.handle.is_finished(), "the worker stopped");
             anyhow::ensure!(
                 Instant::now() < deadline,
                 "the worker wrote {} of {changes} changes in {timeout:?}",
@@ -78,16 +75,13 @@ impl InProcessWorker {
     }
 
     pub(crate) async fn stop(self) -> anyhow::Result<()> {
-        self.shutdown.cancel();
-        self.task.await??;
+        self.handle.shutdown().await?;
         Ok(())
     }
 }
 
 pub(crate) fn config(db: &Database, slot: &str) -> WorkerConfig {
-    let mut config = WorkerConfig::new(db.url.clone());
-    config.slot = slot.to_owned();
-    config
+    WorkerConfig::new(db.url.clone()).slot(slot)
 }
 
 /// A change to the worker's configuration a user can make.
@@ -449,8 +443,9 @@ fn peak_rss_kib(pid: u32) -> Option<u64> {
 
 /// The worker child of P6: captures `slot` of `url` until it is killed.
 pub(crate) async fn worker_child(url: String, slot: String) -> anyhow::Result<()> {
-    let mut config = WorkerConfig::new(url);
-    config.slot = slot;
-    Worker::new(config).run(CancellationToken::new()).await?;
+    Worker::new(WorkerConfig::new(url).slot(slot))
+        .spawn()
+        .join()
+        .await?;
     Ok(())
 }

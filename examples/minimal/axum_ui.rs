@@ -15,7 +15,6 @@ use bemi_axum::BemiLayer;
 use bemi_sqlx::BemiPool;
 use bemi_ui::{Access, UiOptions};
 use serde_json::{Value, json};
-use tokio_util::sync::CancellationToken;
 
 /// Who is signed in, as the app's authentication leaves it in the request's extensions.
 #[derive(Clone)]
@@ -76,17 +75,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     bemi_sqlx::migration::migrate(&pool, Default::default()).await?;
 
     // The capture worker, in this process: it fills `changes`, which the UI reads.
-    let shutdown = CancellationToken::new();
     // Its replication slot: `bemi`, or BEMI_SLOT (one per database of a server).
-    let mut config = bemi_worker::WorkerConfig::new(&url);
-    if let Ok(slot) = std::env::var("BEMI_SLOT") {
-        config.slot = slot;
-    }
-    let worker = bemi_worker::Worker::new(config);
-    tokio::spawn({
-        let shutdown = shutdown.clone();
-        async move { worker.run(shutdown).await }
-    });
+    let slot = std::env::var("BEMI_SLOT").unwrap_or_else(|_| "bemi".to_owned());
+    let worker = bemi_worker::Worker::new(bemi_worker::WorkerConfig::new(&url).slot(slot)).spawn();
 
     let todo = Router::new()
         .route("/todo", post(create))
@@ -110,8 +101,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     axum::serve(listener, app)
         .with_graceful_shutdown(async move {
             let _ = tokio::signal::ctrl_c().await;
-            shutdown.cancel();
         })
         .await?;
+    // The worker writes and confirms what it holds, then stops.
+    worker.shutdown().await?;
     Ok(())
 }

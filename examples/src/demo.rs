@@ -20,7 +20,6 @@ use bemi_sqlx::BemiPool;
 use bemi_worker::Worker;
 use bemi_worker::WorkerConfig;
 use serde_json::{Value, json};
-use tokio_util::sync::CancellationToken;
 
 use crate::{axum_app, startup};
 
@@ -251,8 +250,7 @@ fn split_identifiers(list: &str) -> Option<Vec<String>> {
 
 /// The demo's in-process capture worker.
 struct DemoWorker {
-    shutdown: CancellationToken,
-    task: tokio::task::JoinHandle<Result<(), bemi_worker::WorkerError>>,
+    handle: bemi_worker::WorkerHandle,
 }
 
 impl DemoWorker {
@@ -260,35 +258,24 @@ impl DemoWorker {
     /// `deadline`) for it to stream. Its own publication: another worker's (`bemi`) may leave
     /// `todo` out, and the two workers would each set its table list their way.
     async fn start(url: &str, slot: &str, deadline: Instant) -> Result<Self, DemoError> {
-        let mut config = WorkerConfig::new(url);
-        config.slot = slot.to_owned();
-        config.publication = slot.to_owned();
-        let worker = Worker::new(config);
-        let metrics = worker.metrics();
-        let shutdown = CancellationToken::new();
-        let task = tokio::spawn({
-            let shutdown = shutdown.clone();
-            async move { worker.run(shutdown).await }
-        });
-        let worker = Self { shutdown, task };
-        while !metrics.is_connected() {
-            if worker.task.is_finished() || Instant::now() > deadline {
-                worker.stop().await?;
-                return Err(DemoError::Timeout(format!(
+        let config = WorkerConfig::new(url).slot(slot).publication(slot);
+        let mut handle = Worker::new(config).spawn();
+        let patience = deadline.saturating_duration_since(Instant::now());
+        match handle.wait_until_streaming(patience).await {
+            Ok(()) => Ok(Self { handle }),
+            Err(bemi_worker::WorkerError::NotStreaming { .. }) => {
+                handle.shutdown().await?;
+                Err(DemoError::Timeout(format!(
                     "the worker did not start streaming within {PATIENCE:?}"
-                )));
+                )))
             }
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            Err(error) => Err(error.into()),
         }
-        Ok(worker)
     }
 
     /// Stops the worker; its error, if it failed.
     async fn stop(self) -> Result<(), DemoError> {
-        self.shutdown.cancel();
-        self.task
-            .await
-            .map_err(|e| DemoError::Timeout(e.to_string()))??;
+        self.handle.shutdown().await?;
         Ok(())
     }
 }

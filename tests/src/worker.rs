@@ -6,12 +6,10 @@ use std::time::Duration;
 use anyhow::Context as _;
 use bemi_worker::Worker;
 use bemi_worker::WorkerConfig;
-use bemi_worker::WorkerError;
+use bemi_worker::WorkerHandle;
 use bemi_worker::WorkerMetrics;
 use serde_json::Value;
 use std::sync::Arc;
-use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
 
 use crate::{TestDb, wait_until};
 
@@ -20,41 +18,28 @@ use crate::{TestDb, wait_until};
 pub struct RunningWorker {
     /// Its metrics.
     pub metrics: Arc<WorkerMetrics>,
-    shutdown: CancellationToken,
-    handle: JoinHandle<Result<(), WorkerError>>,
+    handle: WorkerHandle,
 }
 
 impl RunningWorker {
     /// Starts a worker and waits until it streams (its slot exists from then on).
     pub async fn start(config: WorkerConfig) -> anyhow::Result<Self> {
-        let worker = Worker::new(config);
-        let metrics = worker.metrics();
-        let shutdown = CancellationToken::new();
-        let handle = tokio::spawn({
-            let shutdown = shutdown.clone();
-            async move { worker.run(shutdown).await }
-        });
-        let running = Self {
-            metrics,
-            shutdown,
+        let mut handle = Worker::new(config).spawn();
+        handle
+            .wait_until_streaming(Duration::from_secs(60))
+            .await
+            .context("the worker did not stream")?;
+        Ok(Self {
+            metrics: handle.metrics(),
             handle,
-        };
-        wait_until("the worker to stream", Duration::from_secs(60), || async {
-            if running.handle.is_finished() {
-                anyhow::bail!("the worker stopped while starting");
-            }
-            Ok(running.metrics.is_connected().then_some(()))
         })
-        .await?;
-        Ok(running)
     }
 
     /// Asks the worker to stop and waits for it.
     pub async fn stop(self) -> anyhow::Result<()> {
-        self.shutdown.cancel();
-        tokio::time::timeout(Duration::from_secs(60), self.handle)
+        tokio::time::timeout(Duration::from_secs(60), self.handle.shutdown())
             .await
-            .context("the worker did not stop within 60 s")???;
+            .context("the worker did not stop within 60 s")??;
         Ok(())
     }
 }
@@ -62,11 +47,10 @@ impl RunningWorker {
 /// The test's worker configuration: slot and publication named after the database, a short
 /// heartbeat.
 pub fn worker_config(db: &TestDb) -> WorkerConfig {
-    let mut config = WorkerConfig::new(db.url.clone());
-    config.slot = format!("bemi_{}", db.name);
-    config.publication = "bemi".to_owned();
-    config.heartbeat_interval = Duration::from_millis(500);
-    config
+    WorkerConfig::new(db.url.clone())
+        .slot(format!("bemi_{}", db.name))
+        .publication("bemi")
+        .heartbeat_interval(Duration::from_millis(500))
 }
 
 /// A row of the `changes` table, as JSON values.

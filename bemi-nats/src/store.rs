@@ -22,7 +22,6 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -38,10 +37,9 @@ use sqlx::{Connection as _, PgConnection, PgPool};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use super::wire::{self, IncomingMessage, Part, ReadError};
-use super::{NatsConfig, connect, ensure_stream};
-use crate::error::WorkerError;
-use crate::metrics::{self, Render};
+use crate::connection::{NatsConfig, connect, ensure_stream};
+use crate::error::NatsError;
+use crate::wire::{self, IncomingMessage, Part, ReadError};
 
 /// Where each partition's writer got to, in the destination, per stream.
 /// Where each partition's writer got to, in the destination, per stream (and which stream of
@@ -108,23 +106,22 @@ const BALANCE_INTERVAL: Duration = Duration::from_millis(500);
 /// How a store runs.
 ///
 /// ```
-/// use bemi_worker::nats::{NatsConfig, StoreConfig};
+/// use bemi_nats::{NatsConfig, StoreConfig};
 ///
 /// let config = StoreConfig::new(NatsConfig::new("nats://127.0.0.1:4222"), "postgres://localhost/audit");
 /// assert_eq!(config.batch_messages, 256);
 /// ```
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct StoreConfig {
     /// The change stream.
     pub nats: NatsConfig,
     /// The database with the `changes` table.
     pub destination_url: String,
-    /// Serve Prometheus metrics here.
-    pub metrics_addr: Option<SocketAddr>,
     /// Messages fetched (and committed) at once per partition.
     pub batch_messages: usize,
     /// Whether `changes` keeps its GIN indexes on `before` and `after` (see
-    /// [`WorkerConfig::image_indexes`](crate::WorkerConfig::image_indexes)).
+    /// [`WorkerConfig::image_indexes`](bemi_worker::WorkerConfig::image_indexes)).
     pub image_indexes: bemi_audit::schema::ImageIndexes,
 }
 
@@ -134,17 +131,47 @@ impl StoreConfig {
         Self {
             nats,
             destination_url: destination_url.into(),
-            metrics_addr: None,
             batch_messages: 256,
             image_indexes: bemi_audit::schema::ImageIndexes::Keep,
         }
+    }
+
+    /// Messages fetched and committed at once per partition (default 256).
+    ///
+    /// ```
+    /// use bemi_nats::{NatsConfig, StoreConfig};
+    ///
+    /// let config = StoreConfig::new(NatsConfig::new("nats://127.0.0.1:4222"), "postgres://localhost/audit")
+    ///     .batch_messages(64);
+    /// assert_eq!(config.batch_messages, 64);
+    /// ```
+    #[must_use]
+    pub fn batch_messages(mut self, messages: usize) -> Self {
+        self.batch_messages = messages;
+        self
+    }
+
+    /// Keep or drop the GIN indexes on `before` and `after` of `changes` (default keep).
+    ///
+    /// ```
+    /// use bemi_nats::{NatsConfig, StoreConfig};
+    /// use bemi_worker::ImageIndexes;
+    ///
+    /// let config = StoreConfig::new(NatsConfig::new("nats://127.0.0.1:4222"), "postgres://localhost/audit")
+    ///     .image_indexes(ImageIndexes::Drop);
+    /// assert_eq!(config.image_indexes, ImageIndexes::Drop);
+    /// ```
+    #[must_use]
+    pub fn image_indexes(mut self, indexes: bemi_audit::schema::ImageIndexes) -> Self {
+        self.image_indexes = indexes;
+        self
     }
 }
 
 /// Counters and gauges of one store.
 ///
 /// ```
-/// let metrics = bemi_worker::nats::StoreMetrics::default();
+/// let metrics = bemi_nats::StoreMetrics::default();
 /// assert!(metrics.render().contains("bemi_store_changes_stored_total 0"));
 /// ```
 #[derive(Debug, Default)]
@@ -269,18 +296,12 @@ impl StoreMetrics {
     }
 }
 
-impl Render for StoreMetrics {
-    fn render(&self) -> String {
-        StoreMetrics::render(self)
-    }
-}
-
 /// Writes the change stream into `changes` until stopped.
 ///
 /// ```no_run
-/// use bemi_worker::nats::{NatsConfig, Store, StoreConfig};
+/// use bemi_nats::{NatsConfig, Store, StoreConfig};
 ///
-/// # async fn run() -> Result<(), bemi_worker::WorkerError> {
+/// # async fn run() -> Result<(), bemi_nats::NatsError> {
 /// let nats = NatsConfig::new("nats://127.0.0.1:4222");
 /// let store = Store::new(StoreConfig::new(nats, "postgres://bemi@127.0.0.1/audit"));
 /// store.run(tokio_util::sync::CancellationToken::new()).await
@@ -297,7 +318,7 @@ pub struct Store {
 /// A partition this store writes.
 struct Owned {
     stop: CancellationToken,
-    handle: JoinHandle<Result<(), WorkerError>>,
+    handle: JoinHandle<Result<(), NatsError>>,
 }
 
 impl Store {
@@ -320,17 +341,8 @@ impl Store {
 
     /// Runs until `shutdown` (then finishes the batches in hand), reconnecting with backoff;
     /// stops with an error only for what retrying cannot fix.
-    pub async fn run(&self, shutdown: CancellationToken) -> Result<(), WorkerError> {
+    pub async fn run(&self, shutdown: CancellationToken) -> Result<(), NatsError> {
         self.config.nats.validate()?;
-        if let Some(addr) = self.config.metrics_addr {
-            let listener = metrics::bind(addr).await?;
-            tracing::info!(%addr, "serving metrics");
-            tokio::spawn(metrics::serve(
-                listener,
-                self.metrics(),
-                shutdown.child_token(),
-            ));
-        }
         let mut backoff = Duration::from_millis(500);
         loop {
             let started = Instant::now();
@@ -354,16 +366,16 @@ impl Store {
         }
     }
 
-    fn destination_options(&self) -> Result<PgConnectOptions, WorkerError> {
+    fn destination_options(&self) -> Result<PgConnectOptions, NatsError> {
         let options: PgConnectOptions = self
             .config
             .destination_url
             .parse()
-            .map_err(|e| WorkerError::InvalidConfig(format!("destination URL: {e}")))?;
+            .map_err(|e| NatsError::InvalidConfig(format!("destination URL: {e}")))?;
         Ok(options.application_name(&format!("{APPLICATION_NAME}{}", self.id)))
     }
 
-    async fn session(&self, shutdown: &CancellationToken) -> Result<(), WorkerError> {
+    async fn session(&self, shutdown: &CancellationToken) -> Result<(), NatsError> {
         let connection = connect(&self.config.nats, "bemi-store").await?;
         let (stream, partitions) = ensure_stream(&connection.jetstream, &self.config.nats).await?;
         let options = self.destination_options()?;
@@ -372,16 +384,16 @@ impl Store {
             .acquire_timeout(Duration::from_secs(10))
             .connect_with(options.clone())
             .await
-            .map_err(WorkerError::Destination)?;
-        let mut tx = pool.begin().await.map_err(WorkerError::Destination)?;
+            .map_err(NatsError::destination)?;
+        let mut tx = pool.begin().await.map_err(NatsError::destination)?;
         bemi_audit::schema::prepare_with(&mut tx, self.config.image_indexes)
             .await
-            .map_err(WorkerError::Destination)?;
+            .map_err(NatsError::destination)?;
         sqlx::raw_sql(STATE_TABLE_SQL)
             .execute(&mut *tx)
             .await
-            .map_err(WorkerError::Destination)?;
-        tx.commit().await.map_err(WorkerError::Destination)?;
+            .map_err(NatsError::destination)?;
+        tx.commit().await.map_err(NatsError::destination)?;
         self.metrics.connected.store(true, Ordering::Relaxed);
         tracing::info!(
             stream = %self.config.nats.stream,
@@ -405,7 +417,7 @@ impl Store {
         pool: &PgPool,
         options: &PgConnectOptions,
         shutdown: &CancellationToken,
-    ) -> Result<(), WorkerError> {
+    ) -> Result<(), NatsError> {
         let lock_class = wire::stream_lock_class(&self.config.nats.stream);
         let mut owned: BTreeMap<u32, Owned> = BTreeMap::new();
         let mut retry_at: HashMap<u32, (Instant, Duration)> = HashMap::new();
@@ -429,7 +441,7 @@ impl Store {
                 let error = match task.handle.await {
                     Ok(Ok(())) => continue,
                     Ok(Err(error)) => error,
-                    Err(panic) => WorkerError::Nats(format!("partition {p} writer: {panic}")),
+                    Err(panic) => NatsError::Nats(format!("partition {p} writer: {panic}")),
                 };
                 if !error.is_retryable() {
                     break 'balance Err(error);
@@ -566,8 +578,8 @@ struct PartitionWriter {
     metrics: Arc<StoreMetrics>,
 }
 
-fn nats_error(what: &str) -> impl FnOnce(async_nats::Error) -> WorkerError + '_ {
-    move |error| WorkerError::Nats(format!("{what}: {error}"))
+fn nats_error(what: &str) -> impl FnOnce(async_nats::Error) -> NatsError + '_ {
+    move |error| NatsError::Nats(format!("{what}: {error}"))
 }
 
 /// What a store writes (or sets aside) at once: one message, or the parts of one, joined.
@@ -699,7 +711,7 @@ fn part_of(message: &jetstream::Message) -> Option<Result<Part, ReadError>> {
 enum CommitError {
     /// The destination refused the content (SQLSTATE class 22, 23 or 54): the reason.
     Content(String),
-    Other(WorkerError),
+    Other(NatsError),
 }
 
 /// Whether the destination refused a write for what it holds: a data exception (class 22: e.g.
@@ -723,12 +735,12 @@ fn content_error(error: &sqlx::Error) -> Option<String> {
 fn commit_error(error: sqlx::Error) -> CommitError {
     match content_error(&error) {
         Some(reason) => CommitError::Content(reason),
-        None => CommitError::Other(WorkerError::Destination(error)),
+        None => CommitError::Other(NatsError::destination(error)),
     }
 }
 
 impl PartitionWriter {
-    async fn run(mut self, stop: CancellationToken) -> Result<(), WorkerError> {
+    async fn run(mut self, stop: CancellationToken) -> Result<(), NatsError> {
         let mut held = 0;
         let result = self.consume(&stop, &mut held).await;
         self.metrics
@@ -741,11 +753,11 @@ impl PartitionWriter {
     /// The stream's identity (its creation time), after checking it against the one recorded
     /// with this partition's position: a stream created again (or whose sequence went back) is
     /// logged, counted and recorded.
-    async fn identify_stream(&mut self) -> Result<String, WorkerError> {
+    async fn identify_stream(&mut self) -> Result<String, NatsError> {
         let p = i32::try_from(self.partition).unwrap_or(i32::MAX);
         let stream_name = self.config.nats.stream.clone();
         let info = self.stream.get_info().await.map_err(|error| {
-            WorkerError::Nats(format!("reading the stream {stream_name:?}: {error}"))
+            NatsError::Nats(format!("reading the stream {stream_name:?}: {error}"))
         })?;
         let created = info.created.to_string();
         let recorded: Option<(i64, String)> = sqlx::query_as(
@@ -756,7 +768,7 @@ impl PartitionWriter {
         .bind(p)
         .fetch_optional(&mut self.conn)
         .await
-        .map_err(WorkerError::Destination)?;
+        .map_err(NatsError::destination)?;
         let Some((last, was_created)) = recorded else {
             return Ok(created);
         };
@@ -789,17 +801,13 @@ impl PartitionWriter {
                 .bind(&created)
                 .execute(&mut self.conn)
                 .await
-                .map_err(WorkerError::Destination)?;
+                .map_err(NatsError::destination)?;
         }
         Ok(created)
     }
 
     /// Writes the partition until `stop`; `held` follows the parts it holds.
-    async fn consume(
-        &mut self,
-        stop: &CancellationToken,
-        held: &mut u64,
-    ) -> Result<(), WorkerError> {
+    async fn consume(&mut self, stop: &CancellationToken, held: &mut u64) -> Result<(), NatsError> {
         let p = self.partition;
         let created = self.identify_stream().await?;
         // A consumer of our own: delivering what is left in the stream, in order, from the
@@ -810,7 +818,7 @@ impl PartitionWriter {
             Err(error)
                 if matches!(error.kind(), stream::ConsumerErrorKind::JetStream(inner)
                     if inner.error_code() == jetstream::ErrorCode::CONSUMER_NOT_FOUND) => {}
-            Err(error) => return Err(WorkerError::Nats(format!("resetting {name}: {error}"))),
+            Err(error) => return Err(NatsError::Nats(format!("resetting {name}: {error}"))),
         }
         let consumer: PullConsumer = self
             .stream
@@ -824,7 +832,7 @@ impl PartitionWriter {
                 ..Default::default()
             })
             .await
-            .map_err(|error| WorkerError::Nats(format!("creating {name}: {error}")))?;
+            .map_err(|error| NatsError::Nats(format!("creating {name}: {error}")))?;
         tracing::info!(partition = p, "writing a partition");
         let mut joiner = Joiner::new();
         let mut newest = 0;
@@ -836,7 +844,7 @@ impl PartitionWriter {
                 .expires(Duration::from_secs(1))
                 .messages()
                 .await
-                .map_err(|error| WorkerError::Nats(format!("fetching from {name}: {error}")))?;
+                .map_err(|error| NatsError::Nats(format!("fetching from {name}: {error}")))?;
             let mut units = Vec::new();
             while let Some(message) = batch.next().await {
                 let message = message.map_err(nats_error("fetching"))?;
@@ -898,7 +906,7 @@ impl PartitionWriter {
                     consumer
                         .get_info()
                         .await
-                        .map_err(|error| WorkerError::Nats(format!("checking {name}: {error}")))?;
+                        .map_err(|error| NatsError::Nats(format!("checking {name}: {error}")))?;
                 }
                 continue;
             }
@@ -918,7 +926,7 @@ impl PartitionWriter {
 
     /// Commits `units` with the newest sequence, in one transaction; when the destination
     /// refuses their content, again one by one, setting aside those it refuses.
-    async fn store<M>(&mut self, units: &[Unit<M>], created: &str) -> Result<(), WorkerError> {
+    async fn store<M>(&mut self, units: &[Unit<M>], created: &str) -> Result<(), NatsError> {
         match self.commit(units, created).await {
             Ok(()) => return Ok(()),
             Err(CommitError::Other(error)) => return Err(error),
@@ -937,7 +945,7 @@ impl PartitionWriter {
                 Err(CommitError::Content(reason)) => {
                     self.set_aside(unit, &reason, created)
                         .await
-                        .map_err(WorkerError::Destination)?;
+                        .map_err(NatsError::destination)?;
                 }
             }
         }
@@ -968,7 +976,7 @@ impl PartitionWriter {
             for change in &message.changes {
                 let operation = change
                     .operation()
-                    .map_err(|error| CommitError::Other(WorkerError::Nats(error.to_string())))?;
+                    .map_err(|error| CommitError::Other(NatsError::Nats(error.to_string())))?;
                 batch.push(NewChange {
                     primary_key: change.primary_key.as_deref(),
                     before: change.before.get(),
@@ -991,7 +999,7 @@ impl PartitionWriter {
             .conn
             .begin()
             .await
-            .map_err(|error| CommitError::Other(WorkerError::Destination(error)))?;
+            .map_err(|error| CommitError::Other(NatsError::destination(error)))?;
         let mut written = 0;
         for ((source, database), batch) in &by_database {
             written += batch

@@ -1,37 +1,5 @@
-//! Capture through NATS JetStream (feature `nats`): the worker publishes each committed
-//! transaction into a JetStream stream instead of writing `changes`, and one or more
-//! [`Store`]s write the stream into `changes`.
-//!
-//! ```text
-//! PostgreSQL ──WAL──► bemi worker --sink nats://… ──► stream "bemi" (file storage,
-//!                                                      subjects bemi.changes.<partition>)
-//!                                                          │
-//!                          changes ◄── bemi store --from nats://… (one or more processes)
-//! ```
-//!
-//! - **Capture** ([`WorkerConfig::nats`](crate::WorkerConfig::nats)): each transaction (each
-//!   chunk of a large one) becomes one message per partition it touches, with a `Nats-Msg-Id`
-//!   made of its first change's unique key; the slot is confirmed only once the stream has
-//!   acknowledged every message up to that position, so a crash republishes, and the stream
-//!   de-duplicates within its duplicate window (2 min). A change larger than the server's
-//!   `max_payload` goes in consecutive parts, which the store joins before storing it.
-//! - **Store** ([`Store`]): one active writer per partition (a PostgreSQL advisory lock, held by
-//!   the connection that writes), a durable pull consumer per partition, the stream sequence
-//!   recorded in the same transaction as the rows, acknowledgements after the commit — so every
-//!   change lands in `changes` exactly once (its unique key catches what the window misses), and
-//!   all changes of a row (one partition) in commit order. Several stores share the partitions.
-//!   What the destination refuses for its content is set aside in `_bemi_store_rejected`; a
-//!   stream created again is noticed (its creation time is recorded) and stored whole.
-//! - **Server**: nats-server 2.9 or newer, with JetStream (`-js`). Only what 2.9 has is used:
-//!   message-id de-duplication, one filter subject per consumer, a work-queue stream.
-//! - **Credentials and TLS**: a user and password (`nats://user:pass@host:port`) or a token
-//!   (`nats://token@host:port`) in the URL, a credentials file (JWT and nkey) or an nkey seed
-//!   file, `tls://` with a CA file and a client certificate: see [`NatsConfig`]. The URL is
-//!   shown only without its secrets ([`without_nats_secrets`]).
-
-mod sink;
-mod store;
-pub(crate) mod wire;
+//! Where the change stream is and how to reach it: [`NatsConfig`], the checked connection, and
+//! the stream (created if missing).
 
 use std::fmt;
 use std::path::PathBuf;
@@ -39,11 +7,8 @@ use std::time::Duration;
 
 use async_nats::jetstream::{self, stream};
 
-pub use crate::masked_url::without_nats_secrets;
-pub(crate) use sink::NatsSink;
-pub use store::{Store, StoreConfig, StoreMetrics};
-
-use crate::error::WorkerError;
+use crate::error::NatsError;
+use crate::secrets::without_nats_secrets;
 
 /// Partitions of a new stream, unless configured.
 pub const DEFAULT_PARTITIONS: u32 = 8;
@@ -51,7 +16,7 @@ pub const DEFAULT_PARTITIONS: u32 = 8;
 /// Where the change stream is, and how to reach it.
 ///
 /// ```
-/// let nats = bemi_worker::nats::NatsConfig::new("tls://bemi:s3cret@nats.internal:4222")
+/// let nats = bemi_nats::NatsConfig::new("tls://bemi:s3cret@nats.internal:4222")
 ///     .stream("audit")
 ///     .ca_file("/etc/bemi/nats-ca.pem");
 /// assert_eq!(nats.subject(3), "audit.changes.3");
@@ -60,6 +25,7 @@ pub const DEFAULT_PARTITIONS: u32 = 8;
 /// assert!(!format!("{nats:?}").contains("s3cret"));
 /// ```
 #[derive(Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct NatsConfig {
     /// The server: `nats://HOST:PORT`, or `tls://HOST:PORT` for TLS; either with
     /// `user:password@` or `token@` before the host.
@@ -161,20 +127,20 @@ impl NatsConfig {
     }
 
     /// Checks the names and files before connecting.
-    pub(crate) fn validate(&self) -> Result<(), WorkerError> {
+    pub(crate) fn validate(&self) -> Result<(), NatsError> {
         let valid = !self.stream.is_empty()
             && self
                 .stream
                 .chars()
                 .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
         if !valid {
-            return Err(WorkerError::InvalidConfig(format!(
+            return Err(NatsError::InvalidConfig(format!(
                 "stream name {:?}: use letters, digits, '-' and '_'",
                 self.stream
             )));
         }
         if !(1..=1024).contains(&self.partitions) {
-            return Err(WorkerError::InvalidConfig(format!(
+            return Err(NatsError::InvalidConfig(format!(
                 "{} partitions: use 1 to 1024",
                 self.partitions
             )));
@@ -200,7 +166,7 @@ impl NatsConfig {
             if let Some(path) = path
                 && !path.is_file()
             {
-                return Err(WorkerError::InvalidConfig(format!(
+                return Err(NatsError::InvalidConfig(format!(
                     "the NATS {what} {} is not a readable file: fix the path",
                     path.display()
                 )));
@@ -210,9 +176,9 @@ impl NatsConfig {
     }
 
     /// The server's address without credentials, and the credentials of the URL.
-    fn server(&self) -> Result<(String, UrlCredentials), WorkerError> {
+    fn server(&self) -> Result<(String, UrlCredentials), NatsError> {
         let invalid = || {
-            WorkerError::InvalidConfig(format!(
+            NatsError::InvalidConfig(format!(
                 "{:?} is not a NATS URL: write nats://HOST:PORT (or tls://HOST:PORT), with                  user:password@ or token@ before the host if the server asks for them",
                 self.display_url()
             ))
@@ -278,7 +244,7 @@ pub(crate) struct Connection {
 }
 
 /// Connects as `name`.
-pub(crate) async fn connect(config: &NatsConfig, name: &str) -> Result<Connection, WorkerError> {
+pub(crate) async fn connect(config: &NatsConfig, name: &str) -> Result<Connection, NatsError> {
     config.validate()?;
     let (server, credentials) = config.server()?;
     let mut options = async_nats::ConnectOptions::new()
@@ -293,7 +259,7 @@ pub(crate) async fn connect(config: &NatsConfig, name: &str) -> Result<Connectio
     }
     if let Some(path) = &config.credentials_file {
         options = options.credentials_file(path).await.map_err(|error| {
-            WorkerError::InvalidConfig(format!(
+            NatsError::InvalidConfig(format!(
                 "the NATS credentials file {} cannot be used ({error}): give the .creds file                  nsc wrote, holding a user JWT and its nkey seed",
                 path.display()
             ))
@@ -301,7 +267,7 @@ pub(crate) async fn connect(config: &NatsConfig, name: &str) -> Result<Connectio
     }
     if let Some(path) = &config.nkey_file {
         let seed = std::fs::read_to_string(path).map_err(|error| {
-            WorkerError::InvalidConfig(format!(
+            NatsError::InvalidConfig(format!(
                 "the NATS nkey seed file {} cannot be read ({error}): fix the path",
                 path.display()
             ))
@@ -310,7 +276,7 @@ pub(crate) async fn connect(config: &NatsConfig, name: &str) -> Result<Connectio
     }
     if config.tls_required() {
         // rustls cannot choose a crypto provider by itself here (two are compiled in).
-        crate::tls::install_crypto_provider();
+        bemi_worker::install_crypto_provider();
         options = options.require_tls(true);
     }
     if let Some(path) = &config.ca_file {
@@ -332,7 +298,7 @@ pub(crate) async fn connect(config: &NatsConfig, name: &str) -> Result<Connectio
         } else {
             " (check that nats-server runs there and that the URL is right)"
         };
-        WorkerError::Nats(format!(
+        NatsError::Nats(format!(
             "connecting to {}: {}{hint}",
             config.display_url(),
             redact(&message, config)
@@ -363,20 +329,20 @@ fn redact(message: &str, config: &NatsConfig) -> String {
 }
 
 /// Refuses a server that cannot do what the stream needs, naming the fix.
-fn check_server(version: &str, jetstream: bool) -> Result<(), WorkerError> {
+fn check_server(version: &str, jetstream: bool) -> Result<(), NatsError> {
     let mut parts = version.split('.').map(|part| part.parse::<u32>().ok());
     let (major, minor) = (parts.next().flatten(), parts.next().flatten());
     match (major, minor) {
         (Some(major), Some(minor)) if (major, minor) >= (2, 9) => {}
         _ => {
-            return Err(WorkerError::InvalidConfig(format!(
+            return Err(NatsError::InvalidConfig(format!(
                 "nats-server {version} is too old: the change stream needs 2.9 or newer \
                  (message de-duplication, pull consumers); upgrade it"
             )));
         }
     }
     if !jetstream {
-        return Err(WorkerError::InvalidConfig(
+        return Err(NatsError::InvalidConfig(
             "nats-server runs without JetStream: start it with -js (or a `jetstream {}` block \
              in its configuration)"
                 .to_owned(),
@@ -402,7 +368,7 @@ fn partitions_of(description: Option<&str>) -> Option<u32> {
 pub(crate) async fn ensure_stream(
     jetstream: &jetstream::Context,
     config: &NatsConfig,
-) -> Result<(stream::Stream, u32), WorkerError> {
+) -> Result<(stream::Stream, u32), NatsError> {
     let stream = match jetstream.get_stream(&config.stream).await {
         Ok(stream) => stream,
         Err(error) if is_stream_not_found(&error) => jetstream
@@ -418,10 +384,10 @@ pub(crate) async fn ensure_stream(
             })
             .await
             .map_err(|error| {
-                WorkerError::Nats(format!("creating the stream {:?}: {error}", config.stream))
+                NatsError::Nats(format!("creating the stream {:?}: {error}", config.stream))
             })?,
         Err(error) => {
-            return Err(WorkerError::Nats(format!(
+            return Err(NatsError::Nats(format!(
                 "looking up the stream {:?}: {error}",
                 config.stream
             )));
@@ -429,7 +395,7 @@ pub(crate) async fn ensure_stream(
     };
     let partitions =
         partitions_of(stream.cached_info().config.description.as_deref()).ok_or_else(|| {
-            WorkerError::InvalidConfig(format!(
+            NatsError::InvalidConfig(format!(
                 "the stream {:?} exists but was not created by bemi (its description does not \
                  record partitions): give bemi a stream of its own with --stream",
                 config.stream
@@ -513,7 +479,7 @@ mod tests {
             panic!("connected with a bad credentials file");
         };
         let message = error.to_string();
-        assert!(matches!(error, WorkerError::InvalidConfig(_)), "{message}");
+        assert!(matches!(error, NatsError::InvalidConfig(_)), "{message}");
         assert!(
             message.contains("user.creds") && message.contains("nsc"),
             "{message}"

@@ -29,8 +29,7 @@ use bemi_core::protocol::Operation;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use crate::json_value::write_string;
-use crate::rows::ChangeRow;
+use bemi_worker::sink::ChangeRow;
 
 /// The format's version, in every message.
 pub(crate) const VERSION: u32 = 1;
@@ -340,6 +339,35 @@ impl IncomingChange<'_> {
     }
 }
 
+/// Appends `text` as a JSON string (as the worker writes its JSON).
+// The slices are between the characters `char_indices` yields: on char boundaries.
+#[allow(clippy::string_slice)]
+fn write_string(out: &mut String, text: &str) {
+    out.reserve(text.len() + 2);
+    out.push('"');
+    let mut start = 0;
+    for (i, c) in text.char_indices() {
+        let escape = match c {
+            '"' => "\\\"",
+            '\\' => "\\\\",
+            '\n' => "\\n",
+            '\r' => "\\r",
+            '\t' => "\\t",
+            c if (c as u32) < 0x20 => "",
+            _ => continue,
+        };
+        out.push_str(&text[start..i]);
+        if escape.is_empty() {
+            let _ = write!(out, "\\u{:04x}", c as u32);
+        } else {
+            out.push_str(escape);
+        }
+        start = i + c.len_utf8();
+    }
+    out.push_str(&text[start..]);
+    out.push('"');
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
@@ -347,19 +375,19 @@ mod tests {
     use super::*;
 
     fn row(table: &str, key: Option<&str>, position: u64, context: &str) -> ChangeRow {
-        ChangeRow {
-            primary_key: key.map(str::to_owned),
-            before: "{}".into(),
-            after: format!(r#"{{"id":{position},"note":"\"<x>\""}}"#),
-            context: Arc::from(context),
-            schema: Arc::from("public"),
-            table: Arc::from(table),
-            operation: Operation::Create,
-            committed_at: 1_732_270_065_892_404,
-            queued_at: 1_732_270_065_893_000,
-            transaction_id: 748,
-            position,
-        }
+        let mut row = ChangeRow::default();
+        row.primary_key = key.map(str::to_owned);
+        row.before = "{}".into();
+        row.after = format!(r#"{{"id":{position},"note":"\"<x>\""}}"#);
+        row.context = Arc::from(context);
+        row.schema = Arc::from("public");
+        row.table = Arc::from(table);
+        row.operation = Operation::Create;
+        row.committed_at = 1_732_270_065_892_404;
+        row.queued_at = 1_732_270_065_893_000;
+        row.transaction_id = 748;
+        row.position = position;
+        row
     }
 
     #[test]
