@@ -148,8 +148,8 @@ use async_graphql::parser::types::{DocumentOperations, ExecutableDocument};
 use async_graphql::{Request, Response, ServerResult, Variables};
 use serde_json::{Value, json};
 
-use bemi_core::context::{self, Context, IntoContext};
-use bemi_core::integration::SharedContext;
+use bemi_core::context::{self, Context};
+use bemi_core::integration::{ContextMaker, MakeContext, SharedContext};
 
 /// The default bound on the `variables` the extension copies into an operation's context:
 /// 100 000 bytes of JSON, a tenth of the whole context's bound
@@ -161,8 +161,8 @@ pub const MAX_VARIABLES_BYTES: usize = 100_000;
 /// `{"_bemi_dropped": {"reason": "too large", "bytes": N, "limit_bytes": L}}`.
 pub const VARIABLES_DROPPED_KEY: &str = "_bemi_dropped";
 
-/// The closure of [`BemiExtension::with_context`].
-type MakeContext = dyn Fn(&Operation<'_>) -> Option<Context> + Send + Sync;
+/// The provider of [`BemiExtension::with_context`], whatever its type.
+type OperationContext = dyn for<'a> MakeContext<Operation<'a>> + Send + Sync;
 
 /// The async-graphql extension that runs each operation's resolvers inside its context; see the
 /// [module docs](self).
@@ -182,9 +182,9 @@ type MakeContext = dyn Fn(&Operation<'_>) -> Option<Context> + Send + Sync;
 ///     .finish();
 /// # let _ = schema;
 /// ```
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub struct BemiExtension {
-    make_context: Option<Arc<MakeContext>>,
+    make_context: Option<ContextMaker<OperationContext>>,
     max_variables_bytes: usize,
 }
 
@@ -204,12 +204,15 @@ impl BemiExtension {
     /// let extension = bemi_async_graphql::BemiExtension::new();
     /// # let _ = extension;
     /// ```
+    #[must_use]
     pub fn new() -> Self {
         Self::default()
     }
 
     /// The extension that adds `operationName`, `variables`, and then the fields `make_context`
-    /// returns for the operation (which replace fields of the same name).
+    /// returns for the operation (which replace fields of the same name): a closure
+    /// `Fn(&Operation<'_>) -> impl IntoContext`, or any other
+    /// [`MakeContext`]`<Operation<'_>>` implementor.
     ///
     /// ```
     /// use bemi_async_graphql::{BemiExtension, Operation};
@@ -226,15 +229,38 @@ impl BemiExtension {
     /// });
     /// # let _ = extension;
     /// ```
-    pub fn with_context<F, C>(make_context: F) -> Self
+    ///
+    /// A struct can provide the fields too:
+    ///
+    /// ```
+    /// use bemi_async_graphql::{BemiExtension, Operation};
+    /// use bemi_core::integration::MakeContext;
+    /// use bemi_core::{Context, IntoContext as _};
+    /// use serde_json::json;
+    ///
+    /// /// Keeps the variables out of the audit trail, and names the API.
+    /// struct Redacted {
+    ///     api: &'static str,
+    /// }
+    ///
+    /// impl MakeContext<Operation<'_>> for Redacted {
+    ///     fn make_context(&self, op: &Operation<'_>) -> Option<Context> {
+    ///         json!({"api": self.api, "variables": null, "op": op.name()}).into_context()
+    ///     }
+    /// }
+    ///
+    /// let extension = BemiExtension::with_context(Redacted { api: "todo" });
+    /// assert!(format!("{extension:?}").contains("Redacted"));
+    /// ```
+    #[must_use]
+    pub fn with_context<P>(make_context: P) -> Self
     where
-        F: Fn(&Operation<'_>) -> C + Send + Sync + 'static,
-        C: IntoContext,
+        P: for<'a> MakeContext<Operation<'a>> + Send + Sync + 'static,
     {
+        let make_context =
+            ContextMaker::new(make_context).coerce(|maker| maker as Arc<OperationContext>);
         Self {
-            make_context: Some(Arc::new(move |operation: &Operation<'_>| {
-                make_context(operation).into_context()
-            })),
+            make_context: Some(make_context),
             ..Self::default()
         }
     }
@@ -247,18 +273,10 @@ impl BemiExtension {
     /// let extension = bemi_async_graphql::BemiExtension::new().max_variables_bytes(10_000);
     /// # let _ = extension;
     /// ```
+    #[must_use]
     pub fn max_variables_bytes(mut self, bytes: usize) -> Self {
         self.max_variables_bytes = bytes;
         self
-    }
-}
-
-impl fmt::Debug for BemiExtension {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("BemiExtension")
-            .field("with_context", &self.make_context.is_some())
-            .field("max_variables_bytes", &self.max_variables_bytes)
-            .finish()
     }
 }
 
@@ -339,7 +357,7 @@ impl fmt::Debug for Operation<'_> {
 
 /// The extension instance of one GraphQL request.
 struct PerRequest {
-    make_context: Option<Arc<MakeContext>>,
+    make_context: Option<ContextMaker<OperationContext>>,
     max_variables_bytes: usize,
     /// The request's variables as JSON, recorded when its query is parsed and taken when the
     /// operation's context is made.
@@ -378,7 +396,7 @@ impl PerRequest {
                 variables: &variables,
                 extension_context: ctx,
             };
-            make_context(&operation)
+            make_context.get_ref().make_context(&operation)
         });
         if let Some(name) = name {
             base.insert("operationName".to_owned(), Value::from(name));

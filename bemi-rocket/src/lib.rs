@@ -93,16 +93,13 @@
 //! }
 //! ```
 
-use std::fmt;
-use std::sync::Arc;
-
-use bemi_core::IntoContext;
-use bemi_core::integration::RequestScope;
+use bemi_core::integration::{ContextMaker, MakeContext};
 use rocket::route::{Handler, Outcome, Route};
 use rocket::{Data, Request};
 
 /// Wraps the handlers of `routes` so that each request runs inside the context
-/// `make_context` returns for it; mount the result.
+/// `make_context` returns for it (a closure `Fn(&Request<'_>) -> impl IntoContext`, or any
+/// other [`MakeContext`] implementor); mount the result.
 ///
 /// ```
 /// use rocket::{Request, get, routes};
@@ -119,16 +116,16 @@ use rocket::{Data, Request};
 /// let rocket = rocket::build().mount("/", routes);
 /// # let _ = rocket;
 /// ```
-pub fn with_bemi<F, C>(routes: impl IntoIterator<Item = Route>, make_context: F) -> Vec<Route>
+#[must_use]
+pub fn with_bemi<P>(routes: impl IntoIterator<Item = Route>, make_context: P) -> Vec<Route>
 where
-    F: Fn(&Request<'_>) -> C + Send + Sync + 'static,
-    C: IntoContext,
+    P: for<'r> MakeContext<Request<'r>> + Send + Sync + 'static,
 {
     Bemi::new(make_context).wrap(routes)
 }
 
-/// A request-context closure, to wrap the handlers of several sets of routes with
-/// ([`Bemi::wrap`]).
+/// A request-context provider, to wrap the handlers of several sets of routes with
+/// ([`Bemi::wrap`]). `M` is the provider's shared holder, [`ContextMaker`].
 ///
 /// ```
 /// use rocket::{Request, get, routes};
@@ -148,12 +145,17 @@ where
 ///     .mount("/admin", bemi.wrap(routes![health]));
 /// # let _ = rocket;
 /// ```
-pub struct Bemi<F> {
-    make_context: Arc<F>,
+#[derive(Clone, Debug)]
+pub struct Bemi<M> {
+    make_context: M,
 }
 
-impl<F> Bemi<F> {
-    /// Wrapping with this makes requests run inside the context `make_context` returns for them.
+impl<P> Bemi<ContextMaker<P>>
+where
+    P: for<'r> MakeContext<Request<'r>> + Send + Sync + 'static,
+{
+    /// Wrapping with this makes requests run inside the context `make_context` returns for them
+    /// (a closure or any other [`MakeContext`] implementor).
     ///
     /// ```
     /// use rocket::Request;
@@ -162,13 +164,10 @@ impl<F> Bemi<F> {
     /// let bemi = bemi_rocket::Bemi::new(|req: &Request<'_>| json!({"user_id": req.headers().get_one("x-user-id")}));
     /// # let _ = bemi;
     /// ```
-    pub fn new<C>(make_context: F) -> Self
-    where
-        F: Fn(&Request<'_>) -> C + Send + Sync + 'static,
-        C: IntoContext,
-    {
+    #[must_use]
+    pub fn new(make_context: P) -> Self {
         Self {
-            make_context: Arc::new(make_context),
+            make_context: ContextMaker::new(make_context),
         }
     }
 
@@ -195,17 +194,14 @@ impl<F> Bemi<F> {
     /// assert_eq!(response.into_string().await.unwrap(), r#"7 "DELETE""#);
     /// # }
     /// ```
-    pub fn wrap<C>(&self, routes: impl IntoIterator<Item = Route>) -> Vec<Route>
-    where
-        F: Fn(&Request<'_>) -> C + Send + Sync + 'static,
-        C: IntoContext,
-    {
+    #[must_use]
+    pub fn wrap(&self, routes: impl IntoIterator<Item = Route>) -> Vec<Route> {
         routes
             .into_iter()
             .map(|mut route| {
                 route.handler = Box::new(Scoped {
                     inner: route.handler,
-                    make_context: Arc::clone(&self.make_context),
+                    make_context: self.make_context.clone(),
                 });
                 route
             })
@@ -213,45 +209,23 @@ impl<F> Bemi<F> {
     }
 }
 
-impl<F> Clone for Bemi<F> {
-    fn clone(&self) -> Self {
-        Self {
-            make_context: Arc::clone(&self.make_context),
-        }
-    }
-}
-
-impl<F> fmt::Debug for Bemi<F> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Bemi").finish_non_exhaustive()
-    }
-}
-
 /// A route's handler, run inside the request's context.
-struct Scoped<F> {
+#[derive(Clone)]
+struct Scoped<M> {
     inner: Box<dyn Handler>,
-    make_context: Arc<F>,
-}
-
-impl<F> Clone for Scoped<F> {
-    fn clone(&self) -> Self {
-        Self {
-            inner: self.inner.clone(),
-            make_context: Arc::clone(&self.make_context),
-        }
-    }
+    make_context: M,
 }
 
 #[rocket::async_trait]
-impl<F, C> Handler for Scoped<F>
+impl<P> Handler for Scoped<ContextMaker<P>>
 where
-    F: Fn(&Request<'_>) -> C + Send + Sync + 'static,
-    C: IntoContext,
+    P: for<'r> MakeContext<Request<'r>> + Send + Sync + 'static,
 {
     async fn handle<'r>(&self, request: &'r Request<'_>, data: Data<'r>) -> Outcome<'r> {
         // The same shared context for the handler's synchronous call and every poll of its
         // future.
-        RequestScope::new((self.make_context)(request))
+        self.make_context
+            .request_scope(request)
             .call(|| self.inner.handle(request, data))
             .await
     }
@@ -260,6 +234,7 @@ where
 #[cfg(test)]
 mod tests {
     use std::panic::AssertUnwindSafe;
+    use std::sync::Arc;
 
     use bemi_core::context::{self, ContextExt as _};
     use futures_util::FutureExt as _;

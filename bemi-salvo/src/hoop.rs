@@ -26,20 +26,17 @@
 //! # }
 //! ```
 
-use std::fmt;
-use std::sync::Arc;
-
-use bemi_core::IntoContext;
-use bemi_core::integration::RequestScope;
+use bemi_core::integration::{ContextMaker, MakeContext};
 use salvo::{Depot, FlowCtrl, Handler, Request, Response};
 
-/// salvo hoop that runs each request's remaining chain inside the context returned by its
-/// closure.
+/// salvo hoop that runs each request's remaining chain inside the context its provider
+/// returns.
 ///
-/// The closure gets the [`Request`] (as it is when the hoop runs) and returns its context:
-/// anything [`IntoContext`] takes (`json!({...})`, a `Map`, an `Option`); see the
+/// The provider is a closure (or any other [`MakeContext`] implementor) that gets the
+/// [`Request`] (as it is when the hoop runs) and returns its context: anything
+/// [`IntoContext`](bemi_core::IntoContext) takes (`json!({...})`, a `Map`, an `Option`); see the
 /// [crate docs](crate) for what it may return. Add it with `Router::hoop` (matched routes) or
-/// `Service::hoop` (every request).
+/// `Service::hoop` (every request). `M` is the provider's shared holder, [`ContextMaker`].
 ///
 /// ```
 /// use bemi_salvo::Bemi;
@@ -58,12 +55,14 @@ use salvo::{Depot, FlowCtrl, Handler, Request, Response};
 ///     .push(Router::with_path("todo").get(list));
 /// # let _ = router;
 /// ```
-pub struct Bemi<F> {
-    make_context: Arc<F>,
+#[derive(Clone, Debug)]
+pub struct Bemi<M> {
+    make_context: M,
 }
 
-impl<F> Bemi<F> {
-    /// A hoop whose requests run inside the context `make_context` returns for them.
+impl<P> Bemi<ContextMaker<P>> {
+    /// A hoop whose requests run inside the context `make_context` returns for them (a
+    /// closure `Fn(&Request) -> impl IntoContext`, or any other [`MakeContext`] implementor).
     ///
     /// ```
     /// use salvo::Request;
@@ -72,36 +71,21 @@ impl<F> Bemi<F> {
     /// let hoop = bemi_salvo::Bemi::new(|req: &Request| json!({"user_id": req.header::<String>("x-user-id")}));
     /// # let _ = hoop;
     /// ```
-    pub fn new<C>(make_context: F) -> Self
+    #[must_use]
+    pub fn new(make_context: P) -> Self
     where
-        F: Fn(&Request) -> C + Send + Sync + 'static,
-        C: IntoContext,
+        P: MakeContext<Request> + Send + Sync + 'static,
     {
         Self {
-            make_context: Arc::new(make_context),
+            make_context: ContextMaker::new(make_context),
         }
-    }
-}
-
-impl<F> Clone for Bemi<F> {
-    fn clone(&self) -> Self {
-        Self {
-            make_context: Arc::clone(&self.make_context),
-        }
-    }
-}
-
-impl<F> fmt::Debug for Bemi<F> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Bemi").finish_non_exhaustive()
     }
 }
 
 #[salvo::async_trait]
-impl<F, C> Handler for Bemi<F>
+impl<P> Handler for Bemi<ContextMaker<P>>
 where
-    F: Fn(&Request) -> C + Send + Sync + 'static,
-    C: IntoContext,
+    P: MakeContext<Request> + Send + Sync + 'static,
 {
     async fn handle(
         &self,
@@ -112,7 +96,8 @@ where
     ) {
         // The rest of the chain runs inside the context: the same shared context for every poll,
         // so a `merge` made by a handler is seen by everything after it.
-        RequestScope::new((self.make_context)(req))
+        self.make_context
+            .request_scope(&*req)
             .call(|| ctrl.call_next(req, depot, res))
             .await;
     }
@@ -123,6 +108,7 @@ mod tests {
     use std::net::SocketAddr;
     use std::panic::AssertUnwindSafe;
     use std::pin::Pin;
+    use std::sync::Arc;
     use std::task::{Context as TaskContext, Poll};
 
     use bemi_core::context::{self, Context, ContextExt as _};
