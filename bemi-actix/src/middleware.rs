@@ -29,13 +29,14 @@
 use std::future::{Ready, ready};
 
 use actix_web::dev::{Service, ServiceRequest, Transform};
+use bemi_core::IntoContext;
 use bemi_core::integration::{ContextMaker, MakeContext, WithContext};
 
 /// actix-web middleware that runs each request inside the context its provider returns.
 ///
-/// The provider is a closure (or any other [`MakeContext`] implementor) that gets the
-/// [`ServiceRequest`] (before the inner service sees it) and returns its context: anything
-/// [`IntoContext`](bemi_core::IntoContext) takes (`json!({...})`, a `Map`, an `Option`); see the
+/// The provider is a closure ([`Bemi::new`]) or any other [`MakeContext`] implementor
+/// ([`Bemi::with_provider`]) that gets the [`ServiceRequest`] (before the inner service sees
+/// it) and returns its context: anything [`IntoContext`] takes (`json!({...})`, a `Map`, an `Option`); see the
 /// [crate docs](crate) for what it may return. `M` is the provider's shared holder,
 /// [`ContextMaker`]: cloning the middleware (once per worker, in `HttpServer::new`) is cheap,
 /// and its `Debug` names the provider's type.
@@ -72,7 +73,7 @@ use bemi_core::integration::{ContextMaker, MakeContext, WithContext};
 /// }
 ///
 /// # actix_web::rt::System::new().block_on(async {
-/// let bemi = Bemi::new(FromHeaders { service: "todo" });
+/// let bemi = Bemi::with_provider(FromHeaders { service: "todo" });
 /// assert!(format!("{bemi:?}").contains("FromHeaders"));
 /// let app = test::init_service(App::new().wrap(bemi).route(
 ///     "/todo",
@@ -90,9 +91,8 @@ pub struct Bemi<M> {
 }
 
 impl<P> Bemi<ContextMaker<P>> {
-    /// Middleware whose requests run inside the context `make_context` returns for them (a
-    /// closure `Fn(&ServiceRequest) -> impl IntoContext`, or any other [`MakeContext`]
-    /// implementor).
+    /// Middleware whose requests run inside the context the closure `make_context` returns
+    /// for them.
     ///
     /// ```
     /// use actix_web::dev::ServiceRequest;
@@ -102,12 +102,39 @@ impl<P> Bemi<ContextMaker<P>> {
     /// # let _ = middleware;
     /// ```
     #[must_use]
-    pub fn new(make_context: P) -> Self
+    pub fn new<C>(make_context: P) -> Self
+    where
+        P: Fn(&ServiceRequest) -> C,
+        C: IntoContext,
+    {
+        Self::with_provider(make_context)
+    }
+
+    /// Middleware whose requests run inside the context `provider` makes for them: any
+    /// [`MakeContext`] implementor, e.g. a struct (see [`Bemi`]).
+    ///
+    /// ```
+    /// use actix_web::dev::ServiceRequest;
+    /// use bemi_core::integration::MakeContext;
+    /// use bemi_core::{Context, IntoContext as _};
+    ///
+    /// struct ByPath;
+    /// impl MakeContext<ServiceRequest> for ByPath {
+    ///     fn make_context(&self, req: &ServiceRequest) -> Option<Context> {
+    ///         serde_json::json!({"endpoint": req.path()}).into_context()
+    ///     }
+    /// }
+    ///
+    /// let middleware = bemi_actix::Bemi::with_provider(ByPath);
+    /// # let _ = middleware;
+    /// ```
+    #[must_use]
+    pub fn with_provider(provider: P) -> Self
     where
         P: MakeContext<ServiceRequest>,
     {
         Self {
-            make_context: ContextMaker::new(make_context),
+            make_context: ContextMaker::new(provider),
         }
     }
 }
@@ -350,5 +377,21 @@ mod tests {
                 assert_eq!(body, expected, "{path}");
             }
         });
+    }
+
+    #[test]
+    fn closures_need_no_type_annotation_and_debug_names_the_provider() {
+        // `new` keeps its closure bound, so the request's type is inferred.
+        let bemi = Bemi::new(|req| json!({"endpoint": req.path()}));
+        assert!(format!("{bemi:?}").starts_with("Bemi { make_context: ContextMaker("));
+
+        struct Fixed;
+        impl MakeContext<ServiceRequest> for Fixed {
+            fn make_context(&self, _: &ServiceRequest) -> Option<context::Context> {
+                None
+            }
+        }
+        let bemi = Bemi::with_provider(Fixed);
+        assert!(format!("{bemi:?}").contains("Fixed"), "{bemi:?}");
     }
 }

@@ -148,7 +148,7 @@ use async_graphql::parser::types::{DocumentOperations, ExecutableDocument};
 use async_graphql::{Request, Response, ServerResult, Variables};
 use serde_json::{Value, json};
 
-use bemi_core::context::{self, Context};
+use bemi_core::context::{self, Context, IntoContext};
 use bemi_core::integration::{ContextMaker, MakeContext, SharedContext};
 
 /// The default bound on the `variables` the extension copies into an operation's context:
@@ -209,10 +209,10 @@ impl BemiExtension {
         Self::default()
     }
 
-    /// The extension that adds `operationName`, `variables`, and then the fields `make_context`
-    /// returns for the operation (which replace fields of the same name): a closure
-    /// `Fn(&Operation<'_>) -> impl IntoContext`, or any other
-    /// [`MakeContext`]`<Operation<'_>>` implementor.
+    /// The extension that adds `operationName`, `variables`, and then the fields the closure
+    /// `make_context` returns for the operation (which replace fields of the same name). For a
+    /// [`MakeContext`] implementor that is not a closure, see
+    /// [`BemiExtension::with_provider`].
     ///
     /// ```
     /// use bemi_async_graphql::{BemiExtension, Operation};
@@ -229,8 +229,17 @@ impl BemiExtension {
     /// });
     /// # let _ = extension;
     /// ```
-    ///
-    /// A struct can provide the fields too:
+    #[must_use]
+    pub fn with_context<F, C>(make_context: F) -> Self
+    where
+        F: Fn(&Operation<'_>) -> C + Send + Sync + 'static,
+        C: IntoContext,
+    {
+        Self::with_provider(make_context)
+    }
+
+    /// [`BemiExtension::with_context`] for any [`MakeContext`]`<Operation<'_>>` implementor,
+    /// e.g. a struct:
     ///
     /// ```
     /// use bemi_async_graphql::{BemiExtension, Operation};
@@ -249,16 +258,16 @@ impl BemiExtension {
     ///     }
     /// }
     ///
-    /// let extension = BemiExtension::with_context(Redacted { api: "todo" });
+    /// let extension = BemiExtension::with_provider(Redacted { api: "todo" });
     /// assert!(format!("{extension:?}").contains("Redacted"));
     /// ```
     #[must_use]
-    pub fn with_context<P>(make_context: P) -> Self
+    pub fn with_provider<P>(provider: P) -> Self
     where
         P: for<'a> MakeContext<Operation<'a>> + Send + Sync + 'static,
     {
         let make_context =
-            ContextMaker::new(make_context).coerce(|maker| maker as Arc<OperationContext>);
+            ContextMaker::new(provider).coerce(|maker| maker as Arc<OperationContext>);
         Self {
             make_context: Some(make_context),
             ..Self::default()
@@ -861,5 +870,17 @@ mod tests {
             seen(&response, "context")["variables"],
             json!({"task": "Sleep well"})
         );
+    }
+
+    #[test]
+    fn closures_need_no_type_annotation_and_debug_names_the_provider() {
+        // `with_context` keeps its closure bound, so the operation's type is inferred.
+        let extension = BemiExtension::with_context(|op| json!({"op": op.name()}));
+        let debug = format!("{extension:?}");
+        assert!(
+            debug.contains("make_context: Some(ContextMaker("),
+            "{debug}"
+        );
+        assert!(debug.contains("max_variables_bytes: 100000"), "{debug}");
     }
 }

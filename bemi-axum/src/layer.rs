@@ -71,8 +71,9 @@ use tower_service::Service;
 
 /// A Tower layer that runs each request inside the context its provider returns.
 ///
-/// The provider is a closure (or any other [`MakeContext`] implementor) that gets the request
-/// (`&http::Request<B>`, before the inner service sees it) and returns its context: anything
+/// The provider is a closure or any other [`MakeContext`] implementor
+/// ([`BemiLayer::with_provider`]) that gets the request (`&http::Request<B>`, before the inner
+/// service sees it) and returns its context: anything
 /// [`IntoContext`](bemi_core::IntoContext) takes (`json!({...})`, a `Map`, an `Option`); see the
 /// [module docs](self) for what it may return. `M` is the provider's shared holder,
 /// [`ContextMaker`]: cloning the layer is cheap, and its `Debug` names the provider's type.
@@ -113,7 +114,7 @@ use tower_service::Service;
 ///
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() {
-/// let layer = BemiLayer::new(FromHeaders { service: "todo" });
+/// let layer = BemiLayer::with_provider(FromHeaders { service: "todo" });
 /// assert!(format!("{layer:?}").contains("FromHeaders"));
 /// let app = Router::new()
 ///     .route("/todo", get(|| async {
@@ -149,6 +150,30 @@ impl<P> BemiLayer<ContextMaker<P>> {
         Self {
             make_context: ContextMaker::new(make_context),
         }
+    }
+
+    /// A layer whose requests run inside the context `provider` makes for them: the same as
+    /// [`BemiLayer::new`] (which takes any provider too), named as in the other framework
+    /// crates, whose `new` takes closures.
+    ///
+    /// ```
+    /// use bemi_axum::BemiLayer;
+    /// use bemi_core::integration::MakeContext;
+    /// use bemi_core::{Context, IntoContext as _};
+    ///
+    /// struct ByPath;
+    /// impl<B> MakeContext<http::Request<B>> for ByPath {
+    ///     fn make_context(&self, req: &http::Request<B>) -> Option<Context> {
+    ///         serde_json::json!({"endpoint": req.uri().path()}).into_context()
+    ///     }
+    /// }
+    ///
+    /// let layer = BemiLayer::with_provider(ByPath);
+    /// # let _ = layer;
+    /// ```
+    #[must_use]
+    pub fn with_provider(provider: P) -> Self {
+        Self::new(provider)
     }
 }
 

@@ -20,14 +20,15 @@
 
 use std::future::Future;
 
+use bemi_core::IntoContext;
 use bemi_core::integration::{ContextMaker, MakeContext};
 use poem::{Endpoint, Middleware, Request};
 
 /// poem middleware that runs each request inside the context its provider returns.
 ///
-/// The provider is a closure (or any other [`MakeContext`] implementor) that gets the
-/// [`Request`] (before the inner endpoint sees it) and returns its context: anything
-/// [`IntoContext`](bemi_core::IntoContext) takes (`json!({...})`, a `Map`, an `Option`); see the
+/// The provider is a closure ([`Bemi::new`]) or any other [`MakeContext`] implementor
+/// ([`Bemi::with_provider`]) that gets the [`Request`] (before the inner endpoint sees it) and
+/// returns its context: anything [`IntoContext`] takes (`json!({...})`, a `Map`, an `Option`); see the
 /// [crate docs](crate) for what it may return. Use it with `EndpointExt::with` on a `Route`,
 /// on a single route's endpoint, or on any other endpoint. `M` is the provider's shared holder,
 /// [`ContextMaker`].
@@ -53,8 +54,8 @@ pub struct Bemi<M> {
 }
 
 impl<P> Bemi<ContextMaker<P>> {
-    /// Middleware whose requests run inside the context `make_context` returns for them (a
-    /// closure `Fn(&Request) -> impl IntoContext`, or any other [`MakeContext`] implementor).
+    /// Middleware whose requests run inside the context the closure `make_context` returns
+    /// for them.
     ///
     /// ```
     /// use poem::Request;
@@ -64,12 +65,49 @@ impl<P> Bemi<ContextMaker<P>> {
     /// # let _ = middleware;
     /// ```
     #[must_use]
-    pub fn new(make_context: P) -> Self
+    pub fn new<C>(make_context: P) -> Self
+    where
+        P: Fn(&Request) -> C + Send + Sync + 'static,
+        C: IntoContext,
+    {
+        Self::with_provider(make_context)
+    }
+
+    /// Middleware whose requests run inside the context `provider` makes for them: any
+    /// [`MakeContext`] implementor, e.g. a struct.
+    ///
+    /// ```
+    /// use bemi_core::integration::MakeContext;
+    /// use bemi_core::{Context, IntoContext as _, context};
+    /// use poem::{Endpoint, EndpointExt, Request, handler};
+    ///
+    /// /// Names the tenant of every request.
+    /// struct Tenant(&'static str);
+    /// impl MakeContext<Request> for Tenant {
+    ///     fn make_context(&self, req: &Request) -> Option<Context> {
+    ///         serde_json::json!({"tenant": self.0, "endpoint": req.uri().path()}).into_context()
+    ///     }
+    /// }
+    ///
+    /// #[handler]
+    /// fn report() -> String {
+    ///     context::current().unwrap()["tenant"].to_string()
+    /// }
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let endpoint = report.with(bemi_poem::Bemi::with_provider(Tenant("acme")));
+    /// let response = endpoint.call(Request::default()).await.unwrap();
+    /// assert_eq!(response.into_body().into_string().await.unwrap(), r#""acme""#);
+    /// # }
+    /// ```
+    #[must_use]
+    pub fn with_provider(provider: P) -> Self
     where
         P: MakeContext<Request> + Send + Sync + 'static,
     {
         Self {
-            make_context: ContextMaker::new(make_context),
+            make_context: ContextMaker::new(provider),
         }
     }
 }
@@ -445,5 +483,12 @@ mod tests {
         fn assert_bounds<T: Send + Sync + Clone + 'static>(_: &T) {}
         let bemi = Bemi::new(|_: &Request| Value::Null);
         assert_bounds(&bemi);
+    }
+
+    #[test]
+    fn closures_need_no_type_annotation() {
+        // `new` keeps its closure bound, so the request's type is inferred.
+        let bemi = Bemi::new(|req| json!({"endpoint": req.uri().path()}));
+        assert!(format!("{bemi:?}").contains("ContextMaker("));
     }
 }

@@ -93,13 +93,14 @@
 //! }
 //! ```
 
+use bemi_core::IntoContext;
 use bemi_core::integration::{ContextMaker, MakeContext};
 use rocket::route::{Handler, Outcome, Route};
 use rocket::{Data, Request};
 
-/// Wraps the handlers of `routes` so that each request runs inside the context
-/// `make_context` returns for it (a closure `Fn(&Request<'_>) -> impl IntoContext`, or any
-/// other [`MakeContext`] implementor); mount the result.
+/// Wraps the handlers of `routes` so that each request runs inside the context the closure
+/// `make_context` returns for it; mount the result. (For a [`MakeContext`] implementor that is
+/// not a closure: `Bemi::with_provider(provider).wrap(routes)`.)
 ///
 /// ```
 /// use rocket::{Request, get, routes};
@@ -117,15 +118,17 @@ use rocket::{Data, Request};
 /// # let _ = rocket;
 /// ```
 #[must_use]
-pub fn with_bemi<P>(routes: impl IntoIterator<Item = Route>, make_context: P) -> Vec<Route>
+pub fn with_bemi<F, C>(routes: impl IntoIterator<Item = Route>, make_context: F) -> Vec<Route>
 where
-    P: for<'r> MakeContext<Request<'r>> + Send + Sync + 'static,
+    F: Fn(&Request<'_>) -> C + Send + Sync + 'static,
+    C: IntoContext,
 {
     Bemi::new(make_context).wrap(routes)
 }
 
 /// A request-context provider, to wrap the handlers of several sets of routes with
-/// ([`Bemi::wrap`]). `M` is the provider's shared holder, [`ContextMaker`].
+/// ([`Bemi::wrap`]): a closure ([`Bemi::new`]) or any other [`MakeContext`] implementor
+/// ([`Bemi::with_provider`]). `M` is the provider's shared holder, [`ContextMaker`].
 ///
 /// ```
 /// use rocket::{Request, get, routes};
@@ -150,12 +153,9 @@ pub struct Bemi<M> {
     make_context: M,
 }
 
-impl<P> Bemi<ContextMaker<P>>
-where
-    P: for<'r> MakeContext<Request<'r>> + Send + Sync + 'static,
-{
-    /// Wrapping with this makes requests run inside the context `make_context` returns for them
-    /// (a closure or any other [`MakeContext`] implementor).
+impl<P> Bemi<ContextMaker<P>> {
+    /// Wrapping with this makes requests run inside the context the closure `make_context`
+    /// returns for them.
     ///
     /// ```
     /// use rocket::Request;
@@ -165,12 +165,53 @@ where
     /// # let _ = bemi;
     /// ```
     #[must_use]
-    pub fn new(make_context: P) -> Self {
-        Self {
-            make_context: ContextMaker::new(make_context),
-        }
+    pub fn new<C>(make_context: P) -> Self
+    where
+        P: Fn(&Request<'_>) -> C + Send + Sync + 'static,
+        C: IntoContext,
+    {
+        Self::with_provider(make_context)
     }
 
+    /// Wrapping with this makes requests run inside the context `provider` makes for them: any
+    /// [`MakeContext`] implementor, e.g. a struct.
+    ///
+    /// ```
+    /// use bemi_core::integration::MakeContext;
+    /// use bemi_core::{Context, IntoContext as _};
+    /// use rocket::{Request, get, routes};
+    ///
+    /// struct ByRoute;
+    /// impl MakeContext<Request<'_>> for ByRoute {
+    ///     fn make_context(&self, req: &Request<'_>) -> Option<Context> {
+    ///         let route = req.route().map(|route| route.uri.path().to_string());
+    ///         serde_json::json!({"endpoint": route}).into_context()
+    ///     }
+    /// }
+    ///
+    /// #[get("/todo")]
+    /// fn list() -> &'static str {
+    ///     "[]"
+    /// }
+    ///
+    /// let rocket = rocket::build().mount("/", bemi_rocket::Bemi::with_provider(ByRoute).wrap(routes![list]));
+    /// # let _ = rocket;
+    /// ```
+    #[must_use]
+    pub fn with_provider(provider: P) -> Self
+    where
+        P: for<'r> MakeContext<Request<'r>> + Send + Sync + 'static,
+    {
+        Self {
+            make_context: ContextMaker::new(provider),
+        }
+    }
+}
+
+impl<P> Bemi<ContextMaker<P>>
+where
+    P: for<'r> MakeContext<Request<'r>> + Send + Sync + 'static,
+{
     /// `routes` with each handler wrapped: it runs inside the request's context.
     ///
     /// ```
@@ -406,5 +447,17 @@ mod tests {
                 )
             );
         }
+    }
+
+    #[test]
+    fn closures_need_no_type_annotation() {
+        // `new` and `with_bemi` keep their closure bound, so the request's type is inferred.
+        let bemi = Bemi::new(|req| json!({"endpoint": req.uri().path().as_str()}));
+        assert!(format!("{bemi:?}").contains("ContextMaker("));
+        let routes = with_bemi(
+            routes![unwrapped],
+            |req| json!({"method": req.method().as_str()}),
+        );
+        assert_eq!(routes.len(), 1);
     }
 }

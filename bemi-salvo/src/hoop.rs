@@ -26,15 +26,16 @@
 //! # }
 //! ```
 
+use bemi_core::IntoContext;
 use bemi_core::integration::{ContextMaker, MakeContext};
 use salvo::{Depot, FlowCtrl, Handler, Request, Response};
 
 /// salvo hoop that runs each request's remaining chain inside the context its provider
 /// returns.
 ///
-/// The provider is a closure (or any other [`MakeContext`] implementor) that gets the
-/// [`Request`] (as it is when the hoop runs) and returns its context: anything
-/// [`IntoContext`](bemi_core::IntoContext) takes (`json!({...})`, a `Map`, an `Option`); see the
+/// The provider is a closure ([`Bemi::new`]) or any other [`MakeContext`] implementor
+/// ([`Bemi::with_provider`]) that gets the [`Request`] (as it is when the hoop runs) and returns
+/// its context: anything [`IntoContext`] takes (`json!({...})`, a `Map`, an `Option`); see the
 /// [crate docs](crate) for what it may return. Add it with `Router::hoop` (matched routes) or
 /// `Service::hoop` (every request). `M` is the provider's shared holder, [`ContextMaker`].
 ///
@@ -61,8 +62,8 @@ pub struct Bemi<M> {
 }
 
 impl<P> Bemi<ContextMaker<P>> {
-    /// A hoop whose requests run inside the context `make_context` returns for them (a
-    /// closure `Fn(&Request) -> impl IntoContext`, or any other [`MakeContext`] implementor).
+    /// A hoop whose requests run inside the context the closure `make_context` returns for
+    /// them.
     ///
     /// ```
     /// use salvo::Request;
@@ -72,12 +73,39 @@ impl<P> Bemi<ContextMaker<P>> {
     /// # let _ = hoop;
     /// ```
     #[must_use]
-    pub fn new(make_context: P) -> Self
+    pub fn new<C>(make_context: P) -> Self
+    where
+        P: Fn(&Request) -> C + Send + Sync + 'static,
+        C: IntoContext,
+    {
+        Self::with_provider(make_context)
+    }
+
+    /// A hoop whose requests run inside the context `provider` makes for them: any
+    /// [`MakeContext`] implementor, e.g. a struct.
+    ///
+    /// ```
+    /// use bemi_core::integration::MakeContext;
+    /// use bemi_core::{Context, IntoContext as _};
+    /// use salvo::Request;
+    ///
+    /// struct ByPath;
+    /// impl MakeContext<Request> for ByPath {
+    ///     fn make_context(&self, req: &Request) -> Option<Context> {
+    ///         serde_json::json!({"endpoint": req.uri().path()}).into_context()
+    ///     }
+    /// }
+    ///
+    /// let hoop = bemi_salvo::Bemi::with_provider(ByPath);
+    /// assert!(format!("{hoop:?}").contains("ByPath"));
+    /// ```
+    #[must_use]
+    pub fn with_provider(provider: P) -> Self
     where
         P: MakeContext<Request> + Send + Sync + 'static,
     {
         Self {
-            make_context: ContextMaker::new(make_context),
+            make_context: ContextMaker::new(provider),
         }
     }
 }
@@ -370,5 +398,12 @@ mod tests {
         assert_eq!(response.status(), 404);
         let seen: Value = serde_json::from_str(&response.text().await.unwrap()).unwrap();
         assert_eq!(seen, json!({"endpoint": "/nowhere"}));
+    }
+
+    #[test]
+    fn closures_need_no_type_annotation() {
+        // `new` keeps its closure bound, so the request's type is inferred.
+        let bemi = Bemi::new(|req| json!({"endpoint": req.uri().path()}));
+        assert!(format!("{bemi:?}").contains("ContextMaker("));
     }
 }
