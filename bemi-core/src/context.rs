@@ -11,6 +11,9 @@
 //!   nothing.
 //! - [`ContextExt`] carries a context into futures and streams that run elsewhere (a task started
 //!   with `tokio::spawn`), in the shape of tracing's `Instrument`.
+//! - [`SharedContext`] is one context entered several times (a layer's `call` and every poll of
+//!   its future), sharing changes between the entries; see [`integration`](crate::integration)
+//!   for the rest of what framework integrations are built from.
 //!
 //! Each of them takes anything that converts into a context ([`IntoContext`]): the
 //! `serde_json::Value` of `json!({...})`, a `Map`, or an `Option` of either.
