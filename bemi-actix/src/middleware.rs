@@ -26,19 +26,20 @@
 //! # });
 //! ```
 
-use std::fmt;
 use std::future::{Ready, ready};
-use std::sync::Arc;
 
 use actix_web::dev::{Service, ServiceRequest, Transform};
 use bemi_core::IntoContext;
-use bemi_core::integration::{RequestScope, WithContext};
+use bemi_core::integration::{ContextMaker, MakeContext, WithContext};
 
-/// actix-web middleware that runs each request inside the context returned by its closure.
+/// actix-web middleware that runs each request inside the context its provider returns.
 ///
-/// The closure gets the [`ServiceRequest`] (before the inner service sees it) and returns its
-/// context: anything [`IntoContext`] takes (`json!({...})`, a `Map`, an `Option`); see the
-/// [crate docs](crate) for what it may return.
+/// The provider is a closure ([`Bemi::new`]) or any other [`MakeContext`] implementor
+/// ([`Bemi::with_provider`]) that gets the [`ServiceRequest`] (before the inner service sees
+/// it) and returns its context: anything [`IntoContext`] takes (`json!({...})`, a `Map`, an `Option`); see the
+/// [crate docs](crate) for what it may return. `M` is the provider's shared holder,
+/// [`ContextMaker`]: cloning the middleware (once per worker, in `HttpServer::new`) is cheap,
+/// and its `Debug` names the provider's type.
 ///
 /// ```
 /// use actix_web::{App, dev::ServiceRequest};
@@ -49,12 +50,49 @@ use bemi_core::integration::{RequestScope, WithContext};
 /// }));
 /// # let _ = app;
 /// ```
-pub struct Bemi<F> {
-    make_context: Arc<F>,
+///
+/// A struct can provide the contexts too:
+///
+/// ```
+/// use actix_web::{App, HttpResponse, dev::ServiceRequest, test, web};
+/// use bemi_actix::Bemi;
+/// use bemi_core::integration::MakeContext;
+/// use bemi_core::{Context, IntoContext as _, context};
+/// use serde_json::{Value, json};
+///
+/// /// Every request's context: the service's name and the caller's user id.
+/// struct FromHeaders {
+///     service: &'static str,
+/// }
+///
+/// impl MakeContext<ServiceRequest> for FromHeaders {
+///     fn make_context(&self, req: &ServiceRequest) -> Option<Context> {
+///         let user = req.headers().get("x-user-id").and_then(|v| v.to_str().ok());
+///         json!({"service": self.service, "user_id": user}).into_context()
+///     }
+/// }
+///
+/// # actix_web::rt::System::new().block_on(async {
+/// let bemi = Bemi::with_provider(FromHeaders { service: "todo" });
+/// assert!(format!("{bemi:?}").contains("FromHeaders"));
+/// let app = test::init_service(App::new().wrap(bemi).route(
+///     "/todo",
+///     web::get().to(|| async { HttpResponse::Ok().json(context::current()) }),
+/// ))
+/// .await;
+/// let request = test::TestRequest::get().uri("/todo").insert_header(("x-user-id", "187234"));
+/// let seen: Value = test::call_and_read_body_json(&app, request.to_request()).await;
+/// assert_eq!(seen, json!({"service": "todo", "user_id": "187234"}));
+/// # });
+/// ```
+#[derive(Clone, Debug)]
+pub struct Bemi<M> {
+    make_context: M,
 }
 
-impl<F> Bemi<F> {
-    /// Middleware whose requests run inside the context `make_context` returns for them.
+impl<P> Bemi<ContextMaker<P>> {
+    /// Middleware whose requests run inside the context the closure `make_context` returns
+    /// for them.
     ///
     /// ```
     /// use actix_web::dev::ServiceRequest;
@@ -63,47 +101,59 @@ impl<F> Bemi<F> {
     /// let middleware = bemi_actix::Bemi::new(|req: &ServiceRequest| json!({"endpoint": req.path()}));
     /// # let _ = middleware;
     /// ```
-    pub fn new<C>(make_context: F) -> Self
+    #[must_use]
+    pub fn new<C>(make_context: P) -> Self
     where
-        F: Fn(&ServiceRequest) -> C,
+        P: Fn(&ServiceRequest) -> C,
         C: IntoContext,
     {
+        Self::with_provider(make_context)
+    }
+
+    /// Middleware whose requests run inside the context `provider` makes for them: any
+    /// [`MakeContext`] implementor, e.g. a struct (see [`Bemi`]).
+    ///
+    /// ```
+    /// use actix_web::dev::ServiceRequest;
+    /// use bemi_core::integration::MakeContext;
+    /// use bemi_core::{Context, IntoContext as _};
+    ///
+    /// struct ByPath;
+    /// impl MakeContext<ServiceRequest> for ByPath {
+    ///     fn make_context(&self, req: &ServiceRequest) -> Option<Context> {
+    ///         serde_json::json!({"endpoint": req.path()}).into_context()
+    ///     }
+    /// }
+    ///
+    /// let middleware = bemi_actix::Bemi::with_provider(ByPath);
+    /// # let _ = middleware;
+    /// ```
+    #[must_use]
+    pub fn with_provider(provider: P) -> Self
+    where
+        P: MakeContext<ServiceRequest>,
+    {
         Self {
-            make_context: Arc::new(make_context),
+            make_context: ContextMaker::new(provider),
         }
     }
 }
 
-impl<F> Clone for Bemi<F> {
-    fn clone(&self) -> Self {
-        Self {
-            make_context: Arc::clone(&self.make_context),
-        }
-    }
-}
-
-impl<F> fmt::Debug for Bemi<F> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Bemi").finish_non_exhaustive()
-    }
-}
-
-impl<S, F, C> Transform<S, ServiceRequest> for Bemi<F>
+impl<S, P> Transform<S, ServiceRequest> for Bemi<ContextMaker<P>>
 where
     S: Service<ServiceRequest>,
-    F: Fn(&ServiceRequest) -> C,
-    C: IntoContext,
+    P: MakeContext<ServiceRequest>,
 {
     type Response = S::Response;
     type Error = S::Error;
-    type Transform = BemiMiddleware<S, F>;
+    type Transform = BemiMiddleware<S, ContextMaker<P>>;
     type InitError = ();
     type Future = Ready<Result<Self::Transform, Self::InitError>>;
 
     fn new_transform(&self, service: S) -> Self::Future {
         ready(Ok(BemiMiddleware {
             service,
-            make_context: Arc::clone(&self.make_context),
+            make_context: self.make_context.clone(),
         }))
     }
 }
@@ -128,22 +178,16 @@ where
 /// assert!(response.status().is_success());
 /// # });
 /// ```
-pub struct BemiMiddleware<S, F> {
+#[derive(Debug)]
+pub struct BemiMiddleware<S, M> {
     service: S,
-    make_context: Arc<F>,
+    make_context: M,
 }
 
-impl<S, F> fmt::Debug for BemiMiddleware<S, F> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("BemiMiddleware").finish_non_exhaustive()
-    }
-}
-
-impl<S, F, C> Service<ServiceRequest> for BemiMiddleware<S, F>
+impl<S, P> Service<ServiceRequest> for BemiMiddleware<S, ContextMaker<P>>
 where
     S: Service<ServiceRequest>,
-    F: Fn(&ServiceRequest) -> C,
-    C: IntoContext,
+    P: MakeContext<ServiceRequest>,
 {
     type Response = S::Response;
     type Error = S::Error;
@@ -154,7 +198,8 @@ where
     fn call(&self, request: ServiceRequest) -> Self::Future {
         // The same shared context for `call` and the future: a `merge` made in either is seen by
         // the other.
-        RequestScope::new((self.make_context)(&request)).call(|| self.service.call(request))
+        self.make_context
+            .call(request, |request| self.service.call(request))
     }
 }
 
@@ -332,5 +377,21 @@ mod tests {
                 assert_eq!(body, expected, "{path}");
             }
         });
+    }
+
+    #[test]
+    fn closures_need_no_type_annotation_and_debug_names_the_provider() {
+        // `new` keeps its closure bound, so the request's type is inferred.
+        let bemi = Bemi::new(|req| json!({"endpoint": req.path()}));
+        assert!(format!("{bemi:?}").starts_with("Bemi { make_context: ContextMaker("));
+
+        struct Fixed;
+        impl MakeContext<ServiceRequest> for Fixed {
+            fn make_context(&self, _: &ServiceRequest) -> Option<context::Context> {
+                None
+            }
+        }
+        let bemi = Bemi::with_provider(Fixed);
+        assert!(format!("{bemi:?}").contains("Fixed"), "{bemi:?}");
     }
 }

@@ -149,7 +149,7 @@ use async_graphql::{Request, Response, ServerResult, Variables};
 use serde_json::{Value, json};
 
 use bemi_core::context::{self, Context, IntoContext};
-use bemi_core::integration::SharedContext;
+use bemi_core::integration::{ContextMaker, MakeContext, SharedContext};
 
 /// The default bound on the `variables` the extension copies into an operation's context:
 /// 100 000 bytes of JSON, a tenth of the whole context's bound
@@ -161,8 +161,8 @@ pub const MAX_VARIABLES_BYTES: usize = 100_000;
 /// `{"_bemi_dropped": {"reason": "too large", "bytes": N, "limit_bytes": L}}`.
 pub const VARIABLES_DROPPED_KEY: &str = "_bemi_dropped";
 
-/// The closure of [`BemiExtension::with_context`].
-type MakeContext = dyn Fn(&Operation<'_>) -> Option<Context> + Send + Sync;
+/// The provider of [`BemiExtension::with_context`], whatever its type.
+type OperationContext = dyn for<'a> MakeContext<Operation<'a>> + Send + Sync;
 
 /// The async-graphql extension that runs each operation's resolvers inside its context; see the
 /// [module docs](self).
@@ -182,9 +182,9 @@ type MakeContext = dyn Fn(&Operation<'_>) -> Option<Context> + Send + Sync;
 ///     .finish();
 /// # let _ = schema;
 /// ```
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub struct BemiExtension {
-    make_context: Option<Arc<MakeContext>>,
+    make_context: Option<ContextMaker<OperationContext>>,
     max_variables_bytes: usize,
 }
 
@@ -204,12 +204,15 @@ impl BemiExtension {
     /// let extension = bemi_async_graphql::BemiExtension::new();
     /// # let _ = extension;
     /// ```
+    #[must_use]
     pub fn new() -> Self {
         Self::default()
     }
 
-    /// The extension that adds `operationName`, `variables`, and then the fields `make_context`
-    /// returns for the operation (which replace fields of the same name).
+    /// The extension that adds `operationName`, `variables`, and then the fields the closure
+    /// `make_context` returns for the operation (which replace fields of the same name). For a
+    /// [`MakeContext`] implementor that is not a closure, see
+    /// [`BemiExtension::with_provider`].
     ///
     /// ```
     /// use bemi_async_graphql::{BemiExtension, Operation};
@@ -226,15 +229,47 @@ impl BemiExtension {
     /// });
     /// # let _ = extension;
     /// ```
+    #[must_use]
     pub fn with_context<F, C>(make_context: F) -> Self
     where
         F: Fn(&Operation<'_>) -> C + Send + Sync + 'static,
         C: IntoContext,
     {
+        Self::with_provider(make_context)
+    }
+
+    /// [`BemiExtension::with_context`] for any [`MakeContext`]`<Operation<'_>>` implementor,
+    /// e.g. a struct:
+    ///
+    /// ```
+    /// use bemi_async_graphql::{BemiExtension, Operation};
+    /// use bemi_core::integration::MakeContext;
+    /// use bemi_core::{Context, IntoContext as _};
+    /// use serde_json::json;
+    ///
+    /// /// Keeps the variables out of the audit trail, and names the API.
+    /// struct Redacted {
+    ///     api: &'static str,
+    /// }
+    ///
+    /// impl MakeContext<Operation<'_>> for Redacted {
+    ///     fn make_context(&self, op: &Operation<'_>) -> Option<Context> {
+    ///         json!({"api": self.api, "variables": null, "op": op.name()}).into_context()
+    ///     }
+    /// }
+    ///
+    /// let extension = BemiExtension::with_provider(Redacted { api: "todo" });
+    /// assert!(format!("{extension:?}").contains("Redacted"));
+    /// ```
+    #[must_use]
+    pub fn with_provider<P>(provider: P) -> Self
+    where
+        P: for<'a> MakeContext<Operation<'a>> + Send + Sync + 'static,
+    {
+        let make_context =
+            ContextMaker::new(provider).coerce(|maker| maker as Arc<OperationContext>);
         Self {
-            make_context: Some(Arc::new(move |operation: &Operation<'_>| {
-                make_context(operation).into_context()
-            })),
+            make_context: Some(make_context),
             ..Self::default()
         }
     }
@@ -247,18 +282,10 @@ impl BemiExtension {
     /// let extension = bemi_async_graphql::BemiExtension::new().max_variables_bytes(10_000);
     /// # let _ = extension;
     /// ```
+    #[must_use]
     pub fn max_variables_bytes(mut self, bytes: usize) -> Self {
         self.max_variables_bytes = bytes;
         self
-    }
-}
-
-impl fmt::Debug for BemiExtension {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("BemiExtension")
-            .field("with_context", &self.make_context.is_some())
-            .field("max_variables_bytes", &self.max_variables_bytes)
-            .finish()
     }
 }
 
@@ -339,7 +366,7 @@ impl fmt::Debug for Operation<'_> {
 
 /// The extension instance of one GraphQL request.
 struct PerRequest {
-    make_context: Option<Arc<MakeContext>>,
+    make_context: Option<ContextMaker<OperationContext>>,
     max_variables_bytes: usize,
     /// The request's variables as JSON, recorded when its query is parsed and taken when the
     /// operation's context is made.
@@ -378,7 +405,7 @@ impl PerRequest {
                 variables: &variables,
                 extension_context: ctx,
             };
-            make_context(&operation)
+            make_context.get_ref().make_context(&operation)
         });
         if let Some(name) = name {
             base.insert("operationName".to_owned(), Value::from(name));
@@ -843,5 +870,17 @@ mod tests {
             seen(&response, "context")["variables"],
             json!({"task": "Sleep well"})
         );
+    }
+
+    #[test]
+    fn closures_need_no_type_annotation_and_debug_names_the_provider() {
+        // `with_context` keeps its closure bound, so the operation's type is inferred.
+        let extension = BemiExtension::with_context(|op| json!({"op": op.name()}));
+        let debug = format!("{extension:?}");
+        assert!(
+            debug.contains("make_context: Some(ContextMaker("),
+            "{debug}"
+        );
+        assert!(debug.contains("max_variables_bytes: 100000"), "{debug}");
     }
 }

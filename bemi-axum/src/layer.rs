@@ -62,21 +62,21 @@
 //! [`bemi_core::context::ContextExt::in_current_context`], or capture
 //! [`bemi_core::context::current`] and use [`bemi_core::context::sync_scope`] in the closure.
 
-use std::fmt;
-use std::sync::Arc;
 use std::task::{Context as TaskContext, Poll};
 
-use bemi_core::IntoContext;
-use bemi_core::integration::{RequestScope, WithContext};
+use bemi_core::integration::{ContextMaker, MakeContext, WithContext};
 use http::Request;
 use tower_layer::Layer;
 use tower_service::Service;
 
-/// A Tower layer that runs each request inside the context returned by its closure.
+/// A Tower layer that runs each request inside the context its provider returns.
 ///
-/// The closure gets the request (`&http::Request<B>`, before the inner service sees it) and
-/// returns its context: anything [`IntoContext`] takes (`json!({...})`, a `Map`, an `Option`);
-/// see the [module docs](self) for what it may return.
+/// The provider is a closure or any other [`MakeContext`] implementor
+/// ([`BemiLayer::with_provider`]) that gets the request (`&http::Request<B>`, before the inner
+/// service sees it) and returns its context: anything
+/// [`IntoContext`](bemi_core::IntoContext) takes (`json!({...})`, a `Map`, an `Option`); see the
+/// [module docs](self) for what it may return. `M` is the provider's shared holder,
+/// [`ContextMaker`]: cloning the layer is cheap, and its `Debug` names the provider's type.
 ///
 /// ```
 /// use axum::{Router, body::Body, routing::get};
@@ -88,12 +88,55 @@ use tower_service::Service;
 ///     .route("/todo", get(|| async { "[]" }))
 ///     .route_layer(BemiLayer::new(|req: &Request<Body>| json!({"endpoint": req.uri().path()})));
 /// ```
-pub struct BemiLayer<F> {
-    make_context: Arc<F>,
+///
+/// A struct can provide the contexts too:
+///
+/// ```
+/// use axum::{Router, body::Body, routing::get};
+/// use bemi_axum::BemiLayer;
+/// use bemi_core::integration::MakeContext;
+/// use bemi_core::{Context, IntoContext as _};
+/// use http::{Request, StatusCode};
+/// use serde_json::json;
+/// use tower::ServiceExt as _;
+///
+/// /// Every request's context: the service's name and the caller's user id.
+/// struct FromHeaders {
+///     service: &'static str,
+/// }
+///
+/// impl<B> MakeContext<Request<B>> for FromHeaders {
+///     fn make_context(&self, req: &Request<B>) -> Option<Context> {
+///         let user = req.headers().get("x-user-id").and_then(|v| v.to_str().ok());
+///         json!({"service": self.service, "user_id": user}).into_context()
+///     }
+/// }
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let layer = BemiLayer::with_provider(FromHeaders { service: "todo" });
+/// assert!(format!("{layer:?}").contains("FromHeaders"));
+/// let app = Router::new()
+///     .route("/todo", get(|| async {
+///         serde_json::Value::Object(bemi_core::context::current().unwrap()).to_string()
+///     }))
+///     .layer(layer);
+/// let request = Request::get("/todo").header("x-user-id", "187234").body(Body::empty()).unwrap();
+/// let response = app.oneshot(request).await.unwrap();
+/// assert_eq!(response.status(), StatusCode::OK);
+/// let body = axum::body::to_bytes(response.into_body(), 1 << 20).await.unwrap();
+/// assert_eq!(body, r#"{"service":"todo","user_id":"187234"}"#);
+/// # }
+/// ```
+#[derive(Clone, Debug)]
+pub struct BemiLayer<M> {
+    make_context: M,
 }
 
-impl<F> BemiLayer<F> {
-    /// A layer whose requests run inside the context `make_context` returns for them.
+impl<P> BemiLayer<ContextMaker<P>> {
+    /// A layer whose requests run inside the context `make_context` returns for them (a
+    /// closure `Fn(&http::Request<B>) -> impl IntoContext`, or any other [`MakeContext`]
+    /// implementor).
     ///
     /// ```
     /// use bemi_axum::BemiLayer;
@@ -102,34 +145,45 @@ impl<F> BemiLayer<F> {
     /// let layer = BemiLayer::new(|req: &http::Request<String>| json!({"method": req.method().as_str()}));
     /// # let _ = layer;
     /// ```
-    pub fn new(make_context: F) -> Self {
+    #[must_use]
+    pub fn new(make_context: P) -> Self {
         Self {
-            make_context: Arc::new(make_context),
+            make_context: ContextMaker::new(make_context),
         }
     }
-}
 
-impl<F> Clone for BemiLayer<F> {
-    fn clone(&self) -> Self {
-        Self {
-            make_context: Arc::clone(&self.make_context),
-        }
+    /// A layer whose requests run inside the context `provider` makes for them: the same as
+    /// [`BemiLayer::new`] (which takes any provider too), named as in the other framework
+    /// crates, whose `new` takes closures.
+    ///
+    /// ```
+    /// use bemi_axum::BemiLayer;
+    /// use bemi_core::integration::MakeContext;
+    /// use bemi_core::{Context, IntoContext as _};
+    ///
+    /// struct ByPath;
+    /// impl<B> MakeContext<http::Request<B>> for ByPath {
+    ///     fn make_context(&self, req: &http::Request<B>) -> Option<Context> {
+    ///         serde_json::json!({"endpoint": req.uri().path()}).into_context()
+    ///     }
+    /// }
+    ///
+    /// let layer = BemiLayer::with_provider(ByPath);
+    /// # let _ = layer;
+    /// ```
+    #[must_use]
+    pub fn with_provider(provider: P) -> Self {
+        Self::new(provider)
     }
 }
 
-impl<F> fmt::Debug for BemiLayer<F> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("BemiLayer").finish_non_exhaustive()
-    }
-}
-
-impl<S, F> Layer<S> for BemiLayer<F> {
-    type Service = Bemi<S, F>;
+impl<S, M: Clone> Layer<S> for BemiLayer<M> {
+    type Service = Bemi<S, M>;
 
     fn layer(&self, inner: S) -> Self::Service {
         Bemi {
             inner,
-            make_context: Arc::clone(&self.make_context),
+            make_context: self.make_context.clone(),
         }
     }
 }
@@ -150,13 +204,15 @@ impl<S, F> Layer<S> for BemiLayer<F> {
 /// assert_eq!(seen.unwrap()["endpoint"], "/");
 /// # }
 /// ```
-pub struct Bemi<S, F> {
+#[derive(Clone, Debug)]
+pub struct Bemi<S, M> {
     inner: S,
-    make_context: Arc<F>,
+    make_context: M,
 }
 
-impl<S, F> Bemi<S, F> {
-    /// Wraps `inner` so that its requests run inside the context `make_context` returns.
+impl<S, P> Bemi<S, ContextMaker<P>> {
+    /// Wraps `inner` so that its requests run inside the context `make_context` returns (a
+    /// closure or any other [`MakeContext`] implementor).
     ///
     /// ```
     /// use serde_json::json;
@@ -166,13 +222,16 @@ impl<S, F> Bemi<S, F> {
     /// let service = bemi_axum::Bemi::new(inner, |_: &http::Request<()>| json!({"job": "import"}));
     /// # let _ = service;
     /// ```
-    pub fn new(inner: S, make_context: F) -> Self {
+    #[must_use]
+    pub fn new(inner: S, make_context: P) -> Self {
         Self {
             inner,
-            make_context: Arc::new(make_context),
+            make_context: ContextMaker::new(make_context),
         }
     }
+}
 
+impl<S, M> Bemi<S, M> {
     /// The wrapped service.
     ///
     /// ```
@@ -210,28 +269,10 @@ impl<S, F> Bemi<S, F> {
     }
 }
 
-impl<S: Clone, F> Clone for Bemi<S, F> {
-    fn clone(&self) -> Self {
-        Self {
-            inner: self.inner.clone(),
-            make_context: Arc::clone(&self.make_context),
-        }
-    }
-}
-
-impl<S: fmt::Debug, F> fmt::Debug for Bemi<S, F> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Bemi")
-            .field("inner", &self.inner)
-            .finish_non_exhaustive()
-    }
-}
-
-impl<S, F, B, C> Service<Request<B>> for Bemi<S, F>
+impl<S, P, B> Service<Request<B>> for Bemi<S, ContextMaker<P>>
 where
     S: Service<Request<B>>,
-    F: Fn(&Request<B>) -> C,
-    C: IntoContext,
+    P: MakeContext<Request<B>>,
 {
     type Response = S::Response;
     type Error = S::Error;
@@ -244,7 +285,8 @@ where
     fn call(&mut self, request: Request<B>) -> Self::Future {
         // The same shared context for `call` and the future: a `merge` made in either is seen by
         // the other.
-        RequestScope::new((self.make_context)(&request)).call(|| self.inner.call(request))
+        self.make_context
+            .call(request, |request| self.inner.call(request))
     }
 }
 

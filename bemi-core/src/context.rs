@@ -11,6 +11,9 @@
 //!   nothing.
 //! - [`ContextExt`] carries a context into futures and streams that run elsewhere (a task started
 //!   with `tokio::spawn`), in the shape of tracing's `Instrument`.
+//! - [`SharedContext`] is one context entered several times (a layer's `call` and every poll of
+//!   its future), sharing changes between the entries; see [`integration`](crate::integration)
+//!   for the rest of what framework integrations are built from.
 //!
 //! Each of them takes anything that converts into a context ([`IntoContext`]): the
 //! `serde_json::Value` of `json!({...})`, a `Map`, or an `Option` of either.
@@ -43,20 +46,16 @@
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::Poll;
 
 use futures_core::Stream;
 use serde_json::{Map, Value};
 
-use crate::integration::SharedContext;
+use crate::local::{self, Slot};
 
 /// A context: the JSON object that is attached to every write made inside its scope.
 pub type Context = Map<String, Value>;
-
-tokio::task_local! {
-    /// The context in scope; entered only through [`SharedContext`].
-    pub(crate) static CURRENT: SharedContext;
-}
 
 /// What converts into a context: a JSON object (`json!({...})` or a [`Map`]), or nothing.
 ///
@@ -133,6 +132,125 @@ fn json_kind(value: &Value) -> &'static str {
 )]
 pub struct NoScope;
 
+/// A context that can be entered several times, sharing changes between the entries: what the
+/// task-local holds. Cloning shares the context; it does not copy it.
+///
+/// For integrations (also at [`integration::SharedContext`](crate::integration::SharedContext)):
+/// a layer enters the same one for the inner service's `call` and for every poll of its future.
+///
+/// ```
+/// use bemi_core::context::{self, SharedContext};
+/// use serde_json::json;
+///
+/// let shared = SharedContext::new(json!({"user_id": 1}));
+/// shared.sync_scope(|| context::merge(json!({"step": "call"})).unwrap());
+/// assert_eq!(shared.snapshot()["step"], "call");
+/// ```
+#[derive(Clone, Default)]
+pub struct SharedContext(Slot);
+
+impl SharedContext {
+    /// Wraps a context (an empty one if `context` converts to none) so that it can be entered
+    /// with [`SharedContext::scope`] and [`SharedContext::sync_scope`].
+    ///
+    /// ```
+    /// use bemi_core::context::SharedContext;
+    ///
+    /// let shared = SharedContext::new(serde_json::json!({"job": "import"}));
+    /// assert_eq!(shared.snapshot()["job"], "import");
+    /// ```
+    pub fn new(context: impl IntoContext) -> Self {
+        Self(Arc::new(Mutex::new(
+            context.into_context().unwrap_or_default(),
+        )))
+    }
+
+    /// The context currently in scope, shared (not copied), to enter it again elsewhere;
+    /// `None` outside of any scope.
+    ///
+    /// ```
+    /// use bemi_core::{context, integration::SharedContext};
+    /// use serde_json::json;
+    ///
+    /// context::sync_scope(json!({"a": 1}), || {
+    ///     let shared = SharedContext::current().unwrap();
+    ///     context::merge(json!({"b": 2})).unwrap();
+    ///     assert_eq!(shared.snapshot()["b"], 2);
+    /// });
+    /// ```
+    #[must_use]
+    pub fn current() -> Option<Self> {
+        local::with(|slot| Self(Arc::clone(slot)))
+    }
+
+    /// Wraps a future or a stream so that every poll runs with this context as the current one.
+    ///
+    /// ```
+    /// use bemi_core::{context, integration::SharedContext};
+    /// use serde_json::json;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let shared = SharedContext::new(json!({"user_id": 1}));
+    /// shared.sync_scope(|| context::merge(json!({"step": "call"})).unwrap());
+    /// let seen = shared.scope(async { context::current().unwrap() }).await;
+    /// assert_eq!(seen["step"], "call");
+    /// # }
+    /// ```
+    pub fn scope<T>(&self, inner: T) -> WithContext<T> {
+        WithContext::new(inner, Some(self.clone()))
+    }
+
+    /// Runs `f` with this context as the current one.
+    ///
+    /// ```
+    /// use bemi_core::context::{self, SharedContext};
+    ///
+    /// let shared = SharedContext::new(serde_json::json!({"job": "nightly"}));
+    /// assert_eq!(shared.sync_scope(context::current).unwrap()["job"], "nightly");
+    /// ```
+    pub fn sync_scope<R>(&self, f: impl FnOnce() -> R) -> R {
+        local::enter(Arc::clone(&self.0), f)
+    }
+
+    /// A copy of the context as it is now.
+    ///
+    /// ```
+    /// let shared = bemi_core::context::SharedContext::new(serde_json::json!({"a": 1}));
+    /// assert_eq!(shared.snapshot().len(), 1);
+    /// ```
+    #[must_use]
+    pub fn snapshot(&self) -> Context {
+        self.lock().clone()
+    }
+
+    /// A new shared context holding a copy of this one (changes to either are not seen by the
+    /// other).
+    ///
+    /// ```
+    /// use bemi_core::context::{self, SharedContext};
+    /// use serde_json::json;
+    ///
+    /// let shared = SharedContext::new(json!({"a": 1}));
+    /// let copy = shared.copy();
+    /// copy.sync_scope(|| context::merge(json!({"b": 2})).unwrap());
+    /// assert!(!shared.snapshot().contains_key("b"));
+    /// ```
+    #[must_use]
+    pub fn copy(&self) -> Self {
+        Self::new(self.snapshot())
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Context> {
+        local::lock(&self.0)
+    }
+}
+
+impl fmt::Debug for SharedContext {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("SharedContext").field(&*self.lock()).finish()
+    }
+}
+
 /// Runs `future` inside `context` (with no new context if it converts to none, see
 /// [`IntoContext`]).
 ///
@@ -172,7 +290,7 @@ pub fn sync_scope<R>(context: impl IntoContext, f: impl FnOnce() -> R) -> R {
 /// ```
 #[must_use]
 pub fn current() -> Option<Context> {
-    CURRENT.try_with(SharedContext::snapshot).ok()
+    local::with(|slot| local::lock(slot).clone())
 }
 
 /// Calls `f` with the current context (or `None`) without copying it.
@@ -185,14 +303,8 @@ pub fn current() -> Option<Context> {
 /// ```
 pub fn with_current<R>(f: impl FnOnce(Option<&Context>) -> R) -> R {
     let mut f = Some(f);
-    let inside = CURRENT.try_with(|shared| {
-        let guard = shared.lock();
-        (f.take().expect("called once"))(Some(&guard))
-    });
-    match inside {
-        Ok(result) => result,
-        Err(_) => (f.take().expect("called once"))(None),
-    }
+    let inside = local::with(|slot| (f.take().expect("called once"))(Some(&local::lock(slot))));
+    inside.unwrap_or_else(|| (f.take().expect("called once"))(None))
 }
 
 /// Replaces the current context with `context` (an empty one if it converts to none).
@@ -212,9 +324,7 @@ pub fn with_current<R>(f: impl FnOnce(Option<&Context>) -> R) -> R {
 /// ```
 pub fn set(context: impl IntoContext) -> Result<(), NoScope> {
     let context = context.into_context().unwrap_or_default();
-    CURRENT
-        .try_with(|shared| *shared.lock() = context)
-        .map_err(|_| NoScope)
+    local::with(|slot| *local::lock(slot) = context).ok_or(NoScope)
 }
 
 /// Shallow-merges `fields` into the current context: each top-level key of `fields` replaces the
@@ -235,13 +345,12 @@ pub fn set(context: impl IntoContext) -> Result<(), NoScope> {
 /// ```
 pub fn merge(fields: impl IntoContext) -> Result<(), NoScope> {
     let fields = fields.into_context();
-    CURRENT
-        .try_with(|shared| {
-            if let Some(fields) = fields {
-                shared.lock().extend(fields);
-            }
-        })
-        .map_err(|_| NoScope)
+    local::with(|slot| {
+        if let Some(fields) = fields {
+            local::lock(slot).extend(fields);
+        }
+    })
+    .ok_or(NoScope)
 }
 
 /// Carries a context into a future or a stream, typically one that will run in a task started

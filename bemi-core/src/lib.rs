@@ -27,6 +27,7 @@
 pub mod carrier;
 pub mod context;
 pub mod integration;
+mod local;
 pub mod migration;
 pub mod protocol;
 pub mod sql;

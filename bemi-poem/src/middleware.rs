@@ -18,20 +18,20 @@
 //! # }
 //! ```
 
-use std::fmt;
 use std::future::Future;
-use std::sync::Arc;
 
 use bemi_core::IntoContext;
-use bemi_core::integration::RequestScope;
+use bemi_core::integration::{ContextMaker, MakeContext};
 use poem::{Endpoint, Middleware, Request};
 
-/// poem middleware that runs each request inside the context returned by its closure.
+/// poem middleware that runs each request inside the context its provider returns.
 ///
-/// The closure gets the [`Request`] (before the inner endpoint sees it) and returns its
-/// context: anything [`IntoContext`] takes (`json!({...})`, a `Map`, an `Option`); see the
+/// The provider is a closure ([`Bemi::new`]) or any other [`MakeContext`] implementor
+/// ([`Bemi::with_provider`]) that gets the [`Request`] (before the inner endpoint sees it) and
+/// returns its context: anything [`IntoContext`] takes (`json!({...})`, a `Map`, an `Option`); see the
 /// [crate docs](crate) for what it may return. Use it with `EndpointExt::with` on a `Route`,
-/// on a single route's endpoint, or on any other endpoint.
+/// on a single route's endpoint, or on any other endpoint. `M` is the provider's shared holder,
+/// [`ContextMaker`].
 ///
 /// ```
 /// use bemi_poem::Bemi;
@@ -48,12 +48,14 @@ use poem::{Endpoint, Middleware, Request};
 /// }));
 /// # let _ = app;
 /// ```
-pub struct Bemi<F> {
-    make_context: Arc<F>,
+#[derive(Clone, Debug)]
+pub struct Bemi<M> {
+    make_context: M,
 }
 
-impl<F> Bemi<F> {
-    /// Middleware whose requests run inside the context `make_context` returns for them.
+impl<P> Bemi<ContextMaker<P>> {
+    /// Middleware whose requests run inside the context the closure `make_context` returns
+    /// for them.
     ///
     /// ```
     /// use poem::Request;
@@ -62,43 +64,65 @@ impl<F> Bemi<F> {
     /// let middleware = bemi_poem::Bemi::new(|req: &Request| json!({"user_id": req.header("x-user-id")}));
     /// # let _ = middleware;
     /// ```
-    pub fn new<C>(make_context: F) -> Self
+    #[must_use]
+    pub fn new<C>(make_context: P) -> Self
     where
-        F: Fn(&Request) -> C + Send + Sync + 'static,
+        P: Fn(&Request) -> C + Send + Sync + 'static,
         C: IntoContext,
     {
+        Self::with_provider(make_context)
+    }
+
+    /// Middleware whose requests run inside the context `provider` makes for them: any
+    /// [`MakeContext`] implementor, e.g. a struct.
+    ///
+    /// ```
+    /// use bemi_core::integration::MakeContext;
+    /// use bemi_core::{Context, IntoContext as _, context};
+    /// use poem::{Endpoint, EndpointExt, Request, handler};
+    ///
+    /// /// Names the tenant of every request.
+    /// struct Tenant(&'static str);
+    /// impl MakeContext<Request> for Tenant {
+    ///     fn make_context(&self, req: &Request) -> Option<Context> {
+    ///         serde_json::json!({"tenant": self.0, "endpoint": req.uri().path()}).into_context()
+    ///     }
+    /// }
+    ///
+    /// #[handler]
+    /// fn report() -> String {
+    ///     context::current().unwrap()["tenant"].to_string()
+    /// }
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let endpoint = report.with(bemi_poem::Bemi::with_provider(Tenant("acme")));
+    /// let response = endpoint.call(Request::default()).await.unwrap();
+    /// assert_eq!(response.into_body().into_string().await.unwrap(), r#""acme""#);
+    /// # }
+    /// ```
+    #[must_use]
+    pub fn with_provider(provider: P) -> Self
+    where
+        P: MakeContext<Request> + Send + Sync + 'static,
+    {
         Self {
-            make_context: Arc::new(make_context),
+            make_context: ContextMaker::new(provider),
         }
     }
 }
 
-impl<F> Clone for Bemi<F> {
-    fn clone(&self) -> Self {
-        Self {
-            make_context: Arc::clone(&self.make_context),
-        }
-    }
-}
-
-impl<F> fmt::Debug for Bemi<F> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Bemi").finish_non_exhaustive()
-    }
-}
-
-impl<E, F, C> Middleware<E> for Bemi<F>
+impl<E, P> Middleware<E> for Bemi<ContextMaker<P>>
 where
     E: Endpoint,
-    F: Fn(&Request) -> C + Send + Sync + 'static,
-    C: IntoContext,
+    P: MakeContext<Request> + Send + Sync + 'static,
 {
-    type Output = BemiEndpoint<E, F>;
+    type Output = BemiEndpoint<E, ContextMaker<P>>;
 
     fn transform(&self, inner: E) -> Self::Output {
         BemiEndpoint {
             inner,
-            make_context: Arc::clone(&self.make_context),
+            make_context: self.make_context.clone(),
         }
     }
 }
@@ -125,12 +149,13 @@ where
 /// assert_eq!(response.into_body().into_string().await.unwrap(), r#""import""#);
 /// # }
 /// ```
-pub struct BemiEndpoint<E, F> {
+#[derive(Debug)]
+pub struct BemiEndpoint<E, M> {
     inner: E,
-    make_context: Arc<F>,
+    make_context: M,
 }
 
-impl<E, F> BemiEndpoint<E, F> {
+impl<E, M> BemiEndpoint<E, M> {
     /// The wrapped endpoint.
     ///
     /// ```
@@ -164,26 +189,18 @@ impl<E, F> BemiEndpoint<E, F> {
     }
 }
 
-impl<E: fmt::Debug, F> fmt::Debug for BemiEndpoint<E, F> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("BemiEndpoint")
-            .field("inner", &self.inner)
-            .finish_non_exhaustive()
-    }
-}
-
-impl<E, F, C> Endpoint for BemiEndpoint<E, F>
+impl<E, P> Endpoint for BemiEndpoint<E, ContextMaker<P>>
 where
     E: Endpoint,
-    F: Fn(&Request) -> C + Send + Sync,
-    C: IntoContext,
+    P: MakeContext<Request> + Send + Sync,
 {
     type Output = E::Output;
 
     fn call(&self, request: Request) -> impl Future<Output = poem::Result<E::Output>> + Send {
         // The same shared context for `call` and the future: a `merge` made in either is seen by
         // the other. (A `bemi_core::context::WithContext`: nothing is boxed.)
-        RequestScope::new((self.make_context)(&request)).call(|| self.inner.call(request))
+        self.make_context
+            .call(request, |request| self.inner.call(request))
     }
 }
 
@@ -191,6 +208,7 @@ where
 mod tests {
     use std::panic::AssertUnwindSafe;
     use std::pin::Pin;
+    use std::sync::Arc;
     use std::task::{Context as TaskContext, Poll};
 
     use bemi_core::context::{self, Context, ContextExt as _};
@@ -465,5 +483,12 @@ mod tests {
         fn assert_bounds<T: Send + Sync + Clone + 'static>(_: &T) {}
         let bemi = Bemi::new(|_: &Request| Value::Null);
         assert_bounds(&bemi);
+    }
+
+    #[test]
+    fn closures_need_no_type_annotation() {
+        // `new` keeps its closure bound, so the request's type is inferred.
+        let bemi = Bemi::new(|req| json!({"endpoint": req.uri().path()}));
+        assert!(format!("{bemi:?}").contains("ContextMaker("));
     }
 }

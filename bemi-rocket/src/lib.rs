@@ -93,16 +93,14 @@
 //! }
 //! ```
 
-use std::fmt;
-use std::sync::Arc;
-
 use bemi_core::IntoContext;
-use bemi_core::integration::RequestScope;
+use bemi_core::integration::{ContextMaker, MakeContext};
 use rocket::route::{Handler, Outcome, Route};
 use rocket::{Data, Request};
 
-/// Wraps the handlers of `routes` so that each request runs inside the context
-/// `make_context` returns for it; mount the result.
+/// Wraps the handlers of `routes` so that each request runs inside the context the closure
+/// `make_context` returns for it; mount the result. (For a [`MakeContext`] implementor that is
+/// not a closure: `Bemi::with_provider(provider).wrap(routes)`.)
 ///
 /// ```
 /// use rocket::{Request, get, routes};
@@ -119,6 +117,7 @@ use rocket::{Data, Request};
 /// let rocket = rocket::build().mount("/", routes);
 /// # let _ = rocket;
 /// ```
+#[must_use]
 pub fn with_bemi<F, C>(routes: impl IntoIterator<Item = Route>, make_context: F) -> Vec<Route>
 where
     F: Fn(&Request<'_>) -> C + Send + Sync + 'static,
@@ -127,8 +126,9 @@ where
     Bemi::new(make_context).wrap(routes)
 }
 
-/// A request-context closure, to wrap the handlers of several sets of routes with
-/// ([`Bemi::wrap`]).
+/// A request-context provider, to wrap the handlers of several sets of routes with
+/// ([`Bemi::wrap`]): a closure ([`Bemi::new`]) or any other [`MakeContext`] implementor
+/// ([`Bemi::with_provider`]). `M` is the provider's shared holder, [`ContextMaker`].
 ///
 /// ```
 /// use rocket::{Request, get, routes};
@@ -148,12 +148,14 @@ where
 ///     .mount("/admin", bemi.wrap(routes![health]));
 /// # let _ = rocket;
 /// ```
-pub struct Bemi<F> {
-    make_context: Arc<F>,
+#[derive(Clone, Debug)]
+pub struct Bemi<M> {
+    make_context: M,
 }
 
-impl<F> Bemi<F> {
-    /// Wrapping with this makes requests run inside the context `make_context` returns for them.
+impl<P> Bemi<ContextMaker<P>> {
+    /// Wrapping with this makes requests run inside the context the closure `make_context`
+    /// returns for them.
     ///
     /// ```
     /// use rocket::Request;
@@ -162,16 +164,54 @@ impl<F> Bemi<F> {
     /// let bemi = bemi_rocket::Bemi::new(|req: &Request<'_>| json!({"user_id": req.headers().get_one("x-user-id")}));
     /// # let _ = bemi;
     /// ```
-    pub fn new<C>(make_context: F) -> Self
+    #[must_use]
+    pub fn new<C>(make_context: P) -> Self
     where
-        F: Fn(&Request<'_>) -> C + Send + Sync + 'static,
+        P: Fn(&Request<'_>) -> C + Send + Sync + 'static,
         C: IntoContext,
     {
-        Self {
-            make_context: Arc::new(make_context),
-        }
+        Self::with_provider(make_context)
     }
 
+    /// Wrapping with this makes requests run inside the context `provider` makes for them: any
+    /// [`MakeContext`] implementor, e.g. a struct.
+    ///
+    /// ```
+    /// use bemi_core::integration::MakeContext;
+    /// use bemi_core::{Context, IntoContext as _};
+    /// use rocket::{Request, get, routes};
+    ///
+    /// struct ByRoute;
+    /// impl MakeContext<Request<'_>> for ByRoute {
+    ///     fn make_context(&self, req: &Request<'_>) -> Option<Context> {
+    ///         let route = req.route().map(|route| route.uri.path().to_string());
+    ///         serde_json::json!({"endpoint": route}).into_context()
+    ///     }
+    /// }
+    ///
+    /// #[get("/todo")]
+    /// fn list() -> &'static str {
+    ///     "[]"
+    /// }
+    ///
+    /// let rocket = rocket::build().mount("/", bemi_rocket::Bemi::with_provider(ByRoute).wrap(routes![list]));
+    /// # let _ = rocket;
+    /// ```
+    #[must_use]
+    pub fn with_provider(provider: P) -> Self
+    where
+        P: for<'r> MakeContext<Request<'r>> + Send + Sync + 'static,
+    {
+        Self {
+            make_context: ContextMaker::new(provider),
+        }
+    }
+}
+
+impl<P> Bemi<ContextMaker<P>>
+where
+    P: for<'r> MakeContext<Request<'r>> + Send + Sync + 'static,
+{
     /// `routes` with each handler wrapped: it runs inside the request's context.
     ///
     /// ```
@@ -195,17 +235,14 @@ impl<F> Bemi<F> {
     /// assert_eq!(response.into_string().await.unwrap(), r#"7 "DELETE""#);
     /// # }
     /// ```
-    pub fn wrap<C>(&self, routes: impl IntoIterator<Item = Route>) -> Vec<Route>
-    where
-        F: Fn(&Request<'_>) -> C + Send + Sync + 'static,
-        C: IntoContext,
-    {
+    #[must_use]
+    pub fn wrap(&self, routes: impl IntoIterator<Item = Route>) -> Vec<Route> {
         routes
             .into_iter()
             .map(|mut route| {
                 route.handler = Box::new(Scoped {
                     inner: route.handler,
-                    make_context: Arc::clone(&self.make_context),
+                    make_context: self.make_context.clone(),
                 });
                 route
             })
@@ -213,45 +250,23 @@ impl<F> Bemi<F> {
     }
 }
 
-impl<F> Clone for Bemi<F> {
-    fn clone(&self) -> Self {
-        Self {
-            make_context: Arc::clone(&self.make_context),
-        }
-    }
-}
-
-impl<F> fmt::Debug for Bemi<F> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Bemi").finish_non_exhaustive()
-    }
-}
-
 /// A route's handler, run inside the request's context.
-struct Scoped<F> {
+#[derive(Clone)]
+struct Scoped<M> {
     inner: Box<dyn Handler>,
-    make_context: Arc<F>,
-}
-
-impl<F> Clone for Scoped<F> {
-    fn clone(&self) -> Self {
-        Self {
-            inner: self.inner.clone(),
-            make_context: Arc::clone(&self.make_context),
-        }
-    }
+    make_context: M,
 }
 
 #[rocket::async_trait]
-impl<F, C> Handler for Scoped<F>
+impl<P> Handler for Scoped<ContextMaker<P>>
 where
-    F: Fn(&Request<'_>) -> C + Send + Sync + 'static,
-    C: IntoContext,
+    P: for<'r> MakeContext<Request<'r>> + Send + Sync + 'static,
 {
     async fn handle<'r>(&self, request: &'r Request<'_>, data: Data<'r>) -> Outcome<'r> {
         // The same shared context for the handler's synchronous call and every poll of its
         // future.
-        RequestScope::new((self.make_context)(request))
+        self.make_context
+            .request_scope(request)
             .call(|| self.inner.handle(request, data))
             .await
     }
@@ -260,6 +275,7 @@ where
 #[cfg(test)]
 mod tests {
     use std::panic::AssertUnwindSafe;
+    use std::sync::Arc;
 
     use bemi_core::context::{self, ContextExt as _};
     use futures_util::FutureExt as _;
@@ -431,5 +447,17 @@ mod tests {
                 )
             );
         }
+    }
+
+    #[test]
+    fn closures_need_no_type_annotation() {
+        // `new` and `with_bemi` keep their closure bound, so the request's type is inferred.
+        let bemi = Bemi::new(|req| json!({"endpoint": req.uri().path().as_str()}));
+        assert!(format!("{bemi:?}").contains("ContextMaker("));
+        let routes = with_bemi(
+            routes![unwrapped],
+            |req| json!({"method": req.method().as_str()}),
+        );
+        assert_eq!(routes.len(), 1);
     }
 }

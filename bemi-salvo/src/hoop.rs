@@ -26,20 +26,18 @@
 //! # }
 //! ```
 
-use std::fmt;
-use std::sync::Arc;
-
 use bemi_core::IntoContext;
-use bemi_core::integration::RequestScope;
+use bemi_core::integration::{ContextMaker, MakeContext};
 use salvo::{Depot, FlowCtrl, Handler, Request, Response};
 
-/// salvo hoop that runs each request's remaining chain inside the context returned by its
-/// closure.
+/// salvo hoop that runs each request's remaining chain inside the context its provider
+/// returns.
 ///
-/// The closure gets the [`Request`] (as it is when the hoop runs) and returns its context:
-/// anything [`IntoContext`] takes (`json!({...})`, a `Map`, an `Option`); see the
+/// The provider is a closure ([`Bemi::new`]) or any other [`MakeContext`] implementor
+/// ([`Bemi::with_provider`]) that gets the [`Request`] (as it is when the hoop runs) and returns
+/// its context: anything [`IntoContext`] takes (`json!({...})`, a `Map`, an `Option`); see the
 /// [crate docs](crate) for what it may return. Add it with `Router::hoop` (matched routes) or
-/// `Service::hoop` (every request).
+/// `Service::hoop` (every request). `M` is the provider's shared holder, [`ContextMaker`].
 ///
 /// ```
 /// use bemi_salvo::Bemi;
@@ -58,12 +56,14 @@ use salvo::{Depot, FlowCtrl, Handler, Request, Response};
 ///     .push(Router::with_path("todo").get(list));
 /// # let _ = router;
 /// ```
-pub struct Bemi<F> {
-    make_context: Arc<F>,
+#[derive(Clone, Debug)]
+pub struct Bemi<M> {
+    make_context: M,
 }
 
-impl<F> Bemi<F> {
-    /// A hoop whose requests run inside the context `make_context` returns for them.
+impl<P> Bemi<ContextMaker<P>> {
+    /// A hoop whose requests run inside the context the closure `make_context` returns for
+    /// them.
     ///
     /// ```
     /// use salvo::Request;
@@ -72,36 +72,48 @@ impl<F> Bemi<F> {
     /// let hoop = bemi_salvo::Bemi::new(|req: &Request| json!({"user_id": req.header::<String>("x-user-id")}));
     /// # let _ = hoop;
     /// ```
-    pub fn new<C>(make_context: F) -> Self
+    #[must_use]
+    pub fn new<C>(make_context: P) -> Self
     where
-        F: Fn(&Request) -> C + Send + Sync + 'static,
+        P: Fn(&Request) -> C + Send + Sync + 'static,
         C: IntoContext,
     {
-        Self {
-            make_context: Arc::new(make_context),
-        }
+        Self::with_provider(make_context)
     }
-}
 
-impl<F> Clone for Bemi<F> {
-    fn clone(&self) -> Self {
+    /// A hoop whose requests run inside the context `provider` makes for them: any
+    /// [`MakeContext`] implementor, e.g. a struct.
+    ///
+    /// ```
+    /// use bemi_core::integration::MakeContext;
+    /// use bemi_core::{Context, IntoContext as _};
+    /// use salvo::Request;
+    ///
+    /// struct ByPath;
+    /// impl MakeContext<Request> for ByPath {
+    ///     fn make_context(&self, req: &Request) -> Option<Context> {
+    ///         serde_json::json!({"endpoint": req.uri().path()}).into_context()
+    ///     }
+    /// }
+    ///
+    /// let hoop = bemi_salvo::Bemi::with_provider(ByPath);
+    /// assert!(format!("{hoop:?}").contains("ByPath"));
+    /// ```
+    #[must_use]
+    pub fn with_provider(provider: P) -> Self
+    where
+        P: MakeContext<Request> + Send + Sync + 'static,
+    {
         Self {
-            make_context: Arc::clone(&self.make_context),
+            make_context: ContextMaker::new(provider),
         }
-    }
-}
-
-impl<F> fmt::Debug for Bemi<F> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Bemi").finish_non_exhaustive()
     }
 }
 
 #[salvo::async_trait]
-impl<F, C> Handler for Bemi<F>
+impl<P> Handler for Bemi<ContextMaker<P>>
 where
-    F: Fn(&Request) -> C + Send + Sync + 'static,
-    C: IntoContext,
+    P: MakeContext<Request> + Send + Sync + 'static,
 {
     async fn handle(
         &self,
@@ -112,7 +124,8 @@ where
     ) {
         // The rest of the chain runs inside the context: the same shared context for every poll,
         // so a `merge` made by a handler is seen by everything after it.
-        RequestScope::new((self.make_context)(req))
+        self.make_context
+            .request_scope(&*req)
             .call(|| ctrl.call_next(req, depot, res))
             .await;
     }
@@ -123,6 +136,7 @@ mod tests {
     use std::net::SocketAddr;
     use std::panic::AssertUnwindSafe;
     use std::pin::Pin;
+    use std::sync::Arc;
     use std::task::{Context as TaskContext, Poll};
 
     use bemi_core::context::{self, Context, ContextExt as _};
@@ -384,5 +398,12 @@ mod tests {
         assert_eq!(response.status(), 404);
         let seen: Value = serde_json::from_str(&response.text().await.unwrap()).unwrap();
         assert_eq!(seen, json!({"endpoint": "/nowhere"}));
+    }
+
+    #[test]
+    fn closures_need_no_type_annotation() {
+        // `new` keeps its closure bound, so the request's type is inferred.
+        let bemi = Bemi::new(|req| json!({"endpoint": req.uri().path()}));
+        assert!(format!("{bemi:?}").contains("ContextMaker("));
     }
 }
