@@ -1,7 +1,7 @@
 //! # bemi-actix
 //!
 //! actix-web middleware that gives every request a bemi context: each write made while serving
-//! the request (through `bemi_core::tokio_postgres::BemiClient` or `bemi_core::sqlx::BemiPool`)
+//! the request (through `bemi_tokio_postgres::BemiClient` or `bemi_sqlx::BemiPool`)
 //! carries it into the audit trail.
 //!
 //! ```

@@ -1,7 +1,7 @@
 //! # bemi-axum
 //!
 //! A Tower layer that gives every request a bemi context: each write made while serving the
-//! request (through `bemi_core::sqlx::BemiPool` or `bemi_core::tokio_postgres::BemiClient`)
+//! request (through `bemi_sqlx::BemiPool` or `bemi_tokio_postgres::BemiClient`)
 //! carries it into the audit trail. It works for axum (`Router::layer`, `Router::route_layer`,
 //! `MethodRouter::layer`) and for any Tower service of [`http::Request`]s.
 //!

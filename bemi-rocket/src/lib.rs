@@ -1,8 +1,8 @@
 //! # bemi-rocket
 //!
 //! [Rocket](https://rocket.rs) integration that gives every request a bemi context: each write
-//! made while serving the request (through `bemi_core::sqlx::BemiPool` or
-//! `bemi_core::tokio_postgres::BemiClient`) carries it into the audit trail.
+//! made while serving the request (through `bemi_sqlx::BemiPool` or
+//! `bemi_tokio_postgres::BemiClient`) carries it into the audit trail.
 //!
 //! Rocket has no middleware that holds a handler's future (a fairing's `on_request` returns
 //! before routing, and Rocket serves each request on a task of its own), so the integration wraps

@@ -1,8 +1,8 @@
 //! # bemi-salvo
 //!
 //! A [salvo](https://docs.rs/salvo) hoop (middleware) that gives every request a bemi context:
-//! each write made while serving the request (through `bemi_core::sqlx::BemiPool` or
-//! `bemi_core::tokio_postgres::BemiClient`) carries it into the audit trail.
+//! each write made while serving the request (through `bemi_sqlx::BemiPool` or
+//! `bemi_tokio_postgres::BemiClient`) carries it into the audit trail.
 //!
 //! ```
 //! use bemi_core::context;
