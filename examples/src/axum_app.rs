@@ -24,8 +24,7 @@ use bemi_sqlx::BemiPool;
 use serde_json::json;
 
 use crate::request_context;
-use crate::store::TodoStore;
-use crate::todo::{NewTodo, Todo};
+use crate::todo::{NewTodo, Todo, TodoStore};
 
 /// The app: [`routes`] behind `BemiLayer::new(request_context::for_http)`, on the sqlx
 /// adapter.

@@ -1,9 +1,8 @@
 //! The todo queries, once per database library. Writes go through bemi's adapters, so each one
 //! carries the context in scope. [`TodoStore`] is what the axum apps need of any of them.
 
-use std::future::Future;
-
 use crate::todo::Todo;
+pub use crate::todo::TodoStore;
 
 #[cfg(feature = "deadpool")]
 pub mod deadpool;
@@ -18,29 +17,6 @@ pub mod postgres;
 #[cfg(feature = "seaorm")]
 pub mod seaorm;
 pub mod sqlx;
-
-/// The four queries of the REST apps, over some database library.
-///
-/// ```
-/// fn takes<S: bemi_examples::store::TodoStore>(_: S) {}
-/// # fn run(pool: bemi_sqlx::BemiPool) { takes(pool); }
-/// ```
-pub trait TodoStore: Clone + Send + Sync + 'static {
-    /// What a query can fail with.
-    type Error: std::fmt::Display + Send;
-
-    /// Inserts a todo.
-    fn create(&self, task: &str) -> impl Future<Output = Result<Todo, Self::Error>> + Send;
-
-    /// Marks a todo completed; `None` when there is no such todo.
-    fn complete(&self, id: i64) -> impl Future<Output = Result<Option<Todo>, Self::Error>> + Send;
-
-    /// Deletes a todo; `false` when there was no such todo.
-    fn delete(&self, id: i64) -> impl Future<Output = Result<bool, Self::Error>> + Send;
-
-    /// Every todo, oldest first.
-    fn list(&self) -> impl Future<Output = Result<Vec<Todo>, Self::Error>> + Send;
-}
 
 impl TodoStore for bemi_sqlx::BemiPool {
     type Error = ::sqlx::Error;

@@ -1,4 +1,5 @@
-//! The todo row, the request body that creates one, and the SQL of the apps.
+//! The todo row, the request body that creates one, the SQL of the apps, and [`TodoStore`]: the
+//! four queries the REST apps need of a database library.
 //!
 //! ```
 //! use bemi_examples::todo::Todo;
@@ -9,6 +10,8 @@
 //!     serde_json::json!({"id": 1, "task": "Sleep", "is_completed": false})
 //! );
 //! ```
+
+use std::future::Future;
 
 use serde::{Deserialize, Serialize};
 
@@ -83,3 +86,26 @@ pub const DELETE: &str = "DELETE FROM todo WHERE id = $1";
 /// assert!(bemi_examples::todo::LIST.starts_with("SELECT"));
 /// ```
 pub const LIST: &str = "SELECT id, task, is_completed FROM todo ORDER BY id";
+
+/// The four queries of the REST apps, over some database library.
+///
+/// ```
+/// fn takes<S: bemi_examples::todo::TodoStore>(_: S) {}
+/// # fn run(pool: bemi_sqlx::BemiPool) { takes(pool); }
+/// ```
+pub trait TodoStore: Clone + Send + Sync + 'static {
+    /// What a query can fail with.
+    type Error: std::fmt::Display + Send;
+
+    /// Inserts a todo.
+    fn create(&self, task: &str) -> impl Future<Output = Result<Todo, Self::Error>> + Send;
+
+    /// Marks a todo completed; `None` when there is no such todo.
+    fn complete(&self, id: i64) -> impl Future<Output = Result<Option<Todo>, Self::Error>> + Send;
+
+    /// Deletes a todo; `false` when there was no such todo.
+    fn delete(&self, id: i64) -> impl Future<Output = Result<bool, Self::Error>> + Send;
+
+    /// Every todo, oldest first.
+    fn list(&self) -> impl Future<Output = Result<Vec<Todo>, Self::Error>> + Send;
+}
