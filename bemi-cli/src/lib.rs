@@ -1,30 +1,4 @@
-//! The `bemi` command-line tool: install tracking, run the capture worker, read the audit trail,
-//! and start a throwaway development database.
-//!
-//! | command | what it does |
-//! |---|---|
-//! | `bemi migration sql [--down]` | prints the migration that installs (removes) tracking |
-//! | `bemi migration create DIR` | writes it as a sqlx-migrate pair `DIR/<timestamp>_bemi.{up,down}.sql` |
-//! | `bemi migrate` | applies it to `DATABASE_URL` (idempotent) |
-//! | `bemi worker` | captures changes into the `changes` table until SIGINT/SIGTERM |
-//! | `bemi changes` | prints captured changes: a table, `--json` lines, `--follow` |
-//! | `bemi history TABLE PK` | everything that happened to one row, oldest first |
-//! | `bemi at TABLE [PK] TIME` | a row, or the whole table, as it was at an instant |
-//! | `bemi revert` | undoes a change, a transaction or a request (`--context`), `--dry-run`, `--force` |
-//! | `bemi prune --older-than 90d` | removes old changes in short batches (drops old partitions) |
-//! | `bemi dev` | an ephemeral PostgreSQL with tracking, a worker and the web UI, until Ctrl-C |
-//! | `bemi ui` | the audit trail's web UI (`--addr`, `--token`, `--allow-revert`) |
-//!
-//! Every flag can also be set with an environment variable (`DATABASE_URL`,
-//! `BEMI_DESTINATION_URL`, `BEMI_SLOT`, …; lists comma-separated); `bemi help COMMAND` lists them.
-//!
-//! Another binary can offer the same tool with [`main`]:
-//!
-//! ```no_run
-//! fn main() -> std::process::ExitCode {
-//!     bemi_cli::main()
-//! }
-//! ```
+#![doc = include_str!("../README.md")]
 
 mod at;
 mod audit_db;

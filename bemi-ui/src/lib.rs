@@ -1,47 +1,4 @@
-//! # bemi-ui
-//!
-//! The audit trail on a page: who changed which row, from which endpoint, what it looked like
-//! before — for support staff, compliance officers and on-call engineers who do not write SQL.
-//!
-//! [`router`] is an axum `Router` to mount in your app, behind your own authentication, with a
-//! callback that decides per request what the caller may do ([`UiOptions::authorize`]); `bemi
-//! ui` serves the same router on its own, with a bearer token ([`UiOptions::token`]).
-//!
-//! ```no_run
-//! use axum::Router;
-//! use bemi_ui::{Access, UiOptions};
-//! use serde_json::json;
-//!
-//! # async fn run(pool: sqlx::PgPool) {
-//! let audit = bemi_ui::router(
-//!     pool.clone(),
-//!     UiOptions::new().source(pool).authorize(|parts| {
-//!         // Your authentication ran first and left the user in the request's extensions.
-//!         let user = parts.extensions.get::<String>().cloned();
-//!         async move {
-//!             match user.as_deref() {
-//!                 Some("admin") => Access::revert().actor(json!({"user_id": "admin"})),
-//!                 Some(_) => Access::read(),
-//!                 None => Access::unauthenticated(),
-//!             }
-//!         }
-//!     }),
-//! );
-//! let app: Router = Router::new().nest("/audit", audit);
-//! # let _ = app;
-//! # }
-//! ```
-//!
-//! Pages (paths relative to the mount point): `/` the change list with filters and keyset
-//! pages; `/changes/{id}` a change's diff, context, SQL, transaction and request, with revert;
-//! `/rows/{[schema.]table}/{pk}` a row's timeline; `/tables/{[schema.]table}?at=TIME` a table as
-//! of an instant; `/users/{value}` one user's activity; `/tail` new changes as they arrive. The
-//! JSON API: `GET /api/changes`, `POST /api/revert`, `GET /api/tail` (server-sent events); the
-//! exports `GET /export.csv` and `GET /export.ndjson`.
-//!
-//! Every value from the audit trail is escaped (maud), pages run under a strict
-//! Content-Security-Policy (no inline script), every filter is a bound parameter, and every
-//! write (a revert) needs the revert permission and passes a CSRF check.
+#![doc = include_str!("../README.md")]
 
 mod access;
 mod api;
