@@ -383,87 +383,53 @@ impl Session<'_> {
     }
 }
 
+/// One method of [`query_methods`] that runs a statement like tokio-postgres' method of the
+/// same name, carrying the context.
+macro_rules! statement_method {
+    ($(#[$doc:meta])* $name:ident -> $output:ty) => {
+        $(#[$doc])*
+        pub fn $name<'q, T>(
+            &'q self,
+            query: &'q T,
+            params: &'q [&'q (dyn ToSql + Sync)],
+        ) -> impl Future<Output = Result<$output, Error>> + Send + 'q
+        where
+            T: ?Sized + BemiQuery,
+        {
+            let carried = Carried::of(self.session().carrier, query.parts());
+            async move {
+                self.session()
+                    .run(query.parts(), carried, |client, statement| async move {
+                        client.$name(&statement, params).await
+                    })
+                    .await
+            }
+        }
+    };
+}
+
 /// Generates the query methods shared by the wrappers. Each method takes the context of the
 /// code that calls it, so a future made in a request keeps that context wherever it is
 /// awaited; without a context there, the context of the code that awaits it.
 macro_rules! query_methods {
     () => {
-        /// Like tokio-postgres' `execute`: runs a statement and returns the number of rows it
-        /// affected.
-        pub fn execute<'q, T>(
-            &'q self,
-            query: &'q T,
-            params: &'q [&'q (dyn ToSql + Sync)],
-        ) -> impl Future<Output = Result<u64, Error>> + Send + 'q
-        where
-            T: ?Sized + BemiQuery,
-        {
-            let carried = Carried::of(self.session().carrier, query.parts());
-            async move {
-                self.session()
-                    .run(query.parts(), carried, |client, statement| async move {
-                        client.execute(&statement, params).await
-                    })
-                    .await
-            }
-        }
-
-        /// Like tokio-postgres' `query`: runs a statement and returns its rows.
-        pub fn query<'q, T>(
-            &'q self,
-            query: &'q T,
-            params: &'q [&'q (dyn ToSql + Sync)],
-        ) -> impl Future<Output = Result<Vec<Row>, Error>> + Send + 'q
-        where
-            T: ?Sized + BemiQuery,
-        {
-            let carried = Carried::of(self.session().carrier, query.parts());
-            async move {
-                self.session()
-                    .run(query.parts(), carried, |client, statement| async move {
-                        client.query(&statement, params).await
-                    })
-                    .await
-            }
-        }
-
-        /// Like tokio-postgres' `query_one`: exactly one row, or an error.
-        pub fn query_one<'q, T>(
-            &'q self,
-            query: &'q T,
-            params: &'q [&'q (dyn ToSql + Sync)],
-        ) -> impl Future<Output = Result<Row, Error>> + Send + 'q
-        where
-            T: ?Sized + BemiQuery,
-        {
-            let carried = Carried::of(self.session().carrier, query.parts());
-            async move {
-                self.session()
-                    .run(query.parts(), carried, |client, statement| async move {
-                        client.query_one(&statement, params).await
-                    })
-                    .await
-            }
-        }
-
-        /// Like tokio-postgres' `query_opt`: at most one row.
-        pub fn query_opt<'q, T>(
-            &'q self,
-            query: &'q T,
-            params: &'q [&'q (dyn ToSql + Sync)],
-        ) -> impl Future<Output = Result<Option<Row>, Error>> + Send + 'q
-        where
-            T: ?Sized + BemiQuery,
-        {
-            let carried = Carried::of(self.session().carrier, query.parts());
-            async move {
-                self.session()
-                    .run(query.parts(), carried, |client, statement| async move {
-                        client.query_opt(&statement, params).await
-                    })
-                    .await
-            }
-        }
+        statement_method!(
+            /// Like tokio-postgres' `execute`: runs a statement and returns the number of rows it
+            /// affected.
+            execute -> u64
+        );
+        statement_method!(
+            /// Like tokio-postgres' `query`: runs a statement and returns its rows.
+            query -> Vec<Row>
+        );
+        statement_method!(
+            /// Like tokio-postgres' `query_one`: exactly one row, or an error.
+            query_one -> Row
+        );
+        statement_method!(
+            /// Like tokio-postgres' `query_opt`: at most one row.
+            query_opt -> Option<Row>
+        );
 
         /// Like tokio-postgres' `query_raw`: a stream of rows, parameters from an iterator.
         /// Its rows arrive after the call returns, so a write outside a transaction cannot be
