@@ -431,7 +431,6 @@ mod tests {
 
     #[test]
     fn an_insert_has_an_after_image_and_its_key() {
-
         let info = info(
             &[
                 ("id", TypeKind::Int, false),
