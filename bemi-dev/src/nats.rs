@@ -7,7 +7,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::postgres::LaunchError;
-use crate::process::{Server, free_port, read_tail};
+use crate::process::{Server, find_on_path, free_port, read_tail};
 
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -53,7 +53,10 @@ impl NatsServer {
     }
 
     fn start_inner(config: Option<&str>) -> Result<Self, LaunchError> {
-        let binary = find_binary()?;
+        let binary = find_on_path("nats-server").ok_or(LaunchError::BinaryNotFound {
+            program: "nats-server",
+            package: "nats-server",
+        })?;
         let dir = tempfile::Builder::new().prefix("bemi-nats-").tempdir()?;
         let config = match config {
             Some(text) => {
@@ -168,19 +171,4 @@ impl Drop for NatsServer {
             tracing::warn!(%error, "could not stop nats-server cleanly");
         }
     }
-}
-
-fn find_binary() -> Result<PathBuf, LaunchError> {
-    let on_path = std::env::var_os("PATH")
-        .map(|path| std::env::split_paths(&path).collect::<Vec<_>>())
-        .unwrap_or_default();
-    on_path
-        .into_iter()
-        .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/usr/bin")])
-        .map(|dir| dir.join("nats-server"))
-        .find(|path| path.is_file())
-        .ok_or(LaunchError::BinaryNotFound {
-            program: "nats-server",
-            package: "nats-server",
-        })
 }

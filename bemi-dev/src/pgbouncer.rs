@@ -3,12 +3,12 @@
 use std::fs;
 use std::net::TcpStream;
 use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::postgres::LaunchError;
-use crate::process::{Owner, Server, free_port, is_root, read_tail};
+use crate::process::{Owner, Server, find_on_path, free_port, is_root, read_tail};
 
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -57,7 +57,10 @@ impl Pgbouncer {
     /// user, in front of the server of `upstream` (a `postgres://user:password@host:port/db`
     /// URL; its database is not used: every database is served).
     pub fn start(upstream: &str, pool_mode: PoolMode, pool_size: u32) -> Result<Self, LaunchError> {
-        let binary = find_binary()?;
+        let binary = find_on_path("pgbouncer").ok_or(LaunchError::BinaryNotFound {
+            program: "pgbouncer",
+            package: "pgbouncer",
+        })?;
         let upstream = url::Url::parse(upstream)
             .map_err(|error| LaunchError::InvalidUrl(error.to_string()))?;
         let host = upstream.host_str().unwrap_or("127.0.0.1").to_owned();
@@ -183,21 +186,6 @@ impl Drop for Pgbouncer {
             tracing::warn!(%error, "could not stop pgbouncer cleanly");
         }
     }
-}
-
-fn find_binary() -> Result<PathBuf, LaunchError> {
-    let on_path = std::env::var_os("PATH")
-        .map(|path| std::env::split_paths(&path).collect::<Vec<_>>())
-        .unwrap_or_default();
-    on_path
-        .into_iter()
-        .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/usr/bin")])
-        .map(|dir| dir.join("pgbouncer"))
-        .find(|path| path.is_file())
-        .ok_or(LaunchError::BinaryNotFound {
-            program: "pgbouncer",
-            package: "pgbouncer",
-        })
 }
 
 fn percent_decode(text: &str) -> String {

@@ -6,7 +6,7 @@ use std::ffi::CString;
 use std::fs;
 use std::io::{self, Read, Seek, SeekFrom};
 use std::net::{Ipv4Addr, TcpListener};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus};
 use std::sync::{Mutex, MutexGuard, PoisonError, mpsc};
 use std::thread;
@@ -123,6 +123,19 @@ impl Owner {
     pub(crate) fn chown(&self, path: &Path) -> io::Result<()> {
         std::os::unix::fs::chown(path, Some(self.uid), Some(self.gid))
     }
+}
+
+/// The binary `program`: on `PATH`, or in `/usr/sbin` or `/usr/bin` (where Debian installs
+/// servers, often not on a user's `PATH`).
+pub(crate) fn find_on_path(program: &str) -> Option<PathBuf> {
+    let on_path = std::env::var_os("PATH")
+        .map(|path| std::env::split_paths(&path).collect::<Vec<_>>())
+        .unwrap_or_default();
+    on_path
+        .into_iter()
+        .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/usr/bin")])
+        .map(|dir| dir.join(program))
+        .find(|path| path.is_file())
 }
 
 pub(crate) fn is_root() -> bool {

@@ -431,36 +431,14 @@ mod tests {
 
     #[test]
     fn an_insert_has_an_after_image_and_its_key() {
-        use crate::{catalog::*, json_value::TypeKind, pgoutput::Value, rows::*};
-
-        let info = RelationInfo {
-            schema: "public".into(),
-            table: "todo".into(),
-            columns: vec![
-                ColumnInfo {
-                    json_key: "\"id\":".into(),
-                    kind: TypeKind::Int,
-                    redacted: false,
-                    ignored: false,
-                },
-                ColumnInfo {
-                    json_key: "\"task\":".into(),
-                    kind: TypeKind::Text,
-                    redacted: false,
-                    ignored: false,
-                },
+        let info = info(
+            &[
+                ("id", TypeKind::Int, false),
+                ("task", TypeKind::Text, false),
             ],
-            primary_key: vec![0],
-            key_unknown: None,
-            captured: true,
-        };
-        let meta = ChangeMeta {
-            context: "{}".into(),
-            committed_at: 0,
-            queued_at: 0,
-            transaction_id: 1,
-            position: 2,
-        };
+            vec![0],
+        );
+        let meta = meta();
         let row = insert(&info, &[Value::Text(b"26"), Value::Text(b"Sleep")], meta);
         assert_eq!(row.after, r#"{"id":26,"task":"Sleep"}"#);
         assert_eq!(row.primary_key.as_deref(), Some("26"));
@@ -468,40 +446,14 @@ mod tests {
 
     #[test]
     fn an_unchanged_toast_value_comes_from_the_before_image() {
-        use crate::{
-            catalog::*,
-            json_value::TypeKind,
-            pgoutput::{OldRow, Value},
-            rows::*,
-        };
-        let info = RelationInfo {
-            schema: "public".into(),
-            table: "todo".into(),
-            columns: vec![
-                ColumnInfo {
-                    json_key: "\"id\":".into(),
-                    kind: TypeKind::Int,
-                    redacted: false,
-                    ignored: false,
-                },
-                ColumnInfo {
-                    json_key: "\"notes\":".into(),
-                    kind: TypeKind::Text,
-                    redacted: false,
-                    ignored: false,
-                },
+        let info = info(
+            &[
+                ("id", TypeKind::Int, false),
+                ("notes", TypeKind::Text, false),
             ],
-            primary_key: vec![0],
-            key_unknown: None,
-            captured: true,
-        };
-        let meta = ChangeMeta {
-            context: "{}".into(),
-            committed_at: 0,
-            queued_at: 0,
-            transaction_id: 1,
-            position: 2,
-        };
+            vec![0],
+        );
+        let meta = meta();
         let old = OldRow {
             full: true,
             values: vec![Value::Text(b"1"), Value::Text(b"long text")],
@@ -519,32 +471,8 @@ mod tests {
 
     #[test]
     fn a_delete_has_a_before_image() {
-        use crate::{
-            catalog::*,
-            json_value::TypeKind,
-            pgoutput::{OldRow, Value},
-            rows::*,
-        };
-        let info = RelationInfo {
-            schema: "public".into(),
-            table: "todo".into(),
-            columns: vec![ColumnInfo {
-                json_key: "\"id\":".into(),
-                kind: TypeKind::Int,
-                redacted: false,
-                ignored: false,
-            }],
-            primary_key: vec![0],
-            key_unknown: None,
-            captured: true,
-        };
-        let meta = ChangeMeta {
-            context: "{}".into(),
-            committed_at: 0,
-            queued_at: 0,
-            transaction_id: 1,
-            position: 2,
-        };
+        let info = info(&[("id", TypeKind::Int, false)], vec![0]);
+        let meta = meta();
         let row = delete(
             &info,
             &OldRow {
@@ -561,22 +489,8 @@ mod tests {
 
     #[test]
     fn a_truncate_has_no_images() {
-        use crate::{catalog::*, rows::*};
-        let info = RelationInfo {
-            schema: "public".into(),
-            table: "todo".into(),
-            columns: vec![],
-            primary_key: vec![],
-            key_unknown: None,
-            captured: true,
-        };
-        let meta = ChangeMeta {
-            context: "{}".into(),
-            committed_at: 0,
-            queued_at: 0,
-            transaction_id: 1,
-            position: 2,
-        };
+        let info = info(&[], vec![]);
+        let meta = meta();
         assert_eq!(truncate(&info, meta).operation, Operation::Truncate);
     }
 

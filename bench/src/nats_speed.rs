@@ -15,7 +15,9 @@ use tokio_util::sync::CancellationToken;
 use crate::env::{Database, Env, Sizes};
 use crate::report::{Goal, Row};
 use crate::stats::{Samples, human, percentile};
-use crate::worker_speed::{EVENTS_TABLE, InProcessWorker, config, insert_event, request};
+use crate::worker_speed::{
+    EVENTS_TABLE, InProcessWorker, config, insert_event, paced_writers, request,
+};
 
 /// A store running in this process.
 struct InProcessStore {
@@ -160,23 +162,7 @@ pub(crate) async fn p7_jetstream(env: &Env, sizes: &Sizes) -> anyhow::Result<Vec
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    let per_writer = (sizes.latency_time.as_secs_f64() * 250.0) as u64;
-    let mut writers = tokio::task::JoinSet::new();
-    for writer in 0..4u64 {
-        let bemi = bemi.clone();
-        writers.spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_millis(4));
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
-            for n in 0..per_writer {
-                tick.tick().await;
-                insert_event(&bemi, writer * 1_000_000 + n).await?;
-            }
-            Ok::<_, sqlx::Error>(())
-        });
-    }
-    while let Some(result) = writers.join_next().await {
-        result??;
-    }
+    let per_writer = paced_writers(&bemi, sizes).await?;
     store
         .wait_for(per_writer * 4, Duration::from_secs(120))
         .await?;

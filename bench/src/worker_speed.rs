@@ -312,24 +312,7 @@ pub(crate) async fn p5_latency(env: &Env, sizes: &Sizes) -> anyhow::Result<Vec<R
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    // 4 writers at 250 writes/s each.
-    let per_writer = (sizes.latency_time.as_secs_f64() * 250.0) as u64;
-    let mut writers = tokio::task::JoinSet::new();
-    for writer in 0..4u64 {
-        let bemi = bemi.clone();
-        writers.spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_millis(4));
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
-            for n in 0..per_writer {
-                tick.tick().await;
-                insert_event(&bemi, writer * 1_000_000 + n).await?;
-            }
-            Ok::<_, sqlx::Error>(())
-        });
-    }
-    while let Some(result) = writers.join_next().await {
-        result??;
-    }
+    let per_writer = paced_writers(&bemi, sizes).await?;
     worker
         .wait_for(per_writer * 4, Duration::from_secs(120))
         .await?;
@@ -448,4 +431,27 @@ pub(crate) async fn worker_child(url: String, slot: String) -> anyhow::Result<()
         .join()
         .await?;
     Ok(())
+}
+
+/// The latency rows' load: 4 writers, each inserting events at 250 writes/s for the latency
+/// time; how many each wrote.
+pub(crate) async fn paced_writers(bemi: &BemiPool, sizes: &Sizes) -> anyhow::Result<u64> {
+    let per_writer = (sizes.latency_time.as_secs_f64() * 250.0) as u64;
+    let mut writers = tokio::task::JoinSet::new();
+    for writer in 0..4u64 {
+        let bemi = bemi.clone();
+        writers.spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(4));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+            for n in 0..per_writer {
+                tick.tick().await;
+                insert_event(&bemi, writer * 1_000_000 + n).await?;
+            }
+            Ok::<_, sqlx::Error>(())
+        });
+    }
+    while let Some(result) = writers.join_next().await {
+        result??;
+    }
+    Ok(per_writer)
 }

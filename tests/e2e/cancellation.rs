@@ -168,6 +168,17 @@ impl Proxy {
     }
 }
 
+/// A todo database of its own, a slot on its WAL, and a [`Proxy`] to it.
+async fn proxied_todo_db(
+    cluster: &TestCluster,
+    hint: &str,
+) -> anyhow::Result<(bemi_tests::TestDb, bemi_tests::WalSlot, Proxy)> {
+    let db = todo_db(cluster, hint).await?;
+    let slot = db.wal_slot().await?;
+    let proxy = Proxy::start(&db.url).await?;
+    Ok((db, slot, proxy))
+}
+
 /// Runs `write` until it waits on the server's responses, lets the server run what it sent,
 /// and drops it before it sees a response.
 async fn drop_while_held<F: Future<Output: std::fmt::Debug>>(
@@ -365,9 +376,7 @@ e2e_test!(sqlx_write_dropped_after_its_emission_leaves_no_context_behind);
 async fn tokio_postgres_write_dropped_after_it_was_sent_leaves_no_context_behind(
     cluster: Arc<TestCluster>,
 ) -> TestResult {
-    let db = todo_db(&cluster, "cancel_tokio_pg").await?;
-    let slot = db.wal_slot().await?;
-    let proxy = Proxy::start(&db.url).await?;
+    let (_db, slot, proxy) = proxied_todo_db(&cluster, "cancel_tokio_pg").await?;
 
     let mut client = BemiClient::new(tokio_postgres_client(&proxy.url).await?);
     let tx = client.transaction().await?;
@@ -420,9 +429,7 @@ async fn tokio_postgres_failed_batch_dropped_leaves_no_transaction_open(
     cluster: Arc<TestCluster>,
 ) -> TestResult {
     const FAILING: &str = "INSERT INTO todo (task) VALUES ('failing'); SELECT 1/0";
-    let db = todo_db(&cluster, "cancel_batch").await?;
-    let slot = db.wal_slot().await?;
-    let proxy = Proxy::start(&db.url).await?;
+    let (_db, slot, proxy) = proxied_todo_db(&cluster, "cancel_batch").await?;
 
     let client = BemiClient::new(tokio_postgres_client(&proxy.url).await?);
     drop_while_held(
@@ -497,9 +504,7 @@ async fn diesel_async_write_dropped_before_its_reset_leaves_no_context_behind(
     use bemi_diesel::BemiAsyncPgConnection;
     use diesel_async::{AnsiTransactionManager, AsyncConnection as _, TransactionManager as _};
 
-    let db = todo_db(&cluster, "cancel_diesel_reset").await?;
-    let slot = db.wal_slot().await?;
-    let proxy = Proxy::start(&db.url).await?;
+    let (_db, slot, proxy) = proxied_todo_db(&cluster, "cancel_diesel_reset").await?;
     let mut conn = BemiAsyncPgConnection::establish(&proxy.url).await?;
     AnsiTransactionManager::begin_transaction(&mut conn).await?;
     Given::A
@@ -577,9 +582,7 @@ async fn diesel_async_dropped_write_outside_a_transaction_leaves_none_open(
     use diesel_async::AsyncConnection as _;
     use diesel_async::pooled_connection::PoolableConnection as _;
 
-    let db = todo_db(&cluster, "cancel_diesel_wrap").await?;
-    let slot = db.wal_slot().await?;
-    let proxy = Proxy::start(&db.url).await?;
+    let (_db, slot, proxy) = proxied_todo_db(&cluster, "cancel_diesel_wrap").await?;
     let mut conn = BemiAsyncPgConnection::establish(&proxy.url).await?;
     // A statement prepared anew: its first poll sends `BEGIN` with the emission, and its
     // preparation.

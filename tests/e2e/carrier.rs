@@ -8,26 +8,9 @@ use std::sync::Arc;
 use anyhow::ensure;
 use bemi_core::carrier::Carrier;
 use bemi_core::context;
-use bemi_tests::wal::WalEntry;
 use bemi_tests::{TestCluster, TestResult, todo_db};
 use bemi_tokio_postgres::BemiClient;
 use serde_json::{Value, json};
-
-/// Each row's task and the context it takes by the stitching rule (the latest `_bemi`
-/// message of its transaction; `{}` before any), without the library's `SQL` key.
-fn stitched(entries: &[WalEntry]) -> anyhow::Result<Vec<(String, Value)>> {
-    let rows = bemi_tests::wal::stitched_tasks(entries)?;
-    Ok(rows
-        .into_iter()
-        .map(|(task, context)| {
-            let mut context = context.unwrap_or_else(|| json!({}));
-            if let Some(map) = context.as_object_mut() {
-                map.remove("SQL");
-            }
-            (task, context)
-        })
-        .collect())
-}
 
 /// What every adapter must produce for the sequence of [`sqlx_sequence`] and
 /// [`tokio_postgres_sequence`].
@@ -129,12 +112,12 @@ async fn every_write_takes_the_context_in_scope_when_it_ran(
     let slot = db.wal_slot().await?;
     for carrier in [Carrier::Auto, Carrier::Message, Carrier::Comment] {
         sqlx_sequence(&db.bemi_pool().carrier(carrier)).await?;
-        let rows = stitched(&slot.read().await?)?;
+        let rows = bemi_tests::wal::stitched_contexts(&slot.read().await?)?;
         ensure!(rows == expected(), "sqlx, {carrier:?}: {rows:#?}");
 
         let mut client = BemiClient::new(db.tokio_postgres().await?).carrier(carrier);
         tokio_postgres_sequence(&mut client).await?;
-        let rows = stitched(&slot.read().await?)?;
+        let rows = bemi_tests::wal::stitched_contexts(&slot.read().await?)?;
         ensure!(rows == expected(), "tokio-postgres, {carrier:?}: {rows:#?}");
     }
     Ok(())
@@ -166,7 +149,7 @@ async fn a_shared_client_keeps_each_write_in_its_own_transaction(
     while let Some(done) = tasks.join_next().await {
         done??;
     }
-    let rows = stitched(&slot.read().await?)?;
+    let rows = bemi_tests::wal::stitched_contexts(&slot.read().await?)?;
     ensure!(rows.len() == 200, "{} rows", rows.len());
     for (task, context) in rows {
         let n: i64 = task[1..].parse()?;

@@ -24,53 +24,72 @@ fn seaorm_insert(sql: Option<&str>) -> bool {
     sql.is_some_and(|sql| sql.starts_with(r#"INSERT INTO "todo""#))
 }
 
+/// The axum todo app on `router`'s store under 1 000 concurrent requests: every write carries
+/// its own request's user, and its statement passes `statement`.
+async fn app_keeps_1000_concurrent_contexts_apart(
+    cluster: &TestCluster,
+    hint: &str,
+    router: fn(String) -> bemi_examples::startup::RouterFuture,
+    statement: fn(Option<&str>) -> bool,
+) -> TestResult {
+    let db = todo_db(cluster, hint).await?;
+    let slot = db.wal_slot().await?;
+    let server = serve::axum(router(db.url.clone()).await?).await?;
+    burst(&server).await?;
+    server.stop().await;
+    assert_each_write_has_its_own_user_with(&slot, statement).await
+}
+
 async fn seaorm_todo_app_keeps_1000_concurrent_contexts_apart(
     cluster: Arc<TestCluster>,
 ) -> TestResult {
-    let db = todo_db(&cluster, "seaorm_load").await?;
-    let slot = db.wal_slot().await?;
-    let server = serve::axum(bemi_examples::store::seaorm::router(db.url.clone()).await?).await?;
-    burst(&server).await?;
-    server.stop().await;
-    assert_each_write_has_its_own_user_with(&slot, seaorm_insert).await
+    app_keeps_1000_concurrent_contexts_apart(
+        &cluster,
+        "seaorm_load",
+        bemi_examples::store::seaorm::router,
+        seaorm_insert,
+    )
+    .await
 }
 e2e_test!(seaorm_todo_app_keeps_1000_concurrent_contexts_apart);
 
 async fn diesel_todo_app_keeps_1000_concurrent_contexts_apart(
     cluster: Arc<TestCluster>,
 ) -> TestResult {
-    let db = todo_db(&cluster, "diesel_load").await?;
-    let slot = db.wal_slot().await?;
-    let server = serve::axum(bemi_examples::store::diesel::router(db.url.clone()).await?).await?;
-    burst(&server).await?;
-    server.stop().await;
-    assert_each_write_has_its_own_user_with(&slot, seaorm_insert).await
+    app_keeps_1000_concurrent_contexts_apart(
+        &cluster,
+        "diesel_load",
+        bemi_examples::store::diesel::router,
+        seaorm_insert,
+    )
+    .await
 }
 e2e_test!(diesel_todo_app_keeps_1000_concurrent_contexts_apart);
 
 async fn diesel_async_todo_app_keeps_1000_concurrent_contexts_apart(
     cluster: Arc<TestCluster>,
 ) -> TestResult {
-    let db = todo_db(&cluster, "diesel_async_load").await?;
-    let slot = db.wal_slot().await?;
-    let server =
-        serve::axum(bemi_examples::store::diesel_async::router(db.url.clone()).await?).await?;
-    burst(&server).await?;
-    server.stop().await;
-    assert_each_write_has_its_own_user_with(&slot, seaorm_insert).await
+    app_keeps_1000_concurrent_contexts_apart(
+        &cluster,
+        "diesel_async_load",
+        bemi_examples::store::diesel_async::router,
+        seaorm_insert,
+    )
+    .await
 }
 e2e_test!(diesel_async_todo_app_keeps_1000_concurrent_contexts_apart);
 
 async fn deadpool_todo_app_keeps_1000_concurrent_contexts_apart(
     cluster: Arc<TestCluster>,
 ) -> TestResult {
-    let db = todo_db(&cluster, "deadpool_load").await?;
-    let slot = db.wal_slot().await?;
-    let server = serve::axum(bemi_examples::store::deadpool::router(db.url.clone()).await?).await?;
-    burst(&server).await?;
-    server.stop().await;
     // A statement the pool prepared: its text is not the adapter's to know.
-    assert_each_write_has_its_own_user_with(&slot, |sql| sql.is_none()).await
+    app_keeps_1000_concurrent_contexts_apart(
+        &cluster,
+        "deadpool_load",
+        bemi_examples::store::deadpool::router,
+        |sql| sql.is_none(),
+    )
+    .await
 }
 e2e_test!(deadpool_todo_app_keeps_1000_concurrent_contexts_apart);
 

@@ -11,30 +11,14 @@ use bemi_core::carrier::Carrier;
 use bemi_core::context;
 use bemi_dev::{Pgbouncer, PoolMode};
 use bemi_sqlx::BemiPool;
-use bemi_tests::wal::WalEntry;
 use bemi_tests::{TestCluster, TestResult, todo_db};
 use bemi_tokio_postgres::BemiClient;
-use serde_json::{Value, json};
+use serde_json::json;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 
 /// Server connections pgbouncer keeps per database: far fewer than the clients.
 const POOL_SIZE: u32 = 3;
 const TASKS: i64 = 120;
-
-/// Each row's task and the context it takes by the stitching rule, without the `SQL` key.
-fn attributed(entries: &[WalEntry]) -> anyhow::Result<BTreeMap<String, Value>> {
-    let rows = bemi_tests::wal::stitched_tasks(entries)?;
-    Ok(rows
-        .into_iter()
-        .map(|(task, context)| {
-            let mut context = context.unwrap_or_else(|| json!({}));
-            if let Some(map) = context.as_object_mut() {
-                map.remove("SQL");
-            }
-            (task, context)
-        })
-        .collect())
-}
 
 async fn both_adapters_attribute_every_write_through_pgbouncer(
     cluster: Arc<TestCluster>,
@@ -129,7 +113,9 @@ async fn both_adapters_attribute_every_write_through_pgbouncer(
         done?.with_context(|| format!("pgbouncer's log ends with:\n{}", bouncer.log_tail()))?;
     }
 
-    let rows = attributed(&slot.read().await?)?;
+    let rows = bemi_tests::wal::stitched_contexts(&slot.read().await?)?
+        .into_iter()
+        .collect::<BTreeMap<_, _>>();
     let mut expected = 0;
     for n in 0..TASKS {
         let mut tasks = vec![

@@ -166,8 +166,17 @@ async fn the_ui_serves_only_its_own_host_and_origin_and_reverts_within_policy(
         })
         .max_revert_changes(1);
     let (base, _stop) = serve::axum_base(bemi_ui::router(db.pool.clone(), options)).await?;
-    let admin = [("x-user", "admin")];
-    let (cookie, token) = csrf_pair(&client, &format!("{base}/"), &admin, "bemi_csrf").await?;
+    // A user's CSRF cookie and token, from the UI's page.
+    let csrf_of = async |user: &str| {
+        csrf_pair(
+            &client,
+            &format!("{base}/"),
+            &[("x-user", user)],
+            "bemi_csrf",
+        )
+        .await
+    };
+    let (cookie, token) = csrf_of("admin").await?;
     let first: uuid::Uuid = sqlx::query_scalar("SELECT id FROM changes ORDER BY position LIMIT 1")
         .fetch_one(&db.pool)
         .await?;
@@ -205,22 +214,10 @@ async fn the_ui_serves_only_its_own_host_and_origin_and_reverts_within_policy(
     }
     // A second cookie planted by a sibling subdomain (sent first): the sibling's posts are
     // refused above, and the user's own page still works with it (below).
-    let (other_cookie, _) = csrf_pair(
-        &client,
-        &format!("{base}/"),
-        &[("x-user", "admin")],
-        "bemi_csrf",
-    )
-    .await?;
+    let (other_cookie, _) = csrf_of("admin").await?;
     let planted = format!("{other_cookie}; {cookie}");
     // Another user's cookie and token (the attacker's own): bound to that user, refused.
-    let (mallory_cookie, mallory_token) = csrf_pair(
-        &client,
-        &format!("{base}/"),
-        &[("x-user", "mallory")],
-        "bemi_csrf",
-    )
-    .await?;
+    let (mallory_cookie, mallory_token) = csrf_of("mallory").await?;
     let response = post(
         "admin",
         &mallory_cookie,
@@ -236,13 +233,7 @@ async fn the_ui_serves_only_its_own_host_and_origin_and_reverts_within_policy(
     ensure!(todo_count().await? == 2, "a refused request wrote");
 
     // The policy sees the plan and the actor: the intern is refused, in the dry run too.
-    let (intern_cookie, intern_token) = csrf_pair(
-        &client,
-        &format!("{base}/"),
-        &[("x-user", "intern")],
-        "bemi_csrf",
-    )
-    .await?;
+    let (intern_cookie, intern_token) = csrf_of("intern").await?;
     let refused = post(
         "intern",
         &intern_cookie,

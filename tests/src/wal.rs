@@ -145,6 +145,25 @@ pub fn stitched_tasks(
     Ok(rows)
 }
 
+/// [`stitched_tasks`] with each context as a test compares it: without the library's `SQL` key,
+/// `{}` where there is none.
+///
+/// # Errors
+///
+/// As [`stitched_tasks`].
+pub fn stitched_contexts(entries: &[WalEntry]) -> anyhow::Result<Vec<(String, serde_json::Value)>> {
+    Ok(stitched_tasks(entries)?
+        .into_iter()
+        .map(|(task, context)| {
+            let mut context = context.unwrap_or_else(|| serde_json::json!({}));
+            if let Some(map) = context.as_object_mut() {
+                map.remove("SQL");
+            }
+            (task, context)
+        })
+        .collect())
+}
+
 /// The `task` column of a `test_decoding` row of `todo`.
 ///
 /// ```
