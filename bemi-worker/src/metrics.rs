@@ -12,6 +12,8 @@
 //! | `bemi_stream_seconds_total` | counter | time spent decoding, converting and stitching |
 //! | `bemi_write_seconds_total` | counter | time spent writing batches to the destination |
 //! | `bemi_connected` | gauge | whether the stream is up (1) or not (0) |
+//! | `bemi_standby` | gauge | whether the worker stands by (1) while another process streams from its slot |
+//! | `bemi_takeovers_total` | counter | times the worker ended another process's stream that had stopped answering, to take the slot over |
 //! | `bemi_schema_mismatches_total` | counter | relations whose schema history version did not match the WAL (DDL while event triggers did not fire, or a forged `_bemi_schema` message): their changes followed the WAL |
 //! | `bemi_updates_skipped_total{table, reason}` | counter | UPDATEs left out by the capture rules, per table and reason (`unchanged`, `ignored_columns`) |
 //!
@@ -40,6 +42,8 @@ pub struct WorkerMetrics {
     server_wal_end: AtomicU64,
     last_applied_commit_micros: AtomicI64,
     connected: AtomicBool,
+    standby: AtomicBool,
+    takeovers: AtomicU64,
     stream_nanos: AtomicU64,
     write_nanos: AtomicU64,
     schema_mismatches: AtomicU64,
@@ -105,6 +109,16 @@ impl WorkerMetrics {
         self.connected.store(connected, Ordering::Relaxed);
     }
 
+    /// Marks the worker as standing by for another process that streams from its slot.
+    pub(crate) fn set_standby(&self, standby: bool) {
+        self.standby.store(standby, Ordering::Relaxed);
+    }
+
+    /// Counts a stream of another process ended to take the slot over.
+    pub(crate) fn record_takeover(&self) {
+        self.takeovers.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// Adds time the stream task spent working on events.
     pub(crate) fn add_stream_time(&self, elapsed: std::time::Duration) {
         self.stream_nanos
@@ -136,6 +150,24 @@ impl WorkerMetrics {
     /// ```
     pub fn is_connected(&self) -> bool {
         self.connected.load(Ordering::Relaxed)
+    }
+
+    /// Whether the worker stands by while another process streams from its slot.
+    ///
+    /// ```
+    /// assert!(!bemi_worker::WorkerMetrics::default().is_standby());
+    /// ```
+    pub fn is_standby(&self) -> bool {
+        self.standby.load(Ordering::Relaxed)
+    }
+
+    /// Times the worker ended another process's stream that had stopped answering, so far.
+    ///
+    /// ```
+    /// assert_eq!(bemi_worker::WorkerMetrics::default().takeovers(), 0);
+    /// ```
+    pub fn takeovers(&self) -> u64 {
+        self.takeovers.load(Ordering::Relaxed)
     }
 
     /// Errors that made the worker reconnect, so far.
@@ -297,6 +329,19 @@ impl WorkerMetrics {
             "gauge",
             "Whether the replication stream is up (1) or not (0).",
             u8::from(self.connected.load(Ordering::Relaxed)).to_string(),
+        );
+        metric(
+            "bemi_standby",
+            "gauge",
+            "Whether the worker stands by (1) while another process streams from its slot.",
+            u8::from(self.is_standby()).to_string(),
+        );
+        metric(
+            "bemi_takeovers_total",
+            "counter",
+            "Times the worker ended another process's stream that had stopped answering, to \
+             take the slot over.",
+            self.takeovers().to_string(),
         );
         metric(
             "bemi_schema_mismatches_total",

@@ -182,7 +182,7 @@ impl PgWireSource {
         .with_tls(source.tls.clone())
         .with_start_lsn(Lsn(start_lsn))
         .with_status_interval(Duration::from_secs(1))
-        .with_wakeup_interval(Duration::from_secs(5))
+        .with_wakeup_interval(Duration::from_secs(2))
         .with_buffer_size(4096)
         .with_application_name("bemi-worker")
         .with_options(

@@ -45,6 +45,12 @@ use crate::xid::FullXids;
 
 const MIN_BACKOFF: Duration = Duration::from_millis(500);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// How often a standby worker looks at the slot it waits for.
+const STANDBY_POLL: Duration = Duration::from_secs(1);
+/// How long the process streaming from the slot may stay silent (no standby status update)
+/// before a standby ends its stream and takes over. A live worker reports at least every 2 s
+/// (its idle wake-up; every second while changes flow).
+pub(crate) const TAKEOVER_AFTER_SILENCE: Duration = Duration::from_secs(6);
 
 /// A capture worker.
 pub struct Worker {
@@ -450,6 +456,9 @@ impl Worker {
         let source = SourceConnection::from_url(&config.source_url)?;
         let pool = self.source_pool().await?;
         let slot = self.prepare_source(&pool).await?;
+        if !self.stand_by(&pool, shutdown).await? {
+            return Ok(());
+        }
         if let Some(sink) = &self.sink {
             let (output, start_lsn, history) =
                 self.open_sink(&**sink, &source, &pool, &slot).await?;
@@ -461,6 +470,75 @@ impl Worker {
             self.open_destination(&source, &pool, &slot).await?;
         self.stream_into(&source, pool, history, start_lsn, destination, shutdown)
             .await
+    }
+
+    /// Waits while another process streams from the slot (a worker this one stands by for),
+    /// and returns once the slot is free: when that process ends, or, after it has sent no
+    /// status for [`TAKEOVER_AFTER_SILENCE`] (a lost connection, a hung process), once this
+    /// one has ended its stream. `false` when `shutdown` came first.
+    ///
+    /// Taking over is safe at any point: the destination (or the sink) records how far it
+    /// holds the changes, the slot is confirmed only up to what is stored, and a change
+    /// delivered again is stored once.
+    async fn stand_by(
+        &self,
+        pool: &PgPool,
+        shutdown: &CancellationToken,
+    ) -> Result<bool, WorkerError> {
+        let slot = &self.config.slot;
+        let mut announced = false;
+        loop {
+            // The process streaming from the slot and how long it has been silent (its last
+            // status update; its start while it has sent none). Without the right to see
+            // another role's replication statistics, the silence is unknown: then it is
+            // waited for until it ends.
+            let holder: Option<(i32, Option<f64>)> = sqlx::query_as(
+                "SELECT s.active_pid,                         EXTRACT(EPOCH FROM clock_timestamp() -                                 COALESCE(r.reply_time, r.backend_start))::float8                    FROM pg_catalog.pg_replication_slots s                    LEFT JOIN pg_catalog.pg_stat_replication r ON r.pid = s.active_pid                   WHERE s.slot_name = $1 AND s.active",
+            )
+            .bind(slot)
+            .fetch_optional(pool)
+            .await
+            .map_err(WorkerError::Source)?;
+            let Some((pid, silent_for)) = holder else {
+                if announced {
+                    tracing::info!(slot = %slot, "the slot is free: taking over");
+                }
+                self.metrics.set_standby(false);
+                return Ok(true);
+            };
+            let silent_for = silent_for.map(Duration::from_secs_f64);
+            if silent_for.is_some_and(|silent| silent >= TAKEOVER_AFTER_SILENCE) {
+                tracing::warn!(
+                    slot = %slot,
+                    pid,
+                    silent_for = ?silent_for,
+                    "the process streaming from the slot stopped answering: ending its stream \
+                     to take over"
+                );
+                sqlx::query("SELECT pg_catalog.pg_terminate_backend($1)")
+                    .bind(pid)
+                    .execute(pool)
+                    .await
+                    .map_err(WorkerError::Source)?;
+                self.metrics.record_takeover();
+            } else if !announced {
+                announced = true;
+                self.metrics.set_standby(true);
+                tracing::info!(
+                    slot = %slot,
+                    pid,
+                    "standing by: another process streams from the slot; taking over when it \
+                     ends or stops answering"
+                );
+            }
+            tokio::select! {
+                () = tokio::time::sleep(STANDBY_POLL) => {}
+                () = shutdown.cancelled() => {
+                    self.metrics.set_standby(false);
+                    return Ok(false);
+                }
+            }
+        }
     }
 
     /// Streams from `start_lsn` into `sink` until `shutdown` or an error.

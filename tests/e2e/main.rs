@@ -71,6 +71,7 @@ mod schema_history;
 mod serve;
 mod spawned_tasks;
 mod sqlcommenter;
+mod standby;
 mod startup;
 mod time_travel;
 mod tls;

@@ -40,8 +40,9 @@ struct Faults {
     hold_responses: watch::Sender<bool>,
     /// Bytes the server sent while responses were held back.
     held: AtomicUsize,
-    /// The most bytes of all clients together passed on to the server; the rest waits forever.
-    request_limit: AtomicUsize,
+    /// The most bytes of all clients together passed on to the server; the rest waits until
+    /// the limit is raised.
+    request_limit: watch::Sender<usize>,
     /// Bytes of all clients passed on to the server so far.
     forwarded: AtomicUsize,
     /// Bumped to close every open connection.
@@ -60,7 +61,7 @@ impl FaultProxy {
         let faults = Arc::new(Faults {
             hold_responses: watch::channel(false).0,
             held: AtomicUsize::new(0),
-            request_limit: AtomicUsize::new(usize::MAX),
+            request_limit: watch::channel(usize::MAX).0,
             forwarded: AtomicUsize::new(0),
             resets: watch::channel(0).0,
         });
@@ -146,12 +147,19 @@ impl FaultProxy {
     }
 
     /// Passes at most `bytes` more of the clients' bytes (all connections together) on to the
-    /// server, then holds the rest forever: a client cut off in the middle of what it sends.
+    /// server, then holds the rest until [`FaultProxy::pass_requests`]: a client cut off in the
+    /// middle of what it sends. With [`FaultProxy::hold_responses`] too, a connection lost
+    /// without either side closing it.
     pub fn cut_requests_after(&self, bytes: usize) {
         let forwarded = self.faults.forwarded.load(Ordering::Acquire);
         self.faults
             .request_limit
-            .store(forwarded.saturating_add(bytes), Ordering::Release);
+            .send_replace(forwarded.saturating_add(bytes));
+    }
+
+    /// Passes the clients' bytes on again, the held ones first.
+    pub fn pass_requests(&self) {
+        self.faults.request_limit.send_replace(usize::MAX);
     }
 
     /// Bytes of the clients passed on to the server so far.
@@ -196,13 +204,19 @@ async fn requests(
     mut to_server: tokio::net::tcp::OwnedWriteHalf,
     faults: &Faults,
 ) {
+    let mut limit = faults.request_limit.subscribe();
     let mut buffer = vec![0; CHUNK];
     loop {
-        let limit = faults.request_limit.load(Ordering::Acquire);
-        let left = limit.saturating_sub(faults.forwarded.load(Ordering::Acquire));
+        let left = limit
+            .borrow_and_update()
+            .saturating_sub(faults.forwarded.load(Ordering::Acquire));
         if left == 0 {
-            // Cut off: the connection stays open, nothing more gets through.
-            std::future::pending::<()>().await;
+            // Cut off: the connection stays open, nothing more gets through until the limit
+            // is raised.
+            if limit.changed().await.is_err() {
+                break;
+            }
+            continue;
         }
         let read = match from_client.read(&mut buffer[..left.min(CHUNK)]).await {
             Ok(0) | Err(_) => break,
@@ -226,7 +240,12 @@ async fn responses(
     let mut buffer = vec![0; CHUNK];
     loop {
         let read = match from_server.read(&mut buffer).await {
-            Ok(0) | Err(_) => break,
+            Ok(0) | Err(_) => {
+                // A server that closed while responses are held: the client learns it only
+                // when they are let through (as over a lost connection).
+                let _ = holding.wait_for(|hold| !hold).await;
+                break;
+            }
             Ok(read) => read,
         };
         if *holding.borrow_and_update() {
