@@ -89,6 +89,32 @@ async fn write(pool: &BemiPool, context: Option<Value>, sql: &str) -> anyhow::Re
     Ok(xid)
 }
 
+/// Models an UPDATE of the `item`s that `selected` picks, made by `change`, in `context`, as
+/// (transaction id, write number) `write`.
+fn model_update(
+    items: &mut BTreeMap<i64, Value>,
+    model: &mut Vec<Expected>,
+    selected: impl Fn(i64) -> bool,
+    change: impl Fn(&mut Value),
+    context: &Value,
+    (transaction_id, write): (i64, usize),
+) {
+    for (id, row) in items.iter_mut().filter(|(id, _)| selected(**id)) {
+        let before = row.clone();
+        change(row);
+        model.push(Expected {
+            table: "item",
+            pk: *id,
+            operation: Operation::Update,
+            before,
+            after: row.clone(),
+            context: ctx(context.clone()),
+            transaction_id,
+            write,
+        });
+    }
+}
+
 /// Whether `image` contains every pair of `pairs` (flat `@>`).
 fn contains(image: &Value, pairs: &[(&str, Value)]) -> bool {
     pairs.iter().all(|(k, v)| image.get(*k) == Some(v))
@@ -147,20 +173,8 @@ async fn query_filters_return_exactly_the_modelled_rows_of_10_700_captured_chang
         "UPDATE item SET status = 'paid' WHERE id % 3 = 0",
     )
     .await?;
-    for (id, row) in items.iter_mut().filter(|(id, _)| *id % 3 == 0) {
-        let before = row.clone();
-        row["status"] = json!("paid");
-        model.push(Expected {
-            table: "item",
-            pk: *id,
-            operation: Operation::Update,
-            before,
-            after: row.clone(),
-            context: ctx_map(c1.clone()),
-            transaction_id: x1,
-            write: 1,
-        });
-    }
+    let paid = |row: &mut Value| row["status"] = json!("paid");
+    model_update(&mut items, &mut model, |id| id % 3 == 0, paid, &c1, (x1, 1));
     // The instant between the second and third writes.
     let between: DateTime<Utc> = sqlx::query_scalar("SELECT now()")
         .fetch_one(&db.pool)
@@ -173,20 +187,17 @@ async fn query_filters_return_exactly_the_modelled_rows_of_10_700_captured_chang
         "UPDATE item SET price = price + 1 WHERE id % 5 = 0",
     )
     .await?;
-    for (id, row) in items.iter_mut().filter(|(id, _)| *id % 5 == 0) {
-        let before = row.clone();
+    let dearer = |row: &mut Value| {
         row["price"] = json!(row["price"].as_i64().unwrap_or_default() + 1);
-        model.push(Expected {
-            table: "item",
-            pk: *id,
-            operation: Operation::Update,
-            before,
-            after: row.clone(),
-            context: ctx_map(c2.clone()),
-            transaction_id: x2,
-            write: 2,
-        });
-    }
+    };
+    model_update(
+        &mut items,
+        &mut model,
+        |id| id % 5 == 0,
+        dearer,
+        &c2,
+        (x2, 2),
+    );
 
     // No context: plain SQL.
     let x3 = write(&pool, None, "DELETE FROM item WHERE id > 5500").await?;

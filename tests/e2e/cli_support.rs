@@ -201,6 +201,14 @@ impl Background {
         self.exit_cleanly_on(libc::SIGTERM).await
     }
 
+    /// [`Background::terminate`]s each of `processes`, in order.
+    pub(crate) async fn terminate_all(processes: &mut [&mut Background]) -> TestResult {
+        for process in processes {
+            process.terminate().await?;
+        }
+        Ok(())
+    }
+
     /// Stops it with SIGINT (Ctrl-C) and fails unless it exits with status 0 within a minute.
     pub(crate) async fn interrupt(&mut self) -> TestResult {
         self.exit_cleanly_on(libc::SIGINT).await

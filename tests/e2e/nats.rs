@@ -482,9 +482,7 @@ async fn through_nats_two_stores_share_the_partitions_and_keep_each_rows_order(
         a.is_some_and(|a| a > 0.0) && b.is_some_and(|b| b > 0.0),
         "stored: {a:?} and {b:?}"
     );
-    for process in [&mut worker, &mut first, &mut second] {
-        process.terminate().await?;
-    }
+    Background::terminate_all(&mut [&mut worker, &mut first, &mut second]).await?;
     drop(nats);
     Ok(())
 }
@@ -610,9 +608,7 @@ async fn through_nats_a_stream_purged_or_created_again_loses_and_duplicates_noth
 
     // Lost: both stopped, the stream deleted (an empty volume), both started again. Its
     // sequences start again at 1, below the positions the store recorded for the old one.
-    for process in [&mut worker, &mut store] {
-        process.terminate().await?;
-    }
+    Background::terminate_all(&mut [&mut worker, &mut store]).await?;
     jetstream(&url).await?.delete_stream("bemi").await?;
     worker = streaming_worker(&source, &url).await?;
     store = start_store(&audit, &url, &store_metrics)?;
@@ -640,9 +636,7 @@ async fn through_nats_a_stream_purged_or_created_again_loses_and_duplicates_noth
         "{}",
         store.stderr()
     );
-    for process in [&mut worker, &mut store] {
-        process.terminate().await?;
-    }
+    Background::terminate_all(&mut [&mut worker, &mut store]).await?;
     drop(nats);
     Ok(())
 }
@@ -713,9 +707,7 @@ async fn through_nats_a_message_the_destination_refuses_is_set_aside_and_its_par
     let fixed = poison[0].replace(r#"{"bad":"\u0000"}"#, r#"{"bad":"fixed"}"#);
     js.publish("bemi.changes.0", fixed.into()).await?.await?;
     wait_stored(&audit, 41, &store).await?;
-    for process in [&mut worker, &mut store] {
-        process.terminate().await?;
-    }
+    Background::terminate_all(&mut [&mut worker, &mut store]).await?;
     drop(nats);
     Ok(())
 }
@@ -846,9 +838,7 @@ async fn through_nats_changes_of_2_and_30_mb_are_stored_whole_across_kills_betwe
     })
     .await?;
     ensure!(stored(&audit).await == 4);
-    for process in [&mut worker, &mut store] {
-        process.terminate().await?;
-    }
+    Background::terminate_all(&mut [&mut worker, &mut store]).await?;
     drop(nats);
     Ok(())
 }
@@ -951,9 +941,7 @@ authorization {{ user: "bemi", password: "{PASSWORD}" }}"#
         "{said}"
     );
     refused.kill().await?;
-    for process in [&mut worker, &mut store] {
-        process.terminate().await?;
-    }
+    Background::terminate_all(&mut [&mut worker, &mut store]).await?;
     for said in [worker.stderr(), store.stderr(), refused.stderr()] {
         ensure!(!said.contains("S3CRET"), "a password shown: {said}");
     }
@@ -993,9 +981,7 @@ authorization {{ user: "bemi", password: "{PASSWORD}" }}"#
     store = start_store_with(&audit, &nats.url(), &store_metrics, &nkey)?;
     insert_items(&source, 11..=15).await?;
     wait_stored(&audit, 15, &store).await?;
-    for process in [&mut worker, &mut store] {
-        process.terminate().await?;
-    }
+    Background::terminate_all(&mut [&mut worker, &mut store]).await?;
     drop(nats);
 
     // A credentials file: an operator, its account (with JetStream) and a user, as JWTs.
@@ -1064,9 +1050,7 @@ resolver_preload: {{ {}: "{account_jwt}", {system_pub}: "{system_jwt}" }}"#,
         .await
         .with_context(|| nats.log_tail())?;
     each_once(&audit, 1..=20).await?;
-    for process in [&mut worker, &mut store] {
-        process.terminate().await?;
-    }
+    Background::terminate_all(&mut [&mut worker, &mut store]).await?;
     drop(nats);
     Ok(())
 }
