@@ -46,7 +46,9 @@ use crate::xid::FullXids;
 const MIN_BACKOFF: Duration = Duration::from_millis(500);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// How often a standby worker looks at the slot it waits for.
-const STANDBY_POLL: Duration = Duration::from_secs(1);
+const STANDBY_POLL: Duration = Duration::from_millis(500);
+/// How soon a standby looks again after ending a silent stream (its end takes a moment).
+const AFTER_TAKEOVER_POLL: Duration = Duration::from_millis(100);
 /// How long the process streaming from the slot may stay silent (no standby status update)
 /// before a standby ends its stream and takes over. A live worker reports at least every 2 s
 /// (its idle wake-up; every second while changes flow).
@@ -487,6 +489,7 @@ impl Worker {
     ) -> Result<bool, WorkerError> {
         let slot = &self.config.slot;
         let mut announced = false;
+        let mut next_look = STANDBY_POLL;
         loop {
             // The process streaming from the slot and how long it has been silent (its last
             // status update; its start while it has sent none). Without the right to see
@@ -521,6 +524,7 @@ impl Worker {
                     .await
                     .map_err(WorkerError::Source)?;
                 self.metrics.record_takeover();
+                next_look = AFTER_TAKEOVER_POLL;
             } else if !announced {
                 announced = true;
                 self.metrics.set_standby(true);
@@ -532,7 +536,7 @@ impl Worker {
                 );
             }
             tokio::select! {
-                () = tokio::time::sleep(STANDBY_POLL) => {}
+                () = tokio::time::sleep(std::mem::replace(&mut next_look, STANDBY_POLL)) => {}
                 () = shutdown.cancelled() => {
                     self.metrics.set_standby(false);
                     return Ok(false);

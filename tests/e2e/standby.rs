@@ -45,6 +45,7 @@ async fn taken_over(db: &TestDb, slot: &str, previous: i32, since: Instant) -> a
     )
     .await?;
     let took = since.elapsed();
+    eprintln!("standby: another worker streams {took:?} after the fault");
     ensure!(
         took <= TAKEOVER_DEADLINE,
         "the standby took {took:?} to stream (at most {TAKEOVER_DEADLINE:?})"
