@@ -29,7 +29,7 @@ use bemi_core::protocol::Operation;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use bemi_worker::sink::ChangeRow;
+use bemi_worker::sink::{ChangeRow, push_json_string};
 
 /// The format's version, in every message.
 pub(crate) const VERSION: u32 = 1;
@@ -153,10 +153,10 @@ pub(crate) fn encode(
     let _ = write!(header, "{VERSION}");
     if let Some(source) = source {
         header.push_str(r#","source":"#);
-        write_string(&mut header, source);
+        push_json_string(&mut header, source);
     }
     header.push_str(r#","database":"#);
-    write_string(&mut header, database);
+    push_json_string(&mut header, database);
     let _ = write!(header, r#","commit_lsn":{commit_lsn},"changes":["#);
     for (p, group) in by_partition {
         let mut payload = header.clone();
@@ -237,7 +237,7 @@ fn message_id(database: &str, first: &ChangeRow) -> String {
 fn encode_change(out: &mut String, row: &ChangeRow) {
     out.push_str(r#"{"primary_key":"#);
     match &row.primary_key {
-        Some(key) => write_string(out, key),
+        Some(key) => push_json_string(out, key),
         None => out.push_str("null"),
     }
     out.push_str(r#","before":"#);
@@ -247,9 +247,9 @@ fn encode_change(out: &mut String, row: &ChangeRow) {
     out.push_str(r#","context":"#);
     out.push_str(&row.context);
     out.push_str(r#","schema":"#);
-    write_string(out, &row.schema);
+    push_json_string(out, &row.schema);
     out.push_str(r#","table":"#);
-    write_string(out, &row.table);
+    push_json_string(out, &row.table);
     let _ = write!(
         out,
         r#","operation":"{}","committed_at":{},"queued_at":{},"transaction_id":{},"position":{}}}"#,
@@ -337,35 +337,6 @@ impl IncomingChange<'_> {
             .parse()
             .map_err(|_| ReadError::Operation(self.operation.to_string()))
     }
-}
-
-/// Appends `text` as a JSON string (as the worker writes its JSON).
-// The slices are between the characters `char_indices` yields: on char boundaries.
-#[allow(clippy::string_slice)]
-fn write_string(out: &mut String, text: &str) {
-    out.reserve(text.len() + 2);
-    out.push('"');
-    let mut start = 0;
-    for (i, c) in text.char_indices() {
-        let escape = match c {
-            '"' => "\\\"",
-            '\\' => "\\\\",
-            '\n' => "\\n",
-            '\r' => "\\r",
-            '\t' => "\\t",
-            c if (c as u32) < 0x20 => "",
-            _ => continue,
-        };
-        out.push_str(&text[start..i]);
-        if escape.is_empty() {
-            let _ = write!(out, "\\u{:04x}", c as u32);
-        } else {
-            out.push_str(escape);
-        }
-        start = i + c.len_utf8();
-    }
-    out.push_str(&text[start..]);
-    out.push('"');
 }
 
 #[cfg(test)]

@@ -57,6 +57,18 @@ use crate::assembler::ResumePoint;
 use crate::capture::{Output, OutputWriter, PreviousCommit};
 use crate::error::{SinkError, WorkerError};
 pub use crate::rows::ChangeRow;
+
+/// Appends `text` to `out` as a JSON string, escaped the way the worker writes the JSON of a
+/// [`ChangeRow`] (so a sink that frames rows in JSON of its own stays consistent with it).
+///
+/// ```
+/// let mut out = String::new();
+/// bemi_worker::sink::push_json_string(&mut out, "say \"hi\"\n");
+/// assert_eq!(out, r#""say \"hi\"\n""#);
+/// ```
+pub fn push_json_string(out: &mut String, text: &str) {
+    crate::json_value::write_string(out, text);
+}
 pub use crate::schema_history::SchemaVersion;
 use crate::schema_history::{self, TableSchema};
 
