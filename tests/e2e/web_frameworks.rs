@@ -1,7 +1,7 @@
 //! poem, salvo and Rocket over real HTTP on 127.0.0.1, writing to a real PostgreSQL: 1 000
 //! concurrent requests with distinct `x-user-id` through each framework's bemi integration, every
 //! write's `_bemi` message read back from the WAL. And what salvo's `tower-compat` adapter does with
-//! `bemi_axum::BemiLayer`, next to the native hoop, on the salvo release that resolves here.
+//! `bemi_axum::BemiLayer`, next to the native hoop, on salvo 1.1.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -334,17 +334,15 @@ fn tally<'a>(outcomes: impl IntoIterator<Item = &'a Carried>) -> (usize, usize, 
 /// all (the control: its writes must carry nothing, which shows that the check sees a lost
 /// context). 1 000 concurrent requests spread over the three ([`compat_test_route`]).
 ///
-/// Found with salvo 1.0.1 and its salvo_extra 1.0.1 (what the workspace's MSRV resolves): the
-/// compat adapter **keeps** the context. Its `FlowCtrlService` runs the rest of the chain
-/// (`ctrl.call_next`) inside the future the layer returns, and `tower::buffer::Buffer` hands that
-/// future back to the request's task to be polled, so the layer's scope covers the goal.
-/// salvo_extra 1.1 changed the adapter: the chain runs in the other branch of a `select!`,
-/// outside the layer's future, and the goal sees no context (checked outside this workspace; the
-/// adapter's version is salvo_extra's, so `salvo = "1.0.1"` gets the 1.1 adapter wherever the
-/// resolver is not held back by a 1.94 MSRV). So this test pins down today's behaviour: when a
-/// salvo upgrade makes the compat route lose the context, it fails, with the tally of what the
-/// writes carried, while the native hoop's writes keep passing.
-async fn salvo_tower_compat_on_1_0_keeps_the_context_like_the_native_hoop(
+/// On salvo 1.1 (salvo_extra 1.1.0) the compat adapter **loses** the context: the layer's inner
+/// service (`FlowCtrlService`) only hands the request over a channel, and the rest of the chain
+/// (`ctrl.call_next`, the goal) runs in the other branch of the adapter's `select!`, outside the
+/// future the layer returns, so the layer's task-local scope never covers the goal. The native
+/// hoop runs `call_next` inside its own scope and keeps every write's context. (On salvo_extra
+/// 1.0.1 the adapter ran the chain inside the layer's future and kept the context: 500 of 500.)
+/// So this test pins down what 1.1 does — every compat write carries nothing, every native write
+/// its own context — and fails, with the tally, if a salvo release changes either.
+async fn salvo_tower_compat_on_1_1_loses_the_context_the_native_hoop_keeps(
     cluster: Arc<TestCluster>,
 ) -> TestResult {
     use salvo::prelude::TowerLayerCompat as _;
@@ -407,12 +405,12 @@ async fn salvo_tower_compat_on_1_0_keeps_the_context_like_the_native_hoop(
             .collect::<Vec<_>>()
     );
     ensure!(
-        tally(compat.iter().copied()) == (compat.len(), 0, 0),
-        "salvo's tower-compat route: with salvo_extra 1.0 every write keeps its context; an \
-         adapter that runs the chain outside the layer's future (salvo_extra 1.1) loses it — use \
-         bemi_salvo::Bemi. What the writes carried: {:?}",
+        tally(compat.iter().copied()) == (0, compat.len(), 0),
+        "salvo's tower-compat route: with salvo_extra 1.1 the chain runs outside the layer's \
+         future, so no write should carry a context; a salvo release changed that. What the \
+         writes carried (own, nothing, other): {:?}",
         tally(compat.iter().copied())
     );
     Ok(())
 }
-e2e_test!(salvo_tower_compat_on_1_0_keeps_the_context_like_the_native_hoop);
+e2e_test!(salvo_tower_compat_on_1_1_loses_the_context_the_native_hoop_keeps);
