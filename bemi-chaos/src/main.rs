@@ -228,6 +228,25 @@ async fn databases() -> anyhow::Result<Databases> {
     })
 }
 
+/// How long quiescing may take.
+const QUIESCE_TIMEOUT: Duration = Duration::from_secs(300);
+/// No progress for this long while quiescing, the slot behind: the pipeline is stuck.
+const STALL: Duration = Duration::from_secs(60);
+
+/// The last `lines` lines of the file at `path` (each cut to 300 characters).
+fn tail(path: &std::path::Path, lines: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..]
+        .iter()
+        .map(|line| match line.char_indices().nth(300) {
+            Some((cut, _)) => format!("  {}…", line.get(..cut).unwrap_or_default()),
+            None => format!("  {line}"),
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 /// Seconds since the run started, for the log lines.
 fn at(started: Instant) -> String {
     format!("[{:7.1}s]", started.elapsed().as_secs_f64())
@@ -622,21 +641,22 @@ async fn run(args: Args) -> anyhow::Result<bool> {
         .max_connections(2)
         .connect(&dbs.destination)
         .await?;
-    let mut last = -1i64;
+    let mut last = (-1i64, String::new());
     let mut stable = 0;
+    let mut progress_at = Instant::now();
+    let mut stuck = 0u32;
     let quiesced = {
-        let deadline = Instant::now() + Duration::from_secs(600);
+        let deadline = Instant::now() + QUIESCE_TIMEOUT;
         loop {
             services.revive(started)?;
-            let slot: Option<bool> = sqlx::query_scalar(
-                "SELECT confirmed_flush_lsn >= $1::pg_lsn FROM pg_replication_slots \
-                 WHERE slot_name = 'chaos'",
+            let slot: Option<(String, bool)> = sqlx::query_as(
+                "SELECT confirmed_flush_lsn::text, confirmed_flush_lsn >= $1::pg_lsn \
+                 FROM pg_replication_slots WHERE slot_name = 'chaos'",
             )
             .bind(&target)
             .fetch_optional(&source)
-            .await?
-            .flatten();
-            let Some(confirmed) = slot else {
+            .await?;
+            let Some((confirmed_at, confirmed)) = slot else {
                 println!("{} LOUD: the replication slot `chaos` is gone", at(started));
                 break false;
             };
@@ -645,18 +665,46 @@ async fn run(args: Args) -> anyhow::Result<bool> {
                     .fetch_one(&destination)
                     .await
                     .unwrap_or(-1);
-            stable = if count == last && count >= 0 {
-                stable + 1
+            let now = (count, confirmed_at.clone());
+            if now == last && count >= 0 {
+                stable += 1;
             } else {
-                0
-            };
-            last = count;
+                stable = 0;
+                progress_at = Instant::now();
+            }
+            last = now;
             if confirmed && stable >= 10 {
-                break true;
+                break stuck == 0;
+            }
+            if !confirmed && progress_at.elapsed() >= STALL {
+                // A defect: the pipeline stopped without exiting. Said loudly (the run fails),
+                // then the worker is killed so that what it stored can still be judged.
+                stuck += 1;
+                println!(
+                    "{} LOUD: STUCK: no progress for {STALL:?} with every fault off (slot confirmed \
+                     up to {confirmed_at}, target {target}, {count} changes); last lines of {}:\n{}",
+                    at(started),
+                    services.worker.log().display(),
+                    tail(services.worker.log(), 15)
+                );
+                for store in &services.stores {
+                    println!(
+                        "last lines of {}:\n{}",
+                        store.log().display(),
+                        tail(store.log(), 8)
+                    );
+                }
+                let outcome = services
+                    .worker
+                    .restart_after(libc::SIGKILL, Duration::from_secs(10))
+                    .await?;
+                println!("{} worker killed ({outcome}) and restarted", at(started));
+                progress_at = Instant::now();
             }
             if Instant::now() >= deadline {
                 println!(
-                    "{} did not quiesce within 10 minutes (slot confirmed up to {target}: {confirmed}, changes {count})",
+                    "{} did not quiesce within {QUIESCE_TIMEOUT:?} (slot confirmed up to \
+                     {confirmed_at}, target {target}: {confirmed}; {count} changes)",
                     at(started)
                 );
                 break false;
@@ -665,8 +713,9 @@ async fn run(args: Args) -> anyhow::Result<bool> {
         }
     };
     println!(
-        "{} quiesced: {quiesced} ({last} changes stored)",
-        at(started)
+        "{} quiesced: {quiesced} ({} changes stored; the pipeline was stuck {stuck} times)",
+        at(started),
+        last.0
     );
 
     // Judgement.
