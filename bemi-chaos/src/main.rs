@@ -665,14 +665,17 @@ async fn run(args: Args) -> anyhow::Result<bool> {
                     .fetch_one(&destination)
                     .await
                     .unwrap_or(-1);
-            let now = (count, confirmed_at.clone());
-            if now == last && count >= 0 {
+            // Heartbeats move the slot on while nothing else happens: `changes` alone says
+            // when it is complete; either moving is progress.
+            if count == last.0 && count >= 0 {
                 stable += 1;
             } else {
                 stable = 0;
+            }
+            if (count, &confirmed_at) != (last.0, &last.1) {
                 progress_at = Instant::now();
             }
-            last = now;
+            last = (count, confirmed_at.clone());
             if confirmed && stable >= 10 {
                 break stuck == 0;
             }
