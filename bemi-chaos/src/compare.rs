@@ -40,6 +40,24 @@ pub(crate) enum Mismatch {
     },
 }
 
+impl Mismatch {
+    /// What kind of mismatch, of which table (and whether `changes` marked the key unknown):
+    /// the summary's grouping.
+    pub(crate) fn kind(&self) -> String {
+        let (what, change) = match self {
+            Self::Lost { change, .. } => ("lost", change),
+            Self::Extra { change, .. } => ("extra", change),
+            Self::Order { found, .. } => ("order", found),
+        };
+        let unknown = if change.context.contains("\"_bemi_key_unknown\"") {
+            ", key marked unknown"
+        } else {
+            ""
+        };
+        format!("{what} {} {}{unknown}", change.operation, change.table)
+    }
+}
+
 impl fmt::Display for Mismatch {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -279,6 +297,7 @@ mod tests {
                 },
             ]
         );
+        assert_eq!(mismatches[3].kind(), "extra CREATE chaos_accounts");
         let text = mismatches[3].to_string();
         assert!(text.starts_with("EXTRA (1x"), "{text}");
         assert!(

@@ -731,6 +731,10 @@ async fn run(args: Args) -> anyhow::Result<bool> {
     if mismatches.len() > 200 {
         println!("… and {} more mismatches", mismatches.len() - 200);
     }
+    let mut kinds_of_mismatch: BTreeMap<String, usize> = BTreeMap::new();
+    for mismatch in &mismatches {
+        *kinds_of_mismatch.entry(mismatch.kind()).or_default() += 1;
+    }
 
     for proc in std::iter::once(&mut services.worker).chain(services.stores.iter_mut()) {
         let _ = proc.signal(libc::SIGTERM);
@@ -762,6 +766,9 @@ async fn run(args: Args) -> anyhow::Result<bool> {
         captured.len()
     );
     println!("mismatches: {}", mismatches.len());
+    for (kind, count) in &kinds_of_mismatch {
+        println!("  {kind}: {count}");
+    }
     println!("logs: {}", log_dir.display());
     Ok(quiesced && mismatches.is_empty())
 }
