@@ -377,7 +377,7 @@ pub(crate) async fn ddl(
     deadline: Instant,
     started: Instant,
 ) -> u64 {
-    let mut columns: Vec<String> = Vec::new();
+    let mut current: Vec<String> = Vec::new();
     let mut done = 0u64;
     for n in 1..=10_000u64 {
         let pause = Instant::now() + Duration::from_millis(rng.range(10_000, 30_000));
@@ -387,11 +387,14 @@ pub(crate) async fn ddl(
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
-        let kind = if columns.is_empty() {
+        let kind = if current.is_empty() {
             rng.weighted(&[("add", 4), ("recreate", 1)])
         } else {
             rng.weighted(&[("add", 2), ("rename", 2), ("drop", 2), ("recreate", 1)])
         };
+        // The columns after this DDL, kept only if it commits.
+        let mut after = current.clone();
+        let columns = &mut after;
         let sql = match kind {
             "add" => {
                 columns.push(format!("extra_{n}"));
@@ -417,8 +420,9 @@ pub(crate) async fn ddl(
         };
         let at = started.elapsed().as_secs_f64();
         match run_ddl(&pool, &sql).await {
-            Ok(_) => {
+            Ok(()) => {
                 done += 1;
+                current = after;
                 println!("[{at:7.1}s] ddl: {sql}");
             }
             Err(error) => println!("[{at:7.1}s] ddl failed (rolled back): {sql}: {error}"),
