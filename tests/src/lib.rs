@@ -155,6 +155,11 @@ pub mod book {
     #[doc = include_str!("../../docs/src/operate/performance.md")]
     pub struct BookOperatePerformance;
 
+    /// `docs/src/operate/chaos.md`.
+    #[cfg(doctest)]
+    #[doc = include_str!("../../docs/src/operate/chaos.md")]
+    pub struct BookOperateChaos;
+
     /// `docs/src/audit/changes-table.md`.
     #[cfg(doctest)]
     #[doc = include_str!("../../docs/src/audit/changes-table.md")]

@@ -1,0 +1,774 @@
+//! `bemi-chaos`: a seeded fault-injection run of the whole pipeline — the real `bemi worker`
+//! (and, with `--nats`, nats-server and two `bemi store` processes) under a random workload and
+//! random faults — judged by an independent oracle (a plain row-level trigger). See the book's
+//! "Chaos runs" page.
+//!
+//! ```text
+//! cargo run -p bemi-chaos -- --seed 1 --minutes 2 [--nats] [--writers N] [--bemi PATH] [--log-dir DIR]
+//! ```
+
+mod compare;
+mod oracle;
+mod procs;
+mod rng;
+mod workload;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use bemi_dev::{EphemeralPostgres, NatsServer};
+use bemi_tests::proxy::FaultProxy;
+use sqlx::postgres::PgPoolOptions;
+use sqlx::{AssertSqlSafe, PgPool};
+
+use crate::procs::{BemiCommand, Proc};
+use crate::rng::Rng;
+
+/// The run's choices.
+#[derive(Debug)]
+struct Args {
+    seed: u64,
+    minutes: f64,
+    nats: bool,
+    writers: Option<u64>,
+    bemi: Option<PathBuf>,
+    log_dir: Option<PathBuf>,
+}
+
+const USAGE: &str = "usage: bemi-chaos --seed N --minutes M [--nats] [--writers 2-4] \
+    [--bemi PATH] [--log-dir DIR]\n\
+    PostgreSQL: a throwaway cluster of the launcher, or DATABASE_URL (a superuser, wal_level=logical).";
+
+fn parse_args() -> anyhow::Result<Args> {
+    let mut args = Args {
+        seed: 1,
+        minutes: 1.0,
+        nats: false,
+        writers: None,
+        bemi: std::env::var_os("BEMI_CHAOS_BEMI").map(PathBuf::from),
+        log_dir: None,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(arg) = it.next() {
+        let mut value = |name: &str| {
+            it.next()
+                .with_context(|| format!("{name} needs a value\n{USAGE}"))
+        };
+        match arg.as_str() {
+            "--seed" => args.seed = value("--seed")?.parse().context("--seed: a number")?,
+            "--minutes" => {
+                args.minutes = value("--minutes")?.parse().context("--minutes: a number")?;
+                anyhow::ensure!(
+                    args.minutes > 0.0 && args.minutes <= 24.0 * 60.0,
+                    "--minutes: more than 0, at most a day"
+                );
+            }
+            "--nats" => args.nats = true,
+            "--writers" => {
+                let writers: u64 = value("--writers")?.parse().context("--writers: a number")?;
+                anyhow::ensure!((1..=16).contains(&writers), "--writers: 1 to 16");
+                args.writers = Some(writers);
+            }
+            "--bemi" => args.bemi = Some(value("--bemi")?.into()),
+            "--log-dir" => args.log_dir = Some(value("--log-dir")?.into()),
+            "-h" | "--help" => {
+                println!("{USAGE}");
+                std::process::exit(0);
+            }
+            other => bail!("unknown argument {other:?}\n{USAGE}"),
+        }
+    }
+    Ok(args)
+}
+
+fn main() -> ExitCode {
+    if std::env::var_os(procs::AS_BEMI).is_some() {
+        return bemi_cli::main();
+    }
+    let args = match parse_args() {
+        Ok(args) => args,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: could not start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let seed = args.seed;
+    match runtime.block_on(run(args)) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => {
+            eprintln!("chaos run FAILED; reproduce with --seed {seed}");
+            ExitCode::FAILURE
+        }
+        Err(error) => {
+            eprintln!("error: {error:#}\nchaos run of seed {seed} could not complete");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The faults a run injects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Fault {
+    KillWorker,
+    TermWorker,
+    PostgresRestart,
+    DestinationDown,
+    HoldResponses,
+    CutRequests,
+    CloseConnections,
+    KillStore,
+    KillNats,
+}
+
+impl Fault {
+    fn name(self) -> &'static str {
+        match self {
+            Self::KillWorker => "kill -9 worker",
+            Self::TermWorker => "SIGTERM worker",
+            Self::PostgresRestart => "PostgreSQL fast restart",
+            Self::DestinationDown => "destination unavailable",
+            Self::HoldResponses => "proxy: PostgreSQL's responses held",
+            Self::CutRequests => "proxy: worker's requests cut",
+            Self::CloseConnections => "proxy: connections closed",
+            Self::KillStore => "kill -9 store",
+            Self::KillNats => "kill -9 nats-server",
+        }
+    }
+}
+
+/// Where the run's databases are.
+struct Databases {
+    /// The launcher's cluster (None with DATABASE_URL: no PostgreSQL restarts then).
+    cluster: Option<EphemeralPostgres>,
+    admin: String,
+    source: String,
+    destination: String,
+    destination_name: String,
+    port: u16,
+}
+
+/// `url` with its database replaced by `database`.
+fn with_database(url: &str, database: &str) -> anyhow::Result<String> {
+    let (base, query) = url
+        .split_once('?')
+        .map_or((url, None), |(b, q)| (b, Some(q)));
+    let slash = base
+        .rfind('/')
+        .filter(|&at| at > "postgres://".len())
+        .with_context(|| "DATABASE_URL names no database (postgres://user:pass@host:port/db)")?;
+    let mut out = format!("{}/{database}", base.get(..slash).unwrap_or_default());
+    if let Some(query) = query {
+        out.push('?');
+        out.push_str(query);
+    }
+    Ok(out)
+}
+
+fn port_of(url: &str) -> anyhow::Result<u16> {
+    let host = url
+        .split('@')
+        .next_back()
+        .and_then(|rest| rest.split(['/', '?']).next())
+        .unwrap_or_default();
+    host.rsplit_once(':')
+        .and_then(|(_, port)| port.parse().ok())
+        .with_context(|| format!("no :PORT in the database URL's host {host:?}"))
+}
+
+async fn databases() -> anyhow::Result<Databases> {
+    let (cluster, admin, source, port) = if let Ok(url) = std::env::var("DATABASE_URL") {
+        let port = port_of(&url)?;
+        (None, with_database(&url, "postgres")?, url, port)
+    } else {
+        let cluster = tokio::task::spawn_blocking(EphemeralPostgres::start)
+            .await?
+            .context("starting PostgreSQL (the launcher)")?;
+        let (admin, source, port) = (cluster.url(), cluster.url_for("chaos"), cluster.port());
+        (Some(cluster), admin, source, port)
+    };
+    let admin_pool = PgPool::connect(&admin)
+        .await
+        .context("connecting to PostgreSQL")?;
+    let destination_name = "chaos_destination".to_owned();
+    if cluster.is_some() {
+        sqlx::query("CREATE DATABASE chaos")
+            .execute(&admin_pool)
+            .await?;
+    }
+    sqlx::query("DROP DATABASE IF EXISTS chaos_destination WITH (FORCE)")
+        .execute(&admin_pool)
+        .await?;
+    sqlx::query("CREATE DATABASE chaos_destination")
+        .execute(&admin_pool)
+        .await?;
+    admin_pool.close().await;
+    let destination = with_database(&source, &destination_name)?;
+    Ok(Databases {
+        cluster,
+        admin,
+        source,
+        destination,
+        destination_name,
+        port,
+    })
+}
+
+/// How long quiescing may take.
+const QUIESCE_TIMEOUT: Duration = Duration::from_secs(300);
+/// No progress for this long while quiescing, the slot behind: the pipeline is stuck.
+const STALL: Duration = Duration::from_secs(60);
+
+/// The last `lines` lines of the file at `path` (each cut to 300 characters).
+fn tail(path: &std::path::Path, lines: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..]
+        .iter()
+        .map(|line| match line.char_indices().nth(300) {
+            Some((cut, _)) => format!("  {}…", line.get(..cut).unwrap_or_default()),
+            None => format!("  {line}"),
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Seconds since the run started, for the log lines.
+fn at(started: Instant) -> String {
+    format!("[{:7.1}s]", started.elapsed().as_secs_f64())
+}
+
+/// Polls `check` every 500 ms until it returns true, failing after `timeout`.
+async fn poll<F, Fut>(what: &str, timeout: Duration, mut check: F) -> anyhow::Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = anyhow::Result<bool>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if check().await? {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            bail!("{what}: not within {timeout:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// The run's processes and services under fault.
+struct Services {
+    worker: Proc,
+    stores: Vec<Proc>,
+    nats: Option<NatsServer>,
+}
+
+impl Services {
+    /// Restarts what exited on its own, naming it.
+    fn revive(&mut self, started: Instant) -> anyhow::Result<()> {
+        for proc in std::iter::once(&mut self.worker).chain(self.stores.iter_mut()) {
+            if let Some(status) = proc.revive()? {
+                println!(
+                    "{} {} exited on its own ({status}); restarted (log: {})",
+                    at(started),
+                    proc.name,
+                    proc.log().display()
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// Waits `duration`, restarting what exits meanwhile.
+    async fn wait(&mut self, duration: Duration, started: Instant) -> anyhow::Result<()> {
+        let until = Instant::now() + duration;
+        while Instant::now() < until {
+            self.revive(started)?;
+            tokio::time::sleep(Duration::from_millis(250).min(until - Instant::now())).await;
+        }
+        Ok(())
+    }
+}
+
+#[allow(clippy::too_many_lines)]
+async fn run(args: Args) -> anyhow::Result<bool> {
+    let started = Instant::now();
+    let mut rng = Rng::new(args.seed);
+    let bemi = BemiCommand::new(args.bemi.clone())?;
+    let log_dir = match &args.log_dir {
+        Some(dir) => dir.clone(),
+        None => std::env::temp_dir().join(format!(
+            "bemi-chaos-seed{}-{}",
+            args.seed,
+            std::process::id()
+        )),
+    };
+    std::fs::create_dir_all(&log_dir)?;
+    let writers = args.writers.unwrap_or_else(|| rng.range(2, 4));
+    println!(
+        "bemi-chaos: seed {}, {} minutes, {} writers, {}; logs in {}",
+        args.seed,
+        args.minutes,
+        writers,
+        if args.nats {
+            "through NATS (two stores)"
+        } else {
+            "direct"
+        },
+        log_dir.display()
+    );
+
+    let mut dbs = databases().await?;
+    let source = PgPoolOptions::new()
+        .max_connections(12)
+        .acquire_timeout(Duration::from_secs(30))
+        .connect(&dbs.source)
+        .await
+        .context("connecting to the source database")?;
+    let admin = PgPoolOptions::new()
+        .max_connections(2)
+        .connect(&dbs.admin)
+        .await?;
+    sqlx::raw_sql(AssertSqlSafe(format!(
+        "DROP TABLE IF EXISTS chaos_accounts, chaos_lines, chaos_events, chaos_oracle; \
+         DROP FUNCTION IF EXISTS chaos_oracle_row, chaos_oracle_truncate, chaos_oracle_seq, \
+             chaos_oracle_context; \
+         {}; {}; {}; {}; {}; {}",
+        workload::TABLES,
+        workload::EVENTS,
+        oracle::INSTALL,
+        oracle::attach("chaos_accounts"),
+        oracle::attach("chaos_lines"),
+        oracle::attach("chaos_events"),
+    )))
+    .execute(&source)
+    .await
+    .context("creating the workload's tables and the oracle")?;
+    let _ = sqlx::query(
+        "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots \
+         WHERE slot_name = 'chaos' AND NOT active",
+    )
+    .execute(&source)
+    .await;
+    let env = |url: &str| vec![("DATABASE_URL".to_owned(), url.to_owned())];
+    bemi.run(&["migrate"], &env(&dbs.source))
+        .await
+        .context("bemi migrate")?;
+
+    // The worker reaches PostgreSQL through the fault proxy.
+    let proxy = FaultProxy::start(dbs.port).await?;
+    let worker_url = proxy.url_for(&dbs.source, dbs.port)?;
+    let mut nats = None;
+    // Both ways of the worker's UPDATE filter, by seed: the default leaves out UPDATEs that
+    // change nothing (the oracle then does too).
+    let skip_unchanged_updates = args.seed % 2 == 1;
+    let mut worker_args = vec![
+        "worker",
+        "--skip-unchanged-updates",
+        if skip_unchanged_updates {
+            "true"
+        } else {
+            "false"
+        },
+        "--destination-url",
+        &dbs.destination,
+        "--slot",
+        "chaos",
+        "--publication",
+        "chaos",
+        "--exclude-tables",
+        "chaos_oracle",
+        "--heartbeat-interval",
+        "1s",
+    ];
+    let nats_url;
+    if args.nats {
+        let server = tokio::task::spawn_blocking(NatsServer::start)
+            .await?
+            .context("starting nats-server")?;
+        nats_url = server.url();
+        nats = Some(server);
+        worker_args.extend(["--sink", nats_url.as_str()]);
+    } else {
+        nats_url = String::new();
+    }
+    let mut worker_env = env(&worker_url);
+    worker_env.push(("RUST_LOG".to_owned(), "info".to_owned()));
+    let worker = Proc::start("worker", &bemi, &worker_args, worker_env, &log_dir)?;
+    poll(
+        "the worker to create its slot",
+        Duration::from_secs(60),
+        || async {
+            Ok(sqlx::query_scalar::<_, i64>(
+                "SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'chaos'",
+            )
+            .fetch_one(&source)
+            .await?
+                > 0)
+        },
+    )
+    .await
+    .with_context(|| format!("see {}", log_dir.join("worker.log").display()))?;
+    let mut stores = Vec::new();
+    if args.nats {
+        for n in 1..=2 {
+            let store_args = [
+                "store",
+                "--from",
+                nats_url.as_str(),
+                "--destination-url",
+                &dbs.destination,
+            ];
+            let store_env = vec![("RUST_LOG".to_owned(), "info".to_owned())];
+            stores.push(Proc::start(
+                &format!("store-{n}"),
+                &bemi,
+                &store_args,
+                store_env,
+                &log_dir,
+            )?);
+        }
+    }
+    let mut services = Services {
+        worker,
+        stores,
+        nats,
+    };
+    println!(
+        "{} worker streaming; workload and faults start",
+        at(started)
+    );
+
+    // The workload.
+    let duration = Duration::from_secs_f64(args.minutes * 60.0);
+    let deadline = Instant::now() + duration;
+    let stop = Arc::new(AtomicBool::new(false));
+    let adapter = bemi_sqlx::BemiPool::new(
+        PgPoolOptions::new()
+            .max_connections(8)
+            .acquire_timeout(Duration::from_secs(30))
+            .connect(&dbs.source)
+            .await?,
+    );
+    let mut tasks = Vec::new();
+    for n in 1..=writers {
+        tasks.push(tokio::spawn(workload::writer(
+            n,
+            rng.fork(n),
+            source.clone(),
+            adapter.clone(),
+            Arc::clone(&stop),
+            deadline,
+        )));
+    }
+    let ddl = tokio::spawn(workload::ddl(
+        rng.fork(100),
+        source.clone(),
+        Arc::clone(&stop),
+        deadline,
+        started,
+    ));
+
+    // The faults.
+    let mut faults: BTreeMap<Fault, u32> = BTreeMap::new();
+    let mut kinds = vec![
+        (Fault::KillWorker, 3),
+        (Fault::TermWorker, 2),
+        (Fault::DestinationDown, 2),
+        (Fault::HoldResponses, 2),
+        (Fault::CutRequests, 2),
+        (Fault::CloseConnections, 2),
+    ];
+    if dbs.cluster.is_some() {
+        kinds.push((Fault::PostgresRestart, 1));
+    } else {
+        println!(
+            "PostgreSQL restarts skipped: DATABASE_URL names a server the runner does not own"
+        );
+    }
+    if args.nats {
+        kinds.extend([(Fault::KillStore, 3), (Fault::KillNats, 1)]);
+    }
+    let mut faults_rng = rng.fork(200);
+    for _ in 0..100_000 {
+        let pause = Duration::from_millis(faults_rng.range(2_000, 8_000));
+        if Instant::now() + pause >= deadline {
+            break;
+        }
+        services.wait(pause, started).await?;
+        let fault = faults_rng.weighted(&kinds);
+        *faults.entry(fault).or_default() += 1;
+        let lasting = Duration::from_millis(faults_rng.range(1_000, 10_000));
+        match fault {
+            Fault::KillWorker => {
+                let outcome = services
+                    .worker
+                    .restart_after(libc::SIGKILL, Duration::from_secs(10))
+                    .await?;
+                println!(
+                    "{} fault: {} ({outcome}); restarted",
+                    at(started),
+                    fault.name()
+                );
+            }
+            Fault::TermWorker => {
+                println!("{} fault: {}", at(started), fault.name());
+                let outcome = services
+                    .worker
+                    .restart_after(libc::SIGTERM, Duration::from_secs(60))
+                    .await?;
+                println!("{} worker {outcome}; restarted", at(started));
+            }
+            Fault::KillStore => {
+                let n = usize::try_from(faults_rng.range(0, 1)).unwrap_or(0);
+                let store = &mut services.stores[n];
+                let outcome = store
+                    .restart_after(libc::SIGKILL, Duration::from_secs(10))
+                    .await?;
+                println!(
+                    "{} fault: {} {} ({outcome}); restarted",
+                    at(started),
+                    fault.name(),
+                    store.name
+                );
+            }
+            Fault::KillNats => {
+                println!("{} fault: {} for {lasting:?}", at(started), fault.name());
+                if let Some(server) = services.nats.as_mut() {
+                    tokio::task::block_in_place(|| server.kill())?;
+                    services.wait(lasting, started).await?;
+                    if let Some(server) = services.nats.as_mut() {
+                        tokio::task::block_in_place(|| server.start_again())?;
+                    }
+                }
+                println!("{} nats-server back", at(started));
+            }
+            Fault::PostgresRestart => {
+                println!("{} fault: {}", at(started), fault.name());
+                if let Some(cluster) = dbs.cluster.as_mut() {
+                    tokio::task::block_in_place(|| -> anyhow::Result<()> {
+                        cluster.stop_server()?;
+                        cluster.start_server()?;
+                        Ok(())
+                    })
+                    .context("restarting PostgreSQL")?;
+                }
+                println!("{} PostgreSQL back", at(started));
+            }
+            Fault::DestinationDown => {
+                println!("{} fault: {} for {lasting:?}", at(started), fault.name());
+                let name = &dbs.destination_name;
+                sqlx::raw_sql(AssertSqlSafe(format!(
+                    "ALTER DATABASE {name} ALLOW_CONNECTIONS false; \
+                     SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+                     WHERE datname = '{name}' AND pid <> pg_backend_pid()"
+                )))
+                .execute(&admin)
+                .await?;
+                services.wait(lasting, started).await?;
+                sqlx::query(AssertSqlSafe(format!(
+                    "ALTER DATABASE {name} ALLOW_CONNECTIONS true"
+                )))
+                .execute(&admin)
+                .await?;
+                println!("{} destination back", at(started));
+            }
+            Fault::HoldResponses => {
+                println!("{} fault: {} for {lasting:?}", at(started), fault.name());
+                proxy.hold_responses();
+                services.wait(lasting, started).await?;
+                proxy.release_responses();
+                println!("{} proxy passes responses again", at(started));
+            }
+            Fault::CutRequests => {
+                let bytes = usize::try_from(faults_rng.range(0, 4096)).unwrap_or(0);
+                println!(
+                    "{} fault: {} after {bytes} bytes, for {lasting:?}",
+                    at(started),
+                    fault.name()
+                );
+                proxy.cut_requests_after(bytes);
+                services.wait(lasting, started).await?;
+                proxy.cut_requests_after(usize::MAX);
+                // The cut connections never resume: closing them lets the worker reconnect.
+                proxy.close_connections();
+                println!("{} proxy passes requests again", at(started));
+            }
+            Fault::CloseConnections => {
+                proxy.close_connections();
+                println!("{} fault: {}", at(started), fault.name());
+            }
+        }
+    }
+
+    // Quiesce: the workload stops, faults are off, the processes run.
+    stop.store(true, Ordering::Relaxed);
+    let mut commits = 0;
+    let mut failures = 0;
+    for task in tasks {
+        let stats = tokio::time::timeout(Duration::from_secs(300), task)
+            .await
+            .context("a writer did not stop within 5 minutes")??;
+        commits += stats.commits;
+        failures += stats.failures;
+    }
+    let ddl_done = ddl.await?;
+    println!(
+        "{} workload stopped: {commits} transactions committed, {failures} failed (rolled back), {ddl_done} DDL",
+        at(started)
+    );
+    proxy.release_responses();
+    proxy.cut_requests_after(usize::MAX);
+    services.revive(started)?;
+    let target: String = sqlx::query_scalar("SELECT pg_current_wal_lsn()::text")
+        .fetch_one(&source)
+        .await?;
+    let destination = PgPoolOptions::new()
+        .max_connections(2)
+        .connect(&dbs.destination)
+        .await?;
+    let mut last = (-1i64, String::new());
+    let mut stable = 0;
+    let mut progress_at = Instant::now();
+    let mut stuck = 0u32;
+    let quiesced = {
+        let deadline = Instant::now() + QUIESCE_TIMEOUT;
+        loop {
+            services.revive(started)?;
+            let slot: Option<(String, bool)> = sqlx::query_as(
+                "SELECT confirmed_flush_lsn::text, confirmed_flush_lsn >= $1::pg_lsn \
+                 FROM pg_replication_slots WHERE slot_name = 'chaos'",
+            )
+            .bind(&target)
+            .fetch_optional(&source)
+            .await?;
+            let Some((confirmed_at, confirmed)) = slot else {
+                println!("{} LOUD: the replication slot `chaos` is gone", at(started));
+                break false;
+            };
+            let count: i64 =
+                sqlx::query_scalar("SELECT count(*) FROM changes WHERE \"table\" LIKE 'chaos\\_%'")
+                    .fetch_one(&destination)
+                    .await
+                    .unwrap_or(-1);
+            // Heartbeats move the slot on while nothing else happens: `changes` alone says
+            // when it is complete; either moving is progress.
+            if count == last.0 && count >= 0 {
+                stable += 1;
+            } else {
+                stable = 0;
+            }
+            if (count, &confirmed_at) != (last.0, &last.1) {
+                progress_at = Instant::now();
+            }
+            last = (count, confirmed_at.clone());
+            if confirmed && stable >= 10 {
+                break stuck == 0;
+            }
+            if !confirmed && progress_at.elapsed() >= STALL {
+                // A defect: the pipeline stopped without exiting. Said loudly (the run fails),
+                // then the worker is killed so that what it stored can still be judged.
+                stuck += 1;
+                println!(
+                    "{} LOUD: STUCK: no progress for {STALL:?} with every fault off (slot confirmed \
+                     up to {confirmed_at}, target {target}, {count} changes); last lines of {}:\n{}",
+                    at(started),
+                    services.worker.log().display(),
+                    tail(services.worker.log(), 15)
+                );
+                for store in &services.stores {
+                    println!(
+                        "last lines of {}:\n{}",
+                        store.log().display(),
+                        tail(store.log(), 8)
+                    );
+                }
+                let outcome = services
+                    .worker
+                    .restart_after(libc::SIGKILL, Duration::from_secs(10))
+                    .await?;
+                println!("{} worker killed ({outcome}) and restarted", at(started));
+                progress_at = Instant::now();
+            }
+            if Instant::now() >= deadline {
+                println!(
+                    "{} did not quiesce within {QUIESCE_TIMEOUT:?} (slot confirmed up to \
+                     {confirmed_at}, target {target}: {confirmed}; {count} changes)",
+                    at(started)
+                );
+                break false;
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    };
+    println!(
+        "{} quiesced: {quiesced} ({} changes stored; the pipeline was stuck {stuck} times)",
+        at(started),
+        last.0
+    );
+
+    // Judgement.
+    let committed = oracle::committed(&source, skip_unchanged_updates).await?;
+    let captured = oracle::captured(&destination).await?;
+    let mismatches = compare::compare(&committed, &captured);
+    for mismatch in mismatches.iter().take(200) {
+        println!("MISMATCH (seed {}): {mismatch}", args.seed);
+    }
+    if mismatches.len() > 200 {
+        println!("… and {} more mismatches", mismatches.len() - 200);
+    }
+    let mut kinds_of_mismatch: BTreeMap<String, usize> = BTreeMap::new();
+    for mismatch in &mismatches {
+        *kinds_of_mismatch.entry(mismatch.kind()).or_default() += 1;
+    }
+
+    for proc in std::iter::once(&mut services.worker).chain(services.stores.iter_mut()) {
+        let _ = proc.signal(libc::SIGTERM);
+    }
+    let exits: u32 = std::iter::once(&services.worker)
+        .chain(&services.stores)
+        .map(|proc| proc.unexpected_exits)
+        .sum();
+    println!("--- summary");
+    println!("seed: {}", args.seed);
+    println!("minutes: {}", args.minutes);
+    println!("mode: {}", if args.nats { "nats" } else { "direct" });
+    println!(
+        "writers: {writers}; transactions committed: {commits}, failed: {failures}; DDL: {ddl_done}"
+    );
+    let injected: Vec<String> = faults
+        .iter()
+        .map(|(fault, count)| format!("{}: {count}", fault.name()))
+        .collect();
+    println!(
+        "faults injected ({}): {}",
+        faults.values().sum::<u32>(),
+        injected.join(", ")
+    );
+    println!("processes that exited on their own (restarted): {exits}");
+    println!(
+        "changes compared: {} committed (oracle), {} in changes",
+        committed.len(),
+        captured.len()
+    );
+    println!("mismatches: {}", mismatches.len());
+    for (kind, count) in &kinds_of_mismatch {
+        println!("  {kind}: {count}");
+    }
+    println!("logs: {}", log_dir.display());
+    Ok(quiesced && mismatches.is_empty())
+}
