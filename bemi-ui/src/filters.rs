@@ -379,68 +379,21 @@ mod tests {
         assert_eq!(Filters::parse(&filters.to_query()).unwrap(), filters);
     }
 
-    /// Percent-encodes every byte, or leaves a printable ASCII one as it is.
-    fn encode(bytes: &[u8], raw: &[bool]) -> String {
-        bytes
-            .iter()
-            .zip(raw.iter().chain(std::iter::repeat(&false)))
-            .map(|(byte, raw)| match byte {
-                b'!'..=b'~' if *raw && !matches!(byte, b'&' | b'=' | b'%' | b'+') => {
-                    char::from(*byte).to_string()
-                }
-                _ => format!("%{byte:02X}"),
-            })
-            .collect()
-    }
-
-    /// Query strings: any text, any bytes read lossily, and the filters' keys with values of
-    /// arbitrary bytes, percent-encoded (what a client can send), or near-valid values with a
-    /// character put anywhere.
+    /// Query strings of the filters' keys (and others), with near-valid values among them.
     fn query_string() -> impl proptest::strategy::Strategy<Value = String> {
-        use proptest::collection::vec;
-        use proptest::prelude::*;
-
-        let value = prop_oneof![
-            vec(any::<u8>(), 0..24),
-            any::<String>().prop_map(String::into_bytes),
-            (
-                prop::sample::select(vec![
-                    "123456789",
-                    "2024-05-01T12:00:00+02:00",
-                    "15m",
-                    "user_id=187234",
-                    "1733400000000000.42.0123456789abcdef0123456789abcdef",
-                    "UPDATE",
-                    "-210866803200000001.1.00000000000000000000000000000000",
-                    "a=\"\\u0000\"",
-                ]),
-                any::<prop::sample::Index>(),
-                any::<char>(),
-            )
-                .prop_map(|(valid, at, c)| {
-                    let mut chars: Vec<char> = valid.chars().collect();
-                    chars.insert(at.index(chars.len() + 1), c);
-                    chars.into_iter().collect::<String>().into_bytes()
-                }),
-        ];
-        let key = prop_oneof![
-            4 => prop::sample::select(KEYS.to_vec()).prop_map(str::to_owned),
-            1 => any::<String>(),
-        ];
-        let pairs = vec((key, value, vec(any::<bool>(), 0..24)), 0..6).prop_map(|pairs| {
-            pairs
-                .iter()
-                .map(|(key, value, raw)| {
-                    format!("{}={}", encode(key.as_bytes(), &[]), encode(value, raw))
-                })
-                .collect::<Vec<_>>()
-                .join("&")
-        });
-        prop_oneof![
-            3 => pairs,
-            1 => any::<String>(),
-            1 => vec(any::<u8>(), 0..64).prop_map(|b| String::from_utf8_lossy(&b).into_owned()),
-        ]
+        bemi_fuzz::query_string(
+            &KEYS,
+            &[
+                "123456789",
+                "2024-05-01T12:00:00+02:00",
+                "15m",
+                "user_id=187234",
+                "1733400000000000.42.0123456789abcdef0123456789abcdef",
+                "UPDATE",
+                "-210866803200000001.1.00000000000000000000000000000000",
+                "a=\"\\u0000\"",
+            ],
+        )
     }
 
     /// Any query string gives filters the database can be asked about, or a 400's error;

@@ -89,3 +89,76 @@ where
         }
     }
 }
+
+/// Query strings as an HTTP client can send them, for properties over hostile input: pairs of
+/// one of `keys` (or any text) with a value that is any bytes, any text, or one of `near_valid`
+/// with any character put anywhere — each byte percent-encoded or, where it is printable ASCII,
+/// left as it is — and now and then any text or bytes at all.
+///
+/// ```
+/// use proptest::strategy::{Strategy as _, ValueTree as _};
+///
+/// let strategy = bemi_fuzz::query_string(&["table", "limit"], &["15m"]);
+/// let mut runner = proptest::test_runner::TestRunner::deterministic();
+/// let query: String = strategy.new_tree(&mut runner).unwrap().current();
+/// let _ = query; // any String: the property decides what is right for it
+/// ```
+pub fn query_string(
+    keys: &'static [&'static str],
+    near_valid: &'static [&'static str],
+) -> impl Strategy<Value = String> {
+    use proptest::collection::vec;
+    use proptest::prelude::*;
+
+    let value = prop_oneof![
+        vec(any::<u8>(), 0..24),
+        any::<String>().prop_map(String::into_bytes),
+        (
+            prop::sample::select(near_valid),
+            any::<prop::sample::Index>(),
+            any::<char>(),
+        )
+            .prop_map(|(valid, at, c)| {
+                let mut chars: Vec<char> = valid.chars().collect();
+                chars.insert(at.index(chars.len() + 1), c);
+                chars.into_iter().collect::<String>().into_bytes()
+            }),
+    ];
+    let key = prop_oneof![
+        4 => prop::sample::select(keys).prop_map(str::to_owned),
+        1 => any::<String>(),
+    ];
+    let pairs = vec((key, value, vec(any::<bool>(), 0..24)), 0..6).prop_map(|pairs| {
+        pairs
+            .iter()
+            .map(|(key, value, raw)| {
+                format!(
+                    "{}={}",
+                    percent_encode(key.as_bytes(), &[]),
+                    percent_encode(value, raw)
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("&")
+    });
+    prop_oneof![
+        3 => pairs,
+        1 => any::<String>(),
+        1 => vec(any::<u8>(), 0..64).prop_map(|b| String::from_utf8_lossy(&b).into_owned()),
+    ]
+}
+
+/// Percent-encodes every byte, or leaves a printable ASCII one as it is where `raw` says so
+/// (never `&`, `=`, `%` or `+`, which would change the query's structure).
+fn percent_encode(bytes: &[u8], raw: &[bool]) -> String {
+    bytes
+        .iter()
+        .zip(raw.iter().chain(std::iter::repeat(&false)))
+        .map(|(byte, raw)| match byte {
+            b'!'..=b'~' if *raw && !matches!(byte, b'&' | b'=' | b'%' | b'+') => {
+                char::from(*byte).to_string()
+            }
+            _ => format!("%{byte:02X}"),
+        })
+        .collect()
+}
