@@ -29,74 +29,50 @@ use sqlx::{AssertSqlSafe, PgPool};
 use crate::procs::{BemiCommand, Proc};
 use crate::rng::Rng;
 
-/// The run's choices.
-#[derive(Debug)]
+/// A seeded chaos run of the real `bemi` processes, judged by an independent oracle.
+/// PostgreSQL: a throwaway cluster of the launcher, or DATABASE_URL (a superuser, on a server
+/// with wal_level=logical).
+#[derive(Debug, clap::Parser)]
+#[command(name = "bemi-chaos")]
 struct Args {
+    /// The seed of the workload's and the faults' choices.
+    #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// How long the workload and the faults run, in minutes (more than 0, at most a day).
+    #[arg(long, default_value_t = 1.0, value_parser = minutes)]
     minutes: f64,
+    /// Through NATS JetStream: nats-server, `bemi worker --sink` and two `bemi store`s.
+    #[arg(long)]
     nats: bool,
+    /// Concurrent writers (by default 2 to 4, from the seed).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=16))]
     writers: Option<u64>,
+    /// A built `bemi` binary (by default this executable runs the `bemi` CLI).
+    #[arg(long, env = "BEMI_CHAOS_BEMI")]
     bemi: Option<PathBuf>,
+    /// Where each process's log goes (by default a new temporary directory).
+    #[arg(long)]
     log_dir: Option<PathBuf>,
 }
 
-const USAGE: &str = "usage: bemi-chaos --seed N --minutes M [--nats] [--writers 2-4] \
-    [--bemi PATH] [--log-dir DIR]\n\
-    PostgreSQL: a throwaway cluster of the launcher, or DATABASE_URL (a superuser, wal_level=logical).";
-
-fn parse_args() -> anyhow::Result<Args> {
-    let mut args = Args {
-        seed: 1,
-        minutes: 1.0,
-        nats: false,
-        writers: None,
-        bemi: std::env::var_os("BEMI_CHAOS_BEMI").map(PathBuf::from),
-        log_dir: None,
-    };
-    let mut it = std::env::args().skip(1);
-    while let Some(arg) = it.next() {
-        let mut value = |name: &str| {
-            it.next()
-                .with_context(|| format!("{name} needs a value\n{USAGE}"))
-        };
-        match arg.as_str() {
-            "--seed" => args.seed = value("--seed")?.parse().context("--seed: a number")?,
-            "--minutes" => {
-                args.minutes = value("--minutes")?.parse().context("--minutes: a number")?;
-                anyhow::ensure!(
-                    args.minutes > 0.0 && args.minutes <= 24.0 * 60.0,
-                    "--minutes: more than 0, at most a day"
-                );
-            }
-            "--nats" => args.nats = true,
-            "--writers" => {
-                let writers: u64 = value("--writers")?.parse().context("--writers: a number")?;
-                anyhow::ensure!((1..=16).contains(&writers), "--writers: 1 to 16");
-                args.writers = Some(writers);
-            }
-            "--bemi" => args.bemi = Some(value("--bemi")?.into()),
-            "--log-dir" => args.log_dir = Some(value("--log-dir")?.into()),
-            "-h" | "--help" => {
-                println!("{USAGE}");
-                std::process::exit(0);
-            }
-            other => bail!("unknown argument {other:?}\n{USAGE}"),
-        }
+/// `--minutes`: a number of minutes, more than 0 and at most a day.
+fn minutes(text: &str) -> Result<f64, String> {
+    let minutes: f64 = text
+        .parse()
+        .map_err(|_| format!("not a number: {text:?}"))?;
+    if minutes > 0.0 && minutes <= 24.0 * 60.0 {
+        Ok(minutes)
+    } else {
+        Err("more than 0, at most a day (1440)".to_owned())
     }
-    Ok(args)
 }
 
 fn main() -> ExitCode {
     if std::env::var_os(procs::AS_BEMI).is_some() {
         return bemi_cli::main();
     }
-    let args = match parse_args() {
-        Ok(args) => args,
-        Err(error) => {
-            eprintln!("error: {error:#}");
-            return ExitCode::from(2);
-        }
-    };
+    // A malformed argument: clap's error, naming the flag, and exit code 2.
+    let args = <Args as clap::Parser>::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
