@@ -383,7 +383,7 @@ async fn run(args: Args) -> anyhow::Result<bool> {
         nats_url = String::new();
     }
     let mut worker_env = env(&worker_url);
-    worker_env.push(("RUST_LOG".to_owned(), "info".to_owned()));
+    worker_env.push(("RUST_LOG".to_owned(), log_filter()));
     let worker = Proc::start("worker", &bemi, &worker_args, worker_env, &log_dir)?;
     poll(
         "the worker to create its slot",
@@ -409,7 +409,7 @@ async fn run(args: Args) -> anyhow::Result<bool> {
                 "--destination-url",
                 &dbs.destination,
             ];
-            let store_env = vec![("RUST_LOG".to_owned(), "info".to_owned())];
+            let store_env = vec![("RUST_LOG".to_owned(), log_filter())];
             stores.push(Proc::start(
                 &format!("store-{n}"),
                 &bemi,
@@ -747,4 +747,10 @@ async fn run(args: Args) -> anyhow::Result<bool> {
     }
     println!("logs: {}", log_dir.display());
     Ok(quiesced && mismatches.is_empty())
+}
+
+/// The `RUST_LOG` of the processes the runner starts: the runner's own `RUST_LOG` when set
+/// (e.g. `info,bemi_worker=debug` to follow a failing seed), else `info`.
+fn log_filter() -> String {
+    std::env::var("RUST_LOG").unwrap_or_else(|_| "info".to_owned())
 }

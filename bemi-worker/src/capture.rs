@@ -873,6 +873,31 @@ mod tests {
         assert_eq!(session.confirmed.load(Ordering::SeqCst), 0);
     }
 
+    /// Chaos seed 2 (direct): the destination failed while a large transaction waited for room
+    /// in the hand-off; the stream waited for that room forever — no reconnect, and a SIGTERM
+    /// that never finished.
+    #[tokio::test]
+    async fn a_writer_that_fails_while_the_stream_waits_for_room_ends_the_session() {
+        // One transaction of 50 rows in chunks of 1; room for 4 rows in flight.
+        let script = transactions(1, 50);
+        let faults = Faults {
+            fail_at: Some(script[0].positions[0]),
+            ..Faults::default()
+        };
+        let sink = MemorySink::new(1, faults);
+        let session = start(
+            ScriptedSource::new(events(&script, 0)),
+            sink.clone(),
+            settings(2, 1),
+        );
+        let outcome = tokio::time::timeout(Duration::from_secs(10), session.task)
+            .await
+            .expect("the session ended after its writer failed")
+            .unwrap();
+        assert!(outcome.is_err(), "{outcome:?}");
+        assert!(sink.positions().is_empty(), "{:?}", sink.positions());
+    }
+
     #[tokio::test]
     async fn a_restart_resumes_where_the_sink_left_off_and_stores_each_row_once() {
         // Two small transactions, one of 10 rows written in chunks of 3, and two more.

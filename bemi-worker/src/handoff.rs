@@ -104,6 +104,14 @@ impl PieceReceiver {
     }
 }
 
+impl Drop for PieceReceiver {
+    /// A sender waiting for room fails with [`WriterGone`] instead of waiting forever: the
+    /// room it waits for is only ever made by this receiver.
+    fn drop(&mut self) {
+        self.budget.close();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -128,6 +136,27 @@ mod tests {
         let batch = receiver.recv_batch(1000).await.unwrap();
         assert_eq!(batch.pieces.len(), 3);
         receiver.release(&batch);
+    }
+
+    #[tokio::test]
+    async fn a_sender_waiting_for_room_fails_when_the_writer_is_gone() {
+        use crate::assembler::Piece;
+
+        let (sender, receiver) = channel(1);
+        let piece = |lsn| Piece {
+            commit_lsn: lsn,
+            end_lsn: Some(lsn + 1),
+            ..Piece::default()
+        };
+        sender.send(piece(1)).await.unwrap();
+        let waiting = tokio::spawn(async move { sender.send(piece(2)).await });
+        tokio::task::yield_now().await;
+        drop(receiver);
+        let sent = tokio::time::timeout(Duration::from_secs(10), waiting)
+            .await
+            .expect("the waiting sender was woken")
+            .unwrap();
+        assert_eq!(sent, Err(WriterGone));
     }
 
     #[tokio::test]

@@ -41,6 +41,7 @@ mod audit_query;
 mod cancellation;
 mod capture_rules;
 mod carrier;
+mod chaos_regressions;
 mod cli_audit;
 mod cli_changes;
 mod cli_dev;

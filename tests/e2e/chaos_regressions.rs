@@ -1,0 +1,158 @@
+//! Defects the chaos runner (`bemi-chaos`) found, each reproduced here on its own, without the
+//! runner's randomness.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context as _, ensure};
+use bemi_tests::proxy::FaultProxy;
+use bemi_tests::worker::{stored_count, wait_until_slot_streams, worker_config};
+use bemi_tests::{TestCluster, TestResult, wait_until};
+
+use crate::cli_support::Background;
+
+/// Seeds 1 and 3 (direct): an `ADD COLUMN` committed while the worker's requests to the source
+/// were cut (its replies and catalog queries lost, the WAL still arriving) never reached the
+/// schema history, and the table's later changes were stored with `primary_key` NULL and
+/// `_bemi_key_unknown` although the key was knowable.
+async fn an_add_column_while_the_workers_requests_are_cut_keeps_the_key(
+    cluster: Arc<TestCluster>,
+) -> TestResult {
+    let db = cluster
+        .tracked_database(
+            "chaos_add_column",
+            "CREATE TABLE events (id bigint PRIMARY KEY, note text);
+             ALTER TABLE events REPLICA IDENTITY FULL",
+        )
+        .await?;
+    let slot = worker_config(&db).slot;
+    let config: tokio_postgres::Config = db.url.parse()?;
+    let port = *config.get_ports().first().context("no port in the URL")?;
+    let proxy = FaultProxy::start(port).await?;
+    let proxied = proxy.url_for(&db.url, port)?;
+    let mut worker = Background::start(
+        &["worker"],
+        &[
+            ("DATABASE_URL", &proxied),
+            ("BEMI_DESTINATION_URL", &db.url),
+            ("BEMI_SLOT", &slot),
+            ("RUST_LOG", "info,bemi_worker=debug"),
+        ],
+    )?;
+    wait_until_slot_streams(&db, &slot).await?;
+    let insert = |from: i64, to: i64| {
+        let pool = db.pool.clone();
+        async move {
+            sqlx::query(
+                "INSERT INTO events (id, note) SELECT g, 'n' FROM generate_series($1, $2) g",
+            )
+            .bind(from)
+            .bind(to)
+            .execute(&pool)
+            .await
+        }
+    };
+    insert(1, 10).await?;
+    wait_until("the first rows stored", Duration::from_secs(60), || async {
+        Ok((stored_count(&db).await?.unwrap_or(0) >= 10).then_some(()))
+    })
+    .await?;
+
+    // The worker's requests are cut (its status updates and queries lost); the WAL still
+    // reaches it.
+    proxy.cut_requests_after(0);
+    sqlx::query("ALTER TABLE events ADD COLUMN extra int DEFAULT 1")
+        .execute(&db.pool)
+        .await?;
+    insert(11, 20).await?;
+    sqlx::query("UPDATE events SET note = 'u' WHERE id <= 5")
+        .execute(&db.pool)
+        .await?;
+    // It may store them meanwhile (the destination is not behind the proxy), or stall on a
+    // catalog query: either way, at most 15 s later its connections are closed and its
+    // requests pass again, as in the chaos run.
+    let _ = wait_until(
+        "the cut worker to store",
+        Duration::from_secs(15),
+        || async { Ok((stored_count(&db).await?.unwrap_or(0) >= 25).then_some(())) },
+    )
+    .await;
+    proxy.pass_requests();
+    proxy.close_connections();
+    insert(21, 30).await?;
+
+    wait_until("every change stored", Duration::from_secs(90), || async {
+        Ok((stored_count(&db).await?.unwrap_or(0) >= 35).then_some(()))
+    })
+    .await
+    .with_context(|| worker.stderr())?;
+    let keyless: Vec<(i64, String)> = sqlx::query_as(
+        "SELECT id, context::text FROM changes \
+          WHERE \"table\" = 'events' AND primary_key IS NULL ORDER BY id",
+    )
+    .fetch_all(&db.pool)
+    .await?;
+    ensure!(
+        keyless.is_empty(),
+        "{} changes stored without their key, e.g. {:?}\n{}",
+        keyless.len(),
+        keyless.first(),
+        worker.stderr()
+    );
+    let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM changes WHERE \"table\" = 'events'")
+        .fetch_one(&db.pool)
+        .await?;
+    ensure!(stored == 35, "{stored} changes stored, expected 35");
+    worker.terminate().await?;
+    Ok(())
+}
+e2e_test!(an_add_column_while_the_workers_requests_are_cut_keeps_the_key);
+
+/// Seed 2 (direct): a worker whose connection to the source stopped passing bytes either way
+/// (a half-open connection) logged SIGTERM and never exited: the replication client waited for
+/// the server's answer to its goodbye forever.
+async fn a_worker_cut_off_from_the_source_still_ends_on_sigterm(
+    cluster: Arc<TestCluster>,
+) -> TestResult {
+    let db = cluster
+        .tracked_database(
+            "chaos_cut_sigterm",
+            "CREATE TABLE items (id bigint PRIMARY KEY)",
+        )
+        .await?;
+    let slot = worker_config(&db).slot;
+    let config: tokio_postgres::Config = db.url.parse()?;
+    let port = *config.get_ports().first().context("no port in the URL")?;
+    let proxy = FaultProxy::start(port).await?;
+    let proxied = proxy.url_for(&db.url, port)?;
+    let mut worker = Background::start(
+        &["worker"],
+        &[
+            ("DATABASE_URL", &proxied),
+            ("BEMI_DESTINATION_URL", &db.url),
+            ("BEMI_SLOT", &slot),
+        ],
+    )?;
+    wait_until_slot_streams(&db, &slot).await?;
+    sqlx::query("INSERT INTO items SELECT generate_series(1, 10)")
+        .execute(&db.pool)
+        .await?;
+    wait_until("the rows stored", Duration::from_secs(60), || async {
+        Ok((stored_count(&db).await?.unwrap_or(0) >= 10).then_some(()))
+    })
+    .await?;
+    // Nothing passes either way; nothing is closed.
+    proxy.hold_responses();
+    proxy.cut_requests_after(0);
+    let started = std::time::Instant::now();
+    worker.terminate().await.with_context(|| worker.stderr())?;
+    let took = started.elapsed();
+    eprintln!("the cut-off worker exited {took:?} after SIGTERM");
+    // Its waits at shutdown are bounded (5 s for the last confirmation, 5 s for the
+    // connection's end); a minute leaves room for a slow machine.
+    ensure!(took < Duration::from_secs(60), "it took {took:?} to exit");
+    proxy.release_responses();
+    proxy.pass_requests();
+    Ok(())
+}
+e2e_test!(a_worker_cut_off_from_the_source_still_ends_on_sigterm);
