@@ -707,6 +707,19 @@ async fn run(args: Args) -> anyhow::Result<bool> {
     if mismatches.len() > 200 {
         println!("… and {} more mismatches", mismatches.len() - 200);
     }
+    if !mismatches.is_empty() {
+        // What the worker kept of its position and the schema history: where a lost key or a
+        // misplaced version comes from.
+        let history: Vec<(String, String, String, String)> = sqlx::query_as(
+            "SELECT 'history', relid::text, lsn::text,                     (SELECT string_agg(c->>'name', ',') FROM jsonb_array_elements(schema::jsonb->'columns') c)                FROM _bemi_worker_schema              UNION ALL              SELECT 'state', slot, last_lsn::text,                     coalesce(partial_commit_lsn::text || ' at ' || partial_position::text, '')                FROM _bemi_worker_state ORDER BY 1, 2, 3",
+        )
+        .fetch_all(&destination)
+        .await
+        .unwrap_or_default();
+        for (what, id, lsn, detail) in history {
+            println!("{what}: {id} {lsn} {detail}");
+        }
+    }
     let mut kinds_of_mismatch: BTreeMap<String, usize> = BTreeMap::new();
     for mismatch in &mismatches {
         *kinds_of_mismatch.entry(mismatch.kind()).or_default() += 1;

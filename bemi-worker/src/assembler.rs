@@ -230,6 +230,13 @@ impl Assembler {
         {
             // The empty message after a DDL's descriptions only takes a position tie (see the
             // migration's _bemi_schema_trigger_func).
+            if !content.is_empty() {
+                tracing::debug!(
+                    lsn = %crate::lsn::format_lsn(lsn),
+                    commit = %crate::lsn::format_lsn(open.commit_lsn),
+                    "a schema message of a transaction stored already is skipped"
+                );
+            }
             return None;
         }
         match TableSchema::parse(content) {

@@ -235,6 +235,13 @@ impl BatchWriter {
             .flat_map(|piece| piece.schemas.iter().cloned())
             .collect();
         schema_history::insert(&mut self.conn, &self.database, &self.slot, &schemas).await?;
+        if !schemas.is_empty() {
+            tracing::debug!(
+                versions = schemas.len(),
+                first = %format_lsn(schemas[0].lsn),
+                "schema versions written with the batch"
+            );
+        }
         if let Some(previous) = previous
             && !previous.await.unwrap_or(false)
         {

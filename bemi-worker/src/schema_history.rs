@@ -447,8 +447,21 @@ impl SchemaStore {
     /// Takes a version if it is not older than the one held for its table.
     pub(crate) fn apply(&mut self, lsn: u64, schema: TableSchema) {
         match self.tables.get(&schema.oid) {
-            Some((held, _)) if *held > lsn => {}
+            Some((held, _)) if *held > lsn => {
+                tracing::debug!(
+                    relid = schema.oid,
+                    lsn = %format_lsn(lsn),
+                    held = %format_lsn(*held),
+                    "a schema version older than the one held is not applied"
+                );
+            }
             _ => {
+                tracing::debug!(
+                    relid = schema.oid,
+                    lsn = %format_lsn(lsn),
+                    columns = schema.columns.len(),
+                    "schema version applied"
+                );
                 self.tables.insert(schema.oid, (lsn, schema));
             }
         }
@@ -492,11 +505,13 @@ const INSERT_SQL: &str = "INSERT INTO _bemi_worker_schema (database, slot, relid
        FROM unnest($3::bigint[], $4::text[], $5::text[]) AS v(relid, lsn, schema) \
      ON CONFLICT DO NOTHING";
 
-/// The latest version of each table's schema at or before a position.
-const LOAD_SQL: &str = "SELECT DISTINCT ON (relid) lsn::text, schema \
-       FROM _bemi_worker_schema \
-      WHERE database = $1 AND slot = $2 AND lsn <= $3::pg_lsn \
-      ORDER BY relid, lsn DESC";
+/// The latest version of each table's schema at or before a position. (Ordered by the
+/// `pg_lsn` column: an output column named `lsn` holding its text would take its place in
+/// `ORDER BY`, and `0/CEBB4E0` sorts after `0/182CB600` as text — chaos seed 1.)
+const LOAD_SQL: &str = "SELECT DISTINCT ON (v.relid) v.lsn::text AS lsn_text, v.schema \
+       FROM _bemi_worker_schema v \
+      WHERE v.database = $1 AND v.slot = $2 AND v.lsn <= $3::pg_lsn \
+      ORDER BY v.relid, v.lsn DESC";
 
 /// The latest stored version of each table at or before `position`, for the worker of `slot`
 /// on the source `database`.
@@ -898,5 +913,52 @@ mod tests {
         // A later description takes over again.
         store.apply(300, TableSchema::parse(MESSAGE.as_bytes()).unwrap());
         assert_eq!(store.get(16_385).unwrap().key, ["code", "id"]);
+    }
+
+    /// Chaos seed 1: after a restart, the history as of `0/1BE1D5D8` held a version at
+    /// `0/CEBB4E0` and a later one at `0/182CB600`; the earlier was loaded (it sorts last as
+    /// text), so the table's changes after the later DDL lost their key.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_latest_version_is_loaded_whatever_its_lsn_looks_like_as_text() {
+        use sqlx::Connection as _;
+
+        let pg = tokio::task::spawn_blocking(bemi_dev::EphemeralPostgres::start)
+            .await
+            .unwrap()
+            .unwrap();
+        let mut conn = sqlx::PgConnection::connect(&pg.url()).await.unwrap();
+        sqlx::raw_sql(TABLE_SQL).execute(&mut conn).await.unwrap();
+        let version =
+            |columns: &str| format!(r#"{{"oid": 16385, "key": ["id"], "columns": [{columns}]}}"#);
+        let id = r#"{"name": "id", "type": {"base": "20", "array_depth": 0}}"#;
+        let extra = r#"{"name": "extra", "type": {"base": "23", "array_depth": 0}}"#;
+        let versions = [
+            SchemaVersion {
+                lsn: 0x1D9_8ED8,
+                relid: 16_385,
+                json: version(id),
+            },
+            SchemaVersion {
+                lsn: 0xCEB_B4E0,
+                relid: 16_385,
+                json: version(id),
+            },
+            SchemaVersion {
+                lsn: 0x182C_B600,
+                relid: 16_385,
+                json: version(&format!("{id}, {extra}")),
+            },
+        ];
+        insert(&mut conn, "app", "bemi", &versions).await.unwrap();
+
+        let loaded = load(&mut conn, "app", "bemi", 0x1BE1_D5D8).await.unwrap();
+        assert_eq!(loaded.len(), 1);
+        assert_eq!(format_lsn(loaded[0].0), "0/182CB600");
+        assert_eq!(loaded[0].1.columns.len(), 2);
+        // As of a position before it, the one before.
+        let loaded = load(&mut conn, "app", "bemi", 0x182C_B5FF).await.unwrap();
+        assert_eq!(format_lsn(loaded[0].0), "0/CEBB4E0");
+        conn.close().await.unwrap();
+        tokio::task::spawn_blocking(move || drop(pg)).await.unwrap();
     }
 }

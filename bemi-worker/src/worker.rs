@@ -394,6 +394,12 @@ impl Worker {
     ) -> Result<SchemaStore, WorkerError> {
         let mut history = SchemaStore::default();
         for (lsn, schema) in kept.load(start_lsn).await? {
+            tracing::debug!(
+                relid = schema.oid,
+                lsn = %format_lsn(lsn),
+                start = %format_lsn(start_lsn),
+                "schema version loaded from the history"
+            );
             history.apply(lsn, schema);
         }
         let recording: bool = sqlx::query_scalar(

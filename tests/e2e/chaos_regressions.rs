@@ -11,10 +11,12 @@ use bemi_tests::{TestCluster, TestResult, wait_until};
 
 use crate::cli_support::Background;
 
-/// Seeds 1 and 3 (direct): an `ADD COLUMN` committed while the worker's requests to the source
-/// were cut (its replies and catalog queries lost, the WAL still arriving) never reached the
-/// schema history, and the table's later changes were stored with `primary_key` NULL and
-/// `_bemi_key_unknown` although the key was knowable.
+/// The scenario of seeds 1 and 3 (direct), where a table's changes lost their key after DDL:
+/// an `ADD COLUMN` committed while the worker's requests to the source are cut (its replies
+/// and catalog queries lost, the WAL still arriving), then its connections closed. (The cause
+/// was the schema history's load ordering versions by their LSN as text — unit test
+/// `the_latest_version_is_loaded_whatever_its_lsn_looks_like_as_text` — this keeps the
+/// scenario itself covered.)
 async fn an_add_column_while_the_workers_requests_are_cut_keeps_the_key(
     cluster: Arc<TestCluster>,
 ) -> TestResult {
