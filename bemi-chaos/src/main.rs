@@ -103,12 +103,17 @@ enum Fault {
     KillWorker,
     TermWorker,
     PostgresRestart,
+    PostgresCrash,
     DestinationDown,
     HoldResponses,
     CutRequests,
     CloseConnections,
     KillStore,
     KillNats,
+    NatsHoldResponses,
+    NatsCutRequests,
+    NatsCloseConnections,
+    StreamDeleted,
 }
 
 impl Fault {
@@ -117,12 +122,17 @@ impl Fault {
             Self::KillWorker => "kill -9 worker",
             Self::TermWorker => "SIGTERM worker",
             Self::PostgresRestart => "PostgreSQL fast restart",
+            Self::PostgresCrash => "PostgreSQL immediate shutdown and restart (crash recovery)",
             Self::DestinationDown => "destination unavailable",
             Self::HoldResponses => "proxy: PostgreSQL's responses held",
             Self::CutRequests => "proxy: worker's requests cut",
             Self::CloseConnections => "proxy: connections closed",
             Self::KillStore => "kill -9 store",
             Self::KillNats => "kill -9 nats-server",
+            Self::NatsHoldResponses => "proxy: nats-server's responses held",
+            Self::NatsCutRequests => "proxy: requests to nats-server cut",
+            Self::NatsCloseConnections => "proxy: NATS connections closed",
+            Self::StreamDeleted => "JetStream stream deleted (pipeline drained first)",
         }
     }
 }
@@ -205,6 +215,10 @@ async fn databases() -> anyhow::Result<Databases> {
 }
 
 /// How long quiescing may take.
+/// The JetStream stream of the run (bemi's default name).
+const NATS_STREAM: &str = "bemi";
+/// How long the pipeline may take to drain before a stream deletion.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(60);
 const QUIESCE_TIMEOUT: Duration = Duration::from_secs(300);
 /// No progress for this long while quiescing, the slot behind: the pipeline is stuck.
 const STALL: Duration = Duration::from_secs(60);
@@ -371,12 +385,16 @@ async fn run(args: Args) -> anyhow::Result<bool> {
         "--heartbeat-interval",
         "1s",
     ];
+    // The worker and the stores reach nats-server through a fault proxy of their own.
     let nats_url;
+    let mut nats_proxy = None;
     if args.nats {
         let server = tokio::task::spawn_blocking(NatsServer::start)
             .await?
             .context("starting nats-server")?;
-        nats_url = server.url();
+        let proxy = FaultProxy::start(server.port()).await?;
+        nats_url = proxy.url_for(&server.url(), server.port())?;
+        nats_proxy = Some(proxy);
         nats = Some(server);
         worker_args.extend(["--sink", nats_url.as_str()]);
     } else {
@@ -433,6 +451,12 @@ async fn run(args: Args) -> anyhow::Result<bool> {
     let duration = Duration::from_secs_f64(args.minutes * 60.0);
     let deadline = Instant::now() + duration;
     let stop = Arc::new(AtomicBool::new(false));
+    let paused = Arc::new(AtomicBool::new(false));
+    let mut streams_deleted = 0u32;
+    let destination = PgPoolOptions::new()
+        .max_connections(2)
+        .connect(&dbs.destination)
+        .await?;
     let adapter = bemi_sqlx::BemiPool::new(
         PgPoolOptions::new()
             .max_connections(8)
@@ -440,13 +464,18 @@ async fn run(args: Args) -> anyhow::Result<bool> {
             .connect(&dbs.source)
             .await?,
     );
+    let connections = workload::Connections {
+        plain: source.clone(),
+        adapter,
+        url: dbs.source.clone(),
+        paused: Arc::clone(&paused),
+    };
     let mut tasks = Vec::new();
     for n in 1..=writers {
         tasks.push(tokio::spawn(workload::writer(
             n,
             rng.fork(n),
-            source.clone(),
-            adapter.clone(),
+            connections.clone(),
             Arc::clone(&stop),
             deadline,
         )));
@@ -454,6 +483,7 @@ async fn run(args: Args) -> anyhow::Result<bool> {
     let ddl = tokio::spawn(workload::ddl(
         rng.fork(100),
         source.clone(),
+        Arc::clone(&paused),
         Arc::clone(&stop),
         deadline,
         started,
@@ -470,14 +500,21 @@ async fn run(args: Args) -> anyhow::Result<bool> {
         (Fault::CloseConnections, 2),
     ];
     if dbs.cluster.is_some() {
-        kinds.push((Fault::PostgresRestart, 1));
+        kinds.extend([(Fault::PostgresRestart, 1), (Fault::PostgresCrash, 1)]);
     } else {
         println!(
             "PostgreSQL restarts skipped: DATABASE_URL names a server the runner does not own"
         );
     }
     if args.nats {
-        kinds.extend([(Fault::KillStore, 3), (Fault::KillNats, 1)]);
+        kinds.extend([
+            (Fault::KillStore, 3),
+            (Fault::KillNats, 1),
+            (Fault::NatsHoldResponses, 1),
+            (Fault::NatsCutRequests, 1),
+            (Fault::NatsCloseConnections, 1),
+            (Fault::StreamDeleted, 1),
+        ]);
     }
     let mut faults_rng = rng.fork(200);
     for _ in 0..100_000 {
@@ -545,6 +582,18 @@ async fn run(args: Args) -> anyhow::Result<bool> {
                 }
                 println!("{} PostgreSQL back", at(started));
             }
+            Fault::PostgresCrash => {
+                println!("{} fault: {}", at(started), fault.name());
+                if let Some(cluster) = dbs.cluster.as_mut() {
+                    tokio::task::block_in_place(|| -> anyhow::Result<()> {
+                        cluster.crash_server()?;
+                        cluster.start_server()?;
+                        Ok(())
+                    })
+                    .context("crashing and restarting PostgreSQL")?;
+                }
+                println!("{} PostgreSQL back", at(started));
+            }
             Fault::DestinationDown => {
                 println!("{} fault: {} for {lasting:?}", at(started), fault.name());
                 let name = &dbs.destination_name;
@@ -588,6 +637,56 @@ async fn run(args: Args) -> anyhow::Result<bool> {
                 proxy.close_connections();
                 println!("{} fault: {}", at(started), fault.name());
             }
+            Fault::NatsHoldResponses => {
+                let nats_proxy = nats_proxy.as_ref().context("no NATS proxy")?;
+                println!("{} fault: {} for {lasting:?}", at(started), fault.name());
+                nats_proxy.hold_responses();
+                services.wait(lasting, started).await?;
+                nats_proxy.release_responses();
+                println!("{} NATS proxy passes responses again", at(started));
+            }
+            Fault::NatsCutRequests => {
+                let nats_proxy = nats_proxy.as_ref().context("no NATS proxy")?;
+                let bytes = usize::try_from(faults_rng.range(0, 4096)).unwrap_or(0);
+                println!(
+                    "{} fault: {} after {bytes} bytes, for {lasting:?}",
+                    at(started),
+                    fault.name()
+                );
+                nats_proxy.cut_requests_after(bytes);
+                services.wait(lasting, started).await?;
+                nats_proxy.cut_requests_after(usize::MAX);
+                nats_proxy.close_connections();
+                println!("{} NATS proxy passes requests again", at(started));
+            }
+            Fault::NatsCloseConnections => {
+                let nats_proxy = nats_proxy.as_ref().context("no NATS proxy")?;
+                nats_proxy.close_connections();
+                println!("{} fault: {}", at(started), fault.name());
+            }
+            Fault::StreamDeleted => {
+                println!("{} fault: {}", at(started), fault.name());
+                paused.store(true, Ordering::Relaxed);
+                let drained = drain(&mut services, &source, &destination, started).await?;
+                if drained {
+                    let client = async_nats::connect(nats_url.as_str())
+                        .await
+                        .context("connecting to NATS to delete the stream")?;
+                    async_nats::jetstream::new(client)
+                        .delete_stream(NATS_STREAM)
+                        .await
+                        .context("deleting the stream")?;
+                    streams_deleted += 1;
+                    println!("{} stream `{NATS_STREAM}` deleted", at(started));
+                } else {
+                    println!(
+                        "{} the pipeline did not drain within {DRAIN_TIMEOUT:?}; the stream \
+                         is left alone",
+                        at(started)
+                    );
+                }
+                paused.store(false, Ordering::Relaxed);
+            }
         }
     }
 
@@ -609,13 +708,13 @@ async fn run(args: Args) -> anyhow::Result<bool> {
     );
     proxy.release_responses();
     proxy.cut_requests_after(usize::MAX);
+    if let Some(nats_proxy) = &nats_proxy {
+        nats_proxy.release_responses();
+        nats_proxy.cut_requests_after(usize::MAX);
+    }
     services.revive(started)?;
     let target: String = sqlx::query_scalar("SELECT pg_current_wal_lsn()::text")
         .fetch_one(&source)
-        .await?;
-    let destination = PgPoolOptions::new()
-        .max_connections(2)
-        .connect(&dbs.destination)
         .await?;
     let mut last = (-1i64, String::new());
     let mut stable = 0;
@@ -758,12 +857,77 @@ async fn run(args: Args) -> anyhow::Result<bool> {
     for (kind, count) in &kinds_of_mismatch {
         println!("  {kind}: {count}");
     }
+    // A deleted stream must be said loudly by the stores (each partition that sees the new
+    // stream warns), never passed over in silence.
+    let resets_reported: usize = services
+        .stores
+        .iter()
+        .map(|store| {
+            std::fs::read_to_string(store.log())
+                .unwrap_or_default()
+                .matches("was deleted and created again")
+                .count()
+        })
+        .sum();
+    let resets_loud = streams_deleted == 0 || resets_reported >= 1;
+    if args.nats {
+        println!(
+            "streams deleted: {streams_deleted}; resets the stores reported: {resets_reported}{}",
+            if resets_loud {
+                ""
+            } else {
+                " — LOUD: a deleted stream went unreported"
+            }
+        );
+    }
     println!("logs: {}", log_dir.display());
-    Ok(quiesced && mismatches.is_empty())
+    Ok(quiesced && mismatches.is_empty() && resets_loud)
 }
 
 /// The `RUST_LOG` of the processes the runner starts: the runner's own `RUST_LOG` when set
 /// (e.g. `info,bemi_worker=debug` to follow a failing seed), else `info`.
 fn log_filter() -> String {
     std::env::var("RUST_LOG").unwrap_or_else(|_| "info".to_owned())
+}
+
+/// With the workload paused: waits until the slot confirmed everything written so far and
+/// `changes` stopped growing (every message the stream held is stored); whether it did within
+/// [`DRAIN_TIMEOUT`].
+async fn drain(
+    services: &mut Services,
+    source: &PgPool,
+    destination: &PgPool,
+    started: Instant,
+) -> anyhow::Result<bool> {
+    // The writers finish the transaction they are in.
+    services.wait(Duration::from_secs(1), started).await?;
+    let target: String = sqlx::query_scalar("SELECT pg_current_wal_lsn()::text")
+        .fetch_one(source)
+        .await?;
+    let deadline = Instant::now() + DRAIN_TIMEOUT;
+    let (mut last, mut stable) = (-1i64, 0);
+    while Instant::now() < deadline {
+        services.wait(Duration::from_millis(500), started).await?;
+        let confirmed: bool = sqlx::query_scalar(
+            "SELECT coalesce(bool_or(confirmed_flush_lsn >= $1::pg_lsn), false) \
+               FROM pg_replication_slots WHERE slot_name = 'chaos'",
+        )
+        .bind(&target)
+        .fetch_one(source)
+        .await?;
+        let count: i64 = sqlx::query_scalar("SELECT count(*) FROM changes")
+            .fetch_one(destination)
+            .await
+            .unwrap_or(-1);
+        stable = if count == last && count >= 0 {
+            stable + 1
+        } else {
+            0
+        };
+        last = count;
+        if confirmed && stable >= 4 {
+            return Ok(true);
+        }
+    }
+    Ok(false)
 }

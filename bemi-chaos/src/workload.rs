@@ -1,13 +1,14 @@
 //! The workload: concurrent writers and a DDL task, every choice from the seed. Each
 //! transaction declares its context to the oracle (`bemi_chaos.context`, local to the
 //! transaction) and carries the same context to bemi by a trailing comment, through the sqlx
-//! adapter, or not at all.
+//! adapter, through the tokio-postgres adapter, or not at all.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use bemi_sqlx::BemiPool;
+use bemi_tokio_postgres::BemiClient;
 use serde_json::json;
 use sqlx::{AssertSqlSafe, PgPool};
 
@@ -45,6 +46,9 @@ enum Via {
     Comment,
     /// `BemiPool` (the sqlx adapter) inside `bemi_core::context::scope`.
     Adapter,
+    /// `BemiClient` (the tokio-postgres adapter) inside `bemi_core::context::scope`; its
+    /// rolled-back savepoints are the adapter's nested transactions.
+    TokioPostgres,
     /// No context at all (plain SQL): `changes` must show none.
     Nothing,
 }
@@ -61,38 +65,101 @@ pub(crate) struct WriterStats {
 /// The most transactions one writer runs, whatever the time budget.
 const MAX_TRANSACTIONS: u64 = 2_000_000;
 
+/// Where a writer's transactions go.
+#[derive(Clone)]
+pub(crate) struct Connections {
+    /// A plain sqlx pool (comments, or nothing).
+    pub(crate) plain: PgPool,
+    /// The sqlx adapter's pool.
+    pub(crate) adapter: BemiPool,
+    /// The source's URL, for each writer's own tokio-postgres connection.
+    pub(crate) url: String,
+    /// While set, writers and the DDL task start nothing new (the runner drains the pipeline).
+    pub(crate) paused: Arc<AtomicBool>,
+}
+
+/// Waits while `paused` is set (and `stop` is not).
+async fn wait_while_paused(paused: &AtomicBool, stop: &AtomicBool) {
+    while paused.load(Ordering::Relaxed) && !stop.load(Ordering::Relaxed) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A writer's tokio-postgres connection through the adapter, opened again once it broke (a
+/// PostgreSQL restart, a terminated backend).
+struct TokioPostgres {
+    url: String,
+    client: Option<BemiClient>,
+}
+
+impl TokioPostgres {
+    async fn client(&mut self) -> Result<&mut BemiClient, tokio_postgres::Error> {
+        if self.client.as_ref().is_none_or(|c| c.inner().is_closed()) {
+            let (client, connection) =
+                tokio_postgres::connect(&self.url, tokio_postgres::NoTls).await?;
+            tokio::spawn(connection);
+            self.client = Some(BemiClient::new(client));
+        }
+        Ok(self.client.as_mut().expect("connected above"))
+    }
+}
+
 /// Writer number `n`: transactions until `stop` or `deadline`.
 pub(crate) async fn writer(
     n: u64,
     mut rng: Rng,
-    plain: PgPool,
-    adapter: BemiPool,
+    connections: Connections,
     stop: Arc<AtomicBool>,
     deadline: Instant,
 ) -> WriterStats {
     let name = format!("w{n}");
     let mut stats = WriterStats::default();
     let mut ids = 0u64;
+    let mut tokio_postgres = TokioPostgres {
+        url: connections.url.clone(),
+        client: None,
+    };
     for seq in 1..=MAX_TRANSACTIONS {
+        wait_while_paused(&connections.paused, &stop).await;
         if stop.load(Ordering::Relaxed) || Instant::now() >= deadline {
             break;
         }
-        let via = rng.weighted(&[(Via::Comment, 45), (Via::Adapter, 45), (Via::Nothing, 10)]);
+        let via = rng.weighted(&[
+            (Via::Comment, 35),
+            (Via::Adapter, 30),
+            (Via::TokioPostgres, 25),
+            (Via::Nothing, 10),
+        ]);
         let context = match via {
             Via::Comment => json!({"writer": name, "seq": seq, "via": "comment"}),
             Via::Adapter => json!({"writer": name, "seq": seq, "via": "sqlx"}),
+            Via::TokioPostgres => json!({"writer": name, "seq": seq, "via": "tokio-postgres"}),
             Via::Nothing => json!({}),
         };
         let steps = plan(&mut rng, n, seq, &mut ids);
+        let scope = || match context.clone() {
+            serde_json::Value::Object(map) => map,
+            _ => unreachable!("a JSON object"),
+        };
         let result = match via {
-            Via::Adapter => {
-                let serde_json::Value::Object(map) = context.clone() else {
-                    unreachable!("a JSON object")
-                };
-                bemi_core::context::scope(map, run_adapter(&adapter, &context, &steps)).await
-            }
-            Via::Comment => run_plain(&plain, &context, &steps, true).await,
-            Via::Nothing => run_plain(&plain, &context, &steps, false).await,
+            Via::Adapter => bemi_core::context::scope(
+                scope(),
+                run_adapter(&connections.adapter, &context, &steps),
+            )
+            .await
+            .map_err(|e| e.to_string()),
+            Via::TokioPostgres => bemi_core::context::scope(
+                scope(),
+                run_tokio_postgres(&mut tokio_postgres, &context, &steps),
+            )
+            .await
+            .map_err(|e| e.to_string()),
+            Via::Comment => run_plain(&connections.plain, &context, &steps, true)
+                .await
+                .map_err(|e| e.to_string()),
+            Via::Nothing => run_plain(&connections.plain, &context, &steps, false)
+                .await
+                .map_err(|e| e.to_string()),
         };
         match result {
             Ok(()) => stats.commits += 1,
@@ -368,16 +435,47 @@ async fn run_adapter(
     tx.commit().await
 }
 
+/// A transaction through the tokio-postgres adapter (the context is the caller's task-local
+/// scope); a rolled-back savepoint is the adapter's nested transaction.
+async fn run_tokio_postgres(
+    connection: &mut TokioPostgres,
+    context: &serde_json::Value,
+    steps: &[Step],
+) -> Result<(), tokio_postgres::Error> {
+    let client = connection.client().await?;
+    let mut tx = client.transaction().await?;
+    tx.inner().execute(DECLARE, &[&context.to_string()]).await?;
+    for step in steps {
+        match step {
+            Step::Sql(sql) => {
+                tx.execute(sql.as_str(), &[]).await?;
+            }
+            Step::RolledBack(statements) => {
+                let nested = tx.transaction().await?;
+                for sql in statements {
+                    nested.execute(sql.as_str(), &[]).await?;
+                }
+                nested.rollback().await?;
+            }
+        }
+    }
+    tx.commit().await
+}
+
 /// DDL mid-stream on `chaos_events`, every 10–30 s until `stop` or `deadline`: add, rename and
-/// drop a column; drop and recreate the table (with the oracle's triggers).
+/// drop a column; change the primary key (`(id)` ⇄ `(id, kind)`); drop and recreate the table
+/// (with the oracle's triggers).
 pub(crate) async fn ddl(
     mut rng: Rng,
     pool: PgPool,
+    paused: Arc<AtomicBool>,
     stop: Arc<AtomicBool>,
     deadline: Instant,
     started: Instant,
 ) -> u64 {
     let mut current: Vec<String> = Vec::new();
+    // Whether the primary key is `(id, kind)` rather than `(id)`.
+    let mut composite_key = false;
     let mut done = 0u64;
     for n in 1..=10_000u64 {
         let pause = Instant::now() + Duration::from_millis(rng.range(10_000, 30_000));
@@ -387,11 +485,19 @@ pub(crate) async fn ddl(
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
+        wait_while_paused(&paused, &stop).await;
         let kind = if current.is_empty() {
-            rng.weighted(&[("add", 4), ("recreate", 1)])
+            rng.weighted(&[("add", 4), ("key", 2), ("recreate", 1)])
         } else {
-            rng.weighted(&[("add", 2), ("rename", 2), ("drop", 2), ("recreate", 1)])
+            rng.weighted(&[
+                ("add", 2),
+                ("rename", 2),
+                ("drop", 2),
+                ("key", 2),
+                ("recreate", 1),
+            ])
         };
+        let mut key_after = composite_key;
         // The columns after this DDL, kept only if it commits.
         let mut after = current.clone();
         let columns = &mut after;
@@ -410,8 +516,17 @@ pub(crate) async fn ddl(
                 let column = columns.remove(at);
                 format!("ALTER TABLE chaos_events DROP COLUMN {column}")
             }
+            "key" => {
+                key_after = !composite_key;
+                let key = if key_after { "id, kind" } else { "id" };
+                format!(
+                    "ALTER TABLE chaos_events DROP CONSTRAINT chaos_events_pkey, \
+                     ADD PRIMARY KEY ({key})"
+                )
+            }
             _ => {
                 columns.clear();
+                key_after = false;
                 format!(
                     "DROP TABLE chaos_events; {EVENTS}; {}",
                     oracle::attach("chaos_events")
@@ -423,6 +538,7 @@ pub(crate) async fn ddl(
             Ok(()) => {
                 done += 1;
                 current = after;
+                composite_key = key_after;
                 println!("[{at:7.1}s] ddl: {sql}");
             }
             Err(error) => println!("[{at:7.1}s] ddl failed (rolled back): {sql}: {error}"),

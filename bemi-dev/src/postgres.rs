@@ -325,6 +325,23 @@ impl EphemeralPostgres {
         }
     }
 
+    /// Stops the server the way a power cut would look to its clients (immediate shutdown:
+    /// no checkpoint, every connection dropped, crash recovery at the next
+    /// [`start_server`](Self::start_server)), keeping its data.
+    ///
+    /// ```no_run
+    /// # let mut pg = bemi_dev::EphemeralPostgres::start()?;
+    /// pg.crash_server()?;
+    /// pg.start_server()?;
+    /// # Ok::<(), bemi_dev::LaunchError>(())
+    /// ```
+    pub fn crash_server(&mut self) -> Result<(), LaunchError> {
+        match self.server.take() {
+            Some(server) => Ok(server.quit()?),
+            None => Ok(()),
+        }
+    }
+
     /// Starts the server if it is not running (on the same port once it has one).
     ///
     /// ```no_run

@@ -81,6 +81,23 @@ impl Server {
 }
 
 impl Server {
+    /// SIGQUIT (PostgreSQL's immediate shutdown: every backend aborted, crash recovery at the
+    /// next start), SIGKILL if that takes too long; waits for the exit.
+    pub(crate) fn quit(self) -> io::Result<()> {
+        for signal in [libc::SIGQUIT, libc::SIGKILL] {
+            // SAFETY: sending a signal to our own child process.
+            unsafe { libc::kill(self.pid, signal) };
+            match self.exit_receiver().recv_timeout(SHUTDOWN_TIMEOUT) {
+                Ok(_) | Err(mpsc::RecvTimeoutError::Disconnected) => return Ok(()),
+                Err(mpsc::RecvTimeoutError::Timeout) => continue,
+            }
+        }
+        Err(io::Error::other(format!(
+            "the process {} did not stop",
+            self.pid
+        )))
+    }
+
     /// SIGKILL, and waits for the exit: a crash, for the tests that need one.
     pub(crate) fn kill(self) -> io::Result<()> {
         // SAFETY: sending a signal to our own child process.
