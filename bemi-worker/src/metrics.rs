@@ -14,6 +14,7 @@
 //! | `bemi_connected` | gauge | whether the stream is up (1) or not (0) |
 //! | `bemi_standby` | gauge | whether the worker stands by (1) while another process streams from its slot |
 //! | `bemi_takeovers_total` | counter | times the worker ended another process's stream that had stopped answering, to take the slot over |
+//! | `bemi_slots_recreated_total` | counter | times the worker found its slot gone and created it again although it had stored changes from it before (changes committed meanwhile are not captured) |
 //! | `bemi_schema_mismatches_total` | counter | relations whose schema history version did not match the WAL (DDL while event triggers did not fire, or a forged `_bemi_schema` message): their changes followed the WAL |
 //! | `bemi_updates_skipped_total{table, reason}` | counter | UPDATEs left out by the capture rules, per table and reason (`unchanged`, `ignored_columns`) |
 //!
@@ -44,6 +45,7 @@ pub struct WorkerMetrics {
     connected: AtomicBool,
     standby: AtomicBool,
     takeovers: AtomicU64,
+    slots_recreated: AtomicU64,
     stream_nanos: AtomicU64,
     write_nanos: AtomicU64,
     schema_mismatches: AtomicU64,
@@ -114,6 +116,11 @@ impl WorkerMetrics {
         self.standby.store(standby, Ordering::Relaxed);
     }
 
+    /// Counts a slot found missing and created again although it was used before.
+    pub(crate) fn record_slot_recreated(&self) {
+        self.slots_recreated.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// Counts a stream of another process ended to take the slot over.
     pub(crate) fn record_takeover(&self) {
         self.takeovers.fetch_add(1, Ordering::Relaxed);
@@ -168,6 +175,16 @@ impl WorkerMetrics {
     /// ```
     pub fn takeovers(&self) -> u64 {
         self.takeovers.load(Ordering::Relaxed)
+    }
+
+    /// Times the worker found its slot gone and created it again although it had stored changes
+    /// from it before (what was committed meanwhile is not captured), so far.
+    ///
+    /// ```
+    /// assert_eq!(bemi_worker::WorkerMetrics::default().slots_recreated(), 0);
+    /// ```
+    pub fn slots_recreated(&self) -> u64 {
+        self.slots_recreated.load(Ordering::Relaxed)
     }
 
     /// Errors that made the worker reconnect, so far.
@@ -342,6 +359,13 @@ impl WorkerMetrics {
             "Times the worker ended another process's stream that had stopped answering, to \
              take the slot over.",
             self.takeovers().to_string(),
+        );
+        metric(
+            "bemi_slots_recreated_total",
+            "counter",
+            "Times the worker found its replication slot gone and created it again although it \
+             had stored changes from it before: changes committed meanwhile are not captured.",
+            self.slots_recreated().to_string(),
         );
         metric(
             "bemi_schema_mismatches_total",

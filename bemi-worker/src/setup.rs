@@ -37,6 +37,8 @@ use bemi_core::protocol::PUBLICATION_MARK;
 pub(crate) struct SlotState {
     /// The slot's confirmed position, when the slot exists.
     pub confirmed_flush: Option<u64>,
+    /// This worker created the slot in this session (see [`ensure_slot`]).
+    pub created: bool,
 }
 
 /// Checks the source: PostgreSQL 14+, `wal_level = logical`, a role allowed to replicate, and
@@ -91,11 +93,12 @@ pub(crate) async fn check_source(pool: &PgPool, slot: &str) -> Result<SlotState,
     }
     Ok(SlotState {
         confirmed_flush: confirmed.as_deref().and_then(parse_lsn),
+        created: false,
     })
 }
 
-/// Creates the slot (pgoutput) if it does not exist yet.
-pub(crate) async fn ensure_slot(pool: &PgPool, slot: &str) -> Result<(), WorkerError> {
+/// Creates the slot (pgoutput) if it does not exist yet; whether it did.
+pub(crate) async fn ensure_slot(pool: &PgPool, slot: &str) -> Result<bool, WorkerError> {
     let result = sqlx::query(
         "SELECT pg_create_logical_replication_slot($1, 'pgoutput') \
           WHERE NOT EXISTS (SELECT 1 FROM pg_catalog.pg_replication_slots WHERE slot_name = $1)",
@@ -104,7 +107,7 @@ pub(crate) async fn ensure_slot(pool: &PgPool, slot: &str) -> Result<(), WorkerE
     .execute(pool)
     .await;
     match result {
-        Ok(_) => Ok(()),
+        Ok(done) => Ok(done.rows_affected() > 0),
         // Created concurrently by another worker: fine, check_source vets it next time.
         Err(e)
             if e.as_database_error()
@@ -112,7 +115,7 @@ pub(crate) async fn ensure_slot(pool: &PgPool, slot: &str) -> Result<(), WorkerE
                 .as_deref()
                 == Some("42710") =>
         {
-            Ok(())
+            Ok(false)
         }
         Err(e)
             if e.as_database_error()

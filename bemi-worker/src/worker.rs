@@ -314,9 +314,10 @@ impl Worker {
         .map_err(WorkerError::Destination)?;
         let resume = destination.resume_point();
         let start_lsn = resume.last_lsn.max(slot.confirmed_flush.unwrap_or(0));
-        let history = self
+        let (history, used_before) = self
             .load_schema_history(pool, &mut destination, start_lsn)
             .await?;
+        self.report_lost_slot(slot, used_before || resume.last_lsn > 0);
         Ok((destination, start_lsn, history))
     }
 
@@ -379,21 +380,43 @@ impl Worker {
         let config = &self.config;
         setup::check_source(pool, &config.slot).await?;
         setup::sync_publication(pool, config).await?;
-        setup::ensure_slot(pool, &config.slot).await?;
-        setup::check_source(pool, &config.slot).await
+        let created = setup::ensure_slot(pool, &config.slot).await?;
+        let mut slot = setup::check_source(pool, &config.slot).await?;
+        slot.created = created;
+        Ok(slot)
+    }
+
+    /// Says loudly (an error, `bemi_slots_recreated_total`) that the slot was created now
+    /// although its history shows it was used before: dropped, or lost (a failover, or
+    /// `max_slot_wal_keep_size`); what was committed while it was gone is not captured.
+    fn report_lost_slot(&self, slot: &setup::SlotState, used_before: bool) {
+        if slot.created && used_before {
+            self.metrics.record_slot_recreated();
+            tracing::error!(
+                slot = %self.config.slot,
+                "the replication slot {} did not exist and was created now, but this worker \
+                 stored changes from it before: it was dropped or lost (a failover, \
+                 max_slot_wal_keep_size). Changes committed while it was gone are NOT captured: \
+                 compare `changes` with the source for that time",
+                self.config.slot
+            );
+        }
     }
 
     /// The schema history as of `start_lsn`: the versions the destination holds, and for the
     /// published tables it does not have, the source's description of them now (a baseline,
-    /// stored). Warns when the source records no history.
+    /// stored). Warns when the source records no history. Also whether it held versions
+    /// already (the slot was used before).
     async fn load_schema_history<H: HistoryStore>(
         &self,
         source: &PgPool,
         kept: &mut H,
         start_lsn: u64,
-    ) -> Result<SchemaStore, WorkerError> {
+    ) -> Result<(SchemaStore, bool), WorkerError> {
         let mut history = SchemaStore::default();
-        for (lsn, schema) in kept.load(start_lsn).await? {
+        let kept_versions = kept.load(start_lsn).await?;
+        let used_before = !kept_versions.is_empty();
+        for (lsn, schema) in kept_versions {
             tracing::debug!(
                 relid = schema.oid,
                 lsn = %format_lsn(lsn),
@@ -418,7 +441,7 @@ impl Worker {
                  decoded after a later schema change of its table (a worker that lags or \
                  restarts after downtime). Run `bemi migrate` as a superuser"
             );
-            return Ok(history);
+            return Ok((history, used_before));
         }
         // Tables of the publication the history does not have yet: their schema now.
         let missing: Vec<(i64, String)> = sqlx::query_as(
@@ -456,7 +479,7 @@ impl Worker {
             baseline = baseline.len(),
             "schema history loaded"
         );
-        Ok(history)
+        Ok((history, used_before))
     }
 
     async fn session(&self, shutdown: &CancellationToken) -> Result<(), WorkerError> {
@@ -611,9 +634,10 @@ impl Worker {
         let mut output =
             SinkOutput::new(writer, history_conn, source.database(), &self.config.slot).await?;
         let start_lsn = slot.confirmed_flush.unwrap_or(0);
-        let history = self
+        let (history, used_before) = self
             .load_schema_history(pool, &mut output, start_lsn)
             .await?;
+        self.report_lost_slot(slot, used_before);
         Ok((output, start_lsn, history))
     }
 }

@@ -158,3 +158,55 @@ async fn a_worker_cut_off_from_the_source_still_ends_on_sigterm(
     Ok(())
 }
 e2e_test!(a_worker_cut_off_from_the_source_still_ends_on_sigterm);
+
+/// What cannot be survived is said loudly: a slot dropped while the worker was stopped (or lost
+/// in a failover) is created again by the worker, which says, as an error, that changes
+/// committed meanwhile are not captured — and says nothing of the kind on a first start.
+async fn a_lost_slot_is_reported_when_the_worker_creates_it_again(
+    cluster: Arc<TestCluster>,
+) -> TestResult {
+    const LOUD: &str = "did not exist and was created now";
+    let db = cluster
+        .tracked_database(
+            "chaos_lost_slot",
+            "CREATE TABLE items (id bigint PRIMARY KEY)",
+        )
+        .await?;
+    let slot = worker_config(&db).slot;
+    let envs = [
+        ("DATABASE_URL", db.url.as_str()),
+        ("BEMI_SLOT", slot.as_str()),
+    ];
+    let mut first = Background::start(&["worker"], &envs)?;
+    wait_until_slot_streams(&db, &slot).await?;
+    sqlx::query("INSERT INTO items SELECT generate_series(1, 10)")
+        .execute(&db.pool)
+        .await?;
+    wait_until("the rows stored", Duration::from_secs(60), || async {
+        Ok((stored_count(&db).await?.unwrap_or(0) >= 10).then_some(()))
+    })
+    .await?;
+    first.terminate().await?;
+    ensure!(!first.stderr().contains(LOUD), "{}", first.stderr());
+
+    sqlx::query("SELECT pg_drop_replication_slot($1)")
+        .bind(&slot)
+        .execute(&db.pool)
+        .await?;
+    // Committed while there is no slot: not captured.
+    sqlx::query("INSERT INTO items SELECT generate_series(11, 20)")
+        .execute(&db.pool)
+        .await?;
+    let mut second = Background::start(&["worker"], &envs)?;
+    wait_until(
+        "the lost slot reported",
+        Duration::from_secs(60),
+        || async { Ok(second.stderr().contains(LOUD).then_some(())) },
+    )
+    .await
+    .with_context(|| second.stderr())?;
+    ensure!(second.stderr().contains("ERROR"), "{}", second.stderr());
+    second.terminate().await?;
+    Ok(())
+}
+e2e_test!(a_lost_slot_is_reported_when_the_worker_creates_it_again);
