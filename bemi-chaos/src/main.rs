@@ -262,7 +262,9 @@ where
 
 /// The run's processes and services under fault.
 struct Services {
-    worker: Proc,
+    /// The worker through the fault proxy and a standby on the same slot, reaching PostgreSQL
+    /// directly: whichever streams, the other takes over when it dies or stops answering.
+    workers: [Proc; 2],
     stores: Vec<Proc>,
     nats: Option<NatsServer>,
 }
@@ -270,7 +272,7 @@ struct Services {
 impl Services {
     /// Restarts what exited on its own, naming it.
     fn revive(&mut self, started: Instant) -> anyhow::Result<()> {
-        for proc in std::iter::once(&mut self.worker).chain(self.stores.iter_mut()) {
+        for proc in self.workers.iter_mut().chain(self.stores.iter_mut()) {
             if let Some(status) = proc.revive()? {
                 println!(
                     "{} {} exited on its own ({status}); restarted (log: {})",
@@ -403,6 +405,10 @@ async fn run(args: Args) -> anyhow::Result<bool> {
     let mut worker_env = env(&worker_url);
     worker_env.push(("RUST_LOG".to_owned(), log_filter()));
     let worker = Proc::start("worker", &bemi, &worker_args, worker_env, &log_dir)?;
+    // The standby: the same worker, straight to PostgreSQL.
+    let mut standby_env = env(&dbs.source);
+    standby_env.push(("RUST_LOG".to_owned(), log_filter()));
+    let standby = Proc::start("standby", &bemi, &worker_args, standby_env, &log_dir)?;
     poll(
         "the worker to create its slot",
         Duration::from_secs(60),
@@ -438,7 +444,7 @@ async fn run(args: Args) -> anyhow::Result<bool> {
         }
     }
     let mut services = Services {
-        worker,
+        workers: [worker, standby],
         stores,
         nats,
     };
@@ -453,6 +459,7 @@ async fn run(args: Args) -> anyhow::Result<bool> {
     let stop = Arc::new(AtomicBool::new(false));
     let paused = Arc::new(AtomicBool::new(false));
     let mut streams_deleted = 0u32;
+    let mut unclean_exits = 0u32;
     let destination = PgPoolOptions::new()
         .max_connections(2)
         .connect(&dbs.destination)
@@ -528,23 +535,29 @@ async fn run(args: Args) -> anyhow::Result<bool> {
         let lasting = Duration::from_millis(faults_rng.range(1_000, 10_000));
         match fault {
             Fault::KillWorker => {
-                let outcome = services
-                    .worker
+                let worker = &mut services.workers[usize::from(faults_rng.chance(2))];
+                let outcome = worker
                     .restart_after(libc::SIGKILL, Duration::from_secs(10))
                     .await?;
                 println!(
-                    "{} fault: {} ({outcome}); restarted",
+                    "{} fault: {} {} ({outcome}); restarted",
                     at(started),
-                    fault.name()
+                    fault.name(),
+                    worker.name
                 );
             }
             Fault::TermWorker => {
-                println!("{} fault: {}", at(started), fault.name());
-                let outcome = services
-                    .worker
+                let worker = &mut services.workers[usize::from(faults_rng.chance(2))];
+                println!("{} fault: {} {}", at(started), fault.name(), worker.name);
+                let outcome = worker
                     .restart_after(libc::SIGTERM, Duration::from_secs(60))
                     .await?;
-                println!("{} worker {outcome}; restarted", at(started));
+                println!("{} {} {outcome}; restarted", at(started), worker.name);
+                // Every SIGTERM must end a worker cleanly, whatever it was doing.
+                if outcome != "exited: exit status: 0" {
+                    unclean_exits += 1;
+                    println!("{} LOUD: SIGTERM did not end {} cleanly", at(started), worker.name);
+                }
             }
             Fault::KillStore => {
                 let n = usize::try_from(faults_rng.range(0, 1)).unwrap_or(0);
@@ -760,11 +773,16 @@ async fn run(args: Args) -> anyhow::Result<bool> {
                 stuck += 1;
                 println!(
                     "{} LOUD: STUCK: no progress for {STALL:?} with every fault off (slot confirmed \
-                     up to {confirmed_at}, target {target}, {count} changes); last lines of {}:\n{}",
+                     up to {confirmed_at}, target {target}, {count} changes)",
                     at(started),
-                    services.worker.log().display(),
-                    tail(services.worker.log(), 15)
                 );
+                for worker in &services.workers {
+                    println!(
+                        "last lines of {}:\n{}",
+                        worker.log().display(),
+                        tail(worker.log(), 15)
+                    );
+                }
                 for store in &services.stores {
                     println!(
                         "last lines of {}:\n{}",
@@ -772,11 +790,12 @@ async fn run(args: Args) -> anyhow::Result<bool> {
                         tail(store.log(), 8)
                     );
                 }
-                let outcome = services
-                    .worker
-                    .restart_after(libc::SIGKILL, Duration::from_secs(10))
-                    .await?;
-                println!("{} worker killed ({outcome}) and restarted", at(started));
+                for worker in &mut services.workers {
+                    let outcome = worker
+                        .restart_after(libc::SIGKILL, Duration::from_secs(10))
+                        .await?;
+                    println!("{} {} killed ({outcome}) and restarted", at(started), worker.name);
+                }
                 progress_at = Instant::now();
             }
             if Instant::now() >= deadline {
@@ -824,10 +843,16 @@ async fn run(args: Args) -> anyhow::Result<bool> {
         *kinds_of_mismatch.entry(mismatch.kind()).or_default() += 1;
     }
 
-    for proc in std::iter::once(&mut services.worker).chain(services.stores.iter_mut()) {
+    // What cannot be survived must be said: the slot dropped while no worker runs, then one
+    // started again must report it (changes committed meanwhile are not captured).
+    let slot_loss_reported = lose_the_slot(&mut services, &source, started).await?;
+
+    for proc in services.workers.iter_mut().chain(services.stores.iter_mut()) {
         let _ = proc.signal(libc::SIGTERM);
     }
-    let exits: u32 = std::iter::once(&services.worker)
+    let exits: u32 = services
+        .workers
+        .iter()
         .chain(&services.stores)
         .map(|proc| proc.unexpected_exits)
         .sum();
@@ -880,8 +905,20 @@ async fn run(args: Args) -> anyhow::Result<bool> {
             }
         );
     }
+    println!(
+        "SIGTERMs that did not end a worker cleanly: {unclean_exits}{}",
+        if unclean_exits == 0 { "" } else { " — LOUD" }
+    );
+    println!(
+        "a dropped slot reported by the worker: {}",
+        if slot_loss_reported { "yes" } else { "NO — LOUD: the loss went unreported" }
+    );
     println!("logs: {}", log_dir.display());
-    Ok(quiesced && mismatches.is_empty() && resets_loud)
+    Ok(quiesced
+        && mismatches.is_empty()
+        && resets_loud
+        && unclean_exits == 0
+        && slot_loss_reported)
 }
 
 /// The `RUST_LOG` of the processes the runner starts: the runner's own `RUST_LOG` when set
@@ -928,6 +965,44 @@ async fn drain(
         if confirmed && stable >= 4 {
             return Ok(true);
         }
+    }
+    Ok(false)
+}
+
+/// Stops both workers, drops the slot, starts the standby alone again and waits (up to a
+/// minute) for it to report the lost slot; whether it did.
+async fn lose_the_slot(
+    services: &mut Services,
+    source: &PgPool,
+    started: Instant,
+) -> anyhow::Result<bool> {
+    const REPORTED: &str = "did not exist and was created now";
+    for worker in &mut services.workers {
+        let outcome = worker.stop(libc::SIGTERM, Duration::from_secs(60)).await?;
+        println!("{} {} stopped ({outcome})", at(started), worker.name);
+    }
+    sqlx::query("SELECT pg_drop_replication_slot('chaos')")
+        .execute(source)
+        .await
+        .context("dropping the slot")?;
+    println!("{} slot `chaos` dropped", at(started));
+    let standby = &mut services.workers[1];
+    let before = std::fs::read_to_string(standby.log())
+        .unwrap_or_default()
+        .matches(REPORTED)
+        .count();
+    standby.start_again()?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline {
+        let now = std::fs::read_to_string(standby.log())
+            .unwrap_or_default()
+            .matches(REPORTED)
+            .count();
+        if now > before {
+            println!("{} {} reported the lost slot", at(started), standby.name);
+            return Ok(true);
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
     }
     Ok(false)
 }

@@ -164,6 +164,32 @@ impl Proc {
         Ok(outcome)
     }
 
+    /// Sends `signal` and waits up to `timeout` for the exit (then kills it); it stays stopped
+    /// until [`start_again`](Self::start_again). How it exited.
+    pub(crate) async fn stop(
+        &mut self,
+        signal: libc::c_int,
+        timeout: Duration,
+    ) -> anyhow::Result<String> {
+        self.signal(signal)?;
+        let mut outcome = String::new();
+        if let Some(mut child) = self.child.take() {
+            match tokio::time::timeout(timeout, child.wait()).await {
+                Ok(status) => outcome = format!("exited: {}", status?),
+                Err(_) => {
+                    outcome = format!("did not exit within {timeout:?}: killed");
+                    child.kill().await?;
+                }
+            }
+        }
+        Ok(outcome)
+    }
+
+    /// Starts it again after [`stop`](Self::stop).
+    pub(crate) fn start_again(&mut self) -> anyhow::Result<()> {
+        self.spawn()
+    }
+
     /// Starts it again if it exited on its own (returning how it exited).
     pub(crate) fn revive(&mut self) -> anyhow::Result<Option<String>> {
         let exited = match self.child.as_mut() {
