@@ -17,7 +17,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
@@ -458,6 +458,7 @@ async fn run(args: Args) -> anyhow::Result<bool> {
     let deadline = Instant::now() + duration;
     let stop = Arc::new(AtomicBool::new(false));
     let paused = Arc::new(AtomicBool::new(false));
+    let active = Arc::new(AtomicUsize::new(0));
     let mut streams_deleted = 0u32;
     let mut unclean_exits = 0u32;
     let destination = PgPoolOptions::new()
@@ -476,6 +477,7 @@ async fn run(args: Args) -> anyhow::Result<bool> {
         adapter,
         url: dbs.source.clone(),
         paused: Arc::clone(&paused),
+        active: Arc::clone(&active),
     };
     let mut tasks = Vec::new();
     for n in 1..=writers {
@@ -491,6 +493,7 @@ async fn run(args: Args) -> anyhow::Result<bool> {
         rng.fork(100),
         source.clone(),
         Arc::clone(&paused),
+        Arc::clone(&active),
         Arc::clone(&stop),
         deadline,
         started,
@@ -680,7 +683,8 @@ async fn run(args: Args) -> anyhow::Result<bool> {
             Fault::StreamDeleted => {
                 println!("{} fault: {}", at(started), fault.name());
                 paused.store(true, Ordering::Relaxed);
-                let drained = drain(&mut services, &source, &destination, started).await?;
+                let drained =
+                    drain(&mut services, &active, &source, &destination, started).await?;
                 if drained {
                     let client = async_nats::connect(nats_url.as_str())
                         .await
@@ -932,16 +936,22 @@ fn log_filter() -> String {
 /// [`DRAIN_TIMEOUT`].
 async fn drain(
     services: &mut Services,
+    active: &AtomicUsize,
     source: &PgPool,
     destination: &PgPool,
     started: Instant,
 ) -> anyhow::Result<bool> {
-    // The writers finish the transaction they are in.
-    services.wait(Duration::from_secs(1), started).await?;
+    let deadline = Instant::now() + DRAIN_TIMEOUT;
+    // The writers finish the transactions they are in (a bulk insert may take a while).
+    while active.load(Ordering::SeqCst) > 0 {
+        if Instant::now() >= deadline {
+            return Ok(false);
+        }
+        services.wait(Duration::from_millis(100), started).await?;
+    }
     let target: String = sqlx::query_scalar("SELECT pg_current_wal_lsn()::text")
         .fetch_one(source)
         .await?;
-    let deadline = Instant::now() + DRAIN_TIMEOUT;
     let (mut last, mut stable) = (-1i64, 0);
     while Instant::now() < deadline {
         services.wait(Duration::from_millis(500), started).await?;

@@ -4,7 +4,7 @@
 //! adapter, through the tokio-postgres adapter, or not at all.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use bemi_sqlx::BemiPool;
@@ -76,6 +76,24 @@ pub(crate) struct Connections {
     pub(crate) url: String,
     /// While set, writers and the DDL task start nothing new (the runner drains the pipeline).
     pub(crate) paused: Arc<AtomicBool>,
+    /// Transactions (and DDL) under way: the runner drains once none is.
+    pub(crate) active: Arc<AtomicUsize>,
+}
+
+/// Counts a transaction under way in `active` while it lives.
+struct Active<'a>(&'a AtomicUsize);
+
+impl<'a> Active<'a> {
+    fn new(active: &'a AtomicUsize) -> Self {
+        active.fetch_add(1, Ordering::SeqCst);
+        Self(active)
+    }
+}
+
+impl Drop for Active<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 /// Waits while `paused` is set (and `stop` is not).
@@ -121,6 +139,12 @@ pub(crate) async fn writer(
     };
     for seq in 1..=MAX_TRANSACTIONS {
         wait_while_paused(&connections.paused, &stop).await;
+        let active = Active::new(&connections.active);
+        // Paused meanwhile: the runner may already wait for this writer to be idle.
+        if connections.paused.load(Ordering::SeqCst) {
+            drop(active);
+            continue;
+        }
         if stop.load(Ordering::Relaxed) || Instant::now() >= deadline {
             break;
         }
@@ -161,6 +185,7 @@ pub(crate) async fn writer(
                 .await
                 .map_err(|e| e.to_string()),
         };
+        drop(active);
         match result {
             Ok(()) => stats.commits += 1,
             Err(_) => {
@@ -469,6 +494,7 @@ pub(crate) async fn ddl(
     mut rng: Rng,
     pool: PgPool,
     paused: Arc<AtomicBool>,
+    active: Arc<AtomicUsize>,
     stop: Arc<AtomicBool>,
     deadline: Instant,
     started: Instant,
@@ -486,6 +512,10 @@ pub(crate) async fn ddl(
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
         wait_while_paused(&paused, &stop).await;
+        let under_way = Active::new(&active);
+        if paused.load(Ordering::SeqCst) {
+            continue;
+        }
         let kind = if current.is_empty() {
             rng.weighted(&[("add", 4), ("key", 2), ("recreate", 1)])
         } else {
@@ -534,7 +564,9 @@ pub(crate) async fn ddl(
             }
         };
         let at = started.elapsed().as_secs_f64();
-        match run_ddl(&pool, &sql).await {
+        let outcome = run_ddl(&pool, &sql).await;
+        drop(under_way);
+        match outcome {
             Ok(()) => {
                 done += 1;
                 current = after;
