@@ -559,7 +559,11 @@ async fn run(args: Args) -> anyhow::Result<bool> {
                 // Every SIGTERM must end a worker cleanly, whatever it was doing.
                 if outcome != "exited: exit status: 0" {
                     unclean_exits += 1;
-                    println!("{} LOUD: SIGTERM did not end {} cleanly", at(started), worker.name);
+                    println!(
+                        "{} LOUD: SIGTERM did not end {} cleanly",
+                        at(started),
+                        worker.name
+                    );
                 }
             }
             Fault::KillStore => {
@@ -683,8 +687,7 @@ async fn run(args: Args) -> anyhow::Result<bool> {
             Fault::StreamDeleted => {
                 println!("{} fault: {}", at(started), fault.name());
                 paused.store(true, Ordering::Relaxed);
-                let drained =
-                    drain(&mut services, &active, &source, &destination, started).await?;
+                let drained = drain(&mut services, &active, &source, &destination, started).await?;
                 if drained {
                     let client = async_nats::connect(nats_url.as_str())
                         .await
@@ -798,7 +801,11 @@ async fn run(args: Args) -> anyhow::Result<bool> {
                     let outcome = worker
                         .restart_after(libc::SIGKILL, Duration::from_secs(10))
                         .await?;
-                    println!("{} {} killed ({outcome}) and restarted", at(started), worker.name);
+                    println!(
+                        "{} {} killed ({outcome}) and restarted",
+                        at(started),
+                        worker.name
+                    );
                 }
                 progress_at = Instant::now();
             }
@@ -851,7 +858,11 @@ async fn run(args: Args) -> anyhow::Result<bool> {
     // started again must report it (changes committed meanwhile are not captured).
     let slot_loss_reported = lose_the_slot(&mut services, &source, started).await?;
 
-    for proc in services.workers.iter_mut().chain(services.stores.iter_mut()) {
+    for proc in services
+        .workers
+        .iter_mut()
+        .chain(services.stores.iter_mut())
+    {
         let _ = proc.signal(libc::SIGTERM);
     }
     let exits: u32 = services
@@ -915,14 +926,20 @@ async fn run(args: Args) -> anyhow::Result<bool> {
     );
     println!(
         "a dropped slot reported by the worker: {}",
-        if slot_loss_reported { "yes" } else { "NO — LOUD: the loss went unreported" }
+        if slot_loss_reported {
+            "yes"
+        } else {
+            "NO — LOUD: the loss went unreported"
+        }
     );
     println!("logs: {}", log_dir.display());
-    Ok(quiesced
-        && mismatches.is_empty()
-        && resets_loud
-        && unclean_exits == 0
-        && slot_loss_reported)
+    Ok(
+        quiesced
+            && mismatches.is_empty()
+            && resets_loud
+            && unclean_exits == 0
+            && slot_loss_reported,
+    )
 }
 
 /// The `RUST_LOG` of the processes the runner starts: the runner's own `RUST_LOG` when set
@@ -991,6 +1008,20 @@ async fn lose_the_slot(
         let outcome = worker.stop(libc::SIGTERM, Duration::from_secs(60)).await?;
         println!("{} {} stopped ({outcome})", at(started), worker.name);
     }
+    // The walsender of a stopped worker may take a moment to notice.
+    poll(
+        "the slot to be released",
+        Duration::from_secs(60),
+        || async {
+            Ok(!sqlx::query_scalar::<_, bool>(
+                "SELECT coalesce(bool_or(active), false) FROM pg_replication_slots \
+              WHERE slot_name = 'chaos'",
+            )
+            .fetch_one(source)
+            .await?)
+        },
+    )
+    .await?;
     sqlx::query("SELECT pg_drop_replication_slot('chaos')")
         .execute(source)
         .await

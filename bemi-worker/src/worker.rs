@@ -486,10 +486,16 @@ impl Worker {
         let config = &self.config;
         let source = SourceConnection::from_url(&config.source_url)?;
         let pool = self.source_pool().await?;
-        let slot = self.prepare_source(&pool).await?;
+        let prepared = self.prepare_source(&pool).await?;
         if !self.stand_by(&pool, shutdown).await? {
             return Ok(());
         }
+        // The slot as it is now: another worker may have moved it on while this one stood by
+        // (the schema history is loaded as of its position — chaos seed 4, through NATS).
+        let slot = setup::SlotState {
+            created: prepared.created,
+            ..setup::check_source(&pool, &config.slot).await?
+        };
         if let Some(sink) = &self.sink {
             let (output, start_lsn, history) =
                 self.open_sink(&**sink, &source, &pool, &slot).await?;

@@ -1093,3 +1093,82 @@ fn base64_url(bytes: &[u8]) -> String {
     }
     out
 }
+
+/// Chaos seed 4 (`--nats`): a standby takes over with the slot's position as it was when it
+/// began to stand by. The schema history it loads is as of that stale position, while the
+/// stream starts where the other worker left off — past a DDL: the table's changes did not
+/// match the history and were stored without their key. It reads the slot again once it takes
+/// over.
+async fn through_nats_a_standby_takes_over_with_the_schema_history_of_the_slots_position(
+    cluster: Arc<TestCluster>,
+) -> TestResult {
+    let pipeline = Pipeline::start(
+        &cluster,
+        "nats_standby_history",
+        "CREATE TABLE events (id bigint PRIMARY KEY, note text)",
+    )
+    .await?;
+    let (source, audit, url) = (&pipeline.source, &pipeline.audit, &pipeline.url);
+    let mut first = streaming_worker(source, url).await?;
+    let mut second = start_worker(source, url)?;
+    wait_until(
+        "the second worker to stand by",
+        Duration::from_secs(60),
+        || async { Ok(second.stderr().contains("standing by").then_some(())) },
+    )
+    .await?;
+    let mut store = start_store(audit, url, &pipeline.store_metrics)?;
+
+    // A DDL and changes after it, all taken by the first worker (its slot confirmed past them).
+    sqlx::raw_sql(
+        "ALTER TABLE events ADD COLUMN extra int DEFAULT 1;
+         INSERT INTO events (id, note) SELECT g, 'n' FROM generate_series(1, 10) g",
+    )
+    .execute(&source.pool)
+    .await?;
+    let target: String = sqlx::query_scalar("SELECT pg_current_wal_lsn()::text")
+        .fetch_one(&source.pool)
+        .await?;
+    let slot = format!("bemi_{}", source.name);
+    wait_until(
+        "the slot confirmed past the DDL",
+        Duration::from_secs(60),
+        || async {
+            let confirmed: Option<bool> = sqlx::query_scalar(
+                "SELECT confirmed_flush_lsn >= $2::pg_lsn FROM pg_replication_slots \
+              WHERE slot_name = $1",
+            )
+            .bind(&slot)
+            .bind(&target)
+            .fetch_optional(&source.pool)
+            .await?;
+            Ok((confirmed == Some(true)).then_some(()))
+        },
+    )
+    .await?;
+    wait_stored(audit, 10, &store).await?;
+
+    // The first worker dies; the second takes over and captures more.
+    first.kill().await?;
+    wait_until(
+        "the second worker to stream",
+        Duration::from_secs(60),
+        || async { Ok(second.stderr().contains("streaming changes").then_some(())) },
+    )
+    .await?;
+    sqlx::query("UPDATE events SET note = 'u'")
+        .execute(&source.pool)
+        .await?;
+    wait_stored(audit, 20, &store).await?;
+    let keyless: i64 = sqlx::query_scalar("SELECT count(*) FROM changes WHERE primary_key IS NULL")
+        .fetch_one(&audit.pool)
+        .await?;
+    ensure!(
+        keyless == 0 && !second.stderr().contains("does not match the WAL"),
+        "{keyless} changes stored without their key:\n{}",
+        second.stderr()
+    );
+    Background::terminate_all(&mut [&mut second, &mut store]).await?;
+    Ok(())
+}
+e2e_test!(through_nats_a_standby_takes_over_with_the_schema_history_of_the_slots_position);
