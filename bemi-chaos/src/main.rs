@@ -108,11 +108,13 @@ enum Fault {
     HoldResponses,
     CutRequests,
     CloseConnections,
+    Latency,
     KillStore,
     KillNats,
     NatsHoldResponses,
     NatsCutRequests,
     NatsCloseConnections,
+    NatsLatency,
     StreamDeleted,
 }
 
@@ -127,11 +129,13 @@ impl Fault {
             Self::HoldResponses => "proxy: PostgreSQL's responses held",
             Self::CutRequests => "proxy: worker's requests cut",
             Self::CloseConnections => "proxy: connections closed",
+            Self::Latency => "proxy: latency to PostgreSQL",
             Self::KillStore => "kill -9 store",
             Self::KillNats => "kill -9 nats-server",
             Self::NatsHoldResponses => "proxy: nats-server's responses held",
             Self::NatsCutRequests => "proxy: requests to nats-server cut",
             Self::NatsCloseConnections => "proxy: NATS connections closed",
+            Self::NatsLatency => "proxy: latency to nats-server",
             Self::StreamDeleted => "JetStream stream deleted (pipeline drained first)",
         }
     }
@@ -508,6 +512,7 @@ async fn run(args: Args) -> anyhow::Result<bool> {
         (Fault::HoldResponses, 2),
         (Fault::CutRequests, 2),
         (Fault::CloseConnections, 2),
+        (Fault::Latency, 2),
     ];
     if dbs.cluster.is_some() {
         kinds.extend([(Fault::PostgresRestart, 1), (Fault::PostgresCrash, 1)]);
@@ -523,6 +528,7 @@ async fn run(args: Args) -> anyhow::Result<bool> {
             (Fault::NatsHoldResponses, 1),
             (Fault::NatsCutRequests, 1),
             (Fault::NatsCloseConnections, 1),
+            (Fault::NatsLatency, 1),
             (Fault::StreamDeleted, 1),
         ]);
     }
@@ -657,6 +663,23 @@ async fn run(args: Args) -> anyhow::Result<bool> {
                 proxy.close_connections();
                 println!("{} fault: {}", at(started), fault.name());
             }
+            Fault::Latency | Fault::NatsLatency => {
+                let target = if fault == Fault::Latency {
+                    &proxy
+                } else {
+                    nats_proxy.as_ref().context("no NATS proxy")?
+                };
+                let latency = Duration::from_millis(faults_rng.range(5, 200));
+                println!(
+                    "{} fault: {} of {latency:?} per chunk, for {lasting:?}",
+                    at(started),
+                    fault.name()
+                );
+                target.set_latency(latency);
+                services.wait(lasting, started).await?;
+                target.set_latency(Duration::ZERO);
+                println!("{} latency gone", at(started));
+            }
             Fault::NatsHoldResponses => {
                 let nats_proxy = nats_proxy.as_ref().context("no NATS proxy")?;
                 println!("{} fault: {} for {lasting:?}", at(started), fault.name());
@@ -728,7 +751,9 @@ async fn run(args: Args) -> anyhow::Result<bool> {
     );
     proxy.release_responses();
     proxy.cut_requests_after(usize::MAX);
+    proxy.set_latency(Duration::ZERO);
     if let Some(nats_proxy) = &nats_proxy {
+        nats_proxy.set_latency(Duration::ZERO);
         nats_proxy.release_responses();
         nats_proxy.cut_requests_after(usize::MAX);
     }

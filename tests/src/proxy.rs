@@ -14,7 +14,7 @@
 //! ```
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context as _, ensure};
@@ -47,6 +47,8 @@ struct Faults {
     forwarded: AtomicUsize,
     /// Bumped to close every open connection.
     resets: watch::Sender<u64>,
+    /// Milliseconds each chunk waits before it is passed on, either way (0: none).
+    latency_ms: AtomicU64,
 }
 
 impl FaultProxy {
@@ -64,6 +66,7 @@ impl FaultProxy {
             request_limit: watch::channel(usize::MAX).0,
             forwarded: AtomicUsize::new(0),
             resets: watch::channel(0).0,
+            latency_ms: AtomicU64::new(0),
         });
         let task = tokio::spawn({
             let faults = Arc::clone(&faults);
@@ -113,6 +116,19 @@ impl FaultProxy {
         );
         ensure!(proxied != url, "no port to replace in {url}");
         Ok(proxied)
+    }
+
+    /// Delays every chunk of bytes by `latency` before it is passed on, either way (a slow
+    /// network; `Duration::ZERO` ends it). Chunks of one direction stay in order.
+    ///
+    /// ```no_run
+    /// # async fn run(proxy: bemi_tests::proxy::FaultProxy) {
+    /// proxy.set_latency(std::time::Duration::from_millis(50));
+    /// # }
+    /// ```
+    pub fn set_latency(&self, latency: Duration) {
+        let millis = u64::try_from(latency.as_millis()).unwrap_or(u64::MAX);
+        self.faults.latency_ms.store(millis, Ordering::Release);
     }
 
     /// Holds the server's responses back from now on (the requests still reach it and run).
@@ -182,6 +198,16 @@ impl Drop for FaultProxy {
 }
 
 /// Relays one connection both ways under `faults` until both sides are done or it is closed.
+impl Faults {
+    /// Waits out the latency set, if any.
+    async fn delay(&self) {
+        let millis = self.latency_ms.load(Ordering::Acquire);
+        if millis > 0 {
+            tokio::time::sleep(Duration::from_millis(millis)).await;
+        }
+    }
+}
+
 async fn relay(client: TcpStream, server: TcpStream, faults: Arc<Faults>) {
     let mut reset = faults.resets.subscribe();
     let (from_client, to_client) = client.into_split();
@@ -223,6 +249,7 @@ async fn requests(
             Ok(read) => read,
         };
         faults.forwarded.fetch_add(read, Ordering::AcqRel);
+        faults.delay().await;
         if to_server.write_all(&buffer[..read]).await.is_err() {
             break;
         }
@@ -252,9 +279,49 @@ async fn responses(
             faults.held.fetch_add(read, Ordering::AcqRel);
         }
         let released = holding.wait_for(|hold| !hold).await.is_ok();
+        faults.delay().await;
         if !released || to_client.write_all(&buffer[..read]).await.is_err() {
             break;
         }
     }
     let _ = to_client.shutdown().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+    use super::FaultProxy;
+
+    /// A round trip through the proxy with latency set takes at least the latency both ways,
+    /// and the bytes arrive unchanged.
+    #[tokio::test]
+    async fn latency_delays_each_way() -> anyhow::Result<()> {
+        let echo = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let upstream = echo.local_addr()?.port();
+        tokio::spawn(async move {
+            if let Ok((mut socket, _)) = echo.accept().await {
+                let mut buffer = [0; 5];
+                if socket.read_exact(&mut buffer).await.is_ok() {
+                    let _ = socket.write_all(&buffer).await;
+                }
+            }
+        });
+        let proxy = FaultProxy::start(upstream).await?;
+        proxy.set_latency(Duration::from_millis(150));
+        let mut client = tokio::net::TcpStream::connect(("127.0.0.1", proxy.port())).await?;
+        let started = Instant::now();
+        client.write_all(b"hello").await?;
+        let mut answer = [0; 5];
+        client.read_exact(&mut answer).await?;
+        assert_eq!(&answer, b"hello");
+        assert!(
+            started.elapsed() >= Duration::from_millis(300),
+            "{:?}",
+            started.elapsed()
+        );
+        Ok(())
+    }
 }
