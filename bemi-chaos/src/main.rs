@@ -119,6 +119,21 @@ enum Fault {
 }
 
 impl Fault {
+    /// The proxy a network fault goes through: to PostgreSQL, or (`Nats…`) to nats-server.
+    fn proxy<'p>(
+        self,
+        postgres: &'p FaultProxy,
+        nats: Option<&'p FaultProxy>,
+    ) -> anyhow::Result<&'p FaultProxy> {
+        match self {
+            Self::NatsHoldResponses
+            | Self::NatsCutRequests
+            | Self::NatsCloseConnections
+            | Self::NatsLatency => nats.context("a NATS fault in a run without NATS"),
+            _ => Ok(postgres),
+        }
+    }
+
     fn name(self) -> &'static str {
         match self {
             Self::KillWorker => "kill -9 worker",
@@ -149,7 +164,6 @@ struct Databases {
     source: String,
     destination: String,
     destination_name: String,
-    port: u16,
 }
 
 /// `url` with its database replaced by `database`.
@@ -169,27 +183,15 @@ fn with_database(url: &str, database: &str) -> anyhow::Result<String> {
     Ok(out)
 }
 
-fn port_of(url: &str) -> anyhow::Result<u16> {
-    let host = url
-        .split('@')
-        .next_back()
-        .and_then(|rest| rest.split(['/', '?']).next())
-        .unwrap_or_default();
-    host.rsplit_once(':')
-        .and_then(|(_, port)| port.parse().ok())
-        .with_context(|| format!("no :PORT in the database URL's host {host:?}"))
-}
-
 async fn databases() -> anyhow::Result<Databases> {
-    let (cluster, admin, source, port) = if let Ok(url) = std::env::var("DATABASE_URL") {
-        let port = port_of(&url)?;
-        (None, with_database(&url, "postgres")?, url, port)
+    let (cluster, admin, source) = if let Ok(url) = std::env::var("DATABASE_URL") {
+        (None, with_database(&url, "postgres")?, url)
     } else {
         let cluster = tokio::task::spawn_blocking(EphemeralPostgres::start)
             .await?
             .context("starting PostgreSQL (the launcher)")?;
-        let (admin, source, port) = (cluster.url(), cluster.url_for("chaos"), cluster.port());
-        (Some(cluster), admin, source, port)
+        let (admin, source) = (cluster.url(), cluster.url_for("chaos"));
+        (Some(cluster), admin, source)
     };
     let admin_pool = PgPool::connect(&admin)
         .await
@@ -214,7 +216,6 @@ async fn databases() -> anyhow::Result<Databases> {
         source,
         destination,
         destination_name,
-        port,
     })
 }
 
@@ -366,8 +367,7 @@ async fn run(args: Args) -> anyhow::Result<bool> {
         .context("bemi migrate")?;
 
     // The worker reaches PostgreSQL through the fault proxy.
-    let proxy = FaultProxy::start(dbs.port).await?;
-    let worker_url = proxy.url_for(&dbs.source, dbs.port)?;
+    let (proxy, worker_url) = FaultProxy::in_front_of(&dbs.source).await?;
     let mut nats = None;
     // Both ways of the worker's UPDATE filter, by seed: the default leaves out UPDATEs that
     // change nothing (the oracle then does too).
@@ -398,8 +398,8 @@ async fn run(args: Args) -> anyhow::Result<bool> {
         let server = tokio::task::spawn_blocking(NatsServer::start)
             .await?
             .context("starting nats-server")?;
-        let proxy = FaultProxy::start(server.port()).await?;
-        nats_url = proxy.url_for(&server.url(), server.port())?;
+        let proxy;
+        (proxy, nats_url) = FaultProxy::in_front_of(&server.url()).await?;
         nats_proxy = Some(proxy);
         nats = Some(server);
         worker_args.extend(["--sink", nats_url.as_str()]);
@@ -638,37 +638,37 @@ async fn run(args: Args) -> anyhow::Result<bool> {
                 .await?;
                 println!("{} destination back", at(started));
             }
-            Fault::HoldResponses => {
+            Fault::HoldResponses | Fault::NatsHoldResponses => {
+                let target = fault.proxy(&proxy, nats_proxy.as_ref())?;
                 println!("{} fault: {} for {lasting:?}", at(started), fault.name());
-                proxy.hold_responses();
+                target.hold_responses();
                 services.wait(lasting, started).await?;
-                proxy.release_responses();
-                println!("{} proxy passes responses again", at(started));
+                target.release_responses();
+                println!("{} responses pass again", at(started));
             }
-            Fault::CutRequests => {
+            Fault::CutRequests | Fault::NatsCutRequests => {
+                let target = fault.proxy(&proxy, nats_proxy.as_ref())?;
                 let bytes = usize::try_from(faults_rng.range(0, 4096)).unwrap_or(0);
                 println!(
                     "{} fault: {} after {bytes} bytes, for {lasting:?}",
                     at(started),
                     fault.name()
                 );
-                proxy.cut_requests_after(bytes);
+                target.cut_requests_after(bytes);
                 services.wait(lasting, started).await?;
-                proxy.cut_requests_after(usize::MAX);
-                // The cut connections never resume: closing them lets the worker reconnect.
-                proxy.close_connections();
-                println!("{} proxy passes requests again", at(started));
+                target.cut_requests_after(usize::MAX);
+                // The cut connections never resume: closing them lets the clients reconnect.
+                target.close_connections();
+                println!("{} requests pass again", at(started));
             }
-            Fault::CloseConnections => {
-                proxy.close_connections();
+            Fault::CloseConnections | Fault::NatsCloseConnections => {
+                fault
+                    .proxy(&proxy, nats_proxy.as_ref())?
+                    .close_connections();
                 println!("{} fault: {}", at(started), fault.name());
             }
             Fault::Latency | Fault::NatsLatency => {
-                let target = if fault == Fault::Latency {
-                    &proxy
-                } else {
-                    nats_proxy.as_ref().context("no NATS proxy")?
-                };
+                let target = fault.proxy(&proxy, nats_proxy.as_ref())?;
                 let latency = Duration::from_millis(faults_rng.range(5, 200));
                 println!(
                     "{} fault: {} of {latency:?} per chunk, for {lasting:?}",
@@ -679,33 +679,6 @@ async fn run(args: Args) -> anyhow::Result<bool> {
                 services.wait(lasting, started).await?;
                 target.set_latency(Duration::ZERO);
                 println!("{} latency gone", at(started));
-            }
-            Fault::NatsHoldResponses => {
-                let nats_proxy = nats_proxy.as_ref().context("no NATS proxy")?;
-                println!("{} fault: {} for {lasting:?}", at(started), fault.name());
-                nats_proxy.hold_responses();
-                services.wait(lasting, started).await?;
-                nats_proxy.release_responses();
-                println!("{} NATS proxy passes responses again", at(started));
-            }
-            Fault::NatsCutRequests => {
-                let nats_proxy = nats_proxy.as_ref().context("no NATS proxy")?;
-                let bytes = usize::try_from(faults_rng.range(0, 4096)).unwrap_or(0);
-                println!(
-                    "{} fault: {} after {bytes} bytes, for {lasting:?}",
-                    at(started),
-                    fault.name()
-                );
-                nats_proxy.cut_requests_after(bytes);
-                services.wait(lasting, started).await?;
-                nats_proxy.cut_requests_after(usize::MAX);
-                nats_proxy.close_connections();
-                println!("{} NATS proxy passes requests again", at(started));
-            }
-            Fault::NatsCloseConnections => {
-                let nats_proxy = nats_proxy.as_ref().context("no NATS proxy")?;
-                nats_proxy.close_connections();
-                println!("{} fault: {}", at(started), fault.name());
             }
             Fault::StreamDeleted => {
                 println!("{} fault: {}", at(started), fault.name());

@@ -149,17 +149,7 @@ impl Proc {
         signal: libc::c_int,
         timeout: Duration,
     ) -> anyhow::Result<String> {
-        self.signal(signal)?;
-        let mut outcome = String::new();
-        if let Some(child) = self.child.as_mut() {
-            match tokio::time::timeout(timeout, child.wait()).await {
-                Ok(status) => outcome = format!("exited: {}", status?),
-                Err(_) => {
-                    outcome = format!("did not exit within {timeout:?}: killed");
-                    child.kill().await?;
-                }
-            }
-        }
+        let outcome = self.stop(signal, timeout).await?;
         self.spawn()?;
         Ok(outcome)
     }

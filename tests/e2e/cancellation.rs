@@ -142,13 +142,8 @@ struct Proxy {
 impl Proxy {
     /// Starts a proxy to the database of `url` (a `postgres://…@host:port/…` URL).
     async fn start(url: &str) -> anyhow::Result<Self> {
-        let config: tokio_postgres::Config = url.parse()?;
-        let port = *config.get_ports().first().context("no port in the URL")?;
-        let faults = FaultProxy::start(port).await?;
-        Ok(Self {
-            url: faults.url_for(url, port)?,
-            faults,
-        })
+        let (faults, url) = FaultProxy::in_front_of(url).await?;
+        Ok(Self { url, faults })
     }
 
     /// Holds the server's responses back from now on.

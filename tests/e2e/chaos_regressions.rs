@@ -28,10 +28,7 @@ async fn an_add_column_while_the_workers_requests_are_cut_keeps_the_key(
         )
         .await?;
     let slot = worker_config(&db).slot;
-    let config: tokio_postgres::Config = db.url.parse()?;
-    let port = *config.get_ports().first().context("no port in the URL")?;
-    let proxy = FaultProxy::start(port).await?;
-    let proxied = proxy.url_for(&db.url, port)?;
+    let (proxy, proxied) = FaultProxy::in_front_of(&db.url).await?;
     let mut worker = Background::start(
         &["worker"],
         &[
@@ -123,10 +120,7 @@ async fn a_worker_cut_off_from_the_source_still_ends_on_sigterm(
         )
         .await?;
     let slot = worker_config(&db).slot;
-    let config: tokio_postgres::Config = db.url.parse()?;
-    let port = *config.get_ports().first().context("no port in the URL")?;
-    let proxy = FaultProxy::start(port).await?;
-    let proxied = proxy.url_for(&db.url, port)?;
+    let (proxy, proxied) = FaultProxy::in_front_of(&db.url).await?;
     let mut worker = Background::start(
         &["worker"],
         &[

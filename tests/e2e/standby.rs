@@ -71,10 +71,7 @@ async fn a_standby_takes_over_a_cut_off_and_a_killed_worker_within_10_s(
     let slot = worker_config(&db).slot;
     // The first worker reaches the source through a proxy the test can cut; both store into
     // the same `changes` directly.
-    let config: tokio_postgres::Config = db.url.parse()?;
-    let port = *config.get_ports().first().context("no port in the URL")?;
-    let proxy = FaultProxy::start(port).await?;
-    let proxied = proxy.url_for(&db.url, port)?;
+    let (proxy, proxied) = FaultProxy::in_front_of(&db.url).await?;
     let envs = |source: &str| {
         [
             ("DATABASE_URL", source.to_owned()),

@@ -85,6 +85,39 @@ impl FaultProxy {
         Ok(Self { port, faults, task })
     }
 
+    /// A proxy in front of the server `url` names by its port on 127.0.0.1, and `url` through
+    /// it.
+    ///
+    /// ```no_run
+    /// # async fn run() -> anyhow::Result<()> {
+    /// let (proxy, proxied) =
+    ///     bemi_tests::proxy::FaultProxy::in_front_of("postgres://u@127.0.0.1:5432/app").await?;
+    /// assert_eq!(proxied, format!("postgres://u@127.0.0.1:{}/app", proxy.port()));
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// When `url` names no port, or no port on 127.0.0.1 can be bound.
+    pub async fn in_front_of(url: &str) -> anyhow::Result<(Self, String)> {
+        let authority = url
+            .split_once("://")
+            .map_or(url, |(_, rest)| rest)
+            .split(['/', '?'])
+            .next()
+            .unwrap_or_default();
+        let host_port = authority
+            .rsplit_once('@')
+            .map_or(authority, |(_, host)| host);
+        let port: u16 = host_port
+            .rsplit_once(':')
+            .and_then(|(_, port)| port.parse().ok())
+            .with_context(|| format!("no port in {url}"))?;
+        let proxy = Self::start(port).await?;
+        let proxied = proxy.url_for(url, port)?;
+        Ok((proxy, proxied))
+    }
+
     /// The proxy's port on 127.0.0.1.
     #[must_use]
     pub fn port(&self) -> u16 {
@@ -322,6 +355,24 @@ mod tests {
             "{:?}",
             started.elapsed()
         );
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn in_front_of_a_url_it_replaces_the_port_only() -> anyhow::Result<()> {
+        let (proxy, proxied) =
+            FaultProxy::in_front_of("postgres://u:p%40ss@127.0.0.1:5999/app?sslmode=disable")
+                .await?;
+        assert_eq!(
+            proxied,
+            format!(
+                "postgres://u:p%40ss@127.0.0.1:{}/app?sslmode=disable",
+                proxy.port()
+            )
+        );
+        let (proxy, proxied) = FaultProxy::in_front_of("nats://127.0.0.1:4999").await?;
+        assert_eq!(proxied, format!("nats://127.0.0.1:{}", proxy.port()));
+        assert!(FaultProxy::in_front_of("postgres://u@db/app").await.is_err());
         Ok(())
     }
 }
