@@ -65,6 +65,7 @@ mod orm_apps;
 mod outage;
 mod pgbouncer;
 mod pools;
+mod restore;
 mod retention;
 mod revert;
 mod schema_history;
