@@ -3,7 +3,8 @@
 //! state 5 and back to state 1, each time equal — byte for byte, as PostgreSQL prints the rows —
 //! to a snapshot taken at that state, its own writes audited with `restore_to` and the actor.
 //! And the refusals: a table without a primary key, an instant before the trail begins, rows
-//! changed where the trail cannot see them (and what `force` does with them).
+//! changed where the trail cannot see them (and what `force` does with them). And `bemi restore`
+//! as a process: dry run, run, refusal, usage error.
 
 use std::sync::Arc;
 
@@ -11,9 +12,11 @@ use anyhow::{bail, ensure};
 use bemi_audit::{ConflictReason, Restore, RestoreAction, RestoreError};
 use bemi_core::context;
 use bemi_tests::worker::{RunningWorker, wait_for_changes, worker_config};
-use bemi_tests::{TestCluster, TestDb, TestResult, ctx};
+use bemi_tests::{TODO_TABLE, TestCluster, TestDb, TestResult, ctx};
 use chrono::{DateTime, Utc};
 use serde_json::json;
+
+use crate::cli_support::bemi;
 
 /// Both tables as text, every column as PostgreSQL prints it.
 async fn snapshot(db: &TestDb) -> anyhow::Result<(Option<String>, Option<String>)> {
@@ -307,6 +310,84 @@ async fn items(db: &TestDb) -> anyhow::Result<String> {
     Ok(
         sqlx::query_scalar("SELECT string_agg(t::text, E'\\n' ORDER BY id) FROM item t")
             .fetch_one(&db.pool)
+            .await?,
+    )
+}
+
+async fn bemi_restore_from_the_command_line(cluster: Arc<TestCluster>) -> TestResult {
+    let ddl = format!("{TODO_TABLE};\nCREATE TABLE note (body text);");
+    let db = cluster.tracked_database("cli_restore", &ddl).await?;
+    let worker = RunningWorker::start(worker_config(&db)).await?;
+    db.exec("INSERT INTO todo (task) VALUES ('a'), ('b')")
+        .await?;
+    let state_1 = instant(&db).await?;
+    let then = todos(&db).await?;
+    db.exec(
+        "UPDATE todo SET task = 'a2', is_completed = true WHERE id = 1; \
+         DELETE FROM todo WHERE id = 2; INSERT INTO todo (task) VALUES ('c')",
+    )
+    .await?;
+    wait_for_changes(&db, 5).await?;
+    let now = todos(&db).await?;
+    let to = state_1.to_rfc3339();
+    let envs = [("DATABASE_URL", db.url.as_str())];
+
+    let dry = bemi(&["restore", "todo", "--to", &to, "--dry-run"], &envs)
+        .await?
+        .success()?;
+    ensure!(
+        dry.stdout.starts_with("-- Restore of public.todo to ")
+            && dry.stdout.contains("public.todo 2: insert the row")
+            && dry.stdout.contains("public.todo 3: delete the row")
+            && dry
+                .stdout
+                .contains("public.todo 1: set back is_completed, task"),
+        "{}",
+        dry.stdout
+    );
+    ensure!(todos(&db).await? == now, "the dry run wrote");
+
+    let done = bemi(
+        &["restore", "todo", "--context", "user=ann"],
+        &[
+            ("DATABASE_URL", db.url.as_str()),
+            ("BEMI_RESTORE_TO", to.as_str()),
+        ],
+    )
+    .await?
+    .success()?;
+    ensure!(
+        done.stdout.starts_with("restored to ")
+            && done.stdout.contains("3 statements (3 rows written)"),
+        "{}",
+        done.stdout
+    );
+    ensure!(todos(&db).await? == then);
+    let changes = wait_for_changes(&db, 8).await?;
+    ensure!(
+        changes[5..]
+            .iter()
+            .all(|c| c.context["user"] == "ann" && c.context["restore_to"].is_string()),
+        "{changes:#?}"
+    );
+
+    let refused = bemi(&["restore", "note", "--to", &to], &envs).await?;
+    ensure!(
+        refused.status.code() == Some(1)
+            && refused.stderr.contains("public.note has no primary key"),
+        "{refused:#?}"
+    );
+    let usage = bemi(&["restore", "todo", "--to", "someday"], &envs).await?;
+    ensure!(usage.status.code() == Some(2), "{usage:#?}");
+    worker.stop().await?;
+    Ok(())
+}
+e2e_test!(bemi_restore_from_the_command_line);
+
+async fn todos(db: &TestDb) -> anyhow::Result<Vec<(i64, String, bool)>> {
+    Ok(
+        sqlx::query_as("SELECT id, task, is_completed FROM todo ORDER BY id")
+            .fetch_all(&db.pool)
             .await?,
     )
 }
