@@ -31,6 +31,7 @@ impl From<FilterError> for ApiError {
     fn from(error: FilterError) -> Self {
         match error {
             FilterError::Database(error) => error.into(),
+            FilterError::Hidden { .. } => not_found(),
             other => Self(StatusCode::BAD_REQUEST, other.to_string()),
         }
     }
@@ -52,6 +53,11 @@ impl From<sqlx::Error> for ApiError {
     }
 }
 
+/// The 404 of anything outside the request's scope (the same as for what does not exist).
+pub(crate) fn not_found() -> ApiError {
+    ApiError(StatusCode::NOT_FOUND, "not found".into())
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         (self.0, Json(json!({"error": self.1}))).into_response()
@@ -61,10 +67,11 @@ impl IntoResponse for ApiError {
 /// `GET /api/changes?<filters>`: `{"changes": [...], "next": <cursor or null>}`.
 pub(crate) async fn changes(
     State(ui): State<Ui>,
+    Extension(info): Extension<RequestInfo>,
     RawQuery(query): RawQuery,
 ) -> Result<Json<Value>, ApiError> {
     let filters = Filters::parse(query.as_deref().unwrap_or(""))?;
-    let (changes, next) = filters.page(&ui.audit).await?;
+    let (changes, next) = filters.page_in(&ui.audit, info.access.scope_ref()).await?;
     let next = next.as_ref().map(encode_cursor);
     Ok(Json(json!({"changes": changes, "next": next})))
 }
@@ -125,11 +132,21 @@ pub(crate) async fn revert(
         }
     }
     .force(request.force);
-    let revert = ui.bounded(revert, info.access.actor_context(), request.dry_run);
     let revert = match request.source {
         Some(source) => revert.source(source),
         None => revert,
     };
+    let allowed = match crate::pages::revert_scope(&ui, &info, &revert).await {
+        Ok(allowed) => allowed,
+        Err(crate::pages::OutOfScope::NotFound) => return Err(not_found()),
+        Err(crate::pages::OutOfScope::Revert(error)) => return Err(revert_error(error)),
+    };
+    let revert = ui.bounded(
+        revert,
+        info.access.actor_context(),
+        request.dry_run,
+        allowed,
+    );
     if request.dry_run {
         let plan = revert
             .plan(&ui.audit, &ui.source)
@@ -186,16 +203,20 @@ pub(crate) async fn tail(
             ),
         ));
     };
-    let query = filters.first_page().query(&ui.audit).await?;
+    let query = filters
+        .first_page()
+        .query_in(&ui.audit, info.access.scope_ref())
+        .await?;
     let (follower, latest) = Follower::start(ui.audit.clone(), query, TAIL_LATEST).await?;
     let row = {
         let ui = ui.clone();
         let info = info.clone();
         move |change: &bemi_audit::Change| {
+            let change = info.access.scope_ref().redact(change.clone());
             Event::default()
                 .event("change")
                 .id(change.id.to_string())
-                .data(change_row(&info, &ui.user_key, change).into_string())
+                .data(change_row(&info, &ui.user_key, &change).into_string())
         }
     };
     let first: Vec<Event> = latest.iter().map(&row).collect();

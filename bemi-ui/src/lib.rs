@@ -6,6 +6,7 @@ mod export;
 pub mod filters;
 mod pages;
 mod render;
+mod scope;
 mod security;
 mod tail;
 
@@ -27,6 +28,7 @@ use sqlx::PgPool;
 
 pub use access::Access;
 pub use filters::{FilterError, Filters};
+pub use scope::{HIDDEN, Scope};
 pub use security::PublicUrlError;
 
 use access::{AccessFuture, Authorize, CSRF_FIELD, CSRF_HEADER};
@@ -429,28 +431,37 @@ impl Ui {
         }
     }
 
-    /// A revert from the UI: the limit and the policy (with `actor`) applied.
+    /// A revert from the UI: the limit and the policy (with `actor`) applied; with `allowed`,
+    /// the plan may undo only those changes (the ones a dry run found inside the request's
+    /// scope).
     pub(crate) fn bounded(
         &self,
         revert: bemi_audit::Revert,
         actor: &Map<String, Value>,
         dry_run: bool,
+        allowed: Option<std::collections::HashSet<uuid::Uuid>>,
     ) -> bemi_audit::Revert {
         let revert = revert.max_changes(self.max_revert_changes);
-        match &self.revert_policy {
-            Some(policy) => {
-                let policy = Arc::clone(policy);
-                let actor = actor.clone();
-                revert.policy(move |plan| {
-                    policy(&RevertCheck {
-                        plan,
-                        actor: &actor,
-                        dry_run,
-                    })
-                })
-            }
-            None => revert,
+        if self.revert_policy.is_none() && allowed.is_none() {
+            return revert;
         }
+        let policy = self.revert_policy.clone();
+        let actor = actor.clone();
+        revert.policy(move |plan| {
+            if let Some(allowed) = &allowed
+                && plan.changes.iter().any(|id| !allowed.contains(id))
+            {
+                return Err("more changes match than when it was checked: try again".into());
+            }
+            match &policy {
+                Some(policy) => policy(&RevertCheck {
+                    plan,
+                    actor: &actor,
+                    dry_run,
+                }),
+                None => Ok(()),
+            }
+        })
     }
 }
 
