@@ -147,25 +147,33 @@ pub(crate) async fn revert(
         request.dry_run,
         allowed,
     );
+    let scope = info.access.scope_ref();
     if request.dry_run {
-        let plan = revert
+        let mut plan = revert
             .plan(&ui.audit, &ui.source)
             .await
             .map_err(revert_error)?;
+        scope.redact_revert(&mut plan.statements, &mut plan.conflicts);
         let script = plan.script();
         return Ok(Json(json!({"dry_run": true, "plan": plan, "script": script})).into_response());
     }
     let actor = info.access.actor_context().clone();
     match bemi_core::context::scope(actor, revert.run(&ui.audit, &ui.source)).await {
-        Ok(report) => Ok(Json(json!({"dry_run": false, "report": report})).into_response()),
-        Err(RevertError::Conflicts(conflicts)) => Ok((
+        Ok(mut report) => {
+            scope.redact_revert(&mut report.statements, &mut report.overridden);
+            Ok(Json(json!({"dry_run": false, "report": report})).into_response())
+        }
+        Err(RevertError::Conflicts(mut conflicts)) => {
+            scope.redact_revert(&mut [], &mut conflicts);
+            Ok((
             StatusCode::CONFLICT,
             Json(json!({
                 "error": "rows changed since: nothing was written (send \"force\": true to overwrite them)",
                 "conflicts": conflicts,
             })),
         )
-            .into_response()),
+            .into_response())
+        }
         Err(error) => Err(revert_error(error)),
     }
 }

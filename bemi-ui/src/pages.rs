@@ -598,11 +598,13 @@ pub(crate) async fn revert(
         Err(OutOfScope::Revert(error)) => return Err(revert_error(error)),
     };
     let revert = ui.bounded(revert, info.access.actor_context(), dry_run, allowed);
+    let scope = info.access.scope_ref();
     if dry_run {
-        let plan = revert
+        let mut plan = revert
             .plan(&ui.audit, &ui.source)
             .await
             .map_err(revert_error)?;
+        scope.redact_revert(&mut plan.statements, &mut plan.conflicts);
         return Ok(page(
             &info,
             "Revert: dry run",
@@ -620,7 +622,8 @@ pub(crate) async fn revert(
             };
             Ok(page(&info, "Reverted", body).into_response())
         }
-        Err(RevertError::Conflicts(conflicts)) => {
+        Err(RevertError::Conflicts(mut conflicts)) => {
+            scope.redact_revert(&mut [], &mut conflicts);
             let body = html! {
                 p.error { "Nothing was written: " (conflicts.len()) " row" @if conflicts.len() != 1 { "s" } " changed afterwards." }
                 ul.conflicts { @for conflict in &conflicts { li { (conflict.to_string()) } } }

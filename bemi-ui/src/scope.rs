@@ -199,6 +199,46 @@ impl Scope {
                     .any(|hidden| hidden.rsplit_once('.').is_some_and(|(_, c)| c == column)))
     }
 
+    /// A revert's statements and conflicts as this scope may see them: the statements without
+    /// their parameters (the rows' images: hidden values), conflicts with hidden values
+    /// replaced and later changes outside the scope emptied.
+    pub(crate) fn redact_revert(
+        &self,
+        statements: &mut [bemi_audit::RevertStatement],
+        conflicts: &mut [bemi_audit::Conflict],
+    ) {
+        if self.is_everything() {
+            return;
+        }
+        for statement in statements {
+            statement.params.clear();
+        }
+        for conflict in conflicts {
+            match &mut conflict.reason {
+                bemi_audit::ConflictReason::ChangedLater { change } => {
+                    let inside = self.admits(change);
+                    let mut redacted = self.redact((**change).clone());
+                    if !inside {
+                        redacted.context = Value::Object(Map::new());
+                        redacted.before = Value::Object(Map::new());
+                        redacted.after = Value::Object(Map::new());
+                    }
+                    **change = redacted;
+                }
+                bemi_audit::ConflictReason::RowDiffers {
+                    current: Some(Value::Object(fields)),
+                } => {
+                    for (column, value) in fields.iter_mut() {
+                        if self.hides_column(Some(&conflict.table), column) {
+                            *value = Value::String(HIDDEN.to_owned());
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+
     /// `change` with its hidden values replaced by [`HIDDEN`].
     pub(crate) fn redact(&self, mut change: Change) -> Change {
         if self.hidden_columns.is_empty() && self.hidden_context.is_empty() {

@@ -84,6 +84,7 @@ mod tracking_never_fails;
 mod transaction_identity;
 mod ui_browser;
 mod ui_http;
+mod ui_scope;
 mod ui_security;
 mod web_frameworks;
 mod worker_capture;
