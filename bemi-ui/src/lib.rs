@@ -3,6 +3,7 @@
 mod access;
 mod api;
 mod export;
+mod feed;
 pub mod filters;
 mod pages;
 mod render;
@@ -547,6 +548,8 @@ pub fn router(audit: PgPool, options: UiOptions) -> Router {
         .route("/tables/{table}", get(pages::table_at))
         .route("/users/{value}", get(pages::user_activity))
         .route("/tail", get(pages::tail))
+        .route("/feed", get(feed::page_handler))
+        .route("/api/feed", get(feed::api))
         .route("/revert", post(pages::revert))
         .route("/login", get(pages::login_form).post(pages::login))
         .route("/logout", post(pages::logout))

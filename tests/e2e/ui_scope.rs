@@ -1,6 +1,6 @@
 //! The web UI's per-request scope over HTTP: an authorization matrix. Two tenants of a host
 //! app each see, on every endpoint (list, detail by id, row timeline, table as of, user
-//! activity, JSON API, both exports, live tail, revert), their own changes only — ids, keys,
+//! activity, activity feed, JSON API, both exports, live tail, revert), their own changes only — ids, keys,
 //! transactions and contexts guessed across tenants are a 404 or an empty list, never a leak —
 //! and the hidden column and context key appear in no body or export.
 
@@ -237,10 +237,25 @@ async fn every_endpoint_shows_a_tenant_its_own_changes_only_and_never_hidden_fie
             format!("/users/{}", other - 41),
             "/export.csv".to_owned(),
             "/export.ndjson".to_owned(),
+            "/feed".to_owned(),
+            "/api/feed".to_owned(),
         ] {
             let (status, body) = get(path.clone()).await?;
             expect(tenant, &mut bodies, path, StatusCode::OK, body, status)?;
         }
+        let feed: Value = serde_json::from_str(&get("/api/feed".into()).await?.1)?;
+        let lines: Vec<&str> = feed["entries"]
+            .as_array()
+            .context("no entries")?
+            .iter()
+            .filter_map(|e| e["line"].as_str())
+            .collect();
+        ensure!(
+            lines.len() == own(tenant).len()
+                && lines.contains(&format!("user {} changed todo {}: task 'task-of-{tenant}' → 'task-of-{tenant} (edited)'", tenant - 41, tenant - 41).as_str())
+                && lines.iter().any(|l| l.contains("secret (hidden)")),
+            "{lines:#?}"
+        );
         let (_, ndjson) = get("/export.ndjson".into()).await?;
         ensure!(ndjson.lines().count() == own(tenant).len(), "{ndjson}");
         let (_, csv) = get("/export.csv".into()).await?;
