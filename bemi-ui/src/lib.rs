@@ -7,6 +7,7 @@ mod feed;
 pub mod filters;
 mod pages;
 mod render;
+mod restore;
 mod scope;
 mod security;
 mod tail;
@@ -99,6 +100,9 @@ impl RevertCheck<'_> {
 
 /// A revert policy, boxed.
 type RevertPolicy = Arc<dyn Fn(&RevertCheck<'_>) -> Result<(), String> + Send + Sync>;
+/// A restore policy, boxed.
+pub(crate) type RestorePolicy =
+    Arc<dyn Fn(&bemi_audit::RestorePlan) -> Result<(), String> + Send + Sync>;
 
 /// How the UI reaches its data and who may do what.
 ///
@@ -123,6 +127,7 @@ pub struct UiOptions {
     tail_recheck: Duration,
     max_revert_changes: u64,
     revert_policy: Option<RevertPolicy>,
+    restore_policy: Option<RestorePolicy>,
 }
 
 impl Default for UiOptions {
@@ -170,6 +175,7 @@ impl UiOptions {
             tail_recheck: DEFAULT_TAIL_RECHECK,
             max_revert_changes: DEFAULT_MAX_REVERT_CHANGES,
             revert_policy: None,
+            restore_policy: None,
         }
     }
 
@@ -337,6 +343,29 @@ impl UiOptions {
         self
     }
 
+    /// A check of every restore's plan (the "table as of" page's restore button), in the dry
+    /// run and again right before the writes: an `Err` refuses it with 403 and the message.
+    /// With a [`revert_policy`](Self::revert_policy) and no restore policy, restores from the
+    /// UI are refused.
+    ///
+    /// ```
+    /// let options = bemi_ui::UiOptions::new().restore_policy(|plan| {
+    ///     if plan.tables.iter().any(|t| t.starts_with("billing.")) {
+    ///         return Err("billing tables are not restored from the UI".into());
+    ///     }
+    ///     Ok(())
+    /// });
+    /// # let _ = options;
+    /// ```
+    #[must_use]
+    pub fn restore_policy<F>(mut self, policy: F) -> Self
+    where
+        F: Fn(&bemi_audit::RestorePlan) -> Result<(), String> + Send + Sync + 'static,
+    {
+        self.restore_policy = Some(Arc::new(policy));
+        self
+    }
+
     /// The context key that names a user (default `user_id`): its values link to the user's
     /// activity page.
     ///
@@ -369,6 +398,7 @@ pub(crate) struct Inner {
     pub(crate) tail_recheck: Duration,
     pub(crate) max_revert_changes: u64,
     pub(crate) revert_policy: Option<RevertPolicy>,
+    pub(crate) restore_policy: Option<RestorePolicy>,
 }
 
 impl std::ops::Deref for Ui {
@@ -540,6 +570,7 @@ pub fn router(audit: PgPool, options: UiOptions) -> Router {
         tail_recheck: options.tail_recheck,
         max_revert_changes: options.max_revert_changes,
         revert_policy: options.revert_policy,
+        restore_policy: options.restore_policy,
     }));
     Router::new()
         .route("/", get(pages::list))
@@ -551,6 +582,7 @@ pub fn router(audit: PgPool, options: UiOptions) -> Router {
         .route("/feed", get(feed::page_handler))
         .route("/api/feed", get(feed::api))
         .route("/revert", post(pages::revert))
+        .route("/restore", post(restore::restore))
         .route("/login", get(pages::login_form).post(pages::login))
         .route("/logout", post(pages::logout))
         .route("/api/changes", get(api::changes))

@@ -46,6 +46,14 @@ impl PageError {
 }
 
 impl PageError {
+    /// 403 with a message that says why.
+    pub(crate) fn forbidden(message: impl Into<String>) -> Self {
+        Self {
+            status: StatusCode::FORBIDDEN,
+            message: message.into(),
+        }
+    }
+
     /// The 404 of anything outside the request's scope (the same as for what does not exist).
     pub(crate) fn not_found() -> Self {
         Self {
@@ -431,6 +439,7 @@ pub(crate) async fn table_at(
             button type="submit" { "Show" }
         }
         p.muted { "Rows as they were at " (at.format("%Y-%m-%d %H:%M:%S%.6f UTC")) ", in key order." }
+        (crate::restore::button(&ui, &info, &table, at))
         @if rows.is_empty() { p.empty { "No row of this table existed then (or none was captured)." } }
         @else {
             table.snapshot {

@@ -118,6 +118,12 @@ impl Scope {
         *self == Self::default()
     }
 
+    /// Whether this scope reaches every row of its tables: no forced filter, nothing hidden
+    /// (what a restore, which rewrites whole tables, needs).
+    pub(crate) fn reaches_whole_tables(&self) -> bool {
+        self.context.is_empty() && self.hidden_columns.is_empty() && self.hidden_context.is_empty()
+    }
+
     /// `query` restricted to this scope.
     pub(crate) fn restrict(&self, mut query: ChangeQuery) -> ChangeQuery {
         query = query.require_context(self.context.clone());
