@@ -83,6 +83,7 @@ mod trace_ids;
 mod tracking_never_fails;
 mod transaction_identity;
 mod ui_browser;
+mod ui_browser_scope;
 mod ui_http;
 mod ui_scope;
 mod ui_security;
