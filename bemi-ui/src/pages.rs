@@ -439,7 +439,7 @@ pub(crate) async fn table_at(
             button type="submit" { "Show" }
         }
         p.muted { "Rows as they were at " (at.format("%Y-%m-%d %H:%M:%S%.6f UTC")) ", in key order." }
-        (crate::restore::button(&ui, &info, &table, at))
+        (crate::render::restore_button(&ui, &info, &table, at))
         @if rows.is_empty() { p.empty { "No row of this table existed then (or none was captured)." } }
         @else {
             table.snapshot {

@@ -14,7 +14,7 @@ use maud::{Markup, html};
 use serde::Deserialize;
 
 use crate::pages::PageError;
-use crate::render::{csrf_field, json_block, page, segment};
+use crate::render::{csrf_field, json_block, may_restore, page, segment};
 use crate::{RequestInfo, Ui};
 
 /// The restore form's fields.
@@ -26,35 +26,6 @@ pub(crate) struct RestoreForm {
     dry_run: Option<String>,
     #[serde(default)]
     force: Option<String>,
-}
-
-/// The restore button of the "table as of" page, when this request may restore the table.
-pub(crate) fn button(
-    ui: &Ui,
-    info: &RequestInfo,
-    table: &str,
-    at: chrono::DateTime<Utc>,
-) -> Markup {
-    if !may_restore(ui, info) {
-        return html! {};
-    }
-    html! {
-        form.inline.restore method="post" action={ (info.base) "/restore" } {
-            (csrf_field(info))
-            input type="hidden" name="table" value=(table);
-            input type="hidden" name="at" value=(at.to_rfc3339_opts(SecondsFormat::Micros, true));
-            input type="hidden" name="dry_run" value="1";
-            button id="restore" type="submit" { "Restore the table to this instant…" }
-        }
-    }
-}
-
-/// Whether this request may restore tables: revert permission, a scope that reaches whole
-/// tables, and a restore policy if there is a revert policy.
-fn may_restore(ui: &Ui, info: &RequestInfo) -> bool {
-    info.access.can_revert()
-        && info.access.scope_ref().reaches_whole_tables()
-        && (ui.revert_policy.is_none() || ui.restore_policy.is_some())
 }
 
 /// `POST /restore`.
