@@ -118,7 +118,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     .await?;
     bemi_sqlx::migration::migrate(&pool, Default::default()).await?;
     let slot = std::env::var("BEMI_SLOT").unwrap_or_else(|_| "bemi".to_owned());
-    let worker = bemi_worker::Worker::new(bemi_worker::WorkerConfig::new(&url).slot(slot)).spawn();
+    let mut worker =
+        bemi_worker::Worker::new(bemi_worker::WorkerConfig::new(&url).slot(slot)).spawn();
+    // Serve once the worker streams: the writes from then on are captured.
+    worker
+        .wait_until_streaming(std::time::Duration::from_secs(60))
+        .await?;
 
     let todo = Router::new()
         .route("/todo", post(create))
