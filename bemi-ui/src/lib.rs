@@ -621,6 +621,9 @@ enum Credential {
 async fn guard(State(ui): State<Ui>, request: Request, next: Next) -> Response {
     let (mut parts, body) = request.into_parts();
     let host = security::host_of(&parts.headers, &parts.uri);
+    // The activity feed may be framed by the host app's own pages (same origin); it has no
+    // form or button to click.
+    let embeddable = parts.method == Method::GET && parts.uri.path() == "/feed";
     let mut response =
         if security::host_allowed(host.as_deref(), ui.public.as_ref(), ui.token.is_some()) {
             checked(&ui, &mut parts, body, host.unwrap_or_default(), next).await
@@ -636,15 +639,24 @@ async fn guard(State(ui): State<Ui>, request: Request, next: Next) -> Response {
                 .into_response()
         };
     let headers = response.headers_mut();
-    for (name, value) in [
+    let (frame_ancestors, frame_options) = if embeddable {
         (
-            header::CONTENT_SECURITY_POLICY,
+            "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; \
+             connect-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'self'",
+            "SAMEORIGIN",
+        )
+    } else {
+        (
             "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; \
              connect-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'",
-        ),
+            "DENY",
+        )
+    };
+    for (name, value) in [
+        (header::CONTENT_SECURITY_POLICY, frame_ancestors),
         (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
         (header::REFERRER_POLICY, "same-origin"),
-        (header::X_FRAME_OPTIONS, "DENY"),
+        (header::X_FRAME_OPTIONS, frame_options),
         (header::CACHE_CONTROL, "no-store"),
     ] {
         if name != header::CACHE_CONTROL || !headers.contains_key(&name) {

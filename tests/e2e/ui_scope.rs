@@ -115,6 +115,29 @@ async fn every_endpoint_shows_a_tenant_its_own_changes_only_and_never_hidden_fie
         .await?;
     ensure!(everything["changes"].as_array().map(Vec::len) == Some(stored.len()));
     ensure!(everything.to_string().contains("s43-secret"));
+    // The feed may be framed by the host app's own pages; every other page by none.
+    for (path, frames) in [("/feed", "SAMEORIGIN"), ("/", "DENY")] {
+        let response = client.get(format!("{base}{path}")).send().await?;
+        let header = |name: &str| {
+            response
+                .headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_owned()
+        };
+        ensure!(
+            header("x-frame-options") == frames,
+            "{path}: {}",
+            header("x-frame-options")
+        );
+        let ancestors = if frames == "DENY" { "'none'" } else { "'self'" };
+        ensure!(
+            header("content-security-policy").ends_with(&format!("frame-ancestors {ancestors}")),
+            "{path}: {}",
+            header("content-security-policy")
+        );
+    }
 
     for (tenant, other) in [(42_i64, 43_i64), (43, 42)] {
         let header = tenant.to_string();
