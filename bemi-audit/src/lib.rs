@@ -5,6 +5,7 @@ mod follow;
 #[cfg(test)]
 mod fuzz;
 mod query;
+mod restore;
 pub mod retention;
 mod revert;
 pub mod schema;
@@ -16,6 +17,10 @@ pub use bemi_core::protocol::{Operation, ParseOperationError, REDACTED, REVERT_O
 pub use change::{Change, Cursor};
 pub use follow::Follower;
 pub use query::{ChangeQuery, ContextPairError, Order, holds_nul, parse_context_pair};
+pub use restore::{
+    DEFAULT_MAX_ROWS, RESTORE_TO_KEY, Restore, RestoreAction, RestoreError, RestorePlan,
+    RestoreReport, RestoreStatement,
+};
 pub use revert::{
     Conflict, ConflictReason, DEFAULT_MAX_CHANGES, Revert, RevertError, RevertPlan, RevertReport,
     RevertStatement, RevertTarget,

@@ -86,6 +86,10 @@ pub struct ChangeQuery {
     after: Option<Cursor>,
     order: Order,
     limit: Option<u64>,
+    /// Only these tables (schema or any, table); `Some(empty)` matches nothing.
+    within_tables: Option<Vec<(Option<String>, String)>>,
+    /// Contexts that must each be contained too (a scope's forced filters).
+    required_context: Vec<Map<String, Value>>,
 }
 
 impl ChangeQuery {
@@ -115,6 +119,51 @@ impl ChangeQuery {
                 self.schema = None;
                 self.table = Some(name.to_owned());
             }
+        }
+        self
+    }
+
+    /// Only changes of one of these tables (`todo`, any schema, or `public.todo`), on top of
+    /// every other filter (a [`table`](Self::table) filter too): a scope that a caller's own
+    /// filters cannot widen. No table at all matches nothing.
+    ///
+    /// ```
+    /// let sql = bemi_audit::ChangeQuery::new().within_tables(["todo", "billing.invoice"]).sql();
+    /// assert!(sql.contains(r#"WHERE ("table" = $1 OR ("table" = $2 AND schema = $3))"#), "{sql}");
+    /// ```
+    #[must_use]
+    pub fn within_tables<I, S>(mut self, names: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        self.within_tables = Some(
+            names
+                .into_iter()
+                .map(|name| match name.as_ref().split_once('.') {
+                    Some((schema, table)) => (Some(schema.to_owned()), table.to_owned()),
+                    None => (None, name.as_ref().to_owned()),
+                })
+                .collect(),
+        );
+        self
+    }
+
+    /// Only changes whose context contains `context` too, on top of the
+    /// [`context`](Self::context) filters (which it does not replace: a caller asking for
+    /// another value of the same key gets nothing).
+    ///
+    /// ```
+    /// use serde_json::json;
+    ///
+    /// let scope = json!({"tenant_id": 42}).as_object().unwrap().clone();
+    /// let sql = bemi_audit::ChangeQuery::new().context("tenant_id", 43).require_context(scope).sql();
+    /// assert!(sql.contains("WHERE context @> $1 AND context @> $2"), "{sql}");
+    /// ```
+    #[must_use]
+    pub fn require_context(mut self, context: Map<String, Value>) -> Self {
+        if !context.is_empty() {
+            self.required_context.push(context);
         }
         self
     }
@@ -531,6 +580,37 @@ impl ChangeQuery {
         for (sql, map) in containments {
             if !map.is_empty() {
                 conditions.and(sql).push_bind(Value::Object(map.clone()));
+            }
+        }
+        for required in &self.required_context {
+            conditions
+                .and("context @> ")
+                .push_bind(Value::Object(required.clone()));
+        }
+        if let Some(tables) = &self.within_tables {
+            if tables.is_empty() {
+                conditions.and("false");
+            } else {
+                let builder = conditions.and("(");
+                for (i, (schema, table)) in tables.iter().enumerate() {
+                    if i > 0 {
+                        builder.push(" OR ");
+                    }
+                    match schema {
+                        Some(schema) => {
+                            builder
+                                .push("(\"table\" = ")
+                                .push_bind(table.clone())
+                                .push(" AND schema = ")
+                                .push_bind(schema.clone())
+                                .push(")");
+                        }
+                        None => {
+                            builder.push("\"table\" = ").push_bind(table.clone());
+                        }
+                    }
+                }
+                builder.push(")");
             }
         }
         for field in &self.changed {

@@ -10,6 +10,7 @@ mod history;
 mod metrics_server;
 mod migration;
 mod prune;
+mod restore;
 mod revert;
 mod shutdown;
 mod store;
@@ -72,6 +73,8 @@ enum Command {
     At(at::AtArgs),
     /// Undo a change, a transaction, or every change of a request, in DATABASE_URL.
     Revert(revert::RevertArgs),
+    /// Put tables back (or forward) to their state at an instant, in DATABASE_URL.
+    Restore(restore::RestoreArgs),
     /// Remove changes older than a bound, in short batches (drops old monthly partitions).
     Prune(prune::PruneArgs),
     /// Start a throwaway PostgreSQL with tracking, a worker and the web UI; Ctrl-C stops it
@@ -152,6 +155,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::History(args) => history::run(args).await,
         Command::At(args) => at::run(args).await,
         Command::Revert(args) => revert::run(args).await,
+        Command::Restore(args) => restore::run(args).await,
         Command::Prune(args) => prune::run(args).await,
         Command::Dev(args) => dev::run(args).await,
         Command::Ui(args) => ui::run(args).await,

@@ -10,6 +10,8 @@ use axum::http::{HeaderMap, header};
 use bemi_core::IntoContext;
 use serde_json::{Map, Value};
 
+use crate::scope::Scope;
+
 /// The header that carries the CSRF token of a JSON request.
 pub(crate) const CSRF_HEADER: &str = "x-csrf-token";
 /// The form field that carries the CSRF token of a form.
@@ -31,6 +33,7 @@ pub(crate) const CSRF_FIELD: &str = "csrf_token";
 pub struct Access {
     level: Level,
     actor: Map<String, Value>,
+    scope: Scope,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -74,6 +77,27 @@ impl Access {
         self
     }
 
+    /// What this request may see (default: everything): forced filters, a set of tables, hidden
+    /// columns and context keys. Every endpoint applies it; outside it is a 404.
+    ///
+    /// ```
+    /// use bemi_ui::{Access, Scope};
+    ///
+    /// let tenant = Access::read().scope(Scope::new().context("tenant_id", 42));
+    /// assert!(!tenant.scope_ref().is_everything());
+    /// ```
+    #[must_use]
+    pub fn scope(mut self, scope: Scope) -> Self {
+        self.scope = scope;
+        self
+    }
+
+    /// The request's scope (see [`Access::scope`]).
+    #[must_use]
+    pub fn scope_ref(&self) -> &Scope {
+        &self.scope
+    }
+
     /// Whether the pages, the API and the exports are open to this request.
     #[must_use]
     pub fn can_read(&self) -> bool {
@@ -100,6 +124,7 @@ impl Access {
         Self {
             level,
             actor: Map::new(),
+            scope: Scope::default(),
         }
     }
 }

@@ -31,6 +31,7 @@ impl From<FilterError> for ApiError {
     fn from(error: FilterError) -> Self {
         match error {
             FilterError::Database(error) => error.into(),
+            FilterError::Hidden { .. } => not_found(),
             other => Self(StatusCode::BAD_REQUEST, other.to_string()),
         }
     }
@@ -52,6 +53,11 @@ impl From<sqlx::Error> for ApiError {
     }
 }
 
+/// The 404 of anything outside the request's scope (the same as for what does not exist).
+pub(crate) fn not_found() -> ApiError {
+    ApiError(StatusCode::NOT_FOUND, "not found".into())
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         (self.0, Json(json!({"error": self.1}))).into_response()
@@ -61,10 +67,11 @@ impl IntoResponse for ApiError {
 /// `GET /api/changes?<filters>`: `{"changes": [...], "next": <cursor or null>}`.
 pub(crate) async fn changes(
     State(ui): State<Ui>,
+    Extension(info): Extension<RequestInfo>,
     RawQuery(query): RawQuery,
 ) -> Result<Json<Value>, ApiError> {
     let filters = Filters::parse(query.as_deref().unwrap_or(""))?;
-    let (changes, next) = filters.page(&ui.audit).await?;
+    let (changes, next) = filters.page_in(&ui.audit, info.access.scope_ref()).await?;
     let next = next.as_ref().map(encode_cursor);
     Ok(Json(json!({"changes": changes, "next": next})))
 }
@@ -125,30 +132,48 @@ pub(crate) async fn revert(
         }
     }
     .force(request.force);
-    let revert = ui.bounded(revert, info.access.actor_context(), request.dry_run);
     let revert = match request.source {
         Some(source) => revert.source(source),
         None => revert,
     };
+    let allowed = match crate::pages::revert_scope(&ui, &info, &revert).await {
+        Ok(allowed) => allowed,
+        Err(crate::pages::OutOfScope::NotFound) => return Err(not_found()),
+        Err(crate::pages::OutOfScope::Revert(error)) => return Err(revert_error(error)),
+    };
+    let revert = ui.bounded(
+        revert,
+        info.access.actor_context(),
+        request.dry_run,
+        allowed,
+    );
+    let scope = info.access.scope_ref();
     if request.dry_run {
-        let plan = revert
+        let mut plan = revert
             .plan(&ui.audit, &ui.source)
             .await
             .map_err(revert_error)?;
+        scope.redact_revert(&mut plan.statements, &mut plan.conflicts);
         let script = plan.script();
         return Ok(Json(json!({"dry_run": true, "plan": plan, "script": script})).into_response());
     }
     let actor = info.access.actor_context().clone();
     match bemi_core::context::scope(actor, revert.run(&ui.audit, &ui.source)).await {
-        Ok(report) => Ok(Json(json!({"dry_run": false, "report": report})).into_response()),
-        Err(RevertError::Conflicts(conflicts)) => Ok((
+        Ok(mut report) => {
+            scope.redact_revert(&mut report.statements, &mut report.overridden);
+            Ok(Json(json!({"dry_run": false, "report": report})).into_response())
+        }
+        Err(RevertError::Conflicts(mut conflicts)) => {
+            scope.redact_revert(&mut [], &mut conflicts);
+            Ok((
             StatusCode::CONFLICT,
             Json(json!({
                 "error": "rows changed since: nothing was written (send \"force\": true to overwrite them)",
                 "conflicts": conflicts,
             })),
         )
-            .into_response()),
+            .into_response())
+        }
         Err(error) => Err(revert_error(error)),
     }
 }
@@ -186,16 +211,20 @@ pub(crate) async fn tail(
             ),
         ));
     };
-    let query = filters.first_page().query(&ui.audit).await?;
+    let query = filters
+        .first_page()
+        .query_in(&ui.audit, info.access.scope_ref())
+        .await?;
     let (follower, latest) = Follower::start(ui.audit.clone(), query, TAIL_LATEST).await?;
     let row = {
         let ui = ui.clone();
         let info = info.clone();
         move |change: &bemi_audit::Change| {
+            let change = info.access.scope_ref().redact(change.clone());
             Event::default()
                 .event("change")
                 .id(change.id.to_string())
-                .data(change_row(&info, &ui.user_key, change).into_string())
+                .data(change_row(&info, &ui.user_key, &change).into_string())
         }
     };
     let first: Vec<Event> = latest.iter().map(&row).collect();

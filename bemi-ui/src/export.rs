@@ -8,9 +8,11 @@ use axum::response::{IntoResponse, Response};
 use bemi_audit::Change;
 use futures_util::{StreamExt as _, stream};
 
-use crate::Ui;
+use axum::Extension;
+
 use crate::api::ApiError;
 use crate::filters::Filters;
+use crate::{RequestInfo, Scope, Ui};
 
 /// The most changes in one chunk of an export's body (the library reads 1 000 per query).
 const EXPORT_CHUNK_CHANGES: usize = 1_000;
@@ -35,9 +37,14 @@ pub(crate) const CSV_COLUMNS: [&str; 15] = [
 ];
 
 /// `GET /export.csv?<filters>`.
-pub(crate) async fn csv(State(ui): State<Ui>, query: RawQuery) -> Result<Response, ApiError> {
+pub(crate) async fn csv(
+    State(ui): State<Ui>,
+    Extension(info): Extension<RequestInfo>,
+    query: RawQuery,
+) -> Result<Response, ApiError> {
     export(
         ui,
+        info.access.scope_ref().clone(),
         query,
         "text/csv; charset=utf-8",
         "changes.csv",
@@ -48,9 +55,14 @@ pub(crate) async fn csv(State(ui): State<Ui>, query: RawQuery) -> Result<Respons
 }
 
 /// `GET /export.ndjson?<filters>`: one change per line, as the API spells it.
-pub(crate) async fn ndjson(State(ui): State<Ui>, query: RawQuery) -> Result<Response, ApiError> {
+pub(crate) async fn ndjson(
+    State(ui): State<Ui>,
+    Extension(info): Extension<RequestInfo>,
+    query: RawQuery,
+) -> Result<Response, ApiError> {
     export(
         ui,
+        info.access.scope_ref().clone(),
         query,
         "application/x-ndjson",
         "changes.ndjson",
@@ -66,6 +78,7 @@ pub(crate) async fn ndjson(State(ui): State<Ui>, query: RawQuery) -> Result<Resp
 
 async fn export(
     ui: Ui,
+    scope: Scope,
     RawQuery(query): RawQuery,
     content_type: &'static str,
     file: &'static str,
@@ -73,7 +86,7 @@ async fn export(
     line: fn(&Change) -> Vec<u8>,
 ) -> Result<Response, ApiError> {
     let filters = Filters::parse(query.as_deref().unwrap_or(""))?;
-    let query = filters.first_page().query(&ui.audit).await?;
+    let query = filters.first_page().query_in(&ui.audit, &scope).await?;
     let header_line = csv_header.then(|| {
         let mut writer = csv::Writer::from_writer(Vec::new());
         let _ = writer.write_record(CSV_COLUMNS);
@@ -88,7 +101,7 @@ async fn export(
             let mut chunk = Vec::new();
             for change in batch {
                 match change {
-                    Ok(change) => chunk.extend(line(&change)),
+                    Ok(change) => chunk.extend(line(&scope.redact(change))),
                     Err(error) => {
                         tracing::error!(%error, "bemi-ui: an export stopped: reading failed");
                         return Err(std::io::Error::other(error));

@@ -72,6 +72,13 @@ pub enum FilterError {
     /// The database could not be asked to read a time.
     #[error(transparent)]
     Database(#[from] sqlx::Error),
+    /// A filter on a field the request's [`Scope`](crate::Scope) hides (its answers would
+    /// tell the hidden values): answered 404, as if there were no such field.
+    #[error("{key}: no such field")]
+    Hidden {
+        /// The parameter.
+        key: &'static str,
+    },
 }
 
 /// The parameters [`Filters::parse`] reads (others are ignored).
@@ -250,6 +257,49 @@ impl Filters {
 }
 
 impl Filters {
+    /// [`Filters::query`] inside `scope`: its forced filters and tables added; a filter on a
+    /// field it hides is refused with [`FilterError::Hidden`].
+    pub(crate) async fn query_in(
+        &self,
+        pool: &PgPool,
+        scope: &crate::Scope,
+    ) -> Result<ChangeQuery, FilterError> {
+        if self
+            .context
+            .iter()
+            .any(|(_, key, _)| scope.hides_context_key(key))
+        {
+            return Err(FilterError::Hidden { key: "context" });
+        }
+        if self
+            .changed
+            .as_deref()
+            .is_some_and(|field| scope.hides_column(self.table.as_deref(), field))
+        {
+            return Err(FilterError::Hidden { key: "changed" });
+        }
+        Ok(scope.restrict(self.query(pool).await?))
+    }
+
+    /// [`Filters::page`] inside `scope`, hidden values replaced.
+    pub(crate) async fn page_in(
+        &self,
+        pool: &PgPool,
+        scope: &crate::Scope,
+    ) -> Result<(Vec<Change>, Option<Cursor>), FilterError> {
+        let size = self.page_size();
+        let mut changes = self
+            .query_in(pool, scope)
+            .await?
+            .limit(size + 1)
+            .fetch(pool)
+            .await?;
+        let more = changes.len() as u64 > size;
+        changes.truncate(usize::try_from(size).unwrap_or(usize::MAX));
+        let next = more.then(|| changes.last()).flatten().map(Change::cursor);
+        Ok((changes.into_iter().map(|c| scope.redact(c)).collect(), next))
+    }
+
     /// One page of the changes these filters match, newest first, and the cursor of the next
     /// page (`None` on the last one: one change more than a page is read to know).
     ///

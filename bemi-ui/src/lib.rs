@@ -3,9 +3,12 @@
 mod access;
 mod api;
 mod export;
+mod feed;
 pub mod filters;
 mod pages;
 mod render;
+mod restore;
+mod scope;
 mod security;
 mod tail;
 
@@ -27,6 +30,7 @@ use sqlx::PgPool;
 
 pub use access::Access;
 pub use filters::{FilterError, Filters};
+pub use scope::{HIDDEN, Scope};
 pub use security::PublicUrlError;
 
 use access::{AccessFuture, Authorize, CSRF_FIELD, CSRF_HEADER};
@@ -96,6 +100,9 @@ impl RevertCheck<'_> {
 
 /// A revert policy, boxed.
 type RevertPolicy = Arc<dyn Fn(&RevertCheck<'_>) -> Result<(), String> + Send + Sync>;
+/// A restore policy, boxed.
+pub(crate) type RestorePolicy =
+    Arc<dyn Fn(&bemi_audit::RestorePlan) -> Result<(), String> + Send + Sync>;
 
 /// How the UI reaches its data and who may do what.
 ///
@@ -120,6 +127,7 @@ pub struct UiOptions {
     tail_recheck: Duration,
     max_revert_changes: u64,
     revert_policy: Option<RevertPolicy>,
+    restore_policy: Option<RestorePolicy>,
 }
 
 impl Default for UiOptions {
@@ -167,6 +175,7 @@ impl UiOptions {
             tail_recheck: DEFAULT_TAIL_RECHECK,
             max_revert_changes: DEFAULT_MAX_REVERT_CHANGES,
             revert_policy: None,
+            restore_policy: None,
         }
     }
 
@@ -334,6 +343,29 @@ impl UiOptions {
         self
     }
 
+    /// A check of every restore's plan (the "table as of" page's restore button), in the dry
+    /// run and again right before the writes: an `Err` refuses it with 403 and the message.
+    /// With a [`revert_policy`](Self::revert_policy) and no restore policy, restores from the
+    /// UI are refused.
+    ///
+    /// ```
+    /// let options = bemi_ui::UiOptions::new().restore_policy(|plan| {
+    ///     if plan.tables.iter().any(|t| t.starts_with("billing.")) {
+    ///         return Err("billing tables are not restored from the UI".into());
+    ///     }
+    ///     Ok(())
+    /// });
+    /// # let _ = options;
+    /// ```
+    #[must_use]
+    pub fn restore_policy<F>(mut self, policy: F) -> Self
+    where
+        F: Fn(&bemi_audit::RestorePlan) -> Result<(), String> + Send + Sync + 'static,
+    {
+        self.restore_policy = Some(Arc::new(policy));
+        self
+    }
+
     /// The context key that names a user (default `user_id`): its values link to the user's
     /// activity page.
     ///
@@ -366,6 +398,7 @@ pub(crate) struct Inner {
     pub(crate) tail_recheck: Duration,
     pub(crate) max_revert_changes: u64,
     pub(crate) revert_policy: Option<RevertPolicy>,
+    pub(crate) restore_policy: Option<RestorePolicy>,
 }
 
 impl std::ops::Deref for Ui {
@@ -429,28 +462,37 @@ impl Ui {
         }
     }
 
-    /// A revert from the UI: the limit and the policy (with `actor`) applied.
+    /// A revert from the UI: the limit and the policy (with `actor`) applied; with `allowed`,
+    /// the plan may undo only those changes (the ones a dry run found inside the request's
+    /// scope).
     pub(crate) fn bounded(
         &self,
         revert: bemi_audit::Revert,
         actor: &Map<String, Value>,
         dry_run: bool,
+        allowed: Option<std::collections::HashSet<uuid::Uuid>>,
     ) -> bemi_audit::Revert {
         let revert = revert.max_changes(self.max_revert_changes);
-        match &self.revert_policy {
-            Some(policy) => {
-                let policy = Arc::clone(policy);
-                let actor = actor.clone();
-                revert.policy(move |plan| {
-                    policy(&RevertCheck {
-                        plan,
-                        actor: &actor,
-                        dry_run,
-                    })
-                })
-            }
-            None => revert,
+        if self.revert_policy.is_none() && allowed.is_none() {
+            return revert;
         }
+        let policy = self.revert_policy.clone();
+        let actor = actor.clone();
+        revert.policy(move |plan| {
+            if let Some(allowed) = &allowed
+                && plan.changes.iter().any(|id| !allowed.contains(id))
+            {
+                return Err("more changes match than when it was checked: try again".into());
+            }
+            match &policy {
+                Some(policy) => policy(&RevertCheck {
+                    plan,
+                    actor: &actor,
+                    dry_run,
+                }),
+                None => Ok(()),
+            }
+        })
     }
 }
 
@@ -528,6 +570,7 @@ pub fn router(audit: PgPool, options: UiOptions) -> Router {
         tail_recheck: options.tail_recheck,
         max_revert_changes: options.max_revert_changes,
         revert_policy: options.revert_policy,
+        restore_policy: options.restore_policy,
     }));
     Router::new()
         .route("/", get(pages::list))
@@ -536,7 +579,10 @@ pub fn router(audit: PgPool, options: UiOptions) -> Router {
         .route("/tables/{table}", get(pages::table_at))
         .route("/users/{value}", get(pages::user_activity))
         .route("/tail", get(pages::tail))
+        .route("/feed", get(feed::page_handler))
+        .route("/api/feed", get(feed::api))
         .route("/revert", post(pages::revert))
+        .route("/restore", post(restore::restore))
         .route("/login", get(pages::login_form).post(pages::login))
         .route("/logout", post(pages::logout))
         .route("/api/changes", get(api::changes))
@@ -575,6 +621,9 @@ enum Credential {
 async fn guard(State(ui): State<Ui>, request: Request, next: Next) -> Response {
     let (mut parts, body) = request.into_parts();
     let host = security::host_of(&parts.headers, &parts.uri);
+    // The activity feed may be framed by the host app's own pages (same origin); it has no
+    // form or button to click.
+    let embeddable = parts.method == Method::GET && parts.uri.path() == "/feed";
     let mut response =
         if security::host_allowed(host.as_deref(), ui.public.as_ref(), ui.token.is_some()) {
             checked(&ui, &mut parts, body, host.unwrap_or_default(), next).await
@@ -590,15 +639,24 @@ async fn guard(State(ui): State<Ui>, request: Request, next: Next) -> Response {
                 .into_response()
         };
     let headers = response.headers_mut();
-    for (name, value) in [
+    let (frame_ancestors, frame_options) = if embeddable {
         (
-            header::CONTENT_SECURITY_POLICY,
+            "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; \
+             connect-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'self'",
+            "SAMEORIGIN",
+        )
+    } else {
+        (
             "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; \
              connect-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'",
-        ),
+            "DENY",
+        )
+    };
+    for (name, value) in [
+        (header::CONTENT_SECURITY_POLICY, frame_ancestors),
         (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
         (header::REFERRER_POLICY, "same-origin"),
-        (header::X_FRAME_OPTIONS, "DENY"),
+        (header::X_FRAME_OPTIONS, frame_options),
         (header::CACHE_CONTROL, "no-store"),
     ] {
         if name != header::CACHE_CONTROL || !headers.contains_key(&name) {

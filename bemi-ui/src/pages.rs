@@ -7,7 +7,7 @@ use axum::extract::{Form, Path, RawQuery, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
 use bemi_audit::{
-    Change, ChangeQuery, Revert, RevertError, RevertPlan, TablePageCursor, TimeTravel,
+    Change, ChangeQuery, Revert, RevertError, RevertPlan, RowState, TablePageCursor, TimeTravel,
 };
 use chrono::{TimeDelta, Utc};
 use futures_util::{StreamExt as _, TryStreamExt as _};
@@ -45,10 +45,29 @@ impl PageError {
     }
 }
 
+impl PageError {
+    /// 403 with a message that says why.
+    pub(crate) fn forbidden(message: impl Into<String>) -> Self {
+        Self {
+            status: StatusCode::FORBIDDEN,
+            message: message.into(),
+        }
+    }
+
+    /// The 404 of anything outside the request's scope (the same as for what does not exist).
+    pub(crate) fn not_found() -> Self {
+        Self {
+            status: StatusCode::NOT_FOUND,
+            message: "Not found.".into(),
+        }
+    }
+}
+
 impl From<FilterError> for PageError {
     fn from(error: FilterError) -> Self {
         match error {
             FilterError::Database(error) => error.into(),
+            FilterError::Hidden { .. } => Self::not_found(),
             other => Self::bad_request(other.to_string()),
         }
     }
@@ -133,7 +152,7 @@ pub(crate) async fn list(
     RawQuery(query): RawQuery,
 ) -> PageResult {
     let filters = Filters::parse(query.as_deref().unwrap_or(""))?;
-    let (changes, next) = filters.page(&ui.audit).await?;
+    let (changes, next) = filters.page_in(&ui.audit, info.access.scope_ref()).await?;
     let next = next.map(|cursor| Filters {
         cursor: Some(cursor),
         ..filters.clone()
@@ -180,14 +199,17 @@ fn request_context(change: &Change) -> Option<Map<String, Value>> {
     (!request.is_empty()).then_some(request)
 }
 
-async fn find_change(ui: &Ui, id: &str) -> Result<Change, PageError> {
+/// The change with this id, if the request's scope admits it (else 404, as for an id no
+/// change has). Not redacted: for the revert; redact it for display.
+async fn find_change(ui: &Ui, info: &RequestInfo, id: &str) -> Result<Change, PageError> {
     let id = Uuid::parse_str(id).map_err(|_| PageError::bad_request("not a change id"))?;
-    ChangeQuery::new()
-        .id(id)
+    let scope = info.access.scope_ref();
+    scope
+        .restrict(ChangeQuery::new().id(id))
         .fetch(&ui.audit)
         .await?
         .into_iter()
-        .next()
+        .find(|change| scope.admits(change))
         .ok_or(PageError {
             status: StatusCode::NOT_FOUND,
             message: "No change has this id.".into(),
@@ -200,17 +222,24 @@ pub(crate) async fn detail(
     Extension(info): Extension<RequestInfo>,
     Path(id): Path<String>,
 ) -> PageResult {
-    let change = find_change(&ui, &id).await?;
-    let transaction = ChangeQuery::new()
-        .transaction_id(change.transaction_id)
-        .source(change.source.clone())
-        .database(change.database.clone())
-        .oldest_first()
-        .limit(200)
+    let scope = info.access.scope_ref();
+    let change = scope.redact(find_change(&ui, &info, &id).await?);
+    let transaction = scope
+        .restrict(
+            ChangeQuery::new()
+                .transaction_id(change.transaction_id)
+                .source(change.source.clone())
+                .database(change.database.clone())
+                .oldest_first()
+                .limit(200),
+        )
         .fetch(&ui.audit)
         .await?;
+    let transaction: Vec<Change> = transaction.into_iter().map(|c| scope.redact(c)).collect();
     let window = TimeDelta::minutes(REQUEST_WINDOW_MINUTES);
-    let request = match request_context(&change) {
+    // The request's context as stored (hidden keys too: they are part of what makes it the
+    // same request), inside the scope; shown redacted.
+    let request = match &request_context_of(&ui, &info, &change).await? {
         Some(context) => {
             let mut query = ChangeQuery::new()
                 .since(change.committed_at - window)
@@ -218,9 +247,15 @@ pub(crate) async fn detail(
                 .oldest_first()
                 .limit(200);
             for (key, value) in context {
-                query = query.context(key, value);
+                query = query.context(key.clone(), value.clone());
             }
-            query.fetch(&ui.audit).await?
+            scope
+                .restrict(query)
+                .fetch(&ui.audit)
+                .await?
+                .into_iter()
+                .map(|c| scope.redact(c))
+                .collect()
         }
         None => Vec::new(),
     };
@@ -268,6 +303,16 @@ pub(crate) async fn detail(
     Ok(page(&info, &title, body).into_response())
 }
 
+/// The request context of `change` as stored (not redacted), read again by id.
+async fn request_context_of(
+    ui: &Ui,
+    info: &RequestInfo,
+    change: &Change,
+) -> Result<Option<Map<String, Value>>, PageError> {
+    let stored = find_change(ui, info, &change.id.to_string()).await?;
+    Ok(request_context(&stored))
+}
+
 fn revert_button(info: &RequestInfo, change: &Change, kind: &str, label: &str) -> Markup {
     html! {
         form.inline method="post" action={ (info.base) "/revert" } {
@@ -286,11 +331,21 @@ pub(crate) async fn row_timeline(
     Extension(info): Extension<RequestInfo>,
     Path((table, pk)): Path<(String, String)>,
 ) -> PageResult {
+    let scope = info.access.scope_ref();
+    if !scope.admits_table_name(&table) {
+        return Err(PageError::not_found());
+    }
+    // The row's changes inside the scope (read on past those outside it).
     let history: Vec<Change> = TimeTravel::table(&table)
         .history(&ui.audit, &pk)
+        .try_filter(|change| std::future::ready(scope.admits(change)))
         .take(MAX_TIMELINE + 1)
+        .map_ok(|change| scope.redact(change))
         .try_collect()
         .await?;
+    if history.is_empty() && !scope.is_everything() {
+        return Err(PageError::not_found());
+    }
     let cut = history.len() > MAX_TIMELINE;
     let body = html! {
         @if history.is_empty() { p.empty { "No change of this row is in the audit trail." } }
@@ -326,6 +381,10 @@ pub(crate) async fn table_at(
     Path(table): Path<String>,
     RawQuery(query): RawQuery,
 ) -> PageResult {
+    let scope = info.access.scope_ref();
+    if !scope.admits_table_name(&table) {
+        return Err(PageError::not_found());
+    }
     let query = query.unwrap_or_default();
     let param = |name: &str| {
         form_urlencoded::parse(query.as_bytes())
@@ -350,13 +409,23 @@ pub(crate) async fn table_at(
         .await?;
     let more = rows.len() as u64 > TABLE_PAGE_ROWS;
     let rows = &rows[..rows.len().min(TABLE_PAGE_ROWS as usize)];
+    // The page's cursor comes from its last row, in scope or not; the rows shown are those
+    // whose state comes from a change inside the scope, hidden values replaced.
+    let next_cursor = more.then(|| rows.last()).flatten().map(TablePageCursor::of);
+    let rows: Vec<RowState> = rows
+        .iter()
+        .filter(|state| scope.admits(&state.change))
+        .map(|state| RowState {
+            change: scope.redact(state.change.clone()),
+        })
+        .collect();
+    let rows = rows.as_slice();
     let columns: BTreeSet<String> = rows
         .iter()
         .filter_map(|state| state.row().as_object())
         .flat_map(|row| row.keys().cloned())
         .collect();
-    let next = more.then(|| rows.last()).flatten().map(|last| {
-        let cursor = TablePageCursor::of(last);
+    let next = next_cursor.map(|cursor| {
         form_urlencoded::Serializer::new(String::new())
             .append_pair("at", &at.to_rfc3339())
             .append_pair("after_pk", &cursor.primary_key)
@@ -370,6 +439,7 @@ pub(crate) async fn table_at(
             button type="submit" { "Show" }
         }
         p.muted { "Rows as they were at " (at.format("%Y-%m-%d %H:%M:%S%.6f UTC")) ", in key order." }
+        (crate::render::restore_button(&ui, &info, &table, at))
         @if rows.is_empty() { p.empty { "No row of this table existed then (or none was captured)." } }
         @else {
             table.snapshot {
@@ -413,20 +483,24 @@ pub(crate) async fn user_activity(
     Extension(info): Extension<RequestInfo>,
     Path(value): Path<String>,
 ) -> PageResult {
+    let scope = info.access.scope_ref();
+    if scope.hides_context_key(&ui.user_key) {
+        return Err(PageError::not_found());
+    }
     let user: Value = serde_json::from_str(&value).unwrap_or(Value::String(value.clone()));
-    let filter = serde_json::json!({ ui.user_key.clone(): user.clone() });
-    let summary: Vec<ActivityRow> = sqlx::query_as(
-        "SELECT schema, \"table\", operation, count(*), min(committed_at), max(committed_at) \
-               FROM changes WHERE context @> $1 GROUP BY 1, 2, 3 ORDER BY 1, 2, 3",
-    )
-    .bind(&filter)
-    .fetch_all(&ui.audit)
-    .await?;
-    let latest = ChangeQuery::new()
-        .context(ui.user_key.clone(), user.clone())
+    let of_user = scope.restrict(ChangeQuery::new().context(ui.user_key.clone(), user.clone()));
+    let mut summary = of_user.filter_builder(
+        "schema, \"table\", operation, count(*), min(committed_at), max(committed_at)",
+    );
+    summary.push(" GROUP BY 1, 2, 3 ORDER BY 1, 2, 3");
+    let summary: Vec<ActivityRow> = summary.build_query_as().fetch_all(&ui.audit).await?;
+    let latest: Vec<Change> = of_user
         .limit(50)
         .fetch(&ui.audit)
-        .await?;
+        .await?
+        .into_iter()
+        .map(|c| scope.redact(c))
+        .collect();
     let all = Filters::parse(&format!(
         "context={}",
         segment(&format!("{}={}", ui.user_key, user))
@@ -523,19 +597,23 @@ pub(crate) async fn revert(
     Extension(info): Extension<RequestInfo>,
     Form(form): Form<RevertForm>,
 ) -> PageResult {
-    let change = find_change(&ui, &form.change).await?;
+    let change = find_change(&ui, &info, &form.change).await?;
     let force = form.force.as_deref() == Some("1");
     let dry_run = form.dry_run.as_deref() != Some("0");
-    let revert = ui.bounded(
-        revert_of(&change, &form.kind)?.force(force),
-        info.access.actor_context(),
-        dry_run,
-    );
+    let revert = revert_of(&change, &form.kind)?.force(force);
+    let allowed = match revert_scope(&ui, &info, &revert).await {
+        Ok(allowed) => allowed,
+        Err(OutOfScope::NotFound) => return Err(PageError::not_found()),
+        Err(OutOfScope::Revert(error)) => return Err(revert_error(error)),
+    };
+    let revert = ui.bounded(revert, info.access.actor_context(), dry_run, allowed);
+    let scope = info.access.scope_ref();
     if dry_run {
-        let plan = revert
+        let mut plan = revert
             .plan(&ui.audit, &ui.source)
             .await
             .map_err(revert_error)?;
+        scope.redact_revert(&mut plan.statements, &mut plan.conflicts);
         return Ok(page(
             &info,
             "Revert: dry run",
@@ -553,7 +631,8 @@ pub(crate) async fn revert(
             };
             Ok(page(&info, "Reverted", body).into_response())
         }
-        Err(RevertError::Conflicts(conflicts)) => {
+        Err(RevertError::Conflicts(mut conflicts)) => {
+            scope.redact_revert(&mut [], &mut conflicts);
             let body = html! {
                 p.error { "Nothing was written: " (conflicts.len()) " row" @if conflicts.len() != 1 { "s" } " changed afterwards." }
                 ul.conflicts { @for conflict in &conflicts { li { (conflict.to_string()) } } }
@@ -562,6 +641,41 @@ pub(crate) async fn revert(
             Ok((StatusCode::CONFLICT, page(&info, "Revert refused", body)).into_response())
         }
         Err(error) => Err(revert_error(error)),
+    }
+}
+
+/// Why a revert is not inside the request's scope.
+pub(crate) enum OutOfScope {
+    /// Some change it would undo is outside (or none matches): a 404.
+    NotFound,
+    /// Planning it failed.
+    Revert(RevertError),
+}
+
+/// For a request with a scope: plans `revert` and checks that every change it undoes is
+/// inside; the ids, which the real revert may then undo and no other (`None`: no scope).
+pub(crate) async fn revert_scope(
+    ui: &Ui,
+    info: &RequestInfo,
+    revert: &Revert,
+) -> Result<Option<std::collections::HashSet<Uuid>>, OutOfScope> {
+    let scope = info.access.scope_ref();
+    if scope.is_everything() {
+        return Ok(None);
+    }
+    let plan = ui
+        .bounded(revert.clone(), info.access.actor_context(), true, None)
+        .plan(&ui.audit, &ui.source)
+        .await;
+    let plan = match plan {
+        Ok(plan) => plan,
+        Err(RevertError::NothingToRevert { .. }) => return Err(OutOfScope::NotFound),
+        Err(error) => return Err(OutOfScope::Revert(error)),
+    };
+    match scope.admits_all(&ui.audit, &plan.changes).await {
+        Ok(true) => Ok(Some(plan.changes.into_iter().collect())),
+        Ok(false) => Err(OutOfScope::NotFound),
+        Err(error) => Err(OutOfScope::Revert(error.into())),
     }
 }
 

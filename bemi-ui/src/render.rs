@@ -9,7 +9,7 @@ use bemi_audit::{Change, Operation};
 use maud::{DOCTYPE, Markup, html};
 use serde_json::Value;
 
-use crate::RequestInfo;
+use crate::{RequestInfo, Ui};
 
 const STYLESHEET: &str = include_str!("../assets/bemi.css");
 const SCRIPT: &str = include_str!("../assets/bemi.js");
@@ -280,6 +280,35 @@ pub(crate) fn diff_table(change: &Change) -> Markup {
 /// A hidden CSRF field for a form.
 pub(crate) fn csrf_field(info: &RequestInfo) -> Markup {
     html! { input type="hidden" name="csrf_token" value=(info.csrf); }
+}
+
+/// The restore button of the "table as of" page, when this request may restore the table.
+pub(crate) fn restore_button(
+    ui: &Ui,
+    info: &RequestInfo,
+    table: &str,
+    at: chrono::DateTime<chrono::Utc>,
+) -> Markup {
+    if !may_restore(ui, info) {
+        return html! {};
+    }
+    html! {
+        form.inline.restore method="post" action={ (info.base) "/restore" } {
+            (csrf_field(info))
+            input type="hidden" name="table" value=(table);
+            input type="hidden" name="at" value=(at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true));
+            input type="hidden" name="dry_run" value="1";
+            button id="restore" type="submit" { "Restore the table to this instant…" }
+        }
+    }
+}
+
+/// Whether this request may restore tables: revert permission, a scope that reaches whole
+/// tables, and a restore policy if there is a revert policy.
+pub(crate) fn may_restore(ui: &Ui, info: &RequestInfo) -> bool {
+    info.access.can_revert()
+        && info.access.scope_ref().reaches_whole_tables()
+        && (ui.revert_policy.is_none() || ui.restore_policy.is_some())
 }
 
 #[cfg(test)]

@@ -22,13 +22,13 @@ use crate::serve;
 use crate::ui_security::csrf_pair;
 
 /// A chromedriver on a free port of 127.0.0.1, killed on drop.
-struct Chromedriver {
+pub(crate) struct Chromedriver {
     url: String,
     _child: tokio::process::Child,
 }
 
 impl Chromedriver {
-    async fn start() -> anyhow::Result<Self> {
+    pub(crate) async fn start() -> anyhow::Result<Self> {
         let binary = ["chromedriver", "/usr/bin/chromedriver"]
             .into_iter()
             .find(|candidate| {
@@ -73,7 +73,7 @@ impl Chromedriver {
         Ok(Self { url, _child: child })
     }
 
-    async fn browser(&self, profile: &std::path::Path) -> anyhow::Result<Client> {
+    pub(crate) async fn browser(&self, profile: &std::path::Path) -> anyhow::Result<Client> {
         self.browser_with(profile, &[]).await
     }
 
@@ -119,14 +119,14 @@ fn screenshots() -> anyhow::Result<PathBuf> {
     Ok(dir)
 }
 
-async fn screenshot(browser: &Client, name: &str) -> anyhow::Result<()> {
+pub(crate) async fn screenshot(browser: &Client, name: &str) -> anyhow::Result<()> {
     let png = browser.screenshot().await?;
     std::fs::write(screenshots()?.join(format!("{name}.png")), png)?;
     Ok(())
 }
 
 /// The text of the first element `css` selects, waiting for it to exist.
-async fn text_of(browser: &Client, css: &str) -> anyhow::Result<String> {
+pub(crate) async fn text_of(browser: &Client, css: &str) -> anyhow::Result<String> {
     let found = browser
         .wait()
         .at_most(Duration::from_secs(20))

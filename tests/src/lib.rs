@@ -185,6 +185,16 @@ pub mod book {
     #[doc = include_str!("../../docs/src/audit/web-ui.md")]
     pub struct BookAuditWebUi;
 
+    /// `docs/src/audit/restore.md`.
+    #[cfg(doctest)]
+    #[doc = include_str!("../../docs/src/audit/restore.md")]
+    pub struct BookAuditRestore;
+
+    /// `docs/src/audit/customer-audit-log.md`.
+    #[cfg(doctest)]
+    #[doc = include_str!("../../docs/src/audit/customer-audit-log.md")]
+    pub struct BookAuditCustomerAuditLog;
+
     /// `docs/src/security/web-ui.md`.
     #[cfg(doctest)]
     #[doc = include_str!("../../docs/src/security/web-ui.md")]

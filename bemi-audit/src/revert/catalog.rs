@@ -27,12 +27,12 @@ pub(crate) struct Table {
 }
 
 impl Table {
-    pub(super) fn column(&self, name: &str) -> Option<&Column> {
+    pub(crate) fn column(&self, name: &str) -> Option<&Column> {
         self.columns.iter().find(|c| c.name == name)
     }
 
     /// `schema.table` for messages.
-    pub(super) fn display_name(&self) -> String {
+    pub(crate) fn display_name(&self) -> String {
         format!("{}.{}", self.schema, self.name)
     }
 }

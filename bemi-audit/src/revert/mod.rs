@@ -24,11 +24,11 @@
 //! # Ok(()) }
 //! ```
 
-mod catalog;
+pub(crate) mod catalog;
 mod conflict;
 mod error;
 mod selection;
-mod statement;
+pub(crate) mod statement;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt::Write as _;

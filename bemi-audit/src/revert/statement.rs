@@ -220,7 +220,7 @@ fn check_key(
 }
 
 /// `ON CONFLICT (key) DO UPDATE SET …` (or `DO NOTHING` when every column is a key column).
-fn upsert(table: &Table, columns: &[&super::catalog::Column]) -> String {
+pub(crate) fn upsert(table: &Table, columns: &[&super::catalog::Column]) -> String {
     let key: Vec<String> = table.primary_key.iter().map(|c| quote_ident(c)).collect();
     let sets: Vec<String> = columns
         .iter()
@@ -241,7 +241,7 @@ fn upsert(table: &Table, columns: &[&super::catalog::Column]) -> String {
     }
 }
 
-fn missing_column(table: &Table, field: &str) -> String {
+pub(crate) fn missing_column(table: &Table, field: &str) -> String {
     format!(
         "{} has no column {field} any more (dropped or renamed since the change); restore it by \
          hand",
@@ -249,7 +249,7 @@ fn missing_column(table: &Table, field: &str) -> String {
     )
 }
 
-fn redacted_message(columns: &[&str]) -> String {
+pub(crate) fn redacted_message(columns: &[&str]) -> String {
     format!(
         "the audit trail holds {REDACTED:?} instead of the value{} of {} (the worker redacts \
          {}), so the old value cannot be restored; restore it from a backup",
