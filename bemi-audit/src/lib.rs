@@ -1,6 +1,8 @@
 #![doc = include_str!("../README.md")]
 
+pub mod chain;
 mod change;
+pub mod checkpoint;
 mod follow;
 #[cfg(test)]
 mod fuzz;

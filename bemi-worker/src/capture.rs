@@ -90,6 +90,10 @@ pub(crate) trait OutputWriter: Send + Sized + 'static {
         previous: Option<PreviousCommit>,
         committed: oneshot::Sender<bool>,
     ) -> impl Future<Output = (Self, Result<u64, WorkerError>)> + Send;
+
+    /// Called in stream order when the writer is given its next batch, before
+    /// [`write`](Self::write) runs (a writer that chains its batches takes its turn here).
+    fn dispatched(&mut self) {}
 }
 
 /// How a session batches and reports.
@@ -371,7 +375,8 @@ async fn write_loop<W: OutputWriter>(
                     open = false;
                     continue;
                 };
-                let writer = idle.pop().expect("an idle writer");
+                let mut writer = idle.pop().expect("an idle writer");
+                writer.dispatched();
                 resume = resume.advanced(&batch.pieces);
                 let (committed, next) = oneshot::channel();
                 let started = Instant::now();

@@ -309,6 +309,7 @@ impl Worker {
             config.writer_connections,
             Durability::for_destination(same_server(&config.source_url, config.destination_url())),
             config.image_indexes,
+            &config.checkpoints,
         )
         .await
         .map_err(WorkerError::Destination)?;
