@@ -72,6 +72,11 @@ fn unhex(text: &str) -> Option<Vec<u8>> {
         .collect()
 }
 
+/// A 32-byte hash from its hex text.
+pub(crate) fn unhex_hash(text: &str) -> Option<[u8; 32]> {
+    unhex(text)?.try_into().ok()
+}
+
 /// A writer's secret key, which signs checkpoints.
 #[derive(Clone)]
 pub struct SigningKey(ed25519_dalek::SigningKey);

@@ -13,6 +13,7 @@ pub mod schema;
 pub mod store;
 pub mod time;
 mod time_travel;
+pub mod verify;
 
 pub use bemi_core::protocol::{Operation, ParseOperationError, REDACTED, REVERT_OF_KEY};
 pub use change::{Change, Cursor};

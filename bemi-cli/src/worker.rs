@@ -198,6 +198,8 @@ pub(crate) struct CaptureArgs {
     writer_connections: u16,
     #[command(flatten)]
     indexes: IndexArgs,
+    #[command(flatten)]
+    checkpoints: super::verify::CheckpointArgs,
 }
 
 /// `--image-indexes`: the flag `bemi worker`, `bemi dev` and `bemi store` share.
@@ -249,7 +251,8 @@ impl CaptureArgs {
             .publication(self.publication.clone())
             .heartbeat_interval(self.heartbeat_interval)
             .writer_connections(usize::from(self.writer_connections))
-            .image_indexes(self.indexes.image_indexes);
+            .image_indexes(self.indexes.image_indexes)
+            .checkpoints(self.checkpoints.policy()?);
         if let Some(url) = destination_url.filter(|url| !url.trim().is_empty()) {
             config = config.destination(url);
         }
