@@ -205,6 +205,17 @@ impl Pruner {
     /// Records, for each chain, a checkpoint of the newest change the prune removes (the
     /// boundary `bemi verify` then starts from).
     async fn checkpoint_boundary(&self, conn: &mut sqlx::PgConnection) -> Result<(), sqlx::Error> {
+        // A trail no chained writer has prepared (no chain columns, no checkpoint table).
+        let chained: bool = sqlx::query_scalar(
+            "SELECT to_regclass('_bemi_checkpoints') IS NOT NULL AND EXISTS ( \
+               SELECT 1 FROM pg_attribute WHERE attrelid = to_regclass('changes') \
+                  AND attname = 'chain_hash' AND NOT attisdropped)",
+        )
+        .fetch_one(&mut *conn)
+        .await?;
+        if !chained {
+            return Ok(());
+        }
         let boundaries: Vec<(String, i64, Vec<u8>)> = sqlx::query_as(
             "SELECT DISTINCT ON (chain) chain, chain_seq, chain_hash FROM changes \
               WHERE chain IS NOT NULL AND chain_seq IS NOT NULL AND chain_hash IS NOT NULL \

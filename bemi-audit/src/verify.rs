@@ -419,7 +419,10 @@ impl Verifier {
                     Some(key) => match checkpoint.verify(key) {
                         Ok(()) => {
                             report.checkpoints_verified += 1;
-                            trusted.entry(name.clone()).or_default().push(checkpoint.clone());
+                            trusted
+                                .entry(name.clone())
+                                .or_default()
+                                .push(checkpoint.clone());
                         }
                         Err(error) => report.breaks.push(Break::Checkpoint {
                             chain: name.clone(),
@@ -430,7 +433,10 @@ impl Verifier {
                             ),
                         }),
                     },
-                    None => trusted.entry(name.clone()).or_default().push(checkpoint.clone()),
+                    None => trusted
+                        .entry(name.clone())
+                        .or_default()
+                        .push(checkpoint.clone()),
                 }
             }
         }
@@ -487,13 +493,17 @@ impl Verifier {
         }
         for mut w in finished {
             let list = trusted.remove(&w.chain).unwrap_or_default();
-            report.breaks.extend(w.finish(&list, self.public_key.is_some()));
+            report
+                .breaks
+                .extend(w.finish(&list, self.public_key.is_some()));
             report.chains.push(w.summary);
         }
         // Chains with checkpoints and no changes at all: everything after the boundary gone.
         for (name, list) in trusted {
             let mut w = Walk::start(&name, Some(&list));
-            report.breaks.extend(w.finish(&list, self.public_key.is_some()));
+            report
+                .breaks
+                .extend(w.finish(&list, self.public_key.is_some()));
             report.chains.push(w.summary);
         }
 
@@ -557,7 +567,11 @@ impl Walk {
 
     fn step(&mut self, row: &Row) -> Step {
         let seq = row.seq();
-        if self.summary.pruned_through.is_some_and(|through| seq <= through) {
+        if self
+            .summary
+            .pruned_through
+            .is_some_and(|through| seq <= through)
+        {
             // Kept below the prune boundary (committed just before it, numbered just after).
             return Step::Ok;
         }
@@ -666,7 +680,9 @@ impl Walk {
                          were altered and the chain recomputed without the key{}",
                         checkpoint.seq,
                         summary_last
-                            .map(|s: i64| format!(" (after seq {s}, the last checkpoint that holds)"))
+                            .map(|s: i64| format!(
+                                " (after seq {s}, the last checkpoint that holds)"
+                            ))
                             .unwrap_or_default()
                     )
                 })

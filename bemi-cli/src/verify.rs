@@ -181,7 +181,11 @@ pub(super) async fn run(args: VerifyArgs) -> anyhow::Result<()> {
         text.push_str(&format!(
             "checkpoints: {} signature{} verified\n",
             report.checkpoints_verified,
-            if report.checkpoints_verified == 1 { "" } else { "s" }
+            if report.checkpoints_verified == 1 {
+                ""
+            } else {
+                "s"
+            }
         ));
     } else {
         text.push_str(
