@@ -73,7 +73,8 @@ pub const EMIT_SQL: &str = "SELECT pg_catalog.pg_logical_emit_message(true, '_be
           THEN pg_catalog.set_config('bemi.context_emitted', 'f', true) END";
 
 /// The context a write of `sql` carries, as the JSON text of its message (the current context
-/// plus the `SQL` key, size-bounded); `None` when `sql` does not write or no context is in
+/// plus the `SQL` key, size-bounded, signed when a context key is set: see
+/// [`crate::signing`]); `None` when `sql` does not write or no context is in
 /// scope.
 #[must_use]
 pub fn message_json(sql: &str) -> Option<String> {
@@ -81,6 +82,7 @@ pub fn message_json(sql: &str) -> Option<String> {
         return None;
     }
     context::with_current(|current| current.map(|ctx| sql::context_json(sql, ctx)))
+        .map(crate::signing::sign)
 }
 
 /// The JSON text of a context for a write whose SQL is unknown (a statement prepared elsewhere):
@@ -88,6 +90,7 @@ pub fn message_json(sql: &str) -> Option<String> {
 #[must_use]
 pub fn message_json_without_sql() -> Option<String> {
     context::with_current(|current| current.map(sql::context_json_without_sql))
+        .map(crate::signing::sign)
 }
 
 /// The emission of `json` as one simple-protocol statement, the JSON an escaped string literal

@@ -107,6 +107,8 @@ pub(crate) struct Settings {
     pub chunk_rows: usize,
     /// Leave out UPDATEs that change nothing.
     pub skip_unchanged_updates: bool,
+    /// The application's context key: signed contexts are checked.
+    pub context_key: Option<bemi_core::signing::ContextKey>,
 }
 
 /// Runs one session: streams from `source` into `sink` until `shutdown` (`Ok`) or an error.
@@ -138,7 +140,8 @@ pub(crate) async fn run<S: ReplicationSource, K: Output>(
         settings,
         source,
         assembler: Assembler::new(resume, settings.chunk_rows)
-            .with_update_rules(settings.skip_unchanged_updates, Arc::clone(metrics)),
+            .with_update_rules(settings.skip_unchanged_updates, Arc::clone(metrics))
+            .with_context_key(settings.context_key),
         pieces: Some(pieces),
         applied,
         last_sent_end: resume.last_lsn,
@@ -723,6 +726,7 @@ mod tests {
             max_batch_rows,
             chunk_rows,
             skip_unchanged_updates: true,
+            context_key: None,
         }
     }
 

@@ -64,6 +64,9 @@ pub struct WorkerConfig {
     /// When the chain's head is signed, and with which key (default: no key, no interval
     /// checkpoints; the hash chain itself is always on).
     pub checkpoints: bemi_audit::checkpoint::CheckpointPolicy,
+    /// The applications' context key: each stored context then says whether it was signed
+    /// with it (`_bemi_signature`: `valid`, `unsigned`, `forged`). Default: none.
+    pub context_key: Option<bemi_core::signing::ContextKey>,
 }
 
 impl WorkerConfig {
@@ -91,6 +94,7 @@ impl WorkerConfig {
             writer_connections: 2,
             image_indexes: bemi_audit::schema::ImageIndexes::Keep,
             checkpoints: bemi_audit::checkpoint::CheckpointPolicy::default(),
+            context_key: None,
         }
     }
 
@@ -282,6 +286,22 @@ impl WorkerConfig {
     #[must_use]
     pub fn checkpoints(mut self, policy: bemi_audit::checkpoint::CheckpointPolicy) -> Self {
         self.checkpoints = policy;
+        self
+    }
+
+    /// Checks signed contexts with the applications' context key (see
+    /// [`bemi_core::signing`]).
+    ///
+    /// ```
+    /// use bemi_core::signing::ContextKey;
+    /// use bemi_worker::WorkerConfig;
+    ///
+    /// let config = WorkerConfig::new("postgres://a/app").context_key(Some(ContextKey::new(b"secret")));
+    /// assert!(config.context_key.is_some());
+    /// ```
+    #[must_use]
+    pub fn context_key(mut self, key: Option<bemi_core::signing::ContextKey>) -> Self {
+        self.context_key = key;
         self
     }
 

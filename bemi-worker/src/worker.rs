@@ -583,6 +583,7 @@ impl Worker {
             max_batch_rows: config.max_batch_rows,
             chunk_rows: config.chunk_rows,
             skip_unchanged_updates: config.skip_unchanged_updates,
+            context_key: config.context_key,
         };
         capture::run(&mut source, sink, settings, &self.metrics, shutdown).await
     }
