@@ -42,7 +42,8 @@ pub enum Carrier {
     /// The measured faster of the two for each path (BENCHMARKS.md, P2): the message, except
     /// for a sqlx write outside a transaction, which carries the comment (2 round trips and a
     /// parse instead of 3 round trips: sqlx cannot pipeline the `BEGIN` and `COMMIT` the message
-    /// needs). Choose [`Carrier::Message`] behind a transaction-pooling pgbouncer.
+    /// needs). Choose [`Carrier::Message`] behind a transaction-pooling pgbouncer. With a
+    /// context key ([`crate::signing`]) always the message, which is signed; a comment is not.
     #[default]
     Auto,
     /// The adapter emits the `_bemi` message in the write's transaction (cached statements).
@@ -53,10 +54,13 @@ pub enum Carrier {
 
 impl Carrier {
     /// The carrier itself, or `auto` for [`Carrier::Auto`]: what an adapter uses on a path
-    /// whose measured faster carrier is `auto`.
+    /// whose measured faster carrier is `auto` — the message whenever a context key is set
+    /// ([`crate::signing`]): only the message is signed.
     #[must_use]
     pub fn resolve(self, auto: Carrier) -> Carrier {
         match self {
+            // Only the message can be signed (the trigger re-emits a comment's context).
+            Carrier::Auto if crate::signing::context_key().is_some() => Carrier::Message,
             Carrier::Auto => auto,
             carrier => carrier,
         }

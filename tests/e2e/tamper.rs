@@ -3,8 +3,11 @@
 //! a changed field, deleted changes, an inserted change, a reordering, a chain recomputed
 //! without the key — and each is reported with the right message (the library call and the
 //! CLI, whose exit code is non-zero on a break). Prune leaves a checkpoint at its boundary and
-//! the rest still verifies; changes stored before the chain are an unchained range.
+//! the rest still verifies; changes stored before the chain are an unchained range. Signed
+//! contexts: the application's adapter signs, the worker stores each context as valid,
+//! unsigned or forged (an ordinary role's claims, made-up signatures, replays).
 
+use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,12 +15,15 @@ use anyhow::{Context as _, ensure};
 use bemi_audit::chain::{self, LinkFields};
 use bemi_audit::checkpoint::{CheckpointPolicy, PublicKey, SigningKey};
 use bemi_audit::verify::{Break, Verification, Verifier};
+use bemi_core::signing::{self, ContextKey};
 use bemi_tests::worker::{RunningWorker, wait_for_changes, worker_config};
-use bemi_tests::{TestCluster, TestDb, TestResult};
+use bemi_tests::{TestCluster, TestDb, TestResult, wait_until};
 use chrono::{DateTime, Utc};
-use sqlx::{Connection as _, PgConnection};
+use sqlx::postgres::PgConnectOptions;
+use sqlx::{AssertSqlSafe, Connection as _, PgConnection};
 
-use crate::cli_support::bemi;
+use crate::cli_support::{bemi, free_port};
+use crate::minimal_examples::example;
 
 const TODO: &str = "CREATE TABLE todo (id bigserial PRIMARY KEY, task text NOT NULL, \
                     is_completed boolean NOT NULL DEFAULT false)";
@@ -194,7 +200,7 @@ async fn verify_names_every_kind_of_tampering(cluster: Arc<TestCluster>) -> Test
     .await?;
     let newest = *signed.last().context("no checkpoint")?;
     ensure!(
-        signed.len() >= 4 && signed[0] <= 3 && newest >= 30,
+        signed.len() >= 4 && signed[0] <= 12 && newest >= 30,
         "checkpoints at {signed:?}"
     );
     ensure!(
@@ -565,3 +571,149 @@ async fn prune_leaves_a_signed_checkpoint_and_the_rest_verifies(
     Ok(())
 }
 e2e_test!(prune_leaves_a_signed_checkpoint_and_the_rest_verifies);
+
+async fn signed_contexts_are_stored_as_valid_unsigned_or_forged(
+    cluster: Arc<TestCluster>,
+) -> TestResult {
+    const SECRET: &str = "the app's context secret";
+    let db = cluster.tracked_database("signed_contexts", TODO).await?;
+    let key = ContextKey::new(SECRET.as_bytes());
+    let worker = RunningWorker::start(worker_config(&db).context_key(Some(key))).await?;
+
+    // 1. The application, holding the key (BEMI_CONTEXT_KEY): its adapter signs.
+    let addr = format!("127.0.0.1:{}", free_port()?);
+    let mut app = tokio::process::Command::new(example("axum-sqlx")?)
+        .env("DATABASE_URL", &db.url)
+        .env("BEMI_EXAMPLE_ADDR", &addr)
+        .env("BEMI_CONTEXT_KEY", SECRET)
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()?;
+    let http = reqwest::Client::new();
+    let base = format!("http://{addr}");
+    wait_until("the app to serve", Duration::from_secs(60), || {
+        let (http, base) = (http.clone(), base.clone());
+        async move { Ok(http.get(&base).send().await.ok().map(|_| ())) }
+    })
+    .await?;
+    let response = http
+        .post(format!("{base}/todo"))
+        .header("x-user-id", "42")
+        .json(&serde_json::json!({"task": "signed"}))
+        .send()
+        .await?;
+    ensure!(response.status().is_success(), "{}", response.status());
+    app.kill().await?;
+
+    // 2. An ordinary role that may call pg_logical_emit_message puts words in user 42's mouth.
+    let role = format!("mallory_{}", db.name);
+    db.exec(&format!(
+        "CREATE ROLE {role} LOGIN PASSWORD 'mallory'; \
+         GRANT SELECT, INSERT, DELETE ON todo TO {role}; \
+         GRANT USAGE ON SEQUENCE todo_id_seq TO {role}"
+    ))
+    .await?;
+    let options: PgConnectOptions = db.url.parse()?;
+    let mut mallory =
+        PgConnection::connect_with(&options.username(&role).password("mallory")).await?;
+    let emit_then_insert = |context: String, task: &'static str| {
+        format!(
+            "BEGIN; SELECT pg_logical_emit_message(true, '_bemi', '{}'); \
+             INSERT INTO todo (task) VALUES ('{task}'); COMMIT",
+            context.replace('\'', "''")
+        )
+    };
+    // An unsigned claim: not vouched for.
+    sqlx::raw_sql(AssertSqlSafe(emit_then_insert(
+        r#"{"user_id":"42"}"#.to_owned(),
+        "unsigned claim",
+    )))
+    .execute(&mut mallory)
+    .await?;
+    // A made-up signature.
+    let now_ms = Utc::now().timestamp_millis();
+    sqlx::raw_sql(AssertSqlSafe(emit_then_insert(
+        format!(
+            r#"{{"user_id":"42","_bemi_sig":"v1.{now_ms}.n0.{}"}}"#,
+            "0".repeat(64)
+        ),
+        "made-up signature",
+    )))
+    .execute(&mut mallory)
+    .await?;
+    // A genuinely signed context (as the app emitted it for its own statement, seen in a log),
+    // replayed onto another statement in another transaction.
+    let genuine = signing::sign_with(
+        &key,
+        r#"{"user_id":"42","SQL":"INSERT INTO todo (task) VALUES ($1)"}"#,
+        now_ms,
+        "sniffed",
+    );
+    sqlx::raw_sql(AssertSqlSafe(emit_then_insert(genuine.clone(), "original")))
+        .execute(&db.pool)
+        .await?;
+    sqlx::raw_sql(AssertSqlSafe(emit_then_insert(genuine, "replayed")))
+        .execute(&mut mallory)
+        .await?;
+    // 3. Another language's Bemi comment: unsigned, never an error.
+    sqlx::raw_sql(
+        "INSERT INTO todo (task) VALUES ('from a comment') /*Bemi {\"user_id\": 7} Bemi*/",
+    )
+    .execute(&db.pool)
+    .await?;
+
+    let stored = wait_for_changes(&db, 6).await?;
+    worker.stop().await?;
+    let verdicts: Vec<(String, Option<String>, Option<String>, bool)> = sqlx::query_as(
+        "SELECT after->>'task', context->>'_bemi_signature', context->>'user_id', \
+                context ? '_bemi_sig' \
+           FROM changes ORDER BY chain_seq",
+    )
+    .fetch_all(&db.pool)
+    .await?;
+    let expected = [
+        ("signed", Some("valid"), Some("42")),
+        ("unsigned claim", Some("unsigned"), Some("42")),
+        ("made-up signature", Some("forged"), Some("42")),
+        ("original", Some("valid"), Some("42")),
+        ("replayed", Some("forged"), Some("42")),
+        ("from a comment", Some("unsigned"), Some("7")),
+    ];
+    ensure!(
+        verdicts.len() == expected.len(),
+        "{verdicts:#?} ({stored:#?})"
+    );
+    for ((task, verdict, user, has_signature), (want_task, want_verdict, want_user)) in
+        verdicts.iter().zip(expected)
+    {
+        ensure!(
+            task == want_task
+                && verdict.as_deref() == want_verdict
+                && user.as_deref() == want_user
+                && !has_signature,
+            "{task}: {verdict:?} for user {user:?} (signature kept: {has_signature}); expected \
+             {want_verdict:?} for {want_task}: {verdicts:#?}"
+        );
+    }
+    // The verdicts are part of the chained content.
+    let mut conn = PgConnection::connect(&db.url).await?;
+    let report = verify(&mut conn, None).await?;
+    ensure!(report.is_intact(), "{:#?}", report.breaks);
+    sqlx::query(
+        "UPDATE changes SET context = context || '{\"_bemi_signature\": \"valid\"}' \
+          WHERE after->>'task' = 'replayed'",
+    )
+    .execute(&mut conn)
+    .await?;
+    let report = verify(&mut conn, None).await?;
+    ensure!(
+        matches!(only_break(&report)?, Break::Changed { fields, .. } if *fields == ["context"]),
+        "{:#?}",
+        report.breaks
+    );
+    Ok(())
+}
+e2e_test!(signed_contexts_are_stored_as_valid_unsigned_or_forged);
