@@ -108,6 +108,10 @@ impl Destination {
     /// `durability` says, creates the tables if missing, and reads where the worker of `slot`
     /// on the source `database` left off. `source` is the source cluster's system identifier,
     /// stored with each change.
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "one call site, each argument a setting of the worker's configuration"
+    )]
     pub(crate) async fn open(
         url: &str,
         source: Option<&str>,
