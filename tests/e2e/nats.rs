@@ -272,6 +272,8 @@ async fn through_nats_every_change_is_stored_once_across_kills_and_a_server_rest
         named == TOTAL,
         "{named} of {TOTAL} changes name the source {cluster}"
     );
+    // Each partition's hash chain continued exactly across the kills and the restart.
+    chains_verify(&audit, TOTAL as usize).await?;
     worker.terminate().await?;
     store.terminate().await?;
     drop(nats);
