@@ -205,7 +205,10 @@ impl Assembler {
         if let Some(open) = &mut self.open {
             open.context = match &mut self.signatures {
                 None => parse_context(content),
-                Some(checker) => checker.context(content, open.xid, open.committed_at),
+                Some(checker) => {
+                    let (body, verdict) = checker.check(content, open.xid, open.committed_at);
+                    crate::signed_context::apply(parse_context(&body), verdict)
+                }
             };
             open.context_from_bemi = &*open.context != "{}";
             open.no_row_since_context = true;

@@ -4,12 +4,11 @@
 //! from the transaction's commit, or a nonce already seen in another transaction (a signed
 //! context replayed onto another statement). The signature itself is not stored.
 
+use std::borrow::Cow;
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
 use bemi_core::signing::{self, ContextKey, SignatureError, Verdict};
-
-use crate::assembler::parse_context;
 
 /// How long before its transaction's commit a context may have been signed.
 const SIGNED_BEFORE_COMMIT_MS: i64 = 15 * 60 * 1000;
@@ -36,12 +35,17 @@ impl ContextChecker {
     }
 
     /// The context of a `_bemi` message of the transaction `xid` (committed at `committed_at`,
-    /// µs since the Unix epoch), with the verdict.
-    pub(crate) fn context(&mut self, content: &[u8], xid: u64, committed_at: i64) -> Arc<str> {
+    /// µs since the Unix epoch), without its signature, and the verdict (see [`apply`]).
+    pub(crate) fn check<'a>(
+        &mut self,
+        content: &'a [u8],
+        xid: u64,
+        committed_at: i64,
+    ) -> (Cow<'a, [u8]>, Verdict) {
         let Ok(text) = std::str::from_utf8(content) else {
-            return with_verdict(parse_context(content), Verdict::Unsigned);
+            return (Cow::Borrowed(content), Verdict::Unsigned);
         };
-        let (body, verdict) = match signing::verify(&self.key, text) {
+        match signing::verify(&self.key, text) {
             Ok(signed) => {
                 let commit_ms = committed_at.div_euclid(1000);
                 let in_time = signed.unix_ms >= commit_ms - SIGNED_BEFORE_COMMIT_MS
@@ -52,15 +56,11 @@ impl ContextChecker {
                 } else {
                     Verdict::Forged
                 };
-                (parse_context(signed.context.as_bytes()), verdict)
+                (Cow::Owned(signed.context.into_bytes()), verdict)
             }
-            Err(SignatureError::Unsigned) => (parse_context(content), Verdict::Unsigned),
-            Err(_) => (parse_context(content), Verdict::Forged),
-        };
-        if verdict == Verdict::Unsigned && &*body == "{}" {
-            return body;
+            Err(SignatureError::Unsigned) => (Cow::Borrowed(content), Verdict::Unsigned),
+            Err(_) => (Cow::Borrowed(content), Verdict::Forged),
         }
-        with_verdict(body, verdict)
     }
 
     /// Records `nonce` for `xid`; `false` when another transaction used it.
@@ -82,8 +82,12 @@ impl ContextChecker {
     }
 }
 
-/// `context` (a JSON object's text) with the verdict key set, and no signature key.
-fn with_verdict(context: Arc<str>, verdict: Verdict) -> Arc<str> {
+/// The stored context: `context` (the parsed message, a JSON object's text) with the verdict
+/// key set and no signature key — or `{}` as it is, for an unsigned message without context.
+pub(crate) fn apply(context: Arc<str>, verdict: Verdict) -> Arc<str> {
+    if verdict == Verdict::Unsigned && &*context == "{}" {
+        return context;
+    }
     match serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(&context) {
         Ok(mut map) => {
             map.remove(signing::SIGNATURE_KEY);
@@ -104,6 +108,14 @@ mod tests {
 
     fn verdict(context: &str) -> Value {
         serde_json::from_str::<Value>(context).unwrap()[signing::VERDICT_KEY].clone()
+    }
+
+    impl ContextChecker {
+        /// What the assembler stores (its parsing aside: these contexts are JSON objects).
+        fn context(&mut self, content: &[u8], xid: u64, committed_at: i64) -> Arc<str> {
+            let (body, verdict) = self.check(content, xid, committed_at);
+            apply(Arc::from(String::from_utf8_lossy(&body).as_ref()), verdict)
+        }
     }
 
     #[test]
