@@ -44,15 +44,22 @@ SELECT chain, chain_seq, chain_hash, chain_fields, id::text, primary_key, before
 "#;
 
 /// Unchained changes: before the chain of their database began (the range stored before the
-/// feature), or after it (a break: no writer stores unchained changes among chained ones).
+/// feature: counted), or after it (a break: no writer stores unchained changes among chained
+/// ones; the first 100 are named).
 const UNCHAINED_SQL: &str = r#"
 WITH first AS (
   SELECT database, source, min(committed_at) AS began FROM changes
-   WHERE chain IS NOT NULL GROUP BY database, source)
-SELECT c.id::text, c.committed_at, first.began IS NOT NULL AND c.committed_at > first.began
-  FROM changes c LEFT JOIN first ON first.database = c.database AND first.source = c.source
- WHERE c.chain IS NULL
- ORDER BY 3 DESC, c.committed_at
+   WHERE chain IS NOT NULL GROUP BY database, source),
+unchained AS (
+  SELECT c.id, c.committed_at,
+         first.began IS NOT NULL AND c.committed_at > first.began AS after_chain
+    FROM changes c LEFT JOIN first ON first.database = c.database AND first.source = c.source
+   WHERE c.chain IS NULL)
+(SELECT NULL::text, count(*), min(committed_at), max(committed_at)
+   FROM unchained WHERE NOT after_chain)
+UNION ALL
+(SELECT id::text, 1, committed_at, committed_at FROM unchained WHERE after_chain
+  ORDER BY committed_at LIMIT 100)
 "#;
 
 /// One way the trail was found altered.
@@ -507,22 +514,25 @@ impl Verifier {
             report.chains.push(w.summary);
         }
 
-        let unchained: Vec<(String, DateTime<Utc>, bool)> =
-            sqlx::query_as(UNCHAINED_SQL).fetch_all(&mut *conn).await?;
-        for (id, committed_at, after_chain) in unchained {
-            if after_chain {
-                report.breaks.push(Break::Inserted {
+        type Unchained = (
+            Option<String>,
+            i64,
+            Option<DateTime<Utc>>,
+            Option<DateTime<Utc>>,
+        );
+        let unchained: Vec<Unchained> = sqlx::query_as(UNCHAINED_SQL).fetch_all(&mut *conn).await?;
+        for (id, count, from, to) in unchained {
+            match id {
+                Some(id) => report.breaks.push(Break::Inserted {
                     chain: None,
                     seq: None,
                     id,
-                });
-                continue;
+                }),
+                None => {
+                    report.unchained = u64::try_from(count).unwrap_or(0);
+                    report.unchained_range = from.zip(to);
+                }
             }
-            report.unchained += 1;
-            report.unchained_range = Some(match report.unchained_range {
-                None => (committed_at, committed_at),
-                Some((from, to)) => (from.min(committed_at), to.max(committed_at)),
-            });
         }
         Ok(report)
     }
