@@ -717,3 +717,66 @@ async fn signed_contexts_are_stored_as_valid_unsigned_or_forged(
     Ok(())
 }
 e2e_test!(signed_contexts_are_stored_as_valid_unsigned_or_forged);
+
+async fn keygen_writes_a_pair_that_signs_and_verifies_and_never_overwrites(
+    _cluster: Arc<TestCluster>,
+) -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let prefix = dir.path().join("checkpoint");
+    let prefix_arg = prefix.to_string_lossy().into_owned();
+    let out = bemi(&["keygen", "--out", &prefix_arg], &[])
+        .await?
+        .success()?;
+    let secret_path = dir.path().join("checkpoint.key");
+    let public_path = dir.path().join("checkpoint.pub");
+    let secret: SigningKey = std::fs::read_to_string(&secret_path)?.parse()?;
+    let public: PublicKey = std::fs::read_to_string(&public_path)?.parse()?;
+    ensure!(secret.public() == public, "the files do not hold one pair");
+    ensure!(out.stdout.contains(&public.to_string()), "{}", out.stdout);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(&secret_path)?.permissions().mode() & 0o777;
+        ensure!(
+            mode == 0o600,
+            "the secret key is readable by others: {mode:o}"
+        );
+    }
+    let head = chain::ChainHead {
+        seq: 1,
+        hash: [7; 32],
+    };
+    let checkpoint =
+        bemi_audit::checkpoint::Checkpoint::sign(Some(&secret), "c", head, Utc::now(), "interval");
+    ensure!(checkpoint.verify(&public).is_ok());
+    // A second run keeps the existing key.
+    let again = bemi(&["keygen", "--out", &prefix_arg], &[]).await?;
+    ensure!(
+        !again.status.success() && again.stderr.contains("never overwritten"),
+        "{again:#?}"
+    );
+    let kept: SigningKey = std::fs::read_to_string(&secret_path)?.parse()?;
+    ensure!(kept.public() == public, "the key was replaced");
+    // Without --out: both keys on stdout, one pair.
+    let printed = bemi(&["keygen"], &[]).await?.success()?;
+    let lines: Vec<&str> = printed.stdout.lines().collect();
+    ensure!(lines.len() == 2, "{}", printed.stdout);
+    let pair: SigningKey = lines[0].parse()?;
+    ensure!(
+        pair.public() == lines[1].parse::<PublicKey>()?,
+        "{}",
+        printed.stdout
+    );
+    // A bad key is refused with a message that says what a key looks like.
+    let bad = bemi(
+        &["verify", "--public-key", "bemi-ed25519-public:00"],
+        &[("DATABASE_URL", "postgres://127.0.0.1:1/none")],
+    )
+    .await?;
+    ensure!(
+        !bad.status.success() && bad.stderr.contains("as `bemi keygen` writes it"),
+        "{bad:#?}"
+    );
+    Ok(())
+}
+e2e_test!(keygen_writes_a_pair_that_signs_and_verifies_and_never_overwrites);
