@@ -117,21 +117,34 @@ pub fn stream_chain(stream: &str, partition: u32) -> String {
 /// The content of one change as the chain hashes it (see the [module docs](self)): the JSON
 /// columns as `jsonb::text`, timestamps in µs since the Unix epoch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[allow(missing_docs)]
 pub struct LinkFields<'a> {
+    /// `id` as text (hyphenated, lower case).
     pub id: &'a str,
+    /// `primary_key` (`None`: NULL).
     pub primary_key: Option<&'a str>,
+    /// `before::text`.
     pub before: &'a str,
+    /// `after::text`.
     pub after: &'a str,
+    /// `context::text`.
     pub context: &'a str,
+    /// `database`.
     pub database: &'a str,
+    /// `schema`.
     pub schema: &'a str,
+    /// `table`.
     pub table: &'a str,
+    /// `operation`.
     pub operation: &'a str,
+    /// `committed_at`, µs since the Unix epoch.
     pub committed_at: i64,
+    /// `queued_at`, µs since the Unix epoch.
     pub queued_at: i64,
+    /// `transaction_id`.
     pub transaction_id: i64,
+    /// `position`.
     pub position: i64,
+    /// `source` (`''` when unknown).
     pub source: &'a str,
 }
 
