@@ -1,6 +1,8 @@
 #![doc = include_str!("../README.md")]
 
+pub mod chain;
 mod change;
+pub mod checkpoint;
 mod follow;
 #[cfg(test)]
 mod fuzz;
@@ -12,6 +14,7 @@ pub mod schema;
 pub mod store;
 pub mod time;
 mod time_travel;
+pub mod verify;
 
 pub use bemi_core::protocol::{Operation, ParseOperationError, REDACTED, REVERT_OF_KEY};
 pub use change::{Change, Cursor};

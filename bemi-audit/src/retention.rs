@@ -12,6 +12,9 @@
 //! `lock_timeout` for it (so that it never queues the worker's writes behind it for long) and
 //! tries again a few times.
 //!
+//! Before it deletes anything, a prune leaves a checkpoint of each hash chain at its boundary
+//! (signed with [`Pruner::checkpoint_key`]), so that `bemi verify` still verifies the rest.
+//!
 //! ```no_run
 //! use bemi_audit::retention::Pruner;
 //!
@@ -76,6 +79,7 @@ pub struct Pruner {
     old_partitions: OldPartitions,
     lock_timeout: Duration,
     cancel: Option<CancellationToken>,
+    checkpoint_key: Option<crate::checkpoint::SigningKey>,
 }
 
 /// A step of a prune, reported as it happens.
@@ -139,6 +143,7 @@ impl Pruner {
             old_partitions: OldPartitions::Drop,
             lock_timeout: Duration::from_secs(5),
             cancel: None,
+            checkpoint_key: None,
         }
     }
 
@@ -185,6 +190,59 @@ impl Pruner {
         self
     }
 
+    /// Signs the checkpoints left at the prune's boundary with `key` (without one they are
+    /// unsigned: `bemi verify` with a public key then refuses them).
+    ///
+    /// ```
+    /// let key = bemi_audit::checkpoint::SigningKey::generate().unwrap();
+    /// let pruner = bemi_audit::retention::Pruner::new(chrono::Utc::now()).checkpoint_key(Some(key));
+    /// ```
+    pub fn checkpoint_key(mut self, key: Option<crate::checkpoint::SigningKey>) -> Self {
+        self.checkpoint_key = key;
+        self
+    }
+
+    /// Records, for each chain, a checkpoint of the newest change the prune removes (the
+    /// boundary `bemi verify` then starts from).
+    async fn checkpoint_boundary(&self, conn: &mut sqlx::PgConnection) -> Result<(), sqlx::Error> {
+        // A trail no chained writer has prepared (no chain columns, no checkpoint table).
+        let chained: bool = sqlx::query_scalar(
+            "SELECT to_regclass('_bemi_checkpoints') IS NOT NULL AND EXISTS ( \
+               SELECT 1 FROM pg_attribute WHERE attrelid = to_regclass('changes') \
+                  AND attname = 'chain_hash' AND NOT attisdropped)",
+        )
+        .fetch_one(&mut *conn)
+        .await?;
+        if !chained {
+            return Ok(());
+        }
+        let boundaries: Vec<(String, i64, Vec<u8>)> = sqlx::query_as(
+            "SELECT DISTINCT ON (chain) chain, chain_seq, chain_hash FROM changes \
+              WHERE chain IS NOT NULL AND chain_seq IS NOT NULL AND chain_hash IS NOT NULL \
+                AND committed_at < $1 \
+              ORDER BY chain, chain_seq DESC",
+        )
+        .bind(self.older_than)
+        .fetch_all(&mut *conn)
+        .await?;
+        let now = Utc::now();
+        for (chain, seq, hash) in boundaries {
+            let Some(head) = crate::chain::ChainHead::from_parts(seq, &hash) else {
+                continue;
+            };
+            crate::checkpoint::Checkpoint::sign(
+                self.checkpoint_key.as_ref(),
+                &chain,
+                head,
+                now,
+                "prune",
+            )
+            .insert(conn)
+            .await?;
+        }
+        Ok(())
+    }
+
     /// Prunes, calling `progress` after each partition and each batch.
     ///
     /// ```no_run
@@ -201,6 +259,9 @@ impl Pruner {
     ) -> Result<PruneReport, sqlx::Error> {
         let mut report = PruneReport::default();
         let mut conn = pool.acquire().await?;
+        if !self.cancelled() {
+            self.checkpoint_boundary(&mut conn).await?;
+        }
         if schema::layout(&mut conn).await? == Some(Layout::Monthly) {
             for partition in schema::partitions(&mut conn).await? {
                 let old =

@@ -56,7 +56,11 @@ macro_rules! changes_columns {
   created_at timestamptz NOT NULL DEFAULT now(),
   transaction_id bigint NOT NULL,
   position bigint NOT NULL,
-  source text NOT NULL DEFAULT '',"#
+  source text NOT NULL DEFAULT '',
+  chain text,
+  chain_seq bigint,
+  chain_hash bytea,
+  chain_fields bytea,"#
     };
 }
 
@@ -70,6 +74,10 @@ macro_rules! indexes {
     () => {
         r#"
 ALTER TABLE changes ADD COLUMN IF NOT EXISTS source text NOT NULL DEFAULT '';
+ALTER TABLE changes ADD COLUMN IF NOT EXISTS chain text;
+ALTER TABLE changes ADD COLUMN IF NOT EXISTS chain_seq bigint;
+ALTER TABLE changes ADD COLUMN IF NOT EXISTS chain_hash bytea;
+ALTER TABLE changes ADD COLUMN IF NOT EXISTS chain_fields bytea;
 DO $bemi$ BEGIN
   IF NOT EXISTS (
     SELECT 1 FROM pg_catalog.pg_constraint k
@@ -94,6 +102,7 @@ CREATE INDEX IF NOT EXISTS changes_transaction_id_idx ON changes (transaction_id
 CREATE INDEX IF NOT EXISTS changes_context_idx ON changes USING gin (context jsonb_path_ops);
 CREATE INDEX IF NOT EXISTS changes_before_idx ON changes USING gin (before jsonb_path_ops);
 CREATE INDEX IF NOT EXISTS changes_after_idx ON changes USING gin (after jsonb_path_ops);
+CREATE INDEX IF NOT EXISTS changes_chain_idx ON changes (chain, chain_seq);
 "#
     };
 }
@@ -132,7 +141,7 @@ END $bemi$;"#,
 
 /// The names [`PARTITIONED_SCHEMA_SQL`] gives its indexes and constraints: a new partitioned
 /// table cannot have them if another table (an old `changes` renamed) still does.
-const INDEX_NAMES: [&str; 8] = [
+const INDEX_NAMES: [&str; 9] = [
     "changes_pkey",
     "changes_position_key",
     "changes_committed_at_idx",
@@ -141,6 +150,7 @@ const INDEX_NAMES: [&str; 8] = [
     "changes_context_idx",
     "changes_before_idx",
     "changes_after_idx",
+    "changes_chain_idx",
 ];
 
 /// The lock that serializes schema changes of the destination (the worker's start takes it too).
@@ -282,6 +292,9 @@ pub async fn create(conn: &mut PgConnection, wanted: Layout) -> Result<Layout, S
             sqlx::raw_sql(SCHEMA_SQL).execute(&mut *tx).await?;
         }
     }
+    sqlx::raw_sql(crate::chain::TABLES_SQL)
+        .execute(&mut *tx)
+        .await?;
     if actual == Layout::Monthly {
         ensure_partitions(&mut tx, Utc::now(), MONTHS_AHEAD).await?;
     }
@@ -362,6 +375,9 @@ pub async fn prepare_with(
             .await?;
         }
     }
+    sqlx::raw_sql(crate::chain::TABLES_SQL)
+        .execute(&mut *conn)
+        .await?;
     if layout(conn).await? == Some(Layout::Monthly) {
         let mut savepoint = conn.begin().await?;
         match ensure_partitions(&mut savepoint, Utc::now(), MONTHS_AHEAD).await {

@@ -32,6 +32,9 @@
 use bemi_core::protocol::Operation;
 use chrono::{DateTime, Utc};
 use sqlx::PgConnection;
+use uuid::Uuid;
+
+use crate::chain::{ChainHead, LinkFields};
 
 /// Inserts a batch (one array parameter per column); returns how many rows were new.
 const INSERT_SQL: &str = r#"
@@ -170,5 +173,233 @@ impl<'a> ChangeBatch<'a> {
             .fetch_one(conn)
             .await?;
         Ok(u64::try_from(written).unwrap_or(0))
+    }
+}
+
+/// Asks the server for each change's id and the canonical text (`jsonb::text`) of its JSON
+/// columns, and whether it is stored already (a re-delivery), in batch order.
+const CANONICAL_SQL: &str = r#"
+SELECT gen_random_uuid(), b.before::jsonb::text, b.after::jsonb::text, b.context::jsonb::text,
+       EXISTS (SELECT 1 FROM changes s
+                WHERE s.position = b.position AND s."table" = b."table" AND s.schema = b.schema
+                  AND s.database = $1 AND s.operation = b.operation
+                  AND s.source = coalesce($2, ''))
+  FROM unnest($3::text[], $4::text[], $5::text[], $6::int8[], $7::text[], $8::text[], $9::text[])
+       WITH ORDINALITY AS b(before, after, context, position, "table", schema, operation, n)
+ ORDER BY b.n
+"#;
+
+/// Inserts a chained batch (one array parameter per column); returns how many rows were new.
+const INSERT_CHAINED_SQL: &str = r#"
+WITH written AS (
+  INSERT INTO changes (id, primary_key, before, after, context, database, schema, "table",
+                       operation, committed_at, queued_at, transaction_id, position, source,
+                       chain, chain_seq, chain_hash, chain_fields)
+  SELECT id, primary_key, before::jsonb, after::jsonb, context::jsonb, $1, schema, "table",
+         operation, committed_at, queued_at, transaction_id, position, $2, $3, chain_seq,
+         chain_hash, chain_fields
+    FROM unnest($4::uuid[], $5::text[], $6::text[], $7::text[], $8::text[], $9::text[],
+                $10::text[], $11::text[], $12::timestamptz[], $13::timestamptz[], $14::int8[],
+                $15::int8[], $16::int8[], $17::bytea[], $18::bytea[])
+      AS batch(id, primary_key, before, after, context, schema, "table", operation,
+               committed_at, queued_at, transaction_id, position, chain_seq, chain_hash,
+               chain_fields)
+  ON CONFLICT ON CONSTRAINT changes_position_key DO NOTHING
+  RETURNING 1
+)
+SELECT count(*) FROM written
+"#;
+
+/// A [`ChangeBatch`] on its way into a hash chain ([`crate::chain`]): the server gave each
+/// change its id and the canonical text of its JSON, and said which changes are stored already
+/// (a re-delivery after a crash: left out *before* numbers are given, so the chain has no
+/// gap); [`link`](Self::link) numbers and hashes the rest after a chain head,
+/// [`insert`](Self::insert) stores them.
+///
+/// ```no_run
+/// use bemi_audit::chain;
+/// use bemi_audit::store::ChangeBatch;
+///
+/// # async fn run(batch: ChangeBatch<'_>, conn: &mut sqlx::PgConnection) -> Result<(), sqlx::Error> {
+/// let name = chain::worker_chain(None, "app");
+/// let head = chain::read_head(conn, &name).await?;
+/// let mut chained = batch.prepare_chain(&name, None, "app", conn).await?;
+/// let new_head = chained.link(head);
+/// chained.insert(conn).await?;
+/// chain::record_head(conn, &name, head, new_head).await?;
+/// # Ok(()) }
+/// ```
+#[derive(Debug)]
+pub struct ChainedBatch<'b, 'a> {
+    batch: &'b ChangeBatch<'a>,
+    chain: &'b str,
+    source: String,
+    database: &'b str,
+    ids: Vec<Uuid>,
+    before: Vec<String>,
+    after: Vec<String>,
+    context: Vec<String>,
+    stored: Vec<bool>,
+    seq: Vec<i64>,
+    hash: Vec<Vec<u8>>,
+    fields: Vec<Vec<u8>>,
+}
+
+impl<'a> ChangeBatch<'a> {
+    /// Prepares the batch for the chain `chain` (see [`ChainedBatch`]): one round trip.
+    pub async fn prepare_chain<'b>(
+        &'b self,
+        chain: &'b str,
+        source: Option<&str>,
+        database: &'b str,
+        conn: &mut PgConnection,
+    ) -> Result<ChainedBatch<'b, 'a>, sqlx::Error> {
+        type Row = (Uuid, String, String, String, bool);
+        let rows: Vec<Row> = if self.is_empty() {
+            Vec::new()
+        } else {
+            sqlx::query_as(CANONICAL_SQL)
+                .bind(database)
+                .bind(source)
+                .bind(&self.before)
+                .bind(&self.after)
+                .bind(&self.context)
+                .bind(&self.position)
+                .bind(&self.table)
+                .bind(&self.schema)
+                .bind(&self.operation)
+                .fetch_all(&mut *conn)
+                .await?
+        };
+        if rows.len() != self.len() {
+            return Err(sqlx::Error::Protocol(format!(
+                "the destination returned {} canonical rows for a batch of {}",
+                rows.len(),
+                self.len()
+            )));
+        }
+        let mut chained = ChainedBatch {
+            batch: self,
+            chain,
+            source: source.unwrap_or("").to_owned(),
+            database,
+            ids: Vec::with_capacity(rows.len()),
+            before: Vec::with_capacity(rows.len()),
+            after: Vec::with_capacity(rows.len()),
+            context: Vec::with_capacity(rows.len()),
+            stored: Vec::with_capacity(rows.len()),
+            seq: Vec::new(),
+            hash: Vec::new(),
+            fields: Vec::new(),
+        };
+        for (id, before, after, context, stored) in rows {
+            chained.ids.push(id);
+            chained.before.push(before);
+            chained.after.push(after);
+            chained.context.push(context);
+            chained.stored.push(stored);
+        }
+        Ok(chained)
+    }
+}
+
+impl ChainedBatch<'_, '_> {
+    /// How many changes of the batch are stored already (left out).
+    #[must_use]
+    pub fn already_stored(&self) -> usize {
+        self.stored.iter().filter(|stored| **stored).count()
+    }
+
+    /// Numbers and hashes the changes that are not stored yet after `head`, in batch order;
+    /// returns the new head (`head` itself when there is nothing new).
+    pub fn link(&mut self, head: ChainHead) -> ChainHead {
+        let mut head = head;
+        self.seq.clear();
+        self.hash.clear();
+        self.fields.clear();
+        let b = self.batch;
+        for i in 0..b.len() {
+            if self.stored[i] {
+                continue;
+            }
+            let id = self.ids[i].to_string();
+            let fields = LinkFields {
+                id: &id,
+                primary_key: b.primary_key[i],
+                before: &self.before[i],
+                after: &self.after[i],
+                context: &self.context[i],
+                database: self.database,
+                schema: b.schema[i],
+                table: b.table[i],
+                operation: b.operation[i],
+                committed_at: b.committed_at[i].timestamp_micros(),
+                queued_at: b.queued_at[i].timestamp_micros(),
+                transaction_id: b.transaction_id[i],
+                position: b.position[i],
+                source: &self.source,
+            };
+            let (next, digests) = head.link(self.chain, &fields);
+            head = next;
+            self.seq.push(head.seq);
+            self.hash.push(head.hash.to_vec());
+            self.fields.push(digests);
+        }
+        head
+    }
+
+    /// Inserts the linked changes in one statement; returns how many. Fails (the caller's
+    /// transaction must roll back) when one of them turned out to be stored meanwhile, which
+    /// would leave a hole in the chain.
+    pub async fn insert(&self, conn: &mut PgConnection) -> Result<u64, sqlx::Error> {
+        let b = self.batch;
+        let indexes: Vec<usize> = (0..b.len()).filter(|&i| !self.stored[i]).collect();
+        if indexes.is_empty() {
+            return Ok(0);
+        }
+        if indexes.len() != self.seq.len() {
+            return Err(sqlx::Error::Protocol(
+                "a chained batch was inserted before it was linked".to_owned(),
+            ));
+        }
+        macro_rules! column {
+            ($values:expr) => {
+                indexes
+                    .iter()
+                    .map(|&i| $values[i].clone())
+                    .collect::<Vec<_>>()
+            };
+        }
+        let written: i64 = sqlx::query_scalar(INSERT_CHAINED_SQL)
+            .bind(self.database)
+            .bind(&self.source)
+            .bind(self.chain)
+            .bind(column!(self.ids))
+            .bind(column!(b.primary_key))
+            .bind(column!(self.before))
+            .bind(column!(self.after))
+            .bind(column!(self.context))
+            .bind(column!(b.schema))
+            .bind(column!(b.table))
+            .bind(column!(b.operation))
+            .bind(column!(b.committed_at))
+            .bind(column!(b.queued_at))
+            .bind(column!(b.transaction_id))
+            .bind(column!(b.position))
+            .bind(&self.seq)
+            .bind(&self.hash)
+            .bind(&self.fields)
+            .fetch_one(conn)
+            .await?;
+        let written = u64::try_from(written).unwrap_or(0);
+        if written != indexes.len() as u64 {
+            return Err(sqlx::Error::Protocol(format!(
+                "{} of {} chained changes were stored meanwhile by another writer; the batch \
+                 is rolled back and written again",
+                indexes.len() as u64 - written,
+                indexes.len()
+            )));
+        }
+        Ok(written)
     }
 }

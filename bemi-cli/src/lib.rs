@@ -17,6 +17,7 @@ mod store;
 mod text;
 mod time;
 mod ui;
+mod verify;
 mod worker;
 
 use std::io::Write as _;
@@ -82,6 +83,11 @@ enum Command {
     Dev(dev::DevArgs),
     /// Serve the audit trail's web UI (127.0.0.1:8080 by default) until SIGINT or SIGTERM.
     Ui(ui::UiArgs),
+    /// Check that the audit trail is unaltered: recompute its hash chain and check the signed
+    /// checkpoints; exits non-zero naming the first break.
+    Verify(verify::VerifyArgs),
+    /// Make a key pair that signs the hash chain's checkpoints.
+    Keygen(verify::KeygenArgs),
 }
 
 /// Runs the `bemi` tool with the process's arguments: parses them, sets up logging on stderr,
@@ -159,6 +165,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Prune(args) => prune::run(args).await,
         Command::Dev(args) => dev::run(args).await,
         Command::Ui(args) => ui::run(args).await,
+        Command::Verify(args) => verify::run(args).await,
+        Command::Keygen(args) => verify::keygen(&args),
     }
 }
 

@@ -35,10 +35,13 @@ pub(crate) struct PruneArgs {
     /// instead of dropping them.
     #[arg(long, env = "BEMI_PRUNE_DETACH", value_parser = boolish())]
     detach: bool,
+    #[command(flatten)]
+    checkpoint: super::verify::CheckpointKeyArg,
 }
 
 /// Runs `bemi prune`.
 pub(super) async fn run(args: PruneArgs) -> anyhow::Result<()> {
+    let checkpoint_key = args.checkpoint.key()?;
     let pool = args.db.connect().await?;
     let bound = super::time::resolve(&args.older_than, "--older-than", &pool, Utc::now()).await?;
     let shutdown = shutdown::on_signals()?;
@@ -49,6 +52,7 @@ pub(super) async fn run(args: PruneArgs) -> anyhow::Result<()> {
         } else {
             OldPartitions::Drop
         })
+        .checkpoint_key(checkpoint_key)
         .cancel_on(shutdown);
     tracing::info!(before = %timestamp_text(bound), "pruning changes");
     let report = pruner

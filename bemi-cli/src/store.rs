@@ -36,6 +36,8 @@ pub(crate) struct StoreArgs {
     batch_messages: u16,
     #[command(flatten)]
     indexes: IndexArgs,
+    #[command(flatten)]
+    checkpoints: super::verify::CheckpointArgs,
 }
 
 impl StoreArgs {
@@ -47,7 +49,8 @@ impl StoreArgs {
             .apply(NatsConfig::new(self.from.trim()).stream(self.stream.stream.trim()));
         Ok(StoreConfig::new(nats, destination)
             .batch_messages(usize::from(self.batch_messages))
-            .image_indexes(self.indexes.image_indexes))
+            .image_indexes(self.indexes.image_indexes)
+            .checkpoints(self.checkpoints.policy()?))
     }
 }
 

@@ -198,6 +198,17 @@ pub(crate) struct CaptureArgs {
     writer_connections: u16,
     #[command(flatten)]
     indexes: IndexArgs,
+    #[command(flatten)]
+    checkpoints: super::verify::CheckpointArgs,
+    /// The applications' context key (the secret they sign contexts with): each stored context
+    /// then says whether it was signed and valid, unsigned or forged (`_bemi_signature`).
+    #[arg(
+        long,
+        env = "BEMI_CONTEXT_KEY",
+        value_name = "SECRET",
+        hide_env_values = true
+    )]
+    context_key: Option<String>,
 }
 
 /// `--image-indexes`: the flag `bemi worker`, `bemi dev` and `bemi store` share.
@@ -249,7 +260,15 @@ impl CaptureArgs {
             .publication(self.publication.clone())
             .heartbeat_interval(self.heartbeat_interval)
             .writer_connections(usize::from(self.writer_connections))
-            .image_indexes(self.indexes.image_indexes);
+            .image_indexes(self.indexes.image_indexes)
+            .checkpoints(self.checkpoints.policy()?)
+            .context_key(
+                self.context_key
+                    .as_deref()
+                    .map(str::trim)
+                    .filter(|secret| !secret.is_empty())
+                    .map(|secret| bemi_core::signing::ContextKey::new(secret.as_bytes())),
+            );
         if let Some(url) = destination_url.filter(|url| !url.trim().is_empty()) {
             config = config.destination(url);
         }

@@ -42,7 +42,8 @@ pub enum Carrier {
     /// The measured faster of the two for each path (BENCHMARKS.md, P2): the message, except
     /// for a sqlx write outside a transaction, which carries the comment (2 round trips and a
     /// parse instead of 3 round trips: sqlx cannot pipeline the `BEGIN` and `COMMIT` the message
-    /// needs). Choose [`Carrier::Message`] behind a transaction-pooling pgbouncer.
+    /// needs). Choose [`Carrier::Message`] behind a transaction-pooling pgbouncer. With a
+    /// context key ([`crate::signing`]) always the message, which is signed; a comment is not.
     #[default]
     Auto,
     /// The adapter emits the `_bemi` message in the write's transaction (cached statements).
@@ -53,10 +54,13 @@ pub enum Carrier {
 
 impl Carrier {
     /// The carrier itself, or `auto` for [`Carrier::Auto`]: what an adapter uses on a path
-    /// whose measured faster carrier is `auto`.
+    /// whose measured faster carrier is `auto` — the message whenever a context key is set
+    /// ([`crate::signing`]): only the message is signed.
     #[must_use]
     pub fn resolve(self, auto: Carrier) -> Carrier {
         match self {
+            // Only the message can be signed (the trigger re-emits a comment's context).
+            Carrier::Auto if crate::signing::context_key().is_some() => Carrier::Message,
             Carrier::Auto => auto,
             carrier => carrier,
         }
@@ -73,7 +77,8 @@ pub const EMIT_SQL: &str = "SELECT pg_catalog.pg_logical_emit_message(true, '_be
           THEN pg_catalog.set_config('bemi.context_emitted', 'f', true) END";
 
 /// The context a write of `sql` carries, as the JSON text of its message (the current context
-/// plus the `SQL` key, size-bounded); `None` when `sql` does not write or no context is in
+/// plus the `SQL` key, size-bounded, signed when a context key is set: see
+/// [`crate::signing`]); `None` when `sql` does not write or no context is in
 /// scope.
 #[must_use]
 pub fn message_json(sql: &str) -> Option<String> {
@@ -81,6 +86,7 @@ pub fn message_json(sql: &str) -> Option<String> {
         return None;
     }
     context::with_current(|current| current.map(|ctx| sql::context_json(sql, ctx)))
+        .map(crate::signing::sign)
 }
 
 /// The JSON text of a context for a write whose SQL is unknown (a statement prepared elsewhere):
@@ -88,6 +94,7 @@ pub fn message_json(sql: &str) -> Option<String> {
 #[must_use]
 pub fn message_json_without_sql() -> Option<String> {
     context::with_current(|current| current.map(sql::context_json_without_sql))
+        .map(crate::signing::sign)
 }
 
 /// The emission of `json` as one simple-protocol statement, the JSON an escaped string literal

@@ -6,6 +6,7 @@ pub mod integration;
 mod local;
 pub mod migration;
 pub mod protocol;
+pub mod signing;
 pub mod sql;
 
 #[cfg(feature = "opentelemetry")]

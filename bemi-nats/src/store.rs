@@ -28,6 +28,8 @@ use std::time::{Duration, Instant};
 
 use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, PullConsumer, pull};
 use async_nats::jetstream::{self, stream};
+use bemi_audit::chain;
+use bemi_audit::checkpoint::Checkpointer;
 use bemi_audit::store::{ChangeBatch, NewChange};
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
@@ -123,6 +125,8 @@ pub struct StoreConfig {
     /// Whether `changes` keeps its GIN indexes on `before` and `after` (see
     /// [`WorkerConfig::image_indexes`](bemi_worker::WorkerConfig::image_indexes)).
     pub image_indexes: bemi_audit::schema::ImageIndexes,
+    /// When each partition's chain head is signed, and with which key (default: no key).
+    pub checkpoints: bemi_audit::checkpoint::CheckpointPolicy,
 }
 
 impl StoreConfig {
@@ -133,7 +137,24 @@ impl StoreConfig {
             destination_url: destination_url.into(),
             batch_messages: 256,
             image_indexes: bemi_audit::schema::ImageIndexes::Keep,
+            checkpoints: bemi_audit::checkpoint::CheckpointPolicy::default(),
         }
+    }
+
+    /// Signs each partition's chain head with `policy`'s key every N changes or T seconds.
+    ///
+    /// ```
+    /// use bemi_audit::checkpoint::CheckpointPolicy;
+    /// use bemi_nats::{NatsConfig, StoreConfig};
+    ///
+    /// let config = StoreConfig::new(NatsConfig::new("nats://127.0.0.1:4222"), "postgres://localhost/audit")
+    ///     .checkpoints(CheckpointPolicy::new(None).every_changes(100));
+    /// assert_eq!(config.checkpoints.every_changes, 100);
+    /// ```
+    #[must_use]
+    pub fn checkpoints(mut self, policy: bemi_audit::checkpoint::CheckpointPolicy) -> Self {
+        self.checkpoints = policy;
+        self
     }
 
     /// Messages fetched and committed at once per partition (default 256).
@@ -512,6 +533,7 @@ impl Store {
                         partition: p,
                         conn,
                         stream: stream.clone(),
+                        checkpointer: Checkpointer::new(self.config.checkpoints.clone()),
                         config: self.config.clone(),
                         metrics: self.metrics(),
                     };
@@ -576,6 +598,8 @@ struct PartitionWriter {
     stream: stream::Stream,
     config: StoreConfig,
     metrics: Arc<StoreMetrics>,
+    /// When the partition's chain head is due a signed checkpoint.
+    checkpointer: Checkpointer,
 }
 
 fn nats_error(what: &str) -> impl FnOnce(async_nats::Error) -> NatsError + '_ {
@@ -1000,12 +1024,29 @@ impl PartitionWriter {
             .begin()
             .await
             .map_err(|error| CommitError::Other(NatsError::destination(error)))?;
+        // The partition's chain: read in the transaction (this store holds the partition), the
+        // re-delivered changes left out before numbering.
+        let chain_name = chain::stream_chain(&stream_name, self.partition);
+        let start = chain::read_head(&mut tx, &chain_name)
+            .await
+            .map_err(commit_error)?;
+        self.checkpointer.starts_at(start);
+        let mut head = start;
         let mut written = 0;
         for ((source, database), batch) in &by_database {
-            written += batch
-                .insert_from(*source, database, &mut tx)
+            let mut chained = batch
+                .prepare_chain(&chain_name, *source, database, &mut tx)
                 .await
                 .map_err(commit_error)?;
+            head = chained.link(head);
+            written += chained.insert(&mut tx).await.map_err(commit_error)?;
+        }
+        chain::record_head(&mut tx, &chain_name, start, head)
+            .await
+            .map_err(commit_error)?;
+        let checkpoint = self.checkpointer.due(&chain_name, head);
+        if let Some(checkpoint) = &checkpoint {
+            checkpoint.insert(&mut tx).await.map_err(commit_error)?;
         }
         for (unit, reason) in &unreadable {
             reject(&mut tx, &stream_name, created, unit, reason)
@@ -1016,6 +1057,11 @@ impl PartitionWriter {
             .await
             .map_err(commit_error)?;
         tx.commit().await.map_err(commit_error)?;
+        if let Some(checkpoint) = &checkpoint
+            && let Err(error) = self.checkpointer.committed(checkpoint)
+        {
+            tracing::error!(%error, seq = checkpoint.seq, "could not append a checkpoint to the checkpoint file");
+        }
         self.metrics
             .changes_stored
             .fetch_add(written, Ordering::Relaxed);

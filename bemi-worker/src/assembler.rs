@@ -124,6 +124,8 @@ pub(crate) struct Assembler {
     skip_unchanged: bool,
     /// Where left-out UPDATEs are counted.
     metrics: Option<Arc<WorkerMetrics>>,
+    /// Checks signed contexts, when the worker has the application's context key.
+    signatures: Option<crate::signed_context::ContextChecker>,
 }
 
 impl Assembler {
@@ -138,7 +140,14 @@ impl Assembler {
             empty_context: Arc::from("{}"),
             skip_unchanged: false,
             metrics: None,
+            signatures: None,
         }
+    }
+
+    /// Checks each `_bemi` message's signature with `key` (see [`crate::signed_context`]).
+    pub(crate) fn with_context_key(mut self, key: Option<bemi_core::signing::ContextKey>) -> Self {
+        self.signatures = key.map(crate::signed_context::ContextChecker::new);
+        self
     }
 
     /// Leaves out UPDATEs that changed nothing (`skip_unchanged`) or only ignored columns
@@ -194,7 +203,13 @@ impl Assembler {
     /// A transactional `_bemi` message: later rows of the transaction take this context.
     pub(crate) fn context_message(&mut self, content: &[u8]) {
         if let Some(open) = &mut self.open {
-            open.context = parse_context(content);
+            open.context = match &mut self.signatures {
+                None => parse_context(content),
+                Some(checker) => {
+                    let (body, verdict) = checker.check(content, open.xid, open.committed_at);
+                    crate::signed_context::apply(parse_context(&body), verdict)
+                }
+            };
             open.context_from_bemi = &*open.context != "{}";
             open.no_row_since_context = true;
             open.shadowed_comment = None;

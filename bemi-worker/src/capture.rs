@@ -90,6 +90,10 @@ pub(crate) trait OutputWriter: Send + Sized + 'static {
         previous: Option<PreviousCommit>,
         committed: oneshot::Sender<bool>,
     ) -> impl Future<Output = (Self, Result<u64, WorkerError>)> + Send;
+
+    /// Called in stream order when the writer is given its next batch, before
+    /// [`write`](Self::write) runs (a writer that chains its batches takes its turn here).
+    fn dispatched(&mut self) {}
 }
 
 /// How a session batches and reports.
@@ -103,6 +107,8 @@ pub(crate) struct Settings {
     pub chunk_rows: usize,
     /// Leave out UPDATEs that change nothing.
     pub skip_unchanged_updates: bool,
+    /// The application's context key: signed contexts are checked.
+    pub context_key: Option<bemi_core::signing::ContextKey>,
 }
 
 /// Runs one session: streams from `source` into `sink` until `shutdown` (`Ok`) or an error.
@@ -134,7 +140,8 @@ pub(crate) async fn run<S: ReplicationSource, K: Output>(
         settings,
         source,
         assembler: Assembler::new(resume, settings.chunk_rows)
-            .with_update_rules(settings.skip_unchanged_updates, Arc::clone(metrics)),
+            .with_update_rules(settings.skip_unchanged_updates, Arc::clone(metrics))
+            .with_context_key(settings.context_key),
         pieces: Some(pieces),
         applied,
         last_sent_end: resume.last_lsn,
@@ -371,7 +378,8 @@ async fn write_loop<W: OutputWriter>(
                     open = false;
                     continue;
                 };
-                let writer = idle.pop().expect("an idle writer");
+                let mut writer = idle.pop().expect("an idle writer");
+                writer.dispatched();
                 resume = resume.advanced(&batch.pieces);
                 let (committed, next) = oneshot::channel();
                 let started = Instant::now();
@@ -718,6 +726,7 @@ mod tests {
             max_batch_rows,
             chunk_rows,
             skip_unchanged_updates: true,
+            context_key: None,
         }
     }
 

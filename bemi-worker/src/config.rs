@@ -61,6 +61,12 @@ pub struct WorkerConfig {
     /// Whether `changes` keeps its GIN indexes on `before` and `after` (created if missing) or
     /// goes without them (dropped if present): their upkeep is much of a stored change's cost.
     pub image_indexes: bemi_audit::schema::ImageIndexes,
+    /// When the chain's head is signed, and with which key (default: no key, no interval
+    /// checkpoints; the hash chain itself is always on).
+    pub checkpoints: bemi_audit::checkpoint::CheckpointPolicy,
+    /// The applications' context key: each stored context then says whether it was signed
+    /// with it (`_bemi_signature`: `valid`, `unsigned`, `forged`). Default: none.
+    pub context_key: Option<bemi_core::signing::ContextKey>,
 }
 
 impl WorkerConfig {
@@ -87,6 +93,8 @@ impl WorkerConfig {
             chunk_rows: 2_000,
             writer_connections: 2,
             image_indexes: bemi_audit::schema::ImageIndexes::Keep,
+            checkpoints: bemi_audit::checkpoint::CheckpointPolicy::default(),
+            context_key: None,
         }
     }
 
@@ -260,6 +268,40 @@ impl WorkerConfig {
     #[must_use]
     pub fn image_indexes(mut self, indexes: bemi_audit::schema::ImageIndexes) -> Self {
         self.image_indexes = indexes;
+        self
+    }
+
+    /// Signs the hash chain's head with `policy`'s key every N changes or T seconds
+    /// (`_bemi_checkpoints`, and the policy's file if any).
+    ///
+    /// ```
+    /// use bemi_audit::checkpoint::{CheckpointPolicy, SigningKey};
+    /// use bemi_worker::WorkerConfig;
+    ///
+    /// let key = SigningKey::generate().unwrap();
+    /// let config = WorkerConfig::new("postgres://a/app")
+    ///     .checkpoints(CheckpointPolicy::new(Some(key)).every_changes(1_000));
+    /// assert_eq!(config.checkpoints.every_changes, 1_000);
+    /// ```
+    #[must_use]
+    pub fn checkpoints(mut self, policy: bemi_audit::checkpoint::CheckpointPolicy) -> Self {
+        self.checkpoints = policy;
+        self
+    }
+
+    /// Checks signed contexts with the applications' context key (see
+    /// [`bemi_core::signing`]).
+    ///
+    /// ```
+    /// use bemi_core::signing::ContextKey;
+    /// use bemi_worker::WorkerConfig;
+    ///
+    /// let config = WorkerConfig::new("postgres://a/app").context_key(Some(ContextKey::new(b"secret")));
+    /// assert!(config.context_key.is_some());
+    /// ```
+    #[must_use]
+    pub fn context_key(mut self, key: Option<bemi_core::signing::ContextKey>) -> Self {
+        self.context_key = key;
         self
     }
 

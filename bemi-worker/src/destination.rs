@@ -14,12 +14,20 @@
 //! the batch before it committed, and gives up if that one failed: the recorded position always
 //! covers a gap-free prefix of the stream.
 //!
+//! Each batch also extends the source database's hash chain ([`bemi_audit::chain`]): a batch
+//! is numbered and hashed after the one dispatched before it (which hands its head over as soon
+//! as it has hashed, before it inserts, so inserts still overlap), the chain's head is recorded
+//! with the position, and a signed checkpoint is added when one is due. The head is read back
+//! when a session starts: after a crash, the chain continues from what was committed.
+//!
 //! (The rows travel as arrays of one bound parameter per column, unnested by the server. COPY
 //! would need several flushes per batch, which on a connection without `TCP_NODELAY` — sqlx does
 //! not set it — waits for delayed ACKs: about 40 ms per batch.)
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
+use bemi_audit::chain::{self, ChainHead};
+use bemi_audit::checkpoint::{CheckpointPolicy, Checkpointer};
 use sqlx::{Connection, Executor, PgConnection};
 use tokio::sync::oneshot;
 
@@ -100,6 +108,10 @@ impl Destination {
     /// `durability` says, creates the tables if missing, and reads where the worker of `slot`
     /// on the source `database` left off. `source` is the source cluster's system identifier,
     /// stored with each change.
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "one call site, each argument a setting of the worker's configuration"
+    )]
     pub(crate) async fn open(
         url: &str,
         source: Option<&str>,
@@ -108,9 +120,17 @@ impl Destination {
         connections: usize,
         durability: Durability,
         image_indexes: bemi_audit::schema::ImageIndexes,
+        checkpoints: &CheckpointPolicy,
     ) -> Result<Self, sqlx::Error> {
+        let chain_name: Arc<str> = chain::worker_chain(source, database).into();
         let (database, slot): (Arc<str>, Arc<str>) = (database.into(), slot.into());
         let source: Option<Arc<str>> = source.map(Arc::from);
+        let (first_turn, baton) = oneshot::channel();
+        let shared = Arc::new(ChainShared {
+            name: chain_name,
+            baton: Mutex::new(baton),
+            checkpointer: Mutex::new(Checkpointer::new(checkpoints.clone())),
+        });
         let mut writers = Vec::with_capacity(connections.max(1));
         for _ in 0..connections.max(1) {
             let mut conn = PgConnection::connect(url).await?;
@@ -121,6 +141,8 @@ impl Destination {
                 source: source.clone(),
                 database: Arc::clone(&database),
                 slot: Arc::clone(&slot),
+                chain: Arc::clone(&shared),
+                turn: None,
             });
         }
         let conn = &mut writers[0].conn;
@@ -141,6 +163,11 @@ impl Destination {
         }
         let conn = &mut writers[0].conn;
         let resume = read_resume_point(conn, &database, &slot).await?;
+        let head = chain::read_head(conn, &shared.name).await?;
+        if let Ok(mut checkpointer) = shared.checkpointer.lock() {
+            checkpointer.starts_at(head);
+        }
+        let _ = first_turn.send(head);
         Ok(Self { writers, resume })
     }
 }
@@ -183,6 +210,21 @@ impl Output for Destination {
     }
 }
 
+/// The hash chain the writers of one session extend together.
+#[derive(Debug)]
+struct ChainShared {
+    /// Its name ([`chain::worker_chain`]).
+    name: Arc<str>,
+    /// Where the next dispatched batch receives the head it links after.
+    baton: Mutex<oneshot::Receiver<ChainHead>>,
+    /// When the head is due a signed checkpoint (used at commit, which is in stream order).
+    checkpointer: Mutex<Checkpointer>,
+}
+
+/// A batch's place in the chain: the head it links after (from the batch dispatched before
+/// it), and where it hands its own head on.
+type Turn = (oneshot::Receiver<ChainHead>, oneshot::Sender<ChainHead>);
+
 /// One destination connection that writes batches.
 #[derive(Debug)]
 pub(crate) struct BatchWriter {
@@ -191,6 +233,8 @@ pub(crate) struct BatchWriter {
     source: Option<Arc<str>>,
     database: Arc<str>,
     slot: Arc<str>,
+    chain: Arc<ChainShared>,
+    turn: Option<Turn>,
 }
 
 impl OutputWriter for BatchWriter {
@@ -212,6 +256,14 @@ impl OutputWriter for BatchWriter {
         let _ = committed.send(result.is_ok());
         (self, result.map_err(WorkerError::Destination))
     }
+
+    fn dispatched(&mut self) {
+        let (next, after) = oneshot::channel();
+        if let Ok(mut baton) = self.chain.baton.lock() {
+            let previous = std::mem::replace(&mut *baton, after);
+            self.turn = Some((previous, next));
+        }
+    }
 }
 
 impl BatchWriter {
@@ -227,9 +279,26 @@ impl BatchWriter {
             batch.push(row.as_new_change());
         }
         let sent = batch.len() as u64;
-        let written = batch
-            .insert_from(self.source.as_deref(), &self.database, &mut self.conn)
+        let chain_name = Arc::clone(&self.chain.name);
+        let mut chained = batch
+            .prepare_chain(
+                &chain_name,
+                self.source.as_deref(),
+                &self.database,
+                &mut self.conn,
+            )
             .await?;
+        let (previous_head, hand_on) = self.turn.take().ok_or_else(|| {
+            sqlx::Error::Protocol("a batch was written without its turn in the chain".to_owned())
+        })?;
+        let head = previous_head.await.map_err(|_| {
+            sqlx::Error::Protocol(
+                "an earlier batch was not chained; this one is rolled back".to_owned(),
+            )
+        })?;
+        let new_head = chained.link(head);
+        let _ = hand_on.send(new_head);
+        let written = chained.insert(&mut self.conn).await?;
         let schemas: Vec<SchemaVersion> = pieces
             .iter()
             .flat_map(|piece| piece.schemas.iter().cloned())
@@ -258,7 +327,23 @@ impl BatchWriter {
             .bind(partial.map(|p| format_lsn(p.position)))
             .execute(&mut self.conn)
             .await?;
+        chain::record_head(&mut self.conn, &chain_name, head, new_head).await?;
+        let checkpoint = self
+            .chain
+            .checkpointer
+            .lock()
+            .ok()
+            .and_then(|clock| clock.due(&chain_name, new_head));
+        if let Some(checkpoint) = &checkpoint {
+            checkpoint.insert(&mut self.conn).await?;
+        }
         self.conn.execute("COMMIT").await?;
+        if let Some(checkpoint) = &checkpoint
+            && let Ok(mut clock) = self.chain.checkpointer.lock()
+            && let Err(error) = clock.committed(checkpoint)
+        {
+            tracing::error!(%error, seq = checkpoint.seq, "could not append a checkpoint to the checkpoint file");
+        }
         if written < sent {
             tracing::warn!(
                 sent,

@@ -17,6 +17,7 @@ mod pgoutput;
 mod rows;
 mod schema_history;
 mod setup;
+mod signed_context;
 pub mod sink;
 mod source;
 mod sqlcommenter;

@@ -309,6 +309,7 @@ impl Worker {
             config.writer_connections,
             Durability::for_destination(same_server(&config.source_url, config.destination_url())),
             config.image_indexes,
+            &config.checkpoints,
         )
         .await
         .map_err(WorkerError::Destination)?;
@@ -617,6 +618,7 @@ impl Worker {
             max_batch_rows: config.max_batch_rows,
             chunk_rows: config.chunk_rows,
             skip_unchanged_updates: config.skip_unchanged_updates,
+            context_key: config.context_key,
         };
         capture::run(&mut source, sink, settings, &self.metrics, shutdown).await
     }

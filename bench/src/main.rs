@@ -10,6 +10,7 @@ mod env;
 mod nats_speed;
 mod report;
 mod stats;
+mod tamper_cost;
 mod tracking_cost;
 mod ui_speed;
 mod worker_speed;
@@ -43,7 +44,7 @@ fn parse_args(args: &[String]) -> Result<Options, String> {
             ),
             "--help" | "-h" => {
                 return Err(
-                    "usage: bemi-bench [--quick] [--output FILE] [--only P1..P8]...".to_owned(),
+                    "usage: bemi-bench [--quick] [--output FILE] [--only P1..P9]...".to_owned(),
                 );
             }
             other => return Err(format!("unknown argument {other:?}; try --help")),
@@ -142,6 +143,10 @@ async fn run(options: &Options) -> anyhow::Result<()> {
     if wanted("P8") {
         eprintln!("P8: the web UI on a large audit trail");
         rows.extend(ui_speed::p8_ui(&env, &sizes).await?);
+    }
+    if wanted("P9") {
+        eprintln!("P9: tamper evidence (hash chain, signed contexts)");
+        rows.extend(tamper_cost::p9_tamper(&env, &sizes).await?);
     }
     let table = report::markdown(&rows);
     println!("{table}");

@@ -75,6 +75,7 @@ mod spawned_tasks;
 mod sqlcommenter;
 mod standby;
 mod startup;
+mod tamper;
 mod time_travel;
 mod tls;
 mod todo_apps;

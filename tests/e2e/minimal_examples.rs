@@ -16,7 +16,7 @@ use crate::cli_support::free_port;
 
 /// An example program of the examples package, built by `cargo test` next to the tests
 /// (`target/debug/examples/NAME`).
-fn example(name: &str) -> anyhow::Result<PathBuf> {
+pub(crate) fn example(name: &str) -> anyhow::Result<PathBuf> {
     let test_binary = std::env::current_exe()?;
     let profile_dir = test_binary
         .parent()

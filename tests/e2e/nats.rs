@@ -272,6 +272,8 @@ async fn through_nats_every_change_is_stored_once_across_kills_and_a_server_rest
         named == TOTAL,
         "{named} of {TOTAL} changes name the source {cluster}"
     );
+    // Each partition's hash chain continued exactly across the kills and the restart.
+    chains_verify(&audit, TOTAL as usize).await?;
     worker.terminate().await?;
     store.terminate().await?;
     drop(nats);
@@ -482,6 +484,8 @@ async fn through_nats_two_stores_share_the_partitions_and_keep_each_rows_order(
         a.is_some_and(|a| a > 0.0) && b.is_some_and(|b| b > 0.0),
         "stored: {a:?} and {b:?}"
     );
+    // One hash chain per partition, each continuous, though two stores wrote them.
+    chains_verify(&audit, total as usize).await?;
     Background::terminate_all(&mut [&mut worker, &mut first, &mut second]).await?;
     drop(nats);
     Ok(())
@@ -542,6 +546,27 @@ async fn each_once(audit: &TestDb, ids: std::ops::RangeInclusive<i64>) -> TestRe
         "{} changes, {} distinct, expected {ids:?}",
         keys.len(),
         unique.len()
+    );
+    chains_verify(audit, keys.len()).await
+}
+
+/// Every partition's hash chain verifies, and together they hold all `count` changes.
+async fn chains_verify(audit: &TestDb, count: usize) -> TestResult {
+    let mut conn = audit.pool.acquire().await?;
+    let report = bemi_audit::verify::verify(&mut conn).await?;
+    ensure!(report.is_intact(), "{:#?}", report.breaks);
+    let chained: u64 = report.chains.iter().map(|chain| chain.changes).sum();
+    ensure!(
+        chained == count as u64
+            && report.unchained == 0
+            && report
+                .chains
+                .iter()
+                .all(|chain| chain.chain.starts_with("nats:")
+                    && chain.first_seq == Some(1)
+                    && chain.last_seq == Some(chain.changes as i64)),
+        "{:#?} for {count} changes",
+        report.chains
     );
     Ok(())
 }

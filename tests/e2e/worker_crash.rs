@@ -214,6 +214,23 @@ async fn kill_9_at_random_moments_loses_and_duplicates_nothing(
         wrong == 0,
         "{wrong} changes carry another statement's context"
     );
+    // The hash chain continued exactly across every kill: each change numbered once, no gap,
+    // every link verifies.
+    let mut conn = db.pool.acquire().await?;
+    let report = bemi_audit::verify::verify(&mut conn).await?;
+    ensure!(
+        report.is_intact(),
+        "after {kills} kills: {:#?}",
+        report.breaks
+    );
+    ensure!(
+        report.chains.len() == 1
+            && report.chains[0].changes == stored.len() as u64
+            && report.chains[0].last_seq == Some(stored.len() as i64),
+        "after {kills} kills: {:#?} for {} changes",
+        report.chains,
+        stored.len()
+    );
     Ok(())
 }
 e2e_test!(kill_9_at_random_moments_loses_and_duplicates_nothing);
