@@ -222,6 +222,8 @@ async fn databases() -> anyhow::Result<Databases> {
 /// How long quiescing may take.
 /// The JetStream stream of the run (bemi's default name).
 const NATS_STREAM: &str = "bemi";
+/// The most partitions a stream of the run may have (bemi's default is 8).
+const MAX_PARTITIONS: u32 = 64;
 /// How long the pipeline may take to drain before a stream deletion.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(60);
 const QUIESCE_TIMEOUT: Duration = Duration::from_secs(300);
@@ -683,7 +685,8 @@ async fn run(args: Args) -> anyhow::Result<bool> {
             Fault::StreamDeleted => {
                 println!("{} fault: {}", at(started), fault.name());
                 paused.store(true, Ordering::Relaxed);
-                let drained = drain(&mut services, &active, &source, &destination, started).await?;
+                let drained = drain(&mut services, &active, &source, &destination, started).await?
+                    && stream_stored(&nats_url, &destination, started).await?;
                 if drained {
                     let client = async_nats::connect(nats_url.as_str())
                         .await
@@ -852,6 +855,24 @@ async fn run(args: Args) -> anyhow::Result<bool> {
         *kinds_of_mismatch.entry(mismatch.kind()).or_default() += 1;
     }
 
+    // The hash chain over `changes` must be intact through every fault (exactly-once and the
+    // chain's continuity hold together): `bemi verify`, as an auditor would run it.
+    let chain_started = Instant::now();
+    let chain = bemi
+        .run(
+            &["verify", "--destination-url", &dbs.destination],
+            &[("RUST_LOG".to_owned(), "warn".to_owned())],
+        )
+        .await;
+    match &chain {
+        Ok(()) => println!(
+            "{} bemi verify: every chain intact ({:?})",
+            at(started),
+            chain_started.elapsed()
+        ),
+        Err(error) => println!("{} LOUD: bemi verify found a break: {error:#}", at(started)),
+    }
+
     // What cannot be survived must be said: the slot dropped while no worker runs, then one
     // started again must report it (changes committed meanwhile are not captured).
     let slot_loss_reported = lose_the_slot(&mut services, &source, started).await?;
@@ -931,13 +952,12 @@ async fn run(args: Args) -> anyhow::Result<bool> {
         }
     );
     println!("logs: {}", log_dir.display());
-    Ok(
-        quiesced
-            && mismatches.is_empty()
-            && resets_loud
-            && unclean_exits == 0
-            && slot_loss_reported,
-    )
+    Ok(quiesced
+        && mismatches.is_empty()
+        && chain.is_ok()
+        && resets_loud
+        && unclean_exits == 0
+        && slot_loss_reported)
 }
 
 /// The `RUST_LOG` of the processes the runner starts: the runner's own `RUST_LOG` when set
@@ -1043,5 +1063,60 @@ async fn lose_the_slot(
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
+    Ok(false)
+}
+
+/// Whether every message of the stream is stored: for each partition, the store's recorded
+/// position — of this very stream, not one deleted before — reaches its last message. (A
+/// stable `changes` count is not enough: a partition whose store was just killed waits for
+/// another store to take it over.) Polled for up to [`DRAIN_TIMEOUT`].
+async fn stream_stored(
+    nats_url: &str,
+    destination: &PgPool,
+    started: Instant,
+) -> anyhow::Result<bool> {
+    let client = async_nats::connect(nats_url)
+        .await
+        .context("connecting to NATS to check the stream")?;
+    let jetstream = async_nats::jetstream::new(client);
+    let deadline = Instant::now() + DRAIN_TIMEOUT;
+    while Instant::now() < deadline {
+        let Ok(mut stream) = jetstream.get_stream(NATS_STREAM).await else {
+            // No stream (deleted, not published to since): nothing to lose.
+            return Ok(true);
+        };
+        let created = stream.info().await?.created.to_string();
+        let positions: Vec<(i32, i64, String)> = sqlx::query_as(
+            "SELECT partition, last_sequence, stream_created FROM _bemi_store_state \
+              WHERE stream = $1",
+        )
+        .bind(NATS_STREAM)
+        .fetch_all(destination)
+        .await
+        .unwrap_or_default();
+        let mut stored = true;
+        for partition in 0..MAX_PARTITIONS {
+            let subject = format!("{NATS_STREAM}.changes.{partition}");
+            let Ok(last) = stream.get_last_raw_message_by_subject(&subject).await else {
+                continue;
+            };
+            let position = positions
+                .iter()
+                .find(|(p, _, of)| u32::try_from(*p) == Ok(partition) && *of == created)
+                .map_or(0, |(_, sequence, _)| u64::try_from(*sequence).unwrap_or(0));
+            if position < last.sequence {
+                stored = false;
+                break;
+            }
+        }
+        if stored {
+            return Ok(true);
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    println!(
+        "{} the stores did not reach the stream's end within {DRAIN_TIMEOUT:?}",
+        at(started)
+    );
     Ok(false)
 }
