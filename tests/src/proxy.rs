@@ -372,7 +372,11 @@ mod tests {
         );
         let (proxy, proxied) = FaultProxy::in_front_of("nats://127.0.0.1:4999").await?;
         assert_eq!(proxied, format!("nats://127.0.0.1:{}", proxy.port()));
-        assert!(FaultProxy::in_front_of("postgres://u@db/app").await.is_err());
+        assert!(
+            FaultProxy::in_front_of("postgres://u@db/app")
+                .await
+                .is_err()
+        );
         Ok(())
     }
 }
