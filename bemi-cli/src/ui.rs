@@ -34,6 +34,16 @@ pub(crate) struct UiArgs {
     /// The most changes one revert from the UI may undo (`bemi revert --max-changes` for more).
     #[arg(long, env = "BEMI_UI_MAX_REVERT_CHANGES", default_value_t = bemi_ui::DEFAULT_MAX_REVERT_CHANGES)]
     max_revert_changes: u64,
+    /// The verification page (/verify) checks the checkpoints' signatures with this public key
+    /// (its text, or a file holding it; `bemi keygen`'s `.pub`). Without it the page
+    /// recomputes the hash chains only.
+    #[arg(
+        long,
+        env = "BEMI_PUBLIC_KEY",
+        value_name = "KEY|FILE",
+        hide_env_values = true
+    )]
+    public_key: Option<String>,
 }
 
 /// Runs `bemi ui` until SIGINT or SIGTERM.
@@ -71,6 +81,9 @@ pub(super) async fn run(args: UiArgs) -> anyhow::Result<()> {
         .source(source)
         .max_tails(args.max_tails)
         .max_revert_changes(args.max_revert_changes);
+    if let Some(key) = super::verify::public_key(args.public_key.as_deref())? {
+        options = options.verify_public_key(key);
+    }
     if let Some(token) = token {
         options = options.token(token, args.allow_revert);
     }

@@ -114,18 +114,22 @@ pub(crate) struct VerifyArgs {
     checkpoint_file: Option<PathBuf>,
 }
 
-/// Runs `bemi verify`: prints what was checked and every break; fails when there is one.
-pub(super) async fn run(args: VerifyArgs) -> anyhow::Result<()> {
-    let public_key = args
-        .public_key
-        .as_deref()
+/// The checkpoints' public key of `--public-key` (its text, or a file holding it); `None` when
+/// not given (or empty).
+pub(super) fn public_key(value: Option<&str>) -> anyhow::Result<Option<PublicKey>> {
+    value
         .filter(|value| !value.trim().is_empty())
         .map(|value| {
             key_text(value, "--public-key")?
                 .parse::<PublicKey>()
                 .map_err(|error| anyhow!("--public-key: {error}"))
         })
-        .transpose()?;
+        .transpose()
+}
+
+/// Runs `bemi verify`: prints what was checked and every break; fails when there is one.
+pub(super) async fn run(args: VerifyArgs) -> anyhow::Result<()> {
+    let public_key = public_key(args.public_key.as_deref())?;
     let pool = args.db.connect().await?;
     let mut conn = pool.acquire().await?;
     let report = Verifier::new()

@@ -11,6 +11,7 @@ mod restore;
 mod scope;
 mod security;
 mod tail;
+mod verify;
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
@@ -128,6 +129,7 @@ pub struct UiOptions {
     max_revert_changes: u64,
     revert_policy: Option<RevertPolicy>,
     restore_policy: Option<RestorePolicy>,
+    verify_key: Option<bemi_audit::checkpoint::PublicKey>,
 }
 
 impl Default for UiOptions {
@@ -176,6 +178,7 @@ impl UiOptions {
             max_revert_changes: DEFAULT_MAX_REVERT_CHANGES,
             revert_policy: None,
             restore_policy: None,
+            verify_key: None,
         }
     }
 
@@ -366,6 +369,23 @@ impl UiOptions {
         self
     }
 
+    /// The public key the verification page (`/verify`) checks the checkpoints' signatures
+    /// with (`bemi keygen`'s `.pub`). Without it the page recomputes the chains only — which
+    /// whoever can write to the database could recompute too — and says so.
+    ///
+    /// ```
+    /// // In production: the `.pub` file of `bemi keygen`, parsed with `str::parse`.
+    /// let key = bemi_audit::checkpoint::SigningKey::generate()?.public();
+    /// let options = bemi_ui::UiOptions::new().verify_public_key(key);
+    /// # let _ = options;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    #[must_use]
+    pub fn verify_public_key(mut self, key: bemi_audit::checkpoint::PublicKey) -> Self {
+        self.verify_key = Some(key);
+        self
+    }
+
     /// The context key that names a user (default `user_id`): its values link to the user's
     /// activity page.
     ///
@@ -399,6 +419,7 @@ pub(crate) struct Inner {
     pub(crate) max_revert_changes: u64,
     pub(crate) revert_policy: Option<RevertPolicy>,
     pub(crate) restore_policy: Option<RestorePolicy>,
+    pub(crate) verify_key: Option<bemi_audit::checkpoint::PublicKey>,
 }
 
 impl std::ops::Deref for Ui {
@@ -571,6 +592,7 @@ pub fn router(audit: PgPool, options: UiOptions) -> Router {
         max_revert_changes: options.max_revert_changes,
         revert_policy: options.revert_policy,
         restore_policy: options.restore_policy,
+        verify_key: options.verify_key,
     }));
     Router::new()
         .route("/", get(pages::list))
@@ -581,6 +603,8 @@ pub fn router(audit: PgPool, options: UiOptions) -> Router {
         .route("/tail", get(pages::tail))
         .route("/feed", get(feed::page_handler))
         .route("/api/feed", get(feed::api))
+        .route("/verify", get(verify::page_handler))
+        .route("/api/verify", get(verify::api))
         .route("/revert", post(pages::revert))
         .route("/restore", post(restore::restore))
         .route("/login", get(pages::login_form).post(pages::login))

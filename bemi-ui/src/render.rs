@@ -60,6 +60,9 @@ pub(crate) fn page(info: &RequestInfo, title: &str, body: Markup) -> Markup {
                     nav {
                         a href=(info.home()) { "Changes" }
                         a href={ (base) "/tail" } { "Live tail" }
+                        @if info.access.scope_ref().is_everything() {
+                            a href={ (base) "/verify" } { "Verify" }
+                        }
                         @if info.session.is_some() {
                             form.inline.logout method="post" action={ (base) "/logout" } {
                                 (csrf_field(info))
@@ -176,10 +179,14 @@ pub(crate) fn context_summary(info: &RequestInfo, user_key: &str, context: &Valu
     };
     let shown: Vec<(&String, &Value)> = map
         .iter()
-        .filter(|(key, _)| key.as_str() != bemi_core::protocol::SQL_KEY)
+        .filter(|(key, _)| {
+            key.as_str() != bemi_core::protocol::SQL_KEY
+                && key.as_str() != bemi_core::signing::VERDICT_KEY
+        })
         .take(4)
         .collect();
     html! {
+        (signature_badge(context))
         @if shown.is_empty() { span.muted { "none" } }
         @for (key, value) in shown {
             span.pair {
@@ -193,6 +200,34 @@ pub(crate) fn context_summary(info: &RequestInfo, user_key: &str, context: &Valu
             " "
         }
     }
+}
+
+/// Whether the context's signature held, as the worker judged it (`_bemi_signature`, with a
+/// context key): a badge — "signed", "unsigned" or "forged" — or nothing when the worker was
+/// given no key (or the value is not one of the three: shown as the other context keys are).
+pub(crate) fn signature_badge(context: &Value) -> Markup {
+    let verdict = context
+        .get(bemi_core::signing::VERDICT_KEY)
+        .and_then(Value::as_str);
+    let (class, text, title) = match verdict {
+        Some("valid") => (
+            "sig valid",
+            "signed",
+            "signed by the application, and the signature holds",
+        ),
+        Some("unsigned") => (
+            "sig unsigned",
+            "unsigned",
+            "the context carries no signature",
+        ),
+        Some("forged") => (
+            "sig forged",
+            "forged",
+            "the signature does not hold: a wrong MAC, a time too far from the commit, or replayed",
+        ),
+        _ => return html! {},
+    };
+    html! { span class=(class) title=(title) { (text) } " " }
 }
 
 /// A JSON value as text: strings without quotes, everything else as JSON.

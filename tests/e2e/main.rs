@@ -89,6 +89,7 @@ mod ui_browser_scope;
 mod ui_http;
 mod ui_scope;
 mod ui_security;
+mod ui_verify;
 mod web_frameworks;
 mod worker_capture;
 mod worker_crash;
