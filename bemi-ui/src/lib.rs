@@ -375,10 +375,11 @@ impl UiOptions {
     ///
     /// ```
     /// // In production: the `.pub` file of `bemi keygen`, parsed with `str::parse`.
-    /// let key = bemi_audit::checkpoint::SigningKey::generate()?.public();
+    /// let key = bemi_audit::checkpoint::SigningKey::generate()
+    ///     .expect("the system's randomness")
+    ///     .public();
     /// let options = bemi_ui::UiOptions::new().verify_public_key(key);
     /// # let _ = options;
-    /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     #[must_use]
     pub fn verify_public_key(mut self, key: bemi_audit::checkpoint::PublicKey) -> Self {
