@@ -598,27 +598,19 @@ async fn run(args: Args) -> anyhow::Result<bool> {
                 }
                 println!("{} nats-server back", at(started));
             }
-            Fault::PostgresRestart => {
+            Fault::PostgresRestart | Fault::PostgresCrash => {
                 println!("{} fault: {}", at(started), fault.name());
                 if let Some(cluster) = dbs.cluster.as_mut() {
                     tokio::task::block_in_place(|| -> anyhow::Result<()> {
-                        cluster.stop_server()?;
+                        if fault == Fault::PostgresCrash {
+                            cluster.crash_server()?;
+                        } else {
+                            cluster.stop_server()?;
+                        }
                         cluster.start_server()?;
                         Ok(())
                     })
-                    .context("restarting PostgreSQL")?;
-                }
-                println!("{} PostgreSQL back", at(started));
-            }
-            Fault::PostgresCrash => {
-                println!("{} fault: {}", at(started), fault.name());
-                if let Some(cluster) = dbs.cluster.as_mut() {
-                    tokio::task::block_in_place(|| -> anyhow::Result<()> {
-                        cluster.crash_server()?;
-                        cluster.start_server()?;
-                        Ok(())
-                    })
-                    .context("crashing and restarting PostgreSQL")?;
+                    .context(fault.name())?;
                 }
                 println!("{} PostgreSQL back", at(started));
             }
