@@ -177,13 +177,16 @@ impl<'a> ChangeBatch<'a> {
 }
 
 /// Asks the server for each change's id and the canonical text (`jsonb::text`) of its JSON
-/// columns, and whether it is stored already (a re-delivery), in batch order.
+/// columns, and whether it is stored already (a re-delivery) or repeats an earlier change of
+/// the same batch (a message published twice), in batch order.
 const CANONICAL_SQL: &str = r#"
 SELECT gen_random_uuid(), b.before::jsonb::text, b.after::jsonb::text, b.context::jsonb::text,
        EXISTS (SELECT 1 FROM changes s
                 WHERE s.position = b.position AND s."table" = b."table" AND s.schema = b.schema
                   AND s.database = $1 AND s.operation = b.operation
                   AND s.source = coalesce($2, ''))
+       OR row_number() OVER (PARTITION BY b.position, b."table", b.schema, b.operation
+                             ORDER BY b.n) > 1
   FROM unnest($3::text[], $4::text[], $5::text[], $6::int8[], $7::text[], $8::text[], $9::text[])
        WITH ORDINALITY AS b(before, after, context, position, "table", schema, operation, n)
  ORDER BY b.n

@@ -204,3 +204,62 @@ async fn a_lost_slot_is_reported_when_the_worker_creates_it_again(
     Ok(())
 }
 e2e_test!(a_lost_slot_is_reported_when_the_worker_creates_it_again);
+
+/// The scenario of seed 9 (through NATS): a worker that restarts publishes a transaction's
+/// changes again, so one store batch can hold the same change twice. Each copy was numbered in
+/// the chain; the insert kept one, and the batch failed as "stored meanwhile by another
+/// writer" — rolled back and fetched again, forever: the partition never moved. A batch's own
+/// repeats are now left out like changes stored before it.
+async fn a_batch_holding_the_same_change_twice_stores_it_once_and_chains_without_a_gap(
+    cluster: Arc<TestCluster>,
+) -> TestResult {
+    use bemi_audit::store::{ChangeBatch, NewChange};
+
+    let db = cluster.database("chaos_repeat_in_batch").await?;
+    let mut conn = db.pool.acquire().await?;
+    bemi_audit::schema::prepare(&mut conn).await?;
+    let now = chrono::Utc::now();
+    let change = |position: i64| NewChange {
+        primary_key: Some("1"),
+        before: "{}",
+        after: r#"{"id": 1}"#,
+        context: r#"{"user_id": 7}"#,
+        schema: "public",
+        table: "todo",
+        operation: bemi_audit::Operation::Create,
+        committed_at: now,
+        queued_at: now,
+        transaction_id: 900,
+        position,
+    };
+    let chain_name = bemi_audit::chain::worker_chain(None, "app");
+    // Changes 10 and 11, then the same two again (the re-published message), then 12.
+    let mut batch = ChangeBatch::default();
+    for position in [10, 11, 10, 11, 12] {
+        batch.push(change(position));
+    }
+    let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+    let head = bemi_audit::chain::read_head(&mut tx, &chain_name).await?;
+    let mut chained = batch
+        .prepare_chain(&chain_name, None, "app", &mut tx)
+        .await?;
+    ensure!(
+        chained.already_stored() == 2,
+        "{}",
+        chained.already_stored()
+    );
+    let new_head = chained.link(head);
+    let written = chained.insert(&mut tx).await?;
+    ensure!(written == 3, "{written} changes written, 3 expected");
+    bemi_audit::chain::record_head(&mut tx, &chain_name, head, new_head).await?;
+    tx.commit().await?;
+
+    let verification = bemi_audit::verify::verify(&mut conn).await?;
+    ensure!(verification.is_intact(), "{verification:?}");
+    let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM changes")
+        .fetch_one(&mut *conn)
+        .await?;
+    ensure!(stored == 3, "{stored} rows in changes");
+    Ok(())
+}
+e2e_test!(a_batch_holding_the_same_change_twice_stores_it_once_and_chains_without_a_gap);
