@@ -21,6 +21,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
+use async_nats::jetstream::stream::LastRawMessageErrorKind;
 use bemi_dev::{EphemeralPostgres, NatsServer};
 use bemi_tests::proxy::FaultProxy;
 use sqlx::postgres::PgPoolOptions;
@@ -151,7 +152,7 @@ impl Fault {
             Self::NatsCutRequests => "proxy: requests to nats-server cut",
             Self::NatsCloseConnections => "proxy: NATS connections closed",
             Self::NatsLatency => "proxy: latency to nats-server",
-            Self::StreamDeleted => "JetStream stream deleted (pipeline drained first)",
+            Self::StreamDeleted => "JetStream stream to be deleted once the pipeline drained",
         }
     }
 }
@@ -733,6 +734,14 @@ async fn run(args: Args) -> anyhow::Result<bool> {
     let mut stable = 0;
     let mut progress_at = Instant::now();
     let mut stuck = 0u32;
+    let stream_check = if nats_url.is_empty() {
+        None
+    } else {
+        let client = async_nats::connect(nats_url.as_str())
+            .await
+            .context("connecting to NATS to check the stream")?;
+        Some(async_nats::jetstream::new(client))
+    };
     let quiesced = {
         let deadline = Instant::now() + QUIESCE_TIMEOUT;
         loop {
@@ -764,16 +773,25 @@ async fn run(args: Args) -> anyhow::Result<bool> {
                 progress_at = Instant::now();
             }
             last = (count, confirmed_at.clone());
-            if confirmed && stable >= 10 {
+            // Through NATS, the slot is confirmed once the stream has a change: every
+            // partition must also be stored up to its last message.
+            let stored = match &stream_check {
+                Some(jetstream) if confirmed && stable >= 10 => {
+                    stream_stored_now(jetstream, &destination).await == Some(true)
+                }
+                _ => true,
+            };
+            if confirmed && stable >= 10 && stored {
                 break stuck == 0;
             }
-            if !confirmed && progress_at.elapsed() >= STALL {
+            if (!confirmed || !stored) && progress_at.elapsed() >= STALL {
                 // A defect: the pipeline stopped without exiting. Said loudly (the run fails),
                 // then the worker is killed so that what it stored can still be judged.
                 stuck += 1;
                 println!(
                     "{} LOUD: STUCK: no progress for {STALL:?} with every fault off (slot confirmed \
-                     up to {confirmed_at}, target {target}, {count} changes)",
+                     up to {confirmed_at}, target {target}, {count} changes; every stream \
+                     partition stored: {stored})",
                     at(started),
                 );
                 for worker in &services.workers {
@@ -1058,10 +1076,8 @@ async fn lose_the_slot(
     Ok(false)
 }
 
-/// Whether every message of the stream is stored: for each partition, the store's recorded
-/// position — of this very stream, not one deleted before — reaches its last message. (A
-/// stable `changes` count is not enough: a partition whose store was just killed waits for
-/// another store to take it over.) Polled for up to [`DRAIN_TIMEOUT`].
+/// Whether every message of the stream is stored, polled for up to [`DRAIN_TIMEOUT`] (see
+/// [`stream_stored_now`]).
 async fn stream_stored(
     nats_url: &str,
     destination: &PgPool,
@@ -1073,38 +1089,7 @@ async fn stream_stored(
     let jetstream = async_nats::jetstream::new(client);
     let deadline = Instant::now() + DRAIN_TIMEOUT;
     while Instant::now() < deadline {
-        // Fails closed: an error (the runner's own connection goes through the fault proxy)
-        // is asked again, never taken for "no stream" (a 20-minute run deleted a stream that
-        // held ~65 s of changes after such an answer, it seems).
-        let Ok(mut stream) = jetstream.get_stream(NATS_STREAM).await else {
-            tokio::time::sleep(Duration::from_millis(500)).await;
-            continue;
-        };
-        let created = stream.info().await?.created.to_string();
-        let positions: Vec<(i32, i64, String)> = sqlx::query_as(
-            "SELECT partition, last_sequence, stream_created FROM _bemi_store_state \
-              WHERE stream = $1",
-        )
-        .bind(NATS_STREAM)
-        .fetch_all(destination)
-        .await
-        .unwrap_or_default();
-        let mut stored = true;
-        for partition in 0..MAX_PARTITIONS {
-            let subject = format!("{NATS_STREAM}.changes.{partition}");
-            let Ok(last) = stream.get_last_raw_message_by_subject(&subject).await else {
-                continue;
-            };
-            let position = positions
-                .iter()
-                .find(|(p, _, of)| u32::try_from(*p) == Ok(partition) && *of == created)
-                .map_or(0, |(_, sequence, _)| u64::try_from(*sequence).unwrap_or(0));
-            if position < last.sequence {
-                stored = false;
-                break;
-            }
-        }
-        if stored {
+        if stream_stored_now(&jetstream, destination).await == Some(true) {
             return Ok(true);
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
@@ -1114,4 +1099,44 @@ async fn stream_stored(
         at(started)
     );
     Ok(false)
+}
+
+/// Whether every message of the stream is stored: for each partition, the store's recorded
+/// position — of this very stream, not one deleted before — reaches its last message. (A
+/// stable `changes` count is not enough: a partition whose store was just killed waits for
+/// another store to take it over, and a store that cannot write a partition retries forever.)
+/// `None` when NATS gave no answer: fails closed — an error (the runner's own connection goes
+/// through the fault proxy) is never taken for "no stream" or "an empty partition" (a
+/// 20-minute run deleted a stream that held ~65 s of changes after such an answer, it seems).
+async fn stream_stored_now(
+    jetstream: &async_nats::jetstream::Context,
+    destination: &PgPool,
+) -> Option<bool> {
+    let mut stream = jetstream.get_stream(NATS_STREAM).await.ok()?;
+    let created = stream.info().await.ok()?.created.to_string();
+    let positions: Vec<(i32, i64, String)> = sqlx::query_as(
+        "SELECT partition, last_sequence, stream_created FROM _bemi_store_state \
+          WHERE stream = $1",
+    )
+    .bind(NATS_STREAM)
+    .fetch_all(destination)
+    .await
+    .ok()?;
+    for partition in 0..MAX_PARTITIONS {
+        let subject = format!("{NATS_STREAM}.changes.{partition}");
+        let last = match stream.get_last_raw_message_by_subject(&subject).await {
+            Ok(last) => last,
+            // An empty partition has nothing to store.
+            Err(error) if error.kind() == LastRawMessageErrorKind::NoMessageFound => continue,
+            Err(_) => return None,
+        };
+        let position = positions
+            .iter()
+            .find(|(p, _, of)| u32::try_from(*p) == Ok(partition) && *of == created)
+            .map_or(0, |(_, sequence, _)| u64::try_from(*sequence).unwrap_or(0));
+        if position < last.sequence {
+            return Some(false);
+        }
+    }
+    Some(true)
 }
