@@ -6,12 +6,14 @@
 //! same run and reports medians, spreads and ratios: these machines are shared and noisy, so
 //! absolute numbers mean little and are never asserted.
 
+mod cpu;
 mod env;
 mod nats_speed;
 mod report;
 mod stats;
 mod tamper_cost;
 mod tracking_cost;
+mod tracking_cpu;
 mod ui_speed;
 mod worker_speed;
 
@@ -119,6 +121,8 @@ async fn run(options: &Options) -> anyhow::Result<()> {
     if wanted("P2") {
         eprintln!("P2: single-row inserts");
         rows.extend(tracking_cost::p2_inserts(&env, &sizes).await?);
+        eprintln!("P2-cpu: server CPU per write, per adapter, against the limit");
+        rows.extend(tracking_cpu::p2_cpu(&env, &sizes).await?);
     }
     if wanted("P3") {
         eprintln!("P3: a large UPDATE");

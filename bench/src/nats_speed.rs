@@ -13,7 +13,7 @@ use bemi_worker::Worker;
 use tokio_util::sync::CancellationToken;
 
 use crate::env::{Database, Env, Sizes};
-use crate::report::{Goal, Row};
+use crate::report::{Goal, Row, Verdict};
 use crate::stats::{Samples, human, percentile};
 use crate::worker_speed::{
     EVENTS_TABLE, InProcessWorker, config, insert_event, paced_writers, request,
@@ -183,7 +183,7 @@ pub(crate) async fn p7_jetstream(env: &Env, sizes: &Sizes) -> anyhow::Result<Vec
         tracked: format!("{} ms", human(value)),
         ratio: None,
         goal,
-        met,
+        verdict: met.map_or(Verdict::NotApplicable, Verdict::of),
     };
     Ok(vec![
         Row::ratio(
@@ -196,7 +196,7 @@ pub(crate) async fn p7_jetstream(env: &Env, sizes: &Sizes) -> anyhow::Result<Vec
             ),
             direct.show("changes/s"),
             through.show("changes/s"),
-            through.median() / direct.median(),
+            &through.ratios_to(&direct),
             Goal::None,
         ),
         latency(

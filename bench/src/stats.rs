@@ -19,19 +19,48 @@ impl Samples {
         }
     }
 
-    /// Half the distance between the smallest and the largest sample, relative to the median.
-    pub(crate) fn spread(&self) -> f64 {
-        let min = self.0.iter().copied().fold(f64::INFINITY, f64::min);
-        let max = self.0.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-        (max - min) / 2.0 / self.median().abs().max(f64::MIN_POSITIVE)
+    /// The first and third quartiles (linear interpolation between the closest ranks).
+    pub(crate) fn quartiles(&self) -> (f64, f64) {
+        let mut sorted = self.0.clone();
+        sorted.sort_by(f64::total_cmp);
+        let at = |q: f64| -> f64 {
+            match sorted.len() {
+                0 => f64::NAN,
+                1 => sorted[0],
+                n => {
+                    let rank = q * (n - 1) as f64;
+                    let (low, high) = (rank.floor() as usize, rank.ceil() as usize);
+                    sorted[low] + (sorted[high] - sorted[low]) * (rank - low as f64)
+                }
+            }
+        };
+        (at(0.25), at(0.75))
     }
 
-    /// `median ± spread%`, with `unit` after the median.
+    /// Half the interquartile range, relative to the median.
+    pub(crate) fn spread(&self) -> f64 {
+        let (q1, q3) = self.quartiles();
+        (q3 - q1) / 2.0 / self.median().abs().max(f64::MIN_POSITIVE)
+    }
+
+    /// `median unit ± spread%` (half the interquartile range).
     pub(crate) fn show(&self, unit: &str) -> String {
         format!(
             "{} {unit} ± {:.0}%",
             human(self.median()),
             self.spread() * 100.0
+        )
+    }
+
+    /// The per-round ratios `self[i] ÷ base[i]` of two variants measured in the same rounds:
+    /// pairing by round cancels the noise that hits both variants of a round alike.
+    pub(crate) fn ratios_to(&self, base: &Samples) -> Samples {
+        Samples(
+            self.0
+                .iter()
+                .zip(&base.0)
+                .map(|(with, base)| with / base)
+                .collect(),
         )
     }
 }
@@ -109,7 +138,15 @@ mod tests {
     fn medians_and_percentiles() {
         assert_eq!(Samples(vec![3.0, 1.0, 2.0]).median(), 2.0);
         assert_eq!(Samples(vec![4.0, 1.0, 2.0, 3.0]).median(), 2.5);
-        assert!((Samples(vec![90.0, 100.0, 110.0]).spread() - 0.1).abs() < 1e-9);
+        // Quartiles of 1..=5 are 2 and 4: half the IQR is 1, relative to the median 3.
+        let five = Samples(vec![5.0, 1.0, 4.0, 2.0, 3.0]);
+        assert_eq!(five.quartiles(), (2.0, 4.0));
+        assert!((five.spread() - 1.0 / 3.0).abs() < 1e-9);
+        // One wild round does not widen the IQR the way it widens the range.
+        let wild = Samples(vec![100.0, 101.0, 99.0, 100.0, 300.0]);
+        assert!(wild.spread() < 0.01, "{}", wild.spread());
+        let ratios = Samples(vec![90.0, 200.0]).ratios_to(&Samples(vec![100.0, 400.0]));
+        assert_eq!(ratios.0, vec![0.9, 0.5]);
         let mut values: Vec<f64> = (1..=100).map(f64::from).collect();
         assert_eq!(percentile(&mut values, 50.0), 51.0);
         assert_eq!(percentile(&mut values, 99.0), 99.0);

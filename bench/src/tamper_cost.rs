@@ -125,7 +125,7 @@ pub(crate) async fn p9_tamper(env: &Env, sizes: &Sizes) -> anyhow::Result<Vec<Ro
         &format!("store rate, batches of {BATCH} changes: hash chain on ÷ off"),
         off.show("changes/s"),
         on.show("changes/s"),
-        on.median() / off.median(),
+        &on.ratios_to(&off),
         Goal::AtLeast(0.95),
     )];
 
@@ -174,7 +174,7 @@ pub(crate) async fn p9_tamper(env: &Env, sizes: &Sizes) -> anyhow::Result<Vec<Ro
         ),
         unsigned.show("writes/s"),
         signed.show("writes/s"),
-        signed.median() / unsigned.median(),
+        &signed.ratios_to(&unsigned),
         Goal::AtLeast(0.97),
     ));
     Ok(out)

@@ -58,7 +58,7 @@ pub(crate) async fn p1_layer(sizes: &Sizes) -> anyhow::Result<Row> {
         "axum write-free handler, requests/s: with BemiLayer ÷ without",
         base.show("req/s"),
         with.show("req/s"),
-        with.median() / base.median(),
+        &with.ratios_to(&base),
         Goal::AtLeast(0.97),
     ))
 }
@@ -317,7 +317,7 @@ pub(crate) async fn p2_inserts(env: &Env, sizes: &Sizes) -> anyhow::Result<Vec<R
             what,
             samples[base].show("rows/s"),
             samples[with].show("rows/s"),
-            samples[with].median() / samples[base].median(),
+            &samples[with].ratios_to(&samples[base]),
             goal,
         )
     };
@@ -329,7 +329,7 @@ pub(crate) async fn p2_inserts(env: &Env, sizes: &Sizes) -> anyhow::Result<Vec<R
             what,
             format!("{:.3} ms", per_write(base)),
             format!("{:.3} ms", per_write(with)),
-            samples[base].median() / samples[with].median(),
+            &samples[base].ratios_to(&samples[with]),
             goal,
         )
     };
@@ -527,7 +527,7 @@ pub(crate) async fn p3_update(env: &Env, sizes: &Sizes) -> anyhow::Result<Vec<Ro
             &format!("{what}, time: statement trigger with context ÷ no trigger"),
             times(&plain).show("ms"),
             times(&tracked).show("ms"),
-            times(&tracked).median() / times(&plain).median(),
+            &times(&tracked).ratios_to(&times(&plain)),
             Goal::AtMost(1.05),
         ),
         Row::ratio(
@@ -535,7 +535,7 @@ pub(crate) async fn p3_update(env: &Env, sizes: &Sizes) -> anyhow::Result<Vec<Ro
             &format!("{what}, WAL bytes: statement trigger with context ÷ no trigger"),
             wals(&plain).show("MiB"),
             wals(&tracked).show("MiB"),
-            wals(&tracked).median() / wals(&plain).median(),
+            &wals(&tracked).ratios_to(&wals(&plain)),
             Goal::AtMost(1.05),
         ),
         Row::ratio(
@@ -543,7 +543,7 @@ pub(crate) async fn p3_update(env: &Env, sizes: &Sizes) -> anyhow::Result<Vec<Ro
             &format!("{what}, time: per-row trigger (one message per row) ÷ no trigger"),
             times(&plain).show("ms"),
             times(&per_row).show("ms"),
-            times(&per_row).median() / times(&plain).median(),
+            &times(&per_row).ratios_to(&times(&plain)),
             Goal::None,
         ),
         Row::ratio(
@@ -551,7 +551,7 @@ pub(crate) async fn p3_update(env: &Env, sizes: &Sizes) -> anyhow::Result<Vec<Ro
             &format!("{what}, WAL bytes: per-row trigger ÷ no trigger"),
             wals(&plain).show("MiB"),
             wals(&per_row).show("MiB"),
-            wals(&per_row).median() / wals(&plain).median(),
+            &wals(&per_row).ratios_to(&wals(&plain)),
             Goal::None,
         ),
     ])

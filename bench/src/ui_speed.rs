@@ -10,7 +10,7 @@ use http::Request;
 use tower::ServiceExt as _;
 
 use crate::env::{Env, Sizes};
-use crate::report::{Goal, Row};
+use crate::report::{Goal, Row, Verdict};
 use crate::stats::human;
 
 /// The synthetic audit trail, changes `$2..=$3` of `$1`: three tables, 50 000 rows, 1 000 users,
@@ -95,7 +95,7 @@ pub(crate) async fn p8_ui(env: &Env, sizes: &Sizes) -> anyhow::Result<Vec<Row>> 
             tracked: format!("{} ms", human(p95)),
             ratio: None,
             goal: Goal::Text("≤ 50 ms"),
-            met: Some(p95 <= 50.0),
+            verdict: Verdict::of(p95 <= 50.0),
         });
     }
     rows.push(export_memory(&router, sizes).await?);
@@ -144,7 +144,7 @@ async fn export_memory(router: &axum::Router, sizes: &Sizes) -> anyhow::Result<R
         tracked: format!("{} MiB", human(growth_mib)),
         ratio: None,
         goal: Goal::Text("flat: ≤ 64 MiB"),
-        met: Some(growth_mib <= 64.0),
+        verdict: Verdict::of(growth_mib <= 64.0),
     })
 }
 

@@ -13,7 +13,7 @@ use bemi_worker::WorkerMetrics;
 use serde_json::json;
 
 use crate::env::{Database, Env, Sizes};
-use crate::report::{Goal, Row};
+use crate::report::{Goal, Row, Verdict};
 use crate::stats::{Samples, human, percentile};
 
 pub(crate) const EVENTS_TABLE: &str = "CREATE TABLE events (id bigserial PRIMARY KEY, kind text NOT NULL, \
@@ -256,7 +256,7 @@ pub(crate) async fn p4_throughput(env: &Env, sizes: &Sizes) -> anyhow::Result<Ve
             &format!("… `changes` in another database, {what}"),
             raw.show("changes/s"),
             samples.show("changes/s"),
-            samples.median() / raw.median(),
+            &samples.ratios_to(&raw),
             Goal::None,
         )
     });
@@ -270,7 +270,7 @@ pub(crate) async fn p4_throughput(env: &Env, sizes: &Sizes) -> anyhow::Result<Ve
             ),
             raw.show("changes/s"),
             ours.show("changes/s"),
-            ours.median() / raw.median(),
+            &ours.ratios_to(&raw),
             Goal::AtLeast(0.5),
         ),
         Row::ratio(
@@ -278,7 +278,7 @@ pub(crate) async fn p4_throughput(env: &Env, sizes: &Sizes) -> anyhow::Result<Ve
             "… the same with `changes` in another database of the server (`--destination-url`)",
             raw.show("changes/s"),
             ours_elsewhere.show("changes/s"),
-            ours_elsewhere.median() / raw.median(),
+            &ours_elsewhere.ratios_to(&raw),
             Goal::None,
         ),
         Row {
@@ -288,7 +288,7 @@ pub(crate) async fn p4_throughput(env: &Env, sizes: &Sizes) -> anyhow::Result<Ve
             tracked: format!("{} µs", human(write_us.median())),
             ratio: None,
             goal: Goal::None,
-            met: None,
+            verdict: Verdict::NotApplicable,
         },
     ];
     rows.extend(choice_rows);
@@ -335,7 +335,7 @@ pub(crate) async fn p5_latency(env: &Env, sizes: &Sizes) -> anyhow::Result<Vec<R
         } else {
             "≤ 250 ms"
         }),
-        met: Some(value <= bound),
+        verdict: Verdict::of(value <= bound),
     };
     Ok(vec![
         row(
@@ -411,7 +411,7 @@ pub(crate) async fn p6_memory(env: &Env, sizes: &Sizes) -> anyhow::Result<Row> {
         tracked: format!("{} MiB", human(mib)),
         ratio: None,
         goal: Goal::Text("≤ 256 MiB"),
-        met: Some(mib <= 256.0),
+        verdict: Verdict::of(mib <= 256.0),
     })
 }
 
