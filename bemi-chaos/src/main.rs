@@ -990,6 +990,11 @@ async fn drain(
     // The writers finish the transactions they are in (a bulk insert may take a while).
     while active.load(Ordering::SeqCst) > 0 {
         if Instant::now() >= deadline {
+            println!(
+                "{} {} writers still in a transaction after {DRAIN_TIMEOUT:?}",
+                at(started),
+                active.load(Ordering::SeqCst)
+            );
             return Ok(false);
         }
         services.wait(Duration::from_millis(100), started).await?;
@@ -1019,6 +1024,13 @@ async fn drain(
         last = count;
         if confirmed && stable >= 4 {
             return Ok(true);
+        }
+        if Instant::now() >= deadline {
+            println!(
+                "{} not drained: the slot confirmed up to {target}: {confirmed}; {count} changes \
+                 ({stable} polls unchanged)",
+                at(started)
+            );
         }
     }
     Ok(false)
