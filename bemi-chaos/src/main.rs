@@ -365,7 +365,7 @@ async fn run(args: Args) -> anyhow::Result<bool> {
     .execute(&source)
     .await;
     let env = |url: &str| vec![("DATABASE_URL".to_owned(), url.to_owned())];
-    bemi.run(&["migrate"], &env(&dbs.source))
+    bemi.run(&["migrate"], &env(&dbs.source), Duration::from_secs(120))
         .await
         .context("bemi migrate")?;
 
@@ -868,10 +868,14 @@ async fn run(args: Args) -> anyhow::Result<bool> {
     // The hash chain over `changes` must be intact through every fault (exactly-once and the
     // chain's continuity hold together): `bemi verify`, as an auditor would run it.
     let chain_started = Instant::now();
+    // A debug build on two busy cores re-hashes some 1 000 changes a second: 2 minutes, and a
+    // minute more per 25 000 changes (a 20-minute run stores ~700 000).
+    let verify_timeout = Duration::from_secs(120 + 60 * (captured.len() as u64 / 25_000));
     let chain = bemi
         .run(
             &["verify", "--destination-url", &dbs.destination],
             &[("RUST_LOG".to_owned(), "warn".to_owned())],
+            verify_timeout,
         )
         .await;
     match &chain {

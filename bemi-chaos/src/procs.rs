@@ -52,9 +52,14 @@ impl BemiCommand {
         command
     }
 
-    /// Runs `bemi args…` to completion (at most two minutes), failing with its output unless it
+    /// Runs `bemi args…` to completion (at most `timeout`), failing with its output unless it
     /// exits with 0.
-    pub(crate) async fn run(&self, args: &[&str], envs: &[(String, String)]) -> anyhow::Result<()> {
+    pub(crate) async fn run(
+        &self,
+        args: &[&str],
+        envs: &[(String, String)],
+        timeout: Duration,
+    ) -> anyhow::Result<()> {
         let args: Vec<String> = args.iter().map(|&a| a.to_owned()).collect();
         let child = self
             .command(&args, envs)
@@ -62,9 +67,9 @@ impl BemiCommand {
             .stderr(Stdio::piped())
             .spawn()
             .context("starting bemi")?;
-        let output = tokio::time::timeout(Duration::from_secs(120), child.wait_with_output())
+        let output = tokio::time::timeout(timeout, child.wait_with_output())
             .await
-            .with_context(|| format!("bemi {args:?} did not finish within 2 minutes"))??;
+            .with_context(|| format!("bemi {args:?} did not finish within {timeout:?}"))??;
         anyhow::ensure!(
             output.status.success(),
             "bemi {args:?} failed ({}): {}{}",
