@@ -359,9 +359,8 @@ mod tests {
 
     #[test]
     fn carried_arguments_round_trip_through_json() {
-        let ctx = match json!({"user_id": 7}) {
-            Value::Object(map) => map,
-            _ => unreachable!(),
+        let Value::Object(ctx) = json!({"user_id": 7}) else {
+            unreachable!()
         };
         let carried = BemiArgs::with_context(json!({"id": 3}), Some(ctx));
         let json = serde_json::to_value(&carried).unwrap();
