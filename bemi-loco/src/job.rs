@@ -392,7 +392,10 @@ mod tests {
     fn a_failed_jobs_error_key_is_ignored() {
         let json = json!({"_bemi": {"user_id": 7}, "args": 3, "error": "boom"});
         let carried: BemiArgs<u32> = serde_json::from_value(json).unwrap();
-        assert_eq!((*carried.args(), carried.enqueued_in().is_some()), (3, true));
+        assert_eq!(
+            (*carried.args(), carried.enqueued_in().is_some()),
+            (3, true)
+        );
     }
 
     #[tokio::test]
