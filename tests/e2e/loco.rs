@@ -5,14 +5,17 @@
 //! - 1 000 concurrent requests: every write stored with its own request's context;
 //! - a job enqueued by a request: its write stored with the job's name and arguments and the
 //!   request's context; jobs enqueued by a Loco task: with the task's context; a job enqueued
-//!   outside any context: with the job's own context only.
+//!   outside any context: with the job's own context only;
+//! - the binary's start-up path serves and runs the jobs.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context as _, ensure};
 use bemi_examples::loco_app::{self, ArchiveArgs, ArchiveTodo};
+use bemi_examples::startup::{self, App, Example};
 use bemi_loco::PerformLaterWithContext as _;
 use bemi_tests::worker::{RunningWorker, StoredChange, stored_changes, worker_config};
 use bemi_tests::{TestCluster, TestDb, TestResult, todo_db, wait_until};
@@ -244,3 +247,63 @@ async fn loco_jobs_and_tasks_write_with_their_own_context(cluster: Arc<TestClust
     Ok(())
 }
 e2e_test!(loco_jobs_and_tasks_write_with_their_own_context);
+
+/// `todo-loco`'s start-up path (`startup::serve` with `loco_app::router`, on a fresh database:
+/// the scaffold creates the table and installs tracking): it serves, its queue worker runs the
+/// job a request enqueues, and it stops when told to.
+async fn loco_example_startup_serves_and_runs_its_jobs(cluster: Arc<TestCluster>) -> TestResult {
+    let db = cluster.database("loco_startup").await?;
+    let listener = startup::listen(SocketAddr::from((Ipv4Addr::LOCALHOST, 0))).await?;
+    let base = format!("http://{}", listener.local_addr()?);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let example = Example {
+        name: "todo-loco",
+        path: "/todo",
+        app: App::Router(loco_app::router),
+    };
+    let url = db.url.clone();
+    let server = tokio::spawn(async move {
+        let shutdown = async {
+            let _ = stopped.await;
+        };
+        startup::serve(&example, &url, listener, shutdown).await
+    });
+    let http = serve::client()?;
+    wait_until("todo-loco to serve", Duration::from_secs(60), || async {
+        let response = http.get(format!("{base}/todo")).send().await;
+        Ok(response
+            .ok()
+            .filter(|r| r.status() == StatusCode::OK)
+            .map(drop))
+    })
+    .await?;
+
+    let post = http
+        .post(format!("{base}/todo"))
+        .json(&json!({"task": "Sleep"}));
+    let row = request(&http, post, StatusCode::CREATED).await?;
+    let id = row["id"].as_i64().context("id")?;
+    let archive = http.post(format!("{base}/todo/{id}/archive"));
+    request(&http, archive, StatusCode::ACCEPTED).await?;
+    wait_until(
+        "the job to archive the todo",
+        Duration::from_secs(60),
+        || async {
+            let list: Vec<Value> = http
+                .get(format!("{base}/todo"))
+                .send()
+                .await?
+                .json()
+                .await?;
+            Ok(list.is_empty().then_some(()))
+        },
+    )
+    .await?;
+
+    stop.send(()).ok().context("the server stopped early")?;
+    tokio::time::timeout(Duration::from_secs(60), server)
+        .await
+        .context("todo-loco did not stop within 60 s of being told to")???;
+    Ok(())
+}
+e2e_test!(loco_example_startup_serves_and_runs_its_jobs);
