@@ -224,7 +224,17 @@ pub fn config(url: &str) -> Result<Config, serde_json::Error> {
             // A burst of requests waits for a connection rather than failing.
             "acquire_timeout": 120_000,
         },
-        "queue": {"kind": "Postgres", "uri": url, "max_connections": 5, "num_workers": 2, "poll_interval_sec": 1},
+        // Loco's queue defaults (500 ms to get a connection, idle ones closed after 500 ms) fail
+        // polls on a busy machine ("pool timed out"): kept connections, 5 s to get one.
+        "queue": {
+            "kind": "Postgres",
+            "uri": url,
+            "max_connections": 5,
+            "connect_timeout": 5000,
+            "idle_timeout": 60000,
+            "num_workers": 2,
+            "poll_interval_sec": 1,
+        },
         "workers": {"mode": "BackgroundQueue"},
     }))
 }
