@@ -8,6 +8,7 @@
 //! | `todo-axum` | — | `axum_app::router` | sqlx (`bemi_sqlx::BemiPool`) |
 //! | `todo-actix` | `actix` | `actix_app::app` | tokio-postgres (`bemi_tokio_postgres::BemiClient`) |
 //! | `todo-graphql` | `graphql` | `graphql_app::router` | sqlx, through async-graphql |
+//! | `todo-loco` | `loco` | `loco_app::router` | SeaORM through Loco (`bemi_loco`), and a background job |
 //!
 //! The demo (`cargo run -p bemi-examples --bin demo`) needs no feature, so it compiles none of
 //! the other frameworks.
@@ -32,6 +33,8 @@ pub mod axum_app;
 pub mod demo;
 #[cfg(feature = "graphql")]
 pub mod graphql_app;
+#[cfg(feature = "loco")]
+pub mod loco_app;
 pub mod request_context;
 pub mod startup;
 pub mod store;

@@ -80,6 +80,11 @@ pub mod book {
     #[doc = include_str!("../../docs/src/integrate/diesel.md")]
     pub struct BookIntegrateDiesel;
 
+    /// `docs/src/integrate/loco.md`.
+    #[cfg(doctest)]
+    #[doc = include_str!("../../docs/src/integrate/loco.md")]
+    pub struct BookIntegrateLoco;
+
     /// `docs/src/integrate/carriers.md`.
     #[cfg(doctest)]
     #[doc = include_str!("../../docs/src/integrate/carriers.md")]
