@@ -106,6 +106,7 @@ pub(crate) async fn p4_throughput(env: &Env, sizes: &Sizes) -> anyhow::Result<Ve
     let (mut raw, mut ours, mut ours_elsewhere) =
         (Samples::default(), Samples::default(), Samples::default());
     let (mut decode_us, mut write_us) = (Samples::default(), Samples::default());
+    let mut limit = Samples::default();
     // What a user can choose: fewer indexes on `changes`, more writer connections.
     let choices: [(&str, Choice); 2] = [
         (
@@ -219,6 +220,18 @@ pub(crate) async fn p4_throughput(env: &Env, sizes: &Sizes) -> anyhow::Result<Ve
             .push(total as f64 / started.elapsed().as_secs_f64());
         worker.stop().await?;
 
+        // The limit: PostgreSQL itself inserting the same rows into an identically indexed
+        // table on the same server — the most any writer of `changes` could store here.
+        elsewhere
+            .exec("DROP TABLE IF EXISTS changes_limit; CREATE TABLE changes_limit (LIKE changes INCLUDING ALL); VACUUM ANALYZE changes")
+            .await?;
+        let started = Instant::now();
+        elsewhere
+            .exec("INSERT INTO changes_limit SELECT * FROM changes")
+            .await?;
+        limit.0.push(total as f64 / started.elapsed().as_secs_f64());
+        elsewhere.exec("DROP TABLE changes_limit").await?;
+
         elsewhere.exec("TRUNCATE changes").await?;
 
         for ((mut choice, (_, apply)), samples) in
@@ -280,6 +293,14 @@ pub(crate) async fn p4_throughput(env: &Env, sizes: &Sizes) -> anyhow::Result<Ve
             ours_elsewhere.show("changes/s"),
             &ours_elsewhere.ratios_to(&raw),
             Goal::None,
+        ),
+        Row::ratio(
+            "P4-limit",
+            "… the worker into another database ÷ PostgreSQL's own `INSERT … SELECT` of the same rows into an identically indexed table there (the most any writer could store here)",
+            limit.show("changes/s"),
+            ours_elsewhere.show("changes/s"),
+            &ours_elsewhere.ratios_to(&limit),
+            Goal::AtLeast(0.8),
         ),
         Row {
             id: "P4-detail".to_owned(),
