@@ -27,11 +27,18 @@ pub(crate) struct MigrationFlags {
     /// columns in `before`).
     #[arg(long, env = "BEMI_NO_REPLICA_IDENTITY_FULL", value_parser = boolish())]
     no_replica_identity_full: bool,
+    /// Track tables without the statement trigger that reads Bemi comments: writes cost the
+    /// server nothing for tracking, and only contexts the adapters emit as messages (carrier
+    /// `Message` on every adapter) are recorded; comments and sqlcommenter tags are ignored.
+    #[arg(long, env = "BEMI_NO_COMMENT_TRIGGER", value_parser = boolish())]
+    no_comment_trigger: bool,
 }
 
 impl MigrationFlags {
     fn options(&self) -> MigrationOptions {
-        MigrationOptions::default().replica_identity_full(!self.no_replica_identity_full)
+        MigrationOptions::default()
+            .replica_identity_full(!self.no_replica_identity_full)
+            .comment_trigger(!self.no_comment_trigger)
     }
 }
 

@@ -21,18 +21,24 @@
 //!   later. It needs superuser; without it the migration warns and new tables need
 //!   `CALL _bemi_create_triggers();`.
 //!
+//! With [`MigrationOptions::comment_trigger`] off, tables are tracked (published, REPLICA
+//! IDENTITY FULL) without the trigger: writes then pay nothing for tracking on the server, and
+//! only contexts the adapters emit as messages ([`crate::carrier::Carrier::Message`]) reach the
+//! audit trail — Bemi comments and sqlcommenter tags are ignored.
+//!
 //! ```
 //! use bemi_core::migration::{self, MigrationOptions};
 //!
 //! assert!(migration::up().contains("CREATE OR REPLACE FUNCTION _bemi_statement_trigger_func()"));
 //! let without_full = MigrationOptions::default().replica_identity_full(false).up();
-//! assert!(without_full.contains("_bemi_track_table(created.objid, false)"));
+//! assert!(without_full.contains("_bemi_track_table(created.objid, false, true)"));
 //! assert!(migration::down().contains("DROP EVENT TRIGGER IF EXISTS _bemi_create_table_trigger"));
 //! ```
 
 const UP_TEMPLATE: &str = include_str!("migration.sql");
 const DOWN: &str = include_str!("migration_down.sql");
 const REPLICA_IDENTITY_PLACEHOLDER: &str = "{{REPLICA_IDENTITY_FULL}}";
+const COMMENT_TRIGGER_PLACEHOLDER: &str = "{{COMMENT_TRIGGER}}";
 
 /// The name of the trigger installed on every tracked table.
 pub const TRIGGER_NAME: &str = "_bemi_statement_trigger";
@@ -53,12 +59,22 @@ pub struct MigrationOptions {
     /// Set `REPLICA IDENTITY FULL` on every tracked table, now and for tables created later, so
     /// that updates and deletes carry the whole before-image. Default: `true`.
     pub replica_identity_full: bool,
+    /// Install the statement trigger that turns a write's trailing ` /*Bemi {json} Bemi*/`
+    /// comment (or sqlcommenter tag) into its context. Default: `true` — Bemi's comment format of
+    /// its other languages. Off, the migration removes the trigger from tracked tables: every
+    /// write then costs the server nothing for tracking, and only contexts that adapters emit
+    /// as messages ([`Carrier::Message`](crate::carrier::Carrier::Message); set it on every
+    /// adapter, since [`Carrier::Auto`](crate::carrier::Carrier::Auto) uses the comment for
+    /// sqlx writes outside a transaction) reach the audit trail. Writes by tools that only
+    /// comment (psql, other languages' Bemi libraries) are still captured, without context.
+    pub comment_trigger: bool,
 }
 
 impl Default for MigrationOptions {
     fn default() -> Self {
         Self {
             replica_identity_full: true,
+            comment_trigger: true,
         }
     }
 }
@@ -68,11 +84,24 @@ impl MigrationOptions {
     ///
     /// ```
     /// let sql = bemi_core::migration::MigrationOptions::default().replica_identity_full(false).up();
-    /// assert!(sql.contains("_bemi_track_table(created.objid, false)"));
+    /// assert!(sql.contains("_bemi_track_table(created.objid, false, true)"));
     /// ```
     #[must_use]
     pub fn replica_identity_full(mut self, on: bool) -> Self {
         self.replica_identity_full = on;
+        self
+    }
+
+    /// Sets [`comment_trigger`](Self#structfield.comment_trigger).
+    ///
+    /// ```
+    /// let sql = bemi_core::migration::MigrationOptions::default().comment_trigger(false).up();
+    /// assert!(sql.contains("_bemi_track_table(created.objid, true, false)"));
+    /// assert!(sql.contains("comment_trigger boolean DEFAULT false"));
+    /// ```
+    #[must_use]
+    pub fn comment_trigger(mut self, on: bool) -> Self {
+        self.comment_trigger = on;
         self
     }
 
@@ -83,12 +112,13 @@ impl MigrationOptions {
     /// assert!(sql.contains("CALL _bemi_create_triggers();"));
     /// ```
     pub fn up(&self) -> String {
-        let flag = if self.replica_identity_full {
-            "true"
-        } else {
-            "false"
-        };
-        UP_TEMPLATE.replace(REPLICA_IDENTITY_PLACEHOLDER, flag)
+        let flag = |on: bool| if on { "true" } else { "false" };
+        UP_TEMPLATE
+            .replace(
+                REPLICA_IDENTITY_PLACEHOLDER,
+                flag(self.replica_identity_full),
+            )
+            .replace(COMMENT_TRIGGER_PLACEHOLDER, flag(self.comment_trigger))
     }
 }
 

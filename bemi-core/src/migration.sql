@@ -34,6 +34,17 @@ DECLARE
   opening int;
   prefix text := '_bemi';
 BEGIN
+  -- The common case first, and cheapest: a query that does not end with a comment (after
+  -- trailing whitespace and ';') has no context of its own.
+  IF pg_catalog.right(query, 2) <> '*/'
+     AND pg_catalog.right(pg_catalog.rtrim(query, E' \t\r\n;'), 2) <> '*/' THEN
+    IF pg_catalog.current_setting('bemi.context_emitted', true) = 't' THEN
+      PERFORM pg_catalog.pg_logical_emit_message(true, '_bemi', '{}');
+      PERFORM pg_catalog.set_config('bemi.context_emitted', 'f', true);
+    END IF;
+    RETURN NULL;
+  END IF;
+
   IF pg_catalog.right(query, 7) = ' Bemi*/' THEN
     -- Fast path: the first '/*Bemi ' opens a comment that ends the query, without any '*'.
     opening := pg_catalog.strpos(query, '/*Bemi ');
@@ -120,11 +131,18 @@ AS $bemi$
   WHERE c.oid = relation
 $bemi$;
 
--- Installs the trigger on one table (if missing); when asked, sets REPLICA IDENTITY FULL, which
+-- Earlier signatures (without the comment_trigger choice): replaced, not overloaded.
+DROP PROCEDURE IF EXISTS _bemi_create_triggers(boolean);
+DROP FUNCTION IF EXISTS _bemi_track_table(oid, boolean);
+
+-- Installs the trigger on one table (if missing; or removes it when comment_trigger is false:
+-- every writer then carries its context as the adapters' message, and writes pay nothing for
+-- tracking on the server); when asked, sets REPLICA IDENTITY FULL, which
 -- gives the capture worker full before-images of updated and deleted rows; and adds the table to
 -- the capture worker's publications (those it marked with the comment 'bemi-rs'), so that its
 -- changes are streamed from its creation on. Partitions are published through their root.
-CREATE OR REPLACE FUNCTION _bemi_track_table(relation oid, replica_identity_full boolean)
+CREATE OR REPLACE FUNCTION _bemi_track_table(relation oid, replica_identity_full boolean,
+                                              comment_trigger boolean)
 RETURNS void
 LANGUAGE plpgsql
 SET search_path FROM CURRENT
@@ -135,12 +153,15 @@ BEGIN
   IF NOT coalesce(_bemi_is_trackable(relation), false) THEN
     RETURN;
   END IF;
-  IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_trigger
+  IF comment_trigger AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_trigger
                   WHERE tgrelid = relation AND tgname = '_bemi_statement_trigger') THEN
     EXECUTE pg_catalog.format(
       'CREATE TRIGGER _bemi_statement_trigger BEFORE INSERT OR UPDATE OR DELETE OR TRUNCATE ON %s '
       'FOR EACH STATEMENT EXECUTE FUNCTION _bemi_statement_trigger_func()',
       relation::pg_catalog.regclass);
+  ELSIF NOT comment_trigger THEN
+    EXECUTE pg_catalog.format('DROP TRIGGER IF EXISTS _bemi_statement_trigger ON %s',
+                              relation::pg_catalog.regclass);
   END IF;
   IF replica_identity_full AND (SELECT relreplident FROM pg_catalog.pg_class WHERE oid = relation) <> 'f' THEN
     EXECUTE pg_catalog.format('ALTER TABLE %s REPLICA IDENTITY FULL', relation::pg_catalog.regclass);
@@ -168,7 +189,9 @@ $bemi$;
 
 -- Tracks every ordinary and partitioned table of every non-system schema. Call it again after
 -- creating tables if the event trigger below could not be installed.
-CREATE OR REPLACE PROCEDURE _bemi_create_triggers(replica_identity_full boolean DEFAULT {{REPLICA_IDENTITY_FULL}})
+CREATE OR REPLACE PROCEDURE _bemi_create_triggers(
+  replica_identity_full boolean DEFAULT {{REPLICA_IDENTITY_FULL}},
+  comment_trigger boolean DEFAULT {{COMMENT_TRIGGER}})
 LANGUAGE plpgsql
 SET search_path FROM CURRENT
 AS $bemi$
@@ -180,7 +203,7 @@ BEGIN
      WHERE c.relkind IN ('r', 'p') AND _bemi_is_trackable(c.oid)
      ORDER BY c.oid
   LOOP
-    PERFORM _bemi_track_table(relation, replica_identity_full);
+    PERFORM _bemi_track_table(relation, replica_identity_full, comment_trigger);
   END LOOP;
 END;
 $bemi$;
@@ -201,7 +224,7 @@ BEGIN
      WHERE classid = 'pg_catalog.pg_class'::pg_catalog.regclass AND object_type = 'table'
   LOOP
     BEGIN
-      PERFORM _bemi_track_table(created.objid, {{REPLICA_IDENTITY_FULL}});
+      PERFORM _bemi_track_table(created.objid, {{REPLICA_IDENTITY_FULL}}, {{COMMENT_TRIGGER}});
     EXCEPTION WHEN OTHERS THEN
       RAISE WARNING 'bemi: could not track new table %: % (%). Run CALL _bemi_create_triggers(); as the table owner.',
         created.objid::pg_catalog.regclass, SQLERRM, SQLSTATE;

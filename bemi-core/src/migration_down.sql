@@ -7,6 +7,9 @@ DROP PROCEDURE IF EXISTS _bemi_record_schemas();
 DROP FUNCTION IF EXISTS _bemi_schema_json(oid);
 DROP FUNCTION IF EXISTS _bemi_type_json(oid);
 DROP FUNCTION IF EXISTS _bemi_create_table_trigger_func();
+DROP PROCEDURE IF EXISTS _bemi_create_triggers(boolean, boolean);
+DROP FUNCTION IF EXISTS _bemi_track_table(oid, boolean, boolean);
+-- Signatures of earlier versions.
 DROP PROCEDURE IF EXISTS _bemi_create_triggers(boolean);
 DROP FUNCTION IF EXISTS _bemi_track_table(oid, boolean);
 DROP FUNCTION IF EXISTS _bemi_is_trackable(oid);

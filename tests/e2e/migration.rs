@@ -149,3 +149,55 @@ async fn worker_tables_and_unlogged_tables_are_not_tracked(
     Ok(())
 }
 e2e_test!(worker_tables_and_unlogged_tables_are_not_tracked);
+
+/// Without the comment trigger, tables are still tracked (REPLICA IDENTITY FULL, now and for
+/// later tables) but carry no trigger: only the adapters' messages carry contexts, a comment is
+/// ignored. Switching back installs the triggers again, and `down` removes everything.
+async fn without_the_comment_trigger_only_messages_carry_contexts(
+    cluster: Arc<TestCluster>,
+) -> TestResult {
+    use bemi_core::carrier::Carrier;
+
+    let db = cluster
+        .tracked_database(
+            "migration_no_comment_trigger",
+            "CREATE TABLE todo (id bigserial PRIMARY KEY, task text)",
+        )
+        .await?;
+    ensure!(tracked_tables(&db).await? == ["todo"]);
+    let options = MigrationOptions::default().comment_trigger(false);
+    bemi_sqlx::migration::migrate(&db.pool, options).await?;
+    db.exec("CREATE TABLE later (id int PRIMARY KEY)").await?;
+    let left = tracked_tables(&db).await?;
+    ensure!(left.is_empty(), "triggers left: {left:?}");
+    ensure!(db.replica_identity("later").await? == "f");
+
+    let slot = db.wal_slot().await?;
+    context::scope(
+        ctx(json!({"user_id": 5})),
+        sqlx::query("INSERT INTO todo (task) VALUES ('by message')")
+            .execute(&db.bemi_pool().carrier(Carrier::Message)),
+    )
+    .await?;
+    context::scope(
+        ctx(json!({"user_id": 6})),
+        sqlx::query("INSERT INTO later (id) VALUES (1)")
+            .execute(&db.bemi_pool().carrier(Carrier::Comment)),
+    )
+    .await?;
+    let entries = slot.read().await?;
+    let contexts = bemi_contexts(&entries)?;
+    ensure!(
+        contexts.len() == 1 && contexts[0]["user_id"] == 5,
+        "{entries:#?}"
+    );
+    ensure!(changes(&entries).len() == 2, "{entries:#?}");
+
+    db.migrate().await?;
+    ensure!(tracked_tables(&db).await? == ["later", "todo"]);
+    bemi_sqlx::migration::migrate_down(&db.pool).await?;
+    let left = bemi_objects(&db).await?;
+    ensure!(left.is_empty(), "left behind: {left:?}");
+    Ok(())
+}
+e2e_test!(without_the_comment_trigger_only_messages_carry_contexts);
