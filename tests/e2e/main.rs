@@ -58,6 +58,7 @@ mod hostile;
 mod hostile_input;
 mod keep_alive;
 mod launcher;
+mod lines;
 mod migration;
 mod minimal_examples;
 mod nats;
