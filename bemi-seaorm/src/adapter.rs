@@ -53,13 +53,6 @@ impl BemiConnection {
     pub fn into_inner(self) -> DatabaseConnection {
         self.inner
     }
-
-    /// A transaction with `json` emitted in it, for one write outside a transaction.
-    async fn begin_emitting(&self, json: &str) -> Result<DatabaseTransaction, DbErr> {
-        let transaction = self.inner.begin().await?;
-        compat::execute(&transaction, emission(json)).await?;
-        Ok(transaction)
-    }
 }
 
 impl From<DatabaseConnection> for BemiConnection {
@@ -68,8 +61,19 @@ impl From<DatabaseConnection> for BemiConnection {
     }
 }
 
+/// A transaction of `connection` with `json` emitted in it, for one write outside a transaction.
+async fn begin_emitting(
+    connection: &DatabaseConnection,
+    json: &str,
+) -> Result<DatabaseTransaction, DbErr> {
+    let transaction = connection.begin().await?;
+    compat::execute(&transaction, emission(json)).await?;
+    Ok(transaction)
+}
+
 /// Runs `$write` on the connection, wrapped with the emission of `$sql`'s context if it needs
-/// one: `$write` is an expression of `$on`, the connection or the wrapping transaction.
+/// one: `$write` is an expression of `$on`, the connection or the wrapping transaction (it
+/// owns what it uses: `compat::run_to_end` may run it in a task of its own).
 macro_rules! autocommit {
     ($self:ident, $sql:expr, |$on:ident| $write:expr) => {
         match carrier::message_json($sql) {
@@ -78,13 +82,17 @@ macro_rules! autocommit {
                 $write.await
             }
             Some(json) => {
-                let transaction = $self.begin_emitting(&json).await?;
-                let result = {
-                    let $on = &transaction;
-                    $write.await?
-                };
-                transaction.commit().await?;
-                Ok(result)
+                let connection = $self.inner.clone();
+                compat::run_to_end(async move {
+                    let transaction = begin_emitting(&connection, &json).await?;
+                    let result = {
+                        let $on = &transaction;
+                        $write.await?
+                    };
+                    transaction.commit().await?;
+                    Ok(result)
+                })
+                .await
             }
         }
     };
@@ -98,7 +106,8 @@ impl BemiConnection {
     }
 
     async fn execute_unprepared_sql(&self, sql: &str) -> Result<ExecResult, DbErr> {
-        autocommit!(self, sql, |on| on.execute_unprepared(sql))
+        let owned = sql.to_owned();
+        autocommit!(self, sql, |on| on.execute_unprepared(&owned))
     }
 
     async fn query_one_statement(&self, stmt: Statement) -> Result<Option<QueryResult>, DbErr> {

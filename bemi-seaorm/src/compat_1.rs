@@ -3,6 +3,8 @@
 //! `DatabaseTransaction` — which could not carry a context — so the wrappers begin their
 //! transactions with methods of their own (same names and arguments) instead of that trait.
 
+use std::future::Future;
+
 use sea_orm::{ConnectionTrait, DbErr, ExecResult, QueryResult, Statement};
 
 use super::sea_orm;
@@ -26,6 +28,22 @@ pub(super) async fn query_all<C: ConnectionTrait>(
     stmt: Statement,
 ) -> Result<Vec<QueryResult>, DbErr> {
     on.query_all(stmt).await
+}
+
+/// Runs `write` (a write outside a transaction, in one of its own) to its end in a task of its
+/// own, even if this future is dropped.
+///
+/// sqlx 0.8 counts a transaction only once its `BEGIN` has been answered: a future dropped
+/// while the `BEGIN` is on its way leaves the server in a transaction that nothing rolls back,
+/// and the pool lends that connection to a next user whose writes run in it and are lost with
+/// it (sqlx 0.9.1 fixed this). So a dropped write here may still run — with its own context,
+/// as a write may have when dropped anyway — but never leaves a transaction open.
+pub(super) async fn run_to_end<T: Send + 'static>(
+    write: impl Future<Output = Result<T, DbErr>> + Send + 'static,
+) -> Result<T, DbErr> {
+    tokio::spawn(write)
+        .await
+        .map_err(|error| DbErr::Custom(format!("bemi-seaorm: the write's task failed: {error}")))?
 }
 
 /// `ConnectionTrait` for a wrapper, through its `execute_statement` etc.

@@ -2,6 +2,8 @@
 //! `begin` returns a [`BemiTransaction`](super::BemiTransaction)), `TransactionSession`,
 //! `StreamTrait::stream_raw`.
 
+use std::future::Future;
+
 use sea_orm::{ConnectionTrait, DbErr, ExecResult, QueryResult, Statement};
 
 use super::sea_orm;
@@ -25,6 +27,14 @@ pub(super) async fn query_all<C: ConnectionTrait>(
     stmt: Statement,
 ) -> Result<Vec<QueryResult>, DbErr> {
     on.query_all_raw(stmt).await
+}
+
+/// Runs `write` (a write outside a transaction, in one of its own) here: a dropped future
+/// rolls its transaction back (sqlx 0.9.1 queues the `ROLLBACK`, even of a dropped `BEGIN`).
+pub(super) async fn run_to_end<T>(
+    write: impl Future<Output = Result<T, DbErr>> + Send + 'static,
+) -> Result<T, DbErr> {
+    write.await
 }
 
 /// `ConnectionTrait` for a wrapper, through its `execute_statement` etc.

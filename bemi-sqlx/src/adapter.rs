@@ -41,7 +41,7 @@ pub use bemi_core::carrier::Carrier;
 pub struct Annotated<E>(pub E);
 
 /// A query taken apart, to run as it is (its message carried beside it) or with its SQL
-/// annotated (`compat::run_annotated`). Its `Execute` implementation is the line's
+/// annotated (`compat::fetch_many_with_sql`). Its `Execute` implementation is the line's
 /// (`compat`).
 pub(super) struct TakenQuery<'q> {
     pub(super) sql: QuerySql<'q>,
@@ -139,16 +139,27 @@ async fn emit_in_transaction(
 
 /// Runs a write with a context outside a transaction: in a transaction of its own, opened
 /// together with the emission, its results read whole before the commit.
+///
+/// If this future is dropped midway, the connection must not go back to the pool inside that
+/// transaction: sqlx 0.9.1 rolls it back, sqlx 0.8 cannot once its `BEGIN` is sent, so on 0.8
+/// the connection is closed instead (`compat::CloseIfDropped`).
 async fn autocommit(
-    conn: &mut PgConnection,
+    conn: &mut PoolConnection<Postgres>,
     json: &str,
     query: TakenQuery<'_>,
 ) -> Result<Vec<Either<PgQueryResult, PgRow>>, Error> {
-    let begin = carrier::begin_and_emit_sql(json);
-    let mut tx = compat::begin_with(conn, begin).await?;
-    let results = (&mut *tx).fetch_many(query).try_collect().await?;
-    tx.commit().await?;
-    Ok(results)
+    let mut guard = compat::CloseIfDropped::new(conn);
+    let results = async {
+        let begin = carrier::begin_and_emit_sql(json);
+        let mut tx = compat::begin_with(guard.conn(), begin).await?;
+        let results = (&mut *tx).fetch_many(query).try_collect().await?;
+        tx.commit().await?;
+        Ok(results)
+    }
+    .await;
+    // Ran to its end (an error rolled the transaction back).
+    guard.defuse();
+    results
 }
 
 /// Where a [`Carrier::Message`] executor runs its queries.
@@ -156,7 +167,7 @@ enum Target<'c> {
     /// A pool: each write with a context gets a connection and a transaction of its own.
     Pool(&'c PgPool),
     /// A connection outside a transaction.
-    Connection(&'c mut PgConnection),
+    Connection(&'c mut PoolConnection<Postgres>),
     /// A connection inside a transaction; `emitted` notes that a context was emitted in it.
     Transaction(&'c mut PgConnection, &'c mut bool),
 }
@@ -175,7 +186,7 @@ impl<'c> Target<'c> {
         if let Carried::Read = carried {
             return match self {
                 Target::Pool(pool) => pool.fetch_many(query),
-                Target::Connection(conn) => conn.fetch_many(query),
+                Target::Connection(conn) => (&mut **conn).fetch_many(query),
                 Target::Transaction(conn, emitted) => {
                     *emitted |= carrier::may_undo_emissions(query.text());
                     conn.fetch_many(query)
@@ -196,11 +207,11 @@ impl<'c> Target<'c> {
                         Ok(futures_util::stream::iter(results.into_iter().map(Ok)).boxed())
                     }
                     (Target::Connection(conn), Some(json)) => {
-                        let results = autocommit(&mut *conn, &json, query).await?;
+                        let results = autocommit(conn, &json, query).await?;
                         Ok(futures_util::stream::iter(results.into_iter().map(Ok)).boxed())
                     }
                     (Target::Pool(pool), None) => Ok(pool.fetch_many(query)),
-                    (Target::Connection(conn), None) => Ok(conn.fetch_many(query)),
+                    (Target::Connection(conn), None) => Ok((&mut **conn).fetch_many(query)),
                 }
             })
             .try_flatten(),
@@ -217,7 +228,7 @@ impl<'c> Target<'c> {
         if let Carried::Read = carried {
             return match self {
                 Target::Pool(pool) => pool.fetch_optional(query),
-                Target::Connection(conn) => conn.fetch_optional(query),
+                Target::Connection(conn) => (&mut **conn).fetch_optional(query),
                 Target::Transaction(conn, emitted) => {
                     *emitted |= carrier::may_undo_emissions(query.text());
                     conn.fetch_optional(query)
@@ -242,7 +253,7 @@ impl<'c> Target<'c> {
                     autocommit(conn, &json, query).await.map(first_row)
                 }
                 (Target::Pool(pool), None) => pool.fetch_optional(query).await,
-                (Target::Connection(conn), None) => conn.fetch_optional(query).await,
+                (Target::Connection(conn), None) => (&mut **conn).fetch_optional(query).await,
             }
         })
     }
@@ -257,9 +268,8 @@ impl<'c> Target<'c> {
     {
         match self {
             Target::Pool(pool) => pool.prepare_with(sql, parameters),
-            Target::Connection(conn) | Target::Transaction(conn, _) => {
-                conn.prepare_with(sql, parameters)
-            }
+            Target::Connection(conn) => (&mut **conn).prepare_with(sql, parameters),
+            Target::Transaction(conn, _) => conn.prepare_with(sql, parameters),
         }
     }
 
@@ -272,7 +282,8 @@ impl<'c> Target<'c> {
     {
         match self {
             Target::Pool(pool) => pool.describe(sql),
-            Target::Connection(conn) | Target::Transaction(conn, _) => conn.describe(sql),
+            Target::Connection(conn) => (&mut **conn).describe(sql),
+            Target::Transaction(conn, _) => conn.describe(sql),
         }
     }
 }

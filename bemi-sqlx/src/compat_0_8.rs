@@ -10,6 +10,7 @@ use futures_util::StreamExt as _;
 use futures_util::future::BoxFuture;
 use futures_util::stream::BoxStream;
 use sqlx::error::BoxDynError;
+use sqlx::pool::PoolConnection;
 use sqlx::postgres::{PgArguments, PgQueryResult, PgRow};
 use sqlx::{Either, Error, Execute, Executor, PgConnection, Postgres, Transaction};
 pub(super) use sqlx_postgres::{PgStatement, PgTypeInfo};
@@ -87,6 +88,41 @@ where
     'c: 'e,
 {
     Box::pin(async move { inner.fetch_optional(lend(query, &sql)).await })
+}
+
+/// A pooled connection lent to a write outside a transaction, closed instead of going back to
+/// the pool if the write is dropped before its end ([`defuse`](Self::defuse)).
+///
+/// sqlx 0.8 counts a transaction only once its `BEGIN` has been answered: a future dropped
+/// while the `BEGIN` is on its way leaves the server in a transaction that nothing rolls back,
+/// and the pool would lend that connection to a next user whose writes then run in it and are
+/// lost with it (sqlx 0.9.1 fixed this). Closing the connection ends that transaction.
+pub(super) struct CloseIfDropped<'a> {
+    conn: &'a mut PoolConnection<Postgres>,
+    done: bool,
+}
+
+impl<'a> CloseIfDropped<'a> {
+    pub(super) fn new(conn: &'a mut PoolConnection<Postgres>) -> Self {
+        Self { conn, done: false }
+    }
+
+    pub(super) fn conn(&mut self) -> &mut PgConnection {
+        self.conn
+    }
+
+    /// The write ran to its end: the connection may go back to the pool.
+    pub(super) fn defuse(mut self) {
+        self.done = true;
+    }
+}
+
+impl Drop for CloseIfDropped<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            self.conn.close_on_drop();
+        }
+    }
 }
 
 /// Begins a transaction with `begin`, a statement that opens it.

@@ -4,6 +4,7 @@
 use futures_util::future::BoxFuture;
 use futures_util::stream::BoxStream;
 use sqlx::error::BoxDynError;
+use sqlx::pool::PoolConnection;
 use sqlx::postgres::{PgArguments, PgQueryResult, PgRow};
 use sqlx::{
     AssertSqlSafe, Either, Error, Execute, Executor, PgConnection, Postgres, SqlSafeStr, SqlStr,
@@ -73,6 +74,24 @@ where
 {
     query.sql = AssertSqlSafe(sql).into_sql_str();
     inner.fetch_optional(query)
+}
+
+/// A pooled connection lent to a write outside a transaction. Nothing to do on sqlx 0.9.1: a
+/// dropped `BEGIN` (or transaction) queues its `ROLLBACK`, which goes out before the pool
+/// lends the connection again.
+pub(super) struct CloseIfDropped<'a>(&'a mut PoolConnection<Postgres>);
+
+impl<'a> CloseIfDropped<'a> {
+    pub(super) fn new(conn: &'a mut PoolConnection<Postgres>) -> Self {
+        Self(conn)
+    }
+
+    pub(super) fn conn(&mut self) -> &mut PgConnection {
+        self.0
+    }
+
+    /// The write ran to its end.
+    pub(super) fn defuse(self) {}
 }
 
 /// Begins a transaction with `begin`, a statement that opens it.

@@ -850,6 +850,33 @@ crate::lines::sqlx_lines! {
     }
     e2e_test!(sqlx_write_dropped_after_its_emission_leaves_no_context_behind);
 
+    /// sqlx 0.8: a write outside a transaction (the message carrier's, in one of its own)
+    /// dropped while its `BEGIN` was on its way left the server in a transaction sqlx did not
+    /// count; the pool lent that connection to its next user, whose write ran in it and was
+    /// lost. (sqlx 0.9.1 rolls it back; on 0.8 the adapter closes the connection.)
+    async fn sqlx_write_dropped_during_its_begin_leaves_no_transaction_open(
+        cluster: Arc<TestCluster>,
+    ) -> TestResult {
+        let db = todo_db(&cluster, "cancel_begin_sqlx").await?;
+        let proxy = Proxy::start(&db.url).await?;
+        let pool = sqlx_pool(&proxy.url, Carrier::Message).await?;
+        let slot = db.wal_slot().await?;
+        let mut conn = pool.acquire().await?;
+        drop_while_held(
+            &proxy,
+            Given::A.scope(async { sqlx::query(INSERT).bind("dropped").execute(&mut conn).await }),
+        )
+        .await?;
+        drop(conn);
+        // The pool's next user, without the adapter.
+        sqlx::query(INSERT)
+            .bind("after")
+            .execute(pool.inner())
+            .await?;
+        assert_rows(&slot.read().await?, &[("after", None)])
+    }
+    e2e_test!(sqlx_write_dropped_during_its_begin_leaves_no_transaction_open);
+
     /// Writes `case`'s steps through `pool` (in one transaction, or each on its own), then the
     /// pool's next user: a transaction with B and nothing, and B and nothing outside one.
     async fn sqlx_cancelled_writes_keep_every_row_to_its_own_context(
@@ -954,6 +981,34 @@ crate::lines::seaorm_lines! {
         assert_rows(&slot.read().await?, &[("warm", Some("A")), ("after", None)])
     }
     e2e_test!(seaorm_write_dropped_after_its_emission_leaves_no_context_behind);
+
+    /// SeaORM 1.1 (sqlx 0.8): a write outside a transaction dropped while the `BEGIN` of the
+    /// transaction it runs in was on its way left the server in that transaction; the pool's
+    /// next user wrote in it and lost its write. A dropped write may still run (with its own
+    /// context); the next write is committed.
+    async fn seaorm_write_dropped_during_its_begin_leaves_no_transaction_open(
+        cluster: Arc<TestCluster>,
+    ) -> TestResult {
+        let db = todo_db(&cluster, "cancel_begin_seaorm").await?;
+        let proxy = Proxy::start(&db.url).await?;
+        let orm = seaorm(&proxy.url).await?;
+        let slot = db.wal_slot().await?;
+        let mut writes = Vec::new();
+        for n in 0..20 {
+            let dropped = next_task("begin");
+            let _ = run(
+                Given::A.scope(line::execute(&orm, seaorm_insert(&dropped))),
+                Cancel::AfterPolls(n % 4),
+            )
+            .await;
+            writes.push(written(&dropped, Given::A, false));
+            let after = next_task("after");
+            line::execute(&orm, seaorm_insert(&after)).await?;
+            writes.push(written(&after, Given::Nothing, true));
+        }
+        judge(&slot.read().await?, &writes)
+    }
+    e2e_test!(seaorm_write_dropped_during_its_begin_leaves_no_transaction_open);
 
     /// A one-connection SeaORM pool of `url`, wrapped.
     async fn seaorm(url: &str) -> anyhow::Result<bemi_seaorm::BemiConnection> {
