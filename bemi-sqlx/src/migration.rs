@@ -9,6 +9,8 @@
 //! # Ok(()) }
 //! ```
 
+use super::{compat, sqlx};
+
 /// The migration's choices; re-exported from [`bemi_core::migration`].
 pub use bemi_core::migration::MigrationOptions;
 
@@ -48,8 +50,6 @@ async fn run_in_locked_transaction(pool: &sqlx::PgPool, sql: String) -> Result<(
     sqlx::query("SELECT pg_advisory_xact_lock(hashtext('bemi-rs migration'))")
         .execute(&mut *tx)
         .await?;
-    sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
-        .execute(&mut *tx)
-        .await?;
+    compat::execute_raw(&mut tx, sql).await?;
     tx.commit().await
 }

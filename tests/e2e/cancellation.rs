@@ -22,7 +22,6 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, ensure};
 use bemi_core::carrier::Carrier;
 use bemi_core::context;
-use bemi_sqlx::BemiPool;
 use bemi_tests::proxy::FaultProxy;
 use bemi_tests::{TestCluster, TestResult, WalEntry, ctx, todo_db};
 use bemi_tokio_postgres::{BemiClient, BorrowedClient, BorrowedTransaction};
@@ -323,48 +322,8 @@ where
     Ok(())
 }
 
-/// A one-connection sqlx pool of `url`, wrapped.
-async fn sqlx_pool(url: &str, carrier: Carrier) -> anyhow::Result<BemiPool> {
-    Ok(BemiPool::connect_with(
-        sqlx::postgres::PgPoolOptions::new().max_connections(1),
-        url.parse()?,
-    )
-    .await?
-    .carrier(carrier))
-}
-
 // ---------------------------------------------------------------------------------------------
 // Regression tests.
-
-/// sqlx: a write dropped while its emission's response is awaited (the emission already sent
-/// and run) left its context in effect but unnoted, so the next write without a context did not
-/// reset it and inherited it.
-async fn sqlx_write_dropped_after_its_emission_leaves_no_context_behind(
-    cluster: Arc<TestCluster>,
-) -> TestResult {
-    let db = todo_db(&cluster, "cancel_sqlx").await?;
-    let proxy = Proxy::start(&db.url).await?;
-    let pool = sqlx_pool(&proxy.url, Carrier::Message).await?;
-    let slot = db.wal_slot().await?;
-    // The emission's statement is prepared on the connection first, so that a later emission
-    // goes out in one poll.
-    let mut tx = pool.begin().await?;
-    Given::A
-        .scope(async { sqlx::query(INSERT).bind("warm").execute(&mut tx).await })
-        .await?;
-    tx.commit().await?;
-
-    let mut tx = pool.begin().await?;
-    drop_while_held(
-        &proxy,
-        Given::A.scope(async { sqlx::query(INSERT).bind("dropped").execute(&mut tx).await }),
-    )
-    .await?;
-    sqlx::query(INSERT).bind("after").execute(&mut tx).await?;
-    tx.commit().await?;
-    assert_rows(&slot.read().await?, &[("warm", Some("A")), ("after", None)])
-}
-e2e_test!(sqlx_write_dropped_after_its_emission_leaves_no_context_behind);
 
 /// tokio-postgres: a write whose emission and statement were sent, dropped before their
 /// responses, left its context in effect but unnoted (owned and borrowed transactions).
@@ -460,36 +419,6 @@ async fn tokio_postgres_failed_batch_dropped_leaves_no_transaction_open(
     )
 }
 e2e_test!(tokio_postgres_failed_batch_dropped_leaves_no_transaction_open);
-
-/// SeaORM: a write dropped while its emission's response is awaited left its context in
-/// effect but unnoted.
-async fn seaorm_write_dropped_after_its_emission_leaves_no_context_behind(
-    cluster: Arc<TestCluster>,
-) -> TestResult {
-    use sea_orm::{ConnectionTrait as _, TransactionSession as _, TransactionTrait as _};
-
-    let db = todo_db(&cluster, "cancel_seaorm").await?;
-    let proxy = Proxy::start(&db.url).await?;
-    let orm = seaorm(&proxy.url).await?;
-    let slot = db.wal_slot().await?;
-    // The emission's and the insert's statements are cached on the connection first.
-    let tx = orm.begin().await?;
-    Given::A
-        .scope(async { tx.execute_raw(seaorm_insert("warm")).await })
-        .await?;
-    tx.commit().await?;
-
-    let tx = orm.begin().await?;
-    drop_while_held(
-        &proxy,
-        Given::A.scope(async { tx.execute_raw(seaorm_insert("dropped")).await }),
-    )
-    .await?;
-    tx.execute_raw(seaorm_insert("after")).await?;
-    tx.commit().await?;
-    assert_rows(&slot.read().await?, &[("warm", Some("A")), ("after", None)])
-}
-e2e_test!(seaorm_write_dropped_after_its_emission_leaves_no_context_behind);
 
 /// diesel-async: a write without a context noted the reset it needed as done when its future
 /// was made, so a future dropped before sending it left the earlier context in effect.
@@ -625,78 +554,6 @@ fn written(task: &str, given: Given, finished: bool) -> Written {
 
 // ---------------------------------------------------------------------------------------------
 // Property tests.
-
-/// Writes `case`'s steps through `pool` (in one transaction, or each on its own), then the
-/// pool's next user: a transaction with B and nothing, and B and nothing outside one.
-async fn sqlx_cancelled_writes_keep_every_row_to_its_own_context(
-    cluster: Arc<TestCluster>,
-) -> TestResult {
-    let db = todo_db(&cluster, "cancel_prop_sqlx").await?;
-    let slot = Arc::new(db.wal_slot().await?);
-    let proxy = Proxy::start(&db.url).await?;
-    let pools = Arc::new([
-        sqlx_pool(&proxy.url, Carrier::Auto).await?,
-        sqlx_pool(&proxy.url, Carrier::Message).await?,
-        sqlx_pool(&proxy.url, Carrier::Comment).await?,
-    ]);
-    check_cases("sqlx", proxy, move |case| {
-        let (slot, pools) = (Arc::clone(&slot), Arc::clone(&pools));
-        async move {
-            let pool = &pools[usize::from(case.variant % 3)];
-            let returning = case.variant & 4 != 0;
-            let mut writes = Vec::new();
-            if case.in_transaction {
-                let mut tx = pool.begin().await?;
-                run_steps(&case.steps, "s", &mut writes, async |task| {
-                    sqlx_write(Target::Tx(&mut tx), returning, task).await
-                })
-                .await?;
-                tx.commit().await?;
-            } else {
-                run_steps(&case.steps, "s", &mut writes, async |task| {
-                    sqlx_write(Target::Pool(pool), returning, task).await
-                })
-                .await?;
-            }
-            // The pool's next user of the connection.
-            let mut tx = pool.begin().await?;
-            for given in [Given::B, Given::Nothing] {
-                let task = next_task("next");
-                given
-                    .scope(sqlx_write(Target::Tx(&mut tx), returning, task.clone()))
-                    .await?;
-                writes.push(written(&task, given, true));
-            }
-            tx.commit().await?;
-            for given in [Given::B, Given::Nothing] {
-                let task = next_task("next");
-                given
-                    .scope(sqlx_write(Target::Pool(pool), returning, task.clone()))
-                    .await?;
-                writes.push(written(&task, given, true));
-            }
-            judge(&slot.read().await?, &writes)
-        }
-    })
-    .await
-}
-e2e_test!(sqlx_cancelled_writes_keep_every_row_to_its_own_context);
-
-/// Where a sqlx write of the property test runs.
-enum Target<'a> {
-    Pool(&'a BemiPool),
-    Tx(&'a mut bemi_sqlx::BemiTransaction<'static>),
-}
-
-/// A sqlx insert of `task` (with `RETURNING` when `returning`).
-async fn sqlx_write(on: Target<'_>, returning: bool, task: String) -> Result<(), sqlx::Error> {
-    let query = if returning { INSERT_RETURNING } else { INSERT };
-    match on {
-        Target::Pool(pool) => sqlx::query(query).bind(task).execute(pool).await,
-        Target::Tx(tx) => sqlx::query(query).bind(task).execute(tx).await,
-    }
-    .map(drop)
-}
 
 /// A tokio-postgres write by one of the methods (by `method`): `execute` of the text,
 /// `query` of a `RETURNING` text, `execute` of a prepared statement, `batch_execute`.
@@ -851,83 +708,6 @@ fn deadpool(url: &str) -> anyhow::Result<deadpool_postgres::Pool> {
         .build()?)
 }
 
-/// A one-connection SeaORM pool of `url`, wrapped.
-async fn seaorm(url: &str) -> anyhow::Result<bemi_seaorm::BemiConnection> {
-    let mut options = sea_orm::ConnectOptions::new(url);
-    options.max_connections(1).min_connections(1);
-    Ok(bemi_seaorm::BemiConnection::new(
-        sea_orm::Database::connect(options).await?,
-    ))
-}
-
-fn seaorm_insert(task: &str) -> sea_orm::Statement {
-    sea_orm::Statement::from_sql_and_values(sea_orm::DbBackend::Postgres, INSERT, [task.into()])
-}
-
-/// A SeaORM write by one of the methods (by `method`): `execute_raw`, `query_one_raw` of a
-/// `RETURNING` statement, `execute_unprepared`.
-async fn seaorm_write<C: sea_orm::ConnectionTrait>(
-    on: &C,
-    method: u8,
-    task: String,
-) -> Result<(), sea_orm::DbErr> {
-    match method % 3 {
-        0 => on.execute_raw(seaorm_insert(&task)).await.map(drop),
-        1 => on
-            .query_one_raw(sea_orm::Statement::from_sql_and_values(
-                sea_orm::DbBackend::Postgres,
-                INSERT_RETURNING,
-                [task.into()],
-            ))
-            .await
-            .map(drop),
-        _ => on
-            .execute_unprepared(&format!("INSERT INTO todo (task) VALUES ('{task}')"))
-            .await
-            .map(drop),
-    }
-}
-
-/// Writes `case`'s steps through a one-connection SeaORM pool, then the pool's next user.
-async fn seaorm_cancelled_writes_keep_every_row_to_its_own_context(
-    cluster: Arc<TestCluster>,
-) -> TestResult {
-    use sea_orm::{TransactionSession as _, TransactionTrait as _};
-
-    let db = todo_db(&cluster, "cancel_prop_seaorm").await?;
-    let slot = Arc::new(db.wal_slot().await?);
-    let proxy = Proxy::start(&db.url).await?;
-    let orm = seaorm(&proxy.url).await?;
-    check_cases("SeaORM", proxy, move |case| {
-        let (slot, orm) = (Arc::clone(&slot), orm.clone());
-        async move {
-            let method = case.variant;
-            let mut writes = Vec::new();
-            for (index, case) in [case, next_user()].iter().enumerate() {
-                // (The next user writes outside a transaction too.)
-                for in_transaction in [case.in_transaction, false].into_iter().take(1 + index) {
-                    if in_transaction {
-                        let tx = orm.begin().await?;
-                        run_steps(&case.steps, "o", &mut writes, async |task| {
-                            seaorm_write(&tx, method, task).await
-                        })
-                        .await?;
-                        tx.commit().await?;
-                    } else {
-                        run_steps(&case.steps, "o", &mut writes, async |task| {
-                            seaorm_write(&orm, method, task).await
-                        })
-                        .await?;
-                    }
-                }
-            }
-            judge(&slot.read().await?, &writes)
-        }
-    })
-    .await
-}
-e2e_test!(seaorm_cancelled_writes_keep_every_row_to_its_own_context);
-
 /// A diesel-async insert of `task` by one of the methods (by `method`): the DSL's `execute`
 /// (a cached statement), `sql_query` (prepared each time), the DSL's `get_result` (a load).
 fn diesel_insert<'c>(
@@ -1024,4 +804,286 @@ async fn diesel_case(
         AnsiTransactionManager::commit_transaction(&mut *conn).await?;
     }
     Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// sqlx, on each line (`sqlx_0_9::`, `sqlx_0_8::`): the regression test and the property test.
+
+crate::lines::sqlx_lines! {
+    /// A one-connection sqlx pool of `url`, wrapped.
+    async fn sqlx_pool(url: &str, carrier: Carrier) -> anyhow::Result<bemi_sqlx::BemiPool> {
+        Ok(bemi_sqlx::BemiPool::connect_with(
+            sqlx::postgres::PgPoolOptions::new().max_connections(1),
+            url.parse()?,
+        )
+        .await?
+        .carrier(carrier))
+    }
+
+    /// sqlx: a write dropped while its emission's response is awaited (the emission already sent
+    /// and run) left its context in effect but unnoted, so the next write without a context did not
+    /// reset it and inherited it.
+    async fn sqlx_write_dropped_after_its_emission_leaves_no_context_behind(
+        cluster: Arc<TestCluster>,
+    ) -> TestResult {
+        let db = todo_db(&cluster, "cancel_sqlx").await?;
+        let proxy = Proxy::start(&db.url).await?;
+        let pool = sqlx_pool(&proxy.url, Carrier::Message).await?;
+        let slot = db.wal_slot().await?;
+        // The emission's statement is prepared on the connection first, so that a later emission
+        // goes out in one poll.
+        let mut tx = pool.begin().await?;
+        Given::A
+            .scope(async { sqlx::query(INSERT).bind("warm").execute(&mut tx).await })
+            .await?;
+        tx.commit().await?;
+
+        let mut tx = pool.begin().await?;
+        drop_while_held(
+            &proxy,
+            Given::A.scope(async { sqlx::query(INSERT).bind("dropped").execute(&mut tx).await }),
+        )
+        .await?;
+        sqlx::query(INSERT).bind("after").execute(&mut tx).await?;
+        tx.commit().await?;
+        assert_rows(&slot.read().await?, &[("warm", Some("A")), ("after", None)])
+    }
+    e2e_test!(sqlx_write_dropped_after_its_emission_leaves_no_context_behind);
+
+    /// sqlx 0.8: a write outside a transaction (the message carrier's, in one of its own)
+    /// dropped while its `BEGIN` was on its way left the server in a transaction sqlx did not
+    /// count; the pool lent that connection to its next user, whose write ran in it and was
+    /// lost. (sqlx 0.9.1 rolls it back; on 0.8 the adapter closes the connection.)
+    async fn sqlx_write_dropped_during_its_begin_leaves_no_transaction_open(
+        cluster: Arc<TestCluster>,
+    ) -> TestResult {
+        let db = todo_db(&cluster, "cancel_begin_sqlx").await?;
+        let proxy = Proxy::start(&db.url).await?;
+        let pool = sqlx_pool(&proxy.url, Carrier::Message).await?;
+        let slot = db.wal_slot().await?;
+        let mut conn = pool.acquire().await?;
+        drop_while_held(
+            &proxy,
+            Given::A.scope(async { sqlx::query(INSERT).bind("dropped").execute(&mut conn).await }),
+        )
+        .await?;
+        drop(conn);
+        // The pool's next user, without the adapter.
+        sqlx::query(INSERT)
+            .bind("after")
+            .execute(pool.inner())
+            .await?;
+        assert_rows(&slot.read().await?, &[("after", None)])
+    }
+    e2e_test!(sqlx_write_dropped_during_its_begin_leaves_no_transaction_open);
+
+    /// Writes `case`'s steps through `pool` (in one transaction, or each on its own), then the
+    /// pool's next user: a transaction with B and nothing, and B and nothing outside one.
+    async fn sqlx_cancelled_writes_keep_every_row_to_its_own_context(
+        cluster: Arc<TestCluster>,
+    ) -> TestResult {
+        let db = todo_db(&cluster, "cancel_prop_sqlx").await?;
+        let slot = Arc::new(db.wal_slot().await?);
+        let proxy = Proxy::start(&db.url).await?;
+        let pools = Arc::new([
+            sqlx_pool(&proxy.url, Carrier::Auto).await?,
+            sqlx_pool(&proxy.url, Carrier::Message).await?,
+            sqlx_pool(&proxy.url, Carrier::Comment).await?,
+        ]);
+        check_cases("sqlx", proxy, move |case| {
+            let (slot, pools) = (Arc::clone(&slot), Arc::clone(&pools));
+            async move {
+                let pool = &pools[usize::from(case.variant % 3)];
+                let returning = case.variant & 4 != 0;
+                let mut writes = Vec::new();
+                if case.in_transaction {
+                    let mut tx = pool.begin().await?;
+                    run_steps(&case.steps, "s", &mut writes, async |task| {
+                        sqlx_write(Target::Tx(&mut tx), returning, task).await
+                    })
+                    .await?;
+                    tx.commit().await?;
+                } else {
+                    run_steps(&case.steps, "s", &mut writes, async |task| {
+                        sqlx_write(Target::Pool(pool), returning, task).await
+                    })
+                    .await?;
+                }
+                // The pool's next user of the connection.
+                let mut tx = pool.begin().await?;
+                for given in [Given::B, Given::Nothing] {
+                    let task = next_task("next");
+                    given
+                        .scope(sqlx_write(Target::Tx(&mut tx), returning, task.clone()))
+                        .await?;
+                    writes.push(written(&task, given, true));
+                }
+                tx.commit().await?;
+                for given in [Given::B, Given::Nothing] {
+                    let task = next_task("next");
+                    given
+                        .scope(sqlx_write(Target::Pool(pool), returning, task.clone()))
+                        .await?;
+                    writes.push(written(&task, given, true));
+                }
+                judge(&slot.read().await?, &writes)
+            }
+        })
+        .await
+    }
+    e2e_test!(sqlx_cancelled_writes_keep_every_row_to_its_own_context);
+
+    /// Where a sqlx write of the property test runs.
+    enum Target<'a> {
+        Pool(&'a bemi_sqlx::BemiPool),
+        Tx(&'a mut bemi_sqlx::BemiTransaction<'static>),
+    }
+
+    /// A sqlx insert of `task` (with `RETURNING` when `returning`).
+    async fn sqlx_write(on: Target<'_>, returning: bool, task: String) -> Result<(), sqlx::Error> {
+        let query = if returning { INSERT_RETURNING } else { INSERT };
+        match on {
+            Target::Pool(pool) => sqlx::query(query).bind(task).execute(pool).await,
+            Target::Tx(tx) => sqlx::query(query).bind(task).execute(tx).await,
+        }
+        .map(drop)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// SeaORM, on each line (`seaorm_2::`, `seaorm_1::`): the regression test and the property test.
+
+crate::lines::seaorm_lines! {
+    /// SeaORM: a write dropped while its emission's response is awaited left its context in
+    /// effect but unnoted.
+    async fn seaorm_write_dropped_after_its_emission_leaves_no_context_behind(
+        cluster: Arc<TestCluster>,
+    ) -> TestResult {
+        let db = todo_db(&cluster, "cancel_seaorm").await?;
+        let proxy = Proxy::start(&db.url).await?;
+        let orm = seaorm(&proxy.url).await?;
+        let slot = db.wal_slot().await?;
+        // The emission's and the insert's statements are cached on the connection first.
+        let tx = orm.begin().await?;
+        Given::A
+            .scope(async { line::execute(&tx, seaorm_insert("warm")).await })
+            .await?;
+        tx.commit().await?;
+
+        let tx = orm.begin().await?;
+        drop_while_held(
+            &proxy,
+            Given::A.scope(async { line::execute(&tx, seaorm_insert("dropped")).await }),
+        )
+        .await?;
+        line::execute(&tx, seaorm_insert("after")).await?;
+        tx.commit().await?;
+        assert_rows(&slot.read().await?, &[("warm", Some("A")), ("after", None)])
+    }
+    e2e_test!(seaorm_write_dropped_after_its_emission_leaves_no_context_behind);
+
+    /// SeaORM 1.1 (sqlx 0.8): a write outside a transaction dropped while the `BEGIN` of the
+    /// transaction it runs in was on its way left the server in that transaction; the pool's
+    /// next user wrote in it and lost its write. A dropped write may still run (with its own
+    /// context); the next write is committed.
+    async fn seaorm_write_dropped_during_its_begin_leaves_no_transaction_open(
+        cluster: Arc<TestCluster>,
+    ) -> TestResult {
+        let db = todo_db(&cluster, "cancel_begin_seaorm").await?;
+        let proxy = Proxy::start(&db.url).await?;
+        let orm = seaorm(&proxy.url).await?;
+        let slot = db.wal_slot().await?;
+        let mut writes = Vec::new();
+        for n in 0..20 {
+            let dropped = next_task("begin");
+            let _ = run(
+                Given::A.scope(line::execute(&orm, seaorm_insert(&dropped))),
+                Cancel::AfterPolls(n % 4),
+            )
+            .await;
+            writes.push(written(&dropped, Given::A, false));
+            let after = next_task("after");
+            line::execute(&orm, seaorm_insert(&after)).await?;
+            writes.push(written(&after, Given::Nothing, true));
+        }
+        judge(&slot.read().await?, &writes)
+    }
+    e2e_test!(seaorm_write_dropped_during_its_begin_leaves_no_transaction_open);
+
+    /// A one-connection SeaORM pool of `url`, wrapped.
+    async fn seaorm(url: &str) -> anyhow::Result<bemi_seaorm::BemiConnection> {
+        let mut options = sea_orm::ConnectOptions::new(url);
+        options.max_connections(1).min_connections(1);
+        Ok(bemi_seaorm::BemiConnection::new(
+            sea_orm::Database::connect(options).await?,
+        ))
+    }
+
+    fn seaorm_insert(task: &str) -> sea_orm::Statement {
+        sea_orm::Statement::from_sql_and_values(sea_orm::DbBackend::Postgres, INSERT, [task.into()])
+    }
+
+    /// A SeaORM write by one of the methods (by `method`): `execute_raw`, `query_one_raw` of a
+    /// `RETURNING` statement, `execute_unprepared`.
+    async fn seaorm_write<C: sea_orm::ConnectionTrait>(
+        on: &C,
+        method: u8,
+        task: String,
+    ) -> Result<(), sea_orm::DbErr> {
+        match method % 3 {
+            0 => line::execute(on, seaorm_insert(&task)).await.map(drop),
+            1 => line::query_one(
+                on,
+                sea_orm::Statement::from_sql_and_values(
+                    sea_orm::DbBackend::Postgres,
+                    INSERT_RETURNING,
+                    [task.into()],
+                ),
+            )
+            .await
+                .map(drop),
+            _ => on
+                .execute_unprepared(&format!("INSERT INTO todo (task) VALUES ('{task}')"))
+                .await
+                .map(drop),
+        }
+    }
+
+    /// Writes `case`'s steps through a one-connection SeaORM pool, then the pool's next user.
+    async fn seaorm_cancelled_writes_keep_every_row_to_its_own_context(
+        cluster: Arc<TestCluster>,
+    ) -> TestResult {
+        let db = todo_db(&cluster, "cancel_prop_seaorm").await?;
+        let slot = Arc::new(db.wal_slot().await?);
+        let proxy = Proxy::start(&db.url).await?;
+        let orm = seaorm(&proxy.url).await?;
+        check_cases("SeaORM", proxy, move |case| {
+            let (slot, orm) = (Arc::clone(&slot), orm.clone());
+            async move {
+                let method = case.variant;
+                let mut writes = Vec::new();
+                for (index, case) in [case, next_user()].iter().enumerate() {
+                    // (The next user writes outside a transaction too.)
+                    for in_transaction in [case.in_transaction, false].into_iter().take(1 + index) {
+                        if in_transaction {
+                            let tx = orm.begin().await?;
+                            run_steps(&case.steps, "o", &mut writes, async |task| {
+                                seaorm_write(&tx, method, task).await
+                            })
+                            .await?;
+                            tx.commit().await?;
+                        } else {
+                            run_steps(&case.steps, "o", &mut writes, async |task| {
+                                seaorm_write(&orm, method, task).await
+                            })
+                            .await?;
+                        }
+                    }
+                }
+                judge(&slot.read().await?, &writes)
+            }
+        })
+        .await
+    }
+    e2e_test!(seaorm_cancelled_writes_keep_every_row_to_its_own_context);
 }

@@ -12,7 +12,7 @@ use bemi_tests::{TestCluster, TestResult, todo_db};
 use bemi_tokio_postgres::BemiClient;
 use serde_json::{Value, json};
 
-/// What every adapter must produce for the sequence of [`sqlx_sequence`] and
+/// What every adapter must produce for the sequence of `sqlx_sequence` and
 /// [`tokio_postgres_sequence`].
 fn expected() -> Vec<(String, Value)> {
     [
@@ -30,44 +30,6 @@ fn expected() -> Vec<(String, Value)> {
 }
 
 const INSERT: &str = "INSERT INTO todo (task) VALUES ($1)";
-
-/// One transaction through the sqlx adapter.
-async fn sqlx_sequence(pool: &bemi_sqlx::BemiPool) -> anyhow::Result<()> {
-    let mut tx = pool.begin().await?;
-    context::scope(json!({"user_id": 1}), async {
-        sqlx::query(INSERT).bind("a").execute(&mut tx).await?;
-        // A nested scope shadows the outer one.
-        context::scope(json!({"user_id": 2}), async {
-            sqlx::query(INSERT).bind("b").execute(&mut tx).await
-        })
-        .await
-    })
-    .await?;
-    // No context: the rows do not inherit user 2.
-    sqlx::query(INSERT).bind("c").execute(&mut tx).await?;
-    context::scope(json!({"user_id": 3}), async {
-        sqlx::query(INSERT).bind("d").execute(&mut tx).await?;
-        context::merge(json!({"step": 2}))?;
-        sqlx::query(INSERT).bind("e").execute(&mut tx).await?;
-        anyhow::Ok(())
-    })
-    .await?;
-    // A savepoint rolled back: its write (and its context) are gone...
-    sqlx::query("SAVEPOINT s1").execute(&mut tx).await?;
-    sqlx::query(INSERT).bind("g").execute(&mut tx).await?;
-    context::scope(json!({"user_id": 4}), async {
-        sqlx::query(INSERT).bind("f").execute(&mut tx).await
-    })
-    .await?;
-    sqlx::query("ROLLBACK TO SAVEPOINT s1")
-        .execute(&mut tx)
-        .await?;
-    // ...and the writes after it carry no context (not user 3's, not user 4's).
-    sqlx::query(INSERT).bind("g").execute(&mut tx).await?;
-    sqlx::query(INSERT).bind("h").execute(&mut tx).await?;
-    tx.commit().await?;
-    Ok(())
-}
 
 /// The same transaction through the tokio-postgres adapter, its savepoint a nested
 /// transaction.
@@ -105,24 +67,65 @@ async fn tokio_postgres_sequence(client: &mut BemiClient) -> anyhow::Result<()> 
     Ok(())
 }
 
-async fn every_write_takes_the_context_in_scope_when_it_ran(
-    cluster: Arc<TestCluster>,
-) -> TestResult {
-    let db = todo_db(&cluster, "carrier_semantics").await?;
-    let slot = db.wal_slot().await?;
-    for carrier in [Carrier::Auto, Carrier::Message, Carrier::Comment] {
-        sqlx_sequence(&db.bemi_pool().carrier(carrier)).await?;
-        let rows = bemi_tests::wal::stitched_contexts(&slot.read().await?)?;
-        ensure!(rows == expected(), "sqlx, {carrier:?}: {rows:#?}");
-
-        let mut client = BemiClient::new(db.tokio_postgres().await?).carrier(carrier);
-        tokio_postgres_sequence(&mut client).await?;
-        let rows = bemi_tests::wal::stitched_contexts(&slot.read().await?)?;
-        ensure!(rows == expected(), "tokio-postgres, {carrier:?}: {rows:#?}");
+// The sqlx adapter (beside tokio-postgres), on each sqlx line (`sqlx_0_9::`, `sqlx_0_8::`).
+crate::lines::sqlx_lines! {
+    /// One transaction through the sqlx adapter.
+    async fn sqlx_sequence(pool: &bemi_sqlx::BemiPool) -> anyhow::Result<()> {
+        let mut tx = pool.begin().await?;
+        context::scope(json!({"user_id": 1}), async {
+            sqlx::query(INSERT).bind("a").execute(&mut tx).await?;
+            // A nested scope shadows the outer one.
+            context::scope(json!({"user_id": 2}), async {
+                sqlx::query(INSERT).bind("b").execute(&mut tx).await
+            })
+            .await
+        })
+        .await?;
+        // No context: the rows do not inherit user 2.
+        sqlx::query(INSERT).bind("c").execute(&mut tx).await?;
+        context::scope(json!({"user_id": 3}), async {
+            sqlx::query(INSERT).bind("d").execute(&mut tx).await?;
+            context::merge(json!({"step": 2}))?;
+            sqlx::query(INSERT).bind("e").execute(&mut tx).await?;
+            anyhow::Ok(())
+        })
+        .await?;
+        // A savepoint rolled back: its write (and its context) are gone...
+        sqlx::query("SAVEPOINT s1").execute(&mut tx).await?;
+        sqlx::query(INSERT).bind("g").execute(&mut tx).await?;
+        context::scope(json!({"user_id": 4}), async {
+            sqlx::query(INSERT).bind("f").execute(&mut tx).await
+        })
+        .await?;
+        sqlx::query("ROLLBACK TO SAVEPOINT s1")
+            .execute(&mut tx)
+            .await?;
+        // ...and the writes after it carry no context (not user 3's, not user 4's).
+        sqlx::query(INSERT).bind("g").execute(&mut tx).await?;
+        sqlx::query(INSERT).bind("h").execute(&mut tx).await?;
+        tx.commit().await?;
+        Ok(())
     }
-    Ok(())
+
+    async fn every_write_takes_the_context_in_scope_when_it_ran(
+        cluster: Arc<TestCluster>,
+    ) -> TestResult {
+        let db = todo_db(&cluster, "carrier_semantics").await?;
+        let slot = db.wal_slot().await?;
+        for carrier in [Carrier::Auto, Carrier::Message, Carrier::Comment] {
+            sqlx_sequence(&line::bemi_pool(&db).await?.carrier(carrier)).await?;
+            let rows = bemi_tests::wal::stitched_contexts(&slot.read().await?)?;
+            ensure!(rows == expected(), "sqlx, {carrier:?}: {rows:#?}");
+
+            let mut client = BemiClient::new(db.tokio_postgres().await?).carrier(carrier);
+            tokio_postgres_sequence(&mut client).await?;
+            let rows = bemi_tests::wal::stitched_contexts(&slot.read().await?)?;
+            ensure!(rows == expected(), "tokio-postgres, {carrier:?}: {rows:#?}");
+        }
+        Ok(())
+    }
+    e2e_test!(every_write_takes_the_context_in_scope_when_it_ran);
 }
-e2e_test!(every_write_takes_the_context_in_scope_when_it_ran);
 
 async fn a_shared_client_keeps_each_write_in_its_own_transaction(
     cluster: Arc<TestCluster>,

@@ -59,6 +59,7 @@ mod hostile_input;
 mod keep_alive;
 mod launcher;
 mod loco;
+mod lines;
 mod migration;
 mod minimal_examples;
 mod nats;

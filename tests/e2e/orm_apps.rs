@@ -8,11 +8,7 @@ use std::sync::Arc;
 
 use anyhow::ensure;
 use bemi_core::context;
-use bemi_examples::store::seaorm::todo;
-use bemi_seaorm::BemiConnection;
 use bemi_tests::{TestCluster, TestResult, ctx, todo_db};
-use sea_orm::entity::prelude::*;
-use sea_orm::{ActiveValue::Set, TransactionSession as _, TransactionTrait as _};
 use serde_json::{Value, json};
 
 use crate::serve;
@@ -119,62 +115,68 @@ async fn hostile_requests_through_the_orm_and_pool_apps_change_nothing_but_their
 }
 e2e_test!(hostile_requests_through_the_orm_and_pool_apps_change_nothing_but_their_row);
 
-fn new_todo(task: &str) -> todo::ActiveModel {
-    todo::ActiveModel {
-        task: Set(task.to_owned()),
-        ..Default::default()
+// The SeaORM integration's transactions, on each line (`seaorm_2::`, `seaorm_1::`).
+crate::lines::seaorm_lines! {
+    use self::sea_orm::entity::prelude::*;
+    use self::sea_orm::ActiveValue::Set;
+
+    fn new_todo(task: &str) -> line::todo::ActiveModel {
+        line::todo::ActiveModel {
+            task: Set(task.to_owned()),
+            ..Default::default()
+        }
     }
-}
 
-async fn seaorm_transactions_keep_each_statements_context(cluster: Arc<TestCluster>) -> TestResult {
-    let db = todo_db(&cluster, "seaorm_tx").await?;
-    let slot = db.wal_slot().await?;
-    let orm = BemiConnection::new(sea_orm::Database::connect(&db.url).await?);
-    let tx = orm.begin().await?;
-    context::scope(ctx(json!({"user_id": 1})), async {
-        new_todo("a").insert(&tx).await?;
-        context::merge(json!({"step": 2}))?;
-        new_todo("b").insert(&tx).await?;
-        // A savepoint, rolled back with its write and its context.
-        let savepoint = tx.begin().await?;
-        context::scope(
-            ctx(json!({"user_id": 2})),
-            new_todo("gone").insert(&savepoint),
-        )
-        .await?;
-        savepoint.rollback().await?;
-        anyhow::Ok(())
-    })
-    .await?;
-    // Outside any scope: inherits nothing.
-    new_todo("c").insert(&tx).await?;
-    tx.commit().await?;
-    // Outside any scope and any transaction: no message at all.
-    new_todo("d").insert(&orm).await?;
-    // The `transaction` helper, with a context.
-    context::scope(ctx(json!({"user_id": 3})), async {
-        orm.transaction::<_, (), DbErr>(|tx| {
-            Box::pin(async move {
-                todo::Entity::update_many()
-                    .col_expr(todo::Column::IsCompleted, Expr::value(true))
-                    .filter(todo::Column::Task.eq("a"))
-                    .exec(tx)
-                    .await?;
-                Ok(())
-            })
+    async fn seaorm_transactions_keep_each_statements_context(cluster: Arc<TestCluster>) -> TestResult {
+        let db = todo_db(&cluster, "seaorm_tx").await?;
+        let slot = db.wal_slot().await?;
+        let orm = bemi_seaorm::BemiConnection::new(sea_orm::Database::connect(&db.url).await?);
+        let tx = orm.begin().await?;
+        context::scope(ctx(json!({"user_id": 1})), async {
+            new_todo("a").insert(&tx).await?;
+            context::merge(json!({"step": 2}))?;
+            new_todo("b").insert(&tx).await?;
+            // A savepoint, rolled back with its write and its context.
+            let savepoint = tx.begin().await?;
+            context::scope(
+                ctx(json!({"user_id": 2})),
+                new_todo("gone").insert(&savepoint),
+            )
+            .await?;
+            savepoint.rollback().await?;
+            anyhow::Ok(())
         })
-        .await
-    })
-    .await?;
+        .await?;
+        // Outside any scope: inherits nothing.
+        new_todo("c").insert(&tx).await?;
+        tx.commit().await?;
+        // Outside any scope and any transaction: no message at all.
+        new_todo("d").insert(&orm).await?;
+        // The `transaction` helper, with a context.
+        context::scope(ctx(json!({"user_id": 3})), async {
+            orm.transaction::<_, (), DbErr>(|tx| {
+                Box::pin(async move {
+                    line::todo::Entity::update_many()
+                        .col_expr(line::todo::Column::IsCompleted, Expr::value(true))
+                        .filter(line::todo::Column::Task.eq("a"))
+                        .exec(tx)
+                        .await?;
+                    Ok(())
+                })
+            })
+            .await
+        })
+        .await?;
 
-    let txns = slot.read_transactions().await?;
-    ensure!(txns.len() == 3, "{txns:#?}");
-    // (The savepoint's message went with it.)
-    ensure_transaction(&txns[0], &scoped_merged_then_outside(), 3)?;
-    ensure_transaction(&txns[1], &[], 1)?;
-    ensure_transaction(&txns[2], &[json!({"user_id": 3})], 1)
+        let txns = slot.read_transactions().await?;
+        ensure!(txns.len() == 3, "{txns:#?}");
+        // (The savepoint's message went with it.)
+        ensure_transaction(&txns[0], &scoped_merged_then_outside(), 3)?;
+        ensure_transaction(&txns[1], &[], 1)?;
+        ensure_transaction(&txns[2], &[json!({"user_id": 3})], 1)
+    }
+    e2e_test!(seaorm_transactions_keep_each_statements_context);
 }
-e2e_test!(seaorm_transactions_keep_each_statements_context);
 
 /// The contexts of the transactions tests: a write in `{"user_id": 1}`, one after merging
 /// `{"step": 2}`, one outside the scope (which inherits nothing).

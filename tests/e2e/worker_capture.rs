@@ -9,85 +9,146 @@ use bemi_tests::worker::{RunningWorker, wait_for_changes, worker_config};
 use bemi_tests::{TODO_TABLE, TestCluster, TestResult, ctx};
 use serde_json::{Value, json};
 
-async fn direct_sql_and_statements_are_stitched_to_their_own_context(
-    cluster: Arc<TestCluster>,
-) -> TestResult {
-    let db = cluster
-        .tracked_database("capture_stitch", TODO_TABLE)
+// Adapter writes through the worker, on each sqlx line (`sqlx_0_9::`, `sqlx_0_8::`).
+crate::lines::sqlx_lines! {
+    async fn direct_sql_and_statements_are_stitched_to_their_own_context(
+        cluster: Arc<TestCluster>,
+    ) -> TestResult {
+        let db = cluster
+            .tracked_database("capture_stitch", TODO_TABLE)
+            .await?;
+        let worker = RunningWorker::start(worker_config(&db)).await?;
+
+        // Direct SQL, no adapter: captured with an empty context.
+        db.exec("INSERT INTO todo (task) VALUES ('direct')").await?;
+        // One transaction: context A, context B, no context.
+        let pool = line::bemi_pool(&db).await?;
+        let mut tx = pool.begin().await?;
+        let (insert, update, delete) = (
+            "INSERT INTO todo (task) VALUES ($1)",
+            "UPDATE todo SET is_completed = true WHERE task = $1",
+            "DELETE FROM todo WHERE task = $1",
+        );
+        context::scope(
+            ctx(json!({"ctx": "A"})),
+            sqlx::query(insert).bind("a").execute(&mut tx),
+        )
         .await?;
-    let worker = RunningWorker::start(worker_config(&db)).await?;
-
-    // Direct SQL, no adapter: captured with an empty context.
-    db.exec("INSERT INTO todo (task) VALUES ('direct')").await?;
-    // One transaction: context A, context B, no context.
-    let pool = db.bemi_pool();
-    let mut tx = pool.begin().await?;
-    let (insert, update, delete) = (
-        "INSERT INTO todo (task) VALUES ($1)",
-        "UPDATE todo SET is_completed = true WHERE task = $1",
-        "DELETE FROM todo WHERE task = $1",
-    );
-    context::scope(
-        ctx(json!({"ctx": "A"})),
-        sqlx::query(insert).bind("a").execute(&mut tx),
-    )
-    .await?;
-    context::scope(
-        ctx(json!({"ctx": "B"})),
-        sqlx::query(update).bind("direct").execute(&mut tx),
-    )
-    .await?;
-    sqlx::query(delete).bind("a").execute(&mut tx).await?;
-    tx.commit().await?;
-    context::scope(ctx(json!({"job": "reset"})), async {
-        sqlx::query("TRUNCATE todo").execute(&pool).await
-    })
-    .await?;
-
-    let changes = wait_for_changes(&db, 5).await?;
-    worker.stop().await?;
-    ensure!(changes.len() == 5, "{changes:#?}");
-    let summary: Vec<(&str, Option<&str>, Value)> = changes
-        .iter()
-        .map(|c| {
-            (
-                c.operation.as_str(),
-                c.primary_key.as_deref(),
-                c.context.clone(),
-            )
+        context::scope(
+            ctx(json!({"ctx": "B"})),
+            sqlx::query(update).bind("direct").execute(&mut tx),
+        )
+        .await?;
+        sqlx::query(delete).bind("a").execute(&mut tx).await?;
+        tx.commit().await?;
+        context::scope(ctx(json!({"job": "reset"})), async {
+            sqlx::query("TRUNCATE todo").execute(&pool).await
         })
-        .collect();
-    ensure!(
-        summary
-            == [
-                ("CREATE", Some("1"), json!({})),
-                ("CREATE", Some("2"), json!({"ctx": "A", "SQL": insert})),
-                ("UPDATE", Some("1"), json!({"ctx": "B", "SQL": update})),
-                ("DELETE", Some("2"), json!({})),
-                (
-                    "TRUNCATE",
-                    None,
-                    json!({"job": "reset", "SQL": "TRUNCATE todo"})
-                ),
-            ],
-        "{summary:#?}"
-    );
-    let update_row = &changes[2];
-    ensure!(update_row.before == json!({"id": 1, "task": "direct", "is_completed": false}));
-    ensure!(update_row.after == json!({"id": 1, "task": "direct", "is_completed": true}));
-    ensure!(changes[3].before == json!({"id": 2, "task": "a", "is_completed": false}));
-    ensure!(changes[3].after == json!({}));
-    ensure!(
-        changes
+        .await?;
+
+        let changes = wait_for_changes(&db, 5).await?;
+        worker.stop().await?;
+        ensure!(changes.len() == 5, "{changes:#?}");
+        let summary: Vec<(&str, Option<&str>, Value)> = changes
             .iter()
-            .all(|c| c.table == "todo" && c.schema == "public" && c.database == db.name)
-    );
-    // The three statements of one transaction share its id and commit time.
-    ensure!(changes[1].transaction_id == changes[3].transaction_id);
-    ensure!(changes[1].committed_at == changes[3].committed_at);
-    Ok(())
+            .map(|c| {
+                (
+                    c.operation.as_str(),
+                    c.primary_key.as_deref(),
+                    c.context.clone(),
+                )
+            })
+            .collect();
+        ensure!(
+            summary
+                == [
+                    ("CREATE", Some("1"), json!({})),
+                    ("CREATE", Some("2"), json!({"ctx": "A", "SQL": insert})),
+                    ("UPDATE", Some("1"), json!({"ctx": "B", "SQL": update})),
+                    ("DELETE", Some("2"), json!({})),
+                    (
+                        "TRUNCATE",
+                        None,
+                        json!({"job": "reset", "SQL": "TRUNCATE todo"})
+                    ),
+                ],
+            "{summary:#?}"
+        );
+        let update_row = &changes[2];
+        ensure!(update_row.before == json!({"id": 1, "task": "direct", "is_completed": false}));
+        ensure!(update_row.after == json!({"id": 1, "task": "direct", "is_completed": true}));
+        ensure!(changes[3].before == json!({"id": 2, "task": "a", "is_completed": false}));
+        ensure!(changes[3].after == json!({}));
+        ensure!(
+            changes
+                .iter()
+                .all(|c| c.table == "todo" && c.schema == "public" && c.database == db.name)
+        );
+        // The three statements of one transaction share its id and commit time.
+        ensure!(changes[1].transaction_id == changes[3].transaction_id);
+        ensure!(changes[1].committed_at == changes[3].committed_at);
+        Ok(())
+    }
+    e2e_test!(direct_sql_and_statements_are_stitched_to_their_own_context);
 }
-e2e_test!(direct_sql_and_statements_are_stitched_to_their_own_context);
+
+// SeaORM writes through the worker, on each SeaORM line (`seaorm_2::`, `seaorm_1::`).
+crate::lines::seaorm_lines! {
+    async fn seaorm_writes_are_stored_with_their_own_context(
+        cluster: Arc<TestCluster>,
+    ) -> TestResult {
+        use self::sea_orm::{DbBackend, Statement};
+
+        let db = cluster
+            .tracked_database("capture_seaorm", TODO_TABLE)
+            .await?;
+        let worker = RunningWorker::start(worker_config(&db)).await?;
+        let orm = bemi_seaorm::BemiConnection::new(sea_orm::Database::connect(&db.url).await?);
+        let (insert, update, delete) = (
+            "INSERT INTO todo (task) VALUES ($1)",
+            "UPDATE todo SET is_completed = true WHERE task = $1",
+            "DELETE FROM todo WHERE task = $1",
+        );
+        let statement = |sql: &str, task: &str| {
+            Statement::from_sql_and_values(DbBackend::Postgres, sql, [task.into()])
+        };
+        // Outside a transaction: in one of its own, which carries the context.
+        context::scope(
+            ctx(json!({"ctx": "A"})),
+            line::execute(&orm, statement(insert, "a")),
+        )
+        .await?;
+        // In a transaction: context B, then none (which inherits nothing).
+        let tx = orm.begin().await?;
+        context::scope(
+            ctx(json!({"ctx": "B"})),
+            line::execute(&tx, statement(update, "a")),
+        )
+        .await?;
+        line::execute(&tx, statement(delete, "a")).await?;
+        tx.commit().await?;
+
+        let changes = wait_for_changes(&db, 3).await?;
+        worker.stop().await?;
+        let summary: Vec<(&str, Option<&str>, Value)> = changes
+            .iter()
+            .map(|c| (c.operation.as_str(), c.primary_key.as_deref(), c.context.clone()))
+            .collect();
+        ensure!(
+            summary
+                == [
+                    ("CREATE", Some("1"), json!({"ctx": "A", "SQL": insert})),
+                    ("UPDATE", Some("1"), json!({"ctx": "B", "SQL": update})),
+                    ("DELETE", Some("1"), json!({})),
+                ],
+            "{summary:#?}"
+        );
+        ensure!(changes[1].transaction_id == changes[2].transaction_id);
+        ensure!(changes[1].after == json!({"id": 1, "task": "a", "is_completed": true}));
+        Ok(())
+    }
+    e2e_test!(seaorm_writes_are_stored_with_their_own_context);
+}
 
 async fn composite_keys_toast_and_every_type_are_stored_as_typed_json(
     cluster: Arc<TestCluster>,
