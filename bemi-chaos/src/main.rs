@@ -21,6 +21,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
+use async_nats::jetstream::context::GetStreamErrorKind;
 use async_nats::jetstream::stream::LastRawMessageErrorKind;
 use bemi_dev::{EphemeralPostgres, NatsServer};
 use bemi_tests::proxy::FaultProxy;
@@ -684,12 +685,20 @@ async fn run(args: Args) -> anyhow::Result<bool> {
                     let client = async_nats::connect(nats_url.as_str())
                         .await
                         .context("connecting to NATS to delete the stream")?;
-                    async_nats::jetstream::new(client)
+                    // (No stream at all — deleted before, nothing published since — is an
+                    // error here: said, not fatal.)
+                    match async_nats::jetstream::new(client)
                         .delete_stream(NATS_STREAM)
                         .await
-                        .context("deleting the stream")?;
-                    streams_deleted += 1;
-                    println!("{} stream `{NATS_STREAM}` deleted", at(started));
+                    {
+                        Ok(_) => {
+                            streams_deleted += 1;
+                            println!("{} stream `{NATS_STREAM}` deleted", at(started));
+                        }
+                        Err(error) => {
+                            println!("{} the stream was not deleted: {error}", at(started));
+                        }
+                    }
                 } else {
                     println!(
                         "{} the pipeline did not drain within {DRAIN_TIMEOUT:?}; the stream \
@@ -1128,7 +1137,17 @@ async fn stream_stored_now(
     jetstream: &async_nats::jetstream::Context,
     destination: &PgPool,
 ) -> Option<bool> {
-    let mut stream = jetstream.get_stream(NATS_STREAM).await.ok()?;
+    let mut stream = match jetstream.get_stream(NATS_STREAM).await {
+        Ok(stream) => stream,
+        // No stream (deleted, and nothing published since): nothing to store.
+        Err(error)
+            if matches!(error.kind(), GetStreamErrorKind::JetStream(ref e)
+                if e.error_code() == async_nats::jetstream::ErrorCode::STREAM_NOT_FOUND) =>
+        {
+            return Some(true);
+        }
+        Err(_) => return None,
+    };
     let created = stream.info().await.ok()?.created.to_string();
     let positions: Vec<(i32, i64, String)> = sqlx::query_as(
         "SELECT partition, last_sequence, stream_created FROM _bemi_store_state \
