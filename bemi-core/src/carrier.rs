@@ -17,7 +17,8 @@
 //! without context after one with context in the same transaction gets none (the adapter emits
 //! `{}` before it), and statements the adapter does not see (raw SQL on the same transaction,
 //! triggers' own writes) take the latest context of their transaction, as the stitching rule
-//! says.
+//! says. Inside a transaction the message is emitted only when the context changes
+//! ([`InEffect`]): a write whose context is the one already in effect emits nothing.
 //!
 //! ```
 //! use bemi_core::carrier::{Carrier, message_json};
@@ -29,6 +30,8 @@
 //! assert_eq!(json.as_deref(), Some(r#"{"SQL":"DELETE FROM todo","user_id":1}"#));
 //! assert_eq!(message_json("DELETE FROM todo"), None); // no context in scope
 //! ```
+
+use std::sync::Mutex;
 
 use crate::context;
 use crate::sql;
@@ -82,19 +85,206 @@ pub const EMIT_SQL: &str = "SELECT pg_catalog.pg_logical_emit_message(true, '_be
 /// scope.
 #[must_use]
 pub fn message_json(sql: &str) -> Option<String> {
+    message_context(sql).map(crate::signing::sign)
+}
+
+/// The context a write of `sql` carries, as [`message_json`] but not signed: what
+/// [`InEffect::before_write`] compares with the context in effect (a signature differs at
+/// every emission).
+#[must_use]
+pub fn message_context(sql: &str) -> Option<String> {
     if !sql::is_write(sql) {
         return None;
     }
     context::with_current(|current| current.map(|ctx| sql::context_json(sql, ctx)))
-        .map(crate::signing::sign)
+}
+
+/// [`message_json_without_sql`], not signed (see [`message_context`]).
+#[must_use]
+pub fn message_context_without_sql() -> Option<String> {
+    context::with_current(|current| current.map(sql::context_json_without_sql))
+}
+
+/// What an adapter knows of the context in effect in the transaction it writes in, so that it
+/// emits a context only when it changes: the writes of one request in one transaction carry one
+/// message, and each of their rows takes it by the stitching rule.
+///
+/// Pessimistic: an emission planned by [`before_write`](Self::before_write) leaves the context
+/// in effect unknown until [`emitted`](Self::emitted) says it completed (a future dropped after
+/// sending it may have left it in effect, or not); so does a statement that may change it
+/// without the adapter ([`after_statement`](Self::after_statement)). Unknown, a write emits
+/// its context — or `{}` when it has none.
+///
+/// ```
+/// use bemi_core::carrier::InEffect;
+///
+/// let in_effect = InEffect::new();
+/// let first = in_effect.before_write(Some(r#"{"user_id":1}"#.into())).unwrap();
+/// assert_eq!(first.json(), r#"{"user_id":1}"#);
+/// in_effect.emitted(&first);
+/// // The same context again: nothing to emit.
+/// assert!(in_effect.before_write(Some(r#"{"user_id":1}"#.into())).is_none());
+/// // Without a context: `{}`, once.
+/// let reset = in_effect.before_write(None).unwrap();
+/// assert_eq!(reset.json(), "{}");
+/// in_effect.emitted(&reset);
+/// assert!(in_effect.before_write(None).is_none());
+/// // A statement with a trailing comment may carry a context of its own (the trigger's).
+/// in_effect.after_statement("UPDATE t SET a = 1 /*Bemi {} Bemi*/");
+/// assert_eq!(in_effect.before_write(None).unwrap().json(), "{}");
+/// ```
+#[derive(Debug, Default)]
+pub struct InEffect(Mutex<Known>);
+
+#[derive(Debug, Default)]
+struct Known {
+    state: State,
+    /// Bumped by every planned emission: a completed emission is the one in effect only if no
+    /// other was planned after it.
+    generation: u64,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+enum State {
+    /// No context: none emitted in the transaction, or `{}` last.
+    #[default]
+    Nothing,
+    /// This context (its JSON before signing) was emitted last.
+    Context(String),
+    /// Not known: an emission is in flight or was dropped, a savepoint was rolled back, or a
+    /// statement may have emitted a context of its own.
+    Unknown,
+}
+
+/// A message an adapter sends before a write: from [`InEffect::before_write`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Emission {
+    /// What is sent: the context, signed when a context key is set, or `{}`.
+    json: String,
+    /// The context before signing (`None` for `{}`).
+    context: Option<String>,
+    generation: u64,
+}
+
+impl Emission {
+    /// The JSON text to emit ([`EMIT_SQL`]'s parameter).
+    #[must_use]
+    pub fn json(&self) -> &str {
+        &self.json
+    }
+
+    /// Whether this is the reset, `{}`: the write has no context.
+    #[must_use]
+    pub fn is_reset(&self) -> bool {
+        self.context.is_none()
+    }
+}
+
+impl InEffect {
+    /// A transaction in which nothing was emitted yet.
+    #[must_use]
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A savepoint of this transaction: what is in effect here is in effect there. Whatever the
+    /// savepoint emits, call [`forget`](Self::forget) on this one (it is in effect here too
+    /// once the savepoint is released, and undone if it is rolled back).
+    #[must_use]
+    pub fn savepoint(&self) -> Self {
+        let state = self.lock().state.clone();
+        Self(Mutex::new(Known {
+            state,
+            generation: 0,
+        }))
+    }
+
+    /// What to emit before a write in the transaction whose context is `context` (from
+    /// [`message_context`]; `None`: no context in scope): `None` when that context — or no
+    /// context — is known to be in effect already. The context is signed here when a context
+    /// key is set. Until [`emitted`](Self::emitted) the context in effect is unknown.
+    #[must_use]
+    pub fn before_write(&self, context: Option<String>) -> Option<Emission> {
+        let mut known = self.lock();
+        let already = match (&known.state, &context) {
+            (State::Nothing, None) => true,
+            (State::Context(in_effect), Some(context)) => in_effect == context,
+            _ => false,
+        };
+        if already {
+            return None;
+        }
+        known.state = State::Unknown;
+        known.generation += 1;
+        let json = context
+            .clone()
+            .map_or_else(|| RESET_JSON.to_owned(), crate::signing::sign);
+        Some(Emission {
+            json,
+            context,
+            generation: known.generation,
+        })
+    }
+
+    /// Notes that `emission` completed: its context is in effect, unless another emission was
+    /// planned after it.
+    pub fn emitted(&self, emission: &Emission) {
+        let mut known = self.lock();
+        if known.generation == emission.generation {
+            known.state = emission
+                .context
+                .clone()
+                .map_or(State::Nothing, State::Context);
+        }
+    }
+
+    /// Notes a statement the adapter passes on in the transaction without planning for it:
+    /// after `ROLLBACK TO SAVEPOINT` (which may undo emissions) or a statement that ends with a
+    /// comment (which the migration's trigger may turn into a context of its own), the context
+    /// in effect is unknown.
+    pub fn after_statement(&self, sql: &str) {
+        if may_undo_emissions(sql) || ends_with_comment(sql) {
+            self.forget();
+        }
+    }
+
+    /// A new transaction begins on the connection: no context is in effect (an emission of an
+    /// earlier transaction that completes late changes nothing).
+    pub fn new_transaction(&self) {
+        let mut known = self.lock();
+        if known.state != State::Nothing {
+            known.state = State::Nothing;
+            known.generation += 1;
+        }
+    }
+
+    /// The context in effect is not known any more (the next write emits).
+    pub fn forget(&self) {
+        let mut known = self.lock();
+        known.state = State::Unknown;
+        known.generation += 1;
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Known> {
+        // The state is replaced whole under the lock, so a poisoned one is still consistent.
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// Whether `sql` ends with a block comment (after whitespace and `;`), as the migration's
+/// trigger reads a context from.
+fn ends_with_comment(sql: &str) -> bool {
+    sql.trim_end_matches([' ', '\t', '\r', '\n', ';'])
+        .ends_with("*/")
 }
 
 /// The JSON text of a context for a write whose SQL is unknown (a statement prepared elsewhere):
 /// the current context without the `SQL` key, size-bounded; `None` without a context.
 #[must_use]
 pub fn message_json_without_sql() -> Option<String> {
-    context::with_current(|current| current.map(sql::context_json_without_sql))
-        .map(crate::signing::sign)
+    message_context_without_sql().map(crate::signing::sign)
 }
 
 /// The emission of `json` as one simple-protocol statement, the JSON an escaped string literal
@@ -168,6 +358,54 @@ mod tests {
             assert_eq!(unknown, r#"{"user_id":7}"#);
         });
         assert_eq!(message_json_without_sql(), None);
+    }
+
+    #[test]
+    fn a_context_is_emitted_when_it_changes_and_only_then() {
+        let (a, b) = (r#"{"user_id":1}"#.to_owned(), r#"{"user_id":2}"#.to_owned());
+        let in_effect = InEffect::new();
+        assert_eq!(in_effect.before_write(None), None, "nothing emitted yet");
+        let first = in_effect.before_write(Some(a.clone())).unwrap();
+        // Until it completed, the same context is emitted again (the first may be dropped).
+        let again = in_effect.before_write(Some(a.clone())).unwrap();
+        in_effect.emitted(&again);
+        assert_eq!(in_effect.before_write(Some(a.clone())), None);
+        // A completion that is not the last planned emission tells nothing.
+        let other = in_effect.before_write(Some(b.clone())).unwrap();
+        in_effect.emitted(&first);
+        assert!(in_effect.before_write(Some(a.clone())).is_some());
+        in_effect.emitted(&other);
+        assert!(
+            in_effect.before_write(Some(b.clone())).is_some(),
+            "a later plan came between"
+        );
+        let b_again = in_effect.before_write(Some(b.clone())).unwrap();
+        in_effect.emitted(&b_again);
+        assert_eq!(in_effect.before_write(Some(b.clone())), None);
+        // A savepoint starts from what is in effect; its parent forgets when it emits.
+        let savepoint = in_effect.savepoint();
+        assert_eq!(savepoint.before_write(Some(b.clone())), None);
+        assert!(savepoint.before_write(Some(a.clone())).is_some());
+        in_effect.forget();
+        assert!(in_effect.before_write(Some(b.clone())).is_some());
+    }
+
+    #[test]
+    fn statements_that_may_change_the_context_unseen_make_it_unknown() {
+        for sql in [
+            "ROLLBACK TO SAVEPOINT s1",
+            "INSERT INTO t VALUES (1) /*Bemi {\"user_id\":9} Bemi*/",
+            "UPDATE t SET a = 1 /*controller='x'*/ ;\n",
+        ] {
+            let in_effect = InEffect::new();
+            let reset = in_effect.before_write(Some("{}".into())).unwrap();
+            in_effect.emitted(&reset);
+            in_effect.after_statement("SAVEPOINT s1");
+            in_effect.after_statement("SELECT 1");
+            assert_eq!(in_effect.before_write(Some("{}".into())), None, "{sql}");
+            in_effect.after_statement(sql);
+            assert!(in_effect.before_write(Some("{}".into())).is_some(), "{sql}");
+        }
     }
 
     #[test]

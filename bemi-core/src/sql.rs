@@ -13,7 +13,9 @@
 //! it is.
 //!
 //! The library adds the key [`SQL_KEY`] (`"SQL"`): the statement text without the comment,
-//! truncated to [`MAX_SQL_KEY_BYTES`]; a user key of the same name wins. A context whose JSON is
+//! truncated to [`MAX_SQL_KEY_BYTES`]; a user key of the same name wins. It is on by default
+//! (Bemi's behaviour); [`set_sql_key`] or `BEMI_SQL_KEY=off` leaves it out, so that the writes
+//! of a transaction made in one context carry the same context and the adapters emit it once. A context whose JSON is
 //! larger than [`MAX_CONTEXT_BYTES`] is replaced by a small marker (see [`DROPPED_KEY`]) and a
 //! `tracing` warning; the write itself always goes ahead.
 //!
@@ -31,6 +33,8 @@
 //! ```
 
 mod lexer;
+
+use std::sync::atomic::{AtomicU8, Ordering};
 
 use serde_json::{Map, Value};
 
@@ -135,8 +139,63 @@ pub fn context_json_without_sql(context: &Context) -> String {
     bounded_json(None, context)
 }
 
+/// The environment variable that leaves the `SQL` key out when `off` (also `false`, `no`, `0`).
+pub const SQL_KEY_ENV: &str = "BEMI_SQL_KEY";
+
+/// The `SQL` key's setting: 0 = not read yet, 1 = included, 2 = left out.
+static SQL_KEY_SETTING: AtomicU8 = AtomicU8::new(0);
+
+/// Includes (the default) or leaves out the `SQL` key in every context this process's adapters
+/// carry, instead of what `BEMI_SQL_KEY` says.
+///
+/// With it left out, the writes of a transaction made in one context carry the same context,
+/// and the adapters emit it once for all of them (the stitching rule gives it to each); the
+/// trail then no longer says which statement made each change — the row's values do.
+///
+/// ```
+/// use bemi_core::{IntoContext as _, sql};
+/// use serde_json::json;
+///
+/// let ctx = json!({"user_id": 1}).into_context().unwrap();
+/// sql::set_sql_key(false);
+/// assert_eq!(sql::context_json("DELETE FROM t", &ctx), r#"{"user_id":1}"#);
+/// sql::set_sql_key(true);
+/// assert!(sql::sql_key_included());
+/// assert_eq!(sql::context_json("DELETE FROM t", &ctx), r#"{"SQL":"DELETE FROM t","user_id":1}"#);
+/// ```
+pub fn set_sql_key(included: bool) {
+    SQL_KEY_SETTING.store(if included { 1 } else { 2 }, Ordering::Relaxed);
+}
+
+/// Whether contexts carry the `SQL` key: as [`set_sql_key`] set it, else as `BEMI_SQL_KEY`
+/// says (read once; anything but `off`, `false`, `no` or `0` includes it), else included.
+#[must_use]
+pub fn sql_key_included() -> bool {
+    match SQL_KEY_SETTING.load(Ordering::Relaxed) {
+        1 => true,
+        2 => false,
+        _ => {
+            let included = !std::env::var(SQL_KEY_ENV).is_ok_and(|value| {
+                matches!(
+                    value.trim().to_ascii_lowercase().as_str(),
+                    "off" | "false" | "no" | "0"
+                )
+            });
+            // Only if nothing was set in code meanwhile.
+            let _ = SQL_KEY_SETTING.compare_exchange(
+                0,
+                if included { 1 } else { 2 },
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            );
+            included
+        }
+    }
+}
+
 fn bounded_json(sql: Option<&str>, context: &Context) -> String {
     let mut added: Vec<(&str, Value)> = Vec::new();
+    let sql = sql.filter(|_| sql_key_included());
     if let Some(sql) = sql.filter(|_| !context.contains_key(SQL_KEY)) {
         added.push((SQL_KEY, Value::String(sql_key_value(sql))));
     }

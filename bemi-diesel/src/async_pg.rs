@@ -100,9 +100,9 @@ async fn recover(conn: &AsyncPgConnection, wrapping: &AtomicBool) -> QueryResult
 /// Runs `write` (a future made on `conn`, not yet polled) after what `plan` asks, pipelined
 /// with it on the connection where possible.
 ///
-/// Cancellation: the future may be dropped at any await. The emission of a context is noted
-/// in `emitted` when planned (before it is sent), a reset only once it completed, so a write
-/// without a context after a dropped one resets what it may have left in effect. A wrapping
+/// Cancellation: the future may be dropped at any await. The context in effect is unknown
+/// in `emitted` from the moment an emission is planned until it completed, so the write after
+/// a dropped one emits again (its context, or `{}`). A wrapping
 /// transaction left open is noted in `wrapping`: the next statement on the connection rolls it
 /// back first ([`recover`]), and a pool drops the connection
 /// ([`PoolableConnection::is_broken`]).
@@ -121,13 +121,13 @@ fn around<'c, R: Send + 'c>(
             write.await
         }
         .boxed(),
-        Plan::Emit(json) => async move {
+        Plan::Emit(emission) => async move {
             recover(conn, &wrapping).await?;
             let mut emitter = conn;
-            let emission = emit_sql_literal(&json);
-            let (sent, result) = join(emitter.batch_execute(&emission), write).await;
+            let sql = emit_sql_literal(emission.json());
+            let (sent, result) = join(emitter.batch_execute(&sql), write).await;
             sent?;
-            emitted.emitted(&json);
+            emitted.emitted(&emission);
             result
         }
         .boxed(),

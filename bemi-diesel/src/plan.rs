@@ -2,9 +2,8 @@
 //! connection.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 
-use bemi_core::carrier::{self, RESET_JSON};
+use bemi_core::carrier::{self, Emission, InEffect};
 use bemi_core::sql;
 
 /// What to send around a statement.
@@ -12,59 +11,49 @@ use bemi_core::sql;
 pub(crate) enum Plan {
     /// The statement alone.
     Alone,
-    /// In the open transaction: the emission of this message, then the statement.
-    Emit(String),
-    /// Outside a transaction: `BEGIN` and the emission, the statement, `COMMIT`.
+    /// In the open transaction: this emission, then the statement.
+    Emit(Emission),
+    /// Outside a transaction: `BEGIN` and the emission of this (signed) message, the
+    /// statement, `COMMIT`.
     Wrap(String),
 }
 
-/// Whether a context may be in effect in the connection's transaction. Shared with the
-/// futures of the async connection, which note a completed reset ([`Emitted::emitted`]).
+/// The context in effect in the connection's transaction ([`InEffect`]). Shared with the
+/// futures of the async connection, which note a completed emission ([`Emitted::emitted`]).
 ///
-/// Pessimistic, for cancellation: a context is noted when its emission is planned, before it is
-/// sent (a future dropped after sending it leaves it in effect); a reset is un-noted only once
-/// it completed (a future dropped before sending it leaves the context in effect).
+/// Pessimistic, for cancellation: from the moment an emission is planned until it completed,
+/// the context in effect is unknown (a future dropped after sending it leaves it in effect, one
+/// dropped before does not), and the next write emits again.
 #[derive(Debug, Default, Clone)]
-pub(crate) struct Emitted(Arc<AtomicBool>);
+pub(crate) struct Emitted(Arc<InEffect>);
 
 impl Emitted {
     /// The plan for `sql` (`None`: it could not be rendered, and passes through), in a
     /// transaction or not.
     pub(crate) fn plan(&self, sql: Option<&str>, in_transaction: bool) -> Plan {
         if !in_transaction {
-            self.set(false);
+            self.0.new_transaction();
         }
         let Some(sql) = sql else {
             return Plan::Alone;
         };
-        if in_transaction && carrier::may_undo_emissions(sql) {
+        if !sql::is_write(sql) {
             // After a ROLLBACK TO SAVEPOINT the context in effect is unknown.
-            self.set(true);
+            self.0.after_statement(sql);
             return Plan::Alone;
         }
-        match (carrier::message_json(sql), in_transaction) {
-            (Some(json), true) => {
-                self.set(true);
-                Plan::Emit(json)
-            }
-            (Some(json), false) => Plan::Wrap(json),
-            (None, true) if self.0.load(Ordering::Acquire) && sql::is_write(sql) => {
-                Plan::Emit(RESET_JSON.to_owned())
-            }
-            (None, _) => Plan::Alone,
+        if !in_transaction {
+            return carrier::message_json(sql).map_or(Plan::Alone, Plan::Wrap);
         }
+        let planned = self.0.before_write(carrier::message_context(sql));
+        // A write with a comment of its own may change the context in effect unseen.
+        self.0.after_statement(sql);
+        planned.map_or(Plan::Alone, Plan::Emit)
     }
 
-    /// Notes that the emission of `json` (planned by [`Emitted::plan`]) completed: after a
-    /// reset, no context is in effect.
-    pub(crate) fn emitted(&self, json: &str) {
-        if json == RESET_JSON {
-            self.set(false);
-        }
-    }
-
-    fn set(&self, in_effect: bool) {
-        self.0.store(in_effect, Ordering::Release);
+    /// Notes that `emission` (planned by [`Emitted::plan`]) completed.
+    pub(crate) fn emitted(&self, emission: &Emission) {
+        self.0.emitted(emission);
     }
 }
 
@@ -84,23 +73,43 @@ mod tests {
     use bemi_core::context;
     use serde_json::json;
 
+    fn emits(plan: &Plan) -> Option<&str> {
+        match plan {
+            Plan::Emit(emission) => Some(emission.json()),
+            _ => None,
+        }
+    }
+
     #[test]
-    fn writes_get_their_context_and_later_writes_without_one_a_reset() {
+    fn writes_get_their_context_once_and_later_writes_without_one_a_reset() {
         let emitted = Emitted::default();
         let insert = "INSERT INTO todo (task) VALUES ($1)";
-        let plan = context::sync_scope(json!({"user_id": 1}), || emitted.plan(Some(insert), true));
-        assert!(matches!(plan, Plan::Emit(json) if json.contains("\"user_id\":1")));
-        // No context now: a reset, until one completed (a write dropped before its reset was
-        // sent leaves the context in effect).
-        assert_eq!(emitted.plan(Some(insert), true), Plan::Emit("{}".into()));
-        assert_eq!(emitted.plan(Some(insert), true), Plan::Emit("{}".into()));
-        emitted.emitted("{}");
+        let in_context = |plan: &dyn Fn() -> Plan| context::sync_scope(json!({"user_id": 1}), plan);
+        let plan = in_context(&|| emitted.plan(Some(insert), true));
+        assert!(emits(&plan).is_some_and(|json| json.contains("\"user_id\":1")));
+        // Until it completed, the context in effect is unknown: emitted again.
+        let plan = in_context(&|| emitted.plan(Some(insert), true));
+        let Plan::Emit(emission) = plan else {
+            panic!("{plan:?}")
+        };
+        emitted.emitted(&emission);
+        // Then the same context is in effect: nothing to emit.
+        assert_eq!(
+            in_context(&|| emitted.plan(Some(insert), true)),
+            Plan::Alone
+        );
+        // No context now: a reset, until one completed.
+        assert_eq!(emits(&emitted.plan(Some(insert), true)), Some("{}"));
+        let plan = emitted.plan(Some(insert), true);
+        assert_eq!(emits(&plan), Some("{}"));
+        let Plan::Emit(reset) = plan else { panic!() };
+        emitted.emitted(&reset);
         assert_eq!(emitted.plan(Some(insert), true), Plan::Alone);
         // Reads never emit.
-        let read = context::sync_scope(json!({"user_id": 1}), || {
-            emitted.plan(Some("SELECT 1"), true)
-        });
-        assert_eq!(read, Plan::Alone);
+        assert_eq!(
+            in_context(&|| emitted.plan(Some("SELECT 1"), true)),
+            Plan::Alone
+        );
         // Outside a transaction: wrapped, and nothing is in effect afterwards.
         let plan = context::sync_scope(json!({"user_id": 2}), || emitted.plan(Some(insert), false));
         assert!(matches!(plan, Plan::Wrap(_)));
@@ -110,10 +119,6 @@ mod tests {
             emitted.plan(Some("ROLLBACK TO SAVEPOINT diesel_savepoint_1"), true),
             Plan::Alone
         );
-        assert_eq!(emitted.plan(Some(insert), true), Plan::Emit("{}".into()));
-        emitted.emitted("{}");
-        // A context is in effect as soon as its emission is planned, before it completes.
-        let _ = context::sync_scope(json!({"user_id": 3}), || emitted.plan(Some(insert), true));
-        assert_eq!(emitted.plan(Some(insert), true), Plan::Emit("{}".into()));
+        assert_eq!(emits(&emitted.plan(Some(insert), true)), Some("{}"));
     }
 }

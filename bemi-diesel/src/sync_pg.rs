@@ -77,9 +77,10 @@ impl BemiPgConnection {
     ) -> QueryResult<R> {
         match plan {
             Plan::Alone => write(&mut self.inner),
-            Plan::Emit(json) => {
-                self.inner.batch_execute(&emit_sql_literal(&json))?;
-                self.emitted.emitted(&json);
+            Plan::Emit(emission) => {
+                self.inner
+                    .batch_execute(&emit_sql_literal(emission.json()))?;
+                self.emitted.emitted(&emission);
                 write(&mut self.inner)
             }
             Plan::Wrap(json) => {

@@ -5,9 +5,8 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 
-use bemi_core::carrier::{self, EMIT_SQL, RESET_JSON};
+use bemi_core::carrier::{self, EMIT_SQL, InEffect};
 use bemi_core::sql;
 use sea_orm::{
     AccessMode, ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbBackend, DbErr,
@@ -225,10 +224,10 @@ compat::stream_trait!(BemiConnection, QueryStream);
 #[derive(Debug)]
 pub struct BemiTransaction {
     inner: DatabaseTransaction,
-    /// A context is in effect in the transaction: a write without one emits `{}` first.
-    emitted: Arc<AtomicBool>,
-    /// The enclosing transaction's flag, for a savepoint.
-    parent: Option<Arc<AtomicBool>>,
+    /// The context in effect in the transaction.
+    in_effect: Arc<InEffect>,
+    /// The enclosing transaction's, for a savepoint.
+    parent: Option<Arc<InEffect>>,
 }
 
 impl BemiTransaction {
@@ -244,7 +243,7 @@ impl BemiTransaction {
     pub fn new(inner: DatabaseTransaction) -> Self {
         Self {
             inner,
-            emitted: Arc::new(AtomicBool::new(false)),
+            in_effect: Arc::new(InEffect::new()),
             parent: None,
         }
     }
@@ -254,45 +253,38 @@ impl BemiTransaction {
         &self.inner
     }
 
-    /// Emits what the write of `sql` needs before it: its context, or `{}` when it has none
-    /// but one may be in effect.
+    /// Emits what the write of `sql` needs before it, unless it is in effect already: its
+    /// context, or `{}` when it has none but one may be in effect.
     ///
-    /// A context is noted as in effect **before** its emission is awaited: if the future is
-    /// dropped there, the emission may still have run (sqlx finishes a query it sent before
-    /// the connection's next use), so the next write without a context resets it. Only a
-    /// reset that completed clears the note.
+    /// The context in effect is unknown from the moment an emission is planned until it
+    /// completed: if the future is dropped there, the emission may still have run (sqlx
+    /// finishes a query it sent before the connection's next use), so the next write emits
+    /// again.
     async fn before(&self, sql: &str) -> Result<(), DbErr> {
-        if carrier::may_undo_emissions(sql) {
-            // After a ROLLBACK TO SAVEPOINT the context in effect is unknown.
-            self.emitted.store(true, Ordering::Release);
-            return Ok(());
-        }
-        let json = match carrier::message_json(sql) {
-            Some(json) => json,
-            None if sql::is_write(sql) && self.emitted.load(Ordering::Acquire) => {
-                RESET_JSON.to_owned()
-            }
-            None => return Ok(()),
+        let planned = if sql::is_write(sql) {
+            self.in_effect.before_write(carrier::message_context(sql))
+        } else {
+            None
         };
-        let reset = json == RESET_JSON;
-        if !reset {
-            self.emitted.store(true, Ordering::Release);
-            if let Some(parent) = &self.parent {
-                parent.store(true, Ordering::Release);
-            }
+        // After a ROLLBACK TO SAVEPOINT, or a statement with a comment of its own, the context
+        // in effect is unknown.
+        self.in_effect.after_statement(sql);
+        let Some(planned) = planned else {
+            return Ok(());
+        };
+        if let Some(parent) = &self.parent {
+            parent.forget();
         }
-        compat::execute(&self.inner, emission(&json)).await?;
-        if reset {
-            self.emitted.store(false, Ordering::Release);
-        }
+        compat::execute(&self.inner, emission(planned.json())).await?;
+        self.in_effect.emitted(&planned);
         Ok(())
     }
 
     fn nested(&self, inner: DatabaseTransaction) -> Self {
         Self {
             inner,
-            emitted: Arc::new(AtomicBool::new(self.emitted.load(Ordering::Acquire))),
-            parent: Some(Arc::clone(&self.emitted)),
+            in_effect: Arc::new(self.in_effect.savepoint()),
+            parent: Some(Arc::clone(&self.in_effect)),
         }
     }
 }

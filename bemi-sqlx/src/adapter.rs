@@ -18,7 +18,8 @@ use futures_util::{StreamExt as _, TryStreamExt as _};
 use super::compat::{self, PgStatement, PgTypeInfo, QuerySql};
 use super::sqlx;
 
-use bemi_core::carrier::{self, EMIT_SQL};
+use bemi_core::carrier::{self, EMIT_SQL, InEffect};
+use bemi_core::signing::sign;
 use bemi_core::{context, sql};
 
 /// How writes carry their context ([`BemiPool::carrier`]); re-exported from
@@ -93,7 +94,7 @@ impl Carried {
         if !sql::is_write(sql) {
             return Self::Read;
         }
-        match carrier::message_json(sql) {
+        match carrier::message_context(sql) {
             Some(json) => Self::Context(json),
             None => Self::Pending,
         }
@@ -104,36 +105,36 @@ impl Carried {
         match self {
             Self::Read => None,
             Self::Context(json) => Some((true, Some(json))),
-            Self::Pending => Some((true, carrier::message_json(sql))),
+            Self::Pending => Some((true, carrier::message_context(sql))),
         }
     }
 }
 
-/// Emits what a write inside a transaction carries: its context, or `{}` when it has none and
-/// an earlier write of the transaction may have had one (`emitted` remembers that).
+/// Emits what the write of `sql` inside a transaction carries, if the context in effect there
+/// ([`InEffect`]) is not that one already: its context, or `{}` when it has none and one may be
+/// in effect.
 ///
-/// Cancellation: `emitted` is set **before** the emission is awaited. A future dropped during
-/// that await may still have sent the emission (sqlx runs a query it queued or flushed before
-/// the connection's next use), so its context may be in effect in the transaction; the next
-/// write without a context then emits `{}` first. Only a reset that completed clears the flag.
+/// Cancellation: the context in effect is unknown from the moment the emission is planned until
+/// it completed. A future dropped during that await may still have sent the emission (sqlx
+/// runs a query it queued or flushed before the connection's next use), so the next write emits
+/// again: its context, or `{}`.
 async fn emit_in_transaction(
     conn: &mut PgConnection,
-    emitted: &mut bool,
-    json: Option<&str>,
+    in_effect: &InEffect,
+    context: Option<String>,
+    sql: &str,
 ) -> Result<(), Error> {
-    let json = match json {
-        Some(json) => json,
-        None if *emitted => carrier::RESET_JSON,
-        None => return Ok(()),
+    let emission = in_effect.before_write(context);
+    // A statement with a comment of its own may change the context in effect unseen.
+    in_effect.after_statement(sql);
+    let Some(emission) = emission else {
+        return Ok(());
     };
-    let reset = json == carrier::RESET_JSON;
-    if !reset {
-        *emitted = true;
-    }
-    sqlx::query(EMIT_SQL).bind(json).execute(&mut *conn).await?;
-    if reset {
-        *emitted = false;
-    }
+    sqlx::query(EMIT_SQL)
+        .bind(emission.json())
+        .execute(&mut *conn)
+        .await?;
+    in_effect.emitted(&emission);
     Ok(())
 }
 
@@ -168,8 +169,8 @@ enum Target<'c> {
     Pool(&'c PgPool),
     /// A connection outside a transaction.
     Connection(&'c mut PoolConnection<Postgres>),
-    /// A connection inside a transaction; `emitted` notes that a context was emitted in it.
-    Transaction(&'c mut PgConnection, &'c mut bool),
+    /// A connection inside a transaction, and the context in effect in it.
+    Transaction(&'c mut PgConnection, &'c InEffect),
 }
 
 impl<'c> Target<'c> {
@@ -187,8 +188,8 @@ impl<'c> Target<'c> {
             return match self {
                 Target::Pool(pool) => pool.fetch_many(query),
                 Target::Connection(conn) => (&mut **conn).fetch_many(query),
-                Target::Transaction(conn, emitted) => {
-                    *emitted |= carrier::may_undo_emissions(query.text());
+                Target::Transaction(conn, in_effect) => {
+                    in_effect.after_statement(query.text());
                     conn.fetch_many(query)
                 }
             };
@@ -197,17 +198,17 @@ impl<'c> Target<'c> {
             futures_util::stream::once(async move {
                 let (_, json) = carried.resolve(query.text()).unwrap_or_default();
                 match (self, json) {
-                    (Target::Transaction(conn, emitted), json) => {
-                        emit_in_transaction(&mut *conn, emitted, json.as_deref()).await?;
+                    (Target::Transaction(conn, in_effect), json) => {
+                        emit_in_transaction(&mut *conn, in_effect, json, query.text()).await?;
                         Ok::<_, Error>(conn.fetch_many(query))
                     }
                     (Target::Pool(pool), Some(json)) => {
                         let mut conn = pool.acquire().await?;
-                        let results = autocommit(&mut conn, &json, query).await?;
+                        let results = autocommit(&mut conn, &sign(json), query).await?;
                         Ok(futures_util::stream::iter(results.into_iter().map(Ok)).boxed())
                     }
                     (Target::Connection(conn), Some(json)) => {
-                        let results = autocommit(conn, &json, query).await?;
+                        let results = autocommit(conn, &sign(json), query).await?;
                         Ok(futures_util::stream::iter(results.into_iter().map(Ok)).boxed())
                     }
                     (Target::Pool(pool), None) => Ok(pool.fetch_many(query)),
@@ -229,8 +230,8 @@ impl<'c> Target<'c> {
             return match self {
                 Target::Pool(pool) => pool.fetch_optional(query),
                 Target::Connection(conn) => (&mut **conn).fetch_optional(query),
-                Target::Transaction(conn, emitted) => {
-                    *emitted |= carrier::may_undo_emissions(query.text());
+                Target::Transaction(conn, in_effect) => {
+                    in_effect.after_statement(query.text());
                     conn.fetch_optional(query)
                 }
             };
@@ -241,16 +242,18 @@ impl<'c> Target<'c> {
                 results.into_iter().find_map(Either::right)
             };
             match (self, json) {
-                (Target::Transaction(conn, emitted), json) => {
-                    emit_in_transaction(&mut *conn, emitted, json.as_deref()).await?;
+                (Target::Transaction(conn, in_effect), json) => {
+                    emit_in_transaction(&mut *conn, in_effect, json, query.text()).await?;
                     conn.fetch_optional(query).await
                 }
                 (Target::Pool(pool), Some(json)) => {
                     let mut conn = pool.acquire().await?;
-                    autocommit(&mut conn, &json, query).await.map(first_row)
+                    autocommit(&mut conn, &sign(json), query)
+                        .await
+                        .map(first_row)
                 }
                 (Target::Connection(conn), Some(json)) => {
-                    autocommit(conn, &json, query).await.map(first_row)
+                    autocommit(conn, &sign(json), query).await.map(first_row)
                 }
                 (Target::Pool(pool), None) => pool.fetch_optional(query).await,
                 (Target::Connection(conn), None) => (&mut **conn).fetch_optional(query).await,
@@ -605,8 +608,8 @@ carrying_executor!('p, &'p BemiPool, auto: Comment, |this| comment: &this.pool, 
 pub struct BemiTransaction<'c> {
     tx: Transaction<'c, Postgres>,
     carrier: Carrier,
-    /// A context was emitted in this transaction: a write without one emits `{}` first.
-    emitted: bool,
+    /// The context in effect in this transaction.
+    in_effect: InEffect,
 }
 
 impl<'c> BemiTransaction<'c> {
@@ -621,7 +624,7 @@ impl<'c> BemiTransaction<'c> {
         Self {
             tx,
             carrier: Carrier::default(),
-            emitted: false,
+            in_effect: InEffect::new(),
         }
     }
 
@@ -678,7 +681,7 @@ impl<'c> BemiTransaction<'c> {
     }
 }
 
-carrying_executor!('t, &'t mut BemiTransaction<'_>, auto: Message, |this| comment: &mut *this.tx, message: Target::Transaction(&mut this.tx, &mut this.emitted));
+carrying_executor!('t, &'t mut BemiTransaction<'_>, auto: Message, |this| comment: &mut *this.tx, message: Target::Transaction(&mut this.tx, &this.in_effect));
 
 /// A pooled connection whose executor annotates writes; from [`BemiPool::acquire`].
 ///

@@ -2,15 +2,14 @@
 
 use std::future::Future;
 use std::pin::pin;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::Poll;
 
 use futures_util::future::{Either, join, join3};
-use tokio::sync::{Mutex, OnceCell};
+use tokio::sync::{Mutex, MutexGuard, OnceCell};
 use tokio_postgres::types::{BorrowToSql, ToSql, Type};
 use tokio_postgres::{Client, Error, Row, RowStream, SimpleQueryMessage, Statement, Transaction};
 
-use bemi_core::carrier::{self, EMIT_SQL};
+use bemi_core::carrier::{self, EMIT_SQL, InEffect};
 use bemi_core::sql;
 
 /// How writes carry their context ([`BemiClient::carrier`]); re-exported from
@@ -71,7 +70,8 @@ impl BemiQuery for Statement {}
 enum Carried {
     /// Nothing to carry: a read, or (with the comment) a prepared statement.
     Nothing,
-    /// This message (Message carrier) or this annotated text (Comment carrier).
+    /// This context (Message carrier: the message's JSON, not signed yet) or this annotated
+    /// text (Comment carrier).
     Context(String),
     /// No context in scope where the query was made: the code that runs it may have one.
     Pending,
@@ -84,9 +84,9 @@ impl Carried {
                 if !sql::is_write(sql) {
                     return Self::Nothing;
                 }
-                carrier::message_json(sql)
+                carrier::message_context(sql)
             }
-            (Carrier::Message, QueryParts::Prepared(_)) => carrier::message_json_without_sql(),
+            (Carrier::Message, QueryParts::Prepared(_)) => carrier::message_context_without_sql(),
             (_, QueryParts::Text(sql)) => {
                 if !sql::is_write(sql) {
                     return Self::Nothing;
@@ -98,14 +98,16 @@ impl Carried {
         found.map_or(Self::Pending, Self::Context)
     }
 
-    /// The context, looked up again where the query runs if it had none where it was made.
-    fn resolve(self, carrier: Carrier, query: QueryParts<'_>) -> Option<String> {
+    /// The context of a query that may write (`None`: a read), looked up again where the query
+    /// runs if it had none where it was made.
+    fn resolve(self, carrier: Carrier, query: QueryParts<'_>) -> Option<Option<String>> {
         match self {
             Self::Nothing => None,
-            Self::Context(found) => Some(found),
+            Self::Context(found) => Some(Some(found)),
             Self::Pending => match Self::of(carrier, query) {
-                Self::Context(found) => Some(found),
-                Self::Nothing | Self::Pending => None,
+                Self::Context(found) => Some(Some(found)),
+                Self::Nothing => None,
+                Self::Pending => Some(None),
             },
         }
     }
@@ -115,7 +117,7 @@ impl Carried {
 #[derive(Debug, Default)]
 struct Shared {
     /// Held while a query's requests are sent, so that the requests of one write go out
-    /// together.
+    /// together, and in a transaction in the order its emissions were decided.
     sending: Mutex<()>,
     /// The prepared emission statement ([`EMIT_SQL`]) of this connection.
     emit: OnceCell<Statement>,
@@ -134,27 +136,28 @@ enum Emission {
     Simple,
 }
 
-/// How a query runs: on a client outside a transaction, or inside one (`emitted` notes that a
-/// context was emitted in it).
+/// How a query runs: on a client outside a transaction, or inside one (`transaction` knows
+/// which context is in effect in it).
 #[derive(Clone, Copy)]
 struct Session<'a> {
     client: &'a Client,
     shared: &'a Shared,
     carrier: Carrier,
     emission: Emission,
-    transaction: Option<&'a AtomicBool>,
-    /// The enclosing transaction's flag, in a savepoint: a context emitted here is in effect
-    /// there too once the savepoint is released.
-    parent: Option<&'a AtomicBool>,
+    transaction: Option<&'a InEffect>,
+    /// The enclosing transaction's, in a savepoint: a context emitted here is in effect there
+    /// too once the savepoint is released.
+    parent: Option<&'a InEffect>,
 }
 
-/// What to send before a query.
+/// What to send with a query.
 enum Plan {
     /// The query alone (as text: annotated, with the comment carrier).
     Alone(Option<String>),
-    /// The emission of this message, then the query, inside the open transaction.
-    Emit(String),
-    /// `BEGIN`, the emission of this message, the query, `COMMIT`.
+    /// Inside the open transaction: the emission the context in effect asks for (decided when
+    /// the requests are sent), then the query.
+    InTransaction(Option<String>),
+    /// `BEGIN`, the emission of this (signed) message, the query, `COMMIT`.
     Wrap(String),
 }
 
@@ -178,15 +181,16 @@ impl Session<'_> {
     }
 
     /// The emission of `json` (after `BEGIN` when `begin`), sent on its first poll: with the
-    /// prepared statement, or in the simple protocol.
+    /// prepared statement, or in the simple protocol (always, when `simple`).
     fn emission<'e>(
         &'e self,
         json: &'e str,
         statement: Option<&'e Statement>,
         begin: bool,
+        simple: bool,
     ) -> impl Future<Output = Result<(), Error>> + 'e {
         match (statement, self.emission) {
-            (Some(statement), _) => Either::Left(Either::Left(async move {
+            (Some(statement), _) if !simple => Either::Left(Either::Left(async move {
                 let params: [&(dyn ToSql + Sync); 1] = [&json];
                 let emit = self.client.execute(statement, &params);
                 if begin {
@@ -197,7 +201,7 @@ impl Session<'_> {
                     emit.await.map(drop)
                 }
             })),
-            (None, Emission::Typed) => Either::Left(Either::Right(async move {
+            (_, Emission::Typed) if !simple => Either::Left(Either::Right(async move {
                 let params: [(&(dyn ToSql + Sync), Type); 1] = [(&json, Type::TEXT)];
                 let emit = self.client.execute_typed(EMIT_SQL, &params);
                 if begin {
@@ -208,7 +212,7 @@ impl Session<'_> {
                     emit.await.map(drop)
                 }
             })),
-            (None, _) => Either::Right(async move {
+            _ => Either::Right(async move {
                 let sql = if begin {
                     carrier::begin_and_emit_sql(json)
                 } else {
@@ -219,66 +223,71 @@ impl Session<'_> {
         }
     }
 
-    /// Notes, before an emission in the transaction is sent, what it may leave in effect: a
-    /// context, even if the future is dropped before the emission's result arrives (a request
-    /// sent runs on the server whether or not its response is awaited), so that the next write
-    /// without a context resets it.
-    fn note_sending(&self, json: &str) {
-        if json == carrier::RESET_JSON {
-            return;
-        }
-        if let Some(flag) = self.transaction {
-            flag.store(true, Ordering::Release);
-        }
-        if let Some(parent) = self.parent {
-            parent.store(true, Ordering::Release);
-        }
-    }
-
-    /// Notes an emission that completed: after a reset no context is in effect.
-    fn note_emitted(&self, json: &str) {
-        if let (Some(flag), true) = (self.transaction, json == carrier::RESET_JSON) {
-            flag.store(false, Ordering::Release);
-        }
-    }
-
-    /// After a `ROLLBACK TO SAVEPOINT` the context in effect is unknown: the next write without
-    /// one resets.
-    fn note_possible_undo(&self, sql: &str) {
-        if let (Some(flag), true) = (self.transaction, carrier::may_undo_emissions(sql)) {
-            flag.store(true, Ordering::Release);
-        }
-    }
-
-    fn plan(&self, carried: Option<String>) -> Plan {
+    fn plan(&self, carried: Option<Option<String>>) -> Plan {
         match (self.carrier, self.transaction, carried) {
-            (Carrier::Message, None, None) => Plan::Alone(None),
-            (Carrier::Message, None, Some(json)) => Plan::Wrap(json),
-            (Carrier::Message, Some(_), Some(json)) => Plan::Emit(json),
-            (Carrier::Message, Some(emitted), None) => {
-                if emitted.load(Ordering::Acquire) {
-                    Plan::Emit(carrier::RESET_JSON.to_owned())
-                } else {
-                    Plan::Alone(None)
-                }
+            (_, _, None) => Plan::Alone(None),
+            (Carrier::Message, None, Some(None)) => Plan::Alone(None),
+            (Carrier::Message, None, Some(Some(context))) => {
+                Plan::Wrap(bemi_core::signing::sign(context))
             }
+            (Carrier::Message, Some(_), Some(context)) => Plan::InTransaction(context),
             // The comment (or `Auto`, which sessions resolve before they get here).
-            (_, _, annotated) => Plan::Alone(annotated),
+            (_, _, Some(annotated)) => Plan::Alone(annotated),
         }
     }
 
     /// Polls `future` once — which sends its requests — while holding the sending lock, then
     /// drives it to the end.
     async fn send<F: Future>(&self, future: F) -> F::Output {
+        let sending = self.shared.sending.lock().await;
+        Self::send_holding(sending, future).await
+    }
+
+    /// [`Self::send`] with the sending lock already held.
+    async fn send_holding<F: Future>(sending: MutexGuard<'_, ()>, future: F) -> F::Output {
         let mut future = pin!(future);
-        let first = {
-            let _sending = self.shared.sending.lock().await;
-            std::future::poll_fn(|cx| Poll::Ready(future.as_mut().poll(cx))).await
-        };
+        let first = std::future::poll_fn(|cx| Poll::Ready(future.as_mut().poll(cx))).await;
+        drop(sending);
         match first {
             Poll::Ready(output) => output,
             Poll::Pending => future.await,
         }
+    }
+
+    /// Sends `query` (run by `query`, a future not polled yet) in the open transaction, after
+    /// the emission that `context` needs there: none when it is the context already in
+    /// effect. The decision is made under the sending lock, so that decisions and requests
+    /// keep one order when tasks share the transaction. `sql` is the query's text, when known;
+    /// `simple` emits in the simple protocol.
+    async fn send_in_transaction<R>(
+        &self,
+        in_effect: &InEffect,
+        context: Option<String>,
+        sql: Option<&str>,
+        simple: bool,
+        query: impl Future<Output = Result<R, Error>>,
+    ) -> Result<R, Error> {
+        let statement = if simple {
+            None
+        } else {
+            self.emit_statement().await?
+        };
+        let sending = self.shared.sending.lock().await;
+        let emission = in_effect.before_write(context);
+        if let (Some(parent), Some(_)) = (self.parent, &emission) {
+            parent.forget();
+        }
+        if let Some(sql) = sql {
+            in_effect.after_statement(sql);
+        }
+        let Some(emission) = emission else {
+            return Self::send_holding(sending, query).await;
+        };
+        let emit = self.emission(emission.json(), statement, false, simple);
+        let (emitted, result) = Self::send_holding(sending, join(emit, query)).await;
+        emitted?;
+        in_effect.emitted(&emission);
+        result
     }
 
     /// Runs `run` with the query's statement, after what the plan asks, all requests sent
@@ -293,35 +302,33 @@ impl Session<'_> {
         F: FnOnce(&'s Client, Statement) -> Fut,
         Fut: Future<Output = Result<R, Error>>,
     {
-        if let QueryParts::Text(sql) = query {
-            self.note_possible_undo(sql);
-        }
+        let sql = match query {
+            QueryParts::Text(sql) => Some(sql),
+            QueryParts::Prepared(_) => None,
+        };
         let plan = self.plan(carried.resolve(self.carrier, query));
         let statement = match (query, &plan) {
             (_, Plan::Alone(Some(annotated))) => self.client.prepare(annotated).await?,
             (QueryParts::Text(sql), _) => self.client.prepare(sql).await?,
             (QueryParts::Prepared(statement), _) => statement.clone(),
         };
-        match plan {
-            Plan::Alone(_) => self.send(run(self.client, statement)).await,
-            Plan::Emit(json) => {
-                let emit = self.emit_statement().await?;
-                self.note_sending(&json);
-                let (emitted, result) = self
-                    .send(join(
-                        self.emission(&json, emit, false),
-                        run(self.client, statement),
-                    ))
-                    .await;
-                emitted?;
-                self.note_emitted(&json);
-                result
+        match (plan, self.transaction) {
+            (Plan::InTransaction(context), Some(in_effect)) => {
+                let query = run(self.client, statement);
+                self.send_in_transaction(in_effect, context, sql, false, query)
+                    .await
             }
-            Plan::Wrap(json) => {
+            (Plan::Alone(annotated), Some(in_effect)) => {
+                // A read, or a statement carrying its own comment: what may change the context
+                // in effect unseen is noted before it is sent.
+                in_effect.after_statement(annotated.as_deref().or(sql).unwrap_or_default());
+                self.send(run(self.client, statement)).await
+            }
+            (Plan::Wrap(json), _) => {
                 let emit = self.emit_statement().await?;
                 let (began, result, committed) = self
                     .send(join3(
-                        self.emission(&json, emit, true),
+                        self.emission(&json, emit, true, false),
                         run(self.client, statement),
                         // After a failed statement, COMMIT ends the transaction as a ROLLBACK.
                         self.client.batch_execute("COMMIT"),
@@ -331,6 +338,9 @@ impl Session<'_> {
                 let result = result?;
                 committed?;
                 Ok(result)
+            }
+            (Plan::Alone(_) | Plan::InTransaction(_), _) => {
+                self.send(run(self.client, statement)).await
             }
         }
     }
@@ -342,26 +352,21 @@ impl Session<'_> {
         F: FnOnce(String) -> Fut,
         Fut: Future<Output = Result<R, Error>>,
     {
-        self.note_possible_undo(query);
-        match self.plan(carried.resolve(self.carrier, QueryParts::Text(query))) {
-            Plan::Alone(annotated) => {
+        match (
+            self.plan(carried.resolve(self.carrier, QueryParts::Text(query))),
+            self.transaction,
+        ) {
+            (Plan::InTransaction(context), Some(in_effect)) => {
+                let batch = run(query.to_owned());
+                self.send_in_transaction(in_effect, context, Some(query), true, batch)
+                    .await
+            }
+            (Plan::Alone(annotated), Some(in_effect)) => {
+                in_effect.after_statement(annotated.as_deref().unwrap_or(query));
                 self.send(run(annotated.unwrap_or_else(|| query.to_owned())))
                     .await
             }
-            Plan::Emit(json) => {
-                let emit = carrier::emit_sql_literal(&json);
-                self.note_sending(&json);
-                let (emitted, result) = self
-                    .send(join(
-                        self.client.batch_execute(&emit),
-                        run(query.to_owned()),
-                    ))
-                    .await;
-                emitted?;
-                self.note_emitted(&json);
-                result
-            }
-            Plan::Wrap(json) => {
+            (Plan::Wrap(json), _) => {
                 // Three simple queries sent together: `BEGIN` with the emission, the batch,
                 // `COMMIT`, which ends the transaction as a ROLLBACK after a failed statement.
                 // All are sent on the first poll, so a future dropped after it never leaves the
@@ -379,6 +384,11 @@ impl Session<'_> {
                 committed?;
                 Ok(result)
             }
+            (Plan::Alone(annotated), None) => {
+                self.send(run(annotated.unwrap_or_else(|| query.to_owned())))
+                    .await
+            }
+            (Plan::InTransaction(_), None) => self.send(run(query.to_owned())).await,
         }
     }
 }
@@ -633,10 +643,10 @@ pub struct BemiTransaction<'a> {
     carrier: Carrier,
     emission: Emission,
     shared: Shared,
-    /// A context was emitted in this transaction: a write without one emits `{}` first.
-    emitted: AtomicBool,
-    /// The enclosing transaction's flag, for a savepoint.
-    parent: Option<&'a AtomicBool>,
+    /// The context in effect in this transaction.
+    in_effect: InEffect,
+    /// The enclosing transaction's, for a savepoint.
+    parent: Option<&'a InEffect>,
 }
 
 impl std::fmt::Debug for BemiTransaction<'_> {
@@ -655,7 +665,7 @@ impl<'a> BemiTransaction<'a> {
             carrier: Carrier::default(),
             emission: Emission::Prepared,
             shared: Shared::default(),
-            emitted: AtomicBool::new(false),
+            in_effect: InEffect::new(),
             parent: None,
         }
     }
@@ -696,15 +706,15 @@ impl<'a> BemiTransaction<'a> {
         let (carrier, emission) = (self.carrier, self.emission);
         let emit = self.shared.emit.get().cloned();
         // What the outer transaction emitted is in effect in the savepoint too.
-        let emitted = self.emitted.load(Ordering::Acquire);
+        let in_effect = self.in_effect.savepoint();
         let nested = self.inner.transaction().await?;
         let mut nested = BemiTransaction::new(nested).carrier(carrier);
         nested.emission = emission;
         if let Some(emit) = emit {
             let _ = nested.shared.emit.set(emit);
         }
-        nested.emitted.store(emitted, Ordering::Release);
-        nested.parent = Some(&self.emitted);
+        nested.in_effect = in_effect;
+        nested.parent = Some(&self.in_effect);
         Ok(nested)
     }
 
@@ -714,7 +724,7 @@ impl<'a> BemiTransaction<'a> {
             shared: &self.shared,
             carrier: self.carrier.resolve(Carrier::Message),
             emission: self.emission,
-            transaction: Some(&self.emitted),
+            transaction: Some(&self.in_effect),
             parent: self.parent,
         }
     }
@@ -812,8 +822,8 @@ pub struct BorrowedTransaction<'t> {
     carrier: Carrier,
     emission: Emission,
     shared: Shared,
-    emitted: AtomicBool,
-    parent: Option<&'t AtomicBool>,
+    in_effect: InEffect,
+    parent: Option<&'t InEffect>,
 }
 
 impl<'t> BorrowedTransaction<'t> {
@@ -824,7 +834,7 @@ impl<'t> BorrowedTransaction<'t> {
             carrier: Carrier::default(),
             emission: Emission::Typed,
             shared: Shared::default(),
-            emitted: AtomicBool::new(false),
+            in_effect: InEffect::new(),
             parent: None,
         }
     }
@@ -838,8 +848,8 @@ impl<'t> BorrowedTransaction<'t> {
             carrier: self.carrier,
             emission: self.emission,
             shared: Shared::default(),
-            emitted: AtomicBool::new(self.emitted.load(Ordering::Acquire)),
-            parent: Some(&self.emitted),
+            in_effect: self.in_effect.savepoint(),
+            parent: Some(&self.in_effect),
         }
     }
 
@@ -868,7 +878,7 @@ impl<'t> BorrowedTransaction<'t> {
             shared: &self.shared,
             carrier: self.carrier.resolve(Carrier::Message),
             emission: self.emission,
-            transaction: Some(&self.emitted),
+            transaction: Some(&self.in_effect),
             parent: self.parent,
         }
     }

@@ -51,6 +51,7 @@ mod cli_ui;
 mod cli_worker;
 mod context_isolation;
 mod demo;
+mod emit_once;
 mod enrichment;
 mod fuzz;
 mod grpc;
