@@ -150,6 +150,17 @@ pub(crate) async fn p2_inserts(env: &Env, sizes: &Sizes) -> anyhow::Result<Vec<R
         let statement = client.prepare(INSERT_TRACKED).await?;
         bemi_clients.push(Arc::new(Mutex::new((client, statement))));
     }
+    // P2-latency's other shape for tokio-postgres (#27 item 3): `BEGIN` and the emission in one
+    // simple-protocol query (the context a literal, parsed each time), then the prepared write
+    // and `COMMIT` — what `transaction_pooler(true)` sends.
+    let mut simple_clients = Vec::new();
+    {
+        let (client, connection) = tokio_postgres::connect(&db.url, tokio_postgres::NoTls).await?;
+        tokio::spawn(connection);
+        let client = BemiClient::new(client).transaction_pooler(true);
+        let statement = client.prepare(INSERT_TRACKED).await?;
+        simple_clients.push(Arc::new(Mutex::new((client, statement))));
+    }
 
     let time = sizes.round_time;
     let in_context = |n: u64| json!({"user_id": n, "endpoint": "/todo", "method": "POST"});
@@ -224,6 +235,18 @@ pub(crate) async fn p2_inserts(env: &Env, sizes: &Sizes) -> anyhow::Result<Vec<R
                     let (client, statement) = &*guard;
                     client.execute(statement, &[&"Sleep"]).await?;
                 }
+                Ok(1)
+            }
+        }
+    };
+    let tokio_auto_simple = || {
+        let clients = simple_clients.clone();
+        move |writer: usize, n: u64| {
+            let client = Arc::clone(&clients[writer]);
+            async move {
+                let guard = client.lock().await;
+                let (client, statement) = &*guard;
+                context::scope(in_context(n), client.execute(statement, &[&"Sleep"])).await?;
                 Ok(1)
             }
         }
@@ -305,6 +328,7 @@ pub(crate) async fn p2_inserts(env: &Env, sizes: &Sizes) -> anyhow::Result<Vec<R
         variant!(1, tokio_auto(true)),
         variant!(WRITERS, raw_tracked(false)),
         variant!(WRITERS, raw_tracked(true)),
+        variant!(1, tokio_auto_simple()),
     ];
     let samples = rotated(sizes.rounds, &mut variants).await?;
     let tracked_rows: i64 = sqlx::query_scalar("SELECT count(*) FROM tracked")
@@ -388,6 +412,12 @@ pub(crate) async fn p2_inserts(env: &Env, sizes: &Sizes) -> anyhow::Result<Vec<R
             12,
             13,
             Goal::AtMost(1.3),
+        ),
+        latency(
+            "… tokio-postgres, the other shape: BEGIN and the emission in one simple query (a literal, parsed each time), the write, COMMIT ÷ raw (1)",
+            12,
+            16,
+            Goal::None,
         ),
         latency(
             "… sqlx, default: comment (2 round trips: Parse/Describe, Bind/Execute; parsed each time) ÷ raw sqlx (1)",
