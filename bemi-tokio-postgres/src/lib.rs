@@ -267,11 +267,6 @@ impl Session<'_> {
         simple: bool,
         query: impl Future<Output = Result<R, Error>>,
     ) -> Result<R, Error> {
-        let statement = if simple {
-            None
-        } else {
-            self.emit_statement().await?
-        };
         let sending = self.shared.sending.lock().await;
         let emission = in_effect.before_write(context);
         if let (Some(parent), Some(_)) = (self.parent, &emission) {
@@ -282,6 +277,13 @@ impl Session<'_> {
         }
         let Some(emission) = emission else {
             return Self::send_holding(sending, query).await;
+        };
+        // Prepared on the first emission only (under the lock: once per connection), so that
+        // a transaction whose writes carry no context never prepares it.
+        let statement = if simple {
+            None
+        } else {
+            self.emit_statement().await?
         };
         let emit = self.emission(emission.json(), statement, false, simple);
         let (emitted, result) = Self::send_holding(sending, join(emit, query)).await;

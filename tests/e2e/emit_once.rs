@@ -187,3 +187,36 @@ crate::lines::seaorm_lines! {
     }
     e2e_test!(seaorm_emits_each_context_once);
 }
+
+/// A transaction whose writes carry no context sends nothing of bemi's: not even the emission's
+/// prepared statement (it is prepared on a connection's first emission).
+async fn tokio_postgres_transaction_without_contexts_prepares_nothing(
+    cluster: Arc<TestCluster>,
+) -> TestResult {
+    let db = todo_db(&cluster, "emit_once_no_context").await?;
+    let slot = db.wal_slot().await?;
+    let mut client = bemi_tokio_postgres::BemiClient::new(db.tokio_postgres().await?);
+    let tx = client.transaction().await?;
+    for task in ["a", "b"] {
+        tx.execute(INSERT_A, &[&task]).await?;
+    }
+    let emissions_prepared: i64 = tx
+        .query_one(
+            // (Spelled apart, so that this query, prepared too, does not count itself.)
+            "SELECT count(*) FROM pg_prepared_statements \
+              WHERE statement LIKE '%pg_logical_' || 'emit_message%'",
+            &[],
+        )
+        .await?
+        .get(0);
+    tx.commit().await?;
+    ensure!(
+        emissions_prepared == 0,
+        "{emissions_prepared} emission statements prepared"
+    );
+    let entries = slot.read().await?;
+    ensure!(bemi_tests::wal::bemi_messages(&entries).is_empty());
+    ensure!(bemi_tests::wal::changes(&entries).len() == 2);
+    Ok(())
+}
+e2e_test!(tokio_postgres_transaction_without_contexts_prepares_nothing);
