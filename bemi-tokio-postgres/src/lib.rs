@@ -279,11 +279,12 @@ impl Session<'_> {
             return Self::send_holding(sending, query).await;
         };
         // Prepared on the first emission only (under the lock: once per connection), so that
-        // a transaction whose writes carry no context never prepares it.
+        // a transaction whose writes carry no context never prepares it. Boxed: the prepare
+        // future is large, and this one is polled inside every write's.
         let statement = if simple {
             None
         } else {
-            self.emit_statement().await?
+            Box::pin(self.emit_statement()).await?
         };
         let emit = self.emission(emission.json(), statement, false, simple);
         let (emitted, result) = Self::send_holding(sending, join(emit, query)).await;
