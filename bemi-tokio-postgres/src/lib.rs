@@ -239,13 +239,17 @@ impl Session<'_> {
     /// Polls `future` once — which sends its requests — while holding the sending lock, then
     /// drives it to the end.
     async fn send<F: Future>(&self, future: F) -> F::Output {
+        let future = pin!(future);
         let sending = self.shared.sending.lock().await;
         Self::send_holding(sending, future).await
     }
 
-    /// [`Self::send`] with the sending lock already held.
-    async fn send_holding<F: Future>(sending: MutexGuard<'_, ()>, future: F) -> F::Output {
-        let mut future = pin!(future);
+    /// [`Self::send`] with the sending lock already held. (The future is pinned by the caller
+    /// and borrowed here, so that its state is not kept twice.)
+    async fn send_holding<F: Future>(
+        sending: MutexGuard<'_, ()>,
+        mut future: std::pin::Pin<&mut F>,
+    ) -> F::Output {
         let first = std::future::poll_fn(|cx| Poll::Ready(future.as_mut().poll(cx))).await;
         drop(sending);
         match first {
@@ -276,7 +280,7 @@ impl Session<'_> {
             in_effect.after_statement(sql);
         }
         let Some(emission) = emission else {
-            return Self::send_holding(sending, query).await;
+            return Self::send_holding(sending, pin!(query)).await;
         };
         // Prepared on the first emission only (under the lock: once per connection), so that
         // a transaction whose writes carry no context never prepares it. Boxed: the prepare
@@ -287,7 +291,7 @@ impl Session<'_> {
             Box::pin(self.emit_statement()).await?
         };
         let emit = self.emission(emission.json(), statement, false, simple);
-        let (emitted, result) = Self::send_holding(sending, join(emit, query)).await;
+        let (emitted, result) = Self::send_holding(sending, pin!(join(emit, query))).await;
         emitted?;
         in_effect.emitted(&emission);
         result
