@@ -151,17 +151,17 @@ struct Session<'a> {
 }
 
 /// What to send with a query.
-enum Plan {
+enum Plan<'a> {
     /// The query alone (as text: annotated, with the comment carrier).
     Alone(Option<String>),
-    /// Inside the open transaction: the emission the context in effect asks for (decided when
-    /// the requests are sent), then the query.
-    InTransaction(Option<String>),
+    /// Inside the open transaction (whose context in effect is this): the emission the context
+    /// asks for (decided when the requests are sent), then the query.
+    InTransaction(&'a InEffect, Option<String>),
     /// `BEGIN`, the emission of this (signed) message, the query, `COMMIT`.
     Wrap(String),
 }
 
-impl Session<'_> {
+impl<'a> Session<'a> {
     /// This session with another carrier.
     fn with_carrier(mut self, carrier: Carrier) -> Self {
         self.carrier = carrier;
@@ -223,14 +223,16 @@ impl Session<'_> {
         }
     }
 
-    fn plan(&self, carried: Option<Option<String>>) -> Plan {
+    fn plan(&self, carried: Option<Option<String>>) -> Plan<'a> {
         match (self.carrier, self.transaction, carried) {
             (_, _, None) => Plan::Alone(None),
             (Carrier::Message, None, Some(None)) => Plan::Alone(None),
             (Carrier::Message, None, Some(Some(context))) => {
                 Plan::Wrap(bemi_core::signing::sign(context))
             }
-            (Carrier::Message, Some(_), Some(context)) => Plan::InTransaction(context),
+            (Carrier::Message, Some(in_effect), Some(context)) => {
+                Plan::InTransaction(in_effect, context)
+            }
             // The comment (or `Auto`, which sessions resolve before they get here).
             (_, _, Some(annotated)) => Plan::Alone(annotated),
         }
@@ -319,19 +321,21 @@ impl Session<'_> {
             (QueryParts::Text(sql), _) => self.client.prepare(sql).await?,
             (QueryParts::Prepared(statement), _) => statement.clone(),
         };
-        match (plan, self.transaction) {
-            (Plan::InTransaction(context), Some(in_effect)) => {
+        match plan {
+            Plan::InTransaction(in_effect, context) => {
                 let query = run(self.client, statement);
                 self.send_in_transaction(in_effect, context, sql, false, query)
                     .await
             }
-            (Plan::Alone(annotated), Some(in_effect)) => {
-                // A read, or a statement carrying its own comment: what may change the context
-                // in effect unseen is noted before it is sent.
-                in_effect.after_statement(annotated.as_deref().or(sql).unwrap_or_default());
+            Plan::Alone(annotated) => {
+                if let Some(in_effect) = self.transaction {
+                    // A read, or a statement carrying its own comment: what may change the
+                    // context in effect unseen is noted before it is sent.
+                    in_effect.after_statement(annotated.as_deref().or(sql).unwrap_or_default());
+                }
                 self.send(run(self.client, statement)).await
             }
-            (Plan::Wrap(json), _) => {
+            Plan::Wrap(json) => {
                 let emit = self.emit_statement().await?;
                 let (began, result, committed) = self
                     .send(join3(
@@ -346,9 +350,6 @@ impl Session<'_> {
                 committed?;
                 Ok(result)
             }
-            (Plan::Alone(_) | Plan::InTransaction(_), _) => {
-                self.send(run(self.client, statement)).await
-            }
         }
     }
 
@@ -359,21 +360,20 @@ impl Session<'_> {
         F: FnOnce(String) -> Fut,
         Fut: Future<Output = Result<R, Error>>,
     {
-        match (
-            self.plan(carried.resolve(self.carrier, QueryParts::Text(query))),
-            self.transaction,
-        ) {
-            (Plan::InTransaction(context), Some(in_effect)) => {
+        match self.plan(carried.resolve(self.carrier, QueryParts::Text(query))) {
+            Plan::InTransaction(in_effect, context) => {
                 let batch = run(query.to_owned());
                 self.send_in_transaction(in_effect, context, Some(query), true, batch)
                     .await
             }
-            (Plan::Alone(annotated), Some(in_effect)) => {
-                in_effect.after_statement(annotated.as_deref().unwrap_or(query));
+            Plan::Alone(annotated) => {
+                if let Some(in_effect) = self.transaction {
+                    in_effect.after_statement(annotated.as_deref().unwrap_or(query));
+                }
                 self.send(run(annotated.unwrap_or_else(|| query.to_owned())))
                     .await
             }
-            (Plan::Wrap(json), _) => {
+            Plan::Wrap(json) => {
                 // Three simple queries sent together: `BEGIN` with the emission, the batch,
                 // `COMMIT`, which ends the transaction as a ROLLBACK after a failed statement.
                 // All are sent on the first poll, so a future dropped after it never leaves the
@@ -391,11 +391,6 @@ impl Session<'_> {
                 committed?;
                 Ok(result)
             }
-            (Plan::Alone(annotated), None) => {
-                self.send(run(annotated.unwrap_or_else(|| query.to_owned())))
-                    .await
-            }
-            (Plan::InTransaction(_), None) => self.send(run(query.to_owned())).await,
         }
     }
 }
