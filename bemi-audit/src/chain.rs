@@ -10,11 +10,12 @@
 //!
 //! **Canonical bytes.** The hash covers every column a reader relies on, each length-prefixed:
 //! the chain's name and the number, `id`, `primary_key`, `before`, `after` and `context` as
-//! PostgreSQL prints the stored `jsonb` (`jsonb::text` is deterministic: the writer asks the
-//! server for it before hashing, and the verifier reads it back the same way, so no JSON
-//! canonicalisation of our own can drift), `database`, `schema`, `table`, `operation`,
-//! `committed_at` and `queued_at` (µs since the epoch), `transaction_id`, `position` and
-//! `source`. Beside the hash, each change keeps `chain_fields`: four bytes of each field's own
+//! PostgreSQL prints the stored `jsonb` (`jsonb::text` is deterministic: the verifier reads it
+//! back that way; the writer computes it with [`crate::jsonb_text`] and the insert has the
+//! server check that the stored values print so, else asks the server for it — so no JSON
+//! canonicalisation of our own can make a chain that does not verify), `database`, `schema`,
+//! `table`, `operation`, `committed_at` and `queued_at` (µs since the epoch), `transaction_id`,
+//! `position` and `source`. Beside the hash, each change keeps `chain_fields`: four bytes of each field's own
 //! hash, which only serve to *name* the field that was altered.
 //!
 //! ```

@@ -6,6 +6,7 @@ pub mod checkpoint;
 mod follow;
 #[cfg(test)]
 mod fuzz;
+pub mod jsonb_text;
 mod query;
 mod restore;
 pub mod retention;

@@ -30,11 +30,15 @@
 //! ```
 
 use bemi_core::protocol::Operation;
+use std::collections::{BTreeSet, HashSet};
+use std::sync::Mutex;
+
 use chrono::{DateTime, Utc};
-use sqlx::PgConnection;
+use sqlx::{PgConnection, Row as _};
 use uuid::Uuid;
 
 use crate::chain::{ChainHead, LinkFields};
+use crate::jsonb_text::jsonb_text;
 
 /// Inserts a batch (one array parameter per column); returns how many rows were new.
 const INSERT_SQL: &str = r#"
@@ -178,7 +182,8 @@ impl<'a> ChangeBatch<'a> {
 
 /// Asks the server for each change's id and the canonical text (`jsonb::text`) of its JSON
 /// columns, and whether it is stored already (a re-delivery) or repeats an earlier change of
-/// the same batch (a message published twice), in batch order.
+/// the same batch (a message published twice), in batch order: the path for JSON whose text
+/// the writer cannot compute itself ([`jsonb_text`]).
 const CANONICAL_SQL: &str = r#"
 SELECT gen_random_uuid(), b.before::jsonb::text, b.after::jsonb::text, b.context::jsonb::text,
        EXISTS (SELECT 1 FROM changes s
@@ -190,6 +195,19 @@ SELECT gen_random_uuid(), b.before::jsonb::text, b.after::jsonb::text, b.context
   FROM unnest($3::text[], $4::text[], $5::text[], $6::int8[], $7::text[], $8::text[], $9::text[])
        WITH ORDINALITY AS b(before, after, context, position, "table", schema, operation, n)
  ORDER BY b.n
+"#;
+
+/// For each change of the batch, in order, whether it is stored already (a re-delivery). The
+/// check is a subquery per change (an index probe of the unique key), not a join the planner
+/// could choose to run as a scan of `changes` per change.
+const STORED_SQL: &str = r#"
+SELECT array_agg(EXISTS (SELECT 1 FROM changes s
+                          WHERE s.position = b.position AND s."table" = b."table"
+                            AND s.schema = b.schema AND s.database = $1
+                            AND s.operation = b.operation AND s.source = coalesce($2, ''))
+                 ORDER BY b.n)
+  FROM unnest($3::int8[], $4::text[], $5::text[], $6::text[])
+       WITH ORDINALITY AS b(position, "table", schema, operation, n)
 "#;
 
 /// Inserts a chained batch (one array parameter per column); returns how many rows were new.
@@ -213,10 +231,58 @@ WITH written AS (
 SELECT count(*) FROM written
 "#;
 
-/// A [`ChangeBatch`] on its way into a hash chain ([`crate::chain`]): the server gave each
-/// change its id and the canonical text of its JSON, and said which changes are stored already
-/// (a re-delivery after a crash: left out *before* numbers are given, so the chain has no
-/// gap); [`link`](Self::link) numbers and hashes the rest after a chain head,
+/// [`INSERT_CHAINED_SQL`] for JSON whose text the writer computed and hashed itself: each
+/// value is parsed once, and nothing is inserted unless every stored value prints as the text
+/// that was hashed. Returns how many rows were new and how many values printed differently.
+const INSERT_CHAINED_CHECKED_SQL: &str = r#"
+WITH batch AS MATERIALIZED (
+  SELECT id, primary_key, before_text, after_text, context_text,
+         before_text::jsonb AS before, after_text::jsonb AS after, context_text::jsonb AS context,
+         schema, "table", operation, committed_at, queued_at, transaction_id, position,
+         chain_seq, chain_hash, chain_fields
+    FROM unnest($4::uuid[], $5::text[], $6::text[], $7::text[], $8::text[], $9::text[],
+                $10::text[], $11::text[], $12::timestamptz[], $13::timestamptz[], $14::int8[],
+                $15::int8[], $16::int8[], $17::bytea[], $18::bytea[])
+      AS b(id, primary_key, before_text, after_text, context_text, schema, "table", operation,
+           committed_at, queued_at, transaction_id, position, chain_seq, chain_hash,
+           chain_fields)
+),
+differing AS (
+  SELECT count(*) AS n FROM batch
+   WHERE before::text <> before_text OR after::text <> after_text
+      OR context::text <> context_text
+),
+written AS (
+  INSERT INTO changes (id, primary_key, before, after, context, database, schema, "table",
+                       operation, committed_at, queued_at, transaction_id, position, source,
+                       chain, chain_seq, chain_hash, chain_fields)
+  SELECT id, primary_key, before, after, context, $1, schema, "table", operation,
+         committed_at, queued_at, transaction_id, position, $2, $3, chain_seq, chain_hash,
+         chain_fields
+    FROM batch
+   WHERE (SELECT n FROM differing) = 0
+  ON CONFLICT ON CONSTRAINT changes_position_key DO NOTHING
+  RETURNING 1
+)
+SELECT (SELECT count(*) FROM written), (SELECT n FROM differing)
+"#;
+
+/// Chains whose destination printed a JSON value differently than [`jsonb_text`] computed it
+/// (a database encoding other than UTF-8 sorts keys by other bytes): their batches take the
+/// server's text from then on, for the rest of the process.
+static SERVER_TEXT_CHAINS: Mutex<BTreeSet<String>> = Mutex::new(BTreeSet::new());
+
+fn takes_server_text(chain: &str) -> bool {
+    SERVER_TEXT_CHAINS
+        .lock()
+        .map_or(true, |chains| chains.contains(chain))
+}
+
+/// A [`ChangeBatch`] on its way into a hash chain ([`crate::chain`]): each change has its id
+/// and the canonical text of its JSON (`jsonb::text`, see [`jsonb_text`]), and the changes
+/// that are stored already (a re-delivery after a crash) or repeat an earlier one of the batch
+/// are known — left out *before* numbers are given, so the chain has no gap;
+/// [`link`](Self::link) numbers and hashes the rest after a chain head,
 /// [`insert`](Self::insert) stores them.
 ///
 /// ```no_run
@@ -243,13 +309,18 @@ pub struct ChainedBatch<'b, 'a> {
     after: Vec<String>,
     context: Vec<String>,
     stored: Vec<bool>,
+    /// The JSON texts were computed here, so the insert has the server check them.
+    computed_here: bool,
     seq: Vec<i64>,
     hash: Vec<Vec<u8>>,
     fields: Vec<Vec<u8>>,
 }
 
 impl<'a> ChangeBatch<'a> {
-    /// Prepares the batch for the chain `chain` (see [`ChainedBatch`]): one round trip.
+    /// Prepares the batch for the chain `chain` (see [`ChainedBatch`]): one round trip. The
+    /// writer computes the JSON's canonical text itself ([`jsonb_text`]) and asks the server
+    /// only which changes are stored already; when it cannot vouch for a value's text, or the
+    /// destination printed one differently before, the server gives the text of the batch.
     pub async fn prepare_chain<'b>(
         &'b self,
         chain: &'b str,
@@ -257,23 +328,64 @@ impl<'a> ChangeBatch<'a> {
         database: &'b str,
         conn: &mut PgConnection,
     ) -> Result<ChainedBatch<'b, 'a>, sqlx::Error> {
-        type Row = (Uuid, String, String, String, bool);
-        let rows: Vec<Row> = if self.is_empty() {
-            Vec::new()
-        } else {
-            sqlx::query_as(CANONICAL_SQL)
+        let mut chained = ChainedBatch {
+            batch: self,
+            chain,
+            source: source.unwrap_or("").to_owned(),
+            database,
+            ids: Vec::with_capacity(self.len()),
+            before: Vec::with_capacity(self.len()),
+            after: Vec::with_capacity(self.len()),
+            context: Vec::with_capacity(self.len()),
+            stored: Vec::with_capacity(self.len()),
+            computed_here: false,
+            seq: Vec::new(),
+            hash: Vec::new(),
+            fields: Vec::new(),
+        };
+        if self.is_empty() {
+            return Ok(chained);
+        }
+        if !takes_server_text(chain) && chained.compute_texts() {
+            chained.computed_here = true;
+            chained.ids = random_ids(self.len()).map_err(|error| {
+                sqlx::Error::Protocol(format!("no random ids for a chained batch: {error}"))
+            })?;
+            chained.stored = self.repeated_in_batch();
+            let stored: Vec<bool> = sqlx::query_scalar(STORED_SQL)
                 .bind(database)
                 .bind(source)
-                .bind(&self.before)
-                .bind(&self.after)
-                .bind(&self.context)
                 .bind(&self.position)
                 .bind(&self.table)
                 .bind(&self.schema)
                 .bind(&self.operation)
-                .fetch_all(&mut *conn)
-                .await?
-        };
+                .fetch_one(&mut *conn)
+                .await?;
+            if stored.len() != self.len() {
+                return Err(sqlx::Error::Protocol(format!(
+                    "the destination checked {} changes of a batch of {}",
+                    stored.len(),
+                    self.len()
+                )));
+            }
+            for (repeated, stored) in chained.stored.iter_mut().zip(stored) {
+                *repeated |= stored;
+            }
+            return Ok(chained);
+        }
+        type Row = (Uuid, String, String, String, bool);
+        let rows: Vec<Row> = sqlx::query_as(CANONICAL_SQL)
+            .bind(database)
+            .bind(source)
+            .bind(&self.before)
+            .bind(&self.after)
+            .bind(&self.context)
+            .bind(&self.position)
+            .bind(&self.table)
+            .bind(&self.schema)
+            .bind(&self.operation)
+            .fetch_all(&mut *conn)
+            .await?;
         if rows.len() != self.len() {
             return Err(sqlx::Error::Protocol(format!(
                 "the destination returned {} canonical rows for a batch of {}",
@@ -281,20 +393,9 @@ impl<'a> ChangeBatch<'a> {
                 self.len()
             )));
         }
-        let mut chained = ChainedBatch {
-            batch: self,
-            chain,
-            source: source.unwrap_or("").to_owned(),
-            database,
-            ids: Vec::with_capacity(rows.len()),
-            before: Vec::with_capacity(rows.len()),
-            after: Vec::with_capacity(rows.len()),
-            context: Vec::with_capacity(rows.len()),
-            stored: Vec::with_capacity(rows.len()),
-            seq: Vec::new(),
-            hash: Vec::new(),
-            fields: Vec::new(),
-        };
+        chained.before.clear();
+        chained.after.clear();
+        chained.context.clear();
         for (id, before, after, context, stored) in rows {
             chained.ids.push(id);
             chained.before.push(before);
@@ -304,6 +405,36 @@ impl<'a> ChangeBatch<'a> {
         }
         Ok(chained)
     }
+
+    /// For each change, whether an earlier change of the batch has its unique key (a message
+    /// published twice): only the first is stored.
+    fn repeated_in_batch(&self) -> Vec<bool> {
+        let mut seen = HashSet::with_capacity(self.len());
+        (0..self.len())
+            .map(|i| {
+                !seen.insert((
+                    self.position[i],
+                    self.table[i],
+                    self.schema[i],
+                    self.operation[i],
+                ))
+            })
+            .collect()
+    }
+}
+
+/// `count` random (version 4) UUIDs.
+fn random_ids(count: usize) -> Result<Vec<Uuid>, getrandom::Error> {
+    let mut bytes = vec![0_u8; count * 16];
+    getrandom::fill(&mut bytes)?;
+    Ok(bytes
+        .chunks_exact(16)
+        .map(|chunk| {
+            let mut random = [0_u8; 16];
+            random.copy_from_slice(chunk);
+            uuid::Builder::from_random_bytes(random).into_uuid()
+        })
+        .collect())
 }
 
 impl ChainedBatch<'_, '_> {
@@ -351,9 +482,40 @@ impl ChainedBatch<'_, '_> {
         head
     }
 
+    /// Whether the JSON's canonical text was computed here ([`jsonb_text`]; the insert has the
+    /// server check it) rather than asked of the server.
+    #[must_use]
+    pub fn computes_text(&self) -> bool {
+        self.computed_here
+    }
+
+    /// The canonical text of every JSON value, computed here; `false` (and nothing kept) when
+    /// one cannot be vouched for.
+    fn compute_texts(&mut self) -> bool {
+        let b = self.batch;
+        for i in 0..b.len() {
+            let (Some(before), Some(after), Some(context)) = (
+                jsonb_text(b.before[i]),
+                jsonb_text(b.after[i]),
+                jsonb_text(b.context[i]),
+            ) else {
+                self.before.clear();
+                self.after.clear();
+                self.context.clear();
+                return false;
+            };
+            self.before.push(before);
+            self.after.push(after);
+            self.context.push(context);
+        }
+        true
+    }
+
     /// Inserts the linked changes in one statement; returns how many. Fails (the caller's
     /// transaction must roll back) when one of them turned out to be stored meanwhile, which
-    /// would leave a hole in the chain.
+    /// would leave a hole in the chain, or when the destination printed a JSON value other than
+    /// as it was hashed (then nothing was inserted, and the chain's later batches take the
+    /// server's text).
     pub async fn insert(&self, conn: &mut PgConnection) -> Result<u64, sqlx::Error> {
         let b = self.batch;
         let indexes: Vec<usize> = (0..b.len()).filter(|&i| !self.stored[i]).collect();
@@ -367,21 +529,31 @@ impl ChainedBatch<'_, '_> {
         }
         macro_rules! column {
             ($values:expr) => {
-                indexes
-                    .iter()
-                    .map(|&i| $values[i].clone())
-                    .collect::<Vec<_>>()
+                indexes.iter().map(|&i| $values[i]).collect::<Vec<_>>()
             };
         }
-        let written: i64 = sqlx::query_scalar(INSERT_CHAINED_SQL)
+        macro_rules! text_column {
+            ($values:expr) => {
+                indexes
+                    .iter()
+                    .map(|&i| $values[i].as_str())
+                    .collect::<Vec<&str>>()
+            };
+        }
+        let sql = if self.computed_here {
+            INSERT_CHAINED_CHECKED_SQL
+        } else {
+            INSERT_CHAINED_SQL
+        };
+        let query = sqlx::query(sql)
             .bind(self.database)
             .bind(&self.source)
             .bind(self.chain)
             .bind(column!(self.ids))
             .bind(column!(b.primary_key))
-            .bind(column!(self.before))
-            .bind(column!(self.after))
-            .bind(column!(self.context))
+            .bind(text_column!(self.before))
+            .bind(text_column!(self.after))
+            .bind(text_column!(self.context))
             .bind(column!(b.schema))
             .bind(column!(b.table))
             .bind(column!(b.operation))
@@ -391,9 +563,29 @@ impl ChainedBatch<'_, '_> {
             .bind(column!(b.position))
             .bind(&self.seq)
             .bind(&self.hash)
-            .bind(&self.fields)
-            .fetch_one(conn)
-            .await?;
+            .bind(&self.fields);
+        let row = query.fetch_one(conn).await?;
+        let written: i64 = row.try_get(0)?;
+        if self.computed_here {
+            let differing: i64 = row.try_get(1)?;
+            if differing > 0 {
+                if let Ok(mut chains) = SERVER_TEXT_CHAINS.lock() {
+                    chains.insert(self.chain.to_owned());
+                }
+                tracing::warn!(
+                    chain = self.chain,
+                    differing,
+                    "the destination prints JSON differently than the writer computed it (a \
+                     database encoding other than UTF-8?); this chain takes the server's text \
+                     from now on"
+                );
+                return Err(sqlx::Error::Protocol(format!(
+                    "the destination printed {differing} JSON values of this batch differently \
+                     than they were hashed; nothing was stored, and the batch is rolled back and \
+                     written again with the destination's text"
+                )));
+            }
+        }
         let written = u64::try_from(written).unwrap_or(0);
         if written != indexes.len() as u64 {
             return Err(sqlx::Error::Protocol(format!(

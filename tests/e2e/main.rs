@@ -41,6 +41,7 @@ mod audit_query;
 mod cancellation;
 mod capture_rules;
 mod carrier;
+mod chain_text;
 mod chaos_regressions;
 mod cli_audit;
 mod cli_changes;
