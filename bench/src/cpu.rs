@@ -49,6 +49,36 @@ impl CpuMeter {
         })
     }
 
+    /// How many processes the server runs besides the postmaster (backends, background
+    /// workers).
+    pub(crate) fn children(&self) -> usize {
+        let Ok(entries) = std::fs::read_dir("/proc") else {
+            return 0;
+        };
+        entries
+            .flatten()
+            .filter(|entry| {
+                entry
+                    .file_name()
+                    .to_str()
+                    .is_some_and(|name| name.parse::<u32>().is_ok_and(|pid| pid != self.postmaster))
+                    && ProcStat::read(&entry.path().join("stat"))
+                        .is_some_and(|stat| stat.parent == self.postmaster)
+            })
+            .count()
+    }
+
+    /// Waits (up to `deadline`) until the server runs no more than `children` processes again:
+    /// the backends of clients that disconnected have exited and been reaped, so that their
+    /// CPU time is in the postmaster's reaped-children counters. Read before that, a backend
+    /// still exiting lands in the next round's reading instead.
+    pub(crate) async fn settle(&self, children: usize, deadline: std::time::Duration) {
+        let until = std::time::Instant::now() + deadline;
+        while self.children() > children && std::time::Instant::now() < until {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    }
+
     /// The CPU seconds used so far by the server and by this process.
     pub(crate) fn read(&self) -> CpuTime {
         let mut ticks = 0u64;

@@ -74,6 +74,8 @@ struct Pair {
     sql_key: bool,
     /// Whether the writes of a transaction share one context (then it is emitted once).
     contexts_repeat: bool,
+    /// A reference row: no goal.
+    reference: bool,
     raw: Write,
     tracked: Write,
 }
@@ -146,6 +148,7 @@ pub(crate) async fn p2_cpu(env: &Env, sizes: &Sizes) -> anyhow::Result<Vec<Row>>
             autocommit_limit
         };
         let goal = match (pair.transactions, pair.contexts_repeat, limit) {
+            _ if pair.reference => Goal::None,
             // Five contexts per transaction: what the SQL key costs (a reference row).
             (true, false, _) => Goal::None,
             // One context per transaction, emitted once: within 10 % of the limit, and at
@@ -230,6 +233,7 @@ async fn pairs(url: &str) -> anyhow::Result<Vec<Pair>> {
             transactions,
             sql_key: true,
             contexts_repeat: true,
+            reference: false,
             raw: Arc::new(move |_, _| {
                 let pool = raw_pool.clone();
                 Box::pin(async move {
@@ -277,6 +281,40 @@ async fn pairs(url: &str) -> anyhow::Result<Vec<Pair>> {
         });
     }
 
+    // Writes without a context (a job, a migration, a psql session): on a table with the
+    // comment trigger (`tracked`) against one without it (`plain`, like a table migrated with
+    // `comment_trigger(false)`) — what such a write pays for the trigger; a reference row.
+    {
+        let (raw_pool, trigger_pool) = (pool.clone(), pool.clone());
+        pairs.push(Pair {
+            what: "sqlx, writes without a context, each on its own: the comment trigger ÷ none (`comment_trigger(false)`)",
+            transactions: false,
+            sql_key: true,
+            contexts_repeat: true,
+            reference: true,
+            raw: Arc::new(move |_, _| {
+                let pool = raw_pool.clone();
+                Box::pin(async move {
+                    sqlx::query(INSERT_PLAIN)
+                        .bind("Sleep")
+                        .execute(&pool)
+                        .await?;
+                    Ok(1)
+                })
+            }),
+            tracked: Arc::new(move |_, _| {
+                let pool = trigger_pool.clone();
+                Box::pin(async move {
+                    sqlx::query(INSERT_TRACKED)
+                        .bind("Sleep")
+                        .execute(&pool)
+                        .await?;
+                    Ok(1)
+                })
+            }),
+        });
+    }
+
     // sqlx, transactions of five different statements: with the SQL key every write's context
     // differs (five emissions); without it they are one context (one emission).
     for sql_key in [true, false] {
@@ -291,6 +329,7 @@ async fn pairs(url: &str) -> anyhow::Result<Vec<Pair>> {
             sql_key,
             // With the SQL key each write's context differs.
             contexts_repeat: !sql_key,
+            reference: false,
             raw: Arc::new(move |_, _| {
                 let pool = raw_pool.clone();
                 Box::pin(async move {
@@ -341,6 +380,7 @@ async fn pairs(url: &str) -> anyhow::Result<Vec<Pair>> {
             transactions,
             sql_key: true,
             contexts_repeat: true,
+            reference: false,
             raw: Arc::new(move |writer, _| {
                 let client = Arc::clone(&raw[writer]);
                 Box::pin(async move {
@@ -400,6 +440,7 @@ async fn pairs(url: &str) -> anyhow::Result<Vec<Pair>> {
             transactions,
             sql_key: true,
             contexts_repeat: true,
+            reference: false,
             raw: Arc::new(move |_, _| {
                 let conn = raw.clone();
                 Box::pin(async move {
@@ -457,6 +498,7 @@ async fn pairs(url: &str) -> anyhow::Result<Vec<Pair>> {
             transactions,
             sql_key: true,
             contexts_repeat: true,
+            reference: false,
             raw: Arc::new(move |writer, _| {
                 let conn = Arc::clone(&raw[writer]);
                 Box::pin(async move {
@@ -544,8 +586,10 @@ async fn limits(env: &Env, url: &str, sizes: &Sizes, meter: CpuMeter) -> anyhow:
                 } else {
                     (&base_file, &mut plain)
                 };
+                let children = meter.children();
                 let before = meter.read();
                 let transactions = run_pgbench(&pgbench, url, file, sizes.round_time).await?;
+                meter.settle(children, Duration::from_secs(10)).await;
                 let used = meter.read() - before;
                 samples
                     .0
