@@ -14,7 +14,7 @@ use bemi_audit::jsonb_text::jsonb_text;
 use bemi_audit::store::{ChangeBatch, NewChange};
 use bemi_tests::poll::wait_until;
 use bemi_tests::worker::{RunningWorker, worker_config};
-use bemi_tests::{TestCluster, TestResult};
+use bemi_tests::{TestCluster, TestDb, TestResult};
 use proptest::collection::vec;
 use proptest::prelude::*;
 use sqlx::{Connection as _, PgConnection};
@@ -265,13 +265,9 @@ async fn values_the_writer_cannot_vouch_for_take_the_servers_text(
 }
 e2e_test!(values_the_writer_cannot_vouch_for_take_the_servers_text);
 
-/// A destination in LATIN1 sorts `é` (one byte there) before `zz`: the writer's text differs
-/// from the stored value's. The chained insert refuses the batch before storing any of it; the
-/// batch written again takes the server's text, and the chain verifies.
-async fn a_destination_that_prints_json_differently_refuses_the_batch_and_it_is_written_again(
-    cluster: Arc<TestCluster>,
-) -> TestResult {
-    let db = cluster.database("chain_latin1").await?;
+/// A new database in LATIN1 on `db`'s server (named after it, so the run's cleanup drops
+/// it); its URL.
+async fn latin1_database(db: &TestDb) -> anyhow::Result<String> {
     let latin1 = format!("{}_latin1", db.name);
     // The name is this test's own (letters, digits and underscores).
     sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
@@ -284,6 +280,17 @@ async fn a_destination_that_prints_json_differently_refuses_the_batch_and_it_is_
         .url
         .replacen(&format!("/{}", db.name), &format!("/{latin1}"), 1);
     ensure!(url != db.url, "no database name in {}", db.url);
+    Ok(url)
+}
+
+/// A destination in LATIN1 sorts `é` (one byte there) before `zz`: the writer's text differs
+/// from the stored value's. The chained insert refuses the batch before storing any of it; the
+/// batch written again takes the server's text, and the chain verifies.
+async fn a_destination_that_prints_json_differently_refuses_the_batch_and_it_is_written_again(
+    cluster: Arc<TestCluster>,
+) -> TestResult {
+    let db = cluster.database("chain_latin1").await?;
+    let url = latin1_database(&db).await?;
     let mut conn = PgConnection::connect(&url).await?;
     bemi_audit::schema::prepare(&mut conn).await?;
     let chain_name = chain::worker_chain(None, "latin1");
@@ -331,17 +338,7 @@ async fn the_worker_recovers_from_a_destination_that_prints_json_differently(
             "CREATE TABLE doc (id bigserial PRIMARY KEY, data jsonb NOT NULL)",
         )
         .await?;
-    let latin1 = format!("{}_latin1", db.name);
-    // The name is this test's own (letters, digits and underscores).
-    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-        "CREATE DATABASE {latin1} ENCODING 'LATIN1' LC_COLLATE 'C' LC_CTYPE 'C' \
-         TEMPLATE template0"
-    )))
-    .execute(&db.pool)
-    .await?;
-    let url = db
-        .url
-        .replacen(&format!("/{}", db.name), &format!("/{latin1}"), 1);
+    let url = latin1_database(&db).await?;
     let mut config = worker_config(&db);
     config.destination_url = Some(url.clone());
     let worker = RunningWorker::start(config).await?;
