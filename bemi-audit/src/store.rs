@@ -199,7 +199,8 @@ SELECT gen_random_uuid(), b.before::jsonb::text, b.after::jsonb::text, b.context
 
 /// For each change of the batch, in order, whether it is stored already (a re-delivery). The
 /// check is a subquery per change (an index probe of the unique key), not a join the planner
-/// could choose to run as a scan of `changes` per change.
+/// could choose to run as a scan of `changes` per change. Planned at each execution (see
+/// [`PROBES_PREPARED`]).
 const STORED_SQL: &str = r#"
 SELECT array_agg(EXISTS (SELECT 1 FROM changes s
                           WHERE s.position = b.position AND s."table" = b."table"
@@ -209,6 +210,17 @@ SELECT array_agg(EXISTS (SELECT 1 FROM changes s
   FROM unnest($3::int8[], $4::text[], $5::text[], $6::text[])
        WITH ORDINALITY AS b(position, "table", schema, operation, n)
 "#;
+
+/// Whether the queries that look changes up by their unique key ([`STORED_SQL`],
+/// [`CANONICAL_SQL`]) are prepared once and keep their plan: no, they are planned at each
+/// execution. A prepared statement's generic plan assumes 10 rows for a parameter's `unnest` and is kept once it
+/// looks cheaper than the plans for the real batches, and made while `changes` is still small
+/// it can look changes up by `(table, primary_key, committed_at)` with a filter on the rest —
+/// which, once the table holds many changes of that table, reads all of them for every change
+/// of every batch (a probe of one worker's batch took 39 s in a chaos run). Planned with the
+/// batch and the table as they are, the unique key's index is chosen; planning costs well under
+/// a millisecond per batch.
+const PROBES_PREPARED: bool = false;
 
 /// Inserts a chained batch (one array parameter per column); returns how many rows were new.
 const INSERT_CHAINED_SQL: &str = r#"
@@ -353,6 +365,7 @@ impl<'a> ChangeBatch<'a> {
             })?;
             chained.stored = self.repeated_in_batch();
             let stored: Vec<bool> = sqlx::query_scalar(STORED_SQL)
+                .persistent(PROBES_PREPARED)
                 .bind(database)
                 .bind(source)
                 .bind(&self.position)
@@ -375,6 +388,7 @@ impl<'a> ChangeBatch<'a> {
         }
         type Row = (Uuid, String, String, String, bool);
         let rows: Vec<Row> = sqlx::query_as(CANONICAL_SQL)
+            .persistent(PROBES_PREPARED)
             .bind(database)
             .bind(source)
             .bind(&self.before)

@@ -380,3 +380,68 @@ async fn the_worker_recovers_from_a_destination_that_prints_json_differently(
     Ok(())
 }
 e2e_test!(the_worker_recovers_from_a_destination_that_prints_json_differently);
+
+/// The re-delivery probe looks changes up by their unique key however small `changes` was when
+/// the connection first ran it. A prepared probe kept the generic plan it made while the table
+/// was empty — a lookup by `(table, primary_key, committed_at)` that reads every change of the
+/// table for each change of a batch — and took 39 s per batch in a chaos run once the table had
+/// grown. Counted by the index scans of the probing transaction itself (no timing).
+async fn the_re_delivery_probe_uses_the_unique_key_once_changes_has_grown(
+    cluster: Arc<TestCluster>,
+) -> TestResult {
+    let db = cluster.database("chain_probe_plan").await?;
+    let mut conn = db.pool.acquire().await?;
+    bemi_audit::schema::prepare(&mut conn).await?;
+    sqlx::raw_sql("ALTER TABLE changes SET (autovacuum_enabled = false)")
+        .execute(&mut *conn)
+        .await?;
+    let chain_name = chain::worker_chain(None, "app");
+    let after = r#"{"id": 1}"#;
+    // Batches of 50 while the table is small: their plans were cached, and the generic one
+    // (which assumes 10 rows) looked cheaper.
+    for round in 0..8_i64 {
+        let mut batch = ChangeBatch::default();
+        for i in 0..50 {
+            batch.push(created(1_000 + round * 50 + i, after));
+        }
+        store_chained(&mut conn, &batch, &chain_name).await?;
+    }
+    // The table grows (other changes of the same table, as a long-running worker stores them).
+    sqlx::raw_sql(
+        "INSERT INTO changes (primary_key, after, database, schema, \"table\", operation, \
+                              committed_at, queued_at, transaction_id, position) \
+         SELECT i::text, '{}', 'app', 'public', 'todo', 'CREATE', now(), now(), i, i \
+           FROM generate_series(100000, 120000) i",
+    )
+    .execute(&mut *conn)
+    .await?;
+
+    let mut batch = ChangeBatch::default();
+    for i in 0..50 {
+        batch.push(created(200_000 + i, after));
+    }
+    // Index scans of `changes` this backend has not reported yet, by index.
+    const SCANS: &str = "SELECT c.relname::text, pg_stat_get_xact_numscans(c.oid) \
+                           FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid \
+                          WHERE i.indrelid = 'changes'::regclass ORDER BY 1";
+    let mut tx = conn.begin().await?;
+    let before: Vec<(String, i64)> = sqlx::query_as(SCANS).fetch_all(&mut *tx).await?;
+    let chained = batch
+        .prepare_chain(&chain_name, None, "app", &mut tx)
+        .await?;
+    ensure!(chained.computes_text(), "the batch took the server's text");
+    let after: Vec<(String, i64)> = sqlx::query_as(SCANS).fetch_all(&mut *tx).await?;
+    tx.rollback().await?;
+    let probed: Vec<(String, i64)> = after
+        .into_iter()
+        .zip(before)
+        .map(|((index, after), (_, before))| (index, after - before))
+        .filter(|(_, scans)| *scans > 0)
+        .collect();
+    ensure!(
+        probed == [("changes_position_key".to_owned(), 50)],
+        "the probe of 50 changes scanned {probed:?}"
+    );
+    Ok(())
+}
+e2e_test!(the_re_delivery_probe_uses_the_unique_key_once_changes_has_grown);
