@@ -106,7 +106,7 @@ pub(crate) async fn p4_throughput(env: &Env, sizes: &Sizes) -> anyhow::Result<Ve
     let (mut raw, mut ours, mut ours_elsewhere) =
         (Samples::default(), Samples::default(), Samples::default());
     let (mut decode_us, mut write_us) = (Samples::default(), Samples::default());
-    let mut limit = Samples::default();
+    let (mut limit, mut copy) = (Samples::default(), Samples::default());
     // What a user can choose: fewer indexes on `changes`, more writer connections.
     let choices: [(&str, Choice); 2] = [
         (
@@ -234,6 +234,7 @@ pub(crate) async fn p4_throughput(env: &Env, sizes: &Sizes) -> anyhow::Result<Ve
             .await?;
         limit.0.push(total as f64 / started.elapsed().as_secs_f64());
         elsewhere.exec("DROP TABLE changes_limit").await?;
+        copy.0.push(binary_copy_rate(&elsewhere).await? as f64);
 
         elsewhere.exec("TRUNCATE changes").await?;
 
@@ -305,6 +306,14 @@ pub(crate) async fn p4_throughput(env: &Env, sizes: &Sizes) -> anyhow::Result<Ve
             &ours_elsewhere.ratios_to(&limit),
             Goal::AtLeast(0.8),
         ),
+        Row::ratio(
+            "P4-copy",
+            "… binary `COPY` of the same rows (PostgreSQL's own binary encoding of them, sent back over one connection with `TCP_NODELAY`) into an identically indexed table ÷ the `INSERT … SELECT` of P4-limit: the fastest shape a writer could send",
+            limit.show("changes/s"),
+            copy.show("changes/s"),
+            &copy.ratios_to(&limit),
+            Goal::None,
+        ),
         Row {
             id: "P4-detail".to_owned(),
             what: "worker time per change (same database): stream task (decode, JSON, stitch) / writer (insert, indexes, commit)".to_owned(),
@@ -317,6 +326,35 @@ pub(crate) async fn p4_throughput(env: &Env, sizes: &Sizes) -> anyhow::Result<Ve
     ];
     rows.extend(choice_rows);
     Ok(rows)
+}
+
+/// The rate of a binary `COPY` of every row of `changes` in `db` into an identically indexed
+/// table: the rows read out in PostgreSQL's binary format first (not timed), then sent back in
+/// the chunks they came in, over one sqlx connection (which sets `TCP_NODELAY`).
+async fn binary_copy_rate(db: &Database) -> anyhow::Result<u64> {
+    use futures_util::TryStreamExt as _;
+
+    db.exec("DROP TABLE IF EXISTS changes_copy").await?;
+    db.exec("CREATE TABLE changes_copy (LIKE changes INCLUDING ALL)")
+        .await?;
+    let mut conn = db.pool.acquire().await?;
+    let chunks: Vec<_> = conn
+        .copy_out_raw("COPY changes TO STDOUT (FORMAT binary)")
+        .await?
+        .try_collect()
+        .await?;
+    let started = Instant::now();
+    let mut copy_in = conn
+        .copy_in_raw("COPY changes_copy FROM STDIN (FORMAT binary)")
+        .await?;
+    for chunk in chunks {
+        copy_in.send(chunk).await?;
+    }
+    let rows = copy_in.finish().await?;
+    let rate = rows as f64 / started.elapsed().as_secs_f64();
+    drop(conn);
+    db.exec("DROP TABLE changes_copy").await?;
+    Ok(rate as u64)
 }
 
 /// P5: commit → row visible in `changes` at a steady 1 000 writes/s: p50 and p99 of
