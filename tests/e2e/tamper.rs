@@ -29,7 +29,8 @@ const TODO: &str = "CREATE TABLE todo (id bigserial PRIMARY KEY, task text NOT N
                     is_completed boolean NOT NULL DEFAULT false)";
 
 /// A tracked database whose worker (with a checkpoint key, a checkpoint every 5 changes) has
-/// stored `changes` changes of `todo`, in transactions of 1–3 rows; the worker is stopped.
+/// stored `changes` changes of `todo`, in transactions of 1–3 rows, waiting for them to be
+/// stored every 5 or so (so that checkpoints are spread over the chain); the worker is stopped.
 async fn chained_trail(
     cluster: &TestCluster,
     name: &str,
@@ -42,6 +43,7 @@ async fn chained_trail(
         .every(Duration::from_secs(3600));
     let worker = RunningWorker::start(worker_config(&db).checkpoints(policy)).await?;
     let mut made = 0;
+    let mut stored_through = 0;
     let mut n = 0;
     while made < changes {
         n += 1;
@@ -55,6 +57,12 @@ async fn chained_trail(
         }
         tx.commit().await?;
         made += rows;
+        // Stored before the next ones are written, so that no batch of the worker holds more
+        // than a few changes and a checkpoint is due every 5 or so, however fast it runs.
+        if made - stored_through >= 5 {
+            wait_for_changes(&db, made).await?;
+            stored_through = made;
+        }
     }
     wait_for_changes(&db, changes).await?;
     worker.stop().await?;
