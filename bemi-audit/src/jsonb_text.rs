@@ -40,15 +40,11 @@ const MAX_DIGITS: usize = 1000;
 /// (see the [module docs](self)).
 #[must_use]
 pub fn jsonb_text(json: &str) -> Option<String> {
-    let mut parser = Parser {
-        bytes: json.as_bytes(),
-        text: json,
-        at: 0,
-    };
+    let mut parser = Parser { text: json, at: 0 };
     parser.skip_space();
     let value = parser.value(0)?;
     parser.skip_space();
-    if parser.at != parser.bytes.len() {
+    if parser.at != json.len() {
         return None;
     }
     let mut out = String::with_capacity(json.len() + json.len() / 8 + 2);
@@ -119,14 +115,13 @@ fn write_string(out: &mut String, text: &str) {
 }
 
 struct Parser<'a> {
-    bytes: &'a [u8],
     text: &'a str,
     at: usize,
 }
 
 impl<'a> Parser<'a> {
     fn peek(&self) -> Option<u8> {
-        self.bytes.get(self.at).copied()
+        self.text.as_bytes().get(self.at).copied()
     }
 
     fn skip_space(&mut self) {
@@ -137,7 +132,7 @@ impl<'a> Parser<'a> {
 
     fn eat(&mut self, expected: &[u8]) -> Option<()> {
         let end = self.at.checked_add(expected.len())?;
-        (self.bytes.get(self.at..end)? == expected).then(|| self.at = end)
+        (self.text.as_bytes().get(self.at..end)? == expected).then(|| self.at = end)
     }
 
     fn value(&mut self, depth: usize) -> Option<Value<'a>> {
@@ -297,7 +292,7 @@ impl<'a> Parser<'a> {
     }
 
     fn hex4(&mut self) -> Option<u32> {
-        let digits = self.bytes.get(self.at..self.at + 4)?;
+        let digits = self.text.as_bytes().get(self.at..self.at + 4)?;
         let mut code = 0;
         for &digit in digits {
             code = code * 16 + char::from(digit).to_digit(16)?;

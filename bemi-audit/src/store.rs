@@ -180,18 +180,15 @@ impl<'a> ChangeBatch<'a> {
     }
 }
 
-/// Asks the server for each change's id and the canonical text (`jsonb::text`) of its JSON
-/// columns, and whether it is stored already (a re-delivery) or repeats an earlier change of
-/// the same batch (a message published twice), in batch order: the path for JSON whose text
-/// the writer cannot compute itself ([`jsonb_text`]).
+/// Asks the server for the canonical text (`jsonb::text`) of each change's JSON columns and
+/// whether it is stored already (a re-delivery), in batch order: [`STORED_SQL`] for JSON whose
+/// text the writer cannot compute itself ([`jsonb_text`]).
 const CANONICAL_SQL: &str = r#"
-SELECT gen_random_uuid(), b.before::jsonb::text, b.after::jsonb::text, b.context::jsonb::text,
+SELECT b.before::jsonb::text, b.after::jsonb::text, b.context::jsonb::text,
        EXISTS (SELECT 1 FROM changes s
                 WHERE s.position = b.position AND s."table" = b."table" AND s.schema = b.schema
                   AND s.database = $1 AND s.operation = b.operation
                   AND s.source = coalesce($2, ''))
-       OR row_number() OVER (PARTITION BY b.position, b."table", b.schema, b.operation
-                             ORDER BY b.n) > 1
   FROM unnest($3::text[], $4::text[], $5::text[], $6::int8[], $7::text[], $8::text[], $9::text[])
        WITH ORDINALITY AS b(before, after, context, position, "table", schema, operation, n)
  ORDER BY b.n
@@ -345,11 +342,11 @@ impl<'a> ChangeBatch<'a> {
             chain,
             source: source.unwrap_or("").to_owned(),
             database,
-            ids: Vec::with_capacity(self.len()),
+            ids: Vec::new(),
             before: Vec::with_capacity(self.len()),
             after: Vec::with_capacity(self.len()),
             context: Vec::with_capacity(self.len()),
-            stored: Vec::with_capacity(self.len()),
+            stored: Vec::new(),
             computed_here: false,
             seq: Vec::new(),
             hash: Vec::new(),
@@ -358,13 +355,12 @@ impl<'a> ChangeBatch<'a> {
         if self.is_empty() {
             return Ok(chained);
         }
-        if !takes_server_text(chain) && chained.compute_texts() {
+        chained.ids = random_ids(self.len()).map_err(|error| {
+            sqlx::Error::Protocol(format!("no random ids for a chained batch: {error}"))
+        })?;
+        let stored: Vec<bool> = if !takes_server_text(chain) && chained.compute_texts() {
             chained.computed_here = true;
-            chained.ids = random_ids(self.len()).map_err(|error| {
-                sqlx::Error::Protocol(format!("no random ids for a chained batch: {error}"))
-            })?;
-            chained.stored = self.repeated_in_batch();
-            let stored: Vec<bool> = sqlx::query_scalar(STORED_SQL)
+            sqlx::query_scalar(STORED_SQL)
                 .persistent(PROBES_PREPARED)
                 .bind(database)
                 .bind(source)
@@ -373,49 +369,41 @@ impl<'a> ChangeBatch<'a> {
                 .bind(&self.schema)
                 .bind(&self.operation)
                 .fetch_one(&mut *conn)
+                .await?
+        } else {
+            let rows: Vec<(String, String, String, bool)> = sqlx::query_as(CANONICAL_SQL)
+                .persistent(PROBES_PREPARED)
+                .bind(database)
+                .bind(source)
+                .bind(&self.before)
+                .bind(&self.after)
+                .bind(&self.context)
+                .bind(&self.position)
+                .bind(&self.table)
+                .bind(&self.schema)
+                .bind(&self.operation)
+                .fetch_all(&mut *conn)
                 .await?;
-            if stored.len() != self.len() {
-                return Err(sqlx::Error::Protocol(format!(
-                    "the destination checked {} changes of a batch of {}",
-                    stored.len(),
-                    self.len()
-                )));
-            }
-            for (repeated, stored) in chained.stored.iter_mut().zip(stored) {
-                *repeated |= stored;
-            }
-            return Ok(chained);
-        }
-        type Row = (Uuid, String, String, String, bool);
-        let rows: Vec<Row> = sqlx::query_as(CANONICAL_SQL)
-            .persistent(PROBES_PREPARED)
-            .bind(database)
-            .bind(source)
-            .bind(&self.before)
-            .bind(&self.after)
-            .bind(&self.context)
-            .bind(&self.position)
-            .bind(&self.table)
-            .bind(&self.schema)
-            .bind(&self.operation)
-            .fetch_all(&mut *conn)
-            .await?;
-        if rows.len() != self.len() {
+            rows.into_iter()
+                .map(|(before, after, context, stored)| {
+                    chained.before.push(before);
+                    chained.after.push(after);
+                    chained.context.push(context);
+                    stored
+                })
+                .collect()
+        };
+        if stored.len() != self.len() {
             return Err(sqlx::Error::Protocol(format!(
-                "the destination returned {} canonical rows for a batch of {}",
-                rows.len(),
+                "the destination checked {} changes of a batch of {}",
+                stored.len(),
                 self.len()
             )));
         }
-        chained.before.clear();
-        chained.after.clear();
-        chained.context.clear();
-        for (id, before, after, context, stored) in rows {
-            chained.ids.push(id);
-            chained.before.push(before);
-            chained.after.push(after);
-            chained.context.push(context);
-            chained.stored.push(stored);
+        // Left out: the changes stored already, and the repeats of an earlier one.
+        chained.stored = self.repeated_in_batch();
+        for (left_out, stored) in chained.stored.iter_mut().zip(stored) {
+            *left_out |= stored;
         }
         Ok(chained)
     }
