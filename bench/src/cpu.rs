@@ -52,20 +52,20 @@ impl CpuMeter {
     /// How many processes the server runs besides the postmaster (backends, background
     /// workers).
     pub(crate) fn children(&self) -> usize {
-        let Ok(entries) = std::fs::read_dir("/proc") else {
-            return 0;
-        };
-        entries
+        self.live_children().count()
+    }
+
+    /// The server's processes other than the postmaster, as they are now.
+    fn live_children(&self) -> impl Iterator<Item = ProcStat> + '_ {
+        std::fs::read_dir("/proc")
+            .into_iter()
             .flatten()
-            .filter(|entry| {
-                entry
-                    .file_name()
-                    .to_str()
-                    .is_some_and(|name| name.parse::<u32>().is_ok_and(|pid| pid != self.postmaster))
-                    && ProcStat::read(&entry.path().join("stat"))
-                        .is_some_and(|stat| stat.parent == self.postmaster)
+            .flatten()
+            .filter_map(move |entry| {
+                let pid = entry.file_name().to_str()?.parse::<u32>().ok()?;
+                let stat = ProcStat::read(&entry.path().join("stat"))?;
+                (stat.parent == self.postmaster && pid != self.postmaster).then_some(stat)
             })
-            .count()
     }
 
     /// Waits (up to `deadline`) until the server runs no more than `children` processes again:
@@ -87,20 +87,7 @@ impl CpuMeter {
         {
             ticks += postmaster.own + postmaster.reaped_children;
         }
-        if let Ok(entries) = std::fs::read_dir("/proc") {
-            for entry in entries.flatten() {
-                let name = entry.file_name();
-                let Some(pid) = name.to_str().and_then(|n| n.parse::<u32>().ok()) else {
-                    continue;
-                };
-                if let Some(stat) = ProcStat::read(&entry.path().join("stat"))
-                    && stat.parent == self.postmaster
-                    && pid != self.postmaster
-                {
-                    ticks += stat.own;
-                }
-            }
-        }
+        ticks += self.live_children().map(|stat| stat.own).sum::<u64>();
         let client = ProcStat::read(Path::new("/proc/self/stat")).map_or(0, |s| s.own);
         CpuTime {
             server: ticks as f64 / self.ticks_per_second,

@@ -78,8 +78,8 @@ pub(crate) fn human(value: f64) -> String {
 /// odd rounds and the tracked variant in even ones, so neither always goes first).
 pub(crate) async fn interleaved<B, T, FB, FT>(
     rounds: usize,
-    mut baseline: B,
-    mut tracked: T,
+    baseline: B,
+    tracked: T,
 ) -> anyhow::Result<(Samples, Samples)>
 where
     B: FnMut() -> FB,
@@ -87,14 +87,30 @@ where
     FB: Future<Output = anyhow::Result<f64>>,
     FT: Future<Output = anyhow::Result<f64>>,
 {
-    let (mut base, mut with) = (Samples::default(), Samples::default());
+    let (base, with) = interleaved_rounds(rounds, baseline, tracked).await?;
+    Ok((Samples(base), Samples(with)))
+}
+
+/// [`interleaved`] for rounds that measure more than one number: each round's result as it is.
+pub(crate) async fn interleaved_rounds<R, B, T, FB, FT>(
+    rounds: usize,
+    mut baseline: B,
+    mut tracked: T,
+) -> anyhow::Result<(Vec<R>, Vec<R>)>
+where
+    B: FnMut() -> FB,
+    T: FnMut() -> FT,
+    FB: Future<Output = anyhow::Result<R>>,
+    FT: Future<Output = anyhow::Result<R>>,
+{
+    let (mut base, mut with) = (Vec::with_capacity(rounds), Vec::with_capacity(rounds));
     for round in 0..rounds {
         if round % 2 == 0 {
-            base.0.push(baseline().await?);
-            with.0.push(tracked().await?);
+            base.push(baseline().await?);
+            with.push(tracked().await?);
         } else {
-            with.0.push(tracked().await?);
-            base.0.push(baseline().await?);
+            with.push(tracked().await?);
+            base.push(baseline().await?);
         }
     }
     Ok((base, with))

@@ -19,7 +19,7 @@ use sqlx::Connection as _;
 use crate::cpu::CpuMeter;
 use crate::env::{Env, Sizes};
 use crate::report::{Goal, Row};
-use crate::stats::{Samples, human, interleaved};
+use crate::stats::{Samples, human, interleaved, interleaved_rounds};
 
 /// Changes per batch (the worker's batches are up to 10 000 rows; the store's 256 messages).
 const BATCH: usize = 500;
@@ -182,16 +182,7 @@ pub(crate) async fn p9_tamper(env: &Env, sizes: &Sizes) -> anyhow::Result<Vec<Ro
         }
     };
     let key = ContextKey::new(b"bench secret");
-    let (mut unsigned, mut signed) = (Vec::new(), Vec::new());
-    for round in 0..rounds {
-        for signed_first in [round % 2 == 1, round % 2 == 0] {
-            if signed_first {
-                signed.push(run(Some(key)).await?);
-            } else {
-                unsigned.push(run(None).await?);
-            }
-        }
-    }
+    let (unsigned, signed) = interleaved_rounds(rounds, || run(None), || run(Some(key))).await?;
     type Round = (f64, Option<(f64, f64)>);
     let rates = |rounds: &[Round]| Samples(rounds.iter().map(|r| r.0).collect());
     let cpu = |rounds: &[Round], part: fn((f64, f64)) -> f64| {

@@ -285,33 +285,25 @@ async fn pairs(url: &str) -> anyhow::Result<Vec<Pair>> {
     // comment trigger (`tracked`) against one without it (`plain`, like a table migrated with
     // `comment_trigger(false)`) — what such a write pays for the trigger; a reference row.
     {
-        let (raw_pool, trigger_pool) = (pool.clone(), pool.clone());
+        // Single-row inserts of `sql` through the raw pool, no context.
+        let single_writes = |sql: &'static str| -> Write {
+            let pool = pool.clone();
+            Arc::new(move |_, _| {
+                let pool = pool.clone();
+                Box::pin(async move {
+                    sqlx::query(sql).bind("Sleep").execute(&pool).await?;
+                    Ok(1)
+                })
+            })
+        };
         pairs.push(Pair {
             what: "sqlx, writes without a context, each on its own: the comment trigger ÷ none (`comment_trigger(false)`)",
             transactions: false,
             sql_key: true,
             contexts_repeat: true,
             reference: true,
-            raw: Arc::new(move |_, _| {
-                let pool = raw_pool.clone();
-                Box::pin(async move {
-                    sqlx::query(INSERT_PLAIN)
-                        .bind("Sleep")
-                        .execute(&pool)
-                        .await?;
-                    Ok(1)
-                })
-            }),
-            tracked: Arc::new(move |_, _| {
-                let pool = trigger_pool.clone();
-                Box::pin(async move {
-                    sqlx::query(INSERT_TRACKED)
-                        .bind("Sleep")
-                        .execute(&pool)
-                        .await?;
-                    Ok(1)
-                })
-            }),
+            raw: single_writes(INSERT_PLAIN),
+            tracked: single_writes(INSERT_TRACKED),
         });
     }
 

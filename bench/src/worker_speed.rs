@@ -234,7 +234,7 @@ pub(crate) async fn p4_throughput(env: &Env, sizes: &Sizes) -> anyhow::Result<Ve
             .await?;
         limit.0.push(total as f64 / started.elapsed().as_secs_f64());
         elsewhere.exec("DROP TABLE changes_limit").await?;
-        copy.0.push(binary_copy_rate(&elsewhere).await? as f64);
+        copy.0.push(binary_copy_rate(&elsewhere).await?);
 
         elsewhere.exec("TRUNCATE changes").await?;
 
@@ -331,7 +331,7 @@ pub(crate) async fn p4_throughput(env: &Env, sizes: &Sizes) -> anyhow::Result<Ve
 /// The rate of a binary `COPY` of every row of `changes` in `db` into an identically indexed
 /// table: the rows read out in PostgreSQL's binary format first (not timed), then sent back in
 /// the chunks they came in, over one sqlx connection (which sets `TCP_NODELAY`).
-async fn binary_copy_rate(db: &Database) -> anyhow::Result<u64> {
+async fn binary_copy_rate(db: &Database) -> anyhow::Result<f64> {
     use futures_util::TryStreamExt as _;
 
     db.exec("DROP TABLE IF EXISTS changes_copy").await?;
@@ -354,7 +354,7 @@ async fn binary_copy_rate(db: &Database) -> anyhow::Result<u64> {
     let rate = rows as f64 / started.elapsed().as_secs_f64();
     drop(conn);
     db.exec("DROP TABLE changes_copy").await?;
-    Ok(rate as u64)
+    Ok(rate)
 }
 
 /// P5: commit → row visible in `changes` at a steady 1 000 writes/s: p50 and p99 of
