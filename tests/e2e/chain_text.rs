@@ -348,25 +348,21 @@ async fn the_worker_recovers_from_a_destination_that_prints_json_differently(
             .execute(&db.pool)
             .await?;
     }
-    let mut conn = PgConnection::connect(&url).await?;
-    wait_until("3 changes stored", Duration::from_secs(60), || {
-        let url = url.clone();
-        async move {
-            let mut conn = PgConnection::connect(&url).await?;
-            let stored: Option<i64> = sqlx::query_scalar("SELECT count(*) FROM changes")
-                .fetch_optional(&mut conn)
-                .await
-                .ok()
-                .flatten();
-            conn.close().await?;
-            Ok((stored == Some(3)).then_some(()))
-        }
+    let destination = sqlx::PgPool::connect(&url).await?;
+    wait_until("3 changes stored", Duration::from_secs(60), || async {
+        // An error until the worker has created `changes`.
+        let stored: Option<i64> = sqlx::query_scalar("SELECT count(*) FROM changes")
+            .fetch_one(&destination)
+            .await
+            .ok();
+        Ok((stored == Some(3)).then_some(()))
     })
     .await?;
+    let mut conn = destination.acquire().await?;
     worker.stop().await?;
     let printed: Vec<String> =
         sqlx::query_scalar("SELECT after->>'data' FROM changes ORDER BY chain_seq")
-            .fetch_all(&mut conn)
+            .fetch_all(&mut *conn)
             .await?;
     ensure!(
         printed
@@ -376,7 +372,8 @@ async fn the_worker_recovers_from_a_destination_that_prints_json_differently(
         "{printed:?}"
     );
     verify_intact(&mut conn).await?;
-    conn.close().await?;
+    drop(conn);
+    destination.close().await;
     Ok(())
 }
 e2e_test!(the_worker_recovers_from_a_destination_that_prints_json_differently);
